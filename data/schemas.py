@@ -1,0 +1,299 @@
+"""Canonical Parquet schemas: the data contract between every stage.
+
+One module, imported by every writer and every reader (the labeling app, the simulated raters,
+``make generate``, the reward trainer, analysts).  Each table is a :class:`TableSpec`: its Arrow
+schema (with ``schema_version`` in the schema metadata), the columns that identify a row (rows
+repeated under the same key are dropped on read), and value checks that Arrow types cannot express
+(a label is good|bad|skip, ranks form an ordering).
+
+Tables on disk live at ``<dataset root>/<table name>/part-*.parquet``; see :mod:`data.store`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data.errors import DataError
+
+SCHEMA_VERSION = 1
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+Label = Literal["good", "bad", "skip"]
+LABELS: tuple[str, ...] = ("good", "bad", "skip")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    """Columns that identify a row; duplicates under one key are dropped on read (first kept)."""
+    check: Callable[[pa.Table], None] | None = field(default=None, compare=False)
+    """Raises DataError on values the types allow but the contract does not."""
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"schema_version": str(SCHEMA_VERSION), "table": name})
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks
+
+
+def validate_ranks(ranks: list[int], n_images: int) -> list[int]:
+    """Check that ``ranks`` orders ``n_images`` images; return them as plain ints.
+
+    Ranks are dense: 1 is best, tied images share a rank, and the ranks used are exactly
+    1..k for some k (so ``[1, 1, 2]`` is valid and ``[1, 1, 3]`` or ``[2, 3]`` are not).
+    Raises :class:`DataError` with the reason otherwise.
+    """
+    ranks = [int(r) for r in ranks]
+    if n_images < 2:
+        raise DataError(f"a ranking needs at least 2 images, got {n_images}.",
+                        "rank only prompts with two or more images.")
+    if len(ranks) != n_images:
+        raise DataError(f"got {len(ranks)} ranks for {n_images} images.", "give every image one rank.")
+    used = sorted(set(ranks))
+    if used != list(range(1, len(used) + 1)):
+        raise DataError(
+            f"ranks {ranks} are not an ordering.",
+            "use ranks 1, 2, 3, ... with 1 the best; tied images share a rank and no rank is skipped "
+            "(e.g. 1, 1, 2).",
+        )
+    return ranks
+
+
+def _check_not_empty_strings(table: pa.Table, columns: tuple[str, ...]) -> None:
+    for c in columns:
+        if table.num_rows and pc.any(pc.equal(pc.utf8_length(table[c]), 0)).as_py():
+            raise DataError(f"column '{c}' holds an empty string.", f"give every row a non-empty {c}.")
+
+
+def _check_generations(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("image_id", "prompt_id", "prompt", "image_path", "sha256"))
+    for c in ("height", "width", "num_inference_steps"):
+        if table.num_rows and pc.min(table[c]).as_py() <= 0:
+            raise DataError(f"column '{c}' holds a non-positive value.", f"{c} must be > 0.")
+    for c in ("guidance_scale", "eta"):
+        if table.num_rows and not pc.all(pc.is_finite(table[c])).as_py():
+            raise DataError(f"column '{c}' holds NaN or infinity.", f"{c} must be a finite number.")
+
+
+def _check_binary_labels(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("label_id", "image_id", "rater_id"))
+    bad = pc.invert(pc.is_in(table["label"], value_set=pa.array(LABELS)))
+    if table.num_rows and pc.any(bad).as_py():
+        values = sorted(set(pc.filter(table["label"], bad).to_pylist()))
+        raise DataError(f"label values {values} are not one of {list(LABELS)}.",
+                        "store 'good', 'bad' or 'skip'.")
+    if table.num_rows and pc.min(table["duration_ms"]).as_py() < 0:
+        raise DataError("column 'duration_ms' holds a negative value.", "durations are >= 0 ms.")
+
+
+def _check_rankings(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("ranking_id", "prompt_id", "rater_id"))
+    for image_ids, ranks in zip(table["image_ids"].to_pylist(), table["ranks"].to_pylist()):
+        if len(set(image_ids)) != len(image_ids):
+            raise DataError(f"a ranking lists an image twice: {image_ids}.", "rank each image once.")
+        validate_ranks(ranks, len(image_ids))
+
+
+def _check_pairs(table: pa.Table) -> None:
+    total = pc.add(table["label_0"], table["label_1"])
+    if table.num_rows and not pc.all(pc.less(pc.abs(pc.subtract(total, 1.0)), 1e-6)).as_py():
+        raise DataError("pairs with label_0 + label_1 != 1.", "labels are 1/0, 0/1 or 0.5/0.5 (tie).")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+GENERATIONS = TableSpec(
+    name="generations",
+    schema=_schema("generations", [
+        _f("image_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("prompt", pa.string()),
+        _f("category", pa.string()),          # colour | count | background | combination | other
+        _f("model_id", pa.string()),          # the pipeline folder (or hub-style name) sampled from
+        _f("seed", pa.int64()),
+        _f("sampler", pa.string()),           # scheduler class name, e.g. DDIMScheduler
+        _f("num_inference_steps", pa.int32()),
+        _f("guidance_scale", pa.float32()),
+        _f("eta", pa.float32()),
+        _f("height", pa.int32()),
+        _f("width", pa.int32()),
+        _f("image_path", pa.string()),        # relative to the dataset root, POSIX separators
+        _f("sha256", pa.string()),            # of the image file's bytes
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id",),
+    check=_check_generations,
+)
+
+BINARY_LABELS = TableSpec(
+    name="binary_labels",
+    schema=_schema("binary_labels", [
+        _f("label_id", pa.string()),
+        _f("image_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("rater_id", pa.string()),
+        _f("label", pa.string()),             # good | bad | skip
+        _f("skip_reason", pa.string(), nullable=True),
+        _f("created_at", TIMESTAMP),
+        _f("duration_ms", pa.int64()),        # time from showing the item to the answer
+        _f("is_gold", pa.bool_()),            # a hidden item with a known answer
+        _f("guideline_version", pa.string()),
+    ]),
+    key=("label_id",),
+    check=_check_binary_labels,
+)
+
+RANKINGS = TableSpec(
+    name="rankings",
+    schema=_schema("rankings", [
+        _f("ranking_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("rater_id", pa.string()),
+        _f("image_ids", pa.list_(pa.string())),
+        _f("ranks", pa.list_(pa.int32())),    # aligned with image_ids; 1 is best, ties share a rank
+        _f("created_at", TIMESTAMP),
+        _f("duration_ms", pa.int64()),
+        _f("guideline_version", pa.string()),
+    ]),
+    key=("ranking_id",),
+    check=_check_rankings,
+)
+
+# Derived from rankings, in the Pick-a-Pic style: one row per unordered pair of one ranking.
+PAIRS = TableSpec(
+    name="pairs",
+    schema=_schema("pairs", [
+        _f("ranking_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("rater_id", pa.string()),
+        _f("image_0", pa.string()),
+        _f("image_1", pa.string()),
+        _f("label_0", pa.float32()),          # 1 if image_0 is preferred, 0.5 for a tie
+        _f("label_1", pa.float32()),
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("ranking_id", "image_0", "image_1"),
+    check=_check_pairs,
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS)}
+
+
+def get_spec(table: str | TableSpec) -> TableSpec:
+    if isinstance(table, TableSpec):
+        return table
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise DataError(f"unknown table '{table}'.", f"use one of {sorted(TABLES)}.") from None
+
+
+def register(spec: TableSpec) -> TableSpec:
+    """Add a table defined by a later stage (e.g. the labeling app's own bookkeeping)."""
+    if spec.name in TABLES and TABLES[spec.name] is not spec:
+        raise ValueError(f"table {spec.name!r} is already registered")
+    TABLES[spec.name] = spec
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Conforming arbitrary input to a spec
+
+
+def conform(spec: TableSpec, table: pa.Table, source: str) -> pa.Table:
+    """Return ``table`` with exactly the spec's columns, order and types, or raise DataError.
+
+    ``source`` names where the data came from (a file path, "append") for the error message.
+    Extra columns are dropped (a newer writer may add some); a missing column, a type that
+    cannot be cast without loss, a null in a non-nullable column, or a schema_version newer than
+    this code are errors.
+    """
+    meta = table.schema.metadata or {}
+    version = meta.get(b"schema_version")
+    if version is not None and int(version) > SCHEMA_VERSION:
+        raise DataError(
+            f"{source}: written with schema_version {int(version)} of table '{spec.name}', "
+            f"this code reads up to {SCHEMA_VERSION}.",
+            "upgrade the toolkit to read this dataset.",
+        )
+    columns = []
+    for f in spec.schema:
+        if f.name not in table.column_names:
+            raise DataError(
+                f"{source}: table '{spec.name}' is missing column '{f.name}' "
+                f"(has {table.column_names}).",
+                f"write the file with the schema in data/schemas.py ({spec.name}).",
+            )
+        col = table[f.name]
+        if col.type != f.type:
+            if not _castable(col.type, f.type):
+                raise DataError(
+                    f"{source}: column '{f.name}' of table '{spec.name}' has type {col.type}, "
+                    f"expected {f.type}.",
+                    f"write the file with the schema in data/schemas.py ({spec.name}).",
+                )
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(
+                    f"{source}: column '{f.name}' of table '{spec.name}' cannot be read as "
+                    f"{f.type}: {e}.",
+                    f"write the file with the schema in data/schemas.py ({spec.name}).",
+                ) from None
+        if not f.nullable and col.null_count:
+            raise DataError(f"{source}: column '{f.name}' of table '{spec.name}' holds "
+                            f"{col.null_count} null value(s).", f"give every row a {f.name}.")
+        columns.append(col)
+    out = pa.Table.from_arrays(columns, schema=spec.schema)
+    if spec.check is not None:
+        try:
+            spec.check(out)
+        except DataError as e:
+            raise DataError(f"{source}: table '{spec.name}': {e.problem}", e.fix) from None
+    return out
+
+
+def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Lossless widenings we accept from other writers (pandas writes int64/float64/ns)."""
+    if pa.types.is_integer(src) and pa.types.is_integer(dst):
+        return True  # a safe cast still fails loudly on overflow
+    if pa.types.is_floating(src) and pa.types.is_floating(dst):
+        return True
+    if pa.types.is_integer(src) and pa.types.is_floating(dst):
+        return True
+    if pa.types.is_timestamp(src) and pa.types.is_timestamp(dst):
+        return src.tz is not None or dst.tz is None
+    if pa.types.is_large_string(src) and pa.types.is_string(dst):
+        return True
+    if pa.types.is_dictionary(src) and pa.types.is_string(dst):
+        return True
+    if (pa.types.is_list(src) or pa.types.is_large_list(src)) and pa.types.is_list(dst):
+        return _castable(src.value_type, dst.value_type) or src.value_type == dst.value_type
+    if pa.types.is_null(src):
+        return True
+    return False
+
+
+def from_rows(spec: TableSpec, rows: list[dict], source: str = "rows") -> pa.Table:
+    """Build a conforming table from a list of dicts (missing nullable keys become null)."""
+    data = {f.name: [r.get(f.name) for r in rows] for f in spec.schema}
+    try:
+        table = pa.table({f.name: pa.array(data[f.name], type=f.type) for f in spec.schema})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DataError(f"{source}: rows do not fit table '{spec.name}': {e}.",
+                        f"see the schema in data/schemas.py ({spec.name}).") from None
+    return conform(spec, table, source)

@@ -1,0 +1,234 @@
+"""A durable, append-only Parquet store shared by concurrent writers.
+
+Layout: ``<root>/<table>/part-<ns timestamp>-<uuid>.parquet``, one file per append.  Plain
+``pandas.read_parquet(<root>/<table>)`` and ``pyarrow.dataset.dataset(<root>/<table>)`` read it.
+
+Why one file per append: an open ``ParquetWriter`` used as a log is unreadable after a crash (the
+footer is written at close), and a half-written part breaks reading the whole directory.  So each
+append writes ``_tmp-<uuid>.parquet`` (pyarrow.dataset and pandas skip names starting with ``_`` or
+``.``), fsyncs it, renames it into place with ``os.replace`` (atomic on POSIX) and fsyncs the
+directory.  When :meth:`Store.append` returns, the rows survive SIGKILL and power loss; before it
+returns, a reader sees either none of them or all of them.
+
+Many small files read slowly, so writers merge them (:meth:`Store.compact`) once a table holds more
+than ``compact_every`` parts.  A merge writes the merged file durably *before* deleting its inputs,
+so a crash in between leaves rows twice, never zero times; readers drop rows repeated under a
+table's key (:class:`data.schemas.TableSpec.key`).  Merges are serialised by an ``flock`` on
+``<root>/<table>/.compact.lock``; appends never wait for them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.errors import DataError
+from data.schemas import TableSpec, conform, from_rows, get_spec
+
+PART_GLOB = "part-*.parquet"
+STALE_TMP_SECONDS = 3600.0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(table: pa.Table, directory: Path, name: str) -> Path:
+    """Write ``table`` to ``directory/name`` so that it is either absent or complete, then fsync."""
+    tmp = directory / f"_tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        final = directory / name
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    return final
+
+
+def _new_part_name(ts_ns: int | None = None) -> str:
+    ts_ns = time.time_ns() if ts_ns is None else ts_ns
+    return f"part-{ts_ns:020d}-{uuid.uuid4().hex}.parquet"
+
+
+def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """Keep the first row of each key (rows are in part-file order, i.e. oldest first)."""
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    firsts = (
+        table.select(list(key)).append_column("__row", idx)
+        .group_by(list(key), use_threads=False).aggregate([("__row", "min")])
+        .column("__row_min").to_numpy()
+    )
+    if len(firsts) == table.num_rows:
+        return table
+    return table.take(pa.array(np.sort(firsts)))
+
+
+class Store:
+    """Tables of one dataset root.  Thread-safe and multi-process-safe without locks on append."""
+
+    def __init__(self, root: str | os.PathLike, compact_every: int = 256):
+        self.root = Path(root)
+        self.compact_every = compact_every
+
+    def table_dir(self, table: str | TableSpec) -> Path:
+        return self.root / get_spec(table).name
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, table: str | TableSpec, rows: list[dict] | pa.Table | pd.DataFrame) -> int:
+        """Validate ``rows`` against the table's schema and store them durably.
+
+        Returns the number of rows written.  When this returns, the rows are on disk for good;
+        if it raises, none of them were written.
+        """
+        spec = get_spec(table)
+        data = self._to_table(spec, rows)
+        if data.num_rows == 0:
+            return 0
+        directory = self.table_dir(spec)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_durably(data, directory, _new_part_name())
+        if self.compact_every and self._count_parts(directory) > self.compact_every:
+            self.compact(spec, block=False)
+        return data.num_rows
+
+    @staticmethod
+    def _to_table(spec: TableSpec, rows) -> pa.Table:
+        if isinstance(rows, pa.Table):
+            return conform(spec, rows, f"append to '{spec.name}'")
+        if isinstance(rows, pd.DataFrame):
+            return conform(spec, pa.Table.from_pandas(rows, preserve_index=False),
+                           f"append to '{spec.name}'")
+        return from_rows(spec, list(rows), f"append to '{spec.name}'")
+
+    @staticmethod
+    def _count_parts(directory: Path) -> int:
+        with os.scandir(directory) as it:
+            return sum(1 for e in it if e.name.startswith("part-") and e.name.endswith(".parquet"))
+
+    @contextmanager
+    def _compact_lock(self, directory: Path, block: bool) -> Iterator[bool]:
+        with open(directory / ".compact.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def compact(self, table: str | TableSpec, block: bool = True) -> int:
+        """Merge a table's parts into one file; return how many parts were merged.
+
+        Safe against concurrent appends (new parts are simply not merged this time) and against
+        SIGKILL at any point (see the module docstring).  With ``block=False`` it returns 0 at
+        once if another process is already merging.
+        """
+        spec = get_spec(table)
+        directory = self.table_dir(spec)
+        if not directory.is_dir():
+            return 0
+        with self._compact_lock(directory, block) as got:
+            if not got:
+                return 0
+            self._remove_stale_tmp(directory)
+            parts = sorted(directory.glob(PART_GLOB))
+            if len(parts) < 2:
+                return 0
+            merged = _dedupe(pa.concat_tables([self._read_part(spec, p) for p in parts]), spec.key)
+            # The merged part sorts where its oldest input sorted, so "first row wins" is unchanged.
+            first_ts = int(parts[0].name.split("-")[1])
+            _write_durably(merged, directory, _new_part_name(first_ts))
+            for p in parts:
+                p.unlink(missing_ok=True)
+            _fsync_dir(directory)
+            return len(parts)
+
+    @staticmethod
+    def _remove_stale_tmp(directory: Path) -> None:
+        # A writer killed between creating and renaming its temp file leaves it behind; readers
+        # ignore it, and once it is old enough no live writer can still own it.
+        now = time.time()
+        for tmp in directory.glob("_tmp-*"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_part(spec: TableSpec, path: Path) -> pa.Table:
+        try:
+            raw = pq.read_table(path)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(
+                f"{path}: not a readable Parquet file ({e}).",
+                "move the file out of the table folder (the store never leaves partial files "
+                "under a part- name, so it came from elsewhere) or restore it from a backup.",
+            ) from None
+        return conform(spec, raw, str(path))
+
+    def read(self, table: str | TableSpec) -> pa.Table:
+        """All rows of a table, validated, with rows repeated under the key dropped.
+
+        A table that was never written reads as empty.  Raises DataError naming the file for a
+        corrupt file, a missing column or a wrong type.
+        """
+        spec = get_spec(table)
+        directory = self.table_dir(spec)
+        for _ in range(20):
+            parts = sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
+            try:
+                tables = [self._read_part(spec, p) for p in parts]
+            except FileNotFoundError:
+                continue  # a merge removed a part after we listed it; its rows are in the merge
+            if not tables:
+                return spec.schema.empty_table()
+            return _dedupe(pa.concat_tables(tables), spec.key)
+        raise DataError(f"{directory}: the file list kept changing while reading.",
+                        "retry; if it persists, stop the processes that are compacting it.")
+
+    def to_pandas(self, table: str | TableSpec) -> pd.DataFrame:
+        return self.read(table).to_pandas()
+
+    def exists(self, table: str | TableSpec) -> bool:
+        directory = self.table_dir(table)
+        return directory.is_dir() and any(directory.glob(PART_GLOB))
+
+
+def read_table(root: str | os.PathLike, table: str) -> pd.DataFrame:
+    """The analysts' entry point: one table of a dataset root as a pandas DataFrame.
+
+    >>> from data import read_table
+    >>> labels = read_table("datasets/shapes", "binary_labels")
+
+    Rows are validated against :mod:`data.schemas` and de-duplicated by the table's key.
+    """
+    return Store(root).to_pandas(table)
