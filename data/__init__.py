@@ -1,0 +1,12 @@
+"""Data contracts shared by every stage: Parquet schemas, the durable store, and the shapes world.
+
+Analysts start here::
+
+    from data import read_table
+    labels = read_table("datasets/shapes", "binary_labels")   # a pandas DataFrame
+"""
+
+from data.errors import DataError, UserError
+from data.store import Store, read_table
+
+__all__ = ["DataError", "UserError", "Store", "read_table"]

@@ -10,6 +10,10 @@ append writes ``_tmp-<uuid>.parquet`` (pyarrow.dataset and pandas skip names sta
 directory.  When :meth:`Store.append` returns, the rows survive SIGKILL and power loss; before it
 returns, a reader sees either none of them or all of them.
 
+Appends from threads of one process (Gradio runs listeners in threads) are group-committed: the
+first thread in writes every batch that is waiting as one file, one fsync, while the others wait
+for it; under load that turns N fsyncs into one without delaying a lone writer.
+
 Many small files read slowly, so writers merge them (:meth:`Store.compact`) once a table holds more
 than ``compact_every`` parts.  A merge writes the merged file durably *before* deleting its inputs,
 so a crash in between leaves rows twice, never zero times; readers drop rows repeated under a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -39,7 +44,7 @@ PART_GLOB = "part-*.parquet"
 STALE_TMP_SECONDS = 3600.0
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -60,7 +65,7 @@ def _write_durably(table: pa.Table, directory: Path, name: str) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return final
 
 
@@ -84,12 +89,71 @@ def _dedupe(table: pa.Table, key: tuple[str, ...]) -> pa.Table:
     return table.take(pa.array(np.sort(firsts)))
 
 
+class _Batch:
+    """Rows of one append waiting for a group commit."""
+
+    __slots__ = ("table", "done", "error")
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit of one table directory within one process."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.queue: list[_Batch] = []
+        self.writing = False
+
+    def commit(self, directory: Path, table: pa.Table) -> None:
+        batch = _Batch(table)
+        with self.cond:
+            self.queue.append(batch)
+            while self.writing and not batch.done:
+                self.cond.wait()
+            if batch.done:
+                if batch.error is not None:
+                    raise batch.error
+                return
+            self.writing = True  # this thread leads: write everything queued, own batch included
+        try:
+            while True:
+                with self.cond:
+                    group, self.queue = self.queue, []
+                    if not group:
+                        self.writing = False
+                        self.cond.notify_all()
+                        break
+                error = None
+                try:
+                    data = group[0].table if len(group) == 1 else pa.concat_tables([b.table for b in group])
+                    _write_durably(data, directory, _new_part_name())
+                except BaseException as e:  # every batch of the group failed; each caller raises
+                    error = e
+                with self.cond:
+                    for b in group:
+                        b.done, b.error = True, error
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                if self.writing:
+                    self.writing = False
+                    self.cond.notify_all()
+        if batch.error is not None:
+            raise batch.error
+
+
 class Store:
     """Tables of one dataset root.  Thread-safe and multi-process-safe without locks on append."""
 
     def __init__(self, root: str | os.PathLike, compact_every: int = 256):
         self.root = Path(root)
         self.compact_every = compact_every
+        self._commits: dict[str, _GroupCommit] = {}
+        self._commits_lock = threading.Lock()
 
     def table_dir(self, table: str | TableSpec) -> Path:
         return self.root / get_spec(table).name
@@ -108,7 +172,9 @@ class Store:
             return 0
         directory = self.table_dir(spec)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_durably(data, directory, _new_part_name())
+        with self._commits_lock:
+            group = self._commits.setdefault(spec.name, _GroupCommit())
+        group.commit(directory, data)
         if self.compact_every and self._count_parts(directory) > self.compact_every:
             self.compact(spec, block=False)
         return data.num_rows
@@ -164,7 +230,7 @@ class Store:
             _write_durably(merged, directory, _new_part_name(first_ts))
             for p in parts:
                 p.unlink(missing_ok=True)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             return len(parts)
 
     @staticmethod
@@ -203,17 +269,27 @@ class Store:
         """
         spec = get_spec(table)
         directory = self.table_dir(spec)
-        for _ in range(20):
+        done: dict[str, pa.Table] = {}
+        for _ in range(1000):
+            vanished = False
             parts = sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
-            try:
-                tables = [self._read_part(spec, p) for p in parts]
-            except FileNotFoundError:
-                continue  # a merge removed a part after we listed it; its rows are in the merge
-            if not tables:
-                return spec.schema.empty_table()
-            return _dedupe(pa.concat_tables(tables), spec.key)
-        raise DataError(f"{directory}: the file list kept changing while reading.",
-                        "retry; if it persists, stop the processes that are compacting it.")
+            for p in parts:
+                if p.name not in done:
+                    try:
+                        done[p.name] = self._read_part(spec, p)
+                    except FileNotFoundError:
+                        # A merge removed it after we listed it.  Its rows are in the merged file,
+                        # written before the removal, which the next listing shows; rows read
+                        # twice that way are dropped by the key.
+                        vanished = True
+            if not vanished:
+                break
+        else:
+            raise DataError(f"{directory}: the file list kept changing while reading.",
+                            "retry; if it persists, stop the processes that are compacting it.")
+        if not done:
+            return spec.schema.empty_table()
+        return _dedupe(pa.concat_tables([done[name] for name in sorted(done)]), spec.key)
 
     def to_pandas(self, table: str | TableSpec) -> pd.DataFrame:
         return self.read(table).to_pandas()

@@ -110,3 +110,32 @@ def degrade(image: np.ndarray, rng: np.random.Generator, blur_sigma: float, nois
     out = gaussian_filter(image.astype(np.float32), sigma=(sigma, sigma, 0))
     out += rng.normal(0.0, noise_sigma, size=out.shape).astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def render_round(store, prompts: list[Prompt], per_prompt: int, seed: int = 0,
+                 size: int = DEFAULT_SIZE, mismatch_rate: float = 0.0) -> list[dict]:
+    """Render ``per_prompt`` images of each prompt into ``store`` (PNGs + generations rows).
+
+    Seeds are ``seed * 1_000_003 + i`` for the i-th image of a prompt, so rounds are reproducible.
+    With ``mismatch_rate`` > 0, that share of images shows a one-attribute perturbation of its
+    prompt (recorded under the original prompt), like a model that gets some prompts wrong.
+    A labeling round of renders is the shapes world's stand-in until a model is sampled.
+    """
+    from data.generations import RENDERER, save_images
+    from data.shapes.world import perturb
+
+    rng = np.random.default_rng([seed, 7])
+    images, texts, ids, cats, seeds = [], [], [], [], []
+    for p in prompts:
+        for i in range(per_prompt):
+            s = seed * 1_000_003 + i
+            shown = p
+            if rng.random() < mismatch_rate:
+                shown = perturb(p, p.specified[int(rng.integers(len(p.specified)))], rng)
+            images.append(render(shown, s, size))
+            texts.append(p.text)
+            ids.append(p.prompt_id)
+            cats.append(p.category)
+            seeds.append(s)
+    return save_images(store, images, prompts=texts, prompt_ids=ids, categories=cats, seeds=seeds,
+                       model_id="shapes-renderer", settings=RENDERER)

@@ -1,0 +1,199 @@
+"""Typed stage configs: frozen dataclasses loaded from YAML with dotted command-line overrides.
+
+Each stage defines one frozen dataclass (nested where it helps).  An entry point does::
+
+    cfg = load_config(RewardConfig, path="configs/reward.yaml", overrides=["train.lr=3e-4"])
+    save_config(cfg, out_dir / "config.yaml")
+
+Values are checked against the field types (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+``Optional``, tuples, nested dataclasses); an unknown key or a wrong value is a :class:`UserError`
+naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from data.errors import UserError
+
+T = TypeVar("T")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{dotted}': '{k}' is a value, not a section.",
+                            "override a leaf key, e.g. train.lr=1e-4.")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' has no '='.", "write key=value, e.g. train.lr=1e-4.")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = get_origin(typ)
+    if typ is Any:
+        return value
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{where}' must be a section (mapping), got {value!r}.",
+                            f"see the fields of {typ.__name__}.")
+        return _build(typ, value, f"{where}.")
+    if origin is Literal:
+        allowed = get_args(typ)
+        if value not in allowed:
+            raise UserError(f"config key '{where}' is {value!r}, not one of {list(allowed)}.",
+                            f"set {where} to one of {list(allowed)}.")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin in (tuple, list):
+        args = get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise UserError(f"config key '{where}' needs {len(args)} values, got {len(value)}.",
+                                f"give {where} {len(args)} values.")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{where}' must be a mapping, got {value!r}.",
+                            f"write {where} as key: value pairs.")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{where}' must be true or false, got {value!r}.",
+                        f"set {where}=true or {where}=false.")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"config key '{where}' must be an integer, got {value!r}.",
+                        f"set {where} to a whole number.")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if value != value:  # NaN
+                raise UserError(f"config key '{where}' is NaN.", f"set {where} to a finite number.")
+            return value
+        raise UserError(f"config key '{where}' must be a number, got {value!r}.",
+                        f"set {where} to a number, e.g. 1e-4.")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{where}' must be a string, got {value!r}.",
+                        f"set {where} to a text value.")
+    if typ is Path:
+        return Path(str(value))
+    return value
+
+
+def _build(cls: type[T], values: dict, prefix: str = "") -> T:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise UserError(f"unknown config key(s): {where}.",
+                        f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {sorted(fields)}.")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
+    # Nested sections not given keep their defaults, but a partial section merges into them.
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid config for {cls.__name__}: {e}.", "check the keys and values.") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain YAML-able dict of a config (tuples become lists, paths strings)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``key.sub=value`` overrides."""
+    tree = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist.", "pass the path of a YAML file.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {e}.", "fix its syntax.") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping at the top.",
+                            "write key: value lines.")
+        tree = _merge(tree, loaded)
+    tree = _merge(tree, parse_overrides(overrides))
+    return _build(cls, tree)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,61 @@
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from data.errors import UserError
+from pipelines.config import load_config, save_config
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class Cfg:
+    method: Literal["dpok", "rwl"] = "dpok"
+    steps: int = 10
+    name: str | None = None
+    use_lora: bool = True
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 20\noptim:\n  lr: 0.001\n")
+    cfg = load_config(Cfg, path, ["optim.betas=[0.5, 0.6]", "method=rwl", "name=run1"])
+    assert cfg == Cfg(method="rwl", steps=20, name="run1", optim=Optim(lr=1e-3, betas=(0.5, 0.6)))
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(Cfg, saved) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    (["method=ppo"], "not one of \\['dpok', 'rwl'\\]"),
+    (["optim.lrr=1"], "unknown config key\\(s\\): optim.lrr"),
+    (["steps=ten"], "must be an integer"),
+    (["optim.lr=.nan"], "NaN"),
+    (["use_lora=maybe"], "true or false"),
+    (["steps"], "has no '='"),
+])
+def test_bad_values_are_one_clear_error(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(Cfg, None, override)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_oracle_check_entry_point(capsys):
+    from pipelines.oracle_check import main
+    from pipelines.cli import run
+
+    assert run(main, ["n_images=40"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["render_accuracy"] >= 0.99 and result["targets_met"]
+    assert run(main, ["n_images=abc"]) == 2
+    assert "must be an integer" in capsys.readouterr().err

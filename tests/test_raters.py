@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from data import Store
+from data.errors import UserError
+from data.pairs import rankings_to_pairs
+from data.schemas import validate_ranks
+from data.shapes.oracle import judge
+from data.shapes.raters import RaterProfile, SimulatedRater, default_panel, dense_ranks, simulate_round
+from data.shapes.render import render, render_round
+from data.shapes.world import Prompt, perturb, prompt_set
+
+
+def items(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = prompt_set("train")[i % 100]
+        shown = perturb(p, "count", rng) if i % 2 else p
+        out.append((render(shown, i), p))
+    return out
+
+
+def agreement(rater, data):
+    answers = [rater.binary(img, p).label for img, p in data]
+    truth = ["good" if judge(img, p).aligned else "bad" for img, p in data]
+    kept = [(a, t) for a, t in zip(answers, truth) if a != "skip"]
+    return np.mean([a == t for a, t in kept]), answers.count("skip") / len(answers)
+
+
+def test_noiseless_rater_is_the_oracle():
+    acc, skips = agreement(SimulatedRater(RaterProfile("r", flip_rate=0, skip_rate=0)), items())
+    assert acc == 1.0 and skips == 0
+
+
+def test_flip_rate_and_skip_rate_are_honoured():
+    acc, skips = agreement(SimulatedRater(RaterProfile("r", flip_rate=0.2, skip_rate=0.1)), items(400))
+    assert 0.72 < acc < 0.88
+    assert 0.05 < skips < 0.16
+
+
+def test_bias_makes_a_lenient_rater():
+    data = items()
+    answers = [SimulatedRater(RaterProfile("r", flip_rate=0, bias=0.5, skip_rate=0)).binary(i, p).label
+               for i, p in data]
+    assert answers.count("good") / len(answers) > 0.65  # half the images are truly bad
+
+
+def test_bad_profiles_are_refused():
+    with pytest.raises(UserError, match="flip_rate"):
+        RaterProfile("r", flip_rate=1.5)
+    with pytest.raises(UserError, match="bias"):
+        RaterProfile("r", bias=-2)
+
+
+def test_dense_ranks_with_ties():
+    assert dense_ranks(np.array([0.1, 0.9, 0.95, 0.5]), tie_width=0.25) == [3, 1, 1, 2]
+    assert dense_ranks(np.array([3.0, 1.0, 2.0]), tie_width=0) == [1, 3, 2]
+
+
+def test_noiseless_ranking_puts_aligned_images_first():
+    p = Prompt.parse("three red circles on a white background")
+    rng = np.random.default_rng(0)
+    imgs = [render(p, 0), render(perturb(p, "count", rng), 1), render(perturb(p, "color", rng), 2)]
+    rater = SimulatedRater(RaterProfile("r", rank_noise=0.0, tie_width=0.01))
+    ranks = rater.rank(imgs, p).ranks
+    assert validate_ranks(ranks, 3) == ranks and ranks[0] == 1 and min(ranks[1:]) > 1
+
+
+def test_simulated_round_through_the_store(tmp_path):
+    store = Store(tmp_path)
+    render_round(store, prompt_set("train")[:12], per_prompt=3, seed=1, mismatch_rate=0.4)
+    summary = simulate_round(store, default_panel(4, flip_rate=0.1), overlap=2, seed=3)
+    labels = store.to_pandas("binary_labels")
+    rankings = store.to_pandas("rankings")
+    assert summary.binary_labels == len(labels) == 36 * 2
+    assert summary.rankings == len(rankings) == 12 * 2
+    # each item went to two distinct raters
+    assert (labels.groupby("image_id")["rater_id"].nunique() == 2).all()
+    assert (rankings.groupby("prompt_id")["rater_id"].nunique() == 2).all()
+    pairs = rankings_to_pairs(store.read("rankings"))
+    assert pairs.num_rows == 24 * 3  # three pairs per ranking of three images
+    assert set(pairs["label_0"].to_pylist()) <= {0.0, 0.5, 1.0}
+    with pytest.raises(UserError, match="overlap 5"):
+        simulate_round(store, default_panel(4), overlap=5)

@@ -1,0 +1,137 @@
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pytest
+
+from data.errors import DataError
+from data.schemas import (BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, conform, from_rows,
+                          get_spec, validate_ranks)
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def generation_row(**kw):
+    row = dict(image_id="i1", prompt_id="p1", prompt="one red circle", category="color",
+               model_id="m", seed=3, sampler="DDIMScheduler", num_inference_steps=20,
+               guidance_scale=3.0, eta=1.0, height=64, width=64, image_path="images/i1.png",
+               sha256="ab" * 32, created_at=NOW)
+    row.update(kw)
+    return row
+
+
+def label_row(**kw):
+    row = dict(label_id="l1", image_id="i1", prompt_id="p1", rater_id="r1", label="good",
+               skip_reason=None, created_at=NOW, duration_ms=1200, is_gold=False,
+               guideline_version="v1")
+    row.update(kw)
+    return row
+
+
+def ranking_row(**kw):
+    row = dict(ranking_id="k1", prompt_id="p1", rater_id="r1", image_ids=["a", "b", "c"],
+               ranks=[1, 1, 2], created_at=NOW, duration_ms=5000, guideline_version="v1")
+    row.update(kw)
+    return row
+
+
+def pair_row(**kw):
+    row = dict(ranking_id="k1", prompt_id="p1", rater_id="r1", image_0="a", image_1="b",
+               label_0=0.5, label_1=0.5, created_at=NOW)
+    row.update(kw)
+    return row
+
+
+ROWS = {"generations": generation_row, "binary_labels": label_row, "rankings": ranking_row,
+        "pairs": pair_row}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_table_has_version_metadata_and_round_trips(name, tmp_path):
+    spec = get_spec(name)
+    assert spec.schema.metadata[b"schema_version"] == b"1"
+    table = from_rows(spec, [ROWS[name]()])
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, tmp_path / "t.parquet")
+    back = conform(spec, pq.read_table(tmp_path / "t.parquet"), "t")
+    assert back.equals(table)
+    assert back.to_pylist() == [ROWS[name]()]
+
+
+def test_pandas_written_file_with_wider_types_conforms():
+    import pandas as pd
+
+    df = pd.DataFrame([label_row()])  # pandas gives int64 / ns timestamps / object strings
+    table = conform(BINARY_LABELS, pa.Table.from_pandas(df, preserve_index=False), "df")
+    assert table.schema.equals(BINARY_LABELS.schema)
+
+
+def test_missing_column_is_named():
+    table = from_rows(BINARY_LABELS, [label_row()]).drop_columns(["rater_id"])
+    with pytest.raises(DataError, match=r"f.parquet.*missing column 'rater_id'"):
+        conform(BINARY_LABELS, table, "f.parquet")
+
+
+def test_wrong_type_is_named():
+    table = from_rows(BINARY_LABELS, [label_row()])
+    table = table.set_column(table.schema.get_field_index("is_gold"), "is_gold",
+                             pa.array(["yes"]))
+    with pytest.raises(DataError, match=r"column 'is_gold'.*type string, expected bool"):
+        conform(BINARY_LABELS, table, "f.parquet")
+
+
+def test_newer_schema_version_is_refused():
+    table = from_rows(GENERATIONS, [generation_row()])
+    table = table.replace_schema_metadata({"schema_version": "99"})
+    with pytest.raises(DataError, match="schema_version 99"):
+        conform(GENERATIONS, table, "f.parquet")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(label="maybe"), "not one of"),
+    (dict(rater_id=""), "empty string"),
+    (dict(duration_ms=-5), "negative"),
+    (dict(image_id=None), "null"),
+])
+def test_label_values_are_checked(bad, message):
+    with pytest.raises(DataError, match=message):
+        from_rows(BINARY_LABELS, [label_row(**bad)])
+
+
+def test_nan_guidance_is_refused():
+    with pytest.raises(DataError, match="NaN"):
+        from_rows(GENERATIONS, [generation_row(guidance_scale=float("nan"))])
+
+
+@pytest.mark.parametrize("ranks, n", [([1, 2, 3], 3), ([1, 1, 2], 3), ([2, 1], 2), ([1, 1], 2)])
+def test_valid_rankings(ranks, n):
+    assert validate_ranks(ranks, n) == ranks
+
+
+@pytest.mark.parametrize("ranks, n, message", [
+    ([1, 1, 3], 3, "not an ordering"),
+    ([2, 3], 2, "not an ordering"),
+    ([0, 1], 2, "not an ordering"),
+    ([1, 2], 3, "2 ranks for 3 images"),
+    ([1], 1, "at least 2 images"),
+])
+def test_invalid_rankings(ranks, n, message):
+    with pytest.raises(DataError, match=message):
+        validate_ranks(ranks, n)
+
+
+def test_ranking_rows_are_checked():
+    with pytest.raises(DataError, match="not an ordering"):
+        from_rows(RANKINGS, [ranking_row(ranks=[1, 3, 3])])
+    with pytest.raises(DataError, match="twice"):
+        from_rows(RANKINGS, [ranking_row(image_ids=["a", "a", "b"])])
+
+
+def test_pair_labels_sum_to_one():
+    with pytest.raises(DataError, match="label_0 \\+ label_1"):
+        from_rows(PAIRS, [pair_row(label_0=1.0, label_1=1.0)])
+
+
+def test_unknown_table():
+    with pytest.raises(DataError, match="unknown table 'labels'"):
+        get_spec("labels")
