@@ -190,7 +190,34 @@ PAIRS = TableSpec(
     check=_check_pairs,
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS)}
+def _check_retractions(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("retraction_id", "target_id", "rater_id"))
+    bad = pc.invert(pc.is_in(table["target_table"], value_set=pa.array(RETRACTABLE)))
+    if table.num_rows and pc.any(bad).as_py():
+        raise DataError(f"retractions name tables {sorted(set(pc.filter(table['target_table'], bad).to_pylist()))}.",
+                        f"only rows of {list(RETRACTABLE)} can be retracted.")
+
+
+RETRACTABLE: tuple[str, ...] = ("binary_labels", "rankings")
+
+# The store is append-only, so an undo is a row here; readers of labels go through
+# data.labels.current(), which drops retracted rows.
+RETRACTIONS = TableSpec(
+    name="retractions",
+    schema=_schema("retractions", [
+        _f("retraction_id", pa.string()),
+        _f("target_table", pa.string()),      # binary_labels | rankings
+        _f("target_id", pa.string()),         # label_id or ranking_id
+        _f("rater_id", pa.string()),          # who retracted it
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("retraction_id",),
+    check=_check_retractions,
+)
+
+TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS, RETRACTIONS)
+}
 
 
 def get_spec(table: str | TableSpec) -> TableSpec:

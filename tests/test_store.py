@@ -187,3 +187,15 @@ def test_group_commit_error_reaches_every_waiting_caller(tmp_path, monkeypatch):
 
 def test_from_rows_helper_matches_store_schema():
     assert from_rows(BINARY_LABELS, labels("z", 1)).schema.equals(BINARY_LABELS.schema)
+
+
+def test_retracted_labels_drop_out_of_current(tmp_path):
+    from data.labels import current, retract
+
+    store = Store(tmp_path)
+    store.append("binary_labels", labels("a", 3))
+    retract(store, "binary_labels", "a-1", "r1")
+    assert sorted(current(store, "binary_labels")["label_id"].to_pylist()) == ["a-0", "a-2"]
+    assert store.read("binary_labels").num_rows == 3  # the raw table keeps the history
+    with pytest.raises(DataError, match="can be retracted"):
+        retract(store, "generations", "x", "r1")

@@ -1,0 +1,82 @@
+"""Load models from local folders in the standard formats, and nothing else.
+
+One way in for every stage: a diffusers ``StableDiffusionPipeline`` folder (the shapes-world model
+or a user's Stable Diffusion v1.5) and a transformers ``CLIPModel`` folder (the shapes-world CLIP or
+a user's CLIP ViT-L/14).  ``local_files_only=True`` everywhere: a path that is not a model folder is
+a clear error, never a download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data.errors import UserError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+SHAPES_SD = MODELS_DIR / "shapes-sd"
+SHAPES_CLIP = MODELS_DIR / "shapes-clip"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_folder(path: Path, marker: str, what: str) -> None:
+    if not path.is_dir():
+        raise UserError(f"{what} folder {path} does not exist.",
+                        f"pass the local folder of a {what} (it must contain {marker}).")
+    if not (path / marker).is_file():
+        raise UserError(f"{path} is not a {what} folder: it has no {marker}.",
+                        f"pass a folder saved with save_pretrained (containing {marker}).")
+
+
+def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None):
+    """A ``StableDiffusionPipeline`` from a local folder, moved to ``device`` (default: CUDA if
+    available).  The safety checker is not loaded (research use; saves memory)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(path)
+    _check_folder(path, "model_index.json", "Stable Diffusion pipeline")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, local_files_only=True, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, dtype=dtype or torch.float32)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"could not load the Stable Diffusion pipeline in {path}: {e}",
+                        "check that the folder is complete (unet/, vae/, text_encoder/, tokenizer/, "
+                        "scheduler/, model_index.json).") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or default_device())
+
+
+@dataclass
+class LoadedCLIP:
+    model: "transformers.CLIPModel"  # noqa: F821
+    tokenizer: object
+    image_processor: object
+    path: Path
+
+
+def load_clip(path: str | os.PathLike, *, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> LoadedCLIP:
+    """A ``CLIPModel`` with its tokenizer and image processor from a local folder."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    path = Path(path)
+    _check_folder(path, "config.json", "CLIP model")
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"could not load the CLIP model in {path}: {e}",
+                        "pass a folder saved with CLIPModel.save_pretrained plus its tokenizer and "
+                        "image processor (preprocessor_config.json).") from None
+    model.eval().to(device or default_device())
+    return LoadedCLIP(model, tokenizer, processor, path)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+import torch
+
+from data.errors import UserError
+from data.loading import load_clip, load_sd_pipeline
+from tiny_models import make_tiny_clip, make_tiny_sd
+
+
+def test_tiny_sd_folder_loads_and_samples(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    make_tiny_sd(tmp_path / "sd")
+    pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
+    assert isinstance(pipe, StableDiffusionPipeline)
+    out = pipe(["two red circles", "one square"], num_inference_steps=2, guidance_scale=2.0,
+               height=32, width=32, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
+
+
+def test_tiny_clip_folder_loads(tmp_path):
+    make_tiny_clip(tmp_path / "clip")
+    clip = load_clip(tmp_path / "clip", device="cpu")
+    batch = clip.tokenizer(["three red circles"], padding="max_length", max_length=12, return_tensors="pt")
+    feats = clip.model.get_text_features(**batch)
+    feats = getattr(feats, "pooler_output", feats)
+    assert feats.shape[-1] == 16
+
+
+@pytest.mark.parametrize("loader", [load_sd_pipeline, load_clip])
+def test_missing_or_wrong_folder_is_a_clear_error(tmp_path, loader):
+    with pytest.raises(UserError, match="does not exist"):
+        loader(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a"):
+        loader(tmp_path / "empty")

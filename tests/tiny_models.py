@@ -1,0 +1,62 @@
+"""Tiny random models in the real folder formats, for whole-path tests on CPU.
+
+They have the architecture classes a user's Stable Diffusion v1.5 / CLIP folder has, just a few
+thousand parameters, so every loading and training path runs exactly as it would on real weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.shapes.tokenizer import build_tokenizer, text_config_ids
+
+
+def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A StableDiffusionPipeline folder: VAE with 2 blocks (8x8... latents 16x16x4 at 32 px)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, projection_dim=16,
+                                        **text_config_ids(tok)))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
+                        layers_per_block=1, norm_num_groups=8, sample_size=image_size)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                              beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+                              timestep_spacing="trailing", rescale_betas_zero_snr=True,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return Path(path)
+
+
+def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A CLIPModel folder with the shapes tokenizer and a CLIPImageProcessor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, **text_config_ids(tok)),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=image_size, patch_size=8),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return Path(path)
