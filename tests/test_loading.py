@@ -34,3 +34,16 @@ def test_missing_or_wrong_folder_is_a_clear_error(tmp_path, loader):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is not a"):
         loader(tmp_path / "empty")
+
+
+def test_generate_images_is_seeded_per_image(tmp_path):
+    from data.sampling import SamplingConfig, generate_images
+
+    make_tiny_sd(tmp_path / "sd")
+    pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
+    cfg = SamplingConfig(num_inference_steps=2, batch_size=2)
+    a = generate_images(pipe, ["one circle", "two squares", "one circle"], [1, 2, 3], cfg)
+    b = generate_images(pipe, ["one circle"], [3], cfg)  # same seed, different batch
+    assert len(a) == 3 and a[0].size == (32, 32)
+    assert np.array_equal(np.asarray(a[2]), np.asarray(b[0]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[2]))
