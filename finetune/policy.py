@@ -1,0 +1,89 @@
+"""The diffusion model as a policy: one UNet call -> the Gaussian of one denoising step.
+
+Sampling (with log-probs), the policy-gradient update, the KL reference and reward-weighted
+likelihood all go through :meth:`DiffusionPolicy.step` / :meth:`DiffusionPolicy.model_output`,
+so the log-prob is computed by one piece of code.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from finetune.rl_math import StepGaussian, x0_and_eps
+from finetune.scheduler import DDIMSchedule
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    gaussian: StepGaussian  # p(x_{t-1} | x_t), mean (B, C, H, W) fp32
+    eps: torch.Tensor  # guidance-combined noise prediction (B, C, H, W) fp32, for the eps-MSE KL
+
+
+class DiffusionPolicy:
+    """A UNet with classifier-free guidance over a DDIM schedule.
+
+    ``reference_unet``: the frozen base model for the KL term.  None means the UNet carries a PEFT
+    (LoRA) adapter and the reference is the same UNet with the adapter disabled: no second copy
+    in memory.
+    """
+
+    def __init__(self, unet, schedule: DDIMSchedule, guidance_scale: float, reference_unet=None):
+        self.unet = unet
+        self.schedule = schedule
+        self.guidance_scale = guidance_scale
+        self.reference_unet = reference_unet
+
+    def model_output(self, unet, x_t: torch.Tensor, index: torch.Tensor, cond: torch.Tensor,
+                     uncond: torch.Tensor) -> torch.Tensor:
+        """Guided UNet output at step indices ``index`` (B,): u + g (c - u), in fp32.
+
+        x_t (B, C, H, W); cond / uncond (B, L, D) text embeddings.  With guidance 1 the
+        unconditional pass is skipped.
+        """
+        t = self.schedule.timesteps.to(x_t.device)[index]
+        dtype = next(unet.parameters()).dtype
+        if self.guidance_scale == 1.0:
+            return unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
+        out = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
+                   encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+        u, c = out.chunk(2)
+        return u + self.guidance_scale * (c - u)
+
+    def _step(self, unet, x_t, index, cond, uncond) -> PolicyStep:
+        out = self.model_output(unet, x_t, index, cond, uncond)
+        gaussian = self.schedule.step(out, x_t, index)
+        _, eps = x0_and_eps(out, x_t.float(), self.schedule.abar.to(x_t.device)[index],
+                            self.schedule.prediction_type)
+        return PolicyStep(gaussian, eps)
+
+    def step(self, x_t, index, cond, uncond) -> PolicyStep:
+        return self._step(self.unet, x_t, index, cond, uncond)
+
+    @torch.no_grad()
+    def reference_step(self, x_t, index, cond, uncond) -> PolicyStep:
+        """The same step under the frozen base model (no gradient)."""
+        if self.reference_unet is not None:
+            return self._step(self.reference_unet, x_t, index, cond, uncond)
+        with adapters_disabled(self.unet):
+            # the bare module, not a DDP wrapper: this pass needs no gradient synchronisation
+            return self._step(_peft_model(self.unet), x_t, index, cond, uncond)
+
+
+def _peft_model(unet):
+    """The module that owns the adapters (unwraps DDP / torch.compile wrappers)."""
+    while hasattr(unet, "module") or hasattr(unet, "_orig_mod"):
+        unet = getattr(unet, "module", None) or getattr(unet, "_orig_mod")
+    return unet
+
+
+@contextmanager
+def adapters_disabled(unet):
+    model = _peft_model(unet)
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()

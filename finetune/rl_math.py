@@ -1,0 +1,180 @@
+"""The RL math of diffusion fine-tuning as pure tensor functions.
+
+No scheduler, config or device in here: every function takes tensors (and floats) and returns
+tensors, so each one is unit-tested against ``torch.distributions`` and ``gradcheck``.  The one
+place that knows about diffusers schedulers is :mod:`finetune.scheduler`.
+
+Notation (DDIM, Song et al. 2021, eq. 12 and 16; DPOK, Fan et al. 2023):
+  x_t            latents at timestep t, shape (B, C, H, W)
+  abar_t         cumulative product of alphas at t ("alpha bar"), a scalar or (B,) tensor
+  sigma_t(eta)   eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+  p(x_{t-1}|x_t) = N(mu_t, sigma_t^2 I), mu_t = sqrt(abar_prev) x0_hat
+                                             + sqrt(1 - abar_prev - sigma_t^2) eps_hat
+
+Reductions are stated per function: log-probs and KLs are *sums* over the latent dimensions (C, H,
+W), i.e. the exact log-density / KL of one denoising step, so that a trajectory's log-likelihood is
+the sum over steps and the KL term of DPOK's objective (Fan et al. eq. 7) has its proper scale.
+(The official DPOK code averages over dimensions instead; that only rescales beta and the clip
+range.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+
+
+@dataclass(frozen=True)
+class StepGaussian:
+    """The Gaussian p(x_{t-1} | x_t): mean (B, C, H, W) and std (scalar or broadcastable)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def _bcast(a, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) tensor shaped to broadcast against (B, C, H, W)."""
+    a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() == 1 else a
+
+
+def x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, abar_t,
+               prediction_type: PredictionType) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted clean sample x0_hat and noise eps_hat from a model output.
+
+    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, and the v-target is v = sqrt(abar) eps - sqrt(1 - abar) x0
+    (Salimans & Ho 2022), so x0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(abar) v + sqrt(1 - abar) x_t.
+    """
+    a = _bcast(abar_t, x_t)
+    sa, sb = a.sqrt(), (1 - a).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - sb * model_output) / sa, model_output
+    if prediction_type == "v_prediction":
+        return sa * x_t - sb * model_output, sa * model_output + sb * x_t
+    if prediction_type == "sample":
+        return model_output, (x_t - sa * model_output) / sb
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def ddim_sigma(abar_t, abar_prev, eta: float) -> torch.Tensor:
+    """sigma_t(eta) of DDIM eq. 16; eta = 1 gives the DDPM posterior std."""
+    abar_t, abar_prev = torch.as_tensor(abar_t), torch.as_tensor(abar_prev)
+    var = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    return eta * var.clamp_min(0).sqrt()
+
+
+def ddim_step(model_output: torch.Tensor, x_t: torch.Tensor, abar_t, abar_prev, eta: float,
+              prediction_type: PredictionType) -> StepGaussian:
+    """Mean and std of the DDIM step p(x_{t-1} | x_t) (DDIM eq. 12 with sigma_t(eta) of eq. 16)."""
+    x0, eps = x0_and_eps(model_output, x_t, abar_t, prediction_type)
+    std = _bcast(ddim_sigma(abar_t, abar_prev, eta), x_t).to(x_t.dtype)
+    ap = _bcast(abar_prev, x_t)
+    direction = (1 - ap - std**2).clamp_min(0).sqrt() * eps
+    return StepGaussian(mean=ap.sqrt() * x0 + direction, std=std)
+
+
+def _sum_dims(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).sum(dim=1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, std^2 I), summed over all non-batch dimensions -> (B,).
+
+    Equals ``Normal(mean, std).log_prob(x).flatten(1).sum(1)``.  ``std`` must be > 0.
+    """
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).expand_as(x)
+    z = (x - mean) / std
+    return _sum_dims(-0.5 * z**2 - std.log() - 0.5 * math.log(2 * math.pi))
+
+
+def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_p, std^2 I) || N(mean_q, std^2 I)) = ||mean_p - mean_q||^2 / (2 std^2) -> (B,).
+
+    The exact KL between the policy's and the base model's step Gaussians, which share sigma_t
+    (DPOK eq. 7 bounds the trajectory KL by the sum of these over steps).
+    """
+    std = torch.as_tensor(std, dtype=mean_p.dtype, device=mean_p.device)
+    return _sum_dims((mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2))
+
+
+def eps_mse_kl(eps_p: torch.Tensor, eps_q: torch.Tensor) -> torch.Tensor:
+    """DPOK's KL surrogate ||eps_theta - eps_base||^2, summed over dimensions -> (B,).
+
+    The official code uses this on guidance-combined noise predictions, without the
+    sigma-dependent scale of the exact KL.
+    """
+    return _sum_dims((eps_p - eps_q) ** 2)
+
+
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    loss: torch.Tensor  # scalar
+    ratio: torch.Tensor  # (B,)
+    clip_fraction: torch.Tensor  # scalar: share of samples whose ratio left [1-eps, 1+eps]
+    approx_kl: torch.Tensor  # scalar: mean of ((r - 1) - log r), a low-variance KL(old || new) estimate
+
+
+def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                        clip_range: float) -> PolicyLossOutput:
+    """PPO's clipped surrogate in min form (Schulman et al. 2017 eq. 7), to be minimised:
+
+        L = -mean( min(r A, clip(r, 1 - eps, 1 + eps) A) ),  r = exp(log_prob - old_log_prob).
+
+    Unlike the official DPOK code's clamp of r itself, the min form keeps the gradient of samples
+    whose update would move the ratio back towards 1.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_range, 1 + clip_range) * advantages
+    loss = -torch.minimum(unclipped, clipped).mean()
+    with torch.no_grad():
+        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+    return PolicyLossOutput(loss, ratio, clip_fraction, approx_kl)
+
+
+def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = None,
+                         eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean) / (std + eps), per group (e.g. per prompt, as DDPO) or over the batch.
+
+    ``groups`` is an integer tensor (B,) of group ids; a group of one sample gets advantage 0
+    (its own mean), and a group with zero spread gets 0 too.  std is the population std.
+    """
+    rewards = rewards.float()
+    if groups is None:
+        return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    n = counts.float()
+    sums = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, rewards)
+    mean = sums / n
+    sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, (rewards - mean[inverse]) ** 2)
+    std = (sq / n).sqrt()
+    return (rewards - mean[inverse]) / (std[inverse] + eps)
+
+
+RewardWeighting = Literal["reward", "exp", "threshold"]
+
+
+def reward_weights(rewards: torch.Tensor, mode: RewardWeighting = "reward", temperature: float = 1.0,
+                   threshold: float = 0.5) -> torch.Tensor:
+    """Per-example weights w(r) >= 0 for reward-weighted likelihood (Lee et al. 2023, eq. 2).
+
+    - ``reward``: w = max(r, 0), the paper's form (its reward predicts a {0, 1} label);
+    - ``exp``: w = exp(r / T) normalised to mean 1 over the batch (reward-weighted regression);
+    - ``threshold``: w = 1[r > threshold], i.e. fine-tuning on accepted samples only
+      (rejection sampling).
+    """
+    if mode == "reward":
+        return rewards.clamp_min(0)
+    if mode == "exp":
+        w = torch.softmax(rewards / temperature, dim=0)
+        return w * rewards.numel()
+    if mode == "threshold":
+        return (rewards > threshold).to(rewards.dtype)
+    raise ValueError(f"unknown reward weighting {mode!r}")

@@ -1,0 +1,108 @@
+"""Tier 1: the RL math as pure functions, against torch.distributions and gradcheck."""
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from finetune.rl_math import (clipped_policy_loss, ddim_sigma, ddim_step, eps_mse_kl, gaussian_kl,
+                              gaussian_log_prob, normalize_advantages, reward_weights, x0_and_eps)
+
+torch.manual_seed(0)
+SHAPE = (3, 4, 5, 5)
+
+
+def test_log_prob_matches_normal_summed_over_dims():
+    x, mean = torch.randn(SHAPE), torch.randn(SHAPE)
+    for std in (torch.tensor(0.3), torch.rand(3, 1, 1, 1) + 0.1):
+        expected = Normal(mean, std.expand(SHAPE)).log_prob(x).flatten(1).sum(1)
+        torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected)
+
+
+def test_kl_matches_torch_distributions():
+    mp, mq, std = torch.randn(SHAPE), torch.randn(SHAPE), torch.tensor(0.7)
+    expected = kl_divergence(Normal(mp, std.expand(SHAPE)), Normal(mq, std.expand(SHAPE))).flatten(1).sum(1)
+    torch.testing.assert_close(gaussian_kl(mp, mq, std), expected)
+    assert torch.all(gaussian_kl(mp, mp, std) == 0)
+
+
+def test_eps_mse_kl():
+    a, b = torch.randn(SHAPE), torch.randn(SHAPE)
+    torch.testing.assert_close(eps_mse_kl(a, b), ((a - b) ** 2).sum((1, 2, 3)))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, m, s: gaussian_log_prob(x, m, s),
+    lambda x, m, s: gaussian_kl(x, m, s),
+])
+def test_gradcheck(fn):
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(2, 1, 1, 1, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, m, s))
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
+def test_x0_eps_invert_the_forward_process(ptype):
+    x0, eps, abar = torch.randn(SHAPE), torch.randn(SHAPE), torch.tensor([0.9, 0.5, 0.1])
+    a = abar.view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[ptype]
+    got_x0, got_eps = x0_and_eps(target, x_t, abar, ptype)
+    torch.testing.assert_close(got_x0, x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_eps, eps, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_step_gradcheck_and_eta_zero_is_deterministic():
+    out = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    f = lambda o, x: ddim_step(o, x, torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64), 1.0, "v_prediction").mean
+    assert torch.autograd.gradcheck(f, (out, x))
+    assert float(ddim_step(out, x, 0.4, 0.6, 0.0, "epsilon").std) == 0.0
+    # eta = 1 is the DDPM posterior std: sqrt((1 - abar_prev) / (1 - abar_t) * beta_t)
+    beta_t = 1 - 0.4 / 0.6
+    torch.testing.assert_close(ddim_sigma(torch.tensor(0.4), torch.tensor(0.6), 1.0),
+                               torch.tensor(((1 - 0.6) / (1 - 0.4) * beta_t) ** 0.5))
+
+
+def test_clipped_policy_loss_min_form():
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.05, 1.0])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, 2.0])
+    out = clipped_policy_loss(new, old, adv, clip_range=0.2)
+    # min(r A, clip(r) A): 1.2, 0.5, -1.05, 2.0
+    torch.testing.assert_close(out.loss, -torch.tensor([1.2, 0.5, -1.05, 2.0]).mean())
+    assert out.clip_fraction.item() == 0.5
+    out.loss.backward()
+    # clipped sample with positive advantage above the band has no gradient; the one below keeps it
+    assert new.grad[0] == 0 and new.grad[1] != 0 and new.grad[2] != 0
+    r = torch.tensor([1.5, 0.5, 1.05, 1.0])
+    torch.testing.assert_close(out.approx_kl, ((r - 1) - r.log()).mean())
+
+
+def test_clipped_policy_loss_at_ratio_one_is_the_policy_gradient():
+    logp = torch.randn(5, requires_grad=True)
+    adv = torch.randn(5)
+    clipped_policy_loss(logp, logp.detach(), adv, 0.1).loss.backward()
+    torch.testing.assert_close(logp.grad, -adv / 5)
+
+
+def test_normalize_advantages_per_group_and_batch():
+    r = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0])
+    g = torch.tensor([0, 0, 1, 1, 2])
+    a = normalize_advantages(r, g)
+    torch.testing.assert_close(a[:2], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
+    assert torch.all(a[2:] == 0)  # no spread in group 1, single sample in group 2
+    b = normalize_advantages(r)
+    torch.testing.assert_close(b.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.std(unbiased=False), torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+def test_reward_weights():
+    r = torch.tensor([-0.5, 0.2, 0.9])
+    torch.testing.assert_close(reward_weights(r, "reward"), torch.tensor([0.0, 0.2, 0.9]))
+    torch.testing.assert_close(reward_weights(r, "threshold", threshold=0.5), torch.tensor([0.0, 0.0, 1.0]))
+    w = reward_weights(r, "exp", temperature=0.5)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    assert w[2] > w[1] > w[0]
+    with pytest.raises(ValueError):
+        reward_weights(r, "nope")
