@@ -121,6 +121,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         raise UserError(f"config key '{where}' must be an integer, got {value!r}.",
                         f"set {where} to a whole number.")
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
             if value != value:  # NaN

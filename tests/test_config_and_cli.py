@@ -28,6 +28,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     path.write_text("steps: 20\noptim:\n  lr: 0.001\n")
     cfg = load_config(Cfg, path, ["optim.betas=[0.5, 0.6]", "method=rwl", "name=run1"])
     assert cfg == Cfg(method="rwl", steps=20, name="run1", optim=Optim(lr=1e-3, betas=(0.5, 0.6)))
+    assert load_config(Cfg, None, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads this as a string
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(Cfg, saved) == cfg
 

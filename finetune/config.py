@@ -1,0 +1,139 @@
+"""The fine-tuning stage's config: one frozen dataclass, nested by concern.
+
+Loaded with :func:`pipelines.config.load_config` from ``finetune/configs/<method>.yaml`` plus dotted
+overrides (``dpok.kl_weight=0.1``); the resolved config is saved as ``config.yaml`` in the output
+folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data.errors import UserError
+from data.loading import SHAPES_SD
+from finetune.rl_math import RewardWeighting
+
+Method = Literal["dpok", "rwl"]
+Parameterisation = Literal["lora", "full"]
+KLForm = Literal["gaussian", "eps_mse"]
+Baseline = Literal["value", "per_prompt", "batch"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+RewardKind = Literal["learned", "oracle"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pipeline: str = str(SHAPES_SD)  # a StableDiffusionPipeline folder
+    parameterisation: Parameterisation = "lora"
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    kind: RewardKind = "learned"  # "oracle" (shapes world only) is for upper-bound ablations
+    path: str = "runs/reward"  # a RewardModel folder (reward package)
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class PolicySamplingConfig:
+    num_steps: int = 20
+    eta: float = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
+    guidance_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    split: Literal["train", "heldout", "all"] = "train"  # shapes-world prompt set
+    prompts_file: str | None = None  # one prompt per line; replaces the shapes-world set
+    eval_prompts: tuple[str, ...] = (
+        "one red circle", "two blue squares on a white background", "three yellow circles",
+        "four green squares on a gray background",
+    )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class DPOKConfig:
+    rounds: int = 20
+    prompts_per_round: int = 8
+    samples_per_prompt: int = 4
+    steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= num_steps
+    minibatch_size: int = 32  # transitions per forward/backward
+    epochs_per_round: int = 1
+    clip_range: float = 0.2
+    reward_weight: float = 1.0  # alpha of DPOK's objective
+    kl_weight: float = 0.01  # beta of DPOK's objective
+    kl_form: KLForm = "gaussian"
+    baseline: Baseline = "per_prompt"
+    advantage_clip: float = 5.0
+    value_lr: float = 1e-3
+    value_hidden: int = 256
+    value_steps: int = 20  # value-net updates per round (DPOK's baseline)
+
+
+@dataclass(frozen=True)
+class RWLConfig:
+    samples_per_prompt: int = 8  # generated images per prompt for D_model
+    include_labeled_good: bool = False  # also add images raters labelled good (dataset root)
+    dataset_root: str = "datasets/shapes"
+    pretrain_source: str = "shapes"  # "shapes" (renders with true prompts) or a dataset root
+    pretrain_per_prompt: int = 8
+    weighting: RewardWeighting = "reward"
+    temperature: float = 1.0
+    threshold: float = 0.5
+    pretrain_weight: float = 1.0  # beta of Lee et al. eq. 2
+    steps: int = 300
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    method: Method = "dpok"
+    output_dir: str | None = None  # default runs/finetune-<method>
+    overwrite: bool = False  # refuse to write into a folder that already holds a result
+    seed: int = 0
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    checkpoint_every: int = 5  # rounds (DPOK) or 100 steps (RWL) between resumable checkpoints
+    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    log_every: int = 1
+    sample_grid_every: int = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dpok: DPOKConfig = field(default_factory=DPOKConfig)
+    rwl: RWLConfig = field(default_factory=RWLConfig)
+
+    @property
+    def out(self) -> str:
+        return self.output_dir or f"runs/finetune-{self.method}"
+
+    def validate(self) -> "FinetuneConfig":
+        if self.method == "dpok" and self.sampling.eta <= 0:
+            raise UserError(
+                "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
+                "deterministic and has no log-probability to take a policy gradient of.",
+                "set sampling.eta > 0 (1.0 is DPOK's setting).")
+        if not 1 <= self.dpok.steps_per_sample <= self.sampling.num_steps:
+            raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
+                            f"1..sampling.num_steps={self.sampling.num_steps}.",
+                            "train at most every denoising step once per sample.")
+        for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
+            if value <= 0:
+                raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")
+        if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
+            raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
+        return self

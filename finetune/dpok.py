@@ -1,0 +1,298 @@
+"""DPOK (Fan et al. 2023): online policy gradient over the denoising steps, KL-regularised to the
+pre-trained model.
+
+Each round: sample trajectories from the current policy (DDIM, eta > 0) -> decode and score them
+with the reward model -> advantages -> clipped policy-gradient updates on a random subset of the
+denoising steps, with beta * KL(p_theta || p_base) per step (DPOK eq. 7-8):
+
+    loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
+
+KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=gaussian``) or DPOK's
+eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
+disabled (or a frozen copy when the whole UNet is trained).
+
+Advantages: rewards normalised per prompt (``per_prompt``, as DDPO), over the batch (``batch``), or
+reward minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided by the
+batch's reward std so that alpha and the clip range mean the same for any reward scale.
+Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
+process), so a run resumed from a checkpoint continues exactly as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from data.errors import UserError
+from finetune.common import (Components, RewardFn, latest_checkpoint, load_components, load_reward,
+                             log_images, make_accelerator, prepare_output_dir, prompt_group_ids,
+                             save_checkpoint, save_result, score_in_batches, seed_everything,
+                             training_prompts, warmup_constant_lr, weight_dtype_for)
+from finetune.config import FinetuneConfig
+from finetune.policy import DiffusionPolicy
+from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
+                              normalize_advantages)
+from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
+from finetune.scheduler import DDIMSchedule
+from pipelines.config import to_dict
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    round: int
+    reward_mean: float
+    reward_std: float
+    kl: float  # mean per-step KL term (nats for kl_form=gaussian)
+    clip_fraction: float
+    approx_kl: float  # KL(old || new) estimate of the update
+    policy_loss: float
+    loss: float
+    grad_norm: float
+    value_loss: float
+    lr: float
+    seconds_sample: float
+    seconds_reward: float
+    seconds_update: float
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    output_dir: Path
+    history: list[dict]
+    metrics: dict
+
+
+class ValueNet(torch.nn.Module):
+    """DPOK's baseline V(x_t, prompt, t): pooled latents + mean text embedding + timestep features
+    -> MLP -> predicted final reward."""
+
+    def __init__(self, latent_channels: int, text_dim: int, hidden: int, pool: int = 8):
+        super().__init__()
+        self.pool = pool
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(latent_channels * pool * pool + text_dim + 32, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, x_t: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # x_t (B, C, H, W); text (B, L, D); t (B,) timesteps in [0, 1000) -> (B,)
+        pooled = F.adaptive_avg_pool2d(x_t.float(), self.pool).flatten(1)
+        freqs = torch.exp(torch.linspace(0, math.log(1000), 16, device=t.device))
+        tf = t.float()[:, None] / 1000 * freqs[None]
+        feats = torch.cat([pooled, text.float().mean(1), tf.sin(), tf.cos()], dim=1)
+        return self.net(feats).squeeze(1)
+
+
+def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
+    seed = int(np.random.SeedSequence([cfg.seed, r, process]).generate_state(1)[0])
+    return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
+
+
+def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
+    """A checkpoint only continues the run that wrote it: same config but for these keys."""
+    import yaml
+
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return
+    free = {"resume", "overwrite", "output_dir"}
+    old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in free}
+    new = {k: v for k, v in to_dict(cfg).items() if k not in free}
+    old.get("dpok", {}).pop("rounds", None), new.get("dpok", {}).pop("rounds", None)
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UserError(f"{out} holds checkpoints of a run with a different config (sections {changed}).",
+                        "resume with the same config, pass resume=false to start over, or use another output_dir.")
+
+
+def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
+               on_round: Callable[[RoundStats], None] | None = None) -> FinetuneResult:
+    """Run DPOK as configured; ``reward_fn`` overrides ``cfg.reward``; ``on_round`` is called after
+    every round (and checkpoint), e.g. to plot learning curves or stop early."""
+    cfg = cfg.validate()
+    out = Path(cfg.out)
+    if cfg.resume and (out / "checkpoints").is_dir():
+        _check_resumable(out, cfg)
+    out = prepare_output_dir(cfg)
+    d = cfg.dpok
+    accelerator = make_accelerator(cfg, out)
+    device = accelerator.device
+    seed_everything(cfg.seed)
+    comps: Components = load_components(cfg, device, weight_dtype_for(accelerator))
+    pipe = comps.pipe
+    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.eta).to(device)
+    reward = reward_fn or load_reward(cfg.reward, device)
+    prompts = training_prompts(cfg)
+
+    optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lr_sched = warmup_constant_lr(optimizer, cfg.optim.warmup_steps)
+    unet_cfg = pipe.unet.config
+    value_net = value_opt = None
+    if d.baseline == "value":
+        value_net = ValueNet(unet_cfg.in_channels, pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
+        value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
+    unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
+    comps.unet = unet
+    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
+    latent_shape = (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+
+    start, history = 0, []
+    state = latest_checkpoint(out) if cfg.resume else None
+    if state is not None:
+        comps.load_trainable_state(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        if value_net is not None:
+            value_net.load_state_dict(state["value_net"])
+            value_opt.load_state_dict(state["value_opt"])
+        start, history = state["round"], state["history"]
+        accelerator.print(f"resuming {out} at round {start}")
+    if start >= d.rounds:
+        raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
+                        "raise dpok.rounds to continue training, or pass resume=false.")
+
+    accelerator.init_trackers("dpok")
+    eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    per_process = max(1, d.prompts_per_round // n_proc)
+    bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
+               disable=not (progress and accelerator.is_main_process))
+    t_start = time.perf_counter()
+    for r in bar:
+        gen, rng = _round_generator(cfg, r, rank, device)
+        # -- sample -----------------------------------------------------------------------
+        t0 = time.perf_counter()
+        round_prompts = [p for p in rng.choice(prompts, size=per_process) for _ in range(d.samples_per_prompt)]
+        cond, uncond = encode_prompts(pipe, round_prompts, device)
+        unet.eval()
+        traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, round_prompts)
+        images = decode_latents(pipe.vae, traj.final_latents)
+        t1 = time.perf_counter()
+        rewards = score_in_batches(reward, images, round_prompts, cfg.reward.batch_size).to(device)
+        if not torch.isfinite(rewards).all():
+            raise UserError("the reward model returned NaN or infinite rewards.",
+                            "check the reward model folder (retrain it with `make reward`).")
+        t2 = time.perf_counter()
+        # -- advantages (B, T) --------------------------------------------------------------
+        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng)
+        adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
+        # -- update -------------------------------------------------------------------------
+        unet.train()
+        stats = _update(accelerator, policy, comps, optimizer, lr_sched, traj, adv, cfg, rng)
+        t3 = time.perf_counter()
+        all_rewards = accelerator.gather(rewards)
+        row = RoundStats(
+            round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
+            value_loss=value_loss, lr=float(lr_sched.get_last_lr()[0]),
+            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, **stats)
+        history.append(asdict(row))
+        if (r + 1) % cfg.log_every == 0:
+            accelerator.log({k: v for k, v in asdict(row).items() if k != "round"}, step=r + 1)
+        bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
+        if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
+            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, latent_shape, cfg, out, r + 1)
+        if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and r + 1 < d.rounds:
+            save_checkpoint(accelerator, out, r + 1, dict(
+                round=r + 1, history=history, trainable=comps.trainable_state(),
+                optimizer=optimizer.state_dict(), lr_scheduler=lr_sched.state_dict(),
+                value_net=value_net.state_dict() if value_net is not None else None,
+                value_opt=value_opt.state_dict() if value_opt is not None else None))
+        if on_round is not None:
+            on_round(row)
+    metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
+               "seconds": time.perf_counter() - t_start}
+    save_result(accelerator, comps, cfg, out, metrics)
+    accelerator.end_training()
+    return FinetuneResult(out, history, metrics)
+
+
+def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
+    """Advantages (B, T) and the value-fit loss (0 without a value net)."""
+    b, t = traj.batch_size, traj.num_steps
+    scale = rewards.std(unbiased=False) + 1e-6
+    if baseline == "per_prompt":
+        return normalize_advantages(rewards, prompt_group_ids(traj.prompts).to(rewards.device))[:, None].expand(b, t), 0.0
+    if baseline == "batch":
+        return normalize_advantages(rewards)[:, None].expand(b, t), 0.0
+    # DPOK: A(x_t) = r - V(x_t, c, t), with V fitted by MSE to the final reward.
+    x = traj.latents[:, :-1].reshape(b * t, *traj.latents.shape[2:])
+    text = traj.prompt_embeds.repeat_interleave(t, 0)
+    steps = schedule.timesteps.to(x.device).repeat(b)
+    target = rewards.repeat_interleave(t)
+    with torch.no_grad():
+        adv = ((target - value_net(x, text, steps)) / scale).view(b, t)
+    loss = 0.0
+    for _ in range(d.value_steps):
+        idx = torch.as_tensor(rng.choice(b * t, size=min(256, b * t), replace=False), device=x.device)
+        value_opt.zero_grad()
+        mse = F.mse_loss(value_net(x[idx], text[idx], steps[idx]), target[idx])
+        mse.backward()
+        value_opt.step()
+        loss = mse.item()
+    return adv, loss
+
+
+def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, lr_sched,
+            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
+    d = cfg.dpok
+    b, t = traj.batch_size, traj.num_steps
+    # A random subset of steps per trajectory (DDPO's timestep fraction): (b * k) transitions.
+    steps = np.stack([rng.choice(t, size=d.steps_per_sample, replace=False) for _ in range(b)])
+    samples = np.repeat(np.arange(b), d.steps_per_sample)
+    steps = steps.reshape(-1)
+    sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
+    n_mb = n_opt = 0
+    for _ in range(d.epochs_per_round):
+        order = rng.permutation(len(steps))
+        for start in range(0, len(order), d.minibatch_size):
+            sel = order[start:start + d.minibatch_size]
+            bi = torch.as_tensor(samples[sel], device=traj.latents.device)
+            si = torch.as_tensor(steps[sel], device=traj.latents.device)
+            x_t, x_prev = traj.latents[bi, si], traj.latents[bi, si + 1]
+            cond, uncond = traj.prompt_embeds[bi], traj.negative_embeds[bi]
+            with accelerator.accumulate(policy.unet):
+                with accelerator.autocast():
+                    step = policy.step(x_t, si, cond, uncond)
+                    ref = policy.reference_step(x_t, si, cond, uncond)
+                g = step.gaussian
+                log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
+                pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
+                if d.kl_form == "gaussian":
+                    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std)
+                else:
+                    kl = eps_mse_kl(step.eps, ref.eps)
+                loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    gn = accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm)
+                    sums["grad_norm"] += float(gn)
+                    n_opt += 1
+                # Under accumulate(), the prepared optimizer and scheduler skip non-sync steps.
+                optimizer.step()
+                lr_sched.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in (("kl", kl.mean()), ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
+                         ("policy_loss", pl.loss), ("loss", loss)):
+                sums[k] += float(v)
+            n_mb += 1
+    out = {k: v / max(1, n_mb) for k, v in sums.items() if k != "grad_norm"}
+    out["grad_norm"] = sums["grad_norm"] / max(1, n_opt)
+    return out
+
+
+@torch.no_grad()
+def _sample_grid(accelerator, policy, pipe, cond, uncond, latent_shape, cfg, out: Path, r: int) -> None:
+    """Fixed eval prompts with fixed noise: the same seeds every time, so grids compare across rounds."""
+    policy.unet.eval()
+    gen = torch.Generator(cond.device).manual_seed(cfg.seed + 12345)
+    traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, list(cfg.prompts.eval_prompts))
+    images = decode_latents(pipe.vae, traj.final_latents)
+    log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
+               ncols=len(cfg.prompts.eval_prompts))
