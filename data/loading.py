@@ -12,10 +12,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from data.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SHAPES_SD = MODELS_DIR / "shapes-sd"
@@ -57,7 +61,7 @@ def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | No
 
 @dataclass
 class LoadedCLIP:
-    model: "transformers.CLIPModel"  # noqa: F821
+    model: CLIPModel
     tokenizer: object
     image_processor: object
     path: Path

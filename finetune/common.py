@@ -10,7 +10,7 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -21,7 +21,12 @@ from data.shapes.world import Prompt, prompt_set
 from finetune.config import FinetuneConfig, RewardConfig
 from pipelines.config import save_config
 
+if TYPE_CHECKING:
+    from finetune.policy import DiffusionPolicy
+    from finetune.scheduler import DDIMSchedule
+
 RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json")
+RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
 
 
 class RewardFn(Protocol):
@@ -166,7 +171,7 @@ def prepare_output_dir(cfg: FinetuneConfig) -> Path:
     finished = [f for f in RESULT_FILES if (out / f).exists()]
     if finished and not cfg.overwrite:
         raise UserError(f"{out} already holds a finished run ({', '.join(finished)}).",
-                        f"choose another output_dir, or pass overwrite=true to replace it.")
+                        "choose another output_dir, or pass overwrite=true to replace it.")
     if finished and cfg.overwrite:
         for f in finished:
             (out / f).unlink()
@@ -270,3 +275,93 @@ def image_grid(images: torch.Tensor, ncols: int) -> np.ndarray:
         grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = im
     return grid
 
+
+
+# --------------------------------------------------------------------------------------------
+# One run's setup, shared by DPOK and RWL
+
+
+@dataclass
+class Run:
+    cfg: FinetuneConfig
+    out: Path
+    accelerator: object
+    comps: Components
+    schedule: DDIMSchedule
+    policy: DiffusionPolicy
+    reward: RewardFn
+    prompts: list[str]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    def checkpoint_state(self, **extra) -> dict:
+        return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
+                    lr_scheduler=self.lr_scheduler.state_dict(), **extra)
+
+    def restore(self, state: dict) -> None:
+        self.comps.load_trainable_state(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
+    """A checkpoint only continues the run that wrote it: same config except how long it runs."""
+    import yaml
+
+    from pipelines.config import to_dict
+
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return
+    free = {"resume", "overwrite", "output_dir"}
+    old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in free}
+    new = {k: v for k, v in to_dict(cfg).items() if k not in free}
+    for tree in (old, new):
+        tree.get("dpok", {}).pop("rounds", None)
+        tree.get("rwl", {}).pop("steps", None)
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UserError(f"{out} holds checkpoints of a run with a different config (sections {changed}).",
+                        "resume with the same config, pass resume=false to start over, or use another output_dir.")
+
+
+def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
+    """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
+    returns the run and the newest checkpoint's state (None when starting fresh)."""
+    from finetune.policy import DiffusionPolicy
+    from finetune.scheduler import DDIMSchedule
+
+    cfg = cfg.validate()
+    out = Path(cfg.out)
+    if cfg.resume and not cfg.overwrite:
+        if any((out / name).exists() for name in RESUMABLE):
+            _check_resumable(out, cfg)
+    else:  # starting over: drop what an earlier run left to resume from
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in RESUMABLE[1:]:
+            (out / name).unlink(missing_ok=True)
+    out = prepare_output_dir(cfg)
+    accelerator = make_accelerator(cfg, out)
+    seed_everything(cfg.seed)
+    comps = load_components(cfg, accelerator.device, weight_dtype_for(accelerator))
+    schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_steps,
+                                           cfg.sampling.eta).to(accelerator.device)
+    reward = reward_fn or load_reward(cfg.reward, accelerator.device)
+    prompts = training_prompts(cfg)
+    optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lr_sched = warmup_constant_lr(optimizer, cfg.optim.warmup_steps)
+    unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
+    comps.unet = unet
+    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
+    ucfg = comps.pipe.unet.config
+    run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
+              (ucfg.in_channels, ucfg.sample_size, ucfg.sample_size))
+    state = latest_checkpoint(out) if cfg.resume else None
+    if state is not None:
+        run.restore(state)
+    return run, state

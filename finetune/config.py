@@ -127,7 +127,7 @@ class FinetuneConfig:
                 "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
                 "deterministic and has no log-probability to take a policy gradient of.",
                 "set sampling.eta > 0 (1.0 is DPOK's setting).")
-        if not 1 <= self.dpok.steps_per_sample <= self.sampling.num_steps:
+        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= self.sampling.num_steps:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
                             f"1..sampling.num_steps={self.sampling.num_steps}.",
                             "train at most every denoising step once per sample.")

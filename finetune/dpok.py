@@ -32,17 +32,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.errors import UserError
-from finetune.common import (Components, RewardFn, latest_checkpoint, load_components, load_reward,
-                             log_images, make_accelerator, prepare_output_dir, prompt_group_ids,
-                             save_checkpoint, save_result, score_in_batches, seed_everything,
-                             training_prompts, warmup_constant_lr, weight_dtype_for)
+from finetune.common import (Components, RewardFn, log_images, prompt_group_ids, save_checkpoint,
+                             save_result, score_in_batches, setup_run)
 from finetune.config import FinetuneConfig
 from finetune.policy import DiffusionPolicy
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
                               normalize_advantages)
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from finetune.scheduler import DDIMSchedule
-from pipelines.config import to_dict
 
 
 @dataclass(frozen=True)
@@ -95,60 +91,20 @@ def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple
     return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
 
 
-def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
-    """A checkpoint only continues the run that wrote it: same config but for these keys."""
-    import yaml
-
-    saved = out / "config.yaml"
-    if not saved.exists():
-        return
-    free = {"resume", "overwrite", "output_dir"}
-    old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in free}
-    new = {k: v for k, v in to_dict(cfg).items() if k not in free}
-    old.get("dpok", {}).pop("rounds", None), new.get("dpok", {}).pop("rounds", None)
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UserError(f"{out} holds checkpoints of a run with a different config (sections {changed}).",
-                        "resume with the same config, pass resume=false to start over, or use another output_dir.")
-
-
 def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
                on_round: Callable[[RoundStats], None] | None = None) -> FinetuneResult:
     """Run DPOK as configured; ``reward_fn`` overrides ``cfg.reward``; ``on_round`` is called after
     every round (and checkpoint), e.g. to plot learning curves or stop early."""
-    cfg = cfg.validate()
-    out = Path(cfg.out)
-    if cfg.resume and (out / "checkpoints").is_dir():
-        _check_resumable(out, cfg)
-    out = prepare_output_dir(cfg)
-    d = cfg.dpok
-    accelerator = make_accelerator(cfg, out)
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    comps: Components = load_components(cfg, device, weight_dtype_for(accelerator))
-    pipe = comps.pipe
-    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.eta).to(device)
-    reward = reward_fn or load_reward(cfg.reward, device)
-    prompts = training_prompts(cfg)
-
-    optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    lr_sched = warmup_constant_lr(optimizer, cfg.optim.warmup_steps)
-    unet_cfg = pipe.unet.config
+    run, state = setup_run(cfg, reward_fn)
+    cfg, out, accelerator, device = run.cfg, run.out, run.accelerator, run.device
+    d, comps, pipe, policy = cfg.dpok, run.comps, run.comps.pipe, run.policy
+    unet, optimizer, lr_sched, schedule = comps.unet, run.optimizer, run.lr_scheduler, run.schedule
     value_net = value_opt = None
     if d.baseline == "value":
-        value_net = ValueNet(unet_cfg.in_channels, pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
+        value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
         value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
-    unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
-    comps.unet = unet
-    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
-    latent_shape = (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
-
     start, history = 0, []
-    state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
-        comps.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
         if value_net is not None:
             value_net.load_state_dict(state["value_net"])
             value_opt.load_state_dict(state["value_opt"])
@@ -169,13 +125,13 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         gen, rng = _round_generator(cfg, r, rank, device)
         # -- sample -----------------------------------------------------------------------
         t0 = time.perf_counter()
-        round_prompts = [p for p in rng.choice(prompts, size=per_process) for _ in range(d.samples_per_prompt)]
+        round_prompts = [p for p in rng.choice(run.prompts, size=per_process) for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
-        traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, round_prompts)
+        traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
-        rewards = score_in_batches(reward, images, round_prompts, cfg.reward.batch_size).to(device)
+        rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
         if not torch.isfinite(rewards).all():
             raise UserError("the reward model returned NaN or infinite rewards.",
                             "check the reward model folder (retrain it with `make reward`).")
@@ -197,11 +153,10 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round"}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, latent_shape, cfg, out, r + 1)
+            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and r + 1 < d.rounds:
-            save_checkpoint(accelerator, out, r + 1, dict(
-                round=r + 1, history=history, trainable=comps.trainable_state(),
-                optimizer=optimizer.state_dict(), lr_scheduler=lr_sched.state_dict(),
+            save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
+                round=r + 1, history=history,
                 value_net=value_net.state_dict() if value_net is not None else None,
                 value_opt=value_opt.state_dict() if value_opt is not None else None))
         if on_round is not None:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from data.errors import UserError
-from finetune.common import OracleReward
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from pipelines.config import load_config

@@ -1,0 +1,262 @@
+"""Reward-weighted likelihood (Lee et al. 2023, "Aligning Text-to-Image Models using Human
+Feedback", eq. 2):
+
+    L(theta) = E_{(x,z) ~ D_model}[ -w(r(x, z)) log p_theta(x | z) ] + beta E_{(x,z) ~ D_pre}[ -log p_theta(x | z) ]
+
+with -log p_theta replaced by the denoising loss l(x, z) = E_{t, eps} || f_theta(x_t, t, z) - target ||^2
+(target = eps or v, the pipeline's prediction type).  Minimising w * l raises the likelihood of
+well-rewarded images in proportion to their reward; the beta term on pre-training data keeps the
+model close to its original distribution (Lee et al.'s guard against losing fidelity).
+
+D_model: images the base model generates for the training prompts, scored once by the reward
+model (and optionally images raters labelled good, weight 1).  D_pre: image-caption pairs, in the
+shapes world renders with their true prompts, in general a dataset root's generations table.
+Both are encoded to latents once and cached in the output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from data.errors import UserError
+from finetune.common import (RewardFn, Run, log_images, save_checkpoint, save_result,
+                             score_in_batches, setup_run)
+from finetune.config import FinetuneConfig
+from finetune.dpok import FinetuneResult
+from finetune.rl_math import reward_weights
+from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int
+    loss: float
+    loss_model: float  # reward-weighted denoising loss on D_model
+    loss_pre: float  # denoising loss on D_pre
+    mean_weight: float
+    grad_norm: float
+    lr: float
+
+
+@dataclass
+class LatentSet:
+    """Encoded images with their prompts: latents (N, C, h, w), weights (N,)."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+    weights: torch.Tensor
+    rewards: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@torch.no_grad()
+def _encode_images(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> scaled latents (posterior mean, as SD fine-tuning does)."""
+    dtype = next(vae.parameters()).dtype
+    out = []
+    for i in range(0, len(images), 32):
+        x = images[i:i + 32].to(vae.device, dtype) * 2 - 1
+        out.append(vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def _image_size(run: Run) -> int:
+    vae = run.comps.pipe.vae
+    return run.latent_shape[1] * 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def build_model_set(run: Run) -> LatentSet:
+    """D_model: samples of the (still unchanged) model for every training prompt, scored once."""
+    cfg, r = run.cfg, run.cfg.rwl
+    prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
+    gen = torch.Generator(run.device).manual_seed(cfg.seed + 777)
+    latents, rewards = [], []
+    for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
+                  disable=not run.accelerator.is_main_process):
+        chunk = prompts[i:i + cfg.reward.batch_size]
+        cond, uncond = encode_prompts(run.comps.pipe, chunk, run.device)
+        traj = sample_trajectories(run.policy, cond, uncond, run.latent_shape, gen, chunk)
+        images = decode_latents(run.comps.pipe.vae, traj.final_latents)
+        rewards.append(score_in_batches(run.reward, images, chunk, cfg.reward.batch_size).float().cpu())
+        latents.append(traj.final_latents.cpu())
+    rewards_t = torch.cat(rewards)
+    if not torch.isfinite(rewards_t).all():
+        raise UserError("the reward model returned NaN or infinite rewards.",
+                        "check the reward model folder (retrain it with `make reward`).")
+    weights = reward_weights(rewards_t, r.weighting, r.temperature, r.threshold)
+    model_set = LatentSet(torch.cat(latents), prompts, weights, rewards_t)
+    if r.include_labeled_good:
+        model_set = _concat(model_set, _labeled_good(run))
+    return model_set
+
+
+def _concat(a: LatentSet, b: LatentSet) -> LatentSet:
+    return LatentSet(torch.cat([a.latents, b.latents]), a.prompts + b.prompts,
+                     torch.cat([a.weights, b.weights]), torch.cat([a.rewards, b.rewards]))
+
+
+def _load_generations(root: Path, keep: Callable | None, size: int) -> tuple[torch.Tensor, list[str]]:
+    from data.generations import load_image
+    from data.store import Store
+
+    store = Store(root)
+    gens = store.to_pandas("generations")
+    if keep is not None:
+        gens = gens[gens["image_id"].isin(keep(store))]
+    if gens.empty:
+        raise UserError(f"no usable images in the dataset root {root}.",
+                        "generate and label a round first (`make generate && make simulate-raters`).")
+    images = []
+    for _, row in gens.iterrows():
+        im = load_image(root, row)
+        if im.size != (size, size):
+            raise UserError(f"image {row['image_id']} in {root} is {im.size[0]}x{im.size[1]}, the model "
+                            f"works at {size}x{size}.", "use images of the model's resolution.")
+        images.append(torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 255)
+    return torch.stack(images), gens["prompt"].tolist()
+
+
+def _labeled_good(run: Run) -> LatentSet:
+    """Images raters labelled good (by majority of non-skip labels), each with weight 1."""
+    from data.labels import current
+
+    def good_ids(store):
+        labels = current(store, "binary_labels").to_pandas()
+        labels = labels[labels["label"] != "skip"]
+        share = (labels["label"] == "good").groupby(labels["image_id"]).mean()
+        return share[share > 0.5].index
+
+    images, prompts = _load_generations(Path(run.cfg.rwl.dataset_root), good_ids, _image_size(run))
+    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    ones = torch.ones(len(prompts))
+    return LatentSet(latents, prompts, ones, ones)
+
+
+def build_pretrain_set(run: Run) -> LatentSet:
+    """D_pre: shapes-world renders of the training prompts with their true prompts, or the
+    images and prompts of a dataset root's generations table."""
+    r, size = run.cfg.rwl, _image_size(run)
+    if r.pretrain_source == "shapes":
+        from data.shapes.render import render
+
+        prompts = [p for p in run.prompts for _ in range(r.pretrain_per_prompt)]
+        seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
+        images = torch.stack([torch.from_numpy(np.asarray(render(p, s, size))).permute(2, 0, 1).float() / 255
+                              for p, s in zip(prompts, seeds)])
+    else:
+        images, prompts = _load_generations(Path(r.pretrain_source), None, size)
+    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    ones = torch.ones(len(prompts))
+    return LatentSet(latents, prompts, ones, ones)
+
+
+def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
+    """Both datasets, cached in the output folder so a resumed run trains on the same data."""
+    cache = run.out / "rwl_data.pt"
+    if cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        return LatentSet(**saved["model"]), LatentSet(**saved["pre"])
+    model_set, pre_set = build_model_set(run), build_pretrain_set(run)
+    if run.accelerator.is_main_process:
+        tmp = cache.with_name(".rwl_data.pt.tmp")
+        torch.save({"model": vars(model_set), "pre": vars(pre_set)}, tmp)
+        tmp.replace(cache)
+    return model_set, pre_set
+
+
+def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: list[str],
+                   gen: torch.Generator) -> torch.Tensor:
+    """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
+    at a uniformly drawn training timestep, i.e. -log p_theta(x | z) up to constants (DDPM eq. 14)."""
+    x0 = latents.to(run.device)
+    noise = torch.randn(x0.shape, generator=gen, device=run.device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen, device=run.device)
+    x_t = noise_scheduler.add_noise(x0, noise, t)
+    ptype = noise_scheduler.config.prediction_type
+    target = {"epsilon": noise, "v_prediction": noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[ptype]
+    cond, _ = encode_prompts(run.comps.pipe, prompts, run.device)
+    unet = run.comps.unet
+    pred = unet(x_t.to(next(unet.parameters()).dtype), t, encoder_hidden_states=cond).sample.float()
+    return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+
+
+def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
+              on_step: Callable[[StepStats], None] | None = None) -> FinetuneResult:
+    """Run reward-weighted likelihood fine-tuning as configured (see the module docstring)."""
+    from diffusers import DDPMScheduler
+
+    run, state = setup_run(cfg, reward_fn)
+    cfg, r, acc = run.cfg, run.cfg.rwl, run.accelerator
+    model_set, pre_set = _load_or_build(run)
+    if float(model_set.weights.sum()) <= 0:
+        raise UserError("every generated image has reward weight 0, so there is nothing to learn from.",
+                        "lower rwl.threshold, use rwl.weighting=exp, or check the reward model.")
+    noise_scheduler = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    start, history = (state["step"], state["history"]) if state else (0, [])
+    if start >= r.steps:
+        raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
+                        "raise rwl.steps to continue training, or pass resume=false.")
+    acc.init_trackers("rwl")
+    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, list(cfg.prompts.eval_prompts), run.device)
+    bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
+               disable=not (progress and acc.is_main_process))
+    half = max(1, r.batch_size // 2)
+    p_model = (model_set.weights > 0).float()  # draw only images that carry weight
+    p_model = p_model / p_model.sum()
+    t_start = time.perf_counter()
+    run.comps.unet.train()
+    for step in bar:
+        seed = int(np.random.SeedSequence([cfg.seed, step, acc.process_index]).generate_state(1)[0])
+        rng, gen = np.random.default_rng(seed), torch.Generator(run.device).manual_seed(seed)
+        mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
+        pi = rng.choice(len(pre_set), size=half)
+        with acc.accumulate(run.comps.unet):
+            with acc.autocast():
+                l_model = denoising_loss(run, noise_scheduler, model_set.latents[mi], [model_set.prompts[i] for i in mi], gen)
+                l_pre = denoising_loss(run, noise_scheduler, pre_set.latents[pi], [pre_set.prompts[i] for i in pi], gen)
+            w = model_set.weights[mi].to(run.device)
+            # Sampling images in proportion to 1[w > 0] and weighting by w keeps the estimator of
+            # E_model[w l] unbiased up to the constant P(w > 0).
+            loss_model = (w * l_model).mean()
+            loss_pre = l_pre.mean()
+            loss = loss_model + r.pretrain_weight * loss_pre
+            acc.backward(loss)
+            grad_norm = float(acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm)) if acc.sync_gradients else 0.0
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        row = StepStats(step + 1, float(loss), float(loss_model), float(loss_pre), float(w.mean()), grad_norm,
+                        float(run.lr_scheduler.get_last_lr()[0]))
+        history.append(vars(row))
+        if (step + 1) % cfg.log_every == 0:
+            acc.log({k: v for k, v in vars(row).items() if k != "step"}, step=step + 1)
+        bar.set_postfix(loss=f"{row.loss:.4f}", pre=f"{row.loss_pre:.4f}")
+        every = 100 * cfg.checkpoint_every
+        if cfg.checkpoint_every and (step + 1) % every == 0 and step + 1 < r.steps:
+            save_checkpoint(acc, run.out, step + 1, run.checkpoint_state(step=step + 1, history=history))
+        if on_step is not None:
+            on_step(row)
+    if cfg.sample_grid_every:
+        run.comps.unet.eval()
+        g = torch.Generator(run.device).manual_seed(cfg.seed + 12345)
+        traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
+        log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
+                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
+    metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
+               "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
+                           "mean_weight": float(model_set.weights.mean())},
+               "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start}
+    save_result(acc, run.comps, cfg, run.out, metrics)
+    acc.end_training()
+    return FinetuneResult(run.out, history, metrics)
