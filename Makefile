@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test oracle-check clean
+.PHONY: help install test oracle-check finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -34,6 +34,13 @@ test: install  ## run the test suite (CPU; GPU tests skip without CUDA)
 
 oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (last line: JSON)
 	$(PY) -m pipelines.oracle_check
+
+# METHOD=dpok|rwl; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."
+METHOD ?= dpok
+CONFIG ?=
+ARGS ?=
+finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
+	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache

@@ -30,7 +30,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _check_folder(path: Path, marker: str, what: str) -> None:
+def check_folder(path: Path, marker: str, what: str) -> None:
     if not path.is_dir():
         raise UserError(f"{what} folder {path} does not exist.",
                         f"pass the local folder of a {what} (it must contain {marker}).")
@@ -46,7 +46,7 @@ def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | No
     from diffusers import StableDiffusionPipeline
 
     path = Path(path)
-    _check_folder(path, "model_index.json", "Stable Diffusion pipeline")
+    check_folder(path, "model_index.json", "Stable Diffusion pipeline")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             path, local_files_only=True, safety_checker=None, feature_extractor=None,
@@ -73,7 +73,7 @@ def load_clip(path: str | os.PathLike, *, device: torch.device | str | None = No
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     path = Path(path)
-    _check_folder(path, "config.json", "CLIP model")
+    check_folder(path, "config.json", "CLIP model")
     try:
         model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

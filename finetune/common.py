@@ -264,6 +264,12 @@ def log_images(accelerator, tag: str, images: torch.Tensor, step: int, path: Pat
     accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, grid, step, dataformats="HWC")
 
 
+def pil_to_tensor(images) -> torch.Tensor:
+    """PIL images (equal sizes) -> float tensor (N, 3, H, W) in [0, 1]."""
+    arr = np.stack([np.array(im.convert("RGB")) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
+
+
 def image_grid(images: torch.Tensor, ncols: int) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> uint8 (rows*H, ncols*W, 3) with 2-px white gutters."""
     b, _, h, w = images.shape
@@ -330,6 +336,16 @@ def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
                         "resume with the same config, pass resume=false to start over, or use another output_dir.")
 
 
+def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
+    """Fail on missing inputs before anything is written."""
+    from data.loading import check_folder
+
+    check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
+    if reward_fn is None and cfg.reward.kind == "learned" and not Path(cfg.reward.path).is_dir():
+        raise UserError(f"reward model folder {cfg.reward.path} does not exist.",
+                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
+
+
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
     """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
     returns the run and the newest checkpoint's state (None when starting fresh)."""
@@ -337,6 +353,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     from finetune.scheduler import DDIMSchedule
 
     cfg = cfg.validate()
+    _check_inputs(cfg, reward_fn)
     out = Path(cfg.out)
     if cfg.resume and not cfg.overwrite:
         if any((out / name).exists() for name in RESUMABLE):

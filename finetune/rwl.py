@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.errors import UserError
-from finetune.common import (RewardFn, Run, log_images, save_checkpoint, save_result,
+from finetune.common import (RewardFn, Run, log_images, pil_to_tensor, save_checkpoint, save_result,
                              score_in_batches, setup_run)
 from finetune.config import FinetuneConfig
 from finetune.dpok import FinetuneResult
@@ -123,8 +123,8 @@ def _load_generations(root: Path, keep: Callable | None, size: int) -> tuple[tor
         if im.size != (size, size):
             raise UserError(f"image {row['image_id']} in {root} is {im.size[0]}x{im.size[1]}, the model "
                             f"works at {size}x{size}.", "use images of the model's resolution.")
-        images.append(torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 255)
-    return torch.stack(images), gens["prompt"].tolist()
+        images.append(im)
+    return pil_to_tensor(images), gens["prompt"].tolist()
 
 
 def _labeled_good(run: Run) -> LatentSet:
@@ -152,8 +152,7 @@ def build_pretrain_set(run: Run) -> LatentSet:
 
         prompts = [p for p in run.prompts for _ in range(r.pretrain_per_prompt)]
         seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
-        images = torch.stack([torch.from_numpy(np.asarray(render(p, s, size))).permute(2, 0, 1).float() / 255
-                              for p, s in zip(prompts, seeds)])
+        images = pil_to_tensor([render(p, s, size) for p, s in zip(prompts, seeds)])
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -27,6 +28,9 @@ def parse_config(cls: type[T], parser: argparse.ArgumentParser, argv: list[str] 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Call ``main(argv)``; a UserError becomes one line on stderr and exit status 2."""
+    # transformers warns on import that torchvision is absent (it falls back to PIL processors);
+    # that is expected here and only buries the real messages.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return int(main(argv) or 0)
     except UserError as e:

@@ -87,3 +87,20 @@ def test_bad_inputs_are_clear_errors(tiny_sd, tmp_path):
     train_dpok(done, progress=False)
     with pytest.raises(UserError, match="already holds a finished run"):
         train_dpok(done, progress=False)
+
+
+def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
+    from pipelines.cli import run
+    from pipelines.finetune import main
+
+    assert run(main, ["method=ppo"]) == 2
+    assert "unknown fine-tuning method 'ppo'" in capsys.readouterr().err
+    assert run(main, ["method=dpok", f"model.pipeline={tiny_sd}", f"reward.path={tmp_path}/missing"]) == 2
+    assert "reward model folder" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+    args = ["method=dpok", f"output_dir={tmp_path}/cli", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
+            "sampling.num_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
+            "dpok.steps_per_sample=1", "sample_grid_every=0"]
+    assert run(main, args) == 0
+    assert "dpok: wrote" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()

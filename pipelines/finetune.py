@@ -1,0 +1,43 @@
+"""``make finetune METHOD=dpok|rwl``: fine-tune a Stable Diffusion pipeline against a reward model.
+
+    python -m pipelines.finetune method=dpok                      # finetune/configs/dpok.yaml
+    python -m pipelines.finetune --config my.yaml dpok.kl_weight=0.1 output_dir=runs/x
+
+Without --config, the shipped config of the method (finetune/configs/<method>.yaml) is used.
+Multi-GPU / multi-node: ``accelerate launch -m pipelines.finetune method=dpok``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from data.errors import UserError
+from finetune.config import FinetuneConfig
+from pipelines.cli import config_parser, run
+from pipelines.config import load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs"
+METHODS = ("dpok", "rwl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
+    method = parse_overrides(args.overrides).get("method", "dpok")
+    if method not in METHODS:
+        raise UserError(f"unknown fine-tuning method '{method}'.", "use METHOD=dpok or METHOD=rwl.")
+    config = args.config or CONFIGS / f"{method}.yaml"
+    cfg = load_config(FinetuneConfig, config, [*args.overrides, f"method={method}"])
+    if cfg.method == "dpok":
+        from finetune.dpok import train_dpok as train
+    else:
+        from finetune.rwl import train_rwl as train
+    result = train(cfg)
+    final = result.metrics["final"]
+    print(f"{cfg.method}: wrote {result.output_dir} (LoRA weights, config.yaml, metrics.json); "
+          + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float) and not k.startswith("seconds")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
