@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test oracle-check finetune clean
+.PHONY: help install test oracle-check finetune eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -41,6 +41,9 @@ CONFIG ?=
 ARGS ?=
 finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
+
+eval: install  ## base vs fine-tuned models on held-out prompts -> reports/eval/ [ARGS="k=v"]
+	$(PY) -m pipelines.evaluate $(ARGS)
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache
