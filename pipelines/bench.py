@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             sd = build_random_sd15(Path(tmp) / "sd15")
             b = cfg.gpu_samples
             results += bench_pipeline(cfg, "sd15-512-cuda", str(sd), extra=(
-                "mixed_precision=bf16", "reward.kind=clip_random" if False else f"reward.kind={cfg.reward.kind}",
+                "mixed_precision=bf16",
                 f"dpok.prompts_per_round={max(1, b // 4)}", "dpok.samples_per_prompt=4",
                 f"dpok.minibatch_size={cfg.gpu_minibatch}", "sampling.num_steps=50", "dpok.steps_per_sample=10",
                 "dpok.rounds=3", "prompts.eval_prompts=[one red circle]"))

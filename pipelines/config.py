@@ -48,6 +48,9 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw  # YAML 1.1 reads yes/no/on/off as booleans; the field type decides
+
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -72,6 +75,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return _build(typ, value, f"{where}.")
     if origin is Literal:
         allowed = get_args(typ)
+        if isinstance(value, bool) and value not in allowed:  # `key: no` in a YAML file
+            value = next((w for w in (("yes", "on") if value else ("no", "off")) if w in allowed), value)
         if value not in allowed:
             raise UserError(f"config key '{where}' is {value!r}, not one of {list(allowed)}.",
                             f"set {where} to one of {list(allowed)}.")
@@ -109,6 +114,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                             f"write {where} as key: value pairs.")
         return dict(value)
     if typ is bool:
+        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off"):
+            value = value.lower() in ("yes", "on")
         if isinstance(value, bool):
             return value
         raise UserError(f"config key '{where}' must be true or false, got {value!r}.",

@@ -33,6 +33,19 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert load_config(Cfg, saved) == cfg
 
 
+def test_yaml_11_booleans_follow_the_field_type(tmp_path):
+    @dataclass(frozen=True)
+    class P:
+        precision: Literal["no", "fp16"] = "fp16"
+        flag: bool = False
+        name: str = "x"
+
+    assert load_config(P, None, ["precision=no", "flag=yes", "name=no"]) == P("no", True, "no")
+    path = tmp_path / "p.yaml"
+    path.write_text("precision: no\nflag: on\n")
+    assert load_config(P, path) == P("no", True, "x")
+
+
 @pytest.mark.parametrize("override, message", [
     (["method=ppo"], "not one of \\['dpok', 'rwl'\\]"),
     (["optim.lrr=1"], "unknown config key\\(s\\): optim.lrr"),
