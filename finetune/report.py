@@ -1,0 +1,169 @@
+"""The demo's report: results table like the papers', learning curves, before/after grids, and a
+reward-hacking check that sets reward gains beside oracle gains."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from finetune.evaluate import ALIGNMENT_KEYS, ModelEval
+
+HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes
+
+
+def results_json(evals: list[ModelEval], reward_metrics: dict, seconds: dict[str, float]) -> dict:
+    """``{model: {alignment: {...}, reward, fidelity, controls: {...}}, reward_model, seconds}``."""
+    out: dict = {}
+    for e in evals:
+        out[e.name] = {"alignment": dict(e.alignment), "reward": e.reward, "fidelity": e.fidelity,
+                       "controls": dict(e.controls), "n_images": e.n_images}
+    out["reward_model"] = reward_metrics
+    out["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    out["hacking"] = hacking_check(evals)
+    return out
+
+
+def hacking_check(evals: list[ModelEval]) -> dict[str, dict]:
+    """Per fine-tuned model: reward gain, oracle gain per attribute and on control prompts, and
+    sentences naming every place where the reward rose while oracle alignment fell."""
+    base = next(e for e in evals if e.name == "base")
+    out = {}
+    for e in evals:
+        if e.name == "base":
+            continue
+        d_reward = e.reward - base.reward
+        d_align = {k: e.alignment[k] - base.alignment[k] for k in ALIGNMENT_KEYS}
+        d_ctrl = {k: e.controls[k] - base.controls[k] for k in ALIGNMENT_KEYS}
+        findings = []
+        if d_reward > 0:
+            for where, deltas in (("held-out prompts", d_align), ("control prompts", d_ctrl)):
+                for k, v in deltas.items():
+                    if not math.isnan(v) and v < -HACK_TOLERANCE:
+                        findings.append(f"{e.name} raised the learned reward by {d_reward:+.3f} while oracle "
+                                        f"alignment on {k} ({where}) fell by {100 * -v:.1f} points: "
+                                        f"the reward is being hacked there.")
+        out[e.name] = {"reward_gain": d_reward, "oracle_gain": d_align, "controls_gain": d_ctrl,
+                       "findings": findings}
+    return out
+
+
+def learning_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    """DPOK: reward mean and KL per round; RWL: loss terms per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    dpok, rwl = histories.get("dpok") or [], histories.get("rwl") or []
+    if dpok:
+        r = [h["round"] for h in dpok]
+        axes[0].plot(r, [h["reward_mean"] for h in dpok], marker="o")
+        axes[0].set(title="DPOK: mean reward of the round's samples", xlabel="round", ylabel="reward")
+        axes[1].plot(r, [h["kl"] for h in dpok], marker="o", color="tab:red")
+        axes[1].set(title="DPOK: KL to the base model (per step)", xlabel="round", ylabel="KL (nats)")
+    if rwl:
+        s = [h["step"] for h in rwl]
+        axes[2].plot(s, _smooth([h["loss_model"] for h in rwl]), label="reward-weighted (D_model)")
+        axes[2].plot(s, _smooth([h["loss_pre"] for h in rwl]), label="pre-training (D_pre)")
+        axes[2].set(title="RWL: denoising losses (smoothed)", xlabel="step", ylabel="MSE")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(xs: list[float], k: int = 10) -> np.ndarray:
+    xs = np.asarray(xs, dtype=float)
+    if len(xs) < k:
+        return xs
+    return np.convolve(xs, np.ones(k) / k, mode="valid").tolist() + [float("nan")] * (k - 1)
+
+
+def before_after(grids: dict[str, Path], path: Path) -> None:
+    """The models' sample grids (same prompts, same seeds) side by side, base first."""
+    images = [Image.open(p).convert("RGB") for p in grids.values()]
+    gap = 12
+    w = sum(im.width for im in images) + gap * (len(images) - 1)
+    h = max(im.height for im in images)
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width + gap
+    canvas.save(path)
+
+
+def _fmt(v: float, pct: bool = True) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], prompts_txt: str) -> str:
+    cols = ("color", "count", "background", "combination", "overall")
+    lines = ["# Shapes-world demo: collect -> reward -> fine-tune", "",
+             "Oracle alignment (%) on held-out prompts (attribute combinations never in training), "
+             "same seeds for every model; controls = train prompts with one or two objects.", "",
+             "| model | " + " | ".join(cols) + " | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |",
+             "|---|" + "---|" * (len(cols) + 3)]
+    for e in evals:
+        lines.append(f"| {e.name} | " + " | ".join(_fmt(e.alignment[c]) for c in cols)
+                     + f" | {_fmt(e.controls['overall'])} | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
+    rm = results.get("reward_model", {})
+    lines += ["", "## Reward model (validation split)", ""]
+    lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in rm.items()
+              if not isinstance(v, (dict, list))]
+    lines += ["", "## Reward hacking check", "",
+              "| model | reward gain | oracle gain (overall) | count | color | background | controls |",
+              "|---|---|---|---|---|---|---|"]
+    any_finding = False
+    for name, h in results["hacking"].items():
+        g, c = h["oracle_gain"], h["controls_gain"]
+        lines.append(f"| {name} | {h['reward_gain']:+.3f} | {100 * g['overall']:+.1f} | {100 * g['count']:+.1f} | "
+                     f"{100 * g['color']:+.1f} | {100 * g['background']:+.1f} | {100 * c['overall']:+.1f} |")
+    lines.append("")
+    for name, h in results["hacking"].items():
+        for f in h["findings"]:
+            lines.append(f"- **{f}**")
+            any_finding = True
+    if not any_finding:
+        lines.append("- No attribute or control set lost oracle alignment while the reward rose: no sign of "
+                     "reward hacking at this sample size.")
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", "",
+              "## Samples before / after (same prompts, same seeds)", "",
+              f"Columns: {', '.join(grid_names)}. Rows: {prompts_txt}", "", "![samples](samples_before_after.png)", "",
+              "## Time per stage (s)", ""]
+    lines += [f"- {k}: {v}" for k, v in results["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, results: dict, evals: list[ModelEval], histories: dict, grids: dict[str, Path],
+          prompts_txt: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_clean(results), indent=2))
+    learning_curves(histories, out / "learning_curves.png")
+    before_after(grids, out / "samples_before_after.png")
+    md = markdown(results, evals, list(grids), prompts_txt)
+    (out / "report.md").write_text(md)
+    try:
+        import markdown as md_lib  # optional: an HTML copy when the package is present
+
+        (out / "report.html").write_text(md_lib.markdown(md, extensions=["tables"]))
+    except ImportError:
+        pass
+
+
+def _clean(o):
+    """JSON-safe copy: NaN becomes null (json.dumps would write the non-standard NaN)."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return o

@@ -1,0 +1,38 @@
+import json
+
+from finetune.evaluate import ModelEval
+from finetune.report import hacking_check, results_json, write
+
+
+def ev(name, overall, count, reward, ctrl):
+    a = {"color": 0.9, "count": count, "background": 0.95, "combination": overall, "overall": overall}
+    c = {"color": 0.9, "count": 0.9, "background": 0.9, "combination": ctrl, "overall": ctrl}
+    return ModelEval(name, a, c, reward, 0.01, 100)
+
+
+def test_hacking_check_names_reward_up_oracle_down():
+    evals = [ev("base", 0.30, 0.40, 0.50, 0.80), ev("dpok", 0.45, 0.55, 0.70, 0.70), ev("rwl", 0.33, 0.42, 0.55, 0.80)]
+    h = hacking_check(evals)
+    assert abs(h["dpok"]["oracle_gain"]["overall"] - 0.15) < 1e-9
+    assert any("control prompts" in f and "fell by 10.0 points" in f for f in h["dpok"]["findings"])
+    assert h["rwl"]["findings"] == []
+
+
+def test_report_files(tmp_path):
+    from PIL import Image
+
+    evals = [ev("base", 0.3, 0.4, 0.5, 0.8), ev("dpok", 0.5, 0.6, 0.7, 0.8)]
+    grids = {}
+    for e in evals:
+        grids[e.name] = tmp_path / f"{e.name}.png"
+        Image.new("RGB", (20, 40), (255, 0, 0)).save(grids[e.name])
+    histories = {"dpok": [{"round": 1, "reward_mean": 0.5, "kl": 0.0}, {"round": 2, "reward_mean": 0.6, "kl": 0.01}],
+                 "rwl": [{"step": i, "loss_model": 1.0 / i, "loss_pre": 0.5} for i in range(1, 30)]}
+    results = results_json(evals, {"pairwise_accuracy_vs_oracle": 0.93}, {"reward": 12.0})
+    write(tmp_path / "r", results, evals, histories, grids, "one circle")
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["dpok"]["alignment"]["overall"] == 0.5 and data["dpok"]["controls"]["overall"] == 0.8
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| dpok | 90.0 | 60.0 |" in md and "no sign of reward hacking" in md
+    for f in ("learning_curves.png", "samples_before_after.png", "report.html"):
+        assert (tmp_path / "r" / f).exists()
