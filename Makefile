@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test oracle-check finetune eval clean
+.PHONY: help install test oracle-check finetune eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -44,6 +44,9 @@ finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFI
 
 eval: install  ## base vs fine-tuned models on held-out prompts -> reports/eval/ [ARGS="k=v"]
 	$(PY) -m pipelines.evaluate $(ARGS)
+
+bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)
+	$(PY) -m pipelines.bench $(ARGS)
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache
