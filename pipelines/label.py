@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from data.errors import UserError
+from data.store import Store
 from labeling_app.config import LabelConfig
 from pipelines.cli import config_parser, parse_config, run
 from pipelines.config import save_config
@@ -29,7 +30,9 @@ def build_app(cfg: LabelConfig):
         raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
     guidelines = load_guidelines(cfg.guidelines_path)
-    assigner = Assigner.open(cfg, guidelines.version)
+    # Merging small part files happens in a background thread (labeling_app.ui.launch), not inside
+    # a rater's request.
+    assigner = Assigner.open(cfg, guidelines.version, store=Store(cfg.root, compact_every=0))
     return LabelingApp(cfg, assigner, raters, guidelines)
 
 
