@@ -58,7 +58,8 @@ CSS = """
 .status-text { min-height: 1.5rem; }
 .status-text .warn { color: #b45309; }
 .progress-text { font-size: 0.95rem; }
-.pixelated img { image-rendering: pixelated; }
+/* renders are small (64 px): scale them up without blurring */
+.pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 kbd { border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 """
 
@@ -245,6 +246,8 @@ class LabelingApp:
         tasks = self.cfg.tasks
         with gr.Blocks(title="Labeling") as demo:
             progress = gr.HTML(elem_id="progress", js_on_load=None)
+            gr.Markdown("The **guidelines** are in the panel on the right (open it with the arrow); "
+                        f"they are version {self.guidelines.version}.", elem_id="guidelines-hint")
             with gr.Sidebar(label="Guidelines", open=False, position="right"):
                 gr.Markdown(f"### Guidelines\n*version {self.guidelines.version}*")
                 gr.Markdown(self.guidelines.text)
