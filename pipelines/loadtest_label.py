@@ -5,7 +5,8 @@
 Renders a fresh round (shapes world, every prompt) under ``runs/loadtest-label/<stamp>/``, adds
 ``raters`` accounts, starts ``python -m pipelines.label`` as a separate process on a free port of
 127.0.0.1, and lets one thread per rater sign in and submit ``labels_per_rater`` labels (every
-``ranking_every``-th one a ranking) as fast as the server answers.  Then it stops the server and
+``ranking_every``-th one a ranking), pausing ``think_ms`` on average between answers (0: as fast
+as the server answers).  Then it stops the server and
 reads the Parquet files back.  The last line is one JSON object:
 
 - ``submitted``: labels the server acknowledged; ``stored``: label rows on disk from these raters;
@@ -48,6 +49,10 @@ class LoadtestConfig:
     raters: int = 20
     labels_per_rater: int = 50
     ranking_every: int = 5
+    think_ms: float = 1000.0
+    """Mean pause of a rater between an answer and the next (exponential).  People take seconds
+    per image (the simulated raters' profile: 2.5 s); 0 makes every rater hammer the server,
+    which measures throughput at saturation instead of the wait raters see."""
     per_prompt: int = 4
     overlap: int = 3
     root: Optional[str] = None
@@ -60,6 +65,7 @@ class LoadtestConfig:
 @dataclass(frozen=True)
 class LoadtestResult:
     raters: int
+    think_ms: float
     submitted: int
     stored: int
     duplicates: int
@@ -169,6 +175,8 @@ class _Rater(threading.Thread):
                 self.submitted += 1
             else:
                 self.stale += 1
+            if self.cfg.think_ms > 0:
+                time.sleep(self.rng.exponential(self.cfg.think_ms / 1000))
             if api == "/submit_ranking":
                 ranking = out
                 slots = self.cfg_slots(ranking)
@@ -279,7 +287,7 @@ def loadtest(cfg: LoadtestConfig) -> LoadtestResult:
     p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
     enough = all(t.submitted >= cfg.labels_per_rater for t in threads)
     result = LoadtestResult(
-        raters=cfg.raters, submitted=submitted, stored=stored, duplicates=dups, p50_ms=round(p50, 1),
+        raters=cfg.raters, think_ms=cfg.think_ms, submitted=submitted, stored=stored, duplicates=dups, p50_ms=round(p50, 1),
         p99_ms=round(p99, 1), max_ms=round(float(lat.max()), 1) if lat.size else float("nan"),
         errors=sum(t.errors for t in threads), stale=sum(t.stale for t in threads), over_overlap=over,
         labels_per_s=round(submitted / wall, 1) if wall > 0 else 0.0, wall_s=round(wall, 2),
