@@ -312,9 +312,10 @@ class LabelingApp:
                     gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
                     gold = gr.Dataframe(interactive=False)
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
-                    export_file = gr.File(label="Export", interactive=False)
+                    export_file = gr.File(label="Export", interactive=False, height=90)
                     export_status = gr.HTML(js_on_load=None)
                     refresh.click(self.admin_report, outputs=[summary, counts, gold], api_name="admin_report")
+                    admin_tab.select(self.admin_report, outputs=[summary, counts, gold], api_visibility="private")
                     export_btn.click(self.export, outputs=[export_file, export_status], api_name="export",
                                      trigger_mode="once")
             demo.load(self.admin_visible, outputs=admin_tab, api_visibility="private")
