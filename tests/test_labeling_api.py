@@ -184,7 +184,7 @@ def test_a_disabled_rater_is_refused_at_the_next_request(server):
 
 def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     root = tmp_path / "round"
-    store = make_round(root, n_prompts=4, hostile=False)
+    make_round(root, n_prompts=4, hostile=False)
     raters = make_raters(root / "raters.json", ["gina"])
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
