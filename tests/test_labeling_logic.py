@@ -386,3 +386,21 @@ def test_entry_points_report_missing_pieces(tmp_path, capsys, round_store):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["round_completion"] == {"binary": 1.0, "ranking": 1.0} and out["added_rankings"] == 16
     assert out["added_gold"] > 0 and out["binary_alpha"] is not None
+
+
+def test_raters_command_adds_disables_and_lists(tmp_path, capsys, monkeypatch):
+    import io
+
+    from pipelines import raters as raters_cli
+    from pipelines.cli import run
+
+    f = str(tmp_path / "raters.json")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert run(raters_cli.main, ["--file", f, "add", "lead", "--admin", "--password-stdin"]) == 0
+    assert run(raters_cli.main, ["--file", f, "disable", "lead"]) == 0
+    assert run(raters_cli.main, ["--file", f, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "added lead (admin)" in out and "lead\tadmin, disabled" in out
+    assert RatersFile(f).account("lead").disabled and not RatersFile(f).verify("lead", "a long password")
+    assert run(raters_cli.main, ["--file", f, "disable", "nobody"]) == 2
+    assert "no rater 'nobody'" in capsys.readouterr().err
