@@ -35,10 +35,46 @@ test: install  ## run the test suite (CPU; GPU tests skip without CUDA)
 oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (last line: JSON)
 	$(PY) -m pipelines.oracle_check
 
+# --- labeling round: generate -> label (people or simulated raters) -> export -------------------
+# Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".
+ARGS ?=
+RATERS_FILE ?= datasets/raters.json
+.PHONY: generate label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export
+
+generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR per_prompt=4"; source=renderer: no model)
+	$(PY) -m pipelines.generate $(ARGS)
+
+label: install  ## serve the labeling app (ARGS="root=... server.host=0.0.0.0 server.port=7860 overlap=3")
+	$(PY) -m pipelines.label raters_file=$(RATERS_FILE) $(ARGS)
+
+simulate-raters: install  ## simulated raters label the round through the app's assignment code (last line: JSON)
+	$(PY) -m pipelines.simulate_raters $(ARGS)
+
+loadtest-label: install  ## >= 20 concurrent raters x 50 labels against a live app (last line: JSON)
+	$(PY) -m pipelines.loadtest_label $(ARGS)
+
+rater-add: install  ## add a rater: make rater-add RATER=alice [ADMIN=1] (asks for the password)
+	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) add $(RATER) $(if $(ADMIN),--admin,)
+
+rater-disable: install  ## stop a rater signing in (takes effect at their next click): make rater-disable RATER=alice
+	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) disable $(RATER)
+
+rater-enable: install  ## let a disabled rater sign in again: make rater-enable RATER=alice
+	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) enable $(RATER)
+
+raters: install  ## list the raters (admin / disabled flags)
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) list
+
+label-export: install  ## export the round's current labels to <root>/exports/<time>/ (ARGS="root=...")
+	$(PY) -m pipelines.label_export $(ARGS)
+
+# --- fine-tuning, evaluation, benchmark ------------------------------------------------------
 # METHOD=dpok|rwl; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."
 METHOD ?= dpok
 CONFIG ?=
-ARGS ?=
 finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
 

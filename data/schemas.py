@@ -324,3 +324,29 @@ def from_rows(spec: TableSpec, rows: list[dict], source: str = "rows") -> pa.Tab
         raise DataError(f"{source}: rows do not fit table '{spec.name}': {e}.",
                         f"see the schema in data/schemas.py ({spec.name}).") from None
     return conform(spec, table, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labeling app: gold answers (hidden items with a known answer, mixed into raters' streams)
+
+
+def _check_gold(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("image_id", "prompt_id", "answer", "source"))
+    bad = pc.invert(pc.is_in(table["answer"], value_set=pa.array(("good", "bad"))))
+    if table.num_rows and pc.any(bad).as_py():
+        raise DataError(f"gold answers {sorted(set(pc.filter(table['answer'], bad).to_pylist()))} "
+                        "are not 'good' or 'bad'.", "a gold item's answer is 'good' or 'bad'.")
+
+
+GOLD = register(TableSpec(
+    name="gold",
+    schema=_schema("gold", [
+        _f("image_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("answer", pa.string()),            # good | bad: the binary label a careful rater gives
+        _f("source", pa.string()),            # oracle (shapes world) | file (a lead's gold file)
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id",),
+    check=_check_gold,
+))

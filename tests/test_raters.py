@@ -73,13 +73,35 @@ def test_simulated_round_through_the_store(tmp_path):
     summary = simulate_round(store, default_panel(4, flip_rate=0.1), overlap=2, seed=3)
     labels = store.to_pandas("binary_labels")
     rankings = store.to_pandas("rankings")
-    assert summary.binary_labels == len(labels) == 36 * 2
-    assert summary.rankings == len(rankings) == 12 * 2
-    # each item went to two distinct raters
-    assert (labels.groupby("image_id")["rater_id"].nunique() == 2).all()
+    assert summary.binary_labels == len(labels) and summary.rankings == len(rankings) == 12 * 2
+    assert sum(summary.labels_by_rater.values()) == len(labels) + len(rankings)
+    # every image got exactly two answers that are not skips, from distinct raters; a skip sent
+    # the image to one more rater
+    answered = labels[labels["label"] != "skip"]
+    assert len(answered) == 36 * 2 and len(labels) == 72 + (labels["label"] == "skip").sum()
+    assert (answered.groupby("image_id")["rater_id"].nunique() == 2).all()
+    assert not labels.duplicated(["image_id", "rater_id"]).any()
     assert (rankings.groupby("prompt_id")["rater_id"].nunique() == 2).all()
+    # raters take turns in a random order, so the pairs sharing items vary
+    pairs_of_raters = answered.groupby("image_id")["rater_id"].apply(lambda r: tuple(sorted(r)))
+    assert pairs_of_raters.nunique() >= 4
     pairs = rankings_to_pairs(store.read("rankings"))
     assert pairs.num_rows == 24 * 3  # three pairs per ranking of three images
     assert set(pairs["label_0"].to_pylist()) <= {0.0, 0.5, 1.0}
     with pytest.raises(UserError, match="overlap 5"):
         simulate_round(store, default_panel(4), overlap=5)
+
+
+def test_simulated_round_with_gold_items(tmp_path):
+    store = Store(tmp_path)
+    render_round(store, prompt_set("train")[:10], per_prompt=4, seed=2, mismatch_rate=0.5)
+    summary = simulate_round(store, default_panel(3, flip_rate=0.0), overlap=1, ranking=False,
+                             seed=1, gold_share=0.2)
+    labels = store.to_pandas("binary_labels")
+    gold = store.to_pandas("gold")
+    assert len(gold) == 8 and set(gold["answer"]) == {"good", "bad"}
+    assert summary.gold_labels == labels["is_gold"].sum() > 0
+    assert set(labels.loc[labels["is_gold"], "image_id"]) <= set(gold["image_id"])
+    # gold items are outside the overlap: the other 32 images got one non-skip answer each
+    normal = labels[~labels["is_gold"] & (labels["label"] != "skip")]
+    assert len(normal) == 32 and normal["image_id"].is_unique

@@ -52,6 +52,22 @@ ROWS = {"generations": generation_row, "binary_labels": label_row, "rankings": r
         "pairs": pair_row, "retractions": retraction_row}
 
 
+def gold_row(**kw):  # labeling app: hidden items with a known answer
+    row = dict(image_id="i1", prompt_id="p1", answer="bad", source="oracle", created_at=NOW)
+    row.update(kw)
+    return row
+
+
+ROWS["gold"] = gold_row
+
+
+def test_gold_answers_are_good_or_bad():
+    from data.schemas import GOLD
+
+    with pytest.raises(DataError, match="gold answers"):
+        from_rows(GOLD, [gold_row(answer="skip")])
+
+
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_every_table_has_version_metadata_and_round_trips(name, tmp_path):
     spec = get_spec(name)

@@ -10,21 +10,21 @@ anyone in a browser.  Each rater has a profile:
 - ``rank_noise`` and ``tie_width``: a ranking orders images by the oracle's graded score plus
   Gaussian noise of that std; scores that fall in the same bin of width ``tie_width`` are ties.
 
-Rows go through :class:`data.store.Store`, the same API the labeling app writes through.
+A round is labeled through the labeling app's own assignment and write path
+(:func:`simulate_round`, :mod:`labeling_app.simulate`), so simulated rounds have the same overlap,
+gold items and rows as rounds labeled by people.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
 from data.errors import UserError
-from data.generations import load_image
-from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS, validate_ranks
+from data.schemas import GENERATIONS, validate_ranks
 from data.shapes.oracle import judge
 from data.shapes.world import Prompt
 from data.store import Store
@@ -141,6 +141,7 @@ class RoundSummary:
     binary_labels: int
     rankings: int
     labels_by_rater: dict[str, int]
+    gold_labels: int = 0  # binary labels on gold items (included in binary_labels)
 
 
 def simulate_round(
@@ -152,53 +153,31 @@ def simulate_round(
     ranking: bool = True,
     guideline_version: str = "sim-1",
     seed: int = 0,
-    batch_rows: int = 64,
+    gold_share: float = 0.0,
 ) -> RoundSummary:
-    """Label every image of the round (binary) and every prompt's image set (ranking), each by
-    ``overlap`` distinct raters of ``panel``, appending through ``store``."""
+    """Label the round in ``store`` with ``panel`` through the labeling app's assignment code.
+
+    Every image (binary) and every prompt's image set (ranking) goes to ``overlap`` distinct
+    raters who answer it; a skip sends the item to one more rater.  With ``gold_share`` > 0 the
+    raters also meet oracle-judged gold items.  The driver is
+    :func:`labeling_app.simulate.run_simulated_round`; ``make simulate-raters`` runs it with the
+    app's config.
+    """
+    from labeling_app.assignment import Assigner
+    from labeling_app.config import GoldConfig
+    from labeling_app.gold import ensure_gold
+    from labeling_app.simulate import run_simulated_round
+
     if not 1 <= overlap <= len(panel):
         raise UserError(f"overlap {overlap} needs between 1 and {len(panel)} raters.",
                         "lower the overlap or add raters to the panel.")
+    tasks = tuple(t for t, on in (("binary", binary), ("ranking", ranking)) if on)
+    if not tasks:
+        raise UserError("neither binary nor ranking labels were asked for.", "set binary or ranking to True.")
     gens = store.to_pandas(GENERATIONS)
     if gens.empty:
         raise UserError(f"no generations in {store.root}.", "generate or render a round first.")
-    rng = np.random.default_rng(seed)
-    raters = [SimulatedRater(p, seed) for p in panel]
-    images = {r["image_id"]: load_image(store.root, r) for _, r in gens.iterrows()}
-    counts: Counter[str] = Counter()
-    pending: dict[str, list[dict]] = {BINARY_LABELS.name: [], RANKINGS.name: []}
-
-    def flush(table: str, force: bool = False):
-        if pending[table] and (force or len(pending[table]) >= batch_rows):
-            store.append(table, pending[table])
-            pending[table] = []
-
-    if binary:
-        for row in gens.itertuples():
-            for ri in rng.choice(len(raters), size=overlap, replace=False):
-                rater = raters[ri]
-                answer = rater.binary(images[row.image_id], Prompt.parse(row.prompt))
-                pending[BINARY_LABELS.name].append(binary_row(
-                    rater.rater_id, row.image_id, row.prompt_id, answer,
-                    guideline_version=guideline_version))
-                counts[rater.rater_id] += 1
-                flush(BINARY_LABELS.name)
-    n_rankings = 0
-    if ranking:
-        for prompt_id, group in gens.groupby("prompt_id", sort=True):
-            if len(group) < 2:
-                continue
-            prompt = Prompt.parse(group["prompt"].iloc[0])
-            ids = group["image_id"].tolist()
-            for ri in rng.choice(len(raters), size=overlap, replace=False):
-                rater = raters[ri]
-                answer = rater.rank([images[i] for i in ids], prompt)
-                pending[RANKINGS.name].append(ranking_row(
-                    rater.rater_id, prompt_id, ids, answer, guideline_version=guideline_version))
-                counts[rater.rater_id] += 1
-                n_rankings += 1
-                flush(RANKINGS.name)
-    for table in pending:
-        flush(table, force=True)
-    n_binary = sum(counts.values()) - n_rankings
-    return RoundSummary(n_binary, n_rankings, dict(sorted(counts.items())))
+    gold = ensure_gold(store, GoldConfig(share=gold_share), gens, seed=seed) if gold_share > 0 else {}
+    assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
+                        guideline_version=guideline_version, seed=seed)
+    return run_simulated_round(assigner, panel, seed=seed)

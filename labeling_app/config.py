@@ -1,0 +1,87 @@
+"""The labeling round's configuration (one frozen dataclass, loadable from YAML with overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from data.errors import UserError
+
+Task = Literal["binary", "ranking"]
+TASKS: tuple[str, ...] = ("binary", "ranking")
+
+DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines (put TLS in front: see README)
+    port: int = 7860
+    # Listener threads: Gradio runs one event per thread; 1 (Gradio's default) would serialise
+    # every rater behind every other one.
+    concurrency: int = 32
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    share: float = 0.1
+    """Chance that a rater's next binary item is a gold item (while unseen gold items remain);
+    the gold pool is this share of the round's images."""
+    source: Literal["oracle", "file", "none"] = "oracle"
+    """oracle: the shapes-world oracle's verdict; file: ``file`` (CSV or Parquet with columns
+    image_id, answer); none: no gold items."""
+    file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    root: str = "datasets/shapes"
+    """Dataset root: images/, generations and the label tables (see data/store.py)."""
+    raters_file: str = "datasets/raters.json"
+    """Salted password hashes of the raters (pipelines.raters adds and disables them)."""
+    guidelines: Optional[str] = None
+    """Markdown file shown to raters; None: the packaged labeling_app/guidelines.md."""
+    tasks: tuple[Task, ...] = TASKS
+    overlap: int = 3
+    """K: each item goes to up to K distinct raters (skips do not count toward K)."""
+    rank_max_images: int = 4
+    """A ranking set holds at most this many images of one prompt (larger groups are split)."""
+    lease_s: float = 900.0
+    """An item shown to a rater is reserved for them this long; after that it may go to another
+    rater if they have not answered."""
+    seed: int = 0
+    """Order in which items are handed out, and the draw of gold items."""
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self):
+        if self.overlap < 1:
+            raise UserError(f"overlap={self.overlap}: each item needs at least one rater.",
+                            "set overlap to 1 or more.")
+        if not 2 <= self.rank_max_images <= 8:
+            raise UserError(f"rank_max_images={self.rank_max_images} is outside 2..8.",
+                            "rank between 2 and 8 images at a time.")
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise UserError(f"tasks={list(self.tasks)}: name each task once.",
+                            f"use some of {list(TASKS)}.")
+        if not 0.0 <= self.gold.share < 1.0:
+            raise UserError(f"gold.share={self.gold.share} is outside [0, 1).",
+                            "set gold.share to e.g. 0.1 (or 0 for no gold items).")
+        if self.gold.source == "file" and not self.gold.file:
+            raise UserError("gold.source=file needs gold.file.",
+                            "set gold.file=<CSV or Parquet with columns image_id, answer>.")
+        if self.lease_s <= 0:
+            raise UserError(f"lease_s={self.lease_s} must be > 0.", "set lease_s to e.g. 900.")
+        if not 0 <= self.server.port <= 65535:
+            raise UserError(f"server.port={self.server.port} is not a port.", "use 1..65535.")
+        if self.server.concurrency < 1:
+            raise UserError("server.concurrency must be >= 1.", "set it to e.g. 32.")
+
+    @property
+    def guidelines_path(self) -> Path:
+        return Path(self.guidelines) if self.guidelines else DEFAULT_GUIDELINES
+
+    @property
+    def uses_gold(self) -> bool:
+        return self.gold.source != "none" and self.gold.share > 0

@@ -1,0 +1,112 @@
+"""Gold items: images with a known binary answer, mixed unannounced into raters' streams.
+
+The gold pool is fixed the first time a round starts (it lands in the ``gold`` table, so a restart,
+the simulated raters and the admin statistics all see the same pool):
+
+- ``source=oracle`` (shapes world): a ``share`` of the images, half of them ones the oracle judges
+  aligned ("good") and half misaligned ("bad") where the round has both, so a rater who always
+  answers "good" scores about 50 %, not the round's base rate;
+- ``source=file``: a CSV or Parquet file with columns ``image_id`` and ``answer`` (good|bad).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.errors import UserError
+from data.generations import load_image
+from data.schemas import GOLD
+from data.store import Store
+from labeling_app.config import GoldConfig
+
+
+def read_gold(store: Store) -> dict[str, str]:
+    """image_id -> answer, for the round's gold pool (empty if it has none)."""
+    t = store.read(GOLD)
+    return dict(zip(t["image_id"].to_pylist(), t["answer"].to_pylist()))
+
+
+def ensure_gold(store: Store, gold: GoldConfig, generations: pd.DataFrame, seed: int = 0) -> dict[str, str]:
+    """The round's gold pool, creating it on first use; empty when gold is switched off."""
+    if gold.source == "none" or gold.share <= 0:
+        return {}
+    existing = read_gold(store)
+    if existing:
+        return existing
+    if generations.empty:
+        return {}
+    if gold.source == "oracle":
+        rows = _oracle_gold(store, generations, gold.share, seed)
+    else:
+        rows = _file_gold(Path(gold.file), generations)
+    now = datetime.now(timezone.utc)
+    for r in rows:
+        r["created_at"] = now
+    store.append(GOLD, rows)
+    return read_gold(store)
+
+
+def _oracle_gold(store: Store, gens: pd.DataFrame, share: float, seed: int) -> list[dict]:
+    from data.shapes.oracle import judge
+    from data.shapes.world import Prompt
+
+    def parse(text):
+        try:
+            return Prompt.parse(text)
+        except UserError:
+            return None
+
+    prompts = {t: parse(t) for t in gens["prompt"].unique()}
+    eligible = gens[gens["prompt"].map(lambda t: prompts[t] is not None)]
+    if eligible.empty:
+        raise UserError(
+            "gold.source=oracle needs shapes-world prompts, and no prompt of this round is one.",
+            "give a gold file (gold.source=file gold.file=<csv with image_id,answer>) or turn gold "
+            "items off (gold.share=0).")
+    n = max(1, int(round(share * len(gens))))
+    rng = np.random.default_rng([seed, 11])
+    order = rng.permutation(len(eligible))
+    picked: dict[str, list[dict]] = {"good": [], "bad": []}
+    # Judge candidates in random order until both halves are full or 4n images were tried.
+    for tried, i in enumerate(order):
+        if all(len(v) >= (n + 1) // 2 for v in picked.values()) or tried >= 4 * n:
+            break
+        row = eligible.iloc[int(i)]
+        answer = "good" if judge(load_image(store.root, row), prompts[row["prompt"]]).aligned else "bad"
+        if len(picked[answer]) < n:
+            picked[answer].append(dict(image_id=row["image_id"], prompt_id=row["prompt_id"],
+                                       answer=answer, source="oracle"))
+    good, bad = picked["good"], picked["bad"]
+    half = min(len(good), len(bad), n // 2)
+    rows = good[:half] + bad[:half]
+    rows += (good[half:] + bad[half:])[: n - len(rows)]  # one class short: fill up with the other
+    return rows
+
+
+def _file_gold(path: Path, gens: pd.DataFrame) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"gold file {path} does not exist.", "pass gold.file=<csv or parquet file>.")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise UserError(f"gold file {path} could not be read ({e}).",
+                        "write a CSV or Parquet file with columns image_id, answer.") from None
+    missing = {"image_id", "answer"} - set(df.columns)
+    if missing:
+        raise UserError(f"gold file {path} lacks column(s) {sorted(missing)}.",
+                        "give it columns image_id and answer (good or bad).")
+    df = df.astype({"image_id": str, "answer": str})
+    bad = sorted(set(df["answer"]) - {"good", "bad"})
+    if bad:
+        raise UserError(f"gold file {path} has answers {bad}.", "answers are 'good' or 'bad'.")
+    prompt_of = dict(zip(gens["image_id"], gens["prompt_id"]))
+    unknown = sorted(set(df["image_id"]) - set(prompt_of))
+    if unknown:
+        raise UserError(f"gold file {path} names {len(unknown)} image(s) not in this round, e.g. {unknown[:3]}.",
+                        "use image_id values of the round's generations table.")
+    return [dict(image_id=i, prompt_id=prompt_of[i], answer=a, source="file")
+            for i, a in zip(df["image_id"], df["answer"])]

@@ -1,0 +1,162 @@
+"""Round statistics for the admin tab and the export: counts, gold accuracy, agreement, times.
+
+Pure functions of the label tables (as pandas DataFrames), so they are tested without a server.
+Agreement is Krippendorff's alpha for nominal data (Krippendorff 2011, "Computing Krippendorff's
+alpha-reliability"): it handles any number of raters per item and missing answers, and is 1 for
+perfect agreement, 0 for agreement at chance level, negative below chance.
+
+- binary labels: one unit per image, values good / bad (skips are not values);
+- rankings: one unit per pair of images ranked together, values "first better" / "second better"
+  / "tie" (the pairs of :func:`data.pairs.rankings_to_pairs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from data.labels import current
+from data.pairs import rankings_to_pairs
+from data.schemas import BINARY_LABELS, RANKINGS
+from data.store import Store
+
+
+@dataclass(frozen=True)
+class Agreement:
+    alpha: float          # NaN when undefined (fewer than 2 answers on every unit, or one value only)
+    units: int            # items with at least 2 answers
+    values: int           # answers in those items
+    percent: float        # share of agreeing pairs of answers within units (NaN if none)
+
+
+def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable]]) -> Agreement:
+    """Alpha for nominal values; ``units`` holds, per item, the values the raters gave it."""
+    coincidence: dict[tuple, float] = defaultdict(float)
+    n_units = n_values = 0
+    agree_pairs = total_pairs = 0
+    for values in units:
+        m = len(values)
+        if m < 2:
+            continue
+        n_units += 1
+        n_values += m
+        counts = Counter(values)
+        for c, nc in counts.items():
+            for k, nk in counts.items():
+                # ordered pairs of values from different raters, weighted 1 / (m - 1)
+                pairs = nc * (nk - 1) if c == k else nc * nk
+                coincidence[(c, k)] += pairs / (m - 1)
+        agree_pairs += sum(n * (n - 1) for n in counts.values())
+        total_pairs += m * (m - 1)
+    percent = agree_pairs / total_pairs if total_pairs else math.nan
+    if not n_units:
+        return Agreement(math.nan, 0, 0, percent)
+    marginals: dict[Hashable, float] = defaultdict(float)
+    for (c, _), v in coincidence.items():
+        marginals[c] += v
+    n = sum(marginals.values())
+    observed = sum(v for (c, k), v in coincidence.items() if c != k)
+    expected = sum(marginals[c] * marginals[k] for c in marginals for k in marginals if c != k)
+    if expected == 0:
+        return Agreement(math.nan, n_units, n_values, percent)
+    alpha = 1.0 - (n - 1) * observed / expected
+    return Agreement(alpha, n_units, n_values, percent)
+
+
+def binary_agreement(binary: pd.DataFrame) -> Agreement:
+    answered = binary[binary["label"] != "skip"]
+    return krippendorff_alpha_nominal(answered.groupby("image_id")["label"].apply(list).tolist())
+
+
+def ranking_agreement(rankings: pd.DataFrame) -> Agreement:
+    if rankings.empty:
+        return krippendorff_alpha_nominal([])
+    pairs = rankings_to_pairs(pa.Table.from_pandas(rankings, preserve_index=False)).to_pandas()
+    units: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for a, b, l0 in zip(pairs["image_0"], pairs["image_1"], pairs["label_0"]):
+        if a > b:  # orient every pair the same way so raters' answers are comparable
+            a, b, l0 = b, a, 1.0 - l0
+        units[(a, b)].append("tie" if l0 == 0.5 else ("first" if l0 == 1.0 else "second"))
+    return krippendorff_alpha_nominal(units.values())
+
+
+def counts_by_rater(binary: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataFrame:
+    """One row per rater: good, bad, skip, gold (binary answers on gold items), rankings, total."""
+    b = binary.pivot_table(index="rater_id", columns="label", values="label_id", aggfunc="count",
+                           fill_value=0) if not binary.empty else pd.DataFrame()
+    out = pd.DataFrame(index=sorted(set(binary["rater_id"]) | set(rankings["rater_id"])))
+    for c in ("good", "bad", "skip"):
+        out[c] = b[c] if c in b else 0
+    out["gold"] = binary[binary["is_gold"]].groupby("rater_id").size() if not binary.empty else 0
+    out["rankings"] = rankings.groupby("rater_id").size() if not rankings.empty else 0
+    out = out.fillna(0).astype(int)
+    out["total"] = out[["good", "bad", "skip", "rankings"]].sum(axis=1)
+    return out.rename_axis("rater_id").reset_index()
+
+
+def gold_accuracy(binary: pd.DataFrame, gold: dict[str, str]) -> pd.DataFrame:
+    """Per rater: gold items answered (skips excluded), how many matched the known answer, share."""
+    cols = ["rater_id", "gold_answered", "gold_correct", "gold_accuracy", "gold_skipped"]
+    g = binary[binary["is_gold"] & binary["image_id"].isin(gold.keys())]
+    if g.empty:
+        return pd.DataFrame(columns=cols)
+    g = g.assign(answered=g["label"] != "skip",
+                 correct=g["label"] == g["image_id"].map(gold))
+    out = g.groupby("rater_id").agg(gold_answered=("answered", "sum"), gold_correct=("correct", "sum"),
+                                    gold_skipped=("answered", lambda s: int((~s).sum())))
+    out["gold_accuracy"] = (out["gold_correct"] / out["gold_answered"].where(out["gold_answered"] > 0)).round(3)
+    return out.reset_index()[cols]
+
+
+def median_ms(binary: pd.DataFrame, rankings: pd.DataFrame) -> dict[str, float]:
+    def med(s):
+        return float(s.median()) if len(s) else math.nan
+    return {"binary": med(binary["duration_ms"]), "ranking": med(rankings["duration_ms"])}
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    counts: pd.DataFrame
+    gold: pd.DataFrame
+    binary_agreement: Agreement
+    ranking_agreement: Agreement
+    median_ms: dict[str, float]
+    binary_labels: int
+    rankings: int
+    retracted: int
+
+    def summary(self) -> dict:
+        """JSON-able headline figures."""
+        def clean(x):
+            return None if isinstance(x, float) and math.isnan(x) else (round(x, 4) if isinstance(x, float) else x)
+        return {
+            "binary_labels": self.binary_labels, "rankings": self.rankings, "retracted": self.retracted,
+            "raters": int(len(self.counts)),
+            "binary_alpha": clean(self.binary_agreement.alpha), "binary_units": self.binary_agreement.units,
+            "ranking_alpha": clean(self.ranking_agreement.alpha),
+            "ranking_units": self.ranking_agreement.units,
+            "median_ms": {k: clean(v) for k, v in self.median_ms.items()},
+            "gold_accuracy": {r: clean(float(a)) for r, a in zip(self.gold["rater_id"], self.gold["gold_accuracy"])},
+        }
+
+
+def round_report(store: Store, gold: dict[str, str]) -> RoundReport:
+    """Everything the admin tab shows, from the current (not undone) labels of a round."""
+    binary_all = store.read(BINARY_LABELS).num_rows
+    rankings_all = store.read(RANKINGS).num_rows
+    binary = current(store, BINARY_LABELS.name).to_pandas()
+    rankings = current(store, RANKINGS.name).to_pandas()
+    return RoundReport(
+        counts=counts_by_rater(binary, rankings),
+        gold=gold_accuracy(binary, gold),
+        binary_agreement=binary_agreement(binary),
+        ranking_agreement=ranking_agreement(rankings),
+        median_ms=median_ms(binary, rankings),
+        binary_labels=len(binary), rankings=len(rankings),
+        retracted=binary_all + rankings_all - len(binary) - len(rankings),
+    )

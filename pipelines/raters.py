@@ -1,0 +1,70 @@
+"""Manage the raters who can sign in to the labeling app (salted scrypt hashes, never passwords).
+
+    python -m pipelines.raters add alice [--admin] [--password-stdin] [--file datasets/raters.json]
+    python -m pipelines.raters passwd alice | disable alice | enable alice | list
+
+Without --password-stdin the password is asked for twice on the terminal.  A running app sees
+changes at the rater's next request (a disabled rater is signed out of everything at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from data.errors import UserError
+from labeling_app.config import LabelConfig
+from labeling_app.raters import RatersFile
+from pipelines.cli import run
+
+
+def _password(args) -> str:
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            raise UserError("no password on standard input.", "pipe the password, one line.")
+        return pw
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for the password.", "pass --password-stdin and pipe it in.")
+    pw = getpass.getpass(f"password for {args.rater}: ")
+    if getpass.getpass("again: ") != pw:
+        raise UserError("the two passwords differ.", "run the command again.")
+    return pw
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", default=LabelConfig().raters_file, help="raters file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("add", "passwd"):
+        p = sub.add_parser(name)
+        p.add_argument("rater")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        if name == "add":
+            p.add_argument("--admin", action="store_true", help="may see the admin tab and export")
+    for name in ("disable", "enable"):
+        sub.add_parser(name).add_argument("rater")
+    sub.add_parser("list")
+    args = parser.parse_args(argv)
+    raters = RatersFile(args.file)
+    if args.command == "add":
+        acc = raters.add(args.rater, _password(args), admin=args.admin)
+        print(f"added {acc.rater_id}{' (admin)' if acc.admin else ''} to {raters.path}")
+    elif args.command == "passwd":
+        if raters.account(args.rater) is None:
+            raise UserError(f"no rater {args.rater!r} in {raters.path}.", "add the rater first.")
+        raters.set_password(args.rater, _password(args))
+        print(f"new password set for {args.rater}")
+    elif args.command in ("disable", "enable"):
+        raters.set_disabled(args.rater, args.command == "disable")
+        print(f"{args.command}d {args.rater}")
+    else:
+        for a in raters.accounts():
+            flags = ", ".join(f for f, on in (("admin", a.admin), ("disabled", a.disabled)) if on)
+            print(f"{a.rater_id}\t{flags or '-'}\tadded {a.created_at}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
