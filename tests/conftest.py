@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """A tiny random StableDiffusionPipeline folder (32x32 images), built once per test session.
+    Tests must not write into it."""
+    from tiny_models import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")

@@ -5,11 +5,10 @@ import json
 
 from pipelines.bench import main
 from pipelines.cli import run
-from tiny_models import make_tiny_sd
 
 
-def test_bench_writes_both_methods(tmp_path):
-    sd = make_tiny_sd(tmp_path / "sd")
+def test_bench_writes_both_methods(tmp_path, tiny_sd):
+    sd = tiny_sd
     rc = run(main, [f"cpu_pipeline={sd}", "reward.kind=oracle", f"output_dir={tmp_path}/bench", "rounds=2",
                     "prompts_per_round=1", "samples_per_prompt=2", "num_steps=2", "steps_per_sample=1",
                     "minibatch_size=2", "rwl_steps=3", "rwl_batch_size=2", "repeats=1", "gpu=false"])

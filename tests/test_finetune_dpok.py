@@ -10,12 +10,8 @@ from data.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from pipelines.config import load_config
-from tiny_models import make_tiny_sd
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "sd")
 
 
 def tiny_cfg(sd, out, *extra):

@@ -8,7 +8,7 @@ from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finet
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from pipelines.config import load_config
-from tiny_models import make_tiny_clip, make_tiny_sd
+from tiny_models import make_tiny_clip
 
 
 def test_frechet_distance():
@@ -20,8 +20,8 @@ def test_frechet_distance():
     assert frechet_distance(a, rng.normal(size=(500, 4)) * 2) > 1.0
 
 
-def test_eval_base_and_a_finetuned_run(tmp_path):
-    sd, clip = make_tiny_sd(tmp_path / "sd"), make_tiny_clip(tmp_path / "clip")
+def test_eval_base_and_a_finetuned_run(tmp_path, tiny_sd):
+    sd, clip = tiny_sd, make_tiny_clip(tmp_path / "clip")
     run_cfg = load_config(FinetuneConfig, None, [
         f"output_dir={tmp_path}/dpok", f"model.pipeline={sd}", "reward.kind=oracle", "sampling.num_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
