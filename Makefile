@@ -37,3 +37,18 @@ oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (las
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache
+
+# ---- reward stage (reward/) ------------------------------------------------------------------
+# Extra settings as key=value, e.g. make reward REWARD_ARGS="data.root=datasets/mine overwrite=true"
+REWARD_ARGS ?=
+SCORE_ARGS ?=
+.PHONY: reward score-rewards reward-bench
+
+reward: install  ## train the reward model on the current labels (datasets/shapes -> runs/reward/)
+	$(PY) -m pipelines.train_reward $(REWARD_ARGS)
+
+score-rewards: install  ## write reward scores of a generations table (runs/reward) to its rewards table
+	$(PY) -m pipelines.score_rewards $(SCORE_ARGS)
+
+reward-bench: install  ## reward targets on a simulated round (renders + raters at 10 % noise)
+	$(PY) -m pipelines.reward_bench $(REWARD_ARGS)

@@ -42,8 +42,11 @@ class DataConfig:
     exist and some train prompts too, else hash."""
     val_fraction: float = 0.3
     split_seed: int = 0
+    select_fraction: float = 0.15
+    """Share of the training prompts held out of fitting to choose the best epoch (early
+    stopping on their binary + ranking loss); 0 trains on all and keeps the last epoch."""
     min_val_prompts: int = 5
-    oracle: Literal["auto", "off"] = "auto"
+    oracle: Literal["auto", "none"] = "auto"
     """auto: in the shapes world, also measure against the programmatic oracle."""
 
 
@@ -55,6 +58,9 @@ class ModelConfig:
     """Head inputs from the unit-norm embeddings: image, text, their elementwise product, cosine."""
     hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.1
+    cosine_skip: bool = False
+    """Add a * standardised cosine(image, text) to the MLP's logit, a learnt from 1: the head
+    starts from zero-shot CLIP's ordering and learns corrections."""
     train_last_layers: int = 0
     """0 = frozen backbone (embeddings cached once).  N > 0 also trains the last N transformer
     layers of the vision and text towers, their final layer norms and projections."""
@@ -62,11 +68,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    binary: Literal["mse", "bce", "off"] = "mse"
+    binary: Literal["mse", "bce", "none"] = "mse"
     """mse: Lee et al.'s squared error of sigmoid(head) against the {0, 1} (or mean) target;
     bce: binary cross-entropy on the logit."""
     binary_weight: float = 1.0
-    ranking: Literal["bradley_terry", "off"] = "bradley_terry"
+    ranking: Literal["bradley_terry", "none"] = "bradley_terry"
     """-[y log s(r0 - r1) + (1 - y) log s(r1 - r0)] over every pair of every ranking; a tie is
     y = 0.5 (PickScore)."""
     ranking_weight: float = 1.0
@@ -88,8 +94,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60
-    """Passes over the larger of the binary examples and the ranking pairs."""
+    epochs: int = 30
+    """Passes over the larger of the binary examples and the ranking pairs (the best epoch on
+    the selection prompts is kept, see data.select_fraction)."""
     batch_size: int = 256
     lr: float = 1e-3
     backbone_lr: float = 1e-5

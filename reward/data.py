@@ -78,6 +78,7 @@ class RewardData:
     val: Split
     split: str  # "shapes_heldout" or "hash"
     summary: dict = field(default_factory=dict)
+    select: Split | None = None  # training prompts held out of fitting to choose the epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,8 +236,8 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
                                 f"images of {sorted(other)}.", "rank images of one prompt together.")
 
     agg = _aggregate_binary(binary, data_cfg.binary_aggregation)
-    use_binary = loss_cfg.binary != "off" or loss_cfg.aux_weight > 0
-    use_pairs = loss_cfg.ranking != "off"
+    use_binary = loss_cfg.binary != "none" or loss_cfg.aux_weight > 0
+    use_pairs = loss_cfg.ranking != "none"
     n_pairs = 0 if pairs is None else len(pairs)
     if (not use_binary or agg.empty) and (not use_pairs or n_pairs == 0):
         n_skip = int((binary["label"] == "skip").sum()) if not binary.empty else 0
@@ -264,8 +265,17 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     image_prompt = np.array([pindex[t] for t in images["prompt"]], dtype=np.int64)
     image_pid = images["prompt_id"].to_numpy()
 
-    def make_split(in_val: bool) -> Split:
-        keep_img = np.array([(pid in val_ids) == in_val for pid in image_pid])
+    # Early-stopping prompts: a hash-chosen share of the training prompts, held out of fitting to
+    # pick the epoch (never the validation prompts, which only report).
+    train_ids = set(prompt_text) - val_ids
+    select_ids: set[str] = set()
+    if data_cfg.select_fraction > 0 and len(train_ids) >= 4:
+        select_ids = {i for i in train_ids if _hash_unit(data_cfg.split_seed + 1, i) < data_cfg.select_fraction}
+        if len(select_ids) == len(train_ids):
+            select_ids = set()
+
+    def make_split(ids: set[str]) -> Split:
+        keep_img = np.array([pid in ids for pid in image_pid], dtype=bool)
         b = agg[[keep_img[index[i]] for i in agg["image_id"]]] if len(agg) else agg
         bimg = np.array([index[i] for i in b["image_id"]], dtype=np.int64)
         binary_ex = BinaryExamples(bimg, b["target"].to_numpy(np.float32) if len(b) else np.zeros(0, np.float32),
@@ -290,7 +300,8 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
         return Split(sorted({image_pid[i] for i in np.flatnonzero(keep_img)}),
                      np.flatnonzero(keep_img).astype(np.int64), binary_ex, pair_ex, aux)
 
-    train, val = make_split(False), make_split(True)
+    train, val = make_split(train_ids - select_ids), make_split(val_ids)
+    select = make_split(select_ids) if select_ids else None
     summary = dict(
         images=len(images), prompts=len(prompt_text), train_prompts=len(train.prompt_ids),
         val_prompts=len(val.prompt_ids), binary_labels=int(len(binary)),
@@ -301,4 +312,6 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
         val_pairs=len(val.pairs.image_0), split=split_kind,
         aggregation=data_cfg.binary_aggregation,
     )
-    return RewardData(Path(store.root), images, image_prompt, all_prompts, train, val, split_kind, summary)
+    summary["select_prompts"] = len(select_ids)
+    return RewardData(Path(store.root), images, image_prompt, all_prompts, train, val, split_kind,
+                      summary, select)

@@ -49,6 +49,7 @@ class HeadSpec:
     features: tuple[str, ...] = ("image", "text", "product", "cosine")
     hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.1
+    cosine_skip: bool = False
 
     @property
     def in_dim(self) -> int:
@@ -71,6 +72,8 @@ class RewardHead(nn.Module):
         self.spec = spec
         self.register_buffer("feat_mean", torch.zeros(spec.in_dim))
         self.register_buffer("feat_std", torch.ones(spec.in_dim))
+        self.register_buffer("cos_mean", torch.zeros(()))
+        self.register_buffer("cos_std", torch.ones(()))
         layers: list[nn.Module] = []
         d = spec.in_dim
         for h in spec.hidden:
@@ -78,6 +81,12 @@ class RewardHead(nn.Module):
             d = h
         layers.append(nn.Linear(d, 1))
         self.mlp = nn.Sequential(*layers)
+        if spec.cosine_skip:
+            # logit = a * standardised cosine + MLP(features), a starting at 1 and the MLP's last
+            # layer at 0: the head starts as zero-shot CLIP's ordering and learns corrections.
+            self.cos_scale = nn.Parameter(torch.ones(()))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def featurize(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         """(B, D) unit-norm image and text embeddings -> (B, in_dim) raw features."""
@@ -96,12 +105,19 @@ class RewardHead(nn.Module):
     @torch.no_grad()
     def set_feature_stats(self, img: torch.Tensor, txt: torch.Tensor) -> None:
         feats = self.featurize(img, txt)
+        cos = (img * txt).sum(-1)
+        self.cos_mean.copy_(cos.mean())
+        self.cos_std.copy_(cos.std().clamp_min(1e-6) if len(cos) > 1 else torch.ones(()))
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(self.feat_std))
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         x = (self.featurize(img, txt) - self.feat_mean) / self.feat_std
-        return self.mlp(x).squeeze(-1)
+        out = self.mlp(x).squeeze(-1)
+        if self.spec.cosine_skip:
+            cos = (img * txt).sum(-1)
+            out = out + self.cos_scale * (cos - self.cos_mean) / self.cos_std
+        return out
 
 
 def _tensor(out) -> torch.Tensor:
@@ -146,10 +162,12 @@ class RewardModel(nn.Module):
 
     @classmethod
     def build(cls, clip: LoadedCLIP, *, features=("image", "text", "product", "cosine"),
-              hidden=(256, 64), dropout: float = 0.1, seed: int = 0) -> "RewardModel":
+              hidden=(256, 64), dropout: float = 0.1, cosine_skip: bool = False,
+              seed: int = 0) -> "RewardModel":
         """A fresh (untrained) head on ``clip``; the head's init is seeded."""
         spec = HeadSpec(embed_dim=int(clip.model.config.projection_dim), features=tuple(features),
-                        hidden=tuple(int(h) for h in hidden), dropout=float(dropout))
+                        hidden=tuple(int(h) for h in hidden), dropout=float(dropout),
+                        cosine_skip=bool(cosine_skip))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = RewardHead(spec)

@@ -173,8 +173,8 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
     lc, tc = cfg.loss, cfg.train
     device = model.device
     T = _tensors(data.train, data, lc.per_prompt_weighting, device)
-    n_b = len(T.b_img) if lc.binary != "off" else 0
-    n_p = len(T.p_img0) if lc.ranking != "off" else 0
+    n_b = len(T.b_img) if lc.binary != "none" else 0
+    n_p = len(T.p_img0) if lc.ranking != "none" else 0
     n_a = len(T.a_img) if aux_weight > 0 and T.a_pool.shape[1] > 0 else 0
     steps = max(1, math.ceil(max(n_b, n_p, 1) / tc.batch_size))
     gen = torch.Generator().manual_seed(seed)
@@ -194,11 +194,26 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
         per = math.ceil(n / steps)
         return [perm[torch.arange(s * per, (s + 1) * per, device=device) % n] for s in range(steps)]
 
+    # Early stopping: the state with the lowest feedback loss on the selection prompts, checked
+    # before training and after every epoch.
+    S = _tensors(data.select, data, lc.per_prompt_weighting, device) if data.select is not None else None
+    tracked = [p for p in model.head.parameters()] + list(backbone_params or [])
+    tracked += [b for b in model.head.buffers()]
+    best = {"loss": float("inf"), "epoch": -1, "state": None}
+
+    def checkpoint(epoch: int) -> None:
+        if S is None:
+            return
+        loss = _feedback_loss(model, emb, S, lc)
+        if loss < best["loss"]:
+            best.update(loss=loss, epoch=epoch, state=[t.detach().clone() for t in tracked])
+
     history: list[float] = []
-    model.train()
-    if emb.cached:
-        model.clip.eval()
     with _cpu_threads(1, emb.cached and device.type == "cpu"):
+        checkpoint(0)
+        model.train()
+        if emb.cached:
+            model.clip.eval()
         bar = tqdm(range(tc.epochs), desc=desc, unit="epoch", disable=not progress, file=sys.stderr)
         for _epoch in bar:
             epoch_loss = 0.0
@@ -224,9 +239,38 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
                 sched.step()
                 epoch_loss += float(loss.detach())
             history.append(epoch_loss / steps)
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
+            checkpoint(_epoch + 1)
+            model.train()
+            if emb.cached:
+                model.clip.eval()
+            bar.set_postfix(loss=f"{history[-1]:.4f}", best_epoch=best["epoch"])
+        if best["state"] is not None:
+            with torch.no_grad():
+                for t, v in zip(tracked, best["state"]):
+                    t.copy_(v)
     model.eval()
+    model.best_epoch = best["epoch"] if S is not None else tc.epochs
     return history
+
+
+@torch.no_grad()
+def _feedback_loss(model: RewardModel, emb: Embeddings, S: _Tensors, lc) -> float:
+    """Binary + Bradley-Terry loss of the current model on a whole split (no auxiliary term:
+    early stopping judges how well the model predicts feedback)."""
+    was = model.training
+    model.eval()
+    n_b = len(S.b_img) if lc.binary != "none" else 0
+    n_p = len(S.p_img0) if lc.ranking != "none" else 0
+    ib = torch.arange(n_b, device=S.b_img.device) if n_b else None
+    ip = torch.arange(n_p, device=S.p_img0.device) if n_p else None
+    logits = _step_embeddings(model.head, emb, S, ib, ip, None, None)
+    loss = 0.0
+    if ib is not None:
+        loss += lc.binary_weight * float(binary_loss(logits("b"), S.b_target, S.b_weight, lc.binary))
+    if ip is not None:
+        loss += lc.ranking_weight * float(bradley_terry_loss(logits("p0"), logits("p1"), S.p_label, S.p_weight))
+    model.train(was)
+    return loss
 
 
 def _step_embeddings(head, emb: Embeddings, T: _Tensors, ib, ip, ia, cand):
@@ -380,7 +424,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
     clip = _load_clip(cfg, device)
     mc = cfg.model
     build = lambda seed: RewardModel.build(clip, features=mc.features, hidden=mc.hidden,  # noqa: E731
-                                           dropout=mc.dropout, seed=seed)
+                                           dropout=mc.dropout, cosine_skip=mc.cosine_skip, seed=seed)
     model = build(cfg.train.seed)
     emb = Embeddings(model, data, cached=True, batch_size=cfg.train.embed_batch_size, progress=progress)
 
@@ -423,9 +467,14 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
                     main_frozen = m
         w_mean, w_std = _summ(runs["with_aux"])
         o_mean, o_std = _summ(runs["without_aux"])
+        ref = "pairwise_accuracy_vs_oracle" if oracle is not None else "pairwise_accuracy_vs_labels"
+        diffs = np.array([w[ref] - o[ref] for w, o in zip(runs["with_aux"], runs["without_aux"])])
+        sem = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
         ablation = dict(aux_weight=aux, seeds=seeds, evaluated_on=f"validation prompts ({data.split})",
                         with_aux=w_mean, with_aux_std=w_std, without_aux=o_mean, without_aux_std=o_std,
-                        delta={k: w_mean[k] - o_mean[k] for k in w_mean}, per_seed=runs)
+                        delta={k: w_mean[k] - o_mean[k] for k in w_mean},
+                        paired_delta=dict(metric=ref, mean=float(diffs.mean()), sem=sem),
+                        per_seed=runs)
 
     # The model itself.
     if main_frozen is not None:
@@ -472,8 +521,10 @@ def _assemble(results, ablation, data, cfg, model, has_oracle: bool, seconds: fl
             m["margin_over_zero_shot_clip"] = margin
             targets["margin_over_zero_shot_clip>=0.15"] = bool(margin >= 0.15)
     if ablation is not None:
-        key = f"pairwise_accuracy_vs_{ref}"
-        targets["aux_loss_helps_on_validation_prompts"] = bool(ablation["delta"][key] > 0)
+        # "Measurably": the paired (same seed) gain is positive and above twice its standard error.
+        d = ablation["paired_delta"]
+        sem = d["sem"] if d["sem"] == d["sem"] else 0.0
+        targets["aux_loss_helps_on_validation_prompts"] = bool(d["mean"] > 0 and d["mean"] > 2 * sem)
     m["targets"] = targets
     m["aux_ablation"] = ablation
     m["models"] = results
@@ -517,5 +568,8 @@ def metrics_table(metrics: dict) -> str:
                  f"{len(ab['seeds'])} seeds:\n")
         text += format_table({"with_aux": ab["with_aux"], "without_aux": ab["without_aux"],
                               "delta": ab["delta"]})
+        d = ab["paired_delta"]
+        sem = "n/a" if d["sem"] is None else f"{d['sem']:.3f}"
+        text += f"\npaired gain in {d['metric']}: {d['mean']:+.3f} (standard error {sem})"
     return text
 
