@@ -15,7 +15,9 @@ A root that already holds generations is reused as it is (delete it for a fresh 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+import time
 from dataclasses import dataclass, field
 
 from pipelines.cli import config_parser, parse_config, run
@@ -31,7 +33,35 @@ class RewardBenchConfig:
     raters: int = 5
     overlap: int = 2
     seed: int = 0
+    speed_batch: int = 128
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(out_dir="runs/reward-bench"))
+
+
+def score_speed(model, store, batch: int, repeats: int = 5) -> dict:
+    """Median wall time of RewardModel.score on ``batch`` images given as a float tensor
+    (B, 3, H, W) on the model's device (how the fine-tuning stage calls it), prompts cached."""
+    import numpy as np
+    import torch
+
+    from data.generations import load_image
+
+    gens = store.to_pandas("generations").iloc[:batch]
+    arr = np.stack([np.asarray(load_image(store.root, r)) for _, r in gens.iterrows()])
+    x = torch.as_tensor(arr).permute(0, 3, 1, 2).float().div(255).to(model.device)
+    prompts = gens["prompt"].tolist()
+    model.score(x, prompts)  # warm-up; fills the text cache
+    times = []
+    for _ in range(repeats):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.score(x, prompts)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    ms = 1000 * float(np.median(times))
+    return {"device": str(model.device), "batch": len(prompts), "threads": torch.get_num_threads(),
+            "ms_per_batch": round(ms, 2), "images_per_s": round(1000 * len(prompts) / ms, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train_reward(rc)
     m = result.metrics
     print(metrics_table(m))
-    print(f"\ntargets: {m['targets']}\nwrote {result.out_dir}")
+    print(f"\nscore(): {json.dumps(score_speed(result.model, store, cfg.speed_batch))}")
+    print(f"targets: {m['targets']}\nwrote {result.out_dir}")
     return 0 if all(m["targets"].values()) else 1
 
 

@@ -72,6 +72,11 @@ class RewardHead(nn.Module):
         self.spec = spec
         self.register_buffer("feat_mean", torch.zeros(spec.in_dim))
         self.register_buffer("feat_std", torch.ones(spec.in_dim))
+        # Platt calibration of the logit (fitted after training on held-out training prompts):
+        # reward = sigmoid(calib_scale * logit + calib_bias).  Bradley-Terry sets the logit's
+        # scale for ranking, which need not be the scale of a calibrated probability.
+        self.register_buffer("calib_scale", torch.ones(()))
+        self.register_buffer("calib_bias", torch.zeros(()))
         self.register_buffer("cos_mean", torch.zeros(()))
         self.register_buffer("cos_std", torch.ones(()))
         layers: list[nn.Module] = []
@@ -110,6 +115,9 @@ class RewardHead(nn.Module):
         self.cos_std.copy_(cos.std().clamp_min(1e-6) if len(cos) > 1 else torch.ones(()))
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(self.feat_std))
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.calib_scale * logits + self.calib_bias)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         x = (self.featurize(img, txt) - self.feat_mean) / self.feat_std
@@ -260,7 +268,7 @@ class RewardModel(nn.Module):
         txt = self.embed_texts(prompts) if fresh else self.cached_text_embeddings(prompts)
         img = self.embed_images(images)
         out = self.head(img, txt)
-        return out if logits else torch.sigmoid(out)
+        return out if logits else self.head.probability(out)
 
     @torch.no_grad()
     def score(self, images, prompts: list[str] | str, *, logits: bool = False) -> torch.Tensor:

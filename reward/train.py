@@ -209,7 +209,11 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
             best.update(loss=loss, epoch=epoch, state=[t.detach().clone() for t in tracked])
 
     history: list[float] = []
-    with _cpu_threads(1, emb.cached and device.type == "cpu"):
+    # Dropout draws from the global RNG: fork and seed it so a run is reproducible whatever ran
+    # before it.
+    rng_devices = [device] if device.type == "cuda" else []
+    with _cpu_threads(1, emb.cached and device.type == "cpu"), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
         checkpoint(0)
         model.train()
         if emb.cached:
@@ -341,6 +345,30 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _probs(head, logits: np.ndarray) -> np.ndarray:
+    return _sigmoid(float(head.calib_scale) * logits + float(head.calib_bias))
+
+
+@torch.no_grad()
+def calibrate(model: RewardModel, emb: Embeddings, data: RewardData) -> bool:
+    """Platt-scale the head's logit on the selection prompts' binary labels (a monotone map:
+    rankings do not change).  Returns False (identity kept) without such labels of both kinds."""
+    from sklearn.linear_model import LogisticRegression
+
+    if data.select is None:
+        return False
+    b = data.select.binary
+    decided = b.target != 0.5
+    y = (b.target[decided] > 0.5).astype(int)
+    if len(np.unique(y)) < 2:
+        return False
+    pred = predict(model.head, emb, data, data.select)["logits"][b.image[decided]]
+    lr = LogisticRegression(C=1e4).fit(pred[:, None], y)
+    model.head.calib_scale.fill_(float(lr.coef_[0, 0]))
+    model.head.calib_bias.fill_(float(lr.intercept_[0]))
+    return True
+
+
 def oracle_scores(data: RewardData, images: np.ndarray, progress: bool = False) -> np.ndarray | None:
     """The shapes oracle's graded score of ``images`` (NaN elsewhere); None outside the shapes
     world."""
@@ -461,8 +489,9 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
                 m = fresh(seed)
                 fit(m, emb, data, cfg, aux_weight=w, seed=seed, progress=progress,
                     desc=f"ablation {name} seed {seed}")
+                calibrate(m, emb, data)
                 pred = predict(m.head, emb, data, data.val)
-                runs[name].append(_evaluate(pred, _sigmoid(pred["logits"]), data, oracle))
+                runs[name].append(_evaluate(pred, _probs(m.head, pred["logits"]), data, oracle))
                 if name == "with_aux" and seed == cfg.train.seed and mc.train_last_layers == 0:
                     main_frozen = m
         w_mean, w_std = _summ(runs["with_aux"])
@@ -490,8 +519,10 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
             emb = Embeddings(model, data, cached=True, batch_size=cfg.train.embed_batch_size)
         else:
             fit(model, emb, data, cfg, aux_weight=aux, seed=cfg.train.seed, progress=progress)
+    if main_frozen is None:
+        calibrate(model, emb, data)
     pred = predict(model.head, emb, data, data.val)
-    results["reward_model"] = _evaluate(pred, _sigmoid(pred["logits"]), data, oracle)
+    results["reward_model"] = _evaluate(pred, _probs(model.head, pred["logits"]), data, oracle)
 
     metrics = _assemble(results, ablation, data, cfg, model, oracle is not None, time.perf_counter() - t0)
     out_dir = _write(model, cfg, metrics, out)
