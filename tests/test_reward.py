@@ -413,3 +413,17 @@ def test_pick_perturbed_takes_only_real_candidates():
     got = _pick_perturbed(pool, 2, torch.Generator().manual_seed(0))
     assert set(got[0].tolist()) <= {5, 6, 7} and len(set(got[0].tolist())) == 2
     assert sorted(got[1].tolist()) == [-1, 8]  # one real candidate; the other slot is padding
+
+
+@pytest.mark.gpu
+def test_score_on_cuda_with_cuda_tensors(tiny_clip, tmp_path):
+    from data.loading import load_clip
+
+    rm = RewardModel.build(load_clip(tiny_clip, device="cuda"))
+    rm.save_pretrained(tmp_path / "rm")
+    rm = RewardModel.from_pretrained(tmp_path / "rm")  # default device: CUDA
+    x = torch.rand(64, 3, 64, 64, device="cuda", dtype=torch.float16)
+    r = rm.score(x, ["two red circles"] * 64)
+    assert r.device.type == "cuda" and r.dtype == torch.float32 and r.shape == (64,)
+    cpu = RewardModel.from_pretrained(tmp_path / "rm", device="cpu").score(x.float().cpu(), "two red circles")
+    assert torch.allclose(r.cpu(), cpu, atol=1e-3)
