@@ -86,3 +86,16 @@ bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA c
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache
+
+# ---- reward stage (reward/) ------------------------------------------------------------------
+# Extra settings as key=value, e.g. make reward ARGS="data.root=datasets/mine overwrite=true"
+.PHONY: reward score-rewards reward-bench
+
+reward: install  ## train the reward model on the current labels (datasets/shapes -> runs/reward/)
+	$(PY) -m pipelines.train_reward $(ARGS)
+
+score-rewards: install  ## write reward scores of a generations table (runs/reward) to its rewards table
+	$(PY) -m pipelines.score_rewards $(ARGS)
+
+reward-bench: install  ## reward targets on a simulated round (renders + raters at 10 % noise)
+	$(PY) -m pipelines.reward_bench $(ARGS)

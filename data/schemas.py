@@ -215,8 +215,34 @@ RETRACTIONS = TableSpec(
     check=_check_retractions,
 )
 
+# ---------------------------------------------------------------------------------------------
+# Reward stage (reward/): scores written by `python -m pipelines.score_rewards`.
+
+
+def _check_rewards(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("image_id", "reward_model"))
+    if table.num_rows and not pc.all(pc.is_finite(table["reward"])).as_py():
+        raise DataError("column 'reward' holds NaN or infinity.", "rewards must be finite numbers.")
+
+
+# One row per (image, reward model): a retrained model has a new reward_model id (it includes a
+# hash of the weights), so its scores sit beside the old ones instead of replacing them.
+REWARDS = TableSpec(
+    name="rewards",
+    schema=_schema("rewards", [
+        _f("image_id", pa.string()),
+        _f("prompt_id", pa.string()),
+        _f("reward_model", pa.string()),      # RewardModel.model_id: "<folder name>-<weights hash>"
+        _f("reward", pa.float32()),           # RewardModel.score: P(rater says "good") in [0, 1]
+        _f("model_path", pa.string()),        # the reward model folder it was scored with
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id", "reward_model"),
+    check=_check_rewards,
+)
+
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS, RETRACTIONS)
+    t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS, RETRACTIONS, REWARDS)
 }
 
 

@@ -58,10 +58,9 @@ def load_reward(cfg: RewardConfig, device) -> RewardFn:
     if not path.is_dir():
         raise UserError(f"reward model folder {path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
-    from reward import RewardModel  # the reward stage's model
+    from reward import load_reward_fn  # the reward stage's model: calibrated P(rater says good)
 
-    model = RewardModel.from_pretrained(path, device=device)
-    return lambda images, prompts: model.score(images, prompts).float()
+    return load_reward_fn(path, device=device)
 
 
 def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:

@@ -48,8 +48,15 @@ def retraction_row(**kw):
     return row
 
 
+def reward_row(**kw):
+    row = dict(image_id="i1", prompt_id="p1", reward_model="reward-0123456789", reward=0.75,
+               model_path="runs/reward", created_at=NOW)
+    row.update(kw)
+    return row
+
+
 ROWS = {"generations": generation_row, "binary_labels": label_row, "rankings": ranking_row,
-        "pairs": pair_row, "retractions": retraction_row}
+        "pairs": pair_row, "retractions": retraction_row, "rewards": reward_row}
 
 
 def gold_row(**kw):  # labeling app: hidden items with a known answer

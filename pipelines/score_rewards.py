@@ -1,0 +1,47 @@
+"""``make score-rewards``: score every image of a generations table with a trained reward model.
+
+    python -m pipelines.score_rewards root=datasets/shapes model=runs/reward
+
+Writes one row per image to the dataset root's ``rewards`` table, keyed by (image_id,
+reward_model); images this reward model already scored are skipped.  Read the scores with
+``data.read_table(root, "rewards")``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pipelines.cli import config_parser, parse_config, run
+
+
+@dataclass(frozen=True)
+class ScoreRewardsConfig:
+    root: str = "datasets/shapes"
+    model: str = "runs/reward"
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(ScoreRewardsConfig, config_parser(__doc__.splitlines()[0]), argv)
+    from data.errors import UserError
+    from data.store import Store
+    from reward.model import RewardModel
+    from reward.scoring import score_generations
+
+    if cfg.batch_size < 1:
+        raise UserError("batch_size must be >= 1.", "set batch_size=64, for example.")
+    device = None if cfg.device == "auto" else cfg.device
+    model = RewardModel.from_pretrained(cfg.model, device=device)
+    summary = score_generations(Store(cfg.root), model, batch_size=cfg.batch_size,
+                                model_path=cfg.model, progress=cfg.progress)
+    print(json.dumps(asdict(summary)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

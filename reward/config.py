@@ -1,0 +1,127 @@
+"""The reward stage's config: one frozen dataclass, nested data / model / loss / train.
+
+Load it with ``pipelines.config.load_config(RewardConfig, yaml_path, ["train.lr=3e-4"])``; the
+resolved config is saved as ``config.yaml`` in the output folder beside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data.loading import SHAPES_CLIP
+
+Feature = Literal["image", "text", "product", "cosine"]
+
+# Groups of interchangeable words for the auxiliary loss on prompts outside the shapes world: a
+# perturbed prompt swaps one word for another of its group (Lee et al. swap colour, count and
+# background).  Matching is case-insensitive on whole words.
+DEFAULT_WORD_SWAPS: tuple[tuple[str, ...], ...] = (
+    ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white",
+     "gray"),
+    ("one", "two", "three", "four", "five"),
+    ("circle", "square", "triangle"),
+    ("circles", "squares", "triangles"),
+    ("cat", "dog", "bird", "horse"),
+    ("cats", "dogs", "birds", "horses"),
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "datasets/shapes"
+    """Dataset root holding the generations, binary_labels, rankings and retractions tables."""
+    binary_aggregation: Literal["majority", "mean"] = "majority"
+    """How the binary labels of one image from several raters become one target (skips dropped):
+    majority = 1 if more raters said good than bad, 0 if fewer, image dropped on a tie;
+    mean = the share of raters who said good (a soft target in [0, 1])."""
+    val_split: Literal["auto", "shapes_heldout", "hash"] = "auto"
+    """Validation prompts (no prompt is in both splits).  shapes_heldout = the shapes world's
+    held-out prompts (compositions no train prompt has); hash = a seeded share val_fraction of
+    the prompts; auto = shapes_heldout when at least min_val_prompts labelled held-out prompts
+    exist and some train prompts too, else hash."""
+    val_fraction: float = 0.3
+    split_seed: int = 0
+    select_fraction: float = 0.15
+    """Share of the training prompts held out of fitting to choose the best epoch (early
+    stopping on their binary + ranking loss); 0 trains on all and keeps the last epoch."""
+    min_val_prompts: int = 5
+    oracle: Literal["auto", "none"] = "auto"
+    """auto: in the shapes world, also measure against the programmatic oracle."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    clip: str = str(SHAPES_CLIP)
+    """A local transformers CLIPModel folder (the shapes CLIP or e.g. CLIP ViT-L/14)."""
+    features: tuple[Feature, ...] = ("image", "text", "product", "cosine")
+    """Head inputs from the unit-norm embeddings: image, text, their elementwise product, cosine."""
+    hidden: tuple[int, ...] = (256, 64)
+    dropout: float = 0.1
+    cosine_skip: bool = False
+    """Add a * standardised cosine(image, text) to the MLP's logit, a learnt from 1: the head
+    starts from zero-shot CLIP's ordering and learns corrections."""
+    train_last_layers: int = 0
+    """0 = frozen backbone (embeddings cached once).  N > 0 also trains the last N transformer
+    layers of the vision and text towers, their final layer norms and projections."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    binary: Literal["mse", "bce", "none"] = "mse"
+    """mse: Lee et al.'s squared error of sigmoid(head) against the {0, 1} (or mean) target;
+    bce: binary cross-entropy on the logit."""
+    binary_weight: float = 1.0
+    ranking: Literal["bradley_terry", "none"] = "bradley_terry"
+    """-[y log s(r0 - r1) + (1 - y) log s(r1 - r0)] over every pair of every ranking; a tie is
+    y = 0.5 (PickScore)."""
+    ranking_weight: float = 1.0
+    per_prompt_weighting: bool = True
+    """Weigh binary examples and ranking pairs by 1 / (examples of their prompt), so prompts with
+    many images do not dominate."""
+    aux_weight: float = 0.5
+    """lambda of Lee et al.'s auxiliary prompt classification; 0 turns it off."""
+    aux_num_prompts: int = 4
+    """N: the true prompt plus N - 1 perturbed prompts per image labelled good."""
+    aux_temperature: float = 1.0
+    """T in softmax(r(x, z_i) / T); r is the head's logit."""
+    perturbation: Literal["auto", "shapes", "word_swap"] = "auto"
+    """shapes: swap one specified attribute of a shapes-world prompt (colour, count, shape,
+    background); word_swap: swap one word for another of its group in word_swaps; auto: shapes
+    for prompts of the shapes grammar, word_swap for the rest."""
+    word_swaps: tuple[tuple[str, ...], ...] = DEFAULT_WORD_SWAPS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    """Passes over the larger of the binary examples and the ranking pairs (the best epoch on
+    the selection prompts is kept, see data.select_fraction)."""
+    batch_size: int = 256
+    lr: float = 1e-3
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-2
+    seed: int = 0
+    embed_batch_size: int = 128
+    baselines: bool = True
+    """Also evaluate zero-shot CLIP (cosine) and an untrained head on the validation split."""
+    ablate_aux: bool = True
+    """Also train heads with and without the auxiliary loss (frozen embeddings, ablation_seeds
+    seeds each) and report both on the validation prompts."""
+    ablation_seeds: int = 3
+    num_threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/reward"
+    overwrite: bool = False
+    """An existing model in out_dir is kept unless this is true (then replaced only once the new
+    one is complete)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True

@@ -1,0 +1,59 @@
+"""Scoring a generations table: one ``rewards`` row per image (see data/schemas.py REWARDS).
+
+Images already scored by the same reward model (same ``model_id``, which hashes the weights) are
+skipped, so an interrupted run resumes where it stopped and a second run writes nothing.  Rows are
+appended per batch, durably.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from data.errors import UserError
+from data.generations import load_image
+from data.schemas import GENERATIONS, REWARDS
+from data.store import Store
+from reward.model import RewardModel
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    reward_model: str
+    scored: int
+    already_scored: int
+    mean_reward: float | None
+
+
+def score_generations(store: Store, model: RewardModel, *, batch_size: int = 64,
+                      model_path: str = "", progress: bool = False) -> ScoreSummary:
+    gens = store.to_pandas(GENERATIONS)
+    if gens.empty:
+        raise UserError(f"no generated images in {store.root} (the generations table is empty).",
+                        "run `make generate` first, or point root= at a dataset root.")
+    if not model.model_id:
+        raise UserError("this reward model has no model_id (it was never saved).",
+                        "save it with save_pretrained and load it with from_pretrained.")
+    done_tbl = store.read(REWARDS)
+    done = set(pc.filter(done_tbl["image_id"], pc.equal(done_tbl["reward_model"], model.model_id)).to_pylist())
+    todo = gens[~gens["image_id"].isin(done)]
+    total, n = 0.0, 0
+    bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo.iloc[start:start + batch_size]
+        images = [load_image(store.root, r) for _, r in chunk.iterrows()]
+        rewards = model.score(images, chunk["prompt"].tolist()).cpu().tolist()
+        now = datetime.now(timezone.utc)
+        store.append(REWARDS, [dict(image_id=r.image_id, prompt_id=r.prompt_id,
+                                    reward_model=model.model_id, reward=float(v),
+                                    model_path=model_path, created_at=now)
+                               for r, v in zip(chunk.itertuples(), rewards)])
+        total += sum(rewards)
+        n += len(rewards)
+        bar.update(len(rewards))
+    bar.close()
+    return ScoreSummary(model.model_id, n, len(done & set(gens["image_id"])), total / n if n else None)
