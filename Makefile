@@ -84,9 +84,6 @@ eval: install  ## base vs fine-tuned models on held-out prompts -> reports/eval/
 bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)
 	$(PY) -m pipelines.bench $(ARGS)
 
-clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
-	rm -rf datasets runs reports .pytest_cache
-
 # ---- reward stage (reward/) ------------------------------------------------------------------
 # Extra settings as key=value, e.g. make reward ARGS="data.root=datasets/mine overwrite=true"
 .PHONY: reward score-rewards reward-bench
@@ -99,3 +96,6 @@ score-rewards: install  ## write reward scores of a generations table (runs/rewa
 
 reward-bench: install  ## reward targets on a simulated round (renders + raters at 10 % noise)
 	$(PY) -m pipelines.reward_bench $(ARGS)
+
+clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
+	rm -rf datasets runs reports .pytest_cache

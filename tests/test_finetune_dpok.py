@@ -100,3 +100,34 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
+    """The whole collect -> reward -> fine-tune path on tiny models: the learned RewardModel folder
+    written by the reward stage is what fine-tuning consumes."""
+    from data import Store
+    from data.shapes.raters import default_panel, simulate_round
+    from data.shapes.render import render_round
+    from data.shapes.world import prompt_set
+    from finetune.rwl import train_rwl
+    from reward.config import RewardConfig
+    from reward.train import train_reward
+    from tiny_models import make_tiny_clip
+
+    root = tmp_path / "round"
+    render_round(Store(root), prompt_set("train")[::9][:12] + prompt_set("heldout")[::10][:5], per_prompt=3,
+                 size=32, mismatch_rate=0.5)
+    simulate_round(Store(root), default_panel(3, flip_rate=0.1), overlap=2)
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    train_reward(load_config(RewardConfig, None, [
+        f"data.root={root}", f"model.clip={clip}", f"out_dir={tmp_path}/reward", "device=cpu",
+        "progress=false", "data.min_val_prompts=3", "train.epochs=2", "train.ablation_seeds=1",
+        "model.hidden=[16]"]))
+    learned = ["reward.kind=learned", f"reward.path={tmp_path}/reward"]
+    dpok = train_dpok(tiny_cfg(tiny_sd, tmp_path / "dpok", "dpok.rounds=1", *learned), progress=False)
+    assert 0.0 <= dpok.metrics["final"]["reward_mean"] <= 1.0  # calibrated P(rater says good)
+    rwl = train_rwl(load_config(FinetuneConfig, None, [
+        "method=rwl", f"output_dir={tmp_path}/rwl", f"model.pipeline={tiny_sd}", *learned,
+        "sampling.num_steps=2", "prompts.split=heldout", "rwl.samples_per_prompt=1", "rwl.pretrain_per_prompt=1",
+        "rwl.steps=2", "rwl.batch_size=4", "sample_grid_every=0"]), progress=False)
+    assert rwl.metrics["d_model"]["images"] == len(prompt_set("heldout"))
