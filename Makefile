@@ -14,7 +14,10 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test oracle-check finetune eval bench clean
+.PHONY: demo help install test oracle-check finetune eval bench clean
+
+demo: install  ## the whole loop on the shapes world -> reports/demo/ (about 15 min on 2 CPU cores)
+	$(PY) -m pipelines.demo $(ARGS)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18

@@ -1,0 +1,34 @@
+"""Tier 2: `make demo`'s whole loop on tiny models (speed and targets are measured by `make demo`
+itself on the real shapes-world models)."""
+
+import json
+
+from pipelines.cli import run
+from pipelines.demo import main
+from tiny_models import make_tiny_clip
+
+
+def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    args = [f"pipeline={tiny_sd}", f"clip={clip}", f"root={tmp_path}/ds", f"runs={tmp_path}/runs",
+            f"report={tmp_path}/report", "per_prompt=2", "raters=3", "overlap=2", "eval_samples_per_prompt=1",
+            "generate_args=[sampling.num_inference_steps=2, max_prompts=24]",
+            "reward_args=[train.epochs=2, train.ablation_seeds=1, data.min_val_prompts=3, progress=false]",
+            "rwl_args=[sampling.num_steps=2, rwl.samples_per_prompt=1, rwl.pretrain_per_prompt=1, rwl.steps=2, "
+            "rwl.batch_size=4, prompts.split=heldout]",
+            "dpok_args=[sampling.num_steps=2, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
+            "dpok.steps_per_sample=1, dpok.minibatch_size=4]",
+            "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]"]
+    assert run(main, args) == 0
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    for model in ("base", "rwl", "dpok"):
+        assert set(results[model]["alignment"]) == {"color", "count", "background", "combination", "overall"}
+        assert "overall" in results[model]["controls"]
+        assert results[model]["reward"] is not None and results[model]["fidelity"] is not None
+    assert "pairwise_accuracy_vs_oracle" in results["reward_model"]
+    assert set(results["seconds"]) >= {"generate", "simulate-raters", "reward", "finetune-rwl", "finetune-dpok",
+                                       "evaluate", "total"}
+    assert set(results["hacking"]) == {"rwl", "dpok"}
+    for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png"):
+        assert (tmp_path / "report" / f).exists(), f
+    assert "make label" in capsys.readouterr().out
