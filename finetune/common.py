@@ -129,13 +129,15 @@ class Components:
 
 def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> Components:
     pipe = load_sd_pipeline(cfg.model.pipeline, device=device)
-    pipe.vae.requires_grad_(False).to(dtype=weight_dtype)
-    pipe.text_encoder.requires_grad_(False).to(dtype=weight_dtype)
+    frozen = [pipe.vae, pipe.text_encoder] + ([pipe.unet] if cfg.model.parameterisation == "lora" else [])
+    for module in frozen:
+        module.requires_grad_(False)
+        if weight_dtype != torch.float32:  # frozen weights in the autocast dtype halve their memory
+            module.to(dtype=weight_dtype)
     unet = pipe.unet
     if cfg.model.parameterisation == "lora":
         from peft import LoraConfig
 
-        unet.requires_grad_(False).to(dtype=weight_dtype)
         unet.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
                                     init_lora_weights="gaussian",
                                     target_modules=list(cfg.model.lora_targets)))
@@ -145,7 +147,9 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
                 p.data = p.data.float()
         reference = None
     else:
-        reference = copy.deepcopy(unet).requires_grad_(False).to(dtype=weight_dtype).eval()
+        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        if weight_dtype != torch.float32:
+            reference.to(dtype=weight_dtype)
         unet.requires_grad_(True).float()
     trainable = [p for p in unet.parameters() if p.requires_grad]
     if not trainable:

@@ -235,7 +235,7 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, 
                 optimizer.zero_grad(set_to_none=True)
             for k, v in (("kl", kl.mean()), ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
                          ("policy_loss", pl.loss), ("loss", loss)):
-                sums[k] += float(v)
+                sums[k] += float(v.detach())
             n_mb += 1
     out = {k: v / max(1, n_mb) for k, v in sums.items() if k != "grad_norm"}
     out["grad_norm"] = sums["grad_norm"] / max(1, n_opt)

@@ -131,3 +131,26 @@ def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
         "sampling.num_steps=2", "prompts.split=heldout", "rwl.samples_per_prompt=1", "rwl.pretrain_per_prompt=1",
         "rwl.steps=2", "rwl.batch_size=4", "sample_grid_every=0"]), progress=False)
     assert rwl.metrics["d_model"]["images"] == len(prompt_set("heldout"))
+
+
+def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd, tmp_path):
+    """The multi-GPU path (DDP over the LoRA UNet, gathered rewards, checkpoints from the main
+    process with barriers) on two CPU processes (gloo)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    out = tmp_path / "mp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "-m", "pipelines.finetune", "method=dpok", f"model.pipeline={tiny_sd}",
+         "reward.kind=oracle", f"output_dir={out}", "sampling.num_steps=3", "dpok.rounds=3",
+         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
+         "dpok.minibatch_size=4", "checkpoint_every=1", "sample_grid_every=2"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
