@@ -125,7 +125,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         gen, rng = _round_generator(cfg, r, rank, device)
         # -- sample -----------------------------------------------------------------------
         t0 = time.perf_counter()
-        round_prompts = [p for p in rng.choice(run.prompts, size=per_process) for _ in range(d.samples_per_prompt)]
+        round_prompts = [str(p) for p in rng.choice(run.prompts, size=per_process) for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts)
