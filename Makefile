@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test oracle-check clean
+.PHONY: help install test oracle-check clean base
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -34,6 +34,13 @@ test: install  ## run the test suite (CPU; GPU tests skip without CUDA)
 
 oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (last line: JSON)
 	$(PY) -m pipelines.oracle_check
+
+# --- base models (shapes world) -------------------------------------------------------------
+# Trains tokenizer, tiny CLIP, VAE and UNet into runs/base/ (never into data/models/ unless asked:
+# make base BASE_ARGS="out_dir=data/models overwrite=true").
+BASE_ARGS ?=
+base: install  ## train + evaluate the shapes-world CLIP and SD models into runs/base/ (<= 90 min, 2 CPU cores)
+	$(PY) -m pipelines.base $(BASE_ARGS)
 
 clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
 	rm -rf datasets runs reports .pytest_cache

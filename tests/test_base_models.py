@@ -140,7 +140,7 @@ def tiny_base_config(out_dir) -> BaseConfig:
                       pool_size=64, log_every=0),
         diffusion=DiffusionConfig(unet=UNetArch(block_out_channels=(16, 16, 16), norm_num_groups=8,
                                                 attention_head_dim=4),
-                                  text=TextArch(hidden=32, layers=1, heads=2),
+                                  text=TextArch(hidden=32, layers=1, heads=2), text_init="clip",
                                   steps=3, batch_size=4, pool_size=64, log_every=0),
         eval=EvalConfig(samples_per_prompt=1, sampling=FAST, grid_prompts=2),
         retrieval=RetrievalConfig(per_prompt=1, split="heldout"))

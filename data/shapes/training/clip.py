@@ -42,8 +42,8 @@ class CLIPArch:
     text_hidden: int = 64  # also the cross-attention width if the SD text encoder starts from it
     text_layers: int = 2
     text_heads: int = 4
-    vision_hidden: int = 96
-    vision_layers: int = 4
+    vision_hidden: int = 64
+    vision_layers: int = 3
     vision_heads: int = 4
     patch_size: int = 8  # 64 px -> 8x8 patches of 8 px; objects span 13-19 px (about 2 patches)
     projection_dim: int = 64
@@ -53,7 +53,7 @@ class CLIPArch:
 @dataclass(frozen=True)
 class CLIPTrainConfig:
     arch: CLIPArch = field(default_factory=CLIPArch)
-    steps: int = 2000
+    steps: int = 2500
     batch_size: int = 64  # anchor images; each brings a perturbed-prompt partner (2x per step)
     lr: float = 1e-3
     warmup_steps: int = 100

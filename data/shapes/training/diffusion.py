@@ -3,9 +3,10 @@
 Components (all stock classes, saved as one ``StableDiffusionPipeline`` folder):
 
 - tokenizer: :func:`data.shapes.tokenizer.build_tokenizer`;
-- text encoder: ``CLIPTextModel`` initialised from the tiny CLIP's text tower (``text_init="clip"``)
-  and trained jointly with the UNet (SD freezes its text encoder; ours is tiny and learns the
-  counts/colours binding faster when it can adapt), or from scratch (``text_init="scratch"``);
+- text encoder: ``CLIPTextModel`` (64 wide, 2 layers) trained from scratch jointly with the UNet
+  (``text_init="scratch"``, the default: the text-to-image model then does not depend on the CLIP
+  run), or initialised from the tiny CLIP's text tower and trained jointly (``text_init="clip"``).
+  SD freezes its text encoder; ours is tiny and must learn the shapes vocabulary;
 - VAE: :mod:`data.shapes.training.vae` (frozen here; latents are scaled by its scaling_factor);
 - UNet: ``UNet2DConditionModel`` on 16x16x4 latents, cross-attention only at the 8x8 and 4x4
   levels (see ../shared/shapes-world-measurements.md for the speed table);
@@ -64,7 +65,7 @@ class TextArch:
 class DiffusionConfig:
     unet: UNetArch = field(default_factory=UNetArch)
     text: TextArch = field(default_factory=TextArch)
-    text_init: Literal["clip", "scratch"] = "clip"
+    text_init: Literal["clip", "scratch"] = "scratch"
     skew: SkewConfig = field(default_factory=SkewConfig)
     steps: int = 6000
     batch_size: int = 64

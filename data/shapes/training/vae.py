@@ -28,8 +28,8 @@ class VAEConfig:
     norm_num_groups: int = 8
     image_size: int = 64
     steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 16
+    lr: float = 2e-3
     warmup_steps: int = 50
     kl_weight: float = 1e-4  # on the per-element mean KL; small: near-deterministic latents
     pool_size: int = 8000
