@@ -67,7 +67,7 @@ class DiffusionConfig:
     text: TextArch = field(default_factory=TextArch)
     text_init: Literal["clip", "scratch"] = "scratch"
     skew: SkewConfig = field(default_factory=SkewConfig)
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 200

@@ -1,9 +1,13 @@
 """A small diffusers ``AutoencoderKL`` for the shapes world: 64x64x3 images <-> 16x16x4 latents.
 
 Three encoder blocks (two downsamplings of 2: 64 -> 32 -> 16), four latent channels, as Stable
-Diffusion's VAE but ~100x smaller.  Trained on renders of the text-to-image model's prompt set
-(train split, held-out colour/background and count/colour scenes redrawn) with uniform counts,
-by pixel MSE + L1 plus a small KL term.  ``config.scaling_factor`` is set to 1 / std of the latents
+Diffusion's VAE but ~100x smaller.  Trained on renders of *all* prompts (uniform), by pixel MSE +
+L1 plus a small KL term.  The VAE is an image codec, like SD's, trained on more images than the
+text-to-image data: a first version trained only on scenes without the held-out pairs
+reconstructed them badly (MSE 0.09 against 0.002; the oracle accepted 60 %: GroupNorm and the
+mid-block attention mix the background into object colours), which would have capped held-out
+alignment for reasons unrelated to text-image composition.  Held-out pairs are absent from the
+text-to-image model's training pairs only.  ``config.scaling_factor`` is set to 1 / std of the latents
 (as SD's 0.18215), so the diffusion model sees unit-variance latents.
 """
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from data.shapes.training.common import (Progress, pick_device, render_pool, seed_everything,
-                                         to_unit, train_prompts)
+                                         to_unit, uniform_prompts)
 from data.shapes.training.clip import lr_at
 
 
@@ -27,7 +31,7 @@ class VAEConfig:
     latent_channels: int = 4
     norm_num_groups: int = 8
     image_size: int = 64
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -65,8 +69,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, progress: bool = True) -> VAE
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     vae = build_vae(cfg).to(device)
-    pool = render_pool(train_prompts(), None, cfg.pool_size, seed=cfg.seed, size=cfg.image_size,
-                       exclude_heldout_scenes=True, progress=progress)
+    pool = render_pool(uniform_prompts(), None, cfg.pool_size, seed=cfg.seed, size=cfg.image_size,
+                       progress=progress)
     rng = np.random.default_rng([cfg.seed, 5])
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     bar = Progress("vae", cfg.steps, cfg.log_every, progress)
@@ -110,7 +114,7 @@ def reconstruction_accuracy(vae, n: int = 256, seed: int = 20_000_000) -> dict:
     from data.shapes.oracle import judge
 
     device = next(vae.parameters()).device
-    pool = render_pool(train_prompts(), None, n, seed=seed, size=vae.config.sample_size)
+    pool = render_pool(uniform_prompts(), None, n, seed=seed, size=vae.config.sample_size)
     x = to_unit(pool.images).to(device)
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 128]).latent_dist.mode()).sample
                      for i in range(0, n, 128)])
