@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo help install test oracle-check finetune eval bench clean
+.PHONY: demo help install test oracle-check finetune eval bench clean base
 
 demo: install  ## the whole loop on the shapes world -> reports/demo/ (about 15 min on 2 CPU cores)
 	$(PY) -m pipelines.demo $(ARGS)
@@ -37,6 +37,12 @@ test: install  ## run the test suite (CPU; GPU tests skip without CUDA)
 
 oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (last line: JSON)
 	$(PY) -m pipelines.oracle_check
+
+# --- base models (shapes world) -------------------------------------------------------------
+# Trains tokenizer, tiny CLIP, VAE and UNet into runs/base/ (never into data/models/ unless asked:
+# make base ARGS="out_dir=data/models overwrite=true").
+base: install  ## train + evaluate the shapes-world CLIP and SD models into runs/base/ (<= 90 min, 2 CPU cores)
+	$(PY) -m pipelines.base $(ARGS)
 
 # --- labeling round: generate -> label (people or simulated raters) -> export -------------------
 # Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".

@@ -1,0 +1,180 @@
+"""The shapes-world base models: committed folders, evaluation, and ``make base`` on tiny sizes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.errors import UserError
+from data.loading import SHAPES_CLIP, SHAPES_SD, load_clip, load_sd_pipeline
+from data.sampling import SamplingConfig
+from data.shapes.evaluate import (EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model,
+                                  one_attribute_perturbations)
+from data.shapes.render import sample_scene
+from data.shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
+from data.shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
+                                         scene_matches, skewed_prompt_weights)
+from data.shapes.training.diffusion import DiffusionConfig, TextArch, UNetArch
+from data.shapes.training.vae import VAEConfig
+from data.shapes.world import Prompt, all_prompts, prompt_set
+from pipelines.base import BaseConfig, main, train_base
+from tiny_models import make_tiny_clip, make_tiny_sd
+
+FAST = SamplingConfig(num_inference_steps=2, batch_size=64)
+
+
+# ---------------------------------------------------------------- pure functions
+
+def test_match_matrix_agrees_with_scene_matches():
+    prompts = all_prompts()
+    scenes = [sample_scene(p, s) for s, p in enumerate(prompts[::7])]
+    m = match_matrix(scenes, prompts)
+    want = np.array([[scene_matches(p, s) for p in prompts] for s in scenes])
+    assert np.array_equal(m, want)
+    assert m.sum(axis=1).min() >= 1  # every scene shows at least its own prompt
+
+
+def test_multi_positive_nce_is_cross_entropy_with_one_positive():
+    logits = torch.randn(5, 7)
+    target = torch.tensor([0, 3, 6, 2, 2])
+    pos = torch.nn.functional.one_hot(target, 7).bool()
+    assert torch.allclose(multi_positive_nce(logits, pos),
+                          torch.nn.functional.cross_entropy(logits, target), atol=1e-6)
+    # A second positive does not compete with the first (each is scored against negatives only).
+    pos2 = pos.clone()
+    pos2[0, 1] = True
+    logits2 = logits.clone()
+    logits2[0, 1] = 50.0
+    per_row0 = torch.logaddexp(logits2[0, 0], torch.logsumexp(logits2[0, 2:], 0)) - logits2[0, 0]
+    assert per_row0 < 50  # the large positive logit is not in row 0's denominator
+
+
+def test_skew_weights_and_heldout_scenes_are_excluded():
+    prompts = prompt_set("train")
+    w = skewed_prompt_weights(prompts, SkewConfig(count_weights=(0.4, 0.4, 0.1, 0.1)))
+    share = {c: w[[p.count == c for p in prompts]].sum() for c in (1, 2, 3, 4)}
+    assert share[1] == pytest.approx(0.4) and share[3] == pytest.approx(0.1)
+    pool = render_pool(prompts, w, 300, seed=0, size=32, exclude_heldout_scenes=True)
+    assert not any(scene_is_heldout(s) for s in pool.scenes)
+    assert pool.match_matrix()[np.arange(300), pool.prompt_index].all()
+
+
+def test_one_attribute_perturbations_change_exactly_one_attribute():
+    p = Prompt(3, "circle", "red", "white")
+    pert = one_attribute_perturbations(p)
+    assert len(pert) == 3 + 1 + 3 + 2
+    for attr, q in pert:
+        diff = [a for a in ("count", "shape", "color", "background") if getattr(p, a) != getattr(q, a)]
+        assert diff == [attr]
+
+
+# ---------------------------------------------------------------- committed checkpoints
+
+def test_committed_folders_load_with_stock_classes():
+    from diffusers import StableDiffusionPipeline
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_SD, local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    clip = CLIPModel.from_pretrained(SHAPES_CLIP, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(SHAPES_CLIP, local_files_only=True)
+    AutoImageProcessor.from_pretrained(SHAPES_CLIP, local_files_only=True)
+    ids = tok(["three red circles on a white background"], return_tensors="pt")["input_ids"]
+    assert ids[0, -1].item() == clip.config.text_config.eos_token_id
+    size = sum(f.stat().st_size for d in (SHAPES_SD, SHAPES_CLIP) for f in d.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20
+    for d in (SHAPES_SD, SHAPES_CLIP):
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["targets"] and (d / "README.md").is_file() and (d / "config.yaml").is_file()
+
+
+def test_committed_sd_samples_64px_images():
+    pipe = load_sd_pipeline(SHAPES_SD, device="cpu")
+    out = pipe(["one red circle"], num_inference_steps=2, guidance_scale=3.0, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+
+
+# ---------------------------------------------------------------- evaluation on tiny models
+
+def test_evaluate_model_on_tiny_pipeline(tmp_path):
+    make_tiny_sd(tmp_path / "sd", image_size=64)
+    pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
+    sets = {"train": [Prompt(1, "circle", "red"), Prompt(3, "square")],
+            "heldout": [Prompt(2, "circle", "green", "black")]}
+    ev = evaluate_model(pipe, EvalConfig(samples_per_prompt=2, sampling=FAST), out_dir=tmp_path / "ev",
+                        prompt_sets=sets)
+    assert set(ev.sets) == {"train", "heldout", "common", "rare_counts"}
+    assert ev.sets["train"].n_images == 4 and ev.sets["common"].n_prompts == 1
+    for a in ev.sets.values():
+        assert 0.0 <= a.overall <= 1.0 and 0.0 <= a.count <= 1.0
+    assert (tmp_path / "ev" / "grids" / "heldout-combination.png").is_file()
+    json.dumps(ev.to_dict())  # serialisable as metrics.json
+    # Fixed seeds: a second evaluation gives the same verdicts.
+    again = evaluate_model(pipe, EvalConfig(samples_per_prompt=2, sampling=FAST), prompt_sets=sets)
+    assert json.dumps(again.to_dict()["sets"]) == json.dumps(ev.to_dict()["sets"])  # NaN-safe
+
+
+def test_clip_retrieval_on_tiny_clip(tmp_path):
+    make_tiny_clip(tmp_path / "clip", image_size=64)
+    clip = load_clip(tmp_path / "clip", device="cpu")
+    r = clip_retrieval(clip, RetrievalConfig(per_prompt=1, split="heldout"))
+    assert r.n_images == 2 * len(prompt_set("heldout"))
+    assert 0.0 <= r.accuracy <= 1.0 and set(r.pairwise_by_attribute) == {"count", "shape", "color",
+                                                                           "background"}
+    # A random model is near chance: far below the trained model's target.
+    assert r.accuracy < 0.6
+
+
+# ---------------------------------------------------------------- make base on tiny sizes
+
+def tiny_base_config(out_dir) -> BaseConfig:
+    return BaseConfig(
+        out_dir=str(out_dir), threads=1, progress=False,
+        clip=CLIPTrainConfig(arch=CLIPArch(text_hidden=32, text_layers=1, text_heads=2,
+                                           vision_hidden=32, vision_layers=1, vision_heads=2,
+                                           projection_dim=16),
+                             steps=3, batch_size=8, pool_size=200, log_every=0),
+        vae=VAEConfig(block_out_channels=(8, 8, 8), norm_num_groups=4, steps=3, batch_size=4,
+                      pool_size=64, log_every=0),
+        diffusion=DiffusionConfig(unet=UNetArch(block_out_channels=(16, 16, 16), norm_num_groups=8,
+                                                attention_head_dim=4),
+                                  text=TextArch(hidden=32, layers=1, heads=2), text_init="clip",
+                                  steps=3, batch_size=4, pool_size=64, log_every=0),
+        eval=EvalConfig(samples_per_prompt=1, sampling=FAST, grid_prompts=2),
+        retrieval=RetrievalConfig(per_prompt=1, split="heldout"))
+
+
+@pytest.mark.slow
+def test_make_base_on_tiny_sizes(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    cfg = tiny_base_config(tmp_path / "base")
+    res = train_base(cfg)
+    StableDiffusionPipeline.from_pretrained(res.sd_dir, local_files_only=True)
+    CLIPModel.from_pretrained(res.clip_dir, local_files_only=True)
+    m = json.loads((res.sd_dir / "metrics.json").read_text())
+    assert {"train", "heldout", "common", "rare_counts"} <= set(m["sets"])
+    assert m["sets"]["heldout"]["n_prompts"] == len(prompt_set("heldout"))
+    assert (res.sd_dir / m["grids"]["train/count"]).is_file()
+    assert "Reproduce" in (res.sd_dir / "README.md").read_text()
+    assert (res.clip_dir / "README.md").is_file() and (res.clip_dir / "config.yaml").is_file()
+    # The text encoder started from the CLIP text tower (text_init="clip") and has its shape.
+    assert json.loads((res.sd_dir / "text_encoder" / "config.json").read_text())["hidden_size"] == 32
+    # A second run into the same folder refuses to replace it, through the entry point too.
+    before = (res.sd_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a model"):
+        train_base(cfg)
+    assert (res.sd_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_base_entry_point_refuses_to_overwrite(tmp_path, capsys):
+    from pipelines.cli import run
+
+    (tmp_path / "b" / "shapes-clip").mkdir(parents=True)
+    (tmp_path / "b" / "shapes-clip" / "config.json").write_text("{}")
+    rc = run(main, [f"out_dir={tmp_path / 'b'}", "stages=[clip]"])
+    assert rc == 2 and "already holds a model" in capsys.readouterr().err
+    assert (tmp_path / "b" / "shapes-clip" / "config.json").read_text() == "{}"
