@@ -34,7 +34,7 @@ class DemoConfig:
     pipeline: str = str(SHAPES_SD)
     clip: str = str(SHAPES_CLIP)
     seed: int = 0
-    per_prompt: int = 4  # images per train prompt in the labeling round
+    per_prompt: int = 8  # images per train prompt in the labeling round (more labels, better reward)
     raters: int = 5
     flip_rate: float = 0.1  # simulated label noise
     overlap: int = 2  # raters per item

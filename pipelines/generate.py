@@ -110,9 +110,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     path = Path(cfg.pipeline)
     if not path.exists() and path.resolve() == SHAPES_SD.resolve():
         raise UserError(
-            f"the shapes-world model {SHAPES_SD} is not there (it is trained by the base-model target).",
+            f"the shapes-world model {SHAPES_SD} is not there (it is trained by `make base`).",
             "pass another Stable Diffusion pipeline folder with pipeline=<folder>, train the shapes model "
-            "first (make base-model), or draw a stand-in round with source=renderer.")
+            "first (make base), or draw a stand-in round with source=renderer.")
     pipe = load_sd_pipeline(path)
     model_id = str(cfg.pipeline)
     gens = store.to_pandas(GENERATIONS)

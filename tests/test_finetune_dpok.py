@@ -65,7 +65,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, tmp_path):
 @pytest.mark.parametrize("kl_form", ["gaussian", "eps_mse"])
 def test_kl_forms_and_full_unet(tiny_sd, tmp_path, kl_form):
     cfg = tiny_cfg(tiny_sd, tmp_path / kl_form, "dpok.rounds=1", f"dpok.kl_form={kl_form}",
-                   "model.parameterisation=full", "dpok.kl_weight=1.0")
+                   "model.parameterisation=full", "dpok.kl_weight=1.0", "dpok.baseline=batch")
     result = train_dpok(cfg, progress=False)
     assert result.metrics["final"]["kl"] > 0  # the policy moved away from the frozen copy
     assert (result.output_dir / "unet").is_dir()  # a full pipeline folder

@@ -365,11 +365,11 @@ def _generate_twice(tmp_path, capsys, gen, run, make_tiny_sd):
     assert len(gens) == 8 and not gens.duplicated(["prompt_id", "seed"]).any()
     assert set(gens["category"]) == {"combination", "other"} and (gens["num_inference_steps"] == 2).all()
     assert list((tmp_path / "ds" / "configs").glob("generate-*.yaml"))
-    # the default model folder is not there yet: one clear error
+    # a missing model folder: one clear error naming it and the fix
     capsys.readouterr()
-    assert run(gen.main, [f"root={tmp_path / 'ds2'}"]) == 2
+    assert run(gen.main, [f"root={tmp_path / 'ds2'}", f"pipeline={tmp_path / 'no-such-sd'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pipeline=" in err[0] and "shapes-sd" in err[0]
+    assert len(err) == 1 and "no-such-sd" in err[0] and "Fix:" in err[0]
 
 
 def test_entry_points_report_missing_pieces(tmp_path, capsys, round_store):
