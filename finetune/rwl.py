@@ -235,7 +235,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
             run.optimizer.step()
             run.lr_scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
-        row = StepStats(step + 1, float(loss), float(loss_model), float(loss_pre), float(w.mean()), grad_norm,
+        row = StepStats(step + 1, loss.item(), loss_model.item(), loss_pre.item(), w.mean().item(), grad_norm,
                         float(run.lr_scheduler.get_last_lr()[0]))
         history.append(vars(row))
         if (step + 1) % cfg.log_every == 0:
