@@ -68,18 +68,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def clip_image_embeddings(clip, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Unit-norm CLIP image embeddings (N, D) of images (N, 3, H, W) in [0, 1]."""
-    proc = clip.image_processor
-    size = proc.crop_size["height"] if getattr(proc, "crop_size", None) else proc.size["shortest_edge"]
-    mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+    """Unit-norm CLIP image embeddings (N, D) of images (N, 3, H, W) in [0, 1], preprocessed in
+    torch exactly as the reward model does (its image processor's resize, crop and normalisation)."""
+    from reward.preprocess import ClipPreprocess
+
+    preprocess = ClipPreprocess.from_processor(clip.image_processor)
     device = clip.model.device
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.nn.functional.interpolate(images[i:i + batch_size].float(), size=(size, size),
-                                            mode="bicubic", antialias=True, align_corners=False)
-        x = ((x.clamp(0, 1) - mean) / std).to(device)
-        feats = clip.model.get_image_features(pixel_values=x)
+        feats = clip.model.get_image_features(pixel_values=preprocess(images[i:i + batch_size].float().to(device)))
         feats = getattr(feats, "pooler_output", feats)
         out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
     return torch.cat(out).numpy()
