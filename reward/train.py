@@ -410,7 +410,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         what = "a trained reward model" if (out / CONFIG_FILE).is_file() else "files"
         raise UserError(f"{out} already holds {what}; it is kept.",
-                        f"pass overwrite=true to replace it, or out_dir=<another folder>.")
+                        "pass overwrite=true to replace it, or out_dir=<another folder>.")
 
 
 def _load_clip(cfg: RewardConfig, device):
