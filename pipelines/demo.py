@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from data.errors import UserError
 from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder
 from pipelines.cli import config_parser, parse_config, run
 from pipelines.config import load_config, save_config
@@ -44,6 +45,20 @@ class DemoConfig:
     rwl_args: tuple[str, ...] = ()
     dpok_args: tuple[str, ...] = ()
     eval_args: tuple[str, ...] = ()
+
+
+MARKER = ".made-by-make-demo"
+
+
+def _recreate(d: Path) -> None:
+    """Empty a folder the demo made before; refuse to touch one it did not make."""
+    if d.exists():
+        if not (d / MARKER).exists():
+            raise UserError(f"{d} exists and was not made by `make demo`, so the demo will not replace it.",
+                            "pass another folder (root=, runs=, report=) or move that one away.")
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    (d / MARKER).write_text("This folder is recreated by every `make demo` run.\n")
 
 
 def _stage(name: str, seconds: dict, fn):
@@ -71,7 +86,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
     check_folder(Path(cfg.clip), "config.json", "CLIP model")
     for d in (cfg.root, cfg.runs, cfg.report):
-        shutil.rmtree(d, ignore_errors=True)
+        _recreate(Path(d))
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()

@@ -32,3 +32,15 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out
+
+
+def test_demo_refuses_to_replace_a_folder_it_did_not_make(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    precious = tmp_path / "labels"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("a rater's work")
+    rc = run(main, [f"pipeline={tiny_sd}", f"clip={clip}", f"root={precious}", f"runs={tmp_path}/runs",
+                    f"report={tmp_path}/report"])
+    assert rc == 2
+    assert "was not made by `make demo`" in capsys.readouterr().err
+    assert (precious / "keep.txt").read_text() == "a rater's work"
