@@ -131,7 +131,9 @@ def build_items(gens: pd.DataFrame, tasks: tuple[str, ...], rank_max_images: int
     out: dict[str, list[Item]] = {t: [] for t in TASKS}
     if gens.empty:
         return out
-    gens = gens.sort_values(["created_at", "image_id"], kind="stable")
+    # prompt_id and seed, not the random image_id, break ties, so the same round is served in the
+    # same order every time (a rerun of the demo gives the same labels).
+    gens = gens.sort_values(["created_at", "prompt_id", "seed", "image_id"], kind="stable")
     if "binary" in tasks:
         out["binary"] = [Item("binary", r.image_id, r.prompt_id, r.prompt, (r.image_id,))
                          for r in gens.itertuples() if r.image_id not in gold]

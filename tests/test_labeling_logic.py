@@ -404,3 +404,26 @@ def test_raters_command_adds_disables_and_lists(tmp_path, capsys, monkeypatch):
     assert RatersFile(f).account("lead").disabled and not RatersFile(f).verify("lead", "a long password")
     assert run(raters_cli.main, ["--file", f, "disable", "nobody"]) == 2
     assert "no rater 'nobody'" in capsys.readouterr().err
+
+
+def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
+    """Image ids are random; the serving order must not depend on them, or a rerun of the demo
+    with the same seed would get other labels."""
+    from data.labels import current
+    from labeling_app.config import LabelConfig
+    from pipelines.config import load_config
+    from pipelines.generate import GenerateConfig, generate
+    from pipelines.simulate_raters import SimulateConfig, simulate
+
+    rounds = []
+    for k in range(2):
+        root = tmp_path / f"r{k}"
+        generate(load_config(GenerateConfig, None, [f"root={root}", "source=renderer", "per_prompt=3",
+                                                    "max_prompts=12"]))
+        simulate(SimulateConfig(label=LabelConfig(root=str(root), overlap=2), raters=4, flip_rate=0.2))
+        store = Store(root)
+        gens = store.to_pandas("generations").set_index("image_id")
+        labels = current(store, "binary_labels").to_pandas()
+        rounds.append(sorted((gens.loc[i, "prompt_id"], int(gens.loc[i, "seed"]), r, lab)
+                             for i, r, lab in zip(labels["image_id"], labels["rater_id"], labels["label"])))
+    assert rounds[0] == rounds[1] and len(rounds[0]) > 36
