@@ -248,9 +248,12 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
             f"{MAKE_LABELS}, or turn on the loss that matches the labels you have.")
 
     # -- the labelled images, their prompts and the split
-    image_ids = sorted(set(agg["image_id"]) | (set(pairs["image_0"]) | set(pairs["image_1"])
-                                               if pairs is not None else set()))
-    images = gens.loc[image_ids].reset_index(drop=True)
+    labelled = set(agg["image_id"]) | (set(pairs["image_0"]) | set(pairs["image_1"])
+                                       if pairs is not None else set())
+    # Ordered by what generated them (prompt, model, seed), not by the random image id, so the same
+    # round trains the same way every time.
+    images = (gens.loc[sorted(labelled)].reset_index(drop=True)
+              .sort_values(["prompt_id", "model_id", "seed", "image_id"], kind="stable").reset_index(drop=True))
     index = {iid: i for i, iid in enumerate(images["image_id"])}
     prompt_text = dict(zip(images["prompt_id"], images["prompt"]))
     val_ids, split_kind = split_prompts(prompt_text, data_cfg)
