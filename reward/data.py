@@ -28,7 +28,7 @@ from data.errors import DataError, UserError
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
-from data.shapes.world import ATTRIBUTE_VALUES, Prompt
+from data.shapes.world import Prompt, one_attribute_swaps
 from data.store import Store
 from reward.config import DataConfig, LossConfig
 
@@ -92,8 +92,7 @@ def shapes_perturbations(text: str) -> list[str] | None:
         p = Prompt.parse(text)
     except UserError:
         return None
-    pool = {p.replace(**{a: v}) for a in p.specified for v in ATTRIBUTE_VALUES[a] if v != getattr(p, a)}
-    return sorted(q.text for q in pool)
+    return sorted(q.text for _, q in one_attribute_swaps(p))
 
 
 _WORD = re.compile(r"^(\W*)(\w+)(\W*)$")

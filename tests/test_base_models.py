@@ -9,8 +9,7 @@ import torch
 from data.errors import UserError
 from data.loading import SHAPES_CLIP, SHAPES_SD, load_clip, load_sd_pipeline
 from data.sampling import SamplingConfig
-from data.shapes.evaluate import (EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model,
-                                  one_attribute_perturbations)
+from data.shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
 from data.shapes.render import sample_scene
 from data.shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
 from data.shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
@@ -60,9 +59,11 @@ def test_skew_weights_and_heldout_scenes_are_excluded():
     assert pool.match_matrix()[np.arange(300), pool.prompt_index].all()
 
 
-def test_one_attribute_perturbations_change_exactly_one_attribute():
+def test_one_attribute_swaps_change_exactly_one_attribute():
+    from data.shapes.world import one_attribute_swaps
+
     p = Prompt(3, "circle", "red", "white")
-    pert = one_attribute_perturbations(p)
+    pert = one_attribute_swaps(p)
     assert len(pert) == 3 + 1 + 3 + 2
     for attr, q in pert:
         diff = [a for a in ("count", "shape", "color", "background") if getattr(p, a) != getattr(q, a)]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data.sampling import SamplingConfig, generate_images
 from data.shapes.oracle import Verdict, alignment_by_category, judge
 from data.shapes.render import degrade, render
-from data.shapes.world import CATEGORIES, Prompt, prompt_set
+from data.shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,13 +239,6 @@ def clip_embed_images(clip, images: list, batch_size: int = 256) -> torch.Tensor
     return torch.cat(out)
 
 
-def one_attribute_perturbations(p: Prompt) -> list[tuple[str, Prompt]]:
-    from data.shapes.world import ATTRIBUTE_VALUES
-
-    return [(a, p.replace(**{a: v})) for a in p.specified for v in ATTRIBUTE_VALUES[a]
-            if v != getattr(p, a)]
-
-
 def clip_retrieval(clip, cfg: RetrievalConfig = RetrievalConfig()) -> RetrievalResult:
     """Zero-shot retrieval of the true prompt among its attribute-swapped variants."""
     prompts = prompt_set(cfg.split)
@@ -257,13 +250,13 @@ def clip_retrieval(clip, cfg: RetrievalConfig = RetrievalConfig()) -> RetrievalR
             images += [img, degrade(img, rng, cfg.blur_sigma, cfg.noise_sigma)]
             owners += [p, p]
             degraded += [False, True]
-    texts = sorted({q.text for p in prompts for q in [p] + [x for _, x in one_attribute_perturbations(p)]})
+    texts = sorted({q.text for p in prompts for q in [p] + [x for _, x in one_attribute_swaps(p)]})
     col = {t: j for j, t in enumerate(texts)}
     sims = (clip_embed_images(clip, images, cfg.batch_size) @ clip_embed_texts(clip, texts).T).numpy()
     correct, pair = [], {}
     n_cands = []
     for i, p in enumerate(owners):
-        pert = one_attribute_perturbations(p)
+        pert = one_attribute_swaps(p)
         s_true = sims[i, col[p.text]]
         s_pert = np.array([sims[i, col[q.text]] for _, q in pert])
         correct.append(bool(np.all(s_true > s_pert)))

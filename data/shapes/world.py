@@ -180,12 +180,16 @@ def perturb(prompt: Prompt, attribute: Attribute, rng: np.random.Generator) -> P
     return prompt.replace(**{attribute: new})
 
 
+def one_attribute_swaps(prompt: Prompt) -> list[tuple[str, Prompt]]:
+    """Every (attribute, prompt) pair one specified attribute away from ``prompt``, in attribute
+    order then value order: Lee et al.'s perturbed prompts, all of them."""
+    return [(a, prompt.replace(**{a: v})) for a in prompt.specified for v in ATTRIBUTE_VALUES[a]
+            if v != getattr(prompt, a)]
+
+
 def perturbations(prompt: Prompt, n: int, rng: np.random.Generator) -> list[Prompt]:
     """``n`` distinct prompts, each one specified attribute away from ``prompt``."""
-    pool = sorted({prompt.replace(**{a: v})
-                   for a in prompt.specified
-                   for v in ATTRIBUTE_VALUES[a]
-                   if v != getattr(prompt, a)})
+    pool = sorted(q for _, q in one_attribute_swaps(prompt))
     if n > len(pool):
         raise ValueError(f"{prompt.text!r} has only {len(pool)} one-attribute perturbations")
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
