@@ -35,10 +35,6 @@ class Trajectory:
     def num_steps(self) -> int:
         return self.log_probs.shape[1]
 
-    def detach_to(self, device) -> "Trajectory":
-        return Trajectory(self.latents.to(device), self.log_probs.to(device),
-                          self.prompt_embeds.to(device), self.negative_embeds.to(device), self.prompts)
-
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:

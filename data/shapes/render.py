@@ -95,11 +95,6 @@ def render(prompt: Prompt | str, seed: int, size: int = DEFAULT_SIZE) -> Image.I
     return draw_scene(sample_scene(prompt, seed), size)
 
 
-def render_batch(prompts: list[Prompt], seeds: list[int], size: int = DEFAULT_SIZE) -> np.ndarray:
-    """Renders as one uint8 array of shape (N, size, size, 3)."""
-    return np.stack([np.asarray(render(p, s, size)) for p, s in zip(prompts, seeds)])
-
-
 def degrade(image: np.ndarray, rng: np.random.Generator, blur_sigma: float, noise_sigma: float
             ) -> np.ndarray:
     """Gaussian blur (pixels, scaled to the image side / 64) and additive Gaussian noise (0-255
