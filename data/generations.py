@@ -4,6 +4,11 @@ Every image a stage produces (``make generate``, shapes-world renders, evaluatio
 here: ``<root>/images/<image_id>.png``, written durably before its row is appended, so a row never
 points at a missing or half-written file.  Reading goes through the table: callers pass an
 ``image_id``, never a path, and the path in the row must stay inside the root.
+
+Image ids are content addresses, not random: a hash of the model, prompt, seed, sampler settings and
+the PNG bytes.  So a rerun with the same seed on the same machine names its images the same way (and
+every stage that orders images by id orders them the same way: ``make demo`` reruns match), while two
+different images can never share an id, so saving never replaces an existing image with another one.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +41,15 @@ class SamplerSettings:
 RENDERER = SamplerSettings(sampler="shapes-renderer", num_inference_steps=1, guidance_scale=0.0, eta=0.0)
 
 
+def content_id(model_id: str, prompt_id: str, prompt: str, seed: int, settings: SamplerSettings,
+               sha256: str) -> str:
+    """The image id: 32 hex digits of a hash over what made the image and the image's own bytes."""
+    key = "\x1f".join([model_id, prompt_id, prompt, str(seed), settings.sampler,
+                       str(settings.num_inference_steps), repr(float(settings.guidance_scale)),
+                       repr(float(settings.eta)), sha256])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def save_images(
     store: Store,
     images: list[Image.Image],
@@ -55,26 +68,32 @@ def save_images(
     directory = store.root / IMAGES_DIR
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
-    rows = []
+    rows, seen = [], set()
     for image, prompt, prompt_id, category, seed in zip(images, prompts, prompt_ids, categories, seeds):
-        image_id = uuid.uuid4().hex
         buf = io.BytesIO()
         image.convert("RGB").save(buf, format="PNG")
         data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        image_id = content_id(model_id, prompt_id, prompt, int(seed), settings, sha)
+        if image_id in seen:  # the same image twice in one batch is one item
+            continue
+        seen.add(image_id)
         rel = f"{IMAGES_DIR}/{image_id}.png"
-        tmp = directory / f"_tmp-{image_id}.png"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, store.root / rel)
+        # Same id means same bytes, so an existing file is already this image: leave it as it is.
+        if not (store.root / rel).exists():
+            tmp = directory / f"_tmp-{image_id}.png"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, store.root / rel)
         rows.append(dict(
             image_id=image_id, prompt_id=prompt_id, prompt=prompt, category=category,
             model_id=model_id, seed=int(seed), sampler=settings.sampler,
             num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, eta=settings.eta,
             height=image.height, width=image.width, image_path=rel,
-            sha256=hashlib.sha256(data).hexdigest(), created_at=now,
+            sha256=sha, created_at=now,
         ))
     if rows:
         fsync_dir(directory)

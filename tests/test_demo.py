@@ -33,6 +33,14 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out
 
+    # A rerun with the same seed (into the same folders, which the demo made and may replace) gives the
+    # same numbers: only the timings may differ.
+    assert run(main, args) == 0
+    again = json.loads((tmp_path / "report" / "results.json").read_text())
+    for r in (results, again):
+        r.pop("seconds"), r["reward_model"].pop("train_seconds")
+    assert again == results
+
 
 def test_demo_refuses_to_replace_a_folder_it_did_not_make(tiny_sd, tmp_path, capsys):
     clip = make_tiny_clip(tmp_path / "clip", image_size=32)

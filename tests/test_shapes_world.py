@@ -126,3 +126,32 @@ def test_render_round_writes_images_and_rows(tmp_path):
     assert len(gens) == 15 == len(rows)
     verdicts = [judge(load_image(tmp_path, r, verify=True), r["prompt"]).aligned for _, r in gens.iterrows()]
     assert 0 < sum(verdicts) < 15  # some images were rendered from perturbed prompts
+
+
+def test_image_ids_are_content_addresses(tmp_path):
+    """Same seed and settings -> same ids in another root (reruns match); a different image under the same
+    prompt and seed gets another id, so an existing image is never replaced by a different one."""
+    from data import Store
+    from data.generations import RENDERER, save_images
+
+    prompts = prompt_set("train")[:4]
+    first = render_round(Store(tmp_path / "a"), prompts, per_prompt=2, seed=3)
+    again = render_round(Store(tmp_path / "b"), prompts, per_prompt=2, seed=3)
+    assert [r["image_id"] for r in first] == [r["image_id"] for r in again]
+    assert len({r["image_id"] for r in first}) == 8
+
+    store = Store(tmp_path / "a")
+    r0 = first[0]
+    before = (tmp_path / "a" / r0["image_path"]).read_bytes()
+    other = render(prompts[1], r0["seed"])  # another picture, filed under r0's prompt and seed
+    kw = dict(prompts=[r0["prompt"]], prompt_ids=[r0["prompt_id"]], categories=[r0["category"]],
+              seeds=[r0["seed"]], model_id=r0["model_id"], settings=RENDERER)
+    (new,) = save_images(store, [other], **kw)
+    assert new["image_id"] != r0["image_id"]
+    assert (tmp_path / "a" / r0["image_path"]).read_bytes() == before
+    # Saving the very same image again is idempotent: one row per id on read.
+    same = render(prompts[0], r0["seed"])
+    assert save_images(store, [same, same], **{k: v * 2 if isinstance(v, list) else v for k, v in kw.items()}
+                       )[0]["image_id"] == r0["image_id"]
+    assert store.to_pandas("generations")["image_id"].is_unique
+    assert len(store.to_pandas("generations")) == 9
