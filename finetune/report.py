@@ -104,11 +104,20 @@ def _fmt(v: float, pct: bool = True) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+TARGET_TEXT = {
+    "heldout": "Oracle alignment (%) on the target prompts: the held-out prompts, whose attribute combinations the "
+               "base model never saw in training (both methods fine-tune on them)",
+    "train": "Oracle alignment (%) on the train prompts (both methods fine-tune on them)",
+    "all": "Oracle alignment (%) on all shapes-world prompts (both methods fine-tune on them)",
+}
+
+
 def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], prompts_txt: str) -> str:
     cols = ("color", "count", "background", "combination", "overall")
     lines = ["# Shapes-world demo: collect -> reward -> fine-tune", "",
-             "Oracle alignment (%) on held-out prompts (attribute combinations never in training), "
-             "same seeds for every model; controls = train prompts with one or two objects.", "",
+             TARGET_TEXT.get(results.get("target", "heldout"), f"Oracle alignment (%) on the {results.get('target')} prompts")
+             + ", same seeds for every model (seeds no fine-tuning stage used); controls = train prompts with one "
+             "or two objects, never fine-tuned on.", "",
              "| model | " + " | ".join(cols) + " | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |",
              "|---|" + "---|" * (len(cols) + 3)]
     for e in evals:

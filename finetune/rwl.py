@@ -144,13 +144,19 @@ def _labeled_good(run: Run) -> LatentSet:
 
 
 def build_pretrain_set(run: Run) -> LatentSet:
-    """D_pre: shapes-world renders of the training prompts with their true prompts, or the
-    images and prompts of a dataset root's generations table."""
+    """D_pre: shapes-world renders of the base model's training prompts with their true prompts, or
+    the images and prompts of a dataset root's generations table.
+
+    D_pre stands for the pre-training data (LAION in Lee et al.), so in the shapes world it is the
+    base model's own training distribution, the train prompts, whatever prompts are fine-tuned: renders
+    of the target prompts would hand RWL the right answers, and D_pre's job is to keep the rest of the
+    model where it was (eq. 2's beta term)."""
     r, size = run.cfg.rwl, _image_size(run)
     if r.pretrain_source == "shapes":
         from data.shapes.render import render
+        from data.shapes.world import prompt_set
 
-        prompts = [p for p in run.prompts for _ in range(r.pretrain_per_prompt)]
+        prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
         seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
         images = pil_to_tensor([render(p, s, size) for p, s in zip(prompts, seeds)])
     else:

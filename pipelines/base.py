@@ -77,6 +77,7 @@ def _need(path: Path, stage: str) -> None:
 
 def train_base(cfg: BaseConfig) -> BaseResult:
     from data.shapes.training.cards import write_clip_card, write_sd_card
+    from reward.metrics import clean
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -134,7 +135,8 @@ def train_base(cfg: BaseConfig) -> BaseResult:
             m["seconds_by_stage"] = {k: round(v, 1) for k, v in seconds.items()}
             m["training_minutes"] = round(train_s / 60, 1)
             m["threads"] = cfg.threads
-            (d / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
+            # Strict JSON (NaN -> null: a category with no prompts in a set) so any parser opens it.
+            (d / "metrics.json").write_text(json.dumps(clean(m), indent=2, default=str))
             save_config(cfg, d / "config.yaml")
         write_clip_card(clip_dir, clip_metrics, cfg)
         write_sd_card(sd_dir, sd_metrics, cfg)

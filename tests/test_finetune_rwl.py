@@ -39,7 +39,8 @@ def test_rwl_step_end_to_end_and_lora_loads(tiny_sd, tmp_path):
     result = train_rwl(rwl_cfg(tiny_sd, tmp_path / "run", "sample_grid_every=1"), progress=False)
     out = result.output_dir
     m = json.loads((out / "metrics.json").read_text())
-    assert m["d_model"]["images"] == 6 and m["d_pre"]["images"] == 6
+    # D_pre: renders of the 110 train prompts (the base model's data), not of the prompts fine-tuned on
+    assert m["d_model"]["images"] == 6 and m["d_pre"]["images"] == 2 * 110
     assert len(m["history"]) == 4 and all(np.isfinite(h["loss"]) for h in m["history"])
     assert m["final"]["grad_norm"] > 0
     assert (out / "samples" / "step-000004.png").exists()
