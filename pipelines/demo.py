@@ -94,31 +94,37 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
     check_folder(Path(cfg.clip), "config.json", "CLIP model")
-    for d in (cfg.root, cfg.runs, cfg.report):
-        _recreate(Path(d))
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
-    seconds: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    _stage("generate", seconds, lambda: generate(load_config(GenerateConfig, None, [
+    # Every stage's config is resolved before anything runs or any folder is recreated, so a bad
+    # <stage>_args override fails at once, not after minutes of generating and labelling.
+    gen_cfg = load_config(GenerateConfig, None, [
         f"root={cfg.root}", f"pipeline={cfg.pipeline}", f"per_prompt={cfg.per_prompt}", f"seed={cfg.seed}",
-        "prompts=all", *cfg.generate_args])))
-    sim = _stage("simulate-raters", seconds, lambda: simulate(SimulateConfig(
-        label=LabelConfig(root=cfg.root, overlap=cfg.overlap, seed=cfg.seed),
-        raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)))
-    reward = _stage("reward", seconds, lambda: train_reward(load_config(RewardConfig, None, [
-        f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])))
+        "prompts=all", *cfg.generate_args])
+    reward_cfg = load_config(RewardConfig, None, [
+        f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])
     common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}",
               f"prompts.split={cfg.target}"]
-    rwl = _stage("finetune-rwl", seconds, lambda: train_rwl(load_config(
-        FinetuneConfig, CONFIGS / "rwl.yaml", [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])))
-    dpok = _stage("finetune-dpok", seconds, lambda: train_dpok(load_config(
-        FinetuneConfig, CONFIGS / "dpok.yaml", [*common, f"output_dir={runs / 'finetune-dpok'}", *cfg.dpok_args])))
+    rwl_cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
+                          [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])
+    dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
+                           [*common, f"output_dir={runs / 'finetune-dpok'}", *cfg.dpok_args])
     eval_cfg = load_config(EvalConfig, None, [
         f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / 'reward'}",
         f"models=[rwl={runs / 'finetune-rwl'}, dpok={runs / 'finetune-dpok'}]",
         f"split={cfg.target}", f"samples_per_prompt={cfg.eval_samples_per_prompt}",
         f"output_dir={report_dir / 'eval'}", *cfg.eval_args])
+    for d in (cfg.root, cfg.runs, cfg.report):
+        _recreate(Path(d))
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    _stage("generate", seconds, lambda: generate(gen_cfg))
+    sim = _stage("simulate-raters", seconds, lambda: simulate(SimulateConfig(
+        label=LabelConfig(root=cfg.root, overlap=cfg.overlap, seed=cfg.seed),
+        raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)))
+    reward = _stage("reward", seconds, lambda: train_reward(reward_cfg))
+    rwl = _stage("finetune-rwl", seconds, lambda: train_rwl(rwl_cfg))
+    dpok = _stage("finetune-dpok", seconds, lambda: train_dpok(dpok_cfg))
     with tqdm(desc="eval: sampling", unit="img", file=sys.stderr) as bar:
         evals = _stage("evaluate", seconds, lambda: evaluate(eval_cfg, progress=bar))
     seconds["total"] = time.perf_counter() - t_all

@@ -52,3 +52,12 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(tiny_sd, tmp_path, cap
     assert rc == 2
     assert "was not made by `make demo`" in capsys.readouterr().err
     assert (precious / "keep.txt").read_text() == "a rater's work"
+
+
+def test_a_bad_stage_override_fails_before_any_stage_runs(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    rc = run(main, [f"pipeline={tiny_sd}", f"clip={clip}", f"root={tmp_path}/ds", f"runs={tmp_path}/runs",
+                    f"report={tmp_path}/report", "dpok_args=[dpok.no_such_key=1]"])
+    assert rc == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "runs").exists()
