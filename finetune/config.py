@@ -88,7 +88,8 @@ class RWLConfig:
     samples_per_prompt: int = 8  # generated images per prompt for D_model
     include_labeled_good: bool = False  # also add images raters labelled good (dataset root)
     dataset_root: str = "datasets/shapes"
-    pretrain_source: str = "shapes"  # "shapes" (renders of the train prompts: the base model's training data) or a dataset root
+    # "shapes": renders of the train prompts (the base model's own training data), or a dataset root
+    pretrain_source: str = "shapes"
     pretrain_per_prompt: int = 8
     weighting: RewardWeighting = "reward"
     temperature: float = 1.0
