@@ -95,6 +95,11 @@ class RWLConfig:
     temperature: float = 1.0
     threshold: float = 0.5
     pretrain_weight: float = 1.0  # beta of Lee et al. eq. 2
+    # Share of D_pre prompts replaced by "" (as in the base model's training): sampling amplifies
+    # the unconditional prediction (w - 1)x under classifier-free guidance, so it must stay anchored.
+    pretrain_uncond: float = 0.1
+    # Fit D_model with the guided prediction (sampling.guidance_scale), see rwl.denoising_loss.
+    guided_loss: bool = True
     steps: int = 300
     batch_size: int = 32
 
@@ -137,4 +142,7 @@ class FinetuneConfig:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
+        if not 0 <= self.rwl.pretrain_uncond < 1:
+            raise UserError(f"rwl.pretrain_uncond={self.rwl.pretrain_uncond} is not a share in [0, 1).",
+                            "set it to e.g. 0.1 (the base model's caption dropout), or 0 to turn it off.")
         return self

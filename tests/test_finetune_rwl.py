@@ -79,3 +79,51 @@ def test_rwl_bad_inputs(tiny_sd, tmp_path):
     render_round(Store(root), [Prompt.parse("one circle")], per_prompt=1, size=64)
     with pytest.raises(UserError, match="64x64, the model works at 32x32"):
         train_rwl(rwl_cfg(tiny_sd, tmp_path / "c", f"rwl.pretrain_source={root}"), progress=False)
+
+
+def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
+    """w = 1 is the plain conditional loss; w > 1 puts the MSE on u + w (c - u), the guided output."""
+    from types import SimpleNamespace
+
+    from data.loading import load_sd_pipeline
+    from finetune.rwl import denoising_loss
+    from finetune.sampler import encode_prompts
+
+    pipe = load_sd_pipeline(tiny_sd, device="cpu")
+    run = SimpleNamespace(device=torch.device("cpu"), comps=SimpleNamespace(pipe=pipe, unet=pipe.unet))
+    sched = pipe.scheduler
+    x0 = torch.randn(2, 4, 4, 4)
+    prompts = ["one red circle", "two squares"]
+
+    def by_hand(seed, w):
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (2,), generator=gen)
+        x_t = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        cond, uncond = encode_prompts(pipe, prompts, "cpu")
+        with torch.no_grad():
+            c = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
+            u = pipe.unet(x_t, t, encoder_hidden_states=uncond).sample
+        pred = u + w * (c - u)
+        return ((pred - target) ** 2).flatten(1).mean(1)
+
+    with torch.no_grad():
+        for w in (1.0, 5.0):
+            got = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3), guidance_scale=w)
+            torch.testing.assert_close(got, by_hand(3, w), rtol=1e-4, atol=1e-5)
+        plain = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3))
+        guided = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3), guidance_scale=5.0)
+    assert not torch.allclose(plain, guided)
+
+
+def test_rwl_unguided_loss_and_no_uncond_dropout_run(tiny_sd, tmp_path):
+    m = train_rwl(rwl_cfg(tiny_sd, tmp_path / "run", "rwl.guided_loss=false", "rwl.pretrain_uncond=0"),
+                  progress=False).metrics
+    assert all(np.isfinite(h["loss"]) for h in m["history"])
+
+
+def test_rwl_pretrain_uncond_must_be_a_share(tiny_sd, tmp_path):
+    with pytest.raises(UserError, match="pretrain_uncond=1.0 is not a share"):
+        train_rwl(rwl_cfg(tiny_sd, tmp_path / "run", "rwl.pretrain_uncond=1.0"), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
