@@ -70,6 +70,10 @@ class DPOKConfig:
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
     steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= num_steps
+    # Draw those steps from the first `early_steps` denoising steps only (None: from all).  The
+    # high-noise steps decide layout, count and colours; a late step's noise barely moves the
+    # final reward, so its policy-gradient term is mostly noise.
+    early_steps: int | None = None
     minibatch_size: int = 32  # transitions per forward/backward
     epochs_per_round: int = 1
     clip_range: float = 0.2
@@ -133,10 +137,14 @@ class FinetuneConfig:
                 "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
                 "deterministic and has no log-probability to take a policy gradient of.",
                 "set sampling.eta > 0 (1.0 is DPOK's setting).")
-        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= self.sampling.num_steps:
+        pool = self.dpok.early_steps or self.sampling.num_steps
+        if self.method == "dpok" and not 1 <= pool <= self.sampling.num_steps:
+            raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_steps="
+                            f"{self.sampling.num_steps}.", "set it to at most sampling.num_steps, or null for all.")
+        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= pool:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
-                            f"1..sampling.num_steps={self.sampling.num_steps}.",
-                            "train at most every denoising step once per sample.")
+                            f"1..{pool} (dpok.early_steps, or sampling.num_steps).",
+                            "train at most every eligible denoising step once per sample.")
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")

@@ -3,7 +3,8 @@ pre-trained model.
 
 Each round: sample trajectories from the current policy (DDIM, eta > 0) -> decode and score them
 with the reward model -> advantages -> clipped policy-gradient updates on a random subset of the
-denoising steps, with beta * KL(p_theta || p_base) per step (DPOK eq. 7-8):
+denoising steps (optionally only the noisiest ``early_steps``, see :func:`draw_transitions`), with
+beta * KL(p_theta || p_base) per step (DPOK eq. 7-8):
 
     loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
 
@@ -194,14 +195,25 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
     return adv, loss
 
 
+def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The transitions one round trains on: ``per_sample`` distinct step indices per trajectory
+    (DDPO's timestep fraction), drawn from the first ``eligible`` steps (index 0 is the noisiest).
+
+    Returns (sample index, step index), each (batch * per_sample,).  Why only early steps: the
+    policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and a late step's noise
+    barely changes the final image, so its term is nearly pure noise, while its small sigma_t makes
+    the PPO ratio swing and clip (measured: approx-KL 0.5-2 per round over all 20 steps, 0.004-0.04
+    over the first 8).
+    """
+    steps = np.stack([rng.choice(eligible, size=per_sample, replace=False) for _ in range(batch)])
+    return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)
+
+
 def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, lr_sched,
             traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
     d = cfg.dpok
-    b, t = traj.batch_size, traj.num_steps
-    # A random subset of steps per trajectory (DDPO's timestep fraction): (b * k) transitions.
-    steps = np.stack([rng.choice(t, size=d.steps_per_sample, replace=False) for _ in range(b)])
-    samples = np.repeat(np.arange(b), d.steps_per_sample)
-    steps = steps.reshape(-1)
+    samples, steps = draw_transitions(rng, traj.batch_size, d.early_steps or traj.num_steps, d.steps_per_sample)
     sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
     n_mb = n_opt = 0
     for _ in range(d.epochs_per_round):

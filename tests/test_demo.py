@@ -17,7 +17,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             "rwl_args=[sampling.num_steps=2, rwl.samples_per_prompt=1, rwl.pretrain_per_prompt=1, rwl.steps=2, "
             "rwl.batch_size=4, prompts.split=heldout]",
             "dpok_args=[sampling.num_steps=2, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
-            "dpok.steps_per_sample=1, dpok.minibatch_size=4]",
+            "dpok.early_steps=2, dpok.steps_per_sample=1, dpok.minibatch_size=4]",
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]"]
     assert run(main, args) == 0
     results = json.loads((tmp_path / "report" / "results.json").read_text())

@@ -96,7 +96,7 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
     args = ["method=dpok", f"output_dir={tmp_path}/cli", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
             "sampling.num_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
-            "dpok.steps_per_sample=1", "sample_grid_every=0"]
+            "dpok.early_steps=null", "dpok.steps_per_sample=1", "sample_grid_every=0"]
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()
@@ -148,9 +148,28 @@ def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
          "no", "--dynamo_backend", "no", "-m", "pipelines.finetune", "method=dpok", f"model.pipeline={tiny_sd}",
          "reward.kind=oracle", f"output_dir={out}", "sampling.num_steps=3", "dpok.rounds=3",
-         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
+         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.early_steps=3", "dpok.steps_per_sample=2",
          "dpok.minibatch_size=4", "checkpoint_every=1", "sample_grid_every=2"],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_transitions_are_drawn_from_the_early_steps_only():
+    from finetune.dpok import draw_transitions
+
+    samples, steps = draw_transitions(np.random.default_rng(0), batch=6, eligible=5, per_sample=3)
+    assert samples.tolist() == [i for i in range(6) for _ in range(3)]
+    assert steps.min() >= 0 and steps.max() < 5
+    for i in range(6):  # distinct steps within each trajectory
+        assert len(set(steps[samples == i].tolist())) == 3
+    assert set(steps.tolist()) == set(range(5))  # every eligible step is drawn over the batch
+
+
+def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
+    with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_steps=4"):
+        tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9").validate()
+    with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1"):
+        tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1").validate()
+    tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2").validate()
