@@ -128,6 +128,11 @@ class FinetuneConfig:
     rwl: RWLConfig = field(default_factory=RWLConfig)
 
     @property
+    def dpok_eligible_steps(self) -> int:
+        """How many of the noisiest denoising steps DPOK trains on (dpok.early_steps, or all)."""
+        return self.sampling.num_steps if self.dpok.early_steps is None else self.dpok.early_steps
+
+    @property
     def out(self) -> str:
         return self.output_dir or f"runs/finetune-{self.method}"
 
@@ -137,7 +142,7 @@ class FinetuneConfig:
                 "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
                 "deterministic and has no log-probability to take a policy gradient of.",
                 "set sampling.eta > 0 (1.0 is DPOK's setting).")
-        pool = self.dpok.early_steps or self.sampling.num_steps
+        pool = self.dpok_eligible_steps
         if self.method == "dpok" and not 1 <= pool <= self.sampling.num_steps:
             raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_steps="
                             f"{self.sampling.num_steps}.", "set it to at most sampling.num_steps, or null for all.")

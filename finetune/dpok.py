@@ -213,7 +213,7 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
 def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, lr_sched,
             traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
     d = cfg.dpok
-    samples, steps = draw_transitions(rng, traj.batch_size, d.early_steps or traj.num_steps, d.steps_per_sample)
+    samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample)
     sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
     n_mb = n_opt = 0
     for _ in range(d.epochs_per_round):

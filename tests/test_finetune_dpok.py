@@ -172,4 +172,6 @@ def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
         tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9").validate()
     with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1"):
         tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1").validate()
+    with pytest.raises(UserError, match="dpok.early_steps=0 is not in"):
+        tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0").validate()
     tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2").validate()
