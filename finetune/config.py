@@ -70,9 +70,8 @@ class DPOKConfig:
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
     steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= num_steps
-    # Draw those steps from the first `early_steps` denoising steps only (None: from all).  The
-    # high-noise steps decide layout, count and colours; a late step's noise barely moves the
-    # final reward, so its policy-gradient term is mostly noise.
+    # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
+    # all); why: finetune.dpok.draw_transitions.
     early_steps: int | None = None
     minibatch_size: int = 32  # transitions per forward/backward
     epochs_per_round: int = 1
