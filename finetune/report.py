@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.jsonable import json_safe
 from finetune.evaluate import ALIGNMENT_KEYS, ModelEval
 
 HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes
@@ -154,7 +155,7 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
 def write(out: Path, results: dict, evals: list[ModelEval], histories: dict, grids: dict[str, Path],
           prompts_txt: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_clean(results), indent=2))
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     learning_curves(histories, out / "learning_curves.png")
     before_after(grids, out / "samples_before_after.png")
     md = markdown(results, evals, list(grids), prompts_txt)
@@ -165,14 +166,3 @@ def write(out: Path, results: dict, evals: list[ModelEval], histories: dict, gri
         (out / "report.html").write_text(md_lib.markdown(md, extensions=["tables"]))
     except ImportError:
         pass
-
-
-def _clean(o):
-    """JSON-safe copy: NaN becomes null (json.dumps would write the non-standard NaN)."""
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    return o

@@ -20,6 +20,7 @@ from typing import Hashable, Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 
+from data.jsonable import json_safe
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, RANKINGS
@@ -132,17 +133,15 @@ class RoundReport:
 
     def summary(self) -> dict:
         """JSON-able headline figures."""
-        def clean(x):
-            return None if isinstance(x, float) and math.isnan(x) else (round(x, 4) if isinstance(x, float) else x)
-        return {
+        return json_safe({
             "binary_labels": self.binary_labels, "rankings": self.rankings, "retracted": self.retracted,
             "raters": int(len(self.counts)),
-            "binary_alpha": clean(self.binary_agreement.alpha), "binary_units": self.binary_agreement.units,
-            "ranking_alpha": clean(self.ranking_agreement.alpha),
+            "binary_alpha": self.binary_agreement.alpha, "binary_units": self.binary_agreement.units,
+            "ranking_alpha": self.ranking_agreement.alpha,
             "ranking_units": self.ranking_agreement.units,
-            "median_ms": {k: clean(v) for k, v in self.median_ms.items()},
-            "gold_accuracy": {r: clean(float(a)) for r, a in zip(self.gold["rater_id"], self.gold["gold_accuracy"])},
-        }
+            "median_ms": dict(self.median_ms),
+            "gold_accuracy": {r: float(a) for r, a in zip(self.gold["rater_id"], self.gold["gold_accuracy"])},
+        }, digits=4)
 
 
 def round_report(store: Store, gold: dict[str, str]) -> RoundReport:

@@ -26,6 +26,8 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from data.jsonable import json_safe
+
 NAN = float("nan")
 
 
@@ -124,17 +126,8 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
 
 
 def clean(x):
-    """JSON-safe: NaN -> None, numpy scalars -> Python, rounded to 4 decimals."""
-    if isinstance(x, dict):
-        return {k: clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return None if math.isnan(x) else round(x, 4)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+    """JSON-safe, rounded to 4 decimals (the precision metrics.json reports)."""
+    return json_safe(x, digits=4)
 
 
 TABLE_ROWS = ("pairwise_accuracy_vs_oracle", "pairwise_accuracy_vs_labels", "spearman_vs_oracle",

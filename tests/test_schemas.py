@@ -165,3 +165,17 @@ def test_pair_labels_sum_to_one():
 def test_unknown_table():
     with pytest.raises(DataError, match="unknown table 'labels'"):
         get_spec("labels")
+
+
+def test_json_safe_writes_strict_json():
+    import json
+    import math
+
+    import numpy as np
+
+    from data.jsonable import json_safe
+
+    x = {"a": float("nan"), "b": [np.float32(0.123456), np.int64(3)], "c": (1.0, "s", None)}
+    assert json_safe(x) == {"a": None, "b": [float(np.float32(0.123456)), 3], "c": [1.0, "s", None]}
+    assert json_safe(x, digits=2)["b"] == [0.12, 3]
+    json.loads(json.dumps(json_safe({"m": math.nan}), allow_nan=False))
