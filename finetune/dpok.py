@@ -126,7 +126,10 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         gen, rng = _round_generator(cfg, r, rank, device)
         # -- sample -----------------------------------------------------------------------
         t0 = time.perf_counter()
-        round_prompts = [str(p) for p in rng.choice(run.prompts, size=per_process) for _ in range(d.samples_per_prompt)]
+        # Distinct prompts per round where there are enough: a repeated prompt would merge into
+        # one per-prompt baseline group and cut the round's prompt diversity.
+        drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
+        round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts)

@@ -175,3 +175,20 @@ def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="dpok.early_steps=0 is not in"):
         tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0").validate()
     tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2").validate()
+
+
+def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
+    from finetune.common import OracleReward
+
+    seen = []
+
+    def reward(images, prompts):
+        seen.append(sorted(prompts))
+        return OracleReward()(images, prompts)
+
+    (tmp_path / "p.txt").write_text("one circle\ntwo squares\nthree circles\n")
+    cfg = tiny_cfg(tiny_sd, tmp_path / "run", "dpok.rounds=2", "dpok.prompts_per_round=3",
+                   f"prompts.prompts_file={tmp_path / 'p.txt'}", "checkpoint_every=0")
+    train_dpok(cfg, reward_fn=reward, progress=False)
+    every = sorted(["one circle", "two squares", "three circles"] * 2)
+    assert seen == [every, every]  # with replacement, a round would repeat some prompt
