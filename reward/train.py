@@ -4,9 +4,10 @@
 
 1. reads and splits the labels (:mod:`reward.data`);
 2. embeds every labelled image and every prompt (and perturbed prompt) once with the frozen CLIP;
-3. evaluates two baselines on the validation prompts: zero-shot CLIP (the cosine of image and
-   prompt embeddings; its probability is a logistic fit of the cosine on the training labels) and
-   the untrained head;
+3. evaluates baselines on the validation prompts: zero-shot CLIP (the cosine of image and
+   prompt embeddings; its probability is a logistic fit of the cosine on the training labels), the
+   untrained head and, in the shapes world, a head trained on the oracle's labels of the same
+   images and pairs (:func:`relabel_with_oracle`);
 4. ablation: heads trained with and without the auxiliary loss (``train.ablation_seeds`` seeds
    each) on the cached embeddings, evaluated on the validation prompts;
 5. the model itself: with a frozen backbone, the with-auxiliary head of the first seed; with
@@ -24,7 +25,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from data.loading import SHAPES_CLIP, default_device, load_clip
 from data.store import Store
 from pipelines.config import save_config
 from reward.config import RewardConfig
-from reward.data import RewardData, Split, load_reward_data
+from reward.data import AuxExamples, RewardData, Split, load_reward_data
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
 from reward.metrics import TABLE_ROWS, clean, evaluate, format_table
 from reward.model import CONFIG_FILE, METRICS_FILE, TRAIN_CONFIG_FILE, RewardModel
@@ -385,6 +386,28 @@ def oracle_scores(data: RewardData, images: np.ndarray, progress: bool = False) 
     return out
 
 
+def relabel_with_oracle(data: RewardData, truth: np.ndarray) -> RewardData:
+    """``data`` with the training and selection labels replaced by the oracle's: binary target =
+    aligned (graded score >= 2), ranking pair label = which image the graded score prefers (0.5 on
+    equal scores), auxiliary examples = the aligned images.  Same images, same pairs: only the
+    label noise is gone.  ``truth``: (n_images,) graded scores, NaN where not judged."""
+    def relabel(s: Split | None) -> Split | None:
+        if s is None:
+            return None
+        b, p, a = s.binary, s.pairs, s.aux
+        o0, o1 = truth[p.image_0], truth[p.image_1]
+        label = np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)).astype(np.float32)
+        # Perturbation pools are per prompt; prompts with no rater-approved image have none.
+        pool_of = {int(q): row for q, row in zip(a.prompt, a.pool)}
+        good = b.image[(truth[b.image] >= 2.0) & np.isin(data.image_prompt[b.image], list(pool_of))]
+        prompts = data.image_prompt[good]
+        pool = np.stack([pool_of[int(q)] for q in prompts]) if len(good) else a.pool[:0]
+        return replace(s, binary=replace(b, target=(truth[b.image] >= 2.0).astype(np.float32)),
+                       pairs=replace(p, label_0=label), aux=AuxExamples(good, prompts, pool))
+
+    return replace(data, train=relabel(data.train), select=relabel(data.select))
+
+
 def _zero_shot_probs(data: RewardData, cos: np.ndarray) -> np.ndarray | None:
     """Platt scaling of the cosine on the training binary labels (so accuracy and ECE of the
     zero-shot baseline mean something); None without training binary labels of both kinds."""
@@ -468,6 +491,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
 
     oracle = oracle_scores(data, data.val.images, progress) if cfg.data.oracle == "auto" else None
     results: dict[str, dict] = {}
+    aux = cfg.loss.aux_weight
 
     if cfg.train.baselines:
         cos_fn = lambda i, t: (i * t).sum(-1)  # noqa: E731
@@ -477,10 +501,20 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
         untrained = fresh(cfg.train.seed)
         pred = predict(untrained.head, emb, data, data.val)
         results["untrained_head"] = _evaluate(pred, _sigmoid(pred["logits"]), data, oracle)
+        if oracle is not None:
+            # The same head and label budget with noise-free labels: what better raters could buy.
+            # Where it is no better than the trained head, the CLIP features are the limit.
+            seen = np.concatenate([s.images for s in (data.train, data.select) if s is not None])
+            truth = oracle_scores(data, seen, progress)
+            ideal, m = relabel_with_oracle(data, truth), fresh(cfg.train.seed)
+            fit(m, emb, ideal, cfg, aux_weight=aux, seed=cfg.train.seed, progress=progress,
+                desc="oracle-labelled head")
+            calibrate(m, emb, ideal)
+            pred = predict(m.head, emb, data, data.val)
+            results["oracle_labels_head"] = _evaluate(pred, _probs(m.head, pred["logits"]), data, oracle)
 
     ablation = None
     main_frozen: RewardModel | None = None
-    aux = cfg.loss.aux_weight
     if cfg.train.ablate_aux and aux > 0 and cfg.train.ablation_seeds > 0:
         runs = {"with_aux": [], "without_aux": []}
         seeds = [cfg.train.seed + k for k in range(cfg.train.ablation_seeds)]
@@ -534,7 +568,7 @@ def _assemble(results, ablation, data, cfg, model, has_oracle: bool, seconds: fl
     ref = "oracle" if has_oracle else "labels"
     m: dict = {}
     for prefix, name in (("", "reward_model"), ("zero_shot_clip_", "zero_shot_clip"),
-                         ("untrained_head_", "untrained_head")):
+                         ("untrained_head_", "untrained_head"), ("oracle_labels_head_", "oracle_labels_head")):
         if name not in results:
             continue
         r = results[name]
@@ -591,7 +625,7 @@ def _write(model: RewardModel, cfg: RewardConfig, metrics: dict, out: Path) -> P
 
 def metrics_table(metrics: dict) -> str:
     cols = {k: v for k, v in metrics["models"].items()}
-    order = [c for c in ("reward_model", "zero_shot_clip", "untrained_head") if c in cols]
+    order = [c for c in ("reward_model", "zero_shot_clip", "untrained_head", "oracle_labels_head") if c in cols]
     text = format_table({c: cols[c] for c in order})
     ab = metrics.get("aux_ablation")
     if ab:

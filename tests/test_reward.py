@@ -203,7 +203,8 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
                                                     "reward_config.json"]
     m = json.loads((out / "metrics.json").read_text())
     for key in ("pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy", "binary_auc", "ece",
-                "untrained_head_pairwise_accuracy", "spearman_vs_oracle", "pairwise_accuracy_vs_labels"):
+                "untrained_head_pairwise_accuracy", "spearman_vs_oracle", "pairwise_accuracy_vs_labels",
+                "oracle_labels_head_pairwise_accuracy_vs_oracle"):
         assert key in m, key
     assert m["data"]["split"] == "shapes_heldout" and m["data"]["val_prompts"] == 8
     assert set(m["aux_ablation"]["with_aux"]) >= {"pairwise_accuracy_vs_oracle"}
@@ -427,3 +428,22 @@ def test_score_on_cuda_with_cuda_tensors(tiny_clip, tmp_path):
     assert r.device.type == "cuda" and r.dtype == torch.float32 and r.shape == (64,)
     cpu = RewardModel.from_pretrained(tmp_path / "rm", device="cpu").score(x.float().cpu(), "two red circles")
     assert torch.allclose(r.cpu(), cpu, atol=1e-3)
+
+
+def test_relabel_with_oracle_keeps_the_examples_and_replaces_the_labels(labelled_root):
+    from reward.config import DataConfig, LossConfig
+    from reward.data import load_reward_data
+    from reward.train import relabel_with_oracle
+
+    data = load_reward_data(Store(labelled_root), DataConfig(root=str(labelled_root), min_val_prompts=3),
+                            LossConfig())
+    truth = np.arange(len(data.images), dtype=float) % 4  # graded scores 0, 1, 2, 3, 0, ...
+    ideal = relabel_with_oracle(data, truth)
+    b, p = ideal.train.binary, ideal.train.pairs
+    assert np.array_equal(b.image, data.train.binary.image)
+    assert np.array_equal(b.target, (truth[b.image] >= 2).astype(np.float32))
+    assert np.array_equal(p.image_0, data.train.pairs.image_0)
+    o0, o1 = truth[p.image_0], truth[p.image_1]
+    assert np.array_equal(p.label_0, np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)))
+    assert (truth[ideal.train.aux.image] >= 2).all() and len(ideal.train.aux.image)
+    assert ideal.val is data.val  # validation labels untouched
