@@ -48,6 +48,9 @@ class DataConfig:
     min_val_prompts: int = 5
     oracle: Literal["auto", "none"] = "auto"
     """auto: in the shapes world, also measure against the programmatic oracle."""
+    labels: Literal["raters", "oracle"] = "raters"
+    """oracle (shapes world only; a diagnostic): train on the oracle's labels of the same images
+    and pairs instead of the raters', to see how far label noise holds the reward back."""
 
 
 @dataclass(frozen=True)

@@ -492,6 +492,15 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
     oracle = oracle_scores(data, data.val.images, progress) if cfg.data.oracle == "auto" else None
     results: dict[str, dict] = {}
     aux = cfg.loss.aux_weight
+    ideal = None  # the training labels replaced by the oracle's
+    if oracle is not None and (cfg.data.labels == "oracle" or cfg.train.baselines):
+        seen = np.concatenate([s.images for s in (data.train, data.select) if s is not None])
+        ideal = relabel_with_oracle(data, oracle_scores(data, seen, progress))
+    if cfg.data.labels == "oracle":
+        if ideal is None:
+            raise UserError("data.labels=oracle needs shapes-world prompts and data.oracle=auto.",
+                            "use data.labels=raters for this dataset.")
+        data = ideal
 
     if cfg.train.baselines:
         cos_fn = lambda i, t: (i * t).sum(-1)  # noqa: E731
@@ -501,12 +510,10 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
         untrained = fresh(cfg.train.seed)
         pred = predict(untrained.head, emb, data, data.val)
         results["untrained_head"] = _evaluate(pred, _sigmoid(pred["logits"]), data, oracle)
-        if oracle is not None:
+        if ideal is not None:
             # The same head and label budget with noise-free labels: what better raters could buy.
             # Where it is no better than the trained head, the CLIP features are the limit.
-            seen = np.concatenate([s.images for s in (data.train, data.select) if s is not None])
-            truth = oracle_scores(data, seen, progress)
-            ideal, m = relabel_with_oracle(data, truth), fresh(cfg.train.seed)
+            m = fresh(cfg.train.seed)
             fit(m, emb, ideal, cfg, aux_weight=aux, seed=cfg.train.seed, progress=progress,
                 desc="oracle-labelled head")
             calibrate(m, emb, ideal)
@@ -593,7 +600,7 @@ def _assemble(results, ablation, data, cfg, model, has_oracle: bool, seconds: fl
     m["targets"] = targets
     m["aux_ablation"] = ablation
     m["models"] = results
-    m["data"] = {**data.summary, "root": str(data.root)}
+    m["data"] = {**data.summary, "root": str(data.root), "labels": cfg.data.labels}
     m["clip"] = str(model.clip_path)
     m["train_seconds"] = seconds
     return clean(m)

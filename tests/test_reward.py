@@ -447,3 +447,16 @@ def test_relabel_with_oracle_keeps_the_examples_and_replaces_the_labels(labelled
     assert np.array_equal(p.label_0, np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)))
     assert (truth[ideal.train.aux.image] >= 2).all() and len(ideal.train.aux.image)
     assert ideal.val is data.val  # validation labels untouched
+
+
+def test_oracle_labels_train_the_same_head_on_noise_free_labels(labelled_root, tiny_clip, tmp_path):
+    from reward.train import train_reward
+
+    raters = train_reward(_cfg(labelled_root, tiny_clip, tmp_path / "r", "train.ablate_aux=false"))
+    oracle = train_reward(_cfg(labelled_root, tiny_clip, tmp_path / "o", "train.ablate_aux=false",
+                               "data.labels=oracle"))
+    assert oracle.metrics["data"]["labels"] == "oracle" and raters.metrics["data"]["labels"] == "raters"
+    # The model is the oracle-labelled head itself: same seed, same labels, same figures.
+    assert oracle.metrics["pairwise_accuracy_vs_oracle"] == raters.metrics["oracle_labels_head_pairwise_accuracy_vs_oracle"]
+    with pytest.raises(UserError, match="data.labels=oracle"):
+        train_reward(_cfg(labelled_root, tiny_clip, tmp_path / "n", "data.labels=oracle", "data.oracle=none"))
