@@ -510,7 +510,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
         untrained = fresh(cfg.train.seed)
         pred = predict(untrained.head, emb, data, data.val)
         results["untrained_head"] = _evaluate(pred, _sigmoid(pred["logits"]), data, oracle)
-        if ideal is not None:
+        if ideal is not None and cfg.data.labels == "raters":
             # The same head and label budget with noise-free labels: what better raters could buy.
             # Where it is no better than the trained head, the CLIP features are the limit.
             m = fresh(cfg.train.seed)
