@@ -5,10 +5,11 @@ here: ``<root>/images/<image_id>.png``, written durably before its row is append
 points at a missing or half-written file.  Reading goes through the table: callers pass an
 ``image_id``, never a path, and the path in the row must stay inside the root.
 
-Image ids are content addresses, not random: a hash of the model, prompt, seed, sampler settings and
-the PNG bytes.  So a rerun with the same seed on the same machine names its images the same way (and
-every stage that orders images by id orders them the same way: ``make demo`` reruns match), while two
-different images can never share an id, so saving never replaces an existing image with another one.
+Image ids are content addresses, not random: a hash of the model (its fingerprint, not its path),
+prompt, seed, sampler settings and the PNG bytes.  So a rerun with the same seed on the same machine,
+in this clone or another, names its images the same way (and every stage that orders images by id
+orders them the same way: ``make demo`` reruns match), while two different images can never share an
+id, so saving never replaces an existing image with another one.
 """
 
 from __future__ import annotations
@@ -60,8 +61,13 @@ def save_images(
     seeds: list[int],
     model_id: str,
     settings: SamplerSettings,
+    model_key: str | None = None,
 ) -> list[dict]:
-    """Write PNGs and append their generations rows (one append for the batch).  Returns the rows."""
+    """Write PNGs and append their generations rows (one append for the batch).  Returns the rows.
+
+    ``model_key``: what the image ids hash for the model (default ``model_id``); pass a
+    location-independent one (:func:`data.loading.model_fingerprint`) so that a copy of the model at
+    another path, e.g. in another clone, names its images the same way."""
     n = len(images)
     if not all(len(x) == n for x in (prompts, prompt_ids, categories, seeds)):
         raise ValueError("images, prompts, prompt_ids, categories and seeds must have equal length")
@@ -74,7 +80,7 @@ def save_images(
         image.convert("RGB").save(buf, format="PNG")
         data = buf.getvalue()
         sha = hashlib.sha256(data).hexdigest()
-        image_id = content_id(model_id, prompt_id, prompt, int(seed), settings, sha)
+        image_id = content_id(model_key or model_id, prompt_id, prompt, int(seed), settings, sha)
         if image_id in seen:  # the same image twice in one batch is one item
             continue
         seen.add(image_id)

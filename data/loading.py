@@ -39,6 +39,29 @@ def check_folder(path: Path, marker: str, what: str) -> None:
                         f"pass a folder saved with save_pretrained (containing {marker}).")
 
 
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """A location-independent identity of a model folder (16 hex digits): every JSON file's relative
+    path and bytes, and every weight file's relative path, size and the SHA-256 of its first and
+    last MiB (hashing whole multi-GB checkpoints at every run would be slow).  Copies of one model
+    at two paths agree; checkpoints of one architecture differ in their weights' bytes."""
+    import hashlib
+
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        if f.suffix == ".json":
+            h.update(f"{rel}\0".encode() + f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt", ".ckpt"):
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                head = fh.read(1 << 20)
+                fh.seek(max(0, size - (1 << 20)))
+                tail = fh.read()
+            h.update(f"{rel}\0{size}\0".encode() + hashlib.sha256(head + tail).digest())
+    return h.hexdigest()[:16]
+
+
 def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | None = None,
                      dtype: torch.dtype | None = None):
     """A ``StableDiffusionPipeline`` from a local folder, moved to ``device`` (default: CUDA if

@@ -104,7 +104,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.source == "renderer":
         return _render(cfg, store, prompts)
     from data.generations import save_images
-    from data.loading import load_sd_pipeline
+    from data.loading import load_sd_pipeline, model_fingerprint
     from data.sampling import generate_images
 
     path = Path(cfg.pipeline)
@@ -120,6 +120,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     used = mine.groupby("prompt_id")["seed"].apply(set).to_dict()
     jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
     settings = cfg.sampling.settings(pipe)
+    model_key = model_fingerprint(path)
     added = 0
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(jobs), cfg.sampling.batch_size):
@@ -127,7 +128,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             images = generate_images(pipe, [p.text for p, _ in batch], [s for _, s in batch], cfg.sampling)
             save_images(store, images, prompts=[p.text for p, _ in batch],
                         prompt_ids=[p.prompt_id for p, _ in batch], categories=[p.category for p, _ in batch],
-                        seeds=[s for _, s in batch], model_id=model_id, settings=settings)
+                        seeds=[s for _, s in batch], model_id=model_id, settings=settings, model_key=model_key)
             added += len(batch)
             bar.update(len(batch))
     return GenerateResult(str(store.root), model_id, len(prompts), added, store.read(GENERATIONS).num_rows)

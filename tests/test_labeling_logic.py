@@ -407,8 +407,8 @@ def test_raters_command_adds_disables_and_lists(tmp_path, capsys, monkeypatch):
 
 
 def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
-    """Image ids are random; the serving order must not depend on them, or a rerun of the demo
-    with the same seed would get other labels."""
+    """A rerun of the same round with the same seed gets the same labels (the demo's rerun
+    target)."""
     from data.labels import current
     from labeling_app.config import LabelConfig
     from pipelines.config import load_config

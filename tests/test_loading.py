@@ -47,3 +47,31 @@ def test_generate_images_is_seeded_per_image(tmp_path):
     assert len(a) == 3 and a[0].size == (32, 32)
     assert np.array_equal(np.asarray(a[2]), np.asarray(b[0]))
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[2]))
+
+
+def test_a_copy_of_a_model_elsewhere_names_its_images_the_same_way(tiny_sd, tmp_path):
+    """Image ids hash the model's fingerprint, not its path: a fresh clone's demo orders (and so
+    labels and trains on) its images exactly as the first clone's did."""
+    import shutil
+
+    from data import Store
+    from data.loading import model_fingerprint
+    from pipelines.config import load_config
+    from pipelines.generate import GenerateConfig, generate
+
+    copy = shutil.copytree(tiny_sd, tmp_path / "elsewhere" / "sd")
+    assert model_fingerprint(copy) == model_fingerprint(tiny_sd)
+    ids = []
+    for k, model in enumerate((tiny_sd, copy)):
+        root = tmp_path / f"round{k}"
+        generate(load_config(GenerateConfig, None, [f"root={root}", f"pipeline={model}", "per_prompt=2",
+                                                    "max_prompts=2", "sampling.num_inference_steps=2"]))
+        ids.append(sorted(Store(root).to_pandas("generations")["image_id"]))
+    assert ids[0] == ids[1] and len(ids[0]) == 4
+
+    other = shutil.copytree(tiny_sd, tmp_path / "changed" / "sd")
+    weights = next(other.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of another checkpoint
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(other) != model_fingerprint(tiny_sd)
