@@ -8,6 +8,7 @@ a clear error, never a download.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,8 +45,6 @@ def model_fingerprint(path: str | os.PathLike) -> str:
     path and bytes, and every weight file's relative path, size and the SHA-256 of its first and
     last MiB (hashing whole multi-GB checkpoints at every run would be slow).  Copies of one model
     at two paths agree; checkpoints of one architecture differ in their weights' bytes."""
-    import hashlib
-
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
