@@ -77,7 +77,7 @@ def _need(path: Path, stage: str) -> None:
 
 def train_base(cfg: BaseConfig) -> BaseResult:
     from data.shapes.training.cards import write_clip_card, write_sd_card
-    from reward.metrics import clean
+    from data.jsonable import json_safe
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -136,7 +136,7 @@ def train_base(cfg: BaseConfig) -> BaseResult:
             m["training_minutes"] = round(train_s / 60, 1)
             m["threads"] = cfg.threads
             # Strict JSON (NaN -> null: a category with no prompts in a set) so any parser opens it.
-            (d / "metrics.json").write_text(json.dumps(clean(m), indent=2, default=str))
+            (d / "metrics.json").write_text(json.dumps(json_safe(m, digits=4), indent=2, default=str))
             save_config(cfg, d / "config.yaml")
         write_clip_card(clip_dir, clip_metrics, cfg)
         write_sd_card(sd_dir, sd_metrics, cfg)

@@ -26,8 +26,6 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from data.jsonable import json_safe
-
 NAN = float("nan")
 
 
@@ -123,11 +121,6 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
     out["val_binary_images"] = int(len(img))
     out["val_label_pairs"] = int(strict.sum())
     return out
-
-
-def clean(x):
-    """JSON-safe, rounded to 4 decimals (the precision metrics.json reports)."""
-    return json_safe(x, digits=4)
 
 
 TABLE_ROWS = ("pairwise_accuracy_vs_oracle", "pairwise_accuracy_vs_labels", "spearman_vs_oracle",

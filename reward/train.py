@@ -34,15 +34,21 @@ from tqdm import tqdm
 
 from data.errors import UserError
 from data.generations import load_image
+from data.jsonable import json_safe
 from data.loading import SHAPES_CLIP, default_device, load_clip
 from data.store import Store
 from pipelines.config import save_config
 from reward.config import RewardConfig
 from reward.data import AuxExamples, RewardData, Split, load_reward_data
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
-from reward.metrics import TABLE_ROWS, clean, evaluate, format_table
+from reward.metrics import TABLE_ROWS, evaluate, format_table
 from reward.model import CONFIG_FILE, METRICS_FILE, TRAIN_CONFIG_FILE, RewardModel
 from reward.preprocess import to_pixel_batches
+
+
+# The model and its baselines, in the order of metrics.json keys and the printed table; a baseline's
+# keys carry its name as a prefix.
+MODELS = ("reward_model", "zero_shot_clip", "untrained_head", "oracle_labels_head")
 
 
 @dataclass
@@ -395,14 +401,15 @@ def relabel_with_oracle(data: RewardData, truth: np.ndarray) -> RewardData:
         if s is None:
             return None
         b, p, a = s.binary, s.pairs, s.aux
+        aligned = truth[b.image] >= 2.0
         o0, o1 = truth[p.image_0], truth[p.image_1]
         label = np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)).astype(np.float32)
         # Perturbation pools are per prompt; prompts with no rater-approved image have none.
         pool_of = {int(q): row for q, row in zip(a.prompt, a.pool)}
-        good = b.image[(truth[b.image] >= 2.0) & np.isin(data.image_prompt[b.image], list(pool_of))]
+        good = b.image[aligned & np.isin(data.image_prompt[b.image], list(pool_of))]
         prompts = data.image_prompt[good]
         pool = np.stack([pool_of[int(q)] for q in prompts]) if len(good) else a.pool[:0]
-        return replace(s, binary=replace(b, target=(truth[b.image] >= 2.0).astype(np.float32)),
+        return replace(s, binary=replace(b, target=aligned.astype(np.float32)),
                        pairs=replace(p, label_0=label), aux=AuxExamples(good, prompts, pool))
 
     return replace(data, train=relabel(data.train), select=relabel(data.select))
@@ -574,8 +581,8 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
 def _assemble(results, ablation, data, cfg, model, has_oracle: bool, seconds: float) -> dict:
     ref = "oracle" if has_oracle else "labels"
     m: dict = {}
-    for prefix, name in (("", "reward_model"), ("zero_shot_clip_", "zero_shot_clip"),
-                         ("untrained_head_", "untrained_head"), ("oracle_labels_head_", "oracle_labels_head")):
+    for name in MODELS:
+        prefix = "" if name == "reward_model" else f"{name}_"
         if name not in results:
             continue
         r = results[name]
@@ -603,7 +610,7 @@ def _assemble(results, ablation, data, cfg, model, has_oracle: bool, seconds: fl
     m["data"] = {**data.summary, "root": str(data.root), "labels": cfg.data.labels}
     m["clip"] = str(model.clip_path)
     m["train_seconds"] = seconds
-    return clean(m)
+    return json_safe(m, digits=4)  # metrics.json reports 4 decimals
 
 
 def _write(model: RewardModel, cfg: RewardConfig, metrics: dict, out: Path) -> Path:
@@ -632,7 +639,7 @@ def _write(model: RewardModel, cfg: RewardConfig, metrics: dict, out: Path) -> P
 
 def metrics_table(metrics: dict) -> str:
     cols = {k: v for k, v in metrics["models"].items()}
-    order = [c for c in ("reward_model", "zero_shot_clip", "untrained_head", "oracle_labels_head") if c in cols]
+    order = [c for c in MODELS if c in cols]
     text = format_table({c: cols[c] for c in order})
     ab = metrics.get("aux_ablation")
     if ab:
