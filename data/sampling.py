@@ -3,6 +3,7 @@ with log-probs lives in finetune/).  Used by ``make generate``, evaluation and t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +18,7 @@ class SamplingConfig:
     # Tuned on the shapes-world base model (common train prompts, K=2, seeds 100-101): guidance 3 /
     # eta 0: 0.39 overall; 5 / 0: 0.43; 7.5 / 0: 0.45; 5 / eta 1: 0.55; 7.5 / 1: 0.49.  Stochastic
     # DDIM (eta 1) commits to one background for prompts that leave it free, where eta 0 drew a
-    # washed-out average.  Caution: with eta 1, diffusers' DDIMScheduler gives NaN images at 25 or 30
-    # steps (20 is fine): at t=999 the zero-terminal-SNR alpha_bar is 0, sigma^2 = 1 - alpha_bar_prev,
-    # and sqrt(1 - alpha_bar_prev - sigma^2) takes the root of a rounding-negative number.
+    # washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs finite_ddim, below.)
     guidance_scale: float = 5.0
     eta: float = 1.0
     batch_size: int = 32
@@ -32,6 +31,43 @@ class SamplingConfig:
                                guidance_scale=self.guidance_scale, eta=self.eta)
 
 
+def finite_ddim(scheduler):
+    """``scheduler`` unchanged, or, for a DDIM scheduler, a copy whose stochastic step stays finite
+    on zero-terminal-SNR schedules.
+
+    At alpha_bar_t = 0 (``rescale_betas_zero_snr``, the shapes model's first step t=999) DDIM's
+    variance equals 1 - alpha_bar_prev exactly, so diffusers' sqrt(1 - alpha_bar_prev - sigma^2)
+    takes the root of 0 +- 1 ulp, and the sign depends on the platform: with eta 1 every image was
+    NaN (black) at 20 steps on an H100 machine's build, and at 25 or 30 steps on our CPUs.  The copy
+    lowers the variance by the few ulps that make that root's argument >= 0 at eta 1, with the same
+    torch ops as diffusers' step, so wherever diffusers' step was finite it is bit-identical (the
+    RL sampler's own step clamps the same root to 0).
+    """
+    from diffusers import DDIMScheduler
+
+    if not isinstance(scheduler, DDIMScheduler):
+        return scheduler
+    return _finite_ddim_class().from_config(scheduler.config)
+
+
+@functools.cache
+def _finite_ddim_class():
+    from diffusers import DDIMScheduler  # imported on first use: config parsing stays fast
+
+    class FiniteDDIMScheduler(DDIMScheduler):
+        def _get_variance(self, timestep, prev_timestep):
+            variance = super()._get_variance(timestep, prev_timestep)
+            abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+            zero = torch.zeros_like(variance)
+            for _ in range(16):  # 1-2 ulps in practice
+                if bool(1 - abar_prev - (1.0 * variance ** 0.5) ** 2 >= 0):  # DDIMScheduler.step's root, eta 1
+                    break
+                variance = torch.nextafter(variance, zero)
+            return variance
+
+    return FiniteDDIMScheduler
+
+
 @torch.no_grad()
 def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig = SamplingConfig(),
                     progress=None) -> list[Image.Image]:
@@ -40,14 +76,17 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     out: list[Image.Image] = []
-    device = pipe.device
-    gen_device = "cpu" if device.type == "mps" else device
-    for start in range(0, len(prompts), cfg.batch_size):
-        p = prompts[start:start + cfg.batch_size]
-        g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
-        result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                      eta=cfg.eta, generator=g, height=cfg.height, width=cfg.width, output_type="pil")
-        out.extend(result.images)
-        if progress is not None:
-            progress.update(len(p))
+    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
+    try:
+        for start in range(0, len(prompts), cfg.batch_size):
+            p = prompts[start:start + cfg.batch_size]
+            g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
+            result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                          eta=cfg.eta, generator=g, height=cfg.height, width=cfg.width, output_type="pil")
+            out.extend(result.images)
+            if progress is not None:
+                progress.update(len(p))
+    finally:
+        pipe.scheduler = scheduler  # the caller's pipeline is left as it was
     return out

@@ -12,8 +12,15 @@ DPOK round (B samples, T steps, k trained steps per sample, minibatch m, guidanc
 RWL step (batch b): 2 x [text encoder at b/2 + UNet forward+backward at b/2] + optimizer step.
 
 overhead_ratio = measured time / bare time (1.0 = nothing but the unavoidable passes).
-Model FLOP utilisation of the update step (CUDA only) counts the UNet's FLOPs with
-``torch.utils.flop_counter`` (forward; backward = 2x forward) against the device's peak.
+Model FLOP utilisation of the update step (CUDA only): the FLOPs of one minibatch's bare passes
+(UNet forward+backward at 2m and the reference forward at 2m), counted by
+``torch.utils.flop_counter`` as they run -- so with LoRA the backward counts only the input
+gradients and adapter gradients it really computes, not 2x the forward -- times the minibatches of
+a round, over the measured update time, against the device's dense bf16 peak.
+
+The bench sets up everything it times: unless ``reward.path`` names a reward model folder, it
+builds an untrained reward head on the shapes CLIP (CPU configuration) or on a CLIP ViT-L/14-shaped
+random CLIP (CUDA configuration); reward *quality* does not change its speed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from data.loading import SHAPES_SD
+from data.loading import SHAPES_CLIP, SHAPES_SD
 from finetune.config import FinetuneConfig, RewardConfig
 from pipelines.config import load_config
 
@@ -42,7 +49,8 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 class BenchConfig:
     output_dir: str = "reports/bench"
     cpu_pipeline: str = str(SHAPES_SD)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    # reward.path "" (default): the bench builds an untrained reward head to time (see module doc)
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(path=""))
     rounds: int = 3  # DPOK rounds timed (the first one is a warm-up and not counted)
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
@@ -55,6 +63,9 @@ class BenchConfig:
     gpu: bool = True  # run the CUDA configuration when a GPU is present
     gpu_samples: int = 16  # SD v1.5 at 512x512: samples per round
     gpu_minibatch: int = 8
+    # CUDA only: also time the bare update passes with channels_last and with torch.compile
+    # (compiling SD v1.5's UNet forward and backward takes a minute or two)
+    gpu_levers: bool = True
 
 
 def _timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -79,8 +90,9 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict[str, float]:
-    """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models."""
+def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: bool = False) -> dict:
+    """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models;
+    on CUDA also the FLOPs of one update minibatch and, with ``levers``, :func:`lever_timings`."""
     from finetune.sampler import decode_latents, encode_prompts
 
     d, dev, pipe = cfg.dpok, run.device, run.comps.pipe
@@ -101,9 +113,9 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict[str
         with torch.no_grad(), acc.autocast():
             return unet(x, t_all[:1].expand(len(x)), encoder_hidden_states=cnd).sample
 
-    def unet_fwd_bwd(x, cnd):
+    def unet_fwd_bwd(x, cnd, model=unet):
         with acc.autocast():
-            out = unet(x, t_all[:1].expand(len(x)), encoder_hidden_states=cnd).sample
+            out = model(x, t_all[:1].expand(len(x)), encoder_hidden_states=cnd).sample
         out.float().square().mean().backward()
 
     def opt_step():
@@ -130,19 +142,43 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict[str
     out["rwl_step_s"] = 2 * (_timeit(lambda: encode_prompts(pipe, prompts[:half], dev), repeats, sync)
                              + _timeit(lambda: unet_fwd_bwd(xh.to(dtype), ch.to(dtype)), repeats, sync)) + out["optimizer_step"]
     out["minibatches_per_round"] = n_mb
+    if torch.device(dev).type == "cuda":
+        out["update_flops_per_minibatch"] = count_flops(lambda: (unet_fwd_bwd(x2m, c2m), unet_fwd(x2m, c2m)))
+        out["unet_fwd_flops_2m"] = count_flops(lambda: unet_fwd(x2m, c2m))
+        if levers:
+            out["levers_fwd_bwd_2m_s"] = lever_timings(
+                unet, lambda model, x, cnd: unet_fwd_bwd(x, cnd, model), x2m, c2m, repeats, sync)
     run.optimizer.zero_grad(set_to_none=True)
     return out
 
 
-def unet_flops(unet, latent_shape, text_shape, device) -> float:
-    """FLOPs of one UNet forward at batch 1 (multiply-add = 2 FLOPs)."""
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs that ``fn`` executes, forward and backward (multiply-add = 2 FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, *latent_shape, device=device, dtype=next(unet.parameters()).dtype)
-    cnd = torch.randn(1, *text_shape, device=device, dtype=x.dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor([500], device=device), encoder_hidden_states=cnd)
+    with FlopCounterMode(display=False) as counter:
+        fn()
     return float(counter.get_total_flops())
+
+
+def lever_timings(unet: torch.nn.Module, fwd_bwd: Callable, x: torch.Tensor, cond: torch.Tensor,
+                  repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Seconds of the bare forward+backward ``fwd_bwd(unet, x, cond)`` under each CUDA lever, on
+    the same tensors: eager (diffusers' SDPA attention, flash on Hopper in bf16), channels_last
+    memory format, and torch.compile (default mode) of the channels_last model.  The UNet is
+    restored to contiguous format afterwards."""
+    out = {"eager": _timeit(lambda: fwd_bwd(unet, x, cond), repeats, sync)}
+    unet.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out["channels_last"] = _timeit(lambda: fwd_bwd(unet, xc, cond), repeats, sync)
+    compiled = torch.compile(unet)
+    t0 = time.perf_counter()
+    fwd_bwd(compiled, xc, cond)
+    sync()
+    out["compile_seconds"] = time.perf_counter() - t0
+    out["channels_last+compile"] = _timeit(lambda: fwd_bwd(compiled, xc, cond), repeats, sync)
+    unet.to(memory_format=torch.contiguous_format)
+    return out
 
 
 def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: str, extra=()) -> FinetuneConfig:
@@ -167,13 +203,21 @@ class BenchResult:
     split_s: dict
     images_per_s: float  # sampling throughput (DPOK)
     transitions_per_s: float  # denoising transitions trained per second (DPOK update)
-    peak_memory_mb: float
+    peak_memory_mb: float  # of the real loop (CUDA: max allocated; CPU: max RSS of the process)
     notes: str = ""
-    mfu_update: float | None = None
-    unet_gflops_per_call: float | None = None
+    mfu_update: float | None = None  # update step: counted FLOPs / measured time / peak (CUDA)
+    mfu_bare_update: float | None = None  # the same FLOPs over the bare passes' time
+    update_tflops_per_minibatch: float | None = None
+    gpu: str | None = None
+    levers_fwd_bwd_s: dict | None = None  # lever_timings of the bare forward+backward
 
 
-def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=()) -> list[BenchResult]:
+def _reset_peak_memory(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers: bool = False) -> list[BenchResult]:
     from finetune.common import setup_run
     from finetune.dpok import train_dpok
     from finetune.rwl import train_rwl
@@ -182,38 +226,41 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=()) -> list
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         dpok_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/dpok", "dpok", extra)
+        d = dpok_cfg.dpok
+        loop_device = "cuda" if torch.cuda.is_available() else "cpu"  # the accelerator's default
+        _reset_peak_memory(loop_device)
         train_dpok(dpok_cfg, progress=False, on_round=lambda r: rows.append(r))
+        peak_mb = _peak_memory_mb(loop_device)
         warm = rows[1:] or rows
         sample = statistics.median(r.seconds_sample for r in warm)
         reward_t = statistics.median(r.seconds_reward for r in warm)
         update = statistics.median(r.seconds_update for r in warm)
         run, _ = setup_run(_finetune_cfg(cfg, pipeline, f"{tmp}/bare", "dpok", extra), None)
         device = str(run.device)
-        bare = bare_passes(run, dpok_cfg, cfg.repeats)
-        b = cfg.prompts_per_round * cfg.samples_per_prompt
+        bare = bare_passes(run, dpok_cfg, cfg.repeats, levers=levers)
+        b = d.prompts_per_round * d.samples_per_prompt
         measured = sample + reward_t + update
         bare_total = bare["sample_s"] + bare["reward_s"] + bare["update_s"]
-        mfu = flops = None
-        if torch.device(device).type == "cuda":
-            ucfg = run.comps.pipe.unet.config
-            flops = unet_flops(run.comps.unet, run.latent_shape,
-                               (run.comps.pipe.tokenizer.model_max_length, ucfg.cross_attention_dim), device)
+        mfu = mfu_bare = gpu = None
+        if "update_flops_per_minibatch" in bare:
             gpu = torch.cuda.get_device_name()
             peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
             if peak:
-                # per minibatch: fwd+bwd (3x fwd FLOPs) at 2m + reference fwd at 2m
-                mb_flops = 4 * flops * 2 * cfg.minibatch_size
-                mfu = mb_flops * bare["minibatches_per_round"] / update / (peak * 1e12)
+                round_flops = bare["update_flops_per_minibatch"] * bare["minibatches_per_round"]
+                mfu = round_flops / update / (peak * 1e12)
+                mfu_bare = round_flops / bare["update_s"] / (peak * 1e12)
+        flops_mb = bare.get("update_flops_per_minibatch")
         results.append(BenchResult(
             name=name, method="dpok", device=device, overhead_ratio=measured / bare_total, measured_s=measured,
             bare_s=bare_total, split_s={"sample": sample, "reward": reward_t, "update": update,
                                         "bare_sample": bare["sample_s"], "bare_reward": bare["reward_s"],
                                         "bare_update": bare["update_s"]},
-            images_per_s=b / sample, transitions_per_s=b * cfg.steps_per_sample / update,
-            peak_memory_mb=_peak_memory_mb(device), mfu_update=mfu,
-            unet_gflops_per_call=flops / 1e9 if flops else None,
-            notes=f"B={b} samples, T={cfg.num_steps} steps, {cfg.steps_per_sample} trained per sample, "
-                  f"minibatch {cfg.minibatch_size}, CFG"))
+            images_per_s=b / sample, transitions_per_s=b * d.steps_per_sample / update,
+            peak_memory_mb=peak_mb, mfu_update=mfu, mfu_bare_update=mfu_bare,
+            update_tflops_per_minibatch=flops_mb / 1e12 if flops_mb else None, gpu=gpu,
+            levers_fwd_bwd_s=bare.get("levers_fwd_bwd_2m_s"),
+            notes=f"B={b} samples, T={dpok_cfg.sampling.num_steps} steps, {d.steps_per_sample} trained per "
+                  f"sample, minibatch {d.minibatch_size}, CFG"))
         steps = []
         rwl_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/rwl", "rwl", extra)
         t_last = [time.perf_counter()]
@@ -223,13 +270,15 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=()) -> list
             steps.append(now - t_last[0])
             t_last[0] = now
 
+        _reset_peak_memory(device)
         train_rwl(rwl_cfg, progress=False, on_step=on_step)
         per_step = statistics.median(steps[2:] or steps)
         results.append(BenchResult(
             name=name, method="rwl", device=device, overhead_ratio=per_step / bare["rwl_step_s"],
             measured_s=per_step, bare_s=bare["rwl_step_s"], split_s={},
-            images_per_s=float("nan"), transitions_per_s=cfg.rwl_batch_size / per_step,
-            peak_memory_mb=_peak_memory_mb(device), notes=f"batch {cfg.rwl_batch_size} (half D_model, half D_pre)"))
+            images_per_s=float("nan"), transitions_per_s=rwl_cfg.rwl.batch_size / per_step,
+            peak_memory_mb=_peak_memory_mb(device), gpu=gpu,
+            notes=f"batch {rwl_cfg.rwl.batch_size} (half D_model, half D_pre)"))
     return results
 
 
@@ -246,6 +295,14 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
                      f"{r.bare_s:.3f} | {r.images_per_s:.2f} | {r.transitions_per_s:.1f} | {r.peak_memory_mb:.0f} | {mfu} |")
     lines += ["", *[f"- {r.name}/{r.method}: {r.notes}; split {json.dumps({k: round(v, 3) for k, v in r.split_s.items()})}"
                     for r in results]]
+    for r in results:
+        if r.mfu_update is not None:
+            lines.append(f"- {r.name}/{r.method} on {r.gpu}: {r.update_tflops_per_minibatch:.2f} TFLOP per update "
+                         f"minibatch (counted); MFU {100 * r.mfu_update:.1f} % of the measured update, "
+                         f"{100 * r.mfu_bare_update:.1f} % of the bare passes")
+        if r.levers_fwd_bwd_s:
+            lines.append(f"- {r.name}/{r.method} bare forward+backward, seconds by lever: "
+                         f"{json.dumps({k: round(v, 4) for k, v in r.levers_fwd_bwd_s.items()})}")
     lines += [f"- skipped: {s}" for s in skipped]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
 
@@ -281,3 +338,36 @@ def build_random_sd15(path: Path) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
+
+
+# CLIP ViT-L/14's architecture (transformers config), random weights, for the CUDA bench's reward.
+VIT_L14_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                      image_size=224, patch_size=14)
+VIT_L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    max_position_embeddings=77)
+
+
+def build_random_clip_vitl14(path: Path) -> Path:
+    """A CLIPModel folder with ViT-L/14's shapes (random weights, the shapes tokenizer padded to 77
+    tokens) and a 224-px CLIPImageProcessor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from data.shapes.tokenizer import build_tokenizer, text_config_ids
+
+    tok = build_tokenizer()
+    tok.model_max_length = 77
+    config = CLIPConfig(text_config={**VIT_L14_TEXT, **text_config_ids(tok), "max_position_embeddings": 77},
+                        vision_config=VIT_L14_VISION, projection_dim=768)
+    CLIPModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
+    return Path(path)
+
+
+def build_reward_model(clip: str | Path, path: Path) -> Path:
+    """A reward model folder: an untrained (seeded) head on the CLIP folder ``clip``."""
+    from data.loading import load_clip
+    from reward.model import RewardModel
+
+    RewardModel.build(load_clip(clip, device="cpu")).save_pretrained(path, name="bench")
+    return Path(path)

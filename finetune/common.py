@@ -96,8 +96,12 @@ def prompt_group_ids(prompts: list[str]) -> torch.Tensor:
 
 def make_accelerator(cfg: FinetuneConfig, out: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
+    # accelerate keeps one state per process and refuses a second run with another mixed
+    # precision (the demo, the bench, a notebook); the distributed state (PartialState) is kept.
+    AcceleratorState._reset_state()
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -192,3 +192,11 @@ def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
     train_dpok(cfg, reward_fn=reward, progress=False)
     every = sorted(["one circle", "two squares", "three circles"] * 2)
     assert seen == [every, every]  # with replacement, a round would repeat some prompt
+
+
+def test_runs_with_another_mixed_precision_in_the_same_process(tiny_sd, tmp_path):
+    """accelerate keeps one state per process: a second run (the demo's DPOK after RWL, the bench's
+    bf16 CUDA config after its fp32 one, a notebook) with another precision used to raise."""
+    train_dpok(tiny_cfg(tiny_sd, tmp_path / "fp32", "mixed_precision=no", "dpok.rounds=1"), progress=False)
+    result = train_dpok(tiny_cfg(tiny_sd, tmp_path / "bf16", "mixed_precision=bf16", "dpok.rounds=1"), progress=False)
+    assert np.isfinite(result.history[-1]["loss"])

@@ -27,6 +27,11 @@ def test_schedule_matches_ddim_step(extra, eta):
         out, noise = torch.randn_like(x), torch.randn_like(x)
         expected = ref.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
         g = schedule.step(out, x, torch.full((2,), i))
+        if not torch.isfinite(expected).all():
+            # diffusers' zero-SNR first step takes sqrt(0 +- 1 ulp), NaN on some builds (see
+            # data.sampling.finite_ddim); ours clamps that root to 0, the exact value
+            assert i == 0 and float(schedule.abar[0]) < 1e-6 and torch.isfinite(g.mean).all()
+            expected = g.mean + g.std * noise
         torch.testing.assert_close(g.mean + g.std * noise, expected, atol=1e-5, rtol=1e-4)
         assert torch.isfinite(gaussian_log_prob(expected, g.mean, g.std)).all()
         x = expected

@@ -217,13 +217,14 @@ class RetrievalResult:
 
 @torch.no_grad()
 def clip_embed_texts(clip, texts: list[str]) -> torch.Tensor:
-    """L2-normalised text embeddings (N, D) of a loaded CLIP (``data.loading.LoadedCLIP``)."""
+    """L2-normalised text embeddings (N, D) on the CPU, like :func:`clip_embed_images`, of a
+    loaded CLIP (``data.loading.LoadedCLIP``)."""
     device = next(clip.model.parameters()).device
     batch = clip.tokenizer(texts, padding=True, return_tensors="pt").to(device)
     f = clip.model.get_text_features(input_ids=batch["input_ids"],
                                      attention_mask=batch["attention_mask"])
     f = getattr(f, "pooler_output", f)
-    return torch.nn.functional.normalize(f.float(), dim=-1)
+    return torch.nn.functional.normalize(f.float(), dim=-1).cpu()
 
 
 @torch.no_grad()
