@@ -48,7 +48,7 @@ base: install  ## train + evaluate the shapes-world CLIP and SD models into runs
 # Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".
 ARGS ?=
 RATERS_FILE ?= datasets/raters.json
-.PHONY: generate label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export
+.PHONY: generate label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
 
 generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR per_prompt=4"; source=renderer: no model)
 	$(PY) -m pipelines.generate $(ARGS)
@@ -79,6 +79,9 @@ raters: install  ## list the raters (admin / disabled flags)
 
 label-export: install  ## export the round's current labels to <root>/exports/<time>/ (ARGS="root=...")
 	$(PY) -m pipelines.label_export $(ARGS)
+
+targets: install  ## prompts to fine-tune on, from the round's labels -> <root>/targets.txt (ARGS="root=...")
+	$(PY) -m pipelines.targets $(ARGS)
 
 # --- fine-tuning, evaluation, benchmark ------------------------------------------------------
 # METHOD=dpok|rwl; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from typing import Literal
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,3 +38,24 @@ def current(store: Store, table: str) -> pa.Table:
         return rows
     key = spec.key[0]
     return rows.filter(pc.invert(pc.is_in(rows[key], value_set=pa.array(sorted(gone)))))
+
+
+def aggregate_binary(labels: pd.DataFrame, how: Literal["majority", "mean"] = "majority") -> pd.DataFrame:
+    """Per image (sorted by id): good and bad votes (skips dropped) and the target.  *majority* =
+    1 if more raters said good than bad, 0 if fewer, the image dropped on a tie; *mean* = the share
+    of raters who said good.  ``labels``: binary label rows with ``image_id`` and ``label``."""
+    from data.errors import UserError
+
+    votes = labels[labels["label"] != "skip"]
+    if votes.empty:
+        return pd.DataFrame(columns=["image_id", "good", "bad", "target"])
+    g = votes.assign(good=votes["label"] == "good", bad=votes["label"] == "bad") \
+        .groupby("image_id", sort=True)[["good", "bad"]].sum().reset_index()
+    if how == "majority":
+        g = g[g["good"] != g["bad"]].copy()
+        g["target"] = (g["good"] > g["bad"]).astype(np.float32)
+    elif how == "mean":
+        g["target"] = (g["good"] / (g["good"] + g["bad"])).astype(np.float32)
+    else:
+        raise UserError(f"unknown binary aggregation '{how}'.", "use majority or mean.")
+    return g

@@ -124,10 +124,12 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
     for e in evals:
         lines.append(f"| {e.name} | " + " | ".join(_fmt(e.alignment[c]) for c in cols)
                      + f" | {_fmt(e.controls['overall'])} | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
-    rm = results.get("reward_model", {})
-    lines += ["", "## Reward model (validation split)", ""]
-    lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in rm.items()
-              if not isinstance(v, (dict, list))]
+    lines += ["", "## Reward model", ""]
+    for view, rm in results.get("reward_model", {}).items():
+        lines += [f"{view}:", ""]
+        lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in rm.items()
+                  if not isinstance(v, (dict, list))]
+        lines.append("")
     lines += ["", "## Reward hacking check", "",
               "| model | reward gain | oracle gain (overall) | count | color | background | controls |",
               "|---|---|---|---|---|---|---|"]

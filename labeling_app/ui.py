@@ -26,6 +26,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 import gradio as gr  # noqa: E402
 
 from data.errors import UserError
+from data.targets import pick_targets, prompt_pass_rates
 from labeling_app.assignment import Assigner, Assignment, Compactor, StaleItem
 from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
@@ -231,7 +232,11 @@ class LabelingApp:
         ]
         summary = ("<table>" + "".join(f"<tr><td>{esc(k)}</td><td><b>{esc(v)}</b></td></tr>" for k, v in rows)
                    + "</table>")
-        return summary, rep.counts, rep.gold
+        # The same per-prompt figures and default rule as `make targets` (data.targets).
+        prompts = pick_targets(prompt_pass_rates(self.assigner.store))
+        prompts = prompts.assign(good_rate=prompts["good_rate"].round(3),
+                                 picked=prompts["picked"].map({True: "target", False: ""}))
+        return summary, rep.counts, rep.gold, prompts
 
     def export(self, request: gr.Request):
         self.admin(request)
@@ -311,11 +316,16 @@ class LabelingApp:
                     counts = gr.Dataframe(interactive=False)
                     gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
                     gold = gr.Dataframe(interactive=False)
+                    gr.Markdown("**Per-prompt pass rates**, worst first: the raters' good-rate (majority per "
+                                "image). *target* marks the prompts `make targets` would pick to fine-tune on "
+                                "(good-rate in (0, 0.5], at least 4 labelled images, at most 32).")
+                    per_prompt = gr.Dataframe(interactive=False, max_height=400)
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_file = gr.File(label="Export", interactive=False, height=90)
                     export_status = gr.HTML(js_on_load=None)
-                    refresh.click(self.admin_report, outputs=[summary, counts, gold], api_name="admin_report")
-                    admin_tab.select(self.admin_report, outputs=[summary, counts, gold], api_visibility="private")
+                    report = [summary, counts, gold, per_prompt]
+                    refresh.click(self.admin_report, outputs=report, api_name="admin_report")
+                    admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
                     export_btn.click(self.export, outputs=[export_file, export_status], api_name="export",
                                      trigger_mode="once")
             demo.load(self.admin_visible, outputs=admin_tab, api_visibility="private")

@@ -90,6 +90,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from pipelines.generate import GenerateConfig, generate
     from pipelines.simulate_raters import SimulateConfig, simulate
     from reward.config import RewardConfig
+    from reward.data import VIEWS
     from reward.train import train_reward
 
     check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
@@ -129,7 +130,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         evals = _stage("evaluate", seconds, lambda: evaluate(eval_cfg, progress=bar))
     seconds["total"] = time.perf_counter() - t_all
 
-    reward_metrics = {k: v for k, v in reward.metrics.items() if isinstance(v, (int, float))}
+    reward_metrics = {view: {k: v for k, v in reward.metrics[view].items() if isinstance(v, (int, float))}
+                      for view in VIEWS if view in reward.metrics}
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = {k: v for k, v in sim.items() if isinstance(v, (int, float))}
     results["target"] = cfg.target

@@ -35,16 +35,21 @@ class DataConfig:
     """How the binary labels of one image from several raters become one target (skips dropped):
     majority = 1 if more raters said good than bad, 0 if fewer, image dropped on a tie;
     mean = the share of raters who said good (a soft target in [0, 1])."""
-    val_split: Literal["auto", "shapes_heldout", "hash"] = "auto"
-    """Validation prompts (no prompt is in both splits).  shapes_heldout = the shapes world's
-    held-out prompts (compositions no train prompt has); hash = a seeded share val_fraction of
-    the prompts; auto = shapes_heldout when at least min_val_prompts labelled held-out prompts
-    exist and some train prompts too, else hash."""
+    val_split: Literal["auto", "shapes_heldout", "hash", "none"] = "auto"
+    """Prompts never trained on: the ``val_prompts`` view (how the reward generalises).
+    shapes_heldout = the shapes world's held-out prompts (compositions no train prompt has); hash =
+    a seeded share val_fraction of the prompts; auto = shapes_heldout when at least
+    min_val_prompts labelled held-out prompts exist and some train prompts too, else hash;
+    none = every labelled prompt trains."""
     val_fraction: float = 0.3
+    val_image_fraction: float = 0.25
+    """Share of every trained prompt's labelled images held out: the ``val_images`` view, what
+    fine-tuning on those prompts relies on (each image with its labels and ranking pairs)."""
     split_seed: int = 0
     select_fraction: float = 0.15
-    """Share of the training prompts held out of fitting to choose the best epoch (early
-    stopping on their binary + ranking loss); 0 trains on all and keeps the last epoch."""
+    """Share of every trained prompt's labelled images held out of fitting to choose the best
+    epoch (early stopping on their binary + ranking loss) and to calibrate; 0 trains on all and
+    keeps the last epoch."""
     min_val_prompts: int = 5
     oracle: Literal["auto", "none"] = "auto"
     """auto: in the shapes world, also measure against the programmatic oracle."""
@@ -99,7 +104,7 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 30
     """Passes over the larger of the binary examples and the ranking pairs (the best epoch on
-    the selection prompts is kept, see data.select_fraction)."""
+    the selection images is kept, see data.select_fraction)."""
     batch_size: int = 256
     lr: float = 1e-3
     backbone_lr: float = 1e-5

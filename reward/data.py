@@ -11,7 +11,13 @@ and ``rankings`` as they stand now (:func:`data.labels.current`: retracted rows 
   opposite pairs, which Bradley-Terry averages).
 - Auxiliary prompt classification (Lee et al.): every image whose target is good (> 0.5) with a
   pool of prompts one attribute away from its own.
-- Split by prompt (``data.val_split``): no prompt has images in both splits.
+- Two validation views (Lee et al. train the reward on the prompts they fine-tune):
+  ``val_images``: a seeded share of every trained prompt's labelled images
+  (``data.val_image_fraction``), what fine-tuning on those prompts relies on; ``val_prompts``:
+  prompts never trained on (``data.val_split``), the reward's generalisation.  A seeded share
+  (``data.select_fraction``) of every trained prompt's images picks the epoch and calibrates.
+  An image, its binary labels and every ranking pair touching it fall on one side (a pair whose
+  images sit on two sides goes to the later of train < select < val_images).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataError, UserError
-from data.labels import current
+from data.labels import aggregate_binary, current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.shapes.world import Prompt, one_attribute_swaps
@@ -68,6 +74,10 @@ class Split:
     aux: AuxExamples
 
 
+SIDES = ("train", "select", "val_images", "val_prompts")  # a pair goes to the later of its images' sides
+VIEWS = ("val_images", "val_prompts")  # the validation views reported in metrics.json
+
+
 @dataclass
 class RewardData:
     root: Path
@@ -75,10 +85,11 @@ class RewardData:
     image_prompt: np.ndarray  # int64 (n_images,) index into prompts
     prompts: list[str]  # every text to embed: the images' prompts, then their perturbations
     train: Split
-    val: Split
-    split: str  # "shapes_heldout" or "hash"
+    val_images: Split  # unseen images of trained prompts
+    val_prompts: Split  # images of prompts never trained on (may be empty: data.val_split=none)
+    split: str  # how val_prompts were chosen: "shapes_heldout", "hash" or "none"
     summary: dict = field(default_factory=dict)
-    select: Split | None = None  # training prompts held out of fitting to choose the epoch
+    select: Split | None = None  # trained prompts' images held out of fitting to choose the epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +155,11 @@ def _hash_unit(seed: int, key: str) -> float:
 def split_prompts(prompt_text: dict[str, str], cfg: DataConfig) -> tuple[set[str], str]:
     """The validation prompt ids and the split used.  ``prompt_text``: prompt_id -> prompt."""
     ids = sorted(prompt_text)
+    if cfg.val_split == "none":
+        return set(), "none"
     if len(ids) < 2:
         raise DataError(f"the labels cover {len(ids)} prompt(s); a split by prompt needs at least 2.",
-                        "label images of more prompts.")
+                        "label images of more prompts, or set data.val_split=none.")
     kind = cfg.val_split
     heldout = {i: is_shapes_heldout(prompt_text[i]) for i in ids}
     if kind in ("auto", "shapes_heldout"):
@@ -174,23 +187,6 @@ def split_prompts(prompt_text: dict[str, str], cfg: DataConfig) -> tuple[set[str
 
 # ---------------------------------------------------------------------------------------------
 # Reading and checking the tables
-
-
-def _aggregate_binary(labels: pd.DataFrame, how: str) -> pd.DataFrame:
-    """Per image: good and bad votes (skips dropped) and the target; majority ties dropped."""
-    votes = labels[labels["label"] != "skip"]
-    if votes.empty:
-        return pd.DataFrame(columns=["image_id", "good", "bad", "target"])
-    g = votes.assign(good=votes["label"] == "good", bad=votes["label"] == "bad") \
-        .groupby("image_id", sort=True)[["good", "bad"]].sum().reset_index()
-    if how == "majority":
-        g = g[g["good"] != g["bad"]].copy()
-        g["target"] = (g["good"] > g["bad"]).astype(np.float32)
-    elif how == "mean":
-        g["target"] = (g["good"] / (g["good"] + g["bad"])).astype(np.float32)
-    else:
-        raise UserError(f"unknown binary aggregation '{how}'.", "use majority or mean.")
-    return g
 
 
 def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -> RewardData:
@@ -234,7 +230,7 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
                 raise DataError(f"ranking {r.ranking_id} is for prompt '{r.prompt_id}' but includes "
                                 f"images of {sorted(other)}.", "rank images of one prompt together.")
 
-    agg = _aggregate_binary(binary, data_cfg.binary_aggregation)
+    agg = aggregate_binary(binary, data_cfg.binary_aggregation)
     use_binary = loss_cfg.binary != "none" or loss_cfg.aux_weight > 0
     use_pairs = loss_cfg.ranking != "none"
     n_pairs = 0 if pairs is None else len(pairs)
@@ -264,27 +260,23 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     extra = sorted({q for qs in perturbed.values() for q in qs} - set(prompts))
     all_prompts = prompts + extra
     pindex = {t: i for i, t in enumerate(all_prompts)}
-    image_prompt = np.array([pindex[t] for t in images["prompt"]], dtype=np.int64)
     image_pid = images["prompt_id"].to_numpy()
+    image_prompt = np.array([pindex[t] for t in images["prompt"]], dtype=np.int64)
+    side = image_sides(images["image_id"].to_numpy(), image_pid, val_ids, data_cfg)
+    rank = {name: r for r, name in enumerate(SIDES)}
+    side_rank = np.array([rank[x] for x in side], dtype=np.int64)
 
-    # Early-stopping prompts: a hash-chosen share of the training prompts, held out of fitting to
-    # pick the epoch (never the validation prompts, which only report).
-    train_ids = set(prompt_text) - val_ids
-    select_ids: set[str] = set()
-    if data_cfg.select_fraction > 0 and len(train_ids) >= 4:
-        select_ids = {i for i in train_ids if _hash_unit(data_cfg.split_seed + 1, i) < data_cfg.select_fraction}
-        if len(select_ids) == len(train_ids):
-            select_ids = set()
-
-    def make_split(ids: set[str]) -> Split:
-        keep_img = np.array([pid in ids for pid in image_pid], dtype=bool)
+    def make_split(name: str) -> Split:
+        keep_img = side == name
         b = agg[[keep_img[index[i]] for i in agg["image_id"]]] if len(agg) else agg
         bimg = np.array([index[i] for i in b["image_id"]], dtype=np.int64)
         binary_ex = BinaryExamples(bimg, b["target"].to_numpy(np.float32) if len(b) else np.zeros(0, np.float32),
                                    (b["good"] + b["bad"]).to_numpy(np.int64) if len(b) else np.zeros(0, np.int64),
                                    image_pid[bimg])
         if pairs is not None:
-            pr = pairs[[keep_img[index[i]] for i in pairs["image_0"]]]
+            on_side = [max(side_rank[index[a]], side_rank[index[b]]) == rank[name]
+                       for a, b in zip(pairs["image_0"], pairs["image_1"])]
+            pr = pairs[on_side]
             p0 = np.array([index[i] for i in pr["image_0"]], dtype=np.int64)
             p1 = np.array([index[i] for i in pr["image_1"]], dtype=np.int64)
             pair_ex = PairExamples(p0, p1, pr["label_0"].to_numpy(np.float32), pr["prompt_id"].to_numpy())
@@ -302,18 +294,53 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
         return Split(sorted({image_pid[i] for i in np.flatnonzero(keep_img)}),
                      np.flatnonzero(keep_img).astype(np.int64), binary_ex, pair_ex, aux)
 
-    train, val = make_split(train_ids - select_ids), make_split(val_ids)
-    select = make_split(select_ids) if select_ids else None
+    train, val_images, val_prompts = make_split("train"), make_split("val_images"), make_split("val_prompts")
+    select = make_split("select") if (side == "select").any() else None
+    if not len(train.images):
+        raise DataError(f"no labelled image is left to train on in {store.root}: {len(images)} images, "
+                        f"{len(val_ids)} of {len(prompt_text)} prompts held out ({split_kind}).",
+                        "label more images, or lower data.val_image_fraction / data.select_fraction.")
     summary = dict(
         images=len(images), prompts=len(prompt_text), train_prompts=len(train.prompt_ids),
-        val_prompts=len(val.prompt_ids), binary_labels=int(len(binary)),
+        val_prompts=len(val_prompts.prompt_ids), binary_labels=int(len(binary)),
         binary_skips=int((binary["label"] == "skip").sum()) if len(binary) else 0,
         binary_images=int(len(agg)), rankings=int(rankings_tbl.num_rows), pairs=int(n_pairs),
-        train_binary=len(train.binary.image), train_pairs=len(train.pairs.image_0),
-        train_aux=len(train.aux.image), val_binary=len(val.binary.image),
-        val_pairs=len(val.pairs.image_0), split=split_kind,
+        train_images=len(train.images), train_binary=len(train.binary.image),
+        train_pairs=len(train.pairs.image_0), train_aux=len(train.aux.image),
+        select_images=0 if select is None else len(select.images),
+        val_images=len(val_images.images), val_images_binary=len(val_images.binary.image),
+        val_images_pairs=len(val_images.pairs.image_0),
+        val_prompts_images=len(val_prompts.images), val_prompts_binary=len(val_prompts.binary.image),
+        val_prompts_pairs=len(val_prompts.pairs.image_0), split=split_kind,
         aggregation=data_cfg.binary_aggregation,
     )
-    summary["select_prompts"] = len(select_ids)
-    return RewardData(Path(store.root), images, image_prompt, all_prompts, train, val, split_kind,
-                      summary, select)
+    return RewardData(Path(store.root), images, image_prompt, all_prompts, train, val_images, val_prompts,
+                      split_kind, summary, select)
+
+
+def image_sides(image_ids: np.ndarray, prompt_ids: np.ndarray, val_prompt_ids: set[str],
+                cfg: DataConfig) -> np.ndarray:
+    """Each labelled image's side (one of :data:`SIDES`), (n,) object array.
+
+    Images of validation prompts are ``val_prompts``.  Within every other prompt, its images
+    ordered by a seeded hash of their (content-addressed) ids: the first round(val_image_fraction
+    * n) are ``val_images``, the next round(select_fraction * n) ``select``, the rest ``train``;
+    a prompt with 2 or more images always keeps one to train on."""
+    out = np.full(len(image_ids), "train", dtype=object)
+    by_prompt: dict[str, list[int]] = {}
+    for i, pid in enumerate(prompt_ids):
+        by_prompt.setdefault(pid, []).append(i)
+    for pid, members in by_prompt.items():
+        if pid in val_prompt_ids:
+            out[members] = "val_prompts"
+            continue
+        order = sorted(members, key=lambda i: _hash_unit(cfg.split_seed + 2, str(image_ids[i])))
+        n = len(order)
+        k_val = int(np.floor(cfg.val_image_fraction * n + 0.5))
+        k_sel = int(np.floor(cfg.select_fraction * n + 0.5))
+        if n >= 2 and k_val + k_sel >= n:  # keep one image to train on
+            k_sel = max(0, n - 1 - k_val)
+            k_val = min(k_val, n - 1)
+        out[order[:k_val]] = "val_images"
+        out[order[k_val:k_val + k_sel]] = "select"
+    return out

@@ -1,6 +1,7 @@
 """Validation metrics of a reward model (and of the baselines, computed the same way).
 
-All on the validation split (prompts never seen in training).  Definitions:
+All on one validation view (a :class:`reward.data.Split`: ``val_images``, unseen images of the
+trained prompts, or ``val_prompts``, prompts never trained on).  Definitions:
 
 - ``binary_accuracy``: images with an aggregated binary label (majority, or mean > 0.5 / < 0.5;
   exact 0.5 excluded); predicted good when the reward (a probability) is >= 0.5.
@@ -9,8 +10,9 @@ All on the validation split (prompts never seen in training).  Definitions:
   bins: sum_b (n_b / n) |mean label_b - mean probability_b|.
 - ``pairwise_accuracy_vs_labels``: ranking pairs whose raters did not tie them; correct when the
   better-ranked image has the higher reward; equal rewards count 0.5.
-- ``pairwise_accuracy_vs_oracle`` (shapes world): every pair of validation images of the same
-  prompt whose oracle graded scores differ (oracle ties are excluded); equal rewards count 0.5.
+- ``pairwise_accuracy_vs_oracle`` (shapes world): every pair of images of the same prompt that
+  touches a validation image (its partner may be a training image of that prompt: ``partners``)
+  and whose oracle graded scores differ (oracle ties are excluded); equal rewards count 0.5.
 - ``spearman_vs_oracle``: Spearman correlation of reward and oracle score over validation images.
 - ``binary_auc_vs_oracle``: ROC-AUC of the reward against the oracle's aligned verdict.
 - ``perturbed_prompt_accuracy``: for images labelled good, the share of (image, prompt one
@@ -76,12 +78,14 @@ def oracle_pairs(images: np.ndarray, prompt_of: np.ndarray, oracle: np.ndarray
 
 def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: np.ndarray,
              oracle: np.ndarray | None = None, aux_true: np.ndarray | None = None,
-             aux_perturbed: np.ndarray | None = None) -> dict[str, float]:
+             aux_perturbed: np.ndarray | None = None, partners: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of per-image rewards on ``split`` (a :class:`reward.data.Split`).
 
     ``logits``/``probs``: (n_images,) rewards of every image of the dataset with its own prompt
     (probs None: no calibrated probability, accuracy and ECE are NaN).  ``prompt_of``: (n_images,)
     prompt id per image.  ``oracle``: (n_images,) oracle graded score, NaN where not judged.
+    ``partners``: other images (e.g. the same prompts' training images) that oracle pairs with a
+    validation image may include; ``logits`` must cover them.
     ``aux_true`` (n,) / ``aux_perturbed`` (n, P, NaN padding): rewards of the split's good images
     with their own and perturbed prompts.
     """
@@ -102,7 +106,10 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
         logits[p.image_0[strict]], logits[p.image_1[strict]], p.label_0[strict] > 0.5)
     if oracle is not None and np.isfinite(oracle[split.images]).any():
         judged = split.images[np.isfinite(oracle[split.images])]
-        hi, lo = oracle_pairs(judged, prompt_of, oracle)
+        pool = judged if partners is None else np.union1d(judged, partners[np.isfinite(oracle[partners])])
+        hi, lo = oracle_pairs(pool, prompt_of, oracle)
+        touches = np.isin(hi, judged) | np.isin(lo, judged)
+        hi, lo = hi[touches], lo[touches]
         out["pairwise_accuracy_vs_oracle"] = pair_accuracy(logits[hi], logits[lo], np.ones(len(hi), bool))
         out["oracle_pairs"] = int(len(hi))
         rho = spearmanr(logits[judged], oracle[judged]).statistic if len(judged) > 2 else NAN

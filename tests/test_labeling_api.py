@@ -163,8 +163,11 @@ def test_admin_tab_is_for_admins_only(server):
         client(url, "bob").predict(api_name="/admin_report")
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/export")
-    summary, counts, gold = client(url, "alice").predict(api_name="/admin_report")
+    summary, counts, gold, per_prompt = client(url, "alice").predict(api_name="/admin_report")
     assert "Krippendorff" in summary and "alice" in [row[0] for row in counts["data"]]
+    # the per-prompt pass rates of data.targets, one row per prompt of the round
+    assert {"prompt", "good_rate", "labelled_images", "picked"} <= set(per_prompt["headers"])
+    assert len(per_prompt["data"]) == store.to_pandas("generations")["prompt_id"].nunique()
     exported, status = client(url, "alice").predict(api_name="/export")
     assert exported["orig_name"].endswith(".zip") and "Exported" in status
 

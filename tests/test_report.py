@@ -28,7 +28,7 @@ def test_report_files(tmp_path):
         Image.new("RGB", (20, 40), (255, 0, 0)).save(grids[e.name])
     histories = {"dpok": [{"round": 1, "reward_mean": 0.5, "kl": 0.0}, {"round": 2, "reward_mean": 0.6, "kl": 0.01}],
                  "rwl": [{"step": i, "loss_model": 1.0 / i, "loss_pre": 0.5} for i in range(1, 30)]}
-    results = results_json(evals, {"pairwise_accuracy_vs_oracle": 0.93}, {"reward": 12.0})
+    results = results_json(evals, {"val_images": {"pairwise_accuracy_vs_oracle": 0.93}}, {"reward": 12.0})
     write(tmp_path / "r", results, evals, histories, grids, "one circle")
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["dpok"]["alignment"]["overall"] == 0.5 and data["dpok"]["controls"]["overall"] == 0.8

@@ -13,13 +13,14 @@ import torch
 
 from data import Store
 from data.errors import DataError, UserError
+from data.labels import aggregate_binary
 from data.schemas import BINARY_LABELS, REWARDS
 from data.shapes.raters import default_panel, simulate_round
 from data.shapes.render import render, render_round
 from data.shapes.world import Prompt, prompt_set
 from pipelines.config import load_config
 from reward.config import DataConfig, LossConfig, RewardConfig
-from reward.data import (_aggregate_binary, load_reward_data, shapes_perturbations, split_prompts,
+from reward.data import (image_sides, load_reward_data, shapes_perturbations, split_prompts,
                          word_swap_perturbations)
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
 from reward.metrics import expected_calibration_error, oracle_pairs, pair_accuracy
@@ -102,9 +103,9 @@ def _labels(rows):
 def test_binary_aggregation_majority_and_mean():
     labels = _labels([("a", "good"), ("a", "good"), ("a", "bad"), ("b", "good"), ("b", "bad"),
                       ("c", "bad"), ("c", "skip"), ("d", "skip")])
-    maj = _aggregate_binary(labels, "majority").set_index("image_id")
+    maj = aggregate_binary(labels, "majority").set_index("image_id")
     assert maj["target"].to_dict() == {"a": 1.0, "c": 0.0}  # b is a tie: dropped; d only skipped
-    mean = _aggregate_binary(labels, "mean").set_index("image_id")
+    mean = aggregate_binary(labels, "mean").set_index("image_id")
     assert mean["target"].to_dict() == pytest.approx({"a": 2 / 3, "b": 0.5, "c": 0.0})
 
 
@@ -121,6 +122,47 @@ def test_split_by_prompt():
     assert val1 == {p for p in val2 if p.startswith("p")}
     with pytest.raises(DataError, match="at least 2"):
         split_prompts({"p": "x"}, DataConfig())
+
+
+def test_images_split_within_each_trained_prompt():
+    ids = np.array([f"img{i}" for i in range(40)])
+    prompts = np.array([f"p{i // 8}" for i in range(40)])  # 5 prompts x 8 images
+    cfg = DataConfig(val_image_fraction=0.25, select_fraction=0.15)
+    side = image_sides(ids, prompts, {"p4"}, cfg)
+    for p in ("p0", "p1", "p2", "p3"):
+        mine = list(side[prompts == p])
+        assert (mine.count("val_images"), mine.count("select"), mine.count("train")) == (2, 1, 5)
+    assert set(side[prompts == "p4"]) == {"val_prompts"}
+    # seeded by the image ids: the same images fall on the same side in any order
+    perm = np.random.default_rng(0).permutation(40)
+    assert list(image_sides(ids[perm], prompts[perm], {"p4"}, cfg)) == list(side[perm])
+    # a prompt with few images keeps one to train on
+    assert list(image_sides(np.array(["a", "b"]), np.array(["q", "q"]), set(),
+                            DataConfig(val_image_fraction=0.5, select_fraction=0.5))).count("train") == 1
+
+
+def test_every_labelled_prompt_trains_and_pairs_follow_their_images(labelled_root):
+    from reward.data import SIDES, load_reward_data
+
+    data = load_reward_data(Store(labelled_root), DataConfig(root=str(labelled_root), min_val_prompts=3),
+                            LossConfig())
+    heldout = {p.prompt_id for p in prompt_set("heldout")}
+    trained = set(data.train.prompt_ids)
+    assert trained.isdisjoint(heldout) and trained == set(data.val_images.prompt_ids)  # every train prompt
+    assert set(data.val_prompts.prompt_ids) <= heldout and len(data.val_prompts.prompt_ids) == 8
+    side_of = {}
+    for name in SIDES:
+        split = data.select if name == "select" else getattr(data, name)
+        for i in split.images:
+            assert i not in side_of  # an image is on one side only
+            side_of[i] = name
+        assert set(split.binary.image) <= set(split.images)  # labels go with their image
+    rank = {n: r for r, n in enumerate(SIDES)}
+    for name in SIDES:
+        split = data.select if name == "select" else getattr(data, name)
+        for a, b in zip(split.pairs.image_0, split.pairs.image_1):
+            assert max(rank[side_of[a]], rank[side_of[b]]) == rank[name]  # a pair touching an image goes with it
+    assert len(data.val_images.pairs.image_0) > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,13 +244,17 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "head.safetensors", "metrics.json",
                                                     "reward_config.json"]
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy", "binary_auc", "ece",
-                "untrained_head_pairwise_accuracy", "spearman_vs_oracle", "pairwise_accuracy_vs_labels",
-                "oracle_labels_head_pairwise_accuracy_vs_oracle"):
-        assert key in m, key
+    for view in ("val_images", "val_prompts"):
+        for key in ("pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy", "binary_auc", "ece",
+                    "untrained_head_pairwise_accuracy", "spearman_vs_oracle", "pairwise_accuracy_vs_labels",
+                    "oracle_labels_head_pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy_vs_oracle"):
+            assert key in m[view], (view, key)
+        assert 0.0 <= m[view]["pairwise_accuracy_vs_oracle"] <= 1.0
     assert m["data"]["split"] == "shapes_heldout" and m["data"]["val_prompts"] == 8
+    assert m["data"]["train_prompts"] == 16 and m["data"]["val_images"] == 16  # 1 of each train prompt's 4
+    assert m["primary_view"] == "val_images" and m["aux_ablation"]["evaluated_on"] == "val_images"
     assert set(m["aux_ablation"]["with_aux"]) >= {"pairwise_accuracy_vs_oracle"}
-    assert 0.0 <= m["pairwise_accuracy_vs_oracle"] <= 1.0 and m["model_id"].startswith("reward-")
+    assert m["model_id"].startswith("reward-")
 
     rm = RewardModel.from_pretrained(out, device="cpu")
     assert rm.model_id == result.model.model_id
@@ -446,7 +492,7 @@ def test_relabel_with_oracle_keeps_the_examples_and_replaces_the_labels(labelled
     o0, o1 = truth[p.image_0], truth[p.image_1]
     assert np.array_equal(p.label_0, np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)))
     assert (truth[ideal.train.aux.image] >= 2).all() and len(ideal.train.aux.image)
-    assert ideal.val is data.val  # validation labels untouched
+    assert ideal.val_images is data.val_images and ideal.val_prompts is data.val_prompts  # untouched
 
 
 def test_oracle_labels_train_the_same_head_on_noise_free_labels(labelled_root, tiny_clip, tmp_path):
@@ -457,6 +503,8 @@ def test_oracle_labels_train_the_same_head_on_noise_free_labels(labelled_root, t
                                "data.labels=oracle"))
     assert oracle.metrics["data"]["labels"] == "oracle" and raters.metrics["data"]["labels"] == "raters"
     # The model is the oracle-labelled head itself: same seed, same labels, same figures.
-    assert oracle.metrics["pairwise_accuracy_vs_oracle"] == raters.metrics["oracle_labels_head_pairwise_accuracy_vs_oracle"]
+    for view in ("val_images", "val_prompts"):
+        assert oracle.metrics[view]["pairwise_accuracy_vs_oracle"] == \
+            raters.metrics[view]["oracle_labels_head_pairwise_accuracy_vs_oracle"]
     with pytest.raises(UserError, match="data.labels=oracle"):
         train_reward(_cfg(labelled_root, tiny_clip, tmp_path / "n", "data.labels=oracle", "data.oracle=none"))

@@ -1,0 +1,113 @@
+"""Which prompts to fine-tune on, chosen from a labeling round's own labels (a lead's workflow).
+
+A policy gradient or reward-weighted likelihood can only raise the probability of what the model
+already samples: on a prompt it never gets right every sample earns the same reward and a
+per-prompt advantage of zero, and on a prompt it always gets right there is nothing to gain.  So
+the targets are the prompts the raters found *sometimes* right: a good-rate in a band.
+
+One function, :func:`prompt_pass_rates`, gives the per-prompt figures that both ``make targets``
+and the labeling app's admin tab show.  It reads the raters' labels only (never an oracle), so it
+works on any round, shapes world or not.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.errors import UserError
+from data.labels import aggregate_binary, current
+from data.schemas import BINARY_LABELS, GENERATIONS
+from data.store import Store
+
+COLUMNS = ("prompt_id", "prompt", "labelled_images", "good_images", "good_rate", "labels")
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """Targets: prompts whose raters' good-rate (images judged good by the raters' majority, over
+    images with a decided majority) lies in (min_good_rate, max_good_rate], with at least
+    ``min_images`` such images; at most ``max_targets`` of them, lowest good-rate first (the most
+    room to improve), ties by prompt id."""
+
+    min_good_rate: float = 0.0  # exclusive: a prompt never judged right has no signal to amplify
+    max_good_rate: float = 0.5  # inclusive
+    min_images: int = 4
+    max_targets: int = 32
+
+    def validate(self) -> "TargetRule":
+        if not 0 <= self.min_good_rate < self.max_good_rate <= 1:
+            raise UserError(f"the good-rate band ({self.min_good_rate}, {self.max_good_rate}] is empty or "
+                            "outside [0, 1].", "set 0 <= min_good_rate < max_good_rate <= 1.")
+        if self.min_images < 1 or self.max_targets < 1:
+            raise UserError("min_images and max_targets must be at least 1.", "set them to 1 or more.")
+        return self
+
+
+def prompt_pass_rates(store: Store) -> pd.DataFrame:
+    """Per prompt of the round (every prompt with a generated image): ``labelled_images`` (images
+    whose binary labels have a majority; ties and skip-only images do not count), ``good_images``,
+    ``good_rate`` (NaN without labelled images) and ``labels`` (binary votes, skips excluded).
+    Sorted worst first: lowest good-rate, unlabelled prompts last, then prompt id."""
+    gens = store.to_pandas(GENERATIONS)
+    if gens.empty:
+        return pd.DataFrame(columns=list(COLUMNS))
+    binary = current(store, BINARY_LABELS.name).to_pandas()
+    per_image = aggregate_binary(binary, "majority").merge(gens[["image_id", "prompt_id"]], on="image_id")
+    prompts = gens.groupby("prompt_id", sort=True)["prompt"].first()
+    out = pd.DataFrame({"prompt_id": prompts.index, "prompt": prompts.to_numpy()})
+    agg = per_image.assign(is_good=per_image["target"] > 0.5) \
+        .groupby("prompt_id").agg(labelled_images=("image_id", "size"), good_images=("is_good", "sum"))
+    votes = binary[binary["label"] != "skip"].groupby("prompt_id").size().rename("labels")
+    out = out.join(agg, on="prompt_id").join(votes, on="prompt_id")
+    for col in ("labelled_images", "good_images", "labels"):
+        out[col] = out[col].fillna(0).astype(np.int64)
+    out["good_rate"] = np.where(out["labelled_images"] > 0,
+                                out["good_images"] / out["labelled_images"].clip(lower=1), np.nan)
+    out = out.sort_values(["good_rate", "prompt_id"], na_position="last", kind="stable").reset_index(drop=True)
+    return out[list(COLUMNS)]
+
+
+def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule()) -> pd.DataFrame:
+    """``rates`` (from :func:`prompt_pass_rates`) with a boolean ``picked`` column: the rule's targets."""
+    rule.validate()
+    ok = ((rates["good_rate"] > rule.min_good_rate) & (rates["good_rate"] <= rule.max_good_rate)
+          & (rates["labelled_images"] >= rule.min_images))
+    order = rates[ok].sort_values(["good_rate", "prompt_id"], kind="stable")
+    chosen = set(order["prompt_id"].iloc[:rule.max_targets])
+    return rates.assign(picked=rates["prompt_id"].isin(chosen))
+
+
+def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None, rule: TargetRule = TargetRule(),
+                  *, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
+    """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
+    ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV.
+    Refuses to replace an existing prompts file unless ``overwrite``; returns (table, prompts file)."""
+    rule = rule.validate()
+    store = Store(root)
+    if not store.exists("generations"):
+        raise UserError(f"{root} holds no labeling round (no generations table).",
+                        "pass root=<the dataset root of a labelled round>.")
+    table = pick_targets(prompt_pass_rates(store), rule)
+    out = Path(out) if out else Path(root) / "targets.txt"
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists.", "pass out=<another file>, or overwrite=true to replace it.")
+    picked = table[table["picked"]]
+    if picked.empty:
+        enough = int((table["labelled_images"] >= rule.min_images).sum())
+        raise UserError(f"no prompt of {root} passes the target rule: good-rate in ({rule.min_good_rate}, "
+                        f"{rule.max_good_rate}] with at least {rule.min_images} labelled images ({enough} of "
+                        f"{len(table)} prompts have that many).",
+                        "label more images, or widen the rule (rule.min_good_rate, rule.max_good_rate, "
+                        "rule.min_images).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, "".join(f"{p}\n" for p in picked["prompt"])),
+                       (out.with_suffix(".csv"), table.to_csv(index=False))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return table, out

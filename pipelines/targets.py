@@ -1,0 +1,40 @@
+"""``make targets``: the prompts to fine-tune on, chosen by a rule from a round's own labels.
+
+    python -m pipelines.targets root=datasets/shapes [out=FILE] [rule.max_good_rate=0.5] [rule.max_targets=32]
+
+Prints every prompt's raters' good-rate (worst first) with the rule's picks, writes the picked
+prompts one per line to ``out`` (default ``<root>/targets.txt``; what
+``make finetune ARGS="prompts.prompts_file=..."`` takes) and the whole table beside it as CSV.
+The rule (``data.targets.TargetRule``): good-rate in (min_good_rate, max_good_rate], at least
+min_images labelled images, at most max_targets prompts, lowest good-rate first.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from data.targets import TargetRule, write_targets
+from pipelines.cli import config_parser, parse_config, run
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    root: str = "datasets/shapes"
+    out: str | None = None  # the prompts file; default <root>/targets.txt (table: same name, .csv)
+    overwrite: bool = False  # replace an existing prompts file
+    rule: TargetRule = field(default_factory=TargetRule)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TargetsConfig, config_parser(__doc__.splitlines()[0]), argv)
+    table, out = write_targets(cfg.root, cfg.out, cfg.rule, overwrite=cfg.overwrite)
+    shown = table.assign(good_rate=table["good_rate"].round(3), picked=table["picked"].map({True: "yes", False: ""}))
+    print(shown.to_string(index=False, max_rows=60))
+    print(f"\n{int(table['picked'].sum())} target prompts -> {out} (table: {out.with_suffix('.csv')})\n"
+          f"fine-tune on them: make finetune ARGS=\"prompts.prompts_file={out}\"")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,88 @@
+"""The target rule: per-prompt pass rates from the raters' labels, the band, the cap, and the
+prompts file ``make targets`` writes for ``make finetune``."""
+
+import pytest
+
+from data import Store
+from data.errors import UserError
+from data.labels import retract
+from data.schemas import BINARY_LABELS, GENERATIONS
+from data.targets import TargetRule, pick_targets, prompt_pass_rates, write_targets
+from pipelines.cli import run
+from pipelines.targets import main
+from test_schemas import generation_row, label_row
+
+# prompt -> one list of votes per image ("g" good, "b" bad, "s" skip)
+ROUND = {
+    "p_never": ["bb", "bb", "b", "bb"],          # 0 of 4 good: nothing to amplify
+    "p_some": ["gg", "bb", "bb", "gb", "b"],      # 1 of 4 decided good (a tie is not decided): 0.25
+    "p_half": ["g", "g", "b", "b"],               # 0.5
+    "p_most": ["g", "g", "g", "b"],               # 0.75
+    "p_few": ["g", "b", "ss"],                    # 2 decided images only
+    "p_unlabelled": ["", ""],
+}
+
+
+@pytest.fixture
+def round_root(tmp_path):
+    store = Store(tmp_path / "round")
+    gens, labels = [], []
+    for pid, images in ROUND.items():
+        for k, votes in enumerate(images):
+            iid = f"{pid}-{k}"
+            gens.append(generation_row(image_id=iid, prompt_id=pid, prompt=f"prompt {pid}", image_path=f"images/{iid}.png"))
+            labels += [label_row(label_id=f"{iid}-{r}", image_id=iid, prompt_id=pid, rater_id=f"r{r}",
+                                 label={"g": "good", "b": "bad", "s": "skip"}[v]) for r, v in enumerate(votes)]
+    store.append(GENERATIONS, gens)
+    store.append(BINARY_LABELS, labels)
+    return tmp_path / "round"
+
+
+def test_pass_rates_count_majority_images_worst_first(round_root):
+    rates = prompt_pass_rates(Store(round_root)).set_index("prompt_id")
+    assert rates.loc["p_some", ["labelled_images", "good_images"]].tolist() == [4, 1]
+    assert rates.loc["p_some", "good_rate"] == 0.25 and rates.loc["p_some", "labels"] == 9
+    assert rates.loc["p_few", "labelled_images"] == 2 and rates.loc["p_few", "labels"] == 2  # skips excluded
+    assert rates.loc["p_unlabelled", "labelled_images"] == 0
+    order = list(prompt_pass_rates(Store(round_root))["prompt_id"])
+    assert order == ["p_never", "p_some", "p_few", "p_half", "p_most", "p_unlabelled"]
+
+
+def test_rule_band_minimum_and_cap(round_root):
+    rates = prompt_pass_rates(Store(round_root))
+    picked = lambda rule: set(pick_targets(rates, rule).query("picked")["prompt_id"])  # noqa: E731
+    assert picked(TargetRule()) == {"p_some", "p_half"}  # p_never: 0; p_most: > 0.5; p_few: 2 images
+    assert picked(TargetRule(min_images=2)) == {"p_some", "p_few", "p_half"}
+    assert picked(TargetRule(max_targets=1)) == {"p_some"}  # lowest good-rate first
+    assert picked(TargetRule(max_good_rate=0.8)) == {"p_some", "p_half", "p_most"}
+    with pytest.raises(UserError, match="band"):
+        pick_targets(rates, TargetRule(min_good_rate=0.5, max_good_rate=0.5))
+
+
+def test_a_retracted_label_no_longer_counts(round_root):
+    store = Store(round_root)
+    retract(store, BINARY_LABELS.name, "p_some-0-0", "r0")  # p_some-0 now has one good vote: still good
+    retract(store, BINARY_LABELS.name, "p_some-0-1", "r1")  # and now none: not labelled
+    row = prompt_pass_rates(store).set_index("prompt_id").loc["p_some"]
+    assert (row["labelled_images"], row["good_images"]) == (3, 0)
+
+
+def test_make_targets_writes_the_prompts_file_and_never_overwrites(round_root, tmp_path, capsys):
+    out = tmp_path / "t" / "targets.txt"
+    assert run(main, [f"root={round_root}", f"out={out}"]) == 0
+    assert out.read_text().splitlines() == ["prompt p_some", "prompt p_half"]
+    assert "picked" in out.with_suffix(".csv").read_text().splitlines()[0]
+    assert "prompts.prompts_file=" in capsys.readouterr().out
+    out.write_text("mine\n")
+    assert run(main, [f"root={round_root}", f"out={out}"]) == 2
+    assert out.read_text() == "mine\n" and "already exists" in capsys.readouterr().err
+    assert run(main, [f"root={round_root}", f"out={out}", "overwrite=true", "rule.max_targets=1"]) == 0
+    assert out.read_text() == "prompt p_some\n"
+
+
+def test_no_target_and_no_round_are_clear_errors(round_root, tmp_path):
+    with pytest.raises(UserError, match="passes the target rule"):
+        write_targets(round_root, tmp_path / "x.txt", TargetRule(min_images=10))
+    assert not (tmp_path / "x.txt").exists()
+    with pytest.raises(UserError, match="no labeling round"):
+        write_targets(tmp_path / "empty")
