@@ -13,6 +13,7 @@ works on any round, shapes world or not.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,18 +73,22 @@ def prompt_pass_rates(store: Store) -> pd.DataFrame:
     return out[list(COLUMNS)]
 
 
-def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule()) -> pd.DataFrame:
-    """``rates`` (from :func:`prompt_pass_rates`) with a boolean ``picked`` column: the rule's targets."""
+def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule(),
+                 among: Collection[str] | None = None) -> pd.DataFrame:
+    """``rates`` (from :func:`prompt_pass_rates`) with a boolean ``picked`` column: the rule's
+    targets, only among the prompt texts ``among`` when given (e.g. those the reward trains on)."""
     rule.validate()
     ok = ((rates["good_rate"] > rule.min_good_rate) & (rates["good_rate"] <= rule.max_good_rate)
           & (rates["labelled_images"] >= rule.min_images))
+    if among is not None:
+        ok &= rates["prompt"].isin(set(among))
     order = rates[ok].sort_values(["good_rate", "prompt_id"], kind="stable")
     chosen = set(order["prompt_id"].iloc[:rule.max_targets])
     return rates.assign(picked=rates["prompt_id"].isin(chosen))
 
 
 def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None, rule: TargetRule = TargetRule(),
-                  *, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
+                  *, among: Collection[str] | None = None, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
     ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV.
     Refuses to replace an existing prompts file unless ``overwrite``; returns (table, prompts file)."""
@@ -92,7 +97,7 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
     if not store.exists("generations"):
         raise UserError(f"{root} holds no labeling round (no generations table).",
                         "pass root=<the dataset root of a labelled round>.")
-    table = pick_targets(prompt_pass_rates(store), rule)
+    table = pick_targets(prompt_pass_rates(store), rule, among)
     out = Path(out) if out else Path(root) / "targets.txt"
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists.", "pass out=<another file>, or overwrite=true to replace it.")

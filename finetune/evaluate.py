@@ -35,7 +35,10 @@ class EvalConfig:
     base: str = str(SHAPES_SD)
     # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); missing ones are skipped
     models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
-    split: str = "heldout"  # shapes-world prompt set
+    split: str = "heldout"  # shapes-world prompt set evaluated (the fine-tuning targets)
+    prompts_file: str | None = None  # one prompt per line: evaluated instead of `split`
+    # prompts never fine-tuned on, reported as generalisation (minus any evaluated prompt); None: none
+    generalization_split: str | None = None
     control_split: bool = True  # also evaluate control prompts (train prompts with one or two objects)
     samples_per_prompt: int = 4
     seed: int = 1234
@@ -49,11 +52,13 @@ class EvalConfig:
 @dataclass
 class ModelEval:
     name: str
-    alignment: dict[str, float]
+    alignment: dict[str, float]  # on the evaluated (target) prompts
     controls: dict[str, float]
     reward: float
     fidelity: float
     n_images: int
+    generalization: dict[str, float] = field(default_factory=dict)  # unseen prompts (NaN if none)
+    per_prompt: dict[str, float] = field(default_factory=dict)  # evaluated prompt -> share of samples aligned
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,23 +111,39 @@ def _models(cfg: EvalConfig) -> list[tuple[str, Path]]:
     return out
 
 
-def control_prompts() -> list[Prompt]:
-    """Train prompts with one or two objects: what the base model already gets mostly right, where
-    fine-tuning must do no collateral damage."""
-    return [p for p in prompt_set("train") if p.count <= 2]
+def control_prompts(exclude: set[str] = frozenset()) -> list[Prompt]:
+    """Train prompts with one or two objects (minus ``exclude``, e.g. the targets): what the base
+    model already gets mostly right, where fine-tuning must do no collateral damage."""
+    return [p for p in prompt_set("train") if p.count <= 2 and p.text not in exclude]
+
+
+def evaluated_prompts(cfg: EvalConfig) -> list[Prompt]:
+    """The target prompts: ``prompts_file`` (shapes-world prompts, one per line) or ``split``."""
+    if not cfg.prompts_file:
+        return prompt_set(cfg.split)  # raises on an unknown split
+    path = Path(cfg.prompts_file)
+    if not path.is_file():
+        raise UserError(f"prompts file {path} does not exist.", "pass a text file, one prompt per line.")
+    texts = [t.strip() for t in path.read_text().splitlines() if t.strip()]
+    if not texts:
+        raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
+    return [Prompt.parse(t) for t in texts]
 
 
 def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     check_folder(Path(cfg.base), "model_index.json", "Stable Diffusion pipeline")
-    prompts = prompt_set(cfg.split)  # raises on an unknown split
-    controls = control_prompts() if cfg.control_split else []
+    prompts = evaluated_prompts(cfg)
+    chosen = {p.text for p in prompts}
+    unseen = [p for p in prompt_set(cfg.generalization_split) if p.text not in chosen] if cfg.generalization_split else []
+    controls = control_prompts(chosen) if cfg.control_split else []
     reward = load_reward(cfg.reward, device=None) if cfg.reward.kind == "oracle" or Path(cfg.reward.path).is_dir() else None
     clip = load_clip(cfg.clip) if Path(cfg.clip).is_dir() else None
     names = [("base", Path(cfg.base))] + _models(cfg)
-    all_prompts = prompts + controls
+    all_prompts = prompts + controls + unseen
     texts = [p.text for p in all_prompts for _ in range(cfg.samples_per_prompt)]
     seeds = [cfg.seed * 1000 + i for i in range(len(texts))]  # the same seeds for every model
     n_main = len(prompts) * cfg.samples_per_prompt
+    n_ctrl = len(controls) * cfg.samples_per_prompt
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference = None
@@ -134,7 +155,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         verdicts = [judge(im, t) for im, t in zip(images, texts)]
         parsed = [Prompt.parse(t) for t in texts]
         align = alignment_by_category(parsed[:n_main], verdicts[:n_main])
-        ctrl = alignment_by_category(parsed[n_main:], verdicts[n_main:]) if controls else {}
+        ctrl = alignment_by_category(parsed[n_main:n_main + n_ctrl], verdicts[n_main:n_main + n_ctrl]) if controls else {}
+        gen = alignment_by_category(parsed[n_main + n_ctrl:], verdicts[n_main + n_ctrl:]) if unseen else {}
         tensor = pil_to_tensor(images[:n_main])
         mean_reward = float("nan")
         if reward is not None:
@@ -146,11 +168,20 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
                 reference = clip_image_embeddings(clip, renders)
             fidelity = frechet_distance(clip_image_embeddings(clip, tensor), reference)
         results.append(ModelEval(name, {k: align[k] for k in ALIGNMENT_KEYS},
-                                 {k: ctrl.get(k, float("nan")) for k in ALIGNMENT_KEYS}, mean_reward, fidelity, n_main))
+                                 {k: ctrl.get(k, float("nan")) for k in ALIGNMENT_KEYS}, mean_reward, fidelity, n_main,
+                                 {k: gen.get(k, float("nan")) for k in ALIGNMENT_KEYS},
+                                 _pass_rates(texts[:n_main], verdicts[:n_main])))
         _save_grid(images, texts, cfg, out / f"samples-{name}.png")
         del pipe
     write_report(results, cfg, out)
     return results
+
+
+def _pass_rates(texts: list[str], verdicts) -> dict[str, float]:
+    hits: dict[str, list[bool]] = {}
+    for t, v in zip(texts, verdicts):
+        hits.setdefault(t, []).append(bool(v.aligned))
+    return {t: float(np.mean(h)) for t, h in hits.items()}
 
 
 def _save_grid(images, texts, cfg: EvalConfig, path: Path) -> None:
@@ -162,13 +193,15 @@ def _save_grid(images, texts, cfg: EvalConfig, path: Path) -> None:
 
 
 def markdown_table(results: list[ModelEval]) -> str:
-    head = "| model | " + " | ".join(ALIGNMENT_KEYS) + " | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |"
-    sep = "|" + "---|" * (len(ALIGNMENT_KEYS) + 4)
+    head = ("| model | " + " | ".join(ALIGNMENT_KEYS)
+            + " | generalization overall | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |")
+    sep = "|" + "---|" * (len(ALIGNMENT_KEYS) + 5)
     rows = [head, sep]
     for r in results:
         cells = [f"{r.alignment[k]:.3f}" for k in ALIGNMENT_KEYS]
         rows.append(f"| {r.name} | " + " | ".join(cells)
-                    + f" | {r.controls['overall']:.3f} | {r.reward:.3f} | {r.fidelity:.4f} |")
+                    + f" | {r.generalization.get('overall', float('nan')):.3f} | {r.controls['overall']:.3f}"
+                    f" | {r.reward:.3f} | {r.fidelity:.4f} |")
     return "\n".join(rows)
 
 
@@ -177,7 +210,8 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path) -> None:
 
     table = markdown_table(results)
     (out / "results.md").write_text(
-        f"# Evaluation on {cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt (seed {cfg.seed})\n\n"
+        f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
+        f"(seed {cfg.seed})\n\n"
         f"Alignment: oracle verdicts by category; controls: train prompts with one or two objects.\n\n{table}\n")
     (out / "metrics.json").write_text(json.dumps(
         {"config": to_dict(cfg), "models": {r.name: asdict(r) for r in results}}, indent=2))

@@ -17,11 +17,15 @@ HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these 
 
 
 def results_json(evals: list[ModelEval], reward_metrics: dict, seconds: dict[str, float]) -> dict:
-    """``{model: {alignment: {...}, reward, fidelity, controls: {...}}, reward_model, seconds}``."""
+    """``{model: {targets: {color, count, background, combination, overall}, generalization:
+    {overall}, controls: {overall}, reward, fidelity, per_prompt}, reward_model, seconds, hacking}``
+    (figures are shares in [0, 1]; the report prints percentages)."""
     out: dict = {}
     for e in evals:
-        out[e.name] = {"alignment": dict(e.alignment), "reward": e.reward, "fidelity": e.fidelity,
-                       "controls": dict(e.controls), "n_images": e.n_images}
+        out[e.name] = {"targets": {k: e.alignment[k] for k in ALIGNMENT_KEYS},
+                       "generalization": {k: e.generalization.get(k, float("nan")) for k in ALIGNMENT_KEYS},
+                       "controls": {k: e.controls[k] for k in ALIGNMENT_KEYS}, "reward": e.reward,
+                       "fidelity": e.fidelity, "n_images": e.n_images, "per_prompt": dict(e.per_prompt)}
     out["reward_model"] = reward_metrics
     out["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     out["hacking"] = hacking_check(evals)
@@ -41,7 +45,7 @@ def hacking_check(evals: list[ModelEval]) -> dict[str, dict]:
         d_ctrl = {k: e.controls[k] - base.controls[k] for k in ALIGNMENT_KEYS}
         findings = []
         if d_reward > 0:
-            for where, deltas in (("held-out prompts", d_align), ("control prompts", d_ctrl)):
+            for where, deltas in (("target prompts", d_align), ("control prompts", d_ctrl)):
                 for k, v in deltas.items():
                     if not math.isnan(v) and v < -HACK_TOLERANCE:
                         findings.append(f"{e.name} raised the learned reward by {d_reward:+.3f} while oracle "
@@ -78,6 +82,28 @@ def learning_curves(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def per_prompt_chart(evals: list[ModelEval], path: Path) -> None:
+    """Per target prompt, each model's oracle pass rate (share of its samples aligned), base-sorted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = next(e for e in evals if e.name == "base")
+    prompts = sorted(base.per_prompt, key=lambda t: (base.per_prompt[t], t))
+    fig, ax = plt.subplots(figsize=(10, 0.22 * len(prompts) + 1.2))
+    y = np.arange(len(prompts))
+    h = 0.8 / len(evals)
+    for k, e in enumerate(evals):
+        ax.barh(y + k * h, [100 * e.per_prompt.get(t, float("nan")) for t in prompts], height=h, label=e.name)
+    ax.set_yticks(y + 0.4 - h / 2, prompts, fontsize=7)
+    ax.set(xlabel="oracle pass rate (%)", xlim=(0, 100), title="Target prompts before and after fine-tuning")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _smooth(xs: list[float], k: int = 10) -> np.ndarray:
     xs = np.asarray(xs, dtype=float)
     if len(xs) < k:
@@ -106,6 +132,9 @@ def _fmt(v: float, pct: bool = True) -> str:
 
 
 TARGET_TEXT = {
+    "rule": "Oracle alignment (%) on the target prompts: the prompts the raters found sometimes right (the "
+            "target rule on the round's labels; both methods fine-tune on them); generalization = held-out "
+            "prompts never fine-tuned on, whose labels the reward never trained on",
     "heldout": "Oracle alignment (%) on the target prompts: the held-out prompts, whose attribute combinations the "
                "base model never saw in training (both methods fine-tune on them)",
     "train": "Oracle alignment (%) on the train prompts (both methods fine-tune on them)",
@@ -119,11 +148,16 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
              TARGET_TEXT.get(results.get("target", "heldout"), f"Oracle alignment (%) on the {results.get('target')} prompts")
              + ", same seeds for every model (seeds no fine-tuning stage used); controls = train prompts with one "
              "or two objects, never fine-tuned on.", "",
-             "| model | " + " | ".join(cols) + " | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |",
-             "|---|" + "---|" * (len(cols) + 3)]
+             "| model | " + " | ".join(cols)
+             + " | generalization overall | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |",
+             "|---|" + "---|" * (len(cols) + 4)]
     for e in evals:
         lines.append(f"| {e.name} | " + " | ".join(_fmt(e.alignment[c]) for c in cols)
-                     + f" | {_fmt(e.controls['overall'])} | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
+                     + f" | {_fmt(e.generalization.get('overall', float('nan')))} | {_fmt(e.controls['overall'])}"
+                     f" | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
+    if results.get("targets_chosen"):
+        lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
+                  "", "![per-prompt pass rates](per_prompt.png)"]
     lines += ["", "## Reward model", ""]
     for view, rm in results.get("reward_model", {}).items():
         lines += [f"{view}:", ""]
@@ -159,6 +193,7 @@ def write(out: Path, results: dict, evals: list[ModelEval], histories: dict, gri
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     learning_curves(histories, out / "learning_curves.png")
+    per_prompt_chart(evals, out / "per_prompt.png")
     before_after(grids, out / "samples_before_after.png")
     md = markdown(results, evals, list(grids), prompts_txt)
     (out / "report.md").write_text(md)

@@ -1,15 +1,20 @@
 """``make demo``: the whole loop on the shapes world, from the committed base model to a report.
 
     generate a labeling round -> simulated raters (binary and ranking, noisy, overlapping)
-    -> reward model -> fine-tune with RWL and with DPOK -> evaluate on held-out prompts
+    -> target prompts picked by the rule from the raters' labels -> reward model on all labels
+    -> fine-tune with RWL and with DPOK on the targets -> evaluate with fresh seeds
     -> reports/demo/ (report.md, report.html, results.json, learning curves, sample grids)
 
-The target prompts are the shapes world's held-out prompts: colour/background and count/colour pairs
-the base model never saw, which it gets wrong, as Stable Diffusion gets counts and colour bindings
-wrong.  As in Lee et al. and DPOK, the labeling round covers them (beside the train prompts), both
-methods fine-tune on them, and the evaluation samples them with seeds no fine-tuning stage used;
-the control prompts (train prompts with one or two objects) are never fine-tuned on and measure
-collateral damage.
+Lee et al.'s and DPOK's protocol: collect feedback on the prompts to fix, train the reward on
+those labels, fine-tune on the same prompts, evaluate them with new seeds.  The targets
+(``target=rule``) are the prompts the raters found *sometimes* right (data.targets: good-rate in
+(0, 0.5]), among the train prompts, since a reward-weighted method can only amplify what the model
+already samples.  The evaluation reports (a) the targets, (b) generalisation: the held-out
+prompts, never fine-tuned on and whose labels the reward never trained on (its val_prompts view),
+(c) control prompts (train prompts with one or two objects, not targets): collateral damage.
+``target=heldout|train|all`` fine-tunes on a whole shapes-world prompt set instead (the earlier
+design).  ``oracle_upper_bound=true`` adds DPOK with the oracle as reward, same budget: the most a
+learned reward could buy.
 
 Each stage runs through the same library calls as its own make target, with its own typed config;
 ``<stage>_args`` add dotted overrides to a stage, e.g. ``dpok_args=[dpok.kl_weight=0.1]``.
@@ -23,7 +28,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 
 from data.errors import UserError
 from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder
+from data.targets import TargetRule
 from pipelines.cli import config_parser, parse_config, run
 from pipelines.config import load_config, save_config
 
@@ -44,7 +50,10 @@ class DemoConfig:
     clip: str = str(SHAPES_CLIP)
     seed: int = 0
     per_prompt: int = 8  # images per prompt in the labeling round (more labels, better reward)
-    target: Literal["heldout", "train", "all"] = "heldout"  # prompts fine-tuned on and evaluated
+    target: Literal["rule", "heldout", "train", "all"] = "rule"  # prompts fine-tuned on and evaluated
+    rule: TargetRule = field(default_factory=TargetRule)  # target=rule: which prompts
+    min_targets: int = 16  # target=rule: fewer is an error (too little to measure)
+    oracle_upper_bound: bool = False  # also DPOK with the oracle as reward (same budget)
     raters: int = 5
     flip_rate: float = 0.1  # simulated label noise
     overlap: int = 2  # raters per item
@@ -103,16 +112,27 @@ def run_demo(cfg: DemoConfig) -> dict:
         "prompts=all", *cfg.generate_args])
     reward_cfg = load_config(RewardConfig, None, [
         f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])
-    common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}",
-              f"prompts.split={cfg.target}"]
+    targets_file = runs / "targets.txt"
+    if cfg.target == "rule":
+        cfg.rule.validate()
+        prompt_args = [f"prompts.prompts_file={targets_file}"]
+        eval_prompts = [f"prompts_file={targets_file}", "generalization_split=heldout"]
+    else:
+        prompt_args, eval_prompts = [f"prompts.split={cfg.target}"], [f"split={cfg.target}"]
+    common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}", *prompt_args]
     rwl_cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
                           [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])
     dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
                            [*common, f"output_dir={runs / 'finetune-dpok'}", *cfg.dpok_args])
+    oracle_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
+                             [*common, f"output_dir={runs / 'finetune-dpok-oracle'}", *cfg.dpok_args,
+                              "reward.kind=oracle"])
+    models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={runs / 'finetune-dpok'}"]
+    if cfg.oracle_upper_bound:
+        models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
     eval_cfg = load_config(EvalConfig, None, [
         f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / 'reward'}",
-        f"models=[rwl={runs / 'finetune-rwl'}, dpok={runs / 'finetune-dpok'}]",
-        f"split={cfg.target}", f"samples_per_prompt={cfg.eval_samples_per_prompt}",
+        f"models=[{', '.join(models)}]", *eval_prompts, f"samples_per_prompt={cfg.eval_samples_per_prompt}",
         f"output_dir={report_dir / 'eval'}", *cfg.eval_args])
     for d in (cfg.root, cfg.runs, cfg.report):
         _recreate(Path(d))
@@ -123,9 +143,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     sim = _stage("simulate-raters", seconds, lambda: simulate(SimulateConfig(
         label=LabelConfig(root=cfg.root, overlap=cfg.overlap, seed=cfg.seed),
         raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)))
+    chosen = _stage("targets", seconds, lambda: pick_demo_targets(cfg, targets_file)) if cfg.target == "rule" else []
     reward = _stage("reward", seconds, lambda: train_reward(reward_cfg))
     rwl = _stage("finetune-rwl", seconds, lambda: train_rwl(rwl_cfg))
     dpok = _stage("finetune-dpok", seconds, lambda: train_dpok(dpok_cfg))
+    histories = {"dpok": dpok.history, "rwl": rwl.history}
+    if cfg.oracle_upper_bound:
+        histories["dpok_oracle"] = _stage("finetune-dpok-oracle", seconds, lambda: train_dpok(oracle_cfg)).history
     with tqdm(desc="eval: sampling", unit="img", file=sys.stderr) as bar:
         evals = _stage("evaluate", seconds, lambda: evaluate(eval_cfg, progress=bar))
     seconds["total"] = time.perf_counter() - t_all
@@ -135,18 +159,38 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = {k: v for k, v in sim.items() if isinstance(v, (int, float))}
     results["target"] = cfg.target
+    results["targets_chosen"] = chosen
     grids = {e.name: report_dir / "eval" / f"samples-{e.name}.png" for e in evals}
     prompts_txt = (report_dir / "eval" / "samples-base.txt").read_text().strip().replace("\n", "; ")
-    report.write(report_dir, results, evals, {"dpok": dpok.history, "rwl": rwl.history}, grids, prompts_txt)
+    report.write(report_dir, results, evals, histories, grids, prompts_txt)
     save_config(cfg, report_dir / "config.yaml")
     return results
+
+
+def pick_demo_targets(cfg: DemoConfig, path: Path) -> list[str]:
+    """The rule's targets among the train prompts (the reward's val_prompts are the held-out
+    prompts: they stay unseen for the generalisation figure); at least ``min_targets`` of them,
+    in at least two categories, or a clear error."""
+    from data.shapes.world import Prompt, prompt_set
+    from data.targets import write_targets
+
+    table, _ = write_targets(cfg.root, path, cfg.rule, among={p.text for p in prompt_set("train")}, overwrite=True)
+    chosen = list(table.loc[table["picked"], "prompt"])
+    categories = {Prompt.parse(t).category for t in chosen}
+    if len(chosen) < cfg.min_targets or len(categories) < 2:
+        raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
+                        f"(the demo needs at least {cfg.min_targets} in 2).",
+                        "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower min_targets.")
+    print(f"targets: {len(chosen)} prompts in {sorted(categories)}", file=sys.stderr)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(DemoConfig, config_parser(__doc__.splitlines()[0]), argv)
     results = run_demo(cfg)
     print((Path(cfg.report) / "report.md").read_text())
-    print(json.dumps({m: results[m]["alignment"]["overall"] for m in ("base", "rwl", "dpok")}))
+    print(json.dumps({m: results[m]["targets"]["overall"] for m in ("base", "rwl", "dpok", "dpok_oracle")
+                      if m in results}))
     print(f"\nReport: {cfg.report}/report.md (and report.html, results.json).\n"
           f"Label this round yourself in a browser:\n"
           f"  make rater-add RATER=you ADMIN=1\n"

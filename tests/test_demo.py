@@ -18,19 +18,24 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             "rwl.batch_size=4, prompts.split=heldout]",
             "dpok_args=[sampling.num_steps=2, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
             "dpok.early_steps=2, dpok.steps_per_sample=1, dpok.minibatch_size=4]",
-            "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]"]
+            "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
+            # a random tiny model is rarely right: noisy raters and a wide rule still give targets
+            "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true"]
     assert run(main, args) == 0
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    for model in ("base", "rwl", "dpok"):
-        assert set(results[model]["alignment"]) == {"color", "count", "background", "combination", "overall"}
-        assert "overall" in results[model]["controls"]
+    chosen = results["targets_chosen"]
+    assert chosen and (tmp_path / "runs" / "targets.txt").read_text().splitlines() == chosen
+    for model in ("base", "rwl", "dpok", "dpok_oracle"):
+        assert set(results[model]["targets"]) == {"color", "count", "background", "combination", "overall"}
+        assert "overall" in results[model]["controls"] and "overall" in results[model]["generalization"]
+        assert set(results[model]["per_prompt"]) == set(chosen)  # evaluated on the targets
         assert results[model]["reward"] is not None and results[model]["fidelity"] is not None
     for view in ("val_images", "val_prompts"):
         assert {"pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy_vs_oracle"} <= set(results["reward_model"][view])
-    assert set(results["seconds"]) >= {"generate", "simulate-raters", "reward", "finetune-rwl", "finetune-dpok",
-                                       "evaluate", "total"}
-    assert set(results["hacking"]) == {"rwl", "dpok"}
-    for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png"):
+    assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
+                                       "finetune-dpok", "finetune-dpok-oracle", "evaluate", "total"}
+    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle"}
+    for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out
 
@@ -53,6 +58,16 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(tiny_sd, tmp_path, cap
     assert rc == 2
     assert "was not made by `make demo`" in capsys.readouterr().err
     assert (precious / "keep.txt").read_text() == "a rater's work"
+
+
+def test_too_few_targets_is_a_clear_error(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    rc = run(main, [f"pipeline={tiny_sd}", f"clip={clip}", f"root={tmp_path}/ds", f"runs={tmp_path}/runs",
+                    f"report={tmp_path}/report", "per_prompt=1", "raters=2", "overlap=1",
+                    "generate_args=[sampling.num_inference_steps=1, max_prompts=4]"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "passes the target rule" in err or "the target rule picked" in err, err
 
 
 def test_a_bad_stage_override_fails_before_any_stage_runs(tiny_sd, tmp_path, capsys):

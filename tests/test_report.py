@@ -31,7 +31,7 @@ def test_report_files(tmp_path):
     results = results_json(evals, {"val_images": {"pairwise_accuracy_vs_oracle": 0.93}}, {"reward": 12.0})
     write(tmp_path / "r", results, evals, histories, grids, "one circle")
     data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert data["dpok"]["alignment"]["overall"] == 0.5 and data["dpok"]["controls"]["overall"] == 0.8
+    assert data["dpok"]["targets"]["overall"] == 0.5 and data["dpok"]["controls"]["overall"] == 0.8
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| dpok | 90.0 | 60.0 |" in md and "no sign of reward hacking" in md
     for f in ("learning_curves.png", "samples_before_after.png", "report.html"):
