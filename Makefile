@@ -14,9 +14,9 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo help install test oracle-check finetune eval bench clean base
+.PHONY: demo help install test oracle-check finetune eval bench clean base results-page
 
-demo: install  ## the whole loop on the shapes world -> reports/demo/ (8-14 min on 2 CPU cores)
+demo: install  ## the whole loop on the shapes world -> reports/demo/ (about 15 min on 2 CPU cores)
 	$(PY) -m pipelines.demo $(ARGS)
 
 help:  ## list the targets
@@ -95,6 +95,9 @@ eval: install  ## base vs fine-tuned models on held-out prompts -> reports/eval/
 
 bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)
 	$(PY) -m pipelines.bench $(ARGS)
+
+results-page: install  ## regenerate docs/results.md from the results files in docs/results/
+	$(PY) -m pipelines.results_page $(ARGS)
 
 # ---- reward stage (reward/) ------------------------------------------------------------------
 # Extra settings as key=value, e.g. make reward ARGS="data.root=datasets/mine overwrite=true"

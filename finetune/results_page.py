@@ -1,0 +1,97 @@
+"""The results page (docs/results.md), regenerated from the results files kept in docs/results/:
+``demo-<date>-<label>.json`` (a ``make demo`` results.json) and ``bench-<device>-<date>-<label>.json``
+(a ``make bench`` bench.json).  Never typed by hand: ``make results-page``."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+MODELS = ("base", "rwl", "dpok", "dpok_oracle")
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _num(v, digits=3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
+    """One table row per model and run, then the mean over runs of each model's gain over base."""
+    lines = ["## `make demo` (2 CPU cores)", "",
+             "Oracle alignment (%) of 4 fresh-seed samples per prompt; targets = the prompts the rule picked "
+             "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
+             "fine-tuned on; controls = train prompts with one or two objects, not targets. Reward: pairwise "
+             "accuracy vs the oracle (zero-shot CLIP in brackets).", "",
+             "| run | model | targets overall | colour | count | combination | generalisation | controls | fidelity (CLIP-FD) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    gains: dict[str, list[float]] = {}
+    for label, r in runs:
+        for m in MODELS:
+            if m not in r:
+                continue
+            t = r[m]["targets"]
+            lines.append(f"| {label} | {m} | {_pct(t['overall'])} | {_pct(t['color'])} | {_pct(t['count'])} | "
+                         f"{_pct(t['combination'])} | {_pct(r[m]['generalization']['overall'])} | "
+                         f"{_pct(r[m]['controls']['overall'])} | {_num(r[m]['fidelity'])} |")
+            if m != "base":
+                gains.setdefault(m, []).append(t["overall"] - r["base"]["targets"]["overall"])
+    summary = ("Gain over base on the targets (points), mean of runs (each run): "
+               + ", ".join(f"{m} {100 * sum(g) / len(g):+.1f} ({', '.join(f'{100 * x:+.1f}' for x in g)})"
+                           for m, g in gains.items()) + ".")
+    with_oracle = [label for label, r in runs if "dpok_oracle" in r and "dpok" in r]
+    if with_oracle:
+        d = sum(r["dpok"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in runs if "dpok_oracle" in r)
+        o = sum(r["dpok_oracle"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in runs if "dpok_oracle" in r)
+        if o > 0:
+            summary += (f" Learned-reward DPOK recovers {100 * d / o:.0f} % of the oracle-reward DPOK gain "
+                        f"(runs {', '.join(with_oracle)}).")
+    lines += ["", summary]
+    lines += ["", "| run | targets | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) |",
+              "|---|---|---|---|---|"]
+    for label, r in runs:
+        rm, sec = r.get("reward_model", {}), r.get("seconds", {})
+        views = [f"{_num(rm.get(v, {}).get('pairwise_accuracy_vs_oracle'))} "
+                 f"({_num(rm.get(v, {}).get('zero_shot_clip_pairwise_accuracy_vs_oracle'))})" for v in ("val_images", "val_prompts")]
+        parts = ", ".join(str(round(sec.get(k, 0))) for k in ("generate", "reward", "finetune-rwl", "finetune-dpok",
+                                                             "finetune-dpok-oracle", "evaluate"))
+        lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {views[0]} | {views[1]} | "
+                     f"{round(sec.get('total', 0))} ({parts}) |")
+    return lines
+
+
+def bench_section(runs: list[tuple[str, list[dict]]]) -> list[str]:
+    lines = ["## `make bench`", "",
+             "| run | config | method | device | overhead ratio | images/s | transitions/s | peak MB | update MFU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, rows in runs:
+        for b in rows:
+            mfu = _pct(b.get("mfu_update")) + " %" if b.get("mfu_update") else "-"
+            lines.append(f"| {label} | {b['name']} | {b['method']} | {b.get('gpu') or b['device']} | "
+                         f"{_num(b['overhead_ratio'])} | {_num(b['images_per_s'], 2)} | {_num(b['transitions_per_s'], 1)} | "
+                         f"{b['peak_memory_mb']:.0f} | {mfu} |")
+    return lines
+
+
+def results_page(folder: str | Path) -> str:
+    folder = Path(folder)
+    demo, bench = [], []
+    for f in sorted(folder.glob("*.json")):
+        label = f.stem
+        if re.match(r"demo-", f.name):
+            demo.append((label.removeprefix("demo-"), json.loads(f.read_text())))
+        elif re.match(r"bench-", f.name):
+            bench.append((label.removeprefix("bench-"), json.loads(f.read_text())))
+    lines = ["# Measured results", "",
+             f"Generated by `make results-page` from the files in `{folder.as_posix()}/` (one per run; the run "
+             "label holds its date). Commands: `make demo ARGS=\"seed=N oracle_upper_bound=true\"`, then copy "
+             "`reports/demo/results.json` there; `make bench`, then copy `reports/bench/bench.json`.", ""]
+    if demo:
+        lines += demo_section(demo) + [""]
+    if bench:
+        lines += bench_section(bench) + [""]
+    return "\n".join(lines)

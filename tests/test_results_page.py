@@ -1,0 +1,30 @@
+"""The results page is generated from results files: rows per run and model, gains, recovery."""
+
+import json
+
+from pipelines.cli import run
+from pipelines.results_page import main
+
+
+def _demo(base, dpok, oracle):
+    def model(x):
+        return {"targets": {"overall": x, "color": x, "count": x, "combination": x},
+                "generalization": {"overall": 0.2}, "controls": {"overall": 0.7}, "fidelity": 0.1}
+    return {"base": model(base), "dpok": model(dpok), "dpok_oracle": model(oracle), "targets_chosen": ["a"] * 20,
+            "reward_model": {"val_images": {"pairwise_accuracy_vs_oracle": 0.8,
+                                            "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.7}},
+            "seconds": {"total": 900.0}}
+
+
+def test_results_page_from_files(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.30, 0.40, 0.50)))
+    (folder / "demo-2026-01-01-seed1.json").write_text(json.dumps(_demo(0.30, 0.36, 0.46)))
+    out = tmp_path / "results.md"
+    assert run(main, [f"folder={folder}", f"out={out}"]) == 0
+    page = out.read_text()
+    assert "| 2026-01-01-seed0 | dpok | 40.0 |" in page and "| 2026-01-01-seed1 | base | 30.0 |" in page
+    assert "dpok +8.0 (+10.0, +6.0)" in page
+    assert "recovers 44 %" in page  # (10 + 6) / (20 + 16)
+    assert "0.800 (0.700)" in page
