@@ -98,3 +98,14 @@ def test_shapes_model_samples_finite_images_on_cuda():
     pipe = load_sd_pipeline(SHAPES_SD, device="cuda")
     images = generate_images(pipe, ["one red circle", "two blue squares on a white background"] * 8, list(range(16)))
     assert all(np.asarray(im).std() > 0 for im in images)
+
+
+@pytest.mark.gpu
+def test_clip_retrieval_with_the_clip_on_cuda():
+    """make base's CLIP card: image embeddings came back on the CPU, text embeddings stayed on
+    CUDA, and the product failed (found on an H100)."""
+    from data.loading import SHAPES_CLIP, load_clip
+    from data.shapes.evaluate import RetrievalConfig, clip_retrieval
+
+    result = clip_retrieval(load_clip(SHAPES_CLIP, device="cuda"), RetrievalConfig(per_prompt=1, split="heldout"))
+    assert 0.5 < result.accuracy <= 1.0
