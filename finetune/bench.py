@@ -37,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from data.loading import SHAPES_CLIP, SHAPES_SD
+from data.loading import SHAPES_SD
 from finetune.config import FinetuneConfig, RewardConfig
 from pipelines.config import load_config
 
@@ -144,7 +144,6 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: boo
     out["minibatches_per_round"] = n_mb
     if torch.device(dev).type == "cuda":
         out["update_flops_per_minibatch"] = count_flops(lambda: (unet_fwd_bwd(x2m, c2m), unet_fwd(x2m, c2m)))
-        out["unet_fwd_flops_2m"] = count_flops(lambda: unet_fwd(x2m, c2m))
         if levers:
             out["levers_fwd_bwd_2m_s"] = lever_timings(
                 unet, lambda model, x, cnd: unet_fwd_bwd(x, cnd, model), x2m, c2m, repeats, sync)
