@@ -118,6 +118,11 @@ class FinetuneConfig:
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
     log_every: int = 1
     sample_grid_every: int = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
+    # DPOK, shapes world: every N rounds (and before the first), the share of the current policy's
+    # samples the oracle judges aligned, on every training prompt x curve_samples fixed seeds: a
+    # learning curve from an independent judge (finetune.dpok.oracle_alignment).  0: off.
+    curve_every: int = 0
+    curve_samples: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.errors import UserError
-from finetune.common import (Components, RewardFn, log_images, prompt_group_ids, save_checkpoint,
-                             save_result, score_in_batches, setup_run)
+from finetune.common import (Components, OracleReward, RewardFn, log_images, prompt_group_ids,
+                             save_checkpoint, save_result, score_in_batches, setup_run)
 from finetune.config import FinetuneConfig
 from finetune.policy import DiffusionPolicy
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
@@ -58,6 +58,7 @@ class RoundStats:
     seconds_sample: float
     seconds_reward: float
     seconds_update: float
+    oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 
     accelerator.init_trackers("dpok")
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
+    curve = state.get("curve", []) if state is not None else []
+    if cfg.curve_every:
+        _check_shapes_prompts(run.prompts)
+        if start == 0:
+            curve.append({"round": 0, "oracle_aligned": oracle_alignment(policy, pipe, run.prompts, run.latent_shape, cfg)})
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_process = max(1, d.prompts_per_round // n_proc)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
@@ -147,29 +153,60 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         unet.train()
         stats = _update(accelerator, policy, comps, optimizer, lr_sched, traj, adv, cfg, rng)
         t3 = time.perf_counter()
+        aligned = None
+        if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
+            aligned = oracle_alignment(policy, pipe, run.prompts, run.latent_shape, cfg)
+            curve.append({"round": r + 1, "oracle_aligned": aligned})
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
             value_loss=value_loss, lr=float(lr_sched.get_last_lr()[0]),
-            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, **stats)
+            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned, **stats)
         history.append(asdict(row))
         if (r + 1) % cfg.log_every == 0:
-            accelerator.log({k: v for k, v in asdict(row).items() if k != "round"}, step=r + 1)
+            accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
             _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
-                round=r + 1, history=history,
+                round=r + 1, history=history, curve=curve,
                 value_net=value_net.state_dict() if value_net is not None else None,
                 value_opt=value_opt.state_dict() if value_opt is not None else None))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
-               "seconds": time.perf_counter() - t_start}
+               "curve": curve, "seconds": time.perf_counter() - t_start}
     save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()
     return FinetuneResult(out, history, metrics)
+
+
+def _check_shapes_prompts(prompts: list[str]) -> None:
+    from data.shapes.world import Prompt
+
+    try:
+        for p in prompts:
+            Prompt.parse(p)
+    except UserError:
+        raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{p}' is not one.",
+                        "set curve_every=0 for these prompts.") from None
+
+
+@torch.no_grad()
+def oracle_alignment(policy: DiffusionPolicy, pipe, prompts: list[str], latent_shape, cfg: FinetuneConfig) -> float:
+    """Share of the current policy's samples that the shapes oracle judges aligned: every prompt x
+    ``cfg.curve_samples``, the same noise every time (a generator seeded apart from the rounds')."""
+    device = policy.schedule.timesteps.device
+    texts = [p for p in prompts for _ in range(cfg.curve_samples)]
+    cond, uncond = encode_prompts(pipe, texts, device)
+    was_training = policy.unet.training
+    policy.unet.eval()
+    gen = torch.Generator(device).manual_seed(cfg.seed + 424242)
+    traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, texts)
+    policy.unet.train(was_training)
+    scores = OracleReward()(decode_latents(pipe.vae, traj.final_latents), texts)
+    return float((scores >= 2.0).float().mean())  # graded score >= 2 <=> aligned (Verdict.score)
 
 
 def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):

@@ -56,14 +56,15 @@ def hacking_check(evals: list[ModelEval]) -> dict[str, dict]:
     return out
 
 
-def learning_curves(histories: dict[str, list[dict]], path: Path) -> None:
-    """DPOK: reward mean and KL per round; RWL: loss terms per step."""
+def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[str, list[dict]] | None = None) -> None:
+    """DPOK: reward mean and KL per round; RWL: loss terms per step; with ``curves``, the oracle's
+    alignment of each DPOK run's samples (fixed prompts and seeds) by round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     dpok, rwl = histories.get("dpok") or [], histories.get("rwl") or []
     if dpok:
         r = [h["round"] for h in dpok]
@@ -77,6 +78,12 @@ def learning_curves(histories: dict[str, list[dict]], path: Path) -> None:
         axes[2].plot(s, _smooth([h["loss_pre"] for h in rwl]), label="pre-training (D_pre)")
         axes[2].set(title="RWL: denoising losses (smoothed)", xlabel="step", ylabel="MSE")
         axes[2].legend()
+    for name, points in (curves or {}).items():
+        if points:
+            axes[3].plot([p["round"] for p in points], [100 * p["oracle_aligned"] for p in points], marker="o", label=name)
+    if curves and any(curves.values()):
+        axes[3].set(title="DPOK: oracle alignment, fixed seeds", xlabel="round", ylabel="aligned (%)")
+        axes[3].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -189,10 +196,10 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
 
 
 def write(out: Path, results: dict, evals: list[ModelEval], histories: dict, grids: dict[str, Path],
-          prompts_txt: str) -> None:
+          prompts_txt: str, curves: dict[str, list[dict]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
-    learning_curves(histories, out / "learning_curves.png")
+    learning_curves(histories, out / "learning_curves.png", curves)
     per_prompt_chart(evals, out / "per_prompt.png")
     before_after(grids, out / "samples_before_after.png")
     md = markdown(results, evals, list(grids), prompts_txt)

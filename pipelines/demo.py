@@ -54,6 +54,7 @@ class DemoConfig:
     rule: TargetRule = field(default_factory=TargetRule)  # target=rule: which prompts
     min_targets: int = 16  # target=rule: fewer is an error (too little to measure)
     oracle_upper_bound: bool = False  # also DPOK with the oracle as reward (same budget)
+    curve_every: int = 10  # DPOK rounds between points of the oracle learning curve (0: none)
     raters: int = 5
     flip_rate: float = 0.1  # simulated label noise
     overlap: int = 2  # raters per item
@@ -123,10 +124,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     rwl_cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
                           [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])
     dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
-                           [*common, f"output_dir={runs / 'finetune-dpok'}", *cfg.dpok_args])
+                           [*common, f"output_dir={runs / 'finetune-dpok'}", f"curve_every={cfg.curve_every}",
+                            *cfg.dpok_args])
     oracle_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
-                             [*common, f"output_dir={runs / 'finetune-dpok-oracle'}", *cfg.dpok_args,
-                              "reward.kind=oracle"])
+                             [*common, f"output_dir={runs / 'finetune-dpok-oracle'}", f"curve_every={cfg.curve_every}",
+                              *cfg.dpok_args, "reward.kind=oracle"])
     models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={runs / 'finetune-dpok'}"]
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
@@ -148,8 +150,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     rwl = _stage("finetune-rwl", seconds, lambda: train_rwl(rwl_cfg))
     dpok = _stage("finetune-dpok", seconds, lambda: train_dpok(dpok_cfg))
     histories = {"dpok": dpok.history, "rwl": rwl.history}
+    curves = {"dpok": dpok.metrics["curve"]}
     if cfg.oracle_upper_bound:
-        histories["dpok_oracle"] = _stage("finetune-dpok-oracle", seconds, lambda: train_dpok(oracle_cfg)).history
+        oracle = _stage("finetune-dpok-oracle", seconds, lambda: train_dpok(oracle_cfg))
+        histories["dpok_oracle"], curves["dpok_oracle"] = oracle.history, oracle.metrics["curve"]
     with tqdm(desc="eval: sampling", unit="img", file=sys.stderr) as bar:
         evals = _stage("evaluate", seconds, lambda: evaluate(eval_cfg, progress=bar))
     seconds["total"] = time.perf_counter() - t_all
@@ -160,9 +164,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["labels"] = {k: v for k, v in sim.items() if isinstance(v, (int, float))}
     results["target"] = cfg.target
     results["targets_chosen"] = chosen
+    results["curves"] = curves  # oracle alignment on the training prompts, fixed seeds, by DPOK round
     grids = {e.name: report_dir / "eval" / f"samples-{e.name}.png" for e in evals}
     prompts_txt = (report_dir / "eval" / "samples-base.txt").read_text().strip().replace("\n", "; ")
-    report.write(report_dir, results, evals, histories, grids, prompts_txt)
+    report.write(report_dir, results, evals, histories, grids, prompts_txt, curves)
     save_config(cfg, report_dir / "config.yaml")
     return results
 

@@ -35,6 +35,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
                                        "finetune-dpok", "finetune-dpok-oracle", "evaluate", "total"}
     assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle"}
+    # the oracle's learning curve of both DPOK runs: before training and at the last round
+    assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {"dpok": [0, 2], "dpok_oracle": [0, 2]}
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out

@@ -200,3 +200,22 @@ def test_runs_with_another_mixed_precision_in_the_same_process(tiny_sd, tmp_path
     train_dpok(tiny_cfg(tiny_sd, tmp_path / "fp32", "mixed_precision=no", "dpok.rounds=1"), progress=False)
     result = train_dpok(tiny_cfg(tiny_sd, tmp_path / "bf16", "mixed_precision=bf16", "dpok.rounds=1"), progress=False)
     assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_oracle_learning_curve_on_fixed_seeds(tiny_sd, tmp_path):
+    cfg = tiny_cfg(tiny_sd, tmp_path / "run", "curve_every=2", "curve_samples=1", "dpok.rounds=3",
+                   "prompts.prompts_file=" + str(_prompts(tmp_path, ["one red circle", "two blue squares"])))
+    result = train_dpok(cfg, progress=False)
+    curve = result.metrics["curve"]
+    assert [p["round"] for p in curve] == [0, 2, 3]  # before training, every 2 rounds, the last
+    assert all(0.0 <= p["oracle_aligned"] <= 1.0 for p in curve)
+    assert result.history[0]["oracle_aligned"] is None and result.history[1]["oracle_aligned"] == curve[1]["oracle_aligned"]
+    with pytest.raises(UserError, match="curve_every"):
+        train_dpok(tiny_cfg(tiny_sd, tmp_path / "other", "curve_every=1",
+                            "prompts.prompts_file=" + str(_prompts(tmp_path, ["a photo of a cat"]))), progress=False)
+
+
+def _prompts(tmp_path, texts):
+    path = tmp_path / f"prompts-{len(texts)}-{abs(hash(tuple(texts)))}.txt"
+    path.write_text("\n".join(texts) + "\n")
+    return path
