@@ -51,6 +51,12 @@ def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
             summary += (f" Learned-reward DPOK recovers {100 * d / o:.0f} % of the oracle-reward DPOK gain "
                         f"(runs {', '.join(with_oracle)}).")
     lines += ["", summary]
+    curves = [(label, m, c) for label, r in runs for m, c in (r.get("curves") or {}).items() if c]
+    if curves:
+        lines += ["", "Oracle learning curves of DPOK (aligned % of the current policy's samples on the targets, "
+                  "fixed seeds; round: value):", ""]
+        lines += [f"- {label} {m}: " + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
+                  for label, m, c in curves]
     lines += ["", "| run | targets | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) |",
               "|---|---|---|---|---|"]
     for label, r in runs:

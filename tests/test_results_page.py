@@ -13,7 +13,8 @@ def _demo(base, dpok, oracle):
     return {"base": model(base), "dpok": model(dpok), "dpok_oracle": model(oracle), "targets_chosen": ["a"] * 20,
             "reward_model": {"val_images": {"pairwise_accuracy_vs_oracle": 0.8,
                                             "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.7}},
-            "seconds": {"total": 900.0}}
+            "seconds": {"total": 900.0},
+            "curves": {"dpok": [{"round": 0, "oracle_aligned": 0.25}, {"round": 10, "oracle_aligned": 0.5}]}}
 
 
 def test_results_page_from_files(tmp_path):
@@ -28,3 +29,4 @@ def test_results_page_from_files(tmp_path):
     assert "dpok +8.0 (+10.0, +6.0)" in page
     assert "recovers 44 %" in page  # (10 + 6) / (20 + 16)
     assert "0.800 (0.700)" in page
+    assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
