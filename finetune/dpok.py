@@ -121,8 +121,14 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:
         _check_shapes_prompts(run.prompts)
+        curve_texts = [p for p in run.prompts for _ in range(cfg.curve_samples)]
+        curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
+
+        def measure_curve() -> float:
+            return oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+
         if start == 0:
-            curve.append({"round": 0, "oracle_aligned": oracle_alignment(policy, pipe, run.prompts, run.latent_shape, cfg)})
+            curve.append({"round": 0, "oracle_aligned": measure_curve()})
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_process = max(1, d.prompts_per_round // n_proc)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
@@ -155,7 +161,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         t3 = time.perf_counter()
         aligned = None
         if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
-            aligned = oracle_alignment(policy, pipe, run.prompts, run.latent_shape, cfg)
+            aligned = measure_curve()
             curve.append({"round": r + 1, "oracle_aligned": aligned})
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
@@ -194,19 +200,26 @@ def _check_shapes_prompts(prompts: list[str]) -> None:
 
 
 @torch.no_grad()
-def oracle_alignment(policy: DiffusionPolicy, pipe, prompts: list[str], latent_shape, cfg: FinetuneConfig) -> float:
-    """Share of the current policy's samples that the shapes oracle judges aligned: every prompt x
-    ``cfg.curve_samples``, the same noise every time (a generator seeded apart from the rounds')."""
-    device = policy.schedule.timesteps.device
-    texts = [p for p in prompts for _ in range(cfg.curve_samples)]
-    cond, uncond = encode_prompts(pipe, texts, device)
+def fixed_noise_images(policy: DiffusionPolicy, pipe, cond, uncond, latent_shape, seed: int,
+                       prompts: list[str]) -> torch.Tensor:
+    """The current policy's images (B, 3, H, W) in [0, 1] of ``prompts`` (their embeddings ``cond`` /
+    ``uncond``) from the noise of a generator seeded with ``seed``: the same noise every call, so
+    the results compare across rounds.  The UNet's train/eval mode is left as it was."""
     was_training = policy.unet.training
     policy.unet.eval()
-    gen = torch.Generator(device).manual_seed(cfg.seed + 424242)
-    traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, texts)
+    traj = sample_trajectories(policy, cond, uncond, latent_shape, torch.Generator(cond.device).manual_seed(seed),
+                               prompts)
     policy.unet.train(was_training)
-    scores = OracleReward()(decode_latents(pipe.vae, traj.final_latents), texts)
-    return float((scores >= 2.0).float().mean())  # graded score >= 2 <=> aligned (Verdict.score)
+    return decode_latents(pipe.vae, traj.final_latents)
+
+
+def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, uncond, latent_shape,
+                     cfg: FinetuneConfig) -> float:
+    """Share of the current policy's samples of ``texts`` (each training prompt x
+    ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that the shapes oracle judges
+    aligned, from a generator seeded apart from the rounds'."""
+    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + 424242, texts)
+    return float((OracleReward()(images, texts) >= 2.0).float().mean())  # score >= 2 <=> aligned (Verdict.score)
 
 
 def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
@@ -297,9 +310,7 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, 
 @torch.no_grad()
 def _sample_grid(accelerator, policy, pipe, cond, uncond, latent_shape, cfg, out: Path, r: int) -> None:
     """Fixed eval prompts with fixed noise: the same seeds every time, so grids compare across rounds."""
-    policy.unet.eval()
-    gen = torch.Generator(cond.device).manual_seed(cfg.seed + 12345)
-    traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, list(cfg.prompts.eval_prompts))
-    images = decode_latents(pipe.vae, traj.final_latents)
+    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + 12345,
+                                list(cfg.prompts.eval_prompts))
     log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
                ncols=len(cfg.prompts.eval_prompts))

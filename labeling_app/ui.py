@@ -26,7 +26,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 import gradio as gr  # noqa: E402
 
 from data.errors import UserError
-from data.targets import pick_targets, prompt_pass_rates
+from data.targets import TargetRule, pick_targets, prompt_pass_rates
 from labeling_app.assignment import Assigner, Assignment, Compactor, StaleItem
 from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
@@ -316,9 +316,11 @@ class LabelingApp:
                     counts = gr.Dataframe(interactive=False)
                     gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
                     gold = gr.Dataframe(interactive=False)
+                    rule = TargetRule()
                     gr.Markdown("**Per-prompt pass rates**, worst first: the raters' good-rate (majority per "
                                 "image). *target* marks the prompts `make targets` would pick to fine-tune on "
-                                "(good-rate in (0, 0.5], at least 4 labelled images, at most 32).")
+                                f"(good-rate in ({rule.min_good_rate:g}, {rule.max_good_rate:g}], at least "
+                                f"{rule.min_images} labelled images, at most {rule.max_targets}).")
                     per_prompt = gr.Dataframe(interactive=False, max_height=400)
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_file = gr.File(label="Export", interactive=False, height=90)

@@ -265,6 +265,11 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     side = image_sides(images["image_id"].to_numpy(), image_pid, val_ids, data_cfg)
     rank = {name: r for r, name in enumerate(SIDES)}
     side_rank = np.array([rank[x] for x in side], dtype=np.int64)
+    # a pair's side: the later of its two images' sides
+    pair_rank = None
+    if pairs is not None:
+        pair_rank = np.maximum(side_rank[[index[i] for i in pairs["image_0"]]],
+                               side_rank[[index[i] for i in pairs["image_1"]]])
 
     def make_split(name: str) -> Split:
         keep_img = side == name
@@ -274,9 +279,7 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
                                    (b["good"] + b["bad"]).to_numpy(np.int64) if len(b) else np.zeros(0, np.int64),
                                    image_pid[bimg])
         if pairs is not None:
-            on_side = [max(side_rank[index[a]], side_rank[index[b]]) == rank[name]
-                       for a, b in zip(pairs["image_0"], pairs["image_1"])]
-            pr = pairs[on_side]
+            pr = pairs[pair_rank == rank[name]]
             p0 = np.array([index[i] for i in pr["image_0"]], dtype=np.int64)
             p1 = np.array([index[i] for i in pr["image_1"]], dtype=np.int64)
             pair_ex = PairExamples(p0, p1, pr["label_0"].to_numpy(np.float32), pr["prompt_id"].to_numpy())
