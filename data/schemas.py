@@ -376,3 +376,22 @@ GOLD = register(TableSpec(
     key=("image_id",),
     check=_check_gold,
 ))
+
+
+# ---------------------------------------------------------------------------------------------
+# make import: where an imported image came from, and the columns of its source that the
+# generations table has no place for (joined to generations on image_id).
+
+IMPORTS = register(TableSpec(
+    name="imports",
+    schema=_schema("imports", [
+        _f("image_id", pa.string()),
+        _f("source", pa.string()),            # the metadata or listing file, absolute path
+        _f("source_row", pa.int64()),         # 1-based data row of that file (header not counted)
+        _f("file_name", pa.string()),         # the image as the source names it
+        _f("extra", pa.string()),             # JSON object: the source's other columns of this row
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id",),
+    check=lambda t: _check_not_empty_strings(t, ("image_id", "source", "file_name")),
+))

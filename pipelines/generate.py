@@ -12,7 +12,6 @@ the round with the shapes-world renderer instead (a stand-in when no model is at
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from typing import Literal, Optional
 from tqdm import tqdm
 
 from data.errors import UserError
+from data.generations import PromptSpec, prompt_spec
 from data.loading import SHAPES_SD
 from data.sampling import SamplingConfig
 from data.schemas import GENERATIONS
@@ -56,15 +56,8 @@ class GenerateResult:
     images_in_round: int
 
 
-@dataclass(frozen=True)
-class _PromptSpec:
-    text: str
-    prompt_id: str
-    category: str
-
-
-def _prompts(cfg: GenerateConfig) -> list[_PromptSpec]:
-    from data.shapes.world import Prompt, prompt_set
+def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
+    from data.shapes.world import prompt_set
 
     if cfg.prompts_file:
         path = Path(cfg.prompts_file)
@@ -73,15 +66,9 @@ def _prompts(cfg: GenerateConfig) -> list[_PromptSpec]:
         texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
         if not texts:
             raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-        out = []
-        for t in dict.fromkeys(texts):
-            try:
-                p = Prompt.parse(t)
-                out.append(_PromptSpec(p.text, p.prompt_id, p.category))
-            except UserError:
-                out.append(_PromptSpec(t, "p-" + hashlib.sha1(t.encode()).hexdigest()[:12], "other"))
+        out = [prompt_spec(t) for t in dict.fromkeys(texts)]
     else:
-        out = [_PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
+        out = [PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
     return out[: cfg.max_prompts] if cfg.max_prompts is not None else out
 
 
@@ -134,7 +121,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     return GenerateResult(str(store.root), model_id, len(prompts), added, store.read(GENERATIONS).num_rows)
 
 
-def _render(cfg: GenerateConfig, store: Store, prompts: list[_PromptSpec]) -> GenerateResult:
+def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
     from data.generations import RENDERER, save_images
     from data.shapes.render import render
     from data.shapes.world import Prompt, perturb
