@@ -188,7 +188,7 @@ def _checked(root: str | os.PathLike, row: dict | pd.Series, want_bytes: bool) -
 
     Returns the file's path and, with ``want_bytes``, its bytes (read once: the bytes checked are
     the bytes returned)."""
-    image_id = row["image_id"]
+    image_id = row["image_id"] if "image_id" in row else getattr(row, "name", "?")  # a Series indexed by id
     path = image_file(root, row["image_path"])
     try:
         with open(path, "rb") as f:
@@ -243,5 +243,6 @@ def load_image(root: str | os.PathLike, row: dict | pd.Series) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data)).convert("RGB")
     except OSError as e:  # a header that parses over a truncated body
-        raise DataError(f"image {row['image_id']} at {image_file(root, row['image_path'])} is not a "
+        raise DataError(f"image {row.get('image_id', getattr(row, 'name', '?'))} at "
+                        f"{image_file(root, row['image_path'])} is not a "
                         f"readable image ({e}).", "restore or regenerate it.") from None

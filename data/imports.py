@@ -81,7 +81,7 @@ class ImportResult:
     source: str
     rows: int
     images_added: int
-    already_in_round: int
+    already_in_round: int  # rows whose image the round (or an earlier row of the source) already has
     converted_to_png: int
     images_in_round: int
 
@@ -122,7 +122,7 @@ def _source_file(src: Path) -> Path:
 
 def _read_source(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """The columns and the rows (1-based data row, {column: value}) of a metadata or listing file.
-    Absent values (JSON null, an empty CSV cell, a Parquet null) are left out of the row's dict."""
+    Absent values (JSON null, an empty CSV cell, a Parquet null or NaN) are left out of the row's dict."""
     suffix = path.suffix.lower()
     rows: list[tuple[int, dict]] = []
     if suffix == ".jsonl":
@@ -155,8 +155,13 @@ def _read_source(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path} is not a readable Parquet file ({e}).", "pass a valid Parquet file.") from None
-    rows = [(n, {k: v for k, v in row.items() if v is not None}) for n, row in enumerate(table.to_pylist(), 1)]
+    rows = [(n, {k: v for k, v in row.items() if not _absent(v)}) for n, row in enumerate(table.to_pylist(), 1)]
     return table.column_names, rows
+
+
+def _absent(value) -> bool:
+    """None, or the NaN pandas writes for a missing number."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _columns(path: Path, columns: list[str], cfg: ImportConfig) -> tuple[str, str]:

@@ -39,52 +39,12 @@ from data.errors import DataError, UserError
 from data.generations import image_bytes
 from data.labels import current
 from data.pairs import rankings_to_pairs
-from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS, TIMESTAMP
+from data.schemas import BINARY_LABELS, GENERATIONS, HF_BINARY_LABELS, HF_PAIRS, RANKINGS
 from data.store import Store
 
 SHARD = "train-00000-of-00001.parquet"
 ROWS_PER_GROUP = 64
 """Rows per Parquet row group: image rows are large, and the Hub's viewer reads a group at a time."""
-
-IMAGE_TYPE = pa.struct({"bytes": pa.binary(), "path": pa.string()})
-"""The Arrow storage of the ``datasets`` Image feature."""
-
-BINARY_SCHEMA = pa.schema([
-    ("image", IMAGE_TYPE),
-    ("prompt", pa.string()),
-    ("label", pa.string()),                 # good | bad | skip
-    ("image_id", pa.string()),
-    ("prompt_id", pa.string()),
-    ("model_id", pa.string()),
-    ("seed", pa.int64()),
-    ("rater_id", pa.string()),
-    ("label_id", pa.string()),
-    ("skip_reason", pa.string()),
-    ("is_gold", pa.bool_()),
-    ("duration_ms", pa.int64()),
-    ("guideline_version", pa.string()),
-    ("created_at", TIMESTAMP),
-])
-
-PAIRS_SCHEMA = pa.schema([
-    ("caption", pa.string()),
-    ("jpg_0", pa.binary()),
-    ("jpg_1", pa.binary()),
-    ("label_0", pa.float64()),
-    ("label_1", pa.float64()),
-    ("are_different", pa.bool_()),
-    ("has_label", pa.bool_()),
-    ("best_image_uid", pa.string()),        # "" for a tie, as in Pick-a-Pic
-    ("image_0_uid", pa.string()),
-    ("image_1_uid", pa.string()),
-    ("model_0", pa.string()),
-    ("model_1", pa.string()),
-    ("ranking_id", pa.string()),
-    ("user_id", pa.string()),               # the rater
-    ("num_example_per_prompt", pa.int64()),  # pairs in this export with the same caption
-    ("prompt_id", pa.string()),
-    ("created_at", TIMESTAMP),
-])
 
 # Arrow type names that differ from the `datasets` Value dtype names.
 _DTYPES = {"float": "float32", "double": "float64", "halffloat": "float16"}
@@ -165,9 +125,9 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
         (tmp / "binary_labels").mkdir(parents=True)
         (tmp / "pairs").mkdir()
         rows = {
-            "binary_labels": _write(tmp / "binary_labels" / SHARD, _with_features(BINARY_SCHEMA, ("image",)),
+            "binary_labels": _write(tmp / "binary_labels" / SHARD, _with_features(HF_BINARY_LABELS, ("image",)),
                                     _chunks(_records(binary), binary_row)),
-            "pairs": _write(tmp / "pairs" / SHARD, _with_features(PAIRS_SCHEMA, ()),
+            "pairs": _write(tmp / "pairs" / SHARD, _with_features(HF_PAIRS, ()),
                             _chunks(_records(pairs), pair_row)),
         }
         (tmp / "README.md").write_text(dataset_card(store.root, rows, gens), encoding="utf-8")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -27,7 +26,7 @@ from data.sampling import SamplingConfig
 from data.schemas import GENERATIONS
 from data.store import Store
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
+from pipelines.config import save_round_config
 
 SEED_STRIDE = 1_000_003  # seed of the i-th image of a prompt: seed * SEED_STRIDE + i
 
@@ -154,8 +153,7 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GenerateConfig, config_parser(__doc__.splitlines()[0]), argv)
     result = generate(cfg)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    save_config(cfg, Path(cfg.root) / "configs" / f"generate-{stamp}.yaml")
+    save_round_config(cfg, cfg.root, "generate")
     import json
 
     print(json.dumps(result.__dict__))

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
 
 from data.imports import ImportConfig, import_images
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
+from pipelines.config import save_round_config
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ImportConfig, config_parser(__doc__.splitlines()[0]), argv)
     result = import_images(cfg)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    save_config(cfg, Path(cfg.root) / "configs" / f"import-{stamp}.yaml")
+    save_round_config(cfg, cfg.root, "import")
     print(json.dumps(result.__dict__))
     return 0
 

@@ -102,9 +102,11 @@ def test_csv_metadata_and_parquet_listing(tmp_path):
     listing_dir.mkdir()
     _image(listing_dir / "p.png", 16, 16, seed=6)
     pd.DataFrame({"image_path": ["p.png", str(src / "x.png")], "caption": ["a red kite", "a blue kite"],
-                  "model_id": ["m1", None], "likes": [3, 5]}).to_parquet(listing_dir / "list.parquet")
+                  "model_id": ["m1", None], "seed": [5, None], "likes": [3, 5]}).to_parquet(listing_dir / "list.parquet")
     res = import_images(ImportConfig(src=str(listing_dir / "list.parquet"), root=str(root)))
     assert res.images_added == 2 and res.images_in_round == 4
+    kites = Store(root).to_pandas("generations").query("prompt.str.endswith('kite')").sort_values("prompt")
+    assert kites["seed"].tolist() == [UNKNOWN_SEED, 5] and kites["model_id"].tolist() == ["imported", "m1"]
     extra = Store(root).to_pandas("imports")
     assert sorted(json.loads(e)["likes"] for e in extra["extra"] if "likes" in e) == [3, 5]
 
