@@ -7,6 +7,9 @@ Layout (the Hub's convention: one folder per config, ``<split>-NNNNN-of-NNNNN.pa
     <out>/binary_labels/train-00000-of-00001.parquet one row per binary label (undone ones left out)
     <out>/pairs/train-00000-of-00001.parquet         one row per pair of a ranking, Pick-a-Pic layout
 
+A table with no rows is left out (``datasets`` refuses an empty split); a round with no labels at
+all is an error.
+
 ``binary_labels.image`` is stored in the layout of the ``datasets`` ``Image`` feature (a struct of
 ``bytes`` and ``path``) and declared as such in the Parquet schema metadata, so
 ``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  ``pairs`` follows
@@ -64,8 +67,6 @@ def _write(path: Path, schema: pa.Schema, batches: Iterator[list[dict]]) -> int:
         for batch in batches:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema), row_group_size=ROWS_PER_GROUP)
             rows += len(batch)
-        if rows == 0:
-            writer.write_table(schema.empty_table())
     return rows
 
 
@@ -85,14 +86,12 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
     gens = store.to_pandas(GENERATIONS).set_index("image_id", drop=False)
     binary = current(store, BINARY_LABELS.name).to_pandas()
     pairs = rankings_to_pairs(current(store, RANKINGS.name)).to_pandas()
-    known = set(gens.index)
-    for table, cols in (("binary_labels", ["image_id"]), ("pairs", ["image_0", "image_1"])):
-        df = binary if table == "binary_labels" else pairs
-        for c in cols:
-            missing = sorted(set(df[c]) - known)
-            if missing:
-                raise DataError(f"{table} of {store.root} name images not in the generations table: "
-                                f"{missing[:3]}.", "export the dataset root the labels were given in.")
+    labelled = {"binary_labels": set(binary["image_id"]), "rankings": set(pairs["image_0"]) | set(pairs["image_1"])}
+    for table, ids in labelled.items():
+        missing = sorted(set(ids) - set(gens.index))
+        if missing:
+            raise DataError(f"{table} of {store.root} name images not in the generations table: {missing[:3]}.",
+                            "export the dataset root the labels were given in.")
 
     def image(image_id: str) -> bytes:
         return image_bytes(store.root, gens.loc[image_id])
@@ -119,17 +118,21 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
                     num_example_per_prompt=per_caption[g0["prompt"]], prompt_id=r["prompt_id"],
                     created_at=r["created_at"])
 
+    # `datasets` refuses a split with no rows, so a table with none (a round ranked but not
+    # labelled good/bad, or the reverse) is left out, config and all.
+    tables = {name: (schema, records, build) for name, schema, records, build in (
+        ("binary_labels", _with_features(HF_BINARY_LABELS, ("image",)), _records(binary), binary_row),
+        ("pairs", _with_features(HF_PAIRS, ()), _records(pairs), pair_row)) if records}
+    if not tables:
+        raise UserError(f"no labels in {store.root} to export.",
+                        "label the round first (make label, or make simulate-raters).")
     tmp = directory.parent / f"_tmp-{directory.name}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an export that died: never a finished one
     try:
-        (tmp / "binary_labels").mkdir(parents=True)
-        (tmp / "pairs").mkdir()
-        rows = {
-            "binary_labels": _write(tmp / "binary_labels" / SHARD, _with_features(HF_BINARY_LABELS, ("image",)),
-                                    _chunks(_records(binary), binary_row)),
-            "pairs": _write(tmp / "pairs" / SHARD, _with_features(HF_PAIRS, ()),
-                            _chunks(_records(pairs), pair_row)),
-        }
+        rows = {}
+        for name, (schema, records, build) in tables.items():
+            (tmp / name).mkdir(parents=True)
+            rows[name] = _write(tmp / name / SHARD, schema, _chunks(records, build))
         (tmp / "README.md").write_text(dataset_card(store.root, rows, gens), encoding="utf-8")
         os.replace(tmp, directory)
     except BaseException:
@@ -144,20 +147,14 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def dataset_card(root: Path, rows: dict[str, int], gens: pd.DataFrame) -> str:
-    """README.md of the export: YAML front matter naming the two configs (so the Hub and
+    """README.md of the export: YAML front matter naming the configs written (so the Hub and
     ``load_dataset(<folder>, "pairs")`` find them), then what the columns mean."""
     models = sorted(gens["model_id"].unique())
+    configs = "".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/train-*.parquet\n"
+                      for name in rows)
     return f"""---
 configs:
-- config_name: binary_labels
-  data_files:
-  - split: train
-    path: binary_labels/train-*.parquet
-- config_name: pairs
-  data_files:
-  - split: train
-    path: pairs/train-*.parquet
-task_categories:
+{configs}task_categories:
 - text-to-image
 tags:
 - human-feedback
@@ -168,7 +165,8 @@ tags:
 # Human feedback on text-to-image samples
 
 Exported by shapes-align (`make label-export ARGS="format=hf"`) from the round `{root.name}`:
-{rows["binary_labels"]} binary labels and {rows["pairs"]} preference pairs, over {len(gens)} images of
+{rows.get("binary_labels", 0)} binary labels and {rows.get("pairs", 0)} preference pairs (a table with none is
+left out), over {len(gens)} images of
 {gens["prompt_id"].nunique()} prompts from {len(models)} model(s) ({", ".join(models[:5])}{", ..." if len(models) > 5 else ""}).
 Labels a rater took back are left out.
 

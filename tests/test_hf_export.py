@@ -105,3 +105,19 @@ def test_hf_export_cli_and_a_mismatched_file_stops_it_whole(labelled, tmp_path, 
     with pytest.raises(DataError, match=rf"image {row['image_id']} .* is 48x32"):
         export_round(Store(root), tmp_path / "bad", format="hf")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("_tmp-*"))
+
+
+def test_a_table_without_rows_is_left_out_and_no_labels_is_an_error(tmp_path):
+    from data.errors import UserError
+
+    store = Store(tmp_path / "round")
+    render_round(store, prompt_set("train")[:2], per_prompt=2, seed=4)
+    with pytest.raises(UserError, match="no labels in"):
+        export_round(store, tmp_path / "none", format="hf")
+    assert not (tmp_path / "none").exists()
+    simulate_round(store, default_panel(1), overlap=1, ranking=False)
+    out = export_round(store, tmp_path / "binary-only", format="hf")
+    assert out.rows == {"binary_labels": 4} and sorted(p.name for p in out.directory.iterdir()) == [
+        "README.md", "binary_labels"]
+    assert "config_name: pairs" not in (out.directory / "README.md").read_text()
+    assert len(_load((out.directory / "binary_labels").glob("*.parquet"), tmp_path)) == 4
