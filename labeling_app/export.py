@@ -3,7 +3,9 @@
 ``<root>/exports/<UTC timestamp>/`` receives one Parquet file per table (binary_labels, rankings,
 pairs derived from the rankings, generations, gold) with the canonical schemas, a ``summary.json``
 of the round's statistics, and a zip of all of them (what the admin tab offers for download).
-Images stay where they are: ``generations.image_path`` is relative to the dataset root.
+Images stay where they are: ``generations.image_path`` is relative to the dataset root.  With
+``format="hf"`` it writes ``<root>/exports/<UTC timestamp>-hf/`` instead: a Hugging Face dataset
+folder with the images in it (:mod:`labeling_app.hf_export`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 
@@ -27,16 +30,27 @@ from labeling_app.stats import round_report
 EXPORTS_DIR = "exports"
 
 
+ExportFormat = Literal["parquet", "hf"]
+"""parquet: the canonical tables + summary, zipped; hf: a Hugging Face dataset folder with the
+images (:mod:`labeling_app.hf_export`)."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     directory: Path
-    zip_path: Path
+    zip_path: Path | None  # None for format hf (a dataset folder, not zipped)
     rows: dict[str, int]
 
 
-def export_round(store: Store, out_dir: str | os.PathLike | None = None) -> ExportResult:
+def export_round(store: Store, out_dir: str | os.PathLike | None = None,
+                 format: ExportFormat = "parquet") -> ExportResult:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    directory = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / stamp
+    directory = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / (stamp + ("-hf" if format == "hf" else ""))
+    if format == "hf":
+        from labeling_app.hf_export import write_hf_dataset
+
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        return ExportResult(directory, None, write_hf_dataset(store, directory))
     directory.mkdir(parents=True, exist_ok=False)
     rankings = current(store, RANKINGS.name)
     tables = {
