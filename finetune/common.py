@@ -354,6 +354,10 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
         raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "
                         f"this run samples {width}x{height}.",
                         "set sampling.height equal to sampling.width, or use a learned reward and curve_every=0.")
+    if height != width and cfg.method == "rwl" and cfg.rwl.pretrain_source == "shapes":
+        raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
+                        "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
+                        "of images at that size.")
     if reward_fn is None and cfg.reward.kind == "learned" and not Path(cfg.reward.path).is_dir():
         raise UserError(f"reward model folder {cfg.reward.path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")

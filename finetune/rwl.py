@@ -154,13 +154,9 @@ def build_pretrain_set(run: Run) -> LatentSet:
         from data.shapes.render import render
         from data.shapes.world import prompt_set
 
-        if size[0] != size[1]:
-            raise UserError(f"rwl.pretrain_source=shapes renders square images; the model is fine-tuned at "
-                            f"{size[1]}x{size[0]}.", "set sampling.height equal to sampling.width, or "
-                            "rwl.pretrain_source to a dataset root of images at that size.")
         prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
         seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
-        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, seeds)])
+        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, seeds)])  # square: _check_inputs
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()

@@ -95,6 +95,7 @@ def test_rwl_at_a_non_native_size(tiny_sd, reward, tmp_path):
     assert m["d_pre"]["images"] == 4 and all(np.isfinite(h["loss"]) for h in m["history"])
     with pytest.raises(UserError, match="renders square images"):
         train_rwl(finetune_cfg(tiny_sd, reward, tmp_path / "shapes", "rwl"), progress=False)
+    assert not (tmp_path / "shapes").exists()  # refused before anything is written
     with pytest.raises(UserError, match=r"is 40x48 \(width x height\), the model is fine-tuned at 48x48"):
         train_rwl(finetune_cfg(tiny_sd, reward, tmp_path / "other", "rwl", f"rwl.pretrain_source={root}",
                                "sampling.width=48"), progress=False)
