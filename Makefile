@@ -93,7 +93,7 @@ CONFIG ?=
 finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
 
-eval: install  ## base vs fine-tuned models on held-out prompts -> reports/eval/ [ARGS="k=v"]
+eval: install  ## base vs fine-tuned models on the same prompts and seeds (ARGS="prompts_file=F base=DIR models=[name=RUN]") -> reports/eval/
 	$(PY) -m pipelines.evaluate $(ARGS)
 
 bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)

@@ -40,6 +40,20 @@ def check_folder(path: Path, marker: str, what: str) -> None:
                         f"pass a folder saved with save_pretrained (containing {marker}).")
 
 
+def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
+    """(UNet sample_size in latent pixels, VAE scale factor) of a StableDiffusionPipeline folder,
+    read from its config files without loading weights (to check a requested image size before
+    anything runs; ``data.sampling.image_size``)."""
+    path = Path(path)
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        return unet["sample_size"], 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"could not read the UNet and VAE configs of {path}: {e}",
+                        "check that the folder is complete (unet/config.json, vae/config.json).") from None
+
+
 def model_fingerprint(path: str | os.PathLike) -> str:
     """A location-independent identity of a model folder (16 hex digits): every JSON file's relative
     path and bytes, and every weight file's relative path, size and the SHA-256 of its first and

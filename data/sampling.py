@@ -4,11 +4,13 @@ with log-probs lives in finetune/).  Used by ``make generate``, evaluation and t
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from data.errors import UserError
 from data.generations import SamplerSettings
 
 
@@ -22,13 +24,40 @@ class SamplingConfig:
     guidance_scale: float = 5.0
     eta: float = 1.0
     batch_size: int = 32
-    height: int | None = None  # None: the pipeline's native size (unet.sample_size * VAE factor)
+    # pixels; None: the pipeline's native size (unet.sample_size * VAE factor); see image_size
+    height: int | None = None
     width: int | None = None
 
     def settings(self, pipe) -> SamplerSettings:
         return SamplerSettings(sampler=type(pipe.scheduler).__name__,
                                num_inference_steps=self.num_inference_steps,
                                guidance_scale=self.guidance_scale, eta=self.eta)
+
+
+def image_size(height: int | None, width: int | None, sample_size, vae_scale_factor: int) -> tuple[int, int]:
+    """(height, width) in pixels to sample or train at: the given ones, or the UNet's native size
+    ``sample_size`` (latent pixels, an int or (h, w)) times ``vae_scale_factor``.
+
+    Each must be a positive multiple of the VAE scale factor (the latents are size / factor) and of
+    8, which diffusers' StableDiffusionPipeline checks, so that a fine-tuned model samples at the
+    size it was trained at; for Stable Diffusion (factor 8) that is 8."""
+    native_h, native_w = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    native = (native_h * vae_scale_factor, native_w * vae_scale_factor)
+    step = math.lcm(vae_scale_factor, 8)
+    size = (native[0] if height is None else height, native[1] if width is None else width)
+    for name, value in zip(("height", "width"), size):
+        if value <= 0 or value % step:
+            raise UserError(
+                f"{name}={value} pixels is not a positive multiple of {step} (the VAE's scale factor is "
+                f"{vae_scale_factor}, and diffusers' pipeline needs multiples of 8).",
+                f"set sampling.height and sampling.width to multiples of {step}, or leave them out for the "
+                f"model's native {native[0]}x{native[1]}.")
+    return size
+
+
+def pipeline_image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """:func:`image_size` for a loaded StableDiffusionPipeline."""
+    return image_size(height, width, pipe.unet.config.sample_size, pipe.vae_scale_factor)
 
 
 def finite_ddim(scheduler):
@@ -75,6 +104,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     seed, so an image does not depend on the batch it was drawn in."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
+    height, width = pipeline_image_size(pipe, cfg.height, cfg.width)
     out: list[Image.Image] = []
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
@@ -83,7 +113,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
             p = prompts[start:start + cfg.batch_size]
             g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
             result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                          eta=cfg.eta, generator=g, height=cfg.height, width=cfg.width, output_type="pil")
+                          eta=cfg.eta, generator=g, height=height, width=width, output_type="pil")
             out.extend(result.images)
             if progress is not None:
                 progress.update(len(p))

@@ -307,6 +307,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
+    image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
 
     @property
     def device(self):
@@ -324,15 +325,14 @@ class Run:
 
 def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
     """A checkpoint only continues the run that wrote it: same config except how long it runs."""
-    import yaml
-
-    from pipelines.config import to_dict
+    from pipelines.config import load_config, to_dict
 
     saved = out / "config.yaml"
     if not saved.exists():
         return
     free = {"resume", "overwrite", "output_dir"}
-    old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in free}
+    # through the loader, so keys added since that run began (at their defaults) compare equal
+    old = {k: v for k, v in to_dict(load_config(FinetuneConfig, saved)).items() if k not in free}
     new = {k: v for k, v in to_dict(cfg).items() if k not in free}
     for tree in (old, new):
         tree.get("dpok", {}).pop("rounds", None)
@@ -345,9 +345,19 @@ def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
 
 def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
     """Fail on missing inputs before anything is written."""
-    from data.loading import check_folder
+    from data.loading import check_folder, pipeline_geometry
+    from data.sampling import image_size
 
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
+    height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
+    if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
+        raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "
+                        f"this run samples {width}x{height}.",
+                        "set sampling.height equal to sampling.width, or use a learned reward and curve_every=0.")
+    if height != width and cfg.method == "rwl" and cfg.rwl.pretrain_source == "shapes":
+        raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
+                        "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
+                        "of images at that size.")
     if reward_fn is None and cfg.reward.kind == "learned" and not Path(cfg.reward.path).is_dir():
         raise UserError(f"reward model folder {cfg.reward.path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
@@ -356,6 +366,7 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
     """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
     returns the run and the newest checkpoint's state (None when starting fresh)."""
+    from data.sampling import pipeline_image_size
     from finetune.policy import DiffusionPolicy
     from finetune.scheduler import DDIMSchedule
 
@@ -382,9 +393,10 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
-    ucfg = comps.pipe.unet.config
+    height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
+    factor = comps.pipe.vae_scale_factor
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              (ucfg.in_channels, ucfg.sample_size, ucfg.sample_size))
+              (comps.pipe.unet.config.in_channels, height // factor, width // factor), (height, width))
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

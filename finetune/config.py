@@ -43,6 +43,10 @@ class PolicySamplingConfig:
     num_steps: int = 20
     eta: float = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
     guidance_scale: float = 5.0  # the shapes model samples best at 5 (with eta 1)
+    # pixels, multiples of the VAE scale factor and 8; None: the UNet's native size
+    # (sample_size * VAE factor); see data.sampling.image_size
+    height: int | None = None
+    width: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
 """Evaluate the base model and fine-tuned models on the same prompts with the same seeds.
 
-Per model: mean reward (the learned reward model), oracle alignment by category (shapes world;
-see :func:`data.shapes.oracle.alignment_by_category`), and a fidelity proxy: the Frechet distance
-between CLIP image embeddings of the model's samples and of renders of the same prompts (FID's
-formula in CLIP space; lower is closer to the true image distribution).  Writes a Markdown table,
-metrics.json and, per model, a PNG grid of the same seeds.
+Any Stable Diffusion pipeline and any prompts.  Per model: the learned reward (mean, and the
+win-rate against the base: the share of (prompt, seed) pairs whose image the reward scores above
+the base's image of the same pair, ties counting half), and a fidelity proxy: the Frechet distance
+between CLIP image embeddings of the model's samples and of a reference set (FID's formula in CLIP
+space; lower is closer), the reference being a folder of images when given, else renders of the
+same prompts in the shapes world, else the base model's own samples.  When every prompt is a
+shapes-world prompt it adds the oracle's alignment by category
+(:func:`data.shapes.oracle.alignment_by_category`) on the prompts, on control prompts and on
+unseen prompts.  Writes a Markdown table, metrics.json and, per model, a PNG grid of the same
+seeds.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import torch
 from PIL import Image
 
 from data.errors import UserError
-from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder, load_clip, load_sd_pipeline
-from data.sampling import SamplingConfig, generate_images
+from data.jsonable import json_safe
+from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder, load_clip, load_sd_pipeline, pipeline_geometry
+from data.sampling import SamplingConfig, generate_images, image_size
 from data.shapes.oracle import alignment_by_category, judge
 from data.shapes.render import render
 from data.shapes.world import Prompt, prompt_set
@@ -28,18 +34,25 @@ from finetune.common import image_grid, load_reward, pil_to_tensor, score_in_bat
 from finetune.config import RewardConfig
 
 ALIGNMENT_KEYS = ("color", "count", "background", "combination", "overall")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a reference folder's images may be
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     base: str = str(SHAPES_SD)
-    # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); missing ones are skipped
+    # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); one that is not there
+    # is an error
     models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
     split: str = "heldout"  # shapes-world prompt set evaluated (the fine-tuning targets)
-    prompts_file: str | None = None  # one prompt per line: evaluated instead of `split`
-    # prompts never fine-tuned on, reported as generalisation (minus any evaluated prompt); None: none
+    prompts_file: str | None = None  # any prompts, one per line: evaluated instead of `split`
+    # shapes-world prompts never fine-tuned on, reported as generalisation (minus any evaluated
+    # prompt); None: none
     generalization_split: str | None = None
-    control_split: bool = True  # also evaluate control prompts (train prompts with one or two objects)
+    # shapes-world prompts only: also evaluate control prompts (train prompts with one or two objects)
+    control_split: bool = True
+    # a folder of images (any size; sub-folders too): the fidelity reference.  None: renders of the
+    # prompts (shapes-world prompts) or the base model's samples (any other prompts)
+    reference_images: str | None = None
     samples_per_prompt: int = 4
     seed: int = 1234
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -52,13 +65,20 @@ class EvalConfig:
 @dataclass
 class ModelEval:
     name: str
-    alignment: dict[str, float]  # on the evaluated (target) prompts
+    alignment: dict[str, float]  # oracle, on the evaluated (target) prompts; {} unless shapes-world prompts
     controls: dict[str, float]
-    reward: float
-    fidelity: float
+    reward: float  # mean over the evaluated prompts' images
+    fidelity: float  # CLIP-FD to the reference (EvalReport.fidelity_reference)
     n_images: int
     generalization: dict[str, float] = field(default_factory=dict)  # unseen prompts (NaN if none)
     per_prompt: dict[str, float] = field(default_factory=dict)  # evaluated prompt -> share of samples aligned
+    reward_win_rate: float | None = None  # against the base on the same seeds (win_rate); None for the base
+
+
+def win_rate(rewards: np.ndarray, base_rewards: np.ndarray) -> float:
+    """Share of paired images (same prompt and seed, (N,) each) where ``rewards`` beats the base's,
+    a tie counting half: 0.5 means no better than the base."""
+    return float(np.mean((rewards > base_rewards) + 0.5 * (rewards == base_rewards)))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,27 +107,39 @@ def clip_image_embeddings(clip, images: torch.Tensor, batch_size: int = 64) -> n
     return torch.cat(out).numpy()
 
 
+def _check_finetuned(run_dir: Path) -> None:
+    if not (run_dir / "model_index.json").is_file() and not (run_dir / "pytorch_lora_weights.safetensors").is_file():
+        raise UserError(f"{run_dir} holds no fine-tuned model (no LoRA weights, no pipeline).",
+                        "run `make finetune` first, or pass the folder it wrote.")
+
+
 def load_finetuned(base: str | os.PathLike, run_dir: str | os.PathLike, device=None):
     """A pipeline for a fine-tuning output: a full pipeline folder, or base + LoRA weights."""
     run_dir = Path(run_dir)
+    _check_finetuned(run_dir)
     if (run_dir / "model_index.json").is_file():
         return load_sd_pipeline(run_dir, device=device)
-    if not (run_dir / "pytorch_lora_weights.safetensors").is_file():
-        raise UserError(f"{run_dir} holds no fine-tuned model (no LoRA weights, no pipeline).",
-                        "run `make finetune` first, or pass the folder it wrote.")
     pipe = load_sd_pipeline(base, device=device)
     pipe.load_lora_weights(run_dir)
     return pipe
 
 
 def _models(cfg: EvalConfig) -> list[tuple[str, Path]]:
-    out = []
+    """The named runs, each checked to be there and to hold a fine-tuned model."""
+    out: list[tuple[str, Path]] = []
     for item in cfg.models:
-        if "=" not in item:
+        name, _, path = item.partition("=")
+        name = name.strip()
+        if not path or not name:
             raise UserError(f"model '{item}' is not name=path.", "write e.g. models=[dpok=runs/finetune-dpok].")
-        name, path = item.split("=", 1)
-        if Path(path).exists():
-            out.append((name, Path(path)))
+        if name == "base" or name in dict(out):
+            raise UserError(f"model name '{name}' is used twice (the base model is 'base').",
+                            "give each run its own name, e.g. models=[a=runs/x, b=runs/y].")
+        if not Path(path).exists():
+            raise UserError(f"model {name}: the run folder {path} does not exist.",
+                            "fix the path, or leave that run out of models=[...].")
+        _check_finetuned(Path(path))
+        out.append((name, Path(path)))
     return out
 
 
@@ -117,63 +149,116 @@ def control_prompts(exclude: set[str] = frozenset()) -> list[Prompt]:
     return [p for p in prompt_set("train") if p.count <= 2 and p.text not in exclude]
 
 
-def evaluated_prompts(cfg: EvalConfig) -> list[Prompt]:
-    """The target prompts: ``prompts_file`` (shapes-world prompts, one per line) or ``split``."""
+def evaluated_prompts(cfg: EvalConfig) -> list[str]:
+    """The target prompts: ``prompts_file`` (any prompts, one per line) or the shapes-world ``split``."""
     if not cfg.prompts_file:
-        return prompt_set(cfg.split)  # raises on an unknown split
+        return [p.text for p in prompt_set(cfg.split)]  # raises on an unknown split
     path = Path(cfg.prompts_file)
     if not path.is_file():
         raise UserError(f"prompts file {path} does not exist.", "pass a text file, one prompt per line.")
     texts = [t.strip() for t in path.read_text().splitlines() if t.strip()]
     if not texts:
         raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-    return [Prompt.parse(t) for t in texts]
+    return texts
+
+
+def shapes_prompts(texts: list[str]) -> list[Prompt] | None:
+    """The texts as shapes-world prompts, or None when any of them is not one (no oracle then)."""
+    try:
+        return [Prompt.parse(t) for t in texts]
+    except UserError:
+        return None
+
+
+def reference_embeddings(clip, folder: str | os.PathLike, batch_size: int = 64) -> np.ndarray:
+    """CLIP image embeddings (N, D) of every image under ``folder``, in sorted path order; images
+    of any sizes (``batch_size`` files at a time, each size one batch through
+    :func:`clip_image_embeddings`)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"reference image folder {root} does not exist.",
+                        "pass a folder of images as reference_images=, or leave it out.")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"reference image folder {root} holds {len(files)} image(s); a Frechet distance needs "
+                        f"at least 2.", f"put the reference images ({', '.join(IMAGE_SUFFIXES)}) in it.")
+    rows: list[np.ndarray] = [np.empty(0)] * len(files)
+    for start in range(0, len(files), batch_size):
+        by_size: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                with Image.open(files[i]) as im:
+                    rgb = im.convert("RGB")
+            except OSError as e:
+                raise UserError(f"reference image {files[i]} is not a readable image ({e}).",
+                                "remove it from the reference folder or replace it.") from None
+            by_size.setdefault(rgb.size, []).append((i, rgb))
+        for group in by_size.values():
+            for (i, _), e in zip(group, clip_image_embeddings(clip, pil_to_tensor([im for _, im in group]))):
+                rows[i] = e
+    return np.stack(rows)
 
 
 def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
+    """Sample the base and every named run on the same prompts and seeds, score and compare them,
+    and write ``cfg.output_dir`` (see the module docstring).  Every input is checked before any
+    sampling: a run, reward, CLIP or reference folder that is not there is one clear error."""
     check_folder(Path(cfg.base), "model_index.json", "Stable Diffusion pipeline")
-    prompts = evaluated_prompts(cfg)
-    chosen = {p.text for p in prompts}
+    image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.base))
+    main_texts = evaluated_prompts(cfg)
+    prompts = shapes_prompts(main_texts)  # None: not all shapes-world prompts, no oracle
+    if prompts is not None:
+        main_texts = [p.text for p in prompts]  # the canonical spelling the oracle and renderer parse
+    if prompts is None and (cfg.generalization_split or cfg.reward.kind == "oracle"):
+        raise UserError("generalization_split and reward.kind=oracle need shapes-world prompts (the oracle "
+                        "judges them); some evaluated prompts are not.",
+                        "leave generalization_split out and use a learned reward (reward.path=<RewardModel folder>).")
+    chosen = set(main_texts)
     unseen = [p for p in prompt_set(cfg.generalization_split) if p.text not in chosen] if cfg.generalization_split else []
-    controls = control_prompts(chosen) if cfg.control_split else []
-    reward = load_reward(cfg.reward, device=None) if cfg.reward.kind == "oracle" or Path(cfg.reward.path).is_dir() else None
-    clip = load_clip(cfg.clip) if Path(cfg.clip).is_dir() else None
+    controls = control_prompts(chosen) if cfg.control_split and prompts is not None else []
     names = [("base", Path(cfg.base))] + _models(cfg)
-    all_prompts = prompts + controls + unseen
-    texts = [p.text for p in all_prompts for _ in range(cfg.samples_per_prompt)]
+    reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
+    clip = load_clip(cfg.clip)
+    k = cfg.samples_per_prompt
+    n_main = len(main_texts) * k
+    if n_main < 2:
+        raise UserError(f"{n_main} sample per model: the fidelity proxy (a Frechet distance) needs at least 2.",
+                        "raise samples_per_prompt, or evaluate more prompts.")
+    reference = reference_embeddings(clip, cfg.reference_images) if cfg.reference_images else None
+    texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k)]
     seeds = [cfg.seed * 1000 + i for i in range(len(texts))]  # the same seeds for every model
-    n_main = len(prompts) * cfg.samples_per_prompt
-    n_ctrl = len(controls) * cfg.samples_per_prompt
+    n_ctrl = len(controls) * k
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reference = None
-    results = []
+    results, base_rewards = [], None
     for name, path in names:
         pipe = load_sd_pipeline(path) if name == "base" else load_finetuned(cfg.base, path)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress)
-        size = images[0].size[0]
-        verdicts = [judge(im, t) for im, t in zip(images, texts)]
-        parsed = [Prompt.parse(t) for t in texts]
-        align = alignment_by_category(parsed[:n_main], verdicts[:n_main])
-        ctrl = alignment_by_category(parsed[n_main:n_main + n_ctrl], verdicts[n_main:n_main + n_ctrl]) if controls else {}
-        gen = alignment_by_category(parsed[n_main + n_ctrl:], verdicts[n_main + n_ctrl:]) if unseen else {}
         tensor = pil_to_tensor(images[:n_main])
-        mean_reward = float("nan")
-        if reward is not None:
-            mean_reward = float(score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size).mean())
-        fidelity = float("nan")
-        if clip is not None:
-            if reference is None:
-                renders = pil_to_tensor([render(t, s, size) for t, s in zip(texts[:n_main], seeds[:n_main])])
-                reference = clip_image_embeddings(clip, renders)
-            fidelity = frechet_distance(clip_image_embeddings(clip, tensor), reference)
-        results.append(ModelEval(name, {k: align[k] for k in ALIGNMENT_KEYS},
-                                 {k: ctrl.get(k, float("nan")) for k in ALIGNMENT_KEYS}, mean_reward, fidelity, n_main,
-                                 {k: gen.get(k, float("nan")) for k in ALIGNMENT_KEYS},
-                                 _pass_rates(texts[:n_main], verdicts[:n_main])))
+        scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
+        rewards = scores.float().cpu().numpy()
+        embeddings = clip_image_embeddings(clip, tensor)
+        if reference is None:  # renders of the same prompts (shapes world), else the base's samples
+            reference = embeddings if prompts is None else clip_image_embeddings(clip, pil_to_tensor(
+                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], seeds[:n_main])]))
+        align, ctrl, gen, per_prompt = {}, {}, {}, {}
+        if prompts is not None:
+            verdicts = [judge(im, t) for im, t in zip(images, texts)]
+            parsed = [Prompt.parse(t) for t in texts]
+            align = alignment_by_category(parsed[:n_main], verdicts[:n_main])
+            ctrl = alignment_by_category(parsed[n_main:n_main + n_ctrl], verdicts[n_main:n_main + n_ctrl]) if controls else {}
+            gen = alignment_by_category(parsed[n_main + n_ctrl:], verdicts[n_main + n_ctrl:]) if unseen else {}
+            align = {k_: align[k_] for k_ in ALIGNMENT_KEYS}
+            ctrl = {k_: ctrl.get(k_, float("nan")) for k_ in ALIGNMENT_KEYS}
+            gen = {k_: gen.get(k_, float("nan")) for k_ in ALIGNMENT_KEYS}
+            per_prompt = _pass_rates(texts[:n_main], verdicts[:n_main])
+        results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
+                                 n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards)))
+        if base_rewards is None:
+            base_rewards = rewards
         _save_grid(images, texts, cfg, out / f"samples-{name}.png")
         del pipe
-    write_report(results, cfg, out)
+    write_report(results, cfg, out, oracle=prompts is not None)
     return results
 
 
@@ -192,26 +277,45 @@ def _save_grid(images, texts, cfg: EvalConfig, path: Path) -> None:
     (path.with_suffix(".txt")).write_text("\n".join(texts[i * k] for i in range(len(rows) // k)) + "\n")
 
 
+def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
+    return (f"the images in {cfg.reference_images}" if cfg.reference_images
+            else "renders of the same prompts" if oracle else "the base model's samples")
+
+
 def markdown_table(results: list[ModelEval]) -> str:
-    head = ("| model | " + " | ".join(ALIGNMENT_KEYS)
-            + " | generalization overall | controls overall | mean reward | fidelity (CLIP-FD, lower is better) |")
-    sep = "|" + "---|" * (len(ALIGNMENT_KEYS) + 5)
-    rows = [head, sep]
+    """One row per model; the oracle's alignment columns only when the results have them."""
+    oracle = bool(results and results[0].alignment)
+    cols = [*ALIGNMENT_KEYS, "generalization overall", "controls overall"] if oracle else []
+    head = "| model | " + " | ".join(cols + ["mean reward", "reward win-rate vs base",
+                                             "fidelity (CLIP-FD, lower is better)"]) + " |"
+    rows = [head, "|" + "---|" * (len(cols) + 4)]
     for r in results:
-        cells = [f"{r.alignment[k]:.3f}" for k in ALIGNMENT_KEYS]
-        rows.append(f"| {r.name} | " + " | ".join(cells)
-                    + f" | {r.generalization.get('overall', float('nan')):.3f} | {r.controls['overall']:.3f}"
-                    f" | {r.reward:.3f} | {r.fidelity:.4f} |")
+        cells = ([f"{r.alignment[k]:.3f}" for k in ALIGNMENT_KEYS]
+                 + [f"{r.generalization.get('overall', float('nan')):.3f}", f"{r.controls['overall']:.3f}"]
+                 if oracle else [])
+        win = "-" if r.reward_win_rate is None else f"{r.reward_win_rate:.3f}"
+        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, f"{r.fidelity:.4f}"]) + " |")
     return "\n".join(rows)
 
 
-def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path) -> None:
+def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True) -> None:
     from pipelines.config import to_dict
 
     table = markdown_table(results)
-    (out / "results.md").write_text(
+    about = ("Alignment: oracle verdicts by category; controls: train prompts with one or two objects.\n\n" if oracle
+             else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
+    _write_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
-        f"(seed {cfg.seed})\n\n"
-        f"Alignment: oracle verdicts by category; controls: train prompts with one or two objects.\n\n{table}\n")
-    (out / "metrics.json").write_text(json.dumps(
-        {"config": to_dict(cfg), "models": {r.name: asdict(r) for r in results}}, indent=2))
+        f"(seed {cfg.seed})\n\n{about}"
+        f"Reward win-rate: the share of (prompt, seed) pairs whose image the reward scores above the base's "
+        f"(ties count half). Fidelity: CLIP-space Frechet distance to {fidelity_reference(cfg, oracle)}.\n\n"
+        f"{table}\n")
+    _write_atomic(out / "metrics.json", json.dumps(json_safe(
+        {"config": to_dict(cfg), "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
+         "models": {r.name: asdict(r) for r in results}}), indent=2))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -70,11 +70,6 @@ def _encode_images(vae, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _image_size(run: Run) -> int:
-    vae = run.comps.pipe.vae
-    return run.latent_shape[1] * 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 @torch.no_grad()
 def build_model_set(run: Run) -> LatentSet:
     """D_model: samples of the (still unchanged) model for every training prompt, scored once."""
@@ -106,7 +101,9 @@ def _concat(a: LatentSet, b: LatentSet) -> LatentSet:
                      torch.cat([a.weights, b.weights]), torch.cat([a.rewards, b.rewards]))
 
 
-def _load_generations(root: Path, keep: Callable | None, size: int) -> tuple[torch.Tensor, list[str]]:
+def _load_generations(root: Path, keep: Callable | None, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """The images (N, 3, H, W) of a dataset root's generations (those ``keep(store)`` lists), which
+    must all be ``size`` = (H, W) pixels, and their prompts."""
     from data.generations import load_image
     from data.store import Store
 
@@ -120,9 +117,10 @@ def _load_generations(root: Path, keep: Callable | None, size: int) -> tuple[tor
     images = []
     for _, row in gens.iterrows():
         im = load_image(root, row)
-        if im.size != (size, size):
-            raise UserError(f"image {row['image_id']} in {root} is {im.size[0]}x{im.size[1]}, the model "
-                            f"works at {size}x{size}.", "use images of the model's resolution.")
+        if im.size != (size[1], size[0]):  # PIL: (width, height)
+            raise UserError(f"image {row['image_id']} in {root} is {im.size[0]}x{im.size[1]} (width x height), "
+                            f"the model is fine-tuned at {size[1]}x{size[0]}.",
+                            "use images of that size, or set sampling.height / sampling.width to theirs.")
         images.append(im)
     return pil_to_tensor(images), gens["prompt"].tolist()
 
@@ -137,7 +135,7 @@ def _labeled_good(run: Run) -> LatentSet:
         share = (labels["label"] == "good").groupby(labels["image_id"]).mean()
         return share[share > 0.5].index
 
-    images, prompts = _load_generations(Path(run.cfg.rwl.dataset_root), good_ids, _image_size(run))
+    images, prompts = _load_generations(Path(run.cfg.rwl.dataset_root), good_ids, run.image_size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()
     ones = torch.ones(len(prompts))
     return LatentSet(latents, prompts, ones, ones)
@@ -151,14 +149,14 @@ def build_pretrain_set(run: Run) -> LatentSet:
     base model's own training distribution, the train prompts, whatever prompts are fine-tuned: renders
     of the target prompts would hand RWL the right answers, and D_pre's job is to keep the rest of the
     model where it was (eq. 2's beta term)."""
-    r, size = run.cfg.rwl, _image_size(run)
+    r, size = run.cfg.rwl, run.image_size
     if r.pretrain_source == "shapes":
         from data.shapes.render import render
         from data.shapes.world import prompt_set
 
         prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
         seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
-        images = pil_to_tensor([render(p, s, size) for p, s in zip(prompts, seeds)])
+        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, seeds)])  # square: _check_inputs
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()

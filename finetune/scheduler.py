@@ -1,19 +1,65 @@
 """The one adapter from a diffusers scheduler to the pure functions of :mod:`finetune.rl_math`.
 
 The policy samples with DDIM (eta > 0 makes every step a Gaussian with a log-prob).  Any scheduler
-config of a Stable Diffusion folder (DDIM, PNDM, Euler, ...) carries the same beta schedule, so the
-adapter rebuilds it as a ``DDIMScheduler`` and reads off, for each inference step, the timestep and
-the alpha-bars either side of it, with exactly the indexing of ``DDIMScheduler.step``.
+config of a Stable Diffusion folder (DDIM, PNDM, Euler, DPM-Solver, ...) carries the model's noise
+schedule, so the adapter rebuilds it as a ``DDIMScheduler`` (:func:`ddim_scheduler`) and reads off,
+for each inference step, the timestep and the alpha-bars either side of it, with exactly the
+indexing of ``DDIMScheduler.step``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from data.errors import UserError
 from finetune.rl_math import PredictionType, StepGaussian, ddim_sigma, ddim_step
+
+log = logging.getLogger(__name__)
+
+# Stable Diffusion v1's DDIM settings (its own scheduler configs): what DDIM samples with when the
+# pipeline's scheduler is another kind, whose spacing keys describe that other sampler.
+SD_DDIM_SETTINGS = dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                        clip_sample=False, thresholding=False)
+_said: set[str] = set()  # notes already logged by this process
+
+
+def ddim_scheduler(scheduler):
+    """The ``DDIMScheduler`` the policy samples with, and a sentence saying how it was built from
+    the pipeline's ``scheduler`` (None when that is DDIM, taken as it is).
+
+    Another kind's config (PNDM, Euler, Euler-ancestral, DDPM, LMS, DPM-Solver++) gives the model's
+    noise schedule: num_train_timesteps, the betas, prediction_type, rescale_betas_zero_snr.  Its
+    step-spacing keys belong to that sampler: it lacks set_alpha_to_one (DDIMScheduler's default,
+    true, makes the last step deterministic), and Euler, LMS and DPM-Solver write
+    timestep_spacing="linspace", DDPM "leading" with steps_offset=0, with either of which DDIM's last
+    step goes from t=0 to alpha-bar(0) again: sigma = 0, no log-probability.  So DDIM takes Stable
+    Diffusion's settings (SD_DDIM_SETTINGS), except "trailing" spacing for a config that asks for
+    it or rescales to zero terminal SNR: such a model starts from pure noise at t=T-1 (Lin et al.
+    2024), which leading spacing never visits.
+    """
+    from diffusers import DDIMScheduler
+
+    cfg = scheduler.config
+    if isinstance(scheduler, DDIMScheduler):
+        if cfg.get("thresholding", False) or cfg.get("clip_sample", False):
+            raise UserError(
+                "the pipeline's scheduler clips or thresholds the predicted x0, which makes the DDIM "
+                "step non-Gaussian.",
+                "set clip_sample=false and thresholding=false in scheduler/scheduler_config.json "
+                "(Stable Diffusion's own config has both false).")
+        return DDIMScheduler.from_config(cfg), None
+    settings = dict(SD_DDIM_SETTINGS)
+    if cfg.get("timestep_spacing") == "trailing" or cfg.get("rescale_betas_zero_snr", False):
+        settings["timestep_spacing"] = "trailing"
+    ddim = DDIMScheduler.from_config(cfg, **settings)
+    note = (f"the pipeline's scheduler is {type(scheduler).__name__}; fine-tuning samples with DDIM on its "
+            f"noise schedule ({ddim.config.beta_schedule} betas, {ddim.config.prediction_type}"
+            f"{', zero terminal SNR' if ddim.config.rescale_betas_zero_snr else ''}) with Stable Diffusion's "
+            f"DDIM settings: set_alpha_to_one=false, steps_offset=1, timestep_spacing={settings['timestep_spacing']}.")
+    return ddim, note
 
 
 @dataclass(frozen=True)
@@ -47,16 +93,10 @@ class DDIMSchedule:
 
     @classmethod
     def from_scheduler(cls, scheduler, num_inference_steps: int, eta: float) -> "DDIMSchedule":
-        from diffusers import DDIMScheduler
-
-        cfg = scheduler.config
-        if cfg.get("thresholding", False) or (isinstance(scheduler, DDIMScheduler) and cfg.get("clip_sample", False)):
-            raise UserError(
-                "the pipeline's scheduler clips or thresholds the predicted x0, which makes the DDIM "
-                "step non-Gaussian.",
-                "set clip_sample=false and thresholding=false in scheduler/scheduler_config.json "
-                "(Stable Diffusion's own config has both false).")
-        ddim = DDIMScheduler.from_config(cfg, clip_sample=False, thresholding=False)
+        ddim, note = ddim_scheduler(scheduler)
+        if note is not None and note not in _said:  # once per process, however many runs it makes
+            _said.add(note)
+            log.warning(note)
         ddim.set_timesteps(num_inference_steps)
         timesteps = ddim.timesteps.clone().long()
         prev = timesteps - ddim.config.num_train_timesteps // ddim.num_inference_steps
@@ -71,5 +111,8 @@ class DDIMSchedule:
             raise UserError(
                 f"DDIM steps at timesteps {bad} are deterministic (sigma = 0), so they have no "
                 "log-probability.",
-                "set set_alpha_to_one=false in the scheduler config (as Stable Diffusion does).")
+                "set set_alpha_to_one=false in the scheduler config (as Stable Diffusion does)."
+                if ddim.config.set_alpha_to_one else
+                "end the schedule above t=0: set timestep_spacing=\"trailing\", or \"leading\" with "
+                "steps_offset=1 (Stable Diffusion's), in the scheduler config.")
         return schedule

@@ -1,9 +1,14 @@
-"""``make eval``: the base model and each fine-tuned model on held-out prompts, same seeds.
+"""``make eval``: the base model and each fine-tuned model on the same prompts with the same seeds.
 
     python -m pipelines.evaluate                                   # base, runs/finetune-{dpok,rwl}
     python -m pipelines.evaluate "models=[mine=runs/x]" samples_per_prompt=8
+    python -m pipelines.evaluate prompts_file=prompts.txt base=/models/sd-v1-5 "models=[mine=runs/x]" \
+        reward.path=runs/reward clip=/models/clip-vit-large-patch14 reference_images=/data/photos
 
-Writes reports/eval/: results.md (the table), metrics.json, samples-<model>.png grids.
+Any pipeline and prompts: the learned reward (mean, win-rate against the base), a fidelity proxy
+(CLIP-FD to reference_images, else to shapes-world renders or the base model's samples) and, when
+every prompt is a shapes-world prompt, the oracle's alignment.  A named run that is not there is
+an error.  Writes reports/eval/: results.md (the table), metrics.json, samples-<model>.png grids.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
 def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
     from data.generations import RENDERER, save_images
-    from data.shapes.render import render
+    from data.shapes.render import DEFAULT_SIZE, render
     from data.shapes.world import Prompt, perturb
 
     import numpy as np
@@ -130,6 +130,12 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
     if any(p.category == "other" for p in prompts):
         raise UserError("source=renderer draws shapes-world prompts only.",
                         "use shapes-world prompts, or source=pipeline with a model.")
+    given = {v for v in (cfg.sampling.height, cfg.sampling.width) if v is not None}
+    size = given.pop() if len(given) == 1 else DEFAULT_SIZE
+    if given or size <= 0:  # two different sizes, or not a size
+        raise UserError(f"source=renderer draws square images; sampling.height={cfg.sampling.height}, "
+                        f"sampling.width={cfg.sampling.width}.",
+                        "give one positive size (sampling.height and sampling.width equal), or leave both out.")
     gens = store.to_pandas(GENERATIONS)
     used = gens[gens["model_id"] == "shapes-renderer"].groupby("prompt_id")["seed"].apply(set).to_dict()
     rng = np.random.default_rng([cfg.seed, len(gens)])
@@ -142,7 +148,7 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
             shown = p
             if rng.random() < cfg.renderer_mismatch_rate:
                 shown = perturb(p, p.specified[int(rng.integers(len(p.specified)))], rng)
-            images.append(render(shown, s))
+            images.append(render(shown, s, size))
         save_images(store, images, prompts=[spec.text] * len(seeds), prompt_ids=[spec.prompt_id] * len(seeds),
                     categories=[spec.category] * len(seeds), seeds=seeds, model_id="shapes-renderer",
                     settings=RENDERER)

@@ -2,13 +2,18 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from data.errors import UserError
-from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finetuned
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
+from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finetuned, win_rate
+from pipelines.cli import run
 from pipelines.config import load_config
 from tiny_models import make_tiny_clip
+
+# what a user brings: ordinary prompts, none of them a shapes-world prompt
+ENGLISH = "a photo of a cat on a sofa\nan oil painting of a lighthouse at dusk\n"
 
 
 def test_frechet_distance():
@@ -20,25 +25,110 @@ def test_frechet_distance():
     assert frechet_distance(a, rng.normal(size=(500, 4)) * 2) > 1.0
 
 
-def test_eval_base_and_a_finetuned_run(tmp_path, tiny_sd):
-    sd, clip = tiny_sd, make_tiny_clip(tmp_path / "clip")
+def test_win_rate_counts_ties_half():
+    base = np.array([0.1, 0.5, 0.5, 0.9])
+    assert win_rate(np.array([0.2, 0.5, 0.4, 1.0]), base) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert win_rate(base, base) == 0.5
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_sd, tmp_path_factory):
+    """The tiny SD, a tiny CLIP, a learned reward on it (untrained head) and one DPOK run."""
+    from finetune.bench import build_reward_model
+
+    d = tmp_path_factory.mktemp("eval")
+    clip = make_tiny_clip(d / "clip")
+    reward = build_reward_model(clip, d / "reward")
     run_cfg = load_config(FinetuneConfig, None, [
-        f"output_dir={tmp_path}/dpok", f"model.pipeline={sd}", "reward.kind=oracle", "sampling.num_steps=2",
+        f"output_dir={d}/dpok", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
         "sample_grid_every=0", "optim.lr=0.05"])
     train_dpok(run_cfg, progress=False)
-    cfg = load_config(EvalConfig, None, [
-        f"base={sd}", f"clip={clip}", f"models=[dpok={tmp_path}/dpok, gone={tmp_path}/none]",
-        "samples_per_prompt=1", "sampling.num_inference_steps=2", "reward.kind=oracle",
-        f"output_dir={tmp_path}/report", "grid_prompts=2"])
+    return dict(sd=tiny_sd, clip=clip, reward=reward, dpok=d / "dpok")
+
+
+def eval_args(s, out, *extra):
+    return [f"base={s['sd']}", f"clip={s['clip']}", f"models=[dpok={s['dpok']}]", f"reward.path={s['reward']}",
+            "samples_per_prompt=2", "sampling.num_inference_steps=2", f"output_dir={out}", "grid_prompts=2", *extra]
+
+
+def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
+    cfg = load_config(EvalConfig, None, eval_args(setup, tmp_path / "report", "samples_per_prompt=1",
+                                                  "reward.kind=oracle"))
     results = evaluate(cfg)
-    assert [r.name for r in results] == ["base", "dpok"]  # a missing run is skipped
+    assert [r.name for r in results] == ["base", "dpok"]
     for r in results:
         assert set(r.alignment) == {"color", "count", "background", "combination", "overall"}
         assert np.isfinite(r.reward) and np.isfinite(r.fidelity) and r.n_images == 50
+        assert set(r.per_prompt) and np.isfinite(r.controls["overall"])
+    assert results[0].reward_win_rate is None and 0 <= results[1].reward_win_rate <= 1
     report = tmp_path / "report"
-    assert "| dpok |" in (report / "results.md").read_text()
-    assert set(json.loads((report / "metrics.json").read_text())["models"]) == {"base", "dpok"}
+    assert "| dpok |" in (report / "results.md").read_text() and "overall" in (report / "results.md").read_text()
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"base", "dpok"} and metrics["oracle"] is True
+    assert metrics["fidelity_reference"] == "renders of the same prompts"
     assert (report / "samples-base.png").exists() and (report / "samples-dpok.png").exists()
     with pytest.raises(UserError, match="holds no fine-tuned model"):
-        load_finetuned(sd, tmp_path)
+        load_finetuned(setup["sd"], tmp_path)
+
+
+@pytest.mark.parametrize("prompts", [ENGLISH, "one red circle\n" + ENGLISH], ids=["english", "mixed"])
+def test_eval_any_prompts_with_the_learned_reward(setup, tmp_path, capsys, prompts):
+    """`make eval ARGS="prompts_file=<file> base=<sd folder> models=[name=<run>]"`: no oracle columns,
+    the learned reward with its win-rate, fidelity to the base model's samples, grids."""
+    from pipelines.evaluate import main
+
+    (tmp_path / "prompts.txt").write_text(prompts)
+    out = tmp_path / "report"
+    assert run(main, eval_args(setup, out, f"prompts_file={tmp_path}/prompts.txt")) == 0
+    printed = capsys.readouterr().out
+    assert "| model | mean reward | reward win-rate vs base |" in printed and "overall" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["oracle"] is False and metrics["fidelity_reference"] == "the base model's samples"
+    base, dpok = metrics["models"]["base"], metrics["models"]["dpok"]
+    assert base["alignment"] == {} and base["controls"] == {} and base["per_prompt"] == {}
+    n = len(prompts.splitlines()) * 2
+    assert base["n_images"] == dpok["n_images"] == n
+    assert 0 < base["reward"] < 1 and 0 < dpok["reward"] < 1 and 0 <= dpok["reward_win_rate"] <= 1
+    assert base["reward_win_rate"] is None
+    assert base["fidelity"] == pytest.approx(0, abs=1e-3) and dpok["fidelity"] > 0  # the base is the reference
+    assert (out / "samples-dpok.png").exists() and "No oracle columns" in (out / "results.md").read_text()
+
+
+def test_eval_fidelity_to_a_reference_folder_of_any_sizes(setup, tmp_path):
+    ref = tmp_path / "ref"
+    (ref / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(32, 32), (32, 32), (48, 40), (20, 64), (64, 64)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            ref / ("sub" if i % 2 else "") / f"r{i}.{'png' if i < 3 else 'jpg'}")
+    (ref / "notes.txt").write_text("not an image: ignored")
+    (tmp_path / "prompts.txt").write_text(ENGLISH)
+    cfg = load_config(EvalConfig, None, eval_args(setup, tmp_path / "report", f"prompts_file={tmp_path}/prompts.txt",
+                                                  f"reference_images={ref}"))
+    results = evaluate(cfg)
+    assert all(np.isfinite(r.fidelity) and r.fidelity > 0 for r in results)
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["fidelity_reference"] == f"the images in {ref}"
+
+
+def test_eval_missing_inputs_are_errors_not_skips_or_nan(setup, tmp_path):
+    (tmp_path / "prompts.txt").write_text(ENGLISH)
+    out = tmp_path / "report"
+
+    def fails(match, *extra):
+        with pytest.raises(UserError, match=match):
+            evaluate(load_config(EvalConfig, None, eval_args(setup, out, f"prompts_file={tmp_path}/prompts.txt",
+                                                             *extra)))
+        assert not out.exists()  # refused before anything is sampled or written
+
+    fails("model typo: the run folder .* does not exist", f"models=[dpok={setup['dpok']}, typo={tmp_path}/dpokk]")
+    fails("holds no fine-tuned model", f"models=[empty={tmp_path}]")
+    fails("used twice", f"models=[a={setup['dpok']}, a={setup['dpok']}]")
+    fails("reward model folder .* does not exist", f"reward.path={tmp_path}/no-reward")
+    fails("CLIP model folder .* does not exist", f"clip={tmp_path}/no-clip")
+    fails("reference image folder .* does not exist", f"reference_images={tmp_path}/no-ref")
+    fails("holds 0 image", f"reference_images={tmp_path}")
+    fails("need shapes-world prompts", "generalization_split=heldout")
+    fails("need shapes-world prompts", "reward.kind=oracle")
+    (tmp_path / "one.txt").write_text("a photo of a cat\n")
+    fails("needs at least 2", "samples_per_prompt=1", f"prompts_file={tmp_path}/one.txt")

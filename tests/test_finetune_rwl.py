@@ -77,7 +77,7 @@ def test_rwl_bad_inputs(tiny_sd, tmp_path):
     from data.shapes.world import Prompt
 
     render_round(Store(root), [Prompt.parse("one circle")], per_prompt=1, size=64)
-    with pytest.raises(UserError, match="64x64, the model works at 32x32"):
+    with pytest.raises(UserError, match=r"64x64 \(width x height\), the model is fine-tuned at 32x32"):
         train_rwl(rwl_cfg(tiny_sd, tmp_path / "c", f"rwl.pretrain_source={root}"), progress=False)
 
 
