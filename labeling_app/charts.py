@@ -63,9 +63,12 @@ def pass_rate_chart(rates: pd.DataFrame, max_prompts: int = MAX_PROMPTS) -> byte
     return _png(fig)
 
 
-def timeline_chart(timeline: pd.DataFrame) -> bytes:
-    """Cumulative answers per rater over time; ``timeline``: :func:`labeling_app.stats.labels_over_time`."""
+def timeline_chart(timeline: pd.DataFrame, max_ticks: int = 12) -> bytes:
+    """Answers per time bucket, stacked by rater; ``timeline``:
+    :func:`labeling_app.stats.labels_over_time`.  Buckets are evenly spaced, so the x axis is the
+    bucket index, labelled with bucket starts (at most ``max_ticks`` of them)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8.0, 3.2))
     ax = fig.add_subplot()
@@ -73,15 +76,21 @@ def timeline_chart(timeline: pd.DataFrame) -> bytes:
         ax.text(0.5, 0.5, "no answers yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     else:
-        wide = timeline.pivot(index="start", columns="rater_id", values="answers").cumsum()
-        times = wide.index.tz_convert(None).to_pydatetime()
+        wide = timeline.pivot(index="start", columns="rater_id", values="answers").sort_index()
+        x = np.arange(len(wide))
+        bottom = np.zeros(len(wide))
         for rater in wide.columns:
-            ax.step(times, wide[rater].to_numpy(), where="post", label=_clip(str(rater), 20))
-        ax.set_ylabel("answers so far")
-        ax.set_xlabel("time (UTC)")
+            ax.bar(x, wide[rater].to_numpy(), bottom=bottom, width=0.85, label=_clip(str(rater), 20))
+            bottom += wide[rater].to_numpy()
+        step = max(1, -(-len(wide) // max_ticks))
+        ax.set_xticks(x[::step], [t.strftime("%m-%d %H:%M") for t in wide.index[::step]], fontsize=8,
+                      rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(wide) - 0.4)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("answers")
+        ax.set_xlabel("bucket start (UTC)")
         ax.set_title("Answers per rater over time (binary labels and rankings)", fontsize=10)
         if len(wide.columns) <= 12:
             ax.legend(fontsize=8, loc="upper left")
-        fig.autofmt_xdate()
     fig.tight_layout()
     return _png(fig)

@@ -49,11 +49,12 @@ log = logging.getLogger("labeling_app")
 
 # The page's side of "label only what is on screen".  labelingShown(task) is the token of the
 # item the task's tab shows, or '' unless its prompt and every one of its images are rendered,
-# loaded, visible and not covered (at the centre of their visible part).  The answer buttons send
-# it (their `js`), and the keyboard shortcuts of the binary task (G good, B bad, S skip, U undo)
-# do nothing without it.  Shortcuts are also ignored while typing in a text box, with a modifier
-# key held, or when the binary tab is hidden.  Images smaller than their box are drawn with hard
-# pixel edges (the 64 px renders), larger ones smoothly.
+# loaded, visible and not covered (at the centre of their visible part).  It is read when an
+# answer button is clicked, in the capture phase (before Gradio's own handler puts its loading
+# overlay on the outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
+# of the binary task (G good, B bad, S skip, U undo) do nothing without it, nor while typing in a
+# text box, with a modifier key held, or when the binary tab is hidden.  Images smaller than their
+# box are drawn with hard pixel edges (the 64 px renders), larger ones smoothly.
 HEAD = """
 <script>
 (function () {
@@ -77,6 +78,15 @@ HEAD = """
     }
     return n > 0 ? p.getAttribute('data-token') : '';
   };
+  var seen = {binary: '', ranking: ''};
+  var answers = {'btn-good': 'binary', 'btn-bad': 'binary', 'btn-skip': 'binary', 'btn-rank': 'ranking'};
+  document.addEventListener('click', function (e) {
+    for (var id in answers) {
+      var b = document.getElementById(id);
+      if (b && e.target instanceof Node && b.contains(e.target)) seen[answers[id]] = window.labelingShown(answers[id]);
+    }
+  }, true);
+  window.labelingSeen = function (task) { var t = seen[task]; seen[task] = ''; return t; };
   document.addEventListener('keydown', function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     var t = e.target;
@@ -99,9 +109,9 @@ HEAD = """
 </script>
 """
 
-# Send the shown token with an answer (the Python handlers' `seen` argument).
-SEEN_BINARY_JS = "(reason, seen) => [reason, window.labelingShown('binary')]"
-SEEN_RANKING_JS = "(seen, ...rest) => [window.labelingShown('ranking'), ...rest]"
+# Send the token taken at the click with an answer (the Python handlers' `seen` argument).
+SEEN_BINARY_JS = "(reason, seen) => [reason, window.labelingSeen('binary')]"
+SEEN_RANKING_JS = "(seen, ...rest) => [window.labelingSeen('ranking'), ...rest]"
 
 CSS = """
 .prompt-text { font-size: 1.5rem; font-weight: 600; padding: 0.5rem 0; white-space: pre-wrap; }

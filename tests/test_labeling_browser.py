@@ -66,6 +66,11 @@ def sign_in(browser, url: str, name: str, password: str = PASSWORD):
     return page
 
 
+def wait_shown(page, task: str = "binary"):
+    """Until the task's item is on screen (the app's page script may still be loading)."""
+    page.wait_for_function(f"() => window.labelingShown && window.labelingShown('{task}')")
+
+
 def current_image(page) -> str:
     return page.get_attribute("#binary-image img", "src") or ""
 
@@ -96,7 +101,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
     keys = ["g", "b", "g", "g", "b"]
     shown = []
     for i, key in enumerate(keys):
-        page.wait_for_function("() => window.labelingShown('binary')")
+        wait_shown(page)
         src = current_image(page)
         shown.append(image_id(src))
         focus_page(page)
@@ -110,18 +115,18 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
     assert labels["image_id"].tolist() == shown
 
     # U undoes the last answer and shows that image again
-    page.wait_for_function("() => window.labelingShown('binary')")
+    wait_shown(page)
     src = current_image(page)
     page.keyboard.press("u")
     page.wait_for_function("prev => document.querySelector('#binary-image img').src !== prev", arg=src)
     assert image_id(current_image(page)) == shown[-1]
     assert len(current(store, "binary_labels").to_pandas().query("rater_id == 'rita'")) == 4
-    page.wait_for_function("() => window.labelingShown('binary')")
+    wait_shown(page)
     page.keyboard.press("b")
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('5 images')")
 
     # typing a skip reason does not trigger shortcuts; the skip keeps the reason
-    page.wait_for_function("() => window.labelingShown('binary')")
+    wait_shown(page)
     page.locator("#skip-reason textarea").fill("blurry, cannot count")
     page.locator("#btn-skip").click()
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('6 images')")
@@ -130,7 +135,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
 
     # ranking: give the images of one set ranks 2, 1, 2, ... (sets hold 2 or 3 images here)
     page.get_by_role("tab", name="Rank").click()
-    page.wait_for_function("() => window.labelingShown('ranking')")
+    wait_shown(page, "ranking")
     n = page.locator("[id^=rank-]:not([id^=rank-image]):visible").count()
     assert n in (2, 3) and page.locator(f"#rank-{n - 1} input[type=radio]").count() == n
     wanted = [2, 1, 2][:n]
@@ -143,7 +148,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
 
     # a refused ranking (not an ordering) says why in the status, stores nothing and leaves the set
     # on the page, choices and all; fixing one rank and submitting again works, no reload
-    page.wait_for_function("() => window.labelingShown('ranking')")
+    wait_shown(page, "ranking")
     token = page.evaluate("window.labelingShown('ranking')")
     n = page.locator("[id^=rank-]:not([id^=rank-image]):visible").count()
     for i in range(n):  # every image rank 2: no rank 1, so not an ordering
@@ -165,7 +170,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
     for _ in range(16):
         if "onerror" in page.inner_text("#binary-prompt"):
             break
-        page.wait_for_function("() => window.labelingShown('binary')")
+        wait_shown(page)
         src = current_image(page)
         page.locator("#btn-skip").click()
         page.wait_for_function("prev => document.querySelector('#binary-image img')?.src !== prev"
@@ -182,7 +187,7 @@ def test_refused_undo_leaves_the_item_and_keys_label_only_what_is_shown(app, bro
     click on Good is refused by the server."""
     store, url = app
     page = sign_in(browser, url, "newbie")
-    page.wait_for_function("() => window.labelingShown('binary')")
+    wait_shown(page)
     first = image_id(current_image(page))
     focus_page(page)
     page.keyboard.press("u")
@@ -195,7 +200,7 @@ def test_refused_undo_leaves_the_item_and_keys_label_only_what_is_shown(app, bro
     assert labels["image_id"].tolist() == [first] and labels["label"].tolist() == ["good"]
 
     # no item on screen: the image hidden (as under an overlay) -> keys do nothing
-    page.wait_for_function("() => window.labelingShown('binary')")
+    wait_shown(page)
     second = image_id(current_image(page))
     page.evaluate("document.querySelector('#binary-image img').style.visibility = 'hidden'")
     assert page.evaluate("window.labelingShown('binary')") == ""
@@ -229,9 +234,11 @@ def test_admin_tab_and_exports_reach_the_admin_only(app, browser):
     table = lead.locator("#admin-per-prompt")
     headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
     col = next(i for i, h in enumerate(headers) if h.startswith("good_rate"))
-    rates = [row.locator("td").nth(col).inner_text().strip() for row in table.locator("tbody tr").all()]
-    numbers = [float(r) for r in rates if re.fullmatch(r"[0-9.]+", r)]
-    assert numbers and numbers == sorted(numbers)
+    rows = [[c.strip() for c in r.locator("td, [role=gridcell]").all_inner_texts()]
+            for r in table.locator("[role=row]").all()]
+    rows = [r for r in rows if len(r) == len(headers) and any(r)]  # data rows (not the header, spacers)
+    numbers = [float(r[col]) for r in rows if re.fullmatch(r"[0-9.]+", r[col])]
+    assert len(rows) == 5 and numbers and numbers == sorted(numbers), rows
     timeline = [h.strip() for h in lead.locator("#admin-timeline thead th").all_inner_texts()]
     assert any(h.startswith("rita") for h in timeline) and any(h.startswith("total") for h in timeline)
 
@@ -258,11 +265,21 @@ def test_the_login_page_says_how_long_to_wait(app, browser):
     _, url = app
     page = sign_in(browser, url, "rita", "wrong password")
     page.wait_for_function("() => document.querySelector('#login-error').innerText.includes('Incorrect')")
+    statuses = []
     for _ in range(4):  # three free tries for (this client, rita), then a 30 s wait
         page.get_by_label("Password").fill("wrong password")
+        with page.expect_response(lambda r: r.url.endswith("/login")) as resp:
+            page.get_by_role("button", name="Login").click()
+        statuses.append(resp.value.status)
+    assert statuses == [400, 400, 400, 429]
+    page.wait_for_function("() => /^too many attempts, wait (29|30) s$/.test("
+                           "document.querySelector('#login-error').innerText.trim())")
+    # the right password from this client waits too, until the time is up
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_response(lambda r: r.url.endswith("/login")) as resp:
         page.get_by_role("button", name="Login").click()
-    page.wait_for_function("() => /too many attempts, wait [0-9]+ s/.test("
-                           "document.querySelector('#login-error').innerText)")
+    assert resp.value.status == 429
+    page.wait_for_function("() => document.querySelector('#login-error').innerText.includes('too many attempts')")
 
 
 def test_images_of_any_size_fit_their_frames(tmp_path, browser):
@@ -296,7 +313,7 @@ def test_images_of_any_size_fit_their_frames(tmp_path, browser):
                     fit: cs.objectFit, border: parseFloat(cs.borderTopWidth), color: cs.borderTopColor,
                     ground: cs.backgroundColor, upscaled: img.classList.contains('upscaled')}; }"""
         for _ in range(3):
-            page.wait_for_function("() => window.labelingShown('binary')")
+            wait_shown(page)
             g = page.evaluate(geometry, "#binary-image img")
             sizes[(g["nw"], g["nh"])] = g
             src = current_image(page)
@@ -305,7 +322,7 @@ def test_images_of_any_size_fit_their_frames(tmp_path, browser):
                                    " || document.querySelector('#binary-prompt').innerText.includes('Nothing left')",
                                    arg=src)
         page.get_by_role("tab", name="Rank").click()
-        page.wait_for_function("() => window.labelingShown('ranking')")
+        wait_shown(page, "ranking")
         ranked = [page.evaluate(geometry, f"#rank-image-{i} img") for i in range(3)]
     assert set(sizes) == {(48, 32), (1024, 768), (64, 64)}
     assert {(g["nw"], g["nh"]) for g in ranked} == set(sizes)
