@@ -48,10 +48,13 @@ base: install  ## train + evaluate the shapes-world CLIP and SD models into runs
 # Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".
 ARGS ?=
 RATERS_FILE ?= datasets/raters.json
-.PHONY: generate label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
+.PHONY: generate import label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
 
 generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR per_prompt=4"; source=renderer: no model)
 	$(PY) -m pipelines.generate $(ARGS)
+
+import: install  ## images made elsewhere into a round (ARGS="src=<folder with metadata.jsonl|csv, or a listing> root=...")
+	$(PY) -m pipelines.import_images $(ARGS)
 
 label: install  ## serve the labeling app (ARGS="root=... server.host=0.0.0.0 server.port=7860 overlap=3")
 	$(PY) -m pipelines.label raters_file=$(RATERS_FILE) $(ARGS)
@@ -77,7 +80,7 @@ rater-enable: install  ## let a disabled rater sign in again: make rater-enable 
 raters: install  ## list the raters (admin / disabled flags)
 	$(PY) -m pipelines.raters --file $(RATERS_FILE) list
 
-label-export: install  ## export the round's current labels to <root>/exports/<time>/ (ARGS="root=...")
+label-export: install  ## export the round's current labels to <root>/exports/<time>/ (ARGS="root=... format=hf")
 	$(PY) -m pipelines.label_export $(ARGS)
 
 targets: install  ## prompts to fine-tune on, from the round's labels -> <root>/targets.txt (ARGS="root=...")

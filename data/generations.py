@@ -2,8 +2,10 @@
 
 Every image a stage produces (``make generate``, shapes-world renders, evaluation samples) is saved
 here: ``<root>/images/<image_id>.png``, written durably before its row is appended, so a row never
-points at a missing or half-written file.  Reading goes through the table: callers pass an
-``image_id``, never a path, and the path in the row must stay inside the root.
+points at a missing or half-written file (``make import`` adds images made elsewhere the same way,
+see :mod:`data.imports`).  Reading goes through the table: callers pass a row, never a path; the path
+in the row must stay inside the root, and the file must still be the row's image (pixel size and
+sha256, :func:`check_image`).
 
 Image ids are content addresses, not random: a hash of the model (its fingerprint, not its path),
 prompt, seed, sampler settings and the PNG bytes.  So a rerun with the same seed on the same machine,
@@ -17,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from data.errors import DataError
+from data.errors import DataError, UserError
 from data.schemas import GENERATIONS
 from data.store import Store, fsync_dir
 
@@ -40,6 +44,27 @@ class SamplerSettings:
 
 
 RENDERER = SamplerSettings(sampler="shapes-renderer", num_inference_steps=1, guidance_scale=0.0, eta=0.0)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt as the generations table records it."""
+
+    text: str
+    prompt_id: str
+    category: str
+
+
+def prompt_spec(text: str) -> PromptSpec:
+    """A shapes-world prompt keeps its own id and category (so targets, evaluation and the oracle
+    recognise it); any other text gets ``p-`` + 12 hex digits of its sha1 and category ``other``."""
+    from data.shapes.world import Prompt
+
+    try:
+        p = Prompt.parse(text)
+        return PromptSpec(p.text, p.prompt_id, p.category)
+    except UserError:
+        return PromptSpec(text, "p-" + hashlib.sha1(text.encode()).hexdigest()[:12], "other")
 
 
 def content_id(model_id: str, prompt_id: str, prompt: str, seed: int, settings: SamplerSettings,
@@ -87,12 +112,7 @@ def save_images(
         rel = f"{IMAGES_DIR}/{image_id}.png"
         # Same id means same bytes, so an existing file is already this image: leave it as it is.
         if not (store.root / rel).exists():
-            tmp = directory / f"_tmp-{image_id}.png"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, store.root / rel)
+            write_image_file(store.root / rel, data)
         rows.append(dict(
             image_id=image_id, prompt_id=prompt_id, prompt=prompt, category=category,
             model_id=model_id, seed=int(seed), sampler=settings.sampler,
@@ -107,6 +127,21 @@ def save_images(
     return rows
 
 
+def write_image_file(path: Path, data: bytes) -> None:
+    """Write an image file so that it is either absent or complete: a ``_tmp-`` file, fsynced,
+    renamed into place (the caller fsyncs the folder once for a batch)."""
+    tmp = path.with_name(f"_tmp-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def image_file(root: str | os.PathLike, image_path: str) -> Path:
     """The file of a generations row, refusing any path that leaves the dataset root."""
     root = Path(root).resolve()
@@ -117,19 +152,97 @@ def image_file(root: str | os.PathLike, image_path: str) -> Path:
     return path
 
 
-def load_image(root: str | os.PathLike, row: dict | pd.Series, verify: bool = False) -> Image.Image:
-    """The RGB image of one generations row (``verify`` also checks its sha256)."""
+# ---------------------------------------------------------------------------------------------
+# Rows and files agree: every stage that reads a round image goes through check_image (or
+# image_bytes / load_image, which use it), so a file replaced or edited after its row was written
+# is one clear error naming the image, never silently trained on, scored or shown.
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What an image file holds: the sha256 of its bytes and its size in pixels."""
+
+    sha256: str
+    width: int
+    height: int
+
+
+# (path, device, inode, bytes, mtime in ns) -> facts.  The sha256 is computed once per version of
+# a file per process: a later check of an unchanged file costs an open and an fstat (the labeling
+# app checks an image every time it serves it).  Bounded; the oldest entries go first.
+_FACTS: OrderedDict[tuple, ImageFacts] = OrderedDict()
+_FACTS_MAX = 200_000
+_FACTS_LOCK = threading.Lock()
+
+
+def image_facts(data: bytes) -> ImageFacts:
+    """The sha256 and pixel size of encoded image bytes (the header is parsed, not the pixels).
+    Raises OSError (PIL's UnidentifiedImageError) if the bytes are no image PIL can open."""
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+    return ImageFacts(hashlib.sha256(data).hexdigest(), int(width), int(height))
+
+
+def _checked(root: str | os.PathLike, row: dict | pd.Series, want_bytes: bool) -> tuple[Path, bytes | None]:
+    """The one check of a round image against its generations row (size, then sha256).
+
+    Returns the file's path and, with ``want_bytes``, its bytes (read once: the bytes checked are
+    the bytes returned)."""
+    image_id = row["image_id"] if "image_id" in row else getattr(row, "name", "?")  # a Series indexed by id
     path = image_file(root, row["image_path"])
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"image {row['image_id']} is missing: {path}.",
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            with _FACTS_LOCK:
+                facts = _FACTS.get(key)
+            data = f.read() if want_bytes or facts is None else None
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"image {image_id} is missing: {path}.",
                         "restore the images folder of this dataset root, or regenerate it.") from None
-    if verify and hashlib.sha256(data).hexdigest() != row["sha256"]:
-        raise DataError(f"image {row['image_id']} at {path} does not match its sha256.",
-                        "the file was changed after it was generated; restore or regenerate it.")
+    if facts is None:
+        try:
+            facts = image_facts(data)
+        except OSError as e:
+            raise DataError(f"image {image_id} at {path} is not a readable image ({e}).",
+                            "restore or regenerate it.") from None
+        with _FACTS_LOCK:
+            _FACTS[key] = facts
+            while len(_FACTS) > _FACTS_MAX:
+                _FACTS.popitem(last=False)
+    want_w, want_h = int(row["width"]), int(row["height"])
+    if (facts.width, facts.height) != (want_w, want_h):
+        raise DataError(
+            f"image {image_id} ({path}) is {facts.width}x{facts.height} pixels but its generations row "
+            f"says {want_w}x{want_h}.",
+            "the file was replaced or edited after its row was written: restore the original file, or "
+            "bring the new one in as a new image with make import.")
+    if facts.sha256 != row["sha256"]:
+        raise DataError(
+            f"image {image_id} ({path}) does not match its generations row: its sha256 is "
+            f"{facts.sha256[:16]}..., the row says {str(row['sha256'])[:16]}....",
+            "the file was replaced or edited after its row was written: restore the original file, or "
+            "bring the new one in as a new image with make import.")
+    return path, data
+
+
+def check_image(root: str | os.PathLike, row: dict | pd.Series) -> Path:
+    """The file of one generations row, checked against the row (pixel size and sha256); raises
+    DataError naming the image when the file is missing, unreadable or not the row's image."""
+    return _checked(root, row, want_bytes=False)[0]
+
+
+def image_bytes(root: str | os.PathLike, row: dict | pd.Series) -> bytes:
+    """The encoded bytes of one generations row's image, checked as :func:`check_image` does."""
+    return _checked(root, row, want_bytes=True)[1]
+
+
+def load_image(root: str | os.PathLike, row: dict | pd.Series) -> Image.Image:
+    """The RGB image of one generations row, checked as :func:`check_image` does."""
+    data = image_bytes(root, row)
     try:
         return Image.open(io.BytesIO(data)).convert("RGB")
-    except OSError as e:
-        raise DataError(f"image {row['image_id']} at {path} is not a readable image ({e}).",
-                        "restore or regenerate it.") from None
+    except OSError as e:  # a header that parses over a truncated body
+        raise DataError(f"image {row.get('image_id', getattr(row, 'name', '?'))} at "
+                        f"{image_file(root, row['image_path'])} is not a "
+                        f"readable image ({e}).", "restore or regenerate it.") from None

@@ -376,3 +376,67 @@ GOLD = register(TableSpec(
     key=("image_id",),
     check=_check_gold,
 ))
+
+
+# ---------------------------------------------------------------------------------------------
+# make import: where an imported image came from, and the columns of its source that the
+# generations table has no place for (joined to generations on image_id).
+
+IMPORTS = register(TableSpec(
+    name="imports",
+    schema=_schema("imports", [
+        _f("image_id", pa.string()),
+        _f("source", pa.string()),            # the metadata or listing file, absolute path
+        _f("source_row", pa.int64()),         # 1-based data row of that file (header not counted)
+        _f("file_name", pa.string()),         # the image as the source names it
+        _f("extra", pa.string()),             # JSON object: the source's other columns of this row
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id",),
+    check=lambda t: _check_not_empty_strings(t, ("image_id", "source", "file_name")),
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# make label-export format=hf (labeling_app/hf_export.py): tables for the Hugging Face ecosystem,
+# written for other tools to read, never read back by the store (so plain schemas, no TableSpec).
+
+HF_IMAGE = pa.struct({"bytes": pa.binary(), "path": pa.string()})
+"""The Arrow storage of the ``datasets`` Image feature."""
+
+HF_BINARY_LABELS = pa.schema([
+    ("image", HF_IMAGE),
+    ("prompt", pa.string()),
+    ("label", pa.string()),                 # good | bad | skip
+    ("image_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("model_id", pa.string()),
+    ("seed", pa.int64()),
+    ("rater_id", pa.string()),
+    ("label_id", pa.string()),
+    ("skip_reason", pa.string()),
+    ("is_gold", pa.bool_()),
+    ("duration_ms", pa.int64()),
+    ("guideline_version", pa.string()),
+    ("created_at", TIMESTAMP),
+])
+
+HF_PAIRS = pa.schema([
+    ("caption", pa.string()),
+    ("jpg_0", pa.binary()),
+    ("jpg_1", pa.binary()),
+    ("label_0", pa.float64()),
+    ("label_1", pa.float64()),
+    ("are_different", pa.bool_()),
+    ("has_label", pa.bool_()),
+    ("best_image_uid", pa.string()),        # "" for a tie, as in Pick-a-Pic
+    ("image_0_uid", pa.string()),
+    ("image_1_uid", pa.string()),
+    ("model_0", pa.string()),
+    ("model_1", pa.string()),
+    ("ranking_id", pa.string()),
+    ("user_id", pa.string()),               # the rater
+    ("num_example_per_prompt", pa.int64()),  # pairs in this export with the same caption
+    ("prompt_id", pa.string()),
+    ("created_at", TIMESTAMP),
+])

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataError, UserError
-from data.generations import image_file
+from data.generations import check_image
 from data.labels import current, retract
 from data.schemas import BINARY_LABELS, GENERATIONS, LABELS, RANKINGS, validate_ranks
 from data.store import Store
@@ -186,7 +186,7 @@ class Assigner:
         self._full_prefix: dict[str, int] = {t: 0 for t in TASKS}
         self._given: dict[str, int] = {t: 0 for t in TASKS}  # sum over items of min(answers, K)
         self._gold_items: list[Item] = []
-        self._image_paths: dict[str, str] = {}
+        self._image_rows: dict[str, dict] = {}  # image_id -> what check_image compares the file with
         self._gens_signature: tuple | None = None
         self._last_refresh = 0.0
         self._load_generations(force=True)
@@ -228,7 +228,8 @@ class Assigner:
             self._items = items
             self._by_key = by_key | {("binary", g.item_id): g for g in gold_items}
             self._gold_items = [gold_items[i] for i in order]
-            self._image_paths = dict(zip(gens["image_id"], gens["image_path"]))
+            self._image_rows = gens.set_index("image_id", drop=False)[
+                ["image_id", "image_path", "width", "height", "sha256"]].to_dict("index")
             self._full_prefix = {t: 0 for t in TASKS}
             self._gens_signature = sig
             self._given = {t: sum(min(self._filled[(t, it.item_id)], self.overlap) for it in items[t])
@@ -305,11 +306,11 @@ class Assigner:
 
     def image_path(self, image_id: str) -> Path:
         """The file of an image of this round (looked up in the generations table; refuses
-        anything outside the dataset root)."""
-        rel = self._image_paths.get(image_id)
-        if rel is None:
+        anything outside the dataset root, and a file that no longer matches its row)."""
+        row = self._image_rows.get(image_id)
+        if row is None:
             raise DataError(f"image {image_id!r} is not part of this round.", "ask for an item first.")
-        return image_file(self.store.root, rel)
+        return check_image(self.store.root, row)
 
     # -- serving ---------------------------------------------------------------------------
 

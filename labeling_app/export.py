@@ -3,7 +3,9 @@
 ``<root>/exports/<UTC timestamp>/`` receives one Parquet file per table (binary_labels, rankings,
 pairs derived from the rankings, generations, gold) with the canonical schemas, a ``summary.json``
 of the round's statistics, and a zip of all of them (what the admin tab offers for download).
-Images stay where they are: ``generations.image_path`` is relative to the dataset root.
+Images stay where they are: ``generations.image_path`` is relative to the dataset root.  With
+``format="hf"`` it writes ``<root>/exports/<UTC timestamp>-hf/`` instead: a Hugging Face dataset
+folder with the images in it (:mod:`labeling_app.hf_export`).
 
 Exports hold every rater's labels and the gold answers, so they are the owner's alone: folders
 0700, files 0600, written under a temporary name and renamed when complete.  The app hands them
@@ -20,9 +22,11 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 
+from data.errors import UserError
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
@@ -35,10 +39,15 @@ DIR_MODE, FILE_MODE = 0o700, 0o600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+ExportFormat = Literal["parquet", "hf"]
+"""parquet: the canonical tables + summary, zipped; hf: a Hugging Face dataset folder with the
+images (:mod:`labeling_app.hf_export`)."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     directory: Path
-    zip_path: Path
+    zip_path: Path | None  # None for format hf (a dataset folder, not zipped)
     rows: dict[str, int]
 
 
@@ -47,15 +56,31 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)  # also tightens a folder an older version left world-readable
 
 
-def export_round(store: Store, out_dir: str | os.PathLike | None = None) -> ExportResult:
+def _make_private(tree: Path) -> None:
+    for folder, _, files in os.walk(tree):
+        os.chmod(folder, DIR_MODE)
+        for f in files:
+            os.chmod(os.path.join(folder, f), FILE_MODE)
+
+
+def export_round(store: Store, out_dir: str | os.PathLike | None = None,
+                 format: ExportFormat = "parquet") -> ExportResult:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    final = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / stamp
+    final = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / (stamp + ("-hf" if format == "hf" else ""))
     if final.exists():
-        raise FileExistsError(final)
-    _private_dir(final.parent)
+        raise UserError(f"{final} already exists.", "export to a new folder.")
+    if out_dir:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        _private_dir(final.parent)
+    if format == "hf":
+        from labeling_app.hf_export import write_hf_dataset
+
+        rows = write_hf_dataset(store, final)  # under a temporary name beside it, renamed when complete
+        _make_private(final)
+        return ExportResult(final, None, rows)
     directory = final.with_name(f".{final.name}.tmp")
     directory.mkdir(mode=DIR_MODE)
-    os.chmod(directory, DIR_MODE)
     rankings = current(store, RANKINGS.name)
     tables = {
         "binary_labels": current(store, BINARY_LABELS.name),
@@ -74,8 +99,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None) -> Expo
         for name in tables:
             z.write(directory / f"{name}.parquet", f"{name}.parquet")
         z.write(directory / "summary.json", "summary.json")
-    for f in directory.iterdir():
-        os.chmod(f, FILE_MODE)
+    _make_private(directory)
     os.rename(directory, final)
     return ExportResult(final, final / zip_name, {k: v.num_rows for k, v in tables.items()})
 

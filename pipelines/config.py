@@ -209,3 +209,12 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
     return path
+
+
+def save_round_config(cfg: Any, root: str | Path, stage: str) -> Path:
+    """Save a stage's resolved config in a round's ``configs/`` folder as ``<stage>-<UTC time>.yaml``
+    (a round keeps one per run of each stage that wrote to it)."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return save_config(cfg, Path(root) / "configs" / f"{stage}-{stamp}.yaml")

@@ -12,22 +12,21 @@ the round with the shapes-world renderer instead (a stand-in when no model is at
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
 from tqdm import tqdm
 
 from data.errors import UserError
+from data.generations import PromptSpec, prompt_spec
 from data.loading import SHAPES_SD
 from data.sampling import SamplingConfig
 from data.schemas import GENERATIONS
 from data.store import Store
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
+from pipelines.config import save_round_config
 
 SEED_STRIDE = 1_000_003  # seed of the i-th image of a prompt: seed * SEED_STRIDE + i
 
@@ -56,15 +55,8 @@ class GenerateResult:
     images_in_round: int
 
 
-@dataclass(frozen=True)
-class _PromptSpec:
-    text: str
-    prompt_id: str
-    category: str
-
-
-def _prompts(cfg: GenerateConfig) -> list[_PromptSpec]:
-    from data.shapes.world import Prompt, prompt_set
+def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
+    from data.shapes.world import prompt_set
 
     if cfg.prompts_file:
         path = Path(cfg.prompts_file)
@@ -73,15 +65,9 @@ def _prompts(cfg: GenerateConfig) -> list[_PromptSpec]:
         texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
         if not texts:
             raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-        out = []
-        for t in dict.fromkeys(texts):
-            try:
-                p = Prompt.parse(t)
-                out.append(_PromptSpec(p.text, p.prompt_id, p.category))
-            except UserError:
-                out.append(_PromptSpec(t, "p-" + hashlib.sha1(t.encode()).hexdigest()[:12], "other"))
+        out = [prompt_spec(t) for t in dict.fromkeys(texts)]
     else:
-        out = [_PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
+        out = [PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
     return out[: cfg.max_prompts] if cfg.max_prompts is not None else out
 
 
@@ -134,7 +120,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     return GenerateResult(str(store.root), model_id, len(prompts), added, store.read(GENERATIONS).num_rows)
 
 
-def _render(cfg: GenerateConfig, store: Store, prompts: list[_PromptSpec]) -> GenerateResult:
+def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
     from data.generations import RENDERER, save_images
     from data.shapes.render import render
     from data.shapes.world import Prompt, perturb
@@ -167,8 +153,7 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[_PromptSpec]) -> Ge
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GenerateConfig, config_parser(__doc__.splitlines()[0]), argv)
     result = generate(cfg)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    save_config(cfg, Path(cfg.root) / "configs" / f"generate-{stamp}.yaml")
+    save_round_config(cfg, cfg.root, "generate")
     import json
 
     print(json.dumps(result.__dict__))

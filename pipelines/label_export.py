@@ -4,7 +4,9 @@
 
 Writes ``<root>/exports/<UTC time>/`` (binary_labels, rankings, pairs, generations, gold as
 Parquet, summary.json, and a zip of them); the last line is a JSON summary.  The admin tab's
-Export button does the same.
+Export button does the same.  ``format=hf`` writes ``<root>/exports/<UTC time>-hf/`` instead: a
+Hugging Face dataset folder (binary labels with their images, rankings as Pick-a-Pic pairs, a
+dataset card) that ``datasets.load_dataset("parquet", data_files=...)`` opens offline.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import sys
 from dataclasses import dataclass
 
 from data.errors import UserError
+from labeling_app.export import ExportFormat
 from pipelines.cli import config_parser, parse_config, run
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     root: str = "datasets/shapes"
+    format: ExportFormat = "parquet"  # hf: a Hugging Face dataset folder with the images, <time>-hf/
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExportConfig, config_parser(__doc__.splitlines()[0]), argv)
     if not (Path(cfg.root) / "generations").is_dir():
         raise UserError(f"{cfg.root} holds no round (no generations table).", "pass root=<dataset root>.")
-    result = export_round(Store(cfg.root))
-    print(json.dumps({"directory": str(result.directory), "zip": str(result.zip_path), "rows": result.rows}))
+    result = export_round(Store(cfg.root), format=cfg.format)
+    print(json.dumps({"directory": str(result.directory), "zip": result.zip_path and str(result.zip_path),
+                      "rows": result.rows}))
     return 0
 
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from data.errors import UserError
-from data.generations import load_image
+from data.generations import check_image, load_image
 from data.schemas import GENERATIONS, REWARDS
 from data.store import Store
 from reward.model import RewardModel
@@ -41,6 +41,8 @@ def score_generations(store: Store, model: RewardModel, *, batch_size: int = 64,
     done_tbl = store.read(REWARDS)
     done = set(pc.filter(done_tbl["image_id"], pc.equal(done_tbl["reward_model"], model.model_id)).to_pylist())
     todo = gens[~gens["image_id"].isin(done)]
+    for _, r in todo.iterrows():  # every file against its row first, so a mismatch stores no score
+        check_image(store.root, r)
     total, n = 0.0, 0
     bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
     for start in range(0, len(todo), batch_size):

@@ -22,6 +22,9 @@ def test_results_page_from_files(tmp_path):
     folder.mkdir()
     (folder / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.30, 0.40, 0.50)))
     (folder / "demo-2026-01-01-seed1.json").write_text(json.dumps(_demo(0.30, 0.36, 0.46)))
+    (folder / "finetune-2026-01-01-oracle.json").write_text(json.dumps(
+        {"command": "make finetune METHOD=dpok", "seconds": 300.4,
+         "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 20, "oracle_aligned": 0.5}]}))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
@@ -30,3 +33,4 @@ def test_results_page_from_files(tmp_path):
     assert "recovers 44 %" in page  # (10 + 6) / (20 + 16)
     assert "0.800 (0.700)" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
+    assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | 300 |" in page

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from data import Store
 from data.errors import DataError, UserError
@@ -320,6 +321,13 @@ def test_score_rewards_cli_writes_the_rewards_table(labelled_root, tiny_clip, tm
     assert np.allclose(rewards["reward"].to_numpy(), direct.numpy(), atol=1e-6)
     assert run(main, args) == 0  # resumable: nothing left to score
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scored"] == 0
+    # A new image whose file no longer matches its row: one error naming it, and no score stored.
+    new = render_round(store, prompt_set("train")[3:5], per_prompt=1, seed=2)
+    Image.new("RGB", (48, 32)).save(root / new[1]["image_path"], format="PNG")
+    assert run(main, args) == 2
+    err = capsys.readouterr().err
+    assert f"image {new[1]['image_id']}" in err and "48x32" in err
+    assert len(store.to_pandas(REWARDS)) == 9
 
 
 # -- a CLIP in the folder layout of openai/clip-vit-large-patch14 ------------------------------

@@ -68,6 +68,16 @@ def gold_row(**kw):  # labeling app: hidden items with a known answer
 ROWS["gold"] = gold_row
 
 
+def import_row(**kw):  # make import: where an imported image came from
+    row = dict(image_id="i1", source="/data/src/metadata.jsonl", source_row=1, file_name="a.png",
+               extra='{"score": 0.5}', created_at=NOW)
+    row.update(kw)
+    return row
+
+
+ROWS["imports"] = import_row
+
+
 def test_gold_answers_are_good_or_bad():
     from data.schemas import GOLD
 

@@ -124,7 +124,7 @@ def test_render_round_writes_images_and_rows(tmp_path):
     rows = render_round(store, prompt_set("train")[:5], per_prompt=3, seed=2, mismatch_rate=0.5)
     gens = store.to_pandas("generations")
     assert len(gens) == 15 == len(rows)
-    verdicts = [judge(load_image(tmp_path, r, verify=True), r["prompt"]).aligned for _, r in gens.iterrows()]
+    verdicts = [judge(load_image(tmp_path, r), r["prompt"]).aligned for _, r in gens.iterrows()]
     assert 0 < sum(verdicts) < 15  # some images were rendered from perturbed prompts
 
 
