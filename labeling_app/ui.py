@@ -180,8 +180,11 @@ def refusal_text(e: UserError) -> str:
     return e.problem if not e.fix else f"{e.problem} {e.fix[0].upper()}{e.fix[1:]}"
 
 
-NOTHING_SHOWN = UserError("no item was on your screen (still loading, or hidden), so nothing was saved.",
-                          "answer once the image is shown.")
+def nothing_shown() -> UserError:
+    """The refusal of an answer sent while the page showed no item (a fresh one per request:
+    an exception instance carries its traceback, so threads must not share one)."""
+    return UserError("no item was on your screen (still loading, or hidden), so nothing was saved.",
+                     "answer once the image is shown.")
 
 
 class LabelingApp:
@@ -242,7 +245,7 @@ class LabelingApp:
         rater_id = self.rater(request)
         try:
             if not seen:
-                raise NOTHING_SHOWN
+                raise nothing_shown()
             self.assigner.submit_binary(rater_id, seen, label, reason)
         except UserError as e:
             return self.binary_refused(rater_id, label, e)
@@ -292,7 +295,7 @@ class LabelingApp:
         rater_id = self.rater(request)
         try:
             if not seen:
-                raise NOTHING_SHOWN
+                raise nothing_shown()
             self.assigner.submit_ranking(rater_id, seen, list(ranks))
         except UserError as e:
             a = self.assigner.current(rater_id, "ranking")
