@@ -65,9 +65,9 @@ simulate-raters: install  ## simulated raters label the round through the app's 
 loadtest-label: install  ## >= 20 concurrent raters x 50 labels against a live app (last line: JSON)
 	$(PY) -m pipelines.loadtest_label $(ARGS)
 
-rater-add: install  ## add a rater: make rater-add RATER=alice [ADMIN=1] (asks for the password)
+rater-add: install  ## add a rater: make rater-add RATER=alice [ADMIN=1] [PASSWORD_FILE=f] (else asks, or reads stdin)
 	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
-	$(PY) -m pipelines.raters --file $(RATERS_FILE) add $(RATER) $(if $(ADMIN),--admin,)
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) add $(RATER) $(if $(ADMIN),--admin,) $(if $(PASSWORD_FILE),--password-file "$(PASSWORD_FILE)",)
 
 rater-disable: install  ## stop a rater signing in (takes effect at their next click): make rater-disable RATER=alice
 	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }

@@ -35,6 +35,21 @@ class GoldConfig:
 
 
 @dataclass(frozen=True)
+class LoginConfig:
+    """Growing delays after wrong passwords (labeling_app.raters.LoginThrottle), kept per client
+    address and per (client address, name): wrong tries from one client never delay another."""
+    free_per_name: int = 3
+    """wrong passwords for one name from one client before delays start"""
+    free_per_client: int = 10
+    """wrong passwords from one client, any names, before delays start"""
+    base_delay_s: float = 1.0
+    """the first delay; each further wrong password doubles it"""
+    max_delay_s: float = 300.0
+    forget_s: float = 900.0
+    """a key's wrong passwords are forgotten this long after its last one"""
+
+
+@dataclass(frozen=True)
 class LabelConfig:
     root: str = "datasets/shapes"
     """Dataset root: images/, generations and the label tables (see data/store.py)."""
@@ -54,6 +69,7 @@ class LabelConfig:
     """Order in which items are handed out, and the draw of gold items."""
     gold: GoldConfig = field(default_factory=GoldConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    login: LoginConfig = field(default_factory=LoginConfig)
 
     def __post_init__(self):
         if self.overlap < 1:
@@ -75,6 +91,10 @@ class LabelConfig:
             raise UserError(f"lease_s={self.lease_s} must be > 0.", "set lease_s to e.g. 900.")
         if not 0 <= self.server.port <= 65535:
             raise UserError(f"server.port={self.server.port} is not a port.", "use 1..65535.")
+        lg = self.login
+        if lg.free_per_name < 0 or lg.free_per_client < 0 or not 0 < lg.base_delay_s <= lg.max_delay_s:
+            raise UserError(f"login={lg} is not a throttle: free_* must be >= 0 and "
+                            "0 < base_delay_s <= max_delay_s.", "e.g. login.base_delay_s=1 login.max_delay_s=300.")
         if self.server.concurrency < 1:
             raise UserError("server.concurrency must be >= 1.", "set it to e.g. 32.")
 

@@ -6,12 +6,18 @@ of the round's statistics, and a zip of all of them (what the admin tab offers f
 Images stay where they are: ``generations.image_path`` is relative to the dataset root.  With
 ``format="hf"`` it writes ``<root>/exports/<UTC timestamp>-hf/`` instead: a Hugging Face dataset
 folder with the images in it (:mod:`labeling_app.hf_export`).
+
+Exports hold every rater's labels and the gold answers, so they are the owner's alone: folders
+0700, files 0600, written under a temporary name and renamed when complete.  The app hands them
+out only through its admin-checked download route (:func:`export_file` finds the file), never
+through Gradio's file cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +26,7 @@ from typing import Literal
 
 import pyarrow.parquet as pq
 
+from data.errors import UserError
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
@@ -28,6 +35,8 @@ from labeling_app.gold import read_gold
 from labeling_app.stats import round_report
 
 EXPORTS_DIR = "exports"
+DIR_MODE, FILE_MODE = 0o700, 0o600
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 ExportFormat = Literal["parquet", "hf"]
@@ -42,16 +51,36 @@ class ExportResult:
     rows: dict[str, int]
 
 
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)  # also tightens a folder an older version left world-readable
+
+
+def _make_private(tree: Path) -> None:
+    for folder, _, files in os.walk(tree):
+        os.chmod(folder, DIR_MODE)
+        for f in files:
+            os.chmod(os.path.join(folder, f), FILE_MODE)
+
+
 def export_round(store: Store, out_dir: str | os.PathLike | None = None,
                  format: ExportFormat = "parquet") -> ExportResult:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    directory = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / (stamp + ("-hf" if format == "hf" else ""))
+    final = Path(out_dir) if out_dir else store.root / EXPORTS_DIR / (stamp + ("-hf" if format == "hf" else ""))
+    if final.exists():
+        raise UserError(f"{final} already exists.", "export to a new folder.")
+    if out_dir:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        _private_dir(final.parent)
     if format == "hf":
         from labeling_app.hf_export import write_hf_dataset
 
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        return ExportResult(directory, None, write_hf_dataset(store, directory))
-    directory.mkdir(parents=True, exist_ok=False)
+        rows = write_hf_dataset(store, final)  # under a temporary name beside it, renamed when complete
+        _make_private(final)
+        return ExportResult(final, None, rows)
+    directory = final.with_name(f".{final.name}.tmp")
+    directory.mkdir(mode=DIR_MODE)
     rankings = current(store, RANKINGS.name)
     tables = {
         "binary_labels": current(store, BINARY_LABELS.name),
@@ -65,9 +94,21 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
     summary = round_report(store, read_gold(store)).summary()
     summary["exported_at"] = stamp
     (directory / "summary.json").write_text(json.dumps(summary, indent=1))
-    zip_path = directory / f"labels-{stamp}.zip"
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    zip_name = f"labels-{stamp}.zip"
+    with zipfile.ZipFile(directory / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name in tables:
             z.write(directory / f"{name}.parquet", f"{name}.parquet")
         z.write(directory / "summary.json", "summary.json")
-    return ExportResult(directory, zip_path, {k: v.num_rows for k, v in tables.items()})
+    _make_private(directory)
+    os.rename(directory, final)
+    return ExportResult(final, final / zip_name, {k: v.num_rows for k, v in tables.items()})
+
+
+def export_file(root: str | os.PathLike, stamp: str, name: str) -> Path | None:
+    """The file ``name`` of the finished export ``stamp`` of the round at ``root``; None for
+    anything else (names are single path parts; nothing outside ``<root>/exports`` resolves)."""
+    if not (_NAME_RE.match(stamp) and _NAME_RE.match(name)):
+        return None
+    base = (Path(root) / EXPORTS_DIR).resolve()
+    path = (base / stamp / name).resolve()
+    return path if path.is_relative_to(base) and path.is_file() else None

@@ -9,7 +9,7 @@ The file (default ``datasets/raters.json``, git-ignored, mode 0600) looks like::
 It never holds a password.  ``python -m pipelines.raters add|disable|enable|list`` edits it; the
 running app re-reads it when it changes, so a disabled rater is refused at the next request, not
 at the next restart.  Gradio's built-in login has no rate limiting, so :class:`LoginThrottle`
-refuses a user name for a while after repeated wrong passwords.
+delays further tries, per client address and per (client, name), after repeated wrong passwords.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data.errors import UserError
+from labeling_app.config import LoginConfig
 
 RATER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
@@ -197,51 +197,71 @@ class RatersFile:
 _DUMMY_RECORD = hash_password("not-a-password", salt=b"\0" * 16)
 
 
-class LoginThrottle:
-    """Refuse a user name for ``lockout_s`` after ``max_failures`` wrong passwords within
-    ``window_s`` (Gradio's login has no rate limiting of its own)."""
+@dataclass
+class _Strikes:
+    failures: int = 0      # wrong passwords since the key was last forgotten
+    last: float = 0.0      # time of the last one (clock seconds)
+    until: float = 0.0     # no attempt for this key before this time
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0, lockout_s: float = 300.0):
-        self.max_failures, self.window_s, self.lockout_s = max_failures, window_s, lockout_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._locked_until: dict[str, float] = {}
+
+class LoginThrottle:
+    """Growing delays after wrong passwords, kept per client address and per (client, name).
+
+    Gradio's login has no rate limiting of its own.  A fixed lock per *name* would let anyone lock
+    a rater out, and one client could still try many names; so every wrong password counts against
+    two keys: the client (any names; ``free_per_client`` free tries) and the client with that name
+    (``free_per_name`` free tries).  Past its free tries a key must wait ``base_delay_s``, doubled
+    with each further wrong password (at most ``max_delay_s``), before its next attempt; a key's
+    tries are forgotten ``forget_s`` after its last one, and a right password clears its
+    (client, name) key.  Another client is never delayed: the right password from elsewhere works.
+    """
+
+    MAX_KEYS = 100_000  # memory bound: past it, keys with nothing left to remember are dropped
+
+    def __init__(self, cfg: LoginConfig = LoginConfig(), clock=time.monotonic):
+        self.cfg, self.clock = cfg, clock
+        self._strikes: dict[tuple[str, ...], _Strikes] = {}
         self._lock = threading.Lock()
 
-    def allowed(self, rater_id: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            return self._locked_until.get(rater_id, 0.0) <= now
+    def _keys(self, client: str, name: str) -> tuple[tuple[tuple[str, ...], int], ...]:
+        return ((client,), self.cfg.free_per_client), ((client, name), self.cfg.free_per_name)
 
-    def record(self, rater_id: str, ok: bool, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def wait_s(self, client: str, name: str, now: float | None = None) -> float:
+        """Seconds before ``client`` may try ``name`` (0: now)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            return max([0.0] + [s.until - now for k, _ in self._keys(client, name)
+                                if (s := self._strikes.get(k)) is not None])
+
+    def record(self, client: str, name: str, ok: bool, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
         with self._lock:
             if ok:
-                self._failures.pop(rater_id, None)
+                self._strikes.pop((client, name), None)
                 return
-            q = self._failures[rater_id]
-            q.append(now)
-            while q and q[0] < now - self.window_s:
-                q.popleft()
-            if len(q) >= self.max_failures:
-                self._locked_until[rater_id] = now + self.lockout_s
-                q.clear()
+            for key, free in self._keys(client, name):
+                s = self._strikes.setdefault(key, _Strikes())
+                if now - s.last > self.cfg.forget_s:
+                    s.failures = 0
+                s.failures += 1
+                s.last = now
+                if s.failures > free:
+                    s.until = now + min(self.cfg.max_delay_s, self.cfg.base_delay_s * 2.0 ** (s.failures - free - 1))
+            if len(self._strikes) > self.MAX_KEYS:
+                self._strikes = {k: s for k, s in self._strikes.items()
+                                 if now - s.last <= self.cfg.forget_s or s.until > now}
 
 
-def make_auth(raters: RatersFile, throttle: LoginThrottle | None = None):
-    """An async ``auth(username, password) -> bool`` for ``launch(auth=...)``.
+def make_auth(raters: RatersFile):
+    """An async ``auth(username, password) -> bool`` for ``launch(auth=...)`` (the throttle sits
+    in front of Gradio's login route, where the client address is known: labeling_app.web).
 
     Async because Gradio calls a plain function inside its event loop, and scrypt takes ~50 ms:
     the check runs in a worker thread so logins do not stall every other request.
     """
     import asyncio
 
-    throttle = throttle or LoginThrottle()
-
     async def auth(username: str, password: str) -> bool:
-        if not throttle.allowed(username):
-            return False
-        ok = await asyncio.to_thread(raters.verify, username, password)
-        throttle.record(username, ok)
-        return ok
+        return await asyncio.to_thread(raters.verify, username, password)
 
     return auth

@@ -114,6 +114,31 @@ def gold_accuracy(binary: pd.DataFrame, gold: dict[str, str]) -> pd.DataFrame:
     return out.reset_index()[cols]
 
 
+def timeline_freq(span: pd.Timedelta) -> str:
+    """A bucket width that gives a readable number of rows for a round that ran ``span``."""
+    if span <= pd.Timedelta(hours=3):
+        return "5min"
+    return "h" if span <= pd.Timedelta(days=3) else "D"
+
+
+def labels_over_time(binary: pd.DataFrame, rankings: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
+    """Answers (binary labels, skips included, and rankings) per rater per time bucket: columns
+    ``start`` (the bucket's start, UTC), ``rater_id``, ``answers``; every bucket from the first
+    answer to the last, for every rater (zeros included), sorted by start then rater.  ``freq``: a
+    pandas offset alias; None picks 5 min, 1 h or 1 day from the round's span."""
+    cols = ["start", "rater_id", "answers"]
+    times = pd.concat([binary[["rater_id", "created_at"]], rankings[["rater_id", "created_at"]]])
+    if times.empty:
+        return pd.DataFrame(columns=cols)
+    at = pd.to_datetime(times["created_at"], utc=True)
+    freq = freq or timeline_freq(at.max() - at.min())
+    counts = times.assign(start=at.dt.floor(freq)).groupby(["start", "rater_id"]).size()
+    grid = pd.MultiIndex.from_product(
+        [pd.date_range(at.min().floor(freq), at.max().floor(freq), freq=freq), sorted(set(times["rater_id"]))],
+        names=["start", "rater_id"])
+    return counts.reindex(grid, fill_value=0).rename("answers").reset_index()[cols]
+
+
 def median_ms(binary: pd.DataFrame, rankings: pd.DataFrame) -> dict[str, float]:
     def med(s):
         return float(s.median()) if len(s) else math.nan
@@ -127,6 +152,7 @@ class RoundReport:
     binary_agreement: Agreement
     ranking_agreement: Agreement
     median_ms: dict[str, float]
+    timeline: pd.DataFrame  # labels_over_time
     binary_labels: int
     rankings: int
     retracted: int
@@ -156,6 +182,7 @@ def round_report(store: Store, gold: dict[str, str]) -> RoundReport:
         binary_agreement=binary_agreement(binary),
         ranking_agreement=ranking_agreement(rankings),
         median_ms=median_ms(binary, rankings),
+        timeline=labels_over_time(binary, rankings),
         binary_labels=len(binary), rankings=len(rankings),
         retracted=binary_all + rankings_all - len(binary) - len(rankings),
     )

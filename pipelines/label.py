@@ -7,6 +7,7 @@ See labeling_app/config.py for every key and the README's "Running a labeling ro
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     save_config(cfg, Path(cfg.root) / "configs" / f"label-{stamp}.yaml")
     from labeling_app.ui import launch
 
+    # The app's own lines (refused actions and logins, one line each) on stderr.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("labeling_app")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     p = app.assigner.progress("")
     print(f"round {cfg.root}: " + ", ".join(f"{n} {t} items" for t, n in p.items.items())
           + f", overlap {cfg.overlap}, gold share {cfg.gold.share if cfg.uses_gold else 0}, "

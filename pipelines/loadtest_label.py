@@ -137,6 +137,8 @@ class _Rater(threading.Thread):
     def run(self):
         from gradio_client import Client
 
+        from labeling_app.ui import shown_token
+
         try:
             # Plain HTTP to 127.0.0.1, so no certificate is ever checked; ssl_verify=False only stops
             # httpx from loading the CA bundle for each of the two HTTP clients gradio_client opens
@@ -160,7 +162,7 @@ class _Rater(threading.Thread):
                 args, api = self.rank_args(ranking, self.random_ranks(slots)), "/submit_ranking"
             elif binary[0] is not None:
                 label = "skip" if self.rng.random() < 0.05 else ("good" if self.rng.random() < 0.5 else "bad")
-                args, api = ("",), f"/{label}"
+                args, api = ("", shown_token(binary[1])), f"/{label}"  # an answer quotes the item shown
             else:
                 break  # nothing left for this rater
             t0 = time.perf_counter()
@@ -197,8 +199,11 @@ class _Rater(threading.Thread):
 
     @staticmethod
     def rank_args(ranking, ranks: list[int]) -> tuple:
+        """The set's token (from its prompt output), then the ranks padded to the slots."""
+        from labeling_app.ui import shown_token
+
         n_slots = (len(ranking) - 3) // 2
-        return tuple(ranks) + (None,) * (n_slots - len(ranks))
+        return (shown_token(ranking[0]), *ranks) + (None,) * (n_slots - len(ranks))
 
     def random_ranks(self, n: int) -> list[int]:
         scores = self.rng.integers(0, n, size=n)  # ties happen

@@ -1,9 +1,10 @@
 """Manage the raters who can sign in to the labeling app (salted scrypt hashes, never passwords).
 
-    python -m pipelines.raters add alice [--admin] [--password-stdin] [--file datasets/raters.json]
+    python -m pipelines.raters add alice [--admin] [--password-file F | --password-stdin] [--file datasets/raters.json]
     python -m pipelines.raters passwd alice | disable alice | enable alice | list
 
-Without --password-stdin the password is asked for twice on the terminal.  A running app sees
+The password is the first line of --password-file, else of standard input when that is not a
+terminal (or with --password-stdin); on a terminal it is asked for twice.  A running app sees
 changes at the rater's next request (a disabled rater is signed out of everything at once).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 
 from data.errors import UserError
 from labeling_app.config import LabelConfig
@@ -19,14 +21,24 @@ from labeling_app.raters import RatersFile
 from pipelines.cli import run
 
 
+def _first_line(text: str, source: str) -> str:
+    pw = text.split("\n", 1)[0].rstrip("\r")
+    if not pw:
+        raise UserError(f"no password in {source} (its first line is empty).",
+                        "put the password on the first line.")
+    return pw
+
+
 def _password(args) -> str:
-    if args.password_stdin:
-        pw = sys.stdin.readline().rstrip("\n")
-        if not pw:
-            raise UserError("no password on standard input.", "pipe the password, one line.")
-        return pw
-    if not sys.stdin.isatty():
-        raise UserError("no terminal to ask for the password.", "pass --password-stdin and pipe it in.")
+    if args.password_file:
+        try:
+            return _first_line(Path(args.password_file).read_text(), args.password_file)
+        except OSError as e:
+            raise UserError(f"cannot read the password file {args.password_file} ({e.strerror}).",
+                            "pass PASSWORD_FILE=<a readable file holding the password>.") from None
+    if args.password_stdin or not sys.stdin.isatty():
+        # No terminal (make without one, a script, CI): the password comes piped in.
+        return _first_line(sys.stdin.readline(), "standard input")
     pw = getpass.getpass(f"password for {args.rater}: ")
     if getpass.getpass("again: ") != pw:
         raise UserError("the two passwords differ.", "run the command again.")
@@ -40,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("add", "passwd"):
         p = sub.add_parser(name)
         p.add_argument("rater")
-        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--password-file", help="read the password from the first line of this file")
+        src.add_argument("--password-stdin", action="store_true",
+                         help="read the password from stdin (the default when stdin is not a terminal)")
         if name == "add":
             p.add_argument("--admin", action="store_true", help="may see the admin tab and export")
     for name in ("disable", "enable"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,9 @@ def test_hf_export_cli_and_a_mismatched_file_stops_it_whole(labelled, tmp_path, 
     assert run(main, [f"root={root}", "format=hf"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["zip"] is None and out["directory"].endswith("-hf") and os.path.isdir(out["directory"])
+    # the owner's alone, like the zipped export: folders 0700, files 0600
+    modes = {(p.is_dir(), p.stat().st_mode & 0o777) for p in [Path(out["directory"]), *Path(out["directory"]).rglob("*")]}
+    assert modes == {(True, 0o700), (False, 0o600)}
     assert run(main, [f"root={root}", "format=zip"]) == 2
     assert "format" in capsys.readouterr().err
 

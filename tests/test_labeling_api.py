@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 from data import Store
 from data.labels import current
+from labeling_app.ui import shown_token
 from tests.labeling_server import (HOSTILE_PROMPT, PASSWORD, free_port, label_config, make_raters, make_round,
                                    serve)
 
@@ -42,6 +45,17 @@ def image_id_of(image) -> str:
     return value["orig_name"].removesuffix(".png")
 
 
+def answer(c: Client, label: str, shown: tuple, reason: str = ""):
+    """Answer the binary item of ``shown`` (the outputs that showed it), as the page does."""
+    return c.predict(reason, shown_token(shown[1]), api_name=f"/{label}")
+
+
+def rank(c: Client, shown: tuple, ranks: list):
+    """Submit ``ranks`` for the ranking set of ``shown`` (padded to the slots with None)."""
+    slots = (len(shown) - 3) // 2
+    return c.predict(shown_token(shown[0]), *(list(ranks) + [None] * (slots - len(ranks))), api_name="/submit_ranking")
+
+
 def rows(store: Store, table: str, rater: str):
     df = current(store, table).to_pandas()
     return df[df["rater_id"] == rater]
@@ -59,20 +73,22 @@ def test_no_endpoint_takes_a_rater_id(server):
 def test_login_label_rank_undo_and_resume(server):
     store, _, _, url = server
     c = client(url, "alice")
-    image, prompt, status, progress, _ = c.predict(api_name="/next_binary")
+    shown = c.predict(api_name="/next_binary")
+    image, prompt, status, progress, _ = shown
     first = image_id_of(image)
-    assert "alice" in progress and "0 images" in progress
+    assert "alice" in progress and "0 images" in progress and shown_token(prompt)
     # a second session of the same rater (a refresh, a new login) resumes on the same item
     assert image_id_of(client(url, "alice").predict(api_name="/next_binary")[0]) == first
-    image, _, status, progress, _ = c.predict("", api_name="/good")
+    image, _, status, progress, _ = answer(c, "good", shown)
     assert "Saved" in status and "1 images" in progress and image_id_of(image) != first
     got = rows(store, "binary_labels", "alice")
     assert got["image_id"].tolist() == [first] and got["label"].tolist() == ["good"]
     assert not got["is_gold"].any() and got["guideline_version"].str.startswith("1+").all()
-    image, _, status, progress, _ = c.predict(api_name="/undo_binary")
+    shown = c.predict(api_name="/undo_binary")
+    image, _, status, progress, _ = shown
     assert image_id_of(image) == first and "taken back" in status and "0 images" in progress
     assert rows(store, "binary_labels", "alice").empty
-    c.predict("", api_name="/bad")
+    answer(c, "bad", shown)
     assert rows(store, "binary_labels", "alice")["label"].tolist() == ["bad"]
 
     out = c.predict(api_name="/next_ranking")
@@ -80,8 +96,7 @@ def test_login_label_rank_undo_and_resume(server):
     shown = [im for im in out[1:1 + slots] if im is not None and (im.get("__type__") != "update" or im["visible"])]
     ids = [image_id_of(im) for im in shown]
     assert len(ids) == 3
-    ranks = [2, 1, 2] + [None] * (slots - 3)
-    out = c.predict(*ranks, api_name="/submit_ranking")
+    out = rank(c, out, [2, 1, 2])
     assert "Saved your ranking" in out[-2] and "1 rankings" in out[-1]
     r = rows(store, "rankings", "alice")
     assert list(r["image_ids"].iloc[0]) == ids and list(r["ranks"].iloc[0]) == [2, 1, 2]
@@ -89,16 +104,39 @@ def test_login_label_rank_undo_and_resume(server):
     assert rows(store, "rankings", "alice").empty
 
 
-def test_invalid_ranking_is_refused(server):
+def test_refused_actions_answer_in_the_status_and_keep_the_item(server, caplog, capfd):
+    """A refused action is a status (no error: Gradio would mark every output), the item stays,
+    the next valid action works, and the server logs one line per refusal, no traceback."""
     store, _, _, url = server
     c = client(url, "bob")
     out = c.predict(api_name="/next_ranking")
     slots = (len(out) - 3) // 2
-    with pytest.raises(AppError, match="not an ordering"):
-        c.predict(*([1, 1, 3] + [None] * (slots - 3)), api_name="/submit_ranking")
-    with pytest.raises(AppError, match="no rank"):
-        c.predict(*([1] + [None] * (slots - 1)), api_name="/submit_ranking")
-    assert rows(store, "rankings", "bob").empty
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="labeling_app"):
+        bad = rank(c, out, [1, 1, 3])
+        assert "not an ordering" in bad[-2] and 'class="warn"' in bad[-2]
+        assert bad[0] == out[0] and list(bad[1 + slots:4 + slots]) == [1, 1, 3]  # same set, choices kept
+        assert "no rank" in rank(c, out, [1])[-2]
+        assert "not an ordering" in rank(c, out, [1, 1, 3])[-2]
+        assert rows(store, "rankings", "bob").empty
+        assert "Saved your ranking" in rank(c, out, [1, 1, 2])[-2]                # fixed: stored
+        assert list(rows(store, "rankings", "bob")["ranks"].iloc[0]) == [1, 1, 2]
+
+        shown = c.predict(api_name="/next_binary")
+        undo = c.predict(api_name="/undo_binary")                                  # nothing to undo
+        assert "no binary answer to undo" in undo[2] and image_id_of(undo[0]) == image_id_of(shown[0])
+        assert shown_token(undo[1]) == shown_token(shown[1])
+        nothing = c.predict("", "", api_name="/good")                              # the page showed nothing
+        assert "nothing was saved" in nothing[2] and image_id_of(nothing[0]) == image_id_of(shown[0])
+        stale = c.predict("", "0123456789abcdef", api_name="/good")               # not the item shown
+        assert "not your current one" in stale[2]
+        assert rows(store, "binary_labels", "bob").empty
+        assert "Saved" in answer(c, "good", undo)[2]
+        assert rows(store, "binary_labels", "bob")["image_id"].tolist() == [image_id_of(shown[0])]
+    refusals = [r for r in caplog.records if r.name == "labeling_app" and r.getMessage().startswith("refused")]
+    assert len(refusals) == 6 and all("\n" not in r.getMessage() for r in refusals)
+    assert all(" by bob: " in r.getMessage() for r in refusals)
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 def test_wrong_password_and_anonymous_requests_are_refused(server):
@@ -133,7 +171,7 @@ def test_hostile_prompt_is_rendered_inert(server):
     for _ in range(40):  # skip until the hostile item shows (skips leave items to other raters)
         if "onerror" in out[1]:
             break
-        out = c.predict("", api_name="/skip")
+        out = answer(c, "skip", out)
     prompt_html = out[1]
     assert "&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;&lt;script&gt;" in prompt_html
     assert "<img" not in prompt_html and "<script" not in prompt_html
@@ -143,12 +181,12 @@ def test_hostile_prompt_is_rendered_inert(server):
 def test_a_second_rater_never_gets_the_first_raters_items(server):
     store, _, app, url = server
     d, e = client(url, "dave"), client(url, "erin")
-    dave_item = image_id_of(d.predict(api_name="/next_binary")[0])
-    erin_item = image_id_of(e.predict(api_name="/next_binary")[0])
-    assert dave_item != erin_item  # an open item is leased to its rater (K = 1)
+    d_out, e_out = d.predict(api_name="/next_binary"), e.predict(api_name="/next_binary")
+    assert image_id_of(d_out[0]) != image_id_of(e_out[0])  # an open item is leased to its rater (K = 1)
+    assert "not your current one" in answer(d, "good", e_out)[2]  # erin's token is no use to dave
     for _ in range(5):
-        d.predict("", api_name="/good")
-        e.predict("", api_name="/bad")
+        d_out = answer(d, "good", d_out)
+        e_out = answer(e, "bad", e_out)
     labels = current(store, "binary_labels").to_pandas()
     dave = set(labels.loc[labels["rater_id"] == "dave", "image_id"])
     erin = set(labels.loc[labels["rater_id"] == "erin", "image_id"])
@@ -157,19 +195,77 @@ def test_a_second_rater_never_gets_the_first_raters_items(server):
     assert (answered.groupby("image_id")["rater_id"].nunique() <= app.cfg.overlap).all()
 
 
-def test_admin_tab_is_for_admins_only(server):
+def signed_in(url: str, name: str, source: str = "127.0.0.1") -> httpx.Client:
+    """A plain HTTP client from ``source`` with the session cookies of ``name``."""
+    h = httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30)
+    assert h.post(url + "login", data={"username": name, "password": PASSWORD}).status_code == 200
+    return h
+
+
+def test_admin_tab_and_exports_are_for_admins_only(server):
     store, _, _, url = server
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/admin_report")
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/export")
-    summary, counts, gold, per_prompt = client(url, "alice").predict(api_name="/admin_report")
+    summary, chart, per_prompt, timeline, timeline_df, counts, gold = client(url, "alice").predict(api_name="/admin_report")
     assert "Krippendorff" in summary and "alice" in [row[0] for row in counts["data"]]
-    # the per-prompt pass rates of data.targets, one row per prompt of the round
+    # the per-prompt pass rates of data.targets, one row per prompt of the round, worst first
     assert {"prompt", "good_rate", "labelled_images", "picked"} <= set(per_prompt["headers"])
     assert len(per_prompt["data"]) == store.to_pandas("generations")["prompt_id"].nunique()
-    exported, status = client(url, "alice").predict(api_name="/export")
-    assert exported["orig_name"].endswith(".zip") and "Exported" in status
+    rates = [row[per_prompt["headers"].index("good_rate")] for row in per_prompt["data"]]
+    labelled = [r for r in rates if r is not None and r == r]
+    assert labelled == sorted(labelled) and labelled
+    assert 'src="data:image/png;base64,' in chart and 'src="data:image/png;base64,' in timeline
+    assert "alice" in timeline_df["headers"] and "total" in timeline_df["headers"]
+
+    link, status = client(url, "alice").predict(api_name="/export")
+    assert "Exported" in status
+    href = re.search(r'href="([^"]+)"', link).group(1)
+    assert href.startswith("admin/export/") and href.endswith(".zip")
+    zip_path = next((store.root / "exports").glob("*/*.zip"))
+    alice, bob = signed_in(url, "alice"), signed_in(url, "bob")
+    got = alice.get(url + href)
+    assert got.status_code == 200 and got.content == zip_path.read_bytes()
+    assert bob.get(url + href).status_code == 403          # a rater with the admin's URL
+    assert httpx.get(url + href).status_code == 401        # no session
+    assert alice.get(url + "admin/export/../raters.json").status_code == 404
+    # nothing of the export is where Gradio's file route serves it, to anyone
+    for who in (alice, bob):
+        for path in (zip_path, zip_path.parent / "binary_labels.parquet"):
+            assert who.get(f"{url}gradio_api/file={path}").status_code in (403, 404)
+
+
+def test_login_throttle_per_client_address(server):
+    """Wrong passwords from 127.0.0.2 delay 127.0.0.2 only (growing waits), never the right
+    password from 127.0.0.3; per (client, name) first, then for the client's every name."""
+    _, _, _, url = server
+    two = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+    three = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=30)
+
+    def login(h, name, password="wrong password"):
+        return h.post(url + "login", data={"username": name, "password": password})
+
+    for _ in range(4):  # 3 free wrong tries for (127.0.0.2, alice); the 4th sets a 1 s wait
+        assert login(two, "alice").status_code == 400
+    r = login(two, "alice", PASSWORD)  # even the right password waits
+    assert r.status_code == 429 and r.json()["detail"] == "too many attempts, wait 1 s"
+    assert r.headers["retry-after"] == "1"
+    assert login(three, "alice", PASSWORD).status_code == 200   # another client: not delayed
+    assert login(two, "bob").status_code == 400                 # another name from .2: its own count
+    time.sleep(1.1)
+    assert login(two, "alice").status_code == 400               # the wait is over; wrong again: 2 s
+    r = login(two, "alice")
+    assert r.status_code == 429 and r.json()["detail"] == "too many attempts, wait 2 s"
+    # per client: 10 wrong passwords from .2 for any names, then every name waits
+    for name in ("carol", "dave", "erin", "frank", "nobody"):
+        assert login(two, name).status_code == 400
+    r = login(two, "someone-else", PASSWORD)
+    assert r.status_code == 429 and r.json()["detail"].startswith("too many attempts, wait")
+    assert login(three, "bob", PASSWORD).status_code == 200
+    # the login page shows the server's reason (not Gradio's fixed "Incorrect credentials")
+    page = two.get(url).text
+    assert 'id="login-error"' in page and "detail" in page
 
 
 def test_a_disabled_rater_is_refused_at_the_next_request(server):
@@ -179,7 +275,7 @@ def test_a_disabled_rater_is_refused_at_the_next_request(server):
     raters.set_disabled("frank", True)
     try:
         with pytest.raises(AppError, match="not signed in"):
-            c.predict("", api_name="/good")
+            c.predict("", "", api_name="/good")
         assert rows(store, "binary_labels", "frank").empty
     finally:
         raters.set_disabled("frank", False)
@@ -211,10 +307,11 @@ def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     proc = start()
     try:
         c = client(url, "gina")
-        c.predict(api_name="/next_binary")
+        out = c.predict(api_name="/next_binary")
         acked = 0
         for label in ["good", "bad", "good", "skip", "bad", "good"]:
-            if "Saved" in c.predict("", api_name=f"/{label}")[2]:
+            out = answer(c, label, out)
+            if "Saved" in out[2]:
                 acked += 1
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -4,6 +4,7 @@ export, and the generate / label / simulate-raters entry points."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import os
@@ -21,13 +22,13 @@ from data.shapes.raters import RaterProfile, default_panel
 from data.shapes.render import render_round
 from data.shapes.world import prompt_set
 from labeling_app.assignment import Assigner, InvalidAnswer, StaleItem
-from labeling_app.config import GoldConfig, LabelConfig
-from labeling_app.export import export_round
+from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
+from labeling_app.export import export_file, export_round
 from labeling_app.gold import ensure_gold, read_gold
 from labeling_app.guidelines import load_guidelines
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.simulate import run_simulated_round
-from labeling_app.stats import gold_accuracy, krippendorff_alpha_nominal, round_report
+from labeling_app.stats import gold_accuracy, krippendorff_alpha_nominal, labels_over_time, round_report
 
 
 @pytest.fixture
@@ -82,18 +83,31 @@ def test_raters_file_stores_salted_hashes_and_checks_passwords(tmp_path):
     assert RatersFile(tmp_path / "raters.json").is_active("bob")
 
 
-def test_login_throttle_and_async_auth(tmp_path):
-    t = LoginThrottle(max_failures=3, window_s=60, lockout_s=30)
-    for s in range(3):
-        assert t.allowed("x", now=s)
-        t.record("x", False, now=s)
-    assert not t.allowed("x", now=10) and t.allowed("x", now=40) and t.allowed("y", now=10)
+def test_login_throttle_grows_per_client_and_per_client_and_name(tmp_path):
+    t = LoginThrottle(LoginConfig(free_per_name=2, free_per_client=4, base_delay_s=1, max_delay_s=8, forget_s=100))
+    for s in range(2):  # the free tries
+        assert t.wait_s("10.0.0.1", "alice", now=s) == 0
+        t.record("10.0.0.1", "alice", False, now=s)
+    assert t.wait_s("10.0.0.1", "alice", now=2) == 0
+    t.record("10.0.0.1", "alice", False, now=2)            # 3rd wrong: wait 1 s
+    assert t.wait_s("10.0.0.1", "alice", now=2.5) == pytest.approx(0.5)
+    t.record("10.0.0.1", "alice", False, now=3)            # 4th: 2 s, then 4, 8, 8 (the cap)
+    assert t.wait_s("10.0.0.1", "alice", now=3) == pytest.approx(2)
+    # another client is never delayed, for that name or any other; nor this client for another name
+    assert t.wait_s("10.0.0.2", "alice", now=3) == 0 and t.wait_s("10.0.0.1", "bob", now=3) == 0
+    t.record("10.0.0.1", "bob", False, now=3)              # the client's 5th wrong password: 1 s for any name
+    assert t.wait_s("10.0.0.1", "carol", now=3) == pytest.approx(1)
+    for now in (10, 20, 30):
+        t.record("10.0.0.1", "alice", False, now=now)
+    assert t.wait_s("10.0.0.1", "alice", now=30) == pytest.approx(8)
+    t.record("10.0.0.1", "alice", True, now=40)             # the right password clears (client, name)
+    assert t.wait_s("10.0.0.1", "alice", now=40) == 0
+    t.record("10.0.0.1", "dave", False, now=200)            # forgotten after forget_s: free again
+    assert t.wait_s("10.0.0.1", "dave", now=200) == 0
     rf = RatersFile(tmp_path / "r.json")
     rf.add("alice", "password-1")
-    auth = make_auth(rf, LoginThrottle(max_failures=2))
-    assert asyncio.run(auth("alice", "password-1"))
-    assert not asyncio.run(auth("alice", "nope")) and not asyncio.run(auth("alice", "nope"))
-    assert not asyncio.run(auth("alice", "password-1"))  # locked out after two failures
+    auth = make_auth(rf)
+    assert asyncio.run(auth("alice", "password-1")) and not asyncio.run(auth("alice", "nope"))
 
 
 def test_guidelines_version_follows_the_text(tmp_path):
@@ -332,6 +346,48 @@ def test_simulated_round_report_and_export(round_store, tmp_path):
     assert pd.read_parquet(out.directory / "pairs.parquet").shape[0] == 24 * 3
     assert json.loads((out.directory / "summary.json").read_text())["rankings"] == 24
     assert out.zip_path.stat().st_size > 0
+    # the owner's alone: folders 0700, files 0600, nothing left under a temporary name
+    exports = round_store.root / "exports"
+    assert out.directory.parent == exports and [p.name for p in exports.iterdir()] == [out.directory.name]
+    assert {stat.S_IMODE(d.stat().st_mode) for d in (exports, out.directory)} == {0o700}
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.directory.iterdir()} == {0o600}
+    # the download route's lookup: a finished export's files, nothing else
+    assert export_file(round_store.root, out.directory.name, out.zip_path.name) == out.zip_path.resolve()
+    for stamp, name in ((out.directory.name, "missing.zip"), ("..", "raters.json"), (out.directory.name, ".."),
+                        ("../..", out.zip_path.name), (f".{out.directory.name}.tmp", out.zip_path.name)):
+        assert export_file(round_store.root, stamp, name) is None, (stamp, name)
+
+    # answers per rater over time: every bucket for every rater, summing to the answers
+    timeline = rep.timeline
+    assert set(timeline["rater_id"]) == set(rep.counts["rater_id"])
+    assert timeline["answers"].sum() == rep.binary_labels + rep.rankings
+    assert timeline.groupby("start").size().eq(len(rep.counts)).all()
+
+
+def test_labels_over_time_buckets_and_charts():
+    from labeling_app.charts import pass_rate_chart, timeline_chart
+
+    t0 = pd.Timestamp("2025-01-01 09:00", tz="UTC")
+    at = lambda minutes: [t0 + pd.Timedelta(minutes=m) for m in minutes]  # noqa: E731
+    binary = pd.DataFrame({"rater_id": ["a", "a", "b", "b"], "created_at": at([1, 2, 3, 62])})
+    rankings = pd.DataFrame({"rater_id": ["a"], "created_at": at([125])})
+    hourly = labels_over_time(binary, rankings, freq="h")
+    assert hourly["start"].tolist() == [t0, t0, t0 + pd.Timedelta(hours=1), t0 + pd.Timedelta(hours=1),
+                                        t0 + pd.Timedelta(hours=2), t0 + pd.Timedelta(hours=2)]
+    assert hourly["rater_id"].tolist() == ["a", "b"] * 3 and hourly["answers"].tolist() == [2, 1, 0, 1, 1, 0]
+    starts = pd.Series(labels_over_time(binary, rankings)["start"].unique())  # span 2 h: 5-minute buckets
+    assert len(starts) == 26 and starts.diff().dropna().eq(pd.Timedelta(minutes=5)).all()
+    empty = labels_over_time(binary.iloc[:0], rankings.iloc[:0])
+    assert empty.empty and list(empty.columns) == ["start", "rater_id", "answers"]
+
+    from PIL import Image
+
+    rates = pd.DataFrame({"prompt_id": ["p1", "p2", "p3"], "prompt": ["one", "two", "three"],
+                          "labelled_images": [4, 5, 0], "good_images": [1, 5, 0], "good_rate": [0.25, 1.0, np.nan],
+                          "labels": [12, 15, 0], "picked": [True, False, False]})
+    for png in (pass_rate_chart(rates), timeline_chart(hourly), pass_rate_chart(rates.iloc[:0]), timeline_chart(empty)):
+        img = Image.open(io.BytesIO(png))
+        assert img.format == "PNG" and img.width >= 600 and img.height >= 100
 
 
 def test_generate_samples_a_pipeline_and_adds_to_the_round(tmp_path, capsys):
@@ -389,8 +445,6 @@ def test_entry_points_report_missing_pieces(tmp_path, capsys, round_store):
 
 
 def test_raters_command_adds_disables_and_lists(tmp_path, capsys, monkeypatch):
-    import io
-
     from pipelines import raters as raters_cli
     from pipelines.cli import run
 
@@ -404,6 +458,39 @@ def test_raters_command_adds_disables_and_lists(tmp_path, capsys, monkeypatch):
     assert RatersFile(f).account("lead").disabled and not RatersFile(f).verify("lead", "a long password")
     assert run(raters_cli.main, ["--file", f, "disable", "nobody"]) == 2
     assert "no rater 'nobody'" in capsys.readouterr().err
+    # no terminal: the password comes from --password-file, or from stdin without any flag
+    pw = tmp_path / "pw.txt"
+    pw.write_text("from a file 1\n")
+    assert run(raters_cli.main, ["--file", f, "add", "ann", "--password-file", str(pw)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("piped in 1\n"))
+    assert run(raters_cli.main, ["--file", f, "add", "ben"]) == 0
+    assert RatersFile(f).verify("ann", "from a file 1") and RatersFile(f).verify("ben", "piped in 1")
+    assert run(raters_cli.main, ["--file", f, "add", "cid", "--password-file", str(tmp_path / "nope")]) == 2
+    assert "cannot read the password file" in capsys.readouterr().err
+
+
+def test_make_rater_add_works_without_a_terminal(tmp_path):
+    """`make rater-add RATER=x PASSWORD_FILE=f` with no terminal (stdin closed), and with the
+    password piped in; `-o install` skips the venv set-up, PY= is this interpreter."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    repo = Path(__file__).resolve().parents[1]
+    f = tmp_path / "raters.json"
+    pw = tmp_path / "pw"
+    pw.write_text("secret password\n")
+    base = ["make", "-s", "-C", str(repo), "-o", "install", f"PY={sys.executable}", f"RATERS_FILE={f}", "rater-add"]
+    r = subprocess.run(base + ["RATER=lead", "ADMIN=1", f"PASSWORD_FILE={pw}"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(base + ["RATER=amy"], input="piped password\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rf = RatersFile(f)
+    assert rf.is_admin("lead") and rf.verify("lead", "secret password") and rf.verify("amy", "piped password")
 
 
 def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):

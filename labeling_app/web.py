@@ -1,0 +1,171 @@
+"""The HTTP pieces beside the Gradio app: the login page with its throttle, and the admin download.
+
+- **Login.**  Gradio's login route checks a password but sees neither the client's address nor
+  any rate limit, and its page can only say "Incorrect credentials".  :class:`LoginGuard` (ASGI
+  middleware in front of the app) serves a small login page to visitors without a session, and
+  puts :class:`~labeling_app.raters.LoginThrottle` in front of ``POST /login``: a client that is
+  made to wait gets HTTP 429 "too many attempts, wait N s" (with ``Retry-After``), which the page
+  shows.  Attempts from one client address are handled one at a time, so parallel guesses are
+  counted like sequential ones.
+- **Exports** are downloaded through :func:`export_route`, which checks that the session's rater
+  is an admin (401 without a session, 403 for a rater who is not an admin, 404 for anything that
+  is not a finished export of this round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from labeling_app.export import export_file
+from labeling_app.raters import LoginThrottle, RatersFile
+
+log = logging.getLogger("labeling_app")
+
+EXPORT_ROUTE = "/admin/export"
+
+
+def session_user(request: Request) -> str | None:
+    """The user name of the request's Gradio login session (None without one).  Gradio keeps
+    sessions as ``app.tokens[cookie] = username`` behind two cookies, as its own ``/user`` route
+    reads them."""
+    app = request.scope.get("app")
+    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+    if tokens is None or cookie_id is None:
+        return None
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(f"access-token-unsecure-{cookie_id}")
+    return tokens.get(token) if token else None
+
+
+def too_many(wait_s: float) -> str:
+    return f"too many attempts, wait {max(1, math.ceil(wait_s))} s"
+
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Labeling: sign in</title>
+<style>
+ body {{ font-family: system-ui, sans-serif; background: #f3f4f6; margin: 0; }}
+ form {{ max-width: 380px; margin: 12vh auto; background: #fff; padding: 2rem; border-radius: 8px;
+        box-shadow: 0 1px 4px rgba(0,0,0,.15); display: flex; flex-direction: column; gap: .6rem; }}
+ h1 {{ font-size: 1.3rem; margin: 0 0 .4rem; }}
+ input {{ font-size: 1rem; padding: .45rem; border: 1px solid #9ca3af; border-radius: 4px; }}
+ button {{ font-size: 1rem; padding: .55rem; border: 0; border-radius: 4px; background: #4f46e5; color: #fff; cursor: pointer; }}
+ #login-error {{ color: #b91c1c; min-height: 1.3em; margin: 0; }}
+</style></head>
+<body><form id="login-form">
+<h1>Sign in</h1><p>{message}</p>
+<label for="username">Username</label><input id="username" name="username" autocomplete="username" required autofocus>
+<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
+<p id="login-error" role="alert"></p>
+<button type="submit">Login</button>
+</form>
+<script>
+document.getElementById('login-form').addEventListener('submit', async function (e) {{
+  e.preventDefault();
+  var err = document.getElementById('login-error');
+  err.textContent = '';
+  var r = await fetch('login', {{method: 'POST', body: new URLSearchParams(new FormData(this))}});
+  if (r.ok) {{ location.reload(); return; }}
+  var detail = '';
+  try {{ detail = (await r.json()).detail; }} catch (x) {{}}
+  err.textContent = (typeof detail === 'string' && detail) ? detail : 'Incorrect credentials.';
+  if (r.status === 400) document.getElementById('password').value = '';
+}});
+</script></body></html>
+"""
+
+
+class LoginGuard:
+    """ASGI middleware: the login page for visitors without a session, the throttle on logins."""
+
+    def __init__(self, app, throttle: LoginThrottle, message: str = ""):
+        self.app, self.throttle = app, throttle
+        self.page = LOGIN_PAGE.format(message=html.escape(message))
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = defaultdict(int)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope["path"].rstrip("/") or "/"
+            if scope["method"] == "POST" and path == "/login":
+                return await self.login(scope, receive, send)
+            if scope["method"] in ("GET", "HEAD") and path == "/" and session_user(Request(scope)) is None:
+                return await HTMLResponse(self.page, headers={"Cache-Control": "no-store"})(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def login(self, scope, receive, send):
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        replayed = False
+
+        async def replay():  # the buffered body for Gradio's route, then the real channel
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        form = await Request(scope, replay).form()
+        name = str(form.get("username") or "").strip()  # Gradio strips it too
+        replayed = False
+        client = (scope.get("client") or ("unknown", 0))[0]
+        self._users[client] += 1
+        lock = self._locks.setdefault(client, asyncio.Lock())
+        try:
+            async with lock:
+                wait = self.throttle.wait_s(client, name)
+                if wait > 0:
+                    log.warning("login refused: %s for %r from %s", too_many(wait), name, client)
+                    return await JSONResponse({"detail": too_many(wait)}, status_code=429,
+                                              headers={"Retry-After": str(max(1, math.ceil(wait)))})(scope, receive, send)
+                status = 0
+
+                async def send_status(msg):
+                    nonlocal status
+                    if msg["type"] == "http.response.start":
+                        status = msg["status"]
+                    await send(msg)
+
+                await self.app(scope, replay, send_status)
+                if status in (200, 400):  # 400: Gradio's "Incorrect credentials."
+                    self.throttle.record(client, name, status == 200)
+                    if status == 400:
+                        log.warning("login refused: wrong name or password for %r from %s", name, client)
+        finally:
+            self._users[client] -= 1
+            if not self._users[client]:
+                del self._users[client], self._locks[client]
+
+
+def export_route(root: str | Path, raters: RatersFile) -> Route:
+    """``GET /admin/export/<stamp>/<file>``: a file of a finished export, to admins only."""
+
+    async def download(request: Request) -> Response:
+        user = session_user(request)
+        if user is None or not raters.is_active(user):
+            return JSONResponse({"detail": "Not authenticated"}, status_code=401)
+        stamp, name = request.path_params["stamp"], request.path_params["name"]
+        if not raters.is_admin(user):
+            log.warning("refused export download of %s/%s by %s: not an admin", stamp, name, user)
+            return JSONResponse({"detail": "This is for admins only."}, status_code=403)
+        path = export_file(root, stamp, name)
+        if path is None:
+            return JSONResponse({"detail": "No such export."}, status_code=404)
+        return FileResponse(path, filename=name, headers={"Cache-Control": "no-store"})
+
+    return Route(EXPORT_ROUTE + "/{stamp}/{name}", download, methods=["GET"])
+
