@@ -87,6 +87,18 @@ def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule(),
     return rates.assign(picked=rates["prompt_id"].isin(chosen))
 
 
+def read_prompts_file(path: str | os.PathLike) -> list[str]:
+    """The prompts of a prompts file (what :func:`write_targets` writes and ``prompts_file=`` takes
+    everywhere): one per line, stripped, blank lines skipped; a missing or empty file is one error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file {path} does not exist.", "pass a text file with one prompt per line.")
+    texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    if not texts:
+        raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
+    return texts
+
+
 def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None, rule: TargetRule = TargetRule(),
                   *, among: Collection[str] | None = None, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default

@@ -18,6 +18,7 @@ import torch
 from data.errors import UserError
 from data.loading import load_sd_pipeline
 from data.shapes.world import Prompt, prompt_set
+from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig, RewardConfig
 from pipelines.config import save_config
 
@@ -74,13 +75,7 @@ def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str],
 
 def training_prompts(cfg: FinetuneConfig) -> list[str]:
     if cfg.prompts.prompts_file:
-        path = Path(cfg.prompts.prompts_file)
-        if not path.is_file():
-            raise UserError(f"prompts file {path} does not exist.", "pass a text file, one prompt per line.")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-        return prompts
+        return read_prompts_file(cfg.prompts.prompts_file)
     return [p.text for p in prompt_set(cfg.prompts.split)]
 
 

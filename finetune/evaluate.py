@@ -30,6 +30,7 @@ from data.sampling import SamplingConfig, generate_images, image_size
 from data.shapes.oracle import alignment_by_category, judge
 from data.shapes.render import render
 from data.shapes.world import Prompt, prompt_set
+from data.targets import read_prompts_file
 from finetune.common import image_grid, load_reward, pil_to_tensor, score_in_batches
 from finetune.config import RewardConfig
 
@@ -153,13 +154,7 @@ def evaluated_prompts(cfg: EvalConfig) -> list[str]:
     """The target prompts: ``prompts_file`` (any prompts, one per line) or the shapes-world ``split``."""
     if not cfg.prompts_file:
         return [p.text for p in prompt_set(cfg.split)]  # raises on an unknown split
-    path = Path(cfg.prompts_file)
-    if not path.is_file():
-        raise UserError(f"prompts file {path} does not exist.", "pass a text file, one prompt per line.")
-    texts = [t.strip() for t in path.read_text().splitlines() if t.strip()]
-    if not texts:
-        raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-    return texts
+    return read_prompts_file(cfg.prompts_file)
 
 
 def shapes_prompts(texts: list[str]) -> list[Prompt] | None:

@@ -57,15 +57,10 @@ class GenerateResult:
 
 def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
     from data.shapes.world import prompt_set
+    from data.targets import read_prompts_file
 
     if cfg.prompts_file:
-        path = Path(cfg.prompts_file)
-        if not path.is_file():
-            raise UserError(f"prompts file {path} does not exist.", "pass a text file with one prompt per line.")
-        texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-        if not texts:
-            raise UserError(f"prompts file {path} holds no prompt.", "write one prompt per line.")
-        out = [prompt_spec(t) for t in dict.fromkeys(texts)]
+        out = [prompt_spec(t) for t in dict.fromkeys(read_prompts_file(cfg.prompts_file))]
     else:
         out = [PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
     return out[: cfg.max_prompts] if cfg.max_prompts is not None else out

@@ -86,3 +86,17 @@ def test_no_target_and_no_round_are_clear_errors(round_root, tmp_path):
     assert not (tmp_path / "x.txt").exists()
     with pytest.raises(UserError, match="no labeling round"):
         write_targets(tmp_path / "empty")
+
+
+def test_read_prompts_file_strips_skips_blank_lines_and_refuses_missing_or_empty(tmp_path):
+    from data.errors import UserError
+    from data.targets import read_prompts_file
+
+    f = tmp_path / "p.txt"
+    f.write_text("  one red circle \n\n two blue squares\n")
+    assert read_prompts_file(f) == ["one red circle", "two blue squares"]
+    with pytest.raises(UserError, match="does not exist"):
+        read_prompts_file(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(UserError, match="holds no prompt"):
+        read_prompts_file(tmp_path / "empty.txt")
