@@ -54,13 +54,16 @@ class EvalConfig:
     # a folder of images (any size; sub-folders too): the fidelity reference.  None: renders of the
     # prompts (shapes-world prompts) or the base model's samples (any other prompts)
     reference_images: str | None = None
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 4  # fresh seeds per evaluated (target) prompt: the headline figure
+    # fresh seeds per control and generalisation prompt; None: samples_per_prompt
+    side_samples_per_prompt: int | None = None
     seed: int = 1234
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     clip: str = str(SHAPES_CLIP)  # CLIP folder for the fidelity proxy
     output_dir: str = "reports/eval"
     grid_prompts: int = 8  # prompts shown in the before/after grids
+    grid_samples: int = 8  # seeds shown per prompt in the grids (at most samples_per_prompt)
 
 
 @dataclass
@@ -215,14 +218,18 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
     clip = load_clip(cfg.clip)
     k = cfg.samples_per_prompt
+    k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
+    if min(k, k_side, cfg.grid_samples) < 1:
+        raise UserError(f"samples_per_prompt={k}, side_samples_per_prompt={k_side} and grid_samples="
+                        f"{cfg.grid_samples} must each be at least 1.", "set them to 1 or more.")
     n_main = len(main_texts) * k
     if n_main < 2:
         raise UserError(f"{n_main} sample per model: the fidelity proxy (a Frechet distance) needs at least 2.",
                         "raise samples_per_prompt, or evaluate more prompts.")
     reference = reference_embeddings(clip, cfg.reference_images) if cfg.reference_images else None
-    texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k)]
+    texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k_side)]
     seeds = [cfg.seed * 1000 + i for i in range(len(texts))]  # the same seeds for every model
-    n_ctrl = len(controls) * k
+    n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, base_rewards = [], None
@@ -265,11 +272,14 @@ def _pass_rates(texts: list[str], verdicts) -> dict[str, float]:
 
 
 def _save_grid(images, texts, cfg: EvalConfig, path: Path) -> None:
-    """The first ``grid_prompts`` prompts, one row each, ``samples_per_prompt`` seeds across."""
+    """The first ``grid_prompts`` evaluated prompts, one row each, their first ``grid_samples``
+    seeds across (``images`` / ``texts`` hold ``samples_per_prompt`` consecutive seeds per prompt)."""
     k = cfg.samples_per_prompt
-    rows = images[:cfg.grid_prompts * k]
-    Image.fromarray(image_grid(pil_to_tensor(rows), ncols=k)).save(path)
-    (path.with_suffix(".txt")).write_text("\n".join(texts[i * k] for i in range(len(rows) // k)) + "\n")
+    cols = min(k, cfg.grid_samples)
+    n = min(cfg.grid_prompts, len(images) // k)
+    shown = [images[p * k + j] for p in range(n) for j in range(cols)]
+    Image.fromarray(image_grid(pil_to_tensor(shown), ncols=cols)).save(path)
+    (path.with_suffix(".txt")).write_text("\n".join(texts[p * k] for p in range(n)) + "\n")
 
 
 def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
@@ -297,11 +307,13 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
     from pipelines.config import to_dict
 
     table = markdown_table(results)
+    side = (f"; {cfg.side_samples_per_prompt} per control and generalisation prompt"
+            if oracle and cfg.side_samples_per_prompt is not None else "")
     about = ("Alignment: oracle verdicts by category; controls: train prompts with one or two objects.\n\n" if oracle
              else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
     _write_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
-        f"(seed {cfg.seed})\n\n{about}"
+        f"(seed {cfg.seed}){side}\n\n{about}"
         f"Reward win-rate: the share of (prompt, seed) pairs whose image the reward scores above the base's "
         f"(ties count half). Fidelity: CLIP-space Frechet distance to {fidelity_reference(cfg, oracle)}.\n\n"
         f"{table}\n")

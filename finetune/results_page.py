@@ -24,7 +24,7 @@ def _num(v, digits=3) -> str:
 def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
     """One table row per model and run, then the mean over runs of each model's gain over base."""
     lines = ["## `make demo` (2 CPU cores)", "",
-             "Oracle alignment (%) of 4 fresh-seed samples per prompt; targets = the prompts the rule picked "
+             "Oracle alignment (%) of fresh-seed samples (how many per prompt: the last table); targets = the prompts the rule picked "
              "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
              "fine-tuned on; controls = train prompts with one or two objects, not targets. Reward: pairwise "
              "accuracy vs the oracle (zero-shot CLIP in brackets).", "",
@@ -58,17 +58,29 @@ def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
                   "fixed seeds; round: value):", ""]
         lines += [f"- {label} {m}: " + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
                   for label, m, c in curves]
-    lines += ["", "| run | targets | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| run | targets | eval seeds per target (per control / held-out) prompt | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) |",
+              "|---|---|---|---|---|---|"]
     for label, r in runs:
         rm, sec = r.get("reward_model", {}), r.get("seconds", {})
         views = [f"{_num(rm.get(v, {}).get('pairwise_accuracy_vs_oracle'))} "
                  f"({_num(rm.get(v, {}).get('zero_shot_clip_pairwise_accuracy_vs_oracle'))})" for v in ("val_images", "val_prompts")]
         parts = ", ".join(str(round(sec.get(k, 0))) for k in ("generate", "reward", "finetune-rwl", "finetune-dpok",
                                                              "finetune-dpok-oracle", "evaluate"))
-        lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {views[0]} | {views[1]} | "
+        k, k_side = eval_seeds(r)
+        lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {k} ({k_side}) | {views[0]} | {views[1]} | "
                      f"{round(sec.get('total', 0))} ({parts}) |")
     return lines
+
+
+def eval_seeds(r: dict) -> tuple[int, int]:
+    """Fresh seeds per target prompt and per control / held-out prompt of a demo's evaluation.
+    Results files from before ``eval_samples`` was recorded: the base's images over the targets,
+    and 4 per side prompt (all of them used 4)."""
+    e = r.get("eval_samples")
+    if e is not None:
+        return e["per_target_prompt"], e["per_side_prompt"]
+    targets, n = r.get("targets_chosen") or [], r.get("base", {}).get("n_images")
+    return (round(n / len(targets)) if n and targets else 4), 4
 
 
 def bench_section(runs: list[tuple[str, list[dict]]]) -> list[str]:

@@ -132,3 +132,38 @@ def test_eval_missing_inputs_are_errors_not_skips_or_nan(setup, tmp_path):
     fails("need shapes-world prompts", "reward.kind=oracle")
     (tmp_path / "one.txt").write_text("a photo of a cat\n")
     fails("needs at least 2", "samples_per_prompt=1", f"prompts_file={tmp_path}/one.txt")
+
+
+def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_path):
+    """samples_per_prompt seeds per evaluated prompt (the headline), side_samples_per_prompt per
+    control and generalisation prompt; the grids show grid_samples seeds of grid_prompts prompts."""
+    from finetune.evaluate import control_prompts
+    from data.shapes.world import prompt_set
+
+    targets = ["three red circles", "two blue squares on a white background"]
+    (tmp_path / "targets.txt").write_text("\n".join(targets) + "\n")
+
+    class Count:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    seen = Count()
+    out = tmp_path / "report"
+    results = evaluate(load_config(EvalConfig, None, eval_args(
+        setup, out, f"prompts_file={tmp_path}/targets.txt", "samples_per_prompt=3", "side_samples_per_prompt=1",
+        "generalization_split=heldout", "grid_samples=2", "reward.kind=oracle")), progress=seen)
+    assert all(r.n_images == 2 * 3 for r in results)
+    side = len(control_prompts(set(targets))) + len(prompt_set("heldout"))
+    assert seen.n == len(results) * (2 * 3 + side * 1)  # every model sampled each side prompt once
+    with Image.open(out / "samples-base.png") as grid:
+        one = 32 + 2  # the tiny SD's 32-px images with their 2-px gutters
+        assert grid.size == (2 * one, 2 * one)  # grid_samples=2 columns, grid_prompts=2 rows
+    assert (out / "samples-base.txt").read_text().splitlines() == targets
+    assert "1 per control and generalisation prompt" in (out / "results.md").read_text()
+    for bad in ("side_samples_per_prompt=0", "grid_samples=0"):
+        with pytest.raises(UserError, match="must each be at least 1"):
+            evaluate(load_config(EvalConfig, None, eval_args(
+                setup, tmp_path / "bad", f"prompts_file={tmp_path}/targets.txt", bad, "reward.kind=oracle")))
+        assert not (tmp_path / "bad").exists()

@@ -21,7 +21,12 @@ def test_results_page_from_files(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.30, 0.40, 0.50)))
-    (folder / "demo-2026-01-01-seed1.json").write_text(json.dumps(_demo(0.30, 0.36, 0.46)))
+    newer = _demo(0.30, 0.36, 0.46)
+    newer["eval_samples"] = {"per_target_prompt": 16, "per_side_prompt": 4}
+    (folder / "demo-2026-01-01-seed1.json").write_text(json.dumps(newer))
+    older = _demo(0.30, 0.36, 0.46)  # written before eval_samples: seeds from the base's images
+    older["base"]["n_images"] = 20 * 8
+    (folder / "demo-2025-12-01-old.json").write_text(json.dumps(older))
     (folder / "finetune-2026-01-01-oracle.json").write_text(json.dumps(
         {"command": "make finetune METHOD=dpok", "seconds": 300.4,
          "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 20, "oracle_aligned": 0.5}]}))
@@ -29,8 +34,10 @@ def test_results_page_from_files(tmp_path):
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
     assert "| 2026-01-01-seed0 | dpok | 40.0 |" in page and "| 2026-01-01-seed1 | base | 30.0 |" in page
-    assert "dpok +8.0 (+10.0, +6.0)" in page
-    assert "recovers 44 %" in page  # (10 + 6) / (20 + 16)
+    assert "dpok +7.3 (+6.0, +10.0, +6.0)" in page
+    assert "recovers 42 %" in page  # (6 + 10 + 6) / (16 + 20 + 16)
     assert "0.800 (0.700)" in page
+    assert "| 2026-01-01-seed1 | 20 | 16 (4) |" in page and "| 2025-12-01-old | 20 | 8 (4) |" in page
+    assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
     assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | 300 |" in page
