@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: demo help install test oracle-check finetune eval bench clean base results-page
 
-demo: install  ## the whole loop on the shapes world -> reports/demo/ (about 15 min on 2 CPU cores)
+demo: install  ## the whole loop on the shapes world -> reports/demo/ (about 11 min on 2 CPU cores)
 	$(PY) -m pipelines.demo $(ARGS)
 
 help:  ## list the targets
@@ -99,7 +99,7 @@ eval: install  ## base vs fine-tuned models on the same prompts and seeds (ARGS=
 bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)
 	$(PY) -m pipelines.bench $(ARGS)
 
-results-page: install  ## regenerate docs/results.md from the results files in docs/results/
+results-page: install  ## regenerate docs/results.md (and README's demo block) from docs/results/
 	$(PY) -m pipelines.results_page $(ARGS)
 
 # ---- reward stage (reward/) ------------------------------------------------------------------

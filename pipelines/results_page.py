@@ -1,6 +1,7 @@
-"""``make results-page``: regenerate docs/results.md from the results files in docs/results/.
+"""``make results-page``: regenerate docs/results.md from the results files in docs/results/, and the
+README's demo-results block from the demo runs that docs/results/readme.json names.
 
-    python -m pipelines.results_page [folder=docs/results] [out=docs/results.md]
+    python -m pipelines.results_page [folder=docs/results] [out=docs/results.md] [readme=README.md]
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.results_page import results_page
+from finetune.results_page import fill_readme, load_runs, readme_block, readme_runs, results_page
 from pipelines.cli import config_parser, parse_config, run
 
 
@@ -17,12 +18,19 @@ from pipelines.cli import config_parser, parse_config, run
 class ResultsPageConfig:
     folder: str = "docs/results"
     out: str = "docs/results.md"
+    readme: str | None = "README.md"  # its demo-results block is refilled; None: left alone
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ResultsPageConfig, config_parser(__doc__.splitlines()[0]), argv)
-    Path(cfg.out).write_text(results_page(cfg.folder))
+    page = results_page(cfg.folder)  # every file read and checked before anything is written
+    quoted = readme_runs(cfg.folder, load_runs(cfg.folder)["demo"]) if cfg.readme else []
+    readme = fill_readme(Path(cfg.readme).read_text(), readme_block(quoted, cfg.folder)) if quoted else None
+    Path(cfg.out).write_text(page)
     print(f"wrote {cfg.out}")
+    if readme is not None:
+        Path(cfg.readme).write_text(readme)
+        print(f"filled the demo-results block of {cfg.readme} ({len(quoted)} runs)")
     return 0
 
 

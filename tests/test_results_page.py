@@ -41,3 +41,39 @@ def test_results_page_from_files(tmp_path):
     assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
     assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | 300 |" in page
+
+
+def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
+    """make results-page also refills README's demo-results block from the runs readme.json names;
+    a missing run or missing markers are one clear error, and nothing is written then."""
+    import pytest
+
+    from data.errors import UserError
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    run_ = _demo(0.30, 0.52, 0.60)
+    run_["base"]["n_images"] = 20 * 16
+    run_["eval_samples"] = {"per_target_prompt": 16, "per_side_prompt": 4}
+    (folder / "demo-2026-02-01-seed0.json").write_text(json.dumps(run_))
+    (folder / "demo-2026-01-01-old.json").write_text(json.dumps(_demo(0.3, 0.3, 0.3)))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- demo-results:start -->\nold text\n<!-- demo-results:end -->\n\nafter\n")
+    args = [f"folder={folder}", f"out={tmp_path}/results.md", f"readme={readme}"]
+    assert run(main, args) == 0
+    assert "old text" in readme.read_text()  # no readme.json: the block is left alone
+    (folder / "readme.json").write_text(json.dumps({"demo_runs": ["2026-02-01-seed0"]}))
+    assert run(main, args) == 0
+    text = readme.read_text()
+    assert "old text" not in text and text.endswith("<!-- demo-results:end -->\n\nafter\n")
+    assert "| 2026-02-01-seed0 | 30.0 (70.0) | 52.0 (+22.0) (70.0) | 60.0 (+30.0) (70.0) | 900 |" in text
+    assert "16 fresh seeds each" in text and "2026-01-01-old" not in text
+    (folder / "readme.json").write_text(json.dumps({"demo_runs": ["2026-02-01-seed9"]}))
+    with pytest.raises(UserError, match="no results file"):
+        main(args)
+    (folder / "readme.json").write_text(json.dumps({"demo_runs": ["2026-02-01-seed0"]}))
+    readme.write_text("# no markers\n")
+    (tmp_path / "results.md").unlink()
+    with pytest.raises(UserError, match="no <!-- demo-results:start -->"):
+        main(args)
+    assert readme.read_text() == "# no markers\n" and not (tmp_path / "results.md").exists()
