@@ -6,7 +6,7 @@ Analysts start here::
     labels = read_table("datasets/shapes", "binary_labels")   # a pandas DataFrame
 """
 
-from data.errors import DataError, UserError
+from core.errors import DataError, UserError
 from data.store import Store, read_table
 
 __all__ = ["DataError", "UserError", "Store", "read_table"]

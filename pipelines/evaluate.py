@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from finetune.evaluate import EvalConfig, evaluate, markdown_table
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
+from core.config import save_config
 
 
 def main(argv: list[str] | None = None) -> int:

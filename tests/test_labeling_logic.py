@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from data import Store
-from data.errors import UserError
+from core.errors import UserError
 from data.labels import current
-from data.shapes.raters import RaterProfile, default_panel
-from data.shapes.render import render_round
-from data.shapes.world import prompt_set
+from shapes.raters import RaterProfile, default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 from labeling_app.assignment import Assigner, InvalidAnswer, StaleItem
 from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
 from labeling_app.export import export_file, export_round
@@ -498,9 +498,9 @@ def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
     target)."""
     from data.labels import current
     from labeling_app.config import LabelConfig
-    from pipelines.config import load_config
-    from pipelines.generate import GenerateConfig, generate
-    from pipelines.simulate_raters import SimulateConfig, simulate
+    from core.config import load_config
+    from labeling_app.generate import GenerateConfig, generate
+    from labeling_app.simulate import SimulateConfig, simulate
 
     rounds = []
     for k in range(2):

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data import Store, read_table
-from data.errors import DataError
+from core.errors import DataError
 from data.schemas import BINARY_LABELS, from_rows
 from test_schemas import label_row
 
