@@ -1,4 +1,5 @@
-"""Data contracts shared by every stage: Parquet schemas, the durable store, and the shapes world.
+"""Data contracts shared by every stage: Parquet schemas, the durable store, generations, labels,
+pairs, targets and imports (the shapes world is its own package, :mod:`shapes`).
 
 Analysts start here::
 

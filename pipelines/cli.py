@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Callable, TypeVar
 
-from core.errors import UserError
 from core.config import load_config
+from core.errors import UserError
 
 T = TypeVar("T")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from data import Store
 from data.generations import save_images
+from labeling_app.config import GoldConfig, LabelConfig, ServerConfig
+from labeling_app.raters import RatersFile
 from shapes.render import RENDERER
 from shapes.render import render, render_round
 from shapes.world import Prompt, prompt_set
-from labeling_app.config import GoldConfig, LabelConfig, ServerConfig
-from labeling_app.raters import RatersFile
 
 HOSTILE_PROMPT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> two red circles'
 PASSWORD = "rater-password"

@@ -8,18 +8,18 @@ import torch
 
 from core.errors import UserError
 from core.loading import load_clip, load_sd_pipeline
-from shapes import SHAPES_CLIP, SHAPES_SD
 from core.sampling import SamplingConfig
+from pipelines.base import main
+from shapes import SHAPES_CLIP, SHAPES_SD
 from shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
 from shapes.render import sample_scene
+from shapes.training.base import BaseConfig, train_base
 from shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
 from shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
-                                         scene_matches, skewed_prompt_weights)
+                                    scene_matches, skewed_prompt_weights)
 from shapes.training.diffusion import DiffusionConfig, TextArch, UNetArch
 from shapes.training.vae import VAEConfig
 from shapes.world import Prompt, all_prompts, prompt_set
-from pipelines.base import main
-from shapes.training.base import BaseConfig, train_base
 from tiny_models import make_tiny_clip, make_tiny_sd
 
 FAST = SamplingConfig(num_inference_steps=2, batch_size=64)

@@ -4,8 +4,8 @@ from typing import Literal
 
 import pytest
 
-from core.errors import UserError
 from core.config import load_config, save_config
+from core.errors import UserError
 
 
 @dataclass(frozen=True)

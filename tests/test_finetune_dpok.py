@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
 from core.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
-from core.config import load_config
 
 
 

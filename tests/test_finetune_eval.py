@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.config import load_config
 from core.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finetuned, win_rate
 from pipelines.cli import run
-from core.config import load_config
 from tiny_models import make_tiny_clip
 
 # what a user brings: ordinary prompts, none of them a shapes-world prompt

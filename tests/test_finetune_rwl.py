@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from data import Store
+from core.config import load_config
 from core.errors import UserError
+from data import Store
 from finetune.config import FinetuneConfig
 from finetune.rwl import train_rwl
-from core.config import load_config
 
 
 

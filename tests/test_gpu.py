@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from core.config import load_config
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.rl_math import gaussian_log_prob
 from finetune.scheduler import DDIMSchedule
-from core.config import load_config
 from tiny_models import make_tiny_sd
 
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import Store
 from core.errors import DataError
+from data import Store
 from data.generations import load_image
 from data.labels import current, retract
 from data.pairs import rankings_to_pairs
-from shapes.raters import default_panel
+from labeling_app.export import export_round
 from labeling_app.simulate import simulate_round
+from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set
-from labeling_app.export import export_round
 
 
 @pytest.fixture(scope="module")

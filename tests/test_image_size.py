@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import Store
+from core.config import load_config
 from core.errors import UserError
 from core.sampling import image_size
+from data import Store
 from finetune.config import FinetuneConfig
 from pipelines.cli import run
-from core.config import load_config
 
 H, W = 48, 40  # pixels; the tiny model's native size is 32x32
 

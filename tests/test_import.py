@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data import Store
 from core.errors import UserError
+from data import Store
 from data.generations import load_image
 from data.imports import UNKNOWN_SEED, ImportConfig, import_images
 from shapes.world import Prompt, prompt_spec

@@ -15,12 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import Store
 from core.errors import UserError
+from data import Store
 from data.labels import current
-from shapes.raters import RaterProfile, default_panel
-from shapes.render import render_round
-from shapes.world import prompt_set
 from labeling_app.assignment import Assigner, InvalidAnswer, StaleItem
 from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
 from labeling_app.export import export_file, export_round
@@ -29,6 +26,9 @@ from labeling_app.guidelines import load_guidelines
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.simulate import run_simulated_round
 from labeling_app.stats import gold_accuracy, krippendorff_alpha_nominal, labels_over_time, round_report
+from shapes.raters import RaterProfile, default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from data import Store
 from core.errors import UserError
+from data import Store
 from data.pairs import rankings_to_pairs
 from data.schemas import validate_ranks
+from labeling_app.simulate import simulate_round
 from shapes.oracle import judge
 from shapes.raters import RaterProfile, SimulatedRater, default_panel, dense_ranks
-from labeling_app.simulate import simulate_round
 from shapes.render import render, render_round
 from shapes.world import Prompt, perturb, prompt_set
 

@@ -12,15 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from data import Store
+from core.config import load_config
 from core.errors import DataError, UserError
+from data import Store
 from data.labels import aggregate_binary
 from data.schemas import BINARY_LABELS, REWARDS
-from shapes.raters import default_panel
 from labeling_app.simulate import simulate_round
-from shapes.render import render, render_round
-from shapes.world import Prompt, prompt_set
-from core.config import load_config
 from reward.config import DataConfig, LossConfig, RewardConfig
 from reward.data import (image_sides, load_reward_data, shapes_perturbations, split_prompts,
                          word_swap_perturbations)
@@ -28,6 +25,9 @@ from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, pr
 from reward.metrics import expected_calibration_error, oracle_pairs, pair_accuracy
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess, to_pixel_batches
+from shapes.raters import default_panel
+from shapes.render import render, render_round
+from shapes.world import Prompt, prompt_set
 from tiny_models import make_tiny_clip
 
 torch.set_num_threads(2)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import data.generations as generations
-from data import Store
 from core.errors import DataError
+from data import Store
+import data.generations as generations
 from data.generations import check_image, image_bytes, load_image
-from shapes.raters import default_panel
 from labeling_app.simulate import simulate_round
+from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set
 

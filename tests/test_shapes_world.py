@@ -5,7 +5,7 @@ from core.errors import UserError
 from shapes.oracle import alignment_by_category, judge
 from shapes.render import degrade, render, render_round
 from shapes.world import (BACKGROUNDS, COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR,
-                               Prompt, all_prompts, perturb, perturbations, prompt_set)
+                          Prompt, all_prompts, perturb, perturbations, prompt_set)
 
 PROMPTS = all_prompts()
 

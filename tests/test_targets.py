@@ -3,8 +3,8 @@ prompts file ``make targets`` writes for ``make finetune``."""
 
 import pytest
 
-from data import Store
 from core.errors import UserError
+from data import Store
 from data.labels import retract
 from data.schemas import BINARY_LABELS, GENERATIONS
 from data.targets import TargetRule, pick_targets, prompt_pass_rates, write_targets

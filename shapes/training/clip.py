@@ -32,7 +32,7 @@ import torch
 
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
 from shapes.training.common import (Progress, degrade_batch, pick_device, render_pool,
-                                         seed_everything, to_clip)
+                                    seed_everything, to_clip)
 from shapes.world import all_prompts, perturbations
 
 

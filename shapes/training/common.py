@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from shapes.render import Scene, draw_scene, sample_scene
 from shapes.world import (COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR, Prompt,
-                               all_prompts, prompt_set)
+                          all_prompts, prompt_set)
 
 # OpenAI CLIP normalisation, which the saved CLIPImageProcessor also applies.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
