@@ -71,7 +71,6 @@ def score_speed(model, store, batch: int, repeats: int = 5) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RewardBenchConfig, config_parser(__doc__.splitlines()[0]), argv)
-
     store = Store(cfg.root)
     if store.exists("generations"):
         print(f"reusing the labelled round in {cfg.root}", file=sys.stderr)

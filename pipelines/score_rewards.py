@@ -32,7 +32,6 @@ class ScoreRewardsConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ScoreRewardsConfig, config_parser(__doc__.splitlines()[0]), argv)
-
     if cfg.batch_size < 1:
         raise UserError("batch_size must be >= 1.", "set batch_size=64, for example.")
     device = None if cfg.device == "auto" else cfg.device

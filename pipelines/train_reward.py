@@ -20,7 +20,6 @@ from reward.train import metrics_table, train_reward
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RewardConfig, config_parser(__doc__.splitlines()[0]), argv)
-
     result = train_reward(cfg)
     m = result.metrics
     print(metrics_table(m))
