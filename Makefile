@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e ".[dev]"
 	@touch $(STAMP)
 
-test: install  ## run the test suite (CPU; GPU tests skip without CUDA)
+test: install  ## check the package layers (lint-imports), then run the test suite (CPU; GPU tests skip without CUDA)
+	$(VENV)/bin/lint-imports
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -39,8 +40,8 @@ oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (las
 	$(PY) -m pipelines.oracle_check
 
 # --- base models (shapes world) -------------------------------------------------------------
-# Trains tokenizer, tiny CLIP, VAE and UNet into runs/base/ (never into data/models/ unless asked:
-# make base ARGS="out_dir=data/models overwrite=true").
+# Trains tokenizer, tiny CLIP, VAE and UNet into runs/base/ (never into shapes/models/ unless asked:
+# make base ARGS="out_dir=shapes/models overwrite=true").
 base: install  ## train + evaluate the shapes-world CLIP and SD models into runs/base/ (<= 90 min, 2 CPU cores)
 	$(PY) -m pipelines.base $(ARGS)
 

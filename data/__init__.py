@@ -1,4 +1,5 @@
-"""Data contracts shared by every stage: Parquet schemas, the durable store, and the shapes world.
+"""Data contracts shared by every stage: Parquet schemas, the durable store, generations, labels,
+pairs, targets and imports (the shapes world is its own package, :mod:`shapes`).
 
 Analysts start here::
 
@@ -6,7 +7,7 @@ Analysts start here::
     labels = read_table("datasets/shapes", "binary_labels")   # a pandas DataFrame
 """
 
-from data.errors import DataError, UserError
+from core.errors import DataError, UserError
 from data.store import Store, read_table
 
 __all__ = ["DataError", "UserError", "Store", "read_table"]

@@ -24,26 +24,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Optional
 
 import pandas as pd
 from PIL import Image
 
-from data.errors import DataError, UserError
+from core.errors import DataError
+from core.sampling import SamplerSettings
 from data.schemas import GENERATIONS
 from data.store import Store, fsync_dir
 
 IMAGES_DIR = "images"
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    sampler: str
-    num_inference_steps: int
-    guidance_scale: float
-    eta: float
-
-
-RENDERER = SamplerSettings(sampler="shapes-renderer", num_inference_steps=1, guidance_scale=0.0, eta=0.0)
 
 
 @dataclass(frozen=True)
@@ -55,16 +46,19 @@ class PromptSpec:
     category: str
 
 
-def prompt_spec(text: str) -> PromptSpec:
-    """A shapes-world prompt keeps its own id and category (so targets, evaluation and the oracle
-    recognise it); any other text gets ``p-`` + 12 hex digits of its sha1 and category ``other``."""
-    from data.shapes.world import Prompt
+KnownPrompt = Callable[[str], Optional[PromptSpec]]
+"""Recognises the prompts of a world with ids of its own (e.g. :func:`shapes.world.prompt_spec`):
+their spec, or None for any other text."""
 
-    try:
-        p = Prompt.parse(text)
-        return PromptSpec(p.text, p.prompt_id, p.category)
-    except UserError:
-        return PromptSpec(text, "p-" + hashlib.sha1(text.encode()).hexdigest()[:12], "other")
+
+def prompt_spec(text: str, known: KnownPrompt | None = None) -> PromptSpec:
+    """A prompt that ``known`` recognises keeps its own id and category (a shapes-world prompt, so
+    targets, evaluation and the oracle recognise it); any other text gets ``p-`` + 12 hex digits of
+    its sha1 and category ``other``."""
+    spec = known(text) if known is not None else None
+    if spec is not None:
+        return spec
+    return PromptSpec(text, "p-" + hashlib.sha1(text.encode()).hexdigest()[:12], "other")
 
 
 def content_id(model_id: str, prompt_id: str, prompt: str, seed: int, settings: SamplerSettings,
@@ -91,7 +85,7 @@ def save_images(
     """Write PNGs and append their generations rows (one append for the batch).  Returns the rows.
 
     ``model_key``: what the image ids hash for the model (default ``model_id``); pass a
-    location-independent one (:func:`data.loading.model_fingerprint`) so that a copy of the model at
+    location-independent one (:func:`core.loading.model_fingerprint`) so that a copy of the model at
     another path, e.g. in another clone, names its images the same way."""
     n = len(images)
     if not all(len(x) == n for x in (prompts, prompt_ids, categories, seeds)):

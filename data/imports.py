@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from data.errors import UserError
-from data.generations import IMAGES_DIR, SamplerSettings, content_id, prompt_spec, write_image_file
+from core.errors import UserError
+from data.generations import IMAGES_DIR, KnownPrompt, SamplerSettings, content_id, prompt_spec, write_image_file
 from data.schemas import GENERATIONS, IMPORTS, from_rows
 from data.store import Store, fsync_dir
 
@@ -251,7 +251,7 @@ def _encoded(file: Path, where: str) -> tuple[bytes, int, int, str, bool]:
 
 
 def _prepare(path: Path, n: int, row: dict, image_col: str, prompt_col: str, cfg: ImportConfig,
-             source_text: str) -> _Prepared:
+             source_text: str, known_prompt: KnownPrompt | None) -> _Prepared:
     name = row.get(image_col)
     where = f"{path} row {n}" + (f" ({name})" if isinstance(name, str) and name.strip() else "")
     if not isinstance(name, str) or not name.strip():
@@ -265,7 +265,7 @@ def _prepare(path: Path, n: int, row: dict, image_col: str, prompt_col: str, cfg
     file = file if file.is_absolute() else path.parent / file
     data, width, height, ext, converted = _encoded(file, where)
     sha = hashlib.sha256(data).hexdigest()
-    spec = prompt_spec(prompt.strip())
+    spec = prompt_spec(prompt.strip(), known_prompt)
     model_id = str(row.get("model_id", "")).strip() or cfg.model_id
     seed = _int(row["seed"], "seed", where) if "seed" in row else UNKNOWN_SEED
     settings = _settings(row, where)
@@ -289,7 +289,10 @@ def _prepare(path: Path, n: int, row: dict, image_col: str, prompt_col: str, cfg
 # The import
 
 
-def import_images(cfg: ImportConfig) -> ImportResult:
+def import_images(cfg: ImportConfig, *, known_prompt: KnownPrompt | None = None) -> ImportResult:
+    """Import ``cfg.src`` into the round at ``cfg.root``.  ``known_prompt`` recognises the prompts
+    that keep ids of their own (``make import`` passes :func:`shapes.world.prompt_spec`); any other
+    prompt gets a content id and category ``other``."""
     if not cfg.src:
         raise UserError("no import source given.",
                         "pass src=<folder with metadata.jsonl or metadata.csv> or src=<listing file>.")
@@ -306,7 +309,7 @@ def import_images(cfg: ImportConfig) -> ImportResult:
     prepared: list[_Prepared] = []
     seen: set[str] = set()
     for n, row in rows:
-        p = _prepare(path, n, row, image_col, prompt_col, cfg, source_text)
+        p = _prepare(path, n, row, image_col, prompt_col, cfg, source_text, known_prompt)
         image_id = p.generation["image_id"]
         if image_id in seen or image_id in in_round:  # the same image again: one item
             continue

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.errors import UserError
 from data.schemas import RETRACTABLE, RETRACTIONS, get_spec
 from data.store import Store
 
@@ -44,8 +45,6 @@ def aggregate_binary(labels: pd.DataFrame, how: Literal["majority", "mean"] = "m
     """Per image (sorted by id): good and bad votes (skips dropped) and the target.  *majority* =
     1 if more raters said good than bad, 0 if fewer, the image dropped on a tie; *mean* = the share
     of raters who said good.  ``labels``: binary label rows with ``image_id`` and ``label``."""
-    from data.errors import UserError
-
     votes = labels[labels["label"] != "skip"]
     if votes.empty:
         return pd.DataFrame(columns=["image_id", "good", "bad", "target"])

@@ -17,7 +17,7 @@ from typing import Callable, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.errors import DataError
+from core.errors import DataError
 
 SCHEMA_VERSION = 1
 

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.errors import DataError
+from core.errors import DataError
 from data.schemas import TableSpec, conform, from_rows, get_spec
 
 PART_GLOB = "part-*.parquet"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import UserError
+from core.errors import UserError
 from data.labels import aggregate_binary, current
 from data.schemas import BINARY_LABELS, GENERATIONS
 from data.store import Store

@@ -37,9 +37,16 @@ from typing import Callable
 
 import torch
 
-from data.loading import SHAPES_SD
+from core.config import load_config
+from core.loading import load_clip
+from finetune.common import setup_run
 from finetune.config import FinetuneConfig, RewardConfig
-from pipelines.config import load_config
+from finetune.dpok import train_dpok
+from finetune.rwl import train_rwl
+from finetune.sampler import decode_latents, encode_prompts
+from reward.model import RewardModel
+from shapes import SHAPES_SD
+from shapes.tokenizer import build_tokenizer, text_config_ids
 
 # Dense bf16 peak of the GPUs we report on (TFLOP/s), for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -93,8 +100,6 @@ def _peak_memory_mb(device) -> float:
 def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: bool = False) -> dict:
     """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models;
     on CUDA also the FLOPs of one update minibatch and, with ``levers``, :func:`lever_timings`."""
-    from finetune.sampler import decode_latents, encode_prompts
-
     d, dev, pipe = cfg.dpok, run.device, run.comps.pipe
     unet, sync = run.comps.unet, _sync(dev)
     b = d.prompts_per_round * d.samples_per_prompt
@@ -217,10 +222,6 @@ def _reset_peak_memory(device) -> None:
 
 
 def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers: bool = False) -> list[BenchResult]:
-    from finetune.common import setup_run
-    from finetune.dpok import train_dpok
-    from finetune.rwl import train_rwl
-
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
@@ -324,8 +325,6 @@ def build_random_sd15(path: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from data.shapes.tokenizer import build_tokenizer, text_config_ids
-
     tok = build_tokenizer()
     tok.model_max_length = 77
     ids = {**text_config_ids(tok), "max_position_embeddings": 77}
@@ -351,8 +350,6 @@ def build_random_clip_vitl14(path: Path) -> Path:
     tokens) and a 224-px CLIPImageProcessor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from data.shapes.tokenizer import build_tokenizer, text_config_ids
-
     tok = build_tokenizer()
     tok.model_max_length = 77
     config = CLIPConfig(text_config={**VIT_L14_TEXT, **text_config_ids(tok), "max_position_embeddings": 77},
@@ -365,8 +362,5 @@ def build_random_clip_vitl14(path: Path) -> Path:
 
 def build_reward_model(clip: str | Path, path: Path) -> Path:
     """A reward model folder: an untrained (seeded) head on the CLIP folder ``clip``."""
-    from data.loading import load_clip
-    from reward.model import RewardModel
-
     RewardModel.build(load_clip(clip, device="cpu")).save_pretrained(path, name="bench")
     return Path(path)

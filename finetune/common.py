@@ -10,21 +10,24 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 
-from data.errors import UserError
-from data.loading import load_sd_pipeline
-from data.shapes.world import Prompt, prompt_set
+from core.config import load_config, save_config, to_dict
+from core.errors import UserError
+from core.images import image_grid, to_uint8
+from core.loading import check_folder, load_sd_pipeline, pipeline_geometry
+from core.sampling import image_size, pipeline_image_size
 from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig, RewardConfig
-from pipelines.config import save_config
-
-if TYPE_CHECKING:
-    from finetune.policy import DiffusionPolicy
-    from finetune.scheduler import DDIMSchedule
+from finetune.policy import DiffusionPolicy
+from finetune.scheduler import DDIMSchedule
+from reward import load_reward_fn
+from shapes.oracle import judge
+from shapes.world import Prompt, prompt_set
 
 RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json")
 RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
@@ -45,9 +48,7 @@ class OracleReward:
     also the evaluator, so a model trained on it is graded by its own teacher."""
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from data.shapes.oracle import judge
-
-        arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8(images)
         scores = [judge(a, Prompt.parse(p)).score(Prompt.parse(p)) for a, p in zip(arr, prompts)]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
@@ -59,9 +60,7 @@ def load_reward(cfg: RewardConfig, device) -> RewardFn:
     if not path.is_dir():
         raise UserError(f"reward model folder {path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
-    from reward import load_reward_fn  # the reward stage's model: calibrated P(rater says good)
-
-    return load_reward_fn(path, device=device)
+    return load_reward_fn(path, device=device)  # the reward stage's model: calibrated P(rater says good)
 
 
 def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
@@ -257,32 +256,11 @@ def log_images(accelerator, tag: str, images: torch.Tensor, step: int, path: Pat
     """A grid of images (B, 3, H, W) in [0, 1] to TensorBoard and, if given, a PNG file."""
     if not accelerator.is_main_process:
         return
-    from PIL import Image
-
     grid = image_grid(images, ncols)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)
     accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, grid, step, dataformats="HWC")
-
-
-def pil_to_tensor(images) -> torch.Tensor:
-    """PIL images (equal sizes) -> float tensor (N, 3, H, W) in [0, 1]."""
-    arr = np.stack([np.array(im.convert("RGB")) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
-
-
-def image_grid(images: torch.Tensor, ncols: int) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> uint8 (rows*H, ncols*W, 3) with 2-px white gutters."""
-    b, _, h, w = images.shape
-    rows = (b + ncols - 1) // ncols
-    grid = np.full((rows * (h + 2), ncols * (w + 2), 3), 255, np.uint8)
-    arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    for i, im in enumerate(arr):
-        r, c = divmod(i, ncols)
-        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = im
-    return grid
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,8 +298,6 @@ class Run:
 
 def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
     """A checkpoint only continues the run that wrote it: same config except how long it runs."""
-    from pipelines.config import load_config, to_dict
-
     saved = out / "config.yaml"
     if not saved.exists():
         return
@@ -340,9 +316,6 @@ def _check_resumable(out: Path, cfg: FinetuneConfig) -> None:
 
 def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
     """Fail on missing inputs before anything is written."""
-    from data.loading import check_folder, pipeline_geometry
-    from data.sampling import image_size
-
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
     if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
@@ -361,10 +334,6 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
     """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
     returns the run and the newest checkpoint's state (None when starting fresh)."""
-    from data.sampling import pipeline_image_size
-    from finetune.policy import DiffusionPolicy
-    from finetune.scheduler import DDIMSchedule
-
     cfg = cfg.validate()
     _check_inputs(cfg, reward_fn)
     out = Path(cfg.out)

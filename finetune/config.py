@@ -1,6 +1,6 @@
 """The fine-tuning stage's config: one frozen dataclass, nested by concern.
 
-Loaded with :func:`pipelines.config.load_config` from ``finetune/configs/<method>.yaml`` plus dotted
+Loaded with :func:`core.config.load_config` from ``finetune/configs/<method>.yaml`` plus dotted
 overrides (``dpok.kl_weight=0.1``); the resolved config is saved as ``config.yaml`` in the output
 folder.
 """
@@ -8,11 +8,14 @@ folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from data.errors import UserError
-from data.loading import SHAPES_SD
+from core.errors import UserError
 from finetune.rl_math import RewardWeighting
+from shapes import SHAPES_SD
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
 
 Method = Literal["dpok", "rwl"]
 Parameterisation = Literal["lora", "full"]
@@ -44,7 +47,7 @@ class PolicySamplingConfig:
     eta: float = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
     guidance_scale: float = 5.0  # the shapes model samples best at 5 (with eta 1)
     # pixels, multiples of the VAE scale factor and 8; None: the UNet's native size
-    # (sample_size * VAE factor); see data.sampling.image_size
+    # (sample_size * VAE factor); see core.sampling.image_size
     height: int | None = None
     width: int | None = None
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data.errors import UserError
+from core.errors import UserError
 from finetune.common import (Components, OracleReward, RewardFn, log_images, prompt_group_ids,
                              save_checkpoint, save_result, score_in_batches, setup_run)
 from finetune.config import FinetuneConfig
@@ -40,6 +40,7 @@ from finetune.policy import DiffusionPolicy
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
                               normalize_advantages)
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
+from shapes.world import Prompt
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,6 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 
 
 def _check_shapes_prompts(prompts: list[str]) -> None:
-    from data.shapes.world import Prompt
-
     try:
         for p in prompts:
             Prompt.parse(p)

@@ -7,7 +7,7 @@ between CLIP image embeddings of the model's samples and of a reference set (FID
 space; lower is closer), the reference being a folder of images when given, else renders of the
 same prompts in the shapes world, else the base model's own samples.  When every prompt is a
 shapes-world prompt it adds the oracle's alignment by category
-(:func:`data.shapes.oracle.alignment_by_category`) on the prompts, on control prompts and on
+(:func:`shapes.oracle.alignment_by_category`) on the prompts, on control prompts and on
 unseen prompts.  Writes a Markdown table, metrics.json and, per model, a PNG grid of the same
 seeds.
 """
@@ -23,16 +23,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.errors import UserError
-from data.jsonable import json_safe
-from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder, load_clip, load_sd_pipeline, pipeline_geometry
-from data.sampling import SamplingConfig, generate_images, image_size
-from data.shapes.oracle import alignment_by_category, judge
-from data.shapes.render import render
-from data.shapes.world import Prompt, prompt_set
+from core.config import to_dict
+from core.errors import UserError
+from core.images import image_grid, pil_to_tensor
+from core.jsonable import json_safe
+from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
+from core.sampling import SamplingConfig, generate_images, image_size
 from data.targets import read_prompts_file
-from finetune.common import image_grid, load_reward, pil_to_tensor, score_in_batches
+from finetune.common import load_reward, score_in_batches
 from finetune.config import RewardConfig
+from reward.preprocess import ClipPreprocess
+from shapes import SHAPES_CLIP, SHAPES_SD
+from shapes.oracle import alignment_by_category, judge
+from shapes.render import render
+from shapes.world import Prompt, prompt_set
 
 ALIGNMENT_KEYS = ("color", "count", "background", "combination", "overall")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a reference folder's images may be
@@ -99,8 +103,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def clip_image_embeddings(clip, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Unit-norm CLIP image embeddings (N, D) of images (N, 3, H, W) in [0, 1], preprocessed in
     torch exactly as the reward model does (its image processor's resize, crop and normalisation)."""
-    from reward.preprocess import ClipPreprocess
-
     preprocess = ClipPreprocess.from_processor(clip.image_processor)
     device = clip.model.device
     out = []
@@ -304,8 +306,6 @@ def markdown_table(results: list[ModelEval]) -> str:
 
 
 def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True) -> None:
-    from pipelines.config import to_dict
-
     table = markdown_table(results)
     side = (f"; {cfg.side_samples_per_prompt} per control and generalisation prompt"
             if oracle and cfg.side_samples_per_prompt is not None else "")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.jsonable import json_safe
+from core.jsonable import json_safe
 from finetune.evaluate import ALIGNMENT_KEYS, ModelEval
 
 HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes

@@ -26,13 +26,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data.errors import UserError
-from finetune.common import (RewardFn, Run, log_images, pil_to_tensor, save_checkpoint, save_result,
-                             score_in_batches, setup_run)
+from core.errors import UserError
+from core.images import pil_to_tensor
+from data.generations import load_image
+from data.labels import current
+from data.store import Store
+from finetune.common import (RewardFn, Run, log_images, save_checkpoint, save_result, score_in_batches,
+                             setup_run)
 from finetune.config import FinetuneConfig
 from finetune.dpok import FinetuneResult
 from finetune.rl_math import reward_weights
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+from shapes.render import render
+from shapes.world import prompt_set
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,6 @@ def _concat(a: LatentSet, b: LatentSet) -> LatentSet:
 def _load_generations(root: Path, keep: Callable | None, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """The images (N, 3, H, W) of a dataset root's generations (those ``keep(store)`` lists), which
     must all be ``size`` = (H, W) pixels, and their prompts."""
-    from data.generations import load_image
-    from data.store import Store
-
     store = Store(root)
     gens = store.to_pandas("generations")
     if keep is not None:
@@ -127,8 +130,6 @@ def _load_generations(root: Path, keep: Callable | None, size: tuple[int, int]) 
 
 def _labeled_good(run: Run) -> LatentSet:
     """Images raters labelled good (by majority of non-skip labels), each with weight 1."""
-    from data.labels import current
-
     def good_ids(store):
         labels = current(store, "binary_labels").to_pandas()
         labels = labels[labels["label"] != "skip"]
@@ -151,9 +152,6 @@ def build_pretrain_set(run: Run) -> LatentSet:
     model where it was (eq. 2's beta term)."""
     r, size = run.cfg.rwl, run.image_size
     if r.pretrain_source == "shapes":
-        from data.shapes.render import render
-        from data.shapes.world import prompt_set
-
         prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
         seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
         images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, seeds)])  # square: _check_inputs

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data.errors import UserError
+from core.errors import UserError
 from finetune.rl_math import PredictionType, StepGaussian, ddim_sigma, ddim_step
 
 log = logging.getLogger(__name__)

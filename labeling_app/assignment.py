@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError, UserError
+from core.errors import DataError, UserError
 from data.generations import check_image
 from data.labels import current, retract
 from data.schemas import BINARY_LABELS, GENERATIONS, LABELS, RANKINGS, validate_ranks

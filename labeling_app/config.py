@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from data.errors import UserError
+from core.errors import UserError
 
 Task = Literal["binary", "ranking"]
 TASKS: tuple[str, ...] = ("binary", "ranking")

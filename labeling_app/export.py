@@ -26,12 +26,13 @@ from typing import Literal
 
 import pyarrow.parquet as pq
 
-from data.errors import UserError
+from core.errors import UserError
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
 from data.store import Store
 from labeling_app.gold import read_gold
+from labeling_app.hf_export import write_hf_dataset
 from labeling_app.stats import round_report
 
 EXPORTS_DIR = "exports"
@@ -74,8 +75,6 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
     else:
         _private_dir(final.parent)
     if format == "hf":
-        from labeling_app.hf_export import write_hf_dataset
-
         rows = write_hf_dataset(store, final)  # under a temporary name beside it, renamed when complete
         _make_private(final)
         return ExportResult(final, None, rows)

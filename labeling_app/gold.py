@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import UserError
+from core.errors import UserError
 from data.generations import load_image
 from data.schemas import GOLD
 from data.store import Store
 from labeling_app.config import GoldConfig
+from shapes.oracle import judge
+from shapes.world import Prompt
 
 
 def read_gold(store: Store) -> dict[str, str]:
@@ -51,9 +53,6 @@ def ensure_gold(store: Store, gold: GoldConfig, generations: pd.DataFrame, seed:
 
 
 def _oracle_gold(store: Store, gens: pd.DataFrame, share: float, seed: int) -> list[dict]:
-    from data.shapes.oracle import judge
-    from data.shapes.world import Prompt
-
     def parse(text):
         try:
             return Prompt.parse(text)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import UserError
+from core.errors import UserError
 
 _FRONT = re.compile(r"\A---\s*\n(?P<head>.*?)\n---\s*\n", re.S)
 

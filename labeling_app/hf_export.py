@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.errors import DataError, UserError
+from core.errors import DataError, UserError
 from data.generations import image_bytes
 from data.labels import current
 from data.pairs import rankings_to_pairs

@@ -2,22 +2,45 @@
 
 No browser: each simulated rater asks :class:`~labeling_app.assignment.Assigner` for its current
 item exactly as the app does for a logged-in rater, judges the image(s) with
-:class:`data.shapes.raters.SimulatedRater`, and submits the answer with its token.  So the demo,
+:class:`shapes.raters.SimulatedRater`, and submits the answer with its token.  So the demo,
 the tests and the reward stage get rounds with the same overlap, gold items, leases and rows as a
 round labeled by people.
+
+- :func:`run_simulated_round`: the driver, given an :class:`Assigner`;
+- :func:`simulate_round`: a round in a store, labeled by a panel (tests, ``make reward-bench``);
+- :func:`simulate` + :class:`SimulateConfig`: ``make simulate-raters`` (:mod:`pipelines.simulate_raters`),
+  the round exactly as ``make label`` reads it, with a JSON-ready summary.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from data.errors import UserError
-from data.shapes.raters import RaterProfile, RoundSummary, SimulatedRater
-from data.shapes.world import Prompt
+from core.errors import UserError
+from data.schemas import GENERATIONS
+from data.store import Store
 from labeling_app.assignment import Assigner
+from labeling_app.config import GoldConfig, LabelConfig
+from labeling_app.gold import ensure_gold, read_gold
+from labeling_app.guidelines import load_guidelines
+from labeling_app.stats import round_report
+from shapes.raters import RaterProfile, SimulatedRater, default_panel
+from shapes.world import Prompt
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    binary_labels: int
+    rankings: int
+    labels_by_rater: dict[str, int]
+    gold_labels: int = 0  # binary labels on gold items (included in binary_labels)
 
 
 def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: int = 0,
@@ -80,3 +103,61 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
                 still.append(int(i))
         active = still
     return RoundSummary(n_binary, n_rankings, dict(sorted(counts.items())), gold_labels=n_gold)
+
+
+def simulate_round(
+    store: Store,
+    panel: list[RaterProfile],
+    *,
+    overlap: int = 2,
+    binary: bool = True,
+    ranking: bool = True,
+    guideline_version: str = "sim-1",
+    seed: int = 0,
+    gold_share: float = 0.0,
+) -> RoundSummary:
+    """Label the round in ``store`` with ``panel`` through the labeling app's assignment code.
+
+    Every image (binary) and every prompt's image set (ranking) goes to ``overlap`` distinct
+    raters who answer it; a skip sends the item to one more rater.  With ``gold_share`` > 0 the
+    raters also meet oracle-judged gold items.  The driver is
+    :func:`run_simulated_round`; ``make simulate-raters`` runs it with the
+    app's config.
+    """
+    if not 1 <= overlap <= len(panel):
+        raise UserError(f"overlap {overlap} needs between 1 and {len(panel)} raters.",
+                        "lower the overlap or add raters to the panel.")
+    tasks = tuple(t for t, on in (("binary", binary), ("ranking", ranking)) if on)
+    if not tasks:
+        raise UserError("neither binary nor ranking labels were asked for.", "set binary or ranking to True.")
+    gens = store.to_pandas(GENERATIONS)
+    if gens.empty:
+        raise UserError(f"no generations in {store.root}.", "generate or render a round first.")
+    gold = ensure_gold(store, GoldConfig(share=gold_share), gens, seed=seed) if gold_share > 0 else {}
+    assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
+                        guideline_version=guideline_version, seed=seed)
+    return run_simulated_round(assigner, panel, seed=seed)
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """The round (root, tasks, overlap, gold, guidelines) exactly as `make label` reads it."""
+    raters: int = 5
+    flip_rate: float = 0.1
+    seed: int = 0
+    max_labels_per_rater: Optional[int] = None
+
+
+def simulate(cfg: SimulateConfig) -> dict:
+    guidelines = load_guidelines(cfg.label.guidelines_path)
+    assigner = Assigner.open(cfg.label, guidelines.version)
+    panel = default_panel(cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)
+    with tqdm(desc="simulate-raters", unit="label", file=sys.stderr) as bar:
+        summary = run_simulated_round(assigner, panel, seed=cfg.seed,
+                                      max_labels_per_rater=cfg.max_labels_per_rater, progress=bar)
+    report = round_report(assigner.store, read_gold(assigner.store)).summary()
+    return {"added_binary": summary.binary_labels, "added_rankings": summary.rankings,
+            "added_gold": summary.gold_labels,
+            "round_completion": {t: round(c, 4) for t, c in assigner.progress("").round_completion.items()},
+            **report}

@@ -20,7 +20,7 @@ from typing import Hashable, Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 
-from data.jsonable import json_safe
+from core.jsonable import json_safe
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, RANKINGS

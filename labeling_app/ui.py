@@ -33,14 +33,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 
 import gradio as gr  # noqa: E402
 
-from data.errors import UserError
+from core.errors import UserError
+from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates
 from labeling_app.assignment import Assigner, Assignment, Compactor
 from labeling_app.charts import data_uri, pass_rate_chart, timeline_chart
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR, export_round
 from labeling_app.gold import read_gold
-from labeling_app.guidelines import Guidelines
+from labeling_app.guidelines import Guidelines, load_guidelines
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.stats import round_report
 from labeling_app.web import EXPORT_ROUTE, LoginGuard, export_route
@@ -477,6 +478,19 @@ def allowed_image_paths(root: Path) -> list[str]:
 
 
 AUTH_MESSAGE = "Sign in with the rater name and password your project lead gave you."
+
+
+def build_app(cfg: LabelConfig) -> LabelingApp:
+    """The app of a round as configured (checks the raters file, guidelines and round first)."""
+    raters = RatersFile(cfg.raters_file)
+    if not any(not a.disabled for a in raters.accounts()):
+        raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
+                        "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
+    guidelines = load_guidelines(cfg.guidelines_path)
+    # Merging small part files happens in a background thread (launch), not inside a rater's
+    # request.
+    assigner = Assigner.open(cfg, guidelines.version, store=Store(cfg.root, compact_every=0))
+    return LabelingApp(cfg, assigner, raters, guidelines)
 
 
 def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool = False):

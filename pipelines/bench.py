@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from data.loading import SHAPES_CLIP
 from finetune.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
                             build_reward_model, write_report)
 from pipelines.cli import config_parser, parse_config, run
+from shapes import SHAPES_CLIP
 
 
 def _with_reward(cfg: BenchConfig, clip, tmp: Path) -> BenchConfig:

@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Callable, TypeVar
 
-from data.errors import UserError
-from pipelines.config import load_config
+from core.config import load_config
+from core.errors import UserError
 
 T = TypeVar("T")
 

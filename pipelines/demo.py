@@ -34,11 +34,24 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from data.errors import UserError
-from data.loading import SHAPES_CLIP, SHAPES_SD, check_folder
-from data.targets import TargetRule
+from core.config import load_config, save_config
+from core.errors import UserError
+from core.loading import check_folder
+from data.targets import TargetRule, write_targets
+from finetune import report
+from finetune.config import CONFIGS, FinetuneConfig
+from finetune.dpok import train_dpok
+from finetune.evaluate import EvalConfig, evaluate
+from finetune.rwl import train_rwl
+from labeling_app.config import LabelConfig
+from labeling_app.generate import GenerateConfig, generate
+from labeling_app.simulate import SimulateConfig, simulate
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import load_config, save_config
+from reward.config import RewardConfig
+from reward.data import VIEWS
+from reward.train import train_reward
+from shapes import SHAPES_CLIP, SHAPES_SD
+from shapes.world import Prompt, prompt_set
 
 
 @dataclass(frozen=True)
@@ -93,19 +106,6 @@ def _stage(name: str, seconds: dict, fn):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from finetune import report
-    from finetune.config import FinetuneConfig
-    from finetune.dpok import train_dpok
-    from finetune.evaluate import EvalConfig, evaluate
-    from finetune.rwl import train_rwl
-    from labeling_app.config import LabelConfig
-    from pipelines.finetune import CONFIGS
-    from pipelines.generate import GenerateConfig, generate
-    from pipelines.simulate_raters import SimulateConfig, simulate
-    from reward.config import RewardConfig
-    from reward.data import VIEWS
-    from reward.train import train_reward
-
     check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
     check_folder(Path(cfg.clip), "config.json", "CLIP model")
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
@@ -182,9 +182,6 @@ def pick_demo_targets(cfg: DemoConfig, path: Path) -> list[str]:
     """The rule's targets among the train prompts (the reward's val_prompts are the held-out
     prompts: they stay unseen for the generalisation figure); at least ``min_targets`` of them,
     in at least two categories, or a clear error."""
-    from data.shapes.world import Prompt, prompt_set
-    from data.targets import write_targets
-
     table, _ = write_targets(cfg.root, path, cfg.rule, among={p.text for p in prompt_set("train")}, overwrite=True)
     chosen = list(table.loc[table["picked"], "prompt"])
     categories = {Prompt.parse(t).category for t in chosen}

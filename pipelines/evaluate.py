@@ -17,9 +17,9 @@ import sys
 
 from tqdm.auto import tqdm
 
+from core.config import save_config
 from finetune.evaluate import EvalConfig, evaluate, markdown_table
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
 
 
 def main(argv: list[str] | None = None) -> int:

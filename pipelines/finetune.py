@@ -10,14 +10,14 @@ Multi-GPU / multi-node: ``accelerate launch -m pipelines.finetune method=dpok``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from data.errors import UserError
-from finetune.config import FinetuneConfig
+from core.config import load_config, parse_overrides
+from core.errors import UserError
+from finetune.config import CONFIGS, FinetuneConfig
+from finetune.dpok import train_dpok
+from finetune.rwl import train_rwl
 from pipelines.cli import config_parser, run
-from pipelines.config import load_config, parse_overrides
 
-CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs"
 METHODS = ("dpok", "rwl")
 
 
@@ -28,10 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"unknown fine-tuning method '{method}'.", "use METHOD=dpok or METHOD=rwl.")
     config = args.config or CONFIGS / f"{method}.yaml"
     cfg = load_config(FinetuneConfig, config, [*args.overrides, f"method={method}"])
-    if cfg.method == "dpok":
-        from finetune.dpok import train_dpok as train
-    else:
-        from finetune.rwl import train_rwl as train
+    train = train_dpok if cfg.method == "dpok" else train_rwl
     result = train(cfg)
     final = result.metrics["final"]
     print(f"{cfg.method}: wrote {result.output_dir} (LoRA weights, config.yaml, metrics.json); "

@@ -1,6 +1,6 @@
 """``make generate``: sample images for a labeling round, with recorded seeds.
 
-    python -m pipelines.generate [--config F] pipeline=data/models/shapes-sd per_prompt=4 root=datasets/shapes
+    python -m pipelines.generate [--config F] pipeline=shapes/models/shapes-sd per_prompt=4 root=datasets/shapes
 
 Samples ``per_prompt`` images of each prompt from a Stable Diffusion pipeline folder (default: the
 shapes-world model) and writes PNGs plus generations rows under ``root``.  Re-running adds images
@@ -12,151 +12,18 @@ the round with the shapes-world renderer instead (a stand-in when no model is at
 
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, Optional
 
-from tqdm import tqdm
-
-from data.errors import UserError
-from data.generations import PromptSpec, prompt_spec
-from data.loading import SHAPES_SD
-from data.sampling import SamplingConfig
-from data.schemas import GENERATIONS
-from data.store import Store
+from core.config import save_round_config
+from labeling_app.generate import GenerateConfig, generate
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_round_config
-
-SEED_STRIDE = 1_000_003  # seed of the i-th image of a prompt: seed * SEED_STRIDE + i
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    root: str = "datasets/shapes"
-    source: Literal["pipeline", "renderer"] = "pipeline"
-    pipeline: str = str(SHAPES_SD)
-    prompts: Literal["train", "heldout", "all"] = "train"
-    prompts_file: Optional[str] = None
-    """A text file with one prompt per line, instead of a shapes-world prompt set."""
-    max_prompts: Optional[int] = None
-    per_prompt: int = 4
-    seed: int = 0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    renderer_mismatch_rate: float = 0.3
-
-
-@dataclass(frozen=True)
-class GenerateResult:
-    root: str
-    model_id: str
-    prompts: int
-    images_added: int
-    images_in_round: int
-
-
-def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
-    from data.shapes.world import prompt_set
-    from data.targets import read_prompts_file
-
-    if cfg.prompts_file:
-        out = [prompt_spec(t) for t in dict.fromkeys(read_prompts_file(cfg.prompts_file))]
-    else:
-        out = [PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
-    return out[: cfg.max_prompts] if cfg.max_prompts is not None else out
-
-
-def _new_seeds(used: set[int], base: int, n: int) -> list[int]:
-    """The first ``n`` seeds of the sequence base*STRIDE + i that this prompt has not used."""
-    out, i = [], 0
-    while len(out) < n:
-        s = base * SEED_STRIDE + i
-        if s not in used:
-            out.append(s)
-        i += 1
-    return out
-
-
-def generate(cfg: GenerateConfig) -> GenerateResult:
-    if cfg.per_prompt < 1:
-        raise UserError(f"per_prompt={cfg.per_prompt}: nothing to generate.", "set per_prompt to 1 or more.")
-    prompts = _prompts(cfg)
-    store = Store(cfg.root)
-    if cfg.source == "renderer":
-        return _render(cfg, store, prompts)
-    from data.generations import save_images
-    from data.loading import load_sd_pipeline, model_fingerprint
-    from data.sampling import generate_images
-
-    path = Path(cfg.pipeline)
-    if not path.exists() and path.resolve() == SHAPES_SD.resolve():
-        raise UserError(
-            f"the shapes-world model {SHAPES_SD} is not there (it is trained by `make base`).",
-            "pass another Stable Diffusion pipeline folder with pipeline=<folder>, train the shapes model "
-            "first (make base), or draw a stand-in round with source=renderer.")
-    pipe = load_sd_pipeline(path)
-    model_id = str(cfg.pipeline)
-    gens = store.to_pandas(GENERATIONS)
-    mine = gens[gens["model_id"] == model_id]
-    used = mine.groupby("prompt_id")["seed"].apply(set).to_dict()
-    jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
-    settings = cfg.sampling.settings(pipe)
-    model_key = model_fingerprint(path)
-    added = 0
-    with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:
-        for start in range(0, len(jobs), cfg.sampling.batch_size):
-            batch = jobs[start:start + cfg.sampling.batch_size]
-            images = generate_images(pipe, [p.text for p, _ in batch], [s for _, s in batch], cfg.sampling)
-            save_images(store, images, prompts=[p.text for p, _ in batch],
-                        prompt_ids=[p.prompt_id for p, _ in batch], categories=[p.category for p, _ in batch],
-                        seeds=[s for _, s in batch], model_id=model_id, settings=settings, model_key=model_key)
-            added += len(batch)
-            bar.update(len(batch))
-    return GenerateResult(str(store.root), model_id, len(prompts), added, store.read(GENERATIONS).num_rows)
-
-
-def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
-    from data.generations import RENDERER, save_images
-    from data.shapes.render import DEFAULT_SIZE, render
-    from data.shapes.world import Prompt, perturb
-
-    import numpy as np
-
-    if any(p.category == "other" for p in prompts):
-        raise UserError("source=renderer draws shapes-world prompts only.",
-                        "use shapes-world prompts, or source=pipeline with a model.")
-    given = {v for v in (cfg.sampling.height, cfg.sampling.width) if v is not None}
-    size = given.pop() if len(given) == 1 else DEFAULT_SIZE
-    if given or size <= 0:  # two different sizes, or not a size
-        raise UserError(f"source=renderer draws square images; sampling.height={cfg.sampling.height}, "
-                        f"sampling.width={cfg.sampling.width}.",
-                        "give one positive size (sampling.height and sampling.width equal), or leave both out.")
-    gens = store.to_pandas(GENERATIONS)
-    used = gens[gens["model_id"] == "shapes-renderer"].groupby("prompt_id")["seed"].apply(set).to_dict()
-    rng = np.random.default_rng([cfg.seed, len(gens)])
-    added = 0
-    for spec in tqdm(prompts, desc="render", unit="prompt", file=sys.stderr):
-        p = Prompt.parse(spec.text)
-        seeds = _new_seeds(used.get(spec.prompt_id, set()), cfg.seed, cfg.per_prompt)
-        images = []
-        for s in seeds:
-            shown = p
-            if rng.random() < cfg.renderer_mismatch_rate:
-                shown = perturb(p, p.specified[int(rng.integers(len(p.specified)))], rng)
-            images.append(render(shown, s, size))
-        save_images(store, images, prompts=[spec.text] * len(seeds), prompt_ids=[spec.prompt_id] * len(seeds),
-                    categories=[spec.category] * len(seeds), seeds=seeds, model_id="shapes-renderer",
-                    settings=RENDERER)
-        added += len(seeds)
-    return GenerateResult(str(store.root), "shapes-renderer", len(prompts), added, store.read(GENERATIONS).num_rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GenerateConfig, config_parser(__doc__.splitlines()[0]), argv)
     result = generate(cfg)
     save_round_config(cfg, cfg.root, "generate")
-    import json
-
     print(json.dumps(result.__dict__))
     return 0
 

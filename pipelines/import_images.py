@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import sys
 
+from core.config import save_round_config
 from data.imports import ImportConfig, import_images
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_round_config
+from shapes.world import prompt_spec
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ImportConfig, config_parser(__doc__.splitlines()[0]), argv)
-    result = import_images(cfg)
+    result = import_images(cfg, known_prompt=prompt_spec)
     save_round_config(cfg, cfg.root, "import")
     print(json.dumps(result.__dict__))
     return 0

@@ -12,29 +12,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data.errors import UserError
-from data.store import Store
+from core.config import save_config
+from core.errors import UserError
 from labeling_app.config import LabelConfig
+from labeling_app.ui import build_app, launch
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
-
-
-def build_app(cfg: LabelConfig):
-    """The app of a round as configured (checks the raters file, guidelines and round first)."""
-    from labeling_app.assignment import Assigner
-    from labeling_app.guidelines import load_guidelines
-    from labeling_app.raters import RatersFile
-    from labeling_app.ui import LabelingApp
-
-    raters = RatersFile(cfg.raters_file)
-    if not any(not a.disabled for a in raters.accounts()):
-        raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
-                        "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
-    guidelines = load_guidelines(cfg.guidelines_path)
-    # Merging small part files happens in a background thread (labeling_app.ui.launch), not inside
-    # a rater's request.
-    assigner = Assigner.open(cfg, guidelines.version, store=Store(cfg.root, compact_every=0))
-    return LabelingApp(cfg, assigner, raters, guidelines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(cfg)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     save_config(cfg, Path(cfg.root) / "configs" / f"label-{stamp}.yaml")
-    from labeling_app.ui import launch
-
     # The app's own lines (refused actions and logins, one line each) on stderr.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

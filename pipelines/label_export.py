@@ -15,8 +15,9 @@ import json
 import sys
 from dataclasses import dataclass
 
-from data.errors import UserError
-from labeling_app.export import ExportFormat
+from core.errors import UserError
+from data.store import Store
+from labeling_app.export import ExportFormat, export_round
 from pipelines.cli import config_parser, parse_config, run
 
 
@@ -28,9 +29,6 @@ class ExportConfig:
 
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
-
-    from data.store import Store
-    from labeling_app.export import export_round
 
     cfg = parse_config(ExportConfig, config_parser(__doc__.splitlines()[0]), argv)
     if not (Path(cfg.root) / "generations").is_dir():

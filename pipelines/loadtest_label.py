@@ -37,9 +37,14 @@ from typing import Optional
 
 import numpy as np
 
-from data.errors import UserError
+from core.config import save_config
+from core.errors import UserError
+from data.schemas import BINARY_LABELS, RANKINGS
+from labeling_app.assignment import ranking_item_id
+from labeling_app.generate import GenerateConfig, generate
+from labeling_app.raters import RatersFile
+from labeling_app.ui import shown_token
 from pipelines.cli import config_parser, parse_config, run
-from pipelines.config import save_config
 
 PASSWORD = "loadtest-password"
 
@@ -137,8 +142,6 @@ class _Rater(threading.Thread):
     def run(self):
         from gradio_client import Client
 
-        from labeling_app.ui import shown_token
-
         try:
             # Plain HTTP to 127.0.0.1, so no certificate is ever checked; ssl_verify=False only stops
             # httpx from loading the CA bundle for each of the two HTTP clients gradio_client opens
@@ -200,8 +203,6 @@ class _Rater(threading.Thread):
     @staticmethod
     def rank_args(ranking, ranks: list[int]) -> tuple:
         """The set's token (from its prompt output), then the ranks padded to the slots."""
-        from labeling_app.ui import shown_token
-
         n_slots = (len(ranking) - 3) // 2
         return (shown_token(ranking[0]), *ranks) + (None,) * (n_slots - len(ranks))
 
@@ -214,9 +215,6 @@ class _Rater(threading.Thread):
 def count_stored(root: Path, raters: set[str], overlap: int) -> tuple[int, int, int]:
     """(rows stored by ``raters``, duplicates, items over the overlap), from the raw files."""
     import pyarrow.dataset as ds
-
-    from data.schemas import BINARY_LABELS, RANKINGS
-    from labeling_app.assignment import ranking_item_id
 
     stored = dups = 0
     frames = {}
@@ -244,9 +242,6 @@ def count_stored(root: Path, raters: set[str], overlap: int) -> tuple[int, int, 
 
 
 def loadtest(cfg: LoadtestConfig) -> LoadtestResult:
-    from labeling_app.raters import RatersFile
-    from pipelines.generate import GenerateConfig, generate
-
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     root = Path(cfg.root) if cfg.root else Path("runs") / "loadtest-label" / stamp
     if root.exists() and any(root.iterdir()):

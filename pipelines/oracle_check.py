@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from data.shapes.oracle import judge
-from data.shapes.render import degrade, render
-from data.shapes.world import ATTRIBUTES, all_prompts, perturb
 from pipelines.cli import config_parser, parse_config, run
+from shapes.oracle import judge
+from shapes.render import degrade, render
+from shapes.world import ATTRIBUTES, all_prompts, perturb
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import getpass
 import sys
 from pathlib import Path
 
-from data.errors import UserError
+from core.errors import UserError
 from labeling_app.config import LabelConfig
 from labeling_app.raters import RatersFile
 from pipelines.cli import run

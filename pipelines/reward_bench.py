@@ -20,8 +20,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from data.generations import load_image
+from data.store import Store
+from labeling_app.simulate import simulate_round
 from pipelines.cli import config_parser, parse_config, run
 from reward.config import RewardConfig
+from reward.train import metrics_table, train_reward
+from shapes.raters import default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,6 @@ def score_speed(model, store, batch: int, repeats: int = 5) -> dict:
     (B, 3, H, W) on the model's device (how the fine-tuning stage calls it), prompts cached."""
     import numpy as np
     import torch
-
-    from data.generations import load_image
 
     gens = store.to_pandas("generations").iloc[:batch]
     arr = np.stack([np.asarray(load_image(store.root, r)) for _, r in gens.iterrows()])
@@ -66,12 +71,6 @@ def score_speed(model, store, batch: int, repeats: int = 5) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RewardBenchConfig, config_parser(__doc__.splitlines()[0]), argv)
-    from data.shapes.raters import default_panel, simulate_round
-    from data.shapes.render import render_round
-    from data.shapes.world import prompt_set
-    from data.store import Store
-    from reward.train import metrics_table, train_reward
-
     store = Store(cfg.root)
     if store.exists("generations"):
         print(f"reusing the labelled round in {cfg.root}", file=sys.stderr)

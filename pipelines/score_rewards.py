@@ -14,7 +14,11 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from core.errors import UserError
+from data.store import Store
 from pipelines.cli import config_parser, parse_config, run
+from reward.model import RewardModel
+from reward.scoring import score_generations
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,6 @@ class ScoreRewardsConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ScoreRewardsConfig, config_parser(__doc__.splitlines()[0]), argv)
-    from data.errors import UserError
-    from data.store import Store
-    from reward.model import RewardModel
-    from reward.scoring import score_generations
-
     if cfg.batch_size < 1:
         raise UserError("batch_size must be >= 1.", "set batch_size=64, for example.")
     device = None if cfg.device == "auto" else cfg.device

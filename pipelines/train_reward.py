@@ -15,12 +15,11 @@ import sys
 
 from pipelines.cli import config_parser, parse_config, run
 from reward.config import RewardConfig
+from reward.train import metrics_table, train_reward
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RewardConfig, config_parser(__doc__.splitlines()[0]), argv)
-    from reward.train import metrics_table, train_reward
-
     result = train_reward(cfg)
     m = result.metrics
     print(metrics_table(m))

@@ -1,6 +1,6 @@
 """The reward stage's config: one frozen dataclass, nested data / model / loss / train.
 
-Load it with ``pipelines.config.load_config(RewardConfig, yaml_path, ["train.lr=3e-4"])``; the
+Load it with ``core.config.load_config(RewardConfig, yaml_path, ["train.lr=3e-4"])``; the
 resolved config is saved as ``config.yaml`` in the output folder beside the model.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data.loading import SHAPES_CLIP
+from shapes import SHAPES_CLIP
 
 Feature = Literal["image", "text", "product", "cosine"]
 

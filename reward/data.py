@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError, UserError
+from core.errors import DataError, UserError
 from data.labels import aggregate_binary, current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
-from data.shapes.world import Prompt, one_attribute_swaps
 from data.store import Store
 from reward.config import DataConfig, LossConfig
+from shapes.world import Prompt, one_attribute_swaps
 
 MAKE_LABELS = ("run `make generate && make simulate-raters` (simulated raters), or collect labels "
                "with the labeling app")

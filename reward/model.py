@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.errors import UserError
-from data.loading import LoadedCLIP, default_device, load_clip
+from core.errors import UserError
+from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
 from reward.preprocess import ClipPreprocess, to_pixel_batches
 
 FORMAT_VERSION = 1
@@ -131,17 +131,6 @@ class RewardHead(nn.Module):
 def _tensor(out) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output with pooler_output (5)."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def clip_fingerprint(path: str | os.PathLike) -> str:
-    """A cheap identity of a CLIP folder: its config and the names and sizes of its weight files
-    (hashing gigabytes of ViT-L/14 weights at every load would be slow)."""
-    path = Path(path)
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".bin"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 class RewardModel(nn.Module):
@@ -310,14 +299,14 @@ class RewardModel(nn.Module):
             self.tokenizer.save_pretrained(clip_dir)
             self.image_processor.save_pretrained(clip_dir)
             clip_ref["clip_subdir"] = CLIP_SUBDIR
-            h.update(clip_fingerprint(clip_dir).encode())
+            h.update(model_fingerprint(clip_dir, config_only=True).encode())
             for f in sorted(clip_dir.glob("*.safetensors")):
                 h.update(f.read_bytes())
         clip_abs = self.clip_path.resolve()
         clip_ref.update(
             clip_path=str(clip_abs),
             clip_path_relative=os.path.relpath(clip_abs, directory.resolve()),
-            clip_fingerprint=clip_fingerprint(self.clip_path) if (self.clip_path / "config.json").is_file() else None,
+            clip_fingerprint=model_fingerprint(self.clip_path, config_only=True) if (self.clip_path / "config.json").is_file() else None,
         )
         self.model_id = f"{name or directory.name}-{h.hexdigest()[:10]}"
         config = dict(format_version=FORMAT_VERSION, model_id=self.model_id,
@@ -360,7 +349,7 @@ class RewardModel(nn.Module):
                                 "restore it, or pass clip_path= (the same CLIP weights).")
         clip = load_clip(path, device=device or default_device())
         if cfg.get("clip_fingerprint") and not cfg.get("clip_subdir") \
-                and clip_fingerprint(path) != cfg["clip_fingerprint"]:
+                and model_fingerprint(path, config_only=True) != cfg["clip_fingerprint"]:
             warnings.warn(f"the CLIP in {path} differs from the one {directory} was trained on; "
                           "rewards may be meaningless.", stacklevel=2)
         spec = HeadSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["head"].items()})

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.errors import UserError
+from core.errors import UserError
 
 
 def _size_get(size, key: str):

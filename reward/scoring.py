@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data.errors import UserError
+from core.errors import UserError
 from data.generations import check_image, load_image
 from data.schemas import GENERATIONS, REWARDS
 from data.store import Store

@@ -34,18 +34,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.errors import UserError
+from core.config import save_config
+from core.errors import UserError
+from core.jsonable import json_safe
+from core.loading import default_device, load_clip
 from data.generations import load_image
-from data.jsonable import json_safe
-from data.loading import SHAPES_CLIP, default_device, load_clip
 from data.store import Store
-from pipelines.config import save_config
 from reward.config import RewardConfig
 from reward.data import VIEWS, AuxExamples, RewardData, Split, load_reward_data
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
 from reward.metrics import TABLE_ROWS, evaluate, format_table
 from reward.model import CONFIG_FILE, METRICS_FILE, TRAIN_CONFIG_FILE, RewardModel
 from reward.preprocess import to_pixel_batches
+from shapes import SHAPES_CLIP
+from shapes.oracle import judge
+from shapes.world import Prompt
 
 
 # The model and its baselines, in the order of metrics.json keys and the printed table; a baseline's
@@ -400,9 +403,6 @@ def calibrate(model: RewardModel, emb: Embeddings, data: RewardData) -> bool:
 def oracle_scores(data: RewardData, images: np.ndarray, progress: bool = False) -> np.ndarray | None:
     """The shapes oracle's graded score of ``images`` (NaN elsewhere); None outside the shapes
     world."""
-    from data.shapes.oracle import judge
-    from data.shapes.world import Prompt
-
     out = np.full(len(data.images), np.nan)
     try:
         prompts = {i: Prompt.parse(data.images["prompt"].iloc[i]) for i in images}
@@ -469,7 +469,7 @@ def _load_clip(cfg: RewardConfig, device):
         return load_clip(cfg.model.clip, device=device)
     except UserError as e:
         if Path(cfg.model.clip).resolve() == SHAPES_CLIP.resolve() and not SHAPES_CLIP.is_dir():
-            raise UserError(e.problem, "the shapes-world CLIP ships in data/models/shapes-clip (check "
+            raise UserError(e.problem, "the shapes-world CLIP ships in shapes/models/shapes-clip (check "
                             "out the full repository), or pass model.clip=<a CLIPModel folder, e.g. "
                             "clip-vit-large-patch14>.") from None
         raise

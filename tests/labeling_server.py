@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from data import Store
-from data.generations import RENDERER, save_images
-from data.shapes.render import render, render_round
-from data.shapes.world import Prompt, prompt_set
+from data.generations import save_images
 from labeling_app.config import GoldConfig, LabelConfig, ServerConfig
 from labeling_app.raters import RatersFile
+from shapes.render import RENDERER
+from shapes.render import render, render_round
+from shapes.world import Prompt, prompt_set
 
 HOSTILE_PROMPT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> two red circles'
 PASSWORD = "rater-password"
@@ -53,7 +54,7 @@ def label_config(root: Path, raters: RatersFile, **kw) -> LabelConfig:
 def serve(cfg: LabelConfig):
     """Run the app in this process (threads) and stop it afterwards; yields (app, url)."""
     from labeling_app.ui import launch
-    from pipelines.label import build_app
+    from labeling_app.ui import build_app
 
     app = build_app(cfg)
     demo, (_, url, _) = launch(app, prevent_thread_lock=True, quiet=True)

@@ -6,18 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import UserError
-from data.loading import SHAPES_CLIP, SHAPES_SD, load_clip, load_sd_pipeline
-from data.sampling import SamplingConfig
-from data.shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
-from data.shapes.render import sample_scene
-from data.shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
-from data.shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
-                                         scene_matches, skewed_prompt_weights)
-from data.shapes.training.diffusion import DiffusionConfig, TextArch, UNetArch
-from data.shapes.training.vae import VAEConfig
-from data.shapes.world import Prompt, all_prompts, prompt_set
-from pipelines.base import BaseConfig, main, train_base
+from core.errors import UserError
+from core.loading import load_clip, load_sd_pipeline
+from core.sampling import SamplingConfig
+from pipelines.base import main
+from shapes import SHAPES_CLIP, SHAPES_SD
+from shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
+from shapes.render import sample_scene
+from shapes.training.base import BaseConfig, train_base
+from shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
+from shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
+                                    scene_matches, skewed_prompt_weights)
+from shapes.training.diffusion import DiffusionConfig, TextArch, UNetArch
+from shapes.training.vae import VAEConfig
+from shapes.world import Prompt, all_prompts, prompt_set
 from tiny_models import make_tiny_clip, make_tiny_sd
 
 FAST = SamplingConfig(num_inference_steps=2, batch_size=64)
@@ -60,7 +62,7 @@ def test_skew_weights_and_heldout_scenes_are_excluded():
 
 
 def test_one_attribute_swaps_change_exactly_one_attribute():
-    from data.shapes.world import one_attribute_swaps
+    from shapes.world import one_attribute_swaps
 
     p = Prompt(3, "circle", "red", "white")
     pert = one_attribute_swaps(p)

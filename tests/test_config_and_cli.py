@@ -4,8 +4,8 @@ from typing import Literal
 
 import pytest
 
-from data.errors import UserError
-from pipelines.config import load_config, save_config
+from core.config import load_config, save_config
+from core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import UserError
+from core.config import load_config
+from core.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
-from pipelines.config import load_config
 
 
 
@@ -23,7 +23,7 @@ def tiny_cfg(sd, out, *extra):
 
 
 def test_one_dpok_run_writes_lora_that_diffusers_loads(tiny_sd, tmp_path):
-    from data.loading import load_sd_pipeline
+    from core.loading import load_sd_pipeline
 
     cfg = tiny_cfg(tiny_sd, tmp_path / "run", "dpok.rounds=1", "sample_grid_every=1", "dpok.baseline=value")
     result = train_dpok(cfg, progress=False)
@@ -106,9 +106,10 @@ def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
     """The whole collect -> reward -> fine-tune path on tiny models: the learned RewardModel folder
     written by the reward stage is what fine-tuning consumes."""
     from data import Store
-    from data.shapes.raters import default_panel, simulate_round
-    from data.shapes.render import render_round
-    from data.shapes.world import prompt_set
+    from shapes.raters import default_panel
+    from labeling_app.simulate import simulate_round
+    from shapes.render import render_round
+    from shapes.world import prompt_set
     from finetune.rwl import train_rwl
     from reward.config import RewardConfig
     from reward.train import train_reward

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
+from core.config import load_config
+from core.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finetuned, win_rate
 from pipelines.cli import run
-from pipelines.config import load_config
 from tiny_models import make_tiny_clip
 
 # what a user brings: ordinary prompts, none of them a shapes-world prompt
@@ -138,7 +138,7 @@ def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_p
     """samples_per_prompt seeds per evaluated prompt (the headline), side_samples_per_prompt per
     control and generalisation prompt; the grids show grid_samples seeds of grid_prompts prompts."""
     from finetune.evaluate import control_prompts
-    from data.shapes.world import prompt_set
+    from shapes.world import prompt_set
 
     targets = ["three red circles", "two blue squares on a white background"]
     (tmp_path / "targets.txt").write_text("\n".join(targets) + "\n")

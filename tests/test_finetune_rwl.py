@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
+from core.errors import UserError
 from data import Store
-from data.errors import UserError
 from finetune.config import FinetuneConfig
 from finetune.rwl import train_rwl
-from pipelines.config import load_config
 
 
 
@@ -34,7 +34,7 @@ def prompts_file(tmp_path):
 
 
 def test_rwl_step_end_to_end_and_lora_loads(tiny_sd, tmp_path):
-    from data.loading import load_sd_pipeline
+    from core.loading import load_sd_pipeline
 
     result = train_rwl(rwl_cfg(tiny_sd, tmp_path / "run", "sample_grid_every=1"), progress=False)
     out = result.output_dir
@@ -51,9 +51,10 @@ def test_rwl_step_end_to_end_and_lora_loads(tiny_sd, tmp_path):
 
 
 def test_rwl_learns_from_labeled_good_images_and_a_dataset_pretrain_source(tiny_sd, tmp_path):
-    from data.shapes.raters import default_panel, simulate_round
-    from data.shapes.render import render_round
-    from data.shapes.world import Prompt
+    from shapes.raters import default_panel
+    from labeling_app.simulate import simulate_round
+    from shapes.render import render_round
+    from shapes.world import Prompt
 
     root = tmp_path / "ds"
     store = Store(root)
@@ -73,8 +74,8 @@ def test_rwl_bad_inputs(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="reward weight 0"):
         train_rwl(rwl_cfg(tiny_sd, tmp_path / "b", "rwl.weighting=threshold", "rwl.threshold=100"), progress=False)
     root = tmp_path / "big"
-    from data.shapes.render import render_round
-    from data.shapes.world import Prompt
+    from shapes.render import render_round
+    from shapes.world import Prompt
 
     render_round(Store(root), [Prompt.parse("one circle")], per_prompt=1, size=64)
     with pytest.raises(UserError, match=r"64x64 \(width x height\), the model is fine-tuned at 32x32"):
@@ -85,7 +86,7 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
     """w = 1 is the plain conditional loss; w > 1 puts the MSE on u + w (c - u), the guided output."""
     from types import SimpleNamespace
 
-    from data.loading import load_sd_pipeline
+    from core.loading import load_sd_pipeline
     from finetune.rwl import denoising_loss
     from finetune.sampler import encode_prompts
 

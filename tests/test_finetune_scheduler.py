@@ -10,7 +10,7 @@ import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler)
 
-from data.errors import UserError
+from core.errors import UserError
 from finetune import scheduler as scheduler_module
 from finetune.rl_math import gaussian_log_prob
 from finetune.scheduler import DDIMSchedule
@@ -36,7 +36,7 @@ def test_schedule_matches_ddim_step(extra, eta):
         g = schedule.step(out, x, torch.full((2,), i))
         if not torch.isfinite(expected).all():
             # diffusers' zero-SNR first step takes sqrt(0 +- 1 ulp), NaN on some builds (see
-            # data.sampling.finite_ddim); ours clamps that root to 0, the exact value
+            # core.sampling.finite_ddim); ours clamps that root to 0, the exact value
             assert i == 0 and float(schedule.abar[0]) < 1e-6 and torch.isfinite(g.mean).all()
             expected = g.mean + g.std * noise
         torch.testing.assert_close(g.mean + g.std * noise, expected, atol=1e-5, rtol=1e-4)
@@ -130,7 +130,7 @@ def test_dpok_fine_tunes_a_folder_with_any_scheduler_config(kind, tiny_sd, tmp_p
     """The whole path: a Stable Diffusion folder whose scheduler config is not DDIM fine-tunes."""
     from finetune.config import FinetuneConfig
     from finetune.dpok import train_dpok
-    from pipelines.config import load_config
+    from core.config import load_config
 
     sd = tmp_path / "sd"
     shutil.copytree(tiny_sd, sd)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from core.config import load_config
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.rl_math import gaussian_log_prob
 from finetune.scheduler import DDIMSchedule
-from pipelines.config import load_config
 from tiny_models import make_tiny_sd
 
 
@@ -89,11 +89,12 @@ def test_dpok_on_sd15_shapes_at_512_resumes_and_saves_lora_diffusers_loads(tmp_p
 @pytest.mark.gpu
 def test_shapes_model_samples_finite_images_on_cuda():
     """The demo's labeling round on an H100 was all black: diffusers' DDIM step at eta 1 gave NaN at
-    the zero-SNR first step there (data.sampling.finite_ddim)."""
+    the zero-SNR first step there (core.sampling.finite_ddim)."""
     import numpy as np
 
-    from data.loading import SHAPES_SD, load_sd_pipeline
-    from data.sampling import generate_images
+    from core.loading import load_sd_pipeline
+    from shapes import SHAPES_SD
+    from core.sampling import generate_images
 
     pipe = load_sd_pipeline(SHAPES_SD, device="cuda")
     images = generate_images(pipe, ["one red circle", "two blue squares on a white background"] * 8, list(range(16)))
@@ -104,8 +105,9 @@ def test_shapes_model_samples_finite_images_on_cuda():
 def test_clip_retrieval_with_the_clip_on_cuda():
     """make base's CLIP card: image embeddings came back on the CPU, text embeddings stayed on
     CUDA, and the product failed (found on an H100)."""
-    from data.loading import SHAPES_CLIP, load_clip
-    from data.shapes.evaluate import RetrievalConfig, clip_retrieval
+    from core.loading import load_clip
+    from shapes import SHAPES_CLIP
+    from shapes.evaluate import RetrievalConfig, clip_retrieval
 
     result = clip_retrieval(load_clip(SHAPES_CLIP, device="cuda"), RetrievalConfig(per_prompt=1, split="heldout"))
     assert 0.5 < result.accuracy <= 1.0

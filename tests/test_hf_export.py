@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import DataError
 from data import Store
-from data.errors import DataError
 from data.generations import load_image
 from data.labels import current, retract
 from data.pairs import rankings_to_pairs
-from data.shapes.raters import default_panel, simulate_round
-from data.shapes.render import render_round
-from data.shapes.world import prompt_set
 from labeling_app.export import export_round
+from labeling_app.simulate import simulate_round
+from shapes.raters import default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_hf_export_cli_and_a_mismatched_file_stops_it_whole(labelled, tmp_path, 
 
 
 def test_a_table_without_rows_is_left_out_and_no_labels_is_an_error(tmp_path):
-    from data.errors import UserError
+    from core.errors import UserError
 
     store = Store(tmp_path / "round")
     render_round(store, prompt_set("train")[:2], per_prompt=2, seed=4)

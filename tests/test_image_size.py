@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.config import load_config
+from core.errors import UserError
+from core.sampling import image_size
 from data import Store
-from data.errors import UserError
-from data.sampling import image_size
 from finetune.config import FinetuneConfig
 from pipelines.cli import run
-from pipelines.config import load_config
 
 H, W = 48, 40  # pixels; the tiny model's native size is 32x32
 
@@ -68,8 +68,8 @@ def finetune_cfg(sd, reward, out, method, *extra):
 
 
 def test_dpok_at_a_non_native_size(tiny_sd, reward, tmp_path):
-    from data.loading import load_sd_pipeline
-    from data.sampling import SamplingConfig, generate_images
+    from core.loading import load_sd_pipeline
+    from core.sampling import SamplingConfig, generate_images
     from finetune.dpok import train_dpok
 
     out = train_dpok(finetune_cfg(tiny_sd, reward, tmp_path / "run", "dpok", "sample_grid_every=1"),

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.errors import UserError
 from data import Store
-from data.errors import UserError
 from data.generations import load_image
 from data.imports import UNKNOWN_SEED, ImportConfig, import_images
-from data.shapes.world import Prompt
+from shapes.world import Prompt, prompt_spec
 
 
 def _image(path, w, h, fmt=None, seed=0):
@@ -50,7 +50,7 @@ def _files(root):
 
 def test_imagefolder_import_writes_rows_like_generate_and_is_idempotent(folder, tmp_path):
     root = tmp_path / "round"
-    res = import_images(ImportConfig(src=str(folder), root=str(root)))
+    res = import_images(ImportConfig(src=str(folder), root=str(root)), known_prompt=prompt_spec)
     assert (res.rows, res.images_added, res.already_in_round, res.converted_to_png) == (3, 3, 0, 1)
     store = Store(root)
     gens = store.to_pandas("generations").set_index("prompt_id", drop=False)
@@ -75,11 +75,11 @@ def test_imagefolder_import_writes_rows_like_generate_and_is_idempotent(folder, 
     assert extra.loc[b["image_id"], "file_name"] == "sub/b.jpg" and extra.loc[b["image_id"], "source_row"] == 2
 
     before = _files(root)
-    again = import_images(ImportConfig(src=str(folder), root=str(root)))
+    again = import_images(ImportConfig(src=str(folder), root=str(root)), known_prompt=prompt_spec)
     assert (again.images_added, again.already_in_round, again.images_in_round) == (0, 3, 3)
     assert _files(root) == before  # nothing added, nothing rewritten
     # Same folder, another model name: new images beside the old ones, nothing replaced.
-    other = import_images(ImportConfig(src=str(folder), root=str(root), model_id="mj-v6"))
+    other = import_images(ImportConfig(src=str(folder), root=str(root), model_id="mj-v6"), known_prompt=prompt_spec)
     assert other.images_added == 2 and other.images_in_round == 5  # a.png names its own model_id
     assert all(_files(root)[k] == v for k, v in before.items() if k.parts[0] == "images")
 
@@ -93,7 +93,7 @@ def test_csv_metadata_and_parquet_listing(tmp_path):
                                       'x.png,"one blue square, on a black background",3,\n'
                                       'y.webp,a lighthouse at dusk,,"sharp, good"\n')
     root = tmp_path / "round"
-    assert import_images(ImportConfig(src=str(src), root=str(root))).images_added == 2
+    assert import_images(ImportConfig(src=str(src), root=str(root)), known_prompt=prompt_spec).images_added == 2
     gens = Store(root).to_pandas("generations").sort_values("width")
     assert gens["seed"].tolist() == [3, UNKNOWN_SEED] and gens["image_path"].iloc[1].endswith(".webp")
 
@@ -103,7 +103,7 @@ def test_csv_metadata_and_parquet_listing(tmp_path):
     _image(listing_dir / "p.png", 16, 16, seed=6)
     pd.DataFrame({"image_path": ["p.png", str(src / "x.png")], "caption": ["a red kite", "a blue kite"],
                   "model_id": ["m1", None], "seed": [5, None], "likes": [3, 5]}).to_parquet(listing_dir / "list.parquet")
-    res = import_images(ImportConfig(src=str(listing_dir / "list.parquet"), root=str(root)))
+    res = import_images(ImportConfig(src=str(listing_dir / "list.parquet"), root=str(root)), known_prompt=prompt_spec)
     assert res.images_added == 2 and res.images_in_round == 4
     kites = Store(root).to_pandas("generations").query("prompt.str.endswith('kite')").sort_values("prompt")
     assert kites["seed"].tolist() == [UNKNOWN_SEED, 5] and kites["model_id"].tolist() == ["imported", "m1"]
@@ -131,7 +131,7 @@ def test_a_bad_row_is_one_error_naming_it_and_nothing_is_written(tmp_path, bad, 
     (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     root = tmp_path / "round"
     with pytest.raises(UserError, match=match):
-        import_images(ImportConfig(src=str(src), root=str(root)))
+        import_images(ImportConfig(src=str(src), root=str(root)), known_prompt=prompt_spec)
     assert not root.exists() or not Store(root).exists("generations") and not any((root / "images").glob("*"))
     assert run(main, [f"src={src}", f"root={root}"]) == 2
     err = capsys.readouterr().err

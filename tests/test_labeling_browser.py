@@ -288,7 +288,8 @@ def test_images_of_any_size_fit_their_frames(tmp_path, browser):
     from PIL import Image, ImageDraw
 
     from data import Store
-    from data.generations import RENDERER, save_images
+    from data.generations import save_images
+    from shapes.render import RENDERER
 
     def picture(w, h, ground):
         im = Image.new("RGB", (w, h), ground)

@@ -15,12 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import UserError
 from data import Store
-from data.errors import UserError
 from data.labels import current
-from data.shapes.raters import RaterProfile, default_panel
-from data.shapes.render import render_round
-from data.shapes.world import prompt_set
 from labeling_app.assignment import Assigner, InvalidAnswer, StaleItem
 from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
 from labeling_app.export import export_file, export_round
@@ -29,6 +26,9 @@ from labeling_app.guidelines import load_guidelines
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.simulate import run_simulated_round
 from labeling_app.stats import gold_accuracy, krippendorff_alpha_nominal, labels_over_time, round_report
+from shapes.raters import RaterProfile, default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 
 
 @pytest.fixture
@@ -498,9 +498,9 @@ def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
     target)."""
     from data.labels import current
     from labeling_app.config import LabelConfig
-    from pipelines.config import load_config
-    from pipelines.generate import GenerateConfig, generate
-    from pipelines.simulate_raters import SimulateConfig, simulate
+    from core.config import load_config
+    from labeling_app.generate import GenerateConfig, generate
+    from labeling_app.simulate import SimulateConfig, simulate
 
     rounds = []
     for k in range(2):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import UserError
-from data.loading import load_clip, load_sd_pipeline
+from core.errors import UserError
+from core.loading import load_clip, load_sd_pipeline
 from tiny_models import make_tiny_clip, make_tiny_sd
 
 
@@ -37,7 +37,7 @@ def test_missing_or_wrong_folder_is_a_clear_error(tmp_path, loader):
 
 
 def test_generate_images_is_seeded_per_image(tmp_path):
-    from data.sampling import SamplingConfig, generate_images
+    from core.sampling import SamplingConfig, generate_images
 
     make_tiny_sd(tmp_path / "sd")
     pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
@@ -53,7 +53,7 @@ def test_generate_images_is_seeded_per_image(tmp_path):
 def test_stochastic_ddim_on_a_zero_snr_schedule_gives_finite_images(tiny_sd, steps):
     """eta 1 on a zero-terminal-SNR schedule: diffusers' own step takes sqrt(0 +- 1 ulp) at t=999
     (NaN, i.e. black images, at 25 and 30 steps here and at 20 on an H100 machine's build)."""
-    from data.sampling import SamplingConfig, generate_images
+    from core.sampling import SamplingConfig, generate_images
 
     pipe = load_sd_pipeline(tiny_sd, device="cpu")
     images = generate_images(pipe, ["one circle", "two squares"], [1, 2],
@@ -68,9 +68,9 @@ def test_a_copy_of_a_model_elsewhere_names_its_images_the_same_way(tiny_sd, tmp_
     import shutil
 
     from data import Store
-    from data.loading import model_fingerprint
-    from pipelines.config import load_config
-    from pipelines.generate import GenerateConfig, generate
+    from core.loading import model_fingerprint
+    from core.config import load_config
+    from labeling_app.generate import GenerateConfig, generate
 
     copy = shutil.copytree(tiny_sd, tmp_path / "elsewhere" / "sd")
     assert model_fingerprint(copy) == model_fingerprint(tiny_sd)

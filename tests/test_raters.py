@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from data import Store
-from data.errors import UserError
 from data.pairs import rankings_to_pairs
 from data.schemas import validate_ranks
-from data.shapes.oracle import judge
-from data.shapes.raters import RaterProfile, SimulatedRater, default_panel, dense_ranks, simulate_round
-from data.shapes.render import render, render_round
-from data.shapes.world import Prompt, perturb, prompt_set
+from labeling_app.simulate import simulate_round
+from shapes.oracle import judge
+from shapes.raters import RaterProfile, SimulatedRater, default_panel, dense_ranks
+from shapes.render import render, render_round
+from shapes.world import Prompt, perturb, prompt_set
 
 
 def items(n=200, seed=0):

@@ -12,14 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from core.config import load_config
+from core.errors import DataError, UserError
 from data import Store
-from data.errors import DataError, UserError
 from data.labels import aggregate_binary
 from data.schemas import BINARY_LABELS, REWARDS
-from data.shapes.raters import default_panel, simulate_round
-from data.shapes.render import render, render_round
-from data.shapes.world import Prompt, prompt_set
-from pipelines.config import load_config
+from labeling_app.simulate import simulate_round
 from reward.config import DataConfig, LossConfig, RewardConfig
 from reward.data import (image_sides, load_reward_data, shapes_perturbations, split_prompts,
                          word_swap_perturbations)
@@ -27,6 +25,9 @@ from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, pr
 from reward.metrics import expected_calibration_error, oracle_pairs, pair_accuracy
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess, to_pixel_batches
+from shapes.raters import default_panel
+from shapes.render import render, render_round
+from shapes.world import Prompt, prompt_set
 from tiny_models import make_tiny_clip
 
 torch.set_num_threads(2)
@@ -379,7 +380,7 @@ def make_vitl_layout_clip(path, image_size: int = 28, patch_size: int = 14):
 
 
 def test_vitl_layout_clip_loads_and_trains_last_layers(labelled_root, tmp_path):
-    from data.loading import load_clip
+    from core.loading import load_clip
     from reward.train import train_reward
 
     clip_dir = make_vitl_layout_clip(tmp_path / "clip-vit-large-patch14")
@@ -449,7 +450,7 @@ def test_mismatched_or_useless_labels_are_clear_errors(tmp_path):
 
 
 def test_cosine_skip_head_starts_as_zero_shot_clip(tiny_clip):
-    from data.loading import load_clip
+    from core.loading import load_clip
 
     clip = load_clip(tiny_clip, device="cpu")
     rm = RewardModel.build(clip, cosine_skip=True, hidden=(8,), seed=3)
@@ -472,7 +473,7 @@ def test_pick_perturbed_takes_only_real_candidates():
 
 @pytest.mark.gpu
 def test_score_on_cuda_with_cuda_tensors(tiny_clip, tmp_path):
-    from data.loading import load_clip
+    from core.loading import load_clip
 
     rm = RewardModel.build(load_clip(tiny_clip, device="cuda"))
     rm.save_pretrained(tmp_path / "rm")

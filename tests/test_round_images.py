@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-import data.generations as generations
+from core.errors import DataError
 from data import Store
-from data.errors import DataError
+import data.generations as generations
 from data.generations import check_image, image_bytes, load_image
-from data.shapes.raters import default_panel, simulate_round
-from data.shapes.render import render_round
-from data.shapes.world import prompt_set
+from labeling_app.simulate import simulate_round
+from shapes.raters import default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
 
 torch.set_num_threads(1)
 
@@ -76,7 +77,7 @@ def test_sha256_is_computed_once_per_version_of_a_file(small_round, monkeypatch)
 
 def test_make_reward_stops_on_a_file_that_no_longer_matches_its_row(tmp_path):
     """The issue's case: a 48x32 PNG where the row says 64x64 was trained on silently (exit 0)."""
-    from pipelines.config import load_config
+    from core.config import load_config
     from reward.config import RewardConfig
     from reward.train import train_reward
     from tiny_models import make_tiny_clip

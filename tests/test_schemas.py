@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from data.errors import DataError
+from core.errors import DataError
 from data.schemas import (BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, conform, from_rows,
                           get_spec, validate_ranks)
 
@@ -183,7 +183,7 @@ def test_json_safe_writes_strict_json():
 
     import numpy as np
 
-    from data.jsonable import json_safe
+    from core.jsonable import json_safe
 
     x = {"a": float("nan"), "b": [np.float32(0.123456), np.int64(3)], "c": (1.0, "s", None)}
     assert json_safe(x) == {"a": None, "b": [float(np.float32(0.123456)), 3], "c": [1.0, "s", None]}

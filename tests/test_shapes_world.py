@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from data.shapes.oracle import alignment_by_category, judge
-from data.shapes.render import degrade, render, render_round
-from data.shapes.world import (BACKGROUNDS, COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR,
-                               Prompt, all_prompts, perturb, perturbations, prompt_set)
+from core.errors import UserError
+from shapes.oracle import alignment_by_category, judge
+from shapes.render import degrade, render, render_round
+from shapes.world import (BACKGROUNDS, COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR,
+                          Prompt, all_prompts, perturb, perturbations, prompt_set)
 
 PROMPTS = all_prompts()
 
@@ -132,7 +132,8 @@ def test_image_ids_are_content_addresses(tmp_path):
     """Same seed and settings -> same ids in another root (reruns match); a different image under the same
     prompt and seed gets another id, so an existing image is never replaced by a different one."""
     from data import Store
-    from data.generations import RENDERER, save_images
+    from data.generations import save_images
+    from shapes.render import RENDERER
 
     prompts = prompt_set("train")[:4]
     first = render_round(Store(tmp_path / "a"), prompts, per_prompt=2, seed=3)

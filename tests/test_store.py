@@ -13,8 +13,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from core.errors import DataError
 from data import Store, read_table
-from data.errors import DataError
 from data.schemas import BINARY_LABELS, from_rows
 from test_schemas import label_row
 

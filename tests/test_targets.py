@@ -3,8 +3,8 @@ prompts file ``make targets`` writes for ``make finetune``."""
 
 import pytest
 
+from core.errors import UserError
 from data import Store
-from data.errors import UserError
 from data.labels import retract
 from data.schemas import BINARY_LABELS, GENERATIONS
 from data.targets import TargetRule, pick_targets, prompt_pass_rates, write_targets
@@ -89,7 +89,7 @@ def test_no_target_and_no_round_are_clear_errors(round_root, tmp_path):
 
 
 def test_read_prompts_file_strips_skips_blank_lines_and_refuses_missing_or_empty(tmp_path):
-    from data.errors import UserError
+    from core.errors import UserError
     from data.targets import read_prompts_file
 
     f = tmp_path / "p.txt"

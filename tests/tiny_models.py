@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from data.shapes.tokenizer import build_tokenizer, text_config_ids
+from shapes.tokenizer import build_tokenizer, text_config_ids
 
 
 def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:

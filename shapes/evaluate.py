@@ -2,8 +2,8 @@
 
 Text-to-image model (:func:`evaluate_model`): K samples per prompt with fixed seeds (sample i of
 every prompt uses seed ``seed_offset + i``, so two models or two checkpoints are compared on the
-same starting noise) drawn through :func:`data.sampling.generate_images`; the oracle judges each
-image; :func:`data.shapes.oracle.alignment_by_category` gives the figures (colour, count, shape,
+same starting noise) drawn through :func:`core.sampling.generate_images`; the oracle judges each
+image; :func:`shapes.oracle.alignment_by_category` gives the figures (colour, count, shape,
 background, combination, overall) for each prompt set ("train", "heldout", or any named set you
 pass) and for named subsets ("common": one or two objects of the train split, "rare_counts":
 three or four); a PNG grid of samples per (set, category).
@@ -27,10 +27,10 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data.sampling import SamplingConfig, generate_images
-from data.shapes.oracle import Verdict, alignment_by_category, judge
-from data.shapes.render import degrade, render
-from data.shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
+from core.sampling import SamplingConfig, generate_images
+from shapes.oracle import Verdict, alignment_by_category, judge
+from shapes.render import degrade, render
+from shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class RetrievalResult:
 @torch.no_grad()
 def clip_embed_texts(clip, texts: list[str]) -> torch.Tensor:
     """L2-normalised text embeddings (N, D) on the CPU, like :func:`clip_embed_images`, of a
-    loaded CLIP (``data.loading.LoadedCLIP``)."""
+    loaded CLIP (``core.loading.LoadedCLIP``)."""
     device = next(clip.model.parameters()).device
     batch = clip.tokenizer(texts, padding=True, return_tensors="pt").to(device)
     f = clip.model.get_text_features(input_ids=batch["input_ids"],

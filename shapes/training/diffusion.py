@@ -2,12 +2,12 @@
 
 Components (all stock classes, saved as one ``StableDiffusionPipeline`` folder):
 
-- tokenizer: :func:`data.shapes.tokenizer.build_tokenizer`;
+- tokenizer: :func:`shapes.tokenizer.build_tokenizer`;
 - text encoder: ``CLIPTextModel`` (64 wide, 2 layers) trained from scratch jointly with the UNet
   (``text_init="scratch"``, the default: the text-to-image model then does not depend on the CLIP
   run), or initialised from the tiny CLIP's text tower and trained jointly (``text_init="clip"``).
   SD freezes its text encoder; ours is tiny and must learn the shapes vocabulary;
-- VAE: :mod:`data.shapes.training.vae` (frozen here; latents are scaled by its scaling_factor);
+- VAE: :mod:`shapes.training.vae` (frozen here; latents are scaled by its scaling_factor);
 - UNet: ``UNet2DConditionModel`` on 16x16x4 latents, cross-attention only at the 8x8 and 4x4
   levels (see ../shared/shapes-world-measurements.md for the speed table);
 - scheduler: ``DDIMScheduler`` with v-prediction, "trailing" timestep spacing and the zero-terminal-
@@ -20,7 +20,7 @@ Loss: || v_theta(z_t, t, c) - v ||^2 with t uniform over the 1,000 training step
 guidance dropout replaces the prompt by "" with probability ``cfg_dropout`` (Ho & Salimans 2022).
 Weights are an exponential moving average of the trained ones (saved, and used for sampling).
 
-The training prompts follow :class:`~data.shapes.training.common.SkewConfig`: the train split
+The training prompts follow :class:`~shapes.training.common.SkewConfig`: the train split
 only, counts three and four rare; renders whose free attributes form a held-out pair are redrawn.
 """
 
@@ -35,11 +35,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from data.shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
-from data.shapes.training.clip import lr_at
-from data.shapes.training.common import (Progress, SkewConfig, pick_device, render_pool,
-                                         seed_everything, skewed_prompt_weights, to_unit,
-                                         train_prompts)
+from shapes.evaluate import alignment, sample_and_judge
+from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
+from shapes.training.clip import lr_at
+from shapes.training.common import (Progress, SkewConfig, pick_device, render_pool, seed_everything,
+                                    skewed_prompt_weights, to_unit, train_prompts)
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,6 @@ def train_diffusion(cfg: DiffusionConfig, vae_dir: str | Path, out_dir: str | Pa
 
 def _quick_eval(pipe, step: int) -> None:
     """One sample per prompt on 1-2 object and 3-4 object train prompts; prints overall alignment."""
-    from data.shapes.evaluate import alignment, sample_and_judge
-
     prompts = train_prompts()
     common = sample_and_judge(pipe, [p for p in prompts if p.count <= 2], 1, 0)
     rare = sample_and_judge(pipe, [p for p in prompts if p.count >= 3], 1, 0)

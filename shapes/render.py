@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data.shapes.world import BACKGROUNDS, COLORS, Prompt
+from core.sampling import SamplerSettings
+from data.generations import save_images
+from shapes.world import BACKGROUNDS, COLORS, Prompt, perturb
+
+# How a render is recorded in the generations table (the renderer has no sampler settings).
+RENDERER = SamplerSettings(sampler="shapes-renderer", num_inference_steps=1, guidance_scale=0.0, eta=0.0)
 
 DEFAULT_SIZE = 64
 SUPERSAMPLE = 4
@@ -116,9 +121,6 @@ def render_round(store, prompts: list[Prompt], per_prompt: int, seed: int = 0,
     prompt (recorded under the original prompt), like a model that gets some prompts wrong.
     A labeling round of renders is the shapes world's stand-in until a model is sampled.
     """
-    from data.generations import RENDERER, save_images
-    from data.shapes.world import perturb
-
     rng = np.random.default_rng([seed, 7])
     images, texts, ids, cats, seeds = [], [], [], [], []
     for p in prompts:

@@ -34,7 +34,8 @@ from typing import Literal
 
 import numpy as np
 
-from data.errors import UserError
+from core.errors import UserError
+from data.generations import PromptSpec
 
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
 COUNTS: tuple[int, ...] = (1, 2, 3, 4)
@@ -193,3 +194,13 @@ def perturbations(prompt: Prompt, n: int, rng: np.random.Generator) -> list[Prom
     if n > len(pool):
         raise ValueError(f"{prompt.text!r} has only {len(pool)} one-attribute perturbations")
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+
+
+def prompt_spec(text: str) -> PromptSpec | None:
+    """The generations-table spec of a shapes-world prompt (its own id and category), or None for
+    any other text: pass it as ``known`` to :func:`data.generations.prompt_spec`."""
+    try:
+        p = Prompt.parse(text)
+    except UserError:
+        return None
+    return PromptSpec(p.text, p.prompt_id, p.category)

@@ -11,7 +11,7 @@ anyone in a browser.  Each rater has a profile:
   Gaussian noise of that std; scores that fall in the same bin of width ``tie_width`` are ties.
 
 A round is labeled through the labeling app's own assignment and write path
-(:func:`simulate_round`, :mod:`labeling_app.simulate`), so simulated rounds have the same overlap,
+(:func:`labeling_app.simulate.simulate_round`), so simulated rounds have the same overlap,
 gold items and rows as rounds labeled by people.
 """
 
@@ -23,11 +23,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from data.errors import UserError
-from data.schemas import GENERATIONS, validate_ranks
-from data.shapes.oracle import judge
-from data.shapes.world import Prompt
-from data.store import Store
+from core.errors import UserError
+from data.schemas import validate_ranks
+from shapes.oracle import judge
+from shapes.world import Prompt
 
 SKIP_REASONS = ("image does not load", "cannot tell", "prompt unclear")
 
@@ -133,51 +132,3 @@ def ranking_row(rater_id: str, prompt_id: str, image_ids: list[str], answer: Ran
         image_ids=list(image_ids), ranks=answer.ranks, created_at=datetime.now(timezone.utc),
         duration_ms=answer.duration_ms, guideline_version=guideline_version,
     )
-
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    binary_labels: int
-    rankings: int
-    labels_by_rater: dict[str, int]
-    gold_labels: int = 0  # binary labels on gold items (included in binary_labels)
-
-
-def simulate_round(
-    store: Store,
-    panel: list[RaterProfile],
-    *,
-    overlap: int = 2,
-    binary: bool = True,
-    ranking: bool = True,
-    guideline_version: str = "sim-1",
-    seed: int = 0,
-    gold_share: float = 0.0,
-) -> RoundSummary:
-    """Label the round in ``store`` with ``panel`` through the labeling app's assignment code.
-
-    Every image (binary) and every prompt's image set (ranking) goes to ``overlap`` distinct
-    raters who answer it; a skip sends the item to one more rater.  With ``gold_share`` > 0 the
-    raters also meet oracle-judged gold items.  The driver is
-    :func:`labeling_app.simulate.run_simulated_round`; ``make simulate-raters`` runs it with the
-    app's config.
-    """
-    from labeling_app.assignment import Assigner
-    from labeling_app.config import GoldConfig
-    from labeling_app.gold import ensure_gold
-    from labeling_app.simulate import run_simulated_round
-
-    if not 1 <= overlap <= len(panel):
-        raise UserError(f"overlap {overlap} needs between 1 and {len(panel)} raters.",
-                        "lower the overlap or add raters to the panel.")
-    tasks = tuple(t for t, on in (("binary", binary), ("ranking", ranking)) if on)
-    if not tasks:
-        raise UserError("neither binary nor ranking labels were asked for.", "set binary or ranking to True.")
-    gens = store.to_pandas(GENERATIONS)
-    if gens.empty:
-        raise UserError(f"no generations in {store.root}.", "generate or render a round first.")
-    gold = ensure_gold(store, GoldConfig(share=gold_share), gens, seed=seed) if gold_share > 0 else {}
-    assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
-                        guideline_version=guideline_version, seed=seed)
-    return run_simulated_round(assigner, panel, seed=seed)

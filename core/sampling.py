@@ -1,5 +1,8 @@
 """Plain, seeded, batched sampling from any StableDiffusionPipeline (no log-probs; the RL sampler
-with log-probs lives in finetune/).  Used by ``make generate``, evaluation and the demo."""
+with log-probs lives in finetune/).  Used by ``make generate``, evaluation and the demo.
+
+torch and diffusers are imported on first use, so that the config and settings types here (which
+:mod:`data.generations` records) cost nothing to import."""
 
 from __future__ import annotations
 
@@ -7,11 +10,19 @@ import functools
 import math
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
 
-from data.errors import UserError
-from data.generations import SamplerSettings
+from core.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How an image was sampled, as the generations table records it."""
+
+    sampler: str
+    num_inference_steps: int
+    guidance_scale: float
+    eta: float
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,8 @@ def finite_ddim(scheduler):
 
 @functools.cache
 def _finite_ddim_class():
-    from diffusers import DDIMScheduler  # imported on first use: config parsing stays fast
+    import torch  # imported on first use: config parsing stays fast
+    from diffusers import DDIMScheduler
 
     class FiniteDDIMScheduler(DDIMScheduler):
         def _get_variance(self, timestep, prev_timestep):
@@ -97,11 +109,12 @@ def _finite_ddim_class():
     return FiniteDDIMScheduler
 
 
-@torch.no_grad()
 def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig = SamplingConfig(),
                     progress=None) -> list[Image.Image]:
     """One image per (prompt, seed).  Each image has its own ``torch.Generator`` seeded with its
     seed, so an image does not depend on the batch it was drawn in."""
+    import torch  # imported on first use: config parsing stays fast
+
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     height, width = pipeline_image_size(pipe, cfg.height, cfg.width)
@@ -109,14 +122,15 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
     try:
-        for start in range(0, len(prompts), cfg.batch_size):
-            p = prompts[start:start + cfg.batch_size]
-            g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
-            result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                          eta=cfg.eta, generator=g, height=height, width=width, output_type="pil")
-            out.extend(result.images)
-            if progress is not None:
-                progress.update(len(p))
+        with torch.no_grad():
+            for start in range(0, len(prompts), cfg.batch_size):
+                p = prompts[start:start + cfg.batch_size]
+                g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
+                result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                              eta=cfg.eta, generator=g, height=height, width=width, output_type="pil")
+                out.extend(result.images)
+                if progress is not None:
+                    progress.update(len(p))
     finally:
         pipe.scheduler = scheduler  # the caller's pipeline is left as it was
     return out

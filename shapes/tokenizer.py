@@ -15,7 +15,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from data.shapes.world import BACKGROUNDS, COLORS, COUNT_WORDS, SHAPES
+from shapes.world import BACKGROUNDS, COLORS, COUNT_WORDS, SHAPES
 
 SPECIAL = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 MAX_LENGTH = 12  # longest prompt is 7 words + BOS + EOS

@@ -1,7 +1,7 @@
 """A tiny CLIP for the shapes world: transformers ``CLIPModel`` trained contrastively on renders.
 
 Saved with ``save_pretrained`` beside the shapes tokenizer and a ``CLIPImageProcessor`` (64 px), so
-``CLIPModel.from_pretrained(dir)`` / :func:`data.loading.load_clip` load it like CLIP ViT-L/14.
+``CLIPModel.from_pretrained(dir)`` / :func:`core.loading.load_clip` load it like CLIP ViT-L/14.
 
 Loss.  There are only 160 prompts, so every step embeds *all* of them and each image is contrasted
 with every prompt (the complete set of hard negatives: every one-attribute perturbation is in it).
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
-from data.shapes.training.common import (Progress, degrade_batch, pick_device, render_pool,
-                                         seed_everything, to_clip)
-from data.shapes.world import all_prompts, perturbations
+from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
+from shapes.training.common import (Progress, degrade_batch, pick_device, render_pool,
+                                    seed_everything, to_clip)
+from shapes.world import all_prompts, perturbations
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from data.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
-
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHAPES_SD = MODELS_DIR / "shapes-sd"
-SHAPES_CLIP = MODELS_DIR / "shapes-clip"
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +38,7 @@ def check_folder(path: Path, marker: str, what: str) -> None:
 def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
     """(UNet sample_size in latent pixels, VAE scale factor) of a StableDiffusionPipeline folder,
     read from its config files without loading weights (to check a requested image size before
-    anything runs; ``data.sampling.image_size``)."""
+    anything runs; ``core.sampling.image_size``)."""
     path = Path(path)
     try:
         unet = json.loads((path / "unet" / "config.json").read_text())
@@ -54,12 +49,26 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
                         "check that the folder is complete (unet/config.json, vae/config.json).") from None
 
 
-def model_fingerprint(path: str | os.PathLike) -> str:
-    """A location-independent identity of a model folder (16 hex digits): every JSON file's relative
-    path and bytes, and every weight file's relative path, size and the SHA-256 of its first and
-    last MiB (hashing whole multi-GB checkpoints at every run would be slow).  Copies of one model
-    at two paths agree; checkpoints of one architecture differ in their weights' bytes."""
+def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False) -> str:
+    """A location-independent identity of a model folder (16 hex digits), the one fingerprint every
+    stage uses.
+
+    By default (what image ids hash, :func:`data.generations.save_images`): every JSON file's
+    relative path and bytes, and every weight file's relative path, size and the SHA-256 of its
+    first and last MiB (hashing whole multi-GB checkpoints at every run would be slow).  Copies of
+    one model at two paths agree; checkpoints of one architecture differ in their weights' bytes.
+
+    ``config_only``: the cheaper identity a reward model records for its CLIP folder
+    (``reward_config.json``'s ``clip_fingerprint``, and part of a backbone-trained reward model's
+    id): the bytes of ``config.json`` and the names and sizes of the folder's top-level weight
+    files.  Saved reward folders carry these values, so they are computed exactly as before."""
     root = Path(path)
+    if config_only:
+        h = hashlib.sha256((root / "config.json").read_bytes())
+        for f in sorted(root.iterdir()):
+            if f.suffix in (".safetensors", ".bin"):
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
+        return h.hexdigest()[:16]
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).as_posix()

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.shapes.training.common import (Progress, pick_device, render_pool, seed_everything,
-                                         to_unit, uniform_prompts)
-from data.shapes.training.clip import lr_at
+from shapes.oracle import judge
+from shapes.training.clip import lr_at
+from shapes.training.common import (Progress, pick_device, render_pool, seed_everything, to_unit,
+                                    uniform_prompts)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,6 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, progress: bool = True) -> VAE
 @torch.no_grad()
 def reconstruction_accuracy(vae, n: int = 256, seed: int = 20_000_000) -> dict:
     """Oracle alignment of VAE reconstructions of fresh renders (all prompts), and pixel MSE."""
-    from data.shapes.oracle import judge
-
     device = next(vae.parameters()).device
     pool = render_pool(uniform_prompts(), None, n, seed=seed, size=vae.config.sample_size)
     x = to_unit(pool.images).to(device)

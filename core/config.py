@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from data.errors import UserError
+from core.errors import UserError
 
 T = TypeVar("T")
 

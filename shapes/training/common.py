@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.shapes.render import Scene, draw_scene, sample_scene
-from data.shapes.world import (COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR, Prompt,
-                               all_prompts, prompt_set)
+from shapes.render import Scene, draw_scene, sample_scene
+from shapes.world import (COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR, Prompt,
+                          all_prompts, prompt_set)
 
 # OpenAI CLIP normalisation, which the saved CLIPImageProcessor also applies.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

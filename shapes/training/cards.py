@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.shapes.world import CATEGORIES
+from shapes.world import CATEGORIES
 
-REPRODUCE = "make base  # or: python -m pipelines.base out_dir=data/models overwrite=true"
+REPRODUCE = "make base  # or: python -m pipelines.base out_dir=shapes/models overwrite=true"
 
 
 def _f(x) -> str:
@@ -60,7 +60,7 @@ def write_sd_card(sd_dir: Path, m: dict, cfg) -> Path:
 
 A latent diffusion model trained from scratch on procedural renders ("three red circles on a white
 background"), saved as a stock diffusers `StableDiffusionPipeline` folder: load it with
-`StableDiffusionPipeline.from_pretrained(dir)` or `data.loading.load_sd_pipeline(dir)`.
+`StableDiffusionPipeline.from_pretrained(dir)` or `core.loading.load_sd_pipeline(dir)`.
 It is the project's stand-in for Stable Diffusion v1.5, meant to be decent on common prompts and
 deliberately misaligned on rare counts and unseen attribute pairs, so fine-tuning has something to
 fix. {"" if t['common_overall>=0.60'] else "**This checkpoint misses the common-prompt target (overall " + _f(sets['common']['overall']) + " < 0.60)**: it draws colours and backgrounds right but shapes (rounded squares read as circles) and counts are often wrong; see the tables."}
@@ -93,7 +93,7 @@ whose free attributes would form one are redrawn, so the model never saw them.
 
 {cfg.eval.samples_per_prompt} samples per prompt with fixed seeds 0..{cfg.eval.samples_per_prompt - 1},
 DDIM {cfg.eval.sampling.num_inference_steps} steps, guidance {cfg.eval.sampling.guidance_scale},
-eta {cfg.eval.sampling.eta}; judged by the programmatic oracle (`data.shapes.oracle`).
+eta {cfg.eval.sampling.eta}; judged by the programmatic oracle (`shapes.oracle`).
 "common" = train prompts with one or two objects, "rare_counts" = train prompts with three or four.
 
 {alignment_table(sets, names)}
@@ -140,13 +140,13 @@ def write_clip_card(clip_dir: Path, m: dict, cfg) -> Path:
 A transformers `CLIPModel` ({m['n_params'] / 1e6:.2f} M parameters) with the shapes-world tokenizer
 and a 64 px `CLIPImageProcessor`: load it with `CLIPModel.from_pretrained(dir)` /
 `AutoTokenizer.from_pretrained(dir)` / `AutoImageProcessor.from_pretrained(dir)`, or
-`data.loading.load_clip(dir)`. It stands in for CLIP ViT-L/14 as the backbone of the reward model.
+`core.loading.load_clip(dir)`. It stands in for CLIP ViT-L/14 as the backbone of the reward model.
 
 ## Architecture
 
 Vision: ViT, {a.vision_layers} layers, width {a.vision_hidden}, {a.vision_heads} heads, patch {a.patch_size}
 ({a.image_size} px). Text: {a.text_layers} layers, width {a.text_hidden}, {a.text_heads} heads, EOS pooling
-(`eos_token_id` set, see `data/shapes/tokenizer.py`). Projection {a.projection_dim}.
+(`eos_token_id` set, see `shapes/tokenizer.py`). Projection {a.projection_dim}.
 
 ## Training
 
@@ -155,7 +155,7 @@ perturbation of each image's prompt; {cfg.clip.pool_size:,} renders of **all 160
 like a web-scale CLIP, it has seen every attribute pair; the diffusion model's held-out split is
 about *its* training data). Every step contrasts each image with all 160 prompts (every
 perturbation is a hard negative); a render is a positive for every prompt its scene satisfies, and
-each positive must beat all negatives (see `data/shapes/training/clip.py`); plus the same loss
+each positive must beat all negatives (see `shapes/training/clip.py`); plus the same loss
 text-to-image over the batch. {cfg.clip.degrade_prob:.0%} of images are blurred (sigma
 {cfg.clip.blur_sigma} px) and noised (sigma {cfg.clip.noise_sigma}) like generated images.
 

@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from data.shapes.render import DEFAULT_SIZE, SIZE_RANGE
-from data.shapes.world import BACKGROUNDS, CATEGORIES, COLORS, Prompt
+from shapes.render import DEFAULT_SIZE, SIZE_RANGE
+from shapes.world import BACKGROUNDS, CATEGORIES, COLORS, Prompt
 
 COLOR_TOLERANCE = 110.0  # max RGB distance (0-255 units) from a palette colour
 SMOOTH_SIGMA = 1.0  # pixels at 64x64

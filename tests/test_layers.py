@@ -1,0 +1,80 @@
+"""The package layers point one way: `lint-imports` (import-linter, contracts in pyproject.toml's
+[tool.importlinter]) passes on the repository and fails on a reverse import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).parent / "lint-imports"
+
+pytestmark = pytest.mark.skipif(not LINT.exists(), reason="import-linter is not installed (pip install -e '.[dev]')")
+
+
+def _lint(cwd: Path, config: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = [str(LINT), "--no-cache"] + (["--config", str(config)] if config else [])
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_repository_keeps_its_layers():
+    res = _lint(ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 broken" in res.stdout
+
+
+def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
+    """A copy of the project's package names, each one empty module plus the given imports."""
+    tree = tmp_path / "tree"
+    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "pipelines"):
+        (tree / pkg).mkdir(parents=True)
+        (tree / pkg / "__init__.py").write_text("")
+        (tree / pkg / "mod.py").write_text("")
+    (tree / "pipelines" / "cli.py").write_text("")
+    for main in ("mod", "other"):  # entry points, each using the argv helpers
+        (tree / "pipelines" / f"{main}.py").write_text("import pipelines.cli\n")
+    for module, line in imports.items():
+        path = tree / (module.replace(".", "/") + ".py")
+        path.write_text(path.read_text() + line + "\n")
+    config = tmp_path / "contracts.toml"
+    shutil.copy(ROOT / "pyproject.toml", config)
+    return tree
+
+
+@pytest.mark.parametrize("module, line", [
+    ("data.mod", "import pipelines.mod"),            # library code importing an entry point
+    ("core.mod", "from data import mod"),            # core importing the contracts
+    ("data.mod", "import shapes.mod"),               # the contracts importing the shapes world
+    ("shapes.mod", "import labeling_app.mod"),       # the shapes world importing a stage
+    ("reward.mod", "import finetune.mod"),           # a stage importing the one above it
+    ("reward.mod", "import labeling_app.mod"),       # two sibling stages
+    ("finetune.mod", "import labeling_app.mod"),     # fine-tuning importing the labeling app
+    ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
+])
+def test_a_reverse_import_fails_the_check(tmp_path, module, line):
+    tree = _tree(tmp_path, {module: line})
+    res = _lint(tree, tmp_path / "contracts.toml")
+    assert res.returncode != 0, res.stdout
+    assert "1 broken" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_same_tree_passes_with_allowed_imports(tmp_path):
+    tree = _tree(tmp_path, {"pipelines.mod": "import finetune.mod\nimport core.mod",
+                            "finetune.mod": "import reward.mod\nimport shapes.mod",
+                            "labeling_app.mod": "import shapes.mod\nimport data.mod",
+                            "shapes.mod": "import data.mod", "data.mod": "import core.mod"})
+    res = _lint(tree, tmp_path / "contracts.toml")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_contract_names_every_package():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "tests"}
+    assert set(cfg["root_packages"]) == packages
