@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from data.errors import UserError
+from core.errors import UserError
 
 MODELS = ("base", "rwl", "dpok", "dpok_oracle")
 

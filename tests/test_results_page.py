@@ -48,7 +48,7 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     a missing run or missing markers are one clear error, and nothing is written then."""
     import pytest
 
-    from data.errors import UserError
+    from core.errors import UserError
 
     folder = tmp_path / "results"
     folder.mkdir()
