@@ -22,8 +22,29 @@ def _num(v, digits=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
-    """One table row per model and run, then the mean over runs of each model's gain over base."""
+def gain_summary(runs: list[tuple[str, dict]], what: str) -> str:
+    """Each fine-tuned model's gain over base on the targets (points): mean of ``runs`` and each run,
+    and the share of the oracle-reward DPOK gain the learned reward recovers (pooled over runs)."""
+    gains: dict[str, list[float]] = {}
+    for _, r in runs:
+        for m in MODELS[1:]:
+            if m in r:
+                gains.setdefault(m, []).append(r[m]["targets"]["overall"] - r["base"]["targets"]["overall"])
+    text = (f"Gain over base on the targets (points), {what}: "
+            + ", ".join(f"{m} {100 * sum(g) / len(g):+.1f} ({', '.join(f'{100 * x:+.1f}' for x in g)})"
+                        for m, g in gains.items()) + ".")
+    both = [(label, r) for label, r in runs if "dpok_oracle" in r and "dpok" in r]
+    o = sum(r["dpok_oracle"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in both)
+    if both and o > 0:
+        d = sum(r["dpok"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in both)
+        text += (f" Learned-reward DPOK recovers {100 * d / o:.0f} % of the oracle-reward DPOK gain "
+                 f"(runs {', '.join(label for label, _ in both)}).")
+    return text
+
+
+def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[str]:
+    """One table row per model and run; the gains over base of the ``current`` runs (the shipped
+    config, README's quote) apart from every other run's."""
     lines = ["## `make demo` (2 CPU cores)", "",
              "Oracle alignment (%) of fresh-seed samples (how many per prompt: the last table); targets = the prompts the rule picked "
              "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
@@ -31,7 +52,6 @@ def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
              "accuracy vs the oracle (zero-shot CLIP in brackets).", "",
              "| run | model | targets overall | colour | count | combination | generalisation | controls | fidelity (CLIP-FD) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    gains: dict[str, list[float]] = {}
     for label, r in runs:
         for m in MODELS:
             if m not in r:
@@ -40,18 +60,10 @@ def demo_section(runs: list[tuple[str, dict]]) -> list[str]:
             lines.append(f"| {label} | {m} | {_pct(t['overall'])} | {_pct(t['color'])} | {_pct(t['count'])} | "
                          f"{_pct(t['combination'])} | {_pct(r[m]['generalization']['overall'])} | "
                          f"{_pct(r[m]['controls']['overall'])} | {_num(r[m]['fidelity'])} |")
-            if m != "base":
-                gains.setdefault(m, []).append(t["overall"] - r["base"]["targets"]["overall"])
-    summary = ("Gain over base on the targets (points), mean of runs (each run): "
-               + ", ".join(f"{m} {100 * sum(g) / len(g):+.1f} ({', '.join(f'{100 * x:+.1f}' for x in g)})"
-                           for m, g in gains.items()) + ".")
-    with_oracle = [label for label, r in runs if "dpok_oracle" in r and "dpok" in r]
-    if with_oracle:
-        d = sum(r["dpok"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in runs if "dpok_oracle" in r)
-        o = sum(r["dpok_oracle"]["targets"]["overall"] - r["base"]["targets"]["overall"] for _, r in runs if "dpok_oracle" in r)
-        if o > 0:
-            summary += (f" Learned-reward DPOK recovers {100 * d / o:.0f} % of the oracle-reward DPOK gain "
-                        f"(runs {', '.join(with_oracle)}).")
+    now = [(label, r) for label, r in runs if label in current]
+    other = [(label, r) for label, r in runs if label not in current]
+    summary = " ".join(([gain_summary(now, "the current config's runs (" + ", ".join(current) + "), mean (each)")] if now else [])
+                       + ([gain_summary(other, "other runs, mean (each)")] if other else []))
     lines += ["", summary]
     curves = [(label, m, c) for label, r in runs for m, c in (r.get("curves") or {}).items() if c]
     if curves:
@@ -131,7 +143,7 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
             cells.append(f"{_pct(t)}{gain} ({_pct(r[m]['controls']['overall'])})")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {round(r.get('seconds', {}).get('total', 0))} |")
     k, k_side = eval_seeds(runs[0][1])
-    return lines + ["", f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in brackets "
+    return lines + ["", gain_summary(runs, "mean (each run)"), "", f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in brackets "
                     f"after it; controls ({k_side} seeds each) last. From `{folder}/`; "
                     "more in [docs/results.md](docs/results.md)."]
 
@@ -180,7 +192,7 @@ def results_page(folder: str | Path) -> str:
              "`reports/demo/results.json` there; `make bench`, then copy `reports/bench/bench.json`; "
              "`make finetune ARGS=\"curve_every=N ...\"`, then its `metrics.json` with a `command` key.", ""]
     if demo:
-        lines += demo_section(demo) + [""]
+        lines += demo_section(demo, [label for label, _ in readme_runs(folder, demo)]) + [""]
     if finetune:
         lines += finetune_section(finetune) + [""]
     if bench:

@@ -68,6 +68,10 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     assert "old text" not in text and text.endswith("<!-- demo-results:end -->\n\nafter\n")
     assert "| 2026-02-01-seed0 | 30.0 (70.0) | 52.0 (+22.0) (70.0) | 60.0 (+30.0) (70.0) | 900 |" in text
     assert "16 fresh seeds each" in text and "2026-01-01-old" not in text
+    assert "mean (each run): dpok +22.0 (+22.0), dpok_oracle +30.0 (+30.0)" in text
+    page = (tmp_path / "results.md").read_text()  # the current runs' gains apart from other runs'
+    assert "the current config's runs (2026-02-01-seed0), mean (each): dpok +22.0 (+22.0)" in page
+    assert "other runs, mean (each): dpok +0.0 (+0.0)" in page
     (folder / "readme.json").write_text(json.dumps({"demo_runs": ["2026-02-01-seed9"]}))
     with pytest.raises(UserError, match="no results file"):
         main(args)
