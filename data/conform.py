@@ -14,7 +14,6 @@ from core.errors import DataError
 from data.schemas import SCHEMA_VERSION, TableSpec
 
 
-
 def conform(spec: TableSpec, table: pa.Table, source: str) -> pa.Table:
     """Return ``table`` with exactly the spec's columns, order and types, or raise DataError.
 

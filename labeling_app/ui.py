@@ -36,12 +36,14 @@ import gradio as gr  # noqa: E402
 from core.errors import UserError
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates
-from labeling_app.assignment import Assigner, Assignment, Compactor
+from labeling_app.assignment import Assigner
 from labeling_app.charts import data_uri, pass_rate_chart, timeline_chart
+from labeling_app.compactor import Compactor
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR, export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines, load_guidelines
+from labeling_app.items import Assignment
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.stats import round_report
 from labeling_app.web import EXPORT_ROUTE, LoginGuard, export_route
