@@ -43,8 +43,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core.errors import UserError
+from data.conform import from_rows
 from data.generations import IMAGES_DIR, KnownPrompt, SamplerSettings, content_id, prompt_spec, write_image_file
-from data.schemas import GENERATIONS, IMPORTS, from_rows
+from data.schemas import GENERATIONS, IMPORTS
 from data.store import Store, fsync_dir
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")

@@ -6,7 +6,8 @@ import itertools
 
 import pyarrow as pa
 
-from data.schemas import PAIRS, RANKINGS, conform
+from data.conform import conform
+from data.schemas import PAIRS, RANKINGS
 
 
 def rankings_to_pairs(rankings: pa.Table) -> pa.Table:

@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import DataError
-from data.schemas import TableSpec, conform, from_rows, get_spec
+from data.conform import conform, from_rows
+from data.schemas import TableSpec, get_spec
 
 PART_GLOB = "part-*.parquet"
 STALE_TMP_SECONDS = 3600.0

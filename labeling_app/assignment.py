@@ -17,13 +17,8 @@ The Gradio app, the simulated raters (``make simulate-raters``) and the load tes
 - **Gold.**  With probability ``gold_share`` a rater's next binary item is a gold item they have
   not seen (every rater sees every gold item at most once, outside the K limit); the row is
   stored with ``is_gold=True``.
-- **Writes.**  A submission is checked against the rater's current item (an opaque token, so a
-  stale tab or a double click cannot label the wrong item or the same item twice), appended
-  durably through :class:`data.store.Store` and only then acknowledged.  A rater's operations are
-  serialised by a per-rater lock; the shared lock is never held during a disk write, so concurrent
-  raters' appends are group-committed.
-- **Undo** appends a retraction (:func:`data.labels.retract`) for the rater's last label of a
-  task and gives them that item again.
+- **Writes and undo** go through :class:`~labeling_app.answers.AnswerPath`, this class's base:
+  checked against the rater's current item, durable before acknowledged, an undo a retraction.
 
 The rater id always comes from the caller (the app passes the login session's user name); the
 item and image ids come from the generations table, never from a client.
@@ -31,70 +26,27 @@ item and image ids come from the generations table, never from a client.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
-import uuid
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from core.errors import DataError, UserError
 from data.generations import check_image
-from data.labels import current, retract
-from data.schemas import BINARY_LABELS, GENERATIONS, LABELS, RANKINGS, validate_ranks
+from data.labels import current
+from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.store import Store
+from labeling_app.answers import AnswerEntry, AnswerPath, InvalidAnswer, RaterState
 from labeling_app.config import TASKS, LabelConfig
 from labeling_app.gold import ensure_gold
+from labeling_app.items import Assignment, Item, build_items, ranking_item_id
 
-TABLE_OF_TASK = {"binary": BINARY_LABELS.name, "ranking": RANKINGS.name}
-MAX_REASON_CHARS = 500
 REFRESH_EVERY_S = 5.0
-
-
-class Refused(UserError):
-    """A submission the server did not store (nothing was written)."""
-
-
-class StaleItem(Refused):
-    """The answer was for an item that is no longer the rater's current one (answered in another
-    tab, a double click, or lost to another rater after its lease ran out)."""
-
-
-class InvalidAnswer(Refused):
-    """The answer itself is not acceptable (an unknown label, ranks that are not an ordering)."""
-
-
-@dataclass(frozen=True)
-class Item:
-    task: str                      # binary | ranking
-    item_id: str                   # binary: the image_id; ranking: "r-" + hash of its image ids
-    prompt_id: str
-    prompt: str
-    image_ids: tuple[str, ...]     # one for binary, 2..rank_max_images for ranking
-    is_gold: bool = False
-
-
-@dataclass(frozen=True)
-class Assignment:
-    item: Item
-    token: str                     # opaque; a submission must quote it
-    shown_at: float                # time.time() when first shown (duration_ms is measured from it)
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """An acknowledged label: durable in the store when this is returned."""
-    table: str
-    row_id: str
-    item: Item
-    rater_id: str
 
 
 @dataclass(frozen=True)
@@ -105,56 +57,7 @@ class Progress:
     items: dict[str, int]          # items per task (gold not counted)
 
 
-@dataclass
-class _Entry:
-    task: str
-    row_id: str
-    item_key: tuple[str, str]
-    counts: bool                   # a non-skip answer (counts toward K)
-
-
-@dataclass
-class _RaterState:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    open: dict[str, Assignment] = field(default_factory=dict)
-    history: list[_Entry] = field(default_factory=list)
-    rng: np.random.Generator | None = None
-
-
-def ranking_item_id(image_ids) -> str:
-    return "r-" + hashlib.sha1("\n".join(sorted(image_ids)).encode()).hexdigest()[:16]
-
-
-def build_items(gens: pd.DataFrame, tasks: tuple[str, ...], rank_max_images: int, gold: dict[str, str],
-                seed: int) -> dict[str, list[Item]]:
-    """The round's items per task, in serving order (a fixed shuffle of ``seed``)."""
-    out: dict[str, list[Item]] = {t: [] for t in TASKS}
-    if gens.empty:
-        return out
-    # prompt_id and seed, not the random image_id, break ties, so the same round is served in the
-    # same order every time (a rerun of the demo gives the same labels).
-    gens = gens.sort_values(["created_at", "prompt_id", "seed", "image_id"], kind="stable")
-    if "binary" in tasks:
-        out["binary"] = [Item("binary", r.image_id, r.prompt_id, r.prompt, (r.image_id,))
-                         for r in gens.itertuples() if r.image_id not in gold]
-    if "ranking" in tasks:
-        for prompt_id, group in gens.groupby("prompt_id", sort=True):
-            ids = group["image_id"].tolist()
-            if len(ids) < 2:
-                continue
-            # Balanced chunks (5 images at most 4 per set: 3 + 2), so no set has a single image.
-            n_chunks = -(-len(ids) // rank_max_images)
-            for chunk in np.array_split(np.array(ids, dtype=object), n_chunks):
-                chunk = tuple(chunk.tolist())
-                out["ranking"].append(Item("ranking", ranking_item_id(chunk), prompt_id,
-                                           group["prompt"].iloc[0], chunk))
-    for i, task in enumerate(TASKS):
-        order = np.random.default_rng([seed, 101 + i]).permutation(len(out[task]))
-        out[task] = [out[task][j] for j in order]
-    return out
-
-
-class Assigner:
+class Assigner(AnswerPath):
     """Thread-safe assignment and label writing for one round (one dataset root).
 
     One process serves a round: the in-memory state (leases, who answered what) is rebuilt from
@@ -176,7 +79,7 @@ class Assigner:
         self.seed = seed
         self.clock = clock
         self._lock = threading.RLock()
-        self._raters: dict[str, _RaterState] = {}
+        self._raters: dict[str, RaterState] = {}
         self._answered: dict[tuple[str, str], set[str]] = defaultdict(set)   # raters who answered
         self._filled: dict[tuple[str, str], int] = defaultdict(int)          # non-skip answers
         self._pending: dict[tuple[str, str], int] = defaultdict(int)         # being written now
@@ -241,10 +144,10 @@ class Assigner:
         entries = []
         for r in binary.itertuples():
             entries.append((r.created_at, r.rater_id,
-                            _Entry("binary", r.label_id, ("binary", r.image_id), r.label != "skip")))
+                            AnswerEntry("binary", r.label_id, ("binary", r.image_id), r.label != "skip")))
         for r in rankings.itertuples():
             entries.append((r.created_at, r.rater_id,
-                            _Entry("ranking", r.ranking_id, ("ranking", ranking_item_id(r.image_ids)), True)))
+                            AnswerEntry("ranking", r.ranking_id, ("ranking", ranking_item_id(r.image_ids)), True)))
         entries.sort(key=lambda e: e[0])
         with self._lock:
             for _, rater_id, entry in entries:
@@ -262,11 +165,11 @@ class Assigner:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _rater(self, rater_id: str) -> _RaterState:
+    def _rater(self, rater_id: str) -> RaterState:
         with self._lock:
             st = self._raters.get(rater_id)
             if st is None:
-                st = self._raters[rater_id] = _RaterState()
+                st = self._raters[rater_id] = RaterState()
                 st.rng = np.random.default_rng([self.seed, zlib.crc32(rater_id.encode())])
             return st
 
@@ -278,13 +181,13 @@ class Assigner:
             del holders[r]
         return sum(1 for r in holders if r != exclude)
 
-    def _lease(self, st: _RaterState, rater_id: str, item: Item, now: float) -> Assignment:
+    def _lease(self, st: RaterState, rater_id: str, item: Item, now: float) -> Assignment:
         a = Assignment(item, secrets.token_hex(8), now)
         st.open[item.task] = a
         self._holders[(item.task, item.item_id)][rater_id] = now + self.lease_s
         return a
 
-    def _release(self, st: _RaterState, rater_id: str, task: str) -> None:
+    def _release(self, st: RaterState, rater_id: str, task: str) -> None:
         a = st.open.pop(task, None)
         if a is not None:
             self._holders.get((task, a.item.item_id), {}).pop(rater_id, None)
@@ -331,7 +234,7 @@ class Assigner:
             item = self._pick(st, rater_id, task, now)
             return None if item is None else self._lease(st, rater_id, item, now)
 
-    def _pick(self, st: _RaterState, rater_id: str, task: str, now: float) -> Item | None:
+    def _pick(self, st: RaterState, rater_id: str, task: str, now: float) -> Item | None:
         if task == "binary" and self.gold_share > 0 and st.rng.random() < self.gold_share:
             for g in self._gold_items:
                 if rater_id not in self._answered[("binary", g.item_id)]:
@@ -347,128 +250,6 @@ class Assigner:
                 return item
         return None
 
-    # -- answering -------------------------------------------------------------------------
-
-    def _claim(self, st: _RaterState, rater_id: str, task: str, token: str | None, counts: bool) -> Assignment:
-        """Check that ``token`` is the rater's current item of ``task`` and reserve its slot."""
-        a = st.open.get(task)
-        if a is None or not token or token != a.token:
-            raise StaleItem("this answer was for an item that is not your current one (answered "
-                            "already, maybe in another tab); it was not saved.",
-                            "answer the item now shown.")
-        key = (task, a.item.item_id)
-        if rater_id in self._answered[key]:
-            self._release(st, rater_id, task)
-            raise StaleItem("you already answered this item; the answer was not saved.",
-                            "answer the item now shown.")
-        if counts and not a.item.is_gold:
-            now = self.clock()
-            if self._filled[key] + self._pending[key] >= self.overlap:
-                self._release(st, rater_id, task)
-                raise StaleItem("other raters completed this item while it was open (over "
-                                f"{self.lease_s / 60:.0f} minutes); your answer was not saved.",
-                                "answer the item now shown.")
-            self._holders[key][rater_id] = now + self.lease_s
-        self._pending[key] += counts
-        return a
-
-    def _commit(self, st: _RaterState, rater_id: str, a: Assignment, table: str, row: dict, row_id: str,
-                counts: bool) -> Receipt:
-        key = (a.item.task, a.item.item_id)
-        try:
-            self.store.append(table, [row])
-        except BaseException:
-            with self._lock:
-                self._pending[key] -= counts
-            raise
-        with self._lock:
-            self._pending[key] -= counts
-            self._add_filled(key, int(counts))
-            self._answered[key].add(rater_id)
-            self._release(st, rater_id, a.item.task)
-            st.history.append(_Entry(a.item.task, row_id, key, counts))
-        return Receipt(table, row_id, a.item, rater_id)
-
-    def _duration(self, a: Assignment, duration_ms: int | None) -> int:
-        if duration_ms is not None:
-            return max(0, int(duration_ms))
-        return max(0, int(round((self.clock() - a.shown_at) * 1000)))
-
-    def submit_binary(self, rater_id: str, token: str | None, label: str, reason: str | None = None, *,
-                      duration_ms: int | None = None) -> Receipt:
-        """Store the rater's answer to their current binary item.  ``duration_ms`` defaults to the
-        time since the item was first shown (the simulated raters pass their own)."""
-        self._check_task("binary")
-        if label not in LABELS:
-            raise InvalidAnswer(f"label {label!r} is not one of {list(LABELS)}.", "answer good, bad or skip.")
-        reason = (reason or "").strip()[:MAX_REASON_CHARS] or None
-        st = self._rater(rater_id)
-        with st.lock:
-            with self._lock:
-                a = self._claim(st, rater_id, "binary", token, counts=label != "skip")
-            row_id = uuid.uuid4().hex
-            row = dict(label_id=row_id, image_id=a.item.item_id, prompt_id=a.item.prompt_id,
-                       rater_id=rater_id, label=label, skip_reason=reason if label == "skip" else None,
-                       created_at=datetime.now(timezone.utc), duration_ms=self._duration(a, duration_ms),
-                       is_gold=a.item.is_gold, guideline_version=self.guideline_version)
-            return self._commit(st, rater_id, a, BINARY_LABELS.name, row, row_id, label != "skip")
-
-    def submit_ranking(self, rater_id: str, token: str | None, ranks, *,
-                       duration_ms: int | None = None) -> Receipt:
-        """Store the rater's ranks (aligned with the item's image_ids; 1 best, ties share a rank)."""
-        self._check_task("ranking")
-        st = self._rater(rater_id)
-        with st.lock:
-            with self._lock:
-                a = st.open.get("ranking")
-                n = len(a.item.image_ids) if a is not None and a.token == token else None
-            if n is not None:
-                ranks = self._parse_ranks(ranks, n)
-            with self._lock:
-                a = self._claim(st, rater_id, "ranking", token, counts=True)
-            row_id = uuid.uuid4().hex
-            row = dict(ranking_id=row_id, prompt_id=a.item.prompt_id, rater_id=rater_id,
-                       image_ids=list(a.item.image_ids), ranks=ranks, created_at=datetime.now(timezone.utc),
-                       duration_ms=self._duration(a, duration_ms), guideline_version=self.guideline_version)
-            return self._commit(st, rater_id, a, RANKINGS.name, row, row_id, True)
-
-    @staticmethod
-    def _parse_ranks(ranks, n: int) -> list[int]:
-        ranks = list(ranks or [])[:n] + [None] * max(0, n - len(ranks or []))
-        missing = [i + 1 for i, r in enumerate(ranks) if r in (None, "")]
-        if missing:
-            raise InvalidAnswer(f"image(s) {missing} have no rank; nothing was saved.",
-                                "give every image a rank (1 is best; equally good images share a rank).")
-        try:
-            values = [int(r) for r in ranks]
-        except (TypeError, ValueError):
-            raise InvalidAnswer(f"ranks {ranks} are not whole numbers; nothing was saved.",
-                                "give every image a rank 1, 2, 3, ...") from None
-        try:
-            return validate_ranks(values, n)
-        except DataError as e:
-            raise InvalidAnswer(f"{e.problem} Nothing was saved.", e.fix) from None
-
-    def undo(self, rater_id: str, task: str) -> Assignment | None:
-        """Take back the rater's last label of ``task`` and make its item their current one
-        (None if that item is no longer part of the round)."""
-        self._check_task(task)
-        st = self._rater(rater_id)
-        with st.lock:
-            with self._lock:
-                entry = next((e for e in reversed(st.history) if e.task == task), None)
-            if entry is None:
-                raise InvalidAnswer(f"you have no {task} answer to undo.", "undo works on answers you gave.")
-            retract(self.store, TABLE_OF_TASK[task], entry.row_id, rater_id)
-            with self._lock:
-                st.history.remove(entry)
-                self._answered[entry.item_key].discard(rater_id)
-                self._add_filled(entry.item_key, -int(entry.counts))
-                self._full_prefix[task] = 0
-                self._release(st, rater_id, task)
-                item = self._by_key.get(entry.item_key)
-                return None if item is None else self._lease(st, rater_id, item, self.clock())
-
     # -- progress --------------------------------------------------------------------------
 
     def progress(self, rater_id: str) -> Progress:
@@ -483,29 +264,3 @@ class Assigner:
                 slots = n_items[t] * self.overlap
                 completion[t] = self._given[t] / slots if slots else 1.0
         return Progress(rater_id, own, completion, n_items)
-
-
-class Compactor(threading.Thread):
-    """Merges the label tables' small part files in the background.
-
-    The store merges inline when an append pushes a table past ``compact_every`` parts, so one
-    unlucky rater would wait for the merge (~0.3 s for 256 parts).  The app opens its store with
-    ``compact_every=0`` and lets this thread merge every ``every_s`` seconds instead.
-    """
-
-    def __init__(self, store: Store, tables: tuple[str, ...] = (BINARY_LABELS.name, RANKINGS.name, "retractions"),
-                 every_s: float = 20.0, min_parts: int = 64):
-        super().__init__(daemon=True, name="label-compactor")
-        self.store, self.tables, self.every_s, self.min_parts = store, tables, every_s, min_parts
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.wait(self.every_s):
-            for table in self.tables:
-                d = self.store.table_dir(table)
-                if d.is_dir() and sum(1 for _ in d.glob("part-*.parquet")) >= self.min_parts:
-                    try:
-                        self.store.compact(table, block=False)
-                    except Exception as e:  # noqa: BLE001 - a failed merge loses nothing; retry later
-                        print(f"warning: compacting {table} failed ({e}); will retry", flush=True)
-

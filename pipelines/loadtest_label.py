@@ -40,10 +40,10 @@ import numpy as np
 from core.config import save_config
 from core.errors import UserError
 from data.schemas import BINARY_LABELS, RANKINGS
-from labeling_app.assignment import ranking_item_id
 from labeling_app.generate import GenerateConfig, generate
+from labeling_app.items import ranking_item_id
 from labeling_app.raters import RatersFile
-from labeling_app.ui import shown_token
+from labeling_app.views import shown_token
 from pipelines.cli import config_parser, parse_config, run
 
 PASSWORD = "loadtest-password"

@@ -15,7 +15,7 @@ import pytest
 
 from data import Store
 from data.labels import current
-from labeling_app.ui import shown_token
+from labeling_app.views import shown_token
 from tests.labeling_server import (HOSTILE_PROMPT, PASSWORD, free_port, label_config, make_raters, make_round,
                                    serve)
 

@@ -18,7 +18,8 @@ import pytest
 from core.errors import UserError
 from data import Store
 from data.labels import current
-from labeling_app.assignment import Assigner, InvalidAnswer, StaleItem
+from labeling_app.answers import InvalidAnswer, StaleItem
+from labeling_app.assignment import Assigner
 from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
 from labeling_app.export import export_file, export_round
 from labeling_app.gold import ensure_gold, read_gold

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pytest
 
 from core.errors import DataError
-from data.schemas import (BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, conform, from_rows,
-                          get_spec, validate_ranks)
+from data.conform import conform, from_rows
+from data.schemas import BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, get_spec, validate_ranks
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -15,7 +15,8 @@ import pytest
 
 from core.errors import DataError
 from data import Store, read_table
-from data.schemas import BINARY_LABELS, from_rows
+from data.conform import from_rows
+from data.schemas import BINARY_LABELS
 from test_schemas import label_row
 
 ROOT = Path(__file__).resolve().parents[1]

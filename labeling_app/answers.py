@@ -1,0 +1,198 @@
+"""The answer path of a round: storing, checking and undoing a rater's labels.
+
+:class:`AnswerPath` is the half of :class:`~labeling_app.assignment.Assigner` that writes (the
+other half serves items); nothing else writes labels.  Its rules:
+
+- **Writes.**  A submission is checked against the rater's current item (an opaque token, so a
+  stale tab or a double click cannot label the wrong item or the same item twice), appended
+  durably through :class:`data.store.Store` and only then acknowledged.  A rater's operations are
+  serialised by a per-rater lock; the shared lock is never held during a disk write, so concurrent
+  raters' appends are group-committed.
+- **Validation.**  A binary label is good|bad|skip (a skip reason is kept, cut to
+  ``MAX_REASON_CHARS``); ranks must order the item's images (:func:`data.schemas.validate_ranks`).
+  A refused answer raises a :class:`Refused` error and writes nothing.
+- **Undo** appends a retraction (:func:`data.labels.retract`) for the rater's last label of a
+  task and gives them that item again.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from core.errors import DataError, UserError
+from data.labels import retract
+from data.schemas import BINARY_LABELS, LABELS, RANKINGS, validate_ranks
+from labeling_app.items import Assignment, Item
+
+TABLE_OF_TASK = {"binary": BINARY_LABELS.name, "ranking": RANKINGS.name}
+MAX_REASON_CHARS = 500
+
+
+class Refused(UserError):
+    """A submission the server did not store (nothing was written)."""
+
+
+class StaleItem(Refused):
+    """The answer was for an item that is no longer the rater's current one (answered in another
+    tab, a double click, or lost to another rater after its lease ran out)."""
+
+
+class InvalidAnswer(Refused):
+    """The answer itself is not acceptable (an unknown label, ranks that are not an ordering)."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An acknowledged label: durable in the store when this is returned."""
+    table: str
+    row_id: str
+    item: Item
+    rater_id: str
+
+
+@dataclass
+class AnswerEntry:
+    task: str
+    row_id: str
+    item_key: tuple[str, str]
+    counts: bool                   # a non-skip answer (counts toward K)
+
+
+@dataclass
+class RaterState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    open: dict[str, Assignment] = field(default_factory=dict)
+    history: list[AnswerEntry] = field(default_factory=list)
+    rng: np.random.Generator | None = None
+
+
+class AnswerPath:
+    """Answering, as a base of :class:`~labeling_app.assignment.Assigner`: its methods work on the
+    assigner's state (``_lock``, ``_answered``, ``_filled``, ``_pending``, ``_holders``,
+    ``_by_key``, ``_full_prefix``, ``store``, ``clock``, ...) and helpers (``_rater``, ``_lease``,
+    ``_release``, ``_add_filled``, ``_check_task``)."""
+
+    def _claim(self, st: RaterState, rater_id: str, task: str, token: str | None, counts: bool) -> Assignment:
+        """Check that ``token`` is the rater's current item of ``task`` and reserve its slot."""
+        a = st.open.get(task)
+        if a is None or not token or token != a.token:
+            raise StaleItem("this answer was for an item that is not your current one (answered "
+                            "already, maybe in another tab); it was not saved.",
+                            "answer the item now shown.")
+        key = (task, a.item.item_id)
+        if rater_id in self._answered[key]:
+            self._release(st, rater_id, task)
+            raise StaleItem("you already answered this item; the answer was not saved.",
+                            "answer the item now shown.")
+        if counts and not a.item.is_gold:
+            now = self.clock()
+            if self._filled[key] + self._pending[key] >= self.overlap:
+                self._release(st, rater_id, task)
+                raise StaleItem("other raters completed this item while it was open (over "
+                                f"{self.lease_s / 60:.0f} minutes); your answer was not saved.",
+                                "answer the item now shown.")
+            self._holders[key][rater_id] = now + self.lease_s
+        self._pending[key] += counts
+        return a
+
+    def _commit(self, st: RaterState, rater_id: str, a: Assignment, table: str, row: dict, row_id: str,
+                counts: bool) -> Receipt:
+        key = (a.item.task, a.item.item_id)
+        try:
+            self.store.append(table, [row])
+        except BaseException:
+            with self._lock:
+                self._pending[key] -= counts
+            raise
+        with self._lock:
+            self._pending[key] -= counts
+            self._add_filled(key, int(counts))
+            self._answered[key].add(rater_id)
+            self._release(st, rater_id, a.item.task)
+            st.history.append(AnswerEntry(a.item.task, row_id, key, counts))
+        return Receipt(table, row_id, a.item, rater_id)
+
+    def _duration(self, a: Assignment, duration_ms: int | None) -> int:
+        if duration_ms is not None:
+            return max(0, int(duration_ms))
+        return max(0, int(round((self.clock() - a.shown_at) * 1000)))
+
+    def submit_binary(self, rater_id: str, token: str | None, label: str, reason: str | None = None, *,
+                      duration_ms: int | None = None) -> Receipt:
+        """Store the rater's answer to their current binary item.  ``duration_ms`` defaults to the
+        time since the item was first shown (the simulated raters pass their own)."""
+        self._check_task("binary")
+        if label not in LABELS:
+            raise InvalidAnswer(f"label {label!r} is not one of {list(LABELS)}.", "answer good, bad or skip.")
+        reason = (reason or "").strip()[:MAX_REASON_CHARS] or None
+        st = self._rater(rater_id)
+        with st.lock:
+            with self._lock:
+                a = self._claim(st, rater_id, "binary", token, counts=label != "skip")
+            row_id = uuid.uuid4().hex
+            row = dict(label_id=row_id, image_id=a.item.item_id, prompt_id=a.item.prompt_id,
+                       rater_id=rater_id, label=label, skip_reason=reason if label == "skip" else None,
+                       created_at=datetime.now(timezone.utc), duration_ms=self._duration(a, duration_ms),
+                       is_gold=a.item.is_gold, guideline_version=self.guideline_version)
+            return self._commit(st, rater_id, a, BINARY_LABELS.name, row, row_id, label != "skip")
+
+    def submit_ranking(self, rater_id: str, token: str | None, ranks, *,
+                       duration_ms: int | None = None) -> Receipt:
+        """Store the rater's ranks (aligned with the item's image_ids; 1 best, ties share a rank)."""
+        self._check_task("ranking")
+        st = self._rater(rater_id)
+        with st.lock:
+            with self._lock:
+                a = st.open.get("ranking")
+                n = len(a.item.image_ids) if a is not None and a.token == token else None
+            if n is not None:
+                ranks = self._parse_ranks(ranks, n)
+            with self._lock:
+                a = self._claim(st, rater_id, "ranking", token, counts=True)
+            row_id = uuid.uuid4().hex
+            row = dict(ranking_id=row_id, prompt_id=a.item.prompt_id, rater_id=rater_id,
+                       image_ids=list(a.item.image_ids), ranks=ranks, created_at=datetime.now(timezone.utc),
+                       duration_ms=self._duration(a, duration_ms), guideline_version=self.guideline_version)
+            return self._commit(st, rater_id, a, RANKINGS.name, row, row_id, True)
+
+    @staticmethod
+    def _parse_ranks(ranks, n: int) -> list[int]:
+        ranks = list(ranks or [])[:n] + [None] * max(0, n - len(ranks or []))
+        missing = [i + 1 for i, r in enumerate(ranks) if r in (None, "")]
+        if missing:
+            raise InvalidAnswer(f"image(s) {missing} have no rank; nothing was saved.",
+                                "give every image a rank (1 is best; equally good images share a rank).")
+        try:
+            values = [int(r) for r in ranks]
+        except (TypeError, ValueError):
+            raise InvalidAnswer(f"ranks {ranks} are not whole numbers; nothing was saved.",
+                                "give every image a rank 1, 2, 3, ...") from None
+        try:
+            return validate_ranks(values, n)
+        except DataError as e:
+            raise InvalidAnswer(f"{e.problem} Nothing was saved.", e.fix) from None
+
+    def undo(self, rater_id: str, task: str) -> Assignment | None:
+        """Take back the rater's last label of ``task`` and make its item their current one
+        (None if that item is no longer part of the round)."""
+        self._check_task(task)
+        st = self._rater(rater_id)
+        with st.lock:
+            with self._lock:
+                entry = next((e for e in reversed(st.history) if e.task == task), None)
+            if entry is None:
+                raise InvalidAnswer(f"you have no {task} answer to undo.", "undo works on answers you gave.")
+            retract(self.store, TABLE_OF_TASK[task], entry.row_id, rater_id)
+            with self._lock:
+                st.history.remove(entry)
+                self._answered[entry.item_key].discard(rater_id)
+                self._add_filled(entry.item_key, -int(entry.counts))
+                self._full_prefix[task] = 0
+                self._release(st, rater_id, task)
+                item = self._by_key.get(entry.item_key)
+                return None if item is None else self._lease(st, rater_id, item, self.clock())

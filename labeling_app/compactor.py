@@ -1,0 +1,33 @@
+"""Background merging of the label tables' small part files while the app serves a round."""
+
+from __future__ import annotations
+
+import threading
+
+from data.schemas import BINARY_LABELS, RANKINGS
+from data.store import Store
+
+
+class Compactor(threading.Thread):
+    """Merges the label tables' small part files in the background.
+
+    The store merges inline when an append pushes a table past ``compact_every`` parts, so one
+    unlucky rater would wait for the merge (~0.3 s for 256 parts).  The app opens its store with
+    ``compact_every=0`` and lets this thread merge every ``every_s`` seconds instead.
+    """
+
+    def __init__(self, store: Store, tables: tuple[str, ...] = (BINARY_LABELS.name, RANKINGS.name, "retractions"),
+                 every_s: float = 20.0, min_parts: int = 64):
+        super().__init__(daemon=True, name="label-compactor")
+        self.store, self.tables, self.every_s, self.min_parts = store, tables, every_s, min_parts
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(self.every_s):
+            for table in self.tables:
+                d = self.store.table_dir(table)
+                if d.is_dir() and sum(1 for _ in d.glob("part-*.parquet")) >= self.min_parts:
+                    try:
+                        self.store.compact(table, block=False)
+                    except Exception as e:  # noqa: BLE001 - a failed merge loses nothing; retry later
+                        print(f"warning: compacting {table} failed ({e}); will retry", flush=True)

@@ -1,0 +1,75 @@
+"""The HTML fragments and texts the labeling app shows: prompt, status line, charts, refusals.
+
+Text that comes from data (prompts, rater ids) is HTML-escaped (:func:`esc`) before it reaches a
+``gr.HTML`` component, which renders raw HTML.  The prompt of an item carries its opaque token
+(``data-token``); :func:`shown_token` reads it back out of a prompt output, as ``gradio_client``
+callers do to answer.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from core.errors import UserError
+from labeling_app.charts import data_uri
+from labeling_app.items import Assignment
+
+_TOKEN_RE = re.compile(r'data-token="([0-9a-f]+)"')
+
+
+def shown_token(prompt_html: str | None) -> str:
+    """The token of the item a prompt output shows ('' for none): what an answer quotes."""
+    m = _TOKEN_RE.search(prompt_html or "")
+    return m.group(1) if m else ""
+
+
+def esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def prompt_html(a: Assignment | None) -> str:
+    """The prompt of an item, carrying its token and image count for the page's script."""
+    if a is None:
+        return '<div class="prompt-text">Nothing left to label here. Thank you!</div>'
+    return (f'<div class="prompt-text" data-token="{esc(a.token)}" data-images="{len(a.item.image_ids)}">'
+            f'{esc(a.item.prompt)}</div>')
+
+
+def status_html(message: str = "", warn: bool = False) -> str:
+    if not message:
+        return '<div class="status-text"></div>'
+    cls = ' class="warn"' if warn else ""
+    return f'<div class="status-text"><span{cls}>{esc(message)}</span></div>'
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def chart_html(png: bytes, alt: str, elem_id: str) -> str:
+    """A chart inline (a data: URI): only the admin's own event response carries it."""
+    return f'<div class="admin-chart"><img id="{elem_id}" alt="{esc(alt)}" src="{data_uri(png)}"></div>'
+
+
+def timeline_table(timeline):
+    """:func:`labeling_app.stats.labels_over_time` as one row per time bucket (latest first), one
+    column per rater, and the bucket's total."""
+    if timeline.empty:
+        return timeline
+    wide = timeline.pivot(index="start", columns="rater_id", values="answers").sort_index(ascending=False)
+    wide["total"] = wide.sum(axis=1)
+    wide.index = wide.index.strftime("%Y-%m-%d %H:%M UTC")
+    return wide.rename_axis(columns=None).reset_index()
+
+
+def refusal_text(e: UserError) -> str:
+    """What a rater reads when an action is refused: the problem and how to go on."""
+    return e.problem if not e.fix else f"{e.problem} {e.fix[0].upper()}{e.fix[1:]}"
+
+
+def nothing_shown() -> UserError:
+    """The refusal of an answer sent while the page showed no item (a fresh one per request:
+    an exception instance carries its traceback, so threads must not share one)."""
+    return UserError("no item was on your screen (still loading, or hidden), so nothing was saved.",
+                     "answer once the image is shown.")
