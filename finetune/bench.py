@@ -39,9 +39,9 @@ import torch
 
 from core.config import load_config
 from core.loading import load_clip
-from finetune.common import setup_run
 from finetune.config import FinetuneConfig, RewardConfig
 from finetune.dpok import train_dpok
+from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from finetune.sampler import decode_latents, encode_prompts
 from reward.model import RewardModel

@@ -33,12 +33,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core.errors import UserError
-from finetune.common import (Components, OracleReward, RewardFn, log_images, prompt_group_ids,
-                             save_checkpoint, save_result, score_in_batches, setup_run)
+from finetune.checkpoints import save_checkpoint, save_result
+from finetune.components import Components
 from finetune.config import FinetuneConfig
+from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
+from finetune.prompts import prompt_group_ids
+from finetune.rewards import OracleReward, RewardFn, score_in_batches
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
                               normalize_advantages)
+from finetune.run import setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from shapes.world import Prompt
 

@@ -30,8 +30,8 @@ from core.jsonable import json_safe
 from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
 from core.sampling import SamplingConfig, generate_images, image_size
 from data.targets import read_prompts_file
-from finetune.common import load_reward, score_in_batches
 from finetune.config import RewardConfig
+from finetune.rewards import load_reward, score_in_batches
 from reward.preprocess import ClipPreprocess
 from shapes import SHAPES_CLIP, SHAPES_SD
 from shapes.oracle import alignment_by_category, judge

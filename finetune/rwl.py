@@ -31,11 +31,13 @@ from core.images import pil_to_tensor
 from data.generations import load_image
 from data.labels import current
 from data.store import Store
-from finetune.common import (RewardFn, Run, log_images, save_checkpoint, save_result, score_in_batches,
-                             setup_run)
+from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.dpok import FinetuneResult
+from finetune.image_log import log_images
+from finetune.rewards import RewardFn, score_in_batches
 from finetune.rl_math import reward_weights
+from finetune.run import Run, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from shapes.render import render
 from shapes.world import prompt_set

@@ -15,7 +15,8 @@ import sys
 
 from pipelines.cli import config_parser, parse_config, run
 from reward.config import RewardConfig
-from reward.train import metrics_table, train_reward
+from reward.summary import metrics_table
+from reward.train import train_reward
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     m = result.metrics
     print(metrics_table(m))
     print(f"\nvalidation: {m['data']['val_prompts']} prompts ({m['data']['split']}), "
-          f"{m['data']['images']} labelled images in all; targets: {m['targets']}")
+          f"{m['data']['images']} labelled images in all")
     print(f"wrote {result.out_dir} (model_id {m['model_id']}) in {m['train_seconds']:.0f} s")
     return 0
 

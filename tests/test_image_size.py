@@ -113,7 +113,7 @@ def test_a_bad_size_is_refused_before_anything_is_written(tiny_sd, reward, tmp_p
 
 
 def test_latents_follow_the_size(tiny_sd, reward, tmp_path):
-    from finetune.common import setup_run
+    from finetune.run import setup_run
 
     r, _ = setup_run(finetune_cfg(tiny_sd, reward, tmp_path / "run", "dpok", "sampling.width=48"), None)
     assert r.latent_shape == (4, H // 2, 48 // 2) and r.image_size == (H, 48)

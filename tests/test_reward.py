@@ -257,6 +257,7 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
     assert m["primary_view"] == "val_images" and m["aux_ablation"]["evaluated_on"] == "val_images"
     assert set(m["aux_ablation"]["with_aux"]) >= {"pairwise_accuracy_vs_oracle"}
     assert m["model_id"].startswith("reward-")
+    assert "targets" not in m  # acceptance checks belong to the bench (pipelines.reward_bench), not the output
 
     rm = RewardModel.from_pretrained(out, device="cpu")
     assert rm.model_id == result.model.model_id
@@ -279,6 +280,23 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
     x.requires_grad_(True)
     rm(x, prompts).sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_reward_bench_checks_the_targets_on_the_primary_view():
+    from pipelines.reward_bench import reward_targets
+
+    m = {"primary_view": "val_images", "pairwise_reference": "oracle",
+         "val_images": {"pairwise_accuracy_vs_oracle": 0.85, "margin_over_zero_shot_clip": 0.01},
+         "aux_ablation": {"paired_delta": {"metric": "pairwise_accuracy_vs_oracle", "mean": 0.03, "sem": 0.01}}}
+    assert reward_targets(m) == {"val_images_pairwise_accuracy_vs_oracle>=0.85": True,
+                                 "val_images_above_zero_shot_clip": True, "aux_loss_helps": True}
+    m["val_images"] = {"pairwise_accuracy_vs_oracle": None, "margin_over_zero_shot_clip": 0.0}  # None: NaN
+    m["aux_ablation"]["paired_delta"].update(mean=0.03, sem=0.02)  # not above twice its standard error
+    assert not any(reward_targets(m).values())
+    m["aux_ablation"]["paired_delta"].update(mean=0.01, sem=None)  # one seed: no standard error
+    assert reward_targets(m)["aux_loss_helps"]
+    # Without the oracle (pairwise figures against the labels) and the ablation, nothing to check.
+    assert reward_targets({**m, "pairwise_reference": "labels", "aux_ablation": None}) == {}
 
 
 def test_existing_model_is_kept_unless_overwrite(labelled_root, tiny_clip, tmp_path):
@@ -463,7 +481,7 @@ def test_cosine_skip_head_starts_as_zero_shot_clip(tiny_clip):
 
 
 def test_pick_perturbed_takes_only_real_candidates():
-    from reward.train import _pick_perturbed
+    from reward.fit import _pick_perturbed
 
     pool = torch.tensor([[5, 6, 7, -1], [8, -1, -1, -1]])
     got = _pick_perturbed(pool, 2, torch.Generator().manual_seed(0))
@@ -488,7 +506,7 @@ def test_score_on_cuda_with_cuda_tensors(tiny_clip, tmp_path):
 def test_relabel_with_oracle_keeps_the_examples_and_replaces_the_labels(labelled_root):
     from reward.config import DataConfig, LossConfig
     from reward.data import load_reward_data
-    from reward.train import relabel_with_oracle
+    from reward.oracle import relabel_with_oracle
 
     data = load_reward_data(Store(labelled_root), DataConfig(root=str(labelled_root), min_val_prompts=3),
                             LossConfig())

@@ -1,0 +1,116 @@
+"""A fine-tuning run's output folder: preparing it (:func:`prepare_output_dir`), whether its
+checkpoints may be resumed (:func:`check_resumable`), writing and reading checkpoints
+(:func:`save_checkpoint`, :func:`latest_checkpoint`) and saving the result (:func:`save_result`:
+weights, then metrics.json last)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import load_config, save_config, to_dict
+from core.errors import UserError
+from finetune.components import Components
+from finetune.config import FinetuneConfig
+
+RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json")
+RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
+
+
+def prepare_output_dir(cfg: FinetuneConfig) -> Path:
+    """Refuse to overwrite a finished result unless ``overwrite`` is set; keep checkpoints for
+    resuming; save the resolved config."""
+    out = Path(cfg.out)
+    finished = [f for f in RESULT_FILES if (out / f).exists()]
+    if finished and not cfg.overwrite:
+        raise UserError(f"{out} already holds a finished run ({', '.join(finished)}).",
+                        "choose another output_dir, or pass overwrite=true to replace it.")
+    if finished and cfg.overwrite:
+        for f in finished:
+            (out / f).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
+    """A checkpoint only continues the run that wrote it: same config except how long it runs."""
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return
+    free = {"resume", "overwrite", "output_dir"}
+    # through the loader, so keys added since that run began (at their defaults) compare equal
+    old = {k: v for k, v in to_dict(load_config(FinetuneConfig, saved)).items() if k not in free}
+    new = {k: v for k, v in to_dict(cfg).items() if k not in free}
+    for tree in (old, new):
+        tree.get("dpok", {}).pop("rounds", None)
+        tree.get("rwl", {}).pop("steps", None)
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UserError(f"{out} holds checkpoints of a run with a different config (sections {changed}).",
+                        "resume with the same config, pass resume=false to start over, or use another output_dir.")
+
+
+def save_checkpoint(accelerator, out: Path, step: int, state: dict) -> Path:
+    """Write ``checkpoints/step-<n>`` atomically (main process only; all processes wait)."""
+    accelerator.wait_for_everyone()
+    final = out / "checkpoints" / f"step-{step:06d}"
+    if accelerator.is_main_process:
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = dict(state, rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                 "python": random.getstate()})
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(out: Path) -> dict | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    if not ckpts:
+        return None
+    try:
+        state = torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)
+    except Exception as e:  # a checkpoint we cannot read must not be silently skipped
+        raise UserError(f"checkpoint {ckpts[-1]} is unreadable ({e}).",
+                        "delete that folder to resume from the one before, or pass resume=false.") from None
+    rng = state.pop("rng")
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return state
+
+
+def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, metrics: dict) -> None:
+    """LoRA weights loadable by ``pipeline.load_lora_weights(out)`` (or a full pipeline folder),
+    then metrics.json last, so its presence marks a finished run."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    unet = accelerator.unwrap_model(comps.unet)
+    if cfg.model.parameterisation == "lora":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
+        StableDiffusionPipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers,
+                                                  safe_serialization=True)
+    else:
+        comps.pipe.unet = unet
+        comps.pipe.save_pretrained(out)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")

@@ -1,0 +1,88 @@
+"""The accelerator and the model of a fine-tuning run: :func:`make_accelerator`, the pipeline with
+its trainable part (LoRA adapter or the whole UNet) and frozen reference (:class:`Components`,
+:func:`load_components`) and the weight dtype of the mixed precision."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core.errors import UserError
+from core.loading import load_sd_pipeline
+from finetune.config import FinetuneConfig
+
+
+def make_accelerator(cfg: FinetuneConfig, out: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
+
+    # accelerate keeps one state per process and refuses a second run with another mixed
+    # precision (the demo, the bench, a notebook); the distributed state (PartialState) is kept.
+    AcceleratorState._reset_state()
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(
+        mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
+
+
+@dataclass
+class Components:
+    pipe: object  # StableDiffusionPipeline
+    unet: torch.nn.Module  # the trained UNet (with LoRA adapter, or all of it)
+    reference_unet: torch.nn.Module | None  # None: LoRA with the adapter disabled is the reference
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.unet.named_parameters())
+        missing = [n for n in state if n not in params]
+        if missing:
+            raise UserError(f"checkpoint parameters {missing[:3]} do not exist in this model.",
+                            "resume with the same model and parameterisation, or start a new output_dir.")
+        with torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v)
+
+
+def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> Components:
+    pipe = load_sd_pipeline(cfg.model.pipeline, device=device)
+    frozen = [pipe.vae, pipe.text_encoder] + ([pipe.unet] if cfg.model.parameterisation == "lora" else [])
+    for module in frozen:
+        module.requires_grad_(False)
+        if weight_dtype != torch.float32:  # frozen weights in the autocast dtype halve their memory
+            module.to(dtype=weight_dtype)
+    unet = pipe.unet
+    if cfg.model.parameterisation == "lora":
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                    init_lora_weights="gaussian",
+                                    target_modules=list(cfg.model.lora_targets)))
+        # Trainable LoRA weights stay fp32 under bf16/fp16 autocast (stable optimizer updates).
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        reference = None
+    else:
+        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        if weight_dtype != torch.float32:
+            reference.to(dtype=weight_dtype)
+        unet.requires_grad_(True).float()
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    if not trainable:
+        raise UserError("no trainable parameters: the LoRA target modules matched nothing in the UNet.",
+                        f"set model.lora_targets to attention projections of this UNet "
+                        f"(got {list(cfg.model.lora_targets)}).")
+    return Components(pipe, unet, reference, trainable)
+
+
+def weight_dtype_for(accelerator) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)

@@ -1,0 +1,48 @@
+"""The reward a fine-tuning run maximises: the :class:`RewardFn` protocol, the learned reward model
+(:func:`load_reward`), the shapes oracle as a reward (:class:`OracleReward`, for ablations) and
+scoring in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from core.errors import UserError
+from core.images import to_uint8
+from finetune.config import RewardConfig
+from reward import load_reward_fn
+from shapes.oracle import judge
+from shapes.world import Prompt
+
+
+class RewardFn(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] on any device -> rewards (B,) fp32."""
+
+
+class OracleReward:
+    """The shapes-world oracle as a reward: Verdict.score in [-1, 3] (2 for aligned, plus the share
+    of attributes right, minus 1/4 per missing or extra object).  For ablations only: the oracle is
+    also the evaluator, so a model trained on it is graded by its own teacher."""
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        arr = to_uint8(images)
+        scores = [judge(a, Prompt.parse(p)).score(Prompt.parse(p)) for a, p in zip(arr, prompts)]
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+def load_reward(cfg: RewardConfig, device) -> RewardFn:
+    if cfg.kind == "oracle":
+        return OracleReward()
+    path = Path(cfg.path)
+    if not path.is_dir():
+        raise UserError(f"reward model folder {path} does not exist.",
+                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
+    return load_reward_fn(path, device=device)  # the reward stage's model: calibrated P(rater says good)
+
+
+def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
+    return torch.cat([reward(images[i:i + batch_size], prompts[i:i + batch_size])
+                      for i in range(0, len(prompts), batch_size)])

@@ -1,0 +1,117 @@
+"""One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs,
+prepares the output folder, loads the model, reward, prompts and optimizer through accelerate and
+restores the newest checkpoint; :class:`Run` holds the result."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import UserError
+from core.loading import check_folder, pipeline_geometry
+from core.sampling import image_size, pipeline_image_size
+from finetune.checkpoints import RESUMABLE, check_resumable, latest_checkpoint, prepare_output_dir
+from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
+from finetune.config import FinetuneConfig
+from finetune.policy import DiffusionPolicy
+from finetune.prompts import training_prompts
+from finetune.rewards import RewardFn, load_reward
+from finetune.scheduler import DDIMSchedule
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def warmup_constant_lr(optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` optimizer steps, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+
+
+@dataclass
+class Run:
+    cfg: FinetuneConfig
+    out: Path
+    accelerator: object
+    comps: Components
+    schedule: DDIMSchedule
+    policy: DiffusionPolicy
+    reward: RewardFn
+    prompts: list[str]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
+    image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    def checkpoint_state(self, **extra) -> dict:
+        return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
+                    lr_scheduler=self.lr_scheduler.state_dict(), **extra)
+
+    def restore(self, state: dict) -> None:
+        self.comps.load_trainable_state(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
+    """Fail on missing inputs before anything is written."""
+    check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
+    height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
+    if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
+        raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "
+                        f"this run samples {width}x{height}.",
+                        "set sampling.height equal to sampling.width, or use a learned reward and curve_every=0.")
+    if height != width and cfg.method == "rwl" and cfg.rwl.pretrain_source == "shapes":
+        raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
+                        "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
+                        "of images at that size.")
+    if reward_fn is None and cfg.reward.kind == "learned" and not Path(cfg.reward.path).is_dir():
+        raise UserError(f"reward model folder {cfg.reward.path} does not exist.",
+                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
+
+
+def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
+    """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
+    returns the run and the newest checkpoint's state (None when starting fresh)."""
+    cfg = cfg.validate()
+    _check_inputs(cfg, reward_fn)
+    out = Path(cfg.out)
+    if cfg.resume and not cfg.overwrite:
+        if any((out / name).exists() for name in RESUMABLE):
+            check_resumable(out, cfg)
+    else:  # starting over: drop what an earlier run left to resume from
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in RESUMABLE[1:]:
+            (out / name).unlink(missing_ok=True)
+    out = prepare_output_dir(cfg)
+    accelerator = make_accelerator(cfg, out)
+    seed_everything(cfg.seed)
+    comps = load_components(cfg, accelerator.device, weight_dtype_for(accelerator))
+    schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_steps,
+                                           cfg.sampling.eta).to(accelerator.device)
+    reward = reward_fn or load_reward(cfg.reward, accelerator.device)
+    prompts = training_prompts(cfg)
+    optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    lr_sched = warmup_constant_lr(optimizer, cfg.optim.warmup_steps)
+    unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
+    comps.unet = unet
+    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
+    height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
+    factor = comps.pipe.vae_scale_factor
+    run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
+              (comps.pipe.unet.config.in_channels, height // factor, width // factor), (height, width))
+    state = latest_checkpoint(out) if cfg.resume else None
+    if state is not None:
+        run.restore(state)
+    return run, state
