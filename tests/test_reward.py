@@ -535,3 +535,25 @@ def test_oracle_labels_train_the_same_head_on_noise_free_labels(labelled_root, t
             raters.metrics[view]["oracle_labels_head_pairwise_accuracy_vs_oracle"]
     with pytest.raises(UserError, match="data.labels=oracle"):
         train_reward(_cfg(labelled_root, tiny_clip, tmp_path / "n", "data.labels=oracle", "data.oracle=none"))
+
+
+def test_a_reward_saved_before_the_shipped_clip_moved_still_loads(tiny_clip, tmp_path):
+    """A reward folder records where its CLIP was.  The shipped shapes CLIP moved (data/models/ ->
+    shapes/models/): a folder that recorded the old place finds it by its fingerprint; any other
+    CLIP that is gone is still one clear error."""
+    from core.loading import load_clip
+    from reward.model import CONFIG_FILE
+    from shapes import SHAPES_CLIP
+
+    for clip_dir, found in ((SHAPES_CLIP, True), (tiny_clip, False)):
+        out = tmp_path / f"rm-{found}"
+        RewardModel.build(load_clip(clip_dir, device="cpu")).save_pretrained(out)
+        cfg = json.loads((out / CONFIG_FILE).read_text())
+        cfg["clip_path"], cfg["clip_path_relative"] = str(tmp_path / "data/models/shapes-clip"), "../gone"
+        (out / CONFIG_FILE).write_text(json.dumps(cfg))
+        if found:
+            rm = RewardModel.from_pretrained(out, device="cpu")
+            assert rm.clip_path == SHAPES_CLIP and rm.score(torch.rand(2, 3, 64, 64), "one red circle").shape == (2,)
+        else:
+            with pytest.raises(UserError, match="the CLIP folder this reward model was built on is gone"):
+                RewardModel.from_pretrained(out, device="cpu")
