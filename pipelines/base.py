@@ -1,16 +1,6 @@
 """``make base``: train the shapes-world base models (tokenizer, tiny CLIP, VAE, UNet) and evaluate them.
 
-Writes under ``out_dir`` (default ``runs/base/``):
-
-- ``shapes-clip/``: a ``CLIPModel`` folder (+ tokenizer, image processor), ``metrics.json``
-  (zero-shot retrieval), ``config.yaml``, ``README.md`` model card;
-- ``shapes-sd/``: a ``StableDiffusionPipeline`` folder, ``metrics.json`` (oracle alignment on the
-  train and held-out prompts, subsets, VAE reconstruction), ``config.yaml``, ``grids/*.png``,
-  ``README.md`` model card.
-
-Stages run in order (``stages=[clip,vae,unet,eval]``); a stage left out reuses what an earlier run
-left in ``out_dir``.  An existing output folder is never replaced unless ``overwrite=true``; the
-committed checkpoints are rebuilt with ``out_dir=shapes/models overwrite=true``.
+What it writes and how stages and overwriting work: :mod:`shapes.training.base`.
 """
 
 from __future__ import annotations
