@@ -61,7 +61,7 @@ class BenchConfig:
     rounds: int = 3  # DPOK rounds timed (the first one is a warm-up and not counted)
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
-    num_steps: int = 20
+    num_inference_steps: int = 20
     steps_per_sample: int = 10
     minibatch_size: int = 32
     rwl_steps: int = 12
@@ -188,8 +188,9 @@ def lever_timings(unet: torch.nn.Module, fwd_bwd: Callable, x: torch.Tensor, con
 def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: str, extra=()) -> FinetuneConfig:
     return load_config(FinetuneConfig, None, [
         f"method={method}", f"output_dir={out}", f"model.pipeline={pipeline}", "sample_grid_every=0",
-        "checkpoint_every=0", f"reward.kind={cfg.reward.kind}", f"reward.path={cfg.reward.path}",
-        f"sampling.num_steps={cfg.num_steps}", f"dpok.rounds={cfg.rounds}",
+        "dpok.checkpoint_every_rounds=0", "rwl.checkpoint_every_steps=0",
+        f"reward.kind={cfg.reward.kind}", f"reward.path={cfg.reward.path}",
+        f"sampling.num_inference_steps={cfg.num_inference_steps}", f"dpok.rounds={cfg.rounds}",
         f"dpok.prompts_per_round={cfg.prompts_per_round}", f"dpok.samples_per_prompt={cfg.samples_per_prompt}",
         f"dpok.steps_per_sample={cfg.steps_per_sample}", f"dpok.minibatch_size={cfg.minibatch_size}",
         f"rwl.steps={cfg.rwl_steps}", f"rwl.batch_size={cfg.rwl_batch_size}", "rwl.samples_per_prompt=1",
@@ -259,7 +260,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers:
             peak_memory_mb=peak_mb, mfu_update=mfu, mfu_bare_update=mfu_bare,
             update_tflops_per_minibatch=flops_mb / 1e12 if flops_mb else None, gpu=gpu,
             levers_fwd_bwd_s=bare.get("levers_fwd_bwd_2m_s"),
-            notes=f"B={b} samples, T={dpok_cfg.sampling.num_steps} steps, {d.steps_per_sample} trained per "
+            notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
                   f"sample, minibatch {d.minibatch_size}, CFG"))
         steps = []
         rwl_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/rwl", "rwl", extra)

@@ -43,7 +43,7 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class PolicySamplingConfig:
-    num_steps: int = 20
+    num_inference_steps: int = 20  # DDIM steps (the name make generate and make eval use too)
     eta: float = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
     guidance_scale: float = 5.0  # the shapes model samples best at 5 (with eta 1)
     # pixels, multiples of the VAE scale factor and 8; None: the UNet's native size
@@ -76,7 +76,7 @@ class DPOKConfig:
     rounds: int = 20
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
-    steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= num_steps
+    steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= sampling.num_inference_steps
     # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
     # all); why: finetune.dpok.draw_transitions.
     early_steps: int | None = None
@@ -91,6 +91,7 @@ class DPOKConfig:
     value_lr: float = 1e-3
     value_hidden: int = 256
     value_steps: int = 20  # value-net updates per round (DPOK's baseline)
+    checkpoint_every_rounds: int = 5  # rounds between resumable checkpoints; 0: none
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class RWLConfig:
     guided_loss: bool = True
     steps: int = 300
     batch_size: int = 32
+    checkpoint_every_steps: int = 500  # optimizer steps between resumable checkpoints; 0: none
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,6 @@ class FinetuneConfig:
     overwrite: bool = False  # refuse to write into a folder that already holds a result
     seed: int = 0
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    checkpoint_every: int = 5  # rounds (DPOK) or 100 steps (RWL) between resumable checkpoints
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
     log_every: int = 1
     sample_grid_every: int = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
@@ -141,7 +142,7 @@ class FinetuneConfig:
     @property
     def dpok_eligible_steps(self) -> int:
         """How many of the noisiest denoising steps DPOK trains on (dpok.early_steps, or all)."""
-        return self.sampling.num_steps if self.dpok.early_steps is None else self.dpok.early_steps
+        return self.sampling.num_inference_steps if self.dpok.early_steps is None else self.dpok.early_steps
 
     @property
     def out(self) -> str:
@@ -154,12 +155,12 @@ class FinetuneConfig:
                 "deterministic and has no log-probability to take a policy gradient of.",
                 "set sampling.eta > 0 (1.0 is DPOK's setting).")
         pool = self.dpok_eligible_steps
-        if self.method == "dpok" and not 1 <= pool <= self.sampling.num_steps:
-            raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_steps="
-                            f"{self.sampling.num_steps}.", "set it to at most sampling.num_steps, or null for all.")
+        if self.method == "dpok" and not 1 <= pool <= self.sampling.num_inference_steps:
+            raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_inference_steps="
+                            f"{self.sampling.num_inference_steps}.", "set it to at most sampling.num_inference_steps, or null for all.")
         if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= pool:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
-                            f"1..{pool} (dpok.early_steps, or sampling.num_steps).",
+                            f"1..{pool} (dpok.early_steps, or sampling.num_inference_steps).",
                             "train at most every eligible denoising step once per sample.")
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:

@@ -179,7 +179,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
             _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
-        if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and r + 1 < d.rounds:
+        if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve,
                 value_net=value_net.state_dict() if value_net is not None else None,

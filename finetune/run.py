@@ -98,7 +98,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
     comps = load_components(cfg, accelerator.device, weight_dtype_for(accelerator))
-    schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_steps,
+    schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
                                            cfg.sampling.eta).to(accelerator.device)
     reward = reward_fn or load_reward(cfg.reward, accelerator.device)
     prompts = training_prompts(cfg)

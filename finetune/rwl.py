@@ -259,8 +259,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
         if (step + 1) % cfg.log_every == 0:
             acc.log({k: v for k, v in vars(row).items() if k != "step"}, step=step + 1)
         bar.set_postfix(loss=f"{row.loss:.4f}", pre=f"{row.loss_pre:.4f}")
-        every = 100 * cfg.checkpoint_every
-        if cfg.checkpoint_every and (step + 1) % every == 0 and step + 1 < r.steps:
+        if r.checkpoint_every_steps and (step + 1) % r.checkpoint_every_steps == 0 and step + 1 < r.steps:
             save_checkpoint(acc, run.out, step + 1, run.checkpoint_state(step=step + 1, history=history))
         if on_step is not None:
             on_step(row)

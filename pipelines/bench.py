@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             results += bench_pipeline(gpu_cfg, "sd15-512-cuda", str(sd), levers=cfg.gpu_levers, extra=(
                 "mixed_precision=bf16",
                 f"dpok.prompts_per_round={max(1, b // 4)}", "dpok.samples_per_prompt=4",
-                f"dpok.minibatch_size={cfg.gpu_minibatch}", "sampling.num_steps=50", "dpok.steps_per_sample=10",
+                f"dpok.minibatch_size={cfg.gpu_minibatch}", "sampling.num_inference_steps=50", "dpok.steps_per_sample=10",
                 "dpok.rounds=3", "prompts.eval_prompts=[one red circle]"))
     else:
         skipped.append("sd15-512-cuda (no CUDA device)")

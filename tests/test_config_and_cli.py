@@ -73,3 +73,22 @@ def test_oracle_check_entry_point(capsys):
     assert result["render_accuracy"] >= 0.99 and result["targets_met"]
     assert run(main, ["n_images=abc"]) == 2
     assert "must be an integer" in capsys.readouterr().err
+
+
+def test_one_name_per_concept_across_the_sampling_configs():
+    """Generation and evaluation (core.sampling.SamplingConfig) and fine-tuning
+    (finetune.config.PolicySamplingConfig) name the sampler's settings alike, and the fine-tuning
+    config's old names are refused, not silently ignored."""
+    import dataclasses
+
+    from core.sampling import SamplingConfig
+    from finetune.config import FinetuneConfig, PolicySamplingConfig
+
+    shared = {"num_inference_steps", "guidance_scale", "eta", "height", "width"}
+    for cls in (SamplingConfig, PolicySamplingConfig):
+        assert shared <= {f.name for f in dataclasses.fields(cls)}
+    for old in ("sampling.num_steps=20", "checkpoint_every=5"):
+        with pytest.raises(UserError):
+            load_config(FinetuneConfig, None, [old])
+    cfg = load_config(FinetuneConfig, None, ["dpok.checkpoint_every_rounds=3", "rwl.checkpoint_every_steps=200"])
+    assert (cfg.dpok.checkpoint_every_rounds, cfg.rwl.checkpoint_every_steps) == (3, 200)

@@ -14,9 +14,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             f"report={tmp_path}/report", "per_prompt=2", "raters=3", "overlap=2", "eval_samples_per_prompt=1",
             "generate_args=[sampling.num_inference_steps=2, max_prompts=24]",
             "reward_args=[train.epochs=2, train.ablation_seeds=1, data.min_val_prompts=3, progress=false]",
-            "rwl_args=[sampling.num_steps=2, rwl.samples_per_prompt=1, rwl.pretrain_per_prompt=1, rwl.steps=2, "
+            "rwl_args=[sampling.num_inference_steps=2, rwl.samples_per_prompt=1, rwl.pretrain_per_prompt=1, rwl.steps=2, "
             "rwl.batch_size=4, prompts.split=heldout]",
-            "dpok_args=[sampling.num_steps=2, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
+            "dpok_args=[sampling.num_inference_steps=2, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
             "dpok.early_steps=2, dpok.steps_per_sample=1, dpok.minibatch_size=4]",
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
             # a random tiny model is rarely right: noisy raters and a wide rule still give targets

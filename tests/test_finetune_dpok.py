@@ -17,8 +17,8 @@ from finetune.dpok import train_dpok
 def tiny_cfg(sd, out, *extra):
     return load_config(FinetuneConfig, None, [
         "method=dpok", f"output_dir={out}", f"model.pipeline={sd}", "reward.kind=oracle",
-        "sampling.num_steps=4", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
-        "dpok.steps_per_sample=2", "dpok.minibatch_size=4", "optim.lr=1e-2", "checkpoint_every=1",
+        "sampling.num_inference_steps=4", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
+        "dpok.steps_per_sample=2", "dpok.minibatch_size=4", "optim.lr=1e-2", "dpok.checkpoint_every_rounds=1",
         "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
 
 
@@ -95,7 +95,7 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert "reward model folder" in capsys.readouterr().err
     assert not (tmp_path / "missing").exists()
     args = ["method=dpok", f"output_dir={tmp_path}/cli", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
-            "sampling.num_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
+            "sampling.num_inference_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
             "dpok.early_steps=null", "dpok.steps_per_sample=1", "sample_grid_every=0"]
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
@@ -129,7 +129,7 @@ def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
     assert 0.0 <= dpok.metrics["final"]["reward_mean"] <= 1.0  # calibrated P(rater says good)
     rwl = train_rwl(load_config(FinetuneConfig, None, [
         "method=rwl", f"output_dir={tmp_path}/rwl", f"model.pipeline={tiny_sd}", *learned,
-        "sampling.num_steps=2", "prompts.split=heldout", "rwl.samples_per_prompt=1", "rwl.pretrain_per_prompt=1",
+        "sampling.num_inference_steps=2", "prompts.split=heldout", "rwl.samples_per_prompt=1", "rwl.pretrain_per_prompt=1",
         "rwl.steps=2", "rwl.batch_size=4", "sample_grid_every=0"]), progress=False)
     assert rwl.metrics["d_model"]["images"] == len(prompt_set("heldout"))
 
@@ -148,9 +148,9 @@ def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd
     proc = subprocess.run(
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
          "no", "--dynamo_backend", "no", "-m", "pipelines.finetune", "method=dpok", f"model.pipeline={tiny_sd}",
-         "reward.kind=oracle", f"output_dir={out}", "sampling.num_steps=3", "dpok.rounds=3",
+         "reward.kind=oracle", f"output_dir={out}", "sampling.num_inference_steps=3", "dpok.rounds=3",
          "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.early_steps=3", "dpok.steps_per_sample=2",
-         "dpok.minibatch_size=4", "checkpoint_every=1", "sample_grid_every=2"],
+         "dpok.minibatch_size=4", "dpok.checkpoint_every_rounds=1", "sample_grid_every=2"],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3
@@ -169,7 +169,7 @@ def test_transitions_are_drawn_from_the_early_steps_only():
 
 
 def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
-    with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_steps=4"):
+    with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_inference_steps=4"):
         tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9").validate()
     with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1"):
         tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1").validate()
@@ -189,7 +189,7 @@ def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
 
     (tmp_path / "p.txt").write_text("one circle\ntwo squares\nthree circles\n")
     cfg = tiny_cfg(tiny_sd, tmp_path / "run", "dpok.rounds=2", "dpok.prompts_per_round=3",
-                   f"prompts.prompts_file={tmp_path / 'p.txt'}", "checkpoint_every=0")
+                   f"prompts.prompts_file={tmp_path / 'p.txt'}", "dpok.checkpoint_every_rounds=0")
     train_dpok(cfg, reward_fn=reward, progress=False)
     every = sorted(["one circle", "two squares", "three circles"] * 2)
     assert seen == [every, every]  # with replacement, a round would repeat some prompt

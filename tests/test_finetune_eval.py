@@ -40,7 +40,7 @@ def setup(tiny_sd, tmp_path_factory):
     clip = make_tiny_clip(d / "clip")
     reward = build_reward_model(clip, d / "reward")
     run_cfg = load_config(FinetuneConfig, None, [
-        f"output_dir={d}/dpok", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_steps=2",
+        f"output_dir={d}/dpok", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
         "sample_grid_every=0", "optim.lr=0.05"])
     train_dpok(run_cfg, progress=False)

@@ -18,9 +18,9 @@ from finetune.rwl import train_rwl
 def rwl_cfg(sd, out, *extra):
     return load_config(FinetuneConfig, None, [
         "method=rwl", f"output_dir={out}", f"model.pipeline={sd}", "reward.kind=oracle",
-        "sampling.num_steps=3", "prompts.prompts_file=" + str(PROMPTS), "rwl.samples_per_prompt=2",
+        "sampling.num_inference_steps=3", "prompts.prompts_file=" + str(PROMPTS), "rwl.samples_per_prompt=2",
         "rwl.pretrain_per_prompt=2", "rwl.steps=4", "rwl.batch_size=4", "optim.lr=1e-2",
-        "sample_grid_every=0", "checkpoint_every=0", "prompts.eval_prompts=[one circle]", *extra])
+        "sample_grid_every=0", "rwl.checkpoint_every_steps=0", "prompts.eval_prompts=[one circle]", *extra])
 
 
 PROMPTS = None

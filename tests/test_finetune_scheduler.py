@@ -139,7 +139,7 @@ def test_dpok_fine_tunes_a_folder_with_any_scheduler_config(kind, tiny_sd, tmp_p
     index = json.loads((sd / "model_index.json").read_text())
     (sd / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", kind.__name__]}))
     cfg = load_config(FinetuneConfig, None, [
-        f"output_dir={tmp_path}/run", f"model.pipeline={sd}", "reward.kind=oracle", "sampling.num_steps=2",
+        f"output_dir={tmp_path}/run", f"model.pipeline={sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
         "sample_grid_every=0"])
     result = train_dpok(cfg, progress=False)

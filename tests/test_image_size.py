@@ -61,7 +61,7 @@ def reward(tmp_path_factory):
 def finetune_cfg(sd, reward, out, method, *extra):
     return load_config(FinetuneConfig, None, [
         f"method={method}", f"output_dir={out}", f"model.pipeline={sd}", f"reward.path={reward}",
-        "sampling.num_steps=2", f"sampling.height={H}", f"sampling.width={W}", "checkpoint_every=0",
+        "sampling.num_inference_steps=2", f"sampling.height={H}", f"sampling.width={W}", "dpok.checkpoint_every_rounds=0", "rwl.checkpoint_every_steps=0",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
         "rwl.samples_per_prompt=1", "rwl.steps=2", "rwl.batch_size=4", "prompts.split=heldout",
         "prompts.eval_prompts=[one circle, two squares]", *extra])
