@@ -46,7 +46,14 @@ def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
         return
     free = {"resume", "overwrite", "output_dir"}
     # through the loader, so keys added since that run began (at their defaults) compare equal
-    old = {k: v for k, v in to_dict(load_config(FinetuneConfig, saved)).items() if k not in free}
+    try:
+        saved_cfg = load_config(FinetuneConfig, saved)
+    except UserError as e:  # e.g. a key renamed since that run began
+        why = e.problem.rstrip(".")
+        raise UserError(f"{out} holds a run whose saved config no longer loads ({why}), so its checkpoints "
+                        "cannot be resumed.",
+                        "pass resume=false to start over there, or use another output_dir.") from None
+    old = {k: v for k, v in to_dict(saved_cfg).items() if k not in free}
     new = {k: v for k, v in to_dict(cfg).items() if k not in free}
     for tree in (old, new):
         tree.get("dpok", {}).pop("rounds", None)

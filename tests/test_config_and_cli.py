@@ -92,3 +92,15 @@ def test_one_name_per_concept_across_the_sampling_configs():
             load_config(FinetuneConfig, None, [old])
     cfg = load_config(FinetuneConfig, None, ["dpok.checkpoint_every_rounds=3", "rwl.checkpoint_every_steps=200"])
     assert (cfg.dpok.checkpoint_every_rounds, cfg.rwl.checkpoint_every_steps) == (3, 200)
+
+
+def test_a_run_saved_with_old_config_names_is_refused_with_the_fix(tmp_path):
+    """Resuming a folder whose saved config.yaml uses a renamed key: one error naming the folder
+    and the fix, not a bare "unknown key"."""
+    from finetune.checkpoints import check_resumable
+    from finetune.config import FinetuneConfig
+
+    (tmp_path / "config.yaml").write_text("method: dpok\ncheckpoint_every: 5\nsampling:\n  num_steps: 20\n")
+    with pytest.raises(UserError, match=r"saved config no longer loads \(unknown config key\(s\): "
+                                        r"checkpoint_every\).*resume=false"):
+        check_resumable(tmp_path, load_config(FinetuneConfig, None, []))
