@@ -23,9 +23,12 @@ class ResultsPageConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ResultsPageConfig, config_parser(__doc__.splitlines()[0]), argv)
-    page = results_page(cfg.folder)  # every file read and checked before anything is written
-    quoted = readme_runs(cfg.folder, load_runs(cfg.folder)["demo"]) if cfg.readme else []
-    readme = fill_readme(Path(cfg.readme).read_text(), readme_block(quoted, cfg.folder)) if quoted else None
+    # every file read and checked before anything is written
+    runs = load_runs(cfg.folder)
+    quoted = readme_runs(cfg.folder, runs["demo"])
+    page = results_page(cfg.folder, runs, [label for label, _ in quoted])
+    readme = (fill_readme(Path(cfg.readme).read_text(), readme_block(quoted, cfg.folder))
+              if cfg.readme and quoted else None)
     Path(cfg.out).write_text(page)
     print(f"wrote {cfg.out}")
     if readme is not None:
