@@ -33,14 +33,18 @@ class OracleReward:
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
 
+def check_reward_folder(cfg: RewardConfig) -> None:
+    """A learned reward's folder must be there (one clear error, before anything runs)."""
+    if cfg.kind == "learned" and not Path(cfg.path).is_dir():
+        raise UserError(f"reward model folder {cfg.path} does not exist.",
+                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
+
+
 def load_reward(cfg: RewardConfig, device) -> RewardFn:
     if cfg.kind == "oracle":
         return OracleReward()
-    path = Path(cfg.path)
-    if not path.is_dir():
-        raise UserError(f"reward model folder {path} does not exist.",
-                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
-    return load_reward_fn(path, device=device)  # the reward stage's model: calibrated P(rater says good)
+    check_reward_folder(cfg)
+    return load_reward_fn(Path(cfg.path), device=device)  # the reward stage's model: calibrated P(rater says good)
 
 
 def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from finetune.components import Components, load_components, make_accelerator, w
 from finetune.config import FinetuneConfig
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import training_prompts
-from finetune.rewards import RewardFn, load_reward
+from finetune.rewards import RewardFn, check_reward_folder, load_reward
 from finetune.scheduler import DDIMSchedule
 
 
@@ -76,9 +76,8 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
         raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
                         "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
                         "of images at that size.")
-    if reward_fn is None and cfg.reward.kind == "learned" and not Path(cfg.reward.path).is_dir():
-        raise UserError(f"reward model folder {cfg.reward.path} does not exist.",
-                        "train one with `make reward` (or set reward.path to a RewardModel folder).")
+    if reward_fn is None:
+        check_reward_folder(cfg.reward)
 
 
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
