@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.files import write_text_atomic
 from data.labels import aggregate_binary, current
 from data.schemas import BINARY_LABELS, GENERATIONS
 from data.store import Store
@@ -124,7 +125,5 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, "".join(f"{p}\n" for p in picked["prompt"])),
                        (out.with_suffix(".csv"), table.to_csv(index=False))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return table, out

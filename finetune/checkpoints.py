@@ -16,6 +16,7 @@ import torch
 
 from core.config import load_config, save_config, to_dict
 from core.errors import UserError
+from core.files import write_text_atomic
 from finetune.components import Components
 from finetune.config import FinetuneConfig
 
@@ -118,6 +119,4 @@ def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, 
     else:
         comps.pipe.unet = unet
         comps.pipe.save_pretrained(out)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -25,6 +25,7 @@ from PIL import Image
 
 from core.config import to_dict
 from core.errors import UserError
+from core.files import write_text_atomic
 from core.images import image_grid, pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
@@ -311,18 +312,12 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
             if oracle and cfg.side_samples_per_prompt is not None else "")
     about = ("Alignment: oracle verdicts by category; controls: train prompts with one or two objects.\n\n" if oracle
              else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
-    _write_atomic(out / "results.md",
+    write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
         f"(seed {cfg.seed}){side}\n\n{about}"
         f"Reward win-rate: the share of (prompt, seed) pairs whose image the reward scores above the base's "
         f"(ties count half). Fidelity: CLIP-space Frechet distance to {fidelity_reference(cfg, oracle)}.\n\n"
         f"{table}\n")
-    _write_atomic(out / "metrics.json", json.dumps(json_safe(
+    write_text_atomic(out / "metrics.json", json.dumps(json_safe(
         {"config": to_dict(cfg), "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
          "models": {r.name: asdict(r) for r in results}}), indent=2))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
