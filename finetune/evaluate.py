@@ -217,14 +217,14 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     chosen = set(main_texts)
     unseen = [p for p in prompt_set(cfg.generalization_split) if p.text not in chosen] if cfg.generalization_split else []
     controls = control_prompts(chosen) if cfg.control_split and prompts is not None else []
-    names = [("base", Path(cfg.base))] + _models(cfg)
-    reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
-    clip = load_clip(cfg.clip)
     k = cfg.samples_per_prompt
     k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
     if min(k, k_side, cfg.grid_samples) < 1:
         raise UserError(f"samples_per_prompt={k}, side_samples_per_prompt={k_side} and grid_samples="
                         f"{cfg.grid_samples} must each be at least 1.", "set them to 1 or more.")
+    names = [("base", Path(cfg.base))] + _models(cfg)
+    reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
+    clip = load_clip(cfg.clip)
     n_main = len(main_texts) * k
     if n_main < 2:
         raise UserError(f"{n_main} sample per model: the fidelity proxy (a Frechet distance) needs at least 2.",
