@@ -7,11 +7,13 @@ folder.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from core.errors import UserError
+from core.schedules import LRSchedule
 from finetune.rl_math import RewardWeighting
 from shapes import SHAPES_SD
 
@@ -68,7 +70,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     grad_accum: int = 1  # micro-batches per optimizer step
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    # After warm-up: constant, or a cosine down to lr_floor x lr at the run's last optimizer step
+    # (FinetuneConfig.optimizer_steps). Decaying lets DPOK take large early steps and settle late.
+    lr_schedule: LRSchedule = "constant"
+    lr_floor: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,19 @@ class FinetuneConfig:
         return self.sampling.num_inference_steps if self.dpok.early_steps is None else self.dpok.early_steps
 
     @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run in one process: DPOK's rounds x epochs x minibatches of
+        prompts_per_round x samples_per_prompt x steps_per_sample transitions, or RWL's steps, each
+        divided by optim.grad_accum."""
+        if self.method == "rwl":
+            micro = self.rwl.steps
+        else:
+            d = self.dpok
+            transitions = d.prompts_per_round * d.samples_per_prompt * d.steps_per_sample
+            micro = d.rounds * d.epochs_per_round * math.ceil(transitions / d.minibatch_size)
+        return max(1, micro // self.optim.grad_accum)
+
+    @property
     def out(self) -> str:
         return self.output_dir or f"runs/finetune-{self.method}"
 
@@ -165,6 +184,9 @@ class FinetuneConfig:
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")
+        if not 0 <= self.optim.lr_floor <= 1:
+            raise UserError(f"optim.lr_floor={self.optim.lr_floor} is not a share of optim.lr in [0, 1].",
+                            "set it to e.g. 0.05 (the cosine ends at 5 % of optim.lr).")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
         if not 0 <= self.rwl.pretrain_uncond < 1:

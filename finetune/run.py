@@ -14,6 +14,7 @@ import torch
 
 from core.errors import UserError
 from core.loading import check_folder, pipeline_geometry
+from core.schedules import learning_rate
 from core.sampling import image_size, pipeline_image_size
 from finetune.checkpoints import RESUMABLE, check_resumable, latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
@@ -30,9 +31,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_constant_lr(optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup`` optimizer steps, then constant."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+def lr_scheduler(optimizer, cfg: FinetuneConfig, num_processes: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """optim.lr_schedule over the run's optimizer steps. accelerate steps a prepared scheduler once
+    per process at every optimizer step, so the scheduler's count is divided back to optimizer steps."""
+    o = cfg.optim
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(
+        s // num_processes, cfg.optimizer_steps, o.warmup_steps, 1.0, o.lr_schedule, o.lr_floor))
 
 
 @dataclass
@@ -102,7 +106,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     reward = reward_fn or load_reward(cfg.reward, accelerator.device)
     prompts = training_prompts(cfg)
     optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    lr_sched = warmup_constant_lr(optimizer, cfg.optim.warmup_steps)
+    lr_sched = lr_scheduler(optimizer, cfg, accelerator.num_processes)
     unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)

@@ -220,3 +220,23 @@ def _prompts(tmp_path, texts):
     path = tmp_path / f"prompts-{len(texts)}-{abs(hash(tuple(texts)))}.txt"
     path.write_text("\n".join(texts) + "\n")
     return path
+
+
+def test_cosine_lr_schedule_ends_at_its_floor_and_resumes_on_schedule(tiny_sd, tmp_path):
+    # 3 rounds x ceil(2 prompts x 2 samples x 2 steps / 4) = 6 optimizer steps
+    extra = ("optim.lr_schedule=cosine", "optim.lr_floor=0.1")
+    cfg = tiny_cfg(tiny_sd, tmp_path / "a", *extra)
+    assert cfg.optimizer_steps == 6
+    straight = train_dpok(cfg, progress=False)
+    lrs = [row["lr"] for row in straight.history]
+    assert lrs[0] < 1e-2 and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] == pytest.approx(1e-3)  # 0.1 x optim.lr at the last optimizer step
+
+    def interrupt(row):
+        if row.round == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False, on_round=interrupt)
+    resumed = train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False)
+    assert [row["lr"] for row in resumed.history] == lrs

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.schedules import learning_rate
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
 from shapes.training.common import (Progress, degrade_batch, pick_device, render_pool,
                                     seed_everything, to_clip)
@@ -107,14 +108,6 @@ def multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return per[ok].mean()
 
 
-def lr_at(step: int, cfg_steps: int, warmup: int, lr: float) -> float:
-    """Linear warm-up then cosine decay to 5 % of ``lr``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, cfg_steps - warmup)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def train_clip(cfg: CLIPTrainConfig, out_dir: str | Path, progress: bool = True) -> CLIPTrainResult:
     """Train and save a CLIP folder at ``out_dir`` (config.json, weights, tokenizer, processor)."""
     seed_everything(cfg.seed)
@@ -153,7 +146,7 @@ def train_clip(cfg: CLIPTrainConfig, out_dir: str | Path, progress: bool = True)
             imgs = imgs[:, :, ::-1].copy()
         pos = match[idx].to(device)  # (2B, P)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+            g["lr"] = learning_rate(step, cfg.steps, cfg.warmup_steps, cfg.lr)  # warm-up, cosine to 5 %
         out = model(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"],
                     pixel_values=to_clip(imgs).to(device))
         logits = out.logits_per_image  # (2B, P), already scaled by exp(logit_scale)

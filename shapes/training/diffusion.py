@@ -35,9 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from core.schedules import learning_rate
 from shapes.evaluate import alignment, sample_and_judge
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
-from shapes.training.clip import lr_at
 from shapes.training.common import (Progress, SkewConfig, pick_device, render_pool, seed_everything,
                                     skewed_prompt_weights, to_unit, train_prompts)
 
@@ -209,7 +209,7 @@ def train_diffusion(cfg: DiffusionConfig, vae_dir: str | Path, out_dir: str | Pa
         zt = sched.add_noise(z0, eps, t)  # sqrt(ab) z0 + sqrt(1 - ab) eps
         target = sched.get_velocity(z0, eps, t)  # sqrt(ab) eps - sqrt(1 - ab) z0
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+            g["lr"] = learning_rate(step, cfg.steps, cfg.warmup_steps, cfg.lr)  # warm-up, cosine to 5 %
         cond = text(ids[which.to(device)])[0]  # (B, 12, D) last hidden state, as the pipeline
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, target)

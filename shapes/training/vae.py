@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.schedules import learning_rate
 from shapes.oracle import judge
-from shapes.training.clip import lr_at
 from shapes.training.common import (Progress, pick_device, render_pool, seed_everything, to_unit,
                                     uniform_prompts)
 
@@ -83,7 +83,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, progress: bool = True) -> VAE
             imgs = imgs[:, :, ::-1]
         x = to_unit(np.ascontiguousarray(imgs)).to(device)  # (B, 3, 64, 64) in [-1, 1]
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+            g["lr"] = learning_rate(step, cfg.steps, cfg.warmup_steps, cfg.lr)  # warm-up, cosine to 5 %
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         mse = torch.nn.functional.mse_loss(rec, x)
