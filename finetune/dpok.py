@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from core import seeds
 from core.errors import UserError
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.components import Components
@@ -94,7 +95,7 @@ class ValueNet(torch.nn.Module):
 
 
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
-    seed = int(np.random.SeedSequence([cfg.seed, r, process]).generate_state(1)[0])
+    seed = seeds.derived_seed(cfg.seed, seeds.Stream.DPOK_ROUND, r, process)
     return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
 
 
@@ -221,7 +222,7 @@ def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, unco
     """Share of the current policy's samples of ``texts`` (each training prompt x
     ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that the shapes oracle judges
     aligned, from a generator seeded apart from the rounds'."""
-    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + 424242, texts)
+    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["curve"], texts)
     return float((OracleReward()(images, texts) >= 2.0).float().mean())  # score >= 2 <=> aligned (Verdict.score)
 
 
@@ -313,7 +314,7 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, 
 @torch.no_grad()
 def _sample_grid(accelerator, policy, pipe, cond, uncond, latent_shape, cfg, out: Path, r: int) -> None:
     """Fixed eval prompts with fixed noise: the same seeds every time, so grids compare across rounds."""
-    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + 12345,
+    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["grid"],
                                 list(cfg.prompts.eval_prompts))
     log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
                ncols=len(cfg.prompts.eval_prompts))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from core import seeds
 from core.errors import UserError
 from core.images import pil_to_tensor
 from data.generations import load_image
@@ -83,7 +84,7 @@ def build_model_set(run: Run) -> LatentSet:
     """D_model: samples of the (still unchanged) model for every training prompt, scored once."""
     cfg, r = run.cfg, run.cfg.rwl
     prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
-    gen = torch.Generator(run.device).manual_seed(cfg.seed + 777)
+    gen = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["rwl_model_set"])
     latents, rewards = [], []
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
@@ -155,8 +156,8 @@ def build_pretrain_set(run: Run) -> LatentSet:
     r, size = run.cfg.rwl, run.image_size
     if r.pretrain_source == "shapes":
         prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
-        seeds = [run.cfg.seed * 100_003 + 50_000 + i for i in range(len(prompts))]
-        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, seeds)])  # square: _check_inputs
+        render_seeds = [seeds.render_seed(run.cfg.seed, i, offset=50_000) for i in range(len(prompts))]
+        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, render_seeds)])  # square: _check_inputs
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()
@@ -232,7 +233,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     t_start = time.perf_counter()
     run.comps.unet.train()
     for step in bar:
-        seed = int(np.random.SeedSequence([cfg.seed, step, acc.process_index]).generate_state(1)[0])
+        seed = seeds.derived_seed(cfg.seed, seeds.Stream.RWL_STEP, step, acc.process_index)
         rng, gen = np.random.default_rng(seed), torch.Generator(run.device).manual_seed(seed)
         mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
         pi = rng.choice(len(pre_set), size=half)
@@ -265,7 +266,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
             on_step(row)
     if cfg.sample_grid_every:
         run.comps.unet.eval()
-        g = torch.Generator(run.device).manual_seed(cfg.seed + 12345)
+        g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
         traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
                    run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))

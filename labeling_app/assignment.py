@@ -29,13 +29,12 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
+from core import seeds
 from core.errors import DataError, UserError
 from data.generations import check_image
 from data.labels import current
@@ -126,7 +125,7 @@ class Assigner(AnswerPath):
         gold_rows = gens[gens["image_id"].isin(self.gold_answer.keys())]
         gold_items = [Item("binary", r.image_id, r.prompt_id, r.prompt, (r.image_id,), is_gold=True)
                       for r in gold_rows.itertuples()]
-        order = np.random.default_rng([self.seed, 7]).permutation(len(gold_items))
+        order = seeds.rng(self.seed, seeds.Stream.GOLD_SERVING).permutation(len(gold_items))
         with self._lock:
             self._items = items
             self._by_key = by_key | {("binary", g.item_id): g for g in gold_items}
@@ -170,7 +169,7 @@ class Assigner(AnswerPath):
             st = self._raters.get(rater_id)
             if st is None:
                 st = self._raters[rater_id] = RaterState()
-                st.rng = np.random.default_rng([self.seed, zlib.crc32(rater_id.encode())])
+                st.rng = seeds.rng(self.seed, seeds.Stream.RATER_SERVING, seeds.text_key(rater_id))
             return st
 
     def _live_holders(self, key, now: float, exclude: str | None = None) -> int:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 from tqdm import tqdm
 
+from core import seeds
 from core.errors import UserError
 from core.loading import load_sd_pipeline, model_fingerprint
 from core.sampling import SamplingConfig, generate_images
@@ -28,8 +28,6 @@ from data.targets import read_prompts_file
 from shapes import SHAPES_SD, world
 from shapes.render import DEFAULT_SIZE, RENDERER, render
 from shapes.world import Prompt, perturb, prompt_set
-
-SEED_STRIDE = 1_000_003  # seed of the i-th image of a prompt: seed * SEED_STRIDE + i
 
 
 @dataclass(frozen=True)
@@ -65,10 +63,11 @@ def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
 
 
 def _new_seeds(used: set[int], base: int, n: int) -> list[int]:
-    """The first ``n`` seeds of the sequence base*STRIDE + i that this prompt has not used."""
+    """The first ``n`` seeds of the sequence ``core.seeds.round_image_seed(base, i)`` that this
+    prompt has not used."""
     out, i = [], 0
     while len(out) < n:
-        s = base * SEED_STRIDE + i
+        s = seeds.round_image_seed(base, i)
         if s not in used:
             out.append(s)
         i += 1
@@ -121,19 +120,20 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
                         "give one positive size (sampling.height and sampling.width equal), or leave both out.")
     gens = store.to_pandas(GENERATIONS)
     used = gens[gens["model_id"] == "shapes-renderer"].groupby("prompt_id")["seed"].apply(set).to_dict()
-    rng = np.random.default_rng([cfg.seed, len(gens)])
+    rng = seeds.rng(cfg.seed, seeds.Stream.RENDERER_ROUND, len(gens))
     added = 0
     for spec in tqdm(prompts, desc="render", unit="prompt", file=sys.stderr):
         p = Prompt.parse(spec.text)
-        seeds = _new_seeds(used.get(spec.prompt_id, set()), cfg.seed, cfg.per_prompt)
+        image_seeds = _new_seeds(used.get(spec.prompt_id, set()), cfg.seed, cfg.per_prompt)
         images = []
-        for s in seeds:
+        for s in image_seeds:
             shown = p
             if rng.random() < cfg.renderer_mismatch_rate:
                 shown = perturb(p, p.specified[int(rng.integers(len(p.specified)))], rng)
             images.append(render(shown, s, size))
-        save_images(store, images, prompts=[spec.text] * len(seeds), prompt_ids=[spec.prompt_id] * len(seeds),
-                    categories=[spec.category] * len(seeds), seeds=seeds, model_id="shapes-renderer",
+        n = len(image_seeds)
+        save_images(store, images, prompts=[spec.text] * n, prompt_ids=[spec.prompt_id] * n,
+                    categories=[spec.category] * n, seeds=image_seeds, model_id="shapes-renderer",
                     settings=RENDERER)
-        added += len(seeds)
+        added += n
     return GenerateResult(str(store.root), "shapes-renderer", len(prompts), added, store.read(GENERATIONS).num_rows)

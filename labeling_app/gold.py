@@ -14,9 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from core import seeds
 from core.errors import UserError
 from data.generations import load_image
 from data.schemas import GOLD
@@ -67,7 +67,7 @@ def _oracle_gold(store: Store, gens: pd.DataFrame, share: float, seed: int) -> l
             "give a gold file (gold.source=file gold.file=<csv with image_id,answer>) or turn gold "
             "items off (gold.share=0).")
     n = max(1, int(round(share * len(gens))))
-    rng = np.random.default_rng([seed, 11])
+    rng = seeds.rng(seed, seeds.Stream.ORACLE_GOLD)
     order = rng.permutation(len(eligible))
     picked: dict[str, list[dict]] = {"good": [], "bad": []}
     # Judge candidates in random order until both halves are full or 4n images were tried.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core import seeds
 from labeling_app.config import TASKS
 
 
@@ -61,7 +62,7 @@ def build_items(gens: pd.DataFrame, tasks: tuple[str, ...], rank_max_images: int
                 chunk = tuple(chunk.tolist())
                 out["ranking"].append(Item("ranking", ranking_item_id(chunk), prompt_id,
                                            group["prompt"].iloc[0], chunk))
-    for i, task in enumerate(TASKS):
-        order = np.random.default_rng([seed, 101 + i]).permutation(len(out[task]))
+    for task, stream in zip(TASKS, (seeds.Stream.BINARY_ORDER, seeds.Stream.RANKING_ORDER), strict=True):
+        order = seeds.rng(seed, stream).permutation(len(out[task]))
         out[task] = [out[task][j] for j in order]
     return out

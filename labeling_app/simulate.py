@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from core import seeds
 from core.errors import UserError
 from data.schemas import GENERATIONS
 from data.store import Store
@@ -51,7 +51,7 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
     if not panel:
         raise UserError("the simulated panel is empty.", "give at least one rater profile.")
     raters = [SimulatedRater(p, seed) for p in panel]
-    rng = np.random.default_rng([seed, 5])
+    rng = seeds.rng(seed, seeds.Stream.SIMULATED_PANEL)
     images: dict[str, Image.Image] = {}
     prompts: dict[str, Prompt] = {}
 

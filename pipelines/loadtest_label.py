@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from core import seeds
 from core.config import save_config
 from core.errors import UserError
 from data.schemas import BINARY_LABELS, RANKINGS
@@ -137,7 +138,7 @@ class _Rater(threading.Thread):
         self.latencies_ms: list[float] = []
         self.submitted = self.errors = self.stale = 0
         self.failure: str | None = None
-        self.rng = np.random.default_rng([cfg.seed, int(rater_id.split("-")[1])])
+        self.rng = seeds.rng(cfg.seed, seeds.Stream.LOADTEST_RATER, int(rater_id.split("-")[1]))
 
     def run(self):
         from gradio_client import Client

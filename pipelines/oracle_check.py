@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from core import seeds
 from pipelines.cli import config_parser, parse_config, run
 from shapes.oracle import judge
 from shapes.render import degrade, render
@@ -50,14 +51,14 @@ class OracleCheckResult:
 
 
 def check_oracle(cfg: OracleCheckConfig) -> OracleCheckResult:
-    rng = np.random.default_rng(cfg.seed)
+    rng = seeds.rng(cfg.seed, seeds.Stream.ORACLE_CHECK)
     prompts = all_prompts()
     clean, degraded, noise = [], [], []
     mismatch: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
     t0 = time.perf_counter()
     for i in tqdm(range(cfg.n_images), desc="oracle-check", unit="img", file=sys.stderr):
         p = prompts[i % len(prompts)]
-        img = np.asarray(render(p, seed=cfg.seed * 100_003 + i, size=cfg.size))
+        img = np.asarray(render(p, seed=seeds.render_seed(cfg.seed, i), size=cfg.size))
         clean.append(judge(img, p).aligned)
         d = degrade(img, rng, rng.uniform(*cfg.blur_sigma), rng.uniform(*cfg.noise_sigma))
         degraded.append(judge(d, p).aligned)

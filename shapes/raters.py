@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from core import seeds
 from core.errors import UserError
 from data.schemas import validate_ranks
 from shapes.oracle import judge
@@ -78,7 +79,7 @@ def dense_ranks(scores: np.ndarray, tie_width: float) -> list[int]:
 class SimulatedRater:
     def __init__(self, profile: RaterProfile, seed: int = 0):
         self.profile = profile
-        self.rng = np.random.default_rng([seed, *profile.rater_id.encode()])
+        self.rng = seeds.rng(seed, seeds.Stream.SIMULATED_RATER, seeds.text_key(profile.rater_id))
 
     @property
     def rater_id(self) -> str:
@@ -108,7 +109,7 @@ class SimulatedRater:
 
 def default_panel(n: int = 5, flip_rate: float = 0.1, seed: int = 0) -> list[RaterProfile]:
     """``n`` raters with ``flip_rate`` noise, small individual biases and a few skips."""
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, seeds.Stream.RATER_PANEL)
     return [
         RaterProfile(rater_id=f"sim-{i:02d}", flip_rate=flip_rate,
                      bias=float(np.round(rng.uniform(-0.05, 0.05), 3)), skip_rate=0.02)

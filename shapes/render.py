@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core import seeds
 from core.sampling import SamplerSettings
 from data.generations import save_images
 from shapes.world import BACKGROUNDS, COLORS, Prompt, perturb
@@ -116,16 +117,17 @@ def render_round(store, prompts: list[Prompt], per_prompt: int, seed: int = 0,
                  size: int = DEFAULT_SIZE, mismatch_rate: float = 0.0) -> list[dict]:
     """Render ``per_prompt`` images of each prompt into ``store`` (PNGs + generations rows).
 
-    Seeds are ``seed * 1_000_003 + i`` for the i-th image of a prompt, so rounds are reproducible.
+    Seeds are ``core.seeds.round_image_seed(seed, i)`` for the i-th image of a prompt, so rounds are
+    reproducible.
     With ``mismatch_rate`` > 0, that share of images shows a one-attribute perturbation of its
     prompt (recorded under the original prompt), like a model that gets some prompts wrong.
     A labeling round of renders is the shapes world's stand-in until a model is sampled.
     """
-    rng = np.random.default_rng([seed, 7])
-    images, texts, ids, cats, seeds = [], [], [], [], []
+    rng = seeds.rng(seed, seeds.Stream.ROUND_MISMATCH)
+    images, texts, ids, cats, image_seeds = [], [], [], [], []
     for p in prompts:
         for i in range(per_prompt):
-            s = seed * 1_000_003 + i
+            s = seeds.round_image_seed(seed, i)
             shown = p
             if rng.random() < mismatch_rate:
                 shown = perturb(p, p.specified[int(rng.integers(len(p.specified)))], rng)
@@ -133,6 +135,6 @@ def render_round(store, prompts: list[Prompt], per_prompt: int, seed: int = 0,
             texts.append(p.text)
             ids.append(p.prompt_id)
             cats.append(p.category)
-            seeds.append(s)
-    return save_images(store, images, prompts=texts, prompt_ids=ids, categories=cats, seeds=seeds,
+            image_seeds.append(s)
+    return save_images(store, images, prompts=texts, prompt_ids=ids, categories=cats, seeds=image_seeds,
                        model_id="shapes-renderer", settings=RENDERER)

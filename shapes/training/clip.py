@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import seeds
 from core.schedules import learning_rate
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
 from shapes.training.common import (Progress, degrade_batch, pick_device, render_pool,
@@ -124,7 +125,7 @@ def train_clip(cfg: CLIPTrainConfig, out_dir: str | Path, progress: bool = True)
     match = torch.from_numpy(pool.match_matrix())  # (N, P)
     by_prompt = [np.flatnonzero(pool.prompt_index == j) for j in range(len(prompts))]
     index_of = {p: j for j, p in enumerate(prompts)}
-    rng = np.random.default_rng([cfg.seed, 3])
+    rng = seeds.rng(cfg.seed, seeds.Stream.CLIP_TRAINING)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core import seeds
 from shapes.render import Scene, draw_scene, sample_scene
 from shapes.world import (COLORS, HELDOUT_COLOR_BACKGROUND, HELDOUT_COUNT_COLOR, Prompt,
                           all_prompts, prompt_set)
@@ -96,7 +97,7 @@ def render_pool(prompts: list[Prompt], weights: np.ndarray | None, n: int, seed:
     ``seed`` so pools for different seeds are disjoint in practice.  With
     ``exclude_heldout_scenes`` a render whose free attributes happen to form a held-out pair is
     redrawn, so the held-out pairs never appear in the images either."""
-    rng = np.random.default_rng([seed, 11])
+    rng = seeds.rng(seed, seeds.Stream.RENDER_POOL)
     p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     idx = rng.choice(len(prompts), size=n, p=p)
     images = np.empty((n, size, size, 3), dtype=np.uint8)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import seeds
 from core.schedules import learning_rate
 from shapes.oracle import judge
 from shapes.training.common import (Progress, pick_device, render_pool, seed_everything, to_unit,
@@ -72,7 +73,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, progress: bool = True) -> VAE
     vae = build_vae(cfg).to(device)
     pool = render_pool(uniform_prompts(), None, cfg.pool_size, seed=cfg.seed, size=cfg.image_size,
                        progress=progress)
-    rng = np.random.default_rng([cfg.seed, 5])
+    rng = seeds.rng(cfg.seed, seeds.Stream.VAE_TRAINING)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     bar = Progress("vae", cfg.steps, cfg.log_every, progress)
     vae.train()
