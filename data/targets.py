@@ -41,13 +41,12 @@ class TargetRule:
     min_images: int = 4
     max_targets: int = 32
 
-    def validate(self) -> "TargetRule":
+    def __post_init__(self):  # a bad band fails when the config loads
         if not 0 <= self.min_good_rate < self.max_good_rate <= 1:
             raise UserError(f"the good-rate band ({self.min_good_rate}, {self.max_good_rate}] is empty or "
                             "outside [0, 1].", "set 0 <= min_good_rate < max_good_rate <= 1.")
         if self.min_images < 1 or self.max_targets < 1:
             raise UserError("min_images and max_targets must be at least 1.", "set them to 1 or more.")
-        return self
 
 
 def prompt_pass_rates(store: Store) -> pd.DataFrame:
@@ -78,7 +77,6 @@ def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule(),
                  among: Collection[str] | None = None) -> pd.DataFrame:
     """``rates`` (from :func:`prompt_pass_rates`) with a boolean ``picked`` column: the rule's
     targets, only among the prompt texts ``among`` when given (e.g. those the reward trains on)."""
-    rule.validate()
     ok = ((rates["good_rate"] > rule.min_good_rate) & (rates["good_rate"] <= rule.max_good_rate)
           & (rates["labelled_images"] >= rule.min_images))
     if among is not None:
@@ -105,7 +103,6 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
     ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV.
     Refuses to replace an existing prompts file unless ``overwrite``; returns (table, prompts file)."""
-    rule = rule.validate()
     store = Store(root)
     if not store.exists("generations"):
         raise UserError(f"{root} holds no labeling round (no generations table).",

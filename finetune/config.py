@@ -167,7 +167,7 @@ class FinetuneConfig:
     def out(self) -> str:
         return self.output_dir or f"runs/finetune-{self.method}"
 
-    def validate(self) -> "FinetuneConfig":
+    def __post_init__(self):  # bad values fail when the config loads, before anything runs
         if self.method == "dpok" and self.sampling.eta <= 0:
             raise UserError(
                 "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
@@ -192,4 +192,3 @@ class FinetuneConfig:
         if not 0 <= self.rwl.pretrain_uncond < 1:
             raise UserError(f"rwl.pretrain_uncond={self.rwl.pretrain_uncond} is not a share in [0, 1).",
                             "set it to e.g. 0.1 (the base model's caption dropout), or 0 to turn it off.")
-        return self

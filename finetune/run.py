@@ -87,7 +87,6 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
     """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
     returns the run and the newest checkpoint's state (None when starting fresh)."""
-    cfg = cfg.validate()
     _check_inputs(cfg, reward_fn)
     out = Path(cfg.out)
     if cfg.resume and not cfg.overwrite:

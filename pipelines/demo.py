@@ -118,7 +118,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])
     targets_file = runs / "targets.txt"
     if cfg.target == "rule":
-        cfg.rule.validate()
         prompt_args = [f"prompts.prompts_file={targets_file}"]
         eval_prompts = [f"prompts_file={targets_file}", "generalization_split=heldout"]
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from core.errors import UserError
 from shapes import SHAPES_CLIP
 
 Feature = Literal["image", "text", "product", "cosine"]
@@ -133,3 +134,13 @@ class RewardConfig:
     one is complete)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+
+    def __post_init__(self):  # bad values fail when the config loads, before anything runs
+        for name, v, least in (("train.epochs", self.train.epochs, 1), ("train.batch_size", self.train.batch_size, 1),
+                               ("loss.aux_num_prompts", self.loss.aux_num_prompts, 2)):
+            if v < least:
+                raise UserError(f"{name}={v} is too small.", f"set {name} to at least {least}.")
+        if self.loss.aux_temperature <= 0:
+            raise UserError("loss.aux_temperature must be > 0.", "set it to e.g. 1.0.")
+        if not self.model.features:
+            raise UserError("model.features is empty.", "use some of image, text, product, cosine.")

@@ -69,12 +69,6 @@ def _load_clip(cfg: RewardConfig, device):
 def train_reward(cfg: RewardConfig) -> TrainResult:
     out = Path(cfg.out_dir)
     check_out_dir(out, cfg.overwrite)
-    for name, v in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                    ("loss.aux_num_prompts", cfg.loss.aux_num_prompts)):
-        if v < 1 or (name == "loss.aux_num_prompts" and v < 2):
-            raise UserError(f"{name}={v} is too small.", f"set {name} to at least {2 if 'aux' in name else 1}.")
-    if cfg.loss.aux_temperature <= 0:
-        raise UserError("loss.aux_temperature must be > 0.", "set it to e.g. 1.0.")
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     device = default_device() if cfg.device == "auto" else torch.device(cfg.device)

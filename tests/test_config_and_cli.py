@@ -104,3 +104,26 @@ def test_a_run_saved_with_old_config_names_is_refused_with_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"saved config no longer loads \(unknown config key\(s\): "
                                         r"checkpoint_every\).*resume=false"):
         check_resumable(tmp_path, load_config(FinetuneConfig, None, []))
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("finetune", "optim.lr=0", "optim.lr=0.0 must be > 0"),
+    ("finetune", "sampling.eta=0", "DPOK needs stochastic sampling"),
+    ("finetune", "optim.lr_floor=2", "optim.lr_floor=2.0 is not a share"),
+    ("reward", "train.epochs=0", "train.epochs=0 is too small"),
+    ("reward", "loss.aux_temperature=0", "aux_temperature must be > 0"),
+    ("reward", "model.features=[]", "model.features is empty"),
+    ("labeling", "overlap=0", "each item needs at least one rater"),
+    ("targets", "max_good_rate=0", "the good-rate band"),
+])
+def test_every_stage_config_checks_its_values_when_it_loads(config, override, message):
+    """One validation style: a stage's frozen config refuses a bad value in __post_init__, so
+    `load_config` (and any entry point) fails before anything runs or is written."""
+    from data.targets import TargetRule
+    from finetune.config import FinetuneConfig
+    from labeling_app.config import LabelConfig
+    from reward.config import RewardConfig
+
+    cls = {"finetune": FinetuneConfig, "reward": RewardConfig, "labeling": LabelConfig, "targets": TargetRule}[config]
+    with pytest.raises(UserError, match=message):
+        load_config(cls, None, [override])

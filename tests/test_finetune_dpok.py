@@ -170,12 +170,12 @@ def test_transitions_are_drawn_from_the_early_steps_only():
 
 def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_inference_steps=4"):
-        tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9").validate()
+        tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9")
     with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1"):
-        tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1").validate()
+        tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1")
     with pytest.raises(UserError, match="dpok.early_steps=0 is not in"):
-        tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0").validate()
-    tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2").validate()
+        tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0")
+    tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2")
 
 
 def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
