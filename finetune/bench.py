@@ -31,15 +31,14 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from core.config import load_config
 from core.loading import load_clip
-from finetune.config import FinetuneConfig, RewardConfig
+from finetune.config import FinetuneConfig, Method, MixedPrecision, RewardConfig
 from finetune.dpok import train_dpok
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
@@ -185,16 +184,28 @@ def lever_timings(unet: torch.nn.Module, fwd_bwd: Callable, x: torch.Tensor, con
     return out
 
 
-def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: str, extra=()) -> FinetuneConfig:
-    return load_config(FinetuneConfig, None, [
-        f"method={method}", f"output_dir={out}", f"model.pipeline={pipeline}", "sample_grid_every=0",
-        "dpok.checkpoint_every_rounds=0", "rwl.checkpoint_every_steps=0",
-        f"reward.kind={cfg.reward.kind}", f"reward.path={cfg.reward.path}",
-        f"sampling.num_inference_steps={cfg.num_inference_steps}", f"dpok.rounds={cfg.rounds}",
-        f"dpok.prompts_per_round={cfg.prompts_per_round}", f"dpok.samples_per_prompt={cfg.samples_per_prompt}",
-        f"dpok.steps_per_sample={cfg.steps_per_sample}", f"dpok.minibatch_size={cfg.minibatch_size}",
-        f"rwl.steps={cfg.rwl_steps}", f"rwl.batch_size={cfg.rwl_batch_size}", "rwl.samples_per_prompt=1",
-        "rwl.pretrain_per_prompt=1", *extra])
+def gpu_config(cfg: BenchConfig) -> BenchConfig:
+    """The CUDA configuration: SD v1.5's 50 steps, ``gpu_samples`` samples a round in groups of 4
+    per prompt, 10 trained steps per sample, minibatch ``gpu_minibatch``."""
+    return replace(cfg, prompts_per_round=max(1, cfg.gpu_samples // 4), samples_per_prompt=4,
+                   minibatch_size=cfg.gpu_minibatch, num_inference_steps=50, steps_per_sample=10)
+
+
+def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: Method,
+                  mixed_precision: MixedPrecision) -> FinetuneConfig:
+    """The fine-tuning config the bench runs: the defaults with the bench's sizes, no checkpoints
+    or grids (they are not what it times)."""
+    d = FinetuneConfig()
+    return replace(
+        d, method=method, output_dir=out, mixed_precision=mixed_precision, sample_grid_every=0,
+        model=replace(d.model, pipeline=pipeline), reward=cfg.reward,
+        sampling=replace(d.sampling, num_inference_steps=cfg.num_inference_steps),
+        prompts=replace(d.prompts, eval_prompts=("one red circle",)),
+        dpok=replace(d.dpok, rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round,
+                     samples_per_prompt=cfg.samples_per_prompt, steps_per_sample=cfg.steps_per_sample,
+                     minibatch_size=cfg.minibatch_size, checkpoint_every_rounds=0),
+        rwl=replace(d.rwl, steps=cfg.rwl_steps, batch_size=cfg.rwl_batch_size, samples_per_prompt=1,
+                    pretrain_per_prompt=1, checkpoint_every_steps=0))
 
 
 @dataclass
@@ -222,11 +233,12 @@ def _reset_peak_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers: bool = False) -> list[BenchResult]:
+def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, mixed_precision: MixedPrecision,
+                   levers: bool = False) -> list[BenchResult]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        dpok_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/dpok", "dpok", extra)
+        dpok_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/dpok", "dpok", mixed_precision)
         d = dpok_cfg.dpok
         loop_device = "cuda" if torch.cuda.is_available() else "cpu"  # the accelerator's default
         _reset_peak_memory(loop_device)
@@ -236,7 +248,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers:
         sample = statistics.median(r.seconds_sample for r in warm)
         reward_t = statistics.median(r.seconds_reward for r in warm)
         update = statistics.median(r.seconds_update for r in warm)
-        run, _ = setup_run(_finetune_cfg(cfg, pipeline, f"{tmp}/bare", "dpok", extra), None)
+        run, _ = setup_run(_finetune_cfg(cfg, pipeline, f"{tmp}/bare", "dpok", mixed_precision), None)
         device = str(run.device)
         bare = bare_passes(run, dpok_cfg, cfg.repeats, levers=levers)
         b = d.prompts_per_round * d.samples_per_prompt
@@ -263,7 +275,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, extra=(), levers:
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
                   f"sample, minibatch {d.minibatch_size}, CFG"))
         steps = []
-        rwl_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/rwl", "rwl", extra)
+        rwl_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/rwl", "rwl", mixed_precision)
         t_last = [time.perf_counter()]
 
         def on_step(_row):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from finetune.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
-                            build_reward_model, write_report)
+                            build_reward_model, gpu_config, write_report)
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP
 
@@ -35,18 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     print("bench: shapes world on CPU", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         cpu_cfg = _with_reward(cfg, lambda: SHAPES_CLIP, Path(tmp))
-        results = bench_pipeline(cpu_cfg, "shapes-cpu", cfg.cpu_pipeline, extra=("mixed_precision=no",))
+        results = bench_pipeline(cpu_cfg, "shapes-cpu", cfg.cpu_pipeline, mixed_precision="no")
     if cfg.gpu and torch.cuda.is_available():
         print("bench: SD v1.5 architecture, 512x512, bf16, LoRA on CUDA", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             sd = build_random_sd15(Path(tmp) / "sd15")
-            gpu_cfg = _with_reward(cfg, lambda: build_random_clip_vitl14(Path(tmp) / "clip"), Path(tmp))
-            b = cfg.gpu_samples
-            results += bench_pipeline(gpu_cfg, "sd15-512-cuda", str(sd), levers=cfg.gpu_levers, extra=(
-                "mixed_precision=bf16",
-                f"dpok.prompts_per_round={max(1, b // 4)}", "dpok.samples_per_prompt=4",
-                f"dpok.minibatch_size={cfg.gpu_minibatch}", "sampling.num_inference_steps=50", "dpok.steps_per_sample=10",
-                "dpok.rounds=3", "prompts.eval_prompts=[one red circle]"))
+            gpu_cfg = gpu_config(_with_reward(cfg, lambda: build_random_clip_vitl14(Path(tmp) / "clip"), Path(tmp)))
+            results += bench_pipeline(gpu_cfg, "sd15-512-cuda", str(sd), mixed_precision="bf16",
+                                      levers=cfg.gpu_levers)
     else:
         skipped.append("sd15-512-cuda (no CUDA device)")
     write_report(results, Path(cfg.output_dir), skipped)
