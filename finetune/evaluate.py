@@ -30,6 +30,7 @@ from core.images import image_grid, pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
 from core.sampling import SamplingConfig, generate_images, image_size
+from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from finetune.config import RewardConfig
 from finetune.rewards import load_reward, score_in_batches
@@ -231,21 +232,21 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
                         "raise samples_per_prompt, or evaluate more prompts.")
     reference = reference_embeddings(clip, cfg.reference_images) if cfg.reference_images else None
     texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k_side)]
-    seeds = [cfg.seed * 1000 + i for i in range(len(texts))]  # the same seeds for every model
+    image_seeds = eval_seeds(cfg.seed, len(texts))  # the same seeds for every model
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, base_rewards = [], None
     for name, path in names:
         pipe = load_sd_pipeline(path) if name == "base" else load_finetuned(cfg.base, path)
-        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress)
+        images = generate_images(pipe, texts, image_seeds, cfg.sampling, progress=progress)
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
         rewards = scores.float().cpu().numpy()
         embeddings = clip_image_embeddings(clip, tensor)
         if reference is None:  # renders of the same prompts (shapes world), else the base's samples
             reference = embeddings if prompts is None else clip_image_embeddings(clip, pil_to_tensor(
-                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], seeds[:n_main])]))
+                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], image_seeds[:n_main])]))
         align, ctrl, gen, per_prompt = {}, {}, {}, {}
         if prompts is not None:
             verdicts = [judge(im, t) for im, t in zip(images, texts)]
