@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapes.oracle import ALIGNMENT_KEYS
 from shapes.world import CATEGORIES
 
 REPRODUCE = "make base  # or: python -m pipelines.base out_dir=shapes/models overwrite=true"
@@ -18,7 +19,7 @@ def _yaml_front(tags: list[str], library: str) -> str:
 
 
 def alignment_table(sets: dict, names: list[str]) -> str:
-    cols = ["overall", "color", "count", "shape", "background", "combination", "mean_objects"]
+    cols = [*ALIGNMENT_KEYS, "mean_objects"]
     lines = ["| prompt set | prompts | images | " + " | ".join(cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for n in names:
@@ -91,10 +92,14 @@ whose free attributes would form one are redrawn, so the model never saw them.
 
 ## Evaluation (oracle alignment)
 
-{cfg.eval.samples_per_prompt} samples per prompt with fixed seeds 0..{cfg.eval.samples_per_prompt - 1},
-DDIM {cfg.eval.sampling.num_inference_steps} steps, guidance {cfg.eval.sampling.guidance_scale},
-eta {cfg.eval.sampling.eta}; judged by the programmatic oracle (`shapes.oracle`).
-"common" = train prompts with one or two objects, "rare_counts" = train prompts with three or four.
+{cfg.eval.samples_per_prompt} samples per prompt, DDIM {cfg.eval.sampling.num_inference_steps} steps,
+guidance {cfg.eval.sampling.guidance_scale}, eta {cfg.eval.sampling.eta}; judged by the programmatic
+oracle (`shapes.oracle`). Each split is one list ({cfg.eval.samples_per_prompt} consecutive images per
+prompt) and image i of it has seed {cfg.eval.seed} x 1000 + i (`core.seeds.eval_seeds`), as in `make
+eval`: the held-out row is `make eval`'s base figure on `split=heldout` with
+`samples_per_prompt={cfg.eval.samples_per_prompt} seed={cfg.eval.seed}` (evaluation library:
+`evaluation/base_model.py`). "common" = train prompts with one or two objects, "rare_counts" = train
+prompts with three or four.
 
 {alignment_table(sets, names)}
 
