@@ -32,7 +32,7 @@ from evaluation.oracle import Alignment, alignment, sample_and_judge, subsets
 from shapes.render import degrade, render
 from shapes.training.base import (TRAINING_STAGES, BaseConfig, BaseEvalConfig, BaseResult, RetrievalConfig,
                                   need_stage_output)
-from shapes.training.cards import write_clip_card, write_sd_card
+from shapes.training.cards import card_notes, write_clip_card, write_sd_card
 from shapes.training.vae import reconstruction_accuracy
 from shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
 
@@ -180,14 +180,15 @@ def evaluate_base(cfg: BaseConfig, trained: BaseResult) -> tuple[dict, dict]:
           flush=True)
     eval_s = time.perf_counter() - t0
     seconds = {**trained.seconds_by_stage, "eval": eval_s, "total_this_run": trained.seconds_this_run + eval_s}
-    keep_record = not any(s in cfg.stages for s in TRAINING_STAGES)
+    reevaluate = not any(s in cfg.stages for s in TRAINING_STAGES)  # the weights are an earlier run's
     for d, m, write_card in ((clip_dir, clip_metrics, write_clip_card), (sd_dir, sd_metrics, write_sd_card)):
-        record, tree = _training_record(d, cfg, seconds, keep_record)
+        record, tree = _training_record(d, cfg, seconds, reevaluate)
+        notes = card_notes(d) if reevaluate else None  # hand-written notes describe those weights
         m.update(record)
         # Strict JSON (NaN -> null: a category with no prompts in a set) so any parser opens it.
         (d / "metrics.json").write_text(json.dumps(json_safe(m, digits=4), indent=2, default=str))
         save_config(tree, d / "config.yaml")
-        write_card(d, m, load_config(BaseConfig, d / "config.yaml"))
+        write_card(d, m, load_config(BaseConfig, d / "config.yaml"), notes)
     return clip_metrics, sd_metrics
 
 

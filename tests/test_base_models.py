@@ -196,13 +196,19 @@ def test_make_base_on_tiny_sizes(tmp_path):
     assert (res.sd_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     # An eval-only run re-evaluates the weights there: the training record (config sections, stage
     # times, threads) stays that of the run that trained them; eval and retrieval are this run's.
+    # Hand-written notes that end a card (how those weights were really trained) stay too.
     config_before = yaml.safe_load((res.sd_dir / "config.yaml").read_text())
+    notes = "## How this checkpoint was produced\n\nBy hand, in three sittings.\n"
+    (res.sd_dir / "README.md").write_text((res.sd_dir / "README.md").read_text() + "\n" + notes)
     assert run(main, [f"out_dir={cfg.out_dir}", "stages=[eval]", "threads=2", "eval.seed=5", "eval.samples_per_prompt=1",
                       "eval.sampling.num_inference_steps=2", "eval.grid_prompts=2", "retrieval.per_prompt=1",
                       "retrieval.split=heldout", "progress=false"]) == 0
     config_after = yaml.safe_load((res.sd_dir / "config.yaml").read_text())
     assert config_after["eval"]["seed"] == 5 and config_after["threads"] == 1
     assert {k: v for k, v in config_after.items() if k != "eval"} == {k: v for k, v in config_before.items() if k != "eval"}
+    card = (res.sd_dir / "README.md").read_text()
+    assert card.endswith("\n" + notes) and card.count(notes) == 1
+    assert 'Training time: see "How this checkpoint was produced" below.' in card
     again = json.loads((res.sd_dir / "metrics.json").read_text())
     assert again["threads"] == 1 and again["training_minutes"] == m["training_minutes"]
     assert {k: v for k, v in again["seconds_by_stage"].items() if k in ("clip", "vae", "unet")} == \
