@@ -38,12 +38,13 @@ from typing import Callable
 import torch
 
 from core.loading import load_clip
-from finetune.config import FinetuneConfig, Method, MixedPrecision, RewardConfig
+from finetune.config import FinetuneConfig, Method, MixedPrecision
 from finetune.dpok import train_dpok
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from finetune.sampler import decode_latents, encode_prompts
 from reward.model import RewardModel
+from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 from shapes.tokenizer import build_tokenizer, text_config_ids
 
@@ -56,7 +57,7 @@ class BenchConfig:
     output_dir: str = "reports/bench"
     cpu_pipeline: str = str(SHAPES_SD)
     # reward.path "" (default): the bench builds an untrained reward head to time (see module doc)
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(path=""))
+    reward: RewardSource = field(default_factory=lambda: RewardSource(path=""))
     rounds: int = 3  # DPOK rounds timed (the first one is a warm-up and not counted)
     prompts_per_round: int = 8
     samples_per_prompt: int = 4

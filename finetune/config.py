@@ -15,6 +15,7 @@ from typing import Literal
 from core.errors import UserError
 from core.schedules import LRSchedule
 from finetune.rl_math import RewardWeighting
+from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
@@ -24,7 +25,6 @@ Parameterisation = Literal["lora", "full"]
 KLForm = Literal["gaussian", "eps_mse"]
 Baseline = Literal["value", "per_prompt", "batch"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
-RewardKind = Literal["learned", "oracle"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,6 @@ class ModelConfig:
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    kind: RewardKind = "learned"  # "oracle" (shapes world only) is for upper-bound ablations
-    path: str = "runs/reward"  # a RewardModel folder (reward package)
-    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -138,7 +131,7 @@ class FinetuneConfig:
     curve_every: int = 0
     curve_samples: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward: RewardSource = field(default_factory=RewardSource)
     sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -40,11 +40,11 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import prompt_group_ids
-from finetune.rewards import OracleReward, RewardFn, score_in_batches
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
                               normalize_advantages)
 from finetune.run import setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
+from reward.reward_fn import OracleReward, RewardFn, score_in_batches
 from shapes.world import Prompt
 
 

@@ -21,8 +21,8 @@ from finetune.components import Components, load_components, make_accelerator, w
 from finetune.config import FinetuneConfig
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import training_prompts
-from finetune.rewards import RewardFn, check_reward_folder, load_reward
 from finetune.scheduler import DDIMSchedule
+from reward.reward_fn import RewardFn, check_reward_folder, load_reward
 
 
 def seed_everything(seed: int) -> None:

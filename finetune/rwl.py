@@ -36,10 +36,10 @@ from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.dpok import FinetuneResult
 from finetune.image_log import log_images
-from finetune.rewards import RewardFn, score_in_batches
 from finetune.rl_math import reward_weights
 from finetune.run import Run, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+from reward.reward_fn import RewardFn, score_in_batches
 from shapes.render import render
 from shapes.world import prompt_set
 

@@ -38,10 +38,10 @@ from core.config import load_config, save_config
 from core.errors import UserError
 from core.loading import check_folder
 from data.targets import TargetRule, write_targets
-from finetune import report
+from evaluation import report
+from evaluation.compare import EvalConfig, evaluate
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
-from finetune.evaluate import EvalConfig, evaluate
 from finetune.rwl import train_rwl
 from labeling_app.config import LabelConfig
 from labeling_app.generate import GenerateConfig, generate

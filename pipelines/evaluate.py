@@ -18,7 +18,7 @@ import sys
 from tqdm.auto import tqdm
 
 from core.config import save_config
-from finetune.evaluate import EvalConfig, evaluate, markdown_table
+from evaluation.compare import EvalConfig, evaluate, markdown_table
 from pipelines.cli import config_parser, parse_config, run
 
 

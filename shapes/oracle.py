@@ -42,6 +42,10 @@ MIN_FILL = 0.62  # below this a blob is no shape we draw
 MAX_ASPECT = 1.5
 SIZE_SLACK = (0.6, 1.5)  # allowed blob side relative to the renderer's SIZE_RANGE
 
+# The figures every evaluation reports (make eval, the demo, the base model's card), in this order;
+# alignment_by_category also gives "shape" and per-category figures for closer looks.
+ALIGNMENT_KEYS = ("color", "count", "background", "combination", "overall")
+
 _OBJ_NAMES = tuple(COLORS)
 _OBJ_RGB = np.array([COLORS[c] for c in _OBJ_NAMES], dtype=np.float32)  # (C, 3)
 _BG_NAMES = tuple(BACKGROUNDS)

@@ -5,15 +5,20 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from core.config import load_config
 from core.errors import UserError
 from core.loading import load_clip, load_sd_pipeline
 from core.sampling import SamplingConfig
+from evaluation.base_model import clip_retrieval, evaluate_base, evaluate_model
+from evaluation.compare import EvalConfig, evaluate
 from pipelines.base import main
+from pipelines.cli import run
 from shapes import SHAPES_CLIP, SHAPES_SD
-from shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
+from shapes.oracle import ALIGNMENT_KEYS
 from shapes.render import sample_scene
-from shapes.training.base import BaseConfig, train_base
+from shapes.training.base import BaseConfig, BaseEvalConfig, RetrievalConfig, train_base
 from shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
 from shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
                                     scene_matches, skewed_prompt_weights)
@@ -106,7 +111,7 @@ def test_evaluate_model_on_tiny_pipeline(tmp_path):
     pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
     sets = {"train": [Prompt(1, "circle", "red"), Prompt(3, "square")],
             "heldout": [Prompt(2, "circle", "green", "black")]}
-    ev = evaluate_model(pipe, EvalConfig(samples_per_prompt=2, sampling=FAST), out_dir=tmp_path / "ev",
+    ev = evaluate_model(pipe, BaseEvalConfig(samples_per_prompt=2, sampling=FAST), out_dir=tmp_path / "ev",
                         prompt_sets=sets)
     assert set(ev.sets) == {"train", "heldout", "common", "rare_counts"}
     assert ev.sets["train"].n_images == 4 and ev.sets["common"].n_prompts == 1
@@ -115,8 +120,25 @@ def test_evaluate_model_on_tiny_pipeline(tmp_path):
     assert (tmp_path / "ev" / "grids" / "heldout-combination.png").is_file()
     json.dumps(ev.to_dict())  # serialisable as metrics.json
     # Fixed seeds: a second evaluation gives the same verdicts.
-    again = evaluate_model(pipe, EvalConfig(samples_per_prompt=2, sampling=FAST), prompt_sets=sets)
+    again = evaluate_model(pipe, BaseEvalConfig(samples_per_prompt=2, sampling=FAST), prompt_sets=sets)
     assert json.dumps(again.to_dict()["sets"]) == json.dumps(ev.to_dict()["sets"])  # NaN-safe
+
+
+def test_base_card_heldout_figure_is_make_evals_base_figure(tmp_path):
+    """One seed scheme: the card evaluates each split as its own list seeded like `make eval`, so
+    its held-out figures are make eval's base figures on split=heldout with the same samples per
+    prompt, seed and sampling (controls on, as by default).  The committed model at 4 steps, so the
+    figures are neither all 0 nor all 1 and the match is not vacuous."""
+    k, seed, steps = 2, 7, 4
+    card = evaluate_model(load_sd_pipeline(SHAPES_SD, device="cpu"), BaseEvalConfig(
+        samples_per_prompt=k, seed=seed, sampling=SamplingConfig(num_inference_steps=steps), splits=("heldout",)))
+    base = evaluate(load_config(EvalConfig, None, [
+        "models=[]", "split=heldout", f"samples_per_prompt={k}", f"seed={seed}",
+        f"sampling.num_inference_steps={steps}", "reward.kind=oracle", f"output_dir={tmp_path}"]))[0]
+    heldout = card.sets["heldout"]
+    assert base.n_images == heldout.n_images == k * len(prompt_set("heldout"))
+    assert base.alignment == {key: getattr(heldout, key) for key in ALIGNMENT_KEYS}
+    assert 0 < heldout.overall < 1 or 0 < heldout.count < 1
 
 
 def test_clip_retrieval_on_tiny_clip(tmp_path):
@@ -145,7 +167,7 @@ def tiny_base_config(out_dir) -> BaseConfig:
                                                 attention_head_dim=4),
                                   text=TextArch(hidden=32, layers=1, heads=2), text_init="clip",
                                   steps=3, batch_size=4, pool_size=64, log_every=0),
-        eval=EvalConfig(samples_per_prompt=1, sampling=FAST, grid_prompts=2),
+        eval=BaseEvalConfig(samples_per_prompt=1, sampling=FAST, grid_prompts=2),
         retrieval=RetrievalConfig(per_prompt=1, split="heldout"))
 
 
@@ -156,6 +178,7 @@ def test_make_base_on_tiny_sizes(tmp_path):
 
     cfg = tiny_base_config(tmp_path / "base")
     res = train_base(cfg)
+    evaluate_base(cfg, res)
     StableDiffusionPipeline.from_pretrained(res.sd_dir, local_files_only=True)
     CLIPModel.from_pretrained(res.clip_dir, local_files_only=True)
     m = json.loads((res.sd_dir / "metrics.json").read_text())
@@ -171,11 +194,33 @@ def test_make_base_on_tiny_sizes(tmp_path):
     with pytest.raises(UserError, match="already holds a model"):
         train_base(cfg)
     assert (res.sd_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    # An eval-only run re-evaluates the weights there: the training record (config sections, stage
+    # times, threads) stays that of the run that trained them; eval and retrieval are this run's.
+    # Hand-written notes that end a card (how those weights were really trained) stay too.
+    config_before = yaml.safe_load((res.sd_dir / "config.yaml").read_text())
+    notes = "## How this checkpoint was produced\n\nBy hand, in three sittings.\n"
+    (res.sd_dir / "README.md").write_text((res.sd_dir / "README.md").read_text() + "\n" + notes)
+    assert run(main, [f"out_dir={cfg.out_dir}", "stages=[eval]", "threads=2", "eval.seed=5", "eval.samples_per_prompt=1",
+                      "eval.sampling.num_inference_steps=2", "eval.grid_prompts=2", "retrieval.per_prompt=1",
+                      "retrieval.split=heldout", "progress=false"]) == 0
+    config_after = yaml.safe_load((res.sd_dir / "config.yaml").read_text())
+    assert config_after["eval"]["seed"] == 5 and config_after["threads"] == 1
+    assert {k: v for k, v in config_after.items() if k != "eval"} == {k: v for k, v in config_before.items() if k != "eval"}
+    card = (res.sd_dir / "README.md").read_text()
+    assert card.endswith("\n" + notes) and card.count(notes) == 1
+    assert 'Training time: see "How this checkpoint was produced" below.' in card
+    again = json.loads((res.sd_dir / "metrics.json").read_text())
+    assert again["threads"] == 1 and again["training_minutes"] == m["training_minutes"]
+    assert {k: v for k, v in again["seconds_by_stage"].items() if k in ("clip", "vae", "unet")} == \
+        {k: v for k, v in m["seconds_by_stage"].items() if k in ("clip", "vae", "unet")}
+
+
+def test_the_old_seed_offset_key_is_refused():
+    with pytest.raises(UserError, match="eval.seed_offset"):
+        load_config(BaseConfig, None, ["eval.seed_offset=0"])
 
 
 def test_base_entry_point_refuses_to_overwrite(tmp_path, capsys):
-    from pipelines.cli import run
-
     (tmp_path / "b" / "shapes-clip").mkdir(parents=True)
     (tmp_path / "b" / "shapes-clip" / "config.json").write_text("{}")
     rc = run(main, [f"out_dir={tmp_path / 'b'}", "stages=[clip]"])

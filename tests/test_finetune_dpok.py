@@ -179,7 +179,7 @@ def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
 
 
 def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
-    from finetune.rewards import OracleReward
+    from reward.reward_fn import OracleReward
 
     seen = []
 

@@ -6,9 +6,11 @@ from PIL import Image
 
 from core.config import load_config
 from core.errors import UserError
+from evaluation.compare import EvalConfig, evaluate, load_finetuned, win_rate
+from evaluation.embeddings import frechet_distance
+from evaluation.grids import ALIGNED, NOT_ALIGNED, UNJUDGED
 from finetune.config import FinetuneConfig
 from finetune.dpok import train_dpok
-from finetune.evaluate import EvalConfig, evaluate, frechet_distance, load_finetuned, win_rate
 from pipelines.cli import run
 from tiny_models import make_tiny_clip
 
@@ -93,6 +95,8 @@ def test_eval_any_prompts_with_the_learned_reward(setup, tmp_path, capsys, promp
     assert base["reward_win_rate"] is None
     assert base["fidelity"] == pytest.approx(0, abs=1e-3) and dpok["fidelity"] > 0  # the base is the reference
     assert (out / "samples-dpok.png").exists() and "No oracle columns" in (out / "results.md").read_text()
+    with Image.open(out / "samples-dpok.png") as grid:
+        assert grid.convert("RGB").getpixel((grid.width - 1, 0)) == UNJUDGED  # no oracle: no frames
 
 
 def test_eval_fidelity_to_a_reference_folder_of_any_sizes(setup, tmp_path):
@@ -137,7 +141,7 @@ def test_eval_missing_inputs_are_errors_not_skips_or_nan(setup, tmp_path):
 def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_path):
     """samples_per_prompt seeds per evaluated prompt (the headline), side_samples_per_prompt per
     control and generalisation prompt; the grids show grid_samples seeds of grid_prompts prompts."""
-    from finetune.evaluate import control_prompts
+    from evaluation.oracle import control_prompts
     from shapes.world import prompt_set
 
     targets = ["three red circles", "two blue squares on a white background"]
@@ -158,8 +162,11 @@ def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_p
     side = len(control_prompts(set(targets))) + len(prompt_set("heldout"))
     assert seen.n == len(results) * (2 * 3 + side * 1)  # every model sampled each side prompt once
     with Image.open(out / "samples-base.png") as grid:
-        one = 32 + 2  # the tiny SD's 32-px images with their 2-px gutters
-        assert grid.size == (2 * one, 2 * one)  # grid_samples=2 columns, grid_prompts=2 rows
+        cell = 32 + 2 * 3  # the tiny SD's 32-px images in their 3-px frames
+        assert grid.height == 2 * cell and grid.width > 2 * cell  # grid_prompts=2 rows; a label, grid_samples=2
+        # the oracle judged them: each sample framed green or red
+        assert {grid.convert("RGB").getpixel((grid.width - 1 - c * cell, r * cell))
+                for c in range(2) for r in range(2)} <= {ALIGNED, NOT_ALIGNED}
     assert (out / "samples-base.txt").read_text().splitlines() == targets
     assert "1 per control and generalisation prompt" in (out / "results.md").read_text()
     for bad in ("side_samples_per_prompt=0", "grid_samples=0"):

@@ -107,7 +107,8 @@ def test_clip_retrieval_with_the_clip_on_cuda():
     CUDA, and the product failed (found on an H100)."""
     from core.loading import load_clip
     from shapes import SHAPES_CLIP
-    from shapes.evaluate import RetrievalConfig, clip_retrieval
+    from evaluation.base_model import clip_retrieval
+    from shapes.training.base import RetrievalConfig
 
     result = clip_retrieval(load_clip(SHAPES_CLIP, device="cuda"), RetrievalConfig(per_prompt=1, split="heldout"))
     assert 0.5 < result.accuracy <= 1.0

@@ -1,7 +1,7 @@
 import json
 
-from finetune.evaluate import ModelEval
-from finetune.report import hacking_check, results_json, write
+from evaluation.compare import ModelEval
+from evaluation.report import hacking_check, results_json, write
 
 
 def ev(name, overall, count, reward, ctrl):

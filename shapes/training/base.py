@@ -1,17 +1,19 @@
-"""Train the shapes-world base models (tokenizer, tiny CLIP, VAE, UNet) and evaluate them
-(``make base``, :mod:`pipelines.base`).
+"""Train the shapes-world base models (tokenizer, tiny CLIP, VAE, UNet) for ``make base``
+(:mod:`pipelines.base`), and the settings of their evaluation.
 
 Writes under ``out_dir`` (default ``runs/base/``):
 
-- ``shapes-clip/``: a ``CLIPModel`` folder (+ tokenizer, image processor), ``metrics.json``
-  (zero-shot retrieval), ``config.yaml``, ``README.md`` model card;
-- ``shapes-sd/``: a ``StableDiffusionPipeline`` folder, ``metrics.json`` (oracle alignment on the
-  train and held-out prompts, subsets, VAE reconstruction), ``config.yaml``, ``grids/*.png``,
-  ``README.md`` model card.
+- ``shapes-clip/``: a ``CLIPModel`` folder (+ tokenizer, image processor);
+- ``shapes-sd/``: a ``StableDiffusionPipeline`` folder;
+- ``timings.json``: seconds per training stage, read back by later runs into the same folder.
 
 Stages run in order (``stages=[clip,vae,unet,eval]``); a stage left out reuses what an earlier run
 left in ``out_dir``.  An existing output folder is never replaced unless ``overwrite=true``; the
-committed checkpoints are rebuilt with ``out_dir=shapes/models overwrite=true``.
+committed checkpoints are rebuilt with ``out_dir=shapes/models overwrite=true``.  The ``eval``
+stage (metrics.json, config.yaml, grids and the README.md model cards) is
+:func:`evaluation.base_model.evaluate_base`, which :mod:`pipelines.base` calls after
+:func:`train_base`: evaluation sits above the shapes world, so this module only holds its settings
+(:class:`BaseEvalConfig`, :class:`RetrievalConfig`).
 """
 
 from __future__ import annotations
@@ -19,23 +21,46 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from core.config import save_config, to_dict
 from core.errors import UserError
-from core.jsonable import json_safe
-from core.loading import load_clip, load_sd_pipeline
-from shapes.evaluate import EvalConfig, RetrievalConfig, clip_retrieval, evaluate_model
-from shapes.training.cards import write_clip_card, write_sd_card
+from core.sampling import SamplingConfig
 from shapes.training.clip import CLIPTrainConfig, train_clip
 from shapes.training.diffusion import DiffusionConfig, train_diffusion
-from shapes.training.vae import VAEConfig, reconstruction_accuracy, train_vae
+from shapes.training.vae import VAEConfig, train_vae
 
 Stage = Literal["clip", "vae", "unet", "eval"]
+TRAINING_STAGES: tuple[Stage, ...] = ("clip", "vae", "unet")
+
+
+@dataclass(frozen=True)
+class BaseEvalConfig:
+    """The text-to-image model's card evaluation (:func:`evaluation.base_model.evaluate_model`)."""
+
+    samples_per_prompt: int = 4  # K
+    # Image i of each split's list (K consecutive images per prompt) gets seed 2**32 + seed * 10**6 + i
+    # (core.seeds.eval_seeds), as in `make eval`: the held-out figure is make eval's base figure
+    # on split=heldout with the same K, seed and sampling.
+    seed: int = 1234
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    splits: tuple[str, ...] = ("train", "heldout")
+    grid_prompts: int = 8  # rows (prompts) per category grid; columns are the K samples
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """The CLIP's card evaluation (:func:`evaluation.base_model.clip_retrieval`)."""
+
+    per_prompt: int = 4  # renders per prompt (each prompt of ``split``)
+    split: str = "all"
+    seed: int = 10_000_000  # render seeds seed + i: disjoint from the training pools' seeds
+    blur_sigma: float = 1.0  # the degraded copy of each render (px at 64 px)
+    noise_sigma: float = 10.0
+    batch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -48,7 +73,7 @@ class BaseConfig:
     clip: CLIPTrainConfig = field(default_factory=CLIPTrainConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: BaseEvalConfig = field(default_factory=BaseEvalConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
@@ -56,9 +81,8 @@ class BaseConfig:
 class BaseResult:
     clip_dir: Path
     sd_dir: Path
-    clip_metrics: dict | None
-    sd_metrics: dict | None
-    seconds_by_stage: dict[str, float]
+    seconds_by_stage: dict[str, float]  # every training stage timed in out_dir, this run's and earlier ones'
+    seconds_this_run: float
 
 
 def _fresh(path: Path, overwrite: bool) -> None:
@@ -71,7 +95,7 @@ def _fresh(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _need(path: Path, stage: str) -> None:
+def need_stage_output(path: Path, stage: str) -> None:
     if not path.exists():
         raise UserError(f"{path} is missing: the '{stage}' stage has not run in this out_dir.",
                         f"add {stage} to stages=[...] or point out_dir at a complete run.")
@@ -91,8 +115,8 @@ def train_base(cfg: BaseConfig) -> BaseResult:
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
     meta_path = out / "timings.json"
-    if meta_path.exists():
-        seconds.update(json.loads(meta_path.read_text()))
+    if meta_path.exists():  # earlier runs' training stages (older files also hold eval times)
+        seconds.update({k: v for k, v in json.loads(meta_path.read_text()).items() if k in TRAINING_STAGES})
 
     if "clip" in cfg.stages:
         t0 = time.perf_counter()
@@ -110,65 +134,13 @@ def train_base(cfg: BaseConfig) -> BaseResult:
         seconds["vae"] = time.perf_counter() - t0
     if "unet" in cfg.stages:
         t0 = time.perf_counter()
-        _need(vae_dir, "vae")
+        need_stage_output(vae_dir, "vae")
         if cfg.diffusion.text_init == "clip":
-            _need(clip_dir, "clip")
+            need_stage_output(clip_dir, "clip")
         res = train_diffusion(cfg.diffusion, vae_dir, sd_dir, clip_dir=clip_dir, progress=cfg.progress)
         print(f"unet: {res.n_params_unet / 1e6:.2f} M params (+ text {res.n_params_text / 1e3:.0f} k), "
               f"{res.steps} steps, loss {res.final_loss:.4f}", flush=True)
         seconds["unet"] = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(seconds))
-
-    clip_metrics = sd_metrics = None
-    if "eval" in cfg.stages:
-        t0 = time.perf_counter()
-        clip_metrics, sd_metrics = evaluate_base(cfg, clip_dir, sd_dir)
-        seconds["eval"] = time.perf_counter() - t0
-        seconds["total_this_run"] = time.perf_counter() - t_all
-        train_s = sum(seconds.get(s, 0.0) for s in ("clip", "vae", "unet"))
-        for d, m in ((clip_dir, clip_metrics), (sd_dir, sd_metrics)):
-            m["seconds_by_stage"] = {k: round(v, 1) for k, v in seconds.items()}
-            m["training_minutes"] = round(train_s / 60, 1)
-            m["threads"] = cfg.threads
-            # Strict JSON (NaN -> null: a category with no prompts in a set) so any parser opens it.
-            (d / "metrics.json").write_text(json.dumps(json_safe(m, digits=4), indent=2, default=str))
-            save_config(cfg, d / "config.yaml")
-        write_clip_card(clip_dir, clip_metrics, cfg)
-        write_sd_card(sd_dir, sd_metrics, cfg)
-    meta_path.write_text(json.dumps(seconds))
-    return BaseResult(clip_dir, sd_dir, clip_metrics, sd_metrics, seconds)
-
-
-def evaluate_base(cfg: BaseConfig, clip_dir: Path, sd_dir: Path) -> tuple[dict, dict]:
-    from diffusers import AutoencoderKL
-
-    _need(clip_dir / "config.json", "clip")
-    _need(sd_dir / "model_index.json", "unet")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = load_clip(clip_dir, device=device)
-    retrieval = clip_retrieval(clip, cfg.retrieval)
-    clip_metrics = {"retrieval": asdict(retrieval), "retrieval_config": to_dict(cfg.retrieval),
-                    "n_params": sum(p.numel() for p in clip.model.parameters()),
-                    "targets": {"retrieval_accuracy>=0.90": retrieval.accuracy >= 0.90}}
-    print(f"clip retrieval accuracy {retrieval.accuracy:.3f} (clean {retrieval.clean_accuracy:.3f}, "
-          f"degraded {retrieval.degraded_accuracy:.3f})", flush=True)
-
-    pipe = load_sd_pipeline(sd_dir, device=device)
-    ev = evaluate_model(pipe, cfg.eval, out_dir=sd_dir, progress=cfg.progress)
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae", local_files_only=True).to(device)
-    sets = ev.to_dict()["sets"]
-    common, rare, held = sets["common"]["overall"], sets["rare_counts"]["overall"], sets["heldout"]["overall"]
-    sd_metrics = {
-        **ev.to_dict(),
-        "grids": {k: str(Path(v).relative_to(sd_dir)) for k, v in ev.grids.items()},
-        "vae_reconstruction": reconstruction_accuracy(vae),
-        "n_params": {"unet": sum(p.numel() for p in pipe.unet.parameters()),
-                     "text_encoder": sum(p.numel() for p in pipe.text_encoder.parameters()),
-                     "vae": sum(p.numel() for p in pipe.vae.parameters())},
-        "targets": {"common_overall>=0.60": common >= 0.60, "rare_counts_overall<=0.40": rare <= 0.40,
-                    "heldout_overall<=0.40": held <= 0.40},
-    }
-    print(f"sd overall alignment: common {common:.3f}, rare counts {rare:.3f}, held-out {held:.3f}",
-          flush=True)
-    return clip_metrics, sd_metrics
+    if any(s in cfg.stages for s in TRAINING_STAGES):  # an eval-only run leaves out_dir as it was
+        meta_path.write_text(json.dumps(seconds))
+    return BaseResult(clip_dir, sd_dir, seconds, time.perf_counter() - t_all)

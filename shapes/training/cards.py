@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shapes.oracle import ALIGNMENT_KEYS
 from shapes.world import CATEGORIES
 
 REPRODUCE = "make base  # or: python -m pipelines.base out_dir=shapes/models overwrite=true"
+# A card may end with hand-written notes under this heading (how a checkpoint was really trained,
+# when that was not one plain `make base`); re-evaluating the same weights keeps them.
+NOTES = "## How this checkpoint was produced"
+
+
+def card_notes(model_dir: Path) -> str | None:
+    """The hand-written notes section that ends a model folder's card (heading to end), or None."""
+    path = Path(model_dir) / "README.md"
+    text = path.read_text() if path.is_file() else ""
+    at = text.find("\n" + NOTES + "\n")
+    return text[at + 1:] if at >= 0 else None
+
+
+def _write(path: Path, text: str, notes: str | None) -> Path:
+    path.write_text(text + ("\n" + notes if notes else ""))
+    return path
 
 
 def _f(x) -> str:
@@ -18,7 +35,7 @@ def _yaml_front(tags: list[str], library: str) -> str:
 
 
 def alignment_table(sets: dict, names: list[str]) -> str:
-    cols = ["overall", "color", "count", "shape", "background", "combination", "mean_objects"]
+    cols = [*ALIGNMENT_KEYS, "mean_objects"]
     lines = ["| prompt set | prompts | images | " + " | ".join(cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for n in names:
@@ -47,7 +64,7 @@ def by_category_table(sets: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_sd_card(sd_dir: Path, m: dict, cfg) -> Path:
+def write_sd_card(sd_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
     d = cfg.diffusion
     sets = m["sets"]
     names = ["train", "common", "rare_counts", "heldout"]
@@ -55,6 +72,8 @@ def write_sd_card(sd_dir: Path, m: dict, cfg) -> Path:
     t = m["targets"]
     grids = "\n".join(f"**{k}**\n\n![{k}]({v})\n" for k, v in sorted(m["grids"].items()))
     n = m["n_params"]
+    timing = (f'see "{NOTES.removeprefix("## ")}" below.' if notes else
+              f"{m['training_minutes']} min on {m['threads']} CPU threads\n(stages in seconds: {m['seconds_by_stage']}).")
     text = _yaml_front(["text-to-image", "stable-diffusion", "shapes-world"], "diffusers") + f"""\
 # shapes-sd: a tiny Stable-Diffusion-format text-to-image model of the shapes world
 
@@ -91,10 +110,14 @@ whose free attributes would form one are redrawn, so the model never saw them.
 
 ## Evaluation (oracle alignment)
 
-{cfg.eval.samples_per_prompt} samples per prompt with fixed seeds 0..{cfg.eval.samples_per_prompt - 1},
-DDIM {cfg.eval.sampling.num_inference_steps} steps, guidance {cfg.eval.sampling.guidance_scale},
-eta {cfg.eval.sampling.eta}; judged by the programmatic oracle (`shapes.oracle`).
-"common" = train prompts with one or two objects, "rare_counts" = train prompts with three or four.
+{cfg.eval.samples_per_prompt} samples per prompt, DDIM {cfg.eval.sampling.num_inference_steps} steps,
+guidance {cfg.eval.sampling.guidance_scale}, eta {cfg.eval.sampling.eta}; judged by the programmatic
+oracle (`shapes.oracle`). Each split is one list ({cfg.eval.samples_per_prompt} consecutive images per
+prompt) and image i of it has seed 2^32 + {cfg.eval.seed} x 10^6 + i (`core.seeds.eval_seeds`), as in `make
+eval`: the held-out row is `make eval`'s base figure on `split=heldout` with
+`samples_per_prompt={cfg.eval.samples_per_prompt} seed={cfg.eval.seed}` (evaluation library:
+`evaluation/base_model.py`). "common" = train prompts with one or two objects, "rare_counts" = train
+prompts with three or four.
 
 {alignment_table(sets, names)}
 
@@ -109,8 +132,7 @@ Overall alignment by the prompt's count:
 Targets: common overall >= 0.60: **{t['common_overall>=0.60']}**; rare counts overall <= 0.40:
 **{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40: **{t['heldout_overall<=0.40']}**.
 
-Training time: {m['training_minutes']} min on {m['threads']} CPU threads
-(stages in seconds: {m['seconds_by_stage']}).
+Training time: {timing}
 
 ## Samples (green frame: the oracle says aligned; red: not)
 
@@ -123,12 +145,10 @@ Training time: {m['training_minutes']} min on {m['threads']} CPU threads
 
 The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
 """
-    path = sd_dir / "README.md"
-    path.write_text(text)
-    return path
+    return _write(sd_dir / "README.md", text, notes)
 
 
-def write_clip_card(clip_dir: Path, m: dict, cfg) -> Path:
+def write_clip_card(clip_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
     a = cfg.clip.arch
     r = m["retrieval"]
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in r["pairwise_by_attribute"].items())
@@ -193,6 +213,4 @@ Target retrieval accuracy >= 0.90: **{m['targets']['retrieval_accuracy>=0.90']}*
 
 The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
 """
-    path = clip_dir / "README.md"
-    path.write_text(text)
-    return path
+    return _write(clip_dir / "README.md", text, notes)

@@ -35,8 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from core.sampling import generate_images
 from core.schedules import learning_rate
-from shapes.evaluate import alignment, sample_and_judge
+from shapes.oracle import alignment_by_category, judge
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
 from shapes.training.common import (Progress, SkewConfig, pick_device, render_pool, seed_everything,
                                     skewed_prompt_weights, to_unit, train_prompts)
@@ -234,11 +235,16 @@ def train_diffusion(cfg: DiffusionConfig, vae_dir: str | Path, out_dir: str | Pa
 
 
 def _quick_eval(pipe, step: int) -> None:
-    """One sample per prompt on 1-2 object and 3-4 object train prompts; prints overall alignment."""
+    """One sample per prompt on 1-2 object and 3-4 object train prompts; prints the oracle's
+    alignment.  A training curve: seed 0 for every prompt at every step, not the evaluation's seeds."""
     prompts = train_prompts()
-    common = sample_and_judge(pipe, [p for p in prompts if p.count <= 2], 1, 0)
-    rare = sample_and_judge(pipe, [p for p in prompts if p.count >= 3], 1, 0)
-    a, r = alignment(common), alignment(rare)
-    print(f"[unet eval] step {step} common overall {a.overall:.2f} (count {a.count:.2f} shape "
-          f"{a.shape:.2f} color {a.color:.2f} bg {a.background:.2f}) | rare overall {r.overall:.2f}",
+    a = _seed0_alignment(pipe, [p for p in prompts if p.count <= 2])
+    r = _seed0_alignment(pipe, [p for p in prompts if p.count >= 3])
+    print(f"[unet eval] step {step} common overall {a['overall']:.2f} (count {a['count']:.2f} shape "
+          f"{a['shape']:.2f} color {a['color']:.2f} bg {a['background']:.2f}) | rare overall {r['overall']:.2f}",
           file=sys.stdout, flush=True)
+
+
+def _seed0_alignment(pipe, prompts) -> dict[str, float]:
+    images = generate_images(pipe, [p.text for p in prompts], [0] * len(prompts))
+    return alignment_by_category(prompts, [judge(im, p) for im, p in zip(images, prompts)])

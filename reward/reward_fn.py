@@ -1,20 +1,33 @@
-"""The reward a fine-tuning run maximises: the :class:`RewardFn` protocol, the learned reward model
-(:func:`load_reward`), the shapes oracle as a reward (:class:`OracleReward`, for ablations) and
-scoring in batches."""
+"""A reward as the stages that use one see it (fine-tuning maximises it, ``make eval`` reports it):
+which reward (:class:`RewardSource`: a learned reward model's folder, or the shapes oracle), the
+:class:`RewardFn` protocol, loading it (:func:`load_reward`; the oracle as :class:`OracleReward`,
+for ablations) and scoring in batches.
+
+:class:`RewardSource` is the ``reward:`` section of a fine-tuning run's and of ``make eval``'s
+config; :class:`reward.config.RewardConfig` is another thing: it configures *training* a reward."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
 from core.errors import UserError
 from core.images import to_uint8
-from finetune.config import RewardConfig
-from reward import load_reward_fn
+from reward.model import load_reward_fn
 from shapes.oracle import judge
 from shapes.world import Prompt
+
+RewardKind = Literal["learned", "oracle"]
+
+
+@dataclass(frozen=True)
+class RewardSource:
+    kind: RewardKind = "learned"  # "oracle" (shapes world only) is for upper-bound ablations
+    path: str = "runs/reward"  # a RewardModel folder (reward package)
+    batch_size: int = 64
 
 
 class RewardFn(Protocol):
@@ -33,14 +46,14 @@ class OracleReward:
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
 
-def check_reward_folder(cfg: RewardConfig) -> None:
+def check_reward_folder(cfg: RewardSource) -> None:
     """A learned reward's folder must be there (one clear error, before anything runs)."""
     if cfg.kind == "learned" and not Path(cfg.path).is_dir():
         raise UserError(f"reward model folder {cfg.path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
 
 
-def load_reward(cfg: RewardConfig, device) -> RewardFn:
+def load_reward(cfg: RewardSource, device) -> RewardFn:
     if cfg.kind == "oracle":
         return OracleReward()
     check_reward_folder(cfg)

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from core.jsonable import json_safe
-from finetune.evaluate import ALIGNMENT_KEYS, ModelEval
+from evaluation.compare import ModelEval
+from shapes.oracle import ALIGNMENT_KEYS
 
 HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes
 
@@ -150,7 +151,7 @@ TARGET_TEXT = {
 
 
 def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], prompts_txt: str) -> str:
-    cols = ("color", "count", "background", "combination", "overall")
+    cols = ALIGNMENT_KEYS
     lines = ["# Shapes-world demo: collect -> reward -> fine-tune", "",
              TARGET_TEXT.get(results.get("target", "heldout"), f"Oracle alignment (%) on the {results.get('target')} prompts")
              + ", same seeds for every model (seeds no fine-tuning stage used); controls = train prompts with one "

@@ -9,7 +9,14 @@ same prompts in the shapes world, else the base model's own samples.  When every
 shapes-world prompt it adds the oracle's alignment by category
 (:func:`shapes.oracle.alignment_by_category`) on the prompts, on control prompts and on
 unseen prompts.  Writes a Markdown table, metrics.json and, per model, a PNG grid of the same
-seeds.
+seeds (:func:`evaluation.grids.sample_grid`, framed by the oracle's verdicts on shapes-world
+prompts) with its prompts in a .txt beside it.
+
+Seeds: image i of the evaluated list (targets, then controls, then unseen prompts) gets
+:func:`core.seeds.eval_seeds` ``(seed, n)[i]``, the same for every model; the base model's card
+(:mod:`evaluation.base_model`) seeds each split's list the same way, so its held-out figure is this
+evaluation's base figure on ``split=heldout`` with the same ``samples_per_prompt``, ``seed`` and
+sampling.
 """
 
 from __future__ import annotations
@@ -20,28 +27,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from core.config import to_dict
 from core.errors import UserError
 from core.files import write_text_atomic
-from core.images import image_grid, pil_to_tensor
+from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
 from core.sampling import SamplingConfig, generate_images, image_size
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
-from finetune.config import RewardConfig
-from finetune.rewards import load_reward, score_in_batches
-from reward.preprocess import ClipPreprocess
+from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
+from evaluation.grids import sample_grid
+from evaluation.oracle import control_prompts, figures, pass_rates, shapes_prompts
+from reward.reward_fn import RewardSource, load_reward, score_in_batches
 from shapes import SHAPES_CLIP, SHAPES_SD
-from shapes.oracle import alignment_by_category, judge
+from shapes.oracle import ALIGNMENT_KEYS, judge
 from shapes.render import render
 from shapes.world import Prompt, prompt_set
-
-ALIGNMENT_KEYS = ("color", "count", "background", "combination", "overall")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a reference folder's images may be
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class EvalConfig:
     side_samples_per_prompt: int | None = None
     seed: int = 1234
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward: RewardSource = field(default_factory=RewardSource)
     clip: str = str(SHAPES_CLIP)  # CLIP folder for the fidelity proxy
     output_dir: str = "reports/eval"
     grid_prompts: int = 8  # prompts shown in the before/after grids
@@ -89,30 +92,6 @@ def win_rate(rewards: np.ndarray, base_rewards: np.ndarray) -> float:
     """Share of paired images (same prompt and seed, (N,) each) where ``rewards`` beats the base's,
     a tie counting half: 0.5 means no better than the base."""
     return float(np.mean((rewards > base_rewards) + 0.5 * (rewards == base_rewards)))
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two sets of embeddings (N, D)."""
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = np.real(linalg.sqrtm(s_a @ s_b))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
-
-
-@torch.no_grad()
-def clip_image_embeddings(clip, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Unit-norm CLIP image embeddings (N, D) of images (N, 3, H, W) in [0, 1], preprocessed in
-    torch exactly as the reward model does (its image processor's resize, crop and normalisation)."""
-    preprocess = ClipPreprocess.from_processor(clip.image_processor)
-    device = clip.model.device
-    out = []
-    for i in range(0, len(images), batch_size):
-        feats = clip.model.get_image_features(pixel_values=preprocess(images[i:i + batch_size].float().to(device)))
-        feats = getattr(feats, "pooler_output", feats)
-        out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
 
 
 def _check_finetuned(run_dir: Path) -> None:
@@ -151,54 +130,11 @@ def _models(cfg: EvalConfig) -> list[tuple[str, Path]]:
     return out
 
 
-def control_prompts(exclude: set[str] = frozenset()) -> list[Prompt]:
-    """Train prompts with one or two objects (minus ``exclude``, e.g. the targets): what the base
-    model already gets mostly right, where fine-tuning must do no collateral damage."""
-    return [p for p in prompt_set("train") if p.count <= 2 and p.text not in exclude]
-
-
 def evaluated_prompts(cfg: EvalConfig) -> list[str]:
     """The target prompts: ``prompts_file`` (any prompts, one per line) or the shapes-world ``split``."""
     if not cfg.prompts_file:
         return [p.text for p in prompt_set(cfg.split)]  # raises on an unknown split
     return read_prompts_file(cfg.prompts_file)
-
-
-def shapes_prompts(texts: list[str]) -> list[Prompt] | None:
-    """The texts as shapes-world prompts, or None when any of them is not one (no oracle then)."""
-    try:
-        return [Prompt.parse(t) for t in texts]
-    except UserError:
-        return None
-
-
-def reference_embeddings(clip, folder: str | os.PathLike, batch_size: int = 64) -> np.ndarray:
-    """CLIP image embeddings (N, D) of every image under ``folder``, in sorted path order; images
-    of any sizes (``batch_size`` files at a time, each size one batch through
-    :func:`clip_image_embeddings`)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"reference image folder {root} does not exist.",
-                        "pass a folder of images as reference_images=, or leave it out.")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise UserError(f"reference image folder {root} holds {len(files)} image(s); a Frechet distance needs "
-                        f"at least 2.", f"put the reference images ({', '.join(IMAGE_SUFFIXES)}) in it.")
-    rows: list[np.ndarray] = [np.empty(0)] * len(files)
-    for start in range(0, len(files), batch_size):
-        by_size: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}
-        for i in range(start, min(start + batch_size, len(files))):
-            try:
-                with Image.open(files[i]) as im:
-                    rgb = im.convert("RGB")
-            except OSError as e:
-                raise UserError(f"reference image {files[i]} is not a readable image ({e}).",
-                                "remove it from the reference folder or replace it.") from None
-            by_size.setdefault(rgb.size, []).append((i, rgb))
-        for group in by_size.values():
-            for (i, _), e in zip(group, clip_image_embeddings(clip, pil_to_tensor([im for _, im in group]))):
-                rows[i] = e
-    return np.stack(rows)
 
 
 def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
@@ -232,7 +168,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
                         "raise samples_per_prompt, or evaluate more prompts.")
     reference = reference_embeddings(clip, cfg.reference_images) if cfg.reference_images else None
     texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k_side)]
-    image_seeds = eval_seeds(cfg.seed, len(texts))  # the same seeds for every model
+    seeds = eval_seeds(cfg.seed, len(texts))  # the same seeds for every model
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,43 +182,37 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         embeddings = clip_image_embeddings(clip, tensor)
         if reference is None:  # renders of the same prompts (shapes world), else the base's samples
             reference = embeddings if prompts is None else clip_image_embeddings(clip, pil_to_tensor(
-                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], image_seeds[:n_main])]))
-        align, ctrl, gen, per_prompt = {}, {}, {}, {}
-        if prompts is not None:
+                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], seeds[:n_main])]))
+        align, ctrl, gen, per_prompt, verdicts = {}, {}, {}, {}, None
+        if prompts is not None:  # a side list left empty has all-NaN figures
             verdicts = [judge(im, t) for im, t in zip(images, texts)]
             parsed = [Prompt.parse(t) for t in texts]
-            align = alignment_by_category(parsed[:n_main], verdicts[:n_main])
-            ctrl = alignment_by_category(parsed[n_main:n_main + n_ctrl], verdicts[n_main:n_main + n_ctrl]) if controls else {}
-            gen = alignment_by_category(parsed[n_main + n_ctrl:], verdicts[n_main + n_ctrl:]) if unseen else {}
-            align = {k_: align[k_] for k_ in ALIGNMENT_KEYS}
-            ctrl = {k_: ctrl.get(k_, float("nan")) for k_ in ALIGNMENT_KEYS}
-            gen = {k_: gen.get(k_, float("nan")) for k_ in ALIGNMENT_KEYS}
-            per_prompt = _pass_rates(texts[:n_main], verdicts[:n_main])
+            align = figures(parsed[:n_main], verdicts[:n_main])
+            ctrl = figures(parsed[n_main:n_main + n_ctrl], verdicts[n_main:n_main + n_ctrl])
+            gen = figures(parsed[n_main + n_ctrl:], verdicts[n_main + n_ctrl:])
+            per_prompt = pass_rates(texts[:n_main], verdicts[:n_main])
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards)))
         if base_rewards is None:
             base_rewards = rewards
-        _save_grid(images, texts, cfg, out / f"samples-{name}.png")
+        _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
+                   out / f"samples-{name}.png")
         del pipe
     write_report(results, cfg, out, oracle=prompts is not None)
     return results
 
 
-def _pass_rates(texts: list[str], verdicts) -> dict[str, float]:
-    hits: dict[str, list[bool]] = {}
-    for t, v in zip(texts, verdicts):
-        hits.setdefault(t, []).append(bool(v.aligned))
-    return {t: float(np.mean(h)) for t, h in hits.items()}
-
-
-def _save_grid(images, texts, cfg: EvalConfig, path: Path) -> None:
-    """The first ``grid_prompts`` evaluated prompts, one row each, their first ``grid_samples``
-    seeds across (``images`` / ``texts`` hold ``samples_per_prompt`` consecutive seeds per prompt)."""
+def _save_grid(images, texts, verdicts, cfg: EvalConfig, path: Path) -> None:
+    """The first ``grid_prompts`` evaluated (target) prompts, one row each, their first
+    ``grid_samples`` seeds across (``images`` / ``texts`` / ``verdicts``: the targets' images,
+    ``samples_per_prompt`` consecutive seeds per prompt; ``verdicts`` None: not judged, no frames);
+    the rows' prompts in a .txt beside it."""
     k = cfg.samples_per_prompt
     cols = min(k, cfg.grid_samples)
     n = min(cfg.grid_prompts, len(images) // k)
-    shown = [images[p * k + j] for p in range(n) for j in range(cols)]
-    Image.fromarray(image_grid(pil_to_tensor(shown), ncols=cols)).save(path)
+    cells = [[p * k + j for j in range(cols)] for p in range(n)]
+    sample_grid([[images[i] for i in row] for row in cells], [texts[p * k] for p in range(n)],
+                None if verdicts is None else [[verdicts[i].aligned for i in row] for row in cells]).save(path)
     (path.with_suffix(".txt")).write_text("\n".join(texts[p * k] for p in range(n)) + "\n")
 
 
