@@ -14,8 +14,8 @@ import torch
 
 from core.errors import UserError
 from core.loading import check_folder, pipeline_geometry
-from core.schedules import learning_rate
 from core.sampling import image_size, pipeline_image_size
+from core.schedules import learning_rate
 from finetune.checkpoints import RESUMABLE, check_resumable, latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
 from finetune.config import FinetuneConfig
