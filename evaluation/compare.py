@@ -175,7 +175,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     results, base_rewards = [], None
     for name, path in names:
         pipe = load_sd_pipeline(path) if name == "base" else load_finetuned(cfg.base, path)
-        images = generate_images(pipe, texts, image_seeds, cfg.sampling, progress=progress)
+        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress)
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
         rewards = scores.float().cpu().numpy()
