@@ -4,9 +4,10 @@ seed, so no two stages share (and silently correlate) their randomness, and a st
 
 - A NumPy stream is ``np.random.default_rng([seed, tag, *keys])`` (:func:`rng`); an integer seed
   drawn from one (for a torch generator) is :func:`derived_seed`.  Each stage has its own ``tag``.
-- Integer seeds of images (a torch generator's or the renderer's seed) follow three schemes, one per
+- Integer seeds of images (a torch generator's or the renderer's seed) follow one scheme per
   concept: :func:`eval_seeds` (evaluations), :func:`round_image_seed` (a labeling round's i-th image
-  of a prompt) and :data:`FIXED_NOISE` offsets (fine-tuning's fixed-noise grids and curves).
+  of a prompt), :func:`render_seed` (renders drawn for a check or a reference) and the
+  :data:`FIXED_NOISE` offsets (fine-tuning's fixed-noise grids and curves).
 
 ``tests/test_seeds.py`` checks that no two streams coincide.
 """
