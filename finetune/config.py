@@ -14,7 +14,7 @@ from typing import Literal
 
 from core.errors import UserError
 from core.schedules import LRSchedule
-from finetune.rl_math import RewardWeighting
+from finetune.rl_math import AdvantageScale, RewardWeighting
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 
@@ -87,6 +87,9 @@ class DPOKConfig:
     kl_weight: float = 0.01  # beta of DPOK's objective
     kl_form: KLForm = "gaussian"
     baseline: Baseline = "per_prompt"
+    # per_prompt: divide by the prompt group's reward std (DDPO) or the batch's (Dr. GRPO); see
+    # finetune.rl_math.normalize_advantages.
+    advantage_scale: AdvantageScale = "group"
     advantage_clip: float = 5.0
     value_lr: float = 1e-3
     value_hidden: int = 256

@@ -12,9 +12,10 @@ KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=
 eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
 disabled (or a frozen copy when the whole UNet is trained).
 
-Advantages: rewards normalised per prompt (``per_prompt``, as DDPO), over the batch (``batch``), or
-reward minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided by the
-batch's reward std so that alpha and the clip range mean the same for any reward scale.
+Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO), minus the batch mean
+(``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
+by a reward std (the batch's; ``per_prompt`` by the prompt group's unless ``advantage_scale=batch``)
+so that alpha and the clip range mean the same for any reward scale.
 Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
 process), so a run resumed from a checkpoint continues exactly as if never interrupted.
 """
@@ -231,7 +232,8 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
     b, t = traj.batch_size, traj.num_steps
     scale = rewards.std(unbiased=False) + 1e-6
     if baseline == "per_prompt":
-        return normalize_advantages(rewards, prompt_group_ids(traj.prompts).to(rewards.device))[:, None].expand(b, t), 0.0
+        groups = prompt_group_ids(traj.prompts).to(rewards.device)
+        return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0
     if baseline == "batch":
         return normalize_advantages(rewards)[:, None].expand(b, t), 0.0
     # DPOK: A(x_t) = r - V(x_t, c, t), with V fitted by MSE to the final reward.

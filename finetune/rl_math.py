@@ -139,12 +139,19 @@ def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adva
     return PolicyLossOutput(loss, ratio, clip_fraction, approx_kl)
 
 
+AdvantageScale = Literal["group", "batch"]
+
+
 def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = None,
-                         eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean) / (std + eps), per group (e.g. per prompt, as DDPO) or over the batch.
+                         scale: AdvantageScale = "group", eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean) / (std + eps), the mean per group (e.g. per prompt, as DDPO) or over the batch.
 
     ``groups`` is an integer tensor (B,) of group ids; a group of one sample gets advantage 0
-    (its own mean), and a group with zero spread gets 0 too.  std is the population std.
+    (its own mean), and a group with zero spread gets 0 too.  std is the population std: of the
+    group (``scale="group"``, DDPO / GRPO) or of the whole batch (``"batch"``, as Dr. GRPO, Liu
+    et al. 2025).  Why ``batch``: with 4 samples per prompt and a graded reward, a group whose
+    samples are all wrong but differ by a little (0.50 vs 0.75) is blown up to the same +-1 as a
+    group with one real success, so most of the gradient is spent on near-ties.
     """
     rewards = rewards.float()
     if groups is None:
@@ -153,9 +160,12 @@ def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = No
     n = counts.float()
     sums = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, rewards)
     mean = sums / n
-    sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, (rewards - mean[inverse]) ** 2)
+    centred = rewards - mean[inverse]
+    if scale == "batch":
+        return centred / (rewards.std(unbiased=False) + eps)
+    sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, centred ** 2)
     std = (sq / n).sqrt()
-    return (rewards - mean[inverse]) / (std[inverse] + eps)
+    return centred / (std[inverse] + eps)
 
 
 RewardWeighting = Literal["reward", "exp", "threshold"]

@@ -106,3 +106,17 @@ def test_reward_weights():
     assert w[2] > w[1] > w[0]
     with pytest.raises(ValueError):
         reward_weights(r, "nope")
+
+
+def test_normalize_advantages_batch_scale_keeps_group_means_and_batch_std():
+    # Group 0: a real success among failures; group 1: a near-tie. "group" gives both the same
+    # +-1 spread; "batch" keeps their sizes apart, on one scale for the whole batch.
+    r = torch.tensor([3.0, 0.5, 0.5, 0.5, 0.75, 0.5, 0.75, 0.5])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    by_group = normalize_advantages(r, g, "group")
+    torch.testing.assert_close(by_group[4:].abs(), torch.ones(4), atol=1e-4, rtol=0)
+    a = normalize_advantages(r, g, "batch")
+    mean = torch.tensor([1.125] * 4 + [0.625] * 4)
+    torch.testing.assert_close(a, (r - mean) / r.std(unbiased=False), atol=1e-5, rtol=0)
+    assert a[0] > 5 * a[4].abs()
+    torch.testing.assert_close(normalize_advantages(r, None, "batch"), normalize_advantages(r), atol=0, rtol=0)
