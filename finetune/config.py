@@ -89,7 +89,7 @@ class DPOKConfig:
     baseline: Baseline = "per_prompt"
     # per_prompt: divide by the prompt group's reward std (DDPO) or the batch's (Dr. GRPO); see
     # finetune.rl_math.normalize_advantages.
-    advantage_scale: AdvantageScale = "group"
+    advantage_scale: AdvantageScale = "batch"
     advantage_clip: float = 5.0
     value_lr: float = 1e-3
     value_hidden: int = 256

@@ -30,6 +30,10 @@ def test_results_page_from_files(tmp_path):
     (folder / "finetune-2026-01-01-oracle.json").write_text(json.dumps(
         {"command": "make finetune METHOD=dpok", "seconds": 300.4,
          "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 20, "oracle_aligned": 0.5}]}))
+    (folder / "finetune-2026-01-02-evaluated.json").write_text(json.dumps(
+        {"command": "make finetune METHOD=dpok; make eval", "seconds": 200.0,
+         "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 40, "oracle_aligned": 0.5}],
+         "eval": {"base": 0.25, "model": 0.5, "samples_per_prompt": 16}}))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
@@ -40,7 +44,8 @@ def test_results_page_from_files(tmp_path):
     assert "| 2026-01-01-seed1 | 20 | 16 (4) |" in page and "| 2025-12-01-old | 20 | 8 (4) |" in page
     assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
-    assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | 300 |" in page
+    assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | - | 300 |" in page
+    assert "| +25.0 | 25.0 → 50.0 (+25.0), 16 per prompt | 200 |" in page
 
 
 def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
