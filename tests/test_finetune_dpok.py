@@ -240,3 +240,26 @@ def test_cosine_lr_schedule_ends_at_its_floor_and_resumes_on_schedule(tiny_sd, t
         train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False, on_round=interrupt)
     resumed = train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False)
     assert [row["lr"] for row in resumed.history] == lrs
+
+
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_per_prompt_advantages_follow_the_configured_scale(scale):
+    """The round's advantages (B, T) are the rewards centred per prompt, divided by the std that
+    ``dpok.advantage_scale`` names, the same for every step of a trajectory."""
+    from finetune.config import DPOKConfig
+    from finetune.dpok import _advantages
+    from finetune.rl_math import normalize_advantages
+    from finetune.sampler import Trajectory
+
+    b, t = 8, 3
+    traj = Trajectory(latents=torch.zeros(b, t + 1, 1, 2, 2), log_probs=torch.zeros(b, t),
+                      prompt_embeds=torch.zeros(b, 1, 1), negative_embeds=torch.zeros(b, 1, 1),
+                      prompts=["one circle"] * 4 + ["two squares"] * 4)
+    rewards = torch.tensor([3.0, 0.5, 0.5, 0.5, 0.75, 0.5, 0.75, 0.5])
+    d = DPOKConfig(advantage_scale=scale)
+    adv, value_loss = _advantages("per_prompt", traj, rewards, None, None, None, d, None)
+    expected = normalize_advantages(rewards, torch.tensor([0] * 4 + [1] * 4), scale)
+    assert adv.shape == (b, t) and value_loss == 0.0
+    torch.testing.assert_close(adv, expected[:, None].expand(b, t))
+    # the near-tie prompt: +-1 on its own scale, far below the success on the batch's
+    assert (adv[4:, 0].abs().min() > 0.99) == (scale == "group")
