@@ -230,13 +230,13 @@ def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, unco
 def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
     """Advantages (B, T) and the value-fit loss (0 without a value net)."""
     b, t = traj.batch_size, traj.num_steps
-    scale = rewards.std(unbiased=False) + 1e-6
     if baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
         return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0
     if baseline == "batch":
         return normalize_advantages(rewards)[:, None].expand(b, t), 0.0
     # DPOK: A(x_t) = r - V(x_t, c, t), with V fitted by MSE to the final reward.
+    scale = rewards.std(unbiased=False) + 1e-6
     x = traj.latents[:, :-1].reshape(b * t, *traj.latents.shape[2:])
     text = traj.prompt_embeds.repeat_interleave(t, 0)
     steps = schedule.timesteps.to(x.device).repeat(b)
