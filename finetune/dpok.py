@@ -14,8 +14,8 @@ disabled (or a frozen copy when the whole UNet is trained).
 
 Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO), minus the batch mean
 (``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
-by a reward std (the batch's; ``per_prompt`` by the prompt group's unless ``advantage_scale=batch``)
-so that alpha and the clip range mean the same for any reward scale.
+by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by each prompt group's, as
+DDPO) so that alpha and the clip range mean the same for any reward scale.
 Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
 process), so a run resumed from a checkpoint continues exactly as if never interrupted.
 """
