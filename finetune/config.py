@@ -24,6 +24,7 @@ Method = Literal["dpok", "rwl"]
 Parameterisation = Literal["lora", "full"]
 KLForm = Literal["gaussian", "eps_mse"]
 Baseline = Literal["value", "per_prompt", "batch"]
+PromptOrder = Literal["random", "cycle"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 
 
@@ -76,6 +77,10 @@ class DPOKConfig:
     rounds: int = 20
     prompts_per_round: int = 8
     samples_per_prompt: int = 4
+    # random: each round draws its prompts anew (distinct within the round); cycle: the run goes
+    # through all its prompts in shuffled passes, so each gets the same number of rounds
+    # (finetune.prompts.cycled_prompts).
+    prompt_order: PromptOrder = "random"
     steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= sampling.num_inference_steps
     # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
     # all); why: finetune.dpok.draw_transitions.
@@ -90,6 +95,10 @@ class DPOKConfig:
     # per_prompt: divide by the prompt group's reward std (DDPO) or the batch's (Dr. GRPO); see
     # finetune.rl_math.normalize_advantages.
     advantage_scale: AdvantageScale = "batch"
+    # per_prompt: baseline = mean of the prompt's last N rewards over all rounds so far, this
+    # round's included (DDPO's per-prompt stat tracking, finetune.prompts.PromptRewardHistory);
+    # 0: the round's own samples of the prompt only.
+    baseline_history: int = 0
     advantage_clip: float = 5.0
     value_lr: float = 1e-3
     value_hidden: int = 256
@@ -184,6 +193,12 @@ class FinetuneConfig:
         if not 0 <= self.optim.lr_floor <= 1:
             raise UserError(f"optim.lr_floor={self.optim.lr_floor} is not a share of optim.lr in [0, 1].",
                             "set it to e.g. 0.05 (the cosine ends at 5 % of optim.lr).")
+        if self.dpok.baseline_history < 0:
+            raise UserError(f"dpok.baseline_history={self.dpok.baseline_history} must be >= 0.",
+                            "set it to the rewards kept per prompt (e.g. 16), or 0 for the round's own only.")
+        if self.dpok.baseline_history and self.dpok.baseline != "per_prompt":
+            raise UserError(f"dpok.baseline_history applies to dpok.baseline=per_prompt, not {self.dpok.baseline}.",
+                            "set dpok.baseline=per_prompt, or dpok.baseline_history=0.")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
         if not 0 <= self.rwl.pretrain_uncond < 1:

@@ -12,7 +12,8 @@ KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=
 eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
 disabled (or a frozen copy when the whole UNet is trained).
 
-Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO), minus the batch mean
+Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO; with ``baseline_history=N`` over
+the prompt's last N rewards across rounds, DDPO's per-prompt stat tracking), minus the batch mean
 (``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
 by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by each prompt group's, as
 DDPO) so that alpha and the clip range mean the same for any reward scale.
@@ -40,7 +41,7 @@ from finetune.components import Components
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
-from finetune.prompts import prompt_group_ids
+from finetune.prompts import PromptRewardHistory, cycled_prompts, prompt_group_ids
 from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
                               normalize_advantages)
 from finetune.run import setup_run
@@ -113,11 +114,14 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
         value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
     start, history = 0, []
+    reward_history = PromptRewardHistory(d.baseline_history) if d.baseline_history else None
     if state is not None:
         if value_net is not None:
             value_net.load_state_dict(state["value_net"])
             value_opt.load_state_dict(state["value_opt"])
         start, history = state["round"], state["history"]
+        if reward_history is not None:
+            reward_history = PromptRewardHistory(d.baseline_history, state.get("reward_history"))
         accelerator.print(f"resuming {out} at round {start}")
     if start >= d.rounds:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
@@ -147,7 +151,10 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         t0 = time.perf_counter()
         # Distinct prompts per round where there are enough: a repeated prompt would merge into
         # one per-prompt baseline group and cut the round's prompt diversity.
-        drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
+        if d.prompt_order == "cycle":
+            drawn = cycled_prompts(run.prompts, r, per_process, cfg.seed, rank)
+        else:
+            drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
@@ -160,7 +167,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                             "check the reward model folder (retrain it with `make reward`).")
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
-        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng)
+        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng,
+                                      reward_history)
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
@@ -185,7 +193,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve,
                 value_net=value_net.state_dict() if value_net is not None else None,
-                value_opt=value_opt.state_dict() if value_opt is not None else None))
+                value_opt=value_opt.state_dict() if value_opt is not None else None,
+                reward_history=reward_history.state_dict() if reward_history is not None else None))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
@@ -227,9 +236,14 @@ def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, unco
     return float((OracleReward()(images, texts) >= 2.0).float().mean())  # score >= 2 <=> aligned (Verdict.score)
 
 
-def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
+def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng,
+                reward_history: PromptRewardHistory | None = None):
     """Advantages (B, T) and the value-fit loss (0 without a value net)."""
     b, t = traj.batch_size, traj.num_steps
+    if baseline == "per_prompt" and reward_history is not None:
+        mean, std = reward_history.update(traj.prompts, rewards)
+        scale = rewards.std(unbiased=False) if d.advantage_scale == "batch" else std
+        return ((rewards - mean) / (scale + 1e-6))[:, None].expand(b, t), 0.0
     if baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
         return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0

@@ -45,14 +45,19 @@ def test_one_dpok_run_writes_lora_that_diffusers_loads(tiny_sd, tmp_path):
     assert not np.allclose(before, after)  # the trained adapter changes the model
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, tmp_path):
-    straight = train_dpok(tiny_cfg(tiny_sd, tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("history", [0, 3])
+def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, tmp_path, history):
+    # with a reward history: 2 prompts, both in every round, so each round's baselines use the
+    # rewards of the rounds before (which the checkpoint must carry)
+    extra = (f"dpok.baseline_history={history}",
+             f"prompts.prompts_file={_prompts(tmp_path, ['one circle', 'two squares'])}") if history else ()
+    straight = train_dpok(tiny_cfg(tiny_sd, tmp_path / "a", *extra), progress=False)
 
     def interrupt(row):
         if row.round == 2:
             raise KeyboardInterrupt
 
-    cfg = tiny_cfg(tiny_sd, tmp_path / "b")
+    cfg = tiny_cfg(tiny_sd, tmp_path / "b", *extra)
     with pytest.raises(KeyboardInterrupt):
         train_dpok(cfg, progress=False, on_round=interrupt)
     assert not (tmp_path / "b" / "metrics.json").exists()
@@ -79,6 +84,10 @@ def test_bad_inputs_are_clear_errors(tiny_sd, tmp_path):
         train_dpok(cfg, progress=False)
     with pytest.raises(UserError, match="does not exist"):
         train_dpok(tiny_cfg(tmp_path / "no-model", tmp_path / "z"), progress=False)
+    with pytest.raises(UserError, match="baseline_history applies to dpok.baseline=per_prompt"):
+        tiny_cfg(tiny_sd, tmp_path / "h", "dpok.baseline_history=4", "dpok.baseline=value")
+    with pytest.raises(UserError, match="baseline_history=-1 must be >= 0"):
+        tiny_cfg(tiny_sd, tmp_path / "h", "dpok.baseline_history=-1")
     done = tiny_cfg(tiny_sd, tmp_path / "done", "dpok.rounds=1")
     train_dpok(done, progress=False)
     with pytest.raises(UserError, match="already holds a finished run"):
@@ -195,6 +204,24 @@ def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
     assert seen == [every, every]  # with replacement, a round would repeat some prompt
 
 
+def test_cycled_prompt_order_gives_every_prompt_the_same_rounds(tiny_sd, tmp_path):
+    from collections import Counter
+
+    from reward.reward_fn import OracleReward
+
+    seen = Counter()
+
+    def reward(images, prompts):
+        seen.update(prompts)
+        return OracleReward()(images, prompts)
+
+    texts = ["one circle", "two squares", "three circles"]
+    cfg = tiny_cfg(tiny_sd, tmp_path / "run", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.prompt_order=cycle",
+                   f"prompts.prompts_file={_prompts(tmp_path, texts)}", "dpok.checkpoint_every_rounds=0")
+    train_dpok(cfg, reward_fn=reward, progress=False)
+    assert seen == {t: 2 * 2 for t in texts}  # 2 passes of 3 prompts over 3 rounds of 2, 2 samples each
+
+
 def test_runs_with_another_mixed_precision_in_the_same_process(tiny_sd, tmp_path):
     """accelerate keeps one state per process: a second run (the demo's DPOK after RWL, the bench's
     bf16 CUDA config after its fp32 one, a notebook) with another precision used to raise."""
@@ -263,3 +290,60 @@ def test_per_prompt_advantages_follow_the_configured_scale(scale):
     torch.testing.assert_close(adv, expected[:, None].expand(b, t))
     # the near-tie prompt: +-1 on its own scale, far below the success on the batch's
     assert (adv[4:, 0].abs().min() > 0.99) == (scale == "group")
+
+
+def test_prompt_reward_history_keeps_each_prompts_last_rewards():
+    """DDPO's per-prompt stat tracking: the baseline of a sample is the mean (and spread) of its
+    prompt's last ``size`` rewards over rounds, this round's included; state round-trips."""
+    from finetune.prompts import PromptRewardHistory
+
+    h = PromptRewardHistory(3)
+    mean, std = h.update(["a", "a", "b"], torch.tensor([1.0, 0.0, 2.0]))
+    torch.testing.assert_close(mean, torch.tensor([0.5, 0.5, 2.0]))
+    torch.testing.assert_close(std, torch.tensor([0.5, 0.5, 0.0]))
+    again = PromptRewardHistory(3, h.state_dict())
+    for tracker in (h, again):  # "a" keeps its last 3: 0, 3, 3 (the first 1.0 drops out)
+        mean, std = tracker.update(["a", "a"], torch.tensor([3.0, 3.0]))
+        torch.testing.assert_close(mean, torch.tensor([2.0, 2.0]))
+        torch.testing.assert_close(std, torch.full((2,), float(np.std([0.0, 3.0, 3.0]))))
+    assert h.state_dict() == again.state_dict() == {"a": [0.0, 3.0, 3.0], "b": [2.0]}
+
+
+def test_per_prompt_advantages_with_a_reward_history():
+    """With ``dpok.baseline_history`` the prompt's baseline spans earlier rounds: a prompt whose
+    4 samples all score the same still gets a signal when it scored lower before."""
+    from finetune.config import DPOKConfig
+    from finetune.dpok import _advantages
+    from finetune.prompts import PromptRewardHistory
+    from finetune.sampler import Trajectory
+
+    b, t = 4, 2
+    traj = Trajectory(latents=torch.zeros(b, t + 1, 1, 2, 2), log_probs=torch.zeros(b, t),
+                      prompt_embeds=torch.zeros(b, 1, 1), negative_embeds=torch.zeros(b, 1, 1),
+                      prompts=["one circle"] * 2 + ["two squares"] * 2)
+    d = DPOKConfig(baseline_history=4)
+    history = PromptRewardHistory(4)
+    _advantages("per_prompt", traj, torch.tensor([0.0, 0.0, 1.0, 1.0]), None, None, None, d, None, history)
+    rewards = torch.tensor([2.0, 2.0, 1.0, 3.0])
+    adv, _ = _advantages("per_prompt", traj, rewards, None, None, None, d, None, history)
+    expected = torch.tensor([1.0, 1.0, -0.5, 1.5]) / (rewards.std(unbiased=False) + 1e-6)  # minus 1, 1, 1.5, 1.5
+    torch.testing.assert_close(adv, expected[:, None].expand(b, t))
+
+
+def test_cycled_prompts_visit_every_prompt_equally():
+    """dpok.prompt_order=cycle: shuffled passes over the prompts, so over whole passes every prompt
+    gets the same number of rounds, each round's prompts are distinct (when the passes align with
+    the rounds), and the order is reproducible from the seed and differs between seeds."""
+    from collections import Counter
+
+    from finetune.prompts import cycled_prompts
+
+    prompts = [f"p{i}" for i in range(12)]
+    rounds = [cycled_prompts(prompts, r, 4, seed=0) for r in range(9)]  # 3 passes
+    assert Counter(p for r in rounds for p in r) == {p: 3 for p in prompts}
+    assert all(len(set(r)) == 4 for r in rounds)
+    assert rounds == [cycled_prompts(prompts, r, 4, seed=0) for r in range(9)]
+    assert rounds != [cycled_prompts(prompts, r, 4, seed=1) for r in range(9)]
+    # a round that straddles two passes (5 prompts, 2 per round): still every prompt once per pass
+    straddling = [p for r in range(5) for p in cycled_prompts(prompts[:5], r, 2, seed=0)]
+    assert Counter(straddling) == {p: 2 for p in prompts[:5]}
