@@ -1,5 +1,6 @@
-"""The prompts a fine-tuning run trains on (:func:`training_prompts`) and their grouping for
-per-prompt statistics (:func:`prompt_group_ids`)."""
+"""The prompts a fine-tuning run trains on (:func:`training_prompts`), their order over DPOK's
+rounds (:func:`cycled_prompts`), their grouping for per-prompt statistics
+(:func:`prompt_group_ids`) and each prompt's reward history (:class:`PromptRewardHistory`)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ class PromptRewardHistory:
     where one lucky sample moves the group mean by a quarter of its reward).
 
     :meth:`update` appends a round's rewards, then returns each sample's baseline and spread: the
-    mean and population std of its prompt's kept rewards (this round's included).  The state is plain lists, so it goes
-    into a checkpoint as it is (:meth:`state_dict`) and a resumed run continues exactly.
+    mean and population std of its prompt's kept rewards (this round's included).  The state is
+    plain lists, so it goes into a checkpoint as it is (:meth:`state_dict`) and a resumed run
+    continues exactly.
     """
 
     def __init__(self, size: int, state: dict[str, list[float]] | None = None):
