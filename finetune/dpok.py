@@ -42,8 +42,8 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import PromptRewardHistory, cycled_prompts, prompt_group_ids
-from finetune.rl_math import (clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob,
-                              normalize_advantages)
+from finetune.rl_math import (baseline_advantages, clipped_policy_loss, eps_mse_kl, gaussian_kl,
+                              gaussian_log_prob, normalize_advantages)
 from finetune.run import setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import OracleReward, RewardFn, score_in_batches
@@ -114,14 +114,13 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
         value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
     start, history = 0, []
-    reward_history = PromptRewardHistory(d.baseline_history) if d.baseline_history else None
+    reward_history = (PromptRewardHistory(d.baseline_history, state and state.get("reward_history"))
+                      if d.baseline_history else None)
     if state is not None:
         if value_net is not None:
             value_net.load_state_dict(state["value_net"])
             value_opt.load_state_dict(state["value_opt"])
         start, history = state["round"], state["history"]
-        if reward_history is not None:
-            reward_history = PromptRewardHistory(d.baseline_history, state.get("reward_history"))
         accelerator.print(f"resuming {out} at round {start}")
     if start >= d.rounds:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
@@ -242,8 +241,7 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
     b, t = traj.batch_size, traj.num_steps
     if baseline == "per_prompt" and reward_history is not None:
         mean, std = reward_history.update(traj.prompts, rewards)
-        scale = rewards.std(unbiased=False) if d.advantage_scale == "batch" else std
-        return ((rewards - mean) / (scale + 1e-6))[:, None].expand(b, t), 0.0
+        return baseline_advantages(rewards, mean, std, d.advantage_scale)[:, None].expand(b, t), 0.0
     if baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
         return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0

@@ -61,15 +61,14 @@ class PromptRewardHistory:
 
     def update(self, prompts: list[str], rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards (B,) of ``prompts`` (B) -> per-sample (mean, std), each (B,), rewards' dtype and device."""
-        values = rewards.detach().double().cpu().tolist()
-        for p, v in zip(prompts, values):
+        for p, v in zip(prompts, rewards.detach().double().cpu().tolist()):
             self._kept.setdefault(p, []).append(v)
+        stats = {}
         for p in set(prompts):
-            self._kept[p] = self._kept[p][-self.size:]
-        stats = {p: (float(np.mean(self._kept[p])), float(np.std(self._kept[p]))) for p in set(prompts)}
-        mean, std = zip(*(stats[p] for p in prompts))
-        as_tensor = lambda x: torch.tensor(x, dtype=rewards.dtype, device=rewards.device)  # noqa: E731
-        return as_tensor(mean), as_tensor(std)
+            kept = self._kept[p] = self._kept[p][-self.size:]
+            stats[p] = (np.mean(kept), np.std(kept))
+        out = torch.tensor([stats[p] for p in prompts], dtype=rewards.dtype, device=rewards.device)  # (B, 2)
+        return out[:, 0], out[:, 1]
 
     def state_dict(self) -> dict[str, list[float]]:
         return {p: list(v) for p, v in self._kept.items()}

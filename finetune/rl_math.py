@@ -159,13 +159,19 @@ def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = No
     _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
     n = counts.float()
     sums = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, rewards)
-    mean = sums / n
-    centred = rewards - mean[inverse]
-    if scale == "batch":
-        return centred / (rewards.std(unbiased=False) + eps)
-    sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, centred ** 2)
-    std = (sq / n).sqrt()
-    return centred / (std[inverse] + eps)
+    mean = (sums / n)[inverse]
+    sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, (rewards - mean) ** 2)
+    return baseline_advantages(rewards, mean, (sq / n).sqrt()[inverse], scale, eps)
+
+
+def baseline_advantages(rewards: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                        scale: AdvantageScale = "group", eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean) / (s + eps) for rewards (B,) and each sample's baseline ``mean`` and spread
+    ``std`` (B,), from its prompt's group (:func:`normalize_advantages`) or its prompt's reward
+    history over rounds (DDPO's stat tracking); s is ``std`` (``scale="group"``) or the batch's
+    population reward std (``"batch"``)."""
+    s = rewards.float().std(unbiased=False) if scale == "batch" else std
+    return (rewards - mean) / (s + eps)
 
 
 RewardWeighting = Literal["reward", "exp", "threshold"]
