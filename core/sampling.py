@@ -9,10 +9,34 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image
 
 from core.errors import UserError
+
+
+# The same names as accelerate's (and the fine-tuning config's) mixed_precision: "no" is fp32.
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+
+
+def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | None":
+    """The autocast dtype that plain sampling (``make generate``, ``make eval``) runs the UNet, VAE
+    and text encoder in, or None for fp32.  ``auto`` means what it means for fine-tuning: bf16 on a
+    CUDA GPU that has it, else fp32.  On a CPU with native bf16 (AVX512-BF16, AMX) ``bf16`` is
+    faster too (what it changes in speed and in the oracle's figures: docs/finetune.md, Evaluation).
+    The weights stay fp32: autocast runs matmuls and convolutions in bf16 and leaves the
+    scheduler's arithmetic in fp32.  The resolved config saved beside a round or a report says
+    which precision sampled it."""
+    import torch  # imported on first use: config parsing stays fast
+
+    kind = torch.device(device).type
+    if mixed_precision == "auto":
+        return torch.bfloat16 if kind == "cuda" and torch.cuda.is_bf16_supported() else None
+    if mixed_precision == "fp16" and kind != "cuda":
+        raise UserError(f"mixed_precision=fp16 needs a CUDA device (this one is {kind}).",
+                        "use mixed_precision=bf16 or no (fp32), or auto.")
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
 @dataclass(frozen=True)
@@ -110,9 +134,10 @@ def _finite_ddim_class():
 
 
 def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig = SamplingConfig(),
-                    progress=None) -> list[Image.Image]:
+                    progress=None, dtype=None) -> list[Image.Image]:
     """One image per (prompt, seed).  Each image has its own ``torch.Generator`` seeded with its
-    seed, so an image does not depend on the batch it was drawn in."""
+    seed, so an image does not depend on the batch it was drawn in.  ``dtype``: autocast dtype
+    (:func:`sampling_dtype`), None for fp32."""
     import torch  # imported on first use: config parsing stays fast
 
     if len(prompts) != len(seeds):
@@ -122,7 +147,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
             for start in range(0, len(prompts), cfg.batch_size):
                 p = prompts[start:start + cfg.batch_size]
                 g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]

@@ -33,8 +33,8 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
-from core.loading import check_folder, load_clip, load_sd_pipeline, pipeline_geometry
-from core.sampling import SamplingConfig, generate_images, image_size
+from core.loading import check_folder, default_device, load_clip, load_sd_pipeline, pipeline_geometry
+from core.sampling import MixedPrecision, SamplingConfig, generate_images, image_size, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
@@ -68,6 +68,9 @@ class EvalConfig:
     side_samples_per_prompt: int | None = None
     seed: int = 1234
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # autocast dtype of the sampling, the same for every model (core.sampling.sampling_dtype); auto:
+    # bf16 on a CUDA GPU that has it, else fp32 ("no"), as for fine-tuning
+    mixed_precision: MixedPrecision = "auto"
     reward: RewardSource = field(default_factory=RewardSource)
     clip: str = str(SHAPES_CLIP)  # CLIP folder for the fidelity proxy
     output_dir: str = "reports/eval"
@@ -160,6 +163,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         raise UserError(f"samples_per_prompt={k}, side_samples_per_prompt={k_side} and grid_samples="
                         f"{cfg.grid_samples} must each be at least 1.", "set them to 1 or more.")
     names = [("base", Path(cfg.base))] + _models(cfg)
+    dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_sd_pipeline)
     reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
     clip = load_clip(cfg.clip)
     n_main = len(main_texts) * k
@@ -175,7 +179,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     results, base_rewards = [], None
     for name, path in names:
         pipe = load_sd_pipeline(path) if name == "base" else load_finetuned(cfg.base, path)
-        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress)
+        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
         rewards = scores.float().cpu().numpy()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import UserError
+from core.sampling import MixedPrecision
 from core.schedules import LRSchedule
 from finetune.rl_math import AdvantageScale, RewardWeighting
 from reward.reward_fn import RewardSource
@@ -25,7 +26,6 @@ Parameterisation = Literal["lora", "full"]
 KLForm = Literal["gaussian", "eps_mse"]
 Baseline = Literal["value", "per_prompt", "batch"]
 PromptOrder = Literal["random", "cycle"]
-MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 
 
 @dataclass(frozen=True)

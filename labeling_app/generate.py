@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from core import seeds
 from core.errors import UserError
-from core.loading import load_sd_pipeline, model_fingerprint
-from core.sampling import SamplingConfig, generate_images
+from core.loading import default_device, load_sd_pipeline, model_fingerprint
+from core.sampling import MixedPrecision, SamplingConfig, generate_images, sampling_dtype
 from data.generations import PromptSpec, prompt_spec, save_images
 from data.schemas import GENERATIONS
 from data.store import Store
@@ -42,6 +42,9 @@ class GenerateConfig:
     per_prompt: int = 4
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # autocast dtype of the sampling (core.sampling.sampling_dtype); auto: bf16 on a CUDA GPU that
+    # has it, else fp32 ("no"), as for fine-tuning
+    mixed_precision: MixedPrecision = "auto"
     renderer_mismatch_rate: float = 0.3
 
 
@@ -78,6 +81,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.per_prompt < 1:
         raise UserError(f"per_prompt={cfg.per_prompt}: nothing to generate.", "set per_prompt to 1 or more.")
     prompts = _prompts(cfg)
+    # the pipeline's device (load_sd_pipeline); checked before the round's folder is touched
+    dtype = sampling_dtype(cfg.mixed_precision, default_device()) if cfg.source == "pipeline" else None
     store = Store(cfg.root)
     if cfg.source == "renderer":
         return _render(cfg, store, prompts)
@@ -99,7 +104,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(jobs), cfg.sampling.batch_size):
             batch = jobs[start:start + cfg.sampling.batch_size]
-            images = generate_images(pipe, [p.text for p, _ in batch], [s for _, s in batch], cfg.sampling)
+            images = generate_images(pipe, [p.text for p, _ in batch], [s for _, s in batch], cfg.sampling,
+                                     dtype=dtype)
             save_images(store, images, prompts=[p.text for p, _ in batch],
                         prompt_ids=[p.prompt_id for p, _ in batch], categories=[p.category for p, _ in batch],
                         seeds=[s for _, s in batch], model_id=model_id, settings=settings, model_key=model_key)

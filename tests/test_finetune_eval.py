@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.config import load_config
@@ -134,6 +135,8 @@ def test_eval_missing_inputs_are_errors_not_skips_or_nan(setup, tmp_path):
     fails("holds 0 image", f"reference_images={tmp_path}")
     fails("need shapes-world prompts", "generalization_split=heldout")
     fails("need shapes-world prompts", "reward.kind=oracle")
+    if not torch.cuda.is_available():
+        fails("fp16 needs a CUDA device", "mixed_precision=fp16")
     (tmp_path / "one.txt").write_text("a photo of a cat\n")
     fails("needs at least 2", "samples_per_prompt=1", f"prompts_file={tmp_path}/one.txt")
 

@@ -94,11 +94,17 @@ def test_shapes_model_samples_finite_images_on_cuda():
 
     from core.loading import load_sd_pipeline
     from shapes import SHAPES_SD
-    from core.sampling import generate_images
+    from core.sampling import generate_images, sampling_dtype
 
     pipe = load_sd_pipeline(SHAPES_SD, device="cuda")
-    images = generate_images(pipe, ["one red circle", "two blue squares on a white background"] * 8, list(range(16)))
-    assert all(np.asarray(im).std() > 0 for im in images)
+    prompts = ["one red circle", "two blue squares on a white background"] * 8
+    fp32 = generate_images(pipe, prompts, list(range(16)))
+    assert all(np.asarray(im).std() > 0 for im in fp32)
+    dtype = sampling_dtype("auto", "cuda")  # make generate / make eval's default on CUDA
+    assert dtype is torch.bfloat16
+    bf16 = generate_images(pipe, prompts, list(range(16)), dtype=dtype)
+    assert all(np.asarray(im).std() > 0 for im in bf16)
+    assert max(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(fp32, bf16)) < 8
 
 
 @pytest.mark.gpu

@@ -409,6 +409,8 @@ def test_generate_samples_a_pipeline_and_adds_to_the_round(tmp_path, capsys):
 
 
 def _generate_twice(tmp_path, capsys, gen, run, make_tiny_sd):
+    import torch
+
     sd = make_tiny_sd(tmp_path / "sd")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("two red circles\n<script>alert(1)</script> a cat\n")
@@ -417,9 +419,14 @@ def _generate_twice(tmp_path, capsys, gen, run, make_tiny_sd):
     assert run(gen.main, args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["images_added"] == 4 and first["images_in_round"] == 4
-    assert run(gen.main, args) == 0  # a re-run adds, with new seeds
+    assert run(gen.main, [*args, "mixed_precision=bf16"]) == 0  # a re-run adds, with new seeds
     gens = Store(tmp_path / "ds").to_pandas("generations")
     assert len(gens) == 8 and not gens.duplicated(["prompt_id", "seed"]).any()
+    if not torch.cuda.is_available():  # refused before the round is touched
+        capsys.readouterr()
+        assert run(gen.main, [*args, "mixed_precision=fp16"]) == 2
+        assert "fp16 needs a CUDA device" in capsys.readouterr().err
+        assert len(Store(tmp_path / "ds").to_pandas("generations")) == 8
     assert set(gens["category"]) == {"combination", "other"} and (gens["num_inference_steps"] == 2).all()
     assert list((tmp_path / "ds" / "configs").glob("generate-*.yaml"))
     # a missing model folder: one clear error naming it and the fix

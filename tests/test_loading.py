@@ -49,6 +49,35 @@ def test_generate_images_is_seeded_per_image(tmp_path):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[2]))
 
 
+def test_bf16_sampling_is_seeded_per_image_and_close_to_fp32(tiny_sd):
+    from core.sampling import SamplingConfig, generate_images
+
+    pipe = load_sd_pipeline(tiny_sd, device="cpu")
+    cfg = SamplingConfig(num_inference_steps=4, batch_size=2)
+    prompts, seeds = ["one circle", "two squares", "one circle"], [1, 2, 3]
+    fp32 = generate_images(pipe, prompts, seeds, cfg)
+    bf16 = generate_images(pipe, prompts, seeds, cfg, dtype=torch.bfloat16)
+    again = generate_images(pipe, prompts[2:], seeds[2:], cfg, dtype=torch.bfloat16)  # other batch
+    assert np.array_equal(np.asarray(bf16[2]), np.asarray(again[0]))
+    assert not torch.is_autocast_enabled("cpu")  # the autocast ends with the call
+    diffs = [np.abs(np.asarray(a, float) - np.asarray(b, float)) for a, b in zip(fp32, bf16)]
+    assert any(d.max() > 0 for d in diffs)  # bf16 did run: not bit-identical to fp32
+    assert max(d.mean() for d in diffs) < 8  # pixels in 0..255: the same images up to rounding
+
+
+def test_sampling_dtype_auto_is_bf16_on_cuda_only_and_fp16_needs_cuda(monkeypatch):
+    from core.sampling import sampling_dtype
+
+    assert sampling_dtype("no", "cpu") is None
+    assert sampling_dtype("bf16", "cpu") is torch.bfloat16
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        sampling_dtype("fp16", "cpu")
+    assert sampling_dtype("auto", "cpu") is None  # as fine-tuning's auto: fp32 off CUDA
+    for bf16, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        assert sampling_dtype("auto", "cuda") is expected
+
+
 @pytest.mark.parametrize("steps", [20, 25, 30])
 def test_stochastic_ddim_on_a_zero_snr_schedule_gives_finite_images(tiny_sd, steps):
     """eta 1 on a zero-terminal-SNR schedule: diffusers' own step takes sqrt(0 +- 1 ulp) at t=999
