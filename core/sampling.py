@@ -20,23 +20,38 @@ from core.errors import UserError
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 
 
-def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | None":
-    """The autocast dtype that plain sampling (``make generate``, ``make eval``) runs the UNet, VAE
-    and text encoder in, or None for fp32.  ``auto`` means what it means for fine-tuning: bf16 on a
-    CUDA GPU that has it, else fp32.  On a CPU with native bf16 (AVX512-BF16, AMX) ``bf16`` is
-    faster too (what it changes in speed and in the oracle's figures: docs/finetune.md, Evaluation).
-    The weights stay fp32: autocast runs matmuls and convolutions in bf16 and leaves the
-    scheduler's arithmetic in fp32.  The resolved config saved beside a round or a report says
-    which precision sampled it."""
+def resolve_precision(mixed_precision: MixedPrecision, device) -> str:
+    """``"no"``, ``"fp16"`` or ``"bf16"``: ``auto`` made concrete for ``device``, the same rule for
+    fine-tuning (accelerate's mixed_precision) and plain sampling: bf16 on a CUDA GPU that has it,
+    else fp32 ("no")."""
+    if mixed_precision != "auto":
+        return mixed_precision
     import torch  # imported on first use: config parsing stays fast
 
+    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+def precision_dtype(precision: str) -> "torch.dtype | None":
+    """The torch dtype of a resolved precision name (``"fp16"``, ``"bf16"``); None for fp32."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+
+def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | None":
+    """The autocast dtype that plain sampling (``make generate``, ``make eval``) runs the UNet, VAE
+    and text encoder in, or None for fp32; ``auto`` as :func:`resolve_precision`.  On a CPU with
+    native bf16 (AVX512-BF16, AMX) ``bf16`` is faster too (what it changes in speed and in the
+    oracle's figures: docs/finetune.md, Evaluation).  The weights stay fp32: autocast runs matmuls
+    and convolutions in bf16 and leaves the scheduler's arithmetic in fp32.  The resolved config
+    saved beside a round or a report says which precision sampled it."""
+    import torch
+
     kind = torch.device(device).type
-    if mixed_precision == "auto":
-        return torch.bfloat16 if kind == "cuda" and torch.cuda.is_bf16_supported() else None
     if mixed_precision == "fp16" and kind != "cuda":
         raise UserError(f"mixed_precision=fp16 needs a CUDA device (this one is {kind}).",
                         "use mixed_precision=bf16 or no (fp32), or auto.")
-    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+    return precision_dtype(resolve_precision(mixed_precision, device))
 
 
 @dataclass(frozen=True)

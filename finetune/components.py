@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from core.errors import UserError
-from core.loading import load_sd_pipeline
+from core.loading import default_device, load_sd_pipeline
+from core.sampling import precision_dtype, resolve_precision
 from finetune.config import FinetuneConfig
 
 
@@ -23,11 +24,9 @@ def make_accelerator(cfg: FinetuneConfig, out: Path):
     # accelerate keeps one state per process and refuses a second run with another mixed
     # precision (the demo, the bench, a notebook); the distributed state (PartialState) is kept.
     AcceleratorState._reset_state()
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     return Accelerator(
-        mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, log_with="tensorboard",
+        mixed_precision=resolve_precision(cfg.mixed_precision, default_device()),
+        gradient_accumulation_steps=cfg.optim.grad_accum, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
 
@@ -85,4 +84,4 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
 
 
 def weight_dtype_for(accelerator) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return precision_dtype(accelerator.mixed_precision) or torch.float32
