@@ -70,6 +70,11 @@ class OptimConfig:
     # rounds did not beat 40 constant ones in the demo (docs/results.md).
     lr_schedule: LRSchedule = "constant"
     lr_floor: float = 0.05
+    # Polyak averaging: an exponential moving average of the trained weights, updated after every
+    # optimizer step (diffusers' EMAModel, whose warm-up makes the decay at step n
+    # min(ema_decay, (1 + n) / (10 + n))).  The saved model, the DPOK learning curve and the sample
+    # grids use the average; the training samples come from the live weights.  0: off.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,9 @@ class FinetuneConfig:
         if not 0 <= self.optim.lr_floor <= 1:
             raise UserError(f"optim.lr_floor={self.optim.lr_floor} is not a share of optim.lr in [0, 1].",
                             "set it to e.g. 0.05 (the cosine ends at 5 % of optim.lr).")
+        if not 0 <= self.optim.ema_decay < 1:
+            raise UserError(f"optim.ema_decay={self.optim.ema_decay} is not in [0, 1).",
+                            "set it to e.g. 0.95 (an average over about the last 20 optimizer steps), or 0 for none.")
         if self.dpok.baseline_history < 0:
             raise UserError(f"dpok.baseline_history={self.dpok.baseline_history} must be >= 0.",
                             "set it to the rewards kept per prompt (e.g. 16), or 0 for the round's own only.")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
+from core.images import to_uint8
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.components import Components
 from finetune.config import FinetuneConfig
@@ -46,7 +47,8 @@ from finetune.rl_math import (baseline_advantages, clipped_policy_loss, eps_mse_
                               gaussian_log_prob, normalize_advantages)
 from finetune.run import setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import OracleReward, RewardFn, score_in_batches
+from reward.reward_fn import RewardFn, score_in_batches
+from shapes.oracle import judge
 from shapes.world import Prompt
 
 
@@ -135,7 +137,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
 
         def measure_curve() -> float:
-            return oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+            with run.averaged_weights():  # the model that will be saved
+                return oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
 
         if start == 0:
             curve.append({"round": 0, "oracle_aligned": measure_curve()})
@@ -171,7 +174,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
-        stats = _update(accelerator, policy, comps, optimizer, lr_sched, traj, adv, cfg, rng)
+        stats = _update(accelerator, policy, comps, optimizer, lr_sched, traj, adv, cfg, rng, run.optimizer_stepped)
         t3 = time.perf_counter()
         aligned = None
         if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
@@ -187,7 +190,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
+            with run.averaged_weights():
+                _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve,
@@ -198,7 +202,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
                "curve": curve, "seconds": time.perf_counter() - t_start}
-    save_result(accelerator, comps, cfg, out, metrics)
+    with run.averaged_weights():
+        save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()
     return FinetuneResult(out, history, metrics)
 
@@ -232,7 +237,7 @@ def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, unco
     ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that the shapes oracle judges
     aligned, from a generator seeded apart from the rounds'."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["curve"], texts)
-    return float((OracleReward()(images, texts) >= 2.0).float().mean())  # score >= 2 <=> aligned (Verdict.score)
+    return float(np.mean([judge(a, t).aligned for a, t in zip(to_uint8(images), texts)]))
 
 
 def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng,
@@ -282,7 +287,8 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
 
 
 def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, lr_sched,
-            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
+            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng, stepped: Callable[[], None]) -> dict:
+    """One round's clipped policy-gradient updates; ``stepped`` is called after every optimizer step."""
     d = cfg.dpok
     samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample)
     sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
@@ -316,6 +322,8 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, 
                 optimizer.step()
                 lr_sched.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    stepped()
             for k, v in (("kl", kl.mean()), ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
                          ("policy_loss", pl.loss), ("loss", loss)):
                 sums[k] += float(v.detach())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +54,42 @@ class Run:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
+    ema: object | None = None  # diffusers EMAModel of comps.trainable (optim.ema_decay > 0), else None
 
     @property
     def device(self):
         return self.accelerator.device
 
+    def optimizer_stepped(self) -> None:
+        """Call after each real (synchronised) optimizer step: moves the weight average."""
+        if self.ema is not None:
+            self.ema.step(self.comps.trainable)
+
+    @contextmanager
+    def averaged_weights(self):
+        """The trained weights replaced by their moving average inside the block (nothing without
+        optim.ema_decay); the live weights come back after it."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.comps.trainable)
+        self.ema.copy_to(self.comps.trainable)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.comps.trainable)
+
     def checkpoint_state(self, **extra) -> dict:
+        ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
         return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
-                    lr_scheduler=self.lr_scheduler.state_dict(), **extra)
+                    lr_scheduler=self.lr_scheduler.state_dict(), **ema, **extra)
 
     def restore(self, state: dict) -> None:
         self.comps.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
@@ -111,8 +135,13 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
     factor = comps.pipe.vae_scale_factor
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(comps.trainable, decay=cfg.optim.ema_decay, foreach=True)
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              (comps.pipe.unet.config.in_channels, height // factor, width // factor), (height, width))
+              (comps.pipe.unet.config.in_channels, height // factor, width // factor), (height, width), ema)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

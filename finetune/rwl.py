@@ -254,6 +254,8 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
             run.optimizer.step()
             run.lr_scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                run.optimizer_stepped()
         row = StepStats(step + 1, loss.item(), loss_model.item(), loss_pre.item(), w.mean().item(), grad_norm,
                         float(run.lr_scheduler.get_last_lr()[0]))
         history.append(vars(row))
@@ -267,13 +269,15 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if cfg.sample_grid_every:
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
+        with run.averaged_weights():
+            traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
                    run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},
                "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start}
-    save_result(acc, run.comps, cfg, run.out, metrics)
+    with run.averaged_weights():
+        save_result(acc, run.comps, cfg, run.out, metrics)
     acc.end_training()
     return FinetuneResult(run.out, history, metrics)

@@ -347,3 +347,35 @@ def test_cycled_prompts_visit_every_prompt_equally():
     # a round that straddles two passes (5 prompts, 2 per round): still every prompt once per pass
     straddling = [p for r in range(5) for p in cycled_prompts(prompts[:5], r, 2, seed=0)]
     assert Counter(straddling) == {p: 2 for p in prompts[:5]}
+
+
+def _lora(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "pytorch_lora_weights.safetensors"))
+
+
+def test_weight_average_is_what_is_saved_and_resumes_exactly(tiny_sd, tmp_path):
+    live = train_dpok(tiny_cfg(tiny_sd, tmp_path / "live"), progress=False)
+    averaged = train_dpok(tiny_cfg(tiny_sd, tmp_path / "ema", "optim.ema_decay=0.5"), progress=False)
+    drop = ("seconds_sample", "seconds_reward", "seconds_update")
+    clean = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]
+    assert clean(averaged.history) == clean(live.history)  # the average never feeds back into training
+    a, b = _lora(tmp_path / "live"), _lora(tmp_path / "ema")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # the average is saved
+
+    def interrupt(row):
+        if row.round == 2:
+            raise KeyboardInterrupt
+
+    cfg = tiny_cfg(tiny_sd, tmp_path / "resumed", "optim.ema_decay=0.5")
+    with pytest.raises(KeyboardInterrupt):
+        train_dpok(cfg, progress=False, on_round=interrupt)
+    train_dpok(cfg, progress=False)
+    c = _lora(tmp_path / "resumed")
+    assert all(torch.equal(b[k], c[k]) for k in b)  # the checkpoint carries the average
+
+
+def test_weight_average_decay_must_be_below_one(tiny_sd, tmp_path):
+    with pytest.raises(UserError, match="ema_decay"):
+        tiny_cfg(tiny_sd, tmp_path / "run", "optim.ema_decay=1")
