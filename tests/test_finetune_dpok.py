@@ -22,6 +22,16 @@ def tiny_cfg(sd, out, *extra):
         "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
 
 
+def interrupt_at_round_2(row):
+    if row.round == 2:
+        raise KeyboardInterrupt
+
+
+def without_timings(history):
+    drop = ("seconds_sample", "seconds_reward", "seconds_update")
+    return [{k: v for k, v in r.items() if k not in drop} for r in history]
+
+
 def test_one_dpok_run_writes_lora_that_diffusers_loads(tiny_sd, tmp_path):
     from core.loading import load_sd_pipeline
 
@@ -53,18 +63,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, tmp_path, history):
              f"prompts.prompts_file={_prompts(tmp_path, ['one circle', 'two squares'])}") if history else ()
     straight = train_dpok(tiny_cfg(tiny_sd, tmp_path / "a", *extra), progress=False)
 
-    def interrupt(row):
-        if row.round == 2:
-            raise KeyboardInterrupt
-
     cfg = tiny_cfg(tiny_sd, tmp_path / "b", *extra)
     with pytest.raises(KeyboardInterrupt):
-        train_dpok(cfg, progress=False, on_round=interrupt)
+        train_dpok(cfg, progress=False, on_round=interrupt_at_round_2)
     assert not (tmp_path / "b" / "metrics.json").exists()
     resumed = train_dpok(cfg, progress=False)
-    drop = ("seconds_sample", "seconds_reward", "seconds_update")
-    clean = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]
-    assert clean(resumed.history) == clean(straight.history)
+    assert without_timings(resumed.history) == without_timings(straight.history)
 
 
 @pytest.mark.parametrize("kl_form", ["gaussian", "eps_mse"])
@@ -259,12 +263,8 @@ def test_cosine_lr_schedule_ends_at_its_floor_and_resumes_on_schedule(tiny_sd, t
     assert lrs[0] < 1e-2 and lrs == sorted(lrs, reverse=True)
     assert lrs[-1] == pytest.approx(1e-3)  # 0.1 x optim.lr at the last optimizer step
 
-    def interrupt(row):
-        if row.round == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False, on_round=interrupt)
+        train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False, on_round=interrupt_at_round_2)
     resumed = train_dpok(tiny_cfg(tiny_sd, tmp_path / "b", *extra), progress=False)
     assert [row["lr"] for row in resumed.history] == lrs
 
@@ -358,19 +358,13 @@ def _lora(out):
 def test_weight_average_is_what_is_saved_and_resumes_exactly(tiny_sd, tmp_path):
     live = train_dpok(tiny_cfg(tiny_sd, tmp_path / "live"), progress=False)
     averaged = train_dpok(tiny_cfg(tiny_sd, tmp_path / "ema", "optim.ema_decay=0.5"), progress=False)
-    drop = ("seconds_sample", "seconds_reward", "seconds_update")
-    clean = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]
-    assert clean(averaged.history) == clean(live.history)  # the average never feeds back into training
+    assert without_timings(averaged.history) == without_timings(live.history)  # the average never feeds back into training
     a, b = _lora(tmp_path / "live"), _lora(tmp_path / "ema")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # the average is saved
 
-    def interrupt(row):
-        if row.round == 2:
-            raise KeyboardInterrupt
-
     cfg = tiny_cfg(tiny_sd, tmp_path / "resumed", "optim.ema_decay=0.5")
     with pytest.raises(KeyboardInterrupt):
-        train_dpok(cfg, progress=False, on_round=interrupt)
+        train_dpok(cfg, progress=False, on_round=interrupt_at_round_2)
     train_dpok(cfg, progress=False)
     c = _lora(tmp_path / "resumed")
     assert all(torch.equal(b[k], c[k]) for k in b)  # the checkpoint carries the average
