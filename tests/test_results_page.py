@@ -34,6 +34,11 @@ def test_results_page_from_files(tmp_path):
         {"command": "make finetune METHOD=dpok; make eval", "seconds": 200.0,
          "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 40, "oracle_aligned": 0.5}],
          "eval": {"base": 0.25, "model": 0.5, "samples_per_prompt": 16}}))
+    (folder / "reward-2026-01-03-e2e.json").write_text(json.dumps(
+        {"command": "make reward", "train_seconds": 84.6,
+         "val_images": {"pairwise_accuracy_vs_oracle": 0.78, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.71,
+                        "oracle_labels_head_pairwise_accuracy_vs_oracle": 0.77},
+         "val_prompts": {"pairwise_accuracy_vs_oracle": 0.74, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.75}}))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
@@ -46,6 +51,7 @@ def test_results_page_from_files(tmp_path):
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
     assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | - | 300 |" in page
     assert "| +25.0 | 25.0 → 50.0 (+25.0), 16 per prompt | 200 |" in page
+    assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.740 (0.750) | 85 |" in page
 
 
 def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
