@@ -271,6 +271,9 @@ def test_the_login_page_says_how_long_to_wait(app, browser):
         with page.expect_response(lambda r: r.url.endswith("/login")) as resp:
             page.get_by_role("button", name="Login").click()
         statuses.append(resp.value.status)
+        # The page clears the password only after reading the response's body: filling it before
+        # then lost the race (an empty required field, so the next click sent nothing).
+        page.wait_for_function("() => document.querySelector('#login-error').innerText.trim() !== ''")
     assert statuses == [400, 400, 400, 429]
     page.wait_for_function("() => /^too many attempts, wait (29|30) s$/.test("
                            "document.querySelector('#login-error').innerText.trim())")
