@@ -110,7 +110,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     run, state = setup_run(cfg, reward_fn)
     cfg, out, accelerator, device = run.cfg, run.out, run.accelerator, run.device
     d, comps, pipe, policy = cfg.dpok, run.comps, run.comps.pipe, run.policy
-    unet, optimizer, lr_sched, schedule = comps.unet, run.optimizer, run.lr_scheduler, run.schedule
+    unet, lr_sched, schedule = comps.unet, run.lr_scheduler, run.schedule
     value_net = value_opt = None
     if d.baseline == "value":
         value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
@@ -174,7 +174,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
-        stats = _update(accelerator, policy, comps, optimizer, lr_sched, traj, adv, cfg, rng, run.optimizer_stepped)
+        stats = _update(accelerator, policy, comps, run.optimizer_step, traj, adv, cfg, rng)
         t3 = time.perf_counter()
         aligned = None
         if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
@@ -286,9 +286,9 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)
 
 
-def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, lr_sched,
-            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng, stepped: Callable[[], None]) -> dict:
-    """One round's clipped policy-gradient updates; ``stepped`` is called after every optimizer step."""
+def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_step: Callable[[], None],
+            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
+    """One round's clipped policy-gradient updates; ``optimizer_step``: :meth:`finetune.run.Run.optimizer_step`."""
     d = cfg.dpok
     samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample)
     sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
@@ -318,12 +318,7 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer, 
                     gn = accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm)
                     sums["grad_norm"] += float(gn)
                     n_opt += 1
-                # Under accumulate(), the prepared optimizer and scheduler skip non-sync steps.
-                optimizer.step()
-                lr_sched.step()
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    stepped()
+                optimizer_step()
             for k, v in (("kl", kl.mean()), ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
                          ("policy_loss", pl.loss), ("loss", loss)):
                 sums[k] += float(v.detach())

@@ -60,9 +60,14 @@ class Run:
     def device(self):
         return self.accelerator.device
 
-    def optimizer_stepped(self) -> None:
-        """Call after each real (synchronised) optimizer step: moves the weight average."""
-        if self.ema is not None:
+    def optimizer_step(self) -> None:
+        """One optimizer and learning-rate step, gradients cleared, then the weight average moved.
+        Under ``accelerator.accumulate()`` the prepared optimizer and scheduler skip the steps that
+        do not synchronise gradients, and so does the average."""
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None and self.accelerator.sync_gradients:
             self.ema.step(self.comps.trainable)
 
     @contextmanager

@@ -251,11 +251,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
             loss = loss_model + r.pretrain_weight * loss_pre
             acc.backward(loss)
             grad_norm = float(acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm)) if acc.sync_gradients else 0.0
-            run.optimizer.step()
-            run.lr_scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            if acc.sync_gradients:
-                run.optimizer_stepped()
+            run.optimizer_step()
         row = StepStats(step + 1, loss.item(), loss_model.item(), loss_pre.item(), w.mean().item(), grad_norm,
                         float(run.lr_scheduler.get_last_lr()[0]))
         history.append(vars(row))
