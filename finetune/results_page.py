@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from core.errors import UserError
+from shapes.world import COUNT_WORDS, Prompt
 
 MODELS = ("base", "rwl", "dpok", "dpok_oracle")
 
@@ -66,6 +67,8 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
     summary = " ".join(([gain_summary(now, "the current config's runs (" + ", ".join(current) + "), mean (each)")] if now else [])
                        + ([gain_summary(other, "other runs, mean (each)")] if other else []))
     lines += ["", summary]
+    if now:
+        lines += ["", *gain_by_group(now)]
     curves = [(label, m, c) for label, r in runs for m, c in (r.get("curves") or {}).items() if c]
     if curves:
         lines += ["", "Oracle learning curves of DPOK (aligned % of the current policy's samples on the targets, "
@@ -83,6 +86,41 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
         k, k_side = eval_seeds(r)
         lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {k} ({k_side}) | {views[0]} | {views[1]} | "
                      f"{round(sec.get('total', 0))} ({parts}) |")
+    return lines
+
+
+def gain_by_group(runs: list[tuple[str, dict]]) -> list[str]:
+    """Where the gain goes: the base model's mean pass rate and each fine-tuned model's mean
+    per-prompt gain over base (points; same prompts, same seeds) on the targets of ``runs``, by the
+    prompt's object count and background.
+    Prompts outside the shapes world's grammar are left out."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for _, r in runs:
+        base = r["base"].get("per_prompt") or {}
+        for m in MODELS:
+            for text, v in (r.get(m, {}).get("per_prompt") or {}).items():
+                try:
+                    p = Prompt.parse(text)
+                except UserError:
+                    continue
+                if text in base:
+                    for g in ((0, p.count, f"{COUNT_WORDS[p.count - 1]} object{'s' * (p.count > 1)}"),
+                              (1, p.background or "", f"{p.background or 'any'} background")):
+                        groups.setdefault(g, {}).setdefault(m, []).append(v - (0 if m == "base" else base[text]))
+    if not groups:
+        return []
+    keys = sorted(groups)
+    names = [k[2] for k in keys]
+    groups = {k[2]: groups[k] for k in keys}
+    models = [m for m in MODELS if any(m in groups[g] for g in names)]
+    lines = ["Where the gain goes, over the same runs: by the target prompt's object count and background "
+             "(`any`: none named), the base model's mean pass rate (%), then each model's mean gain over base "
+             "per prompt (points; same prompts, same seeds), and how many (run, prompt) pairs.", "",
+             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for m in models:
+        cells = [(f"{100 * sum(groups[g][m]) / len(groups[g][m]):{'' if m == 'base' else '+'}.1f} "
+                  f"({len(groups[g][m])})") if groups[g].get(m) else "-" for g in names]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -133,17 +171,22 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
 def reward_section(runs: list[tuple[str, dict]]) -> list[str]:
     """One row per reward run (a ``make reward`` metrics.json with a ``command`` key): pairwise
     accuracy vs the oracle on both validation views, beside zero-shot CLIP's and, on
-    ``val_images``, the oracle-labelled head's (the same head on noise-free labels)."""
+    ``val_images``, the oracle-labelled head's (the same head on noise-free labels), and split by
+    pair kind (aligned vs misaligned image; two misaligned images)."""
     lines = ["## `make reward` runs (2 CPU cores)", "",
              "Pairwise accuracy vs the oracle. val_images: unseen images of the trained prompts (zero-shot CLIP; "
-             "the same head trained on the oracle's labels); val_prompts: unseen prompts (zero-shot CLIP).", "",
-             "| run | command | val_images (zero-shot; oracle-labels head) | val_prompts (zero-shot) | train seconds |",
-             "|---|---|---|---|---|"]
+             "the same head trained on the oracle's labels), then on its pairs of an aligned and a misaligned "
+             "image and on its pairs of two misaligned images (partial credit); val_prompts: unseen prompts (zero-shot CLIP).", "",
+             "| run | command | val_images (zero-shot; oracle-labels head) | aligned pairs | failure pairs "
+             "| val_prompts (zero-shot) | train seconds |",
+             "|---|---|---|---|---|---|---|"]
     for label, m in runs:
         v, p = m.get("val_images", {}), m.get("val_prompts", {})
         lines.append(f"| {label} | `{m.get('command', '')}` | {_num(v.get('pairwise_accuracy_vs_oracle'))} "
                      f"({_num(v.get('zero_shot_clip_pairwise_accuracy_vs_oracle'))}; "
                      f"{_num(v.get('oracle_labels_head_pairwise_accuracy_vs_oracle'))}) | "
+                     f"{_num(v.get('pairwise_accuracy_vs_oracle_aligned_pairs'))} | "
+                     f"{_num(v.get('pairwise_accuracy_vs_oracle_failure_pairs'))} | "
                      f"{_num(p.get('pairwise_accuracy_vs_oracle'))} "
                      f"({_num(p.get('zero_shot_clip_pairwise_accuracy_vs_oracle'))}) | "
                      f"{round(m.get('train_seconds') or 0)} |")

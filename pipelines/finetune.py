@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     train = train_dpok if cfg.method == "dpok" else train_rwl
     result = train(cfg)
     final = result.metrics["final"]
-    print(f"{cfg.method}: wrote {result.output_dir} (LoRA weights, config.yaml, metrics.json); "
+    weights = "LoRA weights" if cfg.model.parameterisation == "lora" else "the whole pipeline"
+    print(f"{cfg.method}: wrote {result.output_dir} ({weights}, config.yaml, metrics.json); "
           + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float) and not k.startswith("seconds")))
     return 0
 

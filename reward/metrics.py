@@ -13,6 +13,10 @@ trained prompts, or ``val_prompts``, prompts never trained on).  Definitions:
 - ``pairwise_accuracy_vs_oracle`` (shapes world): every pair of images of the same prompt that
   touches a validation image (its partner may be a training image of that prompt: ``partners``)
   and whose oracle graded scores differ (oracle ties are excluded); equal rewards count 0.5.
+  Split in two (``oracle_pairs`` counts all, ``oracle_aligned_pairs`` the first kind):
+  ``..._aligned_pairs``, one aligned and one misaligned image (what a binary label teaches, and
+  what a per-prompt advantage mostly rewards), and ``..._failure_pairs``, two misaligned images
+  that differ only in partial credit (an object too many, one colour wrong; only rankings teach it).
 - ``spearman_vs_oracle``: Spearman correlation of reward and oracle score over validation images.
 - ``binary_auc_vs_oracle``: ROC-AUC of the reward against the oracle's aligned verdict.
 - ``perturbed_prompt_accuracy``: for images labelled good, the share of (image, prompt one
@@ -27,6 +31,8 @@ import math
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
+
+from shapes.oracle import ALIGNED_MIN_SCORE
 
 NAN = float("nan")
 
@@ -76,6 +82,22 @@ def oracle_pairs(images: np.ndarray, prompt_of: np.ndarray, oracle: np.ndarray
     return np.concatenate(a), np.concatenate(b)
 
 
+def oracle_pair_accuracy(scores: np.ndarray, hi: np.ndarray, lo: np.ndarray, oracle: np.ndarray) -> dict:
+    """Pairwise accuracy of ``scores`` on the oracle pairs (``hi``, ``lo``) of :func:`oracle_pairs`,
+    over all of them and by kind: one aligned and one misaligned image (``_aligned_pairs``), or
+    two misaligned images (``_failure_pairs``; two aligned images always tie).  With the pair
+    counts ``oracle_pairs`` and ``oracle_aligned_pairs``."""
+    aligned = oracle[hi] >= ALIGNED_MIN_SCORE  # then oracle[lo] < ALIGNED_MIN_SCORE, or it would tie
+
+    def acc(m: np.ndarray) -> float:
+        return pair_accuracy(scores[hi[m]], scores[lo[m]], np.ones(int(m.sum()), bool))
+
+    return {"pairwise_accuracy_vs_oracle": acc(np.ones(len(hi), bool)),
+            "pairwise_accuracy_vs_oracle_aligned_pairs": acc(aligned),
+            "pairwise_accuracy_vs_oracle_failure_pairs": acc(~aligned),
+            "oracle_pairs": int(len(hi)), "oracle_aligned_pairs": int(aligned.sum())}
+
+
 def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: np.ndarray,
              oracle: np.ndarray | None = None, aux_true: np.ndarray | None = None,
              aux_perturbed: np.ndarray | None = None, partners: np.ndarray | None = None) -> dict[str, float]:
@@ -110,14 +132,14 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
         hi, lo = oracle_pairs(pool, prompt_of, oracle)
         touches = np.isin(hi, judged) | np.isin(lo, judged)
         hi, lo = hi[touches], lo[touches]
-        out["pairwise_accuracy_vs_oracle"] = pair_accuracy(logits[hi], logits[lo], np.ones(len(hi), bool))
-        out["oracle_pairs"] = int(len(hi))
+        out.update(oracle_pair_accuracy(logits, hi, lo, oracle))
         rho = spearmanr(logits[judged], oracle[judged]).statistic if len(judged) > 2 else NAN
         out["spearman_vs_oracle"] = float(rho) if rho == rho else NAN
-        out["binary_auc_vs_oracle"] = _auc((oracle[judged] >= 2.0).astype(float), logits[judged])
+        out["binary_auc_vs_oracle"] = _auc((oracle[judged] >= ALIGNED_MIN_SCORE).astype(float), logits[judged])
     else:
-        out["pairwise_accuracy_vs_oracle"] = out["spearman_vs_oracle"] = out["binary_auc_vs_oracle"] = NAN
-        out["oracle_pairs"] = 0
+        none = np.zeros(0, np.int64)
+        out.update(oracle_pair_accuracy(logits, none, none, np.zeros(0)))  # NaN accuracies, no pairs
+        out["spearman_vs_oracle"] = out["binary_auc_vs_oracle"] = NAN
     if aux_true is not None and aux_perturbed is not None and aux_perturbed.size:
         valid = np.isfinite(aux_perturbed)
         t = np.broadcast_to(aux_true[:, None], aux_perturbed.shape)[valid]
@@ -130,7 +152,8 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
     return out
 
 
-TABLE_ROWS = ("pairwise_accuracy_vs_oracle", "pairwise_accuracy_vs_labels", "spearman_vs_oracle",
+TABLE_ROWS = ("pairwise_accuracy_vs_oracle", "pairwise_accuracy_vs_oracle_aligned_pairs",
+              "pairwise_accuracy_vs_oracle_failure_pairs", "pairwise_accuracy_vs_labels", "spearman_vs_oracle",
               "binary_accuracy", "binary_auc", "binary_auc_vs_oracle", "ece",
               "perturbed_prompt_accuracy")
 

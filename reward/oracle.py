@@ -12,7 +12,7 @@ from tqdm import tqdm
 from core.errors import UserError
 from data.generations import load_image
 from reward.data import AuxExamples, RewardData, Split
-from shapes.oracle import judge
+from shapes.oracle import ALIGNED_MIN_SCORE, judge
 from shapes.world import Prompt
 
 
@@ -31,14 +31,14 @@ def oracle_scores(data: RewardData, images: np.ndarray, progress: bool = False) 
 
 def relabel_with_oracle(data: RewardData, truth: np.ndarray) -> RewardData:
     """``data`` with the training and selection labels replaced by the oracle's: binary target =
-    aligned (graded score >= 2), ranking pair label = which image the graded score prefers (0.5 on
+    aligned (graded score >= ALIGNED_MIN_SCORE), ranking pair label = which image the graded score prefers (0.5 on
     equal scores), auxiliary examples = the aligned images.  Same images, same pairs: only the
     label noise is gone.  ``truth``: (n_images,) graded scores, NaN where not judged."""
     def relabel(s: Split | None) -> Split | None:
         if s is None:
             return None
         b, p, a = s.binary, s.pairs, s.aux
-        aligned = truth[b.image] >= 2.0
+        aligned = truth[b.image] >= ALIGNED_MIN_SCORE
         o0, o1 = truth[p.image_0], truth[p.image_1]
         label = np.where(o0 > o1, 1.0, np.where(o0 < o1, 0.0, 0.5)).astype(np.float32)
         # Perturbation pools are per prompt; prompts with no rater-approved image have none.

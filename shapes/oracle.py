@@ -61,6 +61,11 @@ class Blob:
     corners: float
 
 
+# Verdict.score of an aligned image is exactly 3 and of any other image below 1 (some verdict
+# fails), so this threshold on a graded score recovers the aligned verdict.
+ALIGNED_MIN_SCORE = 2.0
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The oracle's judgement of one image.  ``color``/``background`` are None when the prompt

@@ -37,7 +37,9 @@ def test_results_page_from_files(tmp_path):
     (folder / "reward-2026-01-03-e2e.json").write_text(json.dumps(
         {"command": "make reward", "train_seconds": 84.6,
          "val_images": {"pairwise_accuracy_vs_oracle": 0.78, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.71,
-                        "oracle_labels_head_pairwise_accuracy_vs_oracle": 0.77},
+                        "oracle_labels_head_pairwise_accuracy_vs_oracle": 0.77,
+                        "pairwise_accuracy_vs_oracle_aligned_pairs": 0.86,
+                        "pairwise_accuracy_vs_oracle_failure_pairs": 0.66},
          "val_prompts": {"pairwise_accuracy_vs_oracle": 0.74, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.75}}))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
@@ -51,7 +53,22 @@ def test_results_page_from_files(tmp_path):
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
     assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | - | 300 |" in page
     assert "| +25.0 | 25.0 → 50.0 (+25.0), 16 per prompt | 200 |" in page
-    assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.740 (0.750) | 85 |" in page
+    assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.860 | 0.660 | 0.740 (0.750) | 85 |" in page
+
+
+def test_gain_by_group_splits_the_per_prompt_gains_by_count_and_background():
+    from finetune.results_page import gain_by_group
+
+    def run(base, dpok):
+        return {"base": {"per_prompt": base}, "dpok": {"per_prompt": dpok}}
+    runs = [("a", run({"two circles on a white background": 0.5, "four squares": 0.0, "my own prompt": 0.5},
+                      {"two circles on a white background": 0.25, "four squares": 0.5, "my own prompt": 1.0})),
+            ("b", run({"two red squares": 0.25}, {"two red squares": 0.75}))]
+    lines = gain_by_group(runs)
+    assert lines[2] == ("| model | two objects | four objects | any background | white background |")
+    assert lines[4] == "| base | 37.5 (2) | 0.0 (1) | 12.5 (2) | 50.0 (1) |"
+    assert lines[5] == "| dpok | +12.5 (2) | +50.0 (1) | +50.0 (2) | -25.0 (1) |"  # (-25 + 50) / 2; prompts outside the grammar left out
+    assert gain_by_group([("c", run({"my own prompt": 0.5}, {"my own prompt": 1.0}))]) == []
 
 
 def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):

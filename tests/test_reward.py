@@ -22,7 +22,7 @@ from reward.config import DataConfig, LossConfig, RewardConfig
 from reward.data import (image_sides, load_reward_data, shapes_perturbations, split_prompts,
                          word_swap_perturbations)
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
-from reward.metrics import expected_calibration_error, oracle_pairs, pair_accuracy
+from reward.metrics import expected_calibration_error, oracle_pair_accuracy, oracle_pairs, pair_accuracy
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess, to_pixel_batches
 from shapes.raters import default_panel
@@ -179,6 +179,20 @@ def test_metric_helpers():
     assert expected_calibration_error(labels, probs) == pytest.approx(0.5 * 0.45 + 0.5 * 0.865)
     hi, lo = oracle_pairs(np.arange(4), np.array(["a", "a", "a", "b"]), np.array([3.0, 1.0, 3.0, 0.0]))
     assert sorted(zip(hi.tolist(), lo.tolist())) == [(0, 1), (2, 1)]  # tie (0, 2) excluded
+
+
+def test_oracle_pair_accuracy_splits_aligned_from_failure_pairs():
+    # One prompt: two aligned images (score 3), two misaligned ones with partial credit 0.75 and 0.5.
+    oracle = np.array([3.0, 3.0, 0.75, 0.5])
+    hi, lo = oracle_pairs(np.arange(4), np.zeros(4, int), oracle)
+    # The reward puts both aligned images first but orders the two failures the wrong way round.
+    scores = np.array([2.0, 1.5, -1.0, 0.0])
+    out = oracle_pair_accuracy(scores, hi, lo, oracle)
+    assert out["oracle_pairs"] == 5 and out["oracle_aligned_pairs"] == 4
+    assert out["pairwise_accuracy_vs_oracle_aligned_pairs"] == 1.0
+    assert out["pairwise_accuracy_vs_oracle_failure_pairs"] == 0.0
+    assert out["pairwise_accuracy_vs_oracle"] == pytest.approx(4 / 5)
+    assert np.isnan(oracle_pair_accuracy(scores, hi[:0], lo[:0], oracle)["pairwise_accuracy_vs_oracle"])
 
 
 # ---------------------------------------------------------------------------------------------
