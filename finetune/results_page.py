@@ -94,7 +94,8 @@ def gain_by_group(runs: list[tuple[str, dict]]) -> list[str]:
     per-prompt gain over base (points; same prompts, same seeds) on the targets of ``runs``, by the
     prompt's object count and background.
     Prompts outside the shapes world's grammar are left out."""
-    groups: dict[str, dict[str, list[float]]] = {}
+    # (0, count, name) or (1, background, name) -> model -> per-prompt gains; sorts into column order
+    groups: dict[tuple, dict[str, list[float]]] = {}
     for _, r in runs:
         base = r["base"].get("per_prompt") or {}
         for m in MODELS:
@@ -109,17 +110,15 @@ def gain_by_group(runs: list[tuple[str, dict]]) -> list[str]:
                         groups.setdefault(g, {}).setdefault(m, []).append(v - (0 if m == "base" else base[text]))
     if not groups:
         return []
-    keys = sorted(groups)
-    names = [k[2] for k in keys]
-    groups = {k[2]: groups[k] for k in keys}
-    models = [m for m in MODELS if any(m in groups[g] for g in names)]
+    columns = sorted(groups)
+    models = [m for m in MODELS if any(m in groups[c] for c in columns)]
     lines = ["Where the gain goes, over the same runs: by the target prompt's object count and background "
              "(`any`: none named), the base model's mean pass rate (%), then each model's mean gain over base "
              "per prompt (points; same prompts, same seeds), and how many (run, prompt) pairs.", "",
-             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             "| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for m in models:
-        cells = [(f"{100 * sum(groups[g][m]) / len(groups[g][m]):{'' if m == 'base' else '+'}.1f} "
-                  f"({len(groups[g][m])})") if groups[g].get(m) else "-" for g in names]
+        cells = [(f"{100 * sum(groups[c][m]) / len(groups[c][m]):{'' if m == 'base' else '+'}.1f} "
+                  f"({len(groups[c][m])})") if groups[c].get(m) else "-" for c in columns]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
