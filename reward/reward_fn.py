@@ -36,7 +36,7 @@ class RewardFn(Protocol):
 
 
 class OracleReward:
-    """The shapes-world oracle as a reward: Verdict.score in [-1, 3] (2 for aligned, plus the share
+    """The shapes-world oracle as a reward: Verdict.score, at most 3 (2 for aligned, plus the share
     of attributes right, minus 1/4 per missing or extra object).  For ablations only: the oracle is
     also the evaluator, so a model trained on it is graded by its own teacher."""
 

@@ -81,8 +81,9 @@ class Verdict:
     blobs: tuple[Blob, ...]
 
     def score(self, prompt: Prompt) -> float:
-        """A graded match in [0, 3]: 2 for aligned, plus the share of attribute verdicts that
-        hold, minus a quarter per missing or extra object.  Used to rank images."""
+        """A graded match, at most 3: 2 for aligned, plus the share of attribute verdicts that
+        hold, minus a quarter per missing or extra object (so below 0 for a crowded failure).
+        An aligned image scores exactly 3, any other below 1.  Used to rank images."""
         verdicts = [getattr(self, a) for a in prompt.specified]
         share = sum(bool(v) for v in verdicts) / len(verdicts)
         return 2.0 * self.aligned + share - 0.25 * abs(self.n_objects - prompt.count)
