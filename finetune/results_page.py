@@ -97,17 +97,18 @@ def gain_by_group(runs: list[tuple[str, dict]]) -> list[str]:
     # (0, count, name) or (1, background, name) -> model -> per-prompt gains; sorts into column order
     groups: dict[tuple, dict[str, list[float]]] = {}
     for _, r in runs:
-        base = r["base"].get("per_prompt") or {}
-        for m in MODELS:
-            for text, v in (r.get(m, {}).get("per_prompt") or {}).items():
-                try:
-                    p = Prompt.parse(text)
-                except UserError:
-                    continue
-                if text in base:
-                    for g in ((0, p.count, f"{COUNT_WORDS[p.count - 1]} object{'s' * (p.count > 1)}"),
-                              (1, p.background or "", f"{p.background or 'any'} background")):
-                        groups.setdefault(g, {}).setdefault(m, []).append(v - (0 if m == "base" else base[text]))
+        for text, base in (r["base"].get("per_prompt") or {}).items():
+            try:
+                p = Prompt.parse(text)
+            except UserError:
+                continue
+            keys = ((0, p.count, f"{COUNT_WORDS[p.count - 1]} object{'s' * (p.count > 1)}"),
+                    (1, p.background or "", f"{p.background or 'any'} background"))
+            for m in MODELS:
+                v = (r.get(m, {}).get("per_prompt") or {}).get(text)
+                if v is not None:
+                    for g in keys:
+                        groups.setdefault(g, {}).setdefault(m, []).append(v - (0 if m == "base" else base))
     if not groups:
         return []
     columns = sorted(groups)

@@ -32,8 +32,8 @@ def oracle_scores(data: RewardData, images: np.ndarray, progress: bool = False) 
 def relabel_with_oracle(data: RewardData, truth: np.ndarray) -> RewardData:
     """``data`` with the training and selection labels replaced by the oracle's: binary target =
     aligned (graded score >= ALIGNED_MIN_SCORE), ranking pair label = which image the graded score
-    prefers (0.5 on equal scores), auxiliary examples = the aligned images.  Same images, same pairs: only the
-    label noise is gone.  ``truth``: (n_images,) graded scores, NaN where not judged."""
+    prefers (0.5 on equal scores), auxiliary examples = the aligned images.  Same images, same
+    pairs: only the label noise is gone.  ``truth``: (n_images,) graded scores, NaN where not judged."""
     def relabel(s: Split | None) -> Split | None:
         if s is None:
             return None
