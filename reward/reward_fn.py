@@ -21,12 +21,17 @@ from shapes.oracle import judge
 from shapes.world import Prompt
 
 RewardKind = Literal["learned", "oracle"]
+# Which of the oracle's judgements is the reward (kind=oracle): "graded", Verdict.score (partial
+# credit orders the failures too); "aligned", 1 for an aligned image and 0 for any other (the
+# evaluation's own measure, and the shape of a learned P(rater says good)).
+OracleScore = Literal["graded", "aligned"]
 
 
 @dataclass(frozen=True)
 class RewardSource:
     kind: RewardKind = "learned"  # "oracle" (shapes world only) is for upper-bound ablations
     path: str = "runs/reward"  # a RewardModel folder (reward package)
+    oracle: OracleScore = "graded"  # kind=oracle: which oracle score
     batch_size: int = 64
 
 
@@ -36,13 +41,20 @@ class RewardFn(Protocol):
 
 
 class OracleReward:
-    """The shapes-world oracle as a reward: Verdict.score, at most 3 (2 for aligned, plus the share
-    of attributes right, minus 1/4 per missing or extra object).  For ablations only: the oracle is
-    also the evaluator, so a model trained on it is graded by its own teacher."""
+    """The shapes-world oracle as a reward: ``graded``, Verdict.score, at most 3 (2 for aligned,
+    plus the share of attributes right, minus 1/4 per missing or extra object); ``aligned``, 1 for
+    an aligned image, else 0.  For ablations only: the oracle is also the evaluator, so a model
+    trained on it is graded by its own teacher."""
+
+    def __init__(self, score: OracleScore = "graded"):
+        self.score = score
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         arr = to_uint8(images)
-        scores = [judge(a, Prompt.parse(p)).score(Prompt.parse(p)) for a, p in zip(arr, prompts)]
+        parsed = [Prompt.parse(p) for p in prompts]
+        verdicts = [judge(a, p) for a, p in zip(arr, parsed)]
+        scores = ([v.score(p) for v, p in zip(verdicts, parsed)] if self.score == "graded"
+                  else [float(v.aligned) for v in verdicts])
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
 
@@ -55,7 +67,7 @@ def check_reward_folder(cfg: RewardSource) -> None:
 
 def load_reward(cfg: RewardSource, device) -> RewardFn:
     if cfg.kind == "oracle":
-        return OracleReward()
+        return OracleReward(cfg.oracle)
     check_reward_folder(cfg)
     return load_reward_fn(Path(cfg.path), device=device)  # the reward stage's model: calibrated P(rater says good)
 

@@ -50,6 +50,26 @@ def setup(tiny_sd, tmp_path_factory):
     return dict(sd=tiny_sd, clip=clip, reward=reward, dpok=d / "dpok")
 
 
+def test_load_finetuned_fuses_the_lora_into_the_same_model(setup):
+    """The evaluated pipeline carries no adapter layers, and samples what base + LoRA samples."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from core.loading import load_sd_pipeline
+    from core.sampling import SamplingConfig, generate_images
+
+    fused = load_finetuned(setup["sd"], setup["dpok"])
+    assert not any(isinstance(m, BaseTunerLayer) for m in fused.unet.modules())
+    adapted = load_sd_pipeline(setup["sd"])
+    adapted.load_lora_weights(setup["dpok"])
+    base = load_sd_pipeline(setup["sd"])
+    sampling = SamplingConfig(num_inference_steps=2, batch_size=2)
+    prompts, seeds = ["one red circle", "two blue squares"], [3, 4]
+    images = {name: np.stack([np.asarray(im, dtype=int) for im in generate_images(p, prompts, seeds, sampling)])
+              for name, p in (("fused", fused), ("adapted", adapted), ("base", base))}
+    assert np.abs(images["fused"] - images["adapted"]).max() <= 1  # fp32 rounding at most
+    assert np.abs(images["fused"] - images["base"]).max() > 1  # the fine-tuning is in it
+
+
 def eval_args(s, out, *extra):
     return [f"base={s['sd']}", f"clip={s['clip']}", f"models=[dpok={s['dpok']}]", f"reward.path={s['reward']}",
             "samples_per_prompt=2", "sampling.num_inference_steps=2", f"output_dir={out}", "grid_prompts=2", *extra]
