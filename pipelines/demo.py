@@ -13,8 +13,8 @@ already samples.  The evaluation reports (a) the targets, (b) generalisation: th
 prompts, never fine-tuned on and whose labels the reward never trained on (its val_prompts view),
 (c) control prompts (train prompts with one or two objects, not targets): collateral damage.
 ``target=heldout|train|all`` fine-tunes on a whole shapes-world prompt set instead (the earlier
-design).  ``oracle_upper_bound=true`` adds DPOK with the oracle as reward (1 for an aligned image, else
-0), same budget: the most a learned reward could buy.
+design).  ``oracle_upper_bound=true`` adds DPOK with the oracle as reward, same budget: the most a
+learned reward could buy.
 
 Each stage runs through the same library calls as its own make target, with its own typed config;
 ``<stage>_args`` add dotted overrides to a stage, e.g. ``dpok_args=[dpok.kl_weight=0.1]``.
@@ -128,12 +128,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
                            [*common, f"output_dir={runs / 'finetune-dpok'}", f"curve_every={cfg.curve_every}",
                             *cfg.dpok_args])
-    # The upper bound's reward is the oracle's aligned / not aligned: what the learned reward
-    # estimates (P(rater says good)) made exact.  Its gain is the graded score's within noise, and its
-    # fixed-seed curve keeps climbing more often (docs/finetune.md, the *-oaligned-* runs).
     oracle_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
                              [*common, f"output_dir={runs / 'finetune-dpok-oracle'}", f"curve_every={cfg.curve_every}",
-                              *cfg.dpok_args, "reward.kind=oracle", "reward.oracle=aligned"])
+                              *cfg.dpok_args, "reward.kind=oracle"])
     models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={runs / 'finetune-dpok'}"]
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")

@@ -3,8 +3,6 @@ itself on the real shapes-world models)."""
 
 import json
 
-import yaml
-
 from pipelines.cli import run
 from pipelines.demo import main
 from tiny_models import make_tiny_clip
@@ -39,8 +37,6 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle"}
     # the oracle's learning curve of both DPOK runs: before training and at the last round
     assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {"dpok": [0, 2], "dpok_oracle": [0, 2]}
-    oracle_reward = yaml.safe_load((tmp_path / "runs" / "finetune-dpok-oracle" / "config.yaml").read_text())["reward"]
-    assert (oracle_reward["kind"], oracle_reward["oracle"]) == ("oracle", "aligned")  # P(good), made exact
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out
