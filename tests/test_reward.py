@@ -196,17 +196,18 @@ def test_oracle_pair_accuracy_splits_aligned_from_failure_pairs():
 
 
 def test_oracle_reward_graded_or_aligned():
+    from core.images import pil_to_tensor
     from reward.reward_fn import OracleReward, RewardSource, load_reward
 
     # renders of "two red squares": right; "three red squares" and "two blue squares": one attribute off
-    images = torch.stack([torch.from_numpy(np.array(render(t, 0))).permute(2, 0, 1).float() / 255
-                          for t in ("two red squares", "three red squares", "two blue squares")])
+    images = pil_to_tensor([render(t, 0) for t in ("two red squares", "three red squares", "two blue squares")])
     prompts = ["two red squares"] * 3
     graded = OracleReward("graded")(images, prompts)
     assert graded[0] == 3.0 and (graded[1:] < 1).all()
     assert graded[1] < graded[2]  # a wrong count also loses a quarter per extra object
     assert OracleReward("aligned")(images, prompts).tolist() == [1.0, 0.0, 0.0]
-    assert isinstance(load_reward(RewardSource(kind="oracle", oracle="aligned"), device=None), OracleReward)
+    loaded = load_reward(RewardSource(kind="oracle", oracle="aligned"), device=None)
+    assert isinstance(loaded, OracleReward) and loaded(images, prompts).tolist() == [1.0, 0.0, 0.0]  # config reaches it
 
 
 # ---------------------------------------------------------------------------------------------
