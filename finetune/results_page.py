@@ -152,10 +152,11 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
     """One row per fine-tuning run: its oracle learning curve (aligned % on its training prompts,
     fixed seeds), the gain from the first point to the last and, where the file has an ``eval``
     key (``{"base": .., "model": .., "samples_per_prompt": k}``, from ``make eval``'s
-    metrics.json), the fresh-seed figures of base and model."""
-    lines = ["## `make finetune` runs with an oracle learning curve (2 CPU cores)", "",
-             "| run | command | curve (round: aligned %) | curve gain (points) | fresh seeds: base → model (gain) | seconds |",
-             "|---|---|---|---|---|---|"]
+    metrics.json), the fresh-seed figures of base and model.  A file's ``device`` key says where it
+    ran (none: 2 CPU cores)."""
+    lines = ["## `make finetune` runs with an oracle learning curve", "",
+             "| run | command | curve (round: aligned %) | curve gain (points) | fresh seeds: base → model (gain) | seconds | device |",
+             "|---|---|---|---|---|---|---|"]
     for label, m in runs:
         c = m.get("curve") or []
         gain = f"{100 * (c[-1]['oracle_aligned'] - c[0]['oracle_aligned']):+.1f}" if len(c) > 1 else "n/a"
@@ -164,7 +165,7 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
                  f"{e['samples_per_prompt']} per prompt" if e else "-")
         lines.append(f"| {label} | `{m.get('command', '')}` | "
                      + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
-                     + f" | {gain} | {fresh} | {round(m.get('seconds', 0))} |")
+                     + f" | {gain} | {fresh} | {round(m.get('seconds', 0))} | {m.get('device', '2 CPU cores')} |")
     return lines
 
 
