@@ -90,6 +90,13 @@ class DPOKConfig:
     # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
     # all); why: finetune.dpok.draw_transitions.
     early_steps: int | None = None
+    # Skip the `start_step` noisiest steps too: train steps start_step .. early_steps - 1 (0: from
+    # the first).  Why: finetune.dpok.draw_transitions.
+    start_step: int = 0
+    # Finish each training sample after the trained steps (early_steps) with a deterministic DDIM
+    # tail of this many UNet calls instead of the stochastic chain, for the reward only (0: the
+    # whole chain); why: finetune.sampler.deterministic_tail.  Evaluation always samples the chain.
+    tail_steps: int = 0
     minibatch_size: int = 32  # transitions per forward/backward
     epochs_per_round: int = 1
     clip_range: float = 0.2
@@ -188,10 +195,20 @@ class FinetuneConfig:
         if self.method == "dpok" and not 1 <= pool <= self.sampling.num_inference_steps:
             raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_inference_steps="
                             f"{self.sampling.num_inference_steps}.", "set it to at most sampling.num_inference_steps, or null for all.")
-        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= pool:
+        if self.method == "dpok" and not 0 <= self.dpok.start_step < pool:
+            raise UserError(f"dpok.start_step={self.dpok.start_step} is not in 0..{pool - 1} (below dpok.early_steps, "
+                            "or sampling.num_inference_steps).", "set it below the last trained step, or 0.")
+        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= pool - self.dpok.start_step:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
-                            f"1..{pool} (dpok.early_steps, or sampling.num_inference_steps).",
+                            f"1..{pool - self.dpok.start_step} (the steps dpok.start_step..dpok.early_steps - 1, "
+                            "or to sampling.num_inference_steps).",
                             "train at most every eligible denoising step once per sample.")
+        tail_room = self.sampling.num_inference_steps - pool
+        if self.method == "dpok" and not 0 <= self.dpok.tail_steps <= tail_room:
+            raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is not in 0..{tail_room} (the denoising steps "
+                            "after dpok.early_steps).",
+                            "set dpok.early_steps below sampling.num_inference_steps and dpok.tail_steps to at most "
+                            "the steps after it, or 0 for the whole stochastic chain.")
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")

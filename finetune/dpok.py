@@ -160,7 +160,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
-        traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts)
+        traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts,
+                                   cfg.dpok_eligible_steps, d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
         rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
@@ -256,7 +257,7 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
     scale = rewards.std(unbiased=False) + 1e-6
     x = traj.latents[:, :-1].reshape(b * t, *traj.latents.shape[2:])
     text = traj.prompt_embeds.repeat_interleave(t, 0)
-    steps = schedule.timesteps.to(x.device).repeat(b)
+    steps = schedule.timesteps[:t].to(x.device).repeat(b)
     target = rewards.repeat_interleave(t)
     with torch.no_grad():
         adv = ((target - value_net(x, text, steps)) / scale).view(b, t)
@@ -271,7 +272,7 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
     return adv, loss
 
 
-def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int
+def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int, start: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The transitions one round trains on: ``per_sample`` distinct step indices per trajectory
     (DDPO's timestep fraction), drawn from the first ``eligible`` steps (index 0 is the noisiest).
@@ -282,7 +283,7 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
     per round over all 20 steps, 0.002-0.04 over the first 8).
     """
-    steps = np.stack([rng.choice(eligible, size=per_sample, replace=False) for _ in range(batch)])
+    steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)
 
 
@@ -290,7 +291,7 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_s
             traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
     """One round's clipped policy-gradient updates; ``optimizer_step``: :meth:`finetune.run.Run.optimizer_step`."""
     d = cfg.dpok
-    samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample)
+    samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample, d.start_step)
     sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
     n_mb = n_opt = 0
     for _ in range(d.epochs_per_round):

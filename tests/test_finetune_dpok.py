@@ -181,6 +181,61 @@ def test_transitions_are_drawn_from_the_early_steps_only():
     assert set(steps.tolist()) == set(range(5))  # every eligible step is drawn over the batch
 
 
+def test_transitions_are_drawn_from_start_step_on():
+    from finetune.dpok import draw_transitions
+
+    samples, steps = draw_transitions(np.random.default_rng(0), batch=6, eligible=5, per_sample=2, start=3)
+    assert samples.tolist() == [i for i in range(6) for _ in range(2)]
+    assert all(sorted(row) == [3, 4] for row in steps.reshape(6, 2).tolist())
+
+
+def test_tail_indices_are_evenly_spaced():
+    from finetune.sampler import tail_indices
+
+    assert tail_indices(8, 20, 4) == [8, 11, 14, 17]
+    assert tail_indices(2, 6, 4) == [2, 3, 4, 5]
+    assert tail_indices(2, 6, 1) == [2]
+
+
+def test_a_full_deterministic_tail_is_the_eta_0_chain(tiny_sd):
+    from core.loading import load_sd_pipeline
+    from finetune.policy import DiffusionPolicy
+    from finetune.sampler import deterministic_tail, encode_prompts, sample_trajectories
+    from finetune.scheduler import DDIMSchedule
+
+    pipe = load_sd_pipeline(tiny_sd, device="cpu")
+    policy = DiffusionPolicy(pipe.unet, DDIMSchedule.from_scheduler(pipe.scheduler, 6, 1.0), 3.0)
+    eta0 = DDIMSchedule.from_scheduler(pipe.scheduler, 6, 0.0)
+    prompts = ["one circle", "two squares"]
+    cond, uncond = encode_prompts(pipe, prompts, "cpu")
+    traj = sample_trajectories(policy, cond, uncond, (4, 16, 16), torch.Generator().manual_seed(0), prompts,
+                               stochastic_steps=2, tail_steps=4)
+    assert traj.latents.shape[:2] == (2, 3) and traj.log_probs.shape == (2, 2)
+    x = traj.latents[:, -1]
+    with torch.no_grad():
+        for i in range(2, 6):  # DDIM with sigma = 0, step by step over the same schedule
+            index = torch.full((2,), i)
+            x = eta0.step(policy.model_output(pipe.unet, x, index, cond, uncond), x, index).mean
+    torch.testing.assert_close(traj.final_latents, x)
+    # a shorter tail jumps: 2 calls, at steps 2 and 4, landing on the chain's end
+    short = deterministic_tail(policy, traj.latents[:, -1], 2, 2, cond, uncond)
+    assert short.shape == x.shape and not torch.allclose(short, x)
+    # the stochastic part is the whole chain's first 2 steps, draw for draw
+    full = sample_trajectories(policy, cond, uncond, (4, 16, 16), torch.Generator().manual_seed(0), prompts)
+    torch.testing.assert_close(full.latents[:, :3], traj.latents)
+    assert full.final_latents.shape == x.shape and full.tail_latents is None
+
+
+def test_a_run_trains_a_window_of_steps_and_scores_a_deterministic_tail(tiny_sd, tmp_path):
+    # the value baseline too: it reads the timesteps of the recorded steps only
+    cfg = tiny_cfg(tiny_sd, tmp_path / "tail", "dpok.rounds=1", "dpok.early_steps=2", "dpok.start_step=1",
+                   "dpok.steps_per_sample=1", "dpok.tail_steps=1", "dpok.baseline=value")
+    row = train_dpok(cfg, progress=False).metrics["final"]
+    for key in ("reward_mean", "kl", "approx_kl", "loss", "grad_norm", "value_loss"):
+        assert np.isfinite(row[key]), key
+    assert row["grad_norm"] > 0
+
+
 def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_inference_steps=4"):
         tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9")
@@ -189,6 +244,15 @@ def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="dpok.early_steps=0 is not in"):
         tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0")
     tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2")
+    with pytest.raises(UserError, match="dpok.start_step=2 is not in 0..1"):
+        tiny_cfg(tiny_sd, tmp_path / "e", "dpok.early_steps=2", "dpok.start_step=2")
+    with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1 .the steps dpok.start_step"):
+        tiny_cfg(tiny_sd, tmp_path / "f", "dpok.early_steps=3", "dpok.start_step=2")
+    with pytest.raises(UserError, match="dpok.tail_steps=3 is not in 0..2"):
+        tiny_cfg(tiny_sd, tmp_path / "g", "dpok.early_steps=2", "dpok.tail_steps=3")
+    with pytest.raises(UserError, match="dpok.tail_steps=1 is not in 0..0"):
+        tiny_cfg(tiny_sd, tmp_path / "g", "dpok.tail_steps=1")  # every step trained: no tail
+    tiny_cfg(tiny_sd, tmp_path / "h", "dpok.early_steps=2", "dpok.tail_steps=2", "dpok.start_step=0")
 
 
 def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
