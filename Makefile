@@ -14,7 +14,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo help install test oracle-check finetune eval bench clean base results-page
+.PHONY: demo help install test oracle-check finetune eval bench clean base results-page probe-steps
 
 demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-16 min on 2 CPU cores, machine-dependent)
 	$(PY) -m pipelines.demo $(ARGS)
@@ -93,6 +93,9 @@ METHOD ?= dpok
 CONFIG ?=
 finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
+
+probe-steps: install  ## which denoising steps decide the reward (DPOK's window and tail) -> reports/probe/
+	$(PY) -m pipelines.probe_steps $(ARGS)
 
 eval: install  ## base vs fine-tuned models on the same prompts and seeds (ARGS="prompts_file=F base=DIR models=[name=RUN]") -> reports/eval/
 	$(PY) -m pipelines.evaluate $(ARGS)

@@ -3,8 +3,10 @@ pre-trained model.
 
 Each round: sample trajectories from the current policy (DDIM, eta > 0) -> decode and score them
 with the reward model -> advantages -> clipped policy-gradient updates on a random subset of the
-denoising steps (optionally only the noisiest ``early_steps``, see :func:`draw_transitions`), with
-beta * KL(p_theta || p_base) per step (DPOK eq. 7-8):
+denoising steps (optionally a window of them, ``start_step`` .. ``early_steps`` - 1, see
+:func:`draw_transitions`; the rest of the chain optionally a short deterministic tail,
+``tail_steps``, see :func:`finetune.sampler.deterministic_tail`), with beta * KL(p_theta || p_base)
+per step (DPOK eq. 7-8):
 
     loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
 
@@ -275,13 +277,17 @@ def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, sched
 def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int, start: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The transitions one round trains on: ``per_sample`` distinct step indices per trajectory
-    (DDPO's timestep fraction), drawn from the first ``eligible`` steps (index 0 is the noisiest).
+    (DDPO's timestep fraction), drawn from steps ``start`` .. ``eligible`` - 1 (index 0 is the
+    noisiest).
 
-    Returns (sample index, step index), each (batch * per_sample,).  Why only early steps: the
-    policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and a late step's noise
-    barely changes the final image, so its term is nearly pure noise, while its small sigma_t makes
-    the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
-    per round over all 20 steps, 0.002-0.04 over the first 8).
+    Returns (sample index, step index), each (batch * per_sample,).  Why a window of steps: the
+    policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and only the noise of
+    the steps that decide the image is correlated with A; any other step's term is nearly pure
+    noise.  A late step's noise barely changes the final image, and its small sigma_t makes the PPO
+    ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4 per round
+    over all 20 steps, 0.002-0.04 over the first 8).  On the shapes model the very first steps decide
+    little too: the state before step 4 of 20 predicts the oracle's verdict hardly better than the
+    starting noise does, the states after steps 4-7 predict it far better (docs/finetune.md).
     """
     steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)

@@ -60,21 +60,30 @@ def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: tor
     (:func:`deterministic_tail`), whose x_0 only feeds the reward.  ``generator`` lives on the
     latents' device and makes the whole batch reproducible.
     """
-    device = cond.device
-    b = cond.shape[0]
     schedule = policy.schedule
     recorded = schedule.num_steps if not tail_steps else stochastic_steps
-    x = torch.randn((b, *latent_shape), generator=generator, device=device) * schedule.init_noise_sigma
+    x = torch.randn((cond.shape[0], *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
+    latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
+    tail = deterministic_tail(policy, latents[:, -1], recorded, tail_steps, cond, uncond) if tail_steps else None
+    return Trajectory(latents, log_probs, cond, uncond, list(prompts), tail)
+
+
+@torch.no_grad()
+def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: torch.Tensor,
+                   uncond: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps ``start`` .. ``stop`` - 1 of the stochastic chain from the latents ``x`` (B, C, H, W)
+    before step ``start``: latents (B, stop - start + 1, C, H, W), ``x`` first, and the fp32
+    log-prob of each step (B, stop - start)."""
     latents, log_probs = [x], []
-    for i in range(recorded):
-        index = torch.full((b,), i, device=device, dtype=torch.long)
+    for i in range(start, stop):
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         g = policy.step(x, index, cond, uncond).gaussian
-        noise = torch.randn(x.shape, generator=generator, device=device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
         x = g.mean + g.std * noise
         log_probs.append(gaussian_log_prob(x, g.mean, g.std))
         latents.append(x)
-    tail = deterministic_tail(policy, x, recorded, tail_steps, cond, uncond) if tail_steps else None
-    return Trajectory(torch.stack(latents, 1), torch.stack(log_probs, 1), cond, uncond, list(prompts), tail)
+    empty = torch.zeros((x.shape[0], 0), device=x.device)
+    return torch.stack(latents, 1), torch.stack(log_probs, 1) if log_probs else empty
 
 
 def tail_indices(start: int, num_steps: int, tail_steps: int) -> list[int]:
@@ -87,14 +96,15 @@ def tail_indices(start: int, num_steps: int, tail_steps: int) -> list[int]:
 def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tail_steps: int,
                        cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     """x_0 (B, C, H, W) from the latents ``x`` before step ``start``: DDIM with eta = 0 (DDIM eq. 12,
-    sigma = 0) over :func:`tail_indices`, each call jumping to the next index's alpha-bar (the last
-    to the chain's final one).
+    sigma = 0) over :func:`tail_indices`, each call jumping to the alpha-bar of the timestep the next
+    call evaluates (the last to the chain's final one).  With every step of the chain as a call it
+    is the chain at eta = 0 (exactly so when the step count divides the training timesteps, as 20
+    of 1000 does; otherwise diffusers lands each step one timestep off the next one's).
 
-    Why DPOK can use it (``dpok.tail_steps``): after the trained steps the reward is all that is
-    needed, and from the state after the shapes model's 8 noisiest of 20 steps a 4-call deterministic
-    tail predicts the oracle's verdict as well as the 12 stochastic steps do (each correlates 0.75
-    with the mean verdict of 3 other stochastic tails from the same state, 256 samples of the demo's
-    targets), at a third of their UNet calls.
+    Why DPOK can use it (``dpok.tail_steps``): after the trained steps only the reward of the image
+    is needed, and on the shapes model a 4-call tail from the state after 8 of 20 steps predicts
+    the chain's reward as well as the remaining 12 stochastic steps do, at a third of their UNet
+    calls (measured with :mod:`finetune.probe`: docs/finetune.md).
     """
     s, b = policy.schedule, x.shape[0]
     steps = tail_indices(start, s.num_steps, tail_steps)

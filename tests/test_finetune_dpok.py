@@ -204,20 +204,21 @@ def test_a_full_deterministic_tail_is_the_eta_0_chain(tiny_sd):
     from finetune.scheduler import DDIMSchedule
 
     pipe = load_sd_pipeline(tiny_sd, device="cpu")
-    policy = DiffusionPolicy(pipe.unet, DDIMSchedule.from_scheduler(pipe.scheduler, 6, 1.0), 3.0)
-    eta0 = DDIMSchedule.from_scheduler(pipe.scheduler, 6, 0.0)
+    # 5 steps divide the 1000 training timesteps, so each step lands where the next one starts
+    policy = DiffusionPolicy(pipe.unet, DDIMSchedule.from_scheduler(pipe.scheduler, 5, 1.0), 3.0)
+    eta0 = DDIMSchedule.from_scheduler(pipe.scheduler, 5, 0.0)
     prompts = ["one circle", "two squares"]
     cond, uncond = encode_prompts(pipe, prompts, "cpu")
     traj = sample_trajectories(policy, cond, uncond, (4, 16, 16), torch.Generator().manual_seed(0), prompts,
-                               stochastic_steps=2, tail_steps=4)
+                               stochastic_steps=2, tail_steps=3)
     assert traj.latents.shape[:2] == (2, 3) and traj.log_probs.shape == (2, 2)
     x = traj.latents[:, -1]
     with torch.no_grad():
-        for i in range(2, 6):  # DDIM with sigma = 0, step by step over the same schedule
+        for i in range(2, 5):  # DDIM with sigma = 0, step by step over the same schedule
             index = torch.full((2,), i)
             x = eta0.step(policy.model_output(pipe.unet, x, index, cond, uncond), x, index).mean
     torch.testing.assert_close(traj.final_latents, x)
-    # a shorter tail jumps: 2 calls, at steps 2 and 4, landing on the chain's end
+    # a shorter tail jumps: 2 calls, at steps 2 and 4 (rounded), landing on the chain's end
     short = deterministic_tail(policy, traj.latents[:, -1], 2, 2, cond, uncond)
     assert short.shape == x.shape and not torch.allclose(short, x)
     # the stochastic part is the whole chain's first 2 steps, draw for draw

@@ -1,0 +1,79 @@
+"""Tier 1 and 2: finetune.probe (which denoising steps decide the reward), pure parts and the whole
+path on the tiny SD pipeline on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_config
+from core.errors import UserError
+from finetune.probe import ProbeConfig, probe_steps, within_prompt_corr, write_probe
+
+
+def test_within_prompt_corr_removes_each_prompts_mean():
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    x = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    offset = np.array([10.0, 10.0, 10.0, -5.0, -5.0, -5.0])
+    assert within_prompt_corr(x + offset, x, groups) == pytest.approx(1.0)
+    assert within_prompt_corr(x + offset, -x, groups) == pytest.approx(-1.0)
+    # only the prompt means differ: nothing is left to correlate
+    assert np.isnan(within_prompt_corr(offset, x, groups))
+    # the correlation of the centred values, by hand
+    a, b = np.array([1.0, 3.0, 2.0, 0.0]), np.array([2.0, 1.0, 5.0, 1.0])
+    g = np.array([0, 0, 1, 1])
+    ca, cb = np.array([-1.0, 1.0, 1.0, -1.0]), np.array([0.5, -0.5, 2.0, -2.0])
+    assert within_prompt_corr(a, b, g) == pytest.approx(np.corrcoef(ca, cb)[0, 1])
+
+
+def brightness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """A smooth stand-in reward: mean pixel value, (B,)."""
+    return images.float().mean(dim=(1, 2, 3))
+
+
+def probe_cfg(sd, out, *extra):
+    return load_config(ProbeConfig, None, [
+        f"pipeline={sd}", "prompts_file=" + str(out / "prompts.txt"), "samples_per_prompt=4",
+        "sampling.num_inference_steps=4", "sampling.guidance_scale=3", "tail_from=2", "tail_steps=[1,2]",
+        "batch_size=4", f"output_dir={out}", *extra])
+
+
+def test_a_nearly_deterministic_chain_is_settled_from_the_start(tiny_sd, tmp_path):
+    (tmp_path / "prompts.txt").write_text("one circle\ntwo squares\n")
+    cfg = probe_cfg(tiny_sd, tmp_path, "sampling.eta=0.001")
+    result = probe_steps(cfg, reward_fn=brightness)
+    assert result.samples == 8 and sorted(result.decided) == [0, 1, 2, 3]
+    # with almost no noise in the steps, any state fixes the image, hence the reward
+    assert min(result.decided.values()) > 0.99
+    assert result.stochastic_tail_corr > 0.99
+    assert [t.tail_steps for t in result.tails] == [1, 2]
+    assert result.tails[-1].corr > 0.99  # the full eta-0 tail is the same chain, up to its tiny noise
+    out = write_probe(result, cfg)
+    saved = json.loads((out / "probe.json").read_text())
+    assert set(saved["decided"]) == {"0", "1", "2", "3"}
+    assert "| 3 |" in (out / "probe.md").read_text()
+
+
+def test_stochastic_steps_leave_the_reward_open(tiny_sd, tmp_path):
+    (tmp_path / "prompts.txt").write_text("one circle\ntwo squares\n")
+    result = probe_steps(probe_cfg(tiny_sd, tmp_path, "after_steps=[0,3]"), reward_fn=brightness)
+    assert sorted(result.decided) == [0, 3]
+    assert all(-1 <= v <= 1 for v in result.decided.values())
+    assert result.decided[0] < 0.99  # at eta 1 the steps' noise moves the reward
+
+
+def test_bad_probe_settings_are_clear_errors(tiny_sd, tmp_path, capsys):
+    from pipelines.cli import run
+    from pipelines.probe_steps import main
+
+    (tmp_path / "prompts.txt").write_text("one circle\n")
+    with pytest.raises(UserError, match=r"after_steps \[4\] are not in 0..3"):
+        probe_steps(probe_cfg(tiny_sd, tmp_path, "after_steps=[4]"), reward_fn=brightness)
+    with pytest.raises(UserError, match=r"tail_steps \[1, 3\] must each be in 1..2"):
+        probe_steps(probe_cfg(tiny_sd, tmp_path, "tail_steps=[1,3]"), reward_fn=brightness)
+    with pytest.raises(UserError, match="samples_per_prompt=1"):
+        probe_steps(probe_cfg(tiny_sd, tmp_path, "samples_per_prompt=1"), reward_fn=brightness)
+    assert run(main, [f"pipeline={tiny_sd}", f"reward.path={tmp_path}/none", "tail_from=99"]) == 2
+    assert "tail_from=99 is not in 0..19" in capsys.readouterr().err
+    assert not (tmp_path / "probe.json").exists()
