@@ -283,11 +283,11 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     Returns (sample index, step index), each (batch * per_sample,).  Why a window of steps: the
     policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and only the noise of
     the steps that decide the image is correlated with A; any other step's term is nearly pure
-    noise.  A late step's noise barely changes the final image, and its small sigma_t makes the PPO
-    ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4 per round
-    over all 20 steps, 0.002-0.04 over the first 8).  On the shapes model the very first steps decide
-    little too: the state before step 4 of 20 predicts the oracle's verdict hardly better than the
-    starting noise does, the states after steps 4-7 predict it far better (docs/finetune.md).
+    noise.  A late step's noise moves the final image by a few pixels, and its small sigma_t makes
+    the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
+    per round over all 20 steps, 0.002-0.04 over the first 8).  Which steps decide: ``make
+    probe-steps`` (:mod:`finetune.probe`); on the shapes model steps 4-7 of 20 settle the most of the
+    oracle's verdict, the first 4 little (docs/finetune.md).
     """
     steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)

@@ -69,7 +69,7 @@ class TailProbe:
 class ProbeResult:
     samples: int
     mean_reward: float  # of the chain's own samples
-    decided: dict[int, float]  # k -> share of the reward's variance settled by the state after k steps
+    settled: dict[int, float]  # k -> share of the reward's variance settled by the state after k steps
     tail_from: int | None
     stochastic_tail_corr: float | None  # the chain continued stochastically from tail_from, as TailProbe.corr
     tails: list[TailProbe]
@@ -155,7 +155,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
         return within_prompt_corr(torch.cat(parts).numpy(), r, groups)
 
     return ProbeResult(
-        samples=len(texts), mean_reward=float(r.mean()), decided={k: corr(again[k]) for k in after},
+        samples=len(texts), mean_reward=float(r.mean()), settled={k: corr(again[k]) for k in after},
         tail_from=cfg.tail_from, stochastic_tail_corr=corr(stochastic_tail) if cfg.tail_from is not None else None,
         tails=[TailProbe(t, corr(tails[t]), float(torch.cat(tails[t]).mean())) for t in cfg.tail_steps]
         if cfg.tail_from is not None else [])
@@ -169,7 +169,7 @@ def markdown(result: ProbeResult, cfg: ProbeConfig) -> str:
              "correlation of the rewards of two independent continuations from it. Where it rises, "
              "those steps' noise decides the reward.", "",
              "| after k steps | settled share |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in result.decided.items()]
+    lines += [f"| {k} | {v:.2f} |" for k, v in result.settled.items()]
     if result.tail_from is not None:
         lines += ["", f"From the state after {result.tail_from} steps: correlation with the chain's reward "
                   f"(within prompts) of the {n - result.tail_from} stochastic steps continued afresh: "

@@ -43,24 +43,24 @@ def test_a_nearly_deterministic_chain_is_settled_from_the_start(tiny_sd, tmp_pat
     (tmp_path / "prompts.txt").write_text("one circle\ntwo squares\n")
     cfg = probe_cfg(tiny_sd, tmp_path, "sampling.eta=0.001")
     result = probe_steps(cfg, reward_fn=brightness)
-    assert result.samples == 8 and sorted(result.decided) == [0, 1, 2, 3]
+    assert result.samples == 8 and sorted(result.settled) == [0, 1, 2, 3]
     # with almost no noise in the steps, any state fixes the image, hence the reward
-    assert min(result.decided.values()) > 0.99
+    assert min(result.settled.values()) > 0.99
     assert result.stochastic_tail_corr > 0.99
     assert [t.tail_steps for t in result.tails] == [1, 2]
     assert result.tails[-1].corr > 0.99  # the full eta-0 tail is the same chain, up to its tiny noise
     out = write_probe(result, cfg)
     saved = json.loads((out / "probe.json").read_text())
-    assert set(saved["decided"]) == {"0", "1", "2", "3"}
+    assert set(saved["settled"]) == {"0", "1", "2", "3"}
     assert "| 3 |" in (out / "probe.md").read_text()
 
 
 def test_stochastic_steps_leave_the_reward_open(tiny_sd, tmp_path):
     (tmp_path / "prompts.txt").write_text("one circle\ntwo squares\n")
     result = probe_steps(probe_cfg(tiny_sd, tmp_path, "after_steps=[0,3]"), reward_fn=brightness)
-    assert sorted(result.decided) == [0, 3]
-    assert all(-1 <= v <= 1 for v in result.decided.values())
-    assert result.decided[0] < 0.99  # at eta 1 the steps' noise moves the reward
+    assert sorted(result.settled) == [0, 3]
+    assert all(-1 <= v <= 1 for v in result.settled.values())
+    assert result.settled[0] < 0.99  # at eta 1 the steps' noise moves the reward
 
 
 def test_bad_probe_settings_are_clear_errors(tiny_sd, tmp_path, capsys):

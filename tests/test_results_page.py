@@ -41,9 +41,13 @@ def test_results_page_from_files(tmp_path):
                         "pairwise_accuracy_vs_oracle_aligned_pairs": 0.86,
                         "pairwise_accuracy_vs_oracle_failure_pairs": 0.66},
          "val_prompts": {"pairwise_accuracy_vs_oracle": 0.74, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.75}}))
+    (folder / "probe-2026-01-04-oracle.json").write_text(json.dumps(
+        {"command": "make probe-steps", "samples": 256, "mean_reward": 0.3, "settled": {"0": 0.04, "8": 0.53},
+         "tail_from": 8, "stochastic_tail_corr": 0.44, "tails": [{"tail_steps": 4, "corr": 0.46, "mean_reward": 0.29}]}))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
+    assert "| 2026-01-04-oracle | `make probe-steps` | 256 (0.300) | 0: 0.04, 8: 0.53 | 8: 0.44; 4: 0.46 (0.290) |" in page
     assert "| 2026-01-01-seed0 | dpok | 40.0 |" in page and "| 2026-01-01-seed1 | base | 30.0 |" in page
     assert "dpok +7.3 (+6.0, +10.0, +6.0)" in page
     assert "recovers 42 %" in page  # (6 + 10 + 6) / (16 + 20 + 16)
