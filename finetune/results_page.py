@@ -1,9 +1,10 @@
 """The results page (docs/results.md), regenerated from the results files kept in docs/results/:
 ``demo-<date>-<label>.json`` (a ``make demo`` results.json), ``bench-<device>-<date>-<label>.json``
 (a ``make bench`` bench.json), ``finetune-<date>-<label>.json`` (a ``make finetune`` metrics.json
-with its oracle learning curve, plus the ``command`` that made it) and ``reward-<date>-<label>.json``
-(a ``make reward`` metrics.json, plus its ``command``) and ``probe-<date>-<label>.json`` (a ``make
-probe-steps`` probe.json, plus its ``command``).  Never typed by hand: ``make results-page``."""
+with its oracle learning curve), ``reward-<date>-<label>.json`` (a ``make reward`` metrics.json) and
+``probe-<date>-<label>.json`` (a ``make probe-steps`` probe.json); each but bench's plus the
+``command`` that made it and, optionally, the ``device`` it ran on (default: 2 CPU cores, whose
+speed differs between machines).  Never typed by hand: ``make results-page``."""
 
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
                   "fixed seeds; round: value):", ""]
         lines += [f"- {label} {m}: " + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
                   for label, m, c in curves]
-    lines += ["", "| run | targets | eval seeds per target (per control / held-out) prompt | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| run | targets | eval seeds per target (per control / held-out) prompt | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) | device |",
+              "|---|---|---|---|---|---|---|"]
     for label, r in runs:
         rm, sec = r.get("reward_model", {}), r.get("seconds", {})
         views = [f"{_num(rm.get(v, {}).get('pairwise_accuracy_vs_oracle'))} "
@@ -86,7 +87,7 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
                                                              "finetune-dpok-oracle", "evaluate"))
         k, k_side = eval_seeds(r)
         lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {k} ({k_side}) | {views[0]} | {views[1]} | "
-                     f"{round(sec.get('total', 0))} ({parts}) |")
+                     f"{round(sec.get('total', 0))} ({parts}) | {r.get('device', '2 CPU cores')} |")
     return lines
 
 
@@ -222,7 +223,7 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
     """The README's quote of the demo: per run, each model's oracle alignment on the targets
     (gain over base) and on the control prompts, and the run's wall time."""
     models = [m for m in MODELS if any(m in r for _, r in runs)]
-    lines = ["| `make demo` run | " + " | ".join(f"{m}: targets (controls)" for m in models) + " | seconds |",
+    lines = ["| `make demo` run | " + " | ".join(f"{m}: targets (controls)" for m in models) + " | seconds (device) |",
              "|---|" + "---|" * (len(models) + 1)]
     for label, r in runs:
         cells = []
@@ -233,11 +234,13 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
             t, base = r[m]["targets"]["overall"], r["base"]["targets"]["overall"]
             gain = "" if m == "base" else f" ({100 * (t - base):+.1f})"
             cells.append(f"{_pct(t)}{gain} ({_pct(r[m]['controls']['overall'])})")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {round(r.get('seconds', {}).get('total', 0))} |")
+        lines.append(f"| {label} | " + " | ".join(cells)
+                     + f" | {round(r.get('seconds', {}).get('total', 0))} ({r.get('device', '2 CPU cores')}) |")
     k, k_side = eval_seeds(runs[0][1])
     return lines + ["", gain_summary(runs, "mean (each run)"), "",
                     f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in "
-                    f"brackets after it; controls ({k_side} seeds each) last. From `{folder}/`; "
+                    f"brackets after it; controls ({k_side} seeds each) last. Seconds: the whole run, its "
+                    f"oracle-reward DPOK (`oracle_upper_bound=true`) included. From `{folder}/`; "
                     "more in [docs/results.md](docs/results.md)."]
 
 

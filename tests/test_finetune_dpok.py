@@ -109,7 +109,8 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
     args = ["method=dpok", f"output_dir={tmp_path}/cli", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
             "sampling.num_inference_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
-            "dpok.early_steps=null", "dpok.steps_per_sample=1", "sample_grid_every=0"]
+            "dpok.early_steps=null", "dpok.start_step=0", "dpok.tail_steps=0", "dpok.steps_per_sample=1",
+            "sample_grid_every=0"]
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()
@@ -149,7 +150,8 @@ def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
 
 def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd, tmp_path):
     """The multi-GPU path (DDP over the LoRA UNet, gathered rewards, checkpoints from the main
-    process with barriers) on two CPU processes (gloo)."""
+    process with barriers) on two CPU processes (gloo), with a trained window of steps and a
+    deterministic tail as the shipped config has."""
     import os
     import subprocess
     import sys
@@ -161,9 +163,10 @@ def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd
     proc = subprocess.run(
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
          "no", "--dynamo_backend", "no", "-m", "pipelines.finetune", "method=dpok", f"model.pipeline={tiny_sd}",
-         "reward.kind=oracle", f"output_dir={out}", "sampling.num_inference_steps=3", "dpok.rounds=3",
-         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.early_steps=3", "dpok.steps_per_sample=2",
-         "dpok.minibatch_size=4", "dpok.checkpoint_every_rounds=1", "sample_grid_every=2"],
+         "reward.kind=oracle", f"output_dir={out}", "sampling.num_inference_steps=4", "dpok.rounds=3",
+         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.start_step=1", "dpok.early_steps=3",
+         "dpok.steps_per_sample=2", "dpok.tail_steps=1", "dpok.minibatch_size=4",
+         "dpok.checkpoint_every_rounds=1", "sample_grid_every=2"],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 3

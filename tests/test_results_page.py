@@ -53,7 +53,7 @@ def test_results_page_from_files(tmp_path):
     assert "recovers 42 %" in page  # (6 + 10 + 6) / (16 + 20 + 16)
     assert "0.800 (0.700)" in page
     assert "| 2026-01-01-seed1 | 20 | 16 (4) |" in page and "| 2025-12-01-old | 20 | 8 (4) |" in page
-    assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page
+    assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page and "| 900 (0, 0, 0, 0, 0, 0) | 2 CPU cores |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
     assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | - | 300 | 2 CPU cores |" in page
     assert "| +25.0 | 25.0 → 50.0 (+25.0), 16 per prompt | 200 | H100, fp32 |" in page
@@ -87,6 +87,7 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     run_ = _demo(0.30, 0.52, 0.60)
     run_["base"]["n_images"] = 20 * 16
     run_["eval_samples"] = {"per_target_prompt": 16, "per_side_prompt": 4}
+    run_["device"] = "H100"
     (folder / "demo-2026-02-01-seed0.json").write_text(json.dumps(run_))
     (folder / "demo-2026-01-01-old.json").write_text(json.dumps(_demo(0.3, 0.3, 0.3)))
     readme = tmp_path / "README.md"
@@ -98,7 +99,7 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     assert run(main, args) == 0
     text = readme.read_text()
     assert "old text" not in text and text.endswith("<!-- demo-results:end -->\n\nafter\n")
-    assert "| 2026-02-01-seed0 | 30.0 (70.0) | 52.0 (+22.0) (70.0) | 60.0 (+30.0) (70.0) | 900 |" in text
+    assert "| 2026-02-01-seed0 | 30.0 (70.0) | 52.0 (+22.0) (70.0) | 60.0 (+30.0) (70.0) | 900 (H100) |" in text
     assert "16 fresh seeds each" in text and "2026-01-01-old" not in text
     assert "mean (each run): dpok +22.0 (+22.0), dpok_oracle +30.0 (+30.0)" in text
     page = (tmp_path / "results.md").read_text()  # the current runs' gains apart from other runs'
