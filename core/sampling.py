@@ -110,6 +110,13 @@ def pipeline_image_size(pipe, height: int | None = None, width: int | None = Non
     return image_size(height, width, pipe.unet.config.sample_size, pipe.vae_scale_factor)
 
 
+def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int]:
+    """(C, h, w) of a loaded StableDiffusionPipeline's UNet latents for images of (height, width)
+    pixels (:func:`pipeline_image_size`)."""
+    factor = pipe.vae_scale_factor
+    return pipe.unet.config.in_channels, height // factor, width // factor
+
+
 def finite_ddim(scheduler):
     """``scheduler`` unchanged, or, for a DDIM scheduler, a copy whose stochastic step stays finite
     on zero-terminal-SNR schedules.

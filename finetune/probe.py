@@ -30,7 +30,7 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import default_device, load_sd_pipeline
-from core.sampling import pipeline_image_size
+from core.sampling import latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
 from finetune.config import PolicySamplingConfig
 from finetune.policy import DiffusionPolicy
@@ -122,9 +122,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     s = cfg.sampling
     schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps, s.eta).to(device)
     policy = DiffusionPolicy(pipe.unet, schedule, s.guidance_scale)
-    height, width = pipeline_image_size(pipe, s.height, s.width)
-    factor = pipe.vae_scale_factor
-    latent_shape = (pipe.unet.config.in_channels, height // factor, width // factor)
+    shape = latent_shape(pipe, *pipeline_image_size(pipe, s.height, s.width))
     texts = [p for p in _prompts(cfg) for _ in range(cfg.samples_per_prompt)]
     gen = torch.Generator(device).manual_seed(cfg.seed)
 
@@ -135,7 +133,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     for start in range(0, len(texts), cfg.batch_size):
         chunk = texts[start:start + cfg.batch_size]
         cond, uncond = encode_prompts(pipe, chunk, device)
-        traj = sample_trajectories(policy, cond, uncond, latent_shape, gen, chunk)
+        traj = sample_trajectories(policy, cond, uncond, shape, gen, chunk)
         chain.append(score(traj.final_latents, chunk))
         for k in after:
             latents, _ = continue_chain(policy, traj.latents[:, k], k, schedule.num_steps, cond, uncond, gen)

@@ -46,10 +46,15 @@ def gain_summary(runs: list[tuple[str, dict]], what: str) -> str:
     return text
 
 
+def _device(run: dict) -> str:
+    """Where a results file's run ran: its ``device`` key, else the 2 CPU cores most runs had."""
+    return run.get("device", "2 CPU cores")
+
+
 def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[str]:
     """One table row per model and run; the gains over base of the ``current`` runs (the shipped
     config, README's quote) apart from every other run's."""
-    lines = ["## `make demo` (2 CPU cores)", "",
+    lines = ["## `make demo`", "",
              "Oracle alignment (%) of fresh-seed samples (how many per prompt: the last table); targets = the prompts the rule picked "
              "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
              "fine-tuned on; controls = train prompts with one or two objects, not targets. Reward: pairwise "
@@ -87,7 +92,7 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
                                                              "finetune-dpok-oracle", "evaluate"))
         k, k_side = eval_seeds(r)
         lines.append(f"| {label} | {len(r.get('targets_chosen') or [])} | {k} ({k_side}) | {views[0]} | {views[1]} | "
-                     f"{round(sec.get('total', 0))} ({parts}) | {r.get('device', '2 CPU cores')} |")
+                     f"{round(sec.get('total', 0))} ({parts}) | {_device(r)} |")
     return lines
 
 
@@ -167,7 +172,7 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
                  f"{e['samples_per_prompt']} per prompt" if e else "-")
         lines.append(f"| {label} | `{m.get('command', '')}` | "
                      + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
-                     + f" | {gain} | {fresh} | {round(m.get('seconds', 0))} | {m.get('device', '2 CPU cores')} |")
+                     + f" | {gain} | {fresh} | {round(m.get('seconds', 0))} | {_device(m)} |")
     return lines
 
 
@@ -235,7 +240,7 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
             gain = "" if m == "base" else f" ({100 * (t - base):+.1f})"
             cells.append(f"{_pct(t)}{gain} ({_pct(r[m]['controls']['overall'])})")
         lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {round(r.get('seconds', {}).get('total', 0))} ({r.get('device', '2 CPU cores')}) |")
+                     + f" | {round(r.get('seconds', {}).get('total', 0))} ({_device(r)}) |")
     k, k_side = eval_seeds(runs[0][1])
     return lines + ["", gain_summary(runs, "mean (each run)"), "",
                     f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in "

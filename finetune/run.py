@@ -15,7 +15,7 @@ import torch
 
 from core.errors import UserError
 from core.loading import check_folder, pipeline_geometry
-from core.sampling import image_size, pipeline_image_size
+from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
 from finetune.checkpoints import RESUMABLE, check_resumable, latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
@@ -139,14 +139,13 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
-    factor = comps.pipe.vae_scale_factor
     ema = None
     if cfg.optim.ema_decay > 0:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(comps.trainable, decay=cfg.optim.ema_decay, foreach=True)
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              (comps.pipe.unet.config.in_channels, height // factor, width // factor), (height, width), ema)
+              latent_shape(comps.pipe, height, width), (height, width), ema)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)
