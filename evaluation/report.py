@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.curves import check_curve
 from core.jsonable import json_safe
 from evaluation.compare import ModelEval
 from shapes.oracle import ALIGNMENT_KEYS
@@ -188,8 +189,13 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
     if not any_finding:
         lines.append("- No attribute or control set lost oracle alignment while the reward rose: no sign of "
                      "reward hacking at this sample size.")
-    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", "",
-              "## Samples before / after (same prompts, same seeds)", "",
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    curves = {m: c for m, c in (results.get("curves") or {}).items() if c}
+    if curves:
+        lines += ["Oracle curves (fixed seeds on the training prompts): "
+                  "no later point should fall more than one standard error below the best.", ""]
+        lines += [f"- {m}: {check_curve(c).describe()}" for m, c in curves.items()] + [""]
+    lines += ["## Samples before / after (same prompts, same seeds)", "",
               f"Columns: {', '.join(grid_names)}. Rows: {prompts_txt}", "", "![samples](samples_before_after.png)", "",
               "## Time per stage (s)", ""]
     lines += [f"- {k}: {v}" for k, v in results["seconds"].items()]

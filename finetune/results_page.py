@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from core.curves import check_curve
 from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
 
@@ -81,7 +82,7 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
         lines += ["", "Oracle learning curves of DPOK (aligned % of the current policy's samples on the targets, "
                   "fixed seeds; round: value):", ""]
         lines += [f"- {label} {m}: " + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
-                  for label, m, c in curves]
+                  + f" ({check_curve(c).describe()})" for label, m, c in curves]
     lines += ["", "| run | targets | eval seeds per target (per control / held-out) prompt | reward val_images (zero-shot) | reward val_prompts (zero-shot) | seconds: total (generate, reward, RWL, DPOK, DPOK-oracle, evaluate) | device |",
               "|---|---|---|---|---|---|---|"]
     for label, r in runs:
@@ -162,8 +163,11 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
     metrics.json), the fresh-seed figures of base and model.  A file's ``device`` key says where it
     ran (none: 2 CPU cores)."""
     lines = ["## `make finetune` runs with an oracle learning curve", "",
-             "| run | command | curve (round: aligned %) | curve gain (points) | fresh seeds: base → model (gain) | seconds | device |",
-             "|---|---|---|---|---|---|---|"]
+             "Steady: no later point of the curve more than one standard error (binomial, at its best point) "
+             "below its best (core.curves); n/a where the file does not say how many images a point has.", "",
+             "| run | command | curve (round: aligned %) | curve gain (points) | largest later fall (one SE): steady | "
+             "fresh seeds: base → model (gain) | seconds | device |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, m in runs:
         c = m.get("curve") or []
         gain = f"{100 * (c[-1]['oracle_aligned'] - c[0]['oracle_aligned']):+.1f}" if len(c) > 1 else "n/a"
@@ -172,8 +176,19 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
                  f"{e['samples_per_prompt']} per prompt" if e else "-")
         lines.append(f"| {label} | `{m.get('command', '')}` | "
                      + ", ".join(f"{p['round']}: {_pct(p['oracle_aligned'])}" for p in c)
-                     + f" | {gain} | {fresh} | {round(m.get('seconds', 0))} | {_device(m)} |")
+                     + f" | {gain} | {_steadiness(c)} | {fresh} | {round(m.get('seconds', 0))} | {_device(m)} |")
     return lines
+
+
+def _steadiness(curve: list[dict]) -> str:
+    """The largest fall after the curve's best point in points, the best point's standard error in
+    brackets, and whether it is steady (:func:`core.curves.check_curve`)."""
+    if len(curve) < 2:
+        return "n/a"
+    c = check_curve(curve)
+    se = "n/a" if c.standard_error is None else f"{100 * c.standard_error:.1f}"
+    verdict = {None: "n/a", True: "yes", False: "no"}[c.steady]
+    return f"{100 * c.fall:.1f} ({se}): {verdict}"
 
 
 def reward_section(runs: list[tuple[str, dict]]) -> list[str]:

@@ -29,10 +29,14 @@ def test_report_files(tmp_path):
     histories = {"dpok": [{"round": 1, "reward_mean": 0.5, "kl": 0.0}, {"round": 2, "reward_mean": 0.6, "kl": 0.01}],
                  "rwl": [{"step": i, "loss_model": 1.0 / i, "loss_pre": 0.5} for i in range(1, 30)]}
     results = results_json(evals, {"val_images": {"pairwise_accuracy_vs_oracle": 0.93}}, {"reward": 12.0})
+    results["curves"] = {"dpok": [{"round": r, "oracle_aligned": v, "images": 64}
+                                  for r, v in ((0, 0.3), (10, 0.5), (20, 0.375))]}
     write(tmp_path / "r", results, evals, histories, grids, "one circle")
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["dpok"]["targets"]["overall"] == 0.5 and data["dpok"]["controls"]["overall"] == 0.8
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| dpok | 90.0 | 60.0 |" in md and "no sign of reward hacking" in md
+    assert "- dpok: best 50.0 % at round 10, last 37.5 %; largest later fall 12.5 points (round 20); " \
+           "one SE 6.2 points: falls back" in md
     for f in ("learning_curves.png", "samples_before_after.png", "report.html"):
         assert (tmp_path / "r" / f).exists()

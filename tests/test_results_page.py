@@ -32,7 +32,7 @@ def test_results_page_from_files(tmp_path):
          "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 20, "oracle_aligned": 0.5}]}))
     (folder / "finetune-2026-01-02-evaluated.json").write_text(json.dumps(
         {"command": "make finetune METHOD=dpok; make eval", "seconds": 200.0,
-         "curve": [{"round": 0, "oracle_aligned": 0.25}, {"round": 40, "oracle_aligned": 0.5}],
+         "curve": [{"round": r, "oracle_aligned": v, "images": 64} for r, v in ((0, 0.25), (20, 0.625), (40, 0.5))],
          "eval": {"base": 0.25, "model": 0.5, "samples_per_prompt": 16}, "device": "H100, fp32"}))
     (folder / "reward-2026-01-03-e2e.json").write_text(json.dumps(
         {"command": "make reward", "train_seconds": 84.6,
@@ -55,8 +55,11 @@ def test_results_page_from_files(tmp_path):
     assert "| 2026-01-01-seed1 | 20 | 16 (4) |" in page and "| 2025-12-01-old | 20 | 8 (4) |" in page
     assert "| 2026-01-01-seed0 | 20 | 4 (4) |" in page and "| 900 (0, 0, 0, 0, 0, 0) | 2 CPU cores |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0" in page
-    assert "| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | - | 300 | 2 CPU cores |" in page
-    assert "| +25.0 | 25.0 → 50.0 (+25.0), 16 per prompt | 200 | H100, fp32 |" in page
+    assert ("| 2026-01-01-oracle | `make finetune METHOD=dpok` | 0: 25.0, 20: 50.0 | +25.0 | 0.0 (n/a): n/a | - | 300 "
+            "| 2 CPU cores |") in page  # no image count: no standard error
+    # best 62.5 % (SE sqrt(.625 * .375 / 64) = 6.1 points), then 50.0: a fall of 12.5
+    assert "| +25.0 | 12.5 (6.1): no | 25.0 → 50.0 (+25.0), 16 per prompt | 200 | H100, fp32 |" in page
+    assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0 (best 50.0 % at round 10, last 50.0 %; no later point below the best)" in page
     assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.860 | 0.660 | 0.740 (0.750) | 85 |" in page
 
 
