@@ -143,7 +143,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                 return oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
 
         if start == 0:
-            curve.append({"round": 0, "oracle_aligned": measure_curve()})
+            curve.append({"round": 0, "oracle_aligned": measure_curve(), "images": len(curve_texts)})
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_process = max(1, d.prompts_per_round // n_proc)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
@@ -182,7 +182,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         aligned = None
         if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
             aligned = measure_curve()
-            curve.append({"round": r + 1, "oracle_aligned": aligned})
+            curve.append({"round": r + 1, "oracle_aligned": aligned, "images": len(curve_texts)})
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
