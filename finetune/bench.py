@@ -70,9 +70,11 @@ class BenchConfig:
     gpu: bool = True  # run the CUDA configuration when a GPU is present
     gpu_samples: int = 16  # SD v1.5 at 512x512: samples per round
     gpu_minibatch: int = 8
-    # CUDA only: also time the bare update passes with channels_last and with torch.compile
-    # (compiling SD v1.5's UNet forward and backward takes a minute or two)
+    # Also time the bare update passes with channels_last and with torch.compile (lever_timings):
+    # on CUDA by default (compiling SD v1.5's UNet forward and backward takes a minute or two); on
+    # the CPU configuration when asked (the loop runs eager there: docs/finetune.md, Speed)
     gpu_levers: bool = True
+    cpu_levers: bool = False
 
 
 def _timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -99,7 +101,7 @@ def _peak_memory_mb(device) -> float:
 
 def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: bool = False) -> dict:
     """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models;
-    on CUDA also the FLOPs of one update minibatch and, with ``levers``, :func:`lever_timings`."""
+    on CUDA also the FLOPs of one update minibatch; with ``levers``, :func:`lever_timings`."""
     d, dev, pipe = cfg.dpok, run.device, run.comps.pipe
     unet, sync = run.comps.unet, _sync(dev)
     b = d.prompts_per_round * d.samples_per_prompt
@@ -149,9 +151,9 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: boo
     out["minibatches_per_round"] = n_mb
     if torch.device(dev).type == "cuda":
         out["update_flops_per_minibatch"] = count_flops(lambda: (unet_fwd_bwd(x2m, c2m), unet_fwd(x2m, c2m)))
-        if levers:
-            out["levers_fwd_bwd_2m_s"] = lever_timings(
-                unet, lambda model, x, cnd: unet_fwd_bwd(x, cnd, model), x2m, c2m, repeats, sync)
+    if levers:
+        out["levers_fwd_bwd_2m_s"] = lever_timings(
+            unet, lambda model, x, cnd: unet_fwd_bwd(x, cnd, model), x2m, c2m, repeats, sync)
     run.optimizer.zero_grad(set_to_none=True)
     return out
 
@@ -167,10 +169,10 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 def lever_timings(unet: torch.nn.Module, fwd_bwd: Callable, x: torch.Tensor, cond: torch.Tensor,
                   repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Seconds of the bare forward+backward ``fwd_bwd(unet, x, cond)`` under each CUDA lever, on
-    the same tensors: eager (diffusers' SDPA attention, flash on Hopper in bf16), channels_last
-    memory format, and torch.compile (default mode) of the channels_last model.  The UNet is
-    restored to contiguous format afterwards."""
+    """Seconds of the bare forward+backward ``fwd_bwd(unet, x, cond)`` under each lever, on the
+    same tensors: eager (diffusers' SDPA attention, flash on Hopper in bf16), channels_last memory
+    format, and torch.compile (default mode, inductor: C++ kernels on the CPU) of the channels_last
+    model, with its compile time.  The UNet is restored to contiguous format afterwards."""
     out = {"eager": _timeit(lambda: fwd_bwd(unet, x, cond), repeats, sync)}
     unet.to(memory_format=torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)

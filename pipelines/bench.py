@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     print("bench: shapes world on CPU", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         cpu_cfg = _with_reward(cfg, lambda: SHAPES_CLIP, Path(tmp))
-        results = bench_pipeline(cpu_cfg, "shapes-cpu", cfg.cpu_pipeline, mixed_precision="no")
+        results = bench_pipeline(cpu_cfg, "shapes-cpu", cfg.cpu_pipeline, mixed_precision="no",
+                                 levers=cfg.cpu_levers)
     if cfg.gpu and torch.cuda.is_available():
         print("bench: SD v1.5 architecture, 512x512, bf16, LoRA on CUDA", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:

@@ -18,3 +18,17 @@ def test_bench_writes_both_methods(tmp_path, tiny_sd):
     assert [r["method"] for r in rows] == ["dpok", "rwl"]
     assert all(r["overhead_ratio"] > 0 and r["bare_s"] > 0 for r in rows)
     assert "overhead ratio" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
+    """``cpu_levers=true``: the bare forward+backward eager, channels_last and torch.compiled (the
+    figures behind the loop staying eager on the CPU), in bench.json and bench.md."""
+    rc = run(main, [f"cpu_pipeline={tiny_sd}", f"output_dir={tmp_path}/bench", "rounds=1",
+                    "prompts_per_round=1", "samples_per_prompt=2", "num_inference_steps=2", "steps_per_sample=1",
+                    "minibatch_size=2", "rwl_steps=1", "rwl_batch_size=2", "repeats=1", "gpu=false", "cpu_levers=true"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    levers = rows[0]["levers_fwd_bwd_s"]
+    assert set(levers) == {"eager", "channels_last", "compile_seconds", "channels_last+compile"}
+    assert all(v > 0 for v in levers.values())
+    assert "seconds by lever" in (tmp_path / "bench" / "bench.md").read_text()
