@@ -145,14 +145,19 @@ def eval_seeds(r: dict) -> tuple[int, int]:
 
 def bench_section(runs: list[tuple[str, list[dict]]]) -> list[str]:
     lines = ["## `make bench`", "",
-             "| run | config | method | device | overhead ratio | images/s | transitions/s | peak MB | update MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Levers: seconds of the bare update forward+backward eager / channels_last / channels_last + "
+             "torch.compile (compile seconds), where the run timed them (`gpu_levers`, `cpu_levers`).", "",
+             "| run | config | method | device | overhead ratio | images/s | transitions/s | peak MB | update MFU | levers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, rows in runs:
         for b in rows:
             mfu = _pct(b.get("mfu_update")) + " %" if b.get("mfu_update") else "-"
+            lv = b.get("levers_fwd_bwd_s")
+            levers = (f"{lv['eager']:.3f} / {lv['channels_last']:.3f} / {lv['channels_last+compile']:.3f} "
+                      f"({lv['compile_seconds']:.0f} s)" if lv else "-")
             lines.append(f"| {label} | {b['name']} | {b['method']} | {b.get('gpu') or b['device']} | "
                          f"{_num(b['overhead_ratio'])} | {_num(b['images_per_s'], 2)} | {_num(b['transitions_per_s'], 1)} | "
-                         f"{b['peak_memory_mb']:.0f} | {mfu} |")
+                         f"{b['peak_memory_mb']:.0f} | {mfu} | {levers} |")
     return lines
 
 

@@ -44,6 +44,12 @@ def test_results_page_from_files(tmp_path):
     (folder / "probe-2026-01-04-oracle.json").write_text(json.dumps(
         {"command": "make probe-steps", "samples": 256, "mean_reward": 0.3, "settled": {"0": 0.04, "8": 0.53},
          "tail_from": 8, "stochastic_tail_corr": 0.44, "tails": [{"tail_steps": 4, "corr": 0.46, "mean_reward": 0.29}]}))
+    (folder / "bench-cpu-2026-01-05-levers.json").write_text(json.dumps(
+        [{"name": "shapes-cpu", "method": "dpok", "device": "cpu", "overhead_ratio": 1.1, "images_per_s": 20.0,
+          "transitions_per_s": 50.0, "peak_memory_mb": 900.0,
+          "levers_fwd_bwd_s": {"eager": 0.5, "channels_last": 0.7, "compile_seconds": 95.2, "channels_last+compile": 0.6}},
+         {"name": "shapes-cpu", "method": "rwl", "device": "cpu", "overhead_ratio": 1.0, "images_per_s": 0.0,
+          "transitions_per_s": 0.0, "peak_memory_mb": 900.0}]))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
@@ -60,6 +66,8 @@ def test_results_page_from_files(tmp_path):
     # best 62.5 % (SE sqrt(.625 * .375 / 64) = 6.1 points), then 50.0: a fall of 12.5
     assert "| +25.0 | 12.5 (6.1): no | 25.0 → 50.0 (+25.0), 16 per prompt | 200 | H100, fp32 |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0 (best 50.0 % at round 10, last 50.0 %; no later point below the best)" in page
+    assert "| cpu-2026-01-05-levers | shapes-cpu | dpok | cpu | 1.100 | 20.00 | 50.0 | 900 | - | 0.500 / 0.700 / 0.600 (95 s) |" in page
+    assert "| cpu-2026-01-05-levers | shapes-cpu | rwl | cpu | 1.000 | 0.00 | 0.0 | 900 | - | - |" in page
     assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.860 | 0.660 | 0.740 (0.750) | 85 |" in page
 
 
