@@ -72,7 +72,7 @@ class BenchConfig:
     gpu_minibatch: int = 8
     # Also time the bare update passes with channels_last and with torch.compile (lever_timings):
     # on CUDA by default (compiling SD v1.5's UNet forward and backward takes a minute or two); on
-    # the CPU configuration when asked (the loop runs eager there: docs/finetune.md, Speed)
+    # the CPU configuration when asked (why the loop runs eager there: docs/finetune.md, Benchmark)
     gpu_levers: bool = True
     cpu_levers: bool = False
 
