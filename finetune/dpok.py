@@ -138,12 +138,16 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         curve_texts = [p for p in run.prompts for _ in range(cfg.curve_samples)]
         curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
 
-        def measure_curve() -> float:
+        def measure_curve(after_round: int) -> float:
+            """Add the curve's point after ``after_round`` rounds (its image count too, for the
+            standard error of core.curves) and return the aligned share."""
             with run.averaged_weights():  # the model that will be saved
-                return oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+                aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+            curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
+            return aligned
 
         if start == 0:
-            curve.append({"round": 0, "oracle_aligned": measure_curve(), "images": len(curve_texts)})
+            measure_curve(0)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_process = max(1, d.prompts_per_round // n_proc)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
@@ -181,8 +185,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         t3 = time.perf_counter()
         aligned = None
         if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
-            aligned = measure_curve()
-            curve.append({"round": r + 1, "oracle_aligned": aligned, "images": len(curve_texts)})
+            aligned = measure_curve(r + 1)
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
