@@ -97,6 +97,11 @@ class DPOKConfig:
     # tail of this many UNet calls instead of the stochastic chain, for the reward only (0: the
     # whole chain); why: finetune.sampler.deterministic_tail.  Evaluation always samples the chain.
     tail_steps: int = 0
+    # Sample x_T and the first `shared_prefix_steps` denoising steps once per prompt and branch the
+    # prompt's samples_per_prompt samples after them (0: every sample its own chain).  At most
+    # start_step: a shared step has one transition for all of a prompt's samples, and its
+    # per-prompt advantages sum to zero.  Why: finetune.sampler.branch_after_prefix.
+    shared_prefix_steps: int = 0
     minibatch_size: int = 32  # transitions per forward/backward
     epochs_per_round: int = 1
     clip_range: float = 0.2
@@ -209,6 +214,15 @@ class FinetuneConfig:
                             "after dpok.early_steps).",
                             "set dpok.early_steps below sampling.num_inference_steps and dpok.tail_steps to at most "
                             "the steps after it, or 0 for the whole stochastic chain.")
+        if self.method == "dpok" and not 0 <= self.dpok.shared_prefix_steps <= self.dpok.start_step:
+            raise UserError(f"dpok.shared_prefix_steps={self.dpok.shared_prefix_steps} is not in "
+                            f"0..dpok.start_step={self.dpok.start_step}: a shared step would be trained, but its "
+                            "per-prompt advantages sum to zero.",
+                            "share at most the untrained steps before dpok.start_step, or set it to 0.")
+        if self.method == "dpok" and self.dpok.shared_prefix_steps and self.dpok.baseline != "per_prompt":
+            raise UserError(f"dpok.shared_prefix_steps needs dpok.baseline=per_prompt, not {self.dpok.baseline}: "
+                            "the branched samples of a prompt share their baseline.",
+                            "set dpok.baseline=per_prompt, or dpok.shared_prefix_steps=0.")
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")

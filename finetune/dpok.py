@@ -167,7 +167,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts,
-                                   cfg.dpok_eligible_steps, d.tail_steps)
+                                   cfg.dpok_eligible_steps, d.tail_steps, d.shared_prefix_steps, d.samples_per_prompt)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
         rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)

@@ -52,18 +52,25 @@ def encode_prompts(pipe, prompts: list[str], device) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: torch.Tensor,
                         latent_shape: tuple[int, int, int], generator: torch.Generator,
-                        prompts: list[str], stochastic_steps: int | None = None, tail_steps: int = 0) -> Trajectory:
+                        prompts: list[str], stochastic_steps: int | None = None, tail_steps: int = 0,
+                        shared_steps: int = 0, group_size: int = 1) -> Trajectory:
     """Run the DDIM chain from x_T ~ N(0, I), recording latents and fp32 log-probs of each step.
 
     With ``tail_steps`` > 0 only the first ``stochastic_steps`` steps are sampled and recorded;
     the rest of the chain is finished by a deterministic DDIM tail of ``tail_steps`` UNet calls
-    (:func:`deterministic_tail`), whose x_0 only feeds the reward.  ``generator`` lives on the
-    latents' device and makes the whole batch reproducible.
+    (:func:`deterministic_tail`), whose x_0 only feeds the reward.  With ``shared_steps`` > 0 each
+    run of ``group_size`` consecutive samples (one prompt's) shares x_T and the first
+    ``shared_steps`` steps, sampled once, and branches after them (:func:`branch_after_prefix`).
+    ``generator`` lives on the latents' device and makes the whole batch reproducible.
     """
     schedule = policy.schedule
     recorded = schedule.num_steps if not tail_steps else stochastic_steps
-    x = torch.randn((cond.shape[0], *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
-    latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
+    if shared_steps:
+        latents, log_probs = branch_after_prefix(policy, cond, uncond, latent_shape, generator, recorded,
+                                                 shared_steps, group_size)
+    else:
+        x = torch.randn((cond.shape[0], *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
+        latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
     tail = deterministic_tail(policy, latents[:, -1], recorded, tail_steps, cond, uncond) if tail_steps else None
     return Trajectory(latents, log_probs, cond, uncond, list(prompts), tail)
 
@@ -84,6 +91,35 @@ def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: i
         latents.append(x)
     empty = torch.zeros((x.shape[0], 0), device=x.device)
     return torch.stack(latents, 1), torch.stack(log_probs, 1) if log_probs else empty
+
+
+@torch.no_grad()
+def branch_after_prefix(policy: DiffusionPolicy, cond: torch.Tensor, uncond: torch.Tensor,
+                        latent_shape: tuple[int, int, int], generator: torch.Generator, stop: int,
+                        shared_steps: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 0 .. ``stop`` - 1 of the chain for B samples in groups of ``group_size`` consecutive
+    ones (one prompt's, same embeddings) that share x_T and the first ``shared_steps`` steps: the
+    prefix is sampled once per group (B / group_size samples) and copied, the steps after it draw
+    their own noise per sample.  Returns latents (B, stop + 1, C, H, W) and log-probs (B, stop);
+    a shared step's log-prob is its group's, repeated.
+
+    Why (``dpok.shared_prefix_steps``): the samples of one prompt then differ only by the noise of
+    the steps after the prefix, so the prompt's mean reward is a baseline for the state those
+    steps start from, not only for the prompt: the reward differences that make the advantages
+    come from the steps DPOK trains, not from the untrained steps before them (the branching of
+    tree-structured rollouts: BranchGRPO, Li et al. 2025).  It also saves (group_size - 1) /
+    group_size of the prefix's UNet calls.
+    """
+    b = cond.shape[0]
+    if b % group_size or not 0 < shared_steps <= stop:
+        raise ValueError(f"batch {b} is not groups of {group_size}, or shared_steps={shared_steps} not in 1..{stop}")
+    heads = slice(None, None, group_size)  # the first sample of each group stands for it
+    x = torch.randn((b // group_size, *latent_shape), generator=generator, device=cond.device)
+    prefix, prefix_lp = continue_chain(policy, x * policy.schedule.init_noise_sigma, 0, shared_steps,
+                                       cond[heads], uncond[heads], generator)
+    prefix, prefix_lp = prefix.repeat_interleave(group_size, 0), prefix_lp.repeat_interleave(group_size, 0)
+    rest, rest_lp = continue_chain(policy, prefix[:, -1], shared_steps, stop, cond, uncond, generator)
+    return torch.cat([prefix, rest[:, 1:]], 1), torch.cat([prefix_lp, rest_lp], 1)
 
 
 def tail_indices(start: int, num_steps: int, tail_steps: int) -> list[int]:

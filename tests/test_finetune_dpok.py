@@ -230,6 +230,46 @@ def test_a_full_deterministic_tail_is_the_eta_0_chain(tiny_sd):
     assert full.final_latents.shape == x.shape and full.tail_latents is None
 
 
+def test_branched_samples_share_their_prompts_prefix_then_draw_their_own_noise(tiny_sd):
+    from core.loading import load_sd_pipeline
+    from finetune.policy import DiffusionPolicy
+    from finetune.rl_math import gaussian_log_prob
+    from finetune.sampler import encode_prompts, sample_trajectories
+    from finetune.scheduler import DDIMSchedule
+
+    pipe = load_sd_pipeline(tiny_sd, device="cpu")
+    policy = DiffusionPolicy(pipe.unet, DDIMSchedule.from_scheduler(pipe.scheduler, 4, 1.0), 3.0)
+    prompts = ["one circle"] * 3 + ["two squares"] * 3
+    cond, uncond = encode_prompts(pipe, prompts, "cpu")
+    traj = sample_trajectories(policy, cond, uncond, (4, 16, 16), torch.Generator().manual_seed(0), prompts,
+                               shared_steps=2, group_size=3)
+    assert traj.latents.shape[:2] == (6, 5) and traj.log_probs.shape == (6, 4)
+    for group in (traj.latents[:3], traj.latents[3:]):
+        torch.testing.assert_close(group[1:, :3], group[:1, :3].expand(2, -1, -1, -1, -1))  # x_T and 2 steps
+        assert not torch.allclose(group[0, 3], group[1, 3]) and not torch.allclose(group[1, 3], group[2, 3])
+    assert not torch.allclose(traj.latents[0, 0], traj.latents[3, 0])  # prompts branch from their own x_T
+    # every recorded log-prob is that of the step from the recorded latents (the shared ones too)
+    with torch.no_grad():
+        for i in range(4):
+            g = policy.step(traj.latents[:, i], torch.full((6,), i), cond, uncond).gaussian
+            torch.testing.assert_close(traj.log_probs[:, i], gaussian_log_prob(traj.latents[:, i + 1], g.mean, g.std),
+                                       rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="groups of 4"):
+        sample_trajectories(policy, cond, uncond, (4, 16, 16), torch.Generator().manual_seed(0), prompts,
+                            shared_steps=2, group_size=4)
+
+
+def test_a_run_branches_after_a_shared_prefix(tiny_sd, tmp_path):
+    cfg = tiny_cfg(tiny_sd, tmp_path / "branch", "dpok.rounds=1", "dpok.start_step=2", "dpok.shared_prefix_steps=2",
+                   "dpok.checkpoint_every_rounds=0")
+    row = train_dpok(cfg, progress=False).metrics["final"]
+    assert np.isfinite(row["loss"]) and row["grad_norm"] > 0
+    with pytest.raises(UserError, match="dpok.shared_prefix_steps=2 is not in 0..dpok.start_step=1"):
+        tiny_cfg(tiny_sd, tmp_path / "a", "dpok.start_step=1", "dpok.shared_prefix_steps=2")
+    with pytest.raises(UserError, match="needs dpok.baseline=per_prompt, not batch"):
+        tiny_cfg(tiny_sd, tmp_path / "b", "dpok.start_step=2", "dpok.shared_prefix_steps=2", "dpok.baseline=batch")
+
+
 def test_a_run_trains_a_window_of_steps_and_scores_a_deterministic_tail(tiny_sd, tmp_path):
     # the value baseline too: it reads the timesteps of the recorded steps only
     cfg = tiny_cfg(tiny_sd, tmp_path / "tail", "dpok.rounds=1", "dpok.early_steps=2", "dpok.start_step=1",
