@@ -108,7 +108,9 @@ def branch_after_prefix(policy: DiffusionPolicy, cond: torch.Tensor, uncond: tor
     steps start from, not only for the prompt: the reward differences that make the advantages
     come from the steps DPOK trains, not from the untrained steps before them (the branching of
     tree-structured rollouts: BranchGRPO, Li et al. 2025).  It also saves (group_size - 1) /
-    group_size of the prefix's UNet calls.
+    group_size of the prefix's UNet calls.  On the shapes model it is off by default: with the
+    oracle as reward it gains as much as independent chains, with the learned reward less
+    (docs/finetune.md, Tuning).
     """
     b = cond.shape[0]
     if b % group_size or not 0 < shared_steps <= stop:
