@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: demo help install test oracle-check finetune eval bench clean base results-page probe-steps
 
-demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-25 min on 2 CPU cores, machine-dependent)
+demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-30 min on 2 CPU cores, machine-dependent)
 	$(PY) -m pipelines.demo $(ARGS)
 
 help:  ## list the targets
