@@ -1,26 +1,22 @@
 """How fast the fine-tuning loops run, against the compute they cannot avoid.
 
 For each configuration the real loops run (``train_dpok`` / ``train_rwl``, the code users run), and,
-in the same process on the same tensor shapes, the *bare* passes the algorithm needs are timed
-alone:
-
-DPOK round (B samples, T steps, k trained steps per sample, minibatch m, guidance doubles batches):
-  sample   T x UNet forward at 2B (no grad)  + text encoder at B
-  reward   VAE decode at B + reward model at B
-  update   ceil(Bk/m) x [UNet forward+backward at 2m + UNet forward at 2m (KL reference, no grad)
-           + optimizer step]
-RWL step (batch b): 2 x [text encoder at b/2 + UNet forward+backward at b/2] + optimizer step.
+in the same process on the same tensor shapes and compute settings (compile, micro-batches), the
+*bare* passes the algorithm needs are timed alone (the formulas: :func:`bare_passes`).
 
 overhead_ratio = measured time / bare time (1.0 = nothing but the unavoidable passes).
 Model FLOP utilisation of the update step (CUDA only): the FLOPs of one minibatch's bare passes
-(UNet forward+backward at 2m and the reference forward at 2m), counted by
-``torch.utils.flop_counter`` as they run -- so with LoRA the backward counts only the input
-gradients and adapter gradients it really computes, not 2x the forward -- times the minibatches of
-a round, over the measured update time, against the device's dense bf16 peak.
+(UNet forward+backward and the reference forward), counted by ``torch.utils.flop_counter`` as
+they run eagerly -- so with LoRA the backward counts only the input gradients and adapter
+gradients it really computes, not 2x the forward -- times the minibatches of a round, over the
+measured update time, against the device's dense bf16 peak.
 
-The bench sets up everything it times: unless ``reward.path`` names a reward model folder, it
-builds an untrained reward head on the shapes CLIP (CPU configuration) or on a CLIP ViT-L/14-shaped
-random CLIP (CUDA configuration); reward *quality* does not change its speed.
+Configurations: the shapes world (the committed model, the fine-tuning defaults at the bench's
+sizes), and on CUDA SD v1.5's architecture with random weights under ``gpu_config`` (the shipped
+``finetune/configs/sd15.yaml``).  The bench sets up everything it times: unless ``reward.path``
+names a reward model folder, it builds an untrained reward head on the shapes CLIP (shapes
+configuration) or on a CLIP ViT-L/14-shaped random CLIP (CUDA configuration); reward *quality*
+does not change its speed.
 """
 
 from __future__ import annotations
@@ -31,15 +27,20 @@ import resource
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from core.compile import compile_unet
+from core.config import load_config
 from core.loading import load_clip
-from finetune.config import FinetuneConfig, Method, MixedPrecision
+from finetune.components import load_components, weight_dtype_for
+from finetune.config import CONFIGS, FinetuneConfig, Method
 from finetune.dpok import train_dpok
+from finetune.policy import adapters_disabled
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from finetune.sampler import decode_latents, encode_prompts
@@ -47,6 +48,7 @@ from reward.model import RewardModel
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 from shapes.tokenizer import build_tokenizer, text_config_ids
+from shapes.world import prompt_set
 
 # Dense bf16 peak of the GPUs we report on (TFLOP/s), for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -55,6 +57,8 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 @dataclass(frozen=True)
 class BenchConfig:
     output_dir: str = "reports/bench"
+    # The shapes-world configuration: the committed model, the fine-tuning defaults with the sizes below
+    shapes: bool = True
     cpu_pipeline: str = str(SHAPES_SD)
     # reward.path "" (default): the bench builds an untrained reward head to time (see module doc)
     reward: RewardSource = field(default_factory=lambda: RewardSource(path=""))
@@ -68,17 +72,18 @@ class BenchConfig:
     rwl_batch_size: int = 32
     repeats: int = 3  # bare-pass timings: median of this many
     gpu: bool = True  # run the CUDA configuration when a GPU is present
-    gpu_samples: int = 16  # SD v1.5 at 512x512: samples per round
-    gpu_minibatch: int = 8
-    # Also time the bare update passes with channels_last and with torch.compile (lever_timings):
-    # on CUDA by default (compiling SD v1.5's UNet forward and backward takes a minute or two); on
-    # the CPU configuration when asked (why the loop runs eager there: docs/finetune.md, Benchmark)
+    # The CUDA configuration: SD v1.5's architecture (random weights) under this fine-tuning config,
+    # its sizes, sampling and compute settings as a user runs them; rounds and rwl_steps from above.
+    gpu_config: str = str(CONFIGS / "sd15.yaml")
+    # Also time the sampling forward and the update forward+backward of a fresh UNet eager and
+    # compiled, with the compile's seconds (lever_timings): on CUDA by default;
+    # on the CPU configuration when asked (why the loop stays eager there: docs/finetune.md, Benchmark)
     gpu_levers: bool = True
     cpu_levers: bool = False
 
 
 def _timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up (allocations, kernel selection)
+    fn()  # warm-up (allocations, kernel selection, compilation)
     sync()
     times = []
     for _ in range(repeats):
@@ -99,61 +104,116 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None, levers: bool = False) -> dict:
-    """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models;
-    on CUDA also the FLOPs of one update minibatch; with ``levers``, :func:`lever_timings`."""
+def _pass_peak_mb(fn: Callable[[], object], device) -> float | None:
+    """Peak CUDA memory (MB) while ``fn`` runs once, everything the process holds included; None on the CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+class _Passes:
+    """The bare passes of a run's models with the loops' inputs (contiguous, one timestep per
+    row), modes and autocast, so that a compiled UNet runs the loops' graphs: the sampling forward
+    (eval mode, no gradient, no autocast: the sampler's weights are already in their dtype), the
+    update's forward + backward and the KL reference forward (train mode, autocast; the reference
+    without gradient and with the adapter off)."""
+
+    def __init__(self, run, unet=None):
+        self.run, self.unet = run, unet or run.comps.unet
+        self.t = run.schedule.timesteps.to(run.device)[:1]
+
+    def _call(self, x, cnd):
+        return self.unet(x, self.t.repeat(len(x)), encoder_hidden_states=cnd).sample
+
+    def sample_fwd(self, x, cnd):
+        self.unet.eval()
+        with torch.no_grad():
+            self._call(x, cnd)
+        self.unet.train()
+
+    def reference_fwd(self, x, cnd):
+        self.unet.train()
+        off = adapters_disabled(self.unet) if self.run.comps.reference_unet is None else nullcontext()
+        with torch.no_grad(), off, self.run.accelerator.autocast():
+            self._call(x, cnd)
+
+    def fwd_bwd(self, x, cnd):
+        self.unet.train()
+        with self.run.accelerator.autocast():
+            out = self._call(x, cnd)
+        out.float().square().mean().backward()
+
+
+def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
+    """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models, at
+    the loops' row counts (``compute.micro_batch`` rows per update pass when set), and on CUDA the
+    FLOPs of one update minibatch and each pass's peak memory.
+
+    DPOK round (B samples, T steps, k trained steps per sample, minibatch m in parts of u
+    transitions, u = micro_batch / 2; guidance doubles rows):
+      sample  T x UNet forward at 2B (no grad) + text encoder at B
+      reward  VAE decode at B + reward model at B
+      update  ceil(Bk/m) x [ceil(m/u) x (UNet forward+backward at 2u + UNet forward at 2u, the KL
+              reference without grad) + optimizer step]
+    RWL step (batch b, half D_model and half D_pre; the guided loss runs the D_model rows with and
+    without the prompt, so a part holds u = micro_batch / 2 of them and micro_batch of D_pre):
+      2 x text encoder at b/2 + ceil(b/2u) x UNet forward+backward at 2u
+      + ceil(b/2 / micro_batch) x UNet forward+backward at micro_batch + optimizer step
+    """
     d, dev, pipe = cfg.dpok, run.device, run.comps.pipe
-    unet, sync = run.comps.unet, _sync(dev)
-    b = d.prompts_per_round * d.samples_per_prompt
-    m = d.minibatch_size
+    sync, passes = _sync(dev), _Passes(run)
+    b, m = d.prompts_per_round * d.samples_per_prompt, d.minibatch_size
+    cfg_rows = 2 if cfg.sampling.guidance_scale != 1.0 else 1  # UNet rows per DPOK transition
+    u = min(cfg.items_per_pass(cfg_rows == 2) or m, m)
     c, h, w = run.latent_shape
     prompts = (run.prompts * b)[:b]
     cond, _ = encode_prompts(pipe, prompts, dev)
-    t_all = run.schedule.timesteps.to(dev)
-    dtype = next(unet.parameters()).dtype
-    x2b = torch.randn(2 * b, c, h, w, device=dev, dtype=dtype)
-    c2b = torch.cat([cond, cond]).to(dtype)
-    x2m, c2m = x2b[:2 * m], c2b[:2 * m]
-    acc = run.accelerator
+    dtype = next(run.comps.unet.parameters()).dtype
 
-    def unet_fwd(x, cnd):
-        with torch.no_grad(), acc.autocast():
-            return unet(x, t_all[:1].expand(len(x)), encoder_hidden_states=cnd).sample
-
-    def unet_fwd_bwd(x, cnd, model=unet):
-        with acc.autocast():
-            out = model(x, t_all[:1].expand(len(x)), encoder_hidden_states=cnd).sample
-        out.float().square().mean().backward()
+    def rows(n):  # n rows of latents and text embeddings
+        return (torch.randn(n, c, h, w, device=dev, dtype=dtype), cond.repeat(math.ceil(n / b), 1, 1)[:n].to(dtype))
 
     def opt_step():
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
 
+    x2b, xu = rows(2 * b), rows(cfg_rows * u)
     latents = torch.randn(b, c, h, w, device=dev)
     images = decode_latents(pipe.vae, latents)
-    out = {
-        "text_encoder_B": _timeit(lambda: encode_prompts(pipe, prompts, dev), repeats, sync),
-        "unet_fwd_2B": _timeit(lambda: unet_fwd(x2b, c2b), repeats, sync),
-        "vae_decode_B": _timeit(lambda: decode_latents(pipe.vae, latents), repeats, sync),
-        "reward_B": _timeit(lambda: (reward or run.reward)(images, prompts), repeats, sync),
-        "unet_fwd_bwd_2m": _timeit(lambda: unet_fwd_bwd(x2m, c2m), repeats, sync),
-        "unet_fwd_2m": _timeit(lambda: unet_fwd(x2m, c2m), repeats, sync),
-        "optimizer_step": _timeit(opt_step, repeats, sync),
+    half = max(1, cfg.rwl.batch_size // 2)
+    guided = cfg.rwl.guided_loss and cfg.sampling.guidance_scale > 1
+    um, up = (min(cfg.items_per_pass(g) or half, half) for g in (guided, False))
+    xr_model, xr_pre = rows(2 * um if guided else um), rows(up)
+    timed = {
+        "text_encoder_B": lambda: encode_prompts(pipe, prompts, dev),
+        "unet_fwd_2B": lambda: passes.sample_fwd(*x2b),
+        "vae_decode_B": lambda: decode_latents(pipe.vae, latents),
+        "reward_B": lambda: (reward or run.reward)(images, prompts),
+        "unet_fwd_bwd_2u": lambda: passes.fwd_bwd(*xu),
+        "unet_ref_fwd_2u": lambda: passes.reference_fwd(*xu),
+        "optimizer_step": opt_step,
+        "rwl_text_encoder": lambda: encode_prompts(pipe, prompts[:half], dev),
+        "rwl_fwd_bwd_model": lambda: passes.fwd_bwd(*xr_model),
+        "rwl_fwd_bwd_pre": lambda: passes.fwd_bwd(*xr_pre),
     }
-    n_mb = math.ceil(b * d.steps_per_sample / m)
+    out = {k: _timeit(fn, repeats, sync) for k, fn in timed.items()}
+    n_mb, n_micro = math.ceil(b * d.steps_per_sample / m), math.ceil(m / u)
     out["sample_s"] = run.schedule.num_steps * out["unet_fwd_2B"] + out["text_encoder_B"]
     out["reward_s"] = out["vae_decode_B"] + out["reward_B"]
-    out["update_s"] = n_mb * (out["unet_fwd_bwd_2m"] + out["unet_fwd_2m"] + out["optimizer_step"])
-    half = max(1, cfg.rwl.batch_size // 2)
-    xh, ch = x2b[:half].float(), cond[:half]
-    out["rwl_step_s"] = 2 * (_timeit(lambda: encode_prompts(pipe, prompts[:half], dev), repeats, sync)
-                             + _timeit(lambda: unet_fwd_bwd(xh.to(dtype), ch.to(dtype)), repeats, sync)) + out["optimizer_step"]
+    out["update_s"] = n_mb * (n_micro * (out["unet_fwd_bwd_2u"] + out["unet_ref_fwd_2u"]) + out["optimizer_step"])
+    out["rwl_step_s"] = (2 * out["rwl_text_encoder"] + math.ceil(half / um) * out["rwl_fwd_bwd_model"]
+                         + math.ceil(half / up) * out["rwl_fwd_bwd_pre"] + out["optimizer_step"])
     out["minibatches_per_round"] = n_mb
     if torch.device(dev).type == "cuda":
-        out["update_flops_per_minibatch"] = count_flops(lambda: (unet_fwd_bwd(x2m, c2m), unet_fwd(x2m, c2m)))
-    if levers:
-        out["levers_fwd_bwd_2m_s"] = lever_timings(
-            unet, lambda model, x, cnd: unet_fwd_bwd(x, cnd, model), x2m, c2m, repeats, sync)
+        with torch.compiler.set_stance("force_eager"):  # the counter sees eager operators only
+            flops = count_flops(lambda: (passes.fwd_bwd(*xu), passes.reference_fwd(*xu)))
+        out["update_flops_per_minibatch"] = n_micro * flops
+        out["peak_mb"] = {k: _pass_peak_mb(timed[k], dev) for k in
+                          ("unet_fwd_2B", "vae_decode_B", "reward_B", "unet_fwd_bwd_2u", "rwl_fwd_bwd_model")}
     run.optimizer.zero_grad(set_to_none=True)
     return out
 
@@ -167,40 +227,55 @@ def count_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def lever_timings(unet: torch.nn.Module, fwd_bwd: Callable, x: torch.Tensor, cond: torch.Tensor,
-                  repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Seconds of the bare forward+backward ``fwd_bwd(unet, x, cond)`` under each lever, on the
-    same tensors: eager (diffusers' SDPA attention, flash on Hopper in bf16), channels_last memory
-    format, and torch.compile (default mode, inductor: C++ kernels on the CPU) of the channels_last
-    model, with its compile time.  The UNet is restored to contiguous format afterwards."""
-    out = {"eager": _timeit(lambda: fwd_bwd(unet, x, cond), repeats, sync)}
-    unet.to(memory_format=torch.channels_last)
-    xc = x.contiguous(memory_format=torch.channels_last)
-    out["channels_last"] = _timeit(lambda: fwd_bwd(unet, xc, cond), repeats, sync)
-    compiled = torch.compile(unet)
-    t0 = time.perf_counter()
-    fwd_bwd(compiled, xc, cond)
-    sync()
-    out["compile_seconds"] = time.perf_counter() - t0
-    out["channels_last+compile"] = _timeit(lambda: fwd_bwd(compiled, xc, cond), repeats, sync)
-    unet.to(memory_format=torch.contiguous_format)
+def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str, float]]:
+    """Eager (``off``) and compiled (``on``), on a fresh copy of the run's UNet with its adapter
+    (loaded anew, so no compiled code is shared with the loop's): seconds of the sampling forward at
+    2B rows and of the update forward+backward at the loop's rows (as :func:`bare_passes`), and the
+    seconds their first calls took beyond that (``compile_s``); eager, also the update pass with
+    gradient checkpointing, and (CUDA) the peak memory of both."""
+    d, dev = cfg.dpok, run.device
+    b, m = d.prompts_per_round * d.samples_per_prompt, d.minibatch_size
+    u = min(cfg.items_per_pass(True) or m, m)
+    c, h, w = run.latent_shape
+    cond, _ = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)
+    sync, out = _sync(dev), {}
+    for mode in ("off", "on"):
+        comps = load_components(replace(cfg, compute=replace(cfg.compute, compile="off")), dev,
+                                weight_dtype_for(run.accelerator))
+        compile_unet(comps.unet, mode == "on")
+        passes = _Passes(run, comps.unet)
+        dtype = next(comps.unet.parameters()).dtype
+        x2b, c2b = torch.randn(2 * b, c, h, w, device=dev, dtype=dtype), torch.cat([cond, cond]).to(dtype)
+        x2u, c2u = x2b[:2 * u], c2b[:2 * u]
+        t0 = time.perf_counter()
+        passes.sample_fwd(x2b, c2b)
+        passes.fwd_bwd(x2u, c2u)
+        sync()
+        first = time.perf_counter() - t0
+        out[mode] = {"sample_fwd_2B": _timeit(lambda: passes.sample_fwd(x2b, c2b), repeats, sync),
+                     "update_fwd_bwd_2u": _timeit(lambda: passes.fwd_bwd(x2u, c2u), repeats, sync)}
+        out[mode]["compile_s"] = max(0.0, first - sum(out[mode].values()))
+        if mode == "off":  # compute.gradient_checkpointing's trade: time and peak memory of the update pass
+            for flag in (False, True):
+                if flag:
+                    comps.unet.enable_gradient_checkpointing()
+                suffix = "_checkpointed" if flag else ""
+                out[mode]["update_fwd_bwd_2u" + suffix] = _timeit(lambda: passes.fwd_bwd(x2u, c2u), repeats, sync)
+                peak = _pass_peak_mb(lambda: passes.fwd_bwd(x2u, c2u), dev)
+                if peak is not None:
+                    out[mode]["update_peak_mb" + suffix] = peak
+        del comps, passes
+        if torch.device(dev).type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
-def gpu_config(cfg: BenchConfig) -> BenchConfig:
-    """The CUDA configuration: SD v1.5's 50 steps, ``gpu_samples`` samples a round in groups of 4
-    per prompt, 10 trained steps per sample, minibatch ``gpu_minibatch``."""
-    return replace(cfg, prompts_per_round=max(1, cfg.gpu_samples // 4), samples_per_prompt=4,
-                   minibatch_size=cfg.gpu_minibatch, num_inference_steps=50, steps_per_sample=10)
-
-
-def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: Method,
-                  mixed_precision: MixedPrecision) -> FinetuneConfig:
-    """The fine-tuning config the bench runs: the defaults with the bench's sizes, no checkpoints
-    or grids (they are not what it times)."""
+def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> FinetuneConfig:
+    """The shapes-world configuration the bench runs: the fine-tuning defaults (fp32) with the
+    bench's sizes, no checkpoints or grids (they are not what it times)."""
     d = FinetuneConfig()
     return replace(
-        d, method=method, output_dir=out, mixed_precision=mixed_precision, sample_grid_every=0,
+        d, method=method, output_dir=out, mixed_precision="no", sample_grid_every=0,
         model=replace(d.model, pipeline=pipeline), reward=cfg.reward,
         sampling=replace(d.sampling, num_inference_steps=cfg.num_inference_steps),
         prompts=replace(d.prompts, eval_prompts=("one red circle",)),
@@ -209,6 +284,28 @@ def _finetune_cfg(cfg: BenchConfig, pipeline: str, out: str, method: Method,
                      minibatch_size=cfg.minibatch_size, checkpoint_every_rounds=0),
         rwl=replace(d.rwl, steps=cfg.rwl_steps, batch_size=cfg.rwl_batch_size, samples_per_prompt=1,
                     pretrain_per_prompt=1, checkpoint_every_steps=0))
+
+
+def gpu_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, prompts_file: str) -> FinetuneConfig:
+    """The CUDA configuration: ``cfg.gpu_config`` as a user runs it, with the bench's rounds and
+    RWL steps, no checkpoints or grids.  ``prompts_file`` (:func:`write_bench_prompts`) holds one
+    DPOK round's worth of prompts, so that RWL's D_model, one sample each, is sampled at the same
+    batch shape as a DPOK round (its one-off sampling is not what the bench times)."""
+    f = load_config(FinetuneConfig, Path(cfg.gpu_config), [])
+    return replace(
+        f, method=method, output_dir=out, sample_grid_every=0, curve_every=0, seed=0,
+        model=replace(f.model, pipeline=pipeline), reward=cfg.reward,
+        prompts=replace(f.prompts, prompts_file=prompts_file, eval_prompts=("one red circle",)),
+        dpok=replace(f.dpok, rounds=cfg.rounds, checkpoint_every_rounds=0),
+        rwl=replace(f.rwl, steps=cfg.rwl_steps, samples_per_prompt=1, pretrain_per_prompt=1, checkpoint_every_steps=0))
+
+
+def write_bench_prompts(cfg: BenchConfig, path: Path) -> str:
+    """One DPOK round's worth of shapes-world train prompts of ``cfg.gpu_config``, one per line."""
+    d = load_config(FinetuneConfig, Path(cfg.gpu_config), []).dpok
+    texts = [p.text for p in prompt_set("train")]
+    path.write_text("\n".join((texts * d.prompts_per_round * d.samples_per_prompt)[:d.prompts_per_round * d.samples_per_prompt]) + "\n")
+    return str(path)
 
 
 @dataclass
@@ -228,7 +325,10 @@ class BenchResult:
     mfu_bare_update: float | None = None  # the same FLOPs over the bare passes' time
     update_tflops_per_minibatch: float | None = None
     gpu: str | None = None
-    levers_fwd_bwd_s: dict | None = None  # lever_timings of the bare forward+backward
+    levers: dict | None = None  # lever_timings: seconds eager ("off") and compiled ("on")
+    compute: dict | None = None  # the run's compute settings (compile, micro_batch, gradient_checkpointing)
+    pass_peak_mb: dict | None = None  # peak CUDA memory of each bare pass, the models included
+    date: str | None = None  # UTC day of the run
 
 
 def _reset_peak_memory(device) -> None:
@@ -236,12 +336,17 @@ def _reset_peak_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, mixed_precision: MixedPrecision,
-                   levers: bool = False) -> list[BenchResult]:
+def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method], FinetuneConfig],
+                   levers: bool = False, on_result: Callable[[list], None] = lambda results: None
+                   ) -> list[BenchResult]:
+    """Time the DPOK and RWL loops of ``make_cfg(output_dir, method)`` against their bare passes;
+    ``on_result`` sees the results so far after each one (and after the levers), so a run cut
+    short keeps what it measured."""
     results = []
+    day = time.strftime("%Y-%m-%d", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        dpok_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/dpok", "dpok", mixed_precision)
+        dpok_cfg = make_cfg(f"{tmp}/dpok", "dpok")
         d = dpok_cfg.dpok
         loop_device = "cuda" if torch.cuda.is_available() else "cpu"  # the accelerator's default
         _reset_peak_memory(loop_device)
@@ -251,9 +356,9 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, mixed_precision: 
         sample = statistics.median(r.seconds_sample for r in warm)
         reward_t = statistics.median(r.seconds_reward for r in warm)
         update = statistics.median(r.seconds_update for r in warm)
-        run, _ = setup_run(_finetune_cfg(cfg, pipeline, f"{tmp}/bare", "dpok", mixed_precision), None)
+        run, _ = setup_run(make_cfg(f"{tmp}/bare", "dpok"), None)
         device = str(run.device)
-        bare = bare_passes(run, dpok_cfg, cfg.repeats, levers=levers)
+        bare = bare_passes(run, dpok_cfg, cfg.repeats)
         b = d.prompts_per_round * d.samples_per_prompt
         measured = sample + reward_t + update
         bare_total = bare["sample_s"] + bare["reward_s"] + bare["update_s"]
@@ -266,19 +371,23 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, mixed_precision: 
                 mfu = round_flops / update / (peak * 1e12)
                 mfu_bare = round_flops / bare["update_s"] / (peak * 1e12)
         flops_mb = bare.get("update_flops_per_minibatch")
+        compute = asdict(dpok_cfg.compute)
+        first = rows[0]  # the warm-up round: compiling happens there
         results.append(BenchResult(
             name=name, method="dpok", device=device, overhead_ratio=measured / bare_total, measured_s=measured,
             bare_s=bare_total, split_s={"sample": sample, "reward": reward_t, "update": update,
                                         "bare_sample": bare["sample_s"], "bare_reward": bare["reward_s"],
-                                        "bare_update": bare["update_s"]},
+                                        "bare_update": bare["update_s"],
+                                        "first_round": first.seconds_sample + first.seconds_reward + first.seconds_update},
             images_per_s=b / sample, transitions_per_s=b * d.steps_per_sample / update,
             peak_memory_mb=peak_mb, mfu_update=mfu, mfu_bare_update=mfu_bare,
-            update_tflops_per_minibatch=flops_mb / 1e12 if flops_mb else None, gpu=gpu,
-            levers_fwd_bwd_s=bare.get("levers_fwd_bwd_2m_s"),
+            update_tflops_per_minibatch=flops_mb / 1e12 if flops_mb else None, gpu=gpu, compute=compute,
+            pass_peak_mb=bare.get("peak_mb"), date=day,
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
                   f"sample, minibatch {d.minibatch_size}, CFG"))
+        on_result(results)
         steps = []
-        rwl_cfg = _finetune_cfg(cfg, pipeline, f"{tmp}/rwl", "rwl", mixed_precision)
+        rwl_cfg = make_cfg(f"{tmp}/rwl", "rwl")
         t_last = [time.perf_counter()]
 
         def on_step(_row):
@@ -289,12 +398,17 @@ def bench_pipeline(cfg: BenchConfig, name: str, pipeline: str, mixed_precision: 
         _reset_peak_memory(device)
         train_rwl(rwl_cfg, progress=False, on_step=on_step)
         per_step = statistics.median(steps[2:] or steps)
+        rwl_first = steps[0] if steps else float("nan")  # the first step compiles
         results.append(BenchResult(
             name=name, method="rwl", device=device, overhead_ratio=per_step / bare["rwl_step_s"],
-            measured_s=per_step, bare_s=bare["rwl_step_s"], split_s={},
+            measured_s=per_step, bare_s=bare["rwl_step_s"], split_s={"setup_and_first_step": rwl_first},
             images_per_s=float("nan"), transitions_per_s=rwl_cfg.rwl.batch_size / per_step,
-            peak_memory_mb=_peak_memory_mb(device), gpu=gpu,
+            peak_memory_mb=_peak_memory_mb(device), gpu=gpu, compute=compute, date=day,
             notes=f"batch {rwl_cfg.rwl.batch_size} (half D_model, half D_pre)"))
+        on_result(results)
+        if levers:
+            results[0].levers = lever_timings(run, dpok_cfg, cfg.repeats)
+            on_result(results)
     return results
 
 
@@ -316,9 +430,12 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
             lines.append(f"- {r.name}/{r.method} on {r.gpu}: {r.update_tflops_per_minibatch:.2f} TFLOP per update "
                          f"minibatch (counted); MFU {100 * r.mfu_update:.1f} % of the measured update, "
                          f"{100 * r.mfu_bare_update:.1f} % of the bare passes")
-        if r.levers_fwd_bwd_s:
-            lines.append(f"- {r.name}/{r.method} bare forward+backward, seconds by lever: "
-                         f"{json.dumps({k: round(v, 4) for k, v in r.levers_fwd_bwd_s.items()})}")
+        if r.pass_peak_mb:
+            lines.append(f"- {r.name}/{r.method} peak MB of each bare pass: "
+                         f"{json.dumps({k: round(v) for k, v in r.pass_peak_mb.items()})}")
+        if r.levers:
+            lines.append(f"- {r.name}/{r.method} bare passes, seconds eager and compiled: "
+                         f"{json.dumps({k: {p: round(v, 4) for p, v in t.items()} for k, t in r.levers.items()})}")
     lines += [f"- skipped: {s}" for s in skipped]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
 

@@ -45,7 +45,7 @@ def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
     saved = out / "config.yaml"
     if not saved.exists():
         return
-    free = {"resume", "overwrite", "output_dir"}
+    free = {"resume", "overwrite", "output_dir", "compute"}  # compute: how, not what
     # through the loader, so keys added since that run began (at their defaults) compare equal
     try:
         saved_cfg = load_config(FinetuneConfig, saved)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from core.compile import compile_unet, resolve_compile
 from core.errors import UserError
 from core.loading import default_device, load_sd_pipeline
 from core.sampling import precision_dtype, resolve_precision
@@ -80,6 +81,11 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
         raise UserError("no trainable parameters: the LoRA target modules matched nothing in the UNet.",
                         f"set model.lora_targets to attention projections of this UNet "
                         f"(got {list(cfg.model.lora_targets)}).")
+    if cfg.compute.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    # After the adapter is in place, so that the compiled graph includes it.  The full-UNet
+    # reference copy is only ever run without gradient and stays eager.
+    compile_unet(unet, resolve_compile(cfg.compute.compile, device))
     return Components(pipe, unet, reference, trainable)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from core.compile import CompileMode
 from core.errors import UserError
 from core.sampling import MixedPrecision
 from core.schedules import LRSchedule
@@ -146,6 +147,24 @@ class RWLConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """How the passes run, not what they compute: a run may resume with other values here."""
+
+    # torch.compile of the trained UNet as one graph (core.compile), for sampling and the update
+    # alike; the first pass of each kind and batch shape compiles.  auto: on CUDA, off elsewhere
+    # (on the CPU a compile costs more than the demo's short runs save, docs/finetune.md, Benchmark).
+    compile: CompileMode = "auto"
+    # UNet rows per forward/backward pass inside one DPOK minibatch or RWL batch (a guided
+    # transition or example is 2 rows, an unguided one 1): each part's loss, scaled by its share,
+    # is back-propagated in turn and the gradients add up, so the optimizer takes the same step at
+    # a lower peak memory.  None: the whole minibatch/batch in one pass.
+    micro_batch: int | None = None
+    # Recompute the UNet blocks' activations in the backward pass instead of keeping them
+    # (diffusers' enable_gradient_checkpointing): less memory, about one more forward of time.
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     method: Method = "dpok"
     output_dir: str | None = None  # default runs/finetune-<method>
@@ -167,6 +186,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
     rwl: RWLConfig = field(default_factory=RWLConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     @property
     def dpok_eligible_steps(self) -> int:
@@ -185,6 +205,12 @@ class FinetuneConfig:
             transitions = d.prompts_per_round * d.samples_per_prompt * d.steps_per_sample
             micro = d.rounds * d.epochs_per_round * math.ceil(transitions / d.minibatch_size)
         return max(1, micro // self.optim.grad_accum)
+
+    def items_per_pass(self, guided: bool) -> int | None:
+        """Transitions or examples per UNet pass under ``compute.micro_batch`` rows (a guided one
+        takes 2); None: all at once."""
+        rows = self.compute.micro_batch
+        return None if rows is None else max(1, rows // 2 if guided else rows)
 
     @property
     def out(self) -> str:
@@ -238,6 +264,9 @@ class FinetuneConfig:
         if self.dpok.baseline_history and self.dpok.baseline != "per_prompt":
             raise UserError(f"dpok.baseline_history applies to dpok.baseline=per_prompt, not {self.dpok.baseline}.",
                             "set dpok.baseline=per_prompt, or dpok.baseline_history=0.")
+        if self.compute.micro_batch is not None and self.compute.micro_batch < 1:
+            raise UserError(f"compute.micro_batch={self.compute.micro_batch} must be >= 1.",
+                            "set it to the UNet rows one forward/backward may hold (e.g. 8), or null for all at once.")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
         if not 0 <= self.rwl.pretrain_uncond < 1:

@@ -47,7 +47,7 @@ from finetune.policy import DiffusionPolicy
 from finetune.prompts import PromptRewardHistory, cycled_prompts, prompt_group_ids
 from finetune.rl_math import (baseline_advantages, clipped_policy_loss, eps_mse_kl, gaussian_kl,
                               gaussian_log_prob, normalize_advantages)
-from finetune.run import setup_run
+from finetune.run import backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import RewardFn, score_in_batches
 from shapes.oracle import judge
@@ -298,44 +298,61 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
 
 def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_step: Callable[[], None],
             traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
-    """One round's clipped policy-gradient updates; ``optimizer_step``: :meth:`finetune.run.Run.optimizer_step`."""
+    """One round's clipped policy-gradient updates; ``optimizer_step``: :meth:`finetune.run.Run.optimizer_step`.
+
+    Each minibatch runs in micro-batches of ``compute.micro_batch`` UNet rows whose losses,
+    scaled by their share of the minibatch, are back-propagated in turn: the gradients add up to
+    the minibatch's.  The statistics stay on the device (float64 sums) until the round ends, so
+    the loop never waits for the GPU."""
     d = cfg.dpok
     samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample, d.start_step)
-    sums = dict(kl=0.0, clip_fraction=0.0, approx_kl=0.0, policy_loss=0.0, loss=0.0, grad_norm=0.0)
+    names = ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss")
+    device = traj.latents.device
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    grad_norm = torch.zeros((), dtype=torch.float64, device=device)
     n_mb = n_opt = 0
     for _ in range(d.epochs_per_round):
         order = rng.permutation(len(steps))
         for start in range(0, len(order), d.minibatch_size):
             sel = order[start:start + d.minibatch_size]
-            bi = torch.as_tensor(samples[sel], device=traj.latents.device)
-            si = torch.as_tensor(steps[sel], device=traj.latents.device)
-            x_t, x_prev = traj.latents[bi, si], traj.latents[bi, si + 1]
-            cond, uncond = traj.prompt_embeds[bi], traj.negative_embeds[bi]
             with accelerator.accumulate(policy.unet):
-                with accelerator.autocast():
-                    step = policy.step(x_t, si, cond, uncond)
-                    ref = policy.reference_step(x_t, si, cond, uncond)
-                g = step.gaussian
-                log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
-                pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
-                if d.kl_form == "gaussian":
-                    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std)
-                else:
-                    kl = eps_mse_kl(step.eps, ref.eps)
-                loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
-                accelerator.backward(loss)
+                stats = torch.zeros(len(names), dtype=torch.float64, device=device)
+                parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
+                for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
+                    share = (part.stop - part.start) / len(sel)
+                    with sync:
+                        terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
+                        accelerator.backward(terms[-1] * share)
+                    stats += torch.stack([t.detach().double() for t in terms]) * share
                 if accelerator.sync_gradients:
-                    gn = accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm)
-                    sums["grad_norm"] += float(gn)
+                    grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
                     n_opt += 1
                 optimizer_step()
-            for k, v in (("kl", kl.mean()), ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
-                         ("policy_loss", pl.loss), ("loss", loss)):
-                sums[k] += float(v.detach())
+            sums += stats
             n_mb += 1
-    out = {k: v / max(1, n_mb) for k, v in sums.items() if k != "grad_norm"}
-    out["grad_norm"] = sums["grad_norm"] / max(1, n_opt)
+    means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
+    out = dict(zip(names, means))
+    out["grad_norm"] = float(grad_norm) / max(1, n_opt)
     return out
+
+
+def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: torch.Tensor, samples: np.ndarray,
+                 steps: np.ndarray, d) -> tuple[torch.Tensor, ...]:
+    """DPOK eq. 7-8 on the transitions (samples[i], steps[i]): the mean KL term, clip fraction,
+    approximate KL, policy loss and total loss alpha * PPO_clip + beta * KL, each a scalar."""
+    bi = torch.as_tensor(samples, device=traj.latents.device)
+    si = torch.as_tensor(steps, device=traj.latents.device)
+    x_t, x_prev = traj.latents[bi, si], traj.latents[bi, si + 1]
+    cond, uncond = traj.prompt_embeds[bi], traj.negative_embeds[bi]
+    with accelerator.autocast():
+        step = policy.step(x_t, si, cond, uncond)
+        ref = policy.reference_step(x_t, si, cond, uncond)
+    g = step.gaussian
+    log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
+    pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
+    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std) if d.kl_form == "gaussian" else eps_mse_kl(step.eps, ref.eps)
+    loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
+    return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
 
 
 @torch.no_grad()

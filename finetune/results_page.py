@@ -145,20 +145,37 @@ def eval_seeds(r: dict) -> tuple[int, int]:
 
 def bench_section(runs: list[tuple[str, list[dict]]]) -> list[str]:
     lines = ["## `make bench`", "",
-             "Levers: seconds of the bare update forward+backward eager / channels_last / channels_last + "
-             "torch.compile (compile seconds), where the run timed them (`gpu_levers`, `cpu_levers`).", "",
-             "| run | config | method | device | overhead ratio | images/s | transitions/s | peak MB | update MFU | levers |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Compute: the run's `compute` settings (compiled UNet, UNet rows per update pass). Levers: seconds "
+             "of the bare sampling forward / update forward+backward, eager → compiled (compile seconds), where "
+             "the run timed them; older runs: the update forward+backward eager / channels_last / channels_last + "
+             "torch.compile (compile seconds).", "",
+             "| run | config | method | device | date | compute | overhead ratio | images/s | transitions/s | peak MB "
+             "| update MFU | levers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, rows in runs:
         for b in rows:
             mfu = _pct(b.get("mfu_update")) + " %" if b.get("mfu_update") else "-"
-            lv = b.get("levers_fwd_bwd_s")
-            levers = (f"{lv['eager']:.3f} / {lv['channels_last']:.3f} / {lv['channels_last+compile']:.3f} "
-                      f"({lv['compile_seconds']:.0f} s)" if lv else "-")
+            c = b.get("compute")
+            compute = (f"compile {c['compile']}, micro-batch {c['micro_batch'] or 'none'}" if c else "-")
             lines.append(f"| {label} | {b['name']} | {b['method']} | {b.get('gpu') or b['device']} | "
-                         f"{_num(b['overhead_ratio'])} | {_num(b['images_per_s'], 2)} | {_num(b['transitions_per_s'], 1)} | "
-                         f"{b['peak_memory_mb']:.0f} | {mfu} | {levers} |")
+                         f"{b.get('date') or '-'} | {compute} | {_num(b['overhead_ratio'])} | "
+                         f"{_num(b['images_per_s'], 2)} | {_num(b['transitions_per_s'], 1)} | "
+                         f"{b['peak_memory_mb']:.0f} | {mfu} | {_levers(b)} |")
     return lines
+
+
+def _levers(b: dict) -> str:
+    lv, old = b.get("levers"), b.get("levers_fwd_bwd_s")
+    if lv and {"off", "on"} <= set(lv):
+        off, on = lv["off"], lv["on"]
+        return (f"{off['sample_fwd_2B']:.3f} → {on['sample_fwd_2B']:.3f} / {off['update_fwd_bwd_2u']:.3f} → "
+                f"{on['update_fwd_bwd_2u']:.3f} ({on['compile_s']:.0f} s)")
+    if lv:  # a run that compared other compile modes: seconds by mode as recorded
+        return "; ".join(f"{k}: {t['sample_fwd_2B']:.3f} / {t['update_fwd_bwd_2u']:.3f}" for k, t in lv.items())
+    if old:
+        return (f"{old['eager']:.3f} / {old['channels_last']:.3f} / {old['channels_last+compile']:.3f} "
+                f"({old['compile_seconds']:.0f} s)")
+    return "-"
 
 
 def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:

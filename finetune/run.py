@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,19 @@ from finetune.policy import DiffusionPolicy
 from finetune.prompts import training_prompts
 from finetune.scheduler import DDIMSchedule
 from reward.reward_fn import RewardFn, check_reward_folder, load_reward
+
+
+def micro_batches(n: int, size: int | None) -> list[slice]:
+    """``n`` rows cut into runs of ``size`` (None: one run of all)."""
+    size = size or n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def backward_contexts(accelerator, model, n: int) -> list:
+    """The contexts of ``n`` backward passes whose gradients add up to one optimizer step: every
+    one but the last skips the gradient all-reduce of a multi-process run
+    (``accelerator.no_sync``), which then happens once, on the summed gradients."""
+    return [accelerator.no_sync(model) if j < n - 1 else nullcontext() for j in range(n)]
 
 
 def seed_everything(seed: int) -> None:

@@ -37,7 +37,7 @@ from finetune.config import FinetuneConfig
 from finetune.dpok import FinetuneResult
 from finetune.image_log import log_images
 from finetune.rl_math import reward_weights
-from finetune.run import Run, setup_run
+from finetune.run import Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import RewardFn, score_in_batches
 from shapes.render import render
@@ -179,10 +179,20 @@ def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
     return model_set, pre_set
 
 
-def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: list[str],
-                   gen: torch.Generator, guidance_scale: float = 1.0) -> torch.Tensor:
+def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' denoising losses,
+    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws."""
+    noise = torch.randn((n, *latent_shape), generator=gen, device=device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+    return noise, t
+
+
+def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: list[str], noise: torch.Tensor,
+                   t: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
     """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
-    at a uniformly drawn training timestep, i.e. -log p_theta(x | z) up to constants (DDPM eq. 14).
+    at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
+    -log p_theta(x | z) up to constants (DDPM eq. 14).
 
     ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
     u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
@@ -190,8 +200,6 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: li
     and sampling with guidance then overshoots again: colours drift off the palette within a few
     hundred steps (measured in the shapes world)."""
     x0 = latents.to(run.device)
-    noise = torch.randn(x0.shape, generator=gen, device=run.device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen, device=run.device)
     x_t = noise_scheduler.add_noise(x0, noise, t)
     ptype = noise_scheduler.config.prediction_type
     target = {"epsilon": noise, "v_prediction": noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[ptype]
@@ -238,22 +246,41 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
         mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
         pi = rng.choice(len(pre_set), size=half)
         with acc.accumulate(run.comps.unet):
-            with acc.autocast():
-                l_model = denoising_loss(run, noise_scheduler, model_set.latents[mi], [model_set.prompts[i] for i in mi],
-                                         gen, cfg.sampling.guidance_scale if r.guided_loss else 1.0)
-                pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
-                l_pre = denoising_loss(run, noise_scheduler, pre_set.latents[pi], pre_prompts, gen)
+            # Lee et al. eq. 2 on this batch, in micro-batches of compute.micro_batch UNet rows: each
+            # part's mean loss times its share of the half batch, back-propagated in turn, adds up
+            # to the gradient of loss_model + beta * loss_pre.
+            model_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
+            pre_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
+            pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
             w = model_set.weights[mi].to(run.device)
-            # Sampling images in proportion to 1[w > 0] and weighting by w keeps the estimator of
-            # E_model[w l] unbiased up to the constant P(w > 0).
-            loss_model = (w * l_model).mean()
-            loss_pre = l_pre.mean()
+            guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
+            jobs = ([("model", p) for p in micro_batches(half, cfg.items_per_pass(guidance > 1))]
+                    + [("pre", p) for p in micro_batches(half, cfg.items_per_pass(False))])
+            sums = {"model": 0.0, "pre": 0.0}
+            for (kind, part), sync in zip(jobs, backward_contexts(acc, run.comps.unet, len(jobs))):
+                share = (part.stop - part.start) / half
+                with sync:
+                    with acc.autocast():
+                        if kind == "model":
+                            lm = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]],
+                                                [model_set.prompts[i] for i in mi[part]],
+                                                model_noise[0][part], model_noise[1][part], guidance)
+                        else:
+                            lm = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_prompts[part],
+                                                pre_noise[0][part], pre_noise[1][part])
+                    # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
+                    # estimator of E_model[w l] unbiased up to the constant P(w > 0).
+                    part_loss = (w[part] * lm).mean() if kind == "model" else lm.mean()
+                    acc.backward(part_loss * share * (1.0 if kind == "model" else r.pretrain_weight))
+                sums[kind] = sums[kind] + part_loss.detach() * share
+            loss_model, loss_pre = sums["model"], sums["pre"]
             loss = loss_model + r.pretrain_weight * loss_pre
-            acc.backward(loss)
-            grad_norm = float(acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm)) if acc.sync_gradients else 0.0
+            grad_norm = (acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm) if acc.sync_gradients
+                         else torch.zeros((), device=run.device))
             run.optimizer_step()
-        row = StepStats(step + 1, loss.item(), loss_model.item(), loss_pre.item(), w.mean().item(), grad_norm,
-                        float(run.lr_scheduler.get_last_lr()[0]))
+        # the step's one wait for the device
+        values = torch.stack([loss, loss_model, loss_pre, w.mean(), grad_norm.float()]).tolist()
+        row = StepStats(step + 1, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]))
         history.append(vars(row))
         if (step + 1) % cfg.log_every == 0:
             acc.log({k: v for k, v in vars(row).items() if k != "step"}, step=step + 1)

@@ -1,9 +1,10 @@
 """``make bench``: throughput and overhead of the DPOK and RWL loops -> reports/bench/.
 
-Configurations: the shapes world on CPU (the committed model; an untrained reward head on the
-shapes CLIP), and, when CUDA is available, SD v1.5's architecture with random weights at 512x512 in
-bf16 with LoRA and a reward head on a random CLIP ViT-L/14.  ``reward.path=<folder>`` times that
-reward model instead; ``reward.kind=oracle`` the shapes-world oracle.
+Configurations: the shapes world (the committed model; an untrained reward head on the shapes
+CLIP; ``shapes=false`` skips it), and, when CUDA is available, SD v1.5's architecture with random
+weights under ``gpu_config`` (finetune/configs/sd15.yaml: 512x512, bf16, LoRA, its compile and
+micro-batch settings) with a reward head on a random CLIP ViT-L/14.  ``reward.path=<folder>``
+times that reward model instead; ``reward.kind=oracle`` the shapes-world oracle.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from finetune.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
-                            build_reward_model, gpu_config, write_report)
+                            build_reward_model, gpu_config, shapes_config, write_bench_prompts, write_report)
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP
 
@@ -31,22 +32,30 @@ def _with_reward(cfg: BenchConfig, clip, tmp: Path) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BenchConfig, config_parser(__doc__.splitlines()[0]), argv)
-    skipped = []
-    print("bench: shapes world on CPU", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        cpu_cfg = _with_reward(cfg, lambda: SHAPES_CLIP, Path(tmp))
-        results = bench_pipeline(cpu_cfg, "shapes-cpu", cfg.cpu_pipeline, mixed_precision="no",
-                                 levers=cfg.cpu_levers)
+    skipped, results = [], []
+    out = Path(cfg.output_dir)
+
+    def save(done: list) -> None:  # after every result: a run cut short keeps what it measured
+        write_report(results + done, out, skipped)
+
+    if cfg.shapes:
+        print("bench: shapes world", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            shapes_cfg = _with_reward(cfg, lambda: SHAPES_CLIP, Path(tmp))
+            results += bench_pipeline(shapes_cfg, "shapes",
+                                      lambda o, m: shapes_config(shapes_cfg, cfg.cpu_pipeline, o, m),
+                                      levers=cfg.cpu_levers, on_result=save)
     if cfg.gpu and torch.cuda.is_available():
-        print("bench: SD v1.5 architecture, 512x512, bf16, LoRA on CUDA", file=sys.stderr)
+        print(f"bench: SD v1.5 architecture, 512x512, {cfg.gpu_config} on CUDA", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             sd = build_random_sd15(Path(tmp) / "sd15")
-            gpu_cfg = gpu_config(_with_reward(cfg, lambda: build_random_clip_vitl14(Path(tmp) / "clip"), Path(tmp)))
-            results += bench_pipeline(gpu_cfg, "sd15-512-cuda", str(sd), mixed_precision="bf16",
-                                      levers=cfg.gpu_levers)
+            gcfg = _with_reward(cfg, lambda: build_random_clip_vitl14(Path(tmp) / "clip"), Path(tmp))
+            prompts = write_bench_prompts(cfg, Path(tmp) / "prompts.txt")
+            results += bench_pipeline(gcfg, "sd15-512-cuda", lambda o, m: gpu_config(gcfg, str(sd), o, m, prompts),
+                                      levers=cfg.gpu_levers, on_result=save)
     else:
         skipped.append("sd15-512-cuda (no CUDA device)")
-    write_report(results, Path(cfg.output_dir), skipped)
+    write_report(results, out, skipped)
     for r in results:
         print(f"{r.name}/{r.method}: overhead_ratio={r.overhead_ratio:.3f} measured={r.measured_s:.3f}s "
               f"bare={r.bare_s:.3f}s")

@@ -21,6 +21,8 @@ rc=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_gpu.py tests/test_reward.py} 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 || rc=1
 fi
-python3 -m pipelines.bench output_dir="$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 60 || rc=1
+# BENCH_TIMEOUT: seconds before the bench is stopped; it writes bench.json after each result.
+timeout "${BENCH_TIMEOUT:-540}" python3 -m pipelines.bench output_dir="$OUT/bench" shapes=false ${BENCH_ARGS:-} 2>&1 \
+  | tee "$OUT/bench.log" | grep -v "it/s\]" | tail -n 40 || rc=1
 cat "$OUT/bench/bench.md" 2>/dev/null
 exit $rc

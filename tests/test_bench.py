@@ -21,14 +21,19 @@ def test_bench_writes_both_methods(tmp_path, tiny_sd):
 
 
 def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
-    """``cpu_levers=true``: the bare forward+backward eager, channels_last and torch.compiled (the
-    figures behind the loop staying eager on the CPU), in bench.json and bench.md."""
+    """``cpu_levers=true``: the bare sampling forward and update forward+backward eager and
+    torch.compiled, with the compile's seconds (the figures behind the loop staying eager on the
+    CPU), in bench.json and bench.md."""
     rc = run(main, [f"cpu_pipeline={tiny_sd}", f"output_dir={tmp_path}/bench", "rounds=1",
                     "prompts_per_round=1", "samples_per_prompt=2", "num_inference_steps=2", "steps_per_sample=1",
                     "minibatch_size=2", "rwl_steps=1", "rwl_batch_size=2", "repeats=1", "gpu=false", "cpu_levers=true"])
     assert rc == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    levers = rows[0]["levers_fwd_bwd_s"]
-    assert set(levers) == {"eager", "channels_last", "compile_seconds", "channels_last+compile"}
-    assert all(v > 0 for v in levers.values())
-    assert "seconds by lever" in (tmp_path / "bench" / "bench.md").read_text()
+    levers = rows[0]["levers"]
+    assert set(levers) == {"off", "on"}
+    assert set(levers["on"]) == {"sample_fwd_2B", "update_fwd_bwd_2u", "compile_s"}
+    assert set(levers["off"]) == {"sample_fwd_2B", "update_fwd_bwd_2u", "compile_s", "update_fwd_bwd_2u_checkpointed"}
+    assert all(t["sample_fwd_2B"] > 0 and t["update_fwd_bwd_2u"] > 0 for t in levers.values())
+    assert levers["on"]["compile_s"] > 0 and levers["off"]["compile_s"] < levers["on"]["compile_s"]
+    assert rows[0]["compute"] == {"compile": "auto", "micro_batch": None, "gradient_checkpointing": False}
+    assert "seconds eager and compiled" in (tmp_path / "bench" / "bench.md").read_text()

@@ -87,7 +87,7 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
     from types import SimpleNamespace
 
     from core.loading import load_sd_pipeline
-    from finetune.rwl import denoising_loss
+    from finetune.rwl import denoising_loss, draw_noise
     from finetune.sampler import encode_prompts
 
     pipe = load_sd_pipeline(tiny_sd, device="cpu")
@@ -109,12 +109,15 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
         pred = u + w * (c - u)
         return ((pred - target) ** 2).flatten(1).mean(1)
 
+    def noise(seed):
+        return draw_noise(sched, 2, x0.shape[1:], torch.Generator().manual_seed(seed), "cpu")
+
     with torch.no_grad():
         for w in (1.0, 5.0):
-            got = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3), guidance_scale=w)
+            got = denoising_loss(run, sched, x0, prompts, *noise(3), guidance_scale=w)
             torch.testing.assert_close(got, by_hand(3, w), rtol=1e-4, atol=1e-5)
-        plain = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3))
-        guided = denoising_loss(run, sched, x0, prompts, torch.Generator().manual_seed(3), guidance_scale=5.0)
+        plain = denoising_loss(run, sched, x0, prompts, *noise(3))
+        guided = denoising_loss(run, sched, x0, prompts, *noise(3), guidance_scale=5.0)
     assert not torch.allclose(plain, guided)
 
 
