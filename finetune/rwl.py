@@ -188,11 +188,12 @@ def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torc
     return noise, t
 
 
-def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: list[str], noise: torch.Tensor,
-                   t: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
+def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                   noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
     """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
     at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
-    -log p_theta(x | z) up to constants (DDPM eq. 14).
+    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B, L, D): the prompts'
+    and the empty prompt's text embeddings (``uncond`` only for guidance).
 
     ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
     u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
@@ -203,7 +204,6 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, prompts: li
     x_t = noise_scheduler.add_noise(x0, noise, t)
     ptype = noise_scheduler.config.prediction_type
     target = {"epsilon": noise, "v_prediction": noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[ptype]
-    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device)
     unet = run.comps.unet
     dtype = next(unet.parameters()).dtype
     if guidance_scale > 1:
@@ -254,6 +254,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
             pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
             w = model_set.weights[mi].to(run.device)
             guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
+            with acc.autocast():  # the batch's text embeddings at once; each part takes its rows
+                model_text = encode_prompts(run.comps.pipe, [model_set.prompts[i] for i in mi], run.device)
+                pre_text = encode_prompts(run.comps.pipe, pre_prompts, run.device)
             jobs = ([("model", p) for p in micro_batches(half, cfg.items_per_pass(guidance > 1))]
                     + [("pre", p) for p in micro_batches(half, cfg.items_per_pass(False))])
             sums = {"model": 0.0, "pre": 0.0}
@@ -262,11 +265,10 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
                 with sync:
                     with acc.autocast():
                         if kind == "model":
-                            lm = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]],
-                                                [model_set.prompts[i] for i in mi[part]],
-                                                model_noise[0][part], model_noise[1][part], guidance)
+                            lm = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
+                                                model_text[1][part], model_noise[0][part], model_noise[1][part], guidance)
                         else:
-                            lm = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_prompts[part],
+                            lm = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part], None,
                                                 pre_noise[0][part], pre_noise[1][part])
                     # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
                     # estimator of E_model[w l] unbiased up to the constant P(w > 0).

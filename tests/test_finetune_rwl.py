@@ -112,12 +112,13 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
     def noise(seed):
         return draw_noise(sched, 2, x0.shape[1:], torch.Generator().manual_seed(seed), "cpu")
 
+    text = encode_prompts(pipe, prompts, "cpu")
     with torch.no_grad():
         for w in (1.0, 5.0):
-            got = denoising_loss(run, sched, x0, prompts, *noise(3), guidance_scale=w)
+            got = denoising_loss(run, sched, x0, *text, *noise(3), guidance_scale=w)
             torch.testing.assert_close(got, by_hand(3, w), rtol=1e-4, atol=1e-5)
-        plain = denoising_loss(run, sched, x0, prompts, *noise(3))
-        guided = denoising_loss(run, sched, x0, prompts, *noise(3), guidance_scale=5.0)
+        plain = denoising_loss(run, sched, x0, text[0], None, *noise(3))
+        guided = denoising_loss(run, sched, x0, *text, *noise(3), guidance_scale=5.0)
     assert not torch.allclose(plain, guided)
 
 

@@ -50,6 +50,12 @@ def test_results_page_from_files(tmp_path):
           "levers_fwd_bwd_s": {"eager": 0.5, "channels_last": 0.7, "compile_seconds": 95.2, "channels_last+compile": 0.6}},
          {"name": "shapes-cpu", "method": "rwl", "device": "cpu", "overhead_ratio": 1.0, "images_per_s": 0.0,
           "transitions_per_s": 0.0, "peak_memory_mb": 900.0}]))
+    (folder / "bench-h200-2026-01-06-sd15.json").write_text(json.dumps(
+        [{"name": "sd15-512-cuda", "method": "dpok", "device": "cuda", "overhead_ratio": 0.97, "images_per_s": 4.27,
+          "transitions_per_s": 34.1, "peak_memory_mb": 11863.0, "mfu_update": 0.178, "gpu": "NVIDIA H200",
+          "date": "2026-01-06", "compute": {"compile": "auto", "micro_batch": 8, "gradient_checkpointing": False},
+          "levers": {"off": {"sample_fwd_2B": 0.132, "update_fwd_bwd_2u": 0.108, "compile_s": 0.0},
+                     "on": {"sample_fwd_2B": 0.084, "update_fwd_bwd_2u": 0.074, "compile_s": 175.0}}}]))
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
@@ -66,8 +72,11 @@ def test_results_page_from_files(tmp_path):
     # best 62.5 % (SE sqrt(.625 * .375 / 64) = 6.1 points), then 50.0: a fall of 12.5
     assert "| +25.0 | 12.5 (6.1): no | 25.0 → 50.0 (+25.0), 16 per prompt | 200 | H100, fp32 |" in page
     assert "- 2026-01-01-seed0 dpok: 0: 25.0, 10: 50.0 (best 50.0 % at round 10, last 50.0 %; no later point below the best)" in page
-    assert "| cpu-2026-01-05-levers | shapes-cpu | dpok | cpu | 1.100 | 20.00 | 50.0 | 900 | - | 0.500 / 0.700 / 0.600 (95 s) |" in page
-    assert "| cpu-2026-01-05-levers | shapes-cpu | rwl | cpu | 1.000 | 0.00 | 0.0 | 900 | - | - |" in page
+    assert ("| cpu-2026-01-05-levers | shapes-cpu | dpok | cpu | - | - | 1.100 | 20.00 | 50.0 | 900 | - "
+            "| 0.500 / 0.700 / 0.600 (95 s) |") in page
+    assert "| cpu-2026-01-05-levers | shapes-cpu | rwl | cpu | - | - | 1.000 | 0.00 | 0.0 | 900 | - | - |" in page
+    assert ("| h200-2026-01-06-sd15 | sd15-512-cuda | dpok | NVIDIA H200 | 2026-01-06 | compile auto, micro-batch 8 "
+            "| 0.970 | 4.27 | 34.1 | 11863 | 17.8 % | 0.132 → 0.084 / 0.108 → 0.074 (175 s) |") in page
     assert "| 2026-01-03-e2e | `make reward` | 0.780 (0.710; 0.770) | 0.860 | 0.660 | 0.740 (0.750) | 85 |" in page
 
 
