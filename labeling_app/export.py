@@ -79,7 +79,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
         rows = write_hf_dataset(store, final)  # under a temporary name beside it, renamed when complete
         _make_private(final)
         return ExportResult(final, None, rows)
-    # Everything is read (where a damaged table fails) before the first folder is made.
+    # Everything is read (where a damaged table fails) before the temporary folder is made.
     rankings = current(store, RANKINGS.name)
     tables = {
         "binary_labels": current(store, BINARY_LABELS.name),

@@ -368,6 +368,7 @@ class RewardModel(nn.Module):
         model.clip.requires_grad_(False)
         return model
 
+
 def load_head_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The head weights of the reward model folder ``directory``.  A folder that is not one, an
     unreadable head file, or weights that are not finite (a training that diverged, a damaged copy:
