@@ -57,7 +57,7 @@ def test_finetune_counts_out_of_range_fail_before_the_model_loads(tiny_sd, tmp_p
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lr=-1", "train.lr=-1.0 must be > 0"),  # was a model with loss 3.1e9
+    ("train.lr=-1", "train.lr=-1.0 must be > 0"),  # trained and saved a diverged model before
     ("train.lr=inf", "'train.lr' is inf"),
     ("model.hidden=[16,0]", "model.hidden[1]=0 must be >= 1"),
     ("model.dropout=1.5", "model.dropout=1.5 must be in [0, 1]"),
