@@ -6,23 +6,58 @@ Each stage defines one frozen dataclass (nested where it helps).  An entry point
     save_config(cfg, out_dir / "config.yaml")
 
 Values are checked against the field types (``int``, ``float``, ``bool``, ``str``, ``Literal``,
-``Optional``, tuples, nested dataclasses); an unknown key or a wrong value is a :class:`UserError`
-naming the key and the allowed values.
+``Optional``, tuples, nested dataclasses) and against the range a field declares
+(``rounds: PositiveInt``, ``lr: PositiveFloat``, ``share: Share``: :class:`Bounds`); numbers must
+be finite.  An unknown key or a wrong value is a :class:`UserError` naming the key and the
+allowed values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
 from core.errors import UserError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number field accepts, declared in its type (``Annotated[int, Bounds(low=1)]``)
+    and checked by the loader, so a count of 0 or a negative learning rate fails when the config
+    loads, before any model or file is touched.  ``open_low``: ``low`` itself is excluded."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+        high = None if self.high is None else f"<= {self.high:g}"
+        if low and high:
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+        return low or high or "any number"
+
+    def check(self, value: float, where: str) -> None:
+        too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        if too_low or (self.high is not None and value > self.high):
+            kind = "a whole number" if isinstance(value, int) else "a number"
+            raise UserError(f"{where}={value!r} must be {self.describe()}.", f"set {where} to {kind} {self.describe()}.")
+
+
+PositiveInt = Annotated[int, Bounds(low=1)]  # a count of things that must happen at least once
+NonNegativeInt = Annotated[int, Bounds(low=0)]  # a count where 0 means none / off
+PositiveFloat = Annotated[float, Bounds(low=0, open_low=True)]  # rates, scales, temperatures
+NonNegativeFloat = Annotated[float, Bounds(low=0)]  # weights and decays where 0 turns a term off
+Share = Annotated[float, Bounds(low=0, high=1)]  # a probability or a fraction
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -65,6 +100,13 @@ def _merge(base: dict, over: dict) -> dict:
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = get_origin(typ)
     if typ is Any:
+        return value
+    if origin is Annotated:
+        inner, *extras = get_args(typ)
+        value = _coerce(value, inner, where)
+        for bounds in extras:
+            if isinstance(bounds, Bounds) and value is not None:
+                bounds.check(value, where)
         return value
     if dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
@@ -137,6 +179,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             value = float(value)
             if value != value:  # NaN
                 raise UserError(f"config key '{where}' is NaN.", f"set {where} to a finite number.")
+            if math.isinf(value):  # no field reads infinity as "no limit"; it only overflows later
+                raise UserError(f"config key '{where}' is {value}.", f"set {where} to a finite number.")
             return value
         raise UserError(f"config key '{where}' must be a number, got {value!r}.",
                         f"set {where} to a number, e.g. 1e-4.")
@@ -151,7 +195,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
 
 
 def _build(cls: type[T], values: dict, prefix: str = "") -> T:
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)  # keeps the Bounds of Annotated fields
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:

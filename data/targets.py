@@ -102,15 +102,22 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
                   *, among: Collection[str] | None = None, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
     ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV.
-    Refuses to replace an existing prompts file unless ``overwrite``; returns (table, prompts file)."""
+    Refuses, before reading anything, to replace an existing prompts file or table unless
+    ``overwrite``, and a prompts file named like its table; returns (table, prompts file)."""
+    out = Path(out) if out else Path(root) / "targets.txt"
+    table_path = out.with_suffix(".csv")
+    if table_path == out:
+        raise UserError(f"out={out} is the name of the table written beside the prompts file (<out>.csv), so "
+                        "the table would replace the prompts.", "name the prompts file e.g. targets.txt.")
+    existing = [str(p) for p in (out, table_path) if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} already exists{', and so does ' + existing[1] if existing[1:] else ''}.",
+                        "pass out=<another file>, or overwrite=true to replace the prompts file and its table.")
     store = Store(root)
     if not store.exists("generations"):
         raise UserError(f"{root} holds no labeling round (no generations table).",
                         "pass root=<the dataset root of a labelled round>.")
     table = pick_targets(prompt_pass_rates(store), rule, among)
-    out = Path(out) if out else Path(root) / "targets.txt"
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists.", "pass out=<another file>, or overwrite=true to replace it.")
     picked = table[table["picked"]]
     if picked.empty:
         enough = int((table["labelled_images"] >= rule.min_images).sum())
@@ -121,6 +128,6 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
                         "rule.min_images).")
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, "".join(f"{p}\n" for p in picked["prompt"])),
-                       (out.with_suffix(".csv"), table.to_csv(index=False))):
+                       (table_path, table.to_csv(index=False))):
         write_text_atomic(path, text)
     return table, out

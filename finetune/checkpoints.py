@@ -10,38 +10,83 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
+import yaml
 
 from core.config import load_config, save_config, to_dict
 from core.errors import UserError
 from core.files import write_text_atomic
 from finetune.components import Components
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, Method
 
 RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json")
 RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
 
 
 def prepare_output_dir(cfg: FinetuneConfig) -> Path:
-    """Refuse to overwrite a finished result unless ``overwrite`` is set; keep checkpoints for
-    resuming; save the resolved config."""
+    """Check the output folder, then prepare it and save the resolved config: every refusal
+    (:func:`check_output_dir`) comes before anything there is deleted or replaced.  Starting over
+    (``resume=false`` or ``overwrite=true``) drops what an earlier run left to resume from;
+    ``overwrite=true`` also drops its result."""
     out = Path(cfg.out)
-    finished = [f for f in RESULT_FILES if (out / f).exists()]
-    if finished and not cfg.overwrite:
-        raise UserError(f"{out} already holds a finished run ({', '.join(finished)}).",
-                        "choose another output_dir, or pass overwrite=true to replace it.")
-    if finished and cfg.overwrite:
-        for f in finished:
-            (out / f).unlink()
+    check_output_dir(out, cfg)
+    if not cfg.resume or cfg.overwrite:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in RESUMABLE[1:]:
+            (out / name).unlink(missing_ok=True)
+    if cfg.overwrite:
+        for f in RESULT_FILES:
+            (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     return out
 
 
+def check_output_dir(out: Path, cfg: FinetuneConfig) -> None:
+    """Refuse, without touching anything, a folder that holds a finished run or another stage's
+    config.yaml (unless ``overwrite``), and one that holds a different run or checkpoints past
+    this run's end (unless starting over with ``resume=false``)."""
+    if cfg.overwrite:
+        return
+    finished = [f for f in RESULT_FILES if (out / f).exists()]
+    if finished:
+        raise UserError(f"{out} already holds a finished run ({', '.join(finished)}).",
+                        "choose another output_dir, or pass overwrite=true to replace it.")
+    saved = out / "config.yaml"
+    if saved.exists() and not _is_finetune_config(saved):
+        raise UserError(f"{saved} is not the config of a fine-tuning run (another stage's folder?), and a run "
+                        "would replace it.", "choose another output_dir, or pass overwrite=true to replace it.")
+    if cfg.resume:
+        check_resumable(out, cfg)
+        done = _checkpoint_step(out)
+        length = cfg.rwl.steps if cfg.method == "rwl" else cfg.dpok.rounds
+        if done is not None and done >= length:
+            name = "rwl.steps" if cfg.method == "rwl" else "dpok.rounds"
+            raise UserError(f"{out} holds a checkpoint at {done}, at or past {name}={length}.",
+                            f"raise {name} above {done} to continue training, or pass resume=false to start over.")
+
+
+def _is_finetune_config(path: Path) -> bool:
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(saved, dict) and saved.get("method") in get_args(Method)
+
+
+def _checkpoint_step(out: Path) -> int | None:
+    """The step (DPOK: round) of the newest checkpoint in ``out``, None without one."""
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    return int(ckpts[-1].name.removeprefix("step-")) if ckpts else None
+
+
 def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
-    """A checkpoint only continues the run that wrote it: same config except how long it runs."""
+    """A checkpoint only continues the run that wrote it: same config except how long it runs.  So
+    does a folder whose run stopped before its first checkpoint: its config.yaml is not replaced by
+    another run's."""
     saved = out / "config.yaml"
     if not saved.exists():
         return
@@ -61,7 +106,7 @@ def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
         tree.get("rwl", {}).pop("steps", None)
     if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UserError(f"{out} holds checkpoints of a run with a different config (sections {changed}).",
+        raise UserError(f"{out} holds a run with a different config (sections {changed}).",
                         "resume with the same config, pass resume=false to start over, or use another output_dir.")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.compile import CompileMode
+from core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from core.errors import UserError
 from core.sampling import MixedPrecision
 from core.schedules import LRSchedule
@@ -33,20 +34,20 @@ PromptOrder = Literal["random", "cycle"]
 class ModelConfig:
     pipeline: str = str(SHAPES_SD)  # a StableDiffusionPipeline folder
     parameterisation: Parameterisation = "lora"
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
+    lora_rank: PositiveInt = 4
+    lora_alpha: PositiveFloat = 4.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
 class PolicySamplingConfig:
-    num_inference_steps: int = 20  # DDIM steps (the name make generate and make eval use too)
-    eta: float = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
+    num_inference_steps: PositiveInt = 20  # DDIM steps (the name make generate and make eval use too)
+    eta: NonNegativeFloat = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
     guidance_scale: float = 5.0  # the shapes model samples best at 5 (with eta 1)
     # pixels, multiples of the VAE scale factor and 8; None: the UNet's native size
     # (sample_size * VAE factor); see core.sampling.image_size
-    height: int | None = None
-    width: int | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    lr: PositiveFloat = 3e-4
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0
+    grad_accum: PositiveInt = 1  # micro-batches per optimizer step
+    warmup_steps: NonNegativeInt = 0  # optimizer steps of linear warm-up
     # After warm-up: constant, or a cosine down to lr_floor x lr at the run's last optimizer step
     # (FinetuneConfig.optimizer_steps). The shipped configs keep constant: a cosine over 50 DPOK
     # rounds did not beat 40 constant ones in the demo (docs/results.md).
@@ -80,9 +81,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DPOKConfig:
-    rounds: int = 20
-    prompts_per_round: int = 8
-    samples_per_prompt: int = 4
+    rounds: PositiveInt = 20
+    prompts_per_round: PositiveInt = 8
+    samples_per_prompt: PositiveInt = 4
     # random: each round draws its prompts anew (distinct within the round); cycle: the run goes
     # through all its prompts in shuffled passes, so each gets the same number of rounds
     # (finetune.prompts.cycled_prompts).
@@ -103,10 +104,10 @@ class DPOKConfig:
     # start_step: a shared step has one transition for all of a prompt's samples, and its
     # per-prompt advantages sum to zero.  Why: finetune.sampler.branch_after_prefix.
     shared_prefix_steps: int = 0
-    minibatch_size: int = 32  # transitions per forward/backward
-    epochs_per_round: int = 1
-    clip_range: float = 0.2
-    reward_weight: float = 1.0  # alpha of DPOK's objective
+    minibatch_size: PositiveInt = 32  # transitions per forward/backward
+    epochs_per_round: PositiveInt = 1
+    clip_range: PositiveFloat = 0.2
+    reward_weight: NonNegativeFloat = 1.0  # alpha of DPOK's objective
     kl_weight: float = 0.01  # beta of DPOK's objective
     kl_form: KLForm = "gaussian"
     baseline: Baseline = "per_prompt"
@@ -117,23 +118,23 @@ class DPOKConfig:
     # round's included (DDPO's per-prompt stat tracking, finetune.prompts.PromptRewardHistory);
     # 0: the round's own samples of the prompt only.
     baseline_history: int = 0
-    advantage_clip: float = 5.0
-    value_lr: float = 1e-3
-    value_hidden: int = 256
-    value_steps: int = 20  # value-net updates per round (DPOK's baseline)
-    checkpoint_every_rounds: int = 5  # rounds between resumable checkpoints; 0: none
+    advantage_clip: PositiveFloat = 5.0
+    value_lr: PositiveFloat = 1e-3
+    value_hidden: PositiveInt = 256
+    value_steps: NonNegativeInt = 20  # value-net updates per round (DPOK's baseline)
+    checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
 
 @dataclass(frozen=True)
 class RWLConfig:
-    samples_per_prompt: int = 8  # generated images per prompt for D_model
+    samples_per_prompt: PositiveInt = 8  # generated images per prompt for D_model
     include_labeled_good: bool = False  # also add images raters labelled good (dataset root)
     dataset_root: str = "datasets/shapes"
     # "shapes": renders of the train prompts (the base model's own training data), or a dataset root
     pretrain_source: str = "shapes"
-    pretrain_per_prompt: int = 8
+    pretrain_per_prompt: PositiveInt = 8
     weighting: RewardWeighting = "reward"
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
     threshold: float = 0.5
     pretrain_weight: float = 1.0  # beta of Lee et al. eq. 2
     # Share of D_pre prompts replaced by "" (as in the base model's training): sampling amplifies
@@ -141,9 +142,9 @@ class RWLConfig:
     pretrain_uncond: float = 0.1
     # Fit D_model with the guided prediction (sampling.guidance_scale), see rwl.denoising_loss.
     guided_loss: bool = True
-    steps: int = 300
-    batch_size: int = 32
-    checkpoint_every_steps: int = 500  # optimizer steps between resumable checkpoints; 0: none
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 32
+    checkpoint_every_steps: NonNegativeInt = 500  # optimizer steps between resumable checkpoints; 0: none
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class ComputeConfig:
     # transition or example is 2 rows, an unguided one 1): each part's loss, scaled by its share,
     # is back-propagated in turn and the gradients add up, so the optimizer takes the same step at
     # a lower peak memory.  None: the whole minibatch/batch in one pass.
-    micro_batch: int | None = None
+    micro_batch: PositiveInt | None = None
     # Recompute the UNet blocks' activations in the backward pass instead of keeping them
     # (diffusers' enable_gradient_checkpointing): less memory, about one more forward of time.
     gradient_checkpointing: bool = False
@@ -172,13 +173,13 @@ class FinetuneConfig:
     seed: int = 0
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
-    log_every: int = 1
-    sample_grid_every: int = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
+    log_every: PositiveInt = 1
+    sample_grid_every: NonNegativeInt = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
     # DPOK, shapes world: every N rounds (and before the first), the share of the current policy's
     # samples the oracle judges aligned, on every training prompt x curve_samples fixed seeds: a
     # learning curve from an independent judge (finetune.dpok.oracle_alignment).  0: off.
-    curve_every: int = 0
-    curve_samples: int = 2
+    curve_every: NonNegativeInt = 0
+    curve_samples: PositiveInt = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardSource = field(default_factory=RewardSource)
     sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)
@@ -264,9 +265,6 @@ class FinetuneConfig:
         if self.dpok.baseline_history and self.dpok.baseline != "per_prompt":
             raise UserError(f"dpok.baseline_history applies to dpok.baseline=per_prompt, not {self.dpok.baseline}.",
                             "set dpok.baseline=per_prompt, or dpok.baseline_history=0.")
-        if self.compute.micro_batch is not None and self.compute.micro_batch < 1:
-            raise UserError(f"compute.micro_batch={self.compute.micro_batch} must be >= 1.",
-                            "set it to the UNet rows one forward/backward may hold (e.g. 8), or null for all at once.")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
         if not 0 <= self.rwl.pretrain_uncond < 1:

@@ -130,7 +130,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
                         "raise dpok.rounds to continue training, or pass resume=false.")
 
-    accelerator.init_trackers("dpok")
+    run.init_trackers("dpok", start)
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:

@@ -5,7 +5,6 @@ restores the newest checkpoint; :class:`Run` holds the result."""
 from __future__ import annotations
 
 import random
-import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from core.errors import UserError
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
-from finetune.checkpoints import RESUMABLE, check_resumable, latest_checkpoint, prepare_output_dir
+from finetune.checkpoints import latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
 from finetune.config import FinetuneConfig
 from finetune.policy import DiffusionPolicy
@@ -97,6 +96,12 @@ class Run:
         finally:
             self.ema.restore(self.comps.trainable)
 
+    def init_trackers(self, name: str, start: int) -> None:
+        """TensorBoard for the steps after ``start`` (the checkpoint resumed from; 0 for a fresh
+        run).  Points an earlier process wrote past it, a run killed between checkpoints or the
+        run that resume=false starts over from, are purged, so no step shows twice."""
+        self.accelerator.init_trackers(name, init_kwargs={"tensorboard": {"purge_step": start + 1}})
+
     def checkpoint_state(self, **extra) -> dict:
         ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
         return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
@@ -130,14 +135,6 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
     returns the run and the newest checkpoint's state (None when starting fresh)."""
     _check_inputs(cfg, reward_fn)
-    out = Path(cfg.out)
-    if cfg.resume and not cfg.overwrite:
-        if any((out / name).exists() for name in RESUMABLE):
-            check_resumable(out, cfg)
-    else:  # starting over: drop what an earlier run left to resume from
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in RESUMABLE[1:]:
-            (out / name).unlink(missing_ok=True)
     out = prepare_output_dir(cfg)
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)

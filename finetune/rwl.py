@@ -231,7 +231,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if start >= r.steps:
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
                         "raise rwl.steps to continue training, or pass resume=false.")
-    acc.init_trackers("rwl")
+    run.init_trackers("rwl", start)
     eval_cond, eval_uncond = encode_prompts(run.comps.pipe, list(cfg.prompts.eval_prompts), run.device)
     bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
                disable=not (progress and acc.is_main_process))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,8 +79,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
         rows = write_hf_dataset(store, final)  # under a temporary name beside it, renamed when complete
         _make_private(final)
         return ExportResult(final, None, rows)
-    directory = final.with_name(f".{final.name}.tmp")
-    directory.mkdir(mode=DIR_MODE)
+    # Everything is read (where a damaged table fails) before the temporary folder is made.
     rankings = current(store, RANKINGS.name)
     tables = {
         "binary_labels": current(store, BINARY_LABELS.name),
@@ -88,18 +88,24 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
         "generations": store.read(GENERATIONS),
         "gold": store.read(GOLD),
     }
-    for name, table in tables.items():
-        pq.write_table(table, directory / f"{name}.parquet", compression="zstd")
     summary = round_report(store, read_gold(store)).summary()
     summary["exported_at"] = stamp
-    (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+    directory = final.with_name(f".{final.name}.tmp")
+    directory.mkdir(mode=DIR_MODE)
     zip_name = f"labels-{stamp}.zip"
-    with zipfile.ZipFile(directory / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name in tables:
-            z.write(directory / f"{name}.parquet", f"{name}.parquet")
-        z.write(directory / "summary.json", "summary.json")
-    _make_private(directory)
-    os.rename(directory, final)
+    try:
+        for name, table in tables.items():
+            pq.write_table(table, directory / f"{name}.parquet", compression="zstd")
+        (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+        with zipfile.ZipFile(directory / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name in tables:
+                z.write(directory / f"{name}.parquet", f"{name}.parquet")
+            z.write(directory / "summary.json", "summary.json")
+        _make_private(directory)
+        os.rename(directory, final)
+    except BaseException:  # a full disk, an interrupt: no half-written export is left behind
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return ExportResult(final, final / zip_name, {k: v.num_rows for k, v in tables.items()})
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import seeds
+from core.config import PositiveInt, Share
 from core.errors import UserError
 from data.schemas import GENERATIONS
 from data.store import Store
@@ -143,16 +144,16 @@ def simulate_round(
 class SimulateConfig:
     label: LabelConfig = field(default_factory=LabelConfig)
     """The round (root, tasks, overlap, gold, guidelines) exactly as `make label` reads it."""
-    raters: int = 5
-    flip_rate: float = 0.1
+    raters: PositiveInt = 5
+    flip_rate: Share = 0.1
     seed: int = 0
-    max_labels_per_rater: Optional[int] = None
+    max_labels_per_rater: Optional[PositiveInt] = None
 
 
 def simulate(cfg: SimulateConfig) -> dict:
     guidelines = load_guidelines(cfg.label.guidelines_path)
-    assigner = Assigner.open(cfg.label, guidelines.version)
     panel = default_panel(cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)
+    assigner = Assigner.open(cfg.label, guidelines.version)  # writes the gold pool on first use
     with tqdm(desc="simulate-raters", unit="label", file=sys.stderr) as bar:
         summary = run_simulated_round(assigner, panel, seed=cfg.seed,
                                       max_labels_per_rater=cfg.max_labels_per_rater, progress=bar)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from core.errors import UserError
+from core.config import PositiveInt
 from data.store import Store
 from pipelines.cli import config_parser, parse_config, run
 from reward.model import RewardModel
@@ -25,15 +25,13 @@ from reward.scoring import score_generations
 class ScoreRewardsConfig:
     root: str = "datasets/shapes"
     model: str = "runs/reward"
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ScoreRewardsConfig, config_parser(__doc__.splitlines()[0]), argv)
-    if cfg.batch_size < 1:
-        raise UserError("batch_size must be >= 1.", "set batch_size=64, for example.")
     device = None if cfg.device == "auto" else cfg.device
     model = RewardModel.from_pretrained(cfg.model, device=device)
     summary = score_generations(Store(cfg.root), model, batch_size=cfg.batch_size,

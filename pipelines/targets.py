@@ -22,7 +22,7 @@ from pipelines.cli import config_parser, parse_config, run
 class TargetsConfig:
     root: str = "datasets/shapes"
     out: str | None = None  # the prompts file; default <root>/targets.txt (table: same name, .csv)
-    overwrite: bool = False  # replace an existing prompts file
+    overwrite: bool = False  # replace an existing prompts file and its table
     rule: TargetRule = field(default_factory=TargetRule)
 
 

@@ -7,8 +7,9 @@ resolved config is saved as ``config.yaml`` in the output folder beside the mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from core.config import Bounds, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Share
 from core.errors import UserError
 from shapes import SHAPES_CLIP
 
@@ -42,16 +43,16 @@ class DataConfig:
     a seeded share val_fraction of the prompts; auto = shapes_heldout when at least
     min_val_prompts labelled held-out prompts exist and some train prompts too, else hash;
     none = every labelled prompt trains."""
-    val_fraction: float = 0.3
-    val_image_fraction: float = 0.25
+    val_fraction: Share = 0.3
+    val_image_fraction: Share = 0.25
     """Share of every trained prompt's labelled images held out: the ``val_images`` view, what
     fine-tuning on those prompts relies on (each image with its labels and ranking pairs)."""
     split_seed: int = 0
-    select_fraction: float = 0.15
+    select_fraction: Share = 0.15
     """Share of every trained prompt's labelled images held out of fitting to choose the best
     epoch (early stopping on their binary + ranking loss) and to calibrate; 0 trains on all and
     keeps the last epoch."""
-    min_val_prompts: int = 5
+    min_val_prompts: NonNegativeInt = 5
     oracle: Literal["auto", "none"] = "auto"
     """auto: in the shapes world, also measure against the programmatic oracle."""
     labels: Literal["raters", "oracle"] = "raters"
@@ -65,12 +66,12 @@ class ModelConfig:
     """A local transformers CLIPModel folder (the shapes CLIP or e.g. CLIP ViT-L/14)."""
     features: tuple[Feature, ...] = ("image", "text", "product", "cosine")
     """Head inputs from the unit-norm embeddings: image, text, their elementwise product, cosine."""
-    hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.1
+    hidden: tuple[PositiveInt, ...] = (256, 64)
+    dropout: Share = 0.1
     cosine_skip: bool = False
     """Add a * standardised cosine(image, text) to the MLP's logit, a learnt from 1: the head
     starts from zero-shot CLIP's ordering and learns corrections."""
-    train_last_layers: int = 0
+    train_last_layers: NonNegativeInt = 0
     """0 = frozen backbone (embeddings cached once).  N > 0 also trains the last N transformer
     layers of the vision and text towers, their final layer norms and projections."""
 
@@ -80,19 +81,19 @@ class LossConfig:
     binary: Literal["mse", "bce", "none"] = "mse"
     """mse: Lee et al.'s squared error of sigmoid(head) against the {0, 1} (or mean) target;
     bce: binary cross-entropy on the logit."""
-    binary_weight: float = 1.0
+    binary_weight: NonNegativeFloat = 1.0
     ranking: Literal["bradley_terry", "none"] = "bradley_terry"
     """-[y log s(r0 - r1) + (1 - y) log s(r1 - r0)] over every pair of every ranking; a tie is
     y = 0.5 (PickScore)."""
-    ranking_weight: float = 1.0
+    ranking_weight: NonNegativeFloat = 1.0
     per_prompt_weighting: bool = True
     """Weigh binary examples and ranking pairs by 1 / (examples of their prompt), so prompts with
     many images do not dominate."""
-    aux_weight: float = 0.5
+    aux_weight: NonNegativeFloat = 0.5
     """lambda of Lee et al.'s auxiliary prompt classification; 0 turns it off."""
-    aux_num_prompts: int = 4
+    aux_num_prompts: Annotated[int, Bounds(low=2)] = 4
     """N: the true prompt plus N - 1 perturbed prompts per image labelled good."""
-    aux_temperature: float = 1.0
+    aux_temperature: PositiveFloat = 1.0
     """T in softmax(r(x, z_i) / T); r is the head's logit."""
     perturbation: Literal["auto", "shapes", "word_swap"] = "auto"
     """shapes: swap one specified attribute of a shapes-world prompt (colour, count, shape,
@@ -103,22 +104,22 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: PositiveInt = 30
     """Passes over the larger of the binary examples and the ranking pairs (the best epoch on
     the selection images is kept, see data.select_fraction)."""
-    batch_size: int = 256
-    lr: float = 1e-3
-    backbone_lr: float = 1e-5
-    weight_decay: float = 1e-2
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 1e-3
+    backbone_lr: NonNegativeFloat = 1e-5
+    weight_decay: NonNegativeFloat = 1e-2
     seed: int = 0
-    embed_batch_size: int = 128
+    embed_batch_size: PositiveInt = 128
     baselines: bool = True
     """Also evaluate zero-shot CLIP (cosine) and an untrained head on the validation split."""
     ablate_aux: bool = True
     """Also train heads with and without the auxiliary loss (frozen embeddings, ablation_seeds
     seeds each) and report both on the validation prompts."""
-    ablation_seeds: int = 3
-    num_threads: int = 0
+    ablation_seeds: PositiveInt = 3
+    num_threads: NonNegativeInt = 0
     """torch CPU threads; 0 keeps torch's default."""
 
 
@@ -135,12 +136,6 @@ class RewardConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
 
-    def __post_init__(self):  # bad values fail when the config loads, before anything runs
-        for name, v, least in (("train.epochs", self.train.epochs, 1), ("train.batch_size", self.train.batch_size, 1),
-                               ("loss.aux_num_prompts", self.loss.aux_num_prompts, 2)):
-            if v < least:
-                raise UserError(f"{name}={v} is too small.", f"set {name} to at least {least}.")
-        if self.loss.aux_temperature <= 0:
-            raise UserError("loss.aux_temperature must be > 0.", "set it to e.g. 1.0.")
+    def __post_init__(self):  # bad values fail when the config loads (numbers: their declared Bounds)
         if not self.model.features:
             raise UserError("model.features is empty.", "use some of image, text, product, cosine.")

@@ -323,13 +323,9 @@ class RewardModel(nn.Module):
         """Load a saved reward model.  The CLIP is found at ``clip_path`` if given, else in the
         folder's ``clip/`` (trained backbone), else at the path recorded at save time (relative
         to the folder first, then absolute)."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         cfg_file = directory / CONFIG_FILE
-        if not cfg_file.is_file():
-            raise UserError(f"{directory} is not a reward model folder: it has no {CONFIG_FILE}.",
-                            "pass a folder written by `make reward` (default runs/reward).")
+        head_state = load_head_state(directory)  # before the CLIP loads: a bad head fails at once
         try:
             cfg = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
@@ -364,13 +360,37 @@ class RewardModel(nn.Module):
                             f"in {path} gives {dim}.", "load it with the CLIP it was trained on.")
         head = RewardHead(spec)
         try:
-            head.load_state_dict(load_file(directory / HEAD_FILE))
-        except (OSError, RuntimeError) as e:
+            head.load_state_dict(head_state)
+        except RuntimeError as e:
             raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
         model = cls(clip, head, model_id=cfg.get("model_id"))
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model
+
+
+def load_head_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The head weights of the reward model folder ``directory``.  A folder that is not one, an
+    unreadable head file, or weights that are not finite (a training that diverged, a damaged copy:
+    every reward would be NaN) is one error naming the folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise UserError(f"{directory} is not a reward model folder: it has no {CONFIG_FILE}.",
+                        "pass a folder written by `make reward` (default runs/reward).")
+    try:
+        state = load_file(directory / HEAD_FILE)
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise UserError(f"the reward model in {directory} has weights that are NaN or infinite ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}), so every reward it gives is meaningless.",
+                        "retrain it with `make reward` (a lower train.lr if its loss diverged), or restore the folder.")
+    return state
+
 
 def _num_images(images) -> int:
     if hasattr(images, "shape"):  # tensor or numpy array

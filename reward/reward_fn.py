@@ -14,9 +14,10 @@ from typing import Literal, Protocol
 
 import torch
 
+from core.config import PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
-from reward.model import load_reward_fn
+from reward.model import load_head_state, load_reward_fn
 from shapes.oracle import judge
 from shapes.world import Prompt
 
@@ -32,7 +33,7 @@ class RewardSource:
     kind: RewardKind = "learned"  # "oracle" (shapes world only) is for upper-bound ablations
     path: str = "runs/reward"  # a RewardModel folder (reward package)
     oracle: OracleScore = "graded"  # kind=oracle: which oracle score
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
 
 
 class RewardFn(Protocol):
@@ -59,10 +60,14 @@ class OracleReward:
 
 
 def check_reward_folder(cfg: RewardSource) -> None:
-    """A learned reward's folder must be there (one clear error, before anything runs)."""
-    if cfg.kind == "learned" and not Path(cfg.path).is_dir():
+    """A learned reward's folder must be there and hold finite weights (one clear error, before
+    anything runs)."""
+    if cfg.kind != "learned":
+        return
+    if not Path(cfg.path).is_dir():
         raise UserError(f"reward model folder {cfg.path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
+    load_head_state(cfg.path)
 
 
 def load_reward(cfg: RewardSource, device) -> RewardFn:
