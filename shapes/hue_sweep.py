@@ -109,7 +109,7 @@ class VaeRoundTrip:
     def __init__(self, pipeline_dir):
         from diffusers import AutoencoderKL
 
-        self.vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae").eval()
+        self.vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae", local_files_only=True).eval()
 
     def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8."""
