@@ -47,11 +47,12 @@ COLOR_TOLERANCE = 110.0  # max RGB distance (0-255 units) from a palette colour:
 # Colour verdict bands around each palette colour's CIELAB hue (degrees, towards lower and higher
 # hue).  Each ends at least 5 degrees short of the hues people name by another colour
 # (shapes.hue_sweep: a name border plus its guard), and no narrower than the VAE's round trip
-# of a correct render needs (it pulls yellow towards amber, red towards orange): `make
-# oracle-check` sweeps hues across them.
+# of a correct render needs (it pulls yellow towards amber, red towards orange), nor than the
+# base model's own renderings of a colour need (its lemon yellows sit above the palette's hue):
+# `make oracle-check` sweeps hues across them, and measures the agreement on base samples.
 HUE_BANDS: dict[str, tuple[float, float]] = {
     "red": (12.0, 14.0),
-    "yellow": (12.0, 10.0),
+    "yellow": (12.0, 18.0),
     "green": (16.0, 18.0),
     "blue": (25.0, 12.0),
 }
