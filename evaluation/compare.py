@@ -109,8 +109,9 @@ def off_palette_alarms(results: list[ModelEval]) -> list[str]:
             if rise > OFF_PALETTE_TOLERANCE:  # False for NaN
                 out.append(f"{r.name}: {100 * share:.1f} % of the objects in its samples of the {where} prompts are "
                            f"off palette, against {100 * base.off_palette[where]:.1f} % for the base "
-                           f"({100 * rise:+.1f} points): the model drifts to colours no palette name fits, "
-                           f"a reward-hacking sign.")
+                           f"({100 * rise:+.1f} points): the model drifts to colours no palette name fits"
+                           + (", where the reward pushed it: a reward-hacking sign." if where == "targets"
+                              else ", on prompts it was not fine-tuned on: collateral drift."))
     return out
 
 
