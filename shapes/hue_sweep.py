@@ -23,7 +23,8 @@ from shapes.colorspace import hue_difference, lab_to_lch, lch_to_srgb, srgb_to_l
 from shapes.world import COLORS
 
 # What people call a saturated colour by its CIELAB (D65) hue angle: (name, from, to) in degrees,
-# the borders halfway between the hues of the sRGB prototypes of neighbouring basic colour terms
+# the borders about halfway (within a few degrees) between the hues of the sRGB prototypes of
+# neighbouring basic colour terms
 # (red #FF0000 40; orange #FFA500 73 and #FF8C00 64; yellow #FFFF00 103 and gold #FFD700 91; green
 # #008000 136; teal / cyan #008080 196; blue #0000FF 306 and royal blue #4169E1 292; purple /
 # violet #800080 328 and #8A2BE2 313; pink #FF1493 356).  Approximate, as colour naming is.
