@@ -36,8 +36,8 @@ test: install  ## check the package layers (lint-imports), then run the test sui
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-oracle-check: install  ## measure the shapes-world oracle on >= 500 renders (last line: JSON)
-	$(PY) -m pipelines.oracle_check
+oracle-check: install  ## measure the shapes-world oracle: renders, hue sweep, VAE round trips, agreement (last line: JSON)
+	$(PY) -m pipelines.oracle_check $(ARGS)
 
 # --- base models (shapes world) -------------------------------------------------------------
 # Trains tokenizer, tiny CLIP, VAE and UNet into runs/base/ (never into shapes/models/ unless asked:

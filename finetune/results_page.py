@@ -59,9 +59,11 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
              "Oracle alignment (%) of fresh-seed samples (how many per prompt: the last table); targets = the prompts the rule picked "
              "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
              "fine-tuned on; controls = train prompts with one or two objects, not targets. Reward: pairwise "
-             "accuracy vs the oracle (zero-shot CLIP in brackets).", "",
-             "| run | model | targets overall | colour | count | combination | generalisation | controls | fidelity (CLIP-FD) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "accuracy vs the oracle (zero-shot CLIP in brackets). Off-palette: the share of the objects in the "
+             "targets' samples whose colour no palette name fits (the hacking alarm; n/a: a run from before the "
+             "strict colour verdict).", "",
+             "| run | model | targets overall | colour | count | combination | generalisation | controls | fidelity (CLIP-FD) | off-palette |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs:
         for m in MODELS:
             if m not in r:
@@ -69,7 +71,8 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
             t = r[m]["targets"]
             lines.append(f"| {label} | {m} | {_pct(t['overall'])} | {_pct(t['color'])} | {_pct(t['count'])} | "
                          f"{_pct(t['combination'])} | {_pct(r[m]['generalization']['overall'])} | "
-                         f"{_pct(r[m]['controls']['overall'])} | {_num(r[m]['fidelity'])} |")
+                         f"{_pct(r[m]['controls']['overall'])} | {_num(r[m]['fidelity'])} | "
+                         f"{_pct(r[m].get('off_palette', {}).get('targets'))} |")
     now = [(label, r) for label, r in runs if label in current]
     other = [(label, r) for label, r in runs if label not in current]
     summary = " ".join(([gain_summary(now, "the current config's runs (" + ", ".join(current) + "), mean (each)")] if now else [])

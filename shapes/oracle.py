@@ -7,10 +7,18 @@ the project trains:
    uniform-noise image collapses towards flat grey.
 2. Background = median of the border pixels, snapped to the nearest background colour (unknown if
    none is within ``COLOR_TOLERANCE``).
-3. Each pixel goes to the nearest of {object colours, detected background}; object pixels further
-   than ``COLOR_TOLERANCE`` from their colour are dropped.
+3. Segmentation: each pixel goes to the nearest of {object colours, detected background}; object
+   pixels further than ``COLOR_TOLERANCE`` from their colour are dropped.  This only groups pixels
+   into objects (``Blob.nearest``); it is not the colour verdict.
 4. Connected components per colour (``scipy.ndimage.label``); blobs under a quarter of the smallest
    object's area are specks and ignored.
+4b. Colour verdict, per object, as a person would name it: the median CIELAB colour of the blob's
+   core (its edge pixels mix with the background) must lie in a palette colour's band: CIELAB hue
+   within ``HUE_BANDS`` of that colour's hue, chroma at least ``MIN_CHROMA`` of its chroma,
+   lightness within ``LIGHTNESS_TOLERANCE``.  Hue separates what RGB distance does not: orange
+   (240, 150, 30) is 55 RGB units from the palette's yellow but 24 degrees of hue away, where a
+   person says "orange".  A blob in no band is *off palette* (``Blob.color`` None): it still
+   counts as an object, matches no colour, and is counted in ``Verdict.n_off_palette``.
 5. Each blob's shape from corner occupancy + fill ratio.  Corner occupancy is the filled share of
    the four corner patches of its bounding box (each 20 % of the side): a circle leaves them
    nearly empty, a square fills them.  Fill ratio is area / bounding-box area (circle ~0.79,
@@ -31,10 +39,26 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from shapes.colorspace import hue_difference, lab_to_lch, srgb_to_lab
 from shapes.render import DEFAULT_SIZE, SIZE_RANGE
 from shapes.world import BACKGROUNDS, CATEGORIES, COLORS, Prompt
 
-COLOR_TOLERANCE = 110.0  # max RGB distance (0-255 units) from a palette colour
+COLOR_TOLERANCE = 110.0  # max RGB distance (0-255 units) from a palette colour: segmentation only
+# Colour verdict bands around each palette colour's CIELAB hue (degrees, towards lower and higher
+# hue).  Each ends at least 5 degrees short of the hues people name by another colour
+# (shapes.hue_sweep: a name border plus its guard), and no narrower than the VAE's round trip
+# of a correct render needs (it pulls yellow towards amber, red towards orange), nor than the
+# base model's own renderings of a colour need (its lemon yellows sit above the palette's hue):
+# `make oracle-check` sweeps hues across them, and measures the agreement on base samples.
+HUE_BANDS: dict[str, tuple[float, float]] = {
+    "red": (12.0, 14.0),
+    "yellow": (12.0, 18.0),
+    "green": (16.0, 18.0),
+    "blue": (25.0, 12.0),
+}
+MIN_CHROMA = 0.5  # fraction of the palette colour's CIELAB chroma: paler reads as grey or pastel
+LIGHTNESS_TOLERANCE = 25.0  # CIELAB L* units: darker reads as brown / olive / navy, lighter as pastel
+CORE_ERODE = 1.0  # px at 64x64 peeled off a blob before its median colour is taken
 SMOOTH_SIGMA = 1.0  # pixels at 64x64
 SQUARE_SCORE = 1.245  # corners + fill: between circle (<= 1.227) and square (>= 1.261)
 CORNER = 0.2  # corner patch side, fraction of the bounding box side
@@ -50,15 +74,30 @@ _OBJ_NAMES = tuple(COLORS)
 _OBJ_RGB = np.array([COLORS[c] for c in _OBJ_NAMES], dtype=np.float32)  # (C, 3)
 _BG_NAMES = tuple(BACKGROUNDS)
 _BG_RGB = np.array([BACKGROUNDS[b] for b in _BG_NAMES], dtype=np.float32)  # (B, 3)
+_OBJ_LCH = lab_to_lch(srgb_to_lab(_OBJ_RGB))  # (C, 3)
+
+
+def name_color(rgb) -> str | None:
+    """The palette colour a person would call this sRGB colour ((3,) in 0-255), or None when it
+    is in no palette colour's band (off palette): see the module docstring, step 4b."""
+    lightness, chroma, hue = lab_to_lch(srgb_to_lab(np.asarray(rgb, dtype=np.float64)))
+    for name, (ref_l, ref_c, ref_h) in zip(_OBJ_NAMES, _OBJ_LCH):
+        below, above = HUE_BANDS[name]
+        if (-below <= hue_difference(hue, ref_h) <= above and chroma >= MIN_CHROMA * ref_c
+                and abs(lightness - ref_l) <= LIGHTNESS_TOLERANCE):
+            return name
+    return None
 
 
 @dataclass(frozen=True)
 class Blob:
-    color: str
+    color: str | None  # the colour verdict (name_color of its median); None: off palette
     shape: str  # circle | square | unknown
     area: int
     fill: float
     corners: float
+    nearest: str  # the palette colour its pixels were grouped by (segmentation, RGB distance)
+    median_rgb: tuple[int, int, int]  # typical colour of its core (smoothed image, 0-255)
 
 
 # Verdict.score of an aligned image is exactly 3 and of any other image below 1 (some verdict
@@ -79,6 +118,7 @@ class Verdict:
     n_objects: int
     detected_background: str | None
     blobs: tuple[Blob, ...]
+    n_off_palette: int  # objects whose colour is in no palette colour's band
 
     def score(self, prompt: Prompt) -> float:
         """A graded match, at most 3: 2 for aligned, plus the share of attribute verdicts that
@@ -139,8 +179,18 @@ def detect(image) -> tuple[str | None, tuple[Blob, ...]]:
                                      blob[-k:, :k].mean(), blob[-k:, -k:].mean()]))
             fill = area / float(h * w)
             shape = _classify(h, w, fill, corners, min_side, max_side)
-            blobs.append(Blob(cname, shape, area, fill, corners))
+            typical = _median_color(img[sl], blob, scale)
+            blobs.append(Blob(name_color(typical), shape, area, fill, corners, cname,
+                              tuple(int(round(float(v))) for v in typical)))
     return background, tuple(blobs)
+
+
+def _median_color(patch: np.ndarray, blob: np.ndarray, scale: float) -> np.ndarray:
+    """The median RGB (3,) of a blob's core: ``patch`` (h, w, 3) its bounding box of the smoothed
+    image, ``blob`` (h, w) its mask.  The core is the mask eroded by ``CORE_ERODE`` px (scaled),
+    since edge pixels blend with the background; the whole mask when erosion leaves nothing."""
+    core = ndimage.binary_erosion(blob, iterations=max(1, round(CORE_ERODE * scale)))
+    return np.median(patch[core if core.any() else blob], axis=0)
 
 
 def _classify(h: int, w: int, fill: float, corners: float, min_side: float, max_side: float) -> str:
@@ -163,7 +213,15 @@ def judge(image, prompt: Prompt | str) -> Verdict:
     color_ok = None if prompt.color is None else (n > 0 and all(b.color == prompt.color for b in blobs))
     bg_ok = None if prompt.background is None else background == prompt.background
     aligned = count_ok and shape_ok and color_ok is not False and bg_ok is not False
-    return Verdict(count_ok, shape_ok, color_ok, bg_ok, aligned, n, background, blobs)
+    return Verdict(count_ok, shape_ok, color_ok, bg_ok, aligned, n, background, blobs,
+                   sum(b.color is None for b in blobs))
+
+
+def off_palette_share(verdicts: list[Verdict]) -> float:
+    """Share of all detected objects whose colour is off palette (NaN when none was detected):
+    the hacking alarm's figure, since a model drifting to a colour the oracle rejects shows here."""
+    n = sum(v.n_objects for v in verdicts)
+    return sum(v.n_off_palette for v in verdicts) / n if n else float("nan")
 
 
 def alignment_by_category(prompts: list[Prompt], verdicts: list[Verdict]) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """Simulated raters: the oracle's judgement with human-like noise.
 
 Stand-ins for people in the shapes world, so the demo and tests can run a labeling round without
-anyone in a browser.  Each rater has a profile:
+anyone in a browser.  Their verdict is the oracle's, strict colour verdict included (an object
+drawn orange for "yellow" is wrong to them as to a person), so the learned reward can learn it;
+each rater's noise sits on top, by a profile:
 
 - ``flip_rate``: chance that a binary answer is the opposite of the oracle's verdict;
 - ``bias``: in [-1, 1]; with probability ``|bias|`` the answer is replaced by "good" (bias > 0, a

@@ -79,16 +79,20 @@ def hash_text(text: str) -> int:
     return h
 
 
-def draw_scene(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
+def draw_scene(scene: Scene, size: int = DEFAULT_SIZE,
+               fill: dict[str, tuple[int, int, int]] | None = None) -> Image.Image:
+    """Draw ``scene``; ``fill`` maps a colour name to the RGB (0-255) drawn for it instead of the
+    palette's (make oracle-check's hue sweep recolours objects this way)."""
+    colors = {**COLORS, **(fill or {})}
     big = size * SUPERSAMPLE
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
         box = [o.x * big, o.y * big, (o.x + o.size) * big - 1, (o.y + o.size) * big - 1]
         if o.shape == "circle":
-            draw.ellipse(box, fill=COLORS[o.color])
+            draw.ellipse(box, fill=colors[o.color])
         elif o.shape == "square":
-            draw.rectangle(box, fill=COLORS[o.color])
+            draw.rectangle(box, fill=colors[o.color])
         else:  # pragma: no cover - Prompt validates shapes
             raise ValueError(o.shape)
     return img.resize((size, size), Image.BOX)

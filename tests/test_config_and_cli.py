@@ -68,7 +68,7 @@ def test_oracle_check_entry_point(capsys):
     from pipelines.oracle_check import main
     from pipelines.cli import run
 
-    assert run(main, ["n_images=40"]) == 0
+    assert run(main, ["n_images=40", "sweep_per_step=2", "correct_per_variant=4", "agreement_samples_per_prompt=0"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["render_accuracy"] >= 0.99 and result["targets_met"]
     assert run(main, ["n_images=abc"]) == 2
