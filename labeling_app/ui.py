@@ -23,7 +23,7 @@ from core.errors import UserError
 from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
-from labeling_app.compactor import Compactor
+from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
@@ -147,9 +147,11 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
         raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
     guidelines = load_guidelines(cfg.guidelines_path)
-    # Merging small part files happens in a background thread (launch), not inside a rater's
-    # request.
-    assigner = Assigner.open(cfg, guidelines.version, store=Store(cfg.root, compact_every=0))
+    # Merging small part files happens here, before the round is read, and then in a background
+    # thread (launch), never inside a rater's request.
+    store = Store(cfg.root, compact_every=0)
+    merge_leftovers(store)
+    assigner = Assigner.open(cfg, guidelines.version, store=store)
     return LabelingApp(cfg, assigner, raters, guidelines)
 
 

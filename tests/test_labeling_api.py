@@ -323,3 +323,24 @@ def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_each_start_merges_the_parts_earlier_runs_left(tmp_path):
+    """#44.13: runs cut short before the background merge's first pass (a crash loop, quick
+    restarts) used to leave every part for the next start, which started slower and left more.
+    Each start merges them before it reads the round."""
+    from labeling_app.ui import build_app
+    from test_schemas import label_row
+
+    root = tmp_path / "round"
+    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["ann"])
+    folder = root / "binary_labels"
+    for run in range(3):
+        app = build_app(label_config(root, raters))
+        assert len(list(folder.glob("part-*.parquet"))) <= 1, run
+        for i in range(70):  # what a short run appends, one part per answer
+            app.assigner.store.append("binary_labels", [label_row(label_id=f"{run}-{i}", rater_id="ann")])
+    build_app(label_config(root, raters))
+    assert len(list(folder.glob("part-*.parquet"))) == 1
+    assert len(Store(root).read("binary_labels")) == 210
