@@ -29,7 +29,7 @@ from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
 from labeling_app.page import CSS, HEAD, SEEN_BINARY_JS, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
-from labeling_app.web import LoginGuard, export_route
+from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
 
 
 class LabelingApp(LabelingHandlers):
@@ -169,13 +169,17 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
         app.compactor.start()
     # Routes and middleware given to the FastAPI app at creation come before Gradio's own.
     app_kwargs = {"routes": [export_route(root, app.raters)],
-                  "middleware": [Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
-    return demo, demo.launch(
-        server_name=cfg.server.host, server_port=cfg.server.port,
-        auth=make_auth(app.raters), auth_message=AUTH_MESSAGE,
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
-        max_threads=max(40, cfg.server.concurrency), allowed_paths=allowed_image_paths(root),
-        blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
-        footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
-        enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
-    )
+                  "middleware": [Middleware(NoUploads),
+                                 Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
+    with trusting_proxies(cfg.server.trusted_proxies):
+        return demo, demo.launch(
+            server_name=cfg.server.host, server_port=cfg.server.port,
+            auth=make_auth(app.raters), auth_message=AUTH_MESSAGE,
+            prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
+            max_threads=max(40, cfg.server.concurrency), allowed_paths=allowed_image_paths(root),
+            blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
+            # NoUploads refuses uploads first; a limit of 0 bytes stops any Gradio would still take.
+            max_file_size=0,
+            footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
+            enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
+        )
