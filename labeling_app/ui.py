@@ -27,7 +27,7 @@ from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
-from labeling_app.page import CSS, HEAD, SEEN_BINARY_JS, SEEN_RANKING_JS
+from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
 
@@ -53,6 +53,8 @@ class LabelingApp(LabelingHandlers):
                                 b_image = gr.Image(type="filepath", interactive=False, show_label=False,
                                                    buttons=[], height=384, elem_id="binary-image",
                                                    elem_classes=["framed"])
+                                gr.HTML(LOADING_NOTE.format(what="image"), elem_id="binary-loading",
+                                        elem_classes=["loading-note"], js_on_load=None)
                             with gr.Column(scale=2):
                                 gr.Markdown("Does the image show what this prompt asks for?")
                                 b_prompt = gr.HTML(elem_id="binary-prompt", js_on_load=None)
@@ -86,6 +88,8 @@ class LabelingApp(LabelingHandlers):
                                                              elem_classes=["framed"]))
                                     r_ranks.append(gr.Radio(choices=[], label=f"Image {i + 1}",
                                                             elem_id=f"rank-{i}"))
+                        gr.HTML(LOADING_NOTE.format(what="images"), elem_id="ranking-loading",
+                                elem_classes=["loading-note"], js_on_load=None)
                         with gr.Row():
                             submit_r = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank")
                             undo_r = gr.Button("Undo last ranking", size="sm", elem_id="btn-undo-ranking")
@@ -114,10 +118,15 @@ class LabelingApp(LabelingHandlers):
                     counts = gr.Dataframe(interactive=False, elem_id="admin-counts")
                     gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
                     gold = gr.Dataframe(interactive=False)
+                    gr.Markdown("**Images withdrawn from serving**: their file no longer matches its "
+                                "generations row (replaced, edited or removed), so their items are no longer "
+                                "handed out.  Restore the file (or bring the new one in with `make import`) and "
+                                "restart the app to serve them again.")
+                    withdrawn = gr.Dataframe(interactive=False, elem_id="admin-withdrawn")
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_link = gr.HTML(js_on_load=None, elem_id="export-download")
                     export_status = gr.HTML(js_on_load=None)
-                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold]
+                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn]
                     refresh.click(self.admin_report, outputs=report, api_name="admin_report")
                     admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
                     export_btn.click(self.export, outputs=[export_link, export_status], api_name="export",

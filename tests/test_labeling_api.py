@@ -209,7 +209,8 @@ def test_admin_tab_and_exports_are_for_admins_only(server):
         client(url, "bob").predict(api_name="/admin_report")
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/export")
-    summary, chart, per_prompt, timeline, timeline_df, counts, gold = client(url, "alice").predict(api_name="/admin_report")
+    summary, chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn = client(url, "alice").predict(
+        api_name="/admin_report")
     assert "Krippendorff" in summary and "alice" in [row[0] for row in counts["data"]]
     # the per-prompt pass rates of data.targets, one row per prompt of the round, worst first
     assert {"prompt", "good_rate", "labelled_images", "picked"} <= set(per_prompt["headers"])
