@@ -20,8 +20,8 @@ than ``compact_every`` parts.  A merge writes the merged file durably *before* d
 so a crash in between leaves rows twice, never zero times; readers drop rows repeated under a
 table's key (:class:`data.schemas.TableSpec.key`).  It merges ``merge_parts`` files at a time, each
 group kept as soon as it is written, so a process killed mid-merge keeps the groups it finished and
-the next one carries on from there instead of starting over on an ever longer list.  Merges are serialised by an ``flock`` on
-``<root>/<table>/.compact.lock``; appends never wait for them.
+the next one carries on from there instead of starting over on an ever longer list.  Merges are
+serialised by an ``flock`` on ``<root>/<table>/.compact.lock``; appends never wait for them.
 """
 
 from __future__ import annotations

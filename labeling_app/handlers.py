@@ -79,11 +79,12 @@ class LabelingHandlers:
 
     # -- binary ----------------------------------------------------------------------------
 
-    def binary_view(self, rater_id: str, shown: Served, message: str = "", warn: bool = False,
+    def binary_view(self, rater_id: str, served: Served, message: str = "", warn: bool = False,
                     reason=""):
         """Outputs of the binary tab: image, prompt, status, progress, skip reason."""
-        image = str(shown.paths[0]) if shown.assignment else None
-        return image, prompt_html(shown.assignment, shown.paths), status_html(message, warn), self.progress_html(rater_id), reason
+        image = str(served.paths[0]) if served.assignment else None
+        return (image, prompt_html(served.assignment, served.paths), status_html(message, warn),
+                self.progress_html(rater_id), reason)
 
     def binary_refused(self, rater_id: str, action: str, e: UserError, reason=gr.skip()):
         """The rater's current item again, with the reason the action was refused."""

@@ -123,17 +123,18 @@ CSS = """
    the note says why the keys wait; if an image cannot be loaded, the note says what to do. */
 body.binary-loading #binary-image img, body.binary-failed #binary-image img,
 body.ranking-loading [id^=rank-image-] img, body.ranking-failed [id^=rank-image-] img { visibility: hidden; }
-.loading-note { display: none !important; font-weight: 600; color: #4338ca; }
-.loading-note .failed { display: none; color: #b91c1c; }
+#binary-loading, #ranking-loading { display: none !important; }
 body.binary-loading #binary-loading, body.ranking-loading #ranking-loading,
 body.binary-failed #binary-loading, body.ranking-failed #ranking-loading { display: block !important; }
-body.binary-failed #binary-loading .loading, body.ranking-failed #ranking-loading .loading { display: none; }
-body.binary-failed #binary-loading .failed, body.ranking-failed #ranking-loading .failed { display: inline; }
+.labeling-note { font-weight: 600; color: #4338ca; }
+.labeling-note .note-failed { display: none; color: #b91c1c; }
+body.binary-failed #binary-loading .note-loading, body.ranking-failed #ranking-loading .note-loading { display: none; }
+body.binary-failed #binary-loading .note-failed, body.ranking-failed #ranking-loading .note-failed { display: inline; }
 .admin-chart img { max-width: 100%; height: auto; border: 1px solid #d1d5db; }
 kbd { border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 """
 
 # The note under a task's images (shown by the CSS above while they load, or when one fails).
-LOADING_NOTE = ('<div role="status"><span class="loading">Loading the next {what}… the keys wait until it is '
-                'shown.</span><span class="failed">The {what} could not be loaded: reload the page (your '
-                'answers are saved).</span></div>')
+LOADING_NOTE = ('<div class="labeling-note" role="status"><span class="note-loading">Loading the next {what}… '
+                'the keys wait until it is shown.</span><span class="note-failed">The {what} could not be '
+                'loaded: reload the page (your answers are saved).</span></div>')

@@ -53,8 +53,7 @@ class LabelingApp(LabelingHandlers):
                                 b_image = gr.Image(type="filepath", interactive=False, show_label=False,
                                                    buttons=[], height=384, elem_id="binary-image",
                                                    elem_classes=["framed"])
-                                gr.HTML(LOADING_NOTE.format(what="image"), elem_id="binary-loading",
-                                        elem_classes=["loading-note"], js_on_load=None)
+                                gr.HTML(LOADING_NOTE.format(what="image"), elem_id="binary-loading", js_on_load=None)
                             with gr.Column(scale=2):
                                 gr.Markdown("Does the image show what this prompt asks for?")
                                 b_prompt = gr.HTML(elem_id="binary-prompt", js_on_load=None)
@@ -88,8 +87,7 @@ class LabelingApp(LabelingHandlers):
                                                              elem_classes=["framed"]))
                                     r_ranks.append(gr.Radio(choices=[], label=f"Image {i + 1}",
                                                             elem_id=f"rank-{i}"))
-                        gr.HTML(LOADING_NOTE.format(what="images"), elem_id="ranking-loading",
-                                elem_classes=["loading-note"], js_on_load=None)
+                        gr.HTML(LOADING_NOTE.format(what="images"), elem_id="ranking-loading", js_on_load=None)
                         with gr.Row():
                             submit_r = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank")
                             undo_r = gr.Button("Undo last ranking", size="sm", elem_id="btn-undo-ranking")

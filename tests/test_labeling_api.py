@@ -393,7 +393,8 @@ def test_the_app_takes_no_uploads(server):
     for route in ("gradio_api/upload", "upload", "gradio_api/process_recording"):
         r = h.post(url + route, files=payload)
         assert r.status_code == 403 and "no uploads" in r.json()["detail"], (route, r.status_code, r.text[:200])
-    r = h.post(url + "gradio_api/upload", content=b"--b\r\n", headers={"Content-Type": "multipart/form-data; boundary=b"})
+    r = h.post(url + "gradio_api/upload", content=b"--b\r\n",
+               headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 403
     r = h.post(url + "gradio_api/component_server", files=payload)
     assert r.status_code == 403

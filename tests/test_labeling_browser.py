@@ -422,8 +422,8 @@ def test_while_the_next_image_loads_the_page_says_so(tmp_path, browser):
         page.locator("#binary-loading").wait_for(state="visible")
         assert "Loading the next image" in page.inner_text("#binary-loading")
         old_visible = page.evaluate("src => [...document.querySelectorAll('#binary-image img')].some(img =>"
-                                    " img.getAttribute('src') === src && img.checkVisibility({visibilityProperty: true}))",
-                                    first)
+                                    " img.getAttribute('src') === src"
+                                    " && img.checkVisibility({visibilityProperty: true}))", first)
         assert not old_visible
         assert page.evaluate("window.labelingShown('binary')") == ""
         page.keyboard.press("b")  # the keys wait: nothing is saved for an image not on screen
