@@ -8,8 +8,10 @@ it hands an answer the token of the item the tab shows, and only while that item
 # item the task's tab shows, or '' unless its prompt and every one of its images (the files the
 # prompt names, not the last item's still on screen) are rendered, loaded, visible and not
 # covered (at the centre of their visible part).  While the item's images load, the page says so
-# and hides the last item's images (the body's `<task>-loading` class; `<task>-failed` when one
-# cannot be loaded), so an old image never sits next to a new prompt.  It is read when an
+# (the note `#<task>-loading`, which says what to do instead when an image cannot be loaded) and
+# hides the images on screen, so an old image never sits next to a new prompt.  Classes go on the
+# elements themselves: Gradio scopes the app's CSS to its own container, so rules keyed on the
+# body's classes would never match.  It is read when an
 # answer button is clicked, in the capture phase (before Gradio's own handler puts its loading
 # overlay on the outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
 # of the binary task (G good, B bad, S skip, U undo) do nothing without it, nor while typing in a
@@ -62,11 +64,14 @@ HEAD = """
   var frame = 0;
   function showState() {
     frame = 0;
-    if (!document.body) return;
     ['binary', 'ranking'].forEach(function (task) {
-      var state = imageState(task);
-      document.body.classList.toggle(task + '-loading', state === 'loading');
-      document.body.classList.toggle(task + '-failed', state === 'failed');
+      var state = imageState(task), note = document.getElementById(task + '-loading');
+      if (note) {
+        note.classList.toggle('labeling-on', state !== '');
+        note.classList.toggle('labeling-failed', state === 'failed');
+      }
+      var imgs = document.querySelectorAll(task === 'binary' ? '#binary-image img' : '[id^=rank-image-] img');
+      imgs.forEach(function (img) { img.classList.toggle('labeling-stale', state !== ''); });
     });
   }
   function later() { if (!frame) frame = requestAnimationFrame(showState); }
@@ -121,15 +126,12 @@ CSS = """
 .framed img.upscaled { image-rendering: pixelated; }
 /* While an item's images load (labeling_app.page's script), the last item's images are hidden and
    the note says why the keys wait; if an image cannot be loaded, the note says what to do. */
-body.binary-loading #binary-image img, body.binary-failed #binary-image img,
-body.ranking-loading [id^=rank-image-] img, body.ranking-failed [id^=rank-image-] img { visibility: hidden; }
-#binary-loading, #ranking-loading { display: none !important; }
-body.binary-loading #binary-loading, body.ranking-loading #ranking-loading,
-body.binary-failed #binary-loading, body.ranking-failed #ranking-loading { display: block !important; }
+.labeling-stale { visibility: hidden !important; }
+#binary-loading:not(.labeling-on), #ranking-loading:not(.labeling-on) { display: none !important; }
 .labeling-note { font-weight: 600; color: #4338ca; }
 .labeling-note .note-failed { display: none; color: #b91c1c; }
-body.binary-failed #binary-loading .note-loading, body.ranking-failed #ranking-loading .note-loading { display: none; }
-body.binary-failed #binary-loading .note-failed, body.ranking-failed #ranking-loading .note-failed { display: inline; }
+.labeling-failed .note-loading { display: none; }
+.labeling-failed .note-failed { display: inline; }
 .admin-chart img { max-width: 100%; height: auto; border: 1px solid #d1d5db; }
 kbd { border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 """

@@ -410,8 +410,12 @@ def test_while_the_next_image_loads_the_page_says_so(tmp_path, browser):
         assert not page.locator("#binary-loading").is_visible()
         before = page.inner_text("#progress")
         first, token = current_image(page), page.evaluate("window.labelingShown('binary')")
-        held = []
-        page.route("**/*.png", lambda route: held.append(route))
+        held, release = [], []
+
+        def hold(route):
+            route.continue_() if release else held.append(route)
+
+        page.route(lambda url: "/gradio_api/file=" in url, hold)
         focus_page(page)
         page.keyboard.press("g")
         page.wait_for_function("t => { const p = document.querySelector('#binary-prompt [data-token]');"
@@ -429,7 +433,7 @@ def test_while_the_next_image_loads_the_page_says_so(tmp_path, browser):
         page.keyboard.press("b")  # the keys wait: nothing is saved for an image not on screen
         page.wait_for_timeout(300)
         assert len(current(store, "binary_labels")) == 1
-        page.unroute("**/*.png")
+        release.append(True)
         for route in held:
             route.continue_()
         wait_shown(page)
