@@ -7,16 +7,16 @@ it hands an answer the token of the item the tab shows, and only while that item
 # The page's side of "label only what is on screen".  labelingShown(task) is the token of the
 # item the task's tab shows, or '' unless its prompt and every one of its images (the files the
 # prompt names, not the last item's still on screen) are rendered, loaded, visible and not
-# covered (at the centre of their visible part).  While the item's images load, the page says so
-# (the note `#<task>-loading`, which says what to do instead when an image cannot be loaded) and
-# hides the images on screen, so an old image never sits next to a new prompt.  Classes go on the
-# elements themselves: Gradio scopes the app's CSS to its own container, so rules keyed on the
-# body's classes would never match.  It is read when an
-# answer button is clicked, in the capture phase (before Gradio's own handler puts its loading
-# overlay on the outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
+# covered (at the centre of their visible part).  The token is read when an answer button is
+# clicked, in the capture phase (before Gradio's own handler puts its loading overlay on the
+# outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
 # of the binary task (G good, B bad, S skip, U undo) do nothing without it, nor while typing in a
 # text box, with a modifier key held, or when the binary tab is hidden.  Images smaller than their
 # box are drawn with hard pixel edges (the 64 px renders), larger ones smoothly.
+# While an item's images load, the page says so (the note `#<task>-loading`, which says what to do
+# instead when an image cannot be loaded) and hides the images on screen, so an old image never sits
+# next to a new prompt.  The classes for that go on those elements themselves: Gradio scopes the
+# app's CSS to its own container, so rules keyed on the body's classes would never match.
 HEAD = """
 <script>
 (function () {
@@ -38,7 +38,8 @@ HEAD = """
   function item(task) {
     var p = document.querySelector('#' + task + '-prompt [data-token]');
     if (!p) return null;
-    var n = parseInt(p.getAttribute('data-images') || '0', 10), files = (p.getAttribute('data-files') || '').split('/');
+    var n = parseInt(p.getAttribute('data-images') || '0', 10);
+    var files = (p.getAttribute('data-files') || '').split('/');
     var imgs = [];
     for (var i = 0; i < n; i++)
       imgs.push(document.querySelector(task === 'binary' ? '#binary-image img' : '#rank-image-' + i + ' img'));
@@ -136,7 +137,7 @@ CSS = """
 kbd { border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 """
 
-# The note under a task's images (shown by the CSS above while they load, or when one fails).
+# The note under a task's images (shown while they load, or when one fails: see HEAD and CSS).
 LOADING_NOTE = ('<div class="labeling-note" role="status"><span class="note-loading">Loading the next {what}… '
                 'the keys wait until it is shown.</span><span class="note-failed">The {what} could not be '
                 'loaded: reload the page (your answers are saved).</span></div>')
