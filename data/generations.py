@@ -32,7 +32,7 @@ from PIL import Image
 from core.errors import DataError
 from core.sampling import SamplerSettings
 from data.schemas import GENERATIONS
-from data.store import Store, fsync_dir
+from data.store import Store, fsync_dir, temp_path
 
 IMAGES_DIR = "images"
 
@@ -122,9 +122,10 @@ def save_images(
 
 
 def write_image_file(path: Path, data: bytes) -> None:
-    """Write an image file so that it is either absent or complete: a ``_tmp-`` file, fsynced,
-    renamed into place (the caller fsyncs the folder once for a batch)."""
-    tmp = path.with_name(f"_tmp-{path.name}")
+    """Write an image file so that it is either absent or complete: a temporary file
+    (:func:`data.store.temp_path`, which no image loader takes for an image), fsynced, renamed into
+    place (the caller fsyncs the folder once for a batch)."""
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -5,9 +5,10 @@ Layout: ``<root>/<table>/part-<ns timestamp>-<uuid>.parquet``, one file per appe
 
 Why one file per append: an open ``ParquetWriter`` used as a log is unreadable after a crash (the
 footer is written at close), and a half-written part breaks reading the whole directory.  So each
-append writes ``_tmp-<uuid>.parquet`` (pyarrow.dataset and pandas skip names starting with ``_`` or
-``.``), fsyncs it, renames it into place with ``os.replace`` (atomic on POSIX) and fsyncs the
-directory.  When :meth:`Store.append` returns, the rows survive SIGKILL and power loss; before it
+append writes a temporary file (:func:`temp_path`: a hidden name that does not end in ``.parquet``,
+so no common reader takes it for part of the table: pandas, pyarrow, ``datasets`` and DuckDB's
+``*.parquet`` glob all pass it by), fsyncs it, renames it into place with ``os.replace`` (atomic on
+POSIX) and fsyncs the directory.  When :meth:`Store.append` returns, the rows survive SIGKILL and power loss; before it
 returns, a reader sees either none of them or all of them.
 
 Appends from threads of one process (Gradio runs listeners in threads) are group-committed: the
@@ -17,8 +18,10 @@ for it; under load that turns N fsyncs into one without delaying a lone writer.
 Many small files read slowly, so writers merge them (:meth:`Store.compact`) once a table holds more
 than ``compact_every`` parts.  A merge writes the merged file durably *before* deleting its inputs,
 so a crash in between leaves rows twice, never zero times; readers drop rows repeated under a
-table's key (:class:`data.schemas.TableSpec.key`).  Merges are serialised by an ``flock`` on
-``<root>/<table>/.compact.lock``; appends never wait for them.
+table's key (:class:`data.schemas.TableSpec.key`).  It merges ``merge_parts`` files at a time, each
+group kept as soon as it is written, so a process killed mid-merge keeps the groups it finished and
+the next one carries on from there instead of starting over on an ever longer list.  Merges are
+serialised by an ``flock`` on ``<root>/<table>/.compact.lock``; appends never wait for them.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from data.conform import conform, from_rows
 from data.schemas import TableSpec, get_spec
 
 PART_GLOB = "part-*.parquet"
+TMP_PREFIX = ".tmp-"
+LEGACY_TMP_PREFIX = "_tmp-"  # what earlier versions named their temporary files
 STALE_TMP_SECONDS = 3600.0
+MERGE_PARTS = 256
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,15 +59,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(final: Path) -> Path:
+    """Where to write ``final`` before renaming it into place: hidden (a leading dot, which pandas,
+    pyarrow and ``datasets`` skip) and ending in ``.tmp`` rather than the final suffix (so globs
+    such as DuckDB's ``*.parquet`` or an image loader's ``*.png`` do not match it either)."""
+    return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{final.name}.tmp")
+
+
+def write_parquet(table: pa.Table, where) -> None:
+    """Write ``table`` as one Parquet file (a path or a binary file object).
+
+    A table without rows is written without any row group: pyarrow would otherwise write one
+    empty group, which ``datasets`` cannot read (it sizes its batches by the first group's rows).
+    """
+    if table.num_rows:
+        pq.write_table(table, where, compression="zstd")
+    else:
+        with pq.ParquetWriter(where, table.schema, compression="zstd"):
+            pass
+
+
 def _write_durably(table: pa.Table, directory: Path, name: str) -> Path:
     """Write ``table`` to ``directory/name`` so that it is either absent or complete, then fsync."""
-    tmp = directory / f"_tmp-{uuid.uuid4().hex}.parquet"
+    final = directory / name
+    tmp = temp_path(final)
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            write_parquet(table, f)
             f.flush()
             os.fsync(f.fileno())
-        final = directory / name
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -150,9 +176,12 @@ class _GroupCommit:
 class Store:
     """Tables of one dataset root.  Thread-safe and multi-process-safe without locks on append."""
 
-    def __init__(self, root: str | os.PathLike, compact_every: int = 256):
+    def __init__(self, root: str | os.PathLike, compact_every: int = 256, merge_parts: int = MERGE_PARTS):
+        if merge_parts < 2:
+            raise ValueError(f"merge_parts={merge_parts}: a merge needs at least 2 parts")
         self.root = Path(root)
         self.compact_every = compact_every
+        self.merge_parts = merge_parts
         self._commits: dict[str, _GroupCommit] = {}
         self._commits_lock = threading.Lock()
 
@@ -210,7 +239,9 @@ class Store:
     def compact(self, table: str | TableSpec, block: bool = True) -> int:
         """Merge a table's parts into one file; return how many parts were merged.
 
-        Safe against concurrent appends (new parts are simply not merged this time) and against
+        Parts are merged ``merge_parts`` at a time (then the merged files, and so on), each group
+        durable before the next starts, so a merge cut short keeps the groups it finished.  Safe
+        against concurrent appends (new parts are simply not merged this time) and against
         SIGKILL at any point (see the module docstring).  With ``block=False`` it returns 0 at
         once if another process is already merging.
         """
@@ -223,23 +254,30 @@ class Store:
                 return 0
             self._remove_stale_tmp(directory)
             parts = sorted(directory.glob(PART_GLOB))
-            if len(parts) < 2:
-                return 0
-            merged = _dedupe(pa.concat_tables([self._read_part(spec, p) for p in parts]), spec.key)
-            # The merged part sorts where its oldest input sorted, so "first row wins" is unchanged.
-            first_ts = int(parts[0].name.split("-")[1])
-            _write_durably(merged, directory, _new_part_name(first_ts))
-            for p in parts:
-                p.unlink(missing_ok=True)
-            fsync_dir(directory)
-            return len(parts)
+            merged = len(parts) if len(parts) >= 2 else 0
+            while len(parts) >= 2:
+                # Consecutive groups in name order, each merged file named after its oldest input,
+                # keep the files in the order they were written ("first row wins" is unchanged).
+                groups = [parts[i:i + self.merge_parts] for i in range(0, len(parts), self.merge_parts)]
+                parts = [self._merge(spec, directory, g) if len(g) > 1 else g[0] for g in groups]
+            return merged
+
+    def _merge(self, spec: TableSpec, directory: Path, parts: list[Path]) -> Path:
+        """Merge ``parts`` (consecutive in name order) into one file that sorts where the first did."""
+        merged = _dedupe(pa.concat_tables([self._read_part(spec, p) for p in parts]), spec.key)
+        first_ts = int(parts[0].name.split("-")[1])
+        path = _write_durably(merged, directory, _new_part_name(first_ts))
+        for p in parts:
+            p.unlink(missing_ok=True)
+        fsync_dir(directory)
+        return path
 
     @staticmethod
     def _remove_stale_tmp(directory: Path) -> None:
         # A writer killed between creating and renaming its temp file leaves it behind; readers
         # ignore it, and once it is old enough no live writer can still own it.
         now = time.time()
-        for tmp in directory.glob("_tmp-*"):
+        for tmp in [*directory.glob(TMP_PREFIX + "*"), *directory.glob(LEGACY_TMP_PREFIX + "*")]:
             try:
                 if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
                     tmp.unlink()

@@ -19,6 +19,11 @@ The Gradio app, the simulated raters (``make simulate-raters``) and the load tes
   stored with ``is_gold=True``.
 - **Writes and undo** go through :class:`~labeling_app.answers.AnswerPath`, this class's base:
   checked against the rater's current item, durable before acknowledged, an undo a retraction.
+- **Broken images.**  An item is served only with its image files checked against their
+  generations rows (:meth:`Assigner.serve`).  An image whose file was replaced, edited or removed
+  after its row was written is *withdrawn*: every item showing it leaves the round for this run
+  (one log line naming the file; :meth:`Assigner.withdrawn` lists them for the admin tab) and the
+  rater gets their next item, so one bad file never leaves anybody stuck on it.
 
 The rater id always comes from the caller (the app passes the login session's user name); the
 item and image ids come from the generations table, never from a client.
@@ -26,13 +31,14 @@ item and image ids come from the generations table, never from a client.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-
 
 from core import seeds
 from core.errors import DataError, UserError
@@ -47,6 +53,8 @@ from labeling_app.items import Assignment, Item, build_items, ranking_item_id
 
 REFRESH_EVERY_S = 5.0
 
+log = logging.getLogger("labeling_app")
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -54,6 +62,29 @@ class Progress:
     own: dict[str, int]            # the rater's current (not undone) labels per task
     round_completion: dict[str, float]  # per task: answers given / (items x K), 0..1
     items: dict[str, int]          # items per task (gold not counted)
+
+
+@dataclass(frozen=True)
+class Served:
+    """An item to show and its image files, checked against their generations rows."""
+    assignment: Assignment | None  # None: nothing left for this rater
+    paths: tuple[Path, ...] = ()   # aligned with assignment.item.image_ids
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """An image taken out of serving because its file no longer matches its row."""
+    image_id: str
+    prompt: str
+    image_path: str                # as in the generations row (relative to the root)
+    problem: str                   # what the check found, naming the file
+    at: datetime
+
+
+class _BrokenImage(Exception):
+    def __init__(self, image_id: str, error: DataError):
+        super().__init__(image_id)
+        self.image_id, self.error = image_id, error
 
 
 class Assigner(AnswerPath):
@@ -89,6 +120,7 @@ class Assigner(AnswerPath):
         self._given: dict[str, int] = {t: 0 for t in TASKS}  # sum over items of min(answers, K)
         self._gold_items: list[Item] = []
         self._image_rows: dict[str, dict] = {}  # image_id -> what check_image compares the file with
+        self._withdrawn: dict[str, Withdrawn] = {}
         self._gens_signature: tuple | None = None
         self._last_refresh = 0.0
         self._load_generations(force=True)
@@ -119,7 +151,8 @@ class Assigner(AnswerPath):
         sig = self._generations_signature()
         if not force and sig == self._gens_signature:
             return
-        gens = self.store.to_pandas(GENERATIONS)
+        all_gens = self.store.to_pandas(GENERATIONS)
+        gens = all_gens[~all_gens["image_id"].isin(list(self._withdrawn))]
         items = build_items(gens, self.tasks, self.rank_max_images, self.gold_answer, self.seed)
         by_key = {(it.task, it.item_id): it for task in TASKS for it in items[task]}
         gold_rows = gens[gens["image_id"].isin(self.gold_answer.keys())]
@@ -130,12 +163,15 @@ class Assigner(AnswerPath):
             self._items = items
             self._by_key = by_key | {("binary", g.item_id): g for g in gold_items}
             self._gold_items = [gold_items[i] for i in order]
-            self._image_rows = gens.set_index("image_id", drop=False)[
-                ["image_id", "image_path", "width", "height", "sha256"]].to_dict("index")
+            self._image_rows = all_gens.set_index("image_id", drop=False)[
+                ["image_id", "prompt", "image_path", "width", "height", "sha256"]].to_dict("index")
             self._full_prefix = {t: 0 for t in TASKS}
             self._gens_signature = sig
-            self._given = {t: sum(min(self._filled[(t, it.item_id)], self.overlap) for it in items[t])
-                           for t in TASKS}
+            self._recount_given()
+
+    def _recount_given(self) -> None:
+        self._given = {t: sum(min(self._filled[(t, it.item_id)], self.overlap) for it in self._items[t])
+                       for t in TASKS}
 
     def _load_labels(self) -> None:
         binary = current(self.store, BINARY_LABELS.name).to_pandas()
@@ -218,7 +254,58 @@ class Assigner(AnswerPath):
 
     def current(self, rater_id: str, task: str) -> Assignment | None:
         """The rater's open item of ``task``, or a new one; None when they have nothing left."""
+        return self.serve(rater_id, task).assignment
+
+    def serve(self, rater_id: str, task: str, a: Assignment | None = None) -> Served:
+        """The item to show the rater (``a``, e.g. the item an undo gave back, else their open
+        item or a new one) with its checked image files.  An image that fails the check is
+        withdrawn (:meth:`withdrawn`) and the rater's next item is served instead."""
         self._check_task(task)
+        for _ in range(2 + sum(len(v) for v in self._items.values()) + len(self._gold_items)):
+            a = a or self._open_or_pick(rater_id, task)
+            if a is None:
+                return Served(None)
+            try:
+                return Served(a, tuple(self._checked_path(i) for i in a.item.image_ids))
+            except _BrokenImage as e:
+                self._withdraw(e.image_id, e.error)
+                a = None
+        raise RuntimeError("serve: withdrawing broken images did not end")  # each pass withdraws one
+
+    def _checked_path(self, image_id: str) -> Path:
+        try:
+            return self.image_path(image_id)
+        except DataError as e:
+            raise _BrokenImage(image_id, e) from None
+
+    def _withdraw(self, image_id: str, error: DataError) -> None:
+        """Take every item showing ``image_id`` out of serving, for this run of the app."""
+        with self._lock:
+            if image_id in self._withdrawn:
+                return
+            row = self._image_rows.get(image_id, {})
+            self._withdrawn[image_id] = Withdrawn(image_id, str(row.get("prompt", "")), str(row.get("image_path", "")),
+                                                  error.problem, datetime.now(timezone.utc))
+
+            def keep(item: Item) -> bool:
+                return image_id not in item.image_ids
+
+            self._items = {t: [it for it in items if keep(it)] for t, items in self._items.items()}
+            self._gold_items = [g for g in self._gold_items if keep(g)]
+            self._by_key = {k: it for k, it in self._by_key.items() if keep(it)}
+            self._full_prefix = {t: 0 for t in TASKS}
+            self._recount_given()
+            for rater_id, st in self._raters.items():
+                for task in [t for t, a in st.open.items() if not keep(a.item)]:
+                    self._release(st, rater_id, task)
+        log.warning("withdrew image %s from serving: %s", image_id, error.problem)
+
+    def withdrawn(self) -> list[Withdrawn]:
+        """The images withdrawn from serving since the app started, oldest first."""
+        with self._lock:
+            return list(self._withdrawn.values())
+
+    def _open_or_pick(self, rater_id: str, task: str) -> Assignment | None:
         self.maybe_refresh()
         st = self._rater(rater_id)
         with st.lock, self._lock:

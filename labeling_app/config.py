@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -21,6 +22,10 @@ class ServerConfig:
     # Listener threads: Gradio runs one event per thread; 1 (Gradio's default) would serialise
     # every rater behind every other one.
     concurrency: int = 32
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses (or networks, e.g. 10.0.0.0/8) of the reverse proxies in front of the app: only
+    from these is ``X-Forwarded-For`` taken for the client's address (the login throttle counts
+    per client address).  Empty: from nobody, every client is the address it connects from."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,13 @@ class LabelConfig:
                             "0 < base_delay_s <= max_delay_s.", "e.g. login.base_delay_s=1 login.max_delay_s=300.")
         if self.server.concurrency < 1:
             raise UserError("server.concurrency must be >= 1.", "set it to e.g. 32.")
+        for proxy in self.server.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise UserError(f"server.trusted_proxies: {proxy!r} is not an IP address or network.",
+                                "name your reverse proxy's address, e.g. server.trusted_proxies=[127.0.0.1] "
+                                "(or [] when no proxy sits in front of the app).") from None
 
     @property
     def guidelines_path(self) -> Path:

@@ -25,13 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import pyarrow.parquet as pq
-
 from core.errors import UserError
 from data.labels import current
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
-from data.store import Store
+from data.store import Store, write_parquet
 from labeling_app.gold import read_gold
 from labeling_app.hf_export import write_hf_dataset
 from labeling_app.stats import round_report
@@ -95,7 +93,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
     zip_name = f"labels-{stamp}.zip"
     try:
         for name, table in tables.items():
-            pq.write_table(table, directory / f"{name}.parquet", compression="zstd")
+            write_parquet(table, directory / f"{name}.parquet")  # a table without rows too
         (directory / "summary.json").write_text(json.dumps(summary, indent=1))
         with zipfile.ZipFile(directory / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as z:
             for name in tables:

@@ -26,17 +26,16 @@ import gradio as gr  # noqa: E402
 
 from core.errors import UserError
 from data.targets import pick_targets, prompt_pass_rates
-from labeling_app.assignment import Assigner
+from labeling_app.assignment import Assigner, Served
 from labeling_app.charts import pass_rate_chart, timeline_chart
 from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
-from labeling_app.items import Assignment
 from labeling_app.raters import RatersFile
 from labeling_app.stats import round_report
 from labeling_app.views import (chart_html, esc, nothing_shown, pct, prompt_html, refusal_text, status_html,
-                                timeline_table)
+                                timeline_table, withdrawn_table)
 from labeling_app.web import EXPORT_ROUTE
 
 log = logging.getLogger("labeling_app")
@@ -80,20 +79,21 @@ class LabelingHandlers:
 
     # -- binary ----------------------------------------------------------------------------
 
-    def binary_view(self, rater_id: str, a: Assignment | None, message: str = "", warn: bool = False,
+    def binary_view(self, rater_id: str, served: Served, message: str = "", warn: bool = False,
                     reason=""):
         """Outputs of the binary tab: image, prompt, status, progress, skip reason."""
-        image = str(self.assigner.image_path(a.item.image_ids[0])) if a else None
-        return image, prompt_html(a), status_html(message, warn), self.progress_html(rater_id), reason
+        image = str(served.paths[0]) if served.assignment else None
+        return (image, prompt_html(served.assignment, served.paths), status_html(message, warn),
+                self.progress_html(rater_id), reason)
 
     def binary_refused(self, rater_id: str, action: str, e: UserError, reason=gr.skip()):
         """The rater's current item again, with the reason the action was refused."""
-        return self.binary_view(rater_id, self.assigner.current(rater_id, "binary"),
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"),
                                 self.refused(rater_id, action, e), warn=True, reason=reason)
 
     def next_binary(self, request: gr.Request):
         rater_id = self.rater(request)
-        return self.binary_view(rater_id, self.assigner.current(rater_id, "binary"))
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"))
 
     def answer_binary(self, label: str, reason: str, seen: str | None, request: gr.Request):
         """``seen``: the token of the item the page showed ('' when it showed none)."""
@@ -104,7 +104,7 @@ class LabelingHandlers:
             self.assigner.submit_binary(rater_id, seen, label, reason)
         except UserError as e:
             return self.binary_refused(rater_id, label, e)
-        return self.binary_view(rater_id, self.assigner.current(rater_id, "binary"), f"Saved: {label}.")
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"), f"Saved: {label}.")
 
     def _answer_fn(self, label: str):
         # Gradio passes gr.Request only to a positional parameter annotated with it.
@@ -119,31 +119,31 @@ class LabelingHandlers:
             a = self.assigner.undo(rater_id, "binary")
         except UserError as e:
             return self.binary_refused(rater_id, "undo", e)
-        a = a or self.assigner.current(rater_id, "binary")
-        return self.binary_view(rater_id, a, "Your last answer was taken back; answer this image again.")
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary", a),
+                                "Your last answer was taken back; answer this image again.")
 
     # -- ranking ---------------------------------------------------------------------------
 
-    def ranking_view(self, rater_id: str, a: Assignment | None, shown: int, message: str = "",
+    def ranking_view(self, rater_id: str, served: Served, shown: int, message: str = "",
                      warn: bool = False, ranks=None):
         """Outputs of the ranking tab.  ``shown``: how many image slots the page shows now.  Only
         when that changes are the slots re-configured (gr.update makes Gradio rebuild and re-send
         component configs: ~70 ms of server CPU for a ranking answer, against ~5 ms for values).
         ``ranks``: the selectors' values to keep (a refused ranking stays on the page to fix)."""
-        ids = a.item.image_ids if a else ()
-        n = len(ids)
-        paths = [str(self.assigner.image_path(i)) for i in ids] + [None] * (self.slots - n)
+        n = len(served.paths)
+        paths = [str(p) for p in served.paths] + [None] * (self.slots - n)
         if n == shown:
             images, ranks = paths, list(ranks) if ranks is not None else [None] * self.slots
         else:
             images = [gr.update(value=paths[i], visible=i < n) for i in range(self.slots)]
             ranks = [gr.update(choices=list(range(1, n + 1)), value=None, visible=i < n)
                      for i in range(self.slots)]
-        return (prompt_html(a), *images, *ranks, status_html(message, warn), self.progress_html(rater_id), n)
+        return (prompt_html(served.assignment, served.paths), *images, *ranks, status_html(message, warn),
+                self.progress_html(rater_id), n)
 
     def next_ranking(self, shown: int, request: gr.Request):
         rater_id = self.rater(request)
-        return self.ranking_view(rater_id, self.assigner.current(rater_id, "ranking"), shown)
+        return self.ranking_view(rater_id, self.assigner.serve(rater_id, "ranking"), shown)
 
     def submit_ranking(self, request: gr.Request, seen: str | None, shown: int, *ranks):
         """``seen``: the token of the set the page showed; ``ranks``: the rank selectors."""
@@ -153,20 +153,21 @@ class LabelingHandlers:
                 raise nothing_shown()
             self.assigner.submit_ranking(rater_id, seen, list(ranks))
         except UserError as e:
-            a = self.assigner.current(rater_id, "ranking")
-            keep = ranks if a is not None and a.token == seen else None  # the same set: keep the choices
-            return self.ranking_view(rater_id, a, shown, self.refused(rater_id, "ranking", e), warn=True, ranks=keep)
-        return self.ranking_view(rater_id, self.assigner.current(rater_id, "ranking"), shown, "Saved your ranking.")
+            now = self.assigner.serve(rater_id, "ranking")
+            same = now.assignment is not None and now.assignment.token == seen  # the same set: keep the choices
+            return self.ranking_view(rater_id, now, shown, self.refused(rater_id, "ranking", e), warn=True,
+                                     ranks=ranks if same else None)
+        return self.ranking_view(rater_id, self.assigner.serve(rater_id, "ranking"), shown, "Saved your ranking.")
 
     def undo_ranking(self, shown: int, request: gr.Request):
         rater_id = self.rater(request)
         try:
             a = self.assigner.undo(rater_id, "ranking")
         except UserError as e:
-            return self.ranking_view(rater_id, self.assigner.current(rater_id, "ranking"), shown,
+            return self.ranking_view(rater_id, self.assigner.serve(rater_id, "ranking"), shown,
                                      self.refused(rater_id, "undo", e), warn=True, ranks=[gr.skip()] * self.slots)
-        a = a or self.assigner.current(rater_id, "ranking")
-        return self.ranking_view(rater_id, a, shown, "Your last ranking was taken back; rank this set again.")
+        return self.ranking_view(rater_id, self.assigner.serve(rater_id, "ranking", a), shown,
+                                 "Your last ranking was taken back; rank this set again.")
 
     # -- admin -----------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class LabelingHandlers:
 
     def admin_report(self, request: gr.Request):
         """Summary, per-prompt pass rates (chart, table), answers per rater over time (chart,
-        table), answers per rater, gold accuracy per rater."""
+        table), answers per rater, gold accuracy per rater, images withdrawn from serving."""
         self.admin(request)
         rep = round_report(self.assigner.store, read_gold(self.assigner.store))
         prog = self.assigner.progress("")
@@ -195,6 +196,7 @@ class LabelingHandlers:
             ("binary labels (current)", rep.binary_labels),
             ("rankings (current)", rep.rankings),
             ("undone (retracted) labels", rep.retracted),
+            ("images withdrawn from serving (file changed; listed below)", len(self.assigner.withdrawn())),
             *[(f"round completion, {t}", pct(c)) for t, c in prog.round_completion.items()],
             ("agreement, binary: Krippendorff's alpha (items)",
              f"{fmt(rep.binary_agreement.alpha)} ({rep.binary_agreement.units})"),
@@ -213,7 +215,8 @@ class LabelingHandlers:
         prompts = prompts.assign(good_rate=prompts["good_rate"].round(3),
                                  picked=prompts["picked"].map({True: "target", False: ""}))
         timeline = chart_html(timeline_chart(rep.timeline), "Answers per rater over time", "timeline-chart")
-        return summary, chart, prompts, timeline, timeline_table(rep.timeline), rep.counts, rep.gold
+        return (summary, chart, prompts, timeline, timeline_table(rep.timeline), rep.counts, rep.gold,
+                withdrawn_table(self.assigner.withdrawn()))
 
     def export(self, request: gr.Request):
         """Write an export under <root>/exports/ and link its zip through the admin-only route

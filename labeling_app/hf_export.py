@@ -21,8 +21,8 @@ tie), ``are_different``, ``has_label``, ``best_image_uid``, ``image_0_uid`` / ``
 ``created_at``; our ids are strings where Pick-a-Pic's are integers, and there are no URL columns.
 
 Every image goes through :func:`data.generations.image_bytes`, so a file that no longer matches its
-row stops the export with an error naming it.  The folder is built under a ``_tmp-`` name and
-renamed into place, so a failed export leaves nothing half-written.
+row stops the export with an error naming it.  The folder is built under a hidden ``.tmp-`` name
+and renamed into place, so a failed export leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
     if not tables:
         raise UserError(f"no labels in {store.root} to export.",
                         "label the round first (make label, or make simulate-raters).")
-    tmp = directory.parent / f"_tmp-{directory.name}"
+    # A hidden folder: a glob over exports/ (DuckDB's, say) does not see a half-written export.
+    tmp = directory.parent / f".tmp-{directory.name}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an export that died: never a finished one
     try:
         rows = {}

@@ -5,13 +5,18 @@ it hands an answer the token of the item the tab shows, and only while that item
 """
 
 # The page's side of "label only what is on screen".  labelingShown(task) is the token of the
-# item the task's tab shows, or '' unless its prompt and every one of its images are rendered,
-# loaded, visible and not covered (at the centre of their visible part).  It is read when an
-# answer button is clicked, in the capture phase (before Gradio's own handler puts its loading
-# overlay on the outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
+# item the task's tab shows, or '' unless its prompt and every one of its images (the files the
+# prompt names, not the last item's still on screen) are rendered, loaded, visible and not
+# covered (at the centre of their visible part).  The token is read when an answer button is
+# clicked, in the capture phase (before Gradio's own handler puts its loading overlay on the
+# outputs), and the button's `js` sends it with the answer.  The keyboard shortcuts
 # of the binary task (G good, B bad, S skip, U undo) do nothing without it, nor while typing in a
 # text box, with a modifier key held, or when the binary tab is hidden.  Images smaller than their
 # box are drawn with hard pixel edges (the 64 px renders), larger ones smoothly.
+# While an item's images load, the page says so (the note `#<task>-loading`, which says what to do
+# instead when an image cannot be loaded) and hides the images on screen, so an old image never sits
+# next to a new prompt.  The classes for that go on those elements themselves: Gradio scopes the
+# app's CSS to its own container, so rules keyed on the body's classes would never match.
 HEAD = """
 <script>
 (function () {
@@ -25,16 +30,56 @@ HEAD = """
     if (x1 - x0 < 1 || y1 - y0 < 1) return true;  // scrolled out of view: seen, not covered
     return document.elementFromPoint((x0 + x1) / 2, (y0 + y1) / 2) === img;
   }
-  window.labelingShown = function (task) {
+  function fileOf(img) {
+    try { return decodeURIComponent((img.getAttribute('src') || '').split('?')[0].split('/').pop()); }
+    catch (x) { return ''; }
+  }
+  // The task's item as the prompt names it, and the image elements that show it now.
+  function item(task) {
     var p = document.querySelector('#' + task + '-prompt [data-token]');
-    if (!p || p.offsetParent === null) return '';
+    if (!p) return null;
     var n = parseInt(p.getAttribute('data-images') || '0', 10);
-    for (var i = 0; i < n; i++) {
-      var sel = task === 'binary' ? '#binary-image img' : '#rank-image-' + i + ' img';
-      if (!loaded(document.querySelector(sel))) return '';
-    }
-    return n > 0 ? p.getAttribute('data-token') : '';
+    var files = (p.getAttribute('data-files') || '').split('/');
+    var imgs = [];
+    for (var i = 0; i < n; i++)
+      imgs.push(document.querySelector(task === 'binary' ? '#binary-image img' : '#rank-image-' + i + ' img'));
+    return {prompt: p, files: files, imgs: imgs};
+  }
+  function ownImage(it, i) { return it.imgs[i] && fileOf(it.imgs[i]) === it.files[i]; }
+  window.labelingShown = function (task) {
+    var it = item(task);
+    if (!it || it.prompt.offsetParent === null || !it.imgs.length) return '';
+    for (var i = 0; i < it.imgs.length; i++) if (!ownImage(it, i) || !loaded(it.imgs[i])) return '';
+    return it.prompt.getAttribute('data-token');
   };
+  // 'loading' while an image of the item is not on the page yet, 'failed' when one cannot load.
+  function imageState(task) {
+    var it = item(task), state = '';
+    if (!it) return '';
+    for (var i = 0; i < it.imgs.length; i++) {
+      if (!ownImage(it, i) || !it.imgs[i].complete) return 'loading';
+      if (it.imgs[i].naturalWidth === 0) state = 'failed';
+    }
+    return state;
+  }
+  var frame = 0;
+  function showState() {
+    frame = 0;
+    ['binary', 'ranking'].forEach(function (task) {
+      var state = imageState(task), note = document.getElementById(task + '-loading');
+      if (note) {
+        note.classList.toggle('labeling-on', state !== '');
+        note.classList.toggle('labeling-failed', state === 'failed');
+      }
+      var imgs = document.querySelectorAll(task === 'binary' ? '#binary-image img' : '[id^=rank-image-] img');
+      imgs.forEach(function (img) { img.classList.toggle('labeling-stale', state !== ''); });
+    });
+  }
+  function later() { if (!frame) frame = requestAnimationFrame(showState); }
+  new MutationObserver(later).observe(document.documentElement, {subtree: true, childList: true, attributes: true,
+                                                                  attributeFilter: ['src', 'data-token']});
+  document.addEventListener('load', later, true);
+  document.addEventListener('error', later, true);
   var seen = {binary: '', ranking: ''};
   var answers = {'btn-good': 'binary', 'btn-bad': 'binary', 'btn-skip': 'binary', 'btn-rank': 'ranking'};
   document.addEventListener('click', function (e) {
@@ -80,6 +125,19 @@ CSS = """
 .framed img { width: 100%; height: 100%; object-fit: contain; box-sizing: border-box;
               border: 2px solid #6b7280; background: #d1d5db; }
 .framed img.upscaled { image-rendering: pixelated; }
+/* While an item's images load (labeling_app.page's script), the last item's images are hidden and
+   the note says why the keys wait; if an image cannot be loaded, the note says what to do. */
+.labeling-stale { visibility: hidden !important; }
+#binary-loading:not(.labeling-on), #ranking-loading:not(.labeling-on) { display: none !important; }
+.labeling-note { font-weight: 600; color: #4338ca; }
+.labeling-note .note-failed { display: none; color: #b91c1c; }
+.labeling-failed .note-loading { display: none; }
+.labeling-failed .note-failed { display: inline; }
 .admin-chart img { max-width: 100%; height: auto; border: 1px solid #d1d5db; }
 kbd { border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 """
+
+# The note under a task's images (shown while they load, or when one fails: see HEAD and CSS).
+LOADING_NOTE = ('<div class="labeling-note" role="status"><span class="note-loading">Loading the next {what}… '
+                'the keys wait until it is shown.</span><span class="note-failed">The {what} could not be '
+                'loaded: reload the page (your answers are saved).</span></div>')

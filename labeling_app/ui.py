@@ -23,13 +23,13 @@ from core.errors import UserError
 from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
-from labeling_app.compactor import Compactor
+from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
-from labeling_app.page import CSS, HEAD, SEEN_BINARY_JS, SEEN_RANKING_JS
+from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
-from labeling_app.web import LoginGuard, export_route
+from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
 
 
 class LabelingApp(LabelingHandlers):
@@ -53,6 +53,7 @@ class LabelingApp(LabelingHandlers):
                                 b_image = gr.Image(type="filepath", interactive=False, show_label=False,
                                                    buttons=[], height=384, elem_id="binary-image",
                                                    elem_classes=["framed"])
+                                gr.HTML(LOADING_NOTE.format(what="image"), elem_id="binary-loading", js_on_load=None)
                             with gr.Column(scale=2):
                                 gr.Markdown("Does the image show what this prompt asks for?")
                                 b_prompt = gr.HTML(elem_id="binary-prompt", js_on_load=None)
@@ -86,6 +87,7 @@ class LabelingApp(LabelingHandlers):
                                                              elem_classes=["framed"]))
                                     r_ranks.append(gr.Radio(choices=[], label=f"Image {i + 1}",
                                                             elem_id=f"rank-{i}"))
+                        gr.HTML(LOADING_NOTE.format(what="images"), elem_id="ranking-loading", js_on_load=None)
                         with gr.Row():
                             submit_r = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank")
                             undo_r = gr.Button("Undo last ranking", size="sm", elem_id="btn-undo-ranking")
@@ -114,10 +116,15 @@ class LabelingApp(LabelingHandlers):
                     counts = gr.Dataframe(interactive=False, elem_id="admin-counts")
                     gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
                     gold = gr.Dataframe(interactive=False)
+                    gr.Markdown("**Images withdrawn from serving**: their file no longer matches its "
+                                "generations row (replaced, edited or removed), so their items are no longer "
+                                "handed out.  Restore the file (or bring the new one in with `make import`) and "
+                                "restart the app to serve them again.")
+                    withdrawn = gr.Dataframe(interactive=False, elem_id="admin-withdrawn")
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_link = gr.HTML(js_on_load=None, elem_id="export-download")
                     export_status = gr.HTML(js_on_load=None)
-                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold]
+                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn]
                     refresh.click(self.admin_report, outputs=report, api_name="admin_report")
                     admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
                     export_btn.click(self.export, outputs=[export_link, export_status], api_name="export",
@@ -147,9 +154,11 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
         raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
     guidelines = load_guidelines(cfg.guidelines_path)
-    # Merging small part files happens in a background thread (launch), not inside a rater's
-    # request.
-    assigner = Assigner.open(cfg, guidelines.version, store=Store(cfg.root, compact_every=0))
+    # Merging small part files happens here, before the round is read, and then in a background
+    # thread (launch), never inside a rater's request.
+    store = Store(cfg.root, compact_every=0)
+    merge_leftovers(store)
+    assigner = Assigner.open(cfg, guidelines.version, store=store)
     return LabelingApp(cfg, assigner, raters, guidelines)
 
 
@@ -167,13 +176,17 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
         app.compactor.start()
     # Routes and middleware given to the FastAPI app at creation come before Gradio's own.
     app_kwargs = {"routes": [export_route(root, app.raters)],
-                  "middleware": [Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
-    return demo, demo.launch(
-        server_name=cfg.server.host, server_port=cfg.server.port,
-        auth=make_auth(app.raters), auth_message=AUTH_MESSAGE,
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
-        max_threads=max(40, cfg.server.concurrency), allowed_paths=allowed_image_paths(root),
-        blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
-        footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
-        enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
-    )
+                  "middleware": [Middleware(NoUploads),
+                                 Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
+    with trusting_proxies(cfg.server.trusted_proxies):
+        return demo, demo.launch(
+            server_name=cfg.server.host, server_port=cfg.server.port,
+            auth=make_auth(app.raters), auth_message=AUTH_MESSAGE,
+            prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
+            max_threads=max(40, cfg.server.concurrency), allowed_paths=allowed_image_paths(root),
+            blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
+            # NoUploads refuses uploads first; a limit of 0 bytes stops any Gradio would still take.
+            max_file_size=0,
+            footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
+            enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
+        )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
+
+import pandas as pd
 
 from core.errors import UserError
 from labeling_app.charts import data_uri
@@ -28,12 +31,15 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def prompt_html(a: Assignment | None) -> str:
-    """The prompt of an item, carrying its token and image count for the page's script."""
+def prompt_html(a: Assignment | None, paths=()) -> str:
+    """The prompt of an item, carrying for the page's script its token, its image count and the
+    names of its image files (``paths``), so the page can tell its own images from the last
+    item's while they load."""
     if a is None:
         return '<div class="prompt-text">Nothing left to label here. Thank you!</div>'
-    return (f'<div class="prompt-text" data-token="{esc(a.token)}" data-images="{len(a.item.image_ids)}">'
-            f'{esc(a.item.prompt)}</div>')
+    files = "/".join(Path(p).name for p in paths)  # "/" is the one character a file name cannot hold
+    return (f'<div class="prompt-text" data-token="{esc(a.token)}" data-images="{len(a.item.image_ids)}" '
+            f'data-files="{esc(files)}">{esc(a.item.prompt)}</div>')
 
 
 def status_html(message: str = "", warn: bool = False) -> str:
@@ -61,6 +67,16 @@ def timeline_table(timeline):
     wide["total"] = wide.sum(axis=1)
     wide.index = wide.index.strftime("%Y-%m-%d %H:%M UTC")
     return wide.rename_axis(columns=None).reset_index()
+
+
+WITHDRAWN_COLUMNS = ["withdrawn_at", "image_id", "prompt", "image_path", "problem"]
+
+
+def withdrawn_table(withdrawn) -> pd.DataFrame:
+    """:meth:`labeling_app.assignment.Assigner.withdrawn` as the admin tab's table, latest first."""
+    rows = [dict(withdrawn_at=w.at.strftime("%Y-%m-%d %H:%M:%S UTC"), image_id=w.image_id, prompt=w.prompt,
+                 image_path=w.image_path, problem=w.problem) for w in reversed(withdrawn)]
+    return pd.DataFrame(rows, columns=WITHDRAWN_COLUMNS)
 
 
 def refusal_text(e: UserError) -> str:

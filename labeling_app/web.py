@@ -10,6 +10,13 @@
 - **Exports** are downloaded through :func:`export_route`, which checks that the session's rater
   is an admin (401 without a session, 403 for a rater who is not an admin, 404 for anything that
   is not a finished export of this round).
+- **Client addresses.**  uvicorn (which Gradio starts) replaces the connecting address with the
+  ``X-Forwarded-For`` one for requests from the addresses it trusts, 127.0.0.1 unless told
+  otherwise; :func:`trusting_proxies` tells it the round's ``server.trusted_proxies`` (none by
+  default), so nobody picks their own address for the throttle by sending the header.
+- **No uploads.**  Raters only press buttons; :class:`NoUploads` refuses Gradio's upload routes and
+  any multipart body before Gradio reads it (files uploaded to Gradio's cache are served to any
+  signed-in user).
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ import asyncio
 import html
 import logging
 import math
+import os
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -149,6 +159,50 @@ class LoginGuard:
             self._users[client] -= 1
             if not self._users[client]:
                 del self._users[client], self._locks[client]
+
+
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
+
+
+@contextmanager
+def trusting_proxies(proxies: tuple[str, ...]) -> Iterator[None]:
+    """Within this block, a uvicorn server being configured (Gradio's ``launch``) takes
+    ``X-Forwarded-For`` from ``proxies`` only (none when empty).
+
+    Gradio passes uvicorn no ``forwarded_allow_ips``, so uvicorn reads this environment variable
+    when the server is configured, and trusts 127.0.0.1 without it: any local process, an SSH
+    tunnel or a proxy that passes the client's header on could then name its own address."""
+    before = os.environ.get(FORWARDED_ALLOW_IPS)
+    os.environ[FORWARDED_ALLOW_IPS] = ",".join(proxies)  # "": no address is trusted
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FORWARDED_ALLOW_IPS, None)
+        else:
+            os.environ[FORWARDED_ALLOW_IPS] = before
+
+
+UPLOAD_ROUTES = ("upload", "upload_progress", "process_recording")
+"""Gradio's routes that take files from the browser (last path part)."""
+
+
+class NoUploads:
+    """ASGI middleware: refuse uploads (HTTP 403) before Gradio reads a byte of them."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope["path"].rstrip("/")
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if path.rsplit("/", 1)[-1] in UPLOAD_ROUTES or content_type.lower().startswith(b"multipart/"):
+                client = (scope.get("client") or ("unknown", 0))[0]
+                log.warning("refused upload to %s from %s: the app takes no uploads", path, client)
+                return await JSONResponse({"detail": "This app takes no uploads."}, status_code=403)(
+                    scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def export_route(root: str | Path, raters: RatersFile) -> Route:

@@ -236,7 +236,7 @@ def test_a_failed_export_leaves_no_temporary_folder(labelled_round, monkeypatch)
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.pq, "write_table", disk_full)
+    monkeypatch.setattr(export, "write_parquet", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export.export_round(Store(labelled_round))
     assert list((labelled_round / "exports").iterdir()) == []

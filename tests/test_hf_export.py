@@ -47,7 +47,7 @@ def test_hf_export_loads_with_datasets(labelled, tmp_path, monkeypatch):
 
     out = export_round(labelled, tmp_path / "export", format="hf")
     assert out.zip_path is None and (out.directory / "README.md").is_file()
-    assert not list(tmp_path.glob("_tmp-*"))
+    assert not list(tmp_path.glob(".tmp-*"))
     card = (out.directory / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "config_name: pairs" in card
 
@@ -109,7 +109,7 @@ def test_hf_export_cli_and_a_mismatched_file_stops_it_whole(labelled, tmp_path, 
     Image.new("RGB", (48, 32)).save(root / row["image_path"], format="PNG")
     with pytest.raises(DataError, match=rf"image {row['image_id']} .* is 48x32"):
         export_round(Store(root), tmp_path / "bad", format="hf")
-    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("_tmp-*"))
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_a_table_without_rows_is_left_out_and_no_labels_is_an_error(tmp_path):

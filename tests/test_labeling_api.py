@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from core.errors import UserError
 from data import Store
 from data.labels import current
 from labeling_app.views import shown_token
@@ -208,7 +209,8 @@ def test_admin_tab_and_exports_are_for_admins_only(server):
         client(url, "bob").predict(api_name="/admin_report")
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/export")
-    summary, chart, per_prompt, timeline, timeline_df, counts, gold = client(url, "alice").predict(api_name="/admin_report")
+    summary, chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn = client(url, "alice").predict(
+        api_name="/admin_report")
     assert "Krippendorff" in summary and "alice" in [row[0] for row in counts["data"]]
     # the per-prompt pass rates of data.targets, one row per prompt of the round, worst first
     assert {"prompt", "good_rate", "labelled_images", "picked"} <= set(per_prompt["headers"])
@@ -323,3 +325,78 @@ def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_each_start_merges_the_parts_earlier_runs_left(tmp_path):
+    """#44.13: runs cut short before the background merge's first pass (a crash loop, quick
+    restarts) used to leave every part for the next start, which started slower and left more.
+    Each start merges them before it reads the round."""
+    from labeling_app.ui import build_app
+    from test_schemas import label_row
+
+    root = tmp_path / "round"
+    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["ann"])
+    folder = root / "binary_labels"
+    for run in range(3):
+        app = build_app(label_config(root, raters))
+        assert len(list(folder.glob("part-*.parquet"))) <= 1, run
+        for i in range(70):  # what a short run appends, one part per answer
+            app.assigner.store.append("binary_labels", [label_row(label_id=f"{run}-{i}", rater_id="ann")])
+    build_app(label_config(root, raters))
+    assert len(list(folder.glob("part-*.parquet"))) == 1
+    assert len(Store(root).read("binary_labels")) == 210
+
+
+def test_forwarded_for_is_taken_only_from_the_configured_proxies(tmp_path):
+    """#44.2: by default no address may name another with X-Forwarded-For, not even 127.0.0.1 (a
+    local process, an SSH tunnel): the throttle cannot be dodged by naming a new address per try,
+    nor turned on another rater by naming theirs.  With server.trusted_proxies the proxy's header
+    names the client, and only the proxy's."""
+    from labeling_app.config import ServerConfig
+
+    root = tmp_path / "round"
+    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["bob"])
+
+    def login(url, source, forwarded=None, password="wrong password"):
+        h = httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30)
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        with h:
+            return h.post(url + "login", data={"username": "bob", "password": password}, headers=headers).status_code
+
+    with serve(label_config(root, raters)) as (_, url):
+        # 3 free wrong tries for (client, bob), the 4th sets a wait: a new "address" each time changes nothing
+        assert [login(url, "127.0.0.1", f"10.0.0.{i}") for i in range(5)] == [400] * 4 + [429]
+        for _ in range(16):  # forged failures "from" 127.0.0.9 count against their real sender
+            assert login(url, "127.0.0.4", "127.0.0.9") in (400, 429)
+        assert login(url, "127.0.0.9", password=PASSWORD) == 200
+
+    proxy = ServerConfig(host="127.0.0.1", port=free_port(), trusted_proxies=("127.0.0.1",))
+    with serve(label_config(root, raters, server=proxy)) as (_, url):
+        assert [login(url, "127.0.0.1", "10.0.0.1") for _ in range(5)] == [400] * 4 + [429]
+        assert login(url, "127.0.0.1", "10.0.0.2", password=PASSWORD) == 200  # another client behind it
+        # an address that is not the proxy still cannot name another: 127.0.0.5 stays itself
+        assert [login(url, "127.0.0.5", "10.0.0.3") for _ in range(4)] == [400] * 4
+        assert login(url, "127.0.0.5", "10.0.0.4", password=PASSWORD) == 429
+        assert login(url, "127.0.0.1", "10.0.0.3", password=PASSWORD) == 200
+    with pytest.raises(UserError, match="not an IP address or network"):
+        label_config(root, raters, server=ServerConfig(trusted_proxies=("proxy.example",)))
+
+
+def test_the_app_takes_no_uploads(server):
+    """#44.3: raters only press buttons; an upload (Gradio's upload route, or any multipart body)
+    is refused whole, so nothing lands in Gradio's cache for other raters to fetch."""
+    _, _, _, url = server
+    h = signed_in(url, "carol")
+    payload = {"files": ("notes.txt", b"x" * (1 << 20), "text/plain")}
+    for route in ("gradio_api/upload", "upload", "gradio_api/process_recording"):
+        r = h.post(url + route, files=payload)
+        assert r.status_code == 403 and "no uploads" in r.json()["detail"], (route, r.status_code, r.text[:200])
+    r = h.post(url + "gradio_api/upload", content=b"--b\r\n",
+               headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 403
+    r = h.post(url + "gradio_api/component_server", files=payload)
+    assert r.status_code == 403
+    # the app itself still works for the same rater
+    assert h.get(url).status_code == 200

@@ -336,3 +336,107 @@ def test_images_of_any_size_fit_their_frames(tmp_path, browser):
         assert g["ground"] not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), g  # a white image shows its edges
     assert sizes[(1024, 768)]["scale"] < 1 < sizes[(48, 32)]["scale"]  # scaled down and up to fit
     assert sizes[(48, 32)]["upscaled"] and not sizes[(1024, 768)]["upscaled"]
+
+
+def test_a_replaced_image_file_is_withdrawn_and_the_rater_goes_on(tmp_path, browser, caplog, capfd):
+    """#44.1: the file of the rater's next image is replaced after its row was written.  The
+    answer is saved and the rater gets the image after it (no error state: the page goes on);
+    the item leaves serving (its ranking set too) with one log line naming the file, and the
+    admin tab lists it."""
+    import logging
+
+    from PIL import Image
+
+    from labeling_app.items import build_items
+
+    root = tmp_path / "round"
+    store = make_round(root, n_prompts=3, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["rita", "lead"], admins=("lead",))
+    cfg = label_config(root, raters)
+    gens = store.to_pandas("generations")
+    order = [it.item_id for it in build_items(gens, cfg.tasks, cfg.rank_max_images, {}, cfg.seed)["binary"]]
+    broken = order[1]
+    broken_file = root / gens.set_index("image_id").loc[broken, "image_path"]
+    with serve(cfg) as (_, url), caplog.at_level(logging.WARNING, logger="labeling_app"):
+        page = sign_in(browser, url, "rita")
+        wait_shown(page)
+        assert image_id(current_image(page)) == order[0]
+        Image.new("RGB", (32, 32), "white").save(broken_file)  # replaced after its row was written
+        focus_page(page)
+        page.keyboard.press("g")
+        page.wait_for_function("() => document.querySelector('#progress').innerText.includes('1 images')")
+        wait_shown(page)
+        assert image_id(current_image(page)) == order[2] and no_error_badges(page)
+        page.keyboard.press("b")
+        page.wait_for_function("() => document.querySelector('#progress').innerText.includes('2 images')")
+        labels = current(store, "binary_labels").to_pandas().sort_values("created_at")
+        assert labels["image_id"].tolist() == [order[0], order[2]]
+        # the ranking tab never offers the set holding the replaced image
+        page.get_by_role("tab", name="Rank").click()
+        for _ in range(len(gens)):
+            wait_shown(page, "ranking")
+            srcs = [image_id(page.get_attribute(f"#rank-image-{i} img", "src") or "")
+                    for i in range(page.locator("[id^=rank-image-] img:visible").count())]
+            assert broken not in srcs and no_error_badges(page)
+            token = page.evaluate("window.labelingShown('ranking')")
+            for i in range(len(srcs)):
+                page.locator(f"#rank-{i}").get_by_label("1", exact=True).check()
+            page.locator("#btn-rank").click()
+            page.wait_for_function("t => { const p = document.querySelector('#ranking-prompt');"
+                                   " return !p.querySelector(`[data-token='${t}']`); }", arg=token)
+            if "Nothing left" in page.inner_text("#ranking-prompt"):
+                break
+        assert "Nothing left" in page.inner_text("#ranking-prompt")
+
+        lead = sign_in(browser, url, "lead")
+        lead.get_by_role("tab", name="Admin").click()
+        lead.wait_for_function("id => document.querySelector('#admin-withdrawn')?.innerText.includes(id)", arg=broken)
+    lines = [r.getMessage() for r in caplog.records if r.name == "labeling_app" and "withdrew" in r.getMessage()]
+    assert len(lines) == 1 and str(broken_file) in lines[0] and "\n" not in lines[0]
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_while_the_next_image_loads_the_page_says_so(tmp_path, browser):
+    """#44.4: after an answer the new prompt shows at once, with the round's figures already
+    counting the answer; while its image loads, the last image is hidden (never beside the new
+    prompt), a note says the next image is loading, and the keys wait.  Image requests are held
+    back here until the test lets them through."""
+    root = tmp_path / "round"
+    store = make_round(root, n_prompts=3, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["rita"])
+    with serve(label_config(root, raters)) as (labeling_app, url):
+        page = sign_in(browser, url, "rita")
+        wait_shown(page)
+        assert not page.locator("#binary-loading").is_visible()
+        before = page.inner_text("#progress")
+        first, token = current_image(page), page.evaluate("window.labelingShown('binary')")
+        held, release = [], []
+
+        def hold(route):
+            route.continue_() if release else held.append(route)
+
+        page.route(lambda url: "/gradio_api/file=" in url, hold)
+        focus_page(page)
+        page.keyboard.press("g")
+        page.wait_for_function("t => { const p = document.querySelector('#binary-prompt [data-token]');"
+                               " return p && p.getAttribute('data-token') !== t; }", arg=token)
+        progress = page.inner_text("#progress")
+        figure = labeling_app.assigner.progress("rita").round_completion["binary"]
+        assert "1 images" in progress and f"images {100 * figure:.0f} %" in progress and progress != before
+        page.locator("#binary-loading").wait_for(state="visible")
+        assert "Loading the next image" in page.inner_text("#binary-loading")
+        old_visible = page.evaluate("src => [...document.querySelectorAll('#binary-image img')].some(img =>"
+                                    " img.getAttribute('src') === src"
+                                    " && img.checkVisibility({visibilityProperty: true}))", first)
+        assert not old_visible
+        assert page.evaluate("window.labelingShown('binary')") == ""
+        page.keyboard.press("b")  # the keys wait: nothing is saved for an image not on screen
+        page.wait_for_timeout(300)
+        assert len(current(store, "binary_labels")) == 1
+        release.append(True)
+        for route in held:
+            route.continue_()
+        wait_shown(page)
+        assert not page.locator("#binary-loading").is_visible() and current_image(page) != first
+        page.keyboard.press("b")
+        page.wait_for_function("() => document.querySelector('#progress').innerText.includes('2 images')")

@@ -191,6 +191,32 @@ def test_resume_stale_tokens_and_restart(round_store):
     assert labels.loc[labels["image_id"] == a1.item.item_id, "guideline_version"].item() == "g1"
 
 
+def test_an_image_whose_file_changed_is_withdrawn_not_served(round_store, caplog):
+    """#44.1 without a browser: the rater holding the item and everyone after get other items,
+    its ranking set goes too, the round's size shrinks by it, and one line names the file."""
+    from PIL import Image
+
+    asg = Assigner(round_store, overlap=2, tasks=("binary", "ranking"))
+    held = asg.current("a", "binary")
+    bad = held.item.item_id
+    path = round_store.root / round_store.to_pandas("generations").set_index("image_id").loc[bad, "image_path"]
+    Image.new("RGB", (32, 32), "white").save(path)
+    with caplog.at_level("WARNING", logger="labeling_app"):
+        served = asg.serve("a", "binary")
+        assert served.assignment.item.item_id != bad and served.paths[0].name != path.name
+        assert bad not in drain(asg, "b") and bad not in drain(asg, "a")
+        sets = []
+        while (r := asg.current("c", "ranking")) is not None:
+            sets.append(r.item.image_ids)
+            asg.submit_ranking("c", r.token, [1] * len(r.item.image_ids))
+        assert len(sets) == 7 and all(bad not in ids for ids in sets)  # 8 prompts, one set gone
+    assert [w.image_id for w in asg.withdrawn()] == [bad] and str(path) in asg.withdrawn()[0].problem
+    lines = [r.getMessage() for r in caplog.records if "withdrew" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0]
+    # the round completes without it
+    assert asg.progress("a").items["binary"] == 23 and asg.progress("a").round_completion["binary"] == 1.0
+
+
 def test_leases_keep_concurrent_raters_within_k(round_store):
     clock = [1000.0]
     asg = Assigner(round_store, overlap=1, tasks=("binary",), lease_s=60, clock=lambda: clock[0])

@@ -17,6 +17,7 @@ from core.errors import DataError
 from data import Store, read_table
 from data.conform import from_rows
 from data.schemas import BINARY_LABELS
+from data.store import PART_GLOB
 from test_schemas import label_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,31 @@ def test_compaction_keeps_every_row_once(tmp_path):
     assert store.compact("binary_labels") == 11
     assert len(list((tmp_path / "binary_labels").glob("part-*.parquet"))) == 1
     assert store.read("binary_labels").num_rows == 30
+
+
+def test_a_merge_cut_short_keeps_the_groups_it_finished(tmp_path, monkeypatch):
+    """#44.13: a merge killed part-way (a restart, a crash) keeps every group of ``merge_parts``
+    it finished, so the next run carries on instead of starting over on a longer list."""
+    store = Store(tmp_path, compact_every=0, merge_parts=8)
+    for i in range(40):
+        store.append("binary_labels", labels(f"p{i}", 1))
+    folder = store.table_dir("binary_labels")
+    read_part, reads = Store._read_part, []
+
+    def killed_at_the_20th_read(spec, path):
+        reads.append(path)
+        if len(reads) == 20:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this point runs
+        return read_part(spec, path)
+
+    monkeypatch.setattr(Store, "_read_part", staticmethod(killed_at_the_20th_read))
+    with pytest.raises(KeyboardInterrupt):
+        store.compact("binary_labels")
+    monkeypatch.undo()
+    assert len(list(folder.glob(PART_GLOB))) == 40 - 2 * 8 + 2  # two groups of 8 merged
+    assert store.read("binary_labels").num_rows == 40
+    assert store.compact("binary_labels") == 26
+    assert len(list(folder.glob(PART_GLOB))) == 1 and store.read("binary_labels").num_rows == 40
 
 
 def test_eight_threads_append_one_thousand_rows_each(tmp_path):
