@@ -148,6 +148,14 @@ class _Passes:
         out.float().square().mean().backward()
 
 
+def _update_pass(cfg: FinetuneConfig) -> tuple[int, int, int, int]:
+    """DPOK's round size B, minibatch m, transitions per update pass u (``compute.micro_batch``
+    rows, at most m) and UNet rows per transition (2 with guidance)."""
+    d = cfg.dpok
+    m, rows = d.minibatch_size, 2 if cfg.sampling.guidance_scale != 1.0 else 1
+    return d.prompts_per_round * d.samples_per_prompt, m, min(cfg.items_per_pass(rows == 2) or m, m), rows
+
+
 def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models, at
     the loops' row counts (``compute.micro_batch`` rows per update pass when set), and on CUDA the
@@ -166,9 +174,7 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     """
     d, dev, pipe = cfg.dpok, run.device, run.comps.pipe
     sync, passes = _sync(dev), _Passes(run)
-    b, m = d.prompts_per_round * d.samples_per_prompt, d.minibatch_size
-    cfg_rows = 2 if cfg.sampling.guidance_scale != 1.0 else 1  # UNet rows per DPOK transition
-    u = min(cfg.items_per_pass(cfg_rows == 2) or m, m)
+    b, m, u, cfg_rows = _update_pass(cfg)
     c, h, w = run.latent_shape
     prompts = (run.prompts * b)[:b]
     cond, _ = encode_prompts(pipe, prompts, dev)
@@ -233,9 +239,8 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
     2B rows and of the update forward+backward at the loop's rows (as :func:`bare_passes`), and the
     seconds their first calls took beyond that (``compile_s``); eager, also the update pass with
     gradient checkpointing, and (CUDA) the peak memory of both."""
-    d, dev = cfg.dpok, run.device
-    b, m = d.prompts_per_round * d.samples_per_prompt, d.minibatch_size
-    u = min(cfg.items_per_pass(True) or m, m)
+    dev = run.device
+    b, _, u, cfg_rows = _update_pass(cfg)
     c, h, w = run.latent_shape
     cond, _ = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)
     sync, out = _sync(dev), {}
@@ -246,7 +251,7 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
         passes = _Passes(run, comps.unet)
         dtype = next(comps.unet.parameters()).dtype
         x2b, c2b = torch.randn(2 * b, c, h, w, device=dev, dtype=dtype), torch.cat([cond, cond]).to(dtype)
-        x2u, c2u = x2b[:2 * u], c2b[:2 * u]
+        x2u, c2u = x2b[:cfg_rows * u], c2b[:cfg_rows * u]
         t0 = time.perf_counter()
         passes.sample_fwd(x2b, c2b)
         passes.fwd_bwd(x2u, c2u)
@@ -256,14 +261,12 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
                      "update_fwd_bwd_2u": _timeit(lambda: passes.fwd_bwd(x2u, c2u), repeats, sync)}
         out[mode]["compile_s"] = max(0.0, first - sum(out[mode].values()))
         if mode == "off":  # compute.gradient_checkpointing's trade: time and peak memory of the update pass
-            for flag in (False, True):
-                if flag:
-                    comps.unet.enable_gradient_checkpointing()
-                suffix = "_checkpointed" if flag else ""
-                out[mode]["update_fwd_bwd_2u" + suffix] = _timeit(lambda: passes.fwd_bwd(x2u, c2u), repeats, sync)
-                peak = _pass_peak_mb(lambda: passes.fwd_bwd(x2u, c2u), dev)
-                if peak is not None:
-                    out[mode]["update_peak_mb" + suffix] = peak
+            peak = _pass_peak_mb(lambda: passes.fwd_bwd(x2u, c2u), dev)
+            comps.unet.enable_gradient_checkpointing()
+            out[mode]["update_fwd_bwd_2u_checkpointed"] = _timeit(lambda: passes.fwd_bwd(x2u, c2u), repeats, sync)
+            if peak is not None:
+                out[mode] |= {"update_peak_mb": peak,
+                              "update_peak_mb_checkpointed": _pass_peak_mb(lambda: passes.fwd_bwd(x2u, c2u), dev)}
         del comps, passes
         if torch.device(dev).type == "cuda":
             torch.cuda.empty_cache()
@@ -303,8 +306,8 @@ def gpu_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, prompt
 def write_bench_prompts(cfg: BenchConfig, path: Path) -> str:
     """One DPOK round's worth of shapes-world train prompts of ``cfg.gpu_config``, one per line."""
     d = load_config(FinetuneConfig, Path(cfg.gpu_config), []).dpok
-    texts = [p.text for p in prompt_set("train")]
-    path.write_text("\n".join((texts * d.prompts_per_round * d.samples_per_prompt)[:d.prompts_per_round * d.samples_per_prompt]) + "\n")
+    n = d.prompts_per_round * d.samples_per_prompt
+    path.write_text("\n".join(([p.text for p in prompt_set("train")] * n)[:n]) + "\n")
     return str(path)
 
 
