@@ -77,9 +77,14 @@ def _is_finetune_config(path: Path) -> bool:
     return isinstance(saved, dict) and saved.get("method") in get_args(Method)
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """The checkpoint folders of ``out``, oldest first (``step-<n>``, n zero-padded)."""
+    return sorted((out / "checkpoints").glob("step-*"))
+
+
 def _checkpoint_step(out: Path) -> int | None:
     """The step (DPOK: round) of the newest checkpoint in ``out``, None without one."""
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    ckpts = _checkpoints(out)
     return int(ckpts[-1].name.removeprefix("step-")) if ckpts else None
 
 
@@ -123,14 +128,14 @@ def save_checkpoint(accelerator, out: Path, step: int, state: dict) -> Path:
         torch.save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
+        for old in _checkpoints(out)[:-2]:  # keep the newest two
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
 def latest_checkpoint(out: Path) -> dict | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    ckpts = _checkpoints(out)
     if not ckpts:
         return None
     try:
