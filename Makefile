@@ -49,7 +49,7 @@ base: install  ## train + evaluate the shapes-world CLIP and SD models into runs
 # Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".
 ARGS ?=
 RATERS_FILE ?= datasets/raters.json
-.PHONY: generate import label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
+.PHONY: migrate generate import label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
 
 generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR per_prompt=4"; source=renderer: no model)
 	$(PY) -m pipelines.generate $(ARGS)
@@ -83,6 +83,9 @@ raters: install  ## list the raters (admin / disabled flags)
 
 label-export: install  ## export the round's current labels to <root>/exports/<time>/ (ARGS="root=... format=hf")
 	$(PY) -m pipelines.label_export $(ARGS)
+
+migrate: install  ## rewrite a dataset root's tables in the current schema version (ARGS="root=...")
+	$(PY) -m pipelines.migrate $(ARGS)
 
 targets: install  ## prompts to fine-tune on, from the round's labels -> <root>/targets.txt (ARGS="root=...")
 	$(PY) -m pipelines.targets $(ARGS)

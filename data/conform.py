@@ -18,7 +18,8 @@ def conform(spec: TableSpec, table: pa.Table, source: str) -> pa.Table:
     """Return ``table`` with exactly the spec's columns, order and types, or raise DataError.
 
     ``source`` names where the data came from (a file path, "append") for the error message.
-    Extra columns are dropped (a newer writer may add some); a missing column, a type that
+    Extra columns are dropped (a newer writer may add some); a column missing from an older part
+    gets the spec's default (:attr:`TableSpec.defaults`: the migration on read); any other missing column, a type that
     cannot be cast without loss, a null in a non-nullable column, or a schema_version newer than
     this code are errors.
     """
@@ -32,6 +33,10 @@ def conform(spec: TableSpec, table: pa.Table, source: str) -> pa.Table:
         )
     columns = []
     for f in spec.schema:
+        if f.name not in table.column_names and f.name in spec.defaults:
+            # a column a later schema version added (an older part, or an append that leaves it out)
+            columns.append(pa.array([spec.defaults[f.name]] * table.num_rows, type=f.type))
+            continue
         if f.name not in table.column_names:
             raise DataError(
                 f"{source}: table '{spec.name}' is missing column '{f.name}' "
@@ -90,7 +95,7 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
 
 def from_rows(spec: TableSpec, rows: list[dict], source: str = "rows") -> pa.Table:
     """Build a conforming table from a list of dicts (missing nullable keys become null)."""
-    data = {f.name: [r.get(f.name) for r in rows] for f in spec.schema}
+    data = {f.name: [r.get(f.name, spec.defaults.get(f.name)) for r in rows] for f in spec.schema}
     try:
         table = pa.table({f.name: pa.array(data[f.name], type=f.type) for f in spec.schema})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

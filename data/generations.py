@@ -81,12 +81,16 @@ def save_images(
     model_id: str,
     settings: SamplerSettings,
     model_key: str | None = None,
+    round: int = 0,
+    model_fingerprint: str | None = None,
+    run: str | None = None,
 ) -> list[dict]:
     """Write PNGs and append their generations rows (one append for the batch).  Returns the rows.
 
     ``model_key``: what the image ids hash for the model (default ``model_id``); pass a
     location-independent one (:func:`core.loading.model_fingerprint`) so that a copy of the model at
-    another path, e.g. in another clone, names its images the same way."""
+    another path, e.g. in another clone, names its images the same way.  ``round``,
+    ``model_fingerprint`` and ``run``: the generations columns of the closed loop (data.schemas)."""
     n = len(images)
     if not all(len(x) == n for x in (prompts, prompt_ids, categories, seeds)):
         raise ValueError("images, prompts, prompt_ids, categories and seeds must have equal length")
@@ -113,7 +117,7 @@ def save_images(
             num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, eta=settings.eta,
             height=image.height, width=image.width, image_path=rel,
-            sha256=sha, created_at=now,
+            sha256=sha, created_at=now, round=int(round), model_fingerprint=model_fingerprint, run=run,
         ))
     if rows:
         fsync_dir(directory)

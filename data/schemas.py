@@ -21,7 +21,10 @@ import pyarrow.compute as pc
 
 from core.errors import DataError
 
-SCHEMA_VERSION = 1
+# 2: generations gained round, model_fingerprint and run (the closed loop's rounds); a version-1
+# part reads with round 0 and no fingerprint or run (TableSpec.defaults), and `make migrate`
+# rewrites a root's parts in the current version.
+SCHEMA_VERSION = 2
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -37,6 +40,9 @@ class TableSpec:
     """Columns that identify a row; duplicates under one key are dropped on read (first kept)."""
     check: Callable[[pa.Table], None] | None = field(default=None, compare=False)
     """Raises DataError on values the types allow but the contract does not."""
+    defaults: dict[str, object] = field(default_factory=dict, compare=False)
+    """Values of columns added in a later schema version: a part written before has none, and
+    reads (and appends that leave the column out) get this value."""
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -85,6 +91,8 @@ def _check_generations(table: pa.Table) -> None:
     for c in ("height", "width", "num_inference_steps"):
         if table.num_rows and pc.min(table[c]).as_py() <= 0:
             raise DataError(f"column '{c}' holds a non-positive value.", f"{c} must be > 0.")
+    if table.num_rows and pc.min(table["round"]).as_py() < 0:
+        raise DataError("column 'round' holds a negative value.", "rounds count from 0.")
     for c in ("guidance_scale", "eta"):
         if table.num_rows and not pc.all(pc.is_finite(table[c])).as_py():
             raise DataError(f"column '{c}' holds NaN or infinity.", f"{c} must be a finite number.")
@@ -136,9 +144,16 @@ GENERATIONS = TableSpec(
         _f("image_path", pa.string()),        # relative to the dataset root, POSIX separators
         _f("sha256", pa.string()),            # of the image file's bytes
         _f("created_at", TIMESTAMP),
+        # -- schema version 2: rounds of the closed loop (data.rounds) --------------------------
+        _f("round", pa.int32()),              # the labeling round the image was made for, from 0
+        # what made the image: core.loading.model_fingerprint of the base pipeline, plus the
+        # adapter's for a fine-tuned run ("<base>+<adapter>"); null for imports and renders
+        _f("model_fingerprint", pa.string(), nullable=True),
+        _f("run", pa.string(), nullable=True),  # the fine-tuned run folder sampled from; null: a base model
     ]),
     key=("image_id",),
     check=_check_generations,
+    defaults={"round": 0, "model_fingerprint": None, "run": None},
 )
 
 BINARY_LABELS = TableSpec(
@@ -243,8 +258,40 @@ REWARDS = TableSpec(
     check=_check_rewards,
 )
 
+# ---------------------------------------------------------------------------------------------
+# The closed loop: which of a round's images go to raters (reward.selection writes it; the labeling
+# app and the simulated raters serve only these when a round has any).
+
+SelectionMethod = Literal["all", "random", "uncertain", "mix"]
+SELECTION_METHODS: tuple[str, ...] = ("all", "random", "uncertain", "mix")
+
+
+def _check_selections(table: pa.Table) -> None:
+    _check_not_empty_strings(table, ("image_id",))
+    bad = pc.invert(pc.is_in(table["method"], value_set=pa.array(SELECTION_METHODS)))
+    if table.num_rows and pc.any(bad).as_py():
+        raise DataError(f"selection methods {sorted(set(pc.filter(table['method'], bad).to_pylist()))} "
+                        f"are not one of {list(SELECTION_METHODS)}.", f"use one of {list(SELECTION_METHODS)}.")
+
+
+SELECTIONS = TableSpec(
+    name="selections",
+    schema=_schema("selections", [
+        _f("image_id", pa.string()),
+        _f("round", pa.int32()),              # the image's round (generations.round)
+        _f("method", pa.string()),            # all | random | uncertain | mix
+        # how unsure the reward was of the image when it was picked (higher: less sure); null for
+        # random picks and method=all
+        _f("uncertainty", pa.float32(), nullable=True),
+        _f("reward_model", pa.string(), nullable=True),  # RewardModel.model_id that judged it; null: none
+        _f("created_at", TIMESTAMP),
+    ]),
+    key=("image_id",),
+    check=_check_selections,
+)
+
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS, RETRACTIONS, REWARDS)
+    t.name: t for t in (GENERATIONS, BINARY_LABELS, RANKINGS, PAIRS, RETRACTIONS, REWARDS, SELECTIONS)
 }
 
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from core.errors import DataError
 from data.conform import conform, from_rows
-from data.schemas import TableSpec, get_spec
+from data.schemas import SCHEMA_VERSION, TABLES, TableSpec, get_spec
 
 PART_GLOB = "part-*.parquet"
 TMP_PREFIX = ".tmp-"
@@ -338,12 +338,49 @@ class Store:
         return directory.is_dir() and any(directory.glob(PART_GLOB))
 
 
-def read_table(root: str | os.PathLike, table: str) -> pd.DataFrame:
+def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = None) -> pd.DataFrame:
     """The analysts' entry point: one table of a dataset root as a pandas DataFrame.
 
     >>> from data import read_table
     >>> labels = read_table("datasets/shapes", "binary_labels")
+    >>> newest = read_table("datasets/loop", "binary_labels", rounds="last:1")
 
     Rows are validated against :mod:`data.schemas` and de-duplicated by the table's key.
+    ``rounds`` keeps the rows of some rounds of the closed loop (:mod:`data.rounds`: ``all``,
+    ``last:N`` or a list such as ``0,2``; a round with no images is an error).
     """
-    return Store(root).to_pandas(table)
+    store = Store(root)
+    frame = store.to_pandas(table)
+    if rounds is None:
+        return frame
+    from data.rounds import filter_rounds, resolve_rounds, rounds_in  # data.rounds builds on this module
+    return filter_rounds(store, table, frame, resolve_rounds(rounds, rounds_in(store)))
+
+
+def migrate(root: str | os.PathLike) -> dict[str, int]:
+    """Rewrite every table of a root in the current schema version (``make migrate``): an older
+    part reads with the defaults of the columns added since (:attr:`TableSpec.defaults`) and is
+    replaced, atomically and under its own name, by those rows with every column.  Returns the rows per table migrated.
+
+    Reading never needs this; it makes the files on disk current for other readers (DuckDB, an
+    analyst's pyarrow), which see the files as written."""
+    store, out = Store(root), {}
+    for name, spec in TABLES.items():
+        directory = store.table_dir(spec)
+        parts = sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
+        old = [p for p in parts if _part_version(p) < SCHEMA_VERSION]
+        if not old:
+            continue
+        rows = 0
+        with store._compact_lock(directory, block=True):
+            for p in old:
+                table = store._read_part(spec, p)
+                rows += table.num_rows
+                _write_durably(table, directory, p.name)  # same name: same place in the read order
+        out[name] = rows
+    return out
+
+
+def _part_version(path: Path) -> int:
+    meta = pq.read_schema(path).metadata or {}
+    return int(meta.get(b"schema_version", b"1"))

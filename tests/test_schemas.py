@@ -5,7 +5,7 @@ import pytest
 
 from core.errors import DataError
 from data.conform import conform, from_rows
-from data.schemas import BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, get_spec, validate_ranks
+from data.schemas import SCHEMA_VERSION, BINARY_LABELS, GENERATIONS, PAIRS, RANKINGS, TABLES, get_spec, validate_ranks
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -14,7 +14,7 @@ def generation_row(**kw):
     row = dict(image_id="i1", prompt_id="p1", prompt="one red circle", category="color",
                model_id="m", seed=3, sampler="DDIMScheduler", num_inference_steps=20,
                guidance_scale=3.0, eta=1.0, height=64, width=64, image_path="images/i1.png",
-               sha256="ab" * 32, created_at=NOW)
+               sha256="ab" * 32, created_at=NOW, round=0, model_fingerprint=None, run=None)
     row.update(kw)
     return row
 
@@ -78,6 +78,16 @@ def import_row(**kw):  # make import: where an imported image came from
 ROWS["imports"] = import_row
 
 
+def selection_row(**kw):  # the closed loop: which of a round's images go to raters
+    row = dict(image_id="i1", round=1, method="uncertain", uncertainty=0.25, reward_model="reward-0123",
+               created_at=NOW)
+    row.update(kw)
+    return row
+
+
+ROWS["selections"] = selection_row
+
+
 def test_gold_answers_are_good_or_bad():
     from data.schemas import GOLD
 
@@ -88,7 +98,7 @@ def test_gold_answers_are_good_or_bad():
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_every_table_has_version_metadata_and_round_trips(name, tmp_path):
     spec = get_spec(name)
-    assert spec.schema.metadata[b"schema_version"] == b"1"
+    assert spec.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()
     table = from_rows(spec, [ROWS[name]()])
     import pyarrow.parquet as pq
 
