@@ -14,10 +14,13 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo help install test oracle-check finetune eval bench clean base results-page probe-steps
+.PHONY: demo loop help install test oracle-check finetune eval bench clean base results-page probe-steps
 
 demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-30 min on 2 CPU cores, machine-dependent)
 	$(PY) -m pipelines.demo $(ARGS)
+
+loop: install  ## the closed loop: R rounds of label -> reward -> DPOK from the last round's model -> reports/loop/ (resumes)
+	$(PY) -m pipelines.loop $(ARGS)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18

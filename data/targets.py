@@ -23,6 +23,7 @@ import pandas as pd
 from core.errors import UserError
 from core.files import write_text_atomic
 from data.labels import aggregate_binary, current
+from data.rounds import filter_rounds
 from data.schemas import BINARY_LABELS, GENERATIONS
 from data.store import Store
 
@@ -49,15 +50,19 @@ class TargetRule:
             raise UserError("min_images and max_targets must be at least 1.", "set them to 1 or more.")
 
 
-def prompt_pass_rates(store: Store) -> pd.DataFrame:
-    """Per prompt of the round (every prompt with a generated image): ``labelled_images`` (images
+def prompt_pass_rates(store: Store, rounds: list[int] | None = None) -> pd.DataFrame:
+    """Per prompt of the round (every prompt with a generated image; ``rounds``: of those rounds of
+    the closed loop only, :mod:`data.rounds`): ``labelled_images`` (images
     whose binary labels have a majority; ties and skip-only images do not count), ``good_images``,
     ``good_rate`` (NaN without labelled images) and ``labels`` (binary votes, skips excluded).
     Sorted worst first: lowest good-rate, unlabelled prompts last, then prompt id."""
     gens = store.to_pandas(GENERATIONS)
+    binary = current(store, BINARY_LABELS.name).to_pandas()
+    if rounds is not None:
+        gens = filter_rounds(store, GENERATIONS.name, gens, rounds)
+        binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds)
     if gens.empty:
         return pd.DataFrame(columns=list(COLUMNS))
-    binary = current(store, BINARY_LABELS.name).to_pandas()
     per_image = aggregate_binary(binary, "majority").merge(gens[["image_id", "prompt_id"]], on="image_id")
     prompts = gens.groupby("prompt_id", sort=True)["prompt"].first()
     out = pd.DataFrame({"prompt_id": prompts.index, "prompt": prompts.to_numpy()})
@@ -99,9 +104,11 @@ def read_prompts_file(path: str | os.PathLike) -> list[str]:
 
 
 def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None, rule: TargetRule = TargetRule(),
-                  *, among: Collection[str] | None = None, overwrite: bool = False) -> tuple[pd.DataFrame, Path]:
+                  *, among: Collection[str] | None = None, overwrite: bool = False,
+                  rounds: list[int] | None = None) -> tuple[pd.DataFrame, Path]:
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
-    ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV.
+    ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV;
+    ``rounds``: from the labels of those rounds of the closed loop only (None: every label).
     Refuses, before reading anything, to replace an existing prompts file or table unless
     ``overwrite``, and a prompts file named like its table; returns (table, prompts file)."""
     out = Path(out) if out else Path(root) / "targets.txt"
@@ -117,7 +124,7 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
     if not store.exists("generations"):
         raise UserError(f"{root} holds no labeling round (no generations table).",
                         "pass root=<the dataset root of a labelled round>.")
-    table = pick_targets(prompt_pass_rates(store), rule, among)
+    table = pick_targets(prompt_pass_rates(store, rounds), rule, among)
     picked = table[table["picked"]]
     if picked.empty:
         enough = int((table["labelled_images"] >= rule.min_images).sum())

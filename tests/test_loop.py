@@ -1,0 +1,84 @@
+"""Tier 2: `make loop`'s rounds on tiny models: every round's stages, the fine-tuned model's images
+in the next round, raters on the selected images only, resuming after a kill, the same seed twice,
+and bad input refused before anything is written.  (The full loop's figures are `make loop`'s own.)"""
+
+import json
+import shutil
+
+from data import read_table
+from pipelines.cli import run
+from pipelines.loop import main
+from tiny_models import make_tiny_clip
+
+
+def _args(tiny_sd, clip, tmp_path, *extra):
+    return [f"pipeline={tiny_sd}", f"clip={clip}", f"root={tmp_path}/ds", f"runs={tmp_path}/runs",
+            f"report={tmp_path}/report", "rounds=2", "per_prompt=2", "round_per_prompt=2", "budget=8",
+            "raters=3", "overlap=1", "eval_samples_per_prompt=1", "eval_side_samples_per_prompt=1",
+            "generate_args=[sampling.num_inference_steps=2, max_prompts=24]",
+            "reward_args=[train.epochs=2, train.ablation_seeds=1, data.min_val_prompts=3, progress=false]",
+            "dpok_args=[sampling.num_inference_steps=4, dpok.rounds=1, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
+            "dpok.start_step=1, dpok.early_steps=2, dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
+            "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
+            "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", *extra]
+
+
+def _without_timings(path):
+    res = json.loads(path.read_text())
+    res.pop("seconds")
+    for r in res["rounds"]:
+        r.pop("seconds")
+    return res
+
+
+def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    args = _args(tiny_sd, clip, tmp_path)
+    assert run(main, args) == 0
+    results = _without_timings(tmp_path / "report" / "results.json")
+    assert [r["round"] for r in results["rounds"]] == [0, 1]
+    assert results["rounds"][1]["labels_spent"] > results["rounds"][0]["labels_spent"]
+    assert {"one_shot", "oracle", "checks", "hacking"} <= set(results)
+    assert (tmp_path / "report" / "alignment_vs_labels.png").exists()
+    # round 1 was sampled from round 0's fine-tuned model, and the raters saw only its selection
+    gens = read_table(tmp_path / "ds", "generations")
+    later = gens[gens["round"] == 1]
+    assert len(later) and set(later["run"]) == {str(tmp_path / "runs" / "round-0" / "dpok")}
+    assert gens.loc[gens["round"] == 0, "run"].isna().all()
+    chosen = set(read_table(tmp_path / "ds", "selections", rounds="1")["image_id"])
+    assert len(chosen) == 8
+    assert set(read_table(tmp_path / "ds", "binary_labels", rounds="1")["image_id"]) <= chosen
+    # the continued run records its lineage back to the base
+    lineage = json.loads((tmp_path / "runs" / "round-1" / "dpok" / "lineage.json").read_text())
+    assert "round-0" in json.dumps(lineage)
+
+    # A kill during round 1's fine-tuning: its stage and the ones after it have no summary yet.
+    stages = tmp_path / "runs" / "stages"
+    for name in ("round-1/dpok.json", "one-shot", "oracle", "evaluate-2.json"):
+        p = stages / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(tmp_path / "runs" / "round-1" / "dpok")
+    capsys.readouterr()
+    assert run(main, args) == 0
+    err = capsys.readouterr().err
+    assert "round-0/dpok (done before)" in err and "== loop: round-1/dpok\n" in err
+    assert _without_timings(tmp_path / "report" / "results.json") == results
+
+    # The same seed from scratch gives the same results.
+    assert run(main, args + ["fresh=true"]) == 0
+    assert _without_timings(tmp_path / "report" / "results.json") == results
+
+
+def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path, capsys):
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    assert run(main, _args(tiny_sd, clip, tmp_path, "budget=100000")) == 2
+    assert "more than a round can hold" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "runs").exists()
+    assert run(main, _args(tiny_sd, clip, tmp_path, "dpok_args=[dpok.no_such_key=1]")) == 2
+    assert "no_such_key" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    precious = tmp_path / "ds"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("a rater's work")
+    assert run(main, _args(tiny_sd, clip, tmp_path)) == 2
+    assert "was not made by `make loop`" in capsys.readouterr().err
+    assert (precious / "keep.txt").read_text() == "a rater's work"
