@@ -1,6 +1,6 @@
 """``make targets``: the prompts to fine-tune on, chosen by a rule from a round's own labels.
 
-    python -m pipelines.targets root=datasets/shapes [out=FILE] [rule.max_good_rate=0.5] [rule.max_targets=32]
+    python -m pipelines.targets root=datasets/shapes [out=FILE] [rounds=last:1] [rule.max_good_rate=0.5] [rule.max_targets=32]
 
 Prints every prompt's raters' good-rate (worst first) with the rule's picks, writes the picked
 prompts one per line to ``out`` (default ``<root>/targets.txt``; what
@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from data.rounds import resolve_rounds, rounds_in
+from data.store import Store
 from data.targets import TargetRule, write_targets
 from pipelines.cli import config_parser, parse_config, run
 
@@ -24,11 +26,15 @@ class TargetsConfig:
     out: str | None = None  # the prompts file; default <root>/targets.txt (table: same name, .csv)
     overwrite: bool = False  # replace an existing prompts file and its table
     rule: TargetRule = field(default_factory=TargetRule)
+    # the closed loop's rounds whose labels count (data.rounds: all, last:N or a list like 0,2);
+    # None: every label of the root
+    rounds: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TargetsConfig, config_parser(__doc__.splitlines()[0]), argv)
-    table, out = write_targets(cfg.root, cfg.out, cfg.rule, overwrite=cfg.overwrite)
+    rounds = None if cfg.rounds is None else resolve_rounds(cfg.rounds, rounds_in(Store(cfg.root)))
+    table, out = write_targets(cfg.root, cfg.out, cfg.rule, overwrite=cfg.overwrite, rounds=rounds)
     shown = table.assign(good_rate=table["good_rate"].round(3), picked=table["picked"].map({True: "yes", False: ""}))
     print(shown.to_string(index=False, max_rows=60))
     print(f"\n{int(table['picked'].sum())} target prompts -> {out} (table: {out.with_suffix('.csv')})\n"
