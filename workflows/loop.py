@@ -163,10 +163,12 @@ def _configs(cfg: LoopConfig):
         return load_config(FinetuneConfig, CONFIGS / "dpok.yaml", args)
 
     def generate_cfg(pipeline: str, prompts: Path | None, per_prompt: int, round_: int, root: str) -> GenerateConfig:
+        # round 0 draws the demo's seeds (the same round, labels, targets and round-0 model);
+        # fill: a rerun after a kill adds only the images the round still lacks
         where = [f"prompts_file={prompts}"] if prompts is not None else ["prompts=all"]
         return load_config(GenerateConfig, None, [
             f"root={root}", f"pipeline={pipeline}", f"per_prompt={per_prompt}", f"round={round_}",
-            f"seed={cfg.seed * 1000 + round_}", "fill=true", *where, *cfg.generate_args])
+            f"seed={cfg.seed + 1000 * round_}", "fill=true", *where, *cfg.generate_args])
 
     def eval_cfg(prompts: Path, models: list[str]) -> EvalConfig:
         # judged by the last round's reward: trained on every round's labels
