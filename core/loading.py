@@ -4,6 +4,10 @@ One way in for every stage: a diffusers ``StableDiffusionPipeline`` folder (the 
 or a user's Stable Diffusion v1.5) and a transformers ``CLIPModel`` folder (the shapes-world CLIP or
 a user's CLIP ViT-L/14).  ``local_files_only=True`` everywhere: a path that is not a model folder is
 a clear error, never a download.
+
+A fine-tuned run folder (what ``make finetune`` writes) is a model wherever a pipeline folder is
+taken: :func:`resolve_model` names what to load (:class:`ModelRef`) and :func:`load_model` loads it,
+a LoRA run as its base pipeline with the adapter fused in.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 
 from core.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
+
+PIPELINE_INDEX = "model_index.json"  # marks a StableDiffusionPipeline folder (base model or full run)
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what a LoRA run saves (pipe.load_lora_weights)
+RUN_CONFIG = "config.yaml"  # a run's resolved config; model.pipeline names the base it was trained from
+ADAPTER_HASH_HEX = 16  # hex digits of the adapter weights' sha256 in a LoRA run's fingerprint
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,7 +60,7 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
                         "check that the folder is complete (unet/config.json, vae/config.json).") from None
 
 
-def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False) -> str:
+def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False, pipeline_only: bool = False) -> str:
     """A location-independent identity of a model folder (16 hex digits), the one fingerprint every
     stage uses.
 
@@ -61,7 +72,11 @@ def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False) -> 
     ``config_only``: the cheaper identity a reward model records for its CLIP folder
     (``reward_config.json``'s ``clip_fingerprint``, and part of a backbone-trained reward model's
     id): the bytes of ``config.json`` and the names and sizes of the folder's top-level weight
-    files.  Saved reward folders carry these values, so they are computed exactly as before."""
+    files.  Saved reward folders carry these values, so they are computed exactly as before.
+
+    ``pipeline_only``: only ``model_index.json`` and the component folders it names (a full-pipeline
+    fine-tuning run, whose folder also holds checkpoints and metrics that come and go); the same
+    value as the default for a folder written by ``save_pretrained`` alone."""
     root = Path(path)
     if config_only:
         h = hashlib.sha256((root / "config.json").read_bytes())
@@ -70,7 +85,11 @@ def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False) -> 
                 h.update(f"{f.name}:{f.stat().st_size}".encode())
         return h.hexdigest()[:16]
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if pipeline_only:
+        parts = {k for k in json.loads((root / PIPELINE_INDEX).read_text()) if not k.startswith("_")}
+        files = [f for f in files if f.relative_to(root).parts[0] in parts or f.name == PIPELINE_INDEX]
+    for f in files:
         rel = f.relative_to(root).as_posix()
         if f.suffix == ".json":
             h.update(f"{rel}\0".encode() + f.read_bytes())
@@ -129,3 +148,138 @@ def load_clip(path: str | os.PathLike, *, device: torch.device | str | None = No
                         "image processor (preprocessor_config.json).") from None
     model.eval().to(device or default_device())
     return LoadedCLIP(model, tokenizer, processor, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A model: a base pipeline folder, or a fine-tuned run of one
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a stage samples from, resolved and checked (:func:`resolve_model`), before anything
+    is loaded or written."""
+
+    base: Path  # the StableDiffusionPipeline folder loaded (a full-pipeline run: the run folder itself)
+    adapter: Path | None  # a folder holding LORA_WEIGHTS, fused into `base` at load; None: none
+    run: Path | None  # the fine-tuned run (or adapter) folder as given; None: a base model
+    # core.loading.model_fingerprint(base) for a base model; "<base fp>+<16 hex of the adapter
+    # weights' sha256>" for a LoRA run; the run's own pipeline fingerprint for a full run
+    fingerprint: str
+
+    @property
+    def finetuned(self) -> bool:
+        return self.run is not None
+
+
+def _run_base(folder: Path) -> str | None:
+    """``model.pipeline`` of a run folder's config.yaml, or None when the folder has no run config
+    (a base pipeline folder may hold a config.yaml of its own training, without model.pipeline)."""
+    cfg = folder / RUN_CONFIG
+    if not cfg.is_file():
+        return None
+    try:
+        tree = yaml.safe_load(cfg.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"the run config {cfg} cannot be read: {e}.",
+                        "restore the config.yaml `make finetune` wrote into the run folder.") from None
+    model = tree.get("model") if isinstance(tree, dict) else None
+    pipeline = model.get("pipeline") if isinstance(model, dict) else None
+    return str(pipeline) if pipeline else None
+
+
+def _adapter_fingerprint(base_fp: str, adapter: Path) -> str:
+    digest = hashlib.sha256((adapter / LORA_WEIGHTS).read_bytes()).hexdigest()  # LoRA files are small
+    return f"{base_fp}+{digest[:ADAPTER_HASH_HEX]}"
+
+
+def _check_same_base(run: Path, recorded: str, base: Path) -> None:
+    """A run trained from ``recorded`` must not be applied to another model ``base`` (compared by
+    fingerprint, so copies of one model at two paths agree).  A recorded base that is not on this
+    machine cannot be compared; the given base is taken."""
+    rec = Path(recorded)
+    if not (rec / PIPELINE_INDEX).is_file():
+        return
+    if model_fingerprint(rec) != model_fingerprint(base):
+        raise UserError(f"the run {run} was trained from {recorded}, another model than the base {base} "
+                        "given with it (their fingerprints differ).",
+                        f"pass base={recorded} (or a copy of it), or the run trained from {base}.")
+
+
+def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None, *,
+                  base: str | os.PathLike | None = None) -> ModelRef:
+    """The model at ``path``: a StableDiffusionPipeline folder, or a fine-tuned run folder
+    (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS or a full pipeline).
+
+    ``adapter``: a folder with LORA_WEIGHTS applied to the base pipeline ``path`` (a run folder or
+    a bare adapter).  ``base``: the base pipeline the caller applies runs to (``make eval``'s
+    ``base=``): a LoRA run is fused into it, and any run must have been trained from the same model.
+    Every problem is a :class:`UserError` raised here, before anything is loaded or written: a
+    folder that is not there or is no model, a run without weights or without its config, a run
+    whose base is another model than the one given, an adapter given with a run folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"model folder {path} does not exist.",
+                        "pass a Stable Diffusion pipeline folder or a fine-tuned run folder (make finetune).")
+    recorded = _run_base(path)
+    has_lora = (path / LORA_WEIGHTS).is_file()
+    has_pipeline = (path / PIPELINE_INDEX).is_file()
+    if adapter is not None:
+        if recorded is not None or has_lora:
+            raise UserError(f"adapter={adapter} was given with the fine-tuned run {path}, which is a model "
+                            "of its own.", "pass the run alone, or a base pipeline folder with adapter=.")
+        check_folder(path, PIPELINE_INDEX, "Stable Diffusion pipeline")
+        if base is not None and model_fingerprint(base) != model_fingerprint(path):
+            raise UserError(f"the model {path} is another model than the base {base}.",
+                            f"apply the adapter to {base}, or leave base out.")
+        adapter = Path(adapter)
+        if not (adapter / LORA_WEIGHTS).is_file():
+            raise UserError(f"adapter folder {adapter} holds no {LORA_WEIGHTS}.",
+                            "pass the folder of a LoRA run (make finetune with model.parameterisation=lora).")
+        trained_from = _run_base(adapter)
+        if trained_from is not None:
+            _check_same_base(adapter, trained_from, path)
+        return ModelRef(path, adapter, adapter, _adapter_fingerprint(model_fingerprint(path), adapter))
+    if recorded is None and not has_lora:  # a base pipeline folder
+        check_folder(path, PIPELINE_INDEX, "Stable Diffusion pipeline")
+        if base is not None and model_fingerprint(base) != model_fingerprint(path):
+            raise UserError(f"the model {path} is another model than the base {base}.",
+                            "pass fine-tuned runs of the base, or that model as the base.")
+        return ModelRef(path, None, None, model_fingerprint(path))
+    if not has_lora and not has_pipeline:
+        raise UserError(f"{path} holds no fine-tuned model (no LoRA weights, no pipeline).",
+                        "run `make finetune` first (a run that stopped early saves nothing), or pass the "
+                        "folder it wrote.")
+    if recorded is None:  # LoRA weights without the config that names their base
+        if base is None:
+            raise UserError(f"{path} has LoRA weights but no {RUN_CONFIG} naming the base they were "
+                            "trained from.", f"pass the base pipeline with adapter={path}, or restore "
+                            f"the run's {RUN_CONFIG}.")
+        return ModelRef(Path(base), path, path, _adapter_fingerprint(model_fingerprint(base), path))
+    if base is not None:
+        _check_same_base(path, recorded, Path(base))
+    if has_pipeline:  # a full-pipeline run: the folder is the model
+        return ModelRef(path, None, path, model_fingerprint(path, pipeline_only=True))
+    base_dir = Path(base) if base is not None else Path(recorded)
+    if not (base_dir / PIPELINE_INDEX).is_file():
+        raise UserError(f"the run {path} was trained from {recorded}, which is not a Stable Diffusion "
+                        "pipeline folder on this machine.", f"pass the base with base= (make eval) or "
+                        f"as pipeline=<base> adapter={path}.")
+    return ModelRef(base_dir, path, path, _adapter_fingerprint(model_fingerprint(base_dir), path))
+
+
+def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused.
+
+    Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
+    the same model up to fp32 rounding (a pixel level at most, on a few images), sampled about 8 %
+    faster on the shapes model on a CPU (LoRA layers add two small matmuls per projection)."""
+    pipe = load_sd_pipeline(ref.base, device=device, dtype=dtype)
+    if ref.adapter is not None:
+        try:
+            pipe.load_lora_weights(ref.adapter)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"the LoRA weights in {ref.adapter} do not fit the pipeline {ref.base}: {e}",
+                            "apply the adapter to the base pipeline it was trained from.") from None
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()  # drops the adapter layers; the fused weights stay
+    return pipe

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from core.config import NonNegativeInt
 from core.errors import UserError
 from data.conform import from_rows
 from data.generations import IMAGES_DIR, KnownPrompt, SamplerSettings, content_id, prompt_spec, write_image_file
@@ -74,6 +75,8 @@ class ImportConfig:
     """The column of image paths; default the first of file_name, image_path, image, path."""
     prompt_column: Optional[str] = None
     """The column of prompts; default the first of prompt, caption, text."""
+    round: NonNegativeInt = 0
+    """The labeling round the images go to (generations.round; data.rounds)."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,8 @@ def _prepare(path: Path, n: int, row: dict, image_col: str, prompt_col: str, cfg
         image_id=image_id, prompt_id=spec.prompt_id, prompt=spec.text, category=spec.category,
         model_id=model_id, seed=seed, sampler=settings.sampler,
         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-        eta=settings.eta, height=height, width=width, image_path=f"{IMAGES_DIR}/{image_id}{ext}", sha256=sha)
+        eta=settings.eta, height=height, width=width, image_path=f"{IMAGES_DIR}/{image_id}{ext}", sha256=sha,
+        round=cfg.round)
     imported = dict(image_id=image_id, source=source_text, source_row=n, file_name=name, extra=extra_json)
     return _Prepared(generation, imported, file, converted)
 

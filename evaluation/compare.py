@@ -22,7 +22,6 @@ sampling.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
-from core.loading import check_folder, default_device, load_clip, load_sd_pipeline, pipeline_geometry
+from core.loading import ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model
 from core.sampling import MixedPrecision, SamplingConfig, generate_images, image_size, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
@@ -49,7 +48,7 @@ from shapes.world import Prompt, prompt_set
 
 @dataclass(frozen=True)
 class EvalConfig:
-    base: str = str(SHAPES_SD)
+    base: str = str(SHAPES_SD)  # a pipeline folder or a fine-tuned run (core.loading.resolve_model)
     # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); one that is not there
     # is an error
     models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
@@ -122,32 +121,10 @@ def win_rate(rewards: np.ndarray, base_rewards: np.ndarray) -> float:
     return float(np.mean((rewards > base_rewards) + 0.5 * (rewards == base_rewards)))
 
 
-def _check_finetuned(run_dir: Path) -> None:
-    if not (run_dir / "model_index.json").is_file() and not (run_dir / "pytorch_lora_weights.safetensors").is_file():
-        raise UserError(f"{run_dir} holds no fine-tuned model (no LoRA weights, no pipeline).",
-                        "run `make finetune` first, or pass the folder it wrote.")
-
-
-def load_finetuned(base: str | os.PathLike, run_dir: str | os.PathLike, device=None):
-    """A pipeline for a fine-tuning output: a full pipeline folder, or base + LoRA weights, fused.
-
-    Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
-    the same model up to fp32 rounding (a pixel level at most, on a few images), sampled about 8 %
-    faster on the shapes model on a CPU (LoRA layers add two small matmuls per projection)."""
-    run_dir = Path(run_dir)
-    _check_finetuned(run_dir)
-    if (run_dir / "model_index.json").is_file():
-        return load_sd_pipeline(run_dir, device=device)
-    pipe = load_sd_pipeline(base, device=device)
-    pipe.load_lora_weights(run_dir)
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()  # drops the adapter layers; the fused weights stay
-    return pipe
-
-
-def _models(cfg: EvalConfig) -> list[tuple[str, Path]]:
-    """The named runs, each checked to be there and to hold a fine-tuned model."""
-    out: list[tuple[str, Path]] = []
+def _models(cfg: EvalConfig, base: ModelRef) -> list[tuple[str, ModelRef]]:
+    """The named runs, each checked to be there, to hold a fine-tuned model and to have been
+    trained from the base's pipeline (core.loading.resolve_model)."""
+    out: list[tuple[str, ModelRef]] = []
     for item in cfg.models:
         name, _, path = item.partition("=")
         name = name.strip()
@@ -159,8 +136,7 @@ def _models(cfg: EvalConfig) -> list[tuple[str, Path]]:
         if not Path(path).exists():
             raise UserError(f"model {name}: the run folder {path} does not exist.",
                             "fix the path, or leave that run out of models=[...].")
-        _check_finetuned(Path(path))
-        out.append((name, Path(path)))
+        out.append((name, resolve_model(path, base=base.base)))
     return out
 
 
@@ -175,8 +151,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     """Sample the base and every named run on the same prompts and seeds, score and compare them,
     and write ``cfg.output_dir`` (see the module docstring).  Every input is checked before any
     sampling: a run, reward, CLIP or reference folder that is not there is one clear error."""
-    check_folder(Path(cfg.base), "model_index.json", "Stable Diffusion pipeline")
-    image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.base))
+    base = resolve_model(cfg.base)  # a pipeline folder or a fine-tuned run
+    image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(base.base))
     main_texts = evaluated_prompts(cfg)
     prompts = shapes_prompts(main_texts)  # None: not all shapes-world prompts, no oracle
     if prompts is not None:
@@ -193,8 +169,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     if min(k, k_side, cfg.grid_samples) < 1:
         raise UserError(f"samples_per_prompt={k}, side_samples_per_prompt={k_side} and grid_samples="
                         f"{cfg.grid_samples} must each be at least 1.", "set them to 1 or more.")
-    names = [("base", Path(cfg.base))] + _models(cfg)
-    dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_sd_pipeline)
+    names = [("base", base)] + _models(cfg, base)
+    dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_model)
     reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
     clip = load_clip(cfg.clip)
     n_main = len(main_texts) * k
@@ -208,8 +184,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, base_rewards = [], None
-    for name, path in names:
-        pipe = load_sd_pipeline(path) if name == "base" else load_finetuned(cfg.base, path)
+    for name, ref in names:
+        pipe = load_model(ref)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)

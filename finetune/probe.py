@@ -29,7 +29,7 @@ import torch
 from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
-from core.loading import default_device, load_sd_pipeline
+from core.loading import default_device, load_model, resolve_model
 from core.sampling import latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
 from finetune.config import PolicySamplingConfig
@@ -117,7 +117,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     ``progress``: a tqdm-like bar advanced by samples."""
     after = _check(cfg)
     device = default_device()
-    pipe = load_sd_pipeline(cfg.pipeline, device=device)
+    pipe = load_model(resolve_model(cfg.pipeline), device=device)  # a pipeline folder or a fine-tuned run
     reward = reward_fn or load_reward(cfg.reward, device)
     s = cfg.sampling
     schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps, s.eta).to(device)

@@ -3,8 +3,11 @@
 The Gradio app, the simulated raters (``make simulate-raters``) and the load test all go through
 :class:`Assigner`; nothing else writes labels.  Its rules:
 
-- **Items.**  A *binary* item is one image of the generations table; a *ranking* item is a set of
-  2..``rank_max_images`` images of one prompt.  Items are handed out in one fixed shuffled order,
+- **Rounds.**  An assigner serves one round of the root (``round``; None: the newest with images),
+  and of it only the selected images when the round has ``selections`` rows
+  (:func:`labeling_app.rounds.served_round`); no other image is handed out or opened.
+- **Items.**  A *binary* item is one served image; a *ranking* item is a set of
+  2..``rank_max_images`` served images of one prompt.  Items are handed out in one fixed shuffled order,
   so the first items reach K raters before later ones start: overlap, and so agreement, builds
   from the start of a round.
 - **Overlap K.**  An item goes to at most K distinct raters that answer it (a skip does not count,
@@ -50,6 +53,7 @@ from labeling_app.answers import AnswerEntry, AnswerPath, InvalidAnswer, RaterSt
 from labeling_app.config import TASKS, LabelConfig
 from labeling_app.gold import ensure_gold
 from labeling_app.items import Assignment, Item, build_items, ranking_item_id
+from labeling_app.rounds import round_signature, served_round
 
 REFRESH_EVERY_S = 5.0
 
@@ -97,8 +101,9 @@ class Assigner(AnswerPath):
     def __init__(self, store: Store, *, overlap: int = 3, tasks: tuple[str, ...] = TASKS,
                  rank_max_images: int = 4, gold: dict[str, str] | None = None, gold_share: float = 0.0,
                  lease_s: float = 900.0, guideline_version: str = "unversioned", seed: int = 0,
-                 clock=time.time):
+                 clock=time.time, round: int | None = None):
         self.store = store
+        self.round = round  # None until the root has images: then its newest round
         self.overlap = overlap
         self.tasks = tuple(tasks)
         self.rank_max_images = rank_max_images
@@ -135,23 +140,21 @@ class Assigner(AnswerPath):
             raise UserError(f"the round in {store.root} has no images (empty generations table).",
                             "run `make generate` (or `make generate ARGS=source=renderer`) first, "
                             "or point root= at a dataset root with images.")
-        gold = ensure_gold(store, cfg.gold, gens, seed=cfg.seed) if cfg.uses_gold else {}
+        served = served_round(store, cfg.round, gens)  # a round with no images: the error
+        gold = ensure_gold(store, cfg.gold, served.images, seed=cfg.seed) if cfg.uses_gold else {}
         return cls(store, overlap=cfg.overlap, tasks=cfg.tasks, rank_max_images=cfg.rank_max_images,
                    gold=gold, gold_share=cfg.gold.share if cfg.uses_gold else 0.0, lease_s=cfg.lease_s,
-                   guideline_version=guideline_version, seed=cfg.seed)
+                   guideline_version=guideline_version, seed=cfg.seed, round=served.round)
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _generations_signature(self) -> tuple:
-        d = self.store.table_dir(GENERATIONS)
-        names = sorted(p.name for p in d.glob("part-*.parquet")) if d.is_dir() else []
-        return (len(names), names[-1] if names else "")
-
     def _load_generations(self, force: bool = False) -> None:
-        sig = self._generations_signature()
+        sig = round_signature(self.store)
         if not force and sig == self._gens_signature:
             return
-        all_gens = self.store.to_pandas(GENERATIONS)
+        served = served_round(self.store, self.round)
+        self.round = served.round
+        all_gens = served.images  # the served images only: nothing else is handed out or opened
         gens = all_gens[~all_gens["image_id"].isin(list(self._withdrawn))]
         items = build_items(gens, self.tasks, self.rank_max_images, self.gold_answer, self.seed)
         by_key = {(it.task, it.item_id): it for task in TASKS for it in items[task]}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from core.config import NonNegativeInt
 from core.errors import UserError
 
 Task = Literal["binary", "ranking"]
@@ -58,6 +59,9 @@ class LoginConfig:
 class LabelConfig:
     root: str = "datasets/shapes"
     """Dataset root: images/, generations and the label tables (see data/store.py)."""
+    round: Optional[NonNegativeInt] = None
+    """The round of the closed loop served (generations.round); None: the newest round in the
+    root.  A round with selections rows serves only its selected images (labeling_app.rounds)."""
     raters_file: str = "datasets/raters.json"
     """Salted password hashes of the raters (pipelines.raters adds and disables them)."""
     guidelines: Optional[str] = None

@@ -1,9 +1,11 @@
 """A labeling round's images: sample ``per_prompt`` images of each prompt from a Stable Diffusion
-pipeline folder (default: the shapes-world model), with recorded seeds, into the round at ``root``
-(``make generate``, :mod:`pipelines.generate`).
+pipeline folder (default: the shapes-world model) or a fine-tuned run of one, with recorded seeds,
+into the dataset root at ``root`` as round ``round`` (``make generate``, :mod:`pipelines.generate`).
 
-Re-running adds images to the round with seeds not used before for that prompt and model; nothing
-is overwritten.  Images are saved batch by batch, so an interrupted run keeps what it finished.
+Every row records the model that made it (``model_fingerprint``, and ``run``: the fine-tuned run
+folder, null for a base model).  Re-running adds images with seeds not used before for that prompt
+and model (the model's fingerprint, so a fine-tuned run's seeds are its own); nothing is
+overwritten.  Images are saved batch by batch, so an interrupted run keeps what it finished.
 ``source=renderer`` draws the round with the shapes-world renderer instead (a stand-in when no model
 is at hand; a share ``renderer_mismatch_rate`` of images shows a prompt with one attribute changed).
 """
@@ -18,8 +20,9 @@ from typing import Literal, Optional
 from tqdm import tqdm
 
 from core import seeds
+from core.config import NonNegativeInt
 from core.errors import UserError
-from core.loading import default_device, load_sd_pipeline, model_fingerprint
+from core.loading import ModelRef, default_device, load_model, resolve_model
 from core.sampling import MixedPrecision, SamplingConfig, generate_images, sampling_dtype
 from data.generations import PromptSpec, prompt_spec, save_images
 from data.schemas import GENERATIONS
@@ -34,7 +37,13 @@ from shapes.world import Prompt, perturb, prompt_set
 class GenerateConfig:
     root: str = "datasets/shapes"
     source: Literal["pipeline", "renderer"] = "pipeline"
+    # a StableDiffusionPipeline folder or a fine-tuned run folder (make finetune's output_dir)
     pipeline: str = str(SHAPES_SD)
+    adapter: Optional[str] = None
+    """A folder with LoRA weights (pytorch_lora_weights.safetensors) fused into ``pipeline``, a
+    base pipeline folder; None: ``pipeline`` as it is."""
+    round: NonNegativeInt = 0
+    """The labeling round the images are made for (data.rounds; 0: the first, the base model's)."""
     prompts: Literal["train", "heldout", "all"] = "train"
     prompts_file: Optional[str] = None
     """A text file with one prompt per line, instead of a shapes-world prompt set."""
@@ -52,6 +61,9 @@ class GenerateConfig:
 class GenerateResult:
     root: str
     model_id: str
+    model_fingerprint: str | None  # None: renderer images
+    run: str | None  # the fine-tuned run (or adapter) folder sampled from; None: a base model
+    round: int
     prompts: int
     images_added: int
     images_in_round: int
@@ -63,6 +75,25 @@ def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
     else:
         out = [PromptSpec(p.text, p.prompt_id, p.category) for p in prompt_set(cfg.prompts)]
     return out[: cfg.max_prompts] if cfg.max_prompts is not None else out
+
+
+def _used_seeds(gens, fingerprint: str, model_id: str) -> dict[str, set[int]]:
+    """prompt_id -> seeds the model already used in this root, in any round.  Keyed by the model's
+    fingerprint, so a fine-tuned run never takes the base's seeds as its own (or the reverse);
+    rows written before fingerprints were recorded count by their model_id, as they did then."""
+    legacy = gens["model_fingerprint"].isna() & (gens["model_id"] == model_id)
+    mine = gens[(gens["model_fingerprint"] == fingerprint) | legacy]
+    return mine.groupby("prompt_id")["seed"].apply(set).to_dict()
+
+
+def _resolve(cfg: GenerateConfig) -> ModelRef:
+    path = Path(cfg.pipeline)
+    if not path.exists() and path.resolve() == SHAPES_SD.resolve():
+        raise UserError(
+            f"the shapes-world model {SHAPES_SD} is not there (it is trained by `make base`).",
+            "pass another Stable Diffusion pipeline folder with pipeline=<folder>, train the shapes model "
+            "first (make base), or draw a stand-in round with source=renderer.")
+    return resolve_model(path, cfg.adapter)
 
 
 def _new_seeds(used: set[int], base: int, n: int) -> list[int]:
@@ -80,26 +111,24 @@ def _new_seeds(used: set[int], base: int, n: int) -> list[int]:
 def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.per_prompt < 1:
         raise UserError(f"per_prompt={cfg.per_prompt}: nothing to generate.", "set per_prompt to 1 or more.")
+    if cfg.source == "renderer" and cfg.adapter is not None:
+        raise UserError(f"adapter={cfg.adapter} was given with source=renderer, which uses no model.",
+                        "leave adapter out, or sample from a model with source=pipeline.")
     prompts = _prompts(cfg)
-    # the pipeline's device (load_sd_pipeline); checked before the round's folder is touched
+    # the pipeline's device (load_model); checked before the round's folder is touched
     dtype = sampling_dtype(cfg.mixed_precision, default_device()) if cfg.source == "pipeline" else None
+    ref = _resolve(cfg) if cfg.source == "pipeline" else None  # every model error before any write
     store = Store(cfg.root)
-    if cfg.source == "renderer":
+    if ref is None:
         return _render(cfg, store, prompts)
-    path = Path(cfg.pipeline)
-    if not path.exists() and path.resolve() == SHAPES_SD.resolve():
-        raise UserError(
-            f"the shapes-world model {SHAPES_SD} is not there (it is trained by `make base`).",
-            "pass another Stable Diffusion pipeline folder with pipeline=<folder>, train the shapes model "
-            "first (make base), or draw a stand-in round with source=renderer.")
-    pipe = load_sd_pipeline(path)
-    model_id = str(cfg.pipeline)
-    gens = store.to_pandas(GENERATIONS)
-    mine = gens[gens["model_id"] == model_id]
-    used = mine.groupby("prompt_id")["seed"].apply(set).to_dict()
+    pipe = load_model(ref)
+    # model_id: the folder(s) as given; the image ids hash the fingerprint (for a base model
+    # model_fingerprint(pipeline), as before runs were models)
+    model_id = str(cfg.pipeline) if cfg.adapter is None else f"{cfg.pipeline}+{cfg.adapter}"
+    run = str(ref.run) if ref.run is not None else None
+    used = _used_seeds(store.to_pandas(GENERATIONS), ref.fingerprint, model_id)
     jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
     settings = cfg.sampling.settings(pipe)
-    model_key = model_fingerprint(path)
     added = 0
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(jobs), cfg.sampling.batch_size):
@@ -108,10 +137,12 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
                                      dtype=dtype)
             save_images(store, images, prompts=[p.text for p, _ in batch],
                         prompt_ids=[p.prompt_id for p, _ in batch], categories=[p.category for p, _ in batch],
-                        seeds=[s for _, s in batch], model_id=model_id, settings=settings, model_key=model_key)
+                        seeds=[s for _, s in batch], model_id=model_id, settings=settings,
+                        model_key=ref.fingerprint, round=cfg.round, model_fingerprint=ref.fingerprint, run=run)
             added += len(batch)
             bar.update(len(batch))
-    return GenerateResult(str(store.root), model_id, len(prompts), added, store.read(GENERATIONS).num_rows)
+    return GenerateResult(str(store.root), model_id, ref.fingerprint, run, cfg.round, len(prompts), added,
+                          store.read(GENERATIONS).num_rows)
 
 
 def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
@@ -140,6 +171,7 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
         n = len(image_seeds)
         save_images(store, images, prompts=[spec.text] * n, prompt_ids=[spec.prompt_id] * n,
                     categories=[spec.category] * n, seeds=image_seeds, model_id="shapes-renderer",
-                    settings=RENDERER)
+                    settings=RENDERER, round=cfg.round)
         added += n
-    return GenerateResult(str(store.root), "shapes-renderer", len(prompts), added, store.read(GENERATIONS).num_rows)
+    return GenerateResult(str(store.root), "shapes-renderer", None, None, cfg.round, len(prompts), added,
+                          store.read(GENERATIONS).num_rows)

@@ -1,7 +1,9 @@
 """Gold items: images with a known binary answer, mixed unannounced into raters' streams.
 
-The gold pool is fixed the first time a round starts (it lands in the ``gold`` table, so a restart,
-the simulated raters and the admin statistics all see the same pool):
+The gold pool is drawn from the images a round serves (:mod:`labeling_app.rounds`: the round's
+images, or its selected ones) and fixed the first time that round starts (it lands in the ``gold``
+table, so a restart, the simulated raters and the admin statistics all see the same pool; each
+round of the closed loop adds its own):
 
 - ``source=oracle`` (shapes world): a ``share`` of the images, half of them ones the oracle judges
   aligned ("good") and half misaligned ("bad") where the round has both, so a rater who always
@@ -19,7 +21,7 @@ import pandas as pd
 from core import seeds
 from core.errors import UserError
 from data.generations import load_image
-from data.schemas import GOLD
+from data.schemas import GENERATIONS, GOLD
 from data.store import Store
 from labeling_app.config import GoldConfig
 from shapes.oracle import judge
@@ -33,23 +35,29 @@ def read_gold(store: Store) -> dict[str, str]:
 
 
 def ensure_gold(store: Store, gold: GoldConfig, generations: pd.DataFrame, seed: int = 0) -> dict[str, str]:
-    """The round's gold pool, creating it on first use; empty when gold is switched off."""
-    if gold.source == "none" or gold.share <= 0:
+    """The gold pool of the images ``generations`` (the rows a round serves), creating it on first
+    use; empty when gold is switched off.  Gold of other images (another round's) is left out."""
+    if gold.source == "none" or gold.share <= 0 or generations.empty:
         return {}
-    existing = read_gold(store)
-    if existing:
+    served = set(generations["image_id"])
+
+    def pool() -> dict[str, str]:
+        return {i: a for i, a in read_gold(store).items() if i in served}
+
+    if existing := pool():
         return existing
-    if generations.empty:
-        return {}
     if gold.source == "oracle":
         rows = _oracle_gold(store, generations, gold.share, seed)
-    else:
-        rows = _file_gold(Path(gold.file), generations)
+    else:  # the file may name any image of the root; the served ones are this round's gold
+        known = read_gold(store)
+        rows = [r for r in _file_gold(Path(gold.file), store.to_pandas(GENERATIONS))
+                if r["image_id"] in served and r["image_id"] not in known]
     now = datetime.now(timezone.utc)
     for r in rows:
         r["created_at"] = now
-    store.append(GOLD, rows)
-    return read_gold(store)
+    if rows:
+        store.append(GOLD, rows)
+    return pool()
 
 
 def _oracle_gold(store: Store, gens: pd.DataFrame, share: float, seed: int) -> list[dict]:
@@ -105,7 +113,7 @@ def _file_gold(path: Path, gens: pd.DataFrame) -> list[dict]:
     prompt_of = dict(zip(gens["image_id"], gens["prompt_id"]))
     unknown = sorted(set(df["image_id"]) - set(prompt_of))
     if unknown:
-        raise UserError(f"gold file {path} names {len(unknown)} image(s) not in this round, e.g. {unknown[:3]}.",
+        raise UserError(f"gold file {path} names {len(unknown)} image(s) not in this round (dataset root), e.g. {unknown[:3]}.",
                         "use image_id values of the round's generations table.")
     return [dict(image_id=i, prompt_id=prompt_of[i], answer=a, source="file")
             for i, a in zip(df["image_id"], df["answer"])]

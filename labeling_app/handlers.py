@@ -33,7 +33,7 @@ from labeling_app.export import export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
 from labeling_app.raters import RatersFile
-from labeling_app.stats import round_report
+from labeling_app.stats import round_counts, round_report
 from labeling_app.views import (chart_html, esc, nothing_shown, pct, prompt_html, refusal_text, status_html,
                                 timeline_table, withdrawn_table)
 from labeling_app.web import EXPORT_ROUTE
@@ -184,7 +184,8 @@ class LabelingHandlers:
 
     def admin_report(self, request: gr.Request):
         """Summary, per-prompt pass rates (chart, table), answers per rater over time (chart,
-        table), answers per rater, gold accuracy per rater, images withdrawn from serving."""
+        table), answers per rater, gold accuracy per rater, images withdrawn from serving, and the
+        root's rounds (images, selected, labels, rankings, good share per round)."""
         self.admin(request)
         rep = round_report(self.assigner.store, read_gold(self.assigner.store))
         prog = self.assigner.progress("")
@@ -193,6 +194,7 @@ class LabelingHandlers:
             return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
         rows = [
+            ("round served", "n/a" if self.assigner.round is None else self.assigner.round),
             ("binary labels (current)", rep.binary_labels),
             ("rankings (current)", rep.rankings),
             ("undone (retracted) labels", rep.retracted),
@@ -216,7 +218,7 @@ class LabelingHandlers:
                                  picked=prompts["picked"].map({True: "target", False: ""}))
         timeline = chart_html(timeline_chart(rep.timeline), "Answers per rater over time", "timeline-chart")
         return (summary, chart, prompts, timeline, timeline_table(rep.timeline), rep.counts, rep.gold,
-                withdrawn_table(self.assigner.withdrawn()))
+                withdrawn_table(self.assigner.withdrawn()), round_counts(self.assigner.store))
 
     def export(self, request: gr.Request):
         """Write an export under <root>/exports/ and link its zip through the admin-only route

@@ -1,7 +1,8 @@
 """Simulated raters labeling a round through the app's own assignment and write path.
 
 No browser: each simulated rater asks :class:`~labeling_app.assignment.Assigner` for its current
-item exactly as the app does for a logged-in rater, judges the image(s) with
+item exactly as the app does for a logged-in rater (so it labels only what the round serves: the
+round's images, or its selected ones), judges the image(s) with
 :class:`shapes.raters.SimulatedRater`, and submits the answer with its token.  So the demo,
 the tests and the reward stage get rounds with the same overlap, gold items, leases and rows as a
 round labeled by people.
@@ -31,6 +32,7 @@ from labeling_app.assignment import Assigner
 from labeling_app.config import GoldConfig, LabelConfig
 from labeling_app.gold import ensure_gold, read_gold
 from labeling_app.guidelines import load_guidelines
+from labeling_app.rounds import served_round
 from labeling_app.stats import round_report
 from shapes.raters import RaterProfile, SimulatedRater, default_panel
 from shapes.world import Prompt
@@ -116,12 +118,14 @@ def simulate_round(
     guideline_version: str = "sim-1",
     seed: int = 0,
     gold_share: float = 0.0,
+    round: int | None = None,
 ) -> RoundSummary:
     """Label the round in ``store`` with ``panel`` through the labeling app's assignment code.
 
     Every image (binary) and every prompt's image set (ranking) goes to ``overlap`` distinct
     raters who answer it; a skip sends the item to one more rater.  With ``gold_share`` > 0 the
-    raters also meet oracle-judged gold items.  The driver is
+    raters also meet oracle-judged gold items.  ``round``: the round served (None: the newest; only
+    its selected images when it has selections, :mod:`labeling_app.rounds`).  The driver is
     :func:`run_simulated_round`; ``make simulate-raters`` runs it with the
     app's config.
     """
@@ -134,9 +138,10 @@ def simulate_round(
     gens = store.to_pandas(GENERATIONS)
     if gens.empty:
         raise UserError(f"no generations in {store.root}.", "generate or render a round first.")
-    gold = ensure_gold(store, GoldConfig(share=gold_share), gens, seed=seed) if gold_share > 0 else {}
+    served = served_round(store, round, gens)
+    gold = ensure_gold(store, GoldConfig(share=gold_share), served.images, seed=seed) if gold_share > 0 else {}
     assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
-                        guideline_version=guideline_version, seed=seed)
+                        guideline_version=guideline_version, seed=seed, round=served.round)
     return run_simulated_round(assigner, panel, seed=seed)
 
 
@@ -158,7 +163,7 @@ def simulate(cfg: SimulateConfig) -> dict:
         summary = run_simulated_round(assigner, panel, seed=cfg.seed,
                                       max_labels_per_rater=cfg.max_labels_per_rater, progress=bar)
     report = round_report(assigner.store, read_gold(assigner.store)).summary()
-    return {"added_binary": summary.binary_labels, "added_rankings": summary.rankings,
+    return {"round": assigner.round, "added_binary": summary.binary_labels, "added_rankings": summary.rankings,
             "added_gold": summary.gold_labels,
             "round_completion": {t: round(c, 4) for t, c in assigner.progress("").round_completion.items()},
             **report}

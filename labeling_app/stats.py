@@ -23,7 +23,7 @@ import pyarrow as pa
 from core.jsonable import json_safe
 from data.labels import current
 from data.pairs import rankings_to_pairs
-from data.schemas import BINARY_LABELS, RANKINGS
+from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS, SELECTIONS
 from data.store import Store
 
 
@@ -186,3 +186,36 @@ def round_report(store: Store, gold: dict[str, str]) -> RoundReport:
         binary_labels=len(binary), rankings=len(rankings),
         retracted=binary_all + rankings_all - len(binary) - len(rankings),
     )
+
+
+ROUND_COLUMNS = ["round", "images", "selected", "binary_labels", "rankings", "good_share"]
+
+
+def per_round(generations: pd.DataFrame, selections: pd.DataFrame, binary: pd.DataFrame,
+              rankings: pd.DataFrame) -> pd.DataFrame:
+    """One row per round of the root (the closed loop, :mod:`data.rounds`), newest first: its
+    images, the images selected for raters (0: no selection, every image is served), current
+    binary labels and rankings on its images (a ranking: its first image's round), and the good
+    share of its binary answers (good / (good + bad), skips left out; NaN before any answer): the
+    pass rate the raters (or the oracle's simulated raters) give the model of that round."""
+    if generations.empty:
+        return pd.DataFrame(columns=ROUND_COLUMNS)
+    round_of = pd.Series(generations["round"].to_numpy(), index=generations["image_id"].to_numpy())
+    out = pd.DataFrame({"images": generations.groupby("round").size()})
+    out["selected"] = selections.groupby("round").size() if not selections.empty else 0
+    b = binary.assign(round=binary["image_id"].map(round_of))
+    out["binary_labels"] = b.groupby("round").size() if not b.empty else 0
+    first = rankings["image_ids"].map(lambda ids: ids[0] if len(ids) else None)
+    out["rankings"] = rankings.assign(round=first.map(round_of)).groupby("round").size() if not rankings.empty else 0
+    out = out.fillna(0).astype(int)
+    answered = b[b["label"] != "skip"]
+    good = answered.groupby("round")["label"].apply(lambda s: float((s == "good").mean())) if not answered.empty else None
+    out["good_share"] = good.round(3) if good is not None else math.nan
+    out = out.rename_axis("round").reset_index().sort_values("round", ascending=False, kind="stable")
+    return out.reset_index(drop=True)[ROUND_COLUMNS]
+
+
+def round_counts(store: Store) -> pd.DataFrame:
+    """:func:`per_round` of a store's tables (current labels: undone answers left out)."""
+    return per_round(store.to_pandas(GENERATIONS), store.to_pandas(SELECTIONS),
+                     current(store, BINARY_LABELS.name).to_pandas(), current(store, RANKINGS.name).to_pandas())

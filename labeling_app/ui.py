@@ -101,6 +101,10 @@ class LabelingApp(LabelingHandlers):
                 with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                     refresh = gr.Button("Refresh statistics", elem_id="btn-admin-refresh")
                     summary = gr.HTML(js_on_load=None, elem_id="admin-summary")
+                    gr.Markdown("**Rounds** of this dataset root, newest first: images, images selected for "
+                                "raters (0: every image is served), current labels and rankings on its images, "
+                                "and the good share of its binary answers (skips left out).")
+                    rounds = gr.Dataframe(interactive=False, elem_id="admin-rounds")
                     rule = TargetRule()
                     gr.Markdown("**Per-prompt pass rates**, worst first: the raters' good-rate (majority per "
                                 "image), what to fix next. *target* marks the prompts `make targets` would "
@@ -124,7 +128,7 @@ class LabelingApp(LabelingHandlers):
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_link = gr.HTML(js_on_load=None, elem_id="export-download")
                     export_status = gr.HTML(js_on_load=None)
-                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn]
+                    report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn, rounds]
                     refresh.click(self.admin_report, outputs=report, api_name="admin_report")
                     admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
                     export_btn.click(self.export, outputs=[export_link, export_status], api_name="export",

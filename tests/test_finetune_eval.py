@@ -7,7 +7,8 @@ from PIL import Image
 
 from core.config import load_config
 from core.errors import UserError
-from evaluation.compare import EvalConfig, evaluate, load_finetuned, win_rate
+from core.loading import load_model, resolve_model
+from evaluation.compare import EvalConfig, evaluate, win_rate
 from evaluation.embeddings import frechet_distance
 from evaluation.grids import ALIGNED, NOT_ALIGNED, UNJUDGED
 from finetune.config import FinetuneConfig
@@ -57,7 +58,7 @@ def test_load_finetuned_fuses_the_lora_into_the_same_model(setup):
     from core.loading import load_sd_pipeline
     from core.sampling import SamplingConfig, generate_images
 
-    fused = load_finetuned(setup["sd"], setup["dpok"])
+    fused = load_model(resolve_model(setup["dpok"]))
     assert not any(isinstance(m, BaseTunerLayer) for m in fused.unet.modules())
     adapted = load_sd_pipeline(setup["sd"])
     adapted.load_lora_weights(setup["dpok"])
@@ -91,8 +92,11 @@ def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
     assert set(metrics["models"]) == {"base", "dpok"} and metrics["oracle"] is True
     assert metrics["fidelity_reference"] == "renders of the same prompts"
     assert (report / "samples-base.png").exists() and (report / "samples-dpok.png").exists()
+    empty = tmp_path / "empty-run"  # a run that stopped before saving: its config, no weights
+    empty.mkdir()
+    (empty / "config.yaml").write_bytes((setup["dpok"] / "config.yaml").read_bytes())
     with pytest.raises(UserError, match="holds no fine-tuned model"):
-        load_finetuned(setup["sd"], tmp_path)
+        resolve_model(empty, base=setup["sd"])
 
 
 @pytest.mark.parametrize("prompts", [ENGLISH, "one red circle\n" + ENGLISH], ids=["english", "mixed"])

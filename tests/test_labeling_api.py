@@ -209,8 +209,10 @@ def test_admin_tab_and_exports_are_for_admins_only(server):
         client(url, "bob").predict(api_name="/admin_report")
     with pytest.raises(AppError, match="admins only"):
         client(url, "bob").predict(api_name="/export")
-    summary, chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn = client(url, "alice").predict(
+    summary, chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn, rounds = client(url, "alice").predict(
         api_name="/admin_report")
+    assert rounds["headers"] == ["round", "images", "selected", "binary_labels", "rankings", "good_share"]
+    assert [row[:2] for row in rounds["data"]] == [[0, store.to_pandas("generations").shape[0]]]
     assert "Krippendorff" in summary and "alice" in [row[0] for row in counts["data"]]
     # the per-prompt pass rates of data.targets, one row per prompt of the round, worst first
     assert {"prompt", "good_rate", "labelled_images", "picked"} <= set(per_prompt["headers"])

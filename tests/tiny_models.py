@@ -60,3 +60,36 @@ def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pat
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
     return Path(path)
+
+
+def make_tiny_lora_run(base: str | Path, path: str | Path, seed: int = 0, config: bool = True) -> Path:
+    """A LoRA fine-tuning run folder as ``make finetune`` writes it: ``pytorch_lora_weights.safetensors``
+    (peft LoRA on the UNet's attention projections, saved in diffusers' format) and ``config.yaml``
+    (the resolved FinetuneConfig, ``model.pipeline`` naming ``base``).  The adapter's B matrices
+    are random rather than zero (a trained adapter's are not zero), so the run samples other
+    images than its base.  ``config=False``: the weights alone (a bare adapter folder)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from core.config import load_config, save_config
+    from finetune.config import FinetuneConfig
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(base) / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(path), safe_serialization=True,
+                                              unet_lora_layers={k: v.detach().contiguous() for k, v in layers.items()})
+    if config:
+        save_config(load_config(FinetuneConfig, None, [f"model.pipeline={base}", f"output_dir={path}"]),
+                    path / "config.yaml")
+    return path
