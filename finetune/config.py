@@ -173,6 +173,10 @@ class FinetuneConfig:
     seed: int = 0
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    # A finished fine-tuning run folder to start from (its LoRA adapter or full UNet; the closed
+    # loop's previous round): same base model.pipeline and model settings; the KL term stays
+    # anchored to the base, not to init (finetune.lineage).  A checkpoint to resume from wins.
+    init: str | None = None
     log_every: PositiveInt = 1
     sample_grid_every: NonNegativeInt = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
     # DPOK, shapes world: every N rounds (and before the first), the share of the current policy's

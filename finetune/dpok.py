@@ -207,7 +207,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
-               "curve": curve, "seconds": time.perf_counter() - t_start}
+               "curve": curve, "seconds": time.perf_counter() - t_start, "lineage": run.lineage}
     with run.averaged_weights():
         save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()

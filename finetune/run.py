@@ -19,6 +19,7 @@ from core.schedules import learning_rate
 from finetune.checkpoints import latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
 from finetune.config import FinetuneConfig
+from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import training_prompts
 from finetune.scheduler import DDIMSchedule
@@ -67,6 +68,7 @@ class Run:
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     ema: object | None = None  # diffusers EMAModel of comps.trainable (optim.ema_decay > 0), else None
+    lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
 
     @property
     def device(self):
@@ -129,6 +131,7 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
                         "of images at that size.")
     if reward_fn is None:
         check_reward_folder(cfg.reward)
+    check_init(cfg)
 
 
 def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
@@ -139,10 +142,17 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
     comps = load_components(cfg, accelerator.device, weight_dtype_for(accelerator))
+    if cfg.init is not None:
+        # Into the trainable part only (the KL reference stays the base, finetune.lineage); a
+        # checkpoint restored below overwrites it, so init counts at step 0 only.
+        load_init_weights(getattr(comps.unet, "_orig_mod", comps.unet), cfg)
     schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
                                            cfg.sampling.eta).to(accelerator.device)
     reward = reward_fn or load_reward(cfg.reward, accelerator.device)
     prompts = training_prompts(cfg)
+    record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
+    if accelerator.is_main_process:
+        write_lineage(out, record)
     optimizer = torch.optim.AdamW(comps.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     lr_sched = lr_scheduler(optimizer, cfg, accelerator.num_processes)
     unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
@@ -155,7 +165,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
 
         ema = EMAModel(comps.trainable, decay=cfg.optim.ema_decay, foreach=True)
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              latent_shape(comps.pipe, height, width), (height, width), ema)
+              latent_shape(comps.pipe, height, width), (height, width), ema, record)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

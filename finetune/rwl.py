@@ -301,7 +301,8 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},
-               "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start}
+               "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start,
+               "lineage": run.lineage}
     with run.averaged_weights():
         save_result(acc, run.comps, cfg, run.out, metrics)
     acc.end_training()

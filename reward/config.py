@@ -33,6 +33,10 @@ DEFAULT_WORD_SWAPS: tuple[tuple[str, ...], ...] = (
 class DataConfig:
     root: str = "datasets/shapes"
     """Dataset root holding the generations, binary_labels, rankings and retractions tables."""
+    rounds: str = "all"
+    """Which rounds of the closed loop to train on (data.rounds grammar): all, last:N (the N newest
+    rounds), or a comma list such as 0,2.  A label belongs to its image's round; a named round with
+    no images is one clear error."""
     binary_aggregation: Literal["majority", "mean"] = "majority"
     """How the binary labels of one image from several raters become one target (skips dropped):
     majority = 1 if more raters said good than bad, 0 if fewer, image dropped on a tie;

@@ -33,6 +33,7 @@ import pandas as pd
 from core.errors import DataError, UserError
 from data.labels import aggregate_binary, current
 from data.pairs import rankings_to_pairs
+from data.rounds import filter_rounds, resolve_rounds, rounds_in
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.store import Store
 from reward.config import DataConfig, LossConfig
@@ -198,8 +199,9 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     if gens.empty:
         raise UserError(f"no generated images in {store.root} (the generations table is empty).",
                         f"{MAKE_LABELS}, or set data.root to a dataset root that has them.")
+    binary, rankings_tbl, rounds = _keep_rounds(store, data_cfg.rounds, binary, rankings_tbl)
     if binary.empty and rankings_tbl.num_rows == 0:
-        raise UserError(f"no labels in {store.root}: binary_labels and rankings are empty.",
+        raise UserError(f"no labels in {store.root}{_rounds_note(rounds)}: binary_labels and rankings are empty.",
                         f"{MAKE_LABELS}, then run make reward again.")
     gens = gens.set_index("image_id", drop=False)
 
@@ -317,8 +319,29 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
         val_prompts_pairs=len(val_prompts.pairs.image_0), split=split_kind,
         aggregation=data_cfg.binary_aggregation,
     )
+    if rounds is not None:  # only when a spec narrowed the rounds: a default summary stays as it was
+        summary["rounds"] = rounds
     return RewardData(Path(store.root), images, image_prompt, all_prompts, train, val_images, val_prompts,
                       split_kind, summary, select)
+
+
+def _keep_rounds(store: Store, spec: str, binary: pd.DataFrame, rankings):
+    """The binary labels (pandas) and rankings (arrow) of the rounds ``spec`` names, and those
+    rounds; with every round named, the tables untouched and None (so the default reads exactly
+    what it read before rounds existed)."""
+    available = rounds_in(store)
+    rounds = resolve_rounds(spec, available)
+    if rounds == available:
+        return binary, rankings, None
+    binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds).reset_index(drop=True)
+    if rankings.num_rows:  # a ranking's round is its first image's (data.rounds.filter_rounds)
+        kept = filter_rounds(store, RANKINGS.name, rankings.to_pandas(), rounds)
+        rankings = rankings.take(kept.index.to_numpy())
+    return binary, rankings, rounds
+
+
+def _rounds_note(rounds: list[int] | None) -> str:
+    return "" if rounds is None else f" (rounds {rounds})"
 
 
 def image_sides(image_ids: np.ndarray, prompt_ids: np.ndarray, val_prompt_ids: set[str],

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.jsonable import json_safe
 from core.loading import default_device, load_clip
 from data.store import Store
 from reward.baselines import aux_ablation, baselines
@@ -39,7 +40,7 @@ from reward.calibrate import calibrate, calibrated_probs
 from reward.config import RewardConfig
 from reward.data import VIEWS, load_reward_data
 from reward.embeddings import Embeddings
-from reward.evaluation import evaluate_views, same_prompt_images
+from reward.evaluation import by_round, evaluate_views, same_prompt_images
 from reward.fit import fit
 from reward.model import RewardModel
 from reward.oracle import oracle_scores, relabel_with_oracle
@@ -145,6 +146,8 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
 
     metrics = assemble_metrics(results, ablation, data, cfg, model, oracle is not None, primary,
                                time.perf_counter() - t0)
+    # Pairwise accuracy vs the oracle on each round's validation images (data.rounds: the loop).
+    metrics["by_round"] = json_safe(by_round(model.head, emb, data, oracle), digits=4)
     out_dir = write_model_folder(model, cfg, metrics, out)
     metrics["model_id"] = model.model_id
     return TrainResult(out_dir, metrics, model)
