@@ -49,6 +49,10 @@ class GenerateConfig:
     """A text file with one prompt per line, instead of a shapes-world prompt set."""
     max_prompts: Optional[int] = None
     per_prompt: int = 4
+    # false: per_prompt more images per prompt, with seeds this model has not used; true: the first
+    # per_prompt seeds of the sequence, skipping those already made (a rerun after a kill completes
+    # the round instead of adding to it; make loop's stages)
+    fill: bool = False
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # autocast dtype of the sampling (core.sampling.sampling_dtype); auto: bf16 on a CUDA GPU that
@@ -127,7 +131,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     model_id = str(cfg.pipeline) if cfg.adapter is None else f"{cfg.pipeline}+{cfg.adapter}"
     run = str(ref.run) if ref.run is not None else None
     used = _used_seeds(store.to_pandas(GENERATIONS), ref.fingerprint, model_id)
-    jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
+    if cfg.fill:
+        first = [seeds.round_image_seed(cfg.seed, i) for i in range(cfg.per_prompt)]
+        jobs = [(p, s) for p in prompts for s in first if s not in used.get(p.prompt_id, set())]
+    else:
+        jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
     settings = cfg.sampling.settings(pipe)
     added = 0
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:

@@ -3,7 +3,6 @@ in the next round, raters on the selected images only, resuming after a kill, th
 and bad input refused before anything is written.  (The full loop's figures are `make loop`'s own.)"""
 
 import json
-import shutil
 
 from data import read_table
 from pipelines.cli import run
@@ -31,7 +30,7 @@ def _without_timings(path):
     return res
 
 
-def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys):
+def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, monkeypatch):
     clip = make_tiny_clip(tmp_path / "clip", image_size=32)
     args = _args(tiny_sd, clip, tmp_path)
     assert run(main, args) == 0
@@ -52,12 +51,22 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys):
     lineage = json.loads((tmp_path / "runs" / "round-1" / "dpok" / "lineage.json").read_text())
     assert "round-0" in json.dumps(lineage)
 
-    # A kill during round 1's fine-tuning: its stage and the ones after it have no summary yet.
-    stages = tmp_path / "runs" / "stages"
-    for name in ("round-1/dpok.json", "one-shot", "oracle", "evaluate-2.json"):
-        p = stages / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    shutil.rmtree(tmp_path / "runs" / "round-1" / "dpok")
+    # Killed during round 1's fine-tuning (Ctrl-C), then the same command again: the finished
+    # stages are skipped and the results are those of the run that was never interrupted.
+    import workflows.loop as loop
+
+    real, calls = loop.train_dpok, []
+
+    def killed_in_round_1(fcfg):
+        calls.append(fcfg.output_dir)
+        if "round-1" in fcfg.output_dir:
+            raise KeyboardInterrupt
+        return real(fcfg)
+
+    monkeypatch.setattr(loop, "train_dpok", killed_in_round_1)
+    assert run(main, args + ["fresh=true"]) == 130
+    assert not (tmp_path / "report" / "results.json").exists()
+    monkeypatch.setattr(loop, "train_dpok", real)
     capsys.readouterr()
     assert run(main, args) == 0
     err = capsys.readouterr().err

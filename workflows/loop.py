@@ -36,7 +36,8 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import check_folder
-from data.rounds import rounds_in
+from data.labels import current
+from data.rounds import filter_rounds, rounds_in
 from data.schemas import SelectionMethod
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates, read_prompts_file
@@ -224,23 +225,27 @@ def _targets(cfg: LoopConfig, k: int, path: Path, previous: list[str]) -> dict:
 
 
 def _label(cfg: LoopConfig, root: str, k: int) -> dict:
-    """Simulated raters label what the round serves (its selection, if it has one)."""
+    """Simulated raters label what the round serves (its selection, if it has one).  The labels
+    spent are counted in the tables, not from this call's additions, so a stage resumed after a
+    kill counts the labels made before it too."""
     sim = simulate(SimulateConfig(label=LabelConfig(root=root, overlap=cfg.overlap, seed=cfg.seed + k, round=k),
                                   raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed + k))
-    return {k2: v for k2, v in sim.items() if isinstance(v, (int, float))}
+    store = Store(root)
+    counts = {name: len(filter_rounds(store, name, current(store, name).to_pandas(), [k]))
+              for name in ("binary_labels", "rankings")}
+    return {**{k2: v for k2, v in sim.items() if isinstance(v, (int, float)) and not k2.startswith("added_")},
+            **counts, "labels": sum(counts.values())}
 
 
 def _select(cfg: LoopConfig, root: str, k: int, budget: int, reward: Path) -> dict:
     """The round's selection; one already written (a kill after it was appended) is kept."""
-    from data.rounds import filter_rounds
-
     store = Store(root)
     have = filter_rounds(store, "selections", store.to_pandas("selections"), [k])
     if len(have):
         return {"selected": len(have), "method": str(have["method"].iloc[0]), "kept_from_before": True}
     res = select(SelectConfig(root=root, round=k, budget=budget, method=cfg.selection, reward=str(reward),
-                              mix_share=cfg.mix_share, seed=cfg.seed + k))
-    return json.loads(json.dumps(json_safe(to_dict(res)), default=str))
+                              mix_share=cfg.mix_share, seed=cfg.seed + k, progress=False))
+    return {k2: v for k2, v in asdict(res).items() if k2 != "image_ids"}
 
 
 def _round_prompts(targets: list[str], path: Path) -> Path:
@@ -279,8 +284,8 @@ def run_loop(cfg: LoopConfig) -> dict:
             r["reward_before"] = stages.run(f"round-{k}/reward-before", lambda: round_accuracy(prev_reward, cfg.root, k))
             r["select"] = stages.run(f"round-{k}/select", lambda: _select(cfg, cfg.root, k, cfg.budget, prev_reward))
         r["label"] = stages.run(f"round-{k}/label", lambda: _label(cfg, cfg.root, k))
-        if k == 0 and cfg.one_shot:  # the control starts from round 0 as it is now
-            stages.run("one-shot/snapshot", lambda: _snapshot(cfg.root, _one_shot_root(cfg)))
+        if k == 0:  # the one-shot control starts from round 0 as it is now
+            stages.run("round-0/snapshot", lambda: _snapshot(cfg.root, _round0_copy(cfg)))
         r["targets"] = stages.run(f"round-{k}/targets", lambda: _targets(cfg, k, rdir / "targets.txt", targets))
         targets = list(r["targets"]["targets"])
         r["reward"] = stages.run(f"round-{k}/reward", lambda: _reward(reward_cfg(rdir / "reward", cfg.root), k))
@@ -294,8 +299,8 @@ def run_loop(cfg: LoopConfig) -> dict:
     if cfg.one_shot:
         extra["one_shot"] = _one_shot(cfg, stages, reward_cfg, dpok_cfg, generate_cfg, first_targets)
     if cfg.oracle_upper_bound:
-        extra["oracle"] = stages.run("oracle/dpok", lambda: _dpok(dpok_cfg(
-            runs / "oracle" / "dpok", str(runs / "round-0" / "reward"), first_targets, cfg.seed,
+        extra["oracle"] = stages.run(f"oracle-{cfg.rounds}/dpok", lambda: _dpok(dpok_cfg(
+            _oracle_dir(cfg), str(runs / "round-0" / "reward"), first_targets, cfg.seed,
             rounds_times=cfg.rounds, oracle=True)))
 
     # One evaluation: every round's model, the control and the upper bound, on the round-0 targets
@@ -305,9 +310,9 @@ def run_loop(cfg: LoopConfig) -> dict:
     write_text_atomic(eval_prompts, "".join(f"{t}\n" for t in every))
     models = [f"round{k}={runs / f'round-{k}' / 'dpok'}" for k in range(cfg.rounds)]
     if cfg.one_shot:
-        models.append(f"one_shot={runs / 'one-shot' / 'dpok'}")
+        models.append(f"one_shot={_one_shot_dir(cfg) / 'dpok'}")
     if cfg.oracle_upper_bound:
-        models.append(f"oracle={runs / 'oracle' / 'dpok'}")
+        models.append(f"oracle={_oracle_dir(cfg)}")
     ecfg = eval_cfg(eval_prompts, models)
     evals = stages.run(f"evaluate-{cfg.rounds}", lambda: {"models": [asdict(e) for e in evaluate(ecfg)]})
     results = loop_report.results(cfg, rounds, extra, evals["models"], read_prompts_file(first_targets),
@@ -331,20 +336,36 @@ def _reward(rcfg: RewardConfig, k: int) -> dict:
 
 
 def _dpok(fcfg: FinetuneConfig) -> dict:
-    res = train_dpok(fcfg)
-    return {"output_dir": str(res.output_dir), "curve": res.metrics.get("curve", []),
-            "rounds": fcfg.dpok.rounds, "init": fcfg.init}
+    """DPOK for one stage; a run that finished before a kill cut its stage short is kept (its
+    metrics.json is written last: finetune.checkpoints.save_result)."""
+    done = Path(fcfg.output_dir) / "metrics.json"
+    metrics = json.loads(done.read_text()) if done.is_file() else train_dpok(fcfg).metrics
+    return {"output_dir": fcfg.output_dir, "curve": metrics.get("curve", []), "rounds": fcfg.dpok.rounds,
+            "init": fcfg.init}
 
 
+# The controls match the loop's length: a rerun with more rounds= makes them anew beside the old.
 def _one_shot_root(cfg: LoopConfig) -> str:
-    return str(Path(cfg.root) / "one-shot")
+    return str(Path(cfg.root) / f"one-shot-{cfg.rounds}")
+
+
+def _one_shot_dir(cfg: LoopConfig) -> Path:
+    return Path(cfg.runs) / f"one-shot-{cfg.rounds}"
+
+
+def _oracle_dir(cfg: LoopConfig) -> Path:
+    return Path(cfg.runs) / f"oracle-{cfg.rounds}" / "dpok"
+
+
+def _round0_copy(cfg: LoopConfig) -> str:
+    return str(Path(cfg.runs) / "round-0" / "labelled-root")
 
 
 def _snapshot(root: str, dest: str) -> dict:
-    """A copy of the loop's root after round 0's labels: the one-shot control's start."""
+    """A copy of a dataset root (round 0 after its labels: the one-shot control's start)."""
     if Path(dest).exists():
         shutil.rmtree(dest)
-    shutil.copytree(root, dest, ignore=shutil.ignore_patterns("one-shot", MARKER, ".*.lock"))
+    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(MARKER, ".*.lock"))
     return {"root": dest, "rounds": rounds_in(Store(dest))}
 
 
@@ -352,17 +373,19 @@ def _one_shot(cfg: LoopConfig, stages: Stages, reward_cfg, dpok_cfg, generate_cf
     """The one-shot control: the loop's labels of rounds >= 1, spent at once on base-model images of
     the round-0 targets and controls (one extra round, drawn like the loop's, the same selection),
     one reward on all of it, one DPOK run of the loop's total rounds from the base model."""
-    root, out = _one_shot_root(cfg), Path(cfg.runs) / "one-shot"
+    root, out, name = _one_shot_root(cfg), _one_shot_dir(cfg), _one_shot_dir(cfg).name
     out.mkdir(parents=True, exist_ok=True)
+    if not Path(root).exists():  # a longer loop than the snapshot's: the same round-0 start
+        stages.run(f"{name}/snapshot", lambda: _snapshot(_round0_copy(cfg), root))
     later = cfg.rounds - 1
     prompts = _round_prompts(read_prompts_file(first_targets), out / "prompts.txt")
     o: dict = {}
-    o["generate"] = stages.run("one-shot/generate", lambda: _gen(
+    o["generate"] = stages.run(f"{name}/generate", lambda: _gen(
         generate_cfg(cfg.pipeline, prompts, cfg.round_per_prompt * later, 1, root)))
-    o["select"] = stages.run("one-shot/select", lambda: _select(
+    o["select"] = stages.run(f"{name}/select", lambda: _select(
         cfg, root, 1, cfg.budget * later, Path(cfg.runs) / "round-0" / "reward"))
-    o["label"] = stages.run("one-shot/label", lambda: _label(cfg, root, 1))
-    o["reward"] = stages.run("one-shot/reward", lambda: _reward(reward_cfg(out / "reward", root), 1))
-    o["dpok"] = stages.run("one-shot/dpok", lambda: _dpok(dpok_cfg(
+    o["label"] = stages.run(f"{name}/label", lambda: _label(cfg, root, 1))
+    o["reward"] = stages.run(f"{name}/reward", lambda: _reward(reward_cfg(out / "reward", root), 1))
+    o["dpok"] = stages.run(f"{name}/dpok", lambda: _dpok(dpok_cfg(
         out / "dpok", str(out / "reward"), first_targets, cfg.seed, rounds_times=cfg.rounds)))
     return o

@@ -40,8 +40,8 @@ def _share(per_prompt: dict[str, float], prompts: list[str]) -> float:
 
 
 def _labels(stage: dict) -> int:
-    """Rater answers a labelling stage added: binary labels plus rankings (gold answers included)."""
-    return int(stage.get("added_binary", 0)) + int(stage.get("added_rankings", 0))
+    """Rater answers of a round: binary labels (gold answers included) plus rankings."""
+    return int(stage["labels"])
 
 
 def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targets: list[str],
