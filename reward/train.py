@@ -14,7 +14,10 @@
 5. the model itself: with a frozen backbone, the with-auxiliary head of the first seed; with
    ``model.train_last_layers > 0``, CLIP's last layers are trained too (images re-embedded every
    step);
-6. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
+6. in the shapes world, the oracle pair accuracy on each round's validation images
+   (``metrics["by_round"]``, :func:`reward.evaluation.by_round`; ``data.rounds`` picks the rounds
+   whose labels train);
+7. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
 
 This module holds that orchestration; the parts live in :mod:`reward.embeddings`, :mod:`reward.fit`,
 :mod:`reward.calibrate`, :mod:`reward.evaluation`, :mod:`reward.oracle`, :mod:`reward.baselines`,
