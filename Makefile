@@ -54,7 +54,7 @@ ARGS ?=
 RATERS_FILE ?= datasets/raters.json
 .PHONY: migrate generate import label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
 
-generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR per_prompt=4"; source=renderer: no model)
+generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR|RUN round=0 per_prompt=4"; source=renderer: no model)
 	$(PY) -m pipelines.generate $(ARGS)
 
 import: install  ## images made elsewhere into a round (ARGS="src=<folder with metadata.jsonl|csv, or a listing> root=...")

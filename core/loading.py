@@ -240,7 +240,10 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
             _check_same_base(adapter, trained_from, path)
         return ModelRef(path, adapter, adapter, _adapter_fingerprint(model_fingerprint(path), adapter))
     if recorded is None and not has_lora:  # a base pipeline folder
-        check_folder(path, PIPELINE_INDEX, "Stable Diffusion pipeline")
+        if not has_pipeline:
+            raise UserError(f"{path} holds no fine-tuned model (no LoRA weights, no pipeline) and is no "
+                            f"pipeline folder (no {PIPELINE_INDEX}).",
+                            "pass a Stable Diffusion pipeline folder, or the folder `make finetune` wrote.")
         if base is not None and model_fingerprint(base) != model_fingerprint(path):
             raise UserError(f"the model {path} is another model than the base {base}.",
                             "pass fine-tuned runs of the base, or that model as the base.")

@@ -1,10 +1,13 @@
 """``make generate``: sample images for a labeling round, with recorded seeds.
 
     python -m pipelines.generate [--config F] pipeline=shapes/models/shapes-sd per_prompt=4 root=datasets/shapes
+    python -m pipelines.generate pipeline=runs/finetune-dpok round=1      # a fine-tuned run
+    python -m pipelines.generate pipeline=/models/sd-v1-5 adapter=<LoRA folder> round=1
 
 Samples ``per_prompt`` images of each prompt from a Stable Diffusion pipeline folder (default: the
-shapes-world model) and writes PNGs plus generations rows under ``root``.  Re-running adds images
-to the round with seeds not used before for that prompt and model; nothing is overwritten.  Images
+shapes-world model) or a fine-tuned run and writes PNGs plus generations rows (``round``,
+``model_fingerprint``, ``run``) under ``root``.  Re-running adds images with seeds not used before
+for that prompt and model (its fingerprint); nothing is overwritten.  Images
 are saved batch by batch, so an interrupted run keeps what it finished.  ``source=renderer`` draws
 the round with the shapes-world renderer instead (a stand-in when no model is at hand; a share
 ``renderer_mismatch_rate`` of images shows a prompt with one attribute changed).

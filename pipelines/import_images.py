@@ -1,6 +1,6 @@
 """``make import``: bring images made elsewhere into a round, with their prompts.
 
-    python -m pipelines.import_images src=<folder or listing> root=datasets/shapes [model_id=NAME]
+    python -m pipelines.import_images src=<folder or listing> root=datasets/shapes [model_id=NAME] [round=0]
 
 ``src`` is a folder in the Hugging Face imagefolder convention (images + metadata.jsonl, .csv or
 .parquet with ``file_name`` and ``prompt``; optional ``model_id``, ``seed``; other columns kept in

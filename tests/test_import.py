@@ -149,3 +149,11 @@ def test_import_cli_prints_json_and_saves_its_config(folder, tmp_path, capsys):
     assert len(list((root / "configs").glob("import-*.yaml"))) == 1
     assert run(main, [f"src={tmp_path / 'nowhere'}", f"root={root}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_import_into_a_round(folder, tmp_path):
+    """`make import round=2`: the images land in round 2 (generations.round); no model made them."""
+    root = tmp_path / "round"
+    import_images(ImportConfig(src=str(folder), root=str(root), round=2), known_prompt=prompt_spec)
+    gens = Store(root).to_pandas("generations")
+    assert (gens["round"] == 2).all() and gens["model_fingerprint"].isna().all() and gens["run"].isna().all()
