@@ -50,7 +50,8 @@ def two_rounds(tmp_path_factory):
     train = prompt_set("train")
     render_round(store, train[::7][:12] + prompt_set("heldout")[::6][:6], per_prompt=4, seed=1, mismatch_rate=0.5)
     render_into_round(store, train[3::7][:8], per_prompt=4, round=1, seed=2)
-    simulate_round(store, default_panel(5, flip_rate=0.1), overlap=2)
+    for r in (0, 1):  # the app serves one round at a time
+        simulate_round(store, default_panel(5, flip_rate=0.1), overlap=2, round=r)
     return root
 
 
