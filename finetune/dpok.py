@@ -14,8 +14,7 @@ KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=
 eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
 disabled (or a frozen copy when the whole UNet is trained).
 
-Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO; with ``baseline_history=N`` over
-the prompt's last N rewards across rounds, DDPO's per-prompt stat tracking), minus the batch mean
+Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO), minus the batch mean
 (``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
 by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by each prompt group's, as
 DDPO) so that alpha and the clip range mean the same for any reward scale.
@@ -44,10 +43,9 @@ from finetune.components import Components
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
-from finetune.prompts import PromptRewardHistory, cycled_prompts, prompt_group_ids
-from finetune.rl_math import (baseline_advantages, clipped_policy_loss, eps_mse_kl, gaussian_kl,
-                              gaussian_log_prob, normalize_advantages)
-from finetune.run import backward_contexts, micro_batches, setup_run
+from finetune.prompts import prompt_group_ids
+from finetune.rl_math import clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob, normalize_advantages
+from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import RewardFn, score_in_batches
 from shapes.oracle import judge
@@ -71,13 +69,6 @@ class RoundStats:
     seconds_reward: float
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    output_dir: Path
-    history: list[dict]
-    metrics: dict
 
 
 class ValueNet(torch.nn.Module):
@@ -118,8 +109,6 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
         value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
     start, history = 0, []
-    reward_history = (PromptRewardHistory(d.baseline_history, state and state.get("reward_history"))
-                      if d.baseline_history else None)
     if state is not None:
         if value_net is not None:
             value_net.load_state_dict(state["value_net"])
@@ -141,8 +130,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         def measure_curve(after_round: int) -> float:
             """Add the curve's point after ``after_round`` rounds (its image count too, for the
             standard error of core.curves) and return the aligned share."""
-            with run.averaged_weights():  # the model that will be saved
-                aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+            aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
             curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
             return aligned
 
@@ -159,15 +147,12 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         t0 = time.perf_counter()
         # Distinct prompts per round where there are enough: a repeated prompt would merge into
         # one per-prompt baseline group and cut the round's prompt diversity.
-        if d.prompt_order == "cycle":
-            drawn = cycled_prompts(run.prompts, r, per_process, cfg.seed, rank)
-        else:
-            drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
+        drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts,
-                                   cfg.dpok_eligible_steps, d.tail_steps, d.shared_prefix_steps, d.samples_per_prompt)
+                                   cfg.dpok_eligible_steps, d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
         rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
@@ -176,8 +161,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                             "check the reward model folder (retrain it with `make reward`).")
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
-        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng,
-                                      reward_history)
+        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng)
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
@@ -196,20 +180,17 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            with run.averaged_weights():
-                _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
+            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve,
                 value_net=value_net.state_dict() if value_net is not None else None,
-                value_opt=value_opt.state_dict() if value_opt is not None else None,
-                reward_history=reward_history.state_dict() if reward_history is not None else None))
+                value_opt=value_opt.state_dict() if value_opt is not None else None))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
                "curve": curve, "seconds": time.perf_counter() - t_start}
-    with run.averaged_weights():
-        save_result(accelerator, comps, cfg, out, metrics)
+    save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()
     return FinetuneResult(out, history, metrics)
 
@@ -246,13 +227,9 @@ def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, unco
     return float(np.mean([judge(a, t).aligned for a, t in zip(to_uint8(images), texts)]))
 
 
-def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng,
-                reward_history: PromptRewardHistory | None = None):
+def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
     """Advantages (B, T) and the value-fit loss (0 without a value net)."""
     b, t = traj.batch_size, traj.num_steps
-    if baseline == "per_prompt" and reward_history is not None:
-        mean, std = reward_history.update(traj.prompts, rewards)
-        return baseline_advantages(rewards, mean, std, d.advantage_scale)[:, None].expand(b, t), 0.0
     if baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
         return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0
@@ -311,25 +288,24 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_s
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     grad_norm = torch.zeros((), dtype=torch.float64, device=device)
     n_mb = n_opt = 0
-    for _ in range(d.epochs_per_round):
-        order = rng.permutation(len(steps))
-        for start in range(0, len(order), d.minibatch_size):
-            sel = order[start:start + d.minibatch_size]
-            with accelerator.accumulate(policy.unet):
-                stats = torch.zeros(len(names), dtype=torch.float64, device=device)
-                parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
-                for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
-                    share = (part.stop - part.start) / len(sel)
-                    with sync:
-                        terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
-                        accelerator.backward(terms[-1] * share)
-                    stats += torch.stack([t.detach().double() for t in terms]) * share
-                if accelerator.sync_gradients:
-                    grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
-                    n_opt += 1
-                optimizer_step()
-            sums += stats
-            n_mb += 1
+    order = rng.permutation(len(steps))
+    for start in range(0, len(order), d.minibatch_size):
+        sel = order[start:start + d.minibatch_size]
+        with accelerator.accumulate(policy.unet):
+            stats = torch.zeros(len(names), dtype=torch.float64, device=device)
+            parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
+            for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
+                share = (part.stop - part.start) / len(sel)
+                with sync:
+                    terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
+                    accelerator.backward(terms[-1] * share)
+                stats += torch.stack([t.detach().double() for t in terms]) * share
+            if accelerator.sync_gradients:
+                grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
+                n_opt += 1
+            optimizer_step()
+        sums += stats
+        n_mb += 1
     means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
     out = dict(zip(names, means))
     out["grad_norm"] = float(grad_norm) / max(1, n_opt)

@@ -34,10 +34,9 @@ from data.labels import current
 from data.store import Store
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
-from finetune.dpok import FinetuneResult
 from finetune.image_log import log_images
 from finetune.rl_math import reward_weights
-from finetune.run import Run, backward_contexts, micro_batches, setup_run
+from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import RewardFn, score_in_batches
 from shapes.render import render
@@ -294,15 +293,13 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if cfg.sample_grid_every:
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        with run.averaged_weights():
-            traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
+        traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
                    run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},
                "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start}
-    with run.averaged_weights():
-        save_result(acc, run.comps, cfg, run.out, metrics)
+    save_result(acc, run.comps, cfg, run.out, metrics)
     acc.end_training()
     return FinetuneResult(run.out, history, metrics)

@@ -89,7 +89,7 @@ def test_clipped_policy_loss_at_ratio_one_is_the_policy_gradient():
 def test_normalize_advantages_per_group_and_batch():
     r = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0])
     g = torch.tensor([0, 0, 1, 1, 2])
-    a = normalize_advantages(r, g)
+    a = normalize_advantages(r, g, "group")
     torch.testing.assert_close(a[:2], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
     assert torch.all(a[2:] == 0)  # no spread in group 1, single sample in group 2
     b = normalize_advantages(r)
