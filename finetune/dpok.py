@@ -129,7 +129,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 
         def measure_curve(after_round: int) -> float:
             """Add the curve's point after ``after_round`` rounds (its image count too, for the
-            standard error of core.curves) and return the aligned share."""
+            standard error of evaluation.curves) and return the aligned share."""
             aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
             curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
             return aligned
@@ -266,7 +266,7 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     noise.  A late step's noise moves the final image by a few pixels, and its small sigma_t makes
     the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
     per round over all 20 steps, 0.002-0.04 over the first 8).  Which steps decide: ``make
-    probe-steps`` (:mod:`finetune.probe`); on the shapes model steps 4-7 of 20 settle the most of the
+    probe-steps`` (:mod:`tools.probe`); on the shapes model steps 4-7 of 20 settle the most of the
     oracle's verdict, the first 4 little (docs/finetune.md).
     """
     steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])

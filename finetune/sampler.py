@@ -104,7 +104,7 @@ def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tai
     Why DPOK can use it (``dpok.tail_steps``): after the trained steps only the reward of the image
     is needed, and on the shapes model a 4-call tail from the state after 8 of 20 steps predicts
     the chain's reward as well as the remaining 12 stochastic steps do, at a third of their UNet
-    calls (measured with :mod:`finetune.probe`: docs/finetune.md).
+    calls (measured with :mod:`tools.probe`: docs/finetune.md).
     """
     s, b = policy.schedule, x.shape[0]
     steps = tail_indices(start, s.num_steps, tail_steps)

@@ -288,7 +288,7 @@ def test_oracle_learning_curve_on_fixed_seeds(tiny_sd, tmp_path):
     curve = result.metrics["curve"]
     assert [p["round"] for p in curve] == [0, 2, 3]  # before training, every 2 rounds, the last
     assert all(0.0 <= p["oracle_aligned"] <= 1.0 for p in curve)
-    assert all(p["images"] == 2 for p in curve)  # 2 prompts x curve_samples=1: the SE of core.curves
+    assert all(p["images"] == 2 for p in curve)  # 2 prompts x curve_samples=1: the SE of evaluation.curves
     assert result.history[0]["oracle_aligned"] is None and result.history[1]["oracle_aligned"] == curve[1]["oracle_aligned"]
     with pytest.raises(UserError, match="curve_every"):
         train_dpok(tiny_cfg(tiny_sd, tmp_path / "other", "curve_every=1",

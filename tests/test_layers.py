@@ -32,7 +32,7 @@ def test_the_repository_keeps_its_layers():
 def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     """A copy of the project's package names, each one empty module plus the given imports."""
     tree = tmp_path / "tree"
-    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "pipelines"):
+    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "tools", "pipelines"):
         (tree / pkg).mkdir(parents=True)
         (tree / pkg / "__init__.py").write_text("")
         (tree / pkg / "mod.py").write_text("")
@@ -59,6 +59,8 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("finetune.mod", "import evaluation.mod"),       # fine-tuning and evaluation are siblings
     ("evaluation.mod", "import finetune.mod"),
     ("shapes.mod", "import evaluation.mod"),         # the shapes world (make base's training) importing evaluation
+    ("finetune.mod", "import tools.mod"),            # an algorithm importing the tooling that measures it
+    ("evaluation.mod", "import tools.mod"),          # the evaluation importing the results page / bench
     ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
 ])
 def test_a_reverse_import_fails_the_check(tmp_path, module, line):
@@ -69,7 +71,8 @@ def test_a_reverse_import_fails_the_check(tmp_path, module, line):
 
 
 def test_the_same_tree_passes_with_allowed_imports(tmp_path):
-    tree = _tree(tmp_path, {"pipelines.mod": "import finetune.mod\nimport evaluation.mod\nimport core.mod",
+    tree = _tree(tmp_path, {"pipelines.mod": "import finetune.mod\nimport evaluation.mod\nimport core.mod\nimport tools.mod",
+                            "tools.mod": "import finetune.mod\nimport evaluation.mod",
                             "finetune.mod": "import reward.mod\nimport shapes.mod",
                             "evaluation.mod": "import reward.mod\nimport shapes.mod\nimport core.mod",
                             "labeling_app.mod": "import shapes.mod\nimport data.mod",
