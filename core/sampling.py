@@ -42,7 +42,7 @@ def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | No
     """The autocast dtype that plain sampling (``make generate``, ``make eval``) runs the UNet, VAE
     and text encoder in, or None for fp32; ``auto`` as :func:`resolve_precision`.  On a CPU with
     native bf16 (AVX512-BF16, AMX) ``bf16`` is faster too (what it changes in speed and in the
-    oracle's figures: docs/finetune.md, Evaluation).  The weights stay fp32: autocast runs matmuls
+    oracle's figures: experiments/eval-precision).  The weights stay fp32: autocast runs matmuls
     and convolutions in bf16 and leaves the scheduler's arithmetic in fp32.  The resolved config
     saved beside a round or a report says which precision sampled it."""
     import torch

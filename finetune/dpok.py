@@ -264,10 +264,8 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and only the noise of
     the steps that decide the image is correlated with A; any other step's term is nearly pure
     noise.  A late step's noise moves the final image by a few pixels, and its small sigma_t makes
-    the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
-    per round over all 20 steps, 0.002-0.04 over the first 8).  Which steps decide: ``make
-    probe-steps`` (:mod:`tools.probe`); on the shapes model steps 4-7 of 20 settle the most of the
-    oracle's verdict, the first 4 little (docs/finetune.md).
+    the PPO ratio swing and clip.  Which steps decide: ``make probe-steps`` (:mod:`tools.probe`;
+    what it found on the shapes model: experiments/probe).
     """
     steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)

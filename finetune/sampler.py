@@ -102,9 +102,9 @@ def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tai
     of 1000 does; otherwise diffusers lands each step one timestep off the next one's).
 
     Why DPOK can use it (``dpok.tail_steps``): after the trained steps only the reward of the image
-    is needed, and on the shapes model a 4-call tail from the state after 8 of 20 steps predicts
-    the chain's reward as well as the remaining 12 stochastic steps do, at a third of their UNet
-    calls (measured with :mod:`tools.probe`: docs/finetune.md).
+    is needed, and a tail of a few calls can predict the chain's reward as well as the remaining
+    stochastic steps do, at a fraction of their UNet calls (``make probe-steps`` says how short a
+    tail is enough for a pipeline and reward: :mod:`tools.probe`).
     """
     s, b = policy.schedule, x.shape[0]
     steps = tail_indices(start, s.num_steps, tail_steps)

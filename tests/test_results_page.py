@@ -121,7 +121,7 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     text = readme.read_text()
     assert "old text" not in text and text.endswith("<!-- demo-results:end -->\n\nafter\n")
     # readable names (method, demo seed, machine), not run ids
-    assert "| dpok | 0 | 52.0 (+22.0) | 70.0 | H100 |" in text and "| base | 0 | 30.0 | 70.0 | H100 |" in text
+    assert "| DPOK | 0 | 52.0 (+22.0) | 70.0 | H100 |" in text and "| base model | 0 | 30.0 | 70.0 | H100 |" in text
     assert "16 fresh seeds each" in text and "2026-01-01-old" not in text and "2026-02-01-seed0" not in text
     assert "mean (each run): dpok +22.0 (+22.0), dpok_oracle +30.0 (+30.0)" in text
     page = (tmp_path / "results.md").read_text()  # the current runs' gains apart from other runs'

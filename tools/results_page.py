@@ -19,6 +19,7 @@ from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
 
 MODELS = ("base", "rwl", "dpok", "dpok_oracle")
+METHOD_NAMES = {"base": "base model", "rwl": "RWL", "dpok": "DPOK", "dpok_oracle": "DPOK, oracle reward (upper bound)"}
 
 
 def _pct(v) -> str:
@@ -282,7 +283,7 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
                 continue
             t, base = r[m]["targets"]["overall"], r["base"]["targets"]["overall"]
             gain = "" if m == "base" else f" ({100 * (t - base):+.1f})"
-            lines.append(f"| {m} | {run_seed(label)} | {_pct(t)}{gain} | {_pct(r[m]['controls']['overall'])} | "
+            lines.append(f"| {METHOD_NAMES[m]} | {run_seed(label)} | {_pct(t)}{gain} | {_pct(r[m]['controls']['overall'])} | "
                          f"{_device(r)} |")
     k, k_side = eval_seeds(runs[0][1])
     named = [(f"seed {run_seed(label)}", r) for label, r in runs]
