@@ -165,7 +165,7 @@ class FinetuneConfig:
     sample_grid_every: NonNegativeInt = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
     # DPOK, shapes world: every N rounds (and before the first), the share of the current policy's
     # samples the oracle judges aligned, on every training prompt x curve_samples fixed seeds: a
-    # learning curve from an independent judge (finetune.dpok.oracle_alignment).  0: off.
+    # learning curve from an independent judge (finetune.dpok.curve_alignment).  0: off.
     curve_every: NonNegativeInt = 0
     curve_samples: PositiveInt = 2
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
-from core.images import to_uint8
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.components import Components
 from finetune.config import FinetuneConfig
@@ -47,9 +46,11 @@ from finetune.prompts import prompt_group_ids
 from finetune.rl_math import clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob, normalize_advantages
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import RewardFn, score_in_batches
-from shapes.oracle import judge
-from shapes.world import Prompt
+from reward.reward_fn import OracleReward, RewardFn, RewardSource, load_reward, score_in_batches
+
+# The learning curve's judge, through the reward source interface: 1 for an image the shapes
+# oracle judges aligned with its prompt, else 0.
+CURVE_JUDGE = RewardSource(kind="oracle", oracle="aligned")
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,16 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:
-        _check_shapes_prompts(run.prompts)
+        _check_curve_prompts(run.prompts)
+        curve_judge = load_reward(CURVE_JUDGE, device)
         curve_texts = [p for p in run.prompts for _ in range(cfg.curve_samples)]
         curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
 
         def measure_curve(after_round: int) -> float:
             """Add the curve's point after ``after_round`` rounds (its image count too, for the
             standard error of evaluation.curves) and return the aligned share."""
-            aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+            aligned = curve_alignment(policy, pipe, curve_judge, curve_texts, curve_cond, curve_uncond,
+                                      run.latent_shape, cfg)
             curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
             return aligned
 
@@ -195,13 +198,11 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     return FinetuneResult(out, history, metrics)
 
 
-def _check_shapes_prompts(prompts: list[str]) -> None:
-    try:
-        for p in prompts:
-            Prompt.parse(p)
-    except UserError:
-        raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{p}' is not one.",
-                        "set curve_every=0 for these prompts.") from None
+def _check_curve_prompts(prompts: list[str]) -> None:
+    bad = OracleReward.unjudgeable(prompts)
+    if bad is not None:
+        raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{bad}' is not one.",
+                        "set curve_every=0 for these prompts.")
 
 
 @torch.no_grad()
@@ -218,13 +219,13 @@ def fixed_noise_images(policy: DiffusionPolicy, pipe, cond, uncond, latent_shape
     return decode_latents(pipe.vae, traj.final_latents)
 
 
-def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, uncond, latent_shape,
-                     cfg: FinetuneConfig) -> float:
+def curve_alignment(policy: DiffusionPolicy, pipe, judge: RewardFn, texts: list[str], cond, uncond, latent_shape,
+                    cfg: FinetuneConfig) -> float:
     """Share of the current policy's samples of ``texts`` (each training prompt x
-    ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that the shapes oracle judges
-    aligned, from a generator seeded apart from the rounds'."""
+    ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that ``judge`` (1: aligned, 0:
+    not; :data:`CURVE_JUDGE`) passes, from a generator seeded apart from the rounds'."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["curve"], texts)
-    return float(np.mean([judge(a, t).aligned for a, t in zip(to_uint8(images), texts)]))
+    return float(np.mean(judge(images, texts).cpu().numpy() == 1))
 
 
 def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):

@@ -19,7 +19,7 @@ TABLES = {
     "reward.config.RewardConfig": "docs/reward.md",
     "labeling_app.generate.GenerateConfig": "docs/labeling.md",
     "labeling_app.config.LabelConfig": "docs/labeling.md",
-    "evaluation.compare.EvalConfig": "docs/evaluation.md",
+    "evaluation.config.EvalConfig": "docs/evaluation.md",
 }
 MARKER = "<!-- key-table: {} -->"
 
