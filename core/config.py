@@ -57,8 +57,9 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Removed:
-    """A key a config section no longer has (the section's ``REMOVED: ClassVar[dict[str, Removed]]``).
-    ``keeps``: the value whose behaviour the code kept, accepted and ignored; ``why``: where the
+    """A key a config section no longer has, or one value a key no longer takes (the section's
+    ``REMOVED: ClassVar[dict[str, Removed]]``, keyed ``name`` or ``name=value``).  ``keeps``: for a
+    key, the value whose behaviour the code kept, accepted and ignored; ``why``: where the
     measurement that removed it is written up."""
 
     keeps: Any
@@ -212,13 +213,17 @@ def _drop_removed(cls: type, values: dict, prefix: str, fields: set[str]) -> dic
     removed: dict[str, Removed] = getattr(cls, "REMOVED", {})
     out = {}
     for name, value in values.items():
+        gone_value = removed.get(f"{name}={value}") if name in fields and isinstance(value, str) else None
+        if gone_value is not None:
+            raise UserError(f"config value {prefix}{name}={value} was removed: it was measured not to help "
+                            f"({gone_value.why}).", f"set {prefix}{name} to another value, or leave it at its default.")
         gone = removed.get(name) if name not in fields else None
         if gone is None:
             out[name] = value
         elif value != gone.keeps:
             raise UserError(f"config key '{prefix}{name}' was removed: it was measured not to help ({gone.why}).",
-                            f"delete {prefix}{name} from the config; runs now always do what "
-                            f"{prefix}{name}={gone.keeps!r} did.")
+                            f"delete {prefix}{name} from the config (set to {gone.keeps!r}, what runs now "
+                            "always do, it is accepted and ignored).")
     return out
 
 

@@ -22,11 +22,11 @@ from shapes import SHAPES_SD
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
 TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
+ISSUE_46 = "experiments/issue-46-value-eps-mse/README.md"
 
 Method = Literal["dpok", "rwl"]
 Parameterisation = Literal["lora", "full"]
-KLForm = Literal["gaussian", "eps_mse"]
-Baseline = Literal["value", "per_prompt", "batch"]
+Baseline = Literal["per_prompt", "batch"]
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,11 @@ class DPOKConfig:
     clip_range: PositiveFloat = 0.2
     reward_weight: NonNegativeFloat = 1.0  # alpha of DPOK's objective
     kl_weight: float = 0.01  # beta of DPOK's objective
-    kl_form: KLForm = "gaussian"
     baseline: Baseline = "per_prompt"
     # baseline=per_prompt: divide by each prompt group's reward std (group: DDPO's and GRPO's
     # default) or by the batch's (batch: Dr. GRPO); see finetune.rl_math.normalize_advantages.
     advantage_scale: AdvantageScale = "batch"
     advantage_clip: PositiveFloat = 5.0
-    value_lr: PositiveFloat = 1e-3
-    value_hidden: PositiveInt = 256
-    value_steps: NonNegativeInt = 20  # value-net updates per round (DPOK's baseline)
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
     REMOVED: ClassVar[dict[str, Removed]] = {
@@ -110,6 +106,11 @@ class DPOKConfig:
         "shared_prefix_steps": Removed(0, f"branching after a shared prefix gained no more; {TUNING_LOG}"),
         "epochs_per_round": Removed(1, f"two epochs a round gained no more in more time; {TUNING_LOG}"),
         "baseline_history": Removed(0, f"a baseline over past rounds ended lower; {TUNING_LOG}"),
+        "baseline=value": Removed(None, f"DPOK's learned value baseline ended lower; {ISSUE_46}"),
+        "value_lr": Removed(1e-3, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "value_hidden": Removed(256, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "value_steps": Removed(20, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {ISSUE_46}"),
     }
 
 

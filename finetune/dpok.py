@@ -10,12 +10,12 @@ per step (DPOK eq. 7-8):
 
     loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
 
-KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=gaussian``) or DPOK's
-eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
-disabled (or a frozen copy when the whole UNet is trained).
+KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 of the two step Gaussians (as
+Flow-GRPO; DPOK's own code uses an eps-MSE surrogate).  The base model is the same UNet with its
+LoRA adapter disabled (or a frozen copy when the whole UNet is trained).
 
-Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO), minus the batch mean
-(``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
+Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO and GRPO) or minus the batch
+mean (``batch``); either is divided
 by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by each prompt group's, as
 DDPO) so that alpha and the clip range mean the same for any reward scale.
 Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
@@ -24,7 +24,6 @@ process), so a run resumed from a checkpoint continues exactly as if never inter
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core import seeds
@@ -43,7 +41,7 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import prompt_group_ids
-from finetune.rl_math import clipped_policy_loss, eps_mse_kl, gaussian_kl, gaussian_log_prob, normalize_advantages
+from finetune.rl_math import clipped_policy_loss, gaussian_kl, gaussian_log_prob, normalize_advantages
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import OracleReward, RewardFn, RewardSource, load_reward, score_in_batches
@@ -58,38 +56,17 @@ class RoundStats:
     round: int
     reward_mean: float
     reward_std: float
-    kl: float  # mean per-step KL term (nats for kl_form=gaussian)
+    kl: float  # mean per-step KL term (nats)
     clip_fraction: float
     approx_kl: float  # KL(old || new) estimate of the update
     policy_loss: float
     loss: float
     grad_norm: float
-    value_loss: float
     lr: float
     seconds_sample: float
     seconds_reward: float
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
-
-
-class ValueNet(torch.nn.Module):
-    """DPOK's baseline V(x_t, prompt, t): pooled latents + mean text embedding + timestep features
-    -> MLP -> predicted final reward."""
-
-    def __init__(self, latent_channels: int, text_dim: int, hidden: int, pool: int = 8):
-        super().__init__()
-        self.pool = pool
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(latent_channels * pool * pool + text_dim + 32, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
-
-    def forward(self, x_t: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # x_t (B, C, H, W); text (B, L, D); t (B,) timesteps in [0, 1000) -> (B,)
-        pooled = F.adaptive_avg_pool2d(x_t.float(), self.pool).flatten(1)
-        freqs = torch.exp(torch.linspace(0, math.log(1000), 16, device=t.device))
-        tf = t.float()[:, None] / 1000 * freqs[None]
-        feats = torch.cat([pooled, text.float().mean(1), tf.sin(), tf.cos()], dim=1)
-        return self.net(feats).squeeze(1)
 
 
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
@@ -104,16 +81,9 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     run, state = setup_run(cfg, reward_fn)
     cfg, out, accelerator, device = run.cfg, run.out, run.accelerator, run.device
     d, comps, pipe, policy = cfg.dpok, run.comps, run.comps.pipe, run.policy
-    unet, lr_sched, schedule = comps.unet, run.lr_scheduler, run.schedule
-    value_net = value_opt = None
-    if d.baseline == "value":
-        value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
-        value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
+    unet, lr_sched = comps.unet, run.lr_scheduler
     start, history = 0, []
     if state is not None:
-        if value_net is not None:
-            value_net.load_state_dict(state["value_net"])
-            value_opt.load_state_dict(state["value_opt"])
         start, history = state["round"], state["history"]
         accelerator.print(f"resuming {out} at round {start}")
     if start >= d.rounds:
@@ -164,7 +134,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                             "check the reward model folder (retrain it with `make reward`).")
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
-        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng)
+        adv = _advantages(traj, rewards, d)
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
@@ -176,7 +146,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
-            value_loss=value_loss, lr=float(lr_sched.get_last_lr()[0]),
+            lr=float(lr_sched.get_last_lr()[0]),
             seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned, **stats)
         history.append(asdict(row))
         if (r + 1) % cfg.log_every == 0:
@@ -186,9 +156,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
-                round=r + 1, history=history, curve=curve,
-                value_net=value_net.state_dict() if value_net is not None else None,
-                value_opt=value_opt.state_dict() if value_opt is not None else None))
+                round=r + 1, history=history, curve=curve))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
@@ -228,31 +196,13 @@ def curve_alignment(policy: DiffusionPolicy, pipe, judge: RewardFn, texts: list[
     return float(np.mean(judge(images, texts).cpu().numpy() == 1))
 
 
-def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng):
-    """Advantages (B, T) and the value-fit loss (0 without a value net)."""
+def _advantages(traj: Trajectory, rewards: torch.Tensor, d) -> torch.Tensor:
+    """Advantages (B, T): each sample's (B,) the same for every recorded step of its trajectory."""
     b, t = traj.batch_size, traj.num_steps
-    if baseline == "per_prompt":
+    if d.baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
-        return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0
-    if baseline == "batch":
-        return normalize_advantages(rewards)[:, None].expand(b, t), 0.0
-    # DPOK: A(x_t) = r - V(x_t, c, t), with V fitted by MSE to the final reward.
-    scale = rewards.std(unbiased=False) + 1e-6
-    x = traj.latents[:, :-1].reshape(b * t, *traj.latents.shape[2:])
-    text = traj.prompt_embeds.repeat_interleave(t, 0)
-    steps = schedule.timesteps[:t].to(x.device).repeat(b)
-    target = rewards.repeat_interleave(t)
-    with torch.no_grad():
-        adv = ((target - value_net(x, text, steps)) / scale).view(b, t)
-    loss = 0.0
-    for _ in range(d.value_steps):
-        idx = torch.as_tensor(rng.choice(b * t, size=min(256, b * t), replace=False), device=x.device)
-        value_opt.zero_grad()
-        mse = F.mse_loss(value_net(x[idx], text[idx], steps[idx]), target[idx])
-        mse.backward()
-        value_opt.step()
-        loss = mse.item()
-    return adv, loss
+        return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t)
+    return normalize_advantages(rewards)[:, None].expand(b, t)
 
 
 def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int, start: int = 0
@@ -325,7 +275,7 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     g = step.gaussian
     log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
     pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
-    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std) if d.kl_form == "gaussian" else eps_mse_kl(step.eps, ref.eps)
+    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std)
     loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
     return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
 

@@ -102,15 +102,6 @@ def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -
     return _sum_dims((mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2))
 
 
-def eps_mse_kl(eps_p: torch.Tensor, eps_q: torch.Tensor) -> torch.Tensor:
-    """DPOK's KL surrogate ||eps_theta - eps_base||^2, summed over dimensions -> (B,).
-
-    The official code uses this on guidance-combined noise predictions, without the
-    sigma-dependent scale of the exact KL.
-    """
-    return _sum_dims((eps_p - eps_q) ** 2)
-
-
 @dataclass(frozen=True)
 class PolicyLossOutput:
     loss: torch.Tensor  # scalar
