@@ -99,8 +99,8 @@ def load_finetuned(base: str | os.PathLike, run_dir: str | os.PathLike, device=N
     """A pipeline for a fine-tuning output: a full pipeline folder, or base + LoRA weights, fused.
 
     Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
-    the same model up to fp32 rounding (a pixel level at most, on a few images), sampled about 8 %
-    faster on the shapes model on a CPU (LoRA layers add two small matmuls per projection)."""
+    the same model up to fp32 rounding (a pixel level at most, on a few images), and faster to
+    sample (LoRA layers add two small matmuls per projection)."""
     run_dir = Path(run_dir)
     _check_finetuned(run_dir)
     if (run_dir / "model_index.json").is_file():
