@@ -67,10 +67,10 @@ class SamplerSettings:
 @dataclass(frozen=True)
 class SamplingConfig:
     num_inference_steps: int = 20
-    # Tuned on the shapes-world base model (common train prompts, K=2, seeds 100-101): guidance 3 /
-    # eta 0: 0.39 overall; 5 / 0: 0.43; 7.5 / 0: 0.45; 5 / eta 1: 0.55; 7.5 / 1: 0.49.  Stochastic
-    # DDIM (eta 1) commits to one background for prompts that leave it free, where eta 0 drew a
-    # washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs finite_ddim, below.)
+    # Guidance 5 with stochastic DDIM (eta 1) samples the shapes-world base model best
+    # (experiments/sampling-defaults): eta 1 commits to one background for prompts that leave it
+    # free, where eta 0 draws a washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs
+    # finite_ddim, below.)
     guidance_scale: float = 5.0
     eta: float = 1.0
     batch_size: int = 32
