@@ -6,7 +6,7 @@ it as before; each kind of pass (sampling; update forward+backward; the referenc
 adapter off) and each batch shape compiles once per process.  Shapes are static
 (``dynamic=False``): a new batch size is a graph of its own, never a slower shape-generic one.
 Compiling the UNet block by block (regional compilation) was measured too and lost to this on
-every pass (docs/finetune.md, Benchmark).
+every pass (experiments/bench).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Values are checked against the field types (``int``, ``float``, ``bool``, ``str`
 ``Optional``, tuples, nested dataclasses) and against the range a field declares
 (``rounds: PositiveInt``, ``lr: PositiveFloat``, ``share: Share``: :class:`Bounds`); numbers must
 be finite.  An unknown key or a wrong value is a :class:`UserError` naming the key and the
-allowed values.
+allowed values.  A key a section has dropped (its ``REMOVED`` table of :class:`Removed`) is an
+error naming the key and why it went, unless it is set to the value that does what the code now
+always does: a file written before the removal then still loads.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class Bounds:
         if too_low or (self.high is not None and value > self.high):
             kind = "a whole number" if isinstance(value, int) else "a number"
             raise UserError(f"{where}={value!r} must be {self.describe()}.", f"set {where} to {kind} {self.describe()}.")
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A key a config section no longer has, or one value a key no longer takes (the section's
+    ``REMOVED: ClassVar[dict[str, Removed]]``, keyed ``name`` or ``name=value``).  ``keeps``: for a
+    key, the value whose behaviour the code kept, accepted and ignored; ``why``: where the
+    measurement that removed it is written up."""
+
+    keeps: Any
+    why: str
 
 
 PositiveInt = Annotated[int, Bounds(low=1)]  # a count of things that must happen at least once
@@ -194,9 +207,30 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def _drop_removed(cls: type, values: dict, prefix: str, fields: set[str]) -> dict:
+    """``values`` without the removed keys set to the value the code kept; any other value of one
+    is an error naming it."""
+    removed: dict[str, Removed] = getattr(cls, "REMOVED", {})
+    out = {}
+    for name, value in values.items():
+        gone_value = removed.get(f"{name}={value}") if name in fields and isinstance(value, str) else None
+        if gone_value is not None:
+            raise UserError(f"config value {prefix}{name}={value} was removed: it was measured not to help "
+                            f"({gone_value.why}).", f"set {prefix}{name} to another value, or leave it at its default.")
+        gone = removed.get(name) if name not in fields else None
+        if gone is None:
+            out[name] = value
+        elif value != gone.keeps:
+            raise UserError(f"config key '{prefix}{name}' was removed: it was measured not to help ({gone.why}).",
+                            f"delete {prefix}{name} from the config (set to {gone.keeps!r}, what runs now "
+                            "always do, it is accepted and ignored).")
+    return out
+
+
 def _build(cls: type[T], values: dict, prefix: str = "") -> T:
     hints = get_type_hints(cls, include_extras=True)  # keeps the Bounds of Annotated fields
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = _drop_removed(cls, values, prefix, set(fields))
     unknown = sorted(set(values) - set(fields))
     if unknown:
         where = ", ".join(f"{prefix}{k}" for k in unknown)

@@ -42,7 +42,7 @@ def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | No
     """The autocast dtype that plain sampling (``make generate``, ``make eval``) runs the UNet, VAE
     and text encoder in, or None for fp32; ``auto`` as :func:`resolve_precision`.  On a CPU with
     native bf16 (AVX512-BF16, AMX) ``bf16`` is faster too (what it changes in speed and in the
-    oracle's figures: docs/finetune.md, Evaluation).  The weights stay fp32: autocast runs matmuls
+    oracle's figures: experiments/eval-precision).  The weights stay fp32: autocast runs matmuls
     and convolutions in bf16 and leaves the scheduler's arithmetic in fp32.  The resolved config
     saved beside a round or a report says which precision sampled it."""
     import torch
@@ -67,10 +67,10 @@ class SamplerSettings:
 @dataclass(frozen=True)
 class SamplingConfig:
     num_inference_steps: int = 20
-    # Tuned on the shapes-world base model (common train prompts, K=2, seeds 100-101): guidance 3 /
-    # eta 0: 0.39 overall; 5 / 0: 0.43; 7.5 / 0: 0.45; 5 / eta 1: 0.55; 7.5 / 1: 0.49.  Stochastic
-    # DDIM (eta 1) commits to one background for prompts that leave it free, where eta 0 drew a
-    # washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs finite_ddim, below.)
+    # Guidance 5 with stochastic DDIM (eta 1) samples the shapes-world base model best
+    # (experiments/sampling-defaults): eta 1 commits to one background for prompts that leave it
+    # free, where eta 0 draws a washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs
+    # finite_ddim, below.)
     guidance_scale: float = 5.0
     eta: float = 1.0
     batch_size: int = 32

@@ -33,48 +33,15 @@ from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model
-from core.sampling import MixedPrecision, SamplingConfig, generate_images, image_size, sampling_dtype
+from core.sampling import generate_images, image_size, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
+from evaluation.config import EvalConfig
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
 from evaluation.grids import sample_grid
-from evaluation.oracle import control_prompts, figures, pass_rates, shapes_prompts
-from reward.reward_fn import RewardSource, load_reward, score_in_batches
-from shapes import SHAPES_CLIP, SHAPES_SD
-from shapes.oracle import ALIGNMENT_KEYS, judge, off_palette_share
-from shapes.render import render
-from shapes.world import Prompt, prompt_set
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    base: str = str(SHAPES_SD)  # a pipeline folder or a fine-tuned run (core.loading.resolve_model)
-    # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); one that is not there
-    # is an error
-    models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
-    split: str = "heldout"  # shapes-world prompt set evaluated (the fine-tuning targets)
-    prompts_file: str | None = None  # any prompts, one per line: evaluated instead of `split`
-    # shapes-world prompts never fine-tuned on, reported as generalisation (minus any evaluated
-    # prompt); None: none
-    generalization_split: str | None = None
-    # shapes-world prompts only: also evaluate control prompts (train prompts with one or two objects)
-    control_split: bool = True
-    # a folder of images (any size; sub-folders too): the fidelity reference.  None: renders of the
-    # prompts (shapes-world prompts) or the base model's samples (any other prompts)
-    reference_images: str | None = None
-    samples_per_prompt: int = 4  # fresh seeds per evaluated (target) prompt: the headline figure
-    # fresh seeds per control and generalisation prompt; None: samples_per_prompt
-    side_samples_per_prompt: int | None = None
-    seed: int = 1234
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # autocast dtype of the sampling, the same for every model (core.sampling.sampling_dtype); auto:
-    # bf16 on a CUDA GPU that has it, else fp32 ("no"), as for fine-tuning
-    mixed_precision: MixedPrecision = "auto"
-    reward: RewardSource = field(default_factory=RewardSource)
-    clip: str = str(SHAPES_CLIP)  # CLIP folder for the fidelity proxy
-    output_dir: str = "reports/eval"
-    grid_prompts: int = 8  # prompts shown in the before/after grids
-    grid_samples: int = 8  # seeds shown per prompt in the grids (at most samples_per_prompt)
+from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, pass_rates, reference_renders,
+                               shapes_prompts, split_prompts)
+from reward.reward_fn import load_reward, score_in_batches
 
 
 @dataclass
@@ -143,7 +110,7 @@ def _models(cfg: EvalConfig, base: ModelRef) -> list[tuple[str, ModelRef]]:
 def evaluated_prompts(cfg: EvalConfig) -> list[str]:
     """The target prompts: ``prompts_file`` (any prompts, one per line) or the shapes-world ``split``."""
     if not cfg.prompts_file:
-        return [p.text for p in prompt_set(cfg.split)]  # raises on an unknown split
+        return split_prompts(cfg.split)  # raises on an unknown split
     return read_prompts_file(cfg.prompts_file)
 
 
@@ -162,7 +129,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
                         "judges them); some evaluated prompts are not.",
                         "leave generalization_split out and use a learned reward (reward.path=<RewardModel folder>).")
     chosen = set(main_texts)
-    unseen = [p for p in prompt_set(cfg.generalization_split) if p.text not in chosen] if cfg.generalization_split else []
+    unseen = [t for t in split_prompts(cfg.generalization_split) if t not in chosen] if cfg.generalization_split else []
     controls = control_prompts(chosen) if cfg.control_split and prompts is not None else []
     k = cfg.samples_per_prompt
     k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
@@ -178,7 +145,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         raise UserError(f"{n_main} sample per model: the fidelity proxy (a Frechet distance) needs at least 2.",
                         "raise samples_per_prompt, or evaluate more prompts.")
     reference = reference_embeddings(clip, cfg.reference_images) if cfg.reference_images else None
-    texts = [t for t in main_texts for _ in range(k)] + [p.text for p in controls + unseen for _ in range(k_side)]
+    texts = [t for t in main_texts for _ in range(k)] + [t for t in [p.text for p in controls] + unseen for _ in range(k_side)]
     seeds = eval_seeds(cfg.seed, len(texts))  # the same seeds for every model
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
@@ -193,15 +160,13 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         embeddings = clip_image_embeddings(clip, tensor)
         if reference is None:  # renders of the same prompts (shapes world), else the base's samples
             reference = embeddings if prompts is None else clip_image_embeddings(clip, pil_to_tensor(
-                [render(t, s, images[0].size[0]) for t, s in zip(texts[:n_main], seeds[:n_main])]))
+                reference_renders(texts[:n_main], seeds[:n_main], images[0].size[0])))
         align, ctrl, gen, per_prompt, off, verdicts = {}, {}, {}, {}, {}, None
         if prompts is not None:  # a side list left empty has all-NaN figures
-            verdicts = [judge(im, t) for im, t in zip(images, texts)]
-            parsed = [Prompt.parse(t) for t in texts]
             parts = {"targets": slice(0, n_main), "controls": slice(n_main, n_main + n_ctrl),
                      "generalization": slice(n_main + n_ctrl, None)}
-            align, ctrl, gen = (figures(parsed[s], verdicts[s]) for s in parts.values())
-            off = {where: off_palette_share(verdicts[s]) for where, s in parts.items()}
+            figs, off, verdicts = judged_figures(images, texts, parts)
+            align, ctrl, gen = (figs[where] for where in parts)
             per_prompt = pass_rates(texts[:n_main], verdicts[:n_main])
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),

@@ -1,6 +1,8 @@
-"""The oracle's side of every evaluation: sampling and judging shapes-world prompts, the reported
-figures (:data:`shapes.oracle.ALIGNMENT_KEYS`), per-prompt pass rates, and the named prompt groups
-("common", "rare_counts", control prompts) that ``make eval``, the demo and the base card share.
+"""The oracle's side of every evaluation, the one module through which evaluation reads the shapes
+world: sampling and judging shapes-world prompts, the reported figures
+(:data:`shapes.oracle.ALIGNMENT_KEYS`), per-prompt pass rates, the named prompt groups ("common",
+"rare_counts", control prompts) that ``make eval``, the demo and the base card share, and renders of
+prompts as a fidelity reference.
 
 Seeds: image i of an evaluated list gets :func:`core.seeds.eval_seeds` ``(seed, n)[i]``, so the
 same list, ``seed`` and sampling give the same images in every evaluation that draws them.
@@ -18,7 +20,8 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.sampling import SamplingConfig, generate_images
 from core.seeds import eval_seeds
-from shapes.oracle import ALIGNMENT_KEYS, Verdict, alignment_by_category, judge
+from shapes.oracle import ALIGNMENT_KEYS, Verdict, alignment_by_category, judge, off_palette_share
+from shapes.render import render
 from shapes.world import CATEGORIES, Prompt, prompt_set
 
 
@@ -115,3 +118,25 @@ def shapes_prompts(texts: list[str]) -> list[Prompt] | None:
         return [Prompt.parse(t) for t in texts]
     except UserError:
         return None
+
+
+def split_prompts(split: str) -> list[str]:
+    """The texts of a shapes-world prompt set (an unknown set is one clear error)."""
+    return [p.text for p in prompt_set(split)]
+
+
+def reference_renders(texts: list[str], seeds: list[int], size: int) -> list[Image.Image]:
+    """A render of each text with its seed, ``size`` pixels square: the fidelity reference of
+    shapes-world prompts."""
+    return [render(t, s, size) for t, s in zip(texts, seeds)]
+
+
+def judged_figures(images: list, texts: list[str], parts: dict[str, slice]
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, float], list[Verdict]]:
+    """Every image judged against its text; per named part of the list (a slice) the
+    :data:`ALIGNMENT_KEYS` figures and the share of off-palette objects; and the verdicts."""
+    verdicts = [judge(im, t) for im, t in zip(images, texts)]
+    parsed = [Prompt.parse(t) for t in texts]
+    figs = {where: figures(parsed[s], verdicts[s]) for where, s in parts.items()}
+    off = {where: off_palette_share(verdicts[s]) for where, s in parts.items()}
+    return figs, off, verdicts

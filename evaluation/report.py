@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.curves import check_curve
+from evaluation.curves import check_curve
 from core.jsonable import json_safe
 from evaluation.compare import ModelEval, off_palette_alarms
 from shapes.oracle import ALIGNMENT_KEYS

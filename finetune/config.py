@@ -10,24 +10,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from core.compile import CompileMode
-from core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Removed
 from core.errors import UserError
 from core.sampling import MixedPrecision
-from core.schedules import LRSchedule
 from finetune.rl_math import AdvantageScale, RewardWeighting
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
+TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
+ISSUE_46 = "experiments/issue-46-value-eps-mse/README.md"
 
 Method = Literal["dpok", "rwl"]
 Parameterisation = Literal["lora", "full"]
-KLForm = Literal["gaussian", "eps_mse"]
-Baseline = Literal["value", "per_prompt", "batch"]
-PromptOrder = Literal["random", "cycle"]
+Baseline = Literal["per_prompt", "batch"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +65,13 @@ class OptimConfig:
     weight_decay: NonNegativeFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
     grad_accum: PositiveInt = 1  # micro-batches per optimizer step
-    warmup_steps: NonNegativeInt = 0  # optimizer steps of linear warm-up
-    # After warm-up: constant, or a cosine down to lr_floor x lr at the run's last optimizer step
-    # (FinetuneConfig.optimizer_steps). The shipped configs keep constant: a cosine over 50 DPOK
-    # rounds did not beat 40 constant ones in the demo (docs/results.md).
-    lr_schedule: LRSchedule = "constant"
-    lr_floor: float = 0.05
-    # Polyak averaging: an exponential moving average of the trained weights, updated after every
-    # optimizer step (diffusers' EMAModel, whose warm-up makes the decay at step n
-    # min(ema_decay, (1 + n) / (10 + n))).  The saved model, the DPOK learning curve and the sample
-    # grids use the average; the training samples come from the live weights.  0: off.
-    ema_decay: float = 0.0
+    warmup_steps: NonNegativeInt = 0  # optimizer steps of linear warm-up, then constant
+
+    REMOVED: ClassVar[dict[str, Removed]] = {
+        "lr_schedule": Removed("constant", f"a cosine decay ended lower or no higher; {TUNING_LOG}"),
+        "lr_floor": Removed(0.05, f"the floor of the removed cosine schedule; {TUNING_LOG}"),
+        "ema_decay": Removed(0.0, f"a weight average ended no higher; {TUNING_LOG}"),
+    }
 
 
 @dataclass(frozen=True)
@@ -84,10 +79,6 @@ class DPOKConfig:
     rounds: PositiveInt = 20
     prompts_per_round: PositiveInt = 8
     samples_per_prompt: PositiveInt = 4
-    # random: each round draws its prompts anew (distinct within the round); cycle: the run goes
-    # through all its prompts in shuffled passes, so each gets the same number of rounds
-    # (finetune.prompts.cycled_prompts).
-    prompt_order: PromptOrder = "random"
     steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= sampling.num_inference_steps
     # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
     # all); why: finetune.dpok.draw_transitions.
@@ -99,30 +90,28 @@ class DPOKConfig:
     # tail of this many UNet calls instead of the stochastic chain, for the reward only (0: the
     # whole chain); why: finetune.sampler.deterministic_tail.  Evaluation always samples the chain.
     tail_steps: int = 0
-    # Sample x_T and the first `shared_prefix_steps` denoising steps once per prompt and branch the
-    # prompt's samples_per_prompt samples after them (0: every sample its own chain).  At most
-    # start_step: a shared step has one transition for all of a prompt's samples, and its
-    # per-prompt advantages sum to zero.  Why: finetune.sampler.branch_after_prefix.
-    shared_prefix_steps: int = 0
     minibatch_size: PositiveInt = 32  # transitions per forward/backward
-    epochs_per_round: PositiveInt = 1
     clip_range: PositiveFloat = 0.2
     reward_weight: NonNegativeFloat = 1.0  # alpha of DPOK's objective
     kl_weight: float = 0.01  # beta of DPOK's objective
-    kl_form: KLForm = "gaussian"
     baseline: Baseline = "per_prompt"
-    # per_prompt: divide by the prompt group's reward std (DDPO) or the batch's (Dr. GRPO); see
-    # finetune.rl_math.normalize_advantages.
+    # baseline=per_prompt: divide by each prompt group's reward std (group: DDPO's and GRPO's
+    # default) or by the batch's (batch: Dr. GRPO); see finetune.rl_math.normalize_advantages.
     advantage_scale: AdvantageScale = "batch"
-    # per_prompt: baseline = mean of the prompt's last N rewards over all rounds so far, this
-    # round's included (DDPO's per-prompt stat tracking, finetune.prompts.PromptRewardHistory);
-    # 0: the round's own samples of the prompt only.
-    baseline_history: int = 0
     advantage_clip: PositiveFloat = 5.0
-    value_lr: PositiveFloat = 1e-3
-    value_hidden: PositiveInt = 256
-    value_steps: NonNegativeInt = 20  # value-net updates per round (DPOK's baseline)
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
+
+    REMOVED: ClassVar[dict[str, Removed]] = {
+        "prompt_order": Removed("random", f"cycling through the prompts ended lower; {TUNING_LOG}"),
+        "shared_prefix_steps": Removed(0, f"branching after a shared prefix gained no more; {TUNING_LOG}"),
+        "epochs_per_round": Removed(1, f"two epochs a round gained no more in more time; {TUNING_LOG}"),
+        "baseline_history": Removed(0, f"a baseline over past rounds ended lower; {TUNING_LOG}"),
+        "baseline=value": Removed(None, f"DPOK's learned value baseline ended lower; {ISSUE_46}"),
+        "value_lr": Removed(1e-3, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "value_hidden": Removed(256, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "value_steps": Removed(20, f"a setting of the removed value baseline; {ISSUE_46}"),
+        "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {ISSUE_46}"),
+    }
 
 
 @dataclass(frozen=True)
@@ -153,7 +142,7 @@ class ComputeConfig:
 
     # torch.compile of the trained UNet as one graph (core.compile), for sampling and the update
     # alike; the first pass of each kind and batch shape compiles.  auto: on CUDA, off elsewhere
-    # (on the CPU a compile costs more than the demo's short runs save, docs/finetune.md, Benchmark).
+    # (on the CPU a compile costs more than short runs save: experiments/bench).
     compile: CompileMode = "auto"
     # UNet rows per forward/backward pass inside one DPOK minibatch or RWL batch (a guided
     # transition or example is 2 rows, an unguided one 1): each part's loss, scaled by its share,
@@ -181,7 +170,7 @@ class FinetuneConfig:
     sample_grid_every: NonNegativeInt = 5  # rounds; 0 disables the TensorBoard/PNG sample grids
     # DPOK, shapes world: every N rounds (and before the first), the share of the current policy's
     # samples the oracle judges aligned, on every training prompt x curve_samples fixed seeds: a
-    # learning curve from an independent judge (finetune.dpok.oracle_alignment).  0: off.
+    # learning curve from an independent judge (finetune.dpok.curve_alignment).  0: off.
     curve_every: NonNegativeInt = 0
     curve_samples: PositiveInt = 2
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -200,7 +189,7 @@ class FinetuneConfig:
 
     @property
     def optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run in one process: DPOK's rounds x epochs x minibatches of
+        """Optimizer steps of the whole run in one process: DPOK's rounds x minibatches of
         prompts_per_round x samples_per_prompt x steps_per_sample transitions, or RWL's steps, each
         divided by optim.grad_accum."""
         if self.method == "rwl":
@@ -208,7 +197,7 @@ class FinetuneConfig:
         else:
             d = self.dpok
             transitions = d.prompts_per_round * d.samples_per_prompt * d.steps_per_sample
-            micro = d.rounds * d.epochs_per_round * math.ceil(transitions / d.minibatch_size)
+            micro = d.rounds * math.ceil(transitions / d.minibatch_size)
         return max(1, micro // self.optim.grad_accum)
 
     def items_per_pass(self, guided: bool) -> int | None:
@@ -245,30 +234,9 @@ class FinetuneConfig:
                             "after dpok.early_steps).",
                             "set dpok.early_steps below sampling.num_inference_steps and dpok.tail_steps to at most "
                             "the steps after it, or 0 for the whole stochastic chain.")
-        if self.method == "dpok" and not 0 <= self.dpok.shared_prefix_steps <= self.dpok.start_step:
-            raise UserError(f"dpok.shared_prefix_steps={self.dpok.shared_prefix_steps} is not in "
-                            f"0..dpok.start_step={self.dpok.start_step}: a shared step would be trained, but its "
-                            "per-prompt advantages sum to zero.",
-                            "share at most the untrained steps before dpok.start_step, or set it to 0.")
-        if self.method == "dpok" and self.dpok.shared_prefix_steps and self.dpok.baseline != "per_prompt":
-            raise UserError(f"dpok.shared_prefix_steps needs dpok.baseline=per_prompt, not {self.dpok.baseline}: "
-                            "the branched samples of a prompt share their baseline.",
-                            "set dpok.baseline=per_prompt, or dpok.shared_prefix_steps=0.")
         for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
             if value <= 0:
                 raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")
-        if not 0 <= self.optim.lr_floor <= 1:
-            raise UserError(f"optim.lr_floor={self.optim.lr_floor} is not a share of optim.lr in [0, 1].",
-                            "set it to e.g. 0.05 (the cosine ends at 5 % of optim.lr).")
-        if not 0 <= self.optim.ema_decay < 1:
-            raise UserError(f"optim.ema_decay={self.optim.ema_decay} is not in [0, 1).",
-                            "set it to e.g. 0.95 (an average over about the last 20 optimizer steps), or 0 for none.")
-        if self.dpok.baseline_history < 0:
-            raise UserError(f"dpok.baseline_history={self.dpok.baseline_history} must be >= 0.",
-                            "set it to the rewards kept per prompt (e.g. 16), or 0 for the round's own only.")
-        if self.dpok.baseline_history and self.dpok.baseline != "per_prompt":
-            raise UserError(f"dpok.baseline_history applies to dpok.baseline=per_prompt, not {self.dpok.baseline}.",
-                            "set dpok.baseline=per_prompt, or dpok.baseline_history=0.")
         if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
             raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
         if not 0 <= self.rwl.pretrain_uncond < 1:

@@ -10,13 +10,12 @@ per step (DPOK eq. 7-8):
 
     loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
 
-KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 (``kl_form=gaussian``) or DPOK's
-eps-MSE surrogate (``kl_form=eps_mse``).  The base model is the same UNet with its LoRA adapter
-disabled (or a frozen copy when the whole UNet is trained).
+KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 of the two step Gaussians (as
+Flow-GRPO; DPOK's own code uses an eps-MSE surrogate).  The base model is the same UNet with its
+LoRA adapter disabled (or a frozen copy when the whole UNet is trained).
 
-Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO; with ``baseline_history=N`` over
-the prompt's last N rewards across rounds, DDPO's per-prompt stat tracking), minus the batch mean
-(``batch``), or minus a learned value V(x_t, prompt, t) as in DPOK (``value``); every form is divided
+Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO and GRPO) or minus the batch
+mean (``batch``); either is divided
 by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by each prompt group's, as
 DDPO) so that alpha and the clip range mean the same for any reward scale.
 Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
@@ -25,7 +24,6 @@ process), so a run resumed from a checkpoint continues exactly as if never inter
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,25 +31,24 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
-from core.images import to_uint8
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.components import Components
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy
-from finetune.prompts import PromptRewardHistory, cycled_prompts, prompt_group_ids
-from finetune.rl_math import (baseline_advantages, clipped_policy_loss, eps_mse_kl, gaussian_kl,
-                              gaussian_log_prob, normalize_advantages)
-from finetune.run import backward_contexts, micro_batches, setup_run
+from finetune.prompts import prompt_group_ids
+from finetune.rl_math import clipped_policy_loss, gaussian_kl, gaussian_log_prob, normalize_advantages
+from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import RewardFn, score_in_batches
-from shapes.oracle import judge
-from shapes.world import Prompt
+from reward.reward_fn import OracleReward, RewardFn, RewardSource, load_reward, score_in_batches
+
+# The learning curve's judge, through the reward source interface: 1 for an image the shapes
+# oracle judges aligned with its prompt, else 0.
+CURVE_JUDGE = RewardSource(kind="oracle", oracle="aligned")
 
 
 @dataclass(frozen=True)
@@ -59,45 +56,17 @@ class RoundStats:
     round: int
     reward_mean: float
     reward_std: float
-    kl: float  # mean per-step KL term (nats for kl_form=gaussian)
+    kl: float  # mean per-step KL term (nats)
     clip_fraction: float
     approx_kl: float  # KL(old || new) estimate of the update
     policy_loss: float
     loss: float
     grad_norm: float
-    value_loss: float
     lr: float
     seconds_sample: float
     seconds_reward: float
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    output_dir: Path
-    history: list[dict]
-    metrics: dict
-
-
-class ValueNet(torch.nn.Module):
-    """DPOK's baseline V(x_t, prompt, t): pooled latents + mean text embedding + timestep features
-    -> MLP -> predicted final reward."""
-
-    def __init__(self, latent_channels: int, text_dim: int, hidden: int, pool: int = 8):
-        super().__init__()
-        self.pool = pool
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(latent_channels * pool * pool + text_dim + 32, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
-
-    def forward(self, x_t: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # x_t (B, C, H, W); text (B, L, D); t (B,) timesteps in [0, 1000) -> (B,)
-        pooled = F.adaptive_avg_pool2d(x_t.float(), self.pool).flatten(1)
-        freqs = torch.exp(torch.linspace(0, math.log(1000), 16, device=t.device))
-        tf = t.float()[:, None] / 1000 * freqs[None]
-        feats = torch.cat([pooled, text.float().mean(1), tf.sin(), tf.cos()], dim=1)
-        return self.net(feats).squeeze(1)
 
 
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
@@ -112,18 +81,9 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     run, state = setup_run(cfg, reward_fn)
     cfg, out, accelerator, device = run.cfg, run.out, run.accelerator, run.device
     d, comps, pipe, policy = cfg.dpok, run.comps, run.comps.pipe, run.policy
-    unet, lr_sched, schedule = comps.unet, run.lr_scheduler, run.schedule
-    value_net = value_opt = None
-    if d.baseline == "value":
-        value_net = ValueNet(run.latent_shape[0], pipe.text_encoder.config.hidden_size, d.value_hidden).to(device)
-        value_opt = torch.optim.AdamW(value_net.parameters(), lr=d.value_lr)
+    unet, lr_sched = comps.unet, run.lr_scheduler
     start, history = 0, []
-    reward_history = (PromptRewardHistory(d.baseline_history, state and state.get("reward_history"))
-                      if d.baseline_history else None)
     if state is not None:
-        if value_net is not None:
-            value_net.load_state_dict(state["value_net"])
-            value_opt.load_state_dict(state["value_opt"])
         start, history = state["round"], state["history"]
         accelerator.print(f"resuming {out} at round {start}")
     if start >= d.rounds:
@@ -134,15 +94,16 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:
-        _check_shapes_prompts(run.prompts)
+        _check_curve_prompts(run.prompts)
+        curve_judge = load_reward(CURVE_JUDGE, device)
         curve_texts = [p for p in run.prompts for _ in range(cfg.curve_samples)]
         curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
 
         def measure_curve(after_round: int) -> float:
             """Add the curve's point after ``after_round`` rounds (its image count too, for the
-            standard error of core.curves) and return the aligned share."""
-            with run.averaged_weights():  # the model that will be saved
-                aligned = oracle_alignment(policy, pipe, curve_texts, curve_cond, curve_uncond, run.latent_shape, cfg)
+            standard error of evaluation.curves) and return the aligned share."""
+            aligned = curve_alignment(policy, pipe, curve_judge, curve_texts, curve_cond, curve_uncond,
+                                      run.latent_shape, cfg)
             curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
             return aligned
 
@@ -159,15 +120,12 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         t0 = time.perf_counter()
         # Distinct prompts per round where there are enough: a repeated prompt would merge into
         # one per-prompt baseline group and cut the round's prompt diversity.
-        if d.prompt_order == "cycle":
-            drawn = cycled_prompts(run.prompts, r, per_process, cfg.seed, rank)
-        else:
-            drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
+        drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts,
-                                   cfg.dpok_eligible_steps, d.tail_steps, d.shared_prefix_steps, d.samples_per_prompt)
+                                   cfg.dpok_eligible_steps, d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
         rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
@@ -176,8 +134,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                             "check the reward model folder (retrain it with `make reward`).")
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
-        adv, value_loss = _advantages(d.baseline, traj, rewards, value_net, value_opt, schedule, d, rng,
-                                      reward_history)
+        adv = _advantages(traj, rewards, d)
         adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
         # -- update -------------------------------------------------------------------------
         unet.train()
@@ -189,38 +146,32 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         all_rewards = accelerator.gather(rewards)
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
-            value_loss=value_loss, lr=float(lr_sched.get_last_lr()[0]),
+            lr=float(lr_sched.get_last_lr()[0]),
             seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned, **stats)
         history.append(asdict(row))
         if (r + 1) % cfg.log_every == 0:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            with run.averaged_weights():
-                _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
+            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
-                round=r + 1, history=history, curve=curve,
-                value_net=value_net.state_dict() if value_net is not None else None,
-                value_opt=value_opt.state_dict() if value_opt is not None else None,
-                reward_history=reward_history.state_dict() if reward_history is not None else None))
+                round=r + 1, history=history, curve=curve))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
-               "curve": curve, "seconds": time.perf_counter() - t_start, "lineage": run.lineage}
-    with run.averaged_weights():
-        save_result(accelerator, comps, cfg, out, metrics)
+               "curve": curve, "seconds": time.perf_counter() - t_start,
+               "lineage": run.lineage}
+    save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()
     return FinetuneResult(out, history, metrics)
 
 
-def _check_shapes_prompts(prompts: list[str]) -> None:
-    try:
-        for p in prompts:
-            Prompt.parse(p)
-    except UserError:
-        raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{p}' is not one.",
-                        "set curve_every=0 for these prompts.") from None
+def _check_curve_prompts(prompts: list[str]) -> None:
+    bad = OracleReward.unjudgeable(prompts)
+    if bad is not None:
+        raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{bad}' is not one.",
+                        "set curve_every=0 for these prompts.")
 
 
 @torch.no_grad()
@@ -237,44 +188,22 @@ def fixed_noise_images(policy: DiffusionPolicy, pipe, cond, uncond, latent_shape
     return decode_latents(pipe.vae, traj.final_latents)
 
 
-def oracle_alignment(policy: DiffusionPolicy, pipe, texts: list[str], cond, uncond, latent_shape,
-                     cfg: FinetuneConfig) -> float:
+def curve_alignment(policy: DiffusionPolicy, pipe, judge: RewardFn, texts: list[str], cond, uncond, latent_shape,
+                    cfg: FinetuneConfig) -> float:
     """Share of the current policy's samples of ``texts`` (each training prompt x
-    ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that the shapes oracle judges
-    aligned, from a generator seeded apart from the rounds'."""
+    ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that ``judge`` (1: aligned, 0:
+    not; :data:`CURVE_JUDGE`) passes, from a generator seeded apart from the rounds'."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["curve"], texts)
-    return float(np.mean([judge(a, t).aligned for a, t in zip(to_uint8(images), texts)]))
+    return float(np.mean(judge(images, texts).cpu().numpy() == 1))
 
 
-def _advantages(baseline, traj: Trajectory, rewards, value_net, value_opt, schedule, d, rng,
-                reward_history: PromptRewardHistory | None = None):
-    """Advantages (B, T) and the value-fit loss (0 without a value net)."""
+def _advantages(traj: Trajectory, rewards: torch.Tensor, d) -> torch.Tensor:
+    """Advantages (B, T): each sample's (B,) the same for every recorded step of its trajectory."""
     b, t = traj.batch_size, traj.num_steps
-    if baseline == "per_prompt" and reward_history is not None:
-        mean, std = reward_history.update(traj.prompts, rewards)
-        return baseline_advantages(rewards, mean, std, d.advantage_scale)[:, None].expand(b, t), 0.0
-    if baseline == "per_prompt":
+    if d.baseline == "per_prompt":
         groups = prompt_group_ids(traj.prompts).to(rewards.device)
-        return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t), 0.0
-    if baseline == "batch":
-        return normalize_advantages(rewards)[:, None].expand(b, t), 0.0
-    # DPOK: A(x_t) = r - V(x_t, c, t), with V fitted by MSE to the final reward.
-    scale = rewards.std(unbiased=False) + 1e-6
-    x = traj.latents[:, :-1].reshape(b * t, *traj.latents.shape[2:])
-    text = traj.prompt_embeds.repeat_interleave(t, 0)
-    steps = schedule.timesteps[:t].to(x.device).repeat(b)
-    target = rewards.repeat_interleave(t)
-    with torch.no_grad():
-        adv = ((target - value_net(x, text, steps)) / scale).view(b, t)
-    loss = 0.0
-    for _ in range(d.value_steps):
-        idx = torch.as_tensor(rng.choice(b * t, size=min(256, b * t), replace=False), device=x.device)
-        value_opt.zero_grad()
-        mse = F.mse_loss(value_net(x[idx], text[idx], steps[idx]), target[idx])
-        mse.backward()
-        value_opt.step()
-        loss = mse.item()
-    return adv, loss
+        return normalize_advantages(rewards, groups, d.advantage_scale)[:, None].expand(b, t)
+    return normalize_advantages(rewards)[:, None].expand(b, t)
 
 
 def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sample: int, start: int = 0
@@ -287,10 +216,8 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     policy gradient of a step is A * (x_{t-1} - mu) / sigma_t^2 * dmu/dtheta, and only the noise of
     the steps that decide the image is correlated with A; any other step's term is nearly pure
     noise.  A late step's noise moves the final image by a few pixels, and its small sigma_t makes
-    the PPO ratio swing and clip (measured with the oracle as reward, 40 rounds: approx-KL 0.2-4.4
-    per round over all 20 steps, 0.002-0.04 over the first 8).  Which steps decide: ``make
-    probe-steps`` (:mod:`finetune.probe`); on the shapes model steps 4-7 of 20 settle the most of the
-    oracle's verdict, the first 4 little (docs/finetune.md).
+    the PPO ratio swing and clip.  Which steps decide: ``make probe-steps`` (:mod:`tools.probe`;
+    what it found on the shapes model: experiments/probe).
     """
     steps = np.stack([start + rng.choice(eligible - start, size=per_sample, replace=False) for _ in range(batch)])
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)
@@ -311,25 +238,24 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_s
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     grad_norm = torch.zeros((), dtype=torch.float64, device=device)
     n_mb = n_opt = 0
-    for _ in range(d.epochs_per_round):
-        order = rng.permutation(len(steps))
-        for start in range(0, len(order), d.minibatch_size):
-            sel = order[start:start + d.minibatch_size]
-            with accelerator.accumulate(policy.unet):
-                stats = torch.zeros(len(names), dtype=torch.float64, device=device)
-                parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
-                for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
-                    share = (part.stop - part.start) / len(sel)
-                    with sync:
-                        terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
-                        accelerator.backward(terms[-1] * share)
-                    stats += torch.stack([t.detach().double() for t in terms]) * share
-                if accelerator.sync_gradients:
-                    grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
-                    n_opt += 1
-                optimizer_step()
-            sums += stats
-            n_mb += 1
+    order = rng.permutation(len(steps))
+    for start in range(0, len(order), d.minibatch_size):
+        sel = order[start:start + d.minibatch_size]
+        with accelerator.accumulate(policy.unet):
+            stats = torch.zeros(len(names), dtype=torch.float64, device=device)
+            parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
+            for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
+                share = (part.stop - part.start) / len(sel)
+                with sync:
+                    terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
+                    accelerator.backward(terms[-1] * share)
+                stats += torch.stack([t.detach().double() for t in terms]) * share
+            if accelerator.sync_gradients:
+                grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
+                n_opt += 1
+            optimizer_step()
+        sums += stats
+        n_mb += 1
     means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
     out = dict(zip(names, means))
     out["grad_norm"] = float(grad_norm) / max(1, n_opt)
@@ -350,7 +276,7 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     g = step.gaussian
     log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
     pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
-    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std) if d.kl_form == "gaussian" else eps_mse_kl(step.eps, ref.eps)
+    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std)
     loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
     return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
 

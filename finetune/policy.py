@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from finetune.rl_math import StepGaussian, x0_and_eps
+from finetune.rl_math import StepGaussian
 from finetune.scheduler import DDIMSchedule
 
 
 @dataclass(frozen=True)
 class PolicyStep:
     gaussian: StepGaussian  # p(x_{t-1} | x_t), mean (B, C, H, W) fp32
-    eps: torch.Tensor  # guidance-combined noise prediction (B, C, H, W) fp32, for the eps-MSE KL
 
 
 class DiffusionPolicy:
@@ -54,10 +53,7 @@ class DiffusionPolicy:
 
     def _step(self, unet, x_t, index, cond, uncond) -> PolicyStep:
         out = self.model_output(unet, x_t, index, cond, uncond)
-        gaussian = self.schedule.step(out, x_t, index)
-        _, eps = x0_and_eps(out, x_t.float(), self.schedule.abar.to(x_t.device)[index],
-                            self.schedule.prediction_type)
-        return PolicyStep(gaussian, eps)
+        return PolicyStep(self.schedule.step(out, x_t, index))
 
     def step(self, x_t, index, cond, uncond) -> PolicyStep:
         return self._step(self.unet, x_t, index, cond, uncond)

@@ -102,15 +102,6 @@ def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -
     return _sum_dims((mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2))
 
 
-def eps_mse_kl(eps_p: torch.Tensor, eps_q: torch.Tensor) -> torch.Tensor:
-    """DPOK's KL surrogate ||eps_theta - eps_base||^2, summed over dimensions -> (B,).
-
-    The official code uses this on guidance-combined noise predictions, without the
-    sigma-dependent scale of the exact KL.
-    """
-    return _sum_dims((eps_p - eps_q) ** 2)
-
-
 @dataclass(frozen=True)
 class PolicyLossOutput:
     loss: torch.Tensor  # scalar
@@ -143,15 +134,16 @@ AdvantageScale = Literal["group", "batch"]
 
 
 def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = None,
-                         scale: AdvantageScale = "group", eps: float = 1e-6) -> torch.Tensor:
+                         scale: AdvantageScale = "batch", eps: float = 1e-6) -> torch.Tensor:
     """(r - mean) / (std + eps), the mean per group (e.g. per prompt, as DDPO) or over the batch.
 
     ``groups`` is an integer tensor (B,) of group ids; a group of one sample gets advantage 0
     (its own mean), and a group with zero spread gets 0 too.  std is the population std: of the
     group (``scale="group"``, DDPO / GRPO) or of the whole batch (``"batch"``, as Dr. GRPO, Liu
-    et al. 2025).  Why ``batch``: with 4 samples per prompt and a graded reward, a group whose
-    samples are all wrong but differ by a little (0.50 vs 0.75) is blown up to the same +-1 as a
-    group with one real success, so most of the gradient is spent on near-ties.
+    et al. 2025; the default here and in ``dpok.advantage_scale``).  Why ``batch``: with few
+    samples per prompt and a graded reward, a group whose samples are all wrong but differ by a
+    little (0.50 vs 0.75) is blown up to the same +-1 as a group with one real success, so most of
+    the gradient is spent on near-ties.
     """
     rewards = rewards.float()
     if groups is None:
@@ -160,18 +152,10 @@ def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = No
     n = counts.float()
     sums = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, rewards)
     mean = (sums / n)[inverse]
+    if scale == "batch":
+        return (rewards - mean) / (rewards.std(unbiased=False) + eps)
     sq = torch.zeros(len(counts), device=rewards.device).index_add_(0, inverse, (rewards - mean) ** 2)
-    return baseline_advantages(rewards, mean, (sq / n).sqrt()[inverse], scale, eps)
-
-
-def baseline_advantages(rewards: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                        scale: AdvantageScale = "group", eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean) / (s + eps) for rewards (B,) and each sample's baseline ``mean`` and spread
-    ``std`` (B,), from its prompt's group (:func:`normalize_advantages`) or its prompt's reward
-    history over rounds (DDPO's stat tracking); s is ``std`` (``scale="group"``) or the batch's
-    population reward std (``"batch"``)."""
-    s = rewards.float().std(unbiased=False) if scale == "batch" else std
-    return (rewards - mean) / (s + eps)
+    return (rewards - mean) / ((sq / n).sqrt()[inverse] + eps)
 
 
 RewardWeighting = Literal["reward", "exp", "threshold"]

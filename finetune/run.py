@@ -5,7 +5,7 @@ restores the newest checkpoint; :class:`Run` holds the result."""
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +46,20 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_scheduler(optimizer, cfg: FinetuneConfig, num_processes: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """optim.lr_schedule over the run's optimizer steps. accelerate steps a prepared scheduler once
+    """optim.warmup_steps of linear warm-up, then optim.lr. accelerate steps a prepared scheduler once
     per process at every optimizer step, so the scheduler's count is divided back to optimizer steps."""
     o = cfg.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(
-        s // num_processes, cfg.optimizer_steps, o.warmup_steps, 1.0, o.lr_schedule, o.lr_floor))
+        s // num_processes, cfg.optimizer_steps, o.warmup_steps, 1.0, "constant"))
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a DPOK or RWL run returns: its folder, its per-round / per-step rows and metrics.json's content."""
+
+    output_dir: Path
+    history: list[dict]
+    metrics: dict
 
 
 @dataclass
@@ -67,7 +76,6 @@ class Run:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
-    ema: object | None = None  # diffusers EMAModel of comps.trainable (optim.ema_decay > 0), else None
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
 
     @property
@@ -75,28 +83,11 @@ class Run:
         return self.accelerator.device
 
     def optimizer_step(self) -> None:
-        """One optimizer and learning-rate step, gradients cleared, then the weight average moved.
-        Under ``accelerator.accumulate()`` the prepared optimizer and scheduler skip the steps that
-        do not synchronise gradients, and so does the average."""
+        """One optimizer and learning-rate step, gradients cleared.  Under ``accelerator.accumulate()``
+        the prepared optimizer and scheduler skip the steps that do not synchronise gradients."""
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None and self.accelerator.sync_gradients:
-            self.ema.step(self.comps.trainable)
-
-    @contextmanager
-    def averaged_weights(self):
-        """The trained weights replaced by their moving average inside the block (nothing without
-        optim.ema_decay); the live weights come back after it."""
-        if self.ema is None:
-            yield
-            return
-        self.ema.store(self.comps.trainable)
-        self.ema.copy_to(self.comps.trainable)
-        try:
-            yield
-        finally:
-            self.ema.restore(self.comps.trainable)
 
     def init_trackers(self, name: str, start: int) -> None:
         """TensorBoard for the steps after ``start`` (the checkpoint resumed from; 0 for a fresh
@@ -105,16 +96,13 @@ class Run:
         self.accelerator.init_trackers(name, init_kwargs={"tensorboard": {"purge_step": start + 1}})
 
     def checkpoint_state(self, **extra) -> dict:
-        ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
         return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
-                    lr_scheduler=self.lr_scheduler.state_dict(), **ema, **extra)
+                    lr_scheduler=self.lr_scheduler.state_dict(), **extra)
 
     def restore(self, state: dict) -> None:
         self.comps.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
 
 
 def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
@@ -159,13 +147,8 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
-    ema = None
-    if cfg.optim.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(comps.trainable, decay=cfg.optim.ema_decay, foreach=True)
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              latent_shape(comps.pipe, height, width), (height, width), ema, record)
+              latent_shape(comps.pipe, height, width), (height, width), record)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

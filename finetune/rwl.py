@@ -34,14 +34,12 @@ from data.labels import current
 from data.store import Store
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
-from finetune.dpok import FinetuneResult
 from finetune.image_log import log_images
+from finetune.prompts import shapes_pretrain_pairs
 from finetune.rl_math import reward_weights
-from finetune.run import Run, backward_contexts, micro_batches, setup_run
+from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import RewardFn, score_in_batches
-from shapes.render import render
-from shapes.world import prompt_set
 
 
 @dataclass(frozen=True)
@@ -155,9 +153,8 @@ def build_pretrain_set(run: Run) -> LatentSet:
     model where it was (eq. 2's beta term)."""
     r, size = run.cfg.rwl, run.image_size
     if r.pretrain_source == "shapes":
-        prompts = [p.text for p in prompt_set("train") for _ in range(r.pretrain_per_prompt)]
-        render_seeds = [seeds.render_seed(run.cfg.seed, i, offset=50_000) for i in range(len(prompts))]
-        images = pil_to_tensor([render(p, s, size[0]) for p, s in zip(prompts, render_seeds)])  # square: _check_inputs
+        renders, prompts = shapes_pretrain_pairs(r.pretrain_per_prompt, run.cfg.seed, size[0])  # square: _check_inputs
+        images = pil_to_tensor(renders)
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
     latents = _encode_images(run.comps.pipe.vae, images).cpu()
@@ -294,8 +291,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if cfg.sample_grid_every:
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        with run.averaged_weights():
-            traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
+        traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
                    run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
@@ -303,7 +299,6 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
                            "mean_weight": float(model_set.weights.mean())},
                "d_pre": {"images": len(pre_set)}, "seconds": time.perf_counter() - t_start,
                "lineage": run.lineage}
-    with run.averaged_weights():
-        save_result(acc, run.comps, cfg, run.out, metrics)
+    save_result(acc, run.comps, cfg, run.out, metrics)
     acc.end_training()
     return FinetuneResult(run.out, history, metrics)

@@ -52,27 +52,18 @@ def encode_prompts(pipe, prompts: list[str], device) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: torch.Tensor,
                         latent_shape: tuple[int, int, int], generator: torch.Generator,
-                        prompts: list[str], stochastic_steps: int | None = None, tail_steps: int = 0,
-                        shared_steps: int = 0, group_size: int = 1) -> Trajectory:
+                        prompts: list[str], stochastic_steps: int | None = None, tail_steps: int = 0) -> Trajectory:
     """Run the DDIM chain from x_T ~ N(0, I), recording latents and fp32 log-probs of each step.
 
     With ``tail_steps`` > 0 only the first ``stochastic_steps`` steps are sampled and recorded;
     the rest of the chain is finished by a deterministic DDIM tail of ``tail_steps`` UNet calls
-    (:func:`deterministic_tail`), whose x_0 only feeds the reward.  With ``shared_steps`` > 0 each
-    run of ``group_size`` consecutive samples (one prompt's) shares x_T and the first
-    ``shared_steps`` steps, sampled once, and branches after them (:func:`branch_after_prefix`).
+    (:func:`deterministic_tail`), whose x_0 only feeds the reward.
     ``generator`` lives on the latents' device and makes the whole batch reproducible.
     """
     schedule, b = policy.schedule, cond.shape[0]
     recorded = schedule.num_steps if not tail_steps else stochastic_steps
-    if shared_steps and b % group_size:
-        raise ValueError(f"batch {b} is not groups of {group_size}")
-    starts = b // group_size if shared_steps else b  # one x_T per group when they share it
-    x = torch.randn((starts, *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
-    if shared_steps:
-        latents, log_probs = branch_after_prefix(policy, x, cond, uncond, generator, recorded, shared_steps)
-    else:
-        latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
+    x = torch.randn((b, *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
+    latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
     tail = deterministic_tail(policy, latents[:, -1], recorded, tail_steps, cond, uncond) if tail_steps else None
     return Trajectory(latents, log_probs, cond, uncond, list(prompts), tail)
 
@@ -95,34 +86,6 @@ def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: i
     return torch.stack(latents, 1), torch.stack(log_probs, 1) if log_probs else empty
 
 
-@torch.no_grad()
-def branch_after_prefix(policy: DiffusionPolicy, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                        generator: torch.Generator, stop: int, shared_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 0 .. ``stop`` - 1 of the chain for B samples (``cond`` / ``uncond``: B rows) in G
-    groups of B / G consecutive ones (one prompt's, same embeddings) that share x_T (``x``: G
-    rows, one per group) and the first ``shared_steps`` steps: the prefix is sampled once per group
-    and copied, the steps after it draw their own noise per sample.  Returns latents
-    (B, stop + 1, C, H, W) and log-probs (B, stop); a shared step's log-prob is its group's, repeated.
-
-    Why (``dpok.shared_prefix_steps``): the samples of one prompt then differ only by the noise of
-    the steps after the prefix, so the prompt's mean reward is a baseline for the state those
-    steps start from, not only for the prompt: the reward differences that make the advantages
-    come from the steps DPOK trains, not from the untrained steps before them (the branching of
-    tree-structured rollouts: BranchGRPO, Li et al. 2025).  It also saves all but G of the B
-    samples' UNet calls in the prefix.  On the shapes model it is off by default: with the
-    oracle as reward it gains as much as independent chains, with the learned reward less
-    (docs/finetune.md, Tuning).
-    """
-    group_size = cond.shape[0] // x.shape[0]
-    if not 0 < shared_steps <= stop:
-        raise ValueError(f"shared_steps={shared_steps} is not in 1..{stop}")
-    heads = slice(None, None, group_size)  # the first sample of each group stands for it
-    prefix, prefix_lp = continue_chain(policy, x, 0, shared_steps, cond[heads], uncond[heads], generator)
-    prefix, prefix_lp = prefix.repeat_interleave(group_size, 0), prefix_lp.repeat_interleave(group_size, 0)
-    rest, rest_lp = continue_chain(policy, prefix[:, -1], shared_steps, stop, cond, uncond, generator)
-    return torch.cat([prefix, rest[:, 1:]], 1), torch.cat([prefix_lp, rest_lp], 1)
-
-
 def tail_indices(start: int, num_steps: int, tail_steps: int) -> list[int]:
     """The schedule step indices a deterministic tail of ``tail_steps`` UNet calls evaluates, from
     ``start`` to the end of a ``num_steps`` chain, evenly spaced: e.g. 8, 11, 14, 17 for (8, 20, 4)."""
@@ -139,9 +102,9 @@ def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tai
     of 1000 does; otherwise diffusers lands each step one timestep off the next one's).
 
     Why DPOK can use it (``dpok.tail_steps``): after the trained steps only the reward of the image
-    is needed, and on the shapes model a 4-call tail from the state after 8 of 20 steps predicts
-    the chain's reward as well as the remaining 12 stochastic steps do, at a third of their UNet
-    calls (measured with :mod:`finetune.probe`: docs/finetune.md).
+    is needed, and a tail of a few calls can predict the chain's reward as well as the remaining
+    stochastic steps do, at a fraction of their UNet calls (``make probe-steps`` says how short a
+    tail is enough for a pipeline and reward: :mod:`tools.probe`).
     """
     s, b = policy.schedule, x.shape[0]
     steps = tail_indices(start, s.num_steps, tail_steps)

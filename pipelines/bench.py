@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
+from tools.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
                             build_reward_model, gpu_config, shapes_config, write_bench_prompts, write_report)
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP

@@ -4,7 +4,7 @@
     python -m pipelines.probe_steps pipeline=/models/sd-v1-5 prompts_file=prompts.txt reward.path=runs/reward \
         sampling.num_inference_steps=50 sampling.guidance_scale=7.5 after_steps=[0,5,10,15,20,25] tail_from=20
 
-Writes reports/probe/: probe.md (the tables), probe.json and config.yaml (finetune.probe).
+Writes reports/probe/: probe.md (the tables), probe.json and config.yaml (tools.probe).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from core.config import save_config
-from finetune.probe import ProbeConfig, markdown, probe_steps, write_probe
+from tools.probe import ProbeConfig, markdown, probe_steps, write_probe
 from pipelines.cli import config_parser, parse_config, run
 
 

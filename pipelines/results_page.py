@@ -1,7 +1,7 @@
-"""``make results-page``: regenerate docs/results.md from the results files in docs/results/, and the
-README's demo-results block from the demo runs that docs/results/readme.json names.
+"""``make results-page``: regenerate docs/results.md from the experiment records under experiments/,
+and the README's demo-results block from the demo runs that experiments/readme.json names.
 
-    python -m pipelines.results_page [folder=docs/results] [out=docs/results.md] [readme=README.md]
+    python -m pipelines.results_page [folder=experiments] [out=docs/results.md] [readme=README.md]
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.results_page import fill_readme, load_runs, readme_block, readme_runs, results_page
+from tools.results_page import fill_readme, load_runs, readme_block, readme_runs, results_page
 from pipelines.cli import config_parser, parse_config, run
 
 
 @dataclass(frozen=True)
 class ResultsPageConfig:
-    folder: str = "docs/results"
+    folder: str = "experiments"
     out: str = "docs/results.md"
     readme: str | None = "README.md"  # its demo-results block is refilled; None: left alone
 

@@ -21,30 +21,37 @@ from reward.model import RewardModel
 
 
 @dataclass
-class _Tensors:
-    """A split's examples as tensors on the device."""
+class SplitTensors:
+    """A split's examples as tensors on the device: image and prompt indices into the dataset's
+    embeddings (``RewardData``), targets and loss weights."""
 
-    b_img: torch.Tensor
-    b_prompt: torch.Tensor
-    b_target: torch.Tensor
-    b_weight: torch.Tensor
-    p_img0: torch.Tensor
-    p_img1: torch.Tensor
-    p_prompt: torch.Tensor
-    p_label: torch.Tensor
-    p_weight: torch.Tensor
-    a_img: torch.Tensor
-    a_prompt: torch.Tensor
-    a_pool: torch.Tensor
+    binary_image: torch.Tensor  # (B,) image of each binary example
+    binary_prompt: torch.Tensor  # (B,) its prompt
+    binary_target: torch.Tensor  # (B,) fp32 target in [0, 1]
+    binary_weight: torch.Tensor  # (B,) fp32 loss weight (1 / the prompt's examples, or 1)
+    pair_image_0: torch.Tensor  # (P,) first image of each ranking pair
+    pair_image_1: torch.Tensor  # (P,) second image
+    pair_prompt: torch.Tensor  # (P,) their prompt
+    pair_label: torch.Tensor  # (P,) fp32 P(image 0 preferred): 1, 0 or 0.5 for a tie
+    pair_weight: torch.Tensor  # (P,) fp32 loss weight
+    aux_image: torch.Tensor  # (A,) image of each auxiliary example (labelled good)
+    aux_prompt: torch.Tensor  # (A,) its true prompt
+    aux_pool: torch.Tensor  # (A, K) perturbed prompts to draw from, -1 padding
 
 
-def _tensors(split: Split, data: RewardData, per_prompt: bool, device) -> _Tensors:
+@dataclass(frozen=True)
+class FitResult:
+    epoch_losses: list[float]  # mean training loss of each epoch
+    best_epoch: int  # the epoch whose weights were kept (0: before training; the last without selection images)
+
+
+def _tensors(split: Split, data: RewardData, per_prompt: bool, device) -> SplitTensors:
     def t(x, dtype=torch.long):
         return torch.as_tensor(np.array(x), dtype=dtype, device=device)
 
     b, p, a = split.binary, split.pairs, split.aux
     ones = lambda n: torch.ones(n, device=device)  # noqa: E731
-    return _Tensors(
+    return SplitTensors(
         t(b.image), t(data.image_prompt[b.image]), t(b.target, torch.float32),
         per_group_weights(b.prompt_id).to(device) if per_prompt and len(b.image) else ones(len(b.image)),
         t(p.image_0), t(p.image_1), t(data.image_prompt[p.image_0]), t(p.label_0, torch.float32),
@@ -79,8 +86,9 @@ def _cpu_threads(n: int, active: bool):
 
 def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig, *,
         aux_weight: float, seed: int, backbone_params: list | None = None,
-        progress: bool = False, desc: str = "training") -> list[float]:
-    """Train ``model.head`` (and ``backbone_params``) on ``data.train``; returns loss per epoch.
+        progress: bool = False, desc: str = "training") -> FitResult:
+    """Train ``model.head`` (and ``backbone_params``) on ``data.train``, keeping the epoch with the
+    lowest feedback loss on ``data.select``.
 
     Each step takes a slice of the binary examples, of the ranking pairs and of the auxiliary
     examples, sized so that one epoch passes over each once:
@@ -88,10 +96,10 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
     """
     lc, tc = cfg.loss, cfg.train
     device = model.device
-    T = _tensors(data.train, data, lc.per_prompt_weighting, device)
-    n_b = len(T.b_img) if lc.binary != "none" else 0
-    n_p = len(T.p_img0) if lc.ranking != "none" else 0
-    n_a = len(T.a_img) if aux_weight > 0 and T.a_pool.shape[1] > 0 else 0
+    train = _tensors(data.train, data, lc.per_prompt_weighting, device)
+    n_b = len(train.binary_image) if lc.binary != "none" else 0
+    n_p = len(train.pair_image_0) if lc.ranking != "none" else 0
+    n_a = len(train.aux_image) if aux_weight > 0 and train.aux_pool.shape[1] > 0 else 0
     steps = max(1, math.ceil(max(n_b, n_p, 1) / tc.batch_size))
     gen = torch.Generator().manual_seed(seed)
     groups = [{"params": list(model.head.parameters()), "lr": tc.lr}]
@@ -112,15 +120,15 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
 
     # Early stopping: the state with the lowest feedback loss on the selection images, checked
     # before training and after every epoch.
-    S = _tensors(data.select, data, lc.per_prompt_weighting, device) if data.select is not None else None
+    select = _tensors(data.select, data, lc.per_prompt_weighting, device) if data.select is not None else None
     tracked = [p for p in model.head.parameters()] + list(backbone_params or [])
     tracked += [b for b in model.head.buffers()]
     best = {"loss": float("inf"), "epoch": -1, "state": None}
 
     def checkpoint(epoch: int) -> None:
-        if S is None:
+        if select is None:
             return
-        loss = _feedback_loss(model, emb, S, lc)
+        loss = _feedback_loss(model, emb, select, lc)
         if loss < best["loss"]:
             best.update(loss=loss, epoch=epoch, state=[t.detach().clone() for t in tracked])
 
@@ -140,16 +148,16 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
             for ib, ip, ia in zip(slices(n_b), slices(n_p), slices(n_a)):
                 cand = None
                 if ia is not None:  # true prompt in column 0, then N - 1 perturbed ones (-1: none)
-                    chosen = _pick_perturbed(T.a_pool[ia], lc.aux_num_prompts - 1, gen)
-                    cand = torch.cat([T.a_prompt[ia][:, None], chosen], dim=1)
-                logits = _step_embeddings(model.head, emb, T, ib, ip, ia, cand)
+                    chosen = _pick_perturbed(train.aux_pool[ia], lc.aux_num_prompts - 1, gen)
+                    cand = torch.cat([train.aux_prompt[ia][:, None], chosen], dim=1)
+                logits = _step_embeddings(model.head, emb, train, ib, ip, ia, cand)
                 loss = torch.zeros((), device=device)
                 if ib is not None:
                     loss = loss + lc.binary_weight * binary_loss(
-                        logits("b"), T.b_target[ib], T.b_weight[ib], lc.binary)
+                        logits("b"), train.binary_target[ib], train.binary_weight[ib], lc.binary)
                 if ip is not None:
                     loss = loss + lc.ranking_weight * bradley_terry_loss(
-                        logits("p0"), logits("p1"), T.p_label[ip], T.p_weight[ip])
+                        logits("p0"), logits("p1"), train.pair_label[ip], train.pair_weight[ip])
                 if cand is not None:
                     loss = loss + aux_weight * prompt_classification_loss(
                         logits("a"), cand >= 0, lc.aux_temperature)
@@ -169,44 +177,43 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
                 for t, v in zip(tracked, best["state"]):
                     t.copy_(v)
     model.eval()
-    model.best_epoch = best["epoch"] if S is not None else tc.epochs
-    return history
+    return FitResult(history, best["epoch"] if select is not None else tc.epochs)
 
 
 @torch.no_grad()
-def _feedback_loss(model: RewardModel, emb: Embeddings, S: _Tensors, lc) -> float:
+def _feedback_loss(model: RewardModel, emb: Embeddings, split: SplitTensors, lc) -> float:
     """Binary + Bradley-Terry loss of the current model on a whole split (no auxiliary term:
     early stopping judges how well the model predicts feedback)."""
     was = model.training
     model.eval()
-    n_b = len(S.b_img) if lc.binary != "none" else 0
-    n_p = len(S.p_img0) if lc.ranking != "none" else 0
-    ib = torch.arange(n_b, device=S.b_img.device) if n_b else None
-    ip = torch.arange(n_p, device=S.p_img0.device) if n_p else None
-    logits = _step_embeddings(model.head, emb, S, ib, ip, None, None)
+    n_b = len(split.binary_image) if lc.binary != "none" else 0
+    n_p = len(split.pair_image_0) if lc.ranking != "none" else 0
+    ib = torch.arange(n_b, device=split.binary_image.device) if n_b else None
+    ip = torch.arange(n_p, device=split.pair_image_0.device) if n_p else None
+    logits = _step_embeddings(model.head, emb, split, ib, ip, None, None)
     loss = 0.0
     if ib is not None:
-        loss += lc.binary_weight * float(binary_loss(logits("b"), S.b_target, S.b_weight, lc.binary))
+        loss += lc.binary_weight * float(binary_loss(logits("b"), split.binary_target, split.binary_weight, lc.binary))
     if ip is not None:
-        loss += lc.ranking_weight * float(bradley_terry_loss(logits("p0"), logits("p1"), S.p_label, S.p_weight))
+        loss += lc.ranking_weight * float(bradley_terry_loss(logits("p0"), logits("p1"), split.pair_label, split.pair_weight))
     model.train(was)
     return loss
 
 
-def _step_embeddings(head, emb: Embeddings, T: _Tensors, ib, ip, ia, cand):
+def _step_embeddings(head, emb: Embeddings, split: SplitTensors, ib, ip, ia, cand):
     """Returns ``logits(part)`` for part b (binary), p0 / p1 (pairs), a (auxiliary, (k, N)).
 
     Cached embeddings are indexed directly; live ones (trainable backbone) are computed once per
     distinct image and prompt of the step."""
     rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if ib is not None:
-        rows["b"] = (T.b_img[ib], T.b_prompt[ib])
+        rows["b"] = (split.binary_image[ib], split.binary_prompt[ib])
     if ip is not None:
-        rows["p0"] = (T.p_img0[ip], T.p_prompt[ip])
-        rows["p1"] = (T.p_img1[ip], T.p_prompt[ip])
+        rows["p0"] = (split.pair_image_0[ip], split.pair_prompt[ip])
+        rows["p1"] = (split.pair_image_1[ip], split.pair_prompt[ip])
     if cand is not None:
         k, n = cand.shape
-        rows["a"] = (T.a_img[ia][:, None].expand(k, n).reshape(-1), cand.clamp_min(0).reshape(-1))
+        rows["a"] = (split.aux_image[ia][:, None].expand(k, n).reshape(-1), cand.clamp_min(0).reshape(-1))
     if emb.cached:
         get_img, get_txt = emb.image_cache.__getitem__, emb.text_cache.__getitem__
     else:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
+from reward.config import ModelConfig
 from reward.preprocess import ClipPreprocess, to_pixel_batches
-from shapes import SHAPES_CLIP
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "reward_config.json"
@@ -340,10 +340,11 @@ class RewardModel(nn.Module):
         else:
             candidates = [directory / cfg["clip_path_relative"], Path(cfg["clip_path"])]
             path = next((c for c in candidates if (c / "config.json").is_file()), None)
-            if path is None and cfg.get("clip_fingerprint") == model_fingerprint(SHAPES_CLIP, config_only=True):
-                # The shipped shapes CLIP moved (data/models/ -> shapes/models/); a folder saved
-                # before records the old place: the same weights, found by their fingerprint.
-                path = SHAPES_CLIP
+            default_clip = Path(ModelConfig().clip)  # the configured default: the shipped CLIP
+            if path is None and cfg.get("clip_fingerprint") == model_fingerprint(default_clip, config_only=True):
+                # The shipped CLIP moved (data/models/ -> shapes/models/); a folder saved before
+                # records the old place: the same weights, found by their fingerprint.
+                path = default_clip
             if path is None:
                 raise UserError(f"the CLIP folder this reward model was built on is gone: "
                                 f"{cfg['clip_path']}.",

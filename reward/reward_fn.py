@@ -50,6 +50,16 @@ class OracleReward:
     def __init__(self, score: OracleScore = "graded"):
         self.score = score
 
+    @staticmethod
+    def unjudgeable(prompts: list[str]) -> str | None:
+        """The first of ``prompts`` the oracle cannot judge (not a shapes-world prompt), or None."""
+        for p in prompts:
+            try:
+                Prompt.parse(p)
+            except UserError:
+                return p
+        return None
+
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         arr = to_uint8(images)
         parsed = [Prompt.parse(p) for p in prompts]

@@ -79,7 +79,7 @@ def nan_reward(tmp_path_factory):
     """A tiny CLIP and a reward model folder on it whose head holds a NaN."""
     from safetensors.torch import load_file, save_file
 
-    from finetune.bench import build_reward_model
+    from tools.bench import build_reward_model
     from tiny_models import make_tiny_clip
 
     d = tmp_path_factory.mktemp("nan-reward")
@@ -152,7 +152,7 @@ def test_targets_never_replace_the_table_beside_the_prompts_file(labelled_round,
 def _dpok_args(tiny_sd, out, *extra):
     return [f"output_dir={out}", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
             "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.early_steps=null", "dpok.start_step=0",
-            "dpok.tail_steps=0", "dpok.shared_prefix_steps=0", "dpok.steps_per_sample=1", "curve_every=0",
+            "dpok.tail_steps=0", "dpok.steps_per_sample=1", "curve_every=0",
             "sample_grid_every=0", *extra]
 
 

@@ -109,7 +109,7 @@ def test_a_run_saved_with_old_config_names_is_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize("config, override, message", [
     ("finetune", "optim.lr=0", "optim.lr=0.0 must be > 0"),
     ("finetune", "sampling.eta=0", "DPOK needs stochastic sampling"),
-    ("finetune", "optim.lr_floor=2", "optim.lr_floor=2.0 is not a share"),
+    ("finetune", "optim.lr_floor=2", "'optim.lr_floor' was removed"),
     ("reward", "train.epochs=0", "train.epochs=0 must be >= 1"),
     ("reward", "loss.aux_temperature=0", "aux_temperature=0.0 must be > 0"),
     ("reward", "model.features=[]", "model.features is empty"),

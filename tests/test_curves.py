@@ -1,10 +1,10 @@
-"""core.curves: the learning-curve rule (no later point more than one standard error below the best)."""
+"""evaluation.curves: the learning-curve rule (no later point more than one standard error below the best)."""
 
 import math
 
 import pytest
 
-from core.curves import check_curve
+from evaluation.curves import check_curve
 
 
 def _curve(*values, images=None):

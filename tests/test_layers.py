@@ -32,11 +32,13 @@ def test_the_repository_keeps_its_layers():
 def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     """A copy of the project's package names, each one empty module plus the given imports."""
     tree = tmp_path / "tree"
-    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "pipelines"):
+    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "tools", "pipelines"):
         (tree / pkg).mkdir(parents=True)
         (tree / pkg / "__init__.py").write_text("")
         (tree / pkg / "mod.py").write_text("")
     (tree / "pipelines" / "cli.py").write_text("")
+    for algorithm in ("finetune/dpok", "finetune/rwl", "reward/model", "reward/fit", "evaluation/compare"):
+        (tree / f"{algorithm}.py").write_text("")  # the modules the plug-in contract names
     for main in ("mod", "other"):  # entry points, each using the argv helpers
         (tree / "pipelines" / f"{main}.py").write_text("import pipelines.cli\n")
     for module, line in imports.items():
@@ -59,6 +61,11 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("finetune.mod", "import evaluation.mod"),       # fine-tuning and evaluation are siblings
     ("evaluation.mod", "import finetune.mod"),
     ("shapes.mod", "import evaluation.mod"),         # the shapes world (make base's training) importing evaluation
+    ("finetune.mod", "import tools.mod"),            # an algorithm importing the tooling that measures it
+    ("evaluation.mod", "import tools.mod"),          # the evaluation importing the results page / bench
+    ("finetune.dpok", "from shapes import mod"),     # an algorithm importing the shapes world (it plugs in)
+    ("evaluation.compare", "import shapes.mod"),
+    ("reward.model", "import shapes.mod"),
     ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
 ])
 def test_a_reverse_import_fails_the_check(tmp_path, module, line):
@@ -69,7 +76,9 @@ def test_a_reverse_import_fails_the_check(tmp_path, module, line):
 
 
 def test_the_same_tree_passes_with_allowed_imports(tmp_path):
-    tree = _tree(tmp_path, {"pipelines.mod": "import finetune.mod\nimport evaluation.mod\nimport core.mod",
+    tree = _tree(tmp_path, {"pipelines.mod": "import finetune.mod\nimport evaluation.mod\nimport core.mod\nimport tools.mod",
+                            "tools.mod": "import finetune.mod\nimport evaluation.mod",
+                            "finetune.dpok": "import finetune.mod",  # which may use the shapes world
                             "finetune.mod": "import reward.mod\nimport shapes.mod",
                             "evaluation.mod": "import reward.mod\nimport shapes.mod\nimport core.mod",
                             "labeling_app.mod": "import shapes.mod\nimport data.mod",

@@ -1,4 +1,4 @@
-"""Tier 1 and 2: finetune.probe (which denoising steps decide the reward), pure parts and the whole
+"""Tier 1 and 2: tools.probe (which denoising steps decide the reward), pure parts and the whole
 path on the tiny SD pipeline on CPU."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 
 from core.config import load_config
 from core.errors import UserError
-from finetune.probe import ProbeConfig, probe_steps, within_prompt_corr, write_probe
+from tools.probe import ProbeConfig, probe_steps, within_prompt_corr, write_probe
 
 
 def test_within_prompt_corr_removes_each_prompts_mean():

@@ -41,7 +41,8 @@ def test_results_page_from_files(tmp_path):
                         "pairwise_accuracy_vs_oracle_aligned_pairs": 0.86,
                         "pairwise_accuracy_vs_oracle_failure_pairs": 0.66},
          "val_prompts": {"pairwise_accuracy_vs_oracle": 0.74, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.75}}))
-    (folder / "probe-2026-01-04-oracle.json").write_text(json.dumps(
+    (folder / "probe").mkdir()  # records sit in the folder of their study
+    (folder / "probe" / "probe-2026-01-04-oracle.json").write_text(json.dumps(
         {"command": "make probe-steps", "samples": 256, "mean_reward": 0.3, "settled": {"0": 0.04, "8": 0.53},
          "tail_from": 8, "stochastic_tail_corr": 0.44, "tails": [{"tail_steps": 4, "corr": 0.46, "mean_reward": 0.29}]}))
     (folder / "bench-cpu-2026-01-05-levers.json").write_text(json.dumps(
@@ -81,7 +82,7 @@ def test_results_page_from_files(tmp_path):
 
 
 def test_gain_by_group_splits_the_per_prompt_gains_by_count_and_background():
-    from finetune.results_page import gain_by_group
+    from tools.results_page import gain_by_group
 
     def run(base, dpok):
         return {"base": {"per_prompt": base}, "dpok": {"per_prompt": dpok}}
@@ -119,8 +120,9 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     assert run(main, args) == 0
     text = readme.read_text()
     assert "old text" not in text and text.endswith("<!-- demo-results:end -->\n\nafter\n")
-    assert "| 2026-02-01-seed0 | 30.0 (70.0) | 52.0 (+22.0) (70.0) | 60.0 (+30.0) (70.0) | 900 (H100) |" in text
-    assert "16 fresh seeds each" in text and "2026-01-01-old" not in text
+    # readable names (method, demo seed, machine), not run ids
+    assert "| DPOK | 0 | 52.0 (+22.0) | 70.0 | H100 |" in text and "| base model | 0 | 30.0 | 70.0 | H100 |" in text
+    assert "16 fresh seeds each" in text and "2026-01-01-old" not in text and "2026-02-01-seed0" not in text
     assert "mean (each run): dpok +22.0 (+22.0), dpok_oracle +30.0 (+30.0)" in text
     page = (tmp_path / "results.md").read_text()  # the current runs' gains apart from other runs'
     assert "the current config's runs (2026-02-01-seed0), mean (each): dpok +22.0 (+22.0)" in page

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from finetune.rl_math import (clipped_policy_loss, ddim_sigma, ddim_step, eps_mse_kl, gaussian_kl,
+from finetune.rl_math import (clipped_policy_loss, ddim_sigma, ddim_step, gaussian_kl,
                               gaussian_log_prob, normalize_advantages, reward_weights, x0_and_eps)
 
 torch.manual_seed(0)
@@ -23,11 +23,6 @@ def test_kl_matches_torch_distributions():
     expected = kl_divergence(Normal(mp, std.expand(SHAPE)), Normal(mq, std.expand(SHAPE))).flatten(1).sum(1)
     torch.testing.assert_close(gaussian_kl(mp, mq, std), expected)
     assert torch.all(gaussian_kl(mp, mp, std) == 0)
-
-
-def test_eps_mse_kl():
-    a, b = torch.randn(SHAPE), torch.randn(SHAPE)
-    torch.testing.assert_close(eps_mse_kl(a, b), ((a - b) ** 2).sum((1, 2, 3)))
 
 
 @pytest.mark.parametrize("fn", [
@@ -89,7 +84,7 @@ def test_clipped_policy_loss_at_ratio_one_is_the_policy_gradient():
 def test_normalize_advantages_per_group_and_batch():
     r = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0])
     g = torch.tensor([0, 0, 1, 1, 2])
-    a = normalize_advantages(r, g)
+    a = normalize_advantages(r, g, "group")
     torch.testing.assert_close(a[:2], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
     assert torch.all(a[2:] == 0)  # no spread in group 1, single sample in group 2
     b = normalize_advantages(r)

@@ -39,7 +39,8 @@ from core.errors import UserError
 from core.loading import check_folder
 from data.targets import TargetRule, write_targets
 from evaluation import report
-from evaluation.compare import EvalConfig, evaluate
+from evaluation.compare import evaluate
+from evaluation.config import EvalConfig
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.rwl import train_rwl

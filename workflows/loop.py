@@ -41,7 +41,8 @@ from data.rounds import filter_rounds, rounds_in
 from data.schemas import SelectionMethod
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates, read_prompts_file
-from evaluation.compare import EvalConfig, evaluate
+from evaluation.compare import evaluate
+from evaluation.config import EvalConfig
 from evaluation.oracle import control_prompts
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok

@@ -1,4 +1,5 @@
-"""The results page (docs/results.md), regenerated from the results files kept in docs/results/:
+"""The results page (docs/results.md), regenerated from the experiment records kept in
+``experiments/<study>/`` (any depth; a file's kind comes from its name, its study from its folder):
 ``demo-<date>-<label>.json`` (a ``make demo`` results.json), ``bench-<device>-<date>-<label>.json``
 (a ``make bench`` bench.json), ``finetune-<date>-<label>.json`` (a ``make finetune`` metrics.json
 with its oracle learning curve), ``reward-<date>-<label>.json`` (a ``make reward`` metrics.json) and
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-from core.curves import check_curve
+from evaluation.curves import check_curve
 from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
 
 MODELS = ("base", "rwl", "dpok", "dpok_oracle")
+METHOD_NAMES = {"base": "base model", "rwl": "RWL", "dpok": "DPOK", "dpok_oracle": "DPOK, oracle reward (upper bound)"}
 
 
 def _pct(v) -> str:
@@ -189,7 +192,7 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
     ran (none: 2 CPU cores)."""
     lines = ["## `make finetune` runs with an oracle learning curve", "",
              "Steady: no later point of the curve more than one standard error (binomial, at its best point) "
-             "below its best (core.curves); n/a where the file does not say how many images a point has.", "",
+             "below its best (evaluation.curves); n/a where the file does not say how many images a point has.", "",
              "| run | command | curve (round: aligned %) | curve gain (points) | largest later fall (one SE): steady | "
              "fresh seeds: base → model (gain) | seconds | device |",
              "|---|---|---|---|---|---|---|---|"]
@@ -207,7 +210,7 @@ def finetune_section(runs: list[tuple[str, dict]]) -> list[str]:
 
 def _steadiness(curve: list[dict]) -> str:
     """The largest fall after the curve's best point in points, the best point's standard error in
-    brackets, and whether it is steady (:func:`core.curves.check_curve`)."""
+    brackets, and whether it is steady (:func:`evaluation.curves.check_curve`)."""
     if len(curve) < 2:
         return "n/a"
     c = check_curve(curve)
@@ -264,28 +267,30 @@ def probe_section(runs: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def run_seed(label: str) -> str:
+    """The demo seed a run label ends with (``...-seed3`` -> ``3``), or ``?``."""
+    m = re.search(r"seed(\d+)$", label)
+    return m.group(1) if m else "?"
+
+
 def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
-    """The README's quote of the demo: per run, each model's oracle alignment on the targets
-    (gain over base) and on the control prompts, and the run's wall time."""
-    models = [m for m in MODELS if any(m in r for _, r in runs)]
-    lines = ["| `make demo` run | " + " | ".join(f"{m}: targets (controls)" for m in models) + " | seconds (device) |",
-             "|---|" + "---|" * (len(models) + 1)]
-    for label, r in runs:
-        cells = []
-        for m in models:
+    """The README's quote of the demo, one row per method and run (by its seed and machine, not its
+    run id): oracle alignment on the targets (gain over base) and on the control prompts."""
+    lines = ["| method | demo seed | targets % (gain) | controls % | machine |", "|---|---|---|---|---|"]
+    for m in MODELS:
+        for label, r in runs:
             if m not in r:
-                cells.append("-")
                 continue
             t, base = r[m]["targets"]["overall"], r["base"]["targets"]["overall"]
             gain = "" if m == "base" else f" ({100 * (t - base):+.1f})"
-            cells.append(f"{_pct(t)}{gain} ({_pct(r[m]['controls']['overall'])})")
-        lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {round(r.get('seconds', {}).get('total', 0))} ({_device(r)}) |")
+            lines.append(f"| {METHOD_NAMES[m]} | {run_seed(label)} | {_pct(t)}{gain} | {_pct(r[m]['controls']['overall'])} | "
+                         f"{_device(r)} |")
     k, k_side = eval_seeds(runs[0][1])
-    return lines + ["", gain_summary(runs, "mean (each run)"), "",
+    named = [(f"seed {run_seed(label)}", r) for label, r in runs]
+    return lines + ["", gain_summary(named, "mean (each run)"), "",
                     f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in "
-                    f"brackets after it; controls ({k_side} seeds each) last. Seconds: the whole run, its "
-                    f"oracle-reward DPOK (`oracle_upper_bound=true`) included. From `{folder}/`; "
+                    f"brackets after it; controls ({k_side} seeds each). From `{folder}/` "
+                    f"(`make demo ARGS=\"seed=N oracle_upper_bound=true\"`); "
                     "more in [docs/results.md](docs/results.md)."]
 
 
@@ -299,9 +304,10 @@ def fill_readme(text: str, block: list[str]) -> str:
 
 
 def load_runs(folder: str | Path) -> dict[str, list[tuple[str, dict]]]:
-    """The results files of ``folder`` by kind (demo, bench, finetune, reward, probe), each as (label, content)."""
+    """The results files under ``folder`` (its study folders included) by kind (demo, bench,
+    finetune, reward, probe), each as (label, content), in file-name order."""
     runs: dict[str, list[tuple[str, dict]]] = {"demo": [], "bench": [], "finetune": [], "reward": [], "probe": []}
-    for f in sorted(Path(folder).glob("*.json")):
+    for f in sorted(Path(folder).rglob("*.json"), key=lambda f: f.name):
         for kind in runs:
             if f.name.startswith(f"{kind}-"):
                 runs[kind].append((f.stem.removeprefix(f"{kind}-"), json.loads(f.read_text())))
@@ -329,9 +335,9 @@ def results_page(folder: str | Path, runs: dict[str, list[tuple[str, dict]]], cu
     folder = Path(folder)
     demo, bench, finetune, reward = runs["demo"], runs["bench"], runs["finetune"], runs["reward"]
     lines = ["# Measured results", "",
-             f"Generated by `make results-page` from the files in `{folder.as_posix()}/` (one per run; the run "
-             "label holds its date). Commands: `make demo ARGS=\"seed=N oracle_upper_bound=true\"`, then copy "
-             "`reports/demo/results.json` there; `make bench`, then copy `reports/bench/bench.json`; "
+             f"Generated by `make results-page` from the experiment records in `{folder.as_posix()}/` (one file "
+             "per run, in the folder of its study; the run label holds its date). Commands: "
+             "`make demo ARGS=\"seed=N oracle_upper_bound=true\"`, then copy `reports/demo/results.json` there; `make bench`, then copy `reports/bench/bench.json`; "
              "`make finetune ARGS=\"curve_every=N ...\"` or `make reward`, then its `metrics.json` with a `command` key; "
              "`make probe-steps`, then its `probe.json` with a `command` key.", ""]
     if demo:

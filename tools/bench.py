@@ -77,7 +77,7 @@ class BenchConfig:
     gpu_config: str = str(CONFIGS / "sd15.yaml")
     # Also time the sampling forward and the update forward+backward of a fresh UNet eager and
     # compiled, with the compile's seconds (lever_timings): on CUDA by default;
-    # on the CPU configuration when asked (why the loop stays eager there: docs/finetune.md, Benchmark)
+    # on the CPU configuration when asked (why the loop stays eager there: experiments/bench)
     gpu_levers: bool = True
     cpu_levers: bool = False
 
