@@ -3,7 +3,8 @@
 ``demo-<date>-<label>.json`` (a ``make demo`` results.json), ``bench-<device>-<date>-<label>.json``
 (a ``make bench`` bench.json), ``finetune-<date>-<label>.json`` (a ``make finetune`` metrics.json
 with its oracle learning curve), ``reward-<date>-<label>.json`` (a ``make reward`` metrics.json) and
-``probe-<date>-<label>.json`` (a ``make probe-steps`` probe.json); each but bench's plus the
+``probe-<date>-<label>.json`` (a ``make probe-steps`` probe.json), ``loop-<date>-<label>.json``
+(a ``make loop`` results.json); each but bench's plus the
 ``command`` that made it and, optionally, the ``device`` it ran on (default: 2 CPU cores, whose
 speed differs between machines).  Never typed by hand: ``make results-page``."""
 
@@ -267,6 +268,38 @@ def probe_section(runs: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def loop_section(runs: list[tuple[str, dict]]) -> list[str]:
+    """The closed loop (``make loop``'s results.json): per run, a row per round and for the one-shot
+    control and the oracle-reward upper bound; alignment on the round-0 targets with its paired
+    gain over base and standard error (points)."""
+    lines = ["## The closed loop (`make loop`)", "",
+             "Oracle alignment (%) on the round-0 targets, gain over base ± its paired standard error; labels: rater "
+             "answers spent so far; reward accuracy: pairwise accuracy vs the oracle on the round's new images, "
+             "before and after retraining.", "",
+             "| run | device | model | labels | round-0 targets | own targets | controls (gain) | held-out | "
+             "fidelity vs base | reward acc. before / after |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def gain(r: dict, key: str = "round0") -> str:
+        g, se = r.get(f"{key}_gain"), r.get(f"{key}_gain_se")
+        return "n/a" if g is None else f"{_pct(r.get(f'{key}_targets'))} ({100 * g:+.1f} ± {_pct(se)})"
+
+    for label, res in runs:
+        base = res["base"]
+        lines.append(f"| {label} | {_device(res)} | base | 0 | {_pct(base['round0_targets'])} | | "
+                     f"{_pct(base['controls'])} | {_pct(base['generalization'])} | | |")
+        for r in res["rounds"]:
+            lines.append(f"| {label} | {_device(res)} | round {r['round']} | {r['labels_spent']} | {gain(r)} | "
+                         f"{gain(r, 'own')} | {_pct(r['controls'])} ({100 * r['controls_gain']:+.1f}) | "
+                         f"{_pct(r['generalization'])} | {100 * r['fidelity_vs_base']:+.1f} % | "
+                         f"{_pct(r['reward_before'])} / {_pct(r['reward_after'])} |")
+        for name, shown in (("one_shot", "one-shot control"), ("oracle", "oracle reward (upper bound)")):
+            if name in res:
+                o = res[name]
+                lines.append(f"| {label} | {_device(res)} | {shown} | {o.get('labels_spent', '')} | {gain(o)} | | "
+                             f"{_pct(o['controls'])} | | {100 * (o['fidelity'] / base['fidelity'] - 1):+.1f} % | |")
+    return lines
+
+
 def run_seed(label: str) -> str:
     """The demo seed a run label ends with (``...-seed3`` -> ``3``), or ``?``."""
     m = re.search(r"seed(\d+)$", label)
@@ -306,7 +339,8 @@ def fill_readme(text: str, block: list[str]) -> str:
 def load_runs(folder: str | Path) -> dict[str, list[tuple[str, dict]]]:
     """The results files under ``folder`` (its study folders included) by kind (demo, bench,
     finetune, reward, probe), each as (label, content), in file-name order."""
-    runs: dict[str, list[tuple[str, dict]]] = {"demo": [], "bench": [], "finetune": [], "reward": [], "probe": []}
+    runs: dict[str, list[tuple[str, dict]]] = {"demo": [], "bench": [], "finetune": [], "reward": [], "probe": [],
+                                               "loop": []}
     for f in sorted(Path(folder).rglob("*.json"), key=lambda f: f.name):
         for kind in runs:
             if f.name.startswith(f"{kind}-"):
@@ -342,6 +376,8 @@ def results_page(folder: str | Path, runs: dict[str, list[tuple[str, dict]]], cu
              "`make probe-steps`, then its `probe.json` with a `command` key.", ""]
     if demo:
         lines += demo_section(demo, current) + [""]
+    if runs.get("loop"):
+        lines += loop_section(runs["loop"]) + [""]
     if finetune:
         lines += finetune_section(finetune) + [""]
     if reward:
