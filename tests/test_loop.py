@@ -91,3 +91,18 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
     assert run(main, _args(tiny_sd, clip, tmp_path)) == 2
     assert "was not made by `make loop`" in capsys.readouterr().err
     assert (precious / "keep.txt").read_text() == "a rater's work"
+
+
+def test_paired_gain_is_the_mean_per_prompt_difference_with_its_standard_error():
+    import math
+
+    from workflows.loop_report import paired_gain
+
+    base = {"a": 0.25, "b": 0.5, "c": 0.0}
+    model = {"a": 0.75, "b": 0.5, "c": 0.5, "z": 1.0}  # z: not evaluated for the base, left out
+    gain, se = paired_gain(model, base, ["a", "b", "c"])
+    assert gain == (0.5 + 0.0 + 0.5) / 3
+    diffs = [0.5, 0.0, 0.5]
+    sd = math.sqrt(sum((d - gain) ** 2 for d in diffs) / 2)
+    assert math.isclose(se, sd / math.sqrt(3))
+    assert math.isnan(paired_gain(model, base, ["a"])[1])  # one prompt: no standard error

@@ -136,3 +136,26 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     with pytest.raises(UserError, match="no <!-- demo-results:start -->"):
         main(args)
     assert readme.read_text() == "# no markers\n" and not (tmp_path / "results.md").exists()
+
+
+def test_loop_records_get_a_row_per_round_and_control(tmp_path):
+    from tools.results_page import load_runs, results_page
+
+    def row(k, share, gain):
+        return {"round": k, "labels_spent": 100 * (k + 1), "round0_targets": share, "round0_gain": gain,
+                "round0_gain_se": 0.02, "own_targets": share, "own_gain": gain, "own_gain_se": 0.03, "controls": 0.8,
+                "controls_gain": 0.01, "generalization": 0.2, "fidelity_vs_base": -0.1, "reward_before": 0.76,
+                "reward_after": 0.78}
+
+    res = {"base": {"round0_targets": 0.25, "controls": 0.79, "generalization": 0.2, "fidelity": 0.1},
+           "rounds": [row(0, 0.5, 0.25), row(1, 0.6, 0.35)],
+           "one_shot": {"labels_spent": 200, "round0_targets": 0.55, "round0_gain": 0.3, "round0_gain_se": 0.02,
+                        "controls": 0.8, "fidelity": 0.09}}
+    study = tmp_path / "closed-loop"
+    study.mkdir()
+    (study / "loop-2026-11-26-seed0.json").write_text(json.dumps(res))
+    runs = load_runs(tmp_path)
+    page = results_page(tmp_path, runs, [])
+    assert "## The closed loop" in page
+    assert "| 2026-11-26-seed0 | 2 CPU cores | round 1 | 200 | 60.0 (+35.0 ± 2.0) |" in page
+    assert "| one-shot control | 200 | 55.0 (+30.0 ± 2.0) |" in page
