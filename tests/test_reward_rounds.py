@@ -21,7 +21,7 @@ from reward.evaluation import round_accuracy, round_pair_metrics
 from shapes.raters import default_panel
 from shapes.render import RENDERER, render, render_round
 from shapes.world import perturb, prompt_set
-from tiny_models import make_tiny_clip
+from test_reward import tiny_clip  # noqa: F401  (the module-scoped tiny CLIP fixture)
 
 torch.set_num_threads(2)
 
@@ -53,11 +53,6 @@ def two_rounds(tmp_path_factory):
     for r in (0, 1):  # the app serves one round at a time
         simulate_round(store, default_panel(5, flip_rate=0.1), overlap=2, round=r)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32)
 
 
 def _cfg(root, clip, out, *more):
