@@ -21,10 +21,9 @@ import yaml
 
 from core.errors import UserError
 from core.files import write_text_atomic
-from core.loading import model_fingerprint
+from core.loading import LORA_WEIGHTS as LORA_FILE, model_fingerprint
 from finetune.config import FinetuneConfig
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 LINEAGE_FILE = "lineage.json"
 
 
