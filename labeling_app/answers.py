@@ -1,7 +1,7 @@
 """The answer path of a round: storing, checking and undoing a rater's labels.
 
-:class:`AnswerPath` is the half of :class:`~labeling_app.assignment.Assigner` that writes (the
-other half serves items); nothing else writes labels.  Its rules:
+:class:`AnswerPath` is the part of :class:`~labeling_app.assignment.Assigner` that writes (the
+rest serves items); nothing else writes labels.  Its rules:
 
 - **Writes.**  A submission is checked against the rater's current item (an opaque token, so a
   stale tab or a double click cannot label the wrong item or the same item twice), appended
@@ -21,12 +21,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 
 from core.errors import DataError, UserError
 from data.labels import retract
 from data.schemas import BINARY_LABELS, LABELS, RANKINGS, validate_ranks
+from data.store import Store
 from labeling_app.items import Assignment, Item
 
 TABLE_OF_TASK = {"binary": BINARY_LABELS.name, "ranking": RANKINGS.name}
@@ -71,11 +73,32 @@ class RaterState:
     rng: np.random.Generator | None = None
 
 
+ItemKey = tuple[str, str]  # (task, item_id)
+
+
+@dataclass
 class AnswerPath:
-    """Answering, as a base of :class:`~labeling_app.assignment.Assigner`: its methods work on the
-    assigner's state (``_lock``, ``_answered``, ``_filled``, ``_pending``, ``_holders``,
-    ``_by_key``, ``_full_prefix``, ``store``, ``clock``, ...) and helpers (``_rater``, ``_lease``,
-    ``_release``, ``_add_filled``, ``_check_task``)."""
+    """Answering, a component of :class:`~labeling_app.assignment.Assigner`, which builds it over
+    its own round state (the same objects, so both see every change made under ``lock``) and its
+    lease operations."""
+
+    store: Store
+    lock: threading.RLock  # the assigner's; guards the counts below and every rater's open items
+    overlap: int  # K: non-skip answers an item needs
+    lease_s: float  # how long an item shown to a rater stays theirs
+    guideline_version: str  # stored with every label
+    clock: Callable[[], float]  # seconds, as time.time
+    answered: dict[ItemKey, set[str]]  # raters who answered each item
+    filled: dict[ItemKey, int]  # non-skip answers of each item
+    pending: dict[ItemKey, int]  # answers of each item being written now
+    holders: dict[ItemKey, dict[str, float]]  # each item's raters -> their lease's end
+    rater: Callable[[str], RaterState]  # a rater's state, made on first use
+    lease: Callable[[RaterState, str, Item, float], Assignment]  # make an item the rater's current one
+    release: Callable[[RaterState, str, str], None]  # drop the rater's current item of a task
+    add_filled: Callable[[ItemKey, int], None]  # change an item's non-skip count (and the round's completion)
+    check_task: Callable[[str], None]  # refuse a task the round does not have
+    item: Callable[[ItemKey], Item | None]  # the round's item of a key; None once it left the round
+    rescan: Callable[[str], None]  # serve a task's items from the first again (an undo reopened one)
 
     def _claim(self, st: RaterState, rater_id: str, task: str, token: str | None, counts: bool) -> Assignment:
         """Check that ``token`` is the rater's current item of ``task`` and reserve its slot."""
@@ -85,19 +108,19 @@ class AnswerPath:
                             "already, maybe in another tab); it was not saved.",
                             "answer the item now shown.")
         key = (task, a.item.item_id)
-        if rater_id in self._answered[key]:
-            self._release(st, rater_id, task)
+        if rater_id in self.answered[key]:
+            self.release(st, rater_id, task)
             raise StaleItem("you already answered this item; the answer was not saved.",
                             "answer the item now shown.")
         if counts and not a.item.is_gold:
             now = self.clock()
-            if self._filled[key] + self._pending[key] >= self.overlap:
-                self._release(st, rater_id, task)
+            if self.filled[key] + self.pending[key] >= self.overlap:
+                self.release(st, rater_id, task)
                 raise StaleItem("other raters completed this item while it was open (over "
                                 f"{self.lease_s / 60:.0f} minutes); your answer was not saved.",
                                 "answer the item now shown.")
-            self._holders[key][rater_id] = now + self.lease_s
-        self._pending[key] += counts
+            self.holders[key][rater_id] = now + self.lease_s
+        self.pending[key] += counts
         return a
 
     def _commit(self, st: RaterState, rater_id: str, a: Assignment, table: str, row: dict, row_id: str,
@@ -106,14 +129,14 @@ class AnswerPath:
         try:
             self.store.append(table, [row])
         except BaseException:
-            with self._lock:
-                self._pending[key] -= counts
+            with self.lock:
+                self.pending[key] -= counts
             raise
-        with self._lock:
-            self._pending[key] -= counts
-            self._add_filled(key, int(counts))
-            self._answered[key].add(rater_id)
-            self._release(st, rater_id, a.item.task)
+        with self.lock:
+            self.pending[key] -= counts
+            self.add_filled(key, int(counts))
+            self.answered[key].add(rater_id)
+            self.release(st, rater_id, a.item.task)
             st.history.append(AnswerEntry(a.item.task, row_id, key, counts))
         return Receipt(table, row_id, a.item, rater_id)
 
@@ -126,13 +149,13 @@ class AnswerPath:
                       duration_ms: int | None = None) -> Receipt:
         """Store the rater's answer to their current binary item.  ``duration_ms`` defaults to the
         time since the item was first shown (the simulated raters pass their own)."""
-        self._check_task("binary")
+        self.check_task("binary")
         if label not in LABELS:
             raise InvalidAnswer(f"label {label!r} is not one of {list(LABELS)}.", "answer good, bad or skip.")
         reason = (reason or "").strip()[:MAX_REASON_CHARS] or None
-        st = self._rater(rater_id)
+        st = self.rater(rater_id)
         with st.lock:
-            with self._lock:
+            with self.lock:
                 a = self._claim(st, rater_id, "binary", token, counts=label != "skip")
             row_id = uuid.uuid4().hex
             row = dict(label_id=row_id, image_id=a.item.item_id, prompt_id=a.item.prompt_id,
@@ -144,15 +167,15 @@ class AnswerPath:
     def submit_ranking(self, rater_id: str, token: str | None, ranks, *,
                        duration_ms: int | None = None) -> Receipt:
         """Store the rater's ranks (aligned with the item's image_ids; 1 best, ties share a rank)."""
-        self._check_task("ranking")
-        st = self._rater(rater_id)
+        self.check_task("ranking")
+        st = self.rater(rater_id)
         with st.lock:
-            with self._lock:
+            with self.lock:
                 a = st.open.get("ranking")
                 n = len(a.item.image_ids) if a is not None and a.token == token else None
             if n is not None:
                 ranks = self._parse_ranks(ranks, n)
-            with self._lock:
+            with self.lock:
                 a = self._claim(st, rater_id, "ranking", token, counts=True)
             row_id = uuid.uuid4().hex
             row = dict(ranking_id=row_id, prompt_id=a.item.prompt_id, rater_id=rater_id,
@@ -180,19 +203,19 @@ class AnswerPath:
     def undo(self, rater_id: str, task: str) -> Assignment | None:
         """Take back the rater's last label of ``task`` and make its item their current one
         (None if that item is no longer part of the round)."""
-        self._check_task(task)
-        st = self._rater(rater_id)
+        self.check_task(task)
+        st = self.rater(rater_id)
         with st.lock:
-            with self._lock:
+            with self.lock:
                 entry = next((e for e in reversed(st.history) if e.task == task), None)
             if entry is None:
                 raise InvalidAnswer(f"you have no {task} answer to undo.", "undo works on answers you gave.")
             retract(self.store, TABLE_OF_TASK[task], entry.row_id, rater_id)
-            with self._lock:
+            with self.lock:
                 st.history.remove(entry)
-                self._answered[entry.item_key].discard(rater_id)
-                self._add_filled(entry.item_key, -int(entry.counts))
-                self._full_prefix[task] = 0
-                self._release(st, rater_id, task)
-                item = self._by_key.get(entry.item_key)
-                return None if item is None else self._lease(st, rater_id, item, self.clock())
+                self.answered[entry.item_key].discard(rater_id)
+                self.add_filled(entry.item_key, -int(entry.counts))
+                self.rescan(task)
+                self.release(st, rater_id, task)
+                item = self.item(entry.item_key)
+                return None if item is None else self.lease(st, rater_id, item, self.clock())

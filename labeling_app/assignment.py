@@ -20,7 +20,7 @@ The Gradio app, the simulated raters (``make simulate-raters``) and the load tes
 - **Gold.**  With probability ``gold_share`` a rater's next binary item is a gold item they have
   not seen (every rater sees every gold item at most once, outside the K limit); the row is
   stored with ``is_gold=True``.
-- **Writes and undo** go through :class:`~labeling_app.answers.AnswerPath`, this class's base:
+- **Writes and undo** go through :class:`~labeling_app.answers.AnswerPath`, a component of this class:
   checked against the rater's current item, durable before acknowledged, an undo a retraction.
 - **Broken images.**  An item is served only with its image files checked against their
   generations rows (:meth:`Assigner.serve`).  An image whose file was replaced, edited or removed
@@ -49,7 +49,7 @@ from data.generations import check_image
 from data.labels import current
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.store import Store
-from labeling_app.answers import AnswerEntry, AnswerPath, InvalidAnswer, RaterState
+from labeling_app.answers import AnswerEntry, AnswerPath, InvalidAnswer, RaterState, Receipt
 from labeling_app.config import TASKS, LabelConfig
 from labeling_app.gold import ensure_gold
 from labeling_app.items import Assignment, Item, build_items, ranking_item_id
@@ -91,7 +91,7 @@ class _BrokenImage(Exception):
         self.image_id, self.error = image_id, error
 
 
-class Assigner(AnswerPath):
+class Assigner:
     """Thread-safe assignment and label writing for one round (one dataset root).
 
     One process serves a round: the in-memory state (leases, who answered what) is rebuilt from
@@ -128,6 +128,11 @@ class Assigner(AnswerPath):
         self._withdrawn: dict[str, Withdrawn] = {}
         self._gens_signature: tuple | None = None
         self._last_refresh = 0.0
+        self.answers = AnswerPath(
+            store=store, lock=self._lock, overlap=overlap, lease_s=lease_s, guideline_version=guideline_version,
+            clock=clock, answered=self._answered, filled=self._filled, pending=self._pending, holders=self._holders,
+            rater=self._rater, lease=self._lease, release=self._release, add_filled=self._add_filled,
+            check_task=self._check_task, item=lambda key: self._by_key.get(key), rescan=self._rescan)
         self._load_generations(force=True)
         self._load_labels()
 
@@ -240,6 +245,25 @@ class Assigner(AnswerPath):
 
     def _has_room(self, key, rater_id: str, now: float) -> bool:
         return self._filled[key] + self._pending[key] + self._live_holders(key, now, rater_id) < self.overlap
+
+    def _rescan(self, task: str) -> None:
+        """Serve ``task``'s items from the first again (an undo reopened an earlier one)."""
+        self._full_prefix[task] = 0
+
+    # -- answering: the answer path's (labeling_app.answers) --------------------------------
+
+    def submit_binary(self, rater_id: str, token: str | None, label: str, reason: str | None = None, *,
+                      duration_ms: int | None = None) -> Receipt:
+        """:meth:`AnswerPath.submit_binary <labeling_app.answers.AnswerPath.submit_binary>`."""
+        return self.answers.submit_binary(rater_id, token, label, reason, duration_ms=duration_ms)
+
+    def submit_ranking(self, rater_id: str, token: str | None, ranks, *, duration_ms: int | None = None) -> Receipt:
+        """:meth:`AnswerPath.submit_ranking <labeling_app.answers.AnswerPath.submit_ranking>`."""
+        return self.answers.submit_ranking(rater_id, token, ranks, duration_ms=duration_ms)
+
+    def undo(self, rater_id: str, task: str) -> Assignment | None:
+        """:meth:`AnswerPath.undo <labeling_app.answers.AnswerPath.undo>`."""
+        return self.answers.undo(rater_id, task)
 
     def _check_task(self, task: str) -> None:
         if task not in self.tasks:
