@@ -128,7 +128,8 @@ def markdown(res: dict) -> str:
              f"budget {res['budget']} images a round", "",
              "Oracle alignment (%) with fresh seeds, the same for every model; gains over the base with their "
              "standard error (paired by prompt). Reward accuracy: pairwise accuracy vs the oracle on the round's "
-             "images, before (the reward the policy trained against) and after retraining.", "",
+             "images, before (the reward the policy trained against) and after retraining. Fidelity vs base: the "
+             "relative change of the CLIP-FD to the reference (negative: closer than the base).", "",
              "| round | labels spent | round-0 targets (gain ± se) | own targets (gain ± se) | controls (gain) | "
              "held-out | fidelity vs base | reward acc. before / after | new / kept / dropped targets | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
