@@ -182,7 +182,8 @@ def test_eval_and_probe_take_a_run_for_a_model(models, tmp_path):
     """make eval's base= takes a run too, and refuses runs of another base; the step probe loads
     a run through the same resolve_model."""
     from core.config import load_config
-    from evaluation.compare import EvalConfig, evaluate
+    from evaluation.compare import evaluate
+    from evaluation.config import EvalConfig
 
     cfg = load_config(EvalConfig, None, [
         f"base={models['lora']}", f"models=[other={models['other']}]", "reward.kind=oracle",
@@ -190,7 +191,7 @@ def test_eval_and_probe_take_a_run_for_a_model(models, tmp_path):
     with pytest.raises(UserError, match="another model than the base"):
         evaluate(cfg)
     assert not (tmp_path / "out").exists()
-    from finetune.probe import ProbeConfig, probe_steps
+    from tools.probe import ProbeConfig, probe_steps
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("one red circle\n")
