@@ -64,7 +64,7 @@ STAGES = "stages"
 @dataclass(frozen=True)
 class LoopConfig:
     root: str = "datasets/loop"  # one dataset root for every round (rounds are a column)
-    runs: str = "runs/loop"  # round-<k>/ per round, one-shot/, oracle/, stages/ (what resumes)
+    runs: str = "runs/loop"  # round-<k>/ per round, one-shot-<R>/, oracle-<R>/, stages/ (what resumes)
     report: str = "reports/loop"
     pipeline: str = str(SHAPES_SD)  # the base model every round's KL term stays anchored to
     clip: str = str(SHAPES_CLIP)
