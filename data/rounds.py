@@ -24,10 +24,11 @@ from data.store import Store
 ROUNDS_HELP = "all, last:N (the N newest rounds), or a comma list of round numbers such as 0,2"
 
 
-def rounds_in(store: Store) -> list[int]:
-    """The rounds that have images in the root, ascending."""
-    gens = store.read(GENERATIONS)
-    return sorted({int(r) for r in gens["round"].to_pylist()})
+def rounds_in(store: Store, generations: pd.DataFrame | None = None) -> list[int]:
+    """The rounds that have images in the root, ascending (``generations``: the root's table when
+    the caller has read it already)."""
+    gens = store.to_pandas(GENERATIONS) if generations is None else generations
+    return sorted({int(r) for r in gens["round"]})
 
 
 def resolve_rounds(spec: str | int, available: list[int]) -> list[int]:
@@ -54,14 +55,16 @@ def resolve_rounds(spec: str | int, available: list[int]) -> list[int]:
     return wanted
 
 
-def image_rounds(store: Store) -> pd.Series:
-    """image_id -> round, for every image of the root."""
-    gens = store.to_pandas(GENERATIONS)
+def image_rounds(store: Store, generations: pd.DataFrame | None = None) -> pd.Series:
+    """image_id -> round, for every image of the root (``generations``: as in :func:`rounds_in`)."""
+    gens = store.to_pandas(GENERATIONS) if generations is None else generations
     return pd.Series(gens["round"].to_numpy(), index=gens["image_id"].to_numpy(), name="round")
 
 
-def filter_rounds(store: Store, table: str, frame: pd.DataFrame, rounds: list[int]) -> pd.DataFrame:
-    """The rows of ``frame`` (a table of ``store`` read as pandas) that belong to ``rounds``.
+def filter_rounds(store: Store, table: str, frame: pd.DataFrame, rounds: list[int],
+                  generations: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` (a table of ``store`` read as pandas) that belong to ``rounds``
+    (``generations``: the root's whole table when the caller has read it already).
 
     Tables with a ``round`` column filter on it; tables keyed to images (labels, pairs, rewards) on
     their image's round (a pair: its first image's; both images of a pair share a prompt and a
@@ -71,7 +74,7 @@ def filter_rounds(store: Store, table: str, frame: pd.DataFrame, rounds: list[in
     names = spec.schema.names
     if "round" in names:
         return frame[frame["round"].isin(wanted)]
-    by_image = image_rounds(store)
+    by_image = image_rounds(store, generations)
     if "image_id" in names:
         ids = frame["image_id"]
     elif "image_0" in names:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from core.errors import DataError
 from data.conform import conform, from_rows
-from data.schemas import SCHEMA_VERSION, TABLES, TableSpec, get_spec
+from data.schemas import GENERATIONS, SCHEMA_VERSION, TABLES, TableSpec, get_spec
 
 PART_GLOB = "part-*.parquet"
 TMP_PREFIX = ".tmp-"
@@ -354,7 +354,8 @@ def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = N
     if rounds is None:
         return frame
     from data.rounds import filter_rounds, resolve_rounds, rounds_in  # data.rounds builds on this module
-    return filter_rounds(store, table, frame, resolve_rounds(rounds, rounds_in(store)))
+    gens = frame if table == GENERATIONS.name else store.to_pandas(GENERATIONS)
+    return filter_rounds(store, table, frame, resolve_rounds(rounds, rounds_in(store, gens)), gens)
 
 
 def migrate(root: str | os.PathLike) -> dict[str, int]:

@@ -59,8 +59,8 @@ def prompt_pass_rates(store: Store, rounds: list[int] | None = None) -> pd.DataF
     gens = store.to_pandas(GENERATIONS)
     binary = current(store, BINARY_LABELS.name).to_pandas()
     if rounds is not None:
+        binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds, gens)
         gens = filter_rounds(store, GENERATIONS.name, gens, rounds)
-        binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds)
     if gens.empty:
         return pd.DataFrame(columns=list(COLUMNS))
     per_image = aggregate_binary(binary, "majority").merge(gens[["image_id", "prompt_id"]], on="image_id")

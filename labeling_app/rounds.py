@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from core.errors import UserError
+from data.rounds import rounds_in
 from data.schemas import GENERATIONS, SELECTIONS
 from data.store import Store
 
@@ -26,21 +27,17 @@ class ServedRound:
     selected: bool  # the round has selections rows, so only those images are served
 
 
-def newest_round(generations: pd.DataFrame) -> int | None:
-    return int(generations["round"].max()) if not generations.empty else None
-
-
 def served_round(store: Store, round: int | None, generations: pd.DataFrame | None = None) -> ServedRound:
     """The images round ``round`` serves (None: the newest round); ``generations``: the root's
     table when the caller has read it already.  A named round with no images is a UserError."""
     gens = store.to_pandas(GENERATIONS) if generations is None else generations
+    have = rounds_in(store, gens)
     if round is None:
-        round = newest_round(gens)
-        if round is None:
+        if not have:
             return ServedRound(None, gens, 0, False)
+        round = have[-1]  # the newest
     mine = gens[gens["round"] == round]
     if mine.empty:
-        have = sorted({int(r) for r in gens["round"]})
         raise UserError(f"round {round} has no images in {store.root} (it has rounds {have}).",
                         f"pass round= one of {have}, or generate round {round} first "
                         f"(make generate ARGS=\"round={round} pipeline=<run>\").")

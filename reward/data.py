@@ -199,7 +199,7 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     if gens.empty:
         raise UserError(f"no generated images in {store.root} (the generations table is empty).",
                         f"{MAKE_LABELS}, or set data.root to a dataset root that has them.")
-    binary, rankings_tbl, rounds = _keep_rounds(store, data_cfg.rounds, binary, rankings_tbl)
+    binary, rankings_tbl, rounds = _keep_rounds(store, data_cfg.rounds, binary, rankings_tbl, gens)
     if binary.empty and rankings_tbl.num_rows == 0:
         raise UserError(f"no labels in {store.root}{_rounds_note(rounds)}: binary_labels and rankings are empty.",
                         f"{MAKE_LABELS}, then run make reward again.")
@@ -325,17 +325,17 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
                       split_kind, summary, select)
 
 
-def _keep_rounds(store: Store, spec: str, binary: pd.DataFrame, rankings):
+def _keep_rounds(store: Store, spec: str, binary: pd.DataFrame, rankings, gens: pd.DataFrame):
     """The binary labels (pandas) and rankings (arrow) of the rounds ``spec`` names, and those
     rounds; with every round named, the tables untouched and None (so the default reads exactly
-    what it read before rounds existed)."""
-    available = rounds_in(store)
+    what it read before rounds existed).  ``gens``: the root's generations table."""
+    available = rounds_in(store, gens)
     rounds = resolve_rounds(spec, available)
     if rounds == available:
         return binary, rankings, None
-    binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds).reset_index(drop=True)
+    binary = filter_rounds(store, BINARY_LABELS.name, binary, rounds, gens).reset_index(drop=True)
     if rankings.num_rows:  # a ranking's round is its first image's (data.rounds.filter_rounds)
-        kept = filter_rounds(store, RANKINGS.name, rankings.to_pandas(), rounds)
+        kept = filter_rounds(store, RANKINGS.name, rankings.to_pandas(), rounds, gens)
         rankings = rankings.take(kept.index.to_numpy())
     return binary, rankings, rounds
 

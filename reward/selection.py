@@ -149,10 +149,8 @@ def _round_images(store: Store, cfg: SelectConfig):
     how the table's parts were written)."""
     if not (Path(cfg.root) / GENERATIONS.name).is_dir():
         raise UserError(f"{cfg.root} has no generations table.", "point root= at a dataset root (make generate).")
-    available = rounds_in(store)
-    if cfg.round not in available:
-        resolve_rounds(str(cfg.round), available)  # the one clear error for a round with no images
     gens = store.to_pandas(GENERATIONS)
+    resolve_rounds(str(cfg.round), rounds_in(store, gens))  # the one clear error for a round with no images
     return gens[gens["round"] == cfg.round].sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
