@@ -183,10 +183,16 @@ def pick_demo_targets(cfg: DemoConfig, path: Path) -> list[str]:
     in at least two categories, or a clear error."""
     table, _ = write_targets(cfg.root, path, cfg.rule, among={p.text for p in prompt_set("train")}, overwrite=True)
     chosen = list(table.loc[table["picked"], "prompt"])
+    check_targets(chosen, cfg.min_targets, "the demo")
+    return chosen
+
+
+def check_targets(chosen: list[str], min_targets: int, who: str) -> None:
+    """Enough targets to measure a gain on: at least ``min_targets`` prompts in at least two
+    categories, or one clear error (``who``: what needs them, for the message)."""
     categories = {Prompt.parse(t).category for t in chosen}
-    if len(chosen) < cfg.min_targets or len(categories) < 2:
+    if len(chosen) < min_targets or len(categories) < 2:
         raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
-                        f"(the demo needs at least {cfg.min_targets} in 2).",
+                        f"({who} needs at least {min_targets} in 2).",
                         "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower min_targets.")
     print(f"targets: {len(chosen)} prompts in {sorted(categories)}", file=sys.stderr)
-    return chosen

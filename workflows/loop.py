@@ -38,7 +38,7 @@ from core.jsonable import json_safe
 from core.loading import check_folder
 from data.labels import current
 from data.rounds import filter_rounds, rounds_in
-from data.schemas import SelectionMethod
+from data.schemas import GENERATIONS, SelectionMethod
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates, read_prompts_file
 from evaluation.compare import evaluate
@@ -54,8 +54,9 @@ from reward.evaluation import round_accuracy
 from reward.selection import SelectConfig, select
 from reward.train import train_reward
 from shapes import SHAPES_CLIP, SHAPES_SD
-from shapes.world import Prompt, prompt_set
+from shapes.world import prompt_set
 from workflows import loop_report
+from workflows.demo import check_targets
 
 MARKER = ".made-by-make-loop"
 STAGES = "stages"
@@ -99,9 +100,6 @@ class Stages:
 
     def __init__(self, runs: Path):
         self.dir = runs / STAGES
-
-    def done(self, name: str) -> bool:
-        return (self.dir / f"{name}.json").is_file()
 
     def run(self, name: str, fn: Callable[[], dict]) -> dict:
         path = self.dir / f"{name}.json"
@@ -210,12 +208,7 @@ def _targets(cfg: LoopConfig, k: int, path: Path, previous: list[str]) -> dict:
     kept = [t for t in previous if t not in judged and t not in picked]
     chosen = (picked + kept)[: cfg.rule.max_targets]
     if k == 0:
-        categories = {Prompt.parse(t).category for t in chosen}
-        if len(chosen) < cfg.min_targets or len(categories) < 2:
-            raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
-                            f"(round 0 needs at least {cfg.min_targets} in 2).",
-                            "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower "
-                            "min_targets.")
+        check_targets(chosen, cfg.min_targets, "round 0")
     if not chosen:
         raise UserError(f"round {k} has no target left: every prompt the rule could pick is fixed or unjudged.",
                         "stop the loop at this round (rounds=), or widen the rule.")
@@ -232,7 +225,8 @@ def _label(cfg: LoopConfig, root: str, k: int) -> dict:
     sim = simulate(SimulateConfig(label=LabelConfig(root=root, overlap=cfg.overlap, seed=cfg.seed + k, round=k),
                                   raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed + k))
     store = Store(root)
-    counts = {name: len(filter_rounds(store, name, current(store, name).to_pandas(), [k]))
+    gens = store.to_pandas(GENERATIONS)
+    counts = {name: len(filter_rounds(store, name, current(store, name).to_pandas(), [k], gens))
               for name in ("binary_labels", "rankings")}
     return {**{k2: v for k2, v in sim.items() if isinstance(v, (int, float)) and not k2.startswith("added_")},
             **counts, "labels": sum(counts.values())}
