@@ -274,8 +274,8 @@ def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype
     """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused.
 
     Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
-    the same model up to fp32 rounding (a pixel level at most, on a few images), sampled about 8 %
-    faster on the shapes model on a CPU (LoRA layers add two small matmuls per projection)."""
+    the same model up to fp32 rounding, and faster to sample (LoRA layers add two small matmuls per
+    projection)."""
     pipe = load_sd_pipeline(ref.base, device=device, dtype=dtype)
     if ref.adapter is not None:
         try:
