@@ -22,6 +22,7 @@ sampling.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,14 @@ class ModelEval:
     # share of the objects the oracle found whose colour is off palette, per prompt set ("targets",
     # "controls", "generalization"; NaN where none); {} unless shapes-world prompts
     off_palette: dict[str, float] = field(default_factory=dict)
+    # the oracle's verdict on each evaluated (target) image, in the evaluated order (prompt by
+    # prompt, the same seeds for every model): what the paired gain's standard error is taken from
+    # (paired_gain); [] unless shapes-world prompts
+    aligned: list[bool] = field(default_factory=list)
+    # the overall alignment gain over the base on the targets and its standard error
+    # (image_paired_gain); None for the base and without the oracle
+    gain: float | None = None
+    gain_se: float | None = None
 
 
 PROMPT_SETS = {"targets": "target", "controls": "control", "generalization": "held-out"}  # ModelEval.off_palette keys
@@ -80,6 +89,26 @@ def off_palette_alarms(results: list[ModelEval]) -> list[str]:
                            + (", where the reward pushed it: a reward-hacking sign." if where == "targets"
                               else ", on prompts it was not fine-tuned on: collateral drift."))
     return out
+
+
+def image_paired_gain(model: list[bool], base: list[bool], texts: list[str]) -> tuple[float, float]:
+    """Mean and standard error of a model's gain over the base in the share of aligned images, from
+    the paired differences of images of the same prompt and seed (``model``, ``base`` and their
+    ``texts``, (N,) each).  The evaluated prompts are fixed (the targets themselves, not a draw of
+    prompts), so the randomness is the seeds': the variance of the mean is stratified by prompt,
+    sum_p s_p^2 / k_p over P^2, s_p^2 the prompt's sample variance of its k_p differences.  NaN
+    standard error when some prompt has fewer than 2 images."""
+    d = np.asarray(model, dtype=float) - np.asarray(base, dtype=float)
+    if len(d) == 0 or len(d) != len(texts):
+        return math.nan, math.nan
+    groups: dict[str, list[float]] = {}
+    for t, x in zip(texts, d):
+        groups.setdefault(t, []).append(x)
+    means = [np.mean(g) for g in groups.values()]
+    if min(len(g) for g in groups.values()) < 2:
+        return float(np.mean(means)), math.nan
+    var = sum(np.var(g, ddof=1) / len(g) for g in groups.values()) / len(groups) ** 2
+    return float(np.mean(means)), float(math.sqrt(var))
 
 
 def win_rate(rewards: np.ndarray, base_rewards: np.ndarray) -> float:
@@ -150,10 +179,11 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, base_rewards = [], None
+    results, base_rewards, base_aligned = [], None, None
     for name, ref in names:
         pipe = load_model(ref)
-        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
+        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype,
+                                 planned=len(texts) * len(names))
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
         rewards = scores.float().cpu().numpy()
@@ -168,11 +198,14 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
             figs, off, verdicts = judged_figures(images, texts, parts)
             align, ctrl, gen = (figs[where] for where in parts)
             per_prompt = pass_rates(texts[:n_main], verdicts[:n_main])
+        aligned = [] if verdicts is None else [bool(v.aligned) for v in verdicts[:n_main]]
+        gain, gain_se = (None, None) if base_aligned is None or not aligned else image_paired_gain(
+            aligned, base_aligned, texts[:n_main])
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
-                                 off))
+                                 off, aligned, gain, gain_se))
         if base_rewards is None:
-            base_rewards = rewards
+            base_rewards, base_aligned = rewards, aligned
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
                    out / f"samples-{name}.png")
         del pipe

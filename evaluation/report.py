@@ -29,6 +29,8 @@ def results_json(evals: list[ModelEval], reward_metrics: dict, seconds: dict[str
                        "controls": {k: e.controls[k] for k in ALIGNMENT_KEYS}, "reward": e.reward,
                        "fidelity": e.fidelity, "n_images": e.n_images, "per_prompt": dict(e.per_prompt),
                        "off_palette": dict(e.off_palette)}
+        if e.gain is not None:  # the targets' gain over the base and its paired standard error
+            out[e.name]["gain"], out[e.name]["gain_se"] = e.gain, e.gain_se
     out["reward_model"] = reward_metrics
     out["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     out["hacking"] = hacking_check(evals)
@@ -174,6 +176,11 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
         lines.append(f"| {e.name} | " + " | ".join(_fmt(e.alignment[c]) for c in cols)
                      + f" | {_fmt(e.generalization.get('overall', float('nan')))} | {_fmt(e.controls['overall'])}"
                      f" | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
+    gains = [f"{e.name} {100 * e.gain:+.1f} ± " + ("n/a" if math.isnan(e.gain_se) else f"{100 * e.gain_se:.1f}")
+             for e in evals if e.gain is not None]
+    if gains:
+        lines += ["", "Gain over the base on these prompts (points), ± its standard error over the seeds "
+                  "(differences paired image by image: same prompt, same seed): " + "; ".join(gains) + "."]
     if results.get("targets_chosen"):
         lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
                   "", "![per-prompt pass rates](per_prompt.png)"]

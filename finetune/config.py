@@ -47,6 +47,11 @@ class PolicySamplingConfig:
     # (sample_size * VAE factor); see core.sampling.image_size
     height: PositiveInt | None = None
     width: PositiveInt | None = None
+    # torch.compile of the sampling passes (the rounds' trajectories, RWL's D_model, the curve and
+    # the sample grids): the policy's weights, its LoRA fused, go through the process's compiled
+    # plain UNet (core.compile.sampling_unet), the same module make generate and make eval use; the
+    # update is compute.compile's.  auto as make generate's sampling.compile (core.sampling).
+    compile: CompileMode = "auto"
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         def measure_curve(after_round: int) -> float:
             """Add the curve's point after ``after_round`` rounds (its image count too, for the
             standard error of evaluation.curves) and return the aligned share."""
-            aligned = curve_alignment(policy, pipe, curve_judge, curve_texts, curve_cond, curve_uncond,
-                                      run.latent_shape, cfg)
+            aligned = curve_alignment(run.sampling_policy(), pipe, curve_judge, curve_texts, curve_cond,
+                                      curve_uncond, run.latent_shape, cfg)
             curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
             return aligned
 
@@ -124,7 +124,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
-        traj = sample_trajectories(policy, cond, uncond, run.latent_shape, gen, round_prompts,
+        traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, round_prompts,
                                    cfg.dpok_eligible_steps, d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
@@ -153,7 +153,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            _sample_grid(accelerator, policy, pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out, r + 1)
+            _sample_grid(accelerator, run.sampling_policy(), pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out,
+                         r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve))

@@ -77,10 +77,18 @@ class Run:
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
+    sampling_rows: int = 0  # UNet rows of one sampling call (the round's or batch's samples, x2 when guided)
+    sampling_images: int = 0  # images the run samples in all (sampling.compile=auto's rule)
 
     @property
     def device(self):
         return self.accelerator.device
+
+    def sampling_policy(self) -> DiffusionPolicy:
+        """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of
+        this moment in the process's compiled sampling UNet (:meth:`DiffusionPolicy.for_sampling`),
+        every call of ``sampling_rows`` rows.  Call it again after every update."""
+        return self.policy.for_sampling(self.cfg.sampling.compile, self.sampling_rows, self.sampling_images)
 
     def optimizer_step(self) -> None:
         """One optimizer and learning-rate step, gradients cleared.  Under ``accelerator.accumulate()``
@@ -147,8 +155,14 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
+    if cfg.method == "dpok":  # a round's samples, all rounds'
+        samples = max(1, cfg.dpok.prompts_per_round // accelerator.num_processes) * cfg.dpok.samples_per_prompt
+        total = samples * cfg.dpok.rounds
+    else:  # a D_model batch, all of D_model
+        samples, total = cfg.reward.batch_size, len(prompts) * cfg.rwl.samples_per_prompt
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              latent_shape(comps.pipe, height, width), (height, width), record)
+              latent_shape(comps.pipe, height, width), (height, width), record,
+              samples * (2 if cfg.sampling.guidance_scale != 1.0 else 1), total)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

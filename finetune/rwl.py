@@ -84,11 +84,12 @@ def build_model_set(run: Run) -> LatentSet:
     prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
     gen = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["rwl_model_set"])
     latents, rewards = [], []
+    sampler = run.sampling_policy()
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
         chunk = prompts[i:i + cfg.reward.batch_size]
         cond, uncond = encode_prompts(run.comps.pipe, chunk, run.device)
-        traj = sample_trajectories(run.policy, cond, uncond, run.latent_shape, gen, chunk)
+        traj = sample_trajectories(sampler, cond, uncond, run.latent_shape, gen, chunk)
         images = decode_latents(run.comps.pipe.vae, traj.final_latents)
         rewards.append(score_in_batches(run.reward, images, chunk, cfg.reward.batch_size).float().cpu())
         latents.append(traj.final_latents.cpu())
@@ -291,7 +292,8 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if cfg.sample_grid_every:
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        traj = sample_trajectories(run.policy, eval_cond, eval_uncond, run.latent_shape, g, list(cfg.prompts.eval_prompts))
+        traj = sample_trajectories(run.sampling_policy(), eval_cond, eval_uncond, run.latent_shape, g,
+                                   list(cfg.prompts.eval_prompts))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
                    run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,

@@ -4,7 +4,9 @@ Configurations: the shapes world (the committed model; an untrained reward head 
 CLIP; ``shapes=false`` skips it), and, when CUDA is available, SD v1.5's architecture with random
 weights under ``gpu_config`` (finetune/configs/sd15.yaml: 512x512, bf16, LoRA, its compile and
 micro-batch settings) with a reward head on a random CLIP ViT-L/14.  ``reward.path=<folder>``
-times that reward model instead; ``reward.kind=oracle`` the shapes-world oracle.
+times that reward model instead; ``reward.kind=oracle`` the shapes-world oracle.  ``demo=true``
+also times ``make demo`` stage by stage, eager and compiled (:mod:`tools.demo_bench`);
+``shapes=false gpu=false demo=true`` that alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from tools.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
                             build_reward_model, gpu_config, shapes_config, write_bench_prompts, write_report)
+from tools.demo_bench import bench_demo
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP
 
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         skipped.append("sd15-512-cuda (no CUDA device)")
     write_report(results, out, skipped)
+    if cfg.demo:
+        print("bench: make demo, eager and compiled", file=sys.stderr)
+        bench_demo(cfg.demo_args, out)
+        print((out / "demo.md").read_text())
     for r in results:
         print(f"{r.name}/{r.method}: overhead_ratio={r.overhead_ratio:.3f} measured={r.measured_s:.3f}s "
               f"bare={r.bare_s:.3f}s")

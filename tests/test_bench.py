@@ -37,3 +37,17 @@ def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
     assert levers["on"]["compile_s"] > 0 and levers["off"]["compile_s"] < levers["on"]["compile_s"]
     assert rows[0]["compute"] == {"compile": "auto", "micro_batch": None, "gradient_checkpointing": False}
     assert "seconds eager and compiled" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_demo_bench_table_gives_each_stage_and_the_ratios():
+    from tools.demo_bench import markdown
+
+    figures = {"base": {"targets": 0.25}, "dpok": {"targets": 0.5, "gain": 0.25, "gain_se": 0.02}}
+    result = {"demo_args": ["seed=1"], "runs": {
+        "eager": {"seconds": {"generate": 200.0, "evaluate": 400.0, "total": 600.0}, "wall_s": 610.0, "figures": figures},
+        "compiled": {"seconds": {"generate": 100.0, "evaluate": 160.0, "total": 260.0}, "wall_s": 270.0, "figures": figures},
+        "compiled, warm cache": {"failed": 2, "wall_s": 3.0}}}
+    md = markdown(result)
+    assert "| generate | 200 | 100 | 2.00 | - |" in md and "| total | 600 | 260 | 2.31 | - |" in md
+    assert "| wall | 610 | 270 | 2.26 | - |" in md
+    assert "dpok 50.0 (+25.0 ± 2.0)" in md and "compiled, warm cache: failed with exit status 2" in md

@@ -1,4 +1,5 @@
 import json
+import math
 
 from evaluation.compare import ModelEval
 from evaluation.report import hacking_check, results_json, write
@@ -40,3 +41,32 @@ def test_report_files(tmp_path):
            "one SE 6.2 points: falls back" in md
     for f in ("learning_curves.png", "samples_before_after.png", "report.html"):
         assert (tmp_path / "r" / f).exists()
+
+
+def test_image_paired_gain_is_stratified_by_prompt():
+    from evaluation.compare import image_paired_gain
+
+    texts = ["a"] * 4 + ["b"] * 4
+    base = [False, False, True, False, True, True, False, True]
+    model = [True, False, True, True, True, True, True, True]
+    gain, se = image_paired_gain(model, base, texts)
+    # differences a: 1 0 0 1, b: 0 0 1 0 -> prompt means 0.5 and 0.25
+    assert abs(gain - 0.375) < 1e-12
+    var_a, var_b = 1 / 3, 0.25  # sample variances (ddof 1) of the two prompts' differences
+    assert abs(se - ((var_a / 4 + var_b / 4) / 4) ** 0.5) < 1e-12
+    # the same images with no difference: no gain, no spread
+    assert image_paired_gain(base, base, texts) == (0.0, 0.0)
+    # one image per prompt leaves no within-prompt variance to estimate
+    assert math.isnan(image_paired_gain([True, False], [False, False], ["a", "b"])[1])
+
+
+def test_report_gives_the_gain_and_its_standard_error(tmp_path):
+    from dataclasses import replace
+
+    base = replace(ev("base", 0.25, 0.4, 0.5, 0.8), aligned=[True, False, False, False] * 2)
+    dpok = replace(ev("dpok", 0.625, 0.6, 0.7, 0.8), aligned=[True, True, False, True] * 2, gain=0.375, gain_se=0.1)
+    results = results_json([base, dpok], {}, {})
+    assert results["dpok"]["gain"] == 0.375 and results["dpok"]["gain_se"] == 0.1 and "gain" not in results["base"]
+    from evaluation.report import markdown
+
+    assert "dpok +37.5 ± 10.0" in markdown(results | {"hacking": {}}, [base, dpok], [], "")

@@ -80,6 +80,10 @@ class BenchConfig:
     # on the CPU configuration when asked (why the loop stays eager there: experiments/bench)
     gpu_levers: bool = True
     cpu_levers: bool = False
+    # Also time `make demo` stage by stage, eager and with the compiled sampling path (a fresh compile
+    # cache, then warm), each demo in a process of its own (tools.demo_bench): about 3 demos long
+    demo: bool = False
+    demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
 
 
 def _timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:

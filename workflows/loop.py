@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.compile import CompileMode
 from core.config import NonNegativeInt, PositiveInt, Share, load_config, save_config, to_dict
 from core.errors import UserError
 from core.files import write_text_atomic
@@ -56,7 +57,7 @@ from reward.train import train_reward
 from shapes import SHAPES_CLIP, SHAPES_SD
 from shapes.world import prompt_set
 from workflows import loop_report
-from workflows.demo import check_targets
+from workflows.demo import check_targets, sampling_compile
 
 MARKER = ".made-by-make-loop"
 STAGES = "stages"
@@ -87,6 +88,7 @@ class LoopConfig:
     eval_samples_per_prompt: PositiveInt = 16  # fresh seeds per target prompt in the final evaluation
     eval_side_samples_per_prompt: PositiveInt = 4  # per control and held-out prompt
     curve_every: NonNegativeInt = 0  # DPOK rounds between points of its oracle learning curve (0: none)
+    compile: CompileMode = "auto"  # every stage's sampling.compile, decided once (workflows.demo.sampling_compile)
     fresh: bool = False  # empty the loop's folders and start over (else a rerun resumes)
     generate_args: tuple[str, ...] = ()
     reward_args: tuple[str, ...] = ()
@@ -144,6 +146,7 @@ def _configs(cfg: LoopConfig):
     """Every stage's config for round ``k`` (``init``: the run it continues; ``prompts``: its
     prompts file), resolved from the stage args, so bad args fail before anything runs."""
     runs = Path(cfg.runs)
+    compile_ = f"sampling.compile={sampling_compile(cfg.compile, len(prompt_set('all')) * cfg.per_prompt)}"
 
     def reward_cfg(out: Path, root: str) -> RewardConfig:
         return load_config(RewardConfig, None, [
@@ -154,7 +157,7 @@ def _configs(cfg: LoopConfig):
                  rounds_times: int = 1, oracle: bool = False) -> FinetuneConfig:
         base = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", list(cfg.dpok_args))
         args = [f"model.pipeline={cfg.pipeline}", f"reward.path={reward}", f"seed={seed}",
-                f"prompts.prompts_file={prompts}", f"output_dir={out}", f"curve_every={cfg.curve_every}",
+                f"prompts.prompts_file={prompts}", f"output_dir={out}", f"curve_every={cfg.curve_every}", compile_,
                 *cfg.dpok_args, f"dpok.rounds={base.dpok.rounds * rounds_times}"]
         if init is not None:
             args.append(f"init={init}")
@@ -168,7 +171,7 @@ def _configs(cfg: LoopConfig):
         where = [f"prompts_file={prompts}"] if prompts is not None else ["prompts=all"]
         return load_config(GenerateConfig, None, [
             f"root={root}", f"pipeline={pipeline}", f"per_prompt={per_prompt}", f"round={round_}",
-            f"seed={cfg.seed + 1000 * round_}", "fill=true", *where, *cfg.generate_args])
+            f"seed={cfg.seed + 1000 * round_}", "fill=true", *where, compile_, *cfg.generate_args])
 
     def eval_cfg(prompts: Path, models: list[str]) -> EvalConfig:
         # judged by the last round's reward: trained on every round's labels
@@ -176,7 +179,7 @@ def _configs(cfg: LoopConfig):
             f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / f'round-{cfg.rounds - 1}' / 'reward'}",
             f"models=[{', '.join(models)}]", f"prompts_file={prompts}", "generalization_split=heldout",
             f"samples_per_prompt={cfg.eval_samples_per_prompt}",
-            f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}",
+            f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}", compile_,
             f"output_dir={Path(cfg.report) / 'eval'}", *cfg.eval_args])
 
     return reward_cfg, dpok_cfg, generate_cfg, eval_cfg
