@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,8 @@ RUNS = {"eager": "off", "compiled": "auto", "compiled, warm cache": "auto"}  # n
 
 def bench_demo(demo_args: tuple[str, ...], out: Path, runs: tuple[str, ...] = tuple(RUNS)) -> dict:
     """Run the demo once per entry of ``runs`` (keys of :data:`RUNS`, in order) with ``demo_args``
-    added; write ``out``/demo.json and demo.md and return what demo.json holds."""
+    added; write ``out``/demo.json and demo.md, keep each run's results.json and evaluation
+    metrics (every image's verdict) in ``out``/demo-<run>/, and return what demo.json holds."""
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
         raise ValueError(f"unknown demo bench runs {unknown}; known: {list(RUNS)}")
@@ -51,6 +53,10 @@ def bench_demo(demo_args: tuple[str, ...], out: Path, runs: tuple[str, ...] = tu
                 continue
             res = json.loads((folder / "report" / "results.json").read_text())
             result["runs"][name] = {"seconds": res["seconds"], "wall_s": round(wall, 1), "figures": _figures(res)}
+            kept = out / f"demo-{folder.name}"  # the run's results and per-image verdicts, for the record
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / "report" / "results.json", kept / "results.json")
+            shutil.copy(folder / "report" / "eval" / "metrics.json", kept / "eval-metrics.json")
             _write(out, result)
     _write(out, result)
     return result
