@@ -172,6 +172,9 @@ def _fixed_rows_class():
                     pad = self.rows - x.shape[0]
                     if pad:
                         x, tt, e = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x, tt, e))
+                    # contiguous inputs whatever the caller passed (an expanded timestep has stride
+                    # 0): the graph is specialised to its inputs' strides, so other strides recompile
+                    x, tt, e = x.contiguous(), tt.contiguous(), e.contiguous()
                     parts.append(self.unet(x, tt, encoder_hidden_states=e).sample[:self.rows - pad])
                 out = torch.cat(parts)
             return _Output(out) if return_dict else (out,)
