@@ -20,7 +20,7 @@ import torch
 
 from tools.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
                             build_reward_model, gpu_config, shapes_config, write_bench_prompts, write_report)
-from tools.demo_bench import bench_demo
+from tools.demo_bench import bench_demo, check_runs
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP
 
@@ -35,6 +35,8 @@ def _with_reward(cfg: BenchConfig, clip, tmp: Path) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BenchConfig, config_parser(__doc__.splitlines()[0]), argv)
+    if cfg.demo:
+        check_runs(cfg.demo_runs)  # before minutes of other benchmarks
     skipped, results = [], []
     out = Path(cfg.output_dir)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(results, out, skipped)
     if cfg.demo:
         print("bench: make demo, eager and compiled", file=sys.stderr)
-        bench_demo(cfg.demo_args, out)
+        bench_demo(cfg.demo_args, out, cfg.demo_runs)
         print((out / "demo.md").read_text())
     for r in results:
         print(f"{r.name}/{r.method}: overhead_ratio={r.overhead_ratio:.3f} measured={r.measured_s:.3f}s "

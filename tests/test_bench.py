@@ -45,9 +45,9 @@ def test_demo_bench_table_gives_each_stage_and_the_ratios():
     figures = {"base": {"targets": 0.25}, "dpok": {"targets": 0.5, "gain": 0.25, "gain_se": 0.02}}
     result = {"demo_args": ["seed=1"], "runs": {
         "eager": {"seconds": {"generate": 200.0, "evaluate": 400.0, "total": 600.0}, "wall_s": 610.0, "figures": figures},
-        "compiled": {"seconds": {"generate": 100.0, "evaluate": 160.0, "total": 260.0}, "wall_s": 270.0, "figures": figures},
-        "compiled, warm cache": {"failed": 2, "wall_s": 3.0}}}
+        "compiled-cold": {"seconds": {"generate": 100.0, "evaluate": 160.0, "total": 260.0}, "wall_s": 270.0, "figures": figures},
+        "compiled-warm": {"failed": 2, "wall_s": 3.0}}}
     md = markdown(result)
     assert "| generate | 200 | 100 | 2.00 | - |" in md and "| total | 600 | 260 | 2.31 | - |" in md
     assert "| wall | 610 | 270 | 2.26 | - |" in md
-    assert "dpok 50.0 (+25.0 ± 2.0)" in md and "compiled, warm cache: failed with exit status 2" in md
+    assert "dpok 50.0 (+25.0 ± 2.0)" in md and "compiled-warm: failed with exit status 2" in md

@@ -84,6 +84,7 @@ class BenchConfig:
     # cache, then warm), each demo in a process of its own (tools.demo_bench): about 3 demos long
     demo: bool = False
     demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
+    demo_runs: tuple[str, ...] = ("eager", "compiled-cold", "compiled-warm")  # which of them (tools.demo_bench.RUNS)
 
 
 def _timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:

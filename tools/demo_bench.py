@@ -3,9 +3,9 @@ sampling path off and on, measured in one run.
 
 Each demo runs in a process of its own (``python -m pipelines.demo``), so that a compiled run pays
 its compile as a user's first run does and no compiled code passes from one run to the next:
-``eager`` (``compile=off``), ``compiled`` (``compile=auto``) with an empty compile cache, and
-``compiled, warm cache``: the same again over the cache the first compiled run filled (what every
-later run on the machine pays).  Every run has the same seed and folders of its own; the table
+``eager`` (``compile=off``), ``compiled-cold`` (``compile=auto``) with an empty compile cache, and
+``compiled-warm``: the same again over the cache the first compiled run filled (what every later
+run on the machine pays).  Every run has the same seed and folders of its own; the table
 gives each stage's seconds, and the ratio eager / compiled of each stage and of the whole, since
 these machines' speed drifts between sessions but not within one run.  The figures each run
 reached (targets, gains and their standard errors) come beside the times: the compiled path
@@ -24,23 +24,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.errors import UserError
 from core.files import write_text_atomic
 
-RUNS = {"eager": "off", "compiled": "auto", "compiled, warm cache": "auto"}  # name -> the demo's compile=
+RUNS = {"eager": "off", "compiled-cold": "auto", "compiled-warm": "auto"}  # name -> the demo's compile=
 
 
 def bench_demo(demo_args: tuple[str, ...], out: Path, runs: tuple[str, ...] = tuple(RUNS)) -> dict:
     """Run the demo once per entry of ``runs`` (keys of :data:`RUNS`, in order) with ``demo_args``
     added; write ``out``/demo.json and demo.md, keep each run's results.json and evaluation
     metrics (every image's verdict) in ``out``/demo-<run>/, and return what demo.json holds."""
-    unknown = [r for r in runs if r not in RUNS]
-    if unknown:
-        raise ValueError(f"unknown demo bench runs {unknown}; known: {list(RUNS)}")
+    check_runs(runs)
     result: dict = {"demo_args": list(demo_args), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="demo-bench-") as tmp:
         cache = Path(tmp) / "inductor-cache"  # empty at the first compiled run, filled for the warm one
         for name in runs:
-            folder = Path(tmp) / name.replace(",", "").replace(" ", "-")
+            folder = Path(tmp) / name
             cmd = [sys.executable, "-m", "pipelines.demo", f"compile={RUNS[name]}", f"root={folder / 'datasets'}",
                    f"runs={folder / 'runs'}", f"report={folder / 'report'}", *demo_args]
             print(f"bench: demo, {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
@@ -60,6 +59,13 @@ def bench_demo(demo_args: tuple[str, ...], out: Path, runs: tuple[str, ...] = tu
             _write(out, result)
     _write(out, result)
     return result
+
+
+def check_runs(runs: tuple[str, ...]) -> None:
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown or not runs:
+        raise UserError(f"demo_runs={list(runs)} names no demo run or unknown ones ({unknown}).",
+                        f"pick from {list(RUNS)}, e.g. demo_runs=[eager, compiled-cold].")
 
 
 def _figures(res: dict) -> dict:
@@ -85,7 +91,7 @@ def markdown(result: dict) -> str:
              "|---|" + "---|" * (len(runs) + 2)]
     for s in stages + ["wall"]:
         vals = {n: (r["wall_s"] if s == "wall" else r["seconds"].get(s)) for n, r in runs.items()}
-        ratio = [_ratio(vals.get("eager"), vals.get(k)) for k in ("compiled", "compiled, warm cache")]
+        ratio = [_ratio(vals.get("eager"), vals.get(k)) for k in ("compiled-cold", "compiled-warm")]
         lines.append(f"| {s} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in vals.values())
                      + f" | {ratio[0]} | {ratio[1]} |")
     lines += ["", "Figures each run reached (oracle alignment on the targets, %; gain ± standard error, points):", ""]
