@@ -159,3 +159,18 @@ def test_loop_records_get_a_row_per_round_and_control(tmp_path):
     assert "## The closed loop" in page
     assert "| 2026-11-26-seed0 | 2 CPU cores | round 1 | 200 | 60.0 (+35.0 ± 2.0) |" in page
     assert "| one-shot control | 200 | 55.0 (+30.0 ± 2.0) |" in page
+
+
+def test_demo_stage_records_get_their_table(tmp_path):
+    from tools.results_page import load_runs, results_page
+
+    figures = {"base": {"targets": 0.25}, "dpok": {"targets": 0.5, "gain": 0.25, "gain_se": 0.02}}
+    res = {"demo_args": [], "device": "2 CPU cores (AVX2)", "runs": {
+        "eager": {"seconds": {"generate": 200.0, "total": 600.0}, "wall_s": 610.0, "figures": figures},
+        "compiled-cold": {"seconds": {"generate": 150.0, "total": 500.0}, "wall_s": 505.0, "figures": figures}}}
+    study = tmp_path / "compiled-sampling"
+    study.mkdir()
+    (study / "stages-2026-11-26-avx2-seed0.json").write_text(json.dumps(res))
+    page = results_page(tmp_path, load_runs(tmp_path), [])
+    assert "### 2026-11-26-avx2-seed0 (2 CPU cores (AVX2))" in page
+    assert "| generate | 200 | 150 | 1.33 | - |" in page and "| wall | 610 | 505 | 1.21 | - |" in page

@@ -4,7 +4,8 @@
 (a ``make bench`` bench.json), ``finetune-<date>-<label>.json`` (a ``make finetune`` metrics.json
 with its oracle learning curve), ``reward-<date>-<label>.json`` (a ``make reward`` metrics.json) and
 ``probe-<date>-<label>.json`` (a ``make probe-steps`` probe.json), ``loop-<date>-<label>.json``
-(a ``make loop`` results.json); each but bench's plus the
+(a ``make loop`` results.json), ``stages-<date>-<label>.json`` (``make bench ARGS="demo=true"``'s
+demo.json: the demo's stage times, eager and compiled); each but bench's plus the
 ``command`` that made it and, optionally, the ``device`` it ran on (default: 2 CPU cores, whose
 speed differs between machines).  Never typed by hand: ``make results-page``."""
 
@@ -16,6 +17,7 @@ import re
 from pathlib import Path
 
 from evaluation.curves import check_curve
+from tools.demo_bench import markdown as markdown_stages
 from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
 
@@ -300,6 +302,15 @@ def loop_section(runs: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def stages_section(runs: list[tuple[str, dict]]) -> list[str]:
+    """``make demo`` stage by stage, eager against the compiled sampling path, one table per run
+    (:func:`tools.demo_bench.markdown`, its title dropped)."""
+    lines = ["## `make demo` stage by stage (`make bench ARGS=\"demo=true\"`)", ""]
+    for label, res in runs:
+        lines += [f"### {label} ({_device(res)})", "", *markdown_stages(res).splitlines()[2:], ""]
+    return lines[:-1]
+
+
 def run_seed(label: str) -> str:
     """The demo seed a run label ends with (``...-seed3`` -> ``3``), or ``?``."""
     m = re.search(r"seed(\d+)$", label)
@@ -340,7 +351,7 @@ def load_runs(folder: str | Path) -> dict[str, list[tuple[str, dict]]]:
     """The results files under ``folder`` (its study folders included) by kind (demo, bench,
     finetune, reward, probe), each as (label, content), in file-name order."""
     runs: dict[str, list[tuple[str, dict]]] = {"demo": [], "bench": [], "finetune": [], "reward": [], "probe": [],
-                                               "loop": []}
+                                               "loop": [], "stages": []}
     for f in sorted(Path(folder).rglob("*.json"), key=lambda f: f.name):
         for kind in runs:
             if f.name.startswith(f"{kind}-"):
@@ -386,4 +397,6 @@ def results_page(folder: str | Path, runs: dict[str, list[tuple[str, dict]]], cu
         lines += probe_section(runs["probe"]) + [""]
     if bench:
         lines += bench_section(bench) + [""]
+    if runs.get("stages"):
+        lines += stages_section(runs["stages"]) + [""]
     return "\n".join(lines)
