@@ -108,13 +108,21 @@ def checks(out: dict) -> dict[str, dict]:
         "fidelity_within_10%": {"figure": last["fidelity_vs_base"], "holds": last["fidelity_vs_base"] <= FIDELITY_TOLERANCE},
         "reward_keeps_up": {
             "figure": [r["reward_before"] for r in out["rounds"][1:]], "round0": first["reward_val_images"],
-            "holds": all(abs(r["reward_before"] - first["reward_val_images"]) <= ACCURACY_TOLERANCE
-                         for r in out["rounds"][1:] if not math.isnan(r["reward_before"])) or None},
+            "holds": _keeps_up([r["reward_before"] for r in out["rounds"][1:]], first["reward_val_images"])},
     }
     if "one_shot" in out:
         margin = last["round0_gain"] - out["one_shot"]["round0_gain"]
         res["beats_one_shot_by>=5"] = {"figure": margin, "holds": margin >= 0.05}
     return res
+
+
+def _keeps_up(accuracies: list[float], round0: float) -> bool | None:
+    """Whether the reward's accuracy on every later round's new images stays within
+    ACCURACY_TOLERANCE below its round-0 figure (higher is no failure); None when no round measured it."""
+    measured = [a for a in accuracies if a is not None and not math.isnan(a)]
+    if not measured:
+        return None
+    return all(a >= round0 - ACCURACY_TOLERANCE for a in measured)
 
 
 def _pct(v: float, signed: bool = False) -> str:
