@@ -52,6 +52,9 @@ class PolicySamplingConfig:
     # plain UNet (core.compile.sampling_unet), the same module make generate and make eval use; the
     # update is compute.compile's.  auto as make generate's sampling.compile (core.sampling).
     compile: CompileMode = "auto"
+    # images per compiled UNet call (x2 rows when guided): a call of more is split, of fewer padded;
+    # make generate's and make eval's sampling.batch_size, so that one compiled graph serves them all
+    batch_size: PositiveInt = 32
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class Run:
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
-    sampling_rows: int = 0  # UNet rows of one sampling call (the round's or batch's samples, x2 when guided)
+    sampling_rows: int = 0  # UNet rows of one compiled sampling call (sampling.batch_size, x2 when guided)
     sampling_images: int = 0  # images the run samples in all (sampling.compile=auto's rule)
 
     @property
@@ -155,14 +155,14 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
-    if cfg.method == "dpok":  # a round's samples, all rounds'
-        samples = max(1, cfg.dpok.prompts_per_round // accelerator.num_processes) * cfg.dpok.samples_per_prompt
-        total = samples * cfg.dpok.rounds
-    else:  # a D_model batch, all of D_model
-        samples, total = cfg.reward.batch_size, len(prompts) * cfg.rwl.samples_per_prompt
+    if cfg.method == "dpok":  # every round's samples
+        total = max(1, cfg.dpok.prompts_per_round // accelerator.num_processes) * cfg.dpok.samples_per_prompt
+        total *= cfg.dpok.rounds
+    else:  # D_model
+        total = len(prompts) * cfg.rwl.samples_per_prompt
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
               latent_shape(comps.pipe, height, width), (height, width), record,
-              samples * (2 if cfg.sampling.guidance_scale != 1.0 else 1), total)
+              cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1), total)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)
