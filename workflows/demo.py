@@ -34,10 +34,10 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from core.compile import CompileMode, resolve_sampling_compile
+from core.compile import CompileMode
 from core.config import load_config, save_config
 from core.errors import UserError
-from core.loading import check_folder, default_device
+from core.loading import check_folder
 from data.targets import TargetRule, write_targets
 from evaluation import report
 from evaluation.compare import evaluate
@@ -76,9 +76,9 @@ class DemoConfig:
     # standard error of ~2 points per figure (4 seeds gave ~4, and ~6 on a gain).
     eval_samples_per_prompt: int = 16
     eval_side_samples_per_prompt: int = 4  # per control and generalisation (held-out) prompt
-    # torch.compile of every stage's sampling (generate, RWL's D_model, DPOK's rounds, evaluation),
-    # decided once for the whole demo (auto: core.compile.resolve_sampling_compile for its images)
-    # and passed to each stage as sampling.compile=on|off; one compiled UNet serves them all
+    # every stage's sampling.compile (generate, RWL's D_model, DPOK's rounds, evaluation); auto: each
+    # stage by its own size (core.compile.resolve_sampling_compile), which at the demo's sizes
+    # compiles the evaluation alone (experiments/compiled-sampling); on: one compiled UNet serves all
     compile: CompileMode = "auto"
     generate_args: tuple[str, ...] = ()
     reward_args: tuple[str, ...] = ()
@@ -116,10 +116,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
     # Every stage's config is resolved before anything runs or any folder is recreated, so a bad
     # <stage>_args override fails at once, not after minutes of generating and labelling.
-    compile_ = sampling_compile(cfg.compile, len(prompt_set("all")) * cfg.per_prompt)
     gen_cfg = load_config(GenerateConfig, None, [
         f"root={cfg.root}", f"pipeline={cfg.pipeline}", f"per_prompt={cfg.per_prompt}", f"seed={cfg.seed}",
-        "prompts=all", f"sampling.compile={compile_}", *cfg.generate_args])
+        "prompts=all", f"sampling.compile={cfg.compile}", *cfg.generate_args])
     reward_cfg = load_config(RewardConfig, None, [
         f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])
     targets_file = runs / "targets.txt"
@@ -129,7 +128,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     else:
         prompt_args, eval_prompts = [f"prompts.split={cfg.target}"], [f"split={cfg.target}"]
     common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}",
-              f"sampling.compile={compile_}", *prompt_args]
+              f"sampling.compile={cfg.compile}", *prompt_args]
     rwl_cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
                           [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])
     dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
@@ -144,7 +143,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     eval_cfg = load_config(EvalConfig, None, [
         f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / 'reward'}",
         f"models=[{', '.join(models)}]", *eval_prompts, f"samples_per_prompt={cfg.eval_samples_per_prompt}",
-        f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}", f"sampling.compile={compile_}",
+        f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}", f"sampling.compile={cfg.compile}",
         f"output_dir={report_dir / 'eval'}", *cfg.eval_args])
     for d in (cfg.root, cfg.runs, cfg.report):
         _recreate(Path(d))
@@ -173,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = {k: v for k, v in sim.items() if isinstance(v, (int, float))}
     results["target"] = cfg.target
-    results["compile"] = compile_  # the stages' sampling.compile (timings depend on it)
+    results["compile"] = cfg.compile  # the stages' sampling.compile (timings depend on it)
     results["targets_chosen"] = chosen
     results["eval_samples"] = {"per_target_prompt": cfg.eval_samples_per_prompt,
                                "per_side_prompt": cfg.eval_side_samples_per_prompt}
@@ -183,13 +182,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     report.write(report_dir, results, evals, histories, grids, prompts_txt, curves)
     save_config(cfg, report_dir / "config.yaml")
     return results
-
-
-def sampling_compile(mode: CompileMode, images: int) -> str:
-    """``on`` or ``off`` for every sampling stage of a workflow whose first stage samples ``images``
-    images: one decision for all of them (:func:`core.compile.resolve_sampling_compile`), so that
-    every stage samples the same way whether it runs in one process or after a resume."""
-    return "on" if resolve_sampling_compile(mode, default_device(), images) else "off"
 
 
 def pick_demo_targets(cfg: DemoConfig, path: Path) -> list[str]:

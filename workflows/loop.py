@@ -57,7 +57,7 @@ from reward.train import train_reward
 from shapes import SHAPES_CLIP, SHAPES_SD
 from shapes.world import prompt_set
 from workflows import loop_report
-from workflows.demo import check_targets, sampling_compile
+from workflows.demo import check_targets
 
 MARKER = ".made-by-make-loop"
 STAGES = "stages"
@@ -88,7 +88,7 @@ class LoopConfig:
     eval_samples_per_prompt: PositiveInt = 16  # fresh seeds per target prompt in the final evaluation
     eval_side_samples_per_prompt: PositiveInt = 4  # per control and held-out prompt
     curve_every: NonNegativeInt = 0  # DPOK rounds between points of its oracle learning curve (0: none)
-    compile: CompileMode = "auto"  # every stage's sampling.compile, decided once (workflows.demo.sampling_compile)
+    compile: CompileMode = "auto"  # every stage's sampling.compile (auto: each stage by its size, as make demo)
     fresh: bool = False  # empty the loop's folders and start over (else a rerun resumes)
     generate_args: tuple[str, ...] = ()
     reward_args: tuple[str, ...] = ()
@@ -146,7 +146,7 @@ def _configs(cfg: LoopConfig):
     """Every stage's config for round ``k`` (``init``: the run it continues; ``prompts``: its
     prompts file), resolved from the stage args, so bad args fail before anything runs."""
     runs = Path(cfg.runs)
-    compile_ = f"sampling.compile={sampling_compile(cfg.compile, len(prompt_set('all')) * cfg.per_prompt)}"
+    compile_ = f"sampling.compile={cfg.compile}"
 
     def reward_cfg(out: Path, root: str) -> RewardConfig:
         return load_config(RewardConfig, None, [
