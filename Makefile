@@ -106,7 +106,7 @@ probe-steps: install  ## which denoising steps decide the reward (DPOK's window 
 eval: install  ## base vs fine-tuned models on the same prompts and seeds (ARGS="prompts_file=F base=DIR models=[name=RUN]") -> reports/eval/
 	$(PY) -m pipelines.evaluate $(ARGS)
 
-bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present)
+bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present; ARGS="demo=true": the demo stage by stage, eager vs compiled)
 	$(PY) -m pipelines.bench $(ARGS)
 
 results-page: install  ## regenerate docs/results.md (and README's demo block) from the records in experiments/
