@@ -3,9 +3,10 @@ sampling path off and on, measured in one run.
 
 Each demo runs in a process of its own (``python -m pipelines.demo``), so that a compiled run pays
 its compile as a user's first run does and no compiled code passes from one run to the next:
-``eager`` (``compile=off``), ``compiled-cold`` (``compile=auto``) with an empty compile cache, and
-``compiled-warm``: the same again over the cache the first compiled run filled (what every later
-run on the machine pays).  Every run has the same seed and folders of its own; the table
+``eager`` (``compile=off``), ``compiled-cold`` (``compile=on``: every stage through the compiled
+UNet) with an empty compile cache, and ``compiled-warm``: the same again over the cache the first
+compiled run filled (what every later run on the machine pays).  Per stage, the table is what
+``compile=auto`` (which compiles the large stages only) is decided from.  Every run has the same seed and folders of its own; the table
 gives each stage's seconds, and the ratio eager / compiled of each stage and of the whole, since
 these machines' speed drifts between sessions but not within one run.  The figures each run
 reached (targets, gains and their standard errors) come beside the times: the compiled path
@@ -27,7 +28,7 @@ from pathlib import Path
 from core.errors import UserError
 from core.files import write_text_atomic
 
-RUNS = {"eager": "off", "compiled-cold": "auto", "compiled-warm": "auto"}  # name -> the demo's compile=
+RUNS = {"eager": "off", "compiled-cold": "on", "compiled-warm": "on"}  # name -> the demo's compile=
 
 
 def bench_demo(demo_args: tuple[str, ...], out: Path, runs: tuple[str, ...] = tuple(RUNS)) -> dict:
