@@ -61,7 +61,7 @@ class ModelEval:
     off_palette: dict[str, float] = field(default_factory=dict)
     # the oracle's verdict on each evaluated (target) image, in the evaluated order (prompt by
     # prompt, the same seeds for every model): what the paired gain's standard error is taken from
-    # (paired_gain); [] unless shapes-world prompts
+    # (image_paired_gain); [] unless shapes-world prompts
     aligned: list[bool] = field(default_factory=list)
     # the overall alignment gain over the base on the targets and its standard error
     # (image_paired_gain); None for the base and without the oracle
