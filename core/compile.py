@@ -77,8 +77,13 @@ def resolve_sampling_compile(mode: CompileMode, device, images: int) -> bool:
 
 
 def use_compile_cache() -> None:
-    """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder."""
+    """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder.  Done when this
+    module is imported too: inductor writes its own default into the variable the first time it
+    looks, so later would be too late."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
+
+
+use_compile_cache()
 
 
 def compile_unet(unet, on: bool) -> None:
