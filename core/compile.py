@@ -92,7 +92,6 @@ def compile_unet(unet, on: bool) -> None:
         return
     import torch._dynamo
 
-    use_compile_cache()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     unet.compile(dynamic=False)
 

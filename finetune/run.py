@@ -77,8 +77,6 @@ class Run:
     latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
-    sampling_rows: int = 0  # UNet rows of one compiled sampling call (sampling.batch_size, x2 when guided)
-    sampling_images: int = 0  # images the run samples in all (sampling.compile=auto's rule)
 
     @property
     def device(self):
@@ -87,8 +85,16 @@ class Run:
     def sampling_policy(self) -> DiffusionPolicy:
         """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of
         this moment in the process's compiled sampling UNet (:meth:`DiffusionPolicy.for_sampling`),
-        every call of ``sampling_rows`` rows.  Call it again after every update."""
-        return self.policy.for_sampling(self.cfg.sampling.compile, self.sampling_rows, self.sampling_images)
+        ``sampling.batch_size`` images a call.  ``auto`` weighs the images the whole run samples: every
+        DPOK round's, or RWL's D_model.  Call it again after every update."""
+        cfg = self.cfg
+        if cfg.method == "dpok":
+            prompts = max(1, cfg.dpok.prompts_per_round // self.accelerator.num_processes)  # as train_dpok's
+            images = prompts * cfg.dpok.samples_per_prompt * cfg.dpok.rounds
+        else:
+            images = len(self.prompts) * cfg.rwl.samples_per_prompt
+        rows = cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1)
+        return self.policy.for_sampling(cfg.sampling.compile, rows, images)
 
     def optimizer_step(self) -> None:
         """One optimizer and learning-rate step, gradients cleared.  Under ``accelerator.accumulate()``
@@ -155,14 +161,8 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     comps.unet = unet
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
-    if cfg.method == "dpok":  # every round's samples
-        total = max(1, cfg.dpok.prompts_per_round // accelerator.num_processes) * cfg.dpok.samples_per_prompt
-        total *= cfg.dpok.rounds
-    else:  # D_model
-        total = len(prompts) * cfg.rwl.samples_per_prompt
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              latent_shape(comps.pipe, height, width), (height, width), record,
-              cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1), total)
+              latent_shape(comps.pipe, height, width), (height, width), record)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)
