@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: demo loop help install test oracle-check finetune eval bench clean base results-page probe-steps
 
-demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-30 min on 2 CPU cores, machine-dependent)
+demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-25 min on 2 CPU cores, by the machine)
 	$(PY) -m pipelines.demo $(ARGS)
 
 loop: install  ## the closed loop: R rounds of label -> reward -> DPOK from the last round's model -> reports/loop/ (resumes)

@@ -76,6 +76,22 @@ def resolve_sampling_compile(mode: CompileMode, device, images: int) -> bool:
     return images >= AUTO_MIN_IMAGES
 
 
+def resolve_workflow_compile(mode: CompileMode, images: int) -> CompileMode:
+    """The one ``sampling.compile`` of a workflow that runs its stages in one process (``make demo``,
+    ``make loop``), for every stage: ``auto`` resolved once by :func:`resolve_sampling_compile` for
+    the ``images`` all its stages sample together, not stage by stage, because the first stage's
+    compile serves every later one (they share the process's compiled UNet, :func:`sampling_unet`):
+    a stage too small to pay for a compile of its own rides on it.  Measured on the demo, eager
+    against every stage compiled over an empty cache (experiments/demo-budget).  The rule reads
+    the config alone, so a resumed run decides the same; ``on`` and ``off`` stay as they are."""
+    if mode != "auto":
+        return mode
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "on" if resolve_sampling_compile("auto", device, images) else "off"
+
+
 def use_compile_cache() -> None:
     """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder.  Done when this
     module is imported too: inductor writes its own default into the variable the first time it

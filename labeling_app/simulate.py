@@ -34,6 +34,7 @@ from labeling_app.gold import ensure_gold, read_gold
 from labeling_app.guidelines import load_guidelines
 from labeling_app.rounds import served_round
 from labeling_app.stats import round_report
+from shapes.oracle import Verdict, judge
 from shapes.raters import RaterProfile, SimulatedRater, default_panel
 from shapes.world import Prompt
 
@@ -57,6 +58,7 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
     rng = seeds.rng(seed, seeds.Stream.SIMULATED_PANEL)
     images: dict[str, Image.Image] = {}
     prompts: dict[str, Prompt] = {}
+    verdicts: dict[tuple[str, Prompt], Verdict] = {}  # each image is judged once, not once per rater
 
     def image(image_id: str) -> Image.Image:
         if image_id not in images:
@@ -72,6 +74,12 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
                 raise UserError(f"simulated raters judge shapes-world prompts only, and {text!r} is not one.",
                                 "simulate a round of shapes-world prompts, or label it with people.") from None
         return prompts[text]
+
+    def verdict(image_id: str, p: Prompt) -> Verdict:
+        key = (image_id, p)
+        if key not in verdicts:
+            verdicts[key] = judge(image(image_id), p)
+        return verdicts[key]
 
     counts: Counter[str] = Counter()
     n_binary = n_rankings = n_gold = 0
@@ -90,12 +98,12 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
                     continue
                 p = prompt(a.item.prompt)
                 if task == "binary":
-                    ans = rater.binary(image(a.item.image_ids[0]), p)
+                    ans = rater.binary(image(a.item.image_ids[0]), p, verdict(a.item.image_ids[0], p))
                     assigner.submit_binary(rid, a.token, ans.label, ans.skip_reason, duration_ms=ans.duration_ms)
                     n_binary += 1
                     n_gold += a.item.is_gold
                 else:
-                    ans = rater.rank([image(x) for x in a.item.image_ids], p)
+                    ans = rater.rank([image(x) for x in a.item.image_ids], p, [verdict(x, p) for x in a.item.image_ids])
                     assigner.submit_ranking(rid, a.token, ans.ranks, duration_ms=ans.duration_ms)
                     n_rankings += 1
                 counts[rid] += 1

@@ -28,7 +28,7 @@ import numpy as np
 from core import seeds
 from core.errors import UserError
 from data.schemas import validate_ranks
-from shapes.oracle import judge
+from shapes.oracle import Verdict, judge
 from shapes.world import Prompt
 
 SKIP_REASONS = ("image does not load", "cannot tell", "prompt unclear")
@@ -90,20 +90,24 @@ class SimulatedRater:
     def _duration(self) -> int:
         return int(self.rng.lognormal(np.log(self.profile.mean_duration_ms), 0.4))
 
-    def binary(self, image, prompt: Prompt) -> BinaryAnswer:
+    def binary(self, image, prompt: Prompt, verdict: Verdict | None = None) -> BinaryAnswer:
+        """``verdict``: the oracle's verdict on ``image`` for ``prompt`` where the caller has it
+        (a round judges each image once for all its raters); None: judged here."""
         p = self.profile
         if self.rng.random() < p.skip_rate:
             reason = SKIP_REASONS[int(self.rng.integers(len(SKIP_REASONS)))]
             return BinaryAnswer("skip", reason, self._duration())
-        good = judge(image, prompt).aligned
+        good = (judge(image, prompt) if verdict is None else verdict).aligned
         if self.rng.random() < p.flip_rate:
             good = not good
         if self.rng.random() < abs(p.bias):
             good = p.bias > 0
         return BinaryAnswer("good" if good else "bad", None, self._duration())
 
-    def rank(self, images: list, prompt: Prompt) -> RankingAnswer:
-        scores = np.array([judge(im, prompt).score(prompt) for im in images])
+    def rank(self, images: list, prompt: Prompt, verdicts: list[Verdict] | None = None) -> RankingAnswer:
+        """``verdicts``: the oracle's on ``images``, as for :meth:`binary`."""
+        verdicts = [judge(im, prompt) for im in images] if verdicts is None else verdicts
+        scores = np.array([v.score(prompt) for v in verdicts])
         scores = scores + self.rng.normal(0.0, self.profile.rank_noise, size=len(scores))
         ranks = validate_ranks(dense_ranks(scores, self.profile.tie_width), len(images))
         return RankingAnswer(ranks, self._duration() * len(images))

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.errors import UserError
 from data import Store
@@ -91,6 +92,24 @@ def test_simulated_round_through_the_store(tmp_path):
     assert set(pairs["label_0"].to_pylist()) <= {0.0, 0.5, 1.0}
     with pytest.raises(UserError, match="overlap 5"):
         simulate_round(store, default_panel(4), overlap=5)
+
+
+def test_a_simulated_round_judges_each_image_once(tmp_path, monkeypatch):
+    """Its raters share the oracle's verdict on an image (judging is deterministic), and answer as
+    raters judging it themselves do (a noiseless panel: exactly the oracle's verdicts)."""
+    import labeling_app.simulate as simulate_module
+
+    calls = []
+    monkeypatch.setattr(simulate_module, "judge", lambda image, p: calls.append(p) or judge(image, p))
+    store = Store(tmp_path)
+    render_round(store, prompt_set("train")[:6], per_prompt=3, seed=1, mismatch_rate=0.4)
+    panel = [RaterProfile(f"r{i}", flip_rate=0, bias=0, skip_rate=0) for i in range(3)]
+    simulate_round(store, panel, overlap=2, seed=3)
+    assert len(calls) == 18  # 6 prompts x 3 images, each judged once for its binary and ranking answers
+    labels = store.to_pandas("binary_labels").merge(store.to_pandas("generations"), on="image_id")
+    truth = [judge(Image.open(store.root / "images" / f"{i}.png"), Prompt.parse(t)).aligned
+             for i, t in zip(labels["image_id"], labels["prompt"])]
+    assert len(labels) == 36 and list(labels["label"]) == ["good" if ok else "bad" for ok in truth]
 
 
 def test_simulated_round_with_gold_items(tmp_path):

@@ -124,6 +124,9 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
     assert "| DPOK | 0 | 52.0 (+22.0) | 70.0 | H100 |" in text and "| base model | 0 | 30.0 | 70.0 | H100 |" in text
     assert "16 fresh seeds each" in text and "2026-01-01-old" not in text and "2026-02-01-seed0" not in text
     assert "mean (each run): dpok +22.0 (+22.0), dpok_oracle +30.0 (+30.0)" in text
+    # the command that makes such a run, and its stage time with the machine it was measured on
+    assert 'make demo ARGS=\"seed=N oracle_upper_bound=true\"' in text
+    assert "Time of its stages (the install not included): seed 0: 15.0 min (900 s) on H100." in text
     page = (tmp_path / "results.md").read_text()  # the current runs' gains apart from other runs'
     assert "the current config's runs (2026-02-01-seed0), mean (each): dpok +22.0 (+22.0)" in page
     assert "other runs, mean (each): dpok +0.0 (+0.0)" in page

@@ -331,11 +331,19 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
                          f"{_device(r)} |")
     k, k_side = eval_seeds(runs[0][1])
     named = [(f"seed {run_seed(label)}", r) for label, r in runs]
+    upper = " oracle_upper_bound=true" if any("dpok_oracle" in r for _, r in runs) else ""
+    times = "; ".join(f"seed {run_seed(label)}: {_minutes(r.get('seconds', {}).get('total'))} on {_device(r)}"
+                      for label, r in runs)
     return lines + ["", gain_summary(named, "mean (each run)"), "",
                     f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in "
                     f"brackets after it; controls ({k_side} seeds each). From `{folder}/` "
-                    f"(`make demo ARGS=\"seed=N oracle_upper_bound=true\"`); "
-                    "more in [docs/results.md](docs/results.md)."]
+                    f"(`make demo ARGS=\"seed=N{upper}\"`); "
+                    "more in [docs/results.md](docs/results.md).", "",
+                    f"Time of its stages (the install not included): {times}."]
+
+
+def _minutes(seconds) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
 def fill_readme(text: str, block: list[str]) -> str:

@@ -34,7 +34,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from core.compile import CompileMode
+from core.compile import CompileMode, resolve_workflow_compile
 from core.config import load_config, save_config
 from core.errors import UserError
 from core.loading import check_folder
@@ -76,9 +76,10 @@ class DemoConfig:
     # standard error of ~2 points per figure (4 seeds gave ~4, and ~6 on a gain).
     eval_samples_per_prompt: int = 16
     eval_side_samples_per_prompt: int = 4  # per control and generalisation (held-out) prompt
-    # every stage's sampling.compile (generate, RWL's D_model, DPOK's rounds, evaluation); auto: each
-    # stage by its own size (core.compile.resolve_sampling_compile), which at the demo's sizes
-    # compiles the evaluation alone (experiments/compiled-sampling); on: one compiled UNet serves all
+    # every stage's sampling.compile (generate, RWL's D_model, DPOK's rounds, the evaluation), one
+    # compiled UNet serving them all; auto: on where the whole demo's images pay for a compile
+    # (core.compile.resolve_workflow_compile, planned_images), which the default demo's do on a CPU
+    # with a C++ compiler (experiments/demo-budget)
     compile: CompileMode = "auto"
     generate_args: tuple[str, ...] = ()
     reward_args: tuple[str, ...] = ()
@@ -116,9 +117,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
     # Every stage's config is resolved before anything runs or any folder is recreated, so a bad
     # <stage>_args override fails at once, not after minutes of generating and labelling.
-    gen_cfg = load_config(GenerateConfig, None, [
-        f"root={cfg.root}", f"pipeline={cfg.pipeline}", f"per_prompt={cfg.per_prompt}", f"seed={cfg.seed}",
-        "prompts=all", f"sampling.compile={cfg.compile}", *cfg.generate_args])
     reward_cfg = load_config(RewardConfig, None, [
         f"data.root={cfg.root}", f"model.clip={cfg.clip}", f"out_dir={runs / 'reward'}", *cfg.reward_args])
     targets_file = runs / "targets.txt"
@@ -127,24 +125,35 @@ def run_demo(cfg: DemoConfig) -> dict:
         eval_prompts = [f"prompts_file={targets_file}", "generalization_split=heldout"]
     else:
         prompt_args, eval_prompts = [f"prompts.split={cfg.target}"], [f"split={cfg.target}"]
-    common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}",
-              f"sampling.compile={cfg.compile}", *prompt_args]
-    rwl_cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
-                          [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args])
-    dpok_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
-                           [*common, f"output_dir={runs / 'finetune-dpok'}", f"curve_every={cfg.curve_every}",
-                            *cfg.dpok_args])
-    oracle_cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
-                             [*common, f"output_dir={runs / 'finetune-dpok-oracle'}", f"curve_every={cfg.curve_every}",
-                              *cfg.dpok_args, "reward.kind=oracle"])
     models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={runs / 'finetune-dpok'}"]
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
-    eval_cfg = load_config(EvalConfig, None, [
-        f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / 'reward'}",
-        f"models=[{', '.join(models)}]", *eval_prompts, f"samples_per_prompt={cfg.eval_samples_per_prompt}",
-        f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}", f"sampling.compile={cfg.compile}",
-        f"output_dir={report_dir / 'eval'}", *cfg.eval_args])
+
+    def sampling_configs(compile_: str):
+        """The stages that sample, each with ``sampling.compile=compile_`` (a stage's own args win)."""
+        common = [f"model.pipeline={cfg.pipeline}", f"reward.path={runs / 'reward'}", f"seed={cfg.seed}",
+                  f"sampling.compile={compile_}", *prompt_args]
+        dpok_args = [*common, f"curve_every={cfg.curve_every}"]
+        return (
+            load_config(GenerateConfig, None, [
+                f"root={cfg.root}", f"pipeline={cfg.pipeline}", f"per_prompt={cfg.per_prompt}", f"seed={cfg.seed}",
+                "prompts=all", f"sampling.compile={compile_}", *cfg.generate_args]),
+            load_config(FinetuneConfig, CONFIGS / "rwl.yaml",
+                        [*common, f"output_dir={runs / 'finetune-rwl'}", *cfg.rwl_args]),
+            load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
+                        [*dpok_args, f"output_dir={runs / 'finetune-dpok'}", *cfg.dpok_args]),
+            load_config(FinetuneConfig, CONFIGS / "dpok.yaml",
+                        [*dpok_args, f"output_dir={runs / 'finetune-dpok-oracle'}", *cfg.dpok_args,
+                         "reward.kind=oracle"]),
+            load_config(EvalConfig, None, [
+                f"base={cfg.pipeline}", f"clip={cfg.clip}", f"reward.path={runs / 'reward'}",
+                f"models=[{', '.join(models)}]", *eval_prompts, f"samples_per_prompt={cfg.eval_samples_per_prompt}",
+                f"side_samples_per_prompt={cfg.eval_side_samples_per_prompt}", f"sampling.compile={compile_}",
+                f"output_dir={report_dir / 'eval'}", *cfg.eval_args]))
+
+    gen_cfg, rwl_cfg, dpok_cfg, _, _ = sampling_configs(cfg.compile)
+    compile_ = resolve_workflow_compile(cfg.compile, planned_images(cfg, gen_cfg, rwl_cfg, dpok_cfg))
+    gen_cfg, rwl_cfg, dpok_cfg, oracle_cfg, eval_cfg = sampling_configs(compile_)
     for d in (cfg.root, cfg.runs, cfg.report):
         _recreate(Path(d))
     seconds: dict[str, float] = {}
@@ -172,7 +181,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = {k: v for k, v in sim.items() if isinstance(v, (int, float))}
     results["target"] = cfg.target
-    results["compile"] = cfg.compile  # the stages' sampling.compile (timings depend on it)
+    results["compile"] = compile_  # the stages' sampling.compile, auto resolved (timings depend on it)
     results["targets_chosen"] = chosen
     results["eval_samples"] = {"per_target_prompt": cfg.eval_samples_per_prompt,
                                "per_side_prompt": cfg.eval_side_samples_per_prompt}
@@ -182,6 +191,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     report.write(report_dir, results, evals, histories, grids, prompts_txt, curves)
     save_config(cfg, report_dir / "config.yaml")
     return results
+
+
+def planned_images(cfg: DemoConfig, gen: GenerateConfig, rwl: FinetuneConfig, dpok: FinetuneConfig) -> int:
+    """At least how many images the demo samples, known before it runs: the labeling round, RWL's
+    D_model, every DPOK run's rounds (counted whole, though DPOK runs fewer UNet steps an image)
+    and the evaluation's target images, the last two at ``min_targets`` targets."""
+    prompts = len(prompt_set(gen.prompts))
+    if gen.max_prompts is not None:
+        prompts = min(prompts, gen.max_prompts)
+    dpok_runs = 2 if cfg.oracle_upper_bound else 1
+    per_round = dpok.dpok.prompts_per_round * dpok.dpok.samples_per_prompt
+    return (prompts * cfg.per_prompt + cfg.min_targets * rwl.rwl.samples_per_prompt
+            + dpok_runs * dpok.dpok.rounds * per_round
+            + (2 + dpok_runs) * cfg.min_targets * cfg.eval_samples_per_prompt)
 
 
 def pick_demo_targets(cfg: DemoConfig, path: Path) -> list[str]:

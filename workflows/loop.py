@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core.compile import CompileMode
+from core.compile import CompileMode, resolve_workflow_compile
 from core.config import NonNegativeInt, PositiveInt, Share, load_config, save_config, to_dict
 from core.errors import UserError
 from core.files import write_text_atomic
@@ -88,7 +88,7 @@ class LoopConfig:
     eval_samples_per_prompt: PositiveInt = 16  # fresh seeds per target prompt in the final evaluation
     eval_side_samples_per_prompt: PositiveInt = 4  # per control and held-out prompt
     curve_every: NonNegativeInt = 0  # DPOK rounds between points of its oracle learning curve (0: none)
-    compile: CompileMode = "auto"  # every stage's sampling.compile (auto: each stage by its size, as make demo)
+    compile: CompileMode = "auto"  # every stage's sampling.compile (auto: by the whole loop's images, as make demo)
     fresh: bool = False  # empty the loop's folders and start over (else a rerun resumes)
     generate_args: tuple[str, ...] = ()
     reward_args: tuple[str, ...] = ()
@@ -146,7 +146,8 @@ def _configs(cfg: LoopConfig):
     """Every stage's config for round ``k`` (``init``: the run it continues; ``prompts``: its
     prompts file), resolved from the stage args, so bad args fail before anything runs."""
     runs = Path(cfg.runs)
-    compile_ = f"sampling.compile={cfg.compile}"
+    dpok = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", list(cfg.dpok_args)).dpok
+    compile_ = f"sampling.compile={resolve_workflow_compile(cfg.compile, planned_images(cfg, dpok))}"
 
     def reward_cfg(out: Path, root: str) -> RewardConfig:
         return load_config(RewardConfig, None, [
@@ -183,6 +184,15 @@ def _configs(cfg: LoopConfig):
             f"output_dir={Path(cfg.report) / 'eval'}", *cfg.eval_args])
 
     return reward_cfg, dpok_cfg, generate_cfg, eval_cfg
+
+
+def planned_images(cfg: LoopConfig, dpok) -> int:
+    """At least how many images the loop samples, known before it runs (``dpok``: its DPOK
+    section): round 0, every round's DPOK rounds (counted whole, though DPOK runs fewer UNet steps
+    an image) and the evaluation's target images of the base and each round's model at
+    ``min_targets`` targets."""
+    return (len(prompt_set("all")) * cfg.per_prompt + cfg.rounds * dpok.rounds * dpok.prompts_per_round
+            * dpok.samples_per_prompt + (cfg.rounds + 1) * cfg.min_targets * cfg.eval_samples_per_prompt)
 
 
 def _check(cfg: LoopConfig) -> None:
