@@ -86,10 +86,9 @@ def resolve_workflow_compile(mode: CompileMode, images: int) -> CompileMode:
     the config alone, so a resumed run decides the same; ``on`` and ``off`` stay as they are."""
     if mode != "auto":
         return mode
-    import torch
+    from core.loading import default_device  # imports torch: not at this module's import
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return "on" if resolve_sampling_compile("auto", device, images) else "off"
+    return "on" if resolve_sampling_compile("auto", default_device(), images) else "off"
 
 
 def use_compile_cache() -> None:

@@ -146,8 +146,8 @@ def _configs(cfg: LoopConfig):
     """Every stage's config for round ``k`` (``init``: the run it continues; ``prompts``: its
     prompts file), resolved from the stage args, so bad args fail before anything runs."""
     runs = Path(cfg.runs)
-    dpok = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", list(cfg.dpok_args)).dpok
-    compile_ = f"sampling.compile={resolve_workflow_compile(cfg.compile, planned_images(cfg, dpok))}"
+    base = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", list(cfg.dpok_args))  # a round's DPOK section
+    compile_ = f"sampling.compile={resolve_workflow_compile(cfg.compile, planned_images(cfg, base.dpok))}"
 
     def reward_cfg(out: Path, root: str) -> RewardConfig:
         return load_config(RewardConfig, None, [
@@ -156,7 +156,6 @@ def _configs(cfg: LoopConfig):
 
     def dpok_cfg(out: Path, reward: str, prompts: Path, seed: int, init: Path | None = None,
                  rounds_times: int = 1, oracle: bool = False) -> FinetuneConfig:
-        base = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", list(cfg.dpok_args))
         args = [f"model.pipeline={cfg.pipeline}", f"reward.path={reward}", f"seed={seed}",
                 f"prompts.prompts_file={prompts}", f"output_dir={out}", f"curve_every={cfg.curve_every}", compile_,
                 *cfg.dpok_args, f"dpok.rounds={base.dpok.rounds * rounds_times}"]
