@@ -150,7 +150,8 @@ class ComputeConfig:
 
     # torch.compile of the trained UNet as one graph (core.compile), for sampling and the update
     # alike; the first pass of each kind and batch shape compiles.  auto: on CUDA, off elsewhere
-    # (on the CPU a compile costs more than short runs save: experiments/bench).
+    # (on the CPU a compile costs more than short runs save, and the demo's DPOK and RWL stages
+    # were no faster even over a filled compile cache: experiments/bench, experiments/demo-budget).
     compile: CompileMode = "auto"
     # UNet rows per forward/backward pass inside one DPOK minibatch or RWL batch (a guided
     # transition or example is 2 rows, an unguided one 1): each part's loss, scaled by its share,
