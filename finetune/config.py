@@ -121,6 +121,11 @@ class DPOKConfig:
         "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {ISSUE_46}"),
     }
 
+    def prompts_per_process(self, processes: int) -> int:
+        """Prompts each of ``processes`` processes samples a round: the round's prompts split
+        between them, at least one each."""
+        return max(1, self.prompts_per_round // processes)
+
 
 @dataclass(frozen=True)
 class RWLConfig:

@@ -110,7 +110,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         if start == 0:
             measure_curve(0)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
-    per_process = max(1, d.prompts_per_round // n_proc)
+    per_process = d.prompts_per_process(n_proc)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
                disable=not (progress and accelerator.is_main_process))
     t_start = time.perf_counter()

@@ -89,8 +89,8 @@ class Run:
         DPOK round's, or RWL's D_model.  Call it again after every update."""
         cfg = self.cfg
         if cfg.method == "dpok":
-            prompts = max(1, cfg.dpok.prompts_per_round // self.accelerator.num_processes)  # as train_dpok's
-            images = prompts * cfg.dpok.samples_per_prompt * cfg.dpok.rounds
+            images = (cfg.dpok.prompts_per_process(self.accelerator.num_processes) * cfg.dpok.samples_per_prompt
+                      * cfg.dpok.rounds)
         else:
             images = len(self.prompts) * cfg.rwl.samples_per_prompt
         rows = cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1)
