@@ -9,5 +9,6 @@ Analysts start here::
 
 from core.errors import DataError, UserError
 from data.store import Store, read_table
+from data import marks as _marks  # noqa: F401  (registers the marks table)
 
 __all__ = ["DataError", "UserError", "Store", "read_table"]
