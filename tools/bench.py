@@ -52,6 +52,11 @@ from shapes.world import prompt_set
 
 # Dense bf16 peak of the GPUs we report on (TFLOP/s), for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# What an MFU figure counts, written into every CUDA record and the results page beside it.
+FLOP_CONVENTION = ("torch.utils.flop_counter on the eager bare passes of one update minibatch (UNet forward+backward "
+                   "and the reference forward; matmuls, convolutions and SDPA attention, a multiply-add = 2 FLOPs; "
+                   "with LoRA the backward counts only the gradients it computes), over the measured update time, "
+                   "against the dense bf16 peak")
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,7 @@ class BenchResult:
     mfu_update: float | None = None  # update step: counted FLOPs / measured time / peak (CUDA)
     mfu_bare_update: float | None = None  # the same FLOPs over the bare passes' time
     update_tflops_per_minibatch: float | None = None
+    flop_convention: str | None = None  # FLOP_CONVENTION where an MFU is given
     gpu: str | None = None
     levers: dict | None = None  # lever_timings: seconds eager ("off") and compiled ("on")
     compute: dict | None = None  # the run's compute settings (compile, micro_batch, gradient_checkpointing)
@@ -390,6 +396,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
             images_per_s=b / sample, transitions_per_s=b * d.steps_per_sample / update,
             peak_memory_mb=peak_mb, mfu_update=mfu, mfu_bare_update=mfu_bare,
             update_tflops_per_minibatch=flops_mb / 1e12 if flops_mb else None, gpu=gpu, compute=compute,
+            flop_convention=FLOP_CONVENTION if mfu is not None else None,
             pass_peak_mb=bare.get("peak_mb"), date=day,
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
                   f"sample, minibatch {d.minibatch_size}, CFG"))
@@ -437,7 +444,7 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
         if r.mfu_update is not None:
             lines.append(f"- {r.name}/{r.method} on {r.gpu}: {r.update_tflops_per_minibatch:.2f} TFLOP per update "
                          f"minibatch (counted); MFU {100 * r.mfu_update:.1f} % of the measured update, "
-                         f"{100 * r.mfu_bare_update:.1f} % of the bare passes")
+                         f"{100 * r.mfu_bare_update:.1f} % of the bare passes; FLOPs: {r.flop_convention}")
         if r.pass_peak_mb:
             lines.append(f"- {r.name}/{r.method} peak MB of each bare pass: "
                          f"{json.dumps({k: round(v) for k, v in r.pass_peak_mb.items()})}")

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from evaluation.curves import check_curve
+from tools.bench import FLOP_CONVENTION
 from tools.demo_bench import markdown as markdown_stages
 from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
@@ -153,7 +154,7 @@ def eval_seeds(r: dict) -> tuple[int, int]:
 
 
 def bench_section(runs: list[tuple[str, list[dict]]]) -> list[str]:
-    lines = ["## `make bench`", "",
+    lines = ["## `make bench`", "", f"Update MFU counts FLOPs as follows: {FLOP_CONVENTION}.", "",
              "Compute: the run's `compute` settings (compiled UNet, UNet rows per update pass). Levers: seconds "
              "of the bare sampling forward / update forward+backward, eager → compiled (compile seconds), where "
              "the run timed them; older runs: the update forward+backward eager / channels_last / channels_last + "
