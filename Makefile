@@ -109,7 +109,7 @@ eval: install  ## base vs fine-tuned models on the same prompts and seeds (ARGS=
 bench: install  ## DPOK/RWL loop speed vs. bare passes -> reports/bench/ (CUDA config when a GPU is present; ARGS="demo=true": the demo stage by stage, eager vs compiled)
 	$(PY) -m pipelines.bench $(ARGS)
 
-results-page: install  ## regenerate docs/results.md (and README's demo block) from the records in experiments/
+results-page: install  ## regenerate experiments/results.md (and README's demo block) from the records in experiments/
 	$(PY) -m pipelines.results_page $(ARGS)
 
 # ---- reward stage (reward/) ------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""``make results-page``: regenerate docs/results.md from the experiment records under experiments/,
-and the README's demo-results block from the demo runs that experiments/readme.json names.
+"""``make results-page``: file loose run records into their study's records.jsonl, regenerate
+experiments/results.md from every record under experiments/, and the README's demo-results block
+from the demo runs that experiments/readme.json names.
 
-    python -m pipelines.results_page [folder=experiments] [out=docs/results.md] [readme=README.md]
+    python -m pipelines.results_page [folder=experiments] [out=experiments/results.md] [readme=README.md]
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.results_page import fill_readme, load_runs, readme_block, readme_runs, results_page
+from tools.records import load_runs, pack
+from tools.results_page import fill_readme, readme_block, readme_runs, results_page
 from pipelines.cli import config_parser, parse_config, run
 
 
 @dataclass(frozen=True)
 class ResultsPageConfig:
     folder: str = "experiments"
-    out: str = "docs/results.md"
+    out: str = "experiments/results.md"
     readme: str | None = "README.md"  # its demo-results block is refilled; None: left alone
 
 
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     page = results_page(cfg.folder, runs, [label for label, _ in quoted])
     readme = (fill_readme(Path(cfg.readme).read_text(), readme_block(quoted, cfg.folder))
               if cfg.readme and quoted else None)
+    moved = pack(cfg.folder)
+    if moved:
+        print(f"filed {moved} loose records into their studies' records.jsonl")
     Path(cfg.out).write_text(page)
     print(f"wrote {cfg.out}")
     if readme is not None:

@@ -142,7 +142,8 @@ def test_results_page_fills_the_readme_block_with_the_runs_named(tmp_path):
 
 
 def test_loop_records_get_a_row_per_round_and_control(tmp_path):
-    from tools.results_page import load_runs, results_page
+    from tools.records import load_runs
+    from tools.results_page import results_page
 
     def row(k, share, gain):
         return {"round": k, "labels_spent": 100 * (k + 1), "round0_targets": share, "round0_gain": gain,
@@ -165,7 +166,8 @@ def test_loop_records_get_a_row_per_round_and_control(tmp_path):
 
 
 def test_demo_stage_records_get_their_table(tmp_path):
-    from tools.results_page import load_runs, results_page
+    from tools.records import load_runs
+    from tools.results_page import results_page
 
     figures = {"base": {"targets": 0.25}, "dpok": {"targets": 0.5, "gain": 0.25, "gain_se": 0.02}}
     res = {"demo_args": [], "device": "2 CPU cores (AVX2)", "runs": {
@@ -177,3 +179,25 @@ def test_demo_stage_records_get_their_table(tmp_path):
     page = results_page(tmp_path, load_runs(tmp_path), [])
     assert "### 2026-11-26-avx2-seed0 (2 CPU cores (AVX2))" in page
     assert "| generate | 200 | 150 | 1.33 | - |" in page and "| wall | 610 | 505 | 1.21 | - |" in page
+
+
+def test_records_are_filed_into_one_file_per_study_and_read_back_the_same(tmp_path):
+    """make results-page files loose run outputs into their study's records.jsonl; the page reads
+    them the same before and after, and a record filed twice is one clear error."""
+    import pytest
+
+    from core.errors import UserError
+    from tools.records import RECORDS, load_runs, pack
+
+    study = tmp_path / "demo"
+    study.mkdir()
+    (study / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.3, 0.4, 0.5)))
+    (study / "bench-cpu-2026-01-02-x.json").write_text(json.dumps([{"name": "a"}]))
+    (tmp_path / "readme.json").write_text(json.dumps({"demo_runs": []}))
+    before = load_runs(tmp_path)
+    assert pack(tmp_path) == 2
+    assert sorted(p.name for p in study.iterdir()) == [RECORDS]
+    assert (tmp_path / "readme.json").exists() and load_runs(tmp_path) == before
+    (study / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.3, 0.4, 0.5)))
+    with pytest.raises(UserError, match="twice"):
+        load_runs(tmp_path)

@@ -1,5 +1,5 @@
-"""The results page (docs/results.md), regenerated from the experiment records kept in
-``experiments/<study>/`` (any depth; a file's kind comes from its name, its study from its folder):
+"""The results page (experiments/results.md), regenerated from the experiment records kept in
+``experiments/<study>/`` (:mod:`tools.records`; a record's kind comes from its file name):
 ``demo-<date>-<label>.json`` (a ``make demo`` results.json), ``bench-<device>-<date>-<label>.json``
 (a ``make bench`` bench.json), ``finetune-<date>-<label>.json`` (a ``make finetune`` metrics.json
 with its oracle learning curve), ``reward-<date>-<label>.json`` (a ``make reward`` metrics.json) and
@@ -339,7 +339,7 @@ def readme_block(runs: list[tuple[str, dict]], folder: str) -> list[str]:
                     f"Oracle alignment (%) on the target prompts, {k} fresh seeds each, gain over base in "
                     f"brackets after it; controls ({k_side} seeds each). From `{folder}/` "
                     f"(`make demo ARGS=\"seed=N{upper}\"`); "
-                    "more in [docs/results.md](docs/results.md).", "",
+                    "more in [experiments/results.md](experiments/results.md).", "",
                     f"Time of its stages (the install not included): {times}."]
 
 
@@ -354,18 +354,6 @@ def fill_readme(text: str, block: list[str]) -> str:
         raise UserError(f"the README has no {README_START} ... {README_END} block to fill.",
                         "put the two marker lines back where the demo's figures belong.")
     return text[:start + len(README_START)] + "\n" + "\n".join(block) + "\n" + text[end:]
-
-
-def load_runs(folder: str | Path) -> dict[str, list[tuple[str, dict]]]:
-    """The results files under ``folder`` (its study folders included) by kind (demo, bench,
-    finetune, reward, probe), each as (label, content), in file-name order."""
-    runs: dict[str, list[tuple[str, dict]]] = {"demo": [], "bench": [], "finetune": [], "reward": [], "probe": [],
-                                               "loop": [], "stages": []}
-    for f in sorted(Path(folder).rglob("*.json"), key=lambda f: f.name):
-        for kind in runs:
-            if f.name.startswith(f"{kind}-"):
-                runs[kind].append((f.stem.removeprefix(f"{kind}-"), json.loads(f.read_text())))
-    return runs
 
 
 def readme_runs(folder: str | Path, runs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
