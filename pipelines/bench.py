@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tools.bench import (BenchConfig, bench_pipeline, build_random_clip_vitl14, build_random_sd15,
-                            build_reward_model, gpu_config, shapes_config, write_bench_prompts, write_report)
+from tools.bench import BenchConfig, bench_pipeline, gpu_config, shapes_config, write_bench_prompts, write_report
+from tools.random_models import build_random_clip_vitl14, build_random_sd15, build_reward_model
 from tools.demo_bench import bench_demo, check_runs
 from pipelines.cli import config_parser, parse_config, run
 from shapes import SHAPES_CLIP

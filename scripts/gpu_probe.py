@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tools.bench import SD15_UNET
+from tools.random_models import SD15_UNET
 
 out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
 dev, dt = "cuda", torch.bfloat16

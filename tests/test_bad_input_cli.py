@@ -79,7 +79,7 @@ def nan_reward(tmp_path_factory):
     """A tiny CLIP and a reward model folder on it whose head holds a NaN."""
     from safetensors.torch import load_file, save_file
 
-    from tools.bench import build_reward_model
+    from tools.random_models import build_reward_model
     from tiny_models import make_tiny_clip
 
     d = tmp_path_factory.mktemp("nan-reward")

@@ -38,7 +38,7 @@ def test_win_rate_counts_ties_half():
 @pytest.fixture(scope="module")
 def setup(tiny_sd, tmp_path_factory):
     """The tiny SD, a tiny CLIP, a learned reward on it (untrained head) and one DPOK run."""
-    from tools.bench import build_reward_model
+    from tools.random_models import build_reward_model
 
     d = tmp_path_factory.mktemp("eval")
     clip = make_tiny_clip(d / "clip")

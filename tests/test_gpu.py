@@ -52,7 +52,7 @@ def test_dpok_on_sd15_shapes_at_512_resumes_and_saves_lora_diffusers_loads(tmp_p
     file that diffusers' own ``load_lora_weights`` applies."""
     from diffusers import StableDiffusionPipeline
 
-    from tools.bench import build_random_clip_vitl14, build_random_sd15, build_reward_model
+    from tools.random_models import build_random_clip_vitl14, build_random_sd15, build_reward_model
 
     sd = build_random_sd15(tmp_path / "sd15")
     reward = build_reward_model(build_random_clip_vitl14(tmp_path / "clip"), tmp_path / "reward")

@@ -51,7 +51,7 @@ def test_generate_at_a_non_native_size(tiny_sd, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def reward(tmp_path_factory):
     """A learned reward on the tiny CLIP (an untrained head): CLIP resizes images of any size."""
-    from tools.bench import build_reward_model
+    from tools.random_models import build_reward_model
     from tiny_models import make_tiny_clip
 
     d = tmp_path_factory.mktemp("reward")

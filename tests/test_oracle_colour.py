@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.compare import ModelEval, off_palette_alarms
 from evaluation.report import hacking_check
-from pipelines.oracle_check import recolored, rgb_snapping_aligned
+from tools.oracle_check import recolored, rgb_snapping_aligned
 from shapes.colorspace import hue_difference, lab_to_lch, lab_to_srgb, lch_to_srgb, srgb_to_lab
 from shapes.hue_sweep import neighbours, person_name, sweep_steps, zone
 from shapes.oracle import judge, name_color, off_palette_share

@@ -286,7 +286,7 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
     assert m["primary_view"] == "val_images" and m["aux_ablation"]["evaluated_on"] == "val_images"
     assert set(m["aux_ablation"]["with_aux"]) >= {"pairwise_accuracy_vs_oracle"}
     assert m["model_id"].startswith("reward-")
-    assert "targets" not in m  # acceptance checks belong to the bench (pipelines.reward_bench), not the output
+    assert "targets" not in m  # acceptance checks belong to the bench (tools.reward_bench), not the output
 
     rm = RewardModel.from_pretrained(out, device="cpu")
     assert rm.model_id == result.model.model_id
@@ -312,7 +312,7 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
 
 
 def test_reward_bench_checks_the_targets_on_the_primary_view():
-    from pipelines.reward_bench import reward_targets
+    from tools.reward_bench import reward_targets
 
     m = {"primary_view": "val_images", "pairwise_reference": "oracle",
          "val_images": {"pairwise_accuracy_vs_oracle": 0.85, "margin_over_zero_shot_clip": 0.01},
