@@ -40,6 +40,7 @@ from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
 from evaluation.grids import sample_grid
+from evaluation.keep import KeepWhatIsRight, keep_what_is_right
 from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, pass_rates, reference_renders,
                                shapes_prompts, split_prompts)
 from reward.reward_fn import load_reward, score_in_batches
@@ -67,6 +68,9 @@ class ModelEval:
     # (image_paired_gain); None for the base and without the oracle
     gain: float | None = None
     gain_se: float | None = None
+    # against the base at the same seeds, on the targets: base-wrong images fixed, base-right images
+    # broken, pixels moved (evaluation.keep); None for the base and without the oracle
+    keep: KeepWhatIsRight | None = None
 
 
 PROMPT_SETS = {"targets": "target", "controls": "control", "generalization": "held-out"}  # ModelEval.off_palette keys
@@ -179,7 +183,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, base_rewards, base_aligned = [], None, None
+    results, base_rewards, base_aligned, base_images = [], None, None, None
     for name, ref in names:
         pipe = load_model(ref)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype,
@@ -199,13 +203,15 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
             align, ctrl, gen = (figs[where] for where in parts)
             per_prompt = pass_rates(texts[:n_main], verdicts[:n_main])
         aligned = [] if verdicts is None else [bool(v.aligned) for v in verdicts[:n_main]]
-        gain, gain_se = (None, None) if base_aligned is None or not aligned else image_paired_gain(
-            aligned, base_aligned, texts[:n_main])
+        gain, gain_se, keep = None, None, None
+        if base_aligned is not None and aligned:
+            gain, gain_se = image_paired_gain(aligned, base_aligned, texts[:n_main])
+            keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main])
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
-                                 off, aligned, gain, gain_se))
+                                 off, aligned, gain, gain_se, keep))
         if base_rewards is None:
-            base_rewards, base_aligned = rewards, aligned
+            base_rewards, base_aligned, base_images = rewards, aligned, images[:n_main]
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
                    out / f"samples-{name}.png")
         del pipe
@@ -235,18 +241,25 @@ def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
 def markdown_table(results: list[ModelEval]) -> str:
     """One row per model; the oracle's alignment columns only when the results have them."""
     oracle = bool(results and results[0].alignment)
-    cols = [*ALIGNMENT_KEYS, "generalization overall", "controls overall", "off-palette objects (targets)"] if oracle else []
+    cols = [*ALIGNMENT_KEYS, "generalization overall", "controls overall", "off-palette objects (targets)",
+            "base-wrong fixed", "base-right broken", "pixels moved (base-right)"] if oracle else []
     head = "| model | " + " | ".join(cols + ["mean reward", "reward win-rate vs base",
                                              "fidelity (CLIP-FD, lower is better)"]) + " |"
     rows = [head, "|" + "---|" * (len(cols) + 4)]
     for r in results:
         cells = ([f"{r.alignment[k]:.3f}" for k in ALIGNMENT_KEYS]
                  + [f"{r.generalization.get('overall', float('nan')):.3f}", f"{r.controls['overall']:.3f}",
-                    f"{r.off_palette.get('targets', float('nan')):.3f}"]
+                    f"{r.off_palette.get('targets', float('nan')):.3f}"] + _keep_cells(r.keep)
                  if oracle else [])
         win = "-" if r.reward_win_rate is None else f"{r.reward_win_rate:.3f}"
         rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, f"{r.fidelity:.4f}"]) + " |")
     return "\n".join(rows)
+
+
+def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:
+    if k is None:
+        return ["-", "-", "-"]
+    return [f"{k.fixed:.3f} of {k.n_base_wrong}", f"{k.broken:.3f} of {k.n_base_right}", f"{k.moved_base_right:.3f}"]
 
 
 def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True) -> None:
@@ -254,7 +267,11 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
     side = (f"; {cfg.side_samples_per_prompt} per control and generalisation prompt"
             if oracle and cfg.side_samples_per_prompt is not None else "")
     about = ("Alignment: oracle verdicts by category; controls: train prompts with one or two objects. "
-             "Off-palette objects: the share of the objects found whose colour no palette name fits.\n\n" if oracle
+             "Off-palette objects: the share of the objects found whose colour no palette name fits. "
+             "Against the base at the same seeds (target prompts): the share of the images the base drew "
+             "wrong that the model draws right (fixed), of those it drew right that the model draws wrong "
+             "(broken), and the mean share of pixels moved on the base-right images (a channel changed by "
+             "more than 40 of 255).\n\n" if oracle
              else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
     write_text_atomic(out / "results.md",

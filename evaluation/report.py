@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ def results_json(evals: list[ModelEval], reward_metrics: dict, seconds: dict[str
                        "off_palette": dict(e.off_palette)}
         if e.gain is not None:  # the targets' gain over the base and its paired standard error
             out[e.name]["gain"], out[e.name]["gain_se"] = e.gain, e.gain_se
+        if e.keep is not None:  # against the base at the same seeds (evaluation.keep)
+            out[e.name]["keep"] = asdict(e.keep)
     out["reward_model"] = reward_metrics
     out["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     out["hacking"] = hacking_check(evals)
@@ -181,6 +184,15 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
     if gains:
         lines += ["", "Gain over the base on these prompts (points), ± its standard error over the seeds "
                   "(differences paired image by image: same prompt, same seed): " + "; ".join(gains) + "."]
+    keeps = [e for e in evals if e.keep is not None]
+    if keeps:
+        lines += ["", "Keep what is right, against the base at the same seeds on these prompts: of the images the "
+                  "base drew wrong, the share the model draws right (fixed); of those it drew right, the share the "
+                  "model draws wrong (broken); the mean share of pixels moved on the base-right images (a channel "
+                  "changed by more than 40 of 255).", "",
+                  "| model | fixed | broken | pixels moved (base-right) |", "|---|---|---|---|"]
+        lines += [f"| {e.name} | {_fmt(e.keep.fixed)} % of {e.keep.n_base_wrong} | {_fmt(e.keep.broken)} % of "
+                  f"{e.keep.n_base_right} | {_fmt(e.keep.moved_base_right)} % |" for e in keeps]
     if results.get("targets_chosen"):
         lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
                   "", "![per-prompt pass rates](per_prompt.png)"]

@@ -86,10 +86,14 @@ def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
         assert np.isfinite(r.reward) and np.isfinite(r.fidelity) and r.n_images == 50
         assert set(r.per_prompt) and np.isfinite(r.controls["overall"])
     assert results[0].reward_win_rate is None and 0 <= results[1].reward_win_rate <= 1
+    keep = results[1].keep  # against the base, image by image at the same seeds
+    assert results[0].keep is None and keep.n_base_wrong + keep.n_base_right == 50
+    assert 0 <= keep.moved_base_right <= 1 or keep.n_base_right == 0
     report = tmp_path / "report"
     assert "| dpok |" in (report / "results.md").read_text() and "overall" in (report / "results.md").read_text()
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["models"]) == {"base", "dpok"} and metrics["oracle"] is True
+    assert metrics["models"]["dpok"]["keep"]["n_base_right"] == keep.n_base_right
     assert metrics["fidelity_reference"] == "renders of the same prompts"
     assert (report / "samples-base.png").exists() and (report / "samples-dpok.png").exists()
     empty = tmp_path / "empty-run"  # a run that stopped before saving: its config, no weights

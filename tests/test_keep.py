@@ -1,0 +1,39 @@
+"""Keep what is right: fixed / broken shares and moved pixels against hand-made images."""
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation.keep import MOVED_THRESHOLD, keep_what_is_right, moved_pixels
+
+
+def _img(v, size=4):
+    return np.full((size, size, 3), v, dtype=np.uint8)
+
+
+def test_moved_pixels_counts_a_change_above_the_threshold_in_any_channel():
+    a, b = _img(100), _img(100)
+    b[0, 0, 2] = 100 + MOVED_THRESHOLD + 1  # one channel of one pixel
+    b[1, 1, 0] = 100 + MOVED_THRESHOLD  # at the threshold: not moved
+    mv = moved_pixels(a, b)
+    assert mv.sum() == 1 and mv[0, 0]
+    with pytest.raises(ValueError):
+        moved_pixels(a, _img(100, 5))
+
+
+def test_fixed_broken_and_moved_inside_and_outside_the_problem_region():
+    base_ok = [False, False, True, True]
+    model_ok = [True, False, True, False]  # fixes 1 of 2 wrong, breaks 1 of 2 right
+    base = [_img(0) for _ in range(4)]
+    model = [_img(0) for _ in range(4)]
+    model[0][:2] = 255  # the top half of image 0 moved
+    model[3][:] = 255  # image 3 (base right) moved everywhere
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True  # problem region: the top-left quarter (4 px), all moved
+    k = keep_what_is_right(base_ok, model_ok, base, model, [mask, None, None, None])
+    assert (k.fixed, k.broken, k.n_base_wrong, k.n_base_right) == (0.5, 0.5, 2, 2)
+    assert k.moved_base_right == pytest.approx(0.5)  # image 2 unchanged, image 3 all moved
+    assert k.moved_inside == 1.0 and k.moved_outside == pytest.approx(4 / 12)
+    none = keep_what_is_right([True], [True], [_img(0)], [_img(0)])
+    assert math.isnan(none.fixed) and none.broken == 0.0 and none.moved_inside is None
