@@ -121,3 +121,15 @@ def fused_state(unet) -> dict[str, torch.Tensor]:
                 continue
             out[k.replace(".base_layer.", ".")] = v + deltas[k].to(v.dtype) if k in deltas else v
     return out
+
+
+@contextmanager
+def base_policy(policy: DiffusionPolicy):
+    """The frozen base model as a policy to sample with (e.g. the same noise as the trained policy's
+    samples): the trained UNet with its adapter disabled, or the frozen reference copy when the
+    whole UNet is trained."""
+    if policy.reference_unet is not None:
+        yield DiffusionPolicy(policy.reference_unet, policy.schedule, policy.guidance_scale)
+        return
+    with adapters_disabled(policy.unet):
+        yield DiffusionPolicy(_peft_model(policy.unet), policy.schedule, policy.guidance_scale)

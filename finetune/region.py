@@ -1,0 +1,65 @@
+"""Region-aware fine-tuning: change what was wrong, keep what was right (Focus-N-Fix, Xing et al.
+2025, on the region feedback of Rich Human Feedback, Liang et al. 2024).
+
+The base model draws Î₀ from the same noise as the policy's image Î (same initial latents, same
+per-step noise: :func:`finetune.policy.base_policy`).  A region model marks where Î₀ is wrong: its heatmap,
+thresholded and dilated, is the problem mask M (:func:`problem_masks`).  Focus-N-Fix's objective
+
+    r(Î) - β · ‖(1 - M) ⊙ (Î₀ - Î)‖₂                                    (Focus-N-Fix, eq. 3)
+
+rewards the fix and charges every change outside the problem region.  DPOK takes it as its reward
+(:func:`outside_change`, the norm divided by √(3HW) so that β does not depend on the image size).
+RWL, which trains on the base model's own samples, takes the same penalty in its likelihood form:
+outside M the fine-tuned model's noise prediction is held to the base model's
+(:func:`keep_loss`, a masked distillation term beside eq. 2's terms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.config import NonNegativeFloat, Share
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    # β of Focus-N-Fix: the weight of the change outside the problem region (0: off, plain DPOK / RWL).
+    # Needs a reward model with a region head (`make reward` trained on marks).
+    weight: NonNegativeFloat = 0.0
+    threshold: Share = 0.5  # the region head's heatmap value above which a pixel is a problem
+    dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
+
+
+def problem_masks(heatmaps: torch.Tensor, threshold: float, dilate: float) -> torch.Tensor:
+    """(B, H, W) bool: the pixels of ``heatmaps`` (B, H, W) in [0, 1] above ``threshold``, grown by
+    ``dilate`` x the shorter side in every direction (a max-pool, square neighbourhood)."""
+    m = (heatmaps > threshold).float()
+    r = int(round(dilate * min(heatmaps.shape[-2:])))
+    if r > 0:
+        m = F.max_pool2d(m[:, None], kernel_size=2 * r + 1, stride=1, padding=r)[:, 0]
+    return m > 0.5
+
+
+def outside_change(images: torch.Tensor, base: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B,) ‖(1 - M) ⊙ (Î₀ - Î)‖₂ / √(3HW): the change of ``images`` from the base's ``base`` (both
+    (B, 3, H, W) in [0, 1]) outside the problem masks ``masks`` (B, H, W) bool, in RMS units: 0 when
+    nothing outside moved, 1 when every channel of every pixel flipped from 0 to 1."""
+    keep = (~masks).to(images.dtype)[:, None]  # (B, 1, H, W)
+    return ((images - base) * keep).pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+def latent_masks(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) bool: a latent cell is in the problem region when any pixel it covers is."""
+    return F.adaptive_max_pool2d(masks.float()[:, None], latent_hw) > 0.5
+
+
+def keep_loss(pred: torch.Tensor, base_pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B,) mean squared difference of the fine-tuned and the base model's outputs (B, C, h, w) over
+    the latent cells outside the problem region (``masks`` (B, 1, h, w) bool, :func:`latent_masks`);
+    0 where the whole image is a problem."""
+    keep = (~masks).to(pred.dtype)
+    sq = (pred - base_pred.detach()).pow(2) * keep
+    return sq.sum(dim=(1, 2, 3)) / (keep.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp(min=1)
