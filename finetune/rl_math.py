@@ -102,6 +102,30 @@ def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -
     return _sum_dims((mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2))
 
 
+Divergence = Literal["kl", "chi2", "hellinger"]
+
+
+def step_divergence(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,
+                    kind: Divergence = "kl") -> torch.Tensor:
+    """An f-divergence between the policy's and the base model's step Gaussians, which share sigma_t
+    (Diffusion Controller's per-step regulariser), from delta = ||mean_p - mean_q||^2 / std^2 -> (B,):
+
+    - ``kl``: KL(p || q) = delta / 2 (:func:`gaussian_kl`, DPOK eq. 7);
+    - ``chi2``: Pearson chi^2(p || q) = exp(delta) - 1, which grows without bound, so it holds the
+      policy closest to the base when it strays;
+    - ``hellinger``: squared Hellinger distance 1 - exp(-delta / 8), bounded by 1, so it stops
+      pulling once the policy is far.
+    """
+    delta = 2 * gaussian_kl(mean_p, mean_q, std)
+    if kind == "kl":
+        return delta / 2
+    if kind == "chi2":
+        return torch.expm1(delta)
+    if kind == "hellinger":
+        return -torch.expm1(-delta / 8)
+    raise ValueError(f"unknown divergence {kind!r}")
+
+
 @dataclass(frozen=True)
 class PolicyLossOutput:
     loss: torch.Tensor  # scalar
@@ -158,7 +182,7 @@ def normalize_advantages(rewards: torch.Tensor, groups: torch.Tensor | None = No
     return (rewards - mean) / ((sq / n).sqrt()[inverse] + eps)
 
 
-RewardWeighting = Literal["reward", "exp", "threshold"]
+RewardWeighting = Literal["reward", "exp", "chi2", "threshold"]
 
 
 def reward_weights(rewards: torch.Tensor, mode: RewardWeighting = "reward", temperature: float = 1.0,
@@ -166,7 +190,11 @@ def reward_weights(rewards: torch.Tensor, mode: RewardWeighting = "reward", temp
     """Per-example weights w(r) >= 0 for reward-weighted likelihood (Lee et al. 2023, eq. 2).
 
     - ``reward``: w = max(r, 0), the paper's form (its reward predicts a {0, 1} label);
-    - ``exp``: w = exp(r / T) normalised to mean 1 over the batch (reward-weighted regression);
+    - ``exp``: w = exp(r / T) normalised to mean 1 over the batch (reward-weighted regression; the
+      weights Diffusion Controller derives for a KL regulariser, u = (r - nu) / T, the minimiser-
+      preserving case);
+    - ``chi2``: w = max(0, 1 + (r - mean r) / T), normalised to mean 1 (Diffusion Controller's
+      weights for a Pearson chi^2 regulariser: linear in the reward, zero for the worst samples);
     - ``threshold``: w = 1[r > threshold], i.e. fine-tuning on accepted samples only
       (rejection sampling).
     """
@@ -175,6 +203,9 @@ def reward_weights(rewards: torch.Tensor, mode: RewardWeighting = "reward", temp
     if mode == "exp":
         w = torch.softmax(rewards / temperature, dim=0)
         return w * rewards.numel()
+    if mode == "chi2":
+        w = (1 + (rewards - rewards.mean()) / temperature).clamp_min(0)
+        return w * rewards.numel() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     if mode == "threshold":
         return (rewards > threshold).to(rewards.dtype)
     raise ValueError(f"unknown reward weighting {mode!r}")

@@ -115,3 +115,35 @@ def test_normalize_advantages_batch_scale_keeps_group_means_and_batch_std():
     torch.testing.assert_close(a, (r - mean) / r.std(unbiased=False), atol=1e-5, rtol=0)
     assert a[0] > 5 * a[4].abs()
     torch.testing.assert_close(normalize_advantages(r, None, "batch"), normalize_advantages(r), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["kl", "chi2", "hellinger"])
+def test_step_divergences_match_monte_carlo(kind):
+    """Each f-divergence between two Gaussians with one sigma, against a Monte Carlo estimate from
+    torch.distributions' densities: KL = E_p[log p/q], chi^2 = E_q[(p/q)^2] - 1,
+    squared Hellinger = 1 - E_q[sqrt(p/q)]."""
+    from finetune.rl_math import step_divergence
+
+    g = torch.Generator().manual_seed(0)
+    mp, mq, std = torch.tensor([[0.3, -0.2, 0.1]]), torch.tensor([[0.0, 0.1, -0.2]]), torch.tensor(0.5)
+    p, q = Normal(mp[0], std), Normal(mq[0], std)
+    n = 400_000
+    if kind == "kl":
+        x = mp[0] + std * torch.randn(n, 3, generator=g)
+        mc = (p.log_prob(x) - q.log_prob(x)).sum(1).mean()
+    else:
+        x = mq[0] + std * torch.randn(n, 3, generator=g)
+        ratio = (p.log_prob(x) - q.log_prob(x)).sum(1).exp()
+        mc = (ratio ** 2).mean() - 1 if kind == "chi2" else 1 - ratio.sqrt().mean()
+    exact = step_divergence(mp, mq, std, kind)
+    assert exact.shape == (1,) and exact.item() == pytest.approx(mc.item(), rel=0.03)
+    assert step_divergence(mp, mp, std, kind).item() == 0
+    if kind == "kl":
+        torch.testing.assert_close(exact, kl_divergence(p, q).sum()[None])
+
+
+def test_chi2_weights_are_linear_in_the_reward_and_mean_one():
+    r = torch.tensor([0.0, 0.5, 1.0, 3.0])
+    w = reward_weights(r, "chi2", temperature=1.0)
+    assert w.mean().item() == pytest.approx(1.0) and w[0] == 0  # 1 + (0 - 1.125) < 0: dropped
+    torch.testing.assert_close(w[2] - w[1], (w[3] - w[2]) / 4)  # linear where positive
