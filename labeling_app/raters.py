@@ -15,12 +15,14 @@ delays further tries, per client address and per (client, name), after repeated 
 from __future__ import annotations
 
 import fcntl
+import getpass
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -265,3 +267,30 @@ def make_auth(raters: RatersFile):
         return await asyncio.to_thread(raters.verify, username, password)
 
     return auth
+
+
+def _first_line(text: str, source: str) -> str:
+    pw = text.split("\n", 1)[0].rstrip("\r")
+    if not pw:
+        raise UserError(f"no password in {source} (its first line is empty).",
+                        "put the password on the first line.")
+    return pw
+
+
+def read_password(rater: str, password_file: str | None = None, from_stdin: bool = False) -> str:
+    """A new password for ``rater``: the first line of ``password_file``, else of standard input
+    when that is not a terminal (or ``from_stdin``), else asked for twice on the terminal."""
+    if password_file:
+        try:
+            return _first_line(Path(password_file).read_text(), password_file)
+        except OSError as e:
+            raise UserError(f"cannot read the password file {password_file} ({e.strerror}).",
+                            "pass PASSWORD_FILE=<a readable file holding the password>.") from None
+    if from_stdin or not sys.stdin.isatty():
+        # No terminal (make without one, a script, CI): the password comes piped in.
+        return _first_line(sys.stdin.readline(), "standard input")
+    pw = getpass.getpass(f"password for {rater}: ")
+    if getpass.getpass("again: ") != pw:
+        raise UserError("the two passwords differ.", "run the command again.")
+    return pw
+

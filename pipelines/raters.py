@@ -11,38 +11,12 @@ changes at the rater's next request (a disabled rater is signed out of everythin
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
-from pathlib import Path
 
 from core.errors import UserError
 from labeling_app.config import LabelConfig
-from labeling_app.raters import RatersFile
+from labeling_app.raters import RatersFile, read_password
 from pipelines.cli import run
-
-
-def _first_line(text: str, source: str) -> str:
-    pw = text.split("\n", 1)[0].rstrip("\r")
-    if not pw:
-        raise UserError(f"no password in {source} (its first line is empty).",
-                        "put the password on the first line.")
-    return pw
-
-
-def _password(args) -> str:
-    if args.password_file:
-        try:
-            return _first_line(Path(args.password_file).read_text(), args.password_file)
-        except OSError as e:
-            raise UserError(f"cannot read the password file {args.password_file} ({e.strerror}).",
-                            "pass PASSWORD_FILE=<a readable file holding the password>.") from None
-    if args.password_stdin or not sys.stdin.isatty():
-        # No terminal (make without one, a script, CI): the password comes piped in.
-        return _first_line(sys.stdin.readline(), "standard input")
-    pw = getpass.getpass(f"password for {args.rater}: ")
-    if getpass.getpass("again: ") != pw:
-        raise UserError("the two passwords differ.", "run the command again.")
-    return pw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raters = RatersFile(args.file)
     if args.command == "add":
-        acc = raters.add(args.rater, _password(args), admin=args.admin)
+        acc = raters.add(args.rater, read_password(args.rater, args.password_file, args.password_stdin), admin=args.admin)
         print(f"added {acc.rater_id}{' (admin)' if acc.admin else ''} to {raters.path}")
     elif args.command == "passwd":
         if raters.account(args.rater) is None:
             raise UserError(f"no rater {args.rater!r} in {raters.path}.", "add the rater first.")
-        raters.set_password(args.rater, _password(args))
+        raters.set_password(args.rater, read_password(args.rater, args.password_file, args.password_stdin))
         print(f"new password set for {args.rater}")
     elif args.command in ("disable", "enable"):
         raters.set_disabled(args.rater, args.command == "disable")

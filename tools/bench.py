@@ -21,8 +21,10 @@ does not change its speed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +39,9 @@ from finetune.dpok import train_dpok
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from reward.reward_fn import RewardSource
-from shapes import SHAPES_SD
+from shapes import SHAPES_CLIP, SHAPES_SD
+from tools.demo_bench import bench_demo, check_runs
+from tools.random_models import build_random_clip_vitl14, build_random_sd15, build_reward_model
 from tools.bench_passes import bare_passes, lever_timings, peak_memory_mb
 from shapes.world import prompt_set
 
@@ -253,3 +257,51 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
                          f"{json.dumps({k: {p: round(v, 4) for p, v in t.items()} for k, t in r.levers.items()})}")
     lines += [f"- skipped: {s}" for s in skipped]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+def _with_reward(cfg: BenchConfig, clip, tmp: Path) -> BenchConfig:
+    """``cfg`` with a reward model to time: the one named, or an untrained head on ``clip()``."""
+    if cfg.reward.kind == "oracle" or cfg.reward.path:
+        return cfg
+    path = build_reward_model(clip(), tmp / "reward")
+    return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, path=str(path)))
+
+
+def run_bench(cfg: BenchConfig) -> int:
+    """``make bench`` with ``cfg``: every configuration, bench.json and bench.md after each result."""
+    if cfg.demo:
+        check_runs(cfg.demo_runs)  # before minutes of other benchmarks
+    skipped, results = [], []
+    out = Path(cfg.output_dir)
+
+    def save(done: list) -> None:  # after every result: a run cut short keeps what it measured
+        write_report(results + done, out, skipped)
+
+    if cfg.shapes:
+        print("bench: shapes world", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            shapes_cfg = _with_reward(cfg, lambda: SHAPES_CLIP, Path(tmp))
+            results += bench_pipeline(shapes_cfg, "shapes",
+                                      lambda o, m: shapes_config(shapes_cfg, cfg.cpu_pipeline, o, m),
+                                      levers=cfg.cpu_levers, on_result=save)
+    if cfg.gpu and torch.cuda.is_available():
+        print(f"bench: SD v1.5 architecture, 512x512, {cfg.gpu_config} on CUDA", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            sd = build_random_sd15(Path(tmp) / "sd15")
+            gcfg = _with_reward(cfg, lambda: build_random_clip_vitl14(Path(tmp) / "clip"), Path(tmp))
+            prompts = write_bench_prompts(cfg, Path(tmp) / "prompts.txt")
+            results += bench_pipeline(gcfg, "sd15-512-cuda", lambda o, m: gpu_config(gcfg, str(sd), o, m, prompts),
+                                      levers=cfg.gpu_levers, on_result=save)
+    else:
+        skipped.append("sd15-512-cuda (no CUDA device)")
+    write_report(results, out, skipped)
+    if cfg.demo:
+        print("bench: make demo, eager and compiled", file=sys.stderr)
+        bench_demo(cfg.demo_args, out, cfg.demo_runs)
+        print((out / "demo.md").read_text())
+    for r in results:
+        print(f"{r.name}/{r.method}: overhead_ratio={r.overhead_ratio:.3f} measured={r.measured_s:.3f}s "
+              f"bare={r.bare_s:.3f}s")
+    print(f"wrote {cfg.output_dir}/bench.json and bench.md")
+    return 0
+
