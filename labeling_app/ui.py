@@ -29,7 +29,7 @@ from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
 from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
-from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
+from labeling_app.web import APP_KWARGS, LoginGuard, NoUploads, export_route, trusting_proxies
 
 
 class LabelingApp(LabelingHandlers):
@@ -179,7 +179,7 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
         app.compactor = Compactor(app.assigner.store)
         app.compactor.start()
     # Routes and middleware given to the FastAPI app at creation come before Gradio's own.
-    app_kwargs = {"routes": [export_route(root, app.raters)],
+    app_kwargs = {**APP_KWARGS, "routes": [export_route(root, app.raters)],
                   "middleware": [Middleware(NoUploads),
                                  Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
     with trusting_proxies(cfg.server.trusted_proxies):
