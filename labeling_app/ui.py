@@ -20,6 +20,7 @@ from labeling_app.handlers import LabelingHandlers
 import gradio as gr
 
 from core.errors import UserError
+from data.schemas import GENERATIONS, GOLD, SELECTIONS
 from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
@@ -159,8 +160,11 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
     guidelines = load_guidelines(cfg.guidelines_path)
     # Merging small part files happens here, before the round is read, and then in a background
-    # thread (launch), never inside a rater's request.
+    # thread (launch), never inside a rater's request.  The tables the merge leaves alone are read
+    # first, so a bad part there is refused before any label table is rewritten.
     store = Store(cfg.root, compact_every=0)
+    for spec in (GENERATIONS, SELECTIONS, GOLD):
+        store.read(spec)
     merge_leftovers(store)
     assigner = Assigner.open(cfg, guidelines.version, store=store)
     return LabelingApp(cfg, assigner, raters, guidelines)
