@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from tests import test_labeling_browser as chromium  # skips this module too without Chromium
 from tests.labeling_server import label_config, make_raters, serve
-from tests.test_labeling_browser import VIEWPORT, browser, sign_in, wait_shown  # noqa: F401 - browser: fixture
+from tests.test_labeling_browser import VIEWPORT, sign_in, wait_shown
+
+browser = chromium.browser  # the fixture: one Chromium for the module
 
 LONG_PROMPT = ("one red circle on a white background, " * 60)[:2000]
 
 
-def test_a_long_prompt_keeps_the_buttons_in_view(tmp_path, browser):  # noqa: F811 - the fixture
+def test_a_long_prompt_keeps_the_buttons_in_view(tmp_path, browser):
     from data import Store
     from data.generations import save_images
     from shapes.render import RENDERER, render
