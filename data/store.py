@@ -363,19 +363,30 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
     part reads with the defaults of the columns added since (:attr:`TableSpec.defaults`) and is
     replaced, atomically and under its own name, by those rows with every column.  Returns the rows per table migrated.
 
-    Reading never needs this; it makes the files on disk current for other readers (DuckDB, an
-    analyst's pyarrow), which see the files as written."""
-    store, out = Store(root), {}
+    Every part of every table is read and checked first: a bad one is a DataError naming it, raised
+    before any part is rewritten.  Reading never needs this; it makes the files on disk current
+    for other readers (DuckDB, an analyst's pyarrow), which see the files as written."""
+    store, plan, out = Store(root), [], {}
     for name, spec in TABLES.items():
         directory = store.table_dir(spec)
-        parts = sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
-        old = [p for p in parts if _part_version(p) < SCHEMA_VERSION]
-        if not old:
-            continue
+        old = []
+        for p in sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []:
+            try:
+                store._read_part(spec, p)  # raises DataError naming the file
+                if _part_version(p) < SCHEMA_VERSION:
+                    old.append(p)
+            except FileNotFoundError:
+                pass  # merged away meanwhile: the merged part is written in the current version
+        if old:
+            plan.append((name, spec, directory, old))
+    for name, spec, directory, old in plan:
         rows = 0
         with store._compact_lock(directory, block=True):
             for p in old:
-                table = store._read_part(spec, p)
+                try:
+                    table = store._read_part(spec, p)
+                except FileNotFoundError:
+                    continue  # merged away since the check (merges write the current version)
                 rows += table.num_rows
                 _write_durably(table, directory, p.name)  # same name: same place in the read order
         out[name] = rows

@@ -46,9 +46,20 @@ def prepare_output_dir(cfg: FinetuneConfig) -> Path:
 
 
 def check_output_dir(out: Path, cfg: FinetuneConfig) -> None:
-    """Refuse, without touching anything, a folder that holds a finished run or another stage's
+    """Refuse, without touching anything, a folder that holds a model (:func:`model_in`) or is
+    this run's model or init (always), one that holds a finished run or another stage's
     config.yaml (unless ``overwrite``), and one that holds a different run or checkpoints past
     this run's end (unless starting over with ``resume=false``)."""
+    model = model_in(out)
+    if model is not None:
+        raise UserError(f"{out} holds a model ({model}), not a fine-tuning run, and a run would write into it.",
+                        "choose another output_dir (e.g. runs/<name>); overwrite=true never applies to a "
+                        "model's folder.")
+    inputs = {"model.pipeline": cfg.model.pipeline, "init": cfg.init}
+    for key, folder in inputs.items():
+        if folder is not None and out.resolve() == Path(folder).resolve():
+            raise UserError(f"output_dir {out} is this run's {key}, which the run reads.",
+                            "choose another output_dir (e.g. runs/<name>).")
     if cfg.overwrite:
         return
     finished = [f for f in RESULT_FILES if (out / f).exists()]
@@ -69,10 +80,25 @@ def check_output_dir(out: Path, cfg: FinetuneConfig) -> None:
                             f"raise {name} above {done} to continue training, or pass resume=false to start over.")
 
 
+MODEL_MARKERS = ("model_index.json", "config.json")  # a diffusers pipeline; a transformers or diffusers model
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.ckpt", "*.pth")
+
+
+def model_in(out: Path) -> str | None:
+    """The file that makes ``out`` a model's folder (a diffusers pipeline, a transformers or
+    diffusers model, loose weights), None for any other folder.  A fine-tuning run's own folder
+    (its config.yaml is a fine-tuning config) is not one, though a full run's result is a pipeline."""
+    if not out.is_dir() or _is_finetune_config(out / "config.yaml"):
+        return None
+    found = [name for name in MODEL_MARKERS if (out / name).exists()]
+    found += [p.name for g in WEIGHT_GLOBS for p in sorted(out.glob(g)) if p.name not in RESULT_FILES]
+    return found[0] if found else None
+
+
 def _is_finetune_config(path: Path) -> bool:
     try:
         saved = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
         return False
     return isinstance(saved, dict) and saved.get("method") in get_args(Method)
 

@@ -3,6 +3,8 @@
 Drawn with matplotlib's object API (``Figure`` + Agg canvas, no pyplot): Gradio runs handlers in
 threads, and pyplot's global figure state is not thread-safe.  The tab embeds the PNGs as
 ``data:`` URIs, so no chart is ever a file that Gradio's file route could hand to someone else.
+Text from data (prompts, rater ids) is drawn with ``parse_math=False``: matplotlib would otherwise
+read ``$...$`` in a prompt as mathtext, and an unknown macro (``$\\foo$``) or a lone ``$$`` raises.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def pass_rate_chart(rates: pd.DataFrame, max_prompts: int = MAX_PROMPTS) -> byte
         ax.barh(y, labelled["good_rate"].to_numpy(float), color=np.where(picked, "#ea580c", "#2563eb"))
         for yi, (rate, k) in enumerate(zip(labelled["good_rate"], labelled["labelled_images"])):
             ax.text(min(rate, 1.0) + 0.01, yi, f"{100 * rate:.0f} % of {k}", va="center", fontsize=8)
-        ax.set_yticks(y, [_clip(p) for p in labelled["prompt"]], fontsize=8)
+        ax.set_yticks(y, [_clip(str(p)) for p in labelled["prompt"]], fontsize=8, parse_math=False)
         ax.invert_yaxis()  # worst first, at the top
         ax.set_xlim(0, 1.15)
         ax.set_xlabel("good-rate (images judged good by the raters' majority)")
@@ -91,6 +93,7 @@ def timeline_chart(timeline: pd.DataFrame, max_ticks: int = 12) -> bytes:
         ax.set_xlabel("bucket start (UTC)")
         ax.set_title("Answers per rater over time (binary labels and rankings)", fontsize=10)
         if len(wide.columns) <= 12:
-            ax.legend(fontsize=8, loc="upper left")
+            for text in ax.legend(fontsize=8, loc="upper left").get_texts():
+                text.set_parse_math(False)
     fig.tight_layout()
     return _png(fig)

@@ -34,8 +34,8 @@ from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
 from labeling_app.raters import RatersFile
 from labeling_app.stats import round_counts, round_report
-from labeling_app.views import (chart_html, esc, nothing_shown, pct, prompt_html, refusal_text, status_html,
-                                timeline_table, withdrawn_table)
+from labeling_app.views import (attempt, chart_html, esc, failed_part, nothing_shown, pct, prompt_html,
+                                refusal_text, rounds_table, status_html, timeline_table, withdrawn_table)
 from labeling_app.web import EXPORT_ROUTE
 
 log = logging.getLogger("labeling_app")
@@ -185,9 +185,40 @@ class LabelingHandlers:
     def admin_report(self, request: gr.Request):
         """Summary, per-prompt pass rates (chart, table), answers per rater over time (chart,
         table), answers per rater, gold accuracy per rater, images withdrawn from serving, and the
-        root's rounds (images, selected, labels, rankings, good share per round)."""
+        root's rounds (images, selected, labels, rankings, good share per round).  Each part is
+        built alone: one that fails shows what failed in its place (logged with its traceback),
+        and the others still show (an event that raises would mark every output "Error")."""
         self.admin(request)
-        rep = round_report(self.assigner.store, read_gold(self.assigner.store))
+        store = self.assigner.store
+        rep = attempt(lambda: round_report(store, read_gold(store)))
+        # The same per-prompt figures and default rule as `make targets` (data.targets), worst first.
+        prompts = attempt(lambda: pick_targets(prompt_pass_rates(store)))
+        parts = [
+            ("summary", False, lambda: self.summary_html(rep())),
+            ("per-prompt pass-rate chart", False, lambda: chart_html(
+                pass_rate_chart(prompts()), "Per-prompt pass rates, worst first", "pass-rate-chart")),
+            ("per-prompt table", True, lambda: prompts().assign(
+                good_rate=prompts()["good_rate"].round(3),
+                picked=prompts()["picked"].map({True: "target", False: ""}))),
+            ("answers-over-time chart", False, lambda: chart_html(
+                timeline_chart(rep().timeline), "Answers per rater over time", "timeline-chart")),
+            ("answers-over-time table", True, lambda: timeline_table(rep().timeline)),
+            ("answers per rater", True, lambda: rep().counts),
+            ("gold accuracy", True, lambda: rep().gold),
+            ("withdrawn images", True, lambda: withdrawn_table(self.assigner.withdrawn())),
+            ("rounds", True, lambda: rounds_table(round_counts(store))),
+        ]
+        out = []
+        for name, table, build in parts:
+            try:
+                out.append(build())
+            except Exception as e:  # noqa: BLE001 - any failure of one part stays in that part
+                log.exception("admin report: the %s failed", name)
+                out.append(failed_part(name, e, table))
+        return tuple(out)
+
+    def summary_html(self, rep) -> str:
+        """The admin tab's headline figures (``rep``: :func:`labeling_app.stats.round_report`)."""
         prog = self.assigner.progress("")
 
         def fmt(x, digits=3):
@@ -209,16 +240,8 @@ class LabelingHandlers:
               for t, ms in rep.median_ms.items()],
             ("guidelines version", self.guidelines.version),
         ]
-        summary = ("<table>" + "".join(f"<tr><td>{esc(k)}</td><td><b>{esc(v)}</b></td></tr>" for k, v in rows)
-                   + "</table>")
-        # The same per-prompt figures and default rule as `make targets` (data.targets), worst first.
-        prompts = pick_targets(prompt_pass_rates(self.assigner.store))
-        chart = chart_html(pass_rate_chart(prompts), "Per-prompt pass rates, worst first", "pass-rate-chart")
-        prompts = prompts.assign(good_rate=prompts["good_rate"].round(3),
-                                 picked=prompts["picked"].map({True: "target", False: ""}))
-        timeline = chart_html(timeline_chart(rep.timeline), "Answers per rater over time", "timeline-chart")
-        return (summary, chart, prompts, timeline, timeline_table(rep.timeline), rep.counts, rep.gold,
-                withdrawn_table(self.assigner.withdrawn()), round_counts(self.assigner.store))
+        return ("<table>" + "".join(f"<tr><td>{esc(k)}</td><td><b>{esc(v)}</b></td></tr>" for k, v in rows)
+                + "</table>")
 
     def export(self, request: gr.Request):
         """Write an export under <root>/exports/ and link its zip through the admin-only route

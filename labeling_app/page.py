@@ -117,6 +117,8 @@ SEEN_RANKING_JS = "(seen, ...rest) => [window.labelingSeen('ranking'), ...rest]"
 
 CSS = """
 .prompt-text { font-size: 1.5rem; font-weight: 600; padding: 0.5rem 0; white-space: pre-wrap; }
+/* A long prompt scrolls inside its box (about 5 lines), so the answer buttons stay in view. */
+.prompt-text { max-height: 10rem; overflow-y: auto; overflow-wrap: anywhere; }
 .status-text { min-height: 1.5rem; }
 .status-text .warn { color: #b45309; font-weight: 600; }
 .progress-text { font-size: 0.95rem; }

@@ -20,6 +20,7 @@ from labeling_app.handlers import LabelingHandlers
 import gradio as gr
 
 from core.errors import UserError
+from data.schemas import GENERATIONS, GOLD, SELECTIONS
 from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
@@ -29,7 +30,7 @@ from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
 from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
-from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
+from labeling_app.web import APP_KWARGS, LoginGuard, NoUploads, export_route, trusting_proxies
 
 
 class LabelingApp(LabelingHandlers):
@@ -159,8 +160,11 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
     guidelines = load_guidelines(cfg.guidelines_path)
     # Merging small part files happens here, before the round is read, and then in a background
-    # thread (launch), never inside a rater's request.
+    # thread (launch), never inside a rater's request.  The tables the merge leaves alone are read
+    # first, so a bad part there is refused before any label table is rewritten.
     store = Store(cfg.root, compact_every=0)
+    for spec in (GENERATIONS, SELECTIONS, GOLD):
+        store.read(spec)
     merge_leftovers(store)
     assigner = Assigner.open(cfg, guidelines.version, store=store)
     return LabelingApp(cfg, assigner, raters, guidelines)
@@ -179,7 +183,7 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
         app.compactor = Compactor(app.assigner.store)
         app.compactor.start()
     # Routes and middleware given to the FastAPI app at creation come before Gradio's own.
-    app_kwargs = {"routes": [export_route(root, app.raters)],
+    app_kwargs = {**APP_KWARGS, "routes": [export_route(root, app.raters)],
                   "middleware": [Middleware(NoUploads),
                                  Middleware(LoginGuard, throttle=LoginThrottle(cfg.login), message=AUTH_MESSAGE)]}
     with trusting_proxies(cfg.server.trusted_proxies):

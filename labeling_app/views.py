@@ -69,6 +69,12 @@ def timeline_table(timeline):
     return wide.rename_axis(columns=None).reset_index()
 
 
+def rounds_table(counts: pd.DataFrame) -> pd.DataFrame:
+    """:func:`labeling_app.stats.round_counts` for the admin tab: a round without binary answers
+    says ``n/a`` for its good share, as the summary does (NaN would show as a blank cell)."""
+    return counts.assign(good_share=[("n/a" if pd.isna(x) else f"{x:.3f}") for x in counts["good_share"]])
+
+
 WITHDRAWN_COLUMNS = ["withdrawn_at", "image_id", "prompt", "image_path", "problem"]
 
 
@@ -77,6 +83,30 @@ def withdrawn_table(withdrawn) -> pd.DataFrame:
     rows = [dict(withdrawn_at=w.at.strftime("%Y-%m-%d %H:%M:%S UTC"), image_id=w.image_id, prompt=w.prompt,
                  image_path=w.image_path, problem=w.problem) for w in reversed(withdrawn)]
     return pd.DataFrame(rows, columns=WITHDRAWN_COLUMNS)
+
+
+def attempt(compute):
+    """``compute()`` run once now; returns a function that gives its result, or raises its error
+    again (so each admin-report part that needs a shared input fails alone, with that error)."""
+    try:
+        value, error = compute(), None
+    except Exception as e:  # noqa: BLE001 - re-raised by each part that uses it
+        value, error = None, e
+
+    def result():
+        if error is not None:
+            raise error
+        return value
+    return result
+
+
+def failed_part(name: str, error: Exception, table: bool):
+    """What an admin-report part shows in its place when building it failed: the part's name and
+    the error, as HTML or as a one-cell table (``table``)."""
+    text = f"Could not build the {name}: {type(error).__name__}: {error} (the server log has the details)."
+    if table:
+        return pd.DataFrame({"problem": [text]})
+    return f'<div class="admin-part-failed"><span class="warn">{esc(text)}</span></div>'
 
 
 def refusal_text(e: UserError) -> str:

@@ -6,7 +6,14 @@
   puts :class:`~labeling_app.raters.LoginThrottle` in front of ``POST /login``: a client that is
   made to wait gets HTTP 429 "too many attempts, wait N s" (with ``Retry-After``), which the page
   shows.  Attempts from one client address are handled one at a time, so parallel guesses are
-  counted like sequential ones.
+  counted like sequential ones.  A login body is at most :data:`MAX_LOGIN_BODY` bytes, read in
+  the server's chunks before anything else happens: a larger one (by its ``Content-Length``, or
+  once that many bytes arrived) is answered 413 and the connection closed, so nobody makes the
+  server hold or parse a large body before they have signed in.
+- **Signed-in only.**  FastAPI's own ``/openapi.json`` is switched off (:data:`APP_KWARGS`;
+  Gradio's ``/gradio_api/openapi.json`` checks the login itself), and
+  ``/gradio_api/startup-events`` answers 401 without a session once the app has started (the one
+  call before that is Gradio's own ``launch``).
 - **Exports** are downloaded through :func:`export_route`, which checks that the session's rater
   is an admin (401 without a session, 403 for a rater who is not an admin, 404 for anything that
   is not a finished export of this round).
@@ -41,6 +48,11 @@ from labeling_app.raters import LoginThrottle, RatersFile
 log = logging.getLogger("labeling_app")
 
 EXPORT_ROUTE = "/admin/export"
+MAX_LOGIN_BODY = 64 * 1024
+"""Bytes a ``POST /login`` body may hold (a name and a password form: well under 1 KiB)."""
+APP_KWARGS = {"openapi_url": None}
+"""FastAPI settings for Gradio's app: no unauthenticated ``/openapi.json`` (docs are off already)."""
+STARTUP_EVENTS = "/gradio_api/startup-events"
 
 
 def session_user(request: Request) -> str | None:
@@ -110,16 +122,33 @@ class LoginGuard:
                 return await self.login(scope, receive, send)
             if scope["method"] in ("GET", "HEAD") and path == "/" and session_user(Request(scope)) is None:
                 return await HTMLResponse(self.page, headers={"Cache-Control": "no-store"})(scope, receive, send)
+            if (path == STARTUP_EVENTS and getattr(scope.get("app"), "startup_events_triggered", True)
+                    and session_user(Request(scope)) is None):
+                return await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
         return await self.app(scope, receive, send)
 
+    @staticmethod
+    async def too_large(scope, receive, send):
+        client = (scope.get("client") or ("unknown", 0))[0]
+        log.warning("login refused: a body over %d bytes from %s", MAX_LOGIN_BODY, client)
+        return await JSONResponse({"detail": "This sign-in request is too large."}, status_code=413,
+                                  headers={"Connection": "close"})(scope, receive, send)
+
     async def login(self, scope, receive, send):
-        body, more = b"", True
-        while more:
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_LOGIN_BODY:
+            return await self.too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:  # uvicorn hands the body over in chunks as they arrive
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 return
-            body += msg.get("body", b"")
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_LOGIN_BODY:  # a chunked body (no Content-Length) that grew too large
+                return await self.too_large(scope, receive, send)
             more = msg.get("more_body", False)
+        body = b"".join(chunks)
         replayed = False
 
         async def replay():  # the buffered body for Gradio's route, then the real channel

@@ -402,3 +402,48 @@ def test_the_app_takes_no_uploads(server):
     assert r.status_code == 403
     # the app itself still works for the same rater
     assert h.get(url).status_code == 200
+
+
+def raw_post_login(url: str, head: str, chunks=(), source: str = "127.0.0.7") -> tuple[int, float]:
+    """Send ``POST /login`` with the header lines ``head`` and the byte ``chunks`` on a raw socket,
+    then read the answer; returns (status, seconds until it came)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=30, source_address=(source, 0)) as s:
+        t0 = time.perf_counter()
+        s.sendall((f"POST /login HTTP/1.1\r\nHost: {u.hostname}\r\n"
+                   f"Content-Type: application/x-www-form-urlencoded\r\n{head}\r\n").encode())
+        for c in chunks:
+            s.sendall(c)
+        status_line = s.makefile("rb").readline().decode()
+        return int(status_line.split()[1]), time.perf_counter() - t0
+
+
+def test_an_oversized_login_body_is_refused_before_it_is_read(server):
+    """#58.3: POST /login takes at most 64 KiB: a larger Content-Length is answered 413 before a
+    byte of the body is sent, a chunked body once it passes the cap; a normal login still works."""
+    from labeling_app.web import MAX_LOGIN_BODY
+
+    _, _, _, url = server
+    status, took = raw_post_login(url, f"Content-Length: {200 << 20}\r\n")  # 200 MiB announced, none sent
+    assert status == 413 and took < 5
+    piece = b"username=" + b"a" * (16 << 10)
+    body = [b"%x\r\n%s\r\n" % (len(piece), piece)] * (MAX_LOGIN_BODY // len(piece) + 1)  # never the last chunk
+    status, _ = raw_post_login(url, "Transfer-Encoding: chunked\r\n", body)
+    assert status == 413
+    h = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=30)
+    r = h.post(url + "login", data={"username": "carol", "password": "x" * (MAX_LOGIN_BODY + 1)})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert h.post(url + "login", data={"username": "carol", "password": PASSWORD}).status_code == 200
+
+
+def test_api_schema_and_startup_events_need_a_session(server):
+    """#58.8: FastAPI's /openapi.json is off; /gradio_api/startup-events needs a session once started."""
+    _, _, _, url = server
+    assert httpx.get(url + "openapi.json").status_code in (401, 404)
+    assert httpx.get(url + "gradio_api/openapi.json").status_code == 401
+    assert httpx.get(url + "gradio_api/startup-events").status_code == 401
+    h = signed_in(url, "dave", source="127.0.0.8")
+    assert h.get(url + "gradio_api/startup-events").status_code == 200

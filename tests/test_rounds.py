@@ -63,3 +63,30 @@ def test_negative_round_is_refused():
 
     with pytest.raises(DataError, match="negative"):
         from_rows(GENERATIONS, [generation_row(round=-1)])
+
+
+def test_migrate_checks_every_part_before_rewriting_any(tmp_path, capsys):
+    """#58.6: a truncated part (in a table after one that needs migrating) is one error line naming
+    the file, and no part is rewritten; without it the same root migrates."""
+    from pipelines.cli import run
+    from pipelines.migrate import main
+
+    v2 = from_rows(GENERATIONS, [generation_row()])
+    v1 = v2.drop_columns(["round", "model_fingerprint", "run"])
+    v1 = v1.replace_schema_metadata({**v1.schema.metadata, b"schema_version": b"1"})
+    (tmp_path / "generations").mkdir()
+    old = tmp_path / "generations" / "part-00000000000000000001-old.parquet"
+    pq.write_table(v1, old)
+    Store(tmp_path).append(BINARY_LABELS, [label_row(label_id="l1", image_id="i1")])
+    part, = (tmp_path / "binary_labels").glob(PART_GLOB)
+    whole = part.read_bytes()
+    part.write_bytes(whole[: len(whole) // 2])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert run(main, [f"root={tmp_path}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(part) in lines[0], lines
+    assert "Traceback" not in lines[0] and "not a readable Parquet file" in lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing rewritten
+    part.write_bytes(whole)
+    assert run(main, [f"root={tmp_path}"]) == 0
+    assert pq.read_schema(old).metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()

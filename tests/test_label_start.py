@@ -1,0 +1,28 @@
+"""``make label`` on a root with a bad part (issue 58): one error line naming the file, and nothing
+rewritten first (the start-up merge of the label tables comes after every check)."""
+
+from __future__ import annotations
+
+from data import Store
+from data.schemas import BINARY_LABELS
+from pipelines.cli import run
+from tests.labeling_server import make_raters, make_round
+from tests.test_bad_input_cli import one_error_line, tree
+from tests.test_schemas import label_row
+
+
+def test_label_refuses_a_truncated_generations_part_before_merging_the_labels(tmp_path, capsys):
+    from pipelines.label import main
+
+    root = tmp_path / "round"
+    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    store = Store(root)
+    for i in range(3):  # three parts: what a start would merge
+        store.append(BINARY_LABELS, [label_row(label_id=f"l{i}", image_id=f"i{i}")])
+    raters = make_raters(root / "raters.json", ["lead"], admins=("lead",))
+    part = sorted((root / "generations").glob("part-*.parquet"))[-1]
+    part.write_bytes(part.read_bytes()[:200])
+    before = tree(root)
+    assert run(main, [f"root={root}", f"raters_file={raters.path}"]) == 2
+    one_error_line(capsys, str(part), "not a readable Parquet file")
+    assert tree(root) == before  # the three label parts are still three, nothing else written
