@@ -1,0 +1,128 @@
+"""The region head (reward.region*): pure helpers, then the whole path on a tiny CLIP on CPU
+(simulated marks -> train -> save -> load -> heatmap; a folder without a head still loads)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_config
+from core.errors import UserError
+from data import Store
+from data.marks import MARKS
+from labeling_app.simulate import simulate_round
+from reward.config import RewardConfig
+from reward.model import RewardModel
+from reward.preprocess import ClipPreprocess
+from reward.region import crop_box, to_grid, to_image_size
+from reward.region_data import RegionData
+from reward.region_fit import view_metrics
+from shapes.marking import simulate_marks
+from shapes.raters import default_panel
+from shapes.render import render_round
+from shapes.world import prompt_set
+from tiny_models import make_tiny_clip
+
+SQUARE = ClipPreprocess(64, None, (64, 64), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_crop_box_is_the_centre_square_clip_keeps():
+    assert crop_box(SQUARE, 64, 64) == (0, 64, 0, 64)
+    assert crop_box(SQUARE, 128, 256) == (0, 128, 64, 192)  # wide: the middle half of the width
+    assert crop_box(ClipPreprocess(None, None, None, (0.5,) * 3, (0.5,) * 3), 30, 40) == (0, 30, 0, 40)
+
+
+def test_grid_and_image_size_round_trip():
+    maps = torch.zeros(1, 64, 64)
+    maps[0, :16, :16] = 1.0  # the top-left 2x2 patches of an 8x8 grid
+    grid = to_grid(maps, (0, 64, 0, 64), (8, 8))
+    assert grid.shape == (1, 8, 8) and grid[0, :2, :2].eq(1).all() and grid[0, 2:].eq(0).all()
+    back = to_image_size(grid, (64, 64), (0, 64, 0, 64))
+    assert back.shape == (1, 64, 64) and back[0, 2, 2] == 1 and back[0, 40, 40] == 0
+    wide = to_image_size(grid, (64, 128), crop_box(SQUARE, 64, 128))
+    assert wide[0, :, :32].eq(0).all()  # outside the crop: zero
+
+
+def test_view_metrics_of_a_perfect_and_a_useless_prediction():
+    pts = [[[(0.1, 0.1)], []], [[]]]  # image 0: one rater clicked top-left, one marked nothing
+    rd = RegionData(np.array([0, 1]), pts, [(64, 64), (64, 64)], torch.zeros(2, 8, 8), 1)
+    perfect = torch.stack([to_grid(torch.from_numpy(rd.heatmaps(k))[None], (0, 64, 0, 64), (8, 8))[0]
+                           for k in range(2)])
+    truth = {0: rd.heatmaps(0) > 0, 1: np.zeros((64, 64), bool)}
+    m = view_metrics(rd, np.array([0, 1]), perfect, SQUARE, 128, truth)
+    assert m["images"] == 2 and m["marked_images"] == 1
+    assert m["heatmap_auc"] > 0.95 and m["heatmap_pearson"] > 0.3 and m["rater_heatmap_auc_vs_oracle"] == 1.0
+    flat = view_metrics(rd, np.array([0, 1]), torch.full((2, 8, 8), 0.5), SQUARE, 128, None)
+    assert flat["heatmap_auc"] == 0.5 and np.isnan(flat["heatmap_pearson"]) and "heatmap_auc_vs_oracle" not in flat
+
+
+@pytest.fixture(scope="module")
+def marked_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("marked")
+    store = Store(root)
+    render_round(store, prompt_set("train")[::9][:10] + prompt_set("heldout")[::6][:4], per_prompt=4,
+                 seed=2, mismatch_rate=0.6)
+    simulate_round(store, default_panel(3, flip_rate=0.05), overlap=2)
+    assert simulate_marks(store, seed=0) > 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32)
+
+
+def _cfg(root, clip, out, *more):
+    return load_config(RewardConfig, None, [
+        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
+        "data.min_val_prompts=3", "train.epochs=2", "train.baselines=false", "train.ablate_aux=false",
+        "model.hidden=[16]", "region.epochs=3", "region.hidden=16", *more])
+
+
+def test_region_head_trains_saves_loads_and_predicts(marked_root, tiny_clip, tmp_path):
+    from data.generations import load_image
+    from reward.train import train_reward
+
+    out = tmp_path / "reward"
+    result = train_reward(_cfg(marked_root, tiny_clip, out))
+    assert (out / "region_head.safetensors").is_file()
+    cfg = json.loads((out / "reward_config.json").read_text())
+    assert cfg["region"]["spec"]["grid"] == [4, 4] and cfg["region"]["file"] == "region_head.safetensors"
+    m = json.loads((out / "metrics.json").read_text())["region"]
+    assert m["marks"] > 0 and m["grid"] == [4, 4]
+    for view in ("val_images", "val_prompts"):
+        for key in ("heatmap_auc", "heatmap_pearson", "heatmap_auc_vs_oracle", "heatmap_pearson_vs_oracle",
+                    "rater_heatmap_auc_vs_oracle"):
+            assert key in m[view], (view, key)
+        assert 0.0 <= m[view]["heatmap_auc"] <= 1.0
+    rm = RewardModel.from_pretrained(out, device="cpu")
+    gens = Store(marked_root).to_pandas("generations").iloc[:3]
+    pil = [load_image(marked_root, r) for _, r in gens.iterrows()]
+    hm = rm.heatmap(pil, gens["prompt"].tolist())
+    assert hm.shape == (3, 64, 64) and hm.dtype == torch.float32 and ((hm >= 0) & (hm <= 1)).all()
+    assert torch.allclose(hm, result.model.heatmap(pil, gens["prompt"].tolist()), atol=1e-6)
+    assert rm.model_id == result.model.model_id
+
+    # region.head=off: no head in the folder; it loads, scores, and heatmap() is one clear error
+    plain = tmp_path / "plain"
+    train_reward(_cfg(marked_root, tiny_clip, plain, "region.head=off"))
+    assert not (plain / "region_head.safetensors").exists()
+    assert "region" not in json.loads((plain / "metrics.json").read_text())
+    rp = RewardModel.from_pretrained(plain, device="cpu")
+    assert rp.region_head is None and rp.score(pil, gens["prompt"].tolist()).shape == (3,)
+    with pytest.raises(UserError, match="no region head"):
+        rp.heatmap(pil, gens["prompt"].tolist())
+
+
+def test_region_head_on_without_marks_is_one_error(marked_root, tiny_clip, tmp_path):
+    from reward.train import train_reward
+
+    bare = tmp_path / "bare"
+    store = Store(bare)
+    render_round(store, prompt_set("train")[:6], per_prompt=3, seed=1)
+    simulate_round(store, default_panel(2, flip_rate=0.0), overlap=1)
+    assert not store.exists(MARKS)
+    with pytest.raises(UserError, match="no marks"):
+        train_reward(_cfg(bare, tiny_clip, tmp_path / "o", "region.head=on", "data.val_split=none"))
+    assert not (tmp_path / "o").exists()
