@@ -4,10 +4,13 @@ averaged click heatmaps).
 
 It sits beside the scalar reward head on the same CLIP: the vision tower's last-layer patch tokens
 (through its final layer norm; the shapes CLIP's 8x8 grid, ViT-L/14's 16x16), conditioned on the
-unit-norm CLIP text embedding of the prompt (FiLM: a per-channel scale and shift), plus the mean of
-the projected tokens (global context: an object is extra only given the others), then a 3x3 and a
-1x1 convolution to one logit per patch.  ``sigmoid(logit)`` estimates the averaged rater heatmap
-on the patch grid.
+unit-norm CLIP text embedding of the prompt twice: each patch mapped into CLIP's joint space
+(starting as the visual projection) times the text embedding, and FiLM (a per-channel scale and
+shift); plus the mean of the projected tokens (global context: an object is extra only given the
+others); then a 3x3 and a
+1x1 convolution to one value per patch: the averaged rater heatmap on the patch grid, fitted with
+MSE directly on that value (a sigmoid before the MSE stalled: the targets are mostly 0 and small,
+where its gradient vanishes) and clamped to [0, 1] when predicting.
 
 The grid covers what CLIP sees of the image: the centre crop of its preprocessing (all of a square
 image).  :func:`to_image_size` maps a grid back onto the image, bilinear, zero outside the crop.
@@ -41,13 +44,18 @@ class RegionSpec:
 
 
 class RegionHead(nn.Module):
-    """(B, N, token_dim) patch tokens + (B, text_dim) text embeddings -> (B, rows, cols) logits."""
+    """(B, N, token_dim) patch tokens + (B, text_dim) text embeddings -> (B, rows, cols) heatmap
+    values (unclamped: :func:`region_grid` clamps them to [0, 1])."""
 
     def __init__(self, spec: RegionSpec):
         super().__init__()
         self.spec = spec
         d = spec.hidden
         self.tok = nn.Sequential(nn.LayerNorm(spec.token_dim), nn.Linear(spec.token_dim, d))
+        # Each patch in CLIP's joint space (initialised from the visual projection by
+        # build_region_head) times the text embedding: how the patch matches each prompt direction.
+        self.joint = nn.Linear(spec.token_dim, spec.text_dim, bias=False)
+        self.match = nn.Linear(spec.text_dim, d)
         self.glob = nn.Linear(d, d)
         self.film = nn.Linear(spec.text_dim, 2 * d)
         self.body = nn.Sequential(nn.GELU(), nn.Conv2d(d, d, 3, padding=1), nn.GELU(), nn.Conv2d(d, 1, 1))
@@ -60,9 +68,11 @@ class RegionHead(nn.Module):
         if n != rows * cols:
             raise UserError(f"the region head expects {rows}x{cols} patch tokens, got {n}.",
                             "use the CLIP (and image size) it was trained with.")
-        h = self.tok(tokens.float())
+        tokens, text = tokens.float(), text.float()
+        joint = F.normalize(self.joint(tokens), dim=-1) * text[:, None]  # (B, N, text_dim)
+        h = self.tok(tokens) + self.match(joint * joint.shape[-1] ** 0.5)
         h = h + self.glob(h.mean(1, keepdim=True))
-        scale, shift = self.film(text.float()).chunk(2, dim=-1)
+        scale, shift = self.film(text).chunk(2, dim=-1)
         h = h * (1 + scale[:, None]) + shift[:, None]
         return self.body(h.transpose(1, 2).reshape(b, -1, rows, cols))[:, 0]
 
@@ -92,6 +102,8 @@ def build_region_head(model, hidden: int, seed: int) -> RegionHead:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = RegionHead(spec)
+    with torch.no_grad():
+        head.joint.weight.copy_(model.clip.visual_projection.weight)
     return head.to(model.device)
 
 
@@ -127,7 +139,7 @@ def to_image_size(grid_maps: torch.Tensor, size: tuple[int, int], box: tuple[int
 
 def region_grid(model, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Predicted heatmaps on the patch grid, (B, rows, cols) in [0, 1], differentiable."""
-    return torch.sigmoid(model.region_head(patch_tokens(model, pixels), text))
+    return model.region_head(patch_tokens(model, pixels), text).clamp(0.0, 1.0)
 
 
 def save_region_head(head: RegionHead, directory: Path) -> dict:
@@ -135,7 +147,7 @@ def save_region_head(head: RegionHead, directory: Path) -> dict:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, directory / REGION_FILE)
-    return dict(file=REGION_FILE, spec=asdict(head.spec), output="sigmoid(logit) per patch: the averaged rater heatmap")
+    return dict(file=REGION_FILE, spec=asdict(head.spec), output="the averaged rater heatmap per patch, clamped to [0, 1]")
 
 
 def load_region_head(directory: str | os.PathLike, entry: dict | None, device) -> RegionHead | None:

@@ -1,8 +1,8 @@
 """Training and evaluating the region head (:mod:`reward.region`) beside the scalar head.
 
 ``train_region`` embeds every answered image's patch tokens once with the (frozen, final) CLIP,
-fits the head on the training images' averaged rater heatmaps (MSE of ``sigmoid(logit)`` against
-the heatmap averaged over each patch, RichHF), keeps the epoch with the lowest MSE on the selection
+fits the head on the training images' averaged rater heatmaps (MSE of its output against the
+heatmap averaged over each patch, RichHF), keeps the epoch with the lowest MSE on the selection
 images, attaches the head to the model and returns its ``metrics.json`` section.
 
 Metrics, per validation view (:data:`reward.data.VIEWS`), over all its answered images' pixels
@@ -82,7 +82,7 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
         head.eval()
         with torch.no_grad():
             r = torch.as_tensor(rows, device=model.device)
-            return float(F.mse_loss(torch.sigmoid(head(tokens[r], text[r])), target[r]))
+            return float(F.mse_loss(head(tokens[r], text[r]), target[r]))
 
     opt = torch.optim.AdamW(head.parameters(), lr=rc.lr, weight_decay=cfg.train.weight_decay)
     steps = max(1, math.ceil(len(train) / rc.batch_size))
@@ -98,7 +98,7 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
             total_loss = 0.0
             for s in range(steps):
                 r = torch.as_tensor(perm[s * rc.batch_size:(s + 1) * rc.batch_size], device=model.device)
-                loss = F.mse_loss(torch.sigmoid(head(tokens[r], text[r])), target[r])
+                loss = F.mse_loss(head(tokens[r], text[r]), target[r])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -113,7 +113,7 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
     model.region_head = head
 
     with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(head(tokens[i:i + 256], text[i:i + 256]))
+        probs = torch.cat([head(tokens[i:i + 256], text[i:i + 256]).clamp(0.0, 1.0)
                            for i in range(0, len(rd.image), 256)]).cpu() if len(rd.image) else target.cpu()
     oracle = _oracle_masks(cfg, store, data, rd)
     out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, images=len(rd.image), marks=rd.marks,

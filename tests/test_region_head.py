@@ -89,6 +89,9 @@ def test_region_head_trains_saves_loads_and_predicts(marked_root, tiny_clip, tmp
     assert (out / "region_head.safetensors").is_file()
     cfg = json.loads((out / "reward_config.json").read_text())
     assert cfg["region"]["spec"]["grid"] == [4, 4] and cfg["region"]["file"] == "region_head.safetensors"
+    from reward.summary import metrics_table
+
+    assert "region head (" in metrics_table(json.loads((out / "metrics.json").read_text()))
     m = json.loads((out / "metrics.json").read_text())["region"]
     assert m["marks"] > 0 and m["grid"] == [4, 4]
     for view in ("val_images", "val_prompts"):
