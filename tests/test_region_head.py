@@ -129,3 +129,20 @@ def test_region_head_on_without_marks_is_one_error(marked_root, tiny_clip, tmp_p
     with pytest.raises(UserError, match="no marks"):
         train_reward(_cfg(bare, tiny_clip, tmp_path / "o", "region.head=on", "data.val_split=none"))
     assert not (tmp_path / "o").exists()
+
+
+def test_heatmap_on_a_vitl_layout_clip_and_a_wide_image(tmp_path):
+    """Any CLIP folder: ViT-L/14's layout (patch 14) gives its own grid; a wide image's heatmap
+    covers CLIP's centre crop and is zero outside it."""
+    from core.loading import load_clip
+    from reward.region import build_region_head
+    from test_reward import make_vitl_layout_clip
+
+    rm = RewardModel.build(load_clip(make_vitl_layout_clip(tmp_path / "vitl"), device="cpu"))
+    rm.region_head = build_region_head(rm, hidden=8, seed=0)
+    assert rm.region_head.spec.grid == (2, 2)
+    with torch.no_grad():
+        rm.region_head.body[-1].bias.fill_(0.5)  # a non-zero map, to see where it lands
+    wide = np.zeros((2, 28, 56, 3), np.uint8)
+    hm = rm.heatmap(wide, "two red circles")
+    assert hm.shape == (2, 28, 56) and hm[:, :, :14].eq(0).all() and hm[:, :, 14:42].gt(0).all()
