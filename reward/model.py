@@ -36,6 +36,7 @@ from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
 from reward.config import ModelConfig
 from reward.preprocess import ClipPreprocess, to_pixel_batches
+from reward.region import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "reward_config.json"
@@ -288,8 +289,6 @@ class RewardModel(nn.Module):
     def heatmap(self, images, prompts: list[str] | str) -> torch.Tensor:
         """Where each image is wrong: the region head's heatmap at image size, float32 (B, H, W) in
         [0, 1] (images of one size; zero outside CLIP's centre crop).  Needs a region head."""
-        from reward.region import predict_heatmap
-
         return predict_heatmap(self, images, [prompts] * _num_images(images) if isinstance(prompts, str) else list(prompts))
 
     # -- saving and loading ------------------------------------------------------------------
@@ -304,11 +303,8 @@ class RewardModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, directory / HEAD_FILE)
         h = hashlib.sha256((directory / HEAD_FILE).read_bytes())
-        region = None
-        if self.region_head is not None:
-            from reward.region import save_region_head
-
-            region = save_region_head(self.region_head, directory)
+        region = save_region_head(self.region_head, directory) if self.region_head is not None else None
+        if region:
             h.update((directory / region["file"]).read_bytes())
         clip_ref: dict = {}
         if self.backbone_trained:
@@ -383,10 +379,7 @@ class RewardModel(nn.Module):
         except RuntimeError as e:
             raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
         model = cls(clip, head, model_id=cfg.get("model_id"))
-        if cfg.get("region"):
-            from reward.region import load_region_head
-
-            model.region_head = load_region_head(directory, cfg["region"], model.device)
+        model.region_head = load_region_head(directory, cfg.get("region"), model.device)
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model

@@ -146,3 +146,44 @@ def test_heatmap_on_a_vitl_layout_clip_and_a_wide_image(tmp_path):
     wide = np.zeros((2, 28, 56, 3), np.uint8)
     hm = rm.heatmap(wide, "two red circles")
     assert hm.shape == (2, 28, 56) and hm[:, :, :14].eq(0).all() and hm[:, :, 14:42].gt(0).all()
+
+
+def test_region_data_joins_marks_to_current_bad_answers(tmp_path):
+    """Every good/bad answer is one rater map (good or unmarked bad: empty), skips and retracted
+    answers count for nothing, and marks of retracted or good answers are not read."""
+    import pandas as pd
+
+    from data.labels import retract
+    from reward.data import load_reward_data
+    from reward.region_data import load_region_data
+
+    store = Store(tmp_path)
+    rows = render_round(store, prompt_set("train")[:2], per_prompt=1, seed=0)
+    a, b = rows[0]["image_id"], rows[1]["image_id"]
+    pid = {r["image_id"]: r["prompt_id"] for r in rows}
+
+    def label(iid, rater, value):
+        return dict(label_id=f"{iid}-{rater}", image_id=iid, prompt_id=pid[iid], rater_id=rater, label=value,
+                    skip_reason="cannot tell" if value == "skip" else None,
+                    created_at=pd.Timestamp("2026-01-01", tz="UTC"), duration_ms=10, is_gold=False,
+                    guideline_version="g")
+
+    store.append("binary_labels", [label(a, "r1", "bad"), label(a, "r2", "good"), label(a, "r3", "bad"),
+                                   label(a, "r4", "skip"), label(b, "r1", "bad"), label(b, "r2", "bad")])
+
+    def mark(iid, rater, x):
+        return dict(label_id=f"{iid}-{rater}", image_id=iid, prompt_id=pid[iid], rater_id=rater,
+                    points=[{"x": x, "y": 0.5}], words=[0], created_at=pd.Timestamp("2026-01-01", tz="UTC"))
+
+    store.append(MARKS, [mark(a, "r1", 0.25), mark(a, "r2", 0.9), mark(b, "r1", 0.5), mark(b, "r2", 0.75)])
+    retract(store, "binary_labels", f"{b}-r2", "r2")
+    cfg = _cfg(tmp_path, "unused", tmp_path / "o", "data.val_split=none", "data.val_image_fraction=0",
+               "data.select_fraction=0")
+    data = load_reward_data(store, cfg.data, cfg.loss)
+    rd = load_region_data(store, data, SQUARE, (8, 8))
+    by_id = {data.images["image_id"].iloc[i]: k for k, i in enumerate(rd.image)}
+    # a: r1 marked, r2 said good (its mark ignored), r3 bad without marks, r4 skipped
+    assert sorted(rd.points[by_id[a]]) == [[], [], [(0.25, 0.5)]]
+    assert sorted(rd.points[by_id[b]]) == [[(0.5, 0.5)]]  # r2's answer (and mark) taken back
+    assert rd.marks == 2 and rd.grid.shape == (2, 8, 8)
+    assert rd.heatmaps(by_id[a]).max() == pytest.approx(1 / 3) and rd.heatmaps(by_id[b]).max() == 1.0
