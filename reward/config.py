@@ -128,11 +128,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RegionConfig:
+    head: Literal["auto", "on", "off"] = "auto"
+    """The region head (where an image is wrong, from the raters' marks; docs/reward.md): auto =
+    trained when the dataset root's marks table has rows; on = always (no marks is an error); off."""
+    hidden: PositiveInt = 128
+    """Channels of the head's projected patch tokens and its convolutions."""
+    epochs: PositiveInt = 60
+    """Passes over the training images (the best epoch on the selection images is kept)."""
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    eval_size: PositiveInt = 128
+    """Metrics compare heatmaps at the image size, shrunk to at most this many pixels a side."""
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    region: RegionConfig = field(default_factory=RegionConfig)
     out_dir: str = "runs/reward"
     overwrite: bool = False
     """An existing model in out_dir is kept unless this is true (then replaced only once the new

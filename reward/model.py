@@ -11,6 +11,8 @@ A saved model is a folder::
 
     reward_config.json   head architecture, output, the CLIP folder it was built on, model_id
     head.safetensors     head weights and the feature standardisation buffers
+    region_head.safetensors  only with a region head (reward.region): its weights, its spec
+                         under "region" in reward_config.json
     clip/                only when backbone layers were trained: the fine-tuned CLIP folder
     config.yaml          the resolved training config (written by the trainer)
     metrics.json         validation metrics (written by the trainer)
@@ -34,6 +36,7 @@ from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
 from reward.config import ModelConfig
 from reward.preprocess import ClipPreprocess, to_pixel_batches
+from reward.region import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "reward_config.json"
@@ -152,6 +155,7 @@ class RewardModel(nn.Module):
         max_len = getattr(self.tokenizer, "model_max_length", None) or 77
         self.max_text_length = int(min(max_len, self.clip.config.text_config.max_position_embeddings))
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.region_head: nn.Module | None = None  # reward.region.RegionHead, when trained with marks
         self.clip.requires_grad_(False)
         self.to(next(self.clip.parameters()).device)
         self.eval()
@@ -281,6 +285,12 @@ class RewardModel(nn.Module):
             if was_training:
                 self.train()
 
+    @torch.no_grad()
+    def heatmap(self, images, prompts: list[str] | str) -> torch.Tensor:
+        """Where each image is wrong: the region head's heatmap at image size, float32 (B, H, W) in
+        [0, 1] (images of one size; zero outside CLIP's centre crop).  Needs a region head."""
+        return predict_heatmap(self, images, [prompts] * _num_images(images) if isinstance(prompts, str) else list(prompts))
+
     # -- saving and loading ------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, *, name: str | None = None) -> Path:
@@ -293,6 +303,9 @@ class RewardModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, directory / HEAD_FILE)
         h = hashlib.sha256((directory / HEAD_FILE).read_bytes())
+        region = save_region_head(self.region_head, directory) if self.region_head is not None else None
+        if region:
+            h.update((directory / region["file"]).read_bytes())
         clip_ref: dict = {}
         if self.backbone_trained:
             clip_dir = directory / CLIP_SUBDIR
@@ -311,7 +324,8 @@ class RewardModel(nn.Module):
         )
         self.model_id = f"{name or directory.name}-{h.hexdigest()[:10]}"
         config = dict(format_version=FORMAT_VERSION, model_id=self.model_id,
-                      head=asdict(self.head.spec), output="sigmoid(logit)", **clip_ref)
+                      head=asdict(self.head.spec), output="sigmoid(logit)", **clip_ref,
+                      **({"region": region} if region else {}))
         tmp = directory / f".{CONFIG_FILE}.tmp"
         tmp.write_text(json.dumps(config, indent=2))
         tmp.replace(directory / CONFIG_FILE)
@@ -365,6 +379,7 @@ class RewardModel(nn.Module):
         except RuntimeError as e:
             raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
         model = cls(clip, head, model_id=cfg.get("model_id"))
+        model.region_head = load_region_head(directory, cfg.get("region"), model.device)
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model

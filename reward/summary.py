@@ -66,4 +66,13 @@ def metrics_table(metrics: dict) -> str:
         d = ab["paired_delta"]
         sem = "n/a" if d["sem"] is None else f"{d['sem']:.3f}"
         text += f"\npaired gain in {d['metric']}: {d['mean']:+.3f} (standard error {sem})"
+    region = metrics.get("region")
+    if region:
+        text += f"\n\nregion head ({region['marks']} marks, {region['images']} answered images):"
+        for view in VIEWS:
+            if view in region:
+                r = region[view]
+                cells = [f"{k} {r[k]:.3f}" for k in ("heatmap_auc", "heatmap_pearson", "heatmap_auc_vs_oracle",
+                                                      "rater_heatmap_auc_vs_oracle") if isinstance(r.get(k), float)]
+                text += f"\n  {view}: " + ", ".join(cells)
     return text

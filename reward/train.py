@@ -17,7 +17,9 @@
 6. in the shapes world, the oracle pair accuracy on each round's validation images
    (``metrics["by_round"]``, :func:`reward.evaluation.by_round`; ``data.rounds`` picks the rounds
    whose labels train);
-7. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
+7. with marks in the root (``region.head``), the region head on the final CLIP's patch tokens
+   (:mod:`reward.region_fit`, ``metrics["region"]``);
+8. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
 
 This module holds that orchestration; the parts live in :mod:`reward.embeddings`, :mod:`reward.fit`,
 :mod:`reward.calibrate`, :mod:`reward.evaluation`, :mod:`reward.oracle`, :mod:`reward.baselines`,
@@ -48,6 +50,7 @@ from reward.fit import fit
 from reward.model import RewardModel
 from reward.oracle import oracle_scores, relabel_with_oracle
 from reward.output import check_out_dir, write_model_folder
+from reward.region_fit import region_wanted, train_region
 from reward.summary import assemble_metrics
 from shapes import SHAPES_CLIP
 
@@ -81,7 +84,9 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
     progress = cfg.progress
     t0 = time.perf_counter()
 
-    data = load_reward_data(Store(cfg.data.root), cfg.data, cfg.loss)
+    store = Store(cfg.data.root)
+    data = load_reward_data(store, cfg.data, cfg.loss)
+    region_wanted(cfg, store)  # region.head=on without marks fails before any training
     clip = _load_clip(cfg, device)
     mc = cfg.model
     build = lambda seed: RewardModel.build(clip, features=mc.features, hidden=mc.hidden,  # noqa: E731
@@ -151,6 +156,9 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
                                time.perf_counter() - t0)
     # Pairwise accuracy vs the oracle on each round's validation images (data.rounds: the loop).
     metrics["by_round"] = json_safe(by_round(model.head, emb, data, oracle), digits=4)
+    # The region head (reward.region_fit), on the final CLIP's patch tokens, when there are marks.
+    if region_wanted(cfg, store):
+        metrics["region"] = json_safe(train_region(cfg, model, data, store, progress), digits=4)
     out_dir = write_model_folder(model, cfg, metrics, out)
     metrics["model_id"] = model.model_id
     return TrainResult(out_dir, metrics, model)

@@ -142,6 +142,13 @@ def _as_array(image) -> np.ndarray:
 
 def detect(image) -> tuple[str | None, tuple[Blob, ...]]:
     """The background colour name (or None) and the object blobs of an image."""
+    background, blobs, _ = detect_with_masks(image)
+    return background, blobs
+
+
+def detect_with_masks(image) -> tuple[str | None, tuple[Blob, ...], tuple[np.ndarray, ...]]:
+    """:func:`detect`, plus each blob's pixels: one (H, W) bool mask per blob, in blob order
+    (the segmentation's pixels, so a blob's anti-aliased edge may lie just outside it)."""
     img = _as_array(image).astype(np.float32)
     side = img.shape[0]
     scale = side / DEFAULT_SIZE
@@ -162,7 +169,7 @@ def detect(image) -> tuple[str | None, tuple[Blob, ...]]:
 
     min_side, max_side = SIZE_RANGE[0] * side, SIZE_RANGE[1] * side
     min_area = 0.25 * (np.pi / 4) * min_side**2
-    blobs = []
+    blobs, masks = [], []
     for ci, cname in enumerate(_OBJ_NAMES):
         mask = (nearest == ci) & near_enough
         if not mask.any():
@@ -182,7 +189,10 @@ def detect(image) -> tuple[str | None, tuple[Blob, ...]]:
             typical = _median_color(img[sl], blob, scale)
             blobs.append(Blob(name_color(typical), shape, area, fill, corners, cname,
                               tuple(int(round(float(v))) for v in typical)))
-    return background, tuple(blobs)
+            full = np.zeros(mask.shape, dtype=bool)
+            full[sl] = blob
+            masks.append(full)
+    return background, tuple(blobs), tuple(masks)
 
 
 def _median_color(patch: np.ndarray, blob: np.ndarray, scale: float) -> np.ndarray:

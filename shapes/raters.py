@@ -113,6 +113,62 @@ class SimulatedRater:
         return RankingAnswer(ranks, self._duration() * len(images))
 
 
+@dataclass(frozen=True)
+class MarkProfile:
+    """How a simulated rater marks where an image is wrong (Rich Human Feedback's clicks).
+
+    Each connected problem region (an object, the background) is left unclicked with probability
+    ``miss_rate``; otherwise it gets ``1 + Poisson(clicks_per_object * a - 1)`` clicks at most
+    ``max_clicks``, where ``a`` is its area in object areas (``OBJECT_AREA``, at least 1), so a wrong
+    background draws more clicks than an object.  A click is a pixel of the region drawn uniformly,
+    moved by Gaussian noise of std ``position_noise`` (a fraction of the image side) and clipped to
+    the image.  Each wrong word is left unmarked with probability ``word_miss_rate``."""
+
+    miss_rate: float = 0.1
+    position_noise: float = 0.02
+    clicks_per_object: float = 1.5
+    max_clicks: int = 6
+    word_miss_rate: float = 0.1
+
+    def __post_init__(self):
+        for name in ("miss_rate", "word_miss_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise UserError(f"marks: {name}={v} is not a probability.", f"set {name} between 0 and 1.")
+        if self.position_noise < 0 or self.clicks_per_object < 1 or self.max_clicks < 1:
+            raise UserError("marks: position_noise must be >= 0, clicks_per_object and max_clicks >= 1.",
+                            "fix the mark profile.")
+
+
+OBJECT_AREA = 0.0625  # an object's area as a fraction of the image: a 25 %-of-the-side square
+
+
+def click_marks(mask: np.ndarray, words, rng: np.random.Generator, profile: MarkProfile = MarkProfile()
+                ) -> tuple[list[tuple[float, float]], list[int]]:
+    """One rater's marks on an image: ``mask`` (H, W) bool, the problem regions
+    (:func:`shapes.regions.problem_regions`); ``words`` the wrong word indices.  Returns points
+    (x, y) in [0, 1] (x to the right, y down) and the marked words, sorted.  A pure function of
+    its arguments and ``rng``'s state (see :class:`MarkProfile`)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    points: list[tuple[float, float]] = []
+    labels, n = ndimage.label(mask)
+    for region in range(1, n + 1):
+        if rng.random() < profile.miss_rate:
+            continue
+        ys, xs = np.nonzero(labels == region)
+        areas = max(1.0, len(ys) / (h * w) / OBJECT_AREA)
+        k = min(profile.max_clicks, 1 + int(rng.poisson(max(0.0, profile.clicks_per_object * areas - 1))))
+        for j in rng.integers(len(ys), size=k):
+            x = (xs[j] + rng.random()) / w + rng.normal(0.0, profile.position_noise)
+            y = (ys[j] + rng.random()) / h + rng.normal(0.0, profile.position_noise)
+            points.append((float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0))))
+    kept = sorted(int(i) for i in words if rng.random() >= profile.word_miss_rate)
+    return points, kept
+
+
 def default_panel(n: int = 5, flip_rate: float = 0.1, seed: int = 0) -> list[RaterProfile]:
     """``n`` raters with ``flip_rate`` noise, small individual biases and a few skips."""
     rng = seeds.rng(seed, seeds.Stream.RATER_PANEL)
