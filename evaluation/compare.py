@@ -41,8 +41,8 @@ from evaluation.config import EvalConfig
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
 from evaluation.grids import sample_grid
 from evaluation.keep import KeepWhatIsRight, keep_what_is_right
-from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, pass_rates, reference_renders,
-                               shapes_prompts, split_prompts)
+from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, oracle_regions, pass_rates,
+                               reference_renders, shapes_prompts, split_prompts)
 from reward.reward_fn import load_reward, score_in_batches
 
 
@@ -183,7 +183,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     n_ctrl = len(controls) * k_side
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, base_rewards, base_aligned, base_images = [], None, None, None
+    results, base_rewards, base_aligned, base_images, base_regions = [], None, None, None, None
     for name, ref in names:
         pipe = load_model(ref)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype,
@@ -206,7 +206,9 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         gain, gain_se, keep = None, None, None
         if base_aligned is not None and aligned:
             gain, gain_se = image_paired_gain(aligned, base_aligned, texts[:n_main])
-            keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main])
+            if base_regions is None:  # the oracle's regions of the base images, once
+                base_regions = oracle_regions(base_images, texts[:n_main])
+            keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main], base_regions)
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
                                  off, aligned, gain, gain_se, keep))

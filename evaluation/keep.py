@@ -5,8 +5,10 @@ their two images is the fine-tuning's doing.  Per model against the base (Focus-
 Xing et al. 2025): of the images the base drew wrong, the share the model draws right (*fixed*); of
 those the base drew right, the share it draws wrong (*broken*); and how many pixels moved, on the
 images the base drew right (every change there is a risk) and, where a problem mask of the base
-image is known (the oracle's in the shapes world; a region head's for other models), inside and
-outside the problem region of the images it drew wrong (a change outside it is collateral).
+image is known (the oracle's in the shapes world; a region head's for other models), inside the
+problem region of the images it drew wrong and in the region a fix should leave alone (a change
+there is collateral).  Where an object is missing there is no region to mark; the region to leave
+alone is then the right objects (:mod:`shapes.regions`), not everything unmarked.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class KeepWhatIsRight:
     n_base_wrong: int
     n_base_right: int
     moved_base_right: float  # mean share of pixels moved, over the base-right images
-    moved_inside: float | None = None  # share of the problem regions' pixels moved (base-wrong images with a mask)
-    moved_outside: float | None = None  # share of the pixels outside them moved (same images)
+    moved_inside: float | None = None  # share of the problem regions' pixels moved (base-wrong images with regions)
+    moved_outside: float | None = None  # share of the pixels to leave alone that moved (same images)
 
 
 def moved_pixels(base: np.ndarray, model: np.ndarray, threshold: int = MOVED_THRESHOLD) -> np.ndarray:
@@ -45,21 +47,22 @@ def _share(mask: np.ndarray) -> float:
 
 
 def keep_what_is_right(base_ok: list[bool], model_ok: list[bool], base_images: list, model_images: list,
-                       masks: list[np.ndarray | None] | None = None) -> KeepWhatIsRight:
+                       regions: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> KeepWhatIsRight:
     """The figures above for N paired images: ``base_ok`` / ``model_ok`` the verdicts (N,), the images
-    as PIL or uint8 (H, W, 3) arrays, ``masks`` the base images' problem masks ((H, W) bool, or None
-    where unknown; None: none known)."""
+    as PIL or uint8 (H, W, 3) arrays, ``regions`` per base image its (problem, leave-alone) masks
+    ((H, W) bool each; None where unknown; None: none known)."""
     b, m = np.asarray(base_ok, dtype=bool), np.asarray(model_ok, dtype=bool)
     if not (len(b) == len(m) == len(base_images) == len(model_images)):
         raise ValueError("base_ok, model_ok and the two image lists must pair up one to one")
     moved = [moved_pixels(np.asarray(x), np.asarray(y)) for x, y in zip(base_images, model_images)]
     right = [mv.mean() for mv, ok in zip(moved, b) if ok]
     inside, outside = [], []
-    for mv, ok, mask in zip(moved, b, masks or [None] * len(moved)):
-        if ok or mask is None:
+    for mv, ok, reg in zip(moved, b, regions or [None] * len(moved)):
+        if ok or reg is None:
             continue
-        inside.append(mv[mask])
-        outside.append(mv[~mask])
+        problem, keep = reg
+        inside.append(mv[problem])
+        outside.append(mv[keep])
     pooled = (lambda parts: _share(np.concatenate(parts)) if parts else None)
     return KeepWhatIsRight(
         fixed=float(m[~b].mean()) if (~b).any() else math.nan,

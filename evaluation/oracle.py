@@ -21,6 +21,7 @@ from core.errors import UserError
 from core.sampling import SamplingConfig, generate_images
 from core.seeds import eval_seeds
 from shapes.oracle import ALIGNMENT_KEYS, Verdict, alignment_by_category, judge, off_palette_share
+from shapes.regions import problem_regions
 from shapes.render import render
 from shapes.world import CATEGORIES, Prompt, prompt_set
 
@@ -140,3 +141,14 @@ def judged_figures(images: list, texts: list[str], parts: dict[str, slice]
     figs = {where: figures(parsed[s], verdicts[s]) for where, s in parts.items()}
     off = {where: off_palette_share(verdicts[s]) for where, s in parts.items()}
     return figs, off, verdicts
+
+
+def oracle_regions(images: list, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image, the oracle's exact (problem, leave-alone) masks, (H, W) bool each
+    (:func:`shapes.regions.problem_regions`): for evaluation only, never shown to a model."""
+    out = []
+    for im, t in zip(images, texts):
+        r = problem_regions(im, t)
+        out.append((r.mask, r.keep))
+    return out
+

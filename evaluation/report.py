@@ -189,10 +189,14 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
         lines += ["", "Keep what is right, against the base at the same seeds on these prompts: of the images the "
                   "base drew wrong, the share the model draws right (fixed); of those it drew right, the share the "
                   "model draws wrong (broken); the mean share of pixels moved on the base-right images (a channel "
-                  "changed by more than 40 of 255).", "",
-                  "| model | fixed | broken | pixels moved (base-right) |", "|---|---|---|---|"]
+                  "changed by more than 40 of 255); on the base-wrong images, the share of the oracle's problem "
+                  "region that moved and of the region a fix should leave alone (the right objects and "
+                  "background) that moved.", "",
+                  "| model | fixed | broken | pixels moved (base-right) | moved: problem region / leave alone |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {e.name} | {_fmt(e.keep.fixed)} % of {e.keep.n_base_wrong} | {_fmt(e.keep.broken)} % of "
-                  f"{e.keep.n_base_right} | {_fmt(e.keep.moved_base_right)} % |" for e in keeps]
+                  f"{e.keep.n_base_right} | {_fmt(e.keep.moved_base_right)} % | {_fmt(e.keep.moved_inside)} % / "
+                  f"{_fmt(e.keep.moved_outside)} % |" for e in keeps]
     if results.get("targets_chosen"):
         lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
                   "", "![per-prompt pass rates](per_prompt.png)"]

@@ -89,6 +89,7 @@ def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
     keep = results[1].keep  # against the base, image by image at the same seeds
     assert results[0].keep is None and keep.n_base_wrong + keep.n_base_right == 50
     assert 0 <= keep.moved_base_right <= 1 or keep.n_base_right == 0
+    assert keep.n_base_wrong == 0 or 0 <= keep.moved_outside <= 1  # the oracle's regions of the base images
     report = tmp_path / "report"
     assert "| dpok |" in (report / "results.md").read_text() and "overall" in (report / "results.md").read_text()
     metrics = json.loads((report / "metrics.json").read_text())

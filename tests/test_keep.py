@@ -31,7 +31,7 @@ def test_fixed_broken_and_moved_inside_and_outside_the_problem_region():
     model[3][:] = 255  # image 3 (base right) moved everywhere
     mask = np.zeros((4, 4), dtype=bool)
     mask[:2, :2] = True  # problem region: the top-left quarter (4 px), all moved
-    k = keep_what_is_right(base_ok, model_ok, base, model, [mask, None, None, None])
+    k = keep_what_is_right(base_ok, model_ok, base, model, [(mask, ~mask), None, None, None])
     assert (k.fixed, k.broken, k.n_base_wrong, k.n_base_right) == (0.5, 0.5, 2, 2)
     assert k.moved_base_right == pytest.approx(0.5)  # image 2 unchanged, image 3 all moved
     assert k.moved_inside == 1.0 and k.moved_outside == pytest.approx(4 / 12)
