@@ -1,7 +1,8 @@
 """A reward as the stages that use one see it (fine-tuning maximises it, ``make eval`` reports it):
 which reward (:class:`RewardSource`: a learned reward model's folder, or the shapes oracle), the
 :class:`RewardFn` protocol, loading it (:func:`load_reward`; the oracle as :class:`OracleReward`,
-for ablations) and scoring in batches.
+for ablations) and scoring in batches; and the source's region model (:func:`load_region`), for
+region-aware fine-tuning.
 
 :class:`RewardSource` is the ``reward:`` section of a fine-tuning run's and of ``make eval``'s
 config; :class:`reward.config.RewardConfig` is another thing: it configures *training* a reward."""
@@ -12,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 
 from core.config import PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
-from reward.model import load_head_state, load_reward_fn
+from reward.model import RewardModel, load_head_state, load_reward_fn
 from shapes.oracle import judge
+from shapes.regions import problem_regions
 from shapes.world import Prompt
 
 RewardKind = Literal["learned", "oracle"]
@@ -85,6 +88,29 @@ def load_reward(cfg: RewardSource, device) -> RewardFn:
         return OracleReward(cfg.oracle)
     check_reward_folder(cfg)
     return load_reward_fn(Path(cfg.path), device=device)  # the reward stage's model: calibrated P(rater says good)
+
+
+class RegionFn(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> where each is wrong: heatmaps (B, H, W) in [0, 1]."""
+
+
+def load_region(cfg: RewardSource, device) -> RegionFn:
+    """The region model of a reward source: a learned reward's region head (:meth:`RewardModel.heatmap`),
+    or with ``kind=oracle`` the oracle's exact problem masks (an upper-bound ablation, shapes world).
+    A learned reward without a region head is one clear error."""
+    if cfg.kind == "oracle":
+        def oracle_masks(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
+            return torch.as_tensor(np.stack(masks), dtype=torch.float32, device=images.device)
+        return oracle_masks
+    check_reward_folder(cfg)
+    model = RewardModel.from_pretrained(cfg.path, device)
+    if model.region_head is None:
+        raise UserError(f"the reward model {cfg.path} has no region head, which region.weight > 0 needs.",
+                        "train the reward on rater marks (`make reward` on a round with marks; region.head=on), "
+                        "or set region.weight=0.")
+    return lambda images, prompts: model.heatmap(images, prompts).to(images.device)
 
 
 def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
