@@ -35,22 +35,25 @@ T = TypeVar("T")
 class Bounds:
     """The range a number field accepts, declared in its type (``Annotated[int, Bounds(low=1)]``)
     and checked by the loader, so a count of 0 or a negative learning rate fails when the config
-    loads, before any model or file is touched.  ``open_low``: ``low`` itself is excluded."""
+    loads, before any model or file is touched.  ``open_low`` / ``open_high``: ``low`` / ``high``
+    itself is excluded."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def describe(self) -> str:
         low = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
-        high = None if self.high is None else f"<= {self.high:g}"
+        high = None if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
         if low and high:
-            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
         return low or high or "any number"
 
     def check(self, value: float, where: str) -> None:
         too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
-        if too_low or (self.high is not None and value > self.high):
+        too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if too_low or too_high:
             kind = "a whole number" if isinstance(value, int) else "a number"
             raise UserError(f"{where}={value!r} must be {self.describe()}.", f"set {where} to {kind} {self.describe()}.")
 

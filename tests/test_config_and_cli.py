@@ -75,18 +75,23 @@ def test_oracle_check_entry_point(capsys):
     assert "must be an integer" in capsys.readouterr().err
 
 
-def test_one_name_per_concept_across_the_sampling_configs():
-    """Generation and evaluation (core.sampling.SamplingConfig) and fine-tuning
-    (finetune.config.PolicySamplingConfig) name the sampler's settings alike, and the fine-tuning
-    config's old names are refused, not silently ignored."""
+def test_one_sampling_config_for_every_stage():
+    """Generation, evaluation, fine-tuning and the step probe sample with one config
+    (core.sampling.SamplingConfig), so its keys and bounds mean the same everywhere, and the
+    fine-tuning config's old names are refused, not silently ignored."""
     import dataclasses
+    import typing
 
     from core.sampling import SamplingConfig
-    from finetune.config import FinetuneConfig, PolicySamplingConfig
+    from evaluation.config import EvalConfig
+    from finetune.config import FinetuneConfig
+    from labeling_app.generate import GenerateConfig
+    from tools.probe import ProbeConfig
 
-    shared = {"num_inference_steps", "guidance_scale", "eta", "height", "width"}
-    for cls in (SamplingConfig, PolicySamplingConfig):
-        assert shared <= {f.name for f in dataclasses.fields(cls)}
+    for cls in (GenerateConfig, EvalConfig, FinetuneConfig, ProbeConfig):
+        assert typing.get_type_hints(cls)["sampling"] is SamplingConfig, cls
+    assert {f.name for f in dataclasses.fields(SamplingConfig)} == {
+        "num_inference_steps", "guidance_scale", "eta", "batch_size", "height", "width", "compile"}
     for old in ("sampling.num_steps=20", "checkpoint_every=5"):
         with pytest.raises(UserError):
             load_config(FinetuneConfig, None, [old])
