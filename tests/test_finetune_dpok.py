@@ -18,9 +18,8 @@ def tiny_cfg(sd, out, *extra):
     return load_config(FinetuneConfig, None, [
         "method=dpok", f"output_dir={out}", f"model.pipeline={sd}", "reward.kind=oracle",
         "sampling.num_inference_steps=4", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
-        "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.steps_per_sample=2", "dpok.minibatch_size=4", "optim.lr=1e-2",
-        "dpok.checkpoint_every_rounds=1",
-        "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
+        "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.steps_per_sample=2", "dpok.minibatch_size=4",
+        "optim.lr=1e-2", "dpok.checkpoint_every_rounds=1", "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
 
 
 def interrupt_at_round_2(row):
@@ -245,7 +244,8 @@ def test_window_bounds_are_checked(tiny_sd, tmp_path):
         with pytest.raises(UserError, match=match):
             tiny_cfg(tiny_sd, tmp_path / "x", *extra)
 
-    refused(r"dpok.window=\[0, 9\) is not a window of the steps 0..3 .sampling.num_inference_steps=4", "dpok.window=[0,9]")
+    refused(r"dpok.window=\[0, 9\) is not a window of the steps 0..3 .sampling.num_inference_steps=4",
+            "dpok.window=[0,9]")
     refused(r"dpok.window=\[2, 2\) is not a window", "dpok.window=[2,2]")
     refused(r"dpok.window=\[4, 4\) is not a window", "dpok.window=[4,null]")
     refused(r"dpok.window\[1\]=0 must be >= 1", "dpok.window=[0,0]")  # the types' bounds
