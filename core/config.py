@@ -88,6 +88,24 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _split_list(raw: str) -> list[str] | None:
+    """``[a=1, b=[1, 2]]`` -> ``["a=1", "b=[1, 2]"]``: a list whose items hold brackets of their own
+    (a workflow's ``dpok_args=[dpok.window=[0,8]]``), split at its top-level commas, which YAML's
+    flow syntax cannot read unquoted; None when ``raw`` is no such list."""
+    if not (raw.startswith("[") and raw.endswith("]")):
+        return None
+    items, depth, start = [], 0, 1
+    for i, c in enumerate(raw[1:-1], 1):
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth < 0:
+            return None
+        if c == "," and depth == 0:
+            items.append(raw[start:i].strip())
+            start = i + 1
+    items.append(raw[start:-1].strip())
+    return None if depth else [item for item in items if item]
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
     tree: dict = {}
@@ -98,7 +116,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            value = raw
+            value = _split_list(raw.strip())
+            value = raw if value is None else value
         if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
             value = raw  # YAML 1.1 reads yes/no/on/off as booleans; the field type decides
 

@@ -46,6 +46,20 @@ def test_yaml_11_booleans_follow_the_field_type(tmp_path):
     assert load_config(P, path) == P("no", True, "x")
 
 
+def test_a_list_of_overrides_may_hold_list_values_unquoted():
+    """A workflow's ``dpok_args=[...]`` holding ``dpok.window=[0,8]``: YAML's flow syntax cannot read
+    the inner brackets unquoted, so the list is split at its top-level commas; a list YAML reads
+    is read by YAML."""
+    from core.config import parse_overrides
+
+    assert parse_overrides(["dpok_args=[dpok.window=[0,8],dpok.rounds=40]"]) == {
+        "dpok_args": ["dpok.window=[0,8]", "dpok.rounds=40"]}
+    assert parse_overrides(["a=[x=1, y=[1, [2]], z]"]) == {"a": ["x=1", "y=[1, [2]]", "z"]}
+    assert parse_overrides(["b=[1, 2]", "c=[x, 'y=[1]']", "d=]x["]) == {"b": [1, 2], "c": ["x", "y=[1]"], "d": "]x["}
+    with pytest.raises(UserError, match="optim.betas.1.' must be a number"):  # a split item is a string
+        load_config(Cfg, None, ["optim.betas=[0.5,[0.6]]"])
+
+
 @pytest.mark.parametrize("override, message", [
     (["method=ppo"], "not one of \\['dpok', 'rwl'\\]"),
     (["optim.lrr=1"], "unknown config key\\(s\\): optim.lrr"),
