@@ -35,22 +35,25 @@ T = TypeVar("T")
 class Bounds:
     """The range a number field accepts, declared in its type (``Annotated[int, Bounds(low=1)]``)
     and checked by the loader, so a count of 0 or a negative learning rate fails when the config
-    loads, before any model or file is touched.  ``open_low``: ``low`` itself is excluded."""
+    loads, before any model or file is touched.  ``open_low`` / ``open_high``: ``low`` / ``high``
+    itself is excluded."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def describe(self) -> str:
         low = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
-        high = None if self.high is None else f"<= {self.high:g}"
+        high = None if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
         if low and high:
-            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
         return low or high or "any number"
 
     def check(self, value: float, where: str) -> None:
         too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
-        if too_low or (self.high is not None and value > self.high):
+        too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if too_low or too_high:
             kind = "a whole number" if isinstance(value, int) else "a number"
             raise UserError(f"{where}={value!r} must be {self.describe()}.", f"set {where} to {kind} {self.describe()}.")
 
@@ -85,6 +88,24 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _split_list(raw: str) -> list[str] | None:
+    """``[a=1, b=[1, 2]]`` -> ``["a=1", "b=[1, 2]"]``: a list whose items hold brackets of their own
+    (a workflow's ``dpok_args=[dpok.window=[0,8]]``), split at its top-level commas, which YAML's
+    flow syntax cannot read unquoted; None when ``raw`` is no such list."""
+    if not (raw.startswith("[") and raw.endswith("]")):
+        return None
+    items, depth, start = [], 0, 1
+    for i, c in enumerate(raw[1:-1], 1):
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth < 0:
+            return None
+        if c == "," and depth == 0:
+            items.append(raw[start:i].strip())
+            start = i + 1
+    items.append(raw[start:-1].strip())
+    return None if depth else [item for item in items if item]
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
     tree: dict = {}
@@ -95,7 +116,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            value = raw
+            value = _split_list(raw.strip())
+            value = raw if value is None else value
         if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
             value = raw  # YAML 1.1 reads yes/no/on/off as booleans; the field type decides
 

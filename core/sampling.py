@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from PIL import Image
 
 from core.compile import CompileMode, resolve_sampling_compile, sampling_unet
+from core.config import Bounds, PositiveInt, Share
 from core.errors import UserError
 
 
@@ -65,19 +66,31 @@ class SamplerSettings:
     eta: float
 
 
+# Classifier-free guidance weight w: u + w (c - u) of the unconditional and conditional
+# predictions; 1 is the conditional prediction alone (no guidance).  Below 1 diffusers' pipeline
+# does not guide at all while the fine-tuning sampler would, so it is refused.
+GuidanceScale = Annotated[float, Bounds(low=1)]
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    num_inference_steps: int = 20
+    """How every stage samples (``sampling.*`` of make generate, make eval, make finetune and make
+    probe-steps): one config, so the same keys mean the same everywhere."""
+
+    num_inference_steps: PositiveInt = 20  # DDIM steps of the chain
     # Guidance 5 with stochastic DDIM (eta 1) samples the shapes-world base model best
     # (experiments/sampling-defaults): eta 1 commits to one background for prompts that leave it
     # free, where eta 0 draws a washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs
     # finite_ddim, below.)
-    guidance_scale: float = 5.0
-    eta: float = 1.0
-    batch_size: int = 32
-    # pixels; None: the pipeline's native size (unet.sample_size * VAE factor); see image_size
-    height: int | None = None
-    width: int | None = None
+    guidance_scale: GuidanceScale = 5.0
+    eta: Share = 1.0  # DDIM eta: 0 deterministic; > 0 makes each step a Gaussian with a log-prob
+    # images sampled together (x2 UNet rows when guided); the fine-tuning sampler splits or pads
+    # its calls to it too, so that one compiled graph serves every stage
+    batch_size: PositiveInt = 32
+    # pixels, multiples of the VAE scale factor and 8; None: the pipeline's native size
+    # (unet.sample_size * VAE factor); see image_size
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     # torch.compile of the UNet (core.compile.sampling_unet: one compiled module per process and
     # architecture, every model's weights copied into it, every UNet call padded to a full batch's
     # rows, so one graph serves every batch).  auto: on the CPU, where a C++ compiler is there, for

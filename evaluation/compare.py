@@ -166,9 +166,6 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     controls = control_prompts(chosen) if cfg.control_split and prompts is not None else []
     k = cfg.samples_per_prompt
     k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
-    if min(k, k_side, cfg.grid_samples) < 1:
-        raise UserError(f"samples_per_prompt={k}, side_samples_per_prompt={k_side} and grid_samples="
-                        f"{cfg.grid_samples} must each be at least 1.", "set them to 1 or more.")
     names = [("base", base)] + _models(cfg, base)
     dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_model)
     reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error

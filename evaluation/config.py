@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.config import PositiveInt
 from core.sampling import MixedPrecision, SamplingConfig
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_CLIP, SHAPES_SD
@@ -27,9 +28,9 @@ class EvalConfig:
     # a folder of images (any size; sub-folders too): the fidelity reference.  None: renders of the
     # prompts (shapes-world prompts) or the base model's samples (any other prompts)
     reference_images: str | None = None
-    samples_per_prompt: int = 4  # fresh seeds per evaluated (target) prompt: the headline figure
+    samples_per_prompt: PositiveInt = 4  # fresh seeds per evaluated (target) prompt: the headline figure
     # fresh seeds per control and generalisation prompt; None: samples_per_prompt
-    side_samples_per_prompt: int | None = None
+    side_samples_per_prompt: PositiveInt | None = None
     seed: int = 1234
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # autocast dtype of the sampling, the same for every model (core.sampling.sampling_dtype); auto:
@@ -38,5 +39,5 @@ class EvalConfig:
     reward: RewardSource = field(default_factory=RewardSource)
     clip: str = str(SHAPES_CLIP)  # CLIP folder for the fidelity proxy
     output_dir: str = "reports/eval"
-    grid_prompts: int = 8  # prompts shown in the before/after grids
-    grid_samples: int = 8  # seeds shown per prompt in the grids (at most samples_per_prompt)
+    grid_prompts: PositiveInt = 8  # prompts shown in the before/after grids
+    grid_samples: PositiveInt = 8  # seeds shown per prompt in the grids (at most samples_per_prompt)

@@ -1,8 +1,9 @@
 """The fine-tuning stage's config: one frozen dataclass, nested by concern.
 
-Loaded with :func:`core.config.load_config` from ``finetune/configs/<method>.yaml`` plus dotted
-overrides (``dpok.kl_weight=0.1``); the resolved config is saved as ``config.yaml`` in the output
-folder.
+Its defaults are the shipped shapes-world DPOK run; ``finetune/configs/<method>.yaml`` holds only
+what a method or model changes (rwl.yaml: RWL's learning rate; sd15.yaml: Stable Diffusion v1.5's
+settings).  Loaded with :func:`core.config.load_config` from such a file plus dotted overrides
+(``dpok.kl_weight=0.1``); the resolved config is saved as ``config.yaml`` in the output folder.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from core.compile import CompileMode
-from core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Removed
+from core.config import Bounds, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Removed
 from core.errors import UserError
-from core.sampling import MixedPrecision
+from core.sampling import MixedPrecision, SamplingConfig
 from finetune.rl_math import AdvantageScale, RewardWeighting
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
@@ -25,6 +26,7 @@ TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's 
 ISSUE_46 = "experiments/issue-46-value-eps-mse/README.md"
 
 Method = Literal["dpok", "rwl"]
+METHODS: tuple[str, ...] = get_args(Method)
 Parameterisation = Literal["lora", "full"]
 Baseline = Literal["per_prompt", "batch"]
 
@@ -39,25 +41,6 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PolicySamplingConfig:
-    num_inference_steps: PositiveInt = 20  # DDIM steps (the name make generate and make eval use too)
-    eta: NonNegativeFloat = 1.0  # DDIM eta; > 0 makes each step a Gaussian with a log-prob
-    guidance_scale: float = 5.0  # the shapes model samples best at 5 (with eta 1)
-    # pixels, multiples of the VAE scale factor and 8; None: the UNet's native size
-    # (sample_size * VAE factor); see core.sampling.image_size
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    # torch.compile of the sampling passes (the rounds' trajectories, RWL's D_model, the curve and
-    # the sample grids): the policy's weights, its LoRA fused, go through the process's compiled
-    # plain UNet (core.compile.sampling_unet), the same module make generate and make eval use; the
-    # update is compute.compile's.  auto as make generate's sampling.compile (core.sampling).
-    compile: CompileMode = "auto"
-    # images per compiled UNet call (x2 rows when guided): a call of more is split, of fewer padded;
-    # make generate's and make eval's sampling.batch_size, so that one compiled graph serves them all
-    batch_size: PositiveInt = 32
-
-
-@dataclass(frozen=True)
 class PromptConfig:
     split: Literal["train", "heldout", "all"] = "train"  # shapes-world prompt set
     prompts_file: str | None = None  # one prompt per line; replaces the shapes-world set
@@ -69,7 +52,7 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: PositiveFloat = 3e-4
+    lr: PositiveFloat = 1e-3  # DPOK's; RWL fits every step of its examples and ships 3e-4 (rwl.yaml)
     weight_decay: NonNegativeFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
     grad_accum: PositiveInt = 1  # micro-batches per optimizer step
@@ -84,27 +67,34 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DPOKConfig:
-    rounds: PositiveInt = 20
-    prompts_per_round: PositiveInt = 8
-    samples_per_prompt: PositiveInt = 4
-    steps_per_sample: int = 10  # denoising steps trained per trajectory (random subset), <= sampling.num_inference_steps
-    # Draw those steps from the first `early_steps` (noisiest) denoising steps only (None: from
-    # all); why: finetune.dpok.draw_transitions.
-    early_steps: int | None = None
-    # Skip the `start_step` noisiest steps too: train steps start_step .. early_steps - 1 (0: from
-    # the first).  Why: finetune.dpok.draw_transitions.
-    start_step: int = 0
-    # Finish each training sample after the trained steps (early_steps) with a deterministic DDIM
-    # tail of this many UNet calls instead of the stochastic chain, for the reward only (0: the
-    # whole chain); why: finetune.sampler.deterministic_tail.  Evaluation always samples the chain.
-    tail_steps: int = 0
-    minibatch_size: PositiveInt = 32  # transitions per forward/backward
+    rounds: PositiveInt = 60  # the demo's CPU budget (experiments/dpok-tuning)
+    # 4 prompts x 8 samples a round rather than 8 x 4 (the same 32 samples): a per-prompt baseline
+    # from 8 samples is less noisy, and a prompt the model sometimes gets right more often has a
+    # success among them (experiments/dpok-tuning).
+    prompts_per_round: PositiveInt = 4
+    samples_per_prompt: PositiveInt = 8
+    # The trained window [start, end): DPOK trains denoising steps start .. end - 1 of the
+    # sampling.num_inference_steps (0 is the noisiest; end null: to the last step).  The shapes
+    # config trains steps 4-7 of the 20: their noise decides count, layout and colour (make
+    # probe-steps); a late step's term is nearly all noise and its small sigma makes the PPO ratio
+    # swing, and the first 4 decide little (finetune.dpok.draw_transitions, experiments/probe).
+    window: tuple[NonNegativeInt, PositiveInt | None] = (4, 8)
+    # denoising steps trained per trajectory, a random subset of the window's (here each once)
+    steps_per_sample: PositiveInt = 4
+    # Finish each training sample after the window with a deterministic DDIM tail of this many UNet
+    # calls instead of the stochastic chain, for the reward only (0: the whole chain): after step 7
+    # only the reward is needed and a short tail predicts it, and the time saved buys more rounds
+    # (finetune.sampler.deterministic_tail, experiments/dpok-tuning).  Evaluation always samples the chain.
+    tail_steps: NonNegativeInt = 4
+    minibatch_size: PositiveInt = 16  # transitions per forward/backward
     clip_range: PositiveFloat = 0.2
     reward_weight: NonNegativeFloat = 1.0  # alpha of DPOK's objective
-    kl_weight: float = 0.01  # beta of DPOK's objective
+    kl_weight: NonNegativeFloat = 0.01  # beta of DPOK's objective
     baseline: Baseline = "per_prompt"
     # baseline=per_prompt: divide by each prompt group's reward std (group: DDPO's and GRPO's
     # default) or by the batch's (batch: Dr. GRPO); see finetune.rl_math.normalize_advantages.
+    # batch: with few samples a near-tie among wrong images is not blown up to the size of a real
+    # success (experiments/dpok-tuning).
     advantage_scale: AdvantageScale = "batch"
     advantage_clip: PositiveFloat = 5.0
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
@@ -138,10 +128,11 @@ class RWLConfig:
     weighting: RewardWeighting = "reward"
     temperature: PositiveFloat = 1.0
     threshold: float = 0.5
-    pretrain_weight: float = 1.0  # beta of Lee et al. eq. 2
+    pretrain_weight: NonNegativeFloat = 1.0  # beta of Lee et al. eq. 2
     # Share of D_pre prompts replaced by "" (as in the base model's training): sampling amplifies
-    # the unconditional prediction (w - 1)x under classifier-free guidance, so it must stay anchored.
-    pretrain_uncond: float = 0.1
+    # the unconditional prediction (w - 1)x under classifier-free guidance, so it must stay
+    # anchored; below 1, so that the captions are anchored too.
+    pretrain_uncond: Annotated[float, Bounds(low=0, high=1, open_high=True)] = 0.1
     # Fit D_model with the guided prediction (sampling.guidance_scale), see rwl.denoising_loss.
     guided_loss: bool = True
     steps: PositiveInt = 300
@@ -189,7 +180,10 @@ class FinetuneConfig:
     curve_samples: PositiveInt = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardSource = field(default_factory=RewardSource)
-    sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)
+    # sampling.compile here: the rounds' trajectories, RWL's D_model, the curve and the sample
+    # grids go through the process's compiled plain UNet (core.compile.sampling_unet) with the
+    # policy's weights, its LoRA fused; the update is compute.compile's
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
@@ -197,9 +191,10 @@ class FinetuneConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     @property
-    def dpok_eligible_steps(self) -> int:
-        """How many of the noisiest denoising steps DPOK trains on (dpok.early_steps, or all)."""
-        return self.sampling.num_inference_steps if self.dpok.early_steps is None else self.dpok.early_steps
+    def dpok_window(self) -> tuple[int, int]:
+        """The denoising steps DPOK trains, [start, end): dpok.window, end null made concrete."""
+        start, end = self.dpok.window
+        return start, self.sampling.num_inference_steps if end is None else end
 
     @property
     def optimizer_steps(self) -> int:
@@ -224,35 +219,24 @@ class FinetuneConfig:
     def out(self) -> str:
         return self.output_dir or f"runs/finetune-{self.method}"
 
-    def __post_init__(self):  # bad values fail when the config loads, before anything runs
-        if self.method == "dpok" and self.sampling.eta <= 0:
+    def __post_init__(self):  # what the field types cannot say; fails when the config loads
+        if self.method != "dpok":
+            return
+        if self.sampling.eta <= 0:
             raise UserError(
                 "DPOK needs stochastic sampling, but sampling.eta is 0: every DDIM step is then "
                 "deterministic and has no log-probability to take a policy gradient of.",
                 "set sampling.eta > 0 (1.0 is DPOK's setting).")
-        pool = self.dpok_eligible_steps
-        if self.method == "dpok" and not 1 <= pool <= self.sampling.num_inference_steps:
-            raise UserError(f"dpok.early_steps={self.dpok.early_steps} is not in 1..sampling.num_inference_steps="
-                            f"{self.sampling.num_inference_steps}.", "set it to at most sampling.num_inference_steps, or null for all.")
-        if self.method == "dpok" and not 0 <= self.dpok.start_step < pool:
-            raise UserError(f"dpok.start_step={self.dpok.start_step} is not in 0..{pool - 1} (below dpok.early_steps, "
-                            "or sampling.num_inference_steps).", "set it below the last trained step, or 0.")
-        if self.method == "dpok" and not 1 <= self.dpok.steps_per_sample <= pool - self.dpok.start_step:
-            raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is not in "
-                            f"1..{pool - self.dpok.start_step} (the steps dpok.start_step..dpok.early_steps - 1, "
-                            "or to sampling.num_inference_steps).",
-                            "train at most every eligible denoising step once per sample.")
-        tail_room = self.sampling.num_inference_steps - pool
-        if self.method == "dpok" and not 0 <= self.dpok.tail_steps <= tail_room:
-            raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is not in 0..{tail_room} (the denoising steps "
-                            "after dpok.early_steps).",
-                            "set dpok.early_steps below sampling.num_inference_steps and dpok.tail_steps to at most "
-                            "the steps after it, or 0 for the whole stochastic chain.")
-        for name, value in (("optim.lr", self.optim.lr), ("dpok.clip_range", self.dpok.clip_range)):
-            if value <= 0:
-                raise UserError(f"{name}={value} must be > 0.", f"set {name} to a positive number.")
-        if self.dpok.kl_weight < 0 or self.rwl.pretrain_weight < 0:
-            raise UserError("KL / pre-training weights must be >= 0.", "set them to 0 or more.")
-        if not 0 <= self.rwl.pretrain_uncond < 1:
-            raise UserError(f"rwl.pretrain_uncond={self.rwl.pretrain_uncond} is not a share in [0, 1).",
-                            "set it to e.g. 0.1 (the base model's caption dropout), or 0 to turn it off.")
+        (start, end), n = self.dpok_window, self.sampling.num_inference_steps
+        if not start < end <= n:
+            raise UserError(f"dpok.window=[{start}, {end}) is not a window of the steps 0..{n - 1} "
+                            f"(sampling.num_inference_steps={n}).",
+                            f"set dpok.window=[start, end] with start < end <= {n}, or [0, null] for every step.")
+        if self.dpok.steps_per_sample > end - start:
+            raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is more than the {end - start} "
+                            f"steps of dpok.window=[{start}, {end}).",
+                            "train at most every step of the window once per sample, or widen dpok.window.")
+        if self.dpok.tail_steps > n - end:
+            raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is more than the {n - end} denoising steps "
+                            f"after dpok.window=[{start}, {end}).",
+                            f"set dpok.tail_steps to at most {n - end}, or 0 for the whole stochastic chain.")

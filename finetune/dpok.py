@@ -3,7 +3,7 @@ pre-trained model.
 
 Each round: sample trajectories from the current policy (DDIM, eta > 0) -> decode and score them
 with the reward model -> advantages -> clipped policy-gradient updates on a random subset of the
-denoising steps (optionally a window of them, ``start_step`` .. ``early_steps`` - 1, see
+denoising steps (a window of them, ``dpok.window`` = [start, end), see
 :func:`draw_transitions`; the rest of the chain optionally a short deterministic tail,
 ``tail_steps``, see :func:`finetune.sampler.deterministic_tail`), with beta * KL(p_theta || p_base)
 per step (DPOK eq. 7-8):
@@ -125,7 +125,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
         traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, round_prompts,
-                                   cfg.dpok_eligible_steps, d.tail_steps)
+                                   cfg.dpok_window[1], d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
         rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
@@ -233,7 +233,8 @@ def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_s
     the minibatch's.  The statistics stay on the device (float64 sums) until the round ends, so
     the loop never waits for the GPU."""
     d = cfg.dpok
-    samples, steps = draw_transitions(rng, traj.batch_size, cfg.dpok_eligible_steps, d.steps_per_sample, d.start_step)
+    start, end = cfg.dpok_window
+    samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
     names = ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss")
     device = traj.latents.device
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)

@@ -20,7 +20,7 @@ from typing import Literal, Optional
 from tqdm import tqdm
 
 from core import seeds
-from core.config import NonNegativeInt
+from core.config import NonNegativeInt, PositiveInt, Share
 from core.errors import UserError
 from core.loading import ModelRef, default_device, load_model, resolve_model
 from core.sampling import MixedPrecision, SamplingConfig, generate_images, sampling_dtype
@@ -47,8 +47,8 @@ class GenerateConfig:
     prompts: Literal["train", "heldout", "all"] = "train"
     prompts_file: Optional[str] = None
     """A text file with one prompt per line, instead of a shapes-world prompt set."""
-    max_prompts: Optional[int] = None
-    per_prompt: int = 4
+    max_prompts: Optional[PositiveInt] = None  # the first N prompts only; None: all
+    per_prompt: PositiveInt = 4
     # false: per_prompt more images per prompt, with seeds this model has not used; true: the first
     # per_prompt seeds of the sequence, skipping those already made (a rerun after a kill completes
     # the round instead of adding to it; make loop's stages)
@@ -58,7 +58,7 @@ class GenerateConfig:
     # autocast dtype of the sampling (core.sampling.sampling_dtype); auto: bf16 on a CUDA GPU that
     # has it, else fp32 ("no"), as for fine-tuning
     mixed_precision: MixedPrecision = "auto"
-    renderer_mismatch_rate: float = 0.3
+    renderer_mismatch_rate: Share = 0.3
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,6 @@ def _new_seeds(used: set[int], base: int, n: int) -> list[int]:
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    if cfg.per_prompt < 1:
-        raise UserError(f"per_prompt={cfg.per_prompt}: nothing to generate.", "set per_prompt to 1 or more.")
     if cfg.source == "renderer" and cfg.adapter is not None:
         raise UserError(f"adapter={cfg.adapter} was given with source=renderer, which uses no model.",
                         "leave adapter out, or sample from a model with source=pipeline.")
@@ -159,7 +157,7 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
                         "use shapes-world prompts, or source=pipeline with a model.")
     given = {v for v in (cfg.sampling.height, cfg.sampling.width) if v is not None}
     size = given.pop() if len(given) == 1 else DEFAULT_SIZE
-    if given or size <= 0:  # two different sizes, or not a size
+    if given:  # two different sizes
         raise UserError(f"source=renderer draws square images; sampling.height={cfg.sampling.height}, "
                         f"sampling.width={cfg.sampling.width}.",
                         "give one positive size (sampling.height and sampling.width equal), or leave both out.")

@@ -13,19 +13,17 @@ import sys
 
 from core.config import load_config, parse_overrides
 from core.errors import UserError
-from finetune.config import CONFIGS, FinetuneConfig
+from finetune.config import CONFIGS, METHODS, FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.rwl import train_rwl
 from pipelines.cli import config_parser, run
-
-METHODS = ("dpok", "rwl")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
     method = parse_overrides(args.overrides).get("method", "dpok")
     if method not in METHODS:
-        raise UserError(f"unknown fine-tuning method '{method}'.", "use METHOD=dpok or METHOD=rwl.")
+        raise UserError(f"unknown fine-tuning method '{method}'.", f"use METHOD= one of {', '.join(METHODS)}.")
     config = args.config or CONFIGS / f"{method}.yaml"
     cfg = load_config(FinetuneConfig, config, [*args.overrides, f"method={method}"])
     train = train_dpok if cfg.method == "dpok" else train_rwl

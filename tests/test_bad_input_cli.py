@@ -72,6 +72,29 @@ def test_reward_numbers_out_of_range_fail_before_anything_is_written(tmp_path, c
     assert not out.exists()
 
 
+# -- issue 58, items 4 and 5: make generate's numbers out of range ----------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("max_prompts=-1", "max_prompts=-1 must be >= 1"),  # silently dropped the last prompt
+    ("max_prompts=0", "max_prompts=0 must be >= 1"),  # made 0 images and exited 0
+    ("per_prompt=0", "per_prompt=0 must be >= 1"),
+    ("renderer_mismatch_rate=1.5", "renderer_mismatch_rate=1.5 must be in [0, 1]"),
+    ("sampling.guidance_scale=-3", "sampling.guidance_scale=-3.0 must be >= 1"),  # was recorded as given
+    ("sampling.batch_size=0", "sampling.batch_size=0 must be >= 1"),  # was a ValueError traceback
+    ("sampling.num_inference_steps=0", "sampling.num_inference_steps=0 must be >= 1"),  # a ZeroDivisionError
+    ("sampling.eta=1.5", "sampling.eta=1.5 must be in [0, 1]"),
+    ("sampling.height=-8", "sampling.height=-8 must be >= 1"),
+])
+def test_generate_numbers_out_of_range_fail_before_anything_is_written(tmp_path, capsys, override, message):
+    from pipelines.generate import main
+
+    root = tmp_path / "round"
+    for source in ("source=renderer", f"pipeline={tmp_path}/no-model"):  # refused before the model is looked for
+        assert run(main, [f"root={root}", source, override]) == 2
+        one_error_line(capsys, message)
+        assert not root.exists()
+
+
 # -- item 7: a reward model with non-finite weights --------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -151,7 +174,7 @@ def test_targets_never_replace_the_table_beside_the_prompts_file(labelled_round,
 
 def _dpok_args(tiny_sd, out, *extra):
     return [f"output_dir={out}", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
-            "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.early_steps=null", "dpok.start_step=0",
+            "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.window=[0,null]",
             "dpok.tail_steps=0", "dpok.steps_per_sample=1", "curve_every=0",
             "sample_grid_every=0", *extra]
 

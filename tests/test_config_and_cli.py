@@ -46,6 +46,20 @@ def test_yaml_11_booleans_follow_the_field_type(tmp_path):
     assert load_config(P, path) == P("no", True, "x")
 
 
+def test_a_list_of_overrides_may_hold_list_values_unquoted():
+    """A workflow's ``dpok_args=[...]`` holding ``dpok.window=[0,8]``: YAML's flow syntax cannot read
+    the inner brackets unquoted, so the list is split at its top-level commas; a list YAML reads
+    is read by YAML."""
+    from core.config import parse_overrides
+
+    assert parse_overrides(["dpok_args=[dpok.window=[0,8],dpok.rounds=40]"]) == {
+        "dpok_args": ["dpok.window=[0,8]", "dpok.rounds=40"]}
+    assert parse_overrides(["a=[x=1, y=[1, [2]], z]"]) == {"a": ["x=1", "y=[1, [2]]", "z"]}
+    assert parse_overrides(["b=[1, 2]", "c=[x, 'y=[1]']", "d=]x["]) == {"b": [1, 2], "c": ["x", "y=[1]"], "d": "]x["}
+    with pytest.raises(UserError, match="optim.betas.1.' must be a number"):  # a split item is a string
+        load_config(Cfg, None, ["optim.betas=[0.5,[0.6]]"])
+
+
 @pytest.mark.parametrize("override, message", [
     (["method=ppo"], "not one of \\['dpok', 'rwl'\\]"),
     (["optim.lrr=1"], "unknown config key\\(s\\): optim.lrr"),
@@ -75,18 +89,23 @@ def test_oracle_check_entry_point(capsys):
     assert "must be an integer" in capsys.readouterr().err
 
 
-def test_one_name_per_concept_across_the_sampling_configs():
-    """Generation and evaluation (core.sampling.SamplingConfig) and fine-tuning
-    (finetune.config.PolicySamplingConfig) name the sampler's settings alike, and the fine-tuning
-    config's old names are refused, not silently ignored."""
+def test_one_sampling_config_for_every_stage():
+    """Generation, evaluation, fine-tuning and the step probe sample with one config
+    (core.sampling.SamplingConfig), so its keys and bounds mean the same everywhere, and the
+    fine-tuning config's old names are refused, not silently ignored."""
     import dataclasses
+    import typing
 
     from core.sampling import SamplingConfig
-    from finetune.config import FinetuneConfig, PolicySamplingConfig
+    from evaluation.config import EvalConfig
+    from finetune.config import FinetuneConfig
+    from labeling_app.generate import GenerateConfig
+    from tools.probe import ProbeConfig
 
-    shared = {"num_inference_steps", "guidance_scale", "eta", "height", "width"}
-    for cls in (SamplingConfig, PolicySamplingConfig):
-        assert shared <= {f.name for f in dataclasses.fields(cls)}
+    for cls in (GenerateConfig, EvalConfig, FinetuneConfig, ProbeConfig):
+        assert typing.get_type_hints(cls)["sampling"] is SamplingConfig, cls
+    assert {f.name for f in dataclasses.fields(SamplingConfig)} == {
+        "num_inference_steps", "guidance_scale", "eta", "batch_size", "height", "width", "compile"}
     for old in ("sampling.num_steps=20", "checkpoint_every=5"):
         with pytest.raises(UserError):
             load_config(FinetuneConfig, None, [old])

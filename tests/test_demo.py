@@ -18,7 +18,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             "rwl.batch_size=4, prompts.split=heldout]",
             # the shipped config's shape: a window of trained steps, then a deterministic tail
             "dpok_args=[sampling.num_inference_steps=4, dpok.rounds=2, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
-            "dpok.start_step=1, dpok.early_steps=2, dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
+            "dpok.window=[1, 2], dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
             # a random tiny model is rarely right: noisy raters and a wide rule still give targets
             "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true"]

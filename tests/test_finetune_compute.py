@@ -22,7 +22,7 @@ def cfg_for(method, sd, out, tmp_path, *extra):
         "sampling.num_inference_steps=4", f"prompts.prompts_file={prompts}", "optim.lr=1e-2",
         "sample_grid_every=0", "prompts.eval_prompts=[one circle]",
         "dpok.rounds=2", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=3", "dpok.steps_per_sample=2",
-        "dpok.minibatch_size=6", "dpok.checkpoint_every_rounds=0",
+        "dpok.minibatch_size=6", "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.checkpoint_every_rounds=0",
         "rwl.samples_per_prompt=2", "rwl.pretrain_per_prompt=2", "rwl.steps=3", "rwl.batch_size=6",
         "rwl.checkpoint_every_steps=0", "rwl.weighting=exp", *extra])  # exp: every image carries weight
 

@@ -18,8 +18,8 @@ def tiny_cfg(sd, out, *extra):
     return load_config(FinetuneConfig, None, [
         "method=dpok", f"output_dir={out}", f"model.pipeline={sd}", "reward.kind=oracle",
         "sampling.num_inference_steps=4", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
-        "dpok.steps_per_sample=2", "dpok.minibatch_size=4", "optim.lr=1e-2", "dpok.checkpoint_every_rounds=1",
-        "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
+        "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.steps_per_sample=2", "dpok.minibatch_size=4",
+        "optim.lr=1e-2", "dpok.checkpoint_every_rounds=1", "sample_grid_every=0", "prompts.eval_prompts=[one circle, two squares]", *extra])
 
 
 def interrupt_at_round_2(row):
@@ -107,7 +107,7 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
     args = ["method=dpok", f"output_dir={tmp_path}/cli", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
             "sampling.num_inference_steps=2", "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2",
-            "dpok.early_steps=null", "dpok.start_step=0", "dpok.tail_steps=0", "dpok.steps_per_sample=1",
+            "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.steps_per_sample=1",
             "sample_grid_every=0"]
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
@@ -162,7 +162,7 @@ def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
          "no", "--dynamo_backend", "no", "-m", "pipelines.finetune", "method=dpok", f"model.pipeline={tiny_sd}",
          "reward.kind=oracle", f"output_dir={out}", "sampling.num_inference_steps=4", "dpok.rounds=3",
-         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.start_step=1", "dpok.early_steps=3",
+         "dpok.prompts_per_round=4", "dpok.samples_per_prompt=2", "dpok.window=[1,3]",
          "dpok.steps_per_sample=2", "dpok.tail_steps=1", "dpok.minibatch_size=4",
          "dpok.checkpoint_every_rounds=1", "sample_grid_every=2"],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -171,7 +171,7 @@ def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
 
 
-def test_transitions_are_drawn_from_the_early_steps_only():
+def test_transitions_are_drawn_from_the_window_only():
     from finetune.dpok import draw_transitions
 
     samples, steps = draw_transitions(np.random.default_rng(0), batch=6, eligible=5, per_sample=3)
@@ -182,7 +182,7 @@ def test_transitions_are_drawn_from_the_early_steps_only():
     assert set(steps.tolist()) == set(range(5))  # every eligible step is drawn over the batch
 
 
-def test_transitions_are_drawn_from_start_step_on():
+def test_transitions_are_drawn_from_the_window_start_on():
     from finetune.dpok import draw_transitions
 
     samples, steps = draw_transitions(np.random.default_rng(0), batch=6, eligible=5, per_sample=2, start=3)
@@ -229,7 +229,7 @@ def test_a_full_deterministic_tail_is_the_eta_0_chain(tiny_sd):
 
 
 def test_a_run_trains_a_window_of_steps_and_scores_a_deterministic_tail(tiny_sd, tmp_path):
-    cfg = tiny_cfg(tiny_sd, tmp_path / "tail", "dpok.rounds=1", "dpok.early_steps=2", "dpok.start_step=1",
+    cfg = tiny_cfg(tiny_sd, tmp_path / "tail", "dpok.rounds=1", "dpok.window=[1,2]",
                    "dpok.steps_per_sample=1", "dpok.tail_steps=1")
     row = train_dpok(cfg, progress=False).metrics["final"]
     for key in ("reward_mean", "kl", "approx_kl", "loss", "grad_norm"):
@@ -237,23 +237,28 @@ def test_a_run_trains_a_window_of_steps_and_scores_a_deterministic_tail(tiny_sd,
     assert row["grad_norm"] > 0
 
 
-def test_early_steps_bounds_are_checked(tiny_sd, tmp_path):
-    with pytest.raises(UserError, match="dpok.early_steps=9 is not in 1..sampling.num_inference_steps=4"):
-        tiny_cfg(tiny_sd, tmp_path / "a", "dpok.early_steps=9")
-    with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1"):
-        tiny_cfg(tiny_sd, tmp_path / "b", "dpok.early_steps=1")
-    with pytest.raises(UserError, match="dpok.early_steps=0 is not in"):
-        tiny_cfg(tiny_sd, tmp_path / "d", "dpok.early_steps=0")
-    tiny_cfg(tiny_sd, tmp_path / "c", "dpok.early_steps=2")
-    with pytest.raises(UserError, match="dpok.start_step=2 is not in 0..1"):
-        tiny_cfg(tiny_sd, tmp_path / "e", "dpok.early_steps=2", "dpok.start_step=2")
-    with pytest.raises(UserError, match="dpok.steps_per_sample=2 is not in 1..1 .the steps dpok.start_step"):
-        tiny_cfg(tiny_sd, tmp_path / "f", "dpok.early_steps=3", "dpok.start_step=2")
-    with pytest.raises(UserError, match="dpok.tail_steps=3 is not in 0..2"):
-        tiny_cfg(tiny_sd, tmp_path / "g", "dpok.early_steps=2", "dpok.tail_steps=3")
-    with pytest.raises(UserError, match="dpok.tail_steps=1 is not in 0..0"):
-        tiny_cfg(tiny_sd, tmp_path / "g", "dpok.tail_steps=1")  # every step trained: no tail
-    tiny_cfg(tiny_sd, tmp_path / "h", "dpok.early_steps=2", "dpok.tail_steps=2", "dpok.start_step=0")
+def test_window_bounds_are_checked(tiny_sd, tmp_path):
+    """The window against the chain's steps (sampling.num_inference_steps=4), steps_per_sample and
+    tail_steps against the window: what the field types cannot say, refused when the config loads."""
+    def refused(match, *extra):
+        with pytest.raises(UserError, match=match):
+            tiny_cfg(tiny_sd, tmp_path / "x", *extra)
+
+    refused(r"dpok.window=\[0, 9\) is not a window of the steps 0..3 .sampling.num_inference_steps=4",
+            "dpok.window=[0,9]")
+    refused(r"dpok.window=\[2, 2\) is not a window", "dpok.window=[2,2]")
+    refused(r"dpok.window=\[4, 4\) is not a window", "dpok.window=[4,null]")
+    refused(r"dpok.window\[1\]=0 must be >= 1", "dpok.window=[0,0]")  # the types' bounds
+    refused(r"dpok.window\[0\]=-1 must be >= 0", "dpok.window=[-1,2]")
+    refused("'dpok.window' needs 2 values", "dpok.window=[1]")
+    refused(r"dpok.steps_per_sample=2 is more than the 1 steps of dpok.window=\[0, 1\)", "dpok.window=[0,1]")
+    refused(r"dpok.steps_per_sample=2 is more than the 1 steps of dpok.window=\[2, 3\)", "dpok.window=[2,3]")
+    refused(r"dpok.tail_steps=3 is more than the 2 denoising steps after dpok.window=\[0, 2\)",
+            "dpok.window=[0,2]", "dpok.tail_steps=3")
+    refused("dpok.tail_steps=1 is more than the 0 denoising steps", "dpok.tail_steps=1")  # every step trained: no tail
+    for ok in (["dpok.window=[0,2]"], ["dpok.window=[0,2]", "dpok.tail_steps=2"], ["dpok.window=[2,null]"]):
+        tiny_cfg(tiny_sd, tmp_path / "ok", *ok)
+    assert tiny_cfg(tiny_sd, tmp_path / "ok", "dpok.window=[2,null]").dpok_window == (2, 4)
 
 
 def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):

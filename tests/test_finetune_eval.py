@@ -46,7 +46,7 @@ def setup(tiny_sd, tmp_path_factory):
     run_cfg = load_config(FinetuneConfig, None, [
         f"output_dir={d}/dpok", f"model.pipeline={tiny_sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
-        "sample_grid_every=0", "optim.lr=0.05"])
+        "dpok.window=[0,null]", "dpok.tail_steps=0", "sample_grid_every=0", "optim.lr=0.05"])
     train_dpok(run_cfg, progress=False)
     return dict(sd=tiny_sd, clip=clip, reward=reward, dpok=d / "dpok")
 
@@ -202,7 +202,7 @@ def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_p
     assert (out / "samples-base.txt").read_text().splitlines() == targets
     assert "1 per control and generalisation prompt" in (out / "results.md").read_text()
     for bad in ("side_samples_per_prompt=0", "grid_samples=0"):
-        with pytest.raises(UserError, match="must each be at least 1"):
+        with pytest.raises(UserError, match=f"{bad} must be >= 1"):
             evaluate(load_config(EvalConfig, None, eval_args(
                 setup, tmp_path / "bad", f"prompts_file={tmp_path}/targets.txt", bad, "reward.kind=oracle")))
         assert not (tmp_path / "bad").exists()

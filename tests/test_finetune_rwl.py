@@ -129,6 +129,6 @@ def test_rwl_unguided_loss_and_no_uncond_dropout_run(tiny_sd, tmp_path):
 
 
 def test_rwl_pretrain_uncond_must_be_a_share(tiny_sd, tmp_path):
-    with pytest.raises(UserError, match="pretrain_uncond=1.0 is not a share"):
+    with pytest.raises(UserError, match=r"rwl.pretrain_uncond=1.0 must be in \[0, 1\)"):
         train_rwl(rwl_cfg(tiny_sd, tmp_path / "run", "rwl.pretrain_uncond=1.0"), progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -141,7 +141,7 @@ def test_dpok_fine_tunes_a_folder_with_any_scheduler_config(kind, tiny_sd, tmp_p
     cfg = load_config(FinetuneConfig, None, [
         f"output_dir={tmp_path}/run", f"model.pipeline={sd}", "reward.kind=oracle", "sampling.num_inference_steps=2",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
-        "sample_grid_every=0"])
+        "dpok.window=[0,null]", "dpok.tail_steps=0", "sample_grid_every=0"])
     result = train_dpok(cfg, progress=False)
     assert torch.isfinite(torch.tensor(result.metrics["final"]["approx_kl"]))
     assert (result.output_dir / "pytorch_lora_weights.safetensors").exists()

@@ -17,7 +17,8 @@ def test_dpok_round_on_cuda_in_bf16_keeps_fp32_log_probs(tmp_path):
     cfg = load_config(FinetuneConfig, None, [
         f"output_dir={tmp_path}/run", f"model.pipeline={sd}", "reward.kind=oracle", "mixed_precision=bf16",
         "sampling.num_inference_steps=4", "dpok.rounds=2", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
-        "dpok.steps_per_sample=2", "sample_grid_every=1", "dpok.checkpoint_every_rounds=1",
+        "dpok.steps_per_sample=2", "dpok.window=[0,null]", "dpok.tail_steps=0", "sample_grid_every=1",
+        "dpok.checkpoint_every_rounds=1",
         "compute.compile=off"])  # compiling is make bench's subject on CUDA (and a CPU test's)
     result = train_dpok(cfg, progress=False)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
@@ -61,7 +62,8 @@ def test_dpok_on_sd15_shapes_at_512_resumes_and_saves_lora_diffusers_loads(tmp_p
         return load_config(FinetuneConfig, None, [
             f"output_dir={out}", f"model.pipeline={sd}", f"reward.path={reward}", "mixed_precision=bf16",
             "sampling.num_inference_steps=10", "dpok.rounds=3", "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2",
-            "dpok.steps_per_sample=2", "dpok.minibatch_size=4", "dpok.checkpoint_every_rounds=1", "sample_grid_every=3",
+            "dpok.steps_per_sample=2", "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.minibatch_size=4",
+            "dpok.checkpoint_every_rounds=1", "sample_grid_every=3",
             "prompts.eval_prompts=[one red circle]", "compute.compile=off", "compute.micro_batch=2"])
 
     def stop_after_two(row):

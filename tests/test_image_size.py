@@ -63,7 +63,7 @@ def finetune_cfg(sd, reward, out, method, *extra):
         f"method={method}", f"output_dir={out}", f"model.pipeline={sd}", f"reward.path={reward}",
         "sampling.num_inference_steps=2", f"sampling.height={H}", f"sampling.width={W}", "dpok.checkpoint_every_rounds=0", "rwl.checkpoint_every_steps=0",
         "dpok.rounds=1", "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
-        "rwl.samples_per_prompt=1", "rwl.steps=2", "rwl.batch_size=4", "prompts.split=heldout",
+        "dpok.window=[0,null]", "dpok.tail_steps=0", "rwl.samples_per_prompt=1", "rwl.steps=2", "rwl.batch_size=4", "prompts.split=heldout",
         "prompts.eval_prompts=[one circle, two squares]", *extra])
 
 

@@ -84,6 +84,31 @@ def test_every_config_key_has_one_row_with_its_default(cls_path):
             assert cell.strip("`") == written(defaults[key]), f"{key}: the table says {cell}, the dataclass {defaults[key]!r}"
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("name", ["dpok", "rwl", "sd15"])
+def test_shipped_finetune_configs_hold_only_what_differs_from_the_defaults(name):
+    """The defaults are written once, in the dataclass (the shipped shapes-world DPOK run): a yaml
+    key that repeats its default would be a second place to change it.  ``method`` names the file's
+    method and is exempt."""
+    import yaml
+
+    from core.config import to_dict
+    from finetune.config import CONFIGS, FinetuneConfig
+
+    shipped = _leaves(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()) or {})
+    defaults = _leaves(to_dict(FinetuneConfig()))
+    repeated = sorted(k for k, v in shipped.items() if k != "method" and defaults[k] == v)
+    assert repeated == [], f"{name}.yaml repeats the defaults of {repeated}"
+    if name == "dpok":
+        assert len(shipped) <= 8
+
+
 def test_docs_carry_no_dated_measurements():
     """Dated figures are experiment records (experiments/<study>/); only the generated results page
     quotes them in docs/."""

@@ -17,7 +17,7 @@ def _args(tiny_sd, clip, tmp_path, *extra):
             "generate_args=[sampling.num_inference_steps=2, max_prompts=24]",
             "reward_args=[train.epochs=2, train.ablation_seeds=1, data.min_val_prompts=3, progress=false]",
             "dpok_args=[sampling.num_inference_steps=4, dpok.rounds=1, dpok.prompts_per_round=2, dpok.samples_per_prompt=2, "
-            "dpok.start_step=1, dpok.early_steps=2, dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
+            "dpok.window=[1, 2], dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
             "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", *extra]
 

@@ -89,16 +89,17 @@ class BenchConfig:
 
 def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> FinetuneConfig:
     """The shapes-world configuration the bench runs: the fine-tuning defaults (fp32) with the
-    bench's sizes, no checkpoints or grids (they are not what it times)."""
+    bench's sizes, DPOK's window every step and no tail (the bench's sizes predate the shipped
+    window; RWL's learning rate), no checkpoints or grids (they are not what it times)."""
     d = FinetuneConfig()
     return replace(
         d, method=method, output_dir=out, mixed_precision="no", sample_grid_every=0,
         model=replace(d.model, pipeline=pipeline), reward=cfg.reward,
         sampling=replace(d.sampling, num_inference_steps=cfg.num_inference_steps),
-        prompts=replace(d.prompts, eval_prompts=("one red circle",)),
+        prompts=replace(d.prompts, eval_prompts=("one red circle",)), optim=replace(d.optim, lr=3e-4),
         dpok=replace(d.dpok, rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round,
                      samples_per_prompt=cfg.samples_per_prompt, steps_per_sample=cfg.steps_per_sample,
-                     minibatch_size=cfg.minibatch_size, checkpoint_every_rounds=0),
+                     window=(0, None), tail_steps=0, minibatch_size=cfg.minibatch_size, checkpoint_every_rounds=0),
         rwl=replace(d.rwl, steps=cfg.rwl_steps, batch_size=cfg.rwl_batch_size, samples_per_prompt=1,
                     pretrain_per_prompt=1, checkpoint_every_steps=0))
 

@@ -1,5 +1,5 @@
 """Which denoising steps decide the reward?  ``make probe-steps``: a measurement to choose DPOK's
-trained window (``dpok.start_step`` .. ``dpok.early_steps`` - 1) and its deterministic tail
+trained window (``dpok.window`` = [start, end)) and its deterministic tail
 (``dpok.tail_steps``) for any pipeline, prompts and reward.
 
 For N samples of the pipeline's own stochastic chain (DDIM, the fine-tuning sampler), and each
@@ -30,9 +30,8 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import default_device, load_model, resolve_model
-from core.sampling import latent_shape, pipeline_image_size
+from core.sampling import SamplingConfig, latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
-from finetune.config import PolicySamplingConfig
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import prompt_group_ids
 from finetune.sampler import continue_chain, decode_latents, deterministic_tail, encode_prompts, sample_trajectories
@@ -49,7 +48,7 @@ class ProbeConfig:
     split: str = "heldout"
     samples_per_prompt: int = 8
     seed: int = 0
-    sampling: PolicySamplingConfig = field(default_factory=PolicySamplingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardSource = field(default_factory=RewardSource)
     after_steps: tuple[int, ...] = ()  # k to probe (0 .. num_inference_steps - 1); (): every one
     tail_from: int | None = 8  # the tail check starts after this many steps; None: no tail check
@@ -100,7 +99,7 @@ def _check(cfg: ProbeConfig) -> list[int]:
         raise UserError(f"after_steps {bad} are not in 0..{n - 1} (sampling.num_inference_steps={n}).",
                         "probe states before the last step, e.g. after_steps=[0,4,8].")
     if cfg.tail_from is not None and not 0 <= cfg.tail_from < n:
-        raise UserError(f"tail_from={cfg.tail_from} is not in 0..{n - 1}.", "set it to DPOK's early_steps, or null.")
+        raise UserError(f"tail_from={cfg.tail_from} is not in 0..{n - 1}.", "set it to the end of DPOK's window, or null.")
     room = n - (cfg.tail_from or 0)
     if cfg.tail_from is not None and any(not 1 <= t <= room for t in cfg.tail_steps):
         raise UserError(f"tail_steps {list(cfg.tail_steps)} must each be in 1..{room} (the steps after tail_from).",
