@@ -17,7 +17,8 @@ from core.compile import CompileMode
 from core.config import Bounds, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Removed
 from core.errors import UserError
 from core.sampling import MixedPrecision, SamplingConfig
-from finetune.rl_math import AdvantageScale, RewardWeighting
+from finetune.region import RegionConfig
+from finetune.rl_math import AdvantageScale, Divergence, RewardWeighting
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_SD
 
@@ -89,7 +90,10 @@ class DPOKConfig:
     minibatch_size: PositiveInt = 16  # transitions per forward/backward
     clip_range: PositiveFloat = 0.2
     reward_weight: NonNegativeFloat = 1.0  # alpha of DPOK's objective
-    kl_weight: NonNegativeFloat = 0.01  # beta of DPOK's objective
+    kl_weight: NonNegativeFloat = 0.01  # beta of DPOK's objective: the weight of the divergence below
+    # the per-step regulariser to the base model (Diffusion Controller's f-divergences between the
+    # two step Gaussians, finetune.rl_math.step_divergence): kl (DPOK's), chi2 or hellinger
+    divergence: Divergence = "kl"
     baseline: Baseline = "per_prompt"
     # baseline=per_prompt: divide by each prompt group's reward std (group: DDPO's and GRPO's
     # default) or by the batch's (batch: Dr. GRPO); see finetune.rl_math.normalize_advantages.
@@ -189,6 +193,9 @@ class FinetuneConfig:
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
     rwl: RWLConfig = field(default_factory=RWLConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    # region-aware DPOK (Focus-N-Fix): region.weight > 0 charges each sample's change, from the base
+    # model's image of the same noise, outside the problem region the reward's region head marks
+    region: RegionConfig = field(default_factory=RegionConfig)
 
     @property
     def dpok_window(self) -> tuple[int, int]:
@@ -220,6 +227,9 @@ class FinetuneConfig:
         return self.output_dir or f"runs/finetune-{self.method}"
 
     def __post_init__(self):  # what the field types cannot say; fails when the config loads
+        if self.method == "rwl" and self.region.weight > 0:
+            raise UserError("region.weight > 0 (region-aware fine-tuning) is built for DPOK only so far.",
+                            "use METHOD=dpok, or set region.weight=0 for RWL.")
         if self.method != "dpok":
             return
         if self.sampling.eta <= 0:

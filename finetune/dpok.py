@@ -39,12 +39,13 @@ from finetune.checkpoints import save_checkpoint, save_result
 from finetune.components import Components
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
-from finetune.policy import DiffusionPolicy
+from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import prompt_group_ids
-from finetune.rl_math import clipped_policy_loss, gaussian_kl, gaussian_log_prob, normalize_advantages
+from finetune.region import outside_change, problem_masks
+from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import OracleReward, RewardFn, RewardSource, load_reward, score_in_batches
+from reward.reward_fn import OracleReward, RegionFn, RewardFn, RewardSource, load_region, load_reward, score_in_batches
 
 # The learning curve's judge, through the reward source interface: 1 for an image the shapes
 # oracle judges aligned with its prompt, else 0.
@@ -67,6 +68,7 @@ class RoundStats:
     seconds_reward: float
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
+    outside_change: float | None = None  # region.weight > 0: mean change outside the problem regions (RMS)
 
 
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
@@ -90,6 +92,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
                         "raise dpok.rounds to continue training, or pass resume=false.")
 
+    region = load_region(cfg.reward, device) if cfg.region.weight > 0 else None  # a reward without a head: error
     run.init_trackers("dpok", start)
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
     curve = state.get("curve", []) if state is not None else []
@@ -124,6 +127,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
         cond, uncond = encode_prompts(pipe, round_prompts, device)
         unet.eval()
+        noise = gen.get_state()  # region-aware: the base model's image draws this same noise
         traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, round_prompts,
                                    cfg.dpok_window[1], d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
@@ -132,6 +136,10 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         if not torch.isfinite(rewards).all():
             raise UserError("the reward model returned NaN or infinite rewards.",
                             "check the reward model folder (retrain it with `make reward`).")
+        outside = None
+        if region is not None:  # Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||
+            outside = _outside_change(run, region, noise, cond, uncond, round_prompts, images)
+            rewards = rewards - cfg.region.weight * outside
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
         adv = _advantages(traj, rewards, d)
@@ -147,7 +155,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         row = RoundStats(
             round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
             lr=float(lr_sched.get_last_lr()[0]),
-            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned, **stats)
+            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned,
+            outside_change=None if outside is None else float(accelerator.gather(outside).mean()), **stats)
         history.append(asdict(row))
         if (r + 1) % cfg.log_every == 0:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
@@ -166,6 +175,23 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     save_result(accelerator, comps, cfg, out, metrics)
     accelerator.end_training()
     return FinetuneResult(out, history, metrics)
+
+
+@torch.no_grad()
+def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, prompts: list[str],
+                    images: torch.Tensor) -> torch.Tensor:
+    """(B,) each image's change outside the problem region of the base model's image of the same
+    noise (the generator state ``noise`` the round's sampling started from), the region marked by
+    ``region`` on that base image (finetune.region)."""
+    cfg = run.cfg
+    gen = torch.Generator(run.device)
+    gen.set_state(noise)
+    with base_policy(run.policy) as base:
+        traj = sample_trajectories(base, cond, uncond, run.latent_shape, gen, prompts, cfg.dpok_window[1],
+                                   cfg.dpok.tail_steps)
+    base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
+    masks = problem_masks(region(base_images, prompts), cfg.region.threshold, cfg.region.dilate)
+    return outside_change(images, base_images, masks.to(images.device))
 
 
 def _check_curve_prompts(prompts: list[str]) -> None:
@@ -278,7 +304,7 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     g = step.gaussian
     log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
     pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
-    kl = gaussian_kl(g.mean, ref.gaussian.mean, g.std)
+    kl = step_divergence(g.mean, ref.gaussian.mean, g.std, d.divergence)
     loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
     return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
 

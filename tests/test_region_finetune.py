@@ -55,7 +55,8 @@ def test_the_base_policy_draws_the_base_models_image_from_the_same_noise(tiny_sd
 
     cfg = load_config(FinetuneConfig, None, ["method=dpok", f"output_dir={tmp_path / 'run'}", f"model.pipeline={tiny_sd}",
                                              "reward.kind=oracle", "sampling.num_inference_steps=4",
-                                             "dpok.steps_per_sample=2", "prompts.eval_prompts=[one circle]"])
+                                             "dpok.steps_per_sample=2", "dpok.window=[0, null]", "dpok.tail_steps=0",
+                                             "prompts.eval_prompts=[one circle]"])
     run, _ = setup_run(cfg, None)
     with torch.no_grad():  # move the adapter off zero, so the policy differs from the base
         for name, p in run.policy.unet.named_parameters():
@@ -74,3 +75,29 @@ def test_the_base_policy_draws_the_base_models_image_from_the_same_noise(tiny_sd
     fresh = DiffusionPolicy(pipe.unet, run.policy.schedule, run.policy.guidance_scale)
     torch.testing.assert_close(drawn, sample(fresh), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(sample(run.policy), drawn, atol=1e-3)  # the adapter is back on afterwards
+
+
+def test_region_aware_dpok_runs_and_charges_change_outside_the_problem_regions(tiny_sd, tmp_path):
+    """DPOK with region.weight > 0 on the oracle's masks (reward.kind=oracle) records the change
+    outside the problem regions each round; with another divergence it trains too; a learned reward
+    without a region head, or region-aware RWL, is one clear error."""
+    from core.config import load_config
+    from core.errors import UserError
+    from finetune.config import FinetuneConfig
+    from finetune.dpok import train_dpok
+
+    def cfg(out, *extra):
+        return load_config(FinetuneConfig, None, [
+            "method=dpok", f"output_dir={out}", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
+            "sampling.num_inference_steps=4", "dpok.window=[0, null]", "dpok.tail_steps=0", "dpok.rounds=2",
+            "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
+            "dpok.minibatch_size=4", "dpok.checkpoint_every_rounds=0", "sample_grid_every=0",
+            "prompts.eval_prompts=[one circle]", *extra])
+
+    result = train_dpok(cfg(tmp_path / "region", "region.weight=1.0", "dpok.divergence=chi2"), progress=False)
+    changes = [row["outside_change"] for row in result.history]
+    assert len(changes) == 2 and all(c is not None and 0 <= c <= 1 for c in changes)
+    plain = train_dpok(cfg(tmp_path / "plain"), progress=False)
+    assert all(row["outside_change"] is None for row in plain.history)
+    with pytest.raises(UserError, match="DPOK only"):
+        cfg(tmp_path / "rwl", "method=rwl", "region.weight=1.0")
