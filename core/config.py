@@ -279,6 +279,13 @@ def load_config(cls: type[T], path: str | Path | None = None,
     return _build(cls, tree)
 
 
+def with_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """``cfg`` (a config dataclass instance) with dotted ``key.sub=value`` overrides on top,
+    checked as :func:`load_config` checks them: a workflow builds a stage's config with
+    ``dataclasses.replace`` and the user's ``<stage>_args`` still win over what it set."""
+    return _build(type(cfg), _merge(to_dict(cfg), parse_overrides(overrides)))
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) and return its path."""
     path = Path(path)
