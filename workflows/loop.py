@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from core.config import NonNegativeInt, PositiveInt, Share, save_config
@@ -111,6 +112,13 @@ def _select(cfg: LoopConfig, root: str, k: int, budget: int, reward: Path) -> di
     return {k2: v for k2, v in asdict(res).items() if k2 != "image_ids"}
 
 
+def _measure_and_select(cfg: LoopConfig, stages: Stages, k: int, reward: Path) -> dict:
+    """Round k >= 1 before its labels: the reward the policy was trained against, judged on the
+    policy's new images, then the images the budget buys."""
+    return {"reward_before": stages.run(f"round-{k}/reward-before", lambda: round_accuracy(reward, cfg.root, k)),
+            "select": stages.run(f"round-{k}/select", lambda: _select(cfg, cfg.root, k, cfg.budget, reward))}
+
+
 def _round_prompts(targets: list[str], path: Path) -> Path:
     """A round k >= 1 samples its current targets and the control prompts (train prompts with one or
     two objects that are not targets): new failures among the controls can enter."""
@@ -136,17 +144,12 @@ def run_loop(cfg: LoopConfig) -> dict:
         rdir = runs / f"round-{k}"
         rdir.mkdir(parents=True, exist_ok=True)
         out = RoundOut(targets=rdir / "targets.txt", reward=rdir / "reward", dpok=rdir / "dpok")
-        before_label = None
         if k == 0:
-            gen = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt)
+            gen, before_label = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt), None
         else:
             gen = configs.generate(cfg.root, str(prev.dpok), k, cfg.round_per_prompt,
                                    _round_prompts(targets, rdir / "prompts.txt"))
-
-            def before_label(k=k, reward=prev.reward):
-                # the reward the policy was trained against, judged on the policy's new images
-                return {"reward_before": stages.run(f"round-{k}/reward-before", lambda: round_accuracy(reward, cfg.root, k)),
-                        "select": stages.run(f"round-{k}/select", lambda: _select(cfg, cfg.root, k, cfg.budget, reward))}
+            before_label = partial(_measure_and_select, cfg, stages, k, prev.reward)
         r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}", who="round 0",
                       label_summary=lambda sim, k=k: _label(cfg, cfg.root, k, sim), before_label=before_label,
                       previous=targets, init=prev.dpok if prev else None, reward_rounds=cfg.reward_rounds)

@@ -122,8 +122,8 @@ def claim_folders(cfg: RoundConfig, who: str, *, fresh: bool, may_change: tuple[
         changed = sorted(k for k in now if k not in may_change and before.get(k) != now[k])
         if changed:
             raise UserError(f"{cfg.runs} holds a {who} made with other settings ({', '.join(changed)}).",
-                            f"rerun with the same settings to resume, pass fresh=true to start over, or use "
-                            "other folders (root=, runs=, report=).")
+                            f"rerun with the same settings to resume ({', '.join(may_change) or 'none'} may change), "
+                            "pass fresh=true to start over, or use other folders (root=, runs=, report=).")
     for d in dirs:
         if fresh and d.exists():
             shutil.rmtree(d)
