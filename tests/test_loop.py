@@ -135,7 +135,7 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
 def test_paired_gain_is_the_mean_per_prompt_difference_with_its_standard_error():
     import math
 
-    from workflows.loop_report import paired_gain
+    from evaluation.loop_report import paired_gain
 
     base = {"a": 0.25, "b": 0.5, "c": 0.0}
     model = {"a": 0.75, "b": 0.5, "c": 0.5, "z": 1.0}  # z: not evaluated for the base, left out

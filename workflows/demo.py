@@ -36,7 +36,6 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from core.config import NonNegativeInt, save_config
-from core.loading import check_folder
 from evaluation import report
 from evaluation.compare import evaluate
 from finetune.dpok import train_dpok
@@ -59,8 +58,6 @@ class DemoConfig(RoundConfig):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
-    check_folder(Path(cfg.clip), "config.json", "CLIP model")
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
     out = RoundOut(targets=runs / "targets.txt", reward=runs / "reward", dpok=runs / "finetune-dpok")
     split = None if cfg.target == "rule" else cfg.target
@@ -80,7 +77,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     claim_folders(cfg, "demo", fresh=True)
     stages, t0 = Stages("demo"), time.perf_counter()
 
-    r = run_round(stages, configs, 0, gen_cfg, out, name=lambda s: NAMES.get(s, s), who="the demo",
+    r = run_round(stages, configs, 0, gen_cfg, out, name=lambda s: NAMES.get(s, s),
                   label_summary=lambda sim: {k: v for k, v in sim.items() if isinstance(v, (int, float))},
                   split=split)
     rwl = stages.run("finetune-rwl", lambda: train_rwl(rwl_cfg))

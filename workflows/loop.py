@@ -33,20 +33,19 @@ from pathlib import Path
 from core.config import NonNegativeInt, PositiveInt, Share, save_config
 from core.errors import UserError
 from core.files import write_text_atomic
-from core.loading import check_folder
 from data.labels import current
 from data.rounds import filter_rounds, resolve_rounds, rounds_in
 from data.schemas import GENERATIONS, SelectionMethod
+from data.staging import STAGING
 from data.store import Store
 from data.targets import read_prompts_file
+from evaluation import loop_report
 from evaluation.compare import evaluate
 from evaluation.oracle import control_prompts
 from reward.evaluation import round_accuracy
 from reward.selection import SelectConfig, select
-from workflows import loop_report
 from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
                              generate_summary, label, reward_summary, run_round)
-from data.staging import STAGING
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,7 @@ class LoopConfig(RoundConfig):
 
 
 def _check(cfg: LoopConfig) -> None:
-    """What can be refused before anything is written."""
-    check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
-    check_folder(Path(cfg.clip), "config.json", "CLIP model")
+    """What can be refused before anything is written (the models: :class:`StageConfigs`)."""
     # the largest round k >= 1 can hold: every possible target and control prompt
     most = cfg.round_per_prompt * (cfg.rule.max_targets + len(control_prompts()))
     if cfg.budget > most:
@@ -150,7 +147,7 @@ def run_loop(cfg: LoopConfig) -> dict:
             gen = configs.generate(cfg.root, str(prev.dpok), k, cfg.round_per_prompt,
                                    _round_prompts(targets, rdir / "prompts.txt"))
             before_label = partial(_measure_and_select, cfg, stages, k, prev.reward)
-        r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}", who="round 0",
+        r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}",
                       label_summary=lambda sim, k=k: _label(cfg, cfg.root, k, sim), before_label=before_label,
                       previous=targets, init=prev.dpok if prev else None, reward_rounds=cfg.reward_rounds)
         if k == 0:  # the one-shot control starts from round 0 as labelled (the stages after do not write there)

@@ -19,15 +19,18 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from core.compile import CompileMode, resolve_compile
-from core.config import NonNegativeInt, PositiveInt, Share, load_config, save_config, to_dict, with_overrides
+from core.config import (NonNegativeInt, PositiveInt, Share, load_config, replace_keys, save_config, to_dict,
+                         with_overrides)
 from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
+from core.loading import check_folder, default_device
+from data.staging import staged
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates
 from evaluation.config import EvalConfig
@@ -40,7 +43,6 @@ from reward.config import RewardConfig
 from reward.train import train_reward
 from shapes import SHAPES_CLIP, SHAPES_SD
 from shapes.world import Prompt, prompt_set
-from data.staging import staged
 
 MARKER = ".made-by-make-{}"  # in every folder a workflow made, named by the workflow (demo, loop)
 STAGES = "stages"  # <runs>/stages/<stage>.json: a finished stage's summary (what resumes)
@@ -133,73 +135,63 @@ def claim_folders(cfg: RoundConfig, who: str, *, fresh: bool, may_change: tuple[
 
 
 class StageConfigs:
-    """Each stage's config for a workflow: the stage's dataclass (DPOK's and RWL's from their
-    shipped yaml), the workflow's values set with ``dataclasses.replace``, then the user's
-    ``<stage>_args`` on top (:func:`core.config.with_overrides`: the user's win, and a bad one is
-    an error naming it).  Building round 0's configs checks every ``<stage>_args`` before anything
-    runs."""
+    """Each stage's config: the stage's dataclass (DPOK's and RWL's from their shipped yaml) with
+    the workflow's values set (:func:`core.config.replace_keys`), then the user's ``<stage>_args``
+    on top (:func:`core.config.with_overrides`: the user's win; a bad one is an error naming it)."""
 
     def __init__(self, cfg: RoundConfig):
-        from core.loading import default_device  # imports torch: not at this module's import
-
+        check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
+        check_folder(Path(cfg.clip), "config.json", "CLIP model")
         self.cfg = cfg
         self.compile: CompileMode = "on" if resolve_compile(cfg.compile, default_device()) else "off"
-        # the DPOK rounds one round's DPOK stage runs (dpok.yaml's, or the user's dpok.rounds); a bad
-        # dpok_args fails here
+        # DPOK rounds a round's DPOK stage runs (dpok.yaml's or the user's): a bad dpok_args fails here
         self.dpok_rounds = with_overrides(load_config(FinetuneConfig, CONFIGS / "dpok.yaml"), cfg.dpok_args).dpok.rounds
 
+    def _sampling(self, c, values: dict, args: tuple[str, ...]):
+        return with_overrides(replace_keys(c, {"sampling.compile": self.compile, **values}), args)
+
     def generate(self, root: str, pipeline: str, k: int, per_prompt: int, prompts_file: Path | None = None) -> GenerateConfig:
-        """Round ``k``'s images: every shapes-world prompt, or those of ``prompts_file``.  Seeds by
-        round (round 0 draws the same in both workflows); ``fill``: a rerun after a kill adds only
-        the images the round still lacks."""
-        c = GenerateConfig()
-        c = replace(c, root=root, pipeline=pipeline, per_prompt=per_prompt, round=k, seed=self.cfg.seed + 1000 * k,
-                    fill=True, prompts="all" if prompts_file is None else c.prompts,
-                    prompts_file=None if prompts_file is None else str(prompts_file),
-                    sampling=replace(c.sampling, compile=self.compile))
-        return with_overrides(c, self.cfg.generate_args)
+        """Round ``k``'s images of every shapes-world prompt, or of ``prompts_file``'s; seeds by
+        round; ``fill``: a rerun after a kill adds only the images the round still lacks."""
+        where = {"prompts": "all"} if prompts_file is None else {"prompts_file": str(prompts_file)}
+        return self._sampling(GenerateConfig(), dict(root=root, pipeline=pipeline, per_prompt=per_prompt, round=k,
+                                                     seed=self.cfg.seed + 1000 * k, fill=True, **where),
+                              self.cfg.generate_args)
 
     def reward(self, out: Path, root: str, rounds: str = "all") -> RewardConfig:
-        c = RewardConfig()
-        c = replace(c, data=replace(c.data, root=root, rounds=rounds), model=replace(c.model, clip=self.cfg.clip),
-                    out_dir=str(out), overwrite=True)
-        return with_overrides(c, self.cfg.reward_args)
+        return with_overrides(replace_keys(RewardConfig(), {
+            "data.root": root, "data.rounds": rounds, "model.clip": self.cfg.clip, "out_dir": str(out),
+            "overwrite": True}), self.cfg.reward_args)
 
     def finetune(self, method: str, args: tuple[str, ...], out: Path, reward: Path, seed: int,
                  prompts_file: Path | None = None, split: str | None = None, init: Path | None = None,
                  **extra) -> FinetuneConfig:
-        """A fine-tuning run on ``prompts_file`` (or the shapes-world ``split``) against the reward
-        model at ``reward``, from the base or from the run ``init``; ``extra``: more top-level keys."""
-        c = load_config(FinetuneConfig, CONFIGS / f"{method}.yaml")
-        prompts = replace(c.prompts, prompts_file=str(prompts_file)) if prompts_file is not None \
-            else replace(c.prompts, split=split)
-        c = replace(c, model=replace(c.model, pipeline=self.cfg.pipeline), reward=replace(c.reward, path=str(reward)),
-                    seed=seed, prompts=prompts, output_dir=str(out), init=None if init is None else str(init),
-                    sampling=replace(c.sampling, compile=self.compile), **extra)
-        return with_overrides(c, args)
+        """A run on ``prompts_file`` (or the shapes-world ``split``) against the reward at
+        ``reward``, from the base or from the run ``init``; ``extra``: more keys."""
+        where = {"prompts.prompts_file": str(prompts_file)} if prompts_file is not None else {"prompts.split": split}
+        return self._sampling(load_config(FinetuneConfig, CONFIGS / f"{method}.yaml"), {
+            "model.pipeline": self.cfg.pipeline, "reward.path": str(reward), "seed": seed, "output_dir": str(out),
+            "init": None if init is None else str(init), **where, **extra}, args)
 
     def dpok(self, out: Path, reward: Path, seed: int, prompts_file: Path | None = None, split: str | None = None,
              init: Path | None = None, dpok_rounds: int | None = None, oracle: bool = False) -> FinetuneConfig:
-        """DPOK for one round; ``dpok_rounds``: the DPOK rounds it runs instead of one round's
-        (:attr:`dpok_rounds`: a control spanning several rounds); ``oracle``: the oracle as reward."""
+        """DPOK for a round; ``dpok_rounds``: the DPOK rounds it runs instead of a round's
+        (:attr:`dpok_rounds`), for a control as long as several rounds; ``oracle``: the oracle as reward."""
         c = self.finetune("dpok", self.cfg.dpok_args, out, reward, seed, prompts_file, split, init,
                           curve_every=self.cfg.curve_every)
-        if dpok_rounds is not None:
-            c = replace(c, dpok=replace(c.dpok, rounds=dpok_rounds))
-        return replace(c, reward=replace(c.reward, kind="oracle")) if oracle else c
+        after = {"dpok.rounds": dpok_rounds} if dpok_rounds is not None else {}
+        return replace_keys(c, {**after, **({"reward.kind": "oracle"} if oracle else {})})
 
     def evaluation(self, models: list[str], reward: Path, out: Path, prompts_file: Path | None = None,
                    split: str | None = None) -> EvalConfig:
         """The base and ``models`` (``name=run folder``) on ``prompts_file`` (the held-out prompts
-        as generalisation) or on the shapes-world ``split``, judged by the reward at ``reward``."""
-        c = EvalConfig()
+        as generalisation) or the shapes-world ``split``, judged by the reward at ``reward``."""
         where = dict(prompts_file=str(prompts_file), generalization_split="heldout") if prompts_file is not None \
             else dict(split=split)
-        c = replace(c, base=self.cfg.pipeline, clip=self.cfg.clip, reward=replace(c.reward, path=str(reward)),
-                    models=tuple(models), samples_per_prompt=self.cfg.eval_samples_per_prompt,
-                    side_samples_per_prompt=self.cfg.eval_side_samples_per_prompt,
-                    sampling=replace(c.sampling, compile=self.compile), output_dir=str(out), **where)
-        return with_overrides(c, self.cfg.eval_args)
+        return self._sampling(EvalConfig(), {
+            "base": self.cfg.pipeline, "clip": self.cfg.clip, "reward.path": str(reward), "models": tuple(models),
+            "samples_per_prompt": self.cfg.eval_samples_per_prompt, "output_dir": str(out),
+            "side_samples_per_prompt": self.cfg.eval_side_samples_per_prompt, **where}, self.cfg.eval_args)
 
 
 @dataclass(frozen=True)
@@ -212,15 +204,14 @@ class RoundOut:
 
 
 def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig, out: RoundOut, *,
-              name: Callable[[str], str], who: str, label_summary: Callable[[dict], dict],
-              before_label: Callable[[], dict] | None = None, previous: list[str] | None = None,
+              name: Callable[[str], str], label_summary: Callable[[dict], dict],
+              before_label: Callable[[], dict] | None = None, previous: list[str] = (),
               split: str | None = None, init: Path | None = None, reward_rounds: str = "all") -> dict:
     """Round ``k``: ``gen``'s images -> (``before_label``'s stages) -> simulated raters label what
     the round serves -> targets from the round's labels (``previous``: the last round's; ``split``:
     fine-tune on that shapes-world prompt set instead, no targets) -> the reward on the labels of
-    ``reward_rounds`` -> DPOK (from ``init``).  ``name``: a stage's name in ``stages``; ``who``:
-    what needs round 0's targets (for the message); ``label_summary``: the simulation's summary
-    as the workflow keeps it.  Returns each stage's summary by stage."""
+    ``reward_rounds`` -> DPOK (from ``init``).  ``name``: a stage's name in ``stages``;
+    ``label_summary``: the simulation's summary as the workflow keeps it.  Each stage's summary."""
     cfg, root = configs.cfg, gen.root
     r: dict = {"round": k}
     r["generate"] = stages.run(name("generate"), lambda: generate_summary(gen))
@@ -228,8 +219,7 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
         r.update(before_label())
     r["label"] = stages.run(name("label"), lambda: label_summary(label(cfg, root, k)))
     if split is None:
-        r["targets"] = stages.run(name("targets"), lambda: pick_round_targets(
-            cfg, root, k, out.targets, previous or [], who))
+        r["targets"] = stages.run(name("targets"), lambda: pick_round_targets(cfg, root, k, out.targets, list(previous)))
     r["reward"] = stages.run(name("reward"), lambda: reward_summary(configs.reward(out.reward, root, reward_rounds)))
     r["dpok"] = stages.run(name("dpok"), lambda: dpok_summary(configs.dpok(
         out.dpok, out.reward, cfg.seed + k, prompts_file=out.targets if split is None else None, split=split,
@@ -245,38 +235,32 @@ def label(cfg: RoundConfig, root: str, k: int) -> dict:
         raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed + k)))
 
 
-def pick_round_targets(cfg: RoundConfig, root: str, k: int, path: Path, previous: list[str], who: str) -> dict:
+def pick_round_targets(cfg: RoundConfig, root: str, k: int, path: Path, previous: list[str]) -> dict:
     """Round k's targets from round k's labels: the rule's picks among the train prompts the round
     sampled (the held-out prompts stay unseen for the generalisation figure), plus the previous
     targets too little labelled this round to judge (fewer than rule.min_images labelled images);
-    the table beside them as CSV.  Round 0 needs at least ``min_targets`` (:func:`check_targets`)."""
+    the table beside them as CSV.  Round 0's, to measure a gain on: at least ``min_targets`` in at
+    least two categories, or one clear error."""
     rates = prompt_pass_rates(Store(root), [k])
     table = pick_targets(rates, cfg.rule, among={p.text for p in prompt_set("train")})
     picked = list(table.loc[table["picked"], "prompt"])
     judged = set(table.loc[table["labelled_images"] >= cfg.rule.min_images, "prompt"])
     kept = [t for t in previous if t not in judged and t not in picked]
     chosen = (picked + kept)[: cfg.rule.max_targets]
-    if k == 0:
-        check_targets(chosen, cfg.min_targets, who)
+    categories = {Prompt.parse(t).category for t in chosen}
+    if k == 0 and (len(chosen) < cfg.min_targets or len(categories) < 2):
+        raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
+                        f"(round 0 needs at least {cfg.min_targets} in 2).",
+                        "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower min_targets.")
     if not chosen:
         raise UserError(f"round {k} has no target left: every prompt the rule could pick is fixed or unjudged.",
                         "stop the loop at this round (rounds=), or widen the rule.")
+    print(f"targets: {len(chosen)} prompts in {sorted(categories)}", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path.with_suffix(".csv"), table.to_csv(index=False))
     write_text_atomic(path, "".join(f"{t}\n" for t in chosen))
     return {"targets": chosen, "picked": picked, "kept": kept,
             "dropped": [t for t in previous if t not in chosen]}
-
-
-def check_targets(chosen: list[str], min_targets: int, who: str) -> None:
-    """Enough targets to measure a gain on: at least ``min_targets`` prompts in at least two
-    categories, or one clear error (``who``: what needs them, for the message)."""
-    categories = {Prompt.parse(t).category for t in chosen}
-    if len(chosen) < min_targets or len(categories) < 2:
-        raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
-                        f"({who} needs at least {min_targets} in 2).",
-                        "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower min_targets.")
-    print(f"targets: {len(chosen)} prompts in {sorted(categories)}", file=sys.stderr)
 
 
 def generate_summary(gcfg: GenerateConfig) -> dict:
