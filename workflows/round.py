@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from core.compile import CompileMode, resolve_compile
 from core.config import (NonNegativeInt, PositiveInt, Share, load_config, replace_keys, save_config, to_dict,
@@ -205,7 +205,7 @@ class RoundOut:
 
 def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig, out: RoundOut, *,
               name: Callable[[str], str], label_summary: Callable[[dict], dict],
-              before_label: Callable[[], dict] | None = None, previous: list[str] = (),
+              before_label: Callable[[], dict] | None = None, previous: Sequence[str] = (),
               split: str | None = None, init: Path | None = None, reward_rounds: str = "all") -> dict:
     """Round ``k``: ``gen``'s images -> (``before_label``'s stages) -> simulated raters label what
     the round serves -> targets from the round's labels (``previous``: the last round's; ``split``:
