@@ -7,9 +7,9 @@ so it would end with other labels than a run never killed.  With staging, a kill
 leaves the root as it was before the stage (the rerun discards the copy and labels again from the
 same state, so it writes the same labels); a kill during the commit is finished by the rerun.
 
-The copy is cheap: every file is a hard link.  The store never changes a file in place (an append
-or a merge writes a new file and renames it in, :mod:`data.store`), so what the stage writes in
-the copy never reaches a file the root shares.  A folder inside the root that is a dataset root
+The copy is cheap: every file is a hard link (a copy where the file system has none).  The store
+never changes a file in place (an append or a merge writes a new file and renames it in,
+:mod:`data.store`), so what the stage writes in the copy never reaches a file the root shares.  A folder inside the root that is a dataset root
 of its own (it has a ``generations`` table: the loop's one-shot control) is not copied.
 """
 
@@ -55,15 +55,23 @@ def _nested_root(path: Path) -> bool:
     return path.is_dir() and (path / "generations").is_dir()
 
 
+def _link(src: str, dst: str) -> None:
+    """A hard link, or a copy on a file system that has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _link_copy(root: Path, at: Path) -> None:
     at.mkdir(parents=True)
     for p in root.iterdir():
         if p.name.startswith(".") or _nested_root(p):
             continue
         if p.is_dir():
-            shutil.copytree(p, at / p.name, copy_function=os.link, ignore=SKIP)
+            shutil.copytree(p, at / p.name, copy_function=_link, ignore=SKIP)
         else:
-            os.link(p, at / p.name)
+            _link(str(p), str(at / p.name))
 
 
 def _commit(at: Path, root: Path, names: list[str]) -> None:
