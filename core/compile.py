@@ -35,70 +35,39 @@ RECOMPILE_LIMIT = 32
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shapes-align" / "torchinductor"
 
 
-# sampling.compile=auto compiles for a job of at least this many images (20 steps, guided): where
-# the compiled UNet's saving per image has paid back a first compile (an empty cache) on 2 CPU
-# cores; fewer lost time (experiments/compiled-sampling).
-AUTO_MIN_IMAGES = 2500
-
-
 def resolve_compile(mode: CompileMode, device) -> bool:
-    """Whether to compile the fine-tuning loops' UNet: ``auto`` is on for CUDA, off elsewhere."""
-    if mode != "auto":
-        return mode == "on"
-    import torch
-
-    return torch.device(device).type == "cuda"
-
-
-def resolve_sampling_compile(mode: CompileMode, device, images: int) -> bool:
-    """Whether sampling compiles its UNet, for a job that samples ``images`` images.
-
-    ``auto`` compiles on the CPU, where a C++ compiler is there for inductor's code (``$CXX`` or
-    g++), when the compile pays for itself: the job samples at least :data:`AUTO_MIN_IMAGES`
-    images.  The rule reads the job alone, never what the process compiled before, so a stage
-    samples the same way in a long workflow as on its own or resumed after a kill.  Elsewhere
-    ``auto`` stays eager (on CUDA the fine-tuning loops compile through ``compute.compile``; plain
-    sampling there has not been measured).  ``on`` without a compiler is an error."""
+    """Whether to compile a UNet on ``device``, for every ``compile`` key (``sampling.compile``,
+    ``compute.compile``, the demo's and the loop's ``compile``): ``auto`` is on with CUDA and off
+    elsewhere, decided by the device alone, never by a job's size, so a stage compiles the same
+    way in a long workflow as on its own or resumed after a kill.  Off on the CPU, where a
+    compile was measured not to repay itself on the demo's stages (experiments/demo-budget).
+    ``on`` on the CPU needs a C++ compiler for inductor's code (``$CXX`` or g++), else it is an
+    error."""
     import torch
 
     from core.errors import UserError
 
     kind = torch.device(device).type
-    has_cxx = kind == "cuda" or shutil.which(os.environ.get("CXX", "g++")) is not None
-    if mode == "on" and not has_cxx:
-        raise UserError("sampling.compile=on needs a C++ compiler for torch.compile's CPU code, and there is "
+    if mode == "auto":
+        return kind == "cuda"
+    if mode == "on" and kind == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
+        raise UserError("compile=on needs a C++ compiler for torch.compile's CPU code, and there is "
                         f"no {os.environ.get('CXX', 'g++')} on the PATH.",
-                        "install one (e.g. apt-get install g++), or set sampling.compile=off.")
-    if mode != "auto":
-        return mode == "on"
-    if kind != "cpu" or not has_cxx:
-        return False
-    return images >= AUTO_MIN_IMAGES
+                        "install one (e.g. apt-get install g++), or set compile=off.")
+    return mode == "on"
 
 
-def resolve_workflow_compile(mode: CompileMode, images: int) -> CompileMode:
-    """The one ``sampling.compile`` of a workflow that runs its stages in one process (``make demo``,
-    ``make loop``), for every stage: ``auto`` resolved once by :func:`resolve_sampling_compile` for
-    the ``images`` all its stages sample together, not stage by stage, because the first stage's
-    compile serves every later one (they share the process's compiled UNet, :func:`sampling_unet`):
-    a stage too small to pay for a compile of its own rides on it.  Measured on the demo, eager
-    against every stage compiled over an empty cache (experiments/demo-budget).  The rule reads
-    the config alone, so a resumed run decides the same; ``on`` and ``off`` stay as they are."""
-    if mode != "auto":
-        return mode
-    from core.loading import default_device  # imports torch: not at this module's import
-
-    return "on" if resolve_sampling_compile("auto", default_device(), images) else "off"
+def resolve_sampling_compile(mode: CompileMode, device, images: int | None = None) -> bool:
+    """:func:`resolve_compile` for a sampling job; ``images`` (the job's size) is not read: ``auto``
+    counts no images.  The parameter stays for the callers that still pass it."""
+    return resolve_compile(mode, device)
 
 
 def use_compile_cache() -> None:
-    """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder.  Done when this
-    module is imported too: inductor writes its own default into the variable the first time it
-    looks, so later would be too late."""
+    """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder.  Called where
+    the compile happens (:func:`compile_unet`), before inductor first looks: it writes its own
+    default into the variable then, so later would be too late."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
-
-
-use_compile_cache()
 
 
 def compile_unet(unet, on: bool) -> None:
@@ -107,6 +76,7 @@ def compile_unet(unet, on: bool) -> None:
         return
     import torch._dynamo
 
+    use_compile_cache()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     unet.compile(dynamic=False)
 

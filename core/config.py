@@ -301,6 +301,23 @@ def load_config(cls: type[T], path: str | Path | None = None,
     return _build(cls, tree)
 
 
+def replace_keys(cfg: T, values: dict[str, Any]) -> T:
+    """``cfg`` with ``values`` set by ``dataclasses.replace``, keyed by dotted field paths
+    (``{"reward.path": p}`` replaces ``cfg.reward`` by a copy with that ``path``)."""
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        top[head] = replace_keys(top.get(head, getattr(cfg, head)), {rest: value}) if rest else value
+    return dataclasses.replace(cfg, **top)
+
+
+def with_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """``cfg`` (a config dataclass instance) with dotted ``key.sub=value`` overrides on top,
+    checked as :func:`load_config` checks them: a workflow builds a stage's config with
+    ``dataclasses.replace`` and the user's ``<stage>_args`` still win over what it set."""
+    return _build(type(cfg), _merge(to_dict(cfg), parse_overrides(overrides)))
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) and return its path."""
     path = Path(path)

@@ -3,19 +3,17 @@ one compiled module reused across models and batch sizes, a LoRA policy sampled 
 weights, and the oracle's verdicts kept on the shapes model (the figures every report rests on)."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import core.compile
-from core.compile import AUTO_MIN_IMAGES, resolve_sampling_compile, resolve_workflow_compile
-from core.config import load_config
+from core.compile import resolve_compile, resolve_sampling_compile
 from core.errors import UserError
 from core.loading import load_sd_pipeline
 from core.sampling import SamplingConfig, generate_images
-from finetune.config import CONFIGS, FinetuneConfig
-from labeling_app.generate import GenerateConfig
 
 
 @pytest.fixture(autouse=True)
@@ -28,37 +26,30 @@ def pixels(images):
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
 
-def test_auto_compiles_cpu_jobs_that_pay_for_it(monkeypatch):
-    assert resolve_sampling_compile("auto", "cpu", AUTO_MIN_IMAGES)
-    assert not resolve_sampling_compile("auto", "cpu", AUTO_MIN_IMAGES - 1)
+def test_auto_is_decided_by_the_device_alone(monkeypatch):
+    """auto: on with CUDA, off on the CPU, whatever a job's size (a stage compiles the same way in
+    a workflow as on its own); on without a C++ compiler on the CPU is one clear error."""
+    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert not resolve_sampling_compile("auto", "cpu", 10 ** 6)
     assert not resolve_sampling_compile("off", "cpu", 10 ** 6)
     assert resolve_sampling_compile("on", "cpu", 1)
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert not resolve_sampling_compile("auto", "cpu", 10 ** 6)  # no compiler: eager, silently
     with pytest.raises(UserError, match="C\\+\\+ compiler"):
         resolve_sampling_compile("on", "cpu", 1)
 
 
-def test_a_workflow_compiles_all_its_stages_or_none(monkeypatch):
-    """make demo and make loop resolve auto once, by all their stages' images: the default demo and
-    loop compile on a CPU (one compile serves every stage), a cut-down one stays eager."""
-    from workflows.demo import DemoConfig, planned_images
-    from workflows.loop import LoopConfig
-    from workflows.loop import planned_images as loop_images
+def test_a_workflow_gives_every_stage_one_compile(monkeypatch):
+    """make demo and make loop resolve their compile once, by the device, for every stage."""
+    from workflows.demo import DemoConfig
+    from workflows.round import StageConfigs
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_workflow_compile("auto", AUTO_MIN_IMAGES) == "on"
-    assert resolve_workflow_compile("auto", AUTO_MIN_IMAGES - 1) == "off"
-    assert resolve_workflow_compile("off", 10 ** 6) == "off" and resolve_workflow_compile("on", 1) == "on"
-    gen, rwl, dpok = GenerateConfig(prompts="all"), load_config(FinetuneConfig, CONFIGS / "rwl.yaml", []), \
-        load_config(FinetuneConfig, CONFIGS / "dpok.yaml", [])
-    assert planned_images(DemoConfig(), gen, rwl, dpok) >= AUTO_MIN_IMAGES
-    assert loop_images(LoopConfig(), dpok.dpok) >= AUTO_MIN_IMAGES
-    small = replace(DemoConfig(), per_prompt=2, eval_samples_per_prompt=1)
-    assert planned_images(small, replace(gen, max_prompts=24), rwl, replace(dpok, dpok=replace(dpok.dpok, rounds=2))) \
-        < AUTO_MIN_IMAGES
-    monkeypatch.setenv("CXX", "no-such-compiler")
-    assert resolve_workflow_compile("auto", 10 ** 6) == "off"
+    for mode, resolved in (("auto", "off"), ("on", "on"), ("off", "off")):
+        configs = StageConfigs(replace(DemoConfig(), compile=mode))
+        out = Path("runs/x")
+        assert configs.compile == resolved
+        assert {configs.generate("ds", "sd", 0, 1).sampling.compile, configs.dpok(out, out, 0, out).sampling.compile,
+                configs.evaluation([], out, out, out).sampling.compile} == {resolved}
 
 
 @pytest.mark.slow

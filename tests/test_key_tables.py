@@ -20,6 +20,8 @@ TABLES = {
     "labeling_app.generate.GenerateConfig": "docs/labeling.md",
     "labeling_app.config.LabelConfig": "docs/labeling.md",
     "evaluation.config.EvalConfig": "docs/evaluation.md",
+    "workflows.demo.DemoConfig": "docs/demo.md",
+    "workflows.loop.LoopConfig": "docs/loop.md",
 }
 MARKER = "<!-- key-table: {} -->"
 

@@ -1,8 +1,16 @@
 """Tier 2: `make loop`'s rounds on tiny models: every round's stages, the fine-tuned model's images
-in the next round, raters on the selected images only, resuming after a kill, the same seed twice,
-and bad input refused before anything is written.  (The full loop's figures are `make loop`'s own.)"""
+in the next round, raters on the selected images only, resuming after a kill (Ctrl-C in DPOK,
+SIGKILL in a label stage), the same seed twice, and bad input refused before anything is written.
+(The full loop's figures are `make loop`'s own.)"""
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from data import read_table
 from pipelines.cli import run
@@ -53,7 +61,7 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
 
     # Killed during round 1's fine-tuning (Ctrl-C), then the same command again: the finished
     # stages are skipped and the results are those of the run that was never interrupted.
-    import workflows.loop as loop
+    import workflows.round as loop
 
     real, calls = loop.train_dpok, []
 
@@ -73,9 +81,37 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
     assert "round-0/dpok (done before)" in err and "== loop: round-1/dpok\n" in err
     assert _without_timings(tmp_path / "report" / "results.json") == results
 
+    # SIGKILLed in round 0's label stage with labels written, then the same command again: the
+    # labels, and so everything after them, are those of the run never interrupted.
+    _kill_in_round_0_labels(args + ["fresh=true"], tmp_path)
+    assert not (tmp_path / "runs" / "stages" / "round-0" / "label.json").exists()  # killed inside the stage
+    assert run(main, args) == 0
+    assert _without_timings(tmp_path / "report" / "results.json") == results
+
     # The same seed from scratch gives the same results.
     assert run(main, args + ["fresh=true"]) == 0
     assert _without_timings(tmp_path / "report" / "results.json") == results
+
+
+def _kill_in_round_0_labels(args, tmp_path, labels=5, timeout=300):
+    """Run `make loop` in a process of its own and SIGKILL it once round 0's label stage has
+    written ``labels`` label files (in its staging copy, or in the root itself)."""
+    repo = Path(__file__).resolve().parents[1]
+    for d in ("ds", "runs", "report"):  # no labels of the run before to mistake for the new one's
+        shutil.rmtree(tmp_path / d)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.loop", *args], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    written = [tmp_path / "ds" / ".staging" / "binary_labels", tmp_path / "ds" / "binary_labels"]
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(len(list(d.glob("part-*.parquet"))) >= labels for d in written if d.is_dir()):
+            assert proc.poll() is None, "the loop ended before its round-0 labels"
+            assert time.monotonic() < deadline, "no round-0 labels in time"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path, capsys):
@@ -85,6 +121,9 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
     assert not (tmp_path / "ds").exists() and not (tmp_path / "runs").exists()
     assert run(main, _args(tiny_sd, clip, tmp_path, "dpok_args=[dpok.no_such_key=1]")) == 2
     assert "no_such_key" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    for bad in ("abc", "5", "0,1"):  # round 1's labels do not exist when round 0's reward trains
+        assert run(main, _args(tiny_sd, clip, tmp_path, f"reward_rounds={bad}")) == 2
+        assert "reward_rounds=" in capsys.readouterr().err and not (tmp_path / "ds").exists()
     precious = tmp_path / "ds"
     precious.mkdir()
     (precious / "keep.txt").write_text("a rater's work")
@@ -96,7 +135,7 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
 def test_paired_gain_is_the_mean_per_prompt_difference_with_its_standard_error():
     import math
 
-    from workflows.loop_report import paired_gain
+    from evaluation.loop_report import paired_gain
 
     base = {"a": 0.25, "b": 0.5, "c": 0.0}
     model = {"a": 0.75, "b": 0.5, "c": 0.5, "z": 1.0}  # z: not evaluated for the base, left out

@@ -73,7 +73,7 @@ def test_report_gives_the_gain_and_its_standard_error(tmp_path):
 
 
 def test_the_loop_reward_check_fails_on_a_fall_not_on_a_rise():
-    from workflows.loop_report import _keeps_up
+    from evaluation.loop_report import _keeps_up
 
     assert _keeps_up([0.76, 0.80], 0.765) is True  # a better reward on new images is no failure
     assert _keeps_up([0.68, 0.81], 0.744) is False  # 6 points below round 0: a failure, not "not measured"

@@ -6,8 +6,8 @@ its compile as a user's first run does and no compiled code passes from one run 
 ``eager`` (``compile=off``), ``compiled-cold`` (``compile=on``: every stage through the compiled
 UNet) with an empty compile cache, and ``compiled-warm``: the same again over the cache the first
 compiled run filled (what every later run on the machine pays).  The whole's ratio is what the
-demo's ``compile=auto`` (every stage or none, core.compile.resolve_workflow_compile) is decided
-from.  Every run has the same seed and folders of its own; the table
+demo's ``compile=auto`` (every stage or none, core.compile.resolve_compile) was decided from.
+Every run has the same seed and folders of its own; the table
 gives each stage's seconds, and the ratio eager / compiled of each stage and of the whole, since
 these machines' speed drifts between sessions but not within one run.  The figures each run
 reached (targets, gains and their standard errors) come beside the times: the compiled path

@@ -1,3 +1,3 @@
-"""Workflows that chain the stages end to end: the demo's single round (:mod:`workflows.demo`) and
-the closed loop's rounds (:mod:`workflows.loop`).  Library code: the entry points in pipelines/
-parse argv and call these."""
+"""Workflows that chain the stages end to end: one round (:mod:`workflows.round`), run once by the
+demo (:mod:`workflows.demo`) and round after round by the closed loop (:mod:`workflows.loop`).
+Library code: the entry points in pipelines/ parse argv and call these."""
