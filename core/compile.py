@@ -57,12 +57,6 @@ def resolve_compile(mode: CompileMode, device) -> bool:
     return mode == "on"
 
 
-def resolve_sampling_compile(mode: CompileMode, device, images: int | None = None) -> bool:
-    """:func:`resolve_compile` for a sampling job; ``images`` (the job's size) is not read: ``auto``
-    counts no images.  The parameter stays for the callers that still pass it."""
-    return resolve_compile(mode, device)
-
-
 def use_compile_cache() -> None:
     """Point inductor's caches at :data:`CACHE_DIR` unless the user chose a folder.  Called where
     the compile happens (:func:`compile_unet`), before inductor first looks: it writes its own

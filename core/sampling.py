@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from PIL import Image
 
-from core.compile import CompileMode, resolve_sampling_compile, sampling_unet
+from core.compile import CompileMode, resolve_compile, sampling_unet
 from core.config import Bounds, PositiveInt, Share
 from core.errors import UserError
 
@@ -93,10 +93,9 @@ class SamplingConfig:
     width: PositiveInt | None = None
     # torch.compile of the UNet (core.compile.sampling_unet: one compiled module per process and
     # architecture, every model's weights copied into it, every UNet call padded to a full batch's
-    # rows, so one graph serves every batch).  auto: on the CPU, where a C++ compiler is there, for
-    # a job of at least core.compile.AUTO_MIN_IMAGES images (where the compile pays for itself:
-    # experiments/compiled-sampling); off: eager.  The images agree with eager's up to float
-    # rounding, not bit for bit.
+    # rows, so one graph serves every batch).  auto: on with CUDA, off on the CPU (core.compile.
+    # resolve_compile); off: eager.  The images agree with eager's up to float rounding, not bit
+    # for bit.
     compile: CompileMode = "auto"
 
     def settings(self, pipe) -> SamplerSettings:
@@ -177,12 +176,10 @@ def _finite_ddim_class():
 
 
 def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig = SamplingConfig(),
-                    progress=None, dtype=None, planned: int | None = None) -> list[Image.Image]:
+                    progress=None, dtype=None) -> list[Image.Image]:
     """One image per (prompt, seed).  Each image has its own ``torch.Generator`` seeded with its
     seed, so an image does not depend on the batch it was drawn in.  ``dtype``: autocast dtype
-    (:func:`sampling_dtype`), None for fp32.  ``planned``: the images the whole job samples over
-    several calls (default: this call's), for ``cfg.compile=auto``'s rule
-    (:func:`core.compile.resolve_sampling_compile`)."""
+    (:func:`sampling_dtype`), None for fp32."""
     import torch  # imported on first use: config parsing stays fast
 
     if len(prompts) != len(seeds):
@@ -192,7 +189,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     guided = cfg.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     rows = cfg.batch_size * (2 if guided else 1)  # every UNet call padded to a full batch's: one graph
-    compiled = resolve_sampling_compile(cfg.compile, pipe.device, planned or len(prompts))
+    compiled = resolve_compile(cfg.compile, pipe.device)
     scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
     unet = pipe.unet
     if compiled:

@@ -183,8 +183,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
     results, base_rewards, base_aligned, base_images, base_regions = [], None, None, None, None
     for name, ref in names:
         pipe = load_model(ref)
-        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype,
-                                 planned=len(texts) * len(names))
+        images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
         tensor = pil_to_tensor(images[:n_main])
         scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
         rewards = scores.float().cpu().numpy()

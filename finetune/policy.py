@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.compile import CompileMode, resolve_sampling_compile, sampling_unet
+from core.compile import CompileMode, resolve_compile, sampling_unet
 from finetune.rl_math import StepGaussian
 from finetune.scheduler import DDIMSchedule
 
@@ -59,16 +59,16 @@ class DiffusionPolicy:
     def step(self, x_t, index, cond, uncond) -> PolicyStep:
         return self._step(self.unet, x_t, index, cond, uncond)
 
-    def for_sampling(self, compile: CompileMode, rows: int, images: int) -> DiffusionPolicy:
+    def for_sampling(self, compile: CompileMode, rows: int) -> DiffusionPolicy:
         """The policy to sample with: itself, or where ``compile`` says so
-        (:func:`core.compile.resolve_sampling_compile`, for a job of ``images`` images) its current
+        (:func:`core.compile.resolve_compile`) its current
         weights, adapters fused (:func:`fused_state`), in the process's compiled sampling UNet
         (:func:`core.compile.sampling_unet`): a graph without the adapters' extra matmuls, every
         UNet call of ``rows`` rows.  Its log-probs agree with this policy's up to float rounding,
         so the PPO ratio of a fresh update starts at 1 within about 1e-5.  Call it again after
         every update: it copies the weights of the moment."""
         bare = _peft_model(self.unet)
-        if not resolve_sampling_compile(compile, next(bare.parameters()).device, images):
+        if not resolve_compile(compile, next(bare.parameters()).device):
             return self
         return DiffusionPolicy(sampling_unet(bare, rows, fused_state(self.unet)), self.schedule, self.guidance_scale)
 

@@ -85,16 +85,10 @@ class Run:
     def sampling_policy(self) -> DiffusionPolicy:
         """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of
         this moment in the process's compiled sampling UNet (:meth:`DiffusionPolicy.for_sampling`),
-        ``sampling.batch_size`` images a call.  ``auto`` weighs the images the whole run samples: every
-        DPOK round's, or RWL's D_model.  Call it again after every update."""
+        ``sampling.batch_size`` images a call.  Call it again after every update."""
         cfg = self.cfg
-        if cfg.method == "dpok":
-            images = (cfg.dpok.prompts_per_process(self.accelerator.num_processes) * cfg.dpok.samples_per_prompt
-                      * cfg.dpok.rounds)
-        else:
-            images = len(self.prompts) * cfg.rwl.samples_per_prompt
         rows = cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1)
-        return self.policy.for_sampling(cfg.sampling.compile, rows, images)
+        return self.policy.for_sampling(cfg.sampling.compile, rows)
 
     def optimizer_step(self) -> None:
         """One optimizer and learning-rate step, gradients cleared.  Under ``accelerator.accumulate()``

@@ -140,7 +140,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         for start in range(0, len(jobs), cfg.sampling.batch_size):
             batch = jobs[start:start + cfg.sampling.batch_size]
             images = generate_images(pipe, [p.text for p, _ in batch], [s for _, s in batch], cfg.sampling,
-                                     dtype=dtype, planned=len(jobs))
+                                     dtype=dtype)
             save_images(store, images, prompts=[p.text for p, _ in batch],
                         prompt_ids=[p.prompt_id for p, _ in batch], categories=[p.category for p, _ in batch],
                         seeds=[s for _, s in batch], model_id=model_id, settings=settings,
