@@ -23,8 +23,10 @@ from core.errors import DataError
 
 # 2: generations gained round, model_fingerprint and run (the closed loop's rounds); a version-1
 # part reads with round 0 and no fingerprint or run (TableSpec.defaults), and `make migrate`
-# rewrites a root's parts in the current version.
-SCHEMA_VERSION = 2
+# rewrites a root's parts in the current version.  3: the marks table (data.marks: where a bad
+# answer says the image is wrong); a root without it reads it as empty, and its v2 parts need no
+# change but are rewritten by `make migrate` so every file on disk says version 3.
+SCHEMA_VERSION = 3
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -43,6 +45,9 @@ class TableSpec:
     defaults: dict[str, object] = field(default_factory=dict, compare=False)
     """Values of columns added in a later schema version: a part written before has none, and
     reads (and appends that leave the column out) get this value."""
+    since: int = field(default=1, compare=False)
+    """The schema version that added the table: ``make migrate`` gives an older root an empty
+    part of it, so readers that glob its folder (DuckDB) find its columns."""
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:

@@ -361,15 +361,20 @@ def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = N
 def migrate(root: str | os.PathLike) -> dict[str, int]:
     """Rewrite every table of a root in the current schema version (``make migrate``): an older
     part reads with the defaults of the columns added since (:attr:`TableSpec.defaults`) and is
-    replaced, atomically and under its own name, by those rows with every column.  Returns the rows per table migrated.
+    replaced, atomically and under its own name, by those rows with every column; a table added
+    since the root was written (:attr:`TableSpec.since`) gets an empty part.  Returns the rows per
+    table migrated (0 for a table it added).
 
     Reading never needs this; it makes the files on disk current for other readers (DuckDB, an
     analyst's pyarrow), which see the files as written."""
     store, out = Store(root), {}
+    root_version = SCHEMA_VERSION
     for name, spec in TABLES.items():
         directory = store.table_dir(spec)
         parts = sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
-        old = [p for p in parts if _part_version(p) < SCHEMA_VERSION]
+        versions = [_part_version(p) for p in parts]
+        root_version = min([root_version, *versions])
+        old = [p for p, v in zip(parts, versions) if v < SCHEMA_VERSION]
         if not old:
             continue
         rows = 0
@@ -379,6 +384,13 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
                 rows += table.num_rows
                 _write_durably(table, directory, p.name)  # same name: same place in the read order
         out[name] = rows
+    # Tables added since the root was written: an empty part each (reading never needs it).
+    for name, spec in TABLES.items():
+        if spec.since > root_version and not store.exists(spec):
+            directory = store.table_dir(spec)
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_durably(spec.schema.empty_table(), directory, _new_part_name())
+            out[name] = 0
     return out
 
 

@@ -32,6 +32,7 @@ from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
+from labeling_app.marking import parse_marks
 from labeling_app.raters import RatersFile
 from labeling_app.stats import round_counts, round_report
 from labeling_app.views import (chart_html, esc, nothing_shown, pct, prompt_html, refusal_text, status_html,
@@ -83,7 +84,7 @@ class LabelingHandlers:
                     reason=""):
         """Outputs of the binary tab: image, prompt, status, progress, skip reason."""
         image = str(served.paths[0]) if served.assignment else None
-        return (image, prompt_html(served.assignment, served.paths), status_html(message, warn),
+        return (image, prompt_html(served.assignment, served.paths, self.cfg.marks), status_html(message, warn),
                 self.progress_html(rater_id), reason)
 
     def binary_refused(self, rater_id: str, action: str, e: UserError, reason=gr.skip()):
@@ -95,21 +96,26 @@ class LabelingHandlers:
         rater_id = self.rater(request)
         return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"))
 
-    def answer_binary(self, label: str, reason: str, seen: str | None, request: gr.Request):
-        """``seen``: the token of the item the page showed ('' when it showed none)."""
+    def answer_binary(self, label: str, reason: str, seen: str | None, request: gr.Request, marks: str | None = None):
+        """``seen``: the token of the item the page showed ('' when it showed none); ``marks``:
+        the page's marks of that item as JSON (:func:`labeling_app.marking.parse_marks`).  A
+        refused answer keeps the skip box's text (the page keeps its marks)."""
         rater_id = self.rater(request)
         try:
             if not seen:
                 raise nothing_shown()
-            self.assigner.submit_binary(rater_id, seen, label, reason)
+            points, words = parse_marks(marks)
+            self.assigner.submit_binary(rater_id, seen, label, reason, points=points, words=words)
         except UserError as e:
             return self.binary_refused(rater_id, label, e)
-        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"), f"Saved: {label}.")
+        marked = f" with {len(points)} point(s) and {len(words)} word(s) marked" if points or words else ""
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"), f"Saved: {label}{marked}.")
 
     def _answer_fn(self, label: str):
         # Gradio passes gr.Request only to a positional parameter annotated with it.
-        def answer(reason: str, seen: str, request: gr.Request):
-            return self.answer_binary(label, reason, seen, request)
+        # ``marks`` defaults to None so API callers that send no marks need not name it.
+        def answer(reason: str, seen: str, marks: str | None = None, request: gr.Request = None):
+            return self.answer_binary(label, reason, seen, request, marks)
         answer.__name__ = f"answer_{label}"
         return answer
 

@@ -27,7 +27,8 @@ from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
-from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
+from labeling_app.marking import BINARY_ANSWER_JS, MARKS_CSS, MARKS_HEAD
+from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.web import LoginGuard, NoUploads, export_route, trusting_proxies
 
@@ -47,7 +48,8 @@ class LabelingApp(LabelingHandlers):
             with gr.Tabs():
                 if "binary" in tasks:
                     with gr.Tab("Does it match?", id="binary"):
-                        b_seen = gr.Textbox(visible=False)  # filled by SEEN_BINARY_JS at each answer
+                        b_seen = gr.Textbox(visible=False)  # filled by BINARY_ANSWER_JS at each answer
+                        b_marks = gr.Textbox(visible=False)  # the page's marks, filled likewise
                         with gr.Row():
                             with gr.Column(scale=3):
                                 b_image = gr.Image(type="filepath", interactive=False, show_label=False,
@@ -61,14 +63,16 @@ class LabelingApp(LabelingHandlers):
                                     good = gr.Button("Good (G)", variant="primary", elem_id="btn-good")
                                     bad = gr.Button("Bad (B)", variant="stop", elem_id="btn-bad")
                                     skip = gr.Button("Skip (S)", elem_id="btn-skip")
-                                reason = gr.Textbox(label="Reason for skipping (optional)", max_lines=2,
+                                reason = gr.Textbox(label="Reason for skipping (optional)" if self.cfg.marks == "off" else
+                                                    "Reason for skipping, or why nothing can be marked (optional)",
+                                                    max_lines=2,
                                                     max_length=500, elem_id="skip-reason")
                                 undo_b = gr.Button("Undo last answer (U)", size="sm", elem_id="btn-undo-binary")
                                 b_status = gr.HTML(elem_id="binary-status", js_on_load=None)
                         b_out = [b_image, b_prompt, b_status, progress, reason]
                         for btn, label in ((good, "good"), (bad, "bad"), (skip, "skip")):
-                            btn.click(self._answer_fn(label), inputs=[reason, b_seen], outputs=b_out,
-                                      api_name=label, trigger_mode="once", js=SEEN_BINARY_JS)
+                            btn.click(self._answer_fn(label), inputs=[reason, b_seen, b_marks], outputs=b_out,
+                                      api_name=label, trigger_mode="once", js=BINARY_ANSWER_JS)
                         undo_b.click(self.undo_binary, outputs=b_out, api_name="undo_binary", trigger_mode="once")
                         demo.load(self.next_binary, outputs=b_out, api_name="next_binary")
                 if "ranking" in tasks:
@@ -191,6 +195,6 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
             blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
             # NoUploads refuses uploads first; a limit of 0 bytes stops any Gradio would still take.
             max_file_size=0,
-            footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
+            footer_links=[], ssr_mode=False, head=HEAD + MARKS_HEAD, css=CSS + MARKS_CSS, theme=gr.themes.Soft(),
             enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
         )
