@@ -157,11 +157,11 @@ def image_marks(store: Store) -> dict[str, ImageMarks]:
 
 def disk_map(points: list[tuple[float, float]], size: tuple[int, int], radius: float = DISK_RADIUS) -> np.ndarray:
     """One rater's clicks as a 0/1 map of shape (H, W) = ``size``: the union of disks of ``radius``
-    (a fraction of the image's shorter side) around each (x, y) point in [0, 1]."""
+    (a fraction of the image's shorter side, at least one pixel) around each (x, y) point in [0, 1]."""
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
     cx, cy = (xx + 0.5) / w, (yy + 0.5) / h  # pixel centres as fractions
-    r = radius * min(h, w)
+    r = max(radius * min(h, w), 1.0)  # at least a pixel, so a click always shows on a small map
     out = np.zeros((h, w), dtype=bool)
     for x, y in points:
         out |= (cx * w - x * w) ** 2 + (cy * h - y * h) ** 2 <= r * r

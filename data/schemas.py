@@ -384,6 +384,13 @@ HF_BINARY_LABELS = pa.schema([
     ("duration_ms", pa.int64()),
     ("guideline_version", pa.string()),
     ("created_at", TIMESTAMP),
+    # RichHF-18K's region columns, per image (the same on each of its rows): the raters' averaged
+    # disk heatmap at image size as a 0-255 grey PNG, and one 0/1 per prompt word (0: misaligned),
+    # space-separated as RichHF-18K stores it; then this answer's own marks (data.marks).
+    ("misalignment_map", HF_IMAGE),
+    ("prompt_misalignment_label", pa.string()),
+    ("mark_points", pa.list_(pa.struct([("x", pa.float32()), ("y", pa.float32())]))),
+    ("mark_words", pa.list_(pa.int32())),
 ])
 
 HF_PAIRS = pa.schema([

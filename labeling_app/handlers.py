@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 import gradio as gr  # noqa: E402
 
 from core.errors import UserError
+from data.marks import image_marks
 from data.targets import pick_targets, prompt_pass_rates
 from labeling_app.assignment import Assigner, Served
 from labeling_app.charts import pass_rate_chart, timeline_chart
@@ -33,6 +34,7 @@ from labeling_app.export import export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
 from labeling_app.marking import parse_marks
+from labeling_app.marks_admin import heatmap_html, picker_choices
 from labeling_app.raters import RatersFile
 from labeling_app.stats import round_counts, round_report
 from labeling_app.views import (chart_html, esc, nothing_shown, pct, prompt_html, refusal_text, status_html,
@@ -225,6 +227,22 @@ class LabelingHandlers:
         timeline = chart_html(timeline_chart(rep.timeline), "Answers per rater over time", "timeline-chart")
         return (summary, chart, prompts, timeline, timeline_table(rep.timeline), rep.counts, rep.gold,
                 withdrawn_table(self.assigner.withdrawn()), round_counts(self.assigner.store))
+
+    def marked_images(self, request: gr.Request):
+        """The heatmap picker's choices: the images raters marked, most-marked first."""
+        self.admin(request)
+        return gr.update(choices=picker_choices(image_marks(self.assigner.store)), value=None)
+
+    def marks_heatmap(self, image_id: str | None, request: gr.Request) -> str:
+        """One marked image's averaged heatmap over it (:mod:`labeling_app.marks_admin`)."""
+        self.admin(request)
+        m = image_marks(self.assigner.store).get(image_id or "")
+        if m is None or not m.marked:
+            return status_html("Pick a marked image." if not image_id else f"No marks on {image_id}.")
+        try:
+            return heatmap_html(self.assigner.image_path(image_id), m)
+        except UserError as e:
+            return status_html(self.refused("admin", "heatmap", e), warn=True)
 
     def export(self, request: gr.Request):
         """Write an export under <root>/exports/ and link its zip through the admin-only route

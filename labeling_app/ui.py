@@ -129,12 +129,21 @@ class LabelingApp(LabelingHandlers):
                                 "handed out.  Restore the file (or bring the new one in with `make import`) and "
                                 "restart the app to serve them again.")
                     withdrawn = gr.Dataframe(interactive=False, elem_id="admin-withdrawn")
+                    gr.Markdown("**Where raters marked images wrong**: pick a marked image to see its raters' "
+                                "averaged heatmap over it (RichHF disks; red: the share of its raters who "
+                                "clicked there) and how many marked each word.")
+                    marks_pick = gr.Dropdown(choices=[], label="Marked image", elem_id="admin-marks-pick")
+                    marks_view = gr.HTML(js_on_load=None, elem_id="admin-marks-heatmap")
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_link = gr.HTML(js_on_load=None, elem_id="export-download")
                     export_status = gr.HTML(js_on_load=None)
                     report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn, rounds]
                     refresh.click(self.admin_report, outputs=report, api_name="admin_report")
                     admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
+                    for event in (refresh.click, admin_tab.select):
+                        event(self.marked_images, outputs=marks_pick, api_visibility="private")
+                    marks_pick.change(self.marks_heatmap, inputs=marks_pick, outputs=marks_view,
+                                      api_visibility="private")
                     export_btn.click(self.export, outputs=[export_link, export_status], api_name="export",
                                      trigger_mode="once")
             demo.load(self.admin_visible, outputs=admin_tab, api_visibility="private")
