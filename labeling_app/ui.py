@@ -6,7 +6,8 @@ make and serve the app of a round behind the raters' login.  The API names (``/n
 ``/good``, ``/bad``, ``/skip``, ``/undo_binary``, ``/next_ranking``, ``/submit_ranking``,
 ``/undo_ranking``, ``/admin_report``, ``/export``) are what ``gradio_client`` callers use; an
 answer's ``seen`` argument is the token (:func:`labeling_app.views.shown_token` of the prompt
-output).
+output); its optional ``marks`` argument, the marks of a bad answer as JSON
+(:mod:`labeling_app.marking`: ``{"points": [[x, y], ...], "words": [i, ...]}``).
 """
 
 from __future__ import annotations
