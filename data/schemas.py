@@ -23,9 +23,8 @@ from core.errors import DataError
 
 # 2: generations gained round, model_fingerprint and run (the closed loop's rounds); a version-1
 # part reads with round 0 and no fingerprint or run (TableSpec.defaults), and `make migrate`
-# rewrites a root's parts in the current version.  3: the marks table (data.marks: where a bad
-# answer says the image is wrong); a root without it reads it as empty, and its v2 parts need no
-# change but are rewritten by `make migrate` so every file on disk says version 3.
+# rewrites a root's parts in the current version.  3: the marks table (data.marks); a root
+# without it reads it as empty, and `make migrate` gives it an empty part.
 SCHEMA_VERSION = 3
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -46,8 +45,7 @@ class TableSpec:
     """Values of columns added in a later schema version: a part written before has none, and
     reads (and appends that leave the column out) get this value."""
     since: int = field(default=1, compare=False)
-    """The schema version that added the table: ``make migrate`` gives an older root an empty
-    part of it, so readers that glob its folder (DuckDB) find its columns."""
+    """The schema version that added the table: ``make migrate`` gives an older root an empty part."""
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -384,9 +382,8 @@ HF_BINARY_LABELS = pa.schema([
     ("duration_ms", pa.int64()),
     ("guideline_version", pa.string()),
     ("created_at", TIMESTAMP),
-    # RichHF-18K's region columns, per image (the same on each of its rows): the raters' averaged
-    # disk heatmap at image size as a 0-255 grey PNG, and one 0/1 per prompt word (0: misaligned),
-    # space-separated as RichHF-18K stores it; then this answer's own marks (data.marks).
+    # RichHF-18K's columns, per image: averaged heatmap (0-255 grey PNG), "1 0 1" per prompt word
+    # (0: misaligned); then this answer's own marks (data.marks)
     ("misalignment_map", HF_IMAGE),
     ("prompt_misalignment_label", pa.string()),
     ("mark_points", pa.list_(pa.struct([("x", pa.float32()), ("y", pa.float32())]))),

@@ -12,7 +12,10 @@ all is an error.
 
 ``binary_labels.image`` is stored in the layout of the ``datasets`` ``Image`` feature (a struct of
 ``bytes`` and ``path``) and declared as such in the Parquet schema metadata, so
-``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  ``pairs`` follows
+``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  It also has RichHF-18K's
+region columns (:mod:`data.marks`), per image: ``misalignment_map`` (the raters' averaged disk
+heatmap at image size, a 0-255 grey Image) and ``prompt_misalignment_label`` (one 0/1 per prompt
+word, space-separated, 0 = misaligned), and each answer's own ``mark_points`` / ``mark_words``.  ``pairs`` follows
 Pick-a-Pic v2: ``caption``, ``jpg_0`` / ``jpg_1`` (the encoded image bytes, plain binary as there,
 so code written for Pick-a-Pic, e.g. PickScore's or Diffusion-DPO's loaders, reads them unchanged;
 our images are PNG whatever the column is called), ``label_0`` / ``label_1`` (1/0, 0.5/0.5 for a

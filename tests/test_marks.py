@@ -243,6 +243,9 @@ def test_migrate_gives_a_version_2_root_an_empty_marks_table(store):
     assert out["marks"] == 0 and out["generations"] == len(store.to_pandas("generations"))
     part, = store.table_dir(MARKS).glob(PART_GLOB)
     assert pq.read_table(part).schema.names == MARKS.schema.names and store.read(MARKS).num_rows == 0
+    duckdb = pytest.importorskip("duckdb")
+    folder = store.table_dir(MARKS)
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')").fetchall() == [(0,)]
     assert migrate(store.root) == {}
 
 
