@@ -23,8 +23,9 @@ from core.errors import DataError
 
 # 2: generations gained round, model_fingerprint and run (the closed loop's rounds); a version-1
 # part reads with round 0 and no fingerprint or run (TableSpec.defaults), and `make migrate`
-# rewrites a root's parts in the current version.
-SCHEMA_VERSION = 2
+# rewrites a root's parts in the current version.  3: the marks table (data.marks); a root
+# without it reads it as empty, and `make migrate` gives it an empty part.
+SCHEMA_VERSION = 3
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -43,6 +44,8 @@ class TableSpec:
     defaults: dict[str, object] = field(default_factory=dict, compare=False)
     """Values of columns added in a later schema version: a part written before has none, and
     reads (and appends that leave the column out) get this value."""
+    since: int = field(default=1, compare=False)
+    """The schema version that added the table: ``make migrate`` gives an older root an empty part."""
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -379,6 +382,12 @@ HF_BINARY_LABELS = pa.schema([
     ("duration_ms", pa.int64()),
     ("guideline_version", pa.string()),
     ("created_at", TIMESTAMP),
+    # RichHF-18K's columns, per image: averaged heatmap (0-255 grey PNG), "1 0 1" per prompt word
+    # (0: misaligned); then this answer's own marks (data.marks)
+    ("misalignment_map", HF_IMAGE),
+    ("prompt_misalignment_label", pa.string()),
+    ("mark_points", pa.list_(pa.struct([("x", pa.float32()), ("y", pa.float32())]))),
+    ("mark_words", pa.list_(pa.int32())),
 ])
 
 HF_PAIRS = pa.schema([

@@ -361,19 +361,24 @@ def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = N
 def migrate(root: str | os.PathLike) -> dict[str, int]:
     """Rewrite every table of a root in the current schema version (``make migrate``): an older
     part reads with the defaults of the columns added since (:attr:`TableSpec.defaults`) and is
-    replaced, atomically and under its own name, by those rows with every column.  Returns the rows per table migrated.
+    replaced, atomically and under its own name, by those rows with every column; a table added
+    since the root was written (:attr:`TableSpec.since`) gets an empty part.  Returns the rows per
+    table migrated (0 for a table it added).
 
     Every part of every table is read and checked first: a bad one is a DataError naming it, raised
     before any part is rewritten.  Reading never needs this; it makes the files on disk current
     for other readers (DuckDB, an analyst's pyarrow), which see the files as written."""
     store, plan, out = Store(root), [], {}
+    root_version = SCHEMA_VERSION
     for name, spec in TABLES.items():
         directory = store.table_dir(spec)
         old = []
         for p in sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []:
             try:
                 store._read_part(spec, p)  # raises DataError naming the file
-                if _part_version(p) < SCHEMA_VERSION:
+                version = _part_version(p)
+                root_version = min(root_version, version)
+                if version < SCHEMA_VERSION:
                     old.append(p)
             except FileNotFoundError:
                 pass  # merged away meanwhile: the merged part is written in the current version
@@ -390,6 +395,13 @@ def migrate(root: str | os.PathLike) -> dict[str, int]:
                 rows += table.num_rows
                 _write_durably(table, directory, p.name)  # same name: same place in the read order
         out[name] = rows
+    # Tables added since the root was written: an empty part each (reading never needs it).
+    for name, spec in TABLES.items():
+        if spec.since > root_version and not store.exists(spec):
+            directory = store.table_dir(spec)
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_durably(spec.schema.empty_table(), directory, _new_part_name())
+            out[name] = 0
     return out
 
 

@@ -11,8 +11,14 @@ rest serves items); nothing else writes labels.  Its rules:
 - **Validation.**  A binary label is good|bad|skip (a skip reason is kept, cut to
   ``MAX_REASON_CHARS``); ranks must order the item's images (:func:`data.schemas.validate_ranks`).
   A refused answer raises a :class:`Refused` error and writes nothing.
+- **Marks** (:mod:`data.marks`): a bad answer may carry points on the image and prompt word
+  indices (``marks`` off | optional | required, :attr:`LabelConfig.marks`).  They are checked
+  with the answer (points in [0, 1], words of the item's prompt, marks only on a bad answer, and
+  in required mode a mark or a reason), and their ``marks`` row is appended durably just before
+  the label row, in the same claim: a refused answer writes neither, and marks whose label never
+  landed are dropped by :func:`data.marks.current_marks`, as are those of an undone answer.
 - **Undo** appends a retraction (:func:`data.labels.retract`) for the rater's last label of a
-  task and gives them that item again.
+  task and gives them that item again (its marks go with it).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import numpy as np
 
 from core.errors import DataError, UserError
 from data.labels import retract
+from data.marks import MARKS, check_marks, prompt_words
 from data.schemas import BINARY_LABELS, LABELS, RANKINGS, validate_ranks
 from data.store import Store
+from labeling_app.config import MarksMode
 from labeling_app.items import Assignment, Item
 
 TABLE_OF_TASK = {"binary": BINARY_LABELS.name, "ranking": RANKINGS.name}
@@ -99,6 +107,7 @@ class AnswerPath:
     check_task: Callable[[str], None]  # refuse a task the round does not have
     item: Callable[[ItemKey], Item | None]  # the round's item of a key; None once it left the round
     rescan: Callable[[str], None]  # serve a task's items from the first again (an undo reopened one)
+    marks: MarksMode  # marks on bad answers: off | optional | required
 
     def _claim(self, st: RaterState, rater_id: str, task: str, token: str | None, counts: bool) -> Assignment:
         """Check that ``token`` is the rater's current item of ``task`` and reserve its slot."""
@@ -124,9 +133,11 @@ class AnswerPath:
         return a
 
     def _commit(self, st: RaterState, rater_id: str, a: Assignment, table: str, row: dict, row_id: str,
-                counts: bool) -> Receipt:
+                counts: bool, marks: dict | None = None) -> Receipt:
         key = (a.item.task, a.item.item_id)
         try:
+            if marks is not None:
+                self.store.append(MARKS, [marks])  # first: marks without their label are never read
             self.store.append(table, [row])
         except BaseException:
             with self.lock:
@@ -146,23 +157,60 @@ class AnswerPath:
         return max(0, int(round((self.clock() - a.shown_at) * 1000)))
 
     def submit_binary(self, rater_id: str, token: str | None, label: str, reason: str | None = None, *,
-                      duration_ms: int | None = None) -> Receipt:
+                      duration_ms: int | None = None, points=(), words=()) -> Receipt:
         """Store the rater's answer to their current binary item.  ``duration_ms`` defaults to the
-        time since the item was first shown (the simulated raters pass their own)."""
+        time since the item was first shown (the simulated raters pass their own).  A bad answer
+        may carry marks: ``points`` as (x, y) fractions of the image, ``words`` as indices of
+        :func:`data.marks.prompt_words` of the item's prompt; its ``reason`` is kept with them (why
+        nothing could be marked).  Marks with any other answer are refused."""
         self.check_task("binary")
         if label not in LABELS:
             raise InvalidAnswer(f"label {label!r} is not one of {list(LABELS)}.", "answer good, bad or skip.")
         reason = (reason or "").strip()[:MAX_REASON_CHARS] or None
+        points, words = list(points or ()), list(words or ())
         st = self.rater(rater_id)
         with st.lock:
+            if label == "bad" and self.marks != "off" or points or words:
+                with self.lock:
+                    a = st.open.get("binary")
+                    prompt = a.item.prompt if a is not None and a.token == token else None
+                if prompt is not None:  # else _claim refuses the stale token
+                    points, words = self._check_marks(label, prompt, points, words, reason)
             with self.lock:
                 a = self._claim(st, rater_id, "binary", token, counts=label != "skip")
             row_id = uuid.uuid4().hex
+            now = datetime.now(timezone.utc)
             row = dict(label_id=row_id, image_id=a.item.item_id, prompt_id=a.item.prompt_id,
                        rater_id=rater_id, label=label, skip_reason=reason if label == "skip" else None,
-                       created_at=datetime.now(timezone.utc), duration_ms=self._duration(a, duration_ms),
+                       created_at=now, duration_ms=self._duration(a, duration_ms),
                        is_gold=a.item.is_gold, guideline_version=self.guideline_version)
-            return self._commit(st, rater_id, a, BINARY_LABELS.name, row, row_id, label != "skip")
+            marks = None
+            if label == "bad" and self.marks != "off" and (points or words or reason):
+                marks = dict(label_id=row_id, image_id=a.item.item_id, prompt_id=a.item.prompt_id,
+                             rater_id=rater_id, points=[dict(x=x, y=y) for x, y in points], words=words,
+                             note=reason, created_at=now)
+            return self._commit(st, rater_id, a, BINARY_LABELS.name, row, row_id, label != "skip", marks)
+
+    def _check_marks(self, label: str, prompt: str, points: list, words: list,
+                     reason: str | None) -> tuple[list[tuple[float, float]], list[int]]:
+        """The marks of an answer as stored, or :class:`InvalidAnswer` (nothing is written)."""
+        if (points or words) and label != "bad":
+            raise InvalidAnswer(f"you marked {len(points)} point(s) and {len(words)} word(s) but answered "
+                                f"{label}; marks say where a bad image is wrong, so nothing was saved.",
+                                "remove the marks (click a dot, or a marked word, again) or answer bad.")
+        if (points or words) and self.marks == "off":
+            raise InvalidAnswer("marking is off in this round (marks=off), so nothing was saved.",
+                                "answer without marks.")
+        try:
+            points, words = check_marks(points, words, len(prompt_words(prompt)))
+        except DataError as e:
+            raise InvalidAnswer(f"{e.problem} Nothing was saved.", e.fix) from None
+        if label == "bad" and self.marks == "required" and not (points or words or reason):
+            raise InvalidAnswer("this round asks where a bad image is wrong, and nothing was marked; "
+                                "nothing was saved.",
+                                "click where the image is wrong or a wrong word of the prompt, or say in "
+                                "the reason box why nothing can be marked (e.g. an object is missing).")
+        return points, words
 
     def submit_ranking(self, rater_id: str, token: str | None, ranks, *,
                        duration_ms: int | None = None) -> Receipt:

@@ -50,7 +50,7 @@ from data.labels import current
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.store import Store
 from labeling_app.answers import AnswerEntry, AnswerPath, InvalidAnswer, RaterState, Receipt
-from labeling_app.config import TASKS, LabelConfig
+from labeling_app.config import TASKS, LabelConfig, MarksMode
 from labeling_app.gold import ensure_gold
 from labeling_app.items import Assignment, Item, build_items, ranking_item_id
 from labeling_app.rounds import round_signature, served_round
@@ -101,7 +101,7 @@ class Assigner:
     def __init__(self, store: Store, *, overlap: int = 3, tasks: tuple[str, ...] = TASKS,
                  rank_max_images: int = 4, gold: dict[str, str] | None = None, gold_share: float = 0.0,
                  lease_s: float = 900.0, guideline_version: str = "unversioned", seed: int = 0,
-                 clock=time.time, round: int | None = None):
+                 clock=time.time, round: int | None = None, marks: MarksMode = "optional"):
         self.store = store
         self.round = round  # None until the root has images: then its newest round
         self.overlap = overlap
@@ -132,7 +132,7 @@ class Assigner:
             store=store, lock=self._lock, overlap=overlap, lease_s=lease_s, guideline_version=guideline_version,
             clock=clock, answered=self._answered, filled=self._filled, pending=self._pending, holders=self._holders,
             rater=self._rater, lease=self._lease, release=self._release, add_filled=self._add_filled,
-            check_task=self._check_task, item=lambda key: self._by_key.get(key), rescan=self._rescan)
+            check_task=self._check_task, item=lambda key: self._by_key.get(key), rescan=self._rescan, marks=marks)
         self._load_generations(force=True)
         self._load_labels()
 
@@ -149,7 +149,7 @@ class Assigner:
         gold = ensure_gold(store, cfg.gold, served.images, seed=cfg.seed) if cfg.uses_gold else {}
         return cls(store, overlap=cfg.overlap, tasks=cfg.tasks, rank_max_images=cfg.rank_max_images,
                    gold=gold, gold_share=cfg.gold.share if cfg.uses_gold else 0.0, lease_s=cfg.lease_s,
-                   guideline_version=guideline_version, seed=cfg.seed, round=served.round)
+                   guideline_version=guideline_version, seed=cfg.seed, round=served.round, marks=cfg.marks)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -253,9 +253,17 @@ class Assigner:
     # -- answering: the answer path's (labeling_app.answers) --------------------------------
 
     def submit_binary(self, rater_id: str, token: str | None, label: str, reason: str | None = None, *,
-                      duration_ms: int | None = None) -> Receipt:
+                      duration_ms: int | None = None, points=(), words=()) -> Receipt:
         """:meth:`AnswerPath.submit_binary <labeling_app.answers.AnswerPath.submit_binary>`."""
-        return self.answers.submit_binary(rater_id, token, label, reason, duration_ms=duration_ms)
+        return self.answers.submit_binary(rater_id, token, label, reason, duration_ms=duration_ms,
+                                          points=points, words=words)
+
+    def answer_bad(self, rater_id: str, token: str | None, points=(), words=(), note: str | None = None, *,
+                   duration_ms: int | None = None) -> Receipt:
+        """Answer bad with marks, the one write path of the page's B and the simulated raters:
+        ``points`` (x, y) fractions of the image where it is wrong, ``words`` indices of
+        :func:`data.marks.prompt_words` of the prompt, ``note`` why nothing could be marked."""
+        return self.submit_binary(rater_id, token, "bad", note, duration_ms=duration_ms, points=points, words=words)
 
     def submit_ranking(self, rater_id: str, token: str | None, ranks, *, duration_ms: int | None = None) -> Receipt:
         """:meth:`AnswerPath.submit_ranking <labeling_app.answers.AnswerPath.submit_ranking>`."""

@@ -12,6 +12,8 @@ from core.errors import UserError
 
 Task = Literal["binary", "ranking"]
 TASKS: tuple[str, ...] = ("binary", "ranking")
+MarksMode = Literal["off", "optional", "required"]
+MARKS_MODES: tuple[str, ...] = ("off", "optional", "required")
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
 
@@ -76,6 +78,10 @@ class LabelConfig:
     rater if they have not answered."""
     seed: int = 0
     """Order in which items are handed out, and the draw of gold items."""
+    marks: MarksMode = "optional"
+    """Marks on a bad answer (where the image is wrong: points on it, wrong prompt words; see
+    data.marks): off (not offered), optional, or required (a bad answer needs a point or a word,
+    or the reason box saying why nothing can be marked)."""
     gold: GoldConfig = field(default_factory=GoldConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     login: LoginConfig = field(default_factory=LoginConfig)

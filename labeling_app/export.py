@@ -1,7 +1,7 @@
 """Export a round's labels as they stand (undone labels removed) for analysts and reward training.
 
 ``<root>/exports/<UTC timestamp>/`` receives one Parquet file per table (binary_labels, rankings,
-pairs derived from the rankings, generations, gold) with the canonical schemas, a ``summary.json``
+pairs derived from the rankings, generations, gold, the marks of current bad answers) with the canonical schemas, a ``summary.json``
 of the round's statistics, and a zip of all of them (what the admin tab offers for download).
 Images stay where they are: ``generations.image_path`` is relative to the dataset root.  With
 ``format="hf"`` it writes ``<root>/exports/<UTC timestamp>-hf/`` instead: a Hugging Face dataset
@@ -27,6 +27,7 @@ from typing import Literal
 
 from core.errors import UserError
 from data.labels import current
+from data.marks import current_marks
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
 from data.store import Store, write_parquet
@@ -85,6 +86,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
         "pairs": rankings_to_pairs(rankings),
         "generations": store.read(GENERATIONS),
         "gold": store.read(GOLD),
+        "marks": current_marks(store),  # where bad answers say their image is wrong (data.marks)
     }
     summary = round_report(store, read_gold(store)).summary()
     summary["exported_at"] = stamp

@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 import gradio as gr  # noqa: E402
 
 from core.errors import UserError
+from data.marks import image_marks
 from data.targets import pick_targets, prompt_pass_rates
 from labeling_app.assignment import Assigner, Served
 from labeling_app.charts import pass_rate_chart, timeline_chart
@@ -32,6 +33,8 @@ from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
 from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
+from labeling_app.marking import parse_marks
+from labeling_app.marks_admin import heatmap_html, picker_choices
 from labeling_app.raters import RatersFile
 from labeling_app.stats import round_counts, round_report
 from labeling_app.views import (attempt, chart_html, esc, failed_part, nothing_shown, pct, prompt_html,
@@ -83,7 +86,7 @@ class LabelingHandlers:
                     reason=""):
         """Outputs of the binary tab: image, prompt, status, progress, skip reason."""
         image = str(served.paths[0]) if served.assignment else None
-        return (image, prompt_html(served.assignment, served.paths), status_html(message, warn),
+        return (image, prompt_html(served.assignment, served.paths, self.cfg.marks), status_html(message, warn),
                 self.progress_html(rater_id), reason)
 
     def binary_refused(self, rater_id: str, action: str, e: UserError, reason=gr.skip()):
@@ -95,21 +98,26 @@ class LabelingHandlers:
         rater_id = self.rater(request)
         return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"))
 
-    def answer_binary(self, label: str, reason: str, seen: str | None, request: gr.Request):
-        """``seen``: the token of the item the page showed ('' when it showed none)."""
+    def answer_binary(self, label: str, reason: str, seen: str | None, request: gr.Request, marks: str | None = None):
+        """``seen``: the token of the item the page showed ('' when it showed none); ``marks``:
+        the page's marks of that item as JSON (:func:`labeling_app.marking.parse_marks`).  A
+        refused answer keeps the skip box's text (the page keeps its marks)."""
         rater_id = self.rater(request)
         try:
             if not seen:
                 raise nothing_shown()
-            self.assigner.submit_binary(rater_id, seen, label, reason)
+            points, words = parse_marks(marks)
+            self.assigner.submit_binary(rater_id, seen, label, reason, points=points, words=words)
         except UserError as e:
             return self.binary_refused(rater_id, label, e)
-        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"), f"Saved: {label}.")
+        marked = f" with {len(points)} point(s) and {len(words)} word(s) marked" if points or words else ""
+        return self.binary_view(rater_id, self.assigner.serve(rater_id, "binary"), f"Saved: {label}{marked}.")
 
     def _answer_fn(self, label: str):
         # Gradio passes gr.Request only to a positional parameter annotated with it.
-        def answer(reason: str, seen: str, request: gr.Request):
-            return self.answer_binary(label, reason, seen, request)
+        # ``marks`` defaults to None so API callers that send no marks need not name it.
+        def answer(reason: str, seen: str, marks: str | None = None, request: gr.Request = None):
+            return self.answer_binary(label, reason, seen, request, marks)
         answer.__name__ = f"answer_{label}"
         return answer
 
@@ -242,6 +250,22 @@ class LabelingHandlers:
         ]
         return ("<table>" + "".join(f"<tr><td>{esc(k)}</td><td><b>{esc(v)}</b></td></tr>" for k, v in rows)
                 + "</table>")
+
+    def marked_images(self, request: gr.Request):
+        """The heatmap picker's choices: the images raters marked, most-marked first."""
+        self.admin(request)
+        return gr.update(choices=picker_choices(image_marks(self.assigner.store)), value=None)
+
+    def marks_heatmap(self, image_id: str | None, request: gr.Request) -> str:
+        """One marked image's averaged heatmap over it (:mod:`labeling_app.marks_admin`)."""
+        self.admin(request)
+        m = image_marks(self.assigner.store).get(image_id or "")
+        if m is None or not m.marked:
+            return status_html("Pick a marked image." if not image_id else f"No marks on {image_id}.")
+        try:
+            return heatmap_html(self.assigner.image_path(image_id), m)
+        except UserError as e:
+            return status_html(self.refused("admin", "heatmap", e), warn=True)
 
     def export(self, request: gr.Request):
         """Write an export under <root>/exports/ and link its zip through the admin-only route

@@ -12,7 +12,10 @@ all is an error.
 
 ``binary_labels.image`` is stored in the layout of the ``datasets`` ``Image`` feature (a struct of
 ``bytes`` and ``path``) and declared as such in the Parquet schema metadata, so
-``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  ``pairs`` follows
+``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  It also has RichHF-18K's
+region columns (:mod:`data.marks`), per image: ``misalignment_map`` (the raters' averaged disk
+heatmap at image size, a 0-255 grey Image) and ``prompt_misalignment_label`` (one 0/1 per prompt
+word, space-separated, 0 = misaligned), and each answer's own ``mark_points`` / ``mark_words``.  ``pairs`` follows
 Pick-a-Pic v2: ``caption``, ``jpg_0`` / ``jpg_1`` (the encoded image bytes, plain binary as there,
 so code written for Pick-a-Pic, e.g. PickScore's or Diffusion-DPO's loaders, reads them unchanged;
 our images are PNG whatever the column is called), ``label_0`` / ``label_1`` (1/0, 0.5/0.5 for a
@@ -27,20 +30,24 @@ and renamed into place, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from core.errors import DataError, UserError
 from data.generations import image_bytes
 from data.labels import current
+from data.marks import current_marks, heatmap_u8, image_marks, prompt_words
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, HF_BINARY_LABELS, HF_PAIRS, RANKINGS
 from data.store import Store
@@ -53,12 +60,26 @@ ROWS_PER_GROUP = 64
 _DTYPES = {"float": "float32", "double": "float64", "halffloat": "float16"}
 
 
+def _feature(t: pa.DataType) -> dict:
+    """The ``datasets`` feature of an Arrow type: List of a list, a dict of a struct, else Value."""
+    if pa.types.is_list(t):
+        return {"feature": _feature(t.value_type), "_type": "List"}
+    if pa.types.is_struct(t):
+        return {f.name: _feature(f.type) for f in t}
+    return {"dtype": _DTYPES.get(str(t), str(t)), "_type": "Value"}
+
+
 def _with_features(schema: pa.Schema, images: tuple[str, ...]) -> pa.Schema:
     """``schema`` with the ``huggingface`` metadata that ``datasets`` reads features from: the
-    ``images`` columns as Image, the others as Value of their Arrow type."""
-    features = {f.name: {"_type": "Image"} if f.name in images else
-                {"dtype": _DTYPES.get(str(f.type), str(f.type)), "_type": "Value"} for f in schema}
+    ``images`` columns as Image, the others by their Arrow type (:func:`_feature`)."""
+    features = {f.name: {"_type": "Image"} if f.name in images else _feature(f.type) for f in schema}
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def _png(gray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _write(path: Path, schema: pa.Schema, batches: Iterator[list[dict]]) -> int:
@@ -96,6 +117,18 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
     def image(image_id: str) -> bytes:
         return image_bytes(store.root, gens.loc[image_id])
 
+    marks = image_marks(store)
+    own = {m["label_id"]: m for m in current_marks(store).to_pylist()}
+
+    @lru_cache(maxsize=ROWS_PER_GROUP)
+    def regions(image_id: str) -> tuple[dict, str]:
+        """RichHF-18K's columns of an image: its heatmap as a PNG, its word labels."""
+        g, m = gens.loc[image_id], marks.get(image_id)
+        gray = heatmap_u8(m.points if m else [], (int(g["height"]), int(g["width"])))
+        words = m.word_labels() if m else [1] * len(prompt_words(g["prompt"]))
+        return ({"bytes": _png(gray), "path": f"{Path(g['image_path']).stem}-misalignment.png"},
+                " ".join(map(str, words)))
+
     def binary_row(r: dict) -> dict:
         g = gens.loc[r["image_id"]]
         return dict(image={"bytes": image(r["image_id"]), "path": Path(g["image_path"]).name},
@@ -103,7 +136,10 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
                     model_id=g["model_id"], seed=int(g["seed"]), rater_id=r["rater_id"], label_id=r["label_id"],
                     skip_reason=r["skip_reason"], is_gold=bool(r["is_gold"]),
                     duration_ms=int(r["duration_ms"]), guideline_version=r["guideline_version"],
-                    created_at=r["created_at"])
+                    created_at=r["created_at"], **dict(zip(("misalignment_map", "prompt_misalignment_label"),
+                                                           regions(r["image_id"]))),
+                    mark_points=own[r["label_id"]]["points"] if r["label_id"] in own else [],
+                    mark_words=own[r["label_id"]]["words"] if r["label_id"] in own else [])
 
     per_caption = Counter(gens.loc[i, "prompt"] for i in pairs["image_0"])
 
@@ -121,7 +157,8 @@ def write_hf_dataset(store: Store, directory: str | os.PathLike) -> dict[str, in
     # `datasets` refuses a split with no rows, so a table with none (a round ranked but not
     # labelled good/bad, or the reverse) is left out, config and all.
     tables = {name: (schema, records, build) for name, schema, records, build in (
-        ("binary_labels", _with_features(HF_BINARY_LABELS, ("image",)), _records(binary), binary_row),
+        ("binary_labels", _with_features(HF_BINARY_LABELS, ("image", "misalignment_map")), _records(binary),
+         binary_row),
         ("pairs", _with_features(HF_PAIRS, ()), _records(pairs), pair_row)) if records}
     if not tables:
         raise UserError(f"no labels in {store.root} to export.",
@@ -190,6 +227,9 @@ One row per answer to "does this image show what the prompt asks for?".
 | `image_id`, `prompt_id`, `model_id`, `seed` | the image's row in the round's generations table |
 | `rater_id`, `label_id`, `is_gold` | who answered; the answer's id; whether the image was a hidden gold item |
 | `duration_ms`, `guideline_version`, `created_at` | time to answer; guidelines shown; when (UTC) |
+| `misalignment_map` | where the image's raters marked it wrong (RichHF-18K): their clicks as disks, averaged over every rater who answered it good or bad, at image size, 0-255 grey; the same on each row of the image |
+| `prompt_misalignment_label` | one `0`/`1` per prompt word (split on spaces), `0` when at least half of those raters marked the word wrong (RichHF-18K's layout) |
+| `mark_points`, `mark_words` | this answer's own marks: points `{{x, y}}` as fractions of the image, word indices from 0 |
 
 ## pairs
 

@@ -6,7 +6,8 @@ make and serve the app of a round behind the raters' login.  The API names (``/n
 ``/good``, ``/bad``, ``/skip``, ``/undo_binary``, ``/next_ranking``, ``/submit_ranking``,
 ``/undo_ranking``, ``/admin_report``, ``/export``) are what ``gradio_client`` callers use; an
 answer's ``seen`` argument is the token (:func:`labeling_app.views.shown_token` of the prompt
-output).
+output); its optional ``marks`` argument, the marks of a bad answer as JSON
+(:mod:`labeling_app.marking`: ``{"points": [[x, y], ...], "words": [i, ...]}``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import load_guidelines
-from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_BINARY_JS, SEEN_RANKING_JS
+from labeling_app.marking import BINARY_ANSWER_JS, MARKS_CSS, MARKS_HEAD
+from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.web import APP_KWARGS, LoginGuard, NoUploads, export_route, trusting_proxies
 
@@ -48,7 +50,8 @@ class LabelingApp(LabelingHandlers):
             with gr.Tabs():
                 if "binary" in tasks:
                     with gr.Tab("Does it match?", id="binary"):
-                        b_seen = gr.Textbox(visible=False)  # filled by SEEN_BINARY_JS at each answer
+                        b_seen = gr.Textbox(visible=False)  # filled by BINARY_ANSWER_JS at each answer
+                        b_marks = gr.Textbox(visible=False)  # the page's marks, filled likewise
                         with gr.Row():
                             with gr.Column(scale=3):
                                 b_image = gr.Image(type="filepath", interactive=False, show_label=False,
@@ -62,14 +65,16 @@ class LabelingApp(LabelingHandlers):
                                     good = gr.Button("Good (G)", variant="primary", elem_id="btn-good")
                                     bad = gr.Button("Bad (B)", variant="stop", elem_id="btn-bad")
                                     skip = gr.Button("Skip (S)", elem_id="btn-skip")
-                                reason = gr.Textbox(label="Reason for skipping (optional)", max_lines=2,
+                                reason = gr.Textbox(label="Reason for skipping (optional)" if self.cfg.marks == "off" else
+                                                    "Reason for skipping, or why nothing can be marked (optional)",
+                                                    max_lines=2,
                                                     max_length=500, elem_id="skip-reason")
                                 undo_b = gr.Button("Undo last answer (U)", size="sm", elem_id="btn-undo-binary")
                                 b_status = gr.HTML(elem_id="binary-status", js_on_load=None)
                         b_out = [b_image, b_prompt, b_status, progress, reason]
                         for btn, label in ((good, "good"), (bad, "bad"), (skip, "skip")):
-                            btn.click(self._answer_fn(label), inputs=[reason, b_seen], outputs=b_out,
-                                      api_name=label, trigger_mode="once", js=SEEN_BINARY_JS)
+                            btn.click(self._answer_fn(label), inputs=[reason, b_seen, b_marks], outputs=b_out,
+                                      api_name=label, trigger_mode="once", js=BINARY_ANSWER_JS)
                         undo_b.click(self.undo_binary, outputs=b_out, api_name="undo_binary", trigger_mode="once")
                         demo.load(self.next_binary, outputs=b_out, api_name="next_binary")
                 if "ranking" in tasks:
@@ -126,12 +131,21 @@ class LabelingApp(LabelingHandlers):
                                 "handed out.  Restore the file (or bring the new one in with `make import`) and "
                                 "restart the app to serve them again.")
                     withdrawn = gr.Dataframe(interactive=False, elem_id="admin-withdrawn")
+                    gr.Markdown("**Where raters marked images wrong**: pick a marked image to see its raters' "
+                                "averaged heatmap over it (RichHF disks; red: the share of its raters who "
+                                "clicked there) and how many marked each word.")
+                    marks_pick = gr.Dropdown(choices=[], label="Marked image", elem_id="admin-marks-pick")
+                    marks_view = gr.HTML(js_on_load=None, elem_id="admin-marks-heatmap")
                     export_btn = gr.Button("Export labels (Parquet + summary, zipped)", elem_id="btn-export")
                     export_link = gr.HTML(js_on_load=None, elem_id="export-download")
                     export_status = gr.HTML(js_on_load=None)
                     report = [summary, pass_chart, per_prompt, timeline, timeline_df, counts, gold, withdrawn, rounds]
                     refresh.click(self.admin_report, outputs=report, api_name="admin_report")
                     admin_tab.select(self.admin_report, outputs=report, api_visibility="private")
+                    for event in (refresh.click, admin_tab.select):
+                        event(self.marked_images, outputs=marks_pick, api_visibility="private")
+                    marks_pick.change(self.marks_heatmap, inputs=marks_pick, outputs=marks_view,
+                                      api_visibility="private")
                     export_btn.click(self.export, outputs=[export_link, export_status], api_name="export",
                                      trigger_mode="once")
             demo.load(self.admin_visible, outputs=admin_tab, api_visibility="private")
@@ -195,6 +209,6 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
             blocked_paths=[str((root / EXPORTS_DIR).resolve()), str(app.raters.path.resolve())],
             # NoUploads refuses uploads first; a limit of 0 bytes stops any Gradio would still take.
             max_file_size=0,
-            footer_links=[], ssr_mode=False, head=HEAD, css=CSS, theme=gr.themes.Soft(),
+            footer_links=[], ssr_mode=False, head=HEAD + MARKS_HEAD, css=CSS + MARKS_CSS, theme=gr.themes.Soft(),
             enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
         )

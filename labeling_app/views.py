@@ -17,6 +17,7 @@ import pandas as pd
 from core.errors import UserError
 from labeling_app.charts import data_uri
 from labeling_app.items import Assignment
+from labeling_app.marking import word_chips_html
 
 _TOKEN_RE = re.compile(r'data-token="([0-9a-f]+)"')
 
@@ -31,15 +32,17 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def prompt_html(a: Assignment | None, paths=()) -> str:
+def prompt_html(a: Assignment | None, paths=(), marks: str = "off") -> str:
     """The prompt of an item, carrying for the page's script its token, its image count and the
     names of its image files (``paths``), so the page can tell its own images from the last
-    item's while they load."""
+    item's while they load; with ``marks`` (a binary item's marking mode) other than off, the
+    chips of its words to mark (:mod:`labeling_app.marking`)."""
     if a is None:
         return '<div class="prompt-text">Nothing left to label here. Thank you!</div>'
     files = "/".join(Path(p).name for p in paths)  # "/" is the one character a file name cannot hold
     return (f'<div class="prompt-text" data-token="{esc(a.token)}" data-images="{len(a.item.image_ids)}" '
-            f'data-files="{esc(files)}">{esc(a.item.prompt)}</div>')
+            f'data-files="{esc(files)}" data-marks="{esc(marks)}">{esc(a.item.prompt)}</div>'
+            + word_chips_html(a.item.prompt, marks))
 
 
 def status_html(message: str = "", warn: bool = False) -> str:

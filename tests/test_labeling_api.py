@@ -84,7 +84,7 @@ def test_login_label_rank_undo_and_resume(server):
     assert "Saved" in status and "1 images" in progress and image_id_of(image) != first
     got = rows(store, "binary_labels", "alice")
     assert got["image_id"].tolist() == [first] and got["label"].tolist() == ["good"]
-    assert not got["is_gold"].any() and got["guideline_version"].str.startswith("1+").all()
+    assert not got["is_gold"].any() and got["guideline_version"].str.startswith("2+").all()
     shown = c.predict(api_name="/undo_binary")
     image, _, status, progress, _ = shown
     assert image_id_of(image) == first and "taken back" in status and "0 images" in progress

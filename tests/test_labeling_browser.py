@@ -176,7 +176,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
         page.wait_for_function("prev => document.querySelector('#binary-image img')?.src !== prev"
                                " || document.querySelector('#binary-prompt').innerText.includes('Nothing left')",
                                arg=src)
-    assert page.inner_text("#binary-prompt").strip() == HOSTILE_PROMPT
+    assert page.inner_text("#binary-prompt .prompt-text").strip() == HOSTILE_PROMPT  # (its word chips follow)
     assert page.locator("#binary-prompt img, #binary-prompt script").count() == 0
     assert page.evaluate("window.__xss") is None and not dialogs
 

@@ -113,7 +113,7 @@ def test_login_throttle_grows_per_client_and_per_client_and_name(tmp_path):
 
 def test_guidelines_version_follows_the_text(tmp_path):
     packaged = load_guidelines(LabelConfig().guidelines_path)
-    assert packaged.version.startswith("1+") and "Good" in packaged.text and "version:" not in packaged.text
+    assert packaged.version.startswith("2+") and "Good" in packaged.text and "version:" not in packaged.text
     p = tmp_path / "g.md"
     p.write_text("---\nversion: 7\n---\nBe careful.\n")
     v1 = load_guidelines(p).version

@@ -78,6 +78,16 @@ def import_row(**kw):  # make import: where an imported image came from
 ROWS["imports"] = import_row
 
 
+def marks_row(**kw):  # labeling app: where a bad answer says the image is wrong
+    row = dict(label_id="l1", image_id="i1", prompt_id="p1", rater_id="r1", points=[dict(x=0.25, y=0.5)],
+               words=[1], note=None, created_at=NOW)
+    row.update(kw)
+    return row
+
+
+ROWS["marks"] = marks_row
+
+
 def selection_row(**kw):  # the closed loop: which of a round's images go to raters
     row = dict(image_id="i1", round=1, method="uncertain", uncertainty=0.25, reward_model="reward-0123",
                created_at=NOW)
