@@ -37,7 +37,7 @@ from evaluation.config import EvalConfig
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
 from labeling_app.config import LabelConfig
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from labeling_app.simulate import SimulateConfig, simulate
 from reward.config import RewardConfig
 from reward.train import train_reward
