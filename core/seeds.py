@@ -31,7 +31,7 @@ class Stream(IntEnum):
     VAE_TRAINING = 13  # shapes.training.vae: batches
     RENDER_POOL = 17  # shapes.training.common.render_pool: the base models' training renders
     ROUND_MISMATCH = 19  # shapes.render.render_round: which renders show a perturbed prompt
-    RENDERER_ROUND = 23  # labeling_app.generate, source=renderer (keyed by the round's size)
+    RENDERER_ROUND = 23  # collect.generate, source=renderer (keyed by the round's size)
     RATER_SERVING = 29  # labeling_app.assignment: a rater's own item order (keyed by the rater id)
     SIMULATED_RATER = 31  # shapes.raters.SimulatedRater: a rater's noise (keyed by the rater id)
     RATER_PANEL = 37  # shapes.raters.default_panel: the panel's biases

@@ -3,7 +3,7 @@
 Every image a stage produces (``make generate``, shapes-world renders, evaluation samples) is saved
 here: ``<root>/images/<image_id>.png``, written durably before its row is appended, so a row never
 points at a missing or half-written file (``make import`` adds images made elsewhere the same way,
-see :mod:`data.imports`).  Reading goes through the table: callers pass a row, never a path; the path
+see :mod:`collect.imports`).  Reading goes through the table: callers pass a row, never a path; the path
 in the row must stay inside the root, and the file must still be the row's image (pixel size and
 sha256, :func:`check_image`).
 

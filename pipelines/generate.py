@@ -19,7 +19,7 @@ import json
 import sys
 
 from core.config import save_round_config
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from pipelines.cli import config_parser, parse_config, run
 
 

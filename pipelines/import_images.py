@@ -16,7 +16,7 @@ import json
 import sys
 
 from core.config import save_round_config
-from data.imports import ImportConfig, import_images
+from collect.imports import ImportConfig, import_images
 from pipelines.cli import config_parser, parse_config, run
 from shapes.world import prompt_spec
 

@@ -36,18 +36,16 @@ def test_auto_is_decided_by_the_device_alone(monkeypatch):
         resolve_compile("on", "cpu")
 
 
-def test_a_workflow_gives_every_stage_one_compile(monkeypatch):
-    """make demo and make loop resolve their compile once, by the device, for every stage."""
+def test_a_workflows_stages_keep_their_own_compile():
+    """make demo and make loop have no compile key of their own: each stage keeps its
+    sampling.compile (auto: by the device), set per stage through <stage>_args."""
     from workflows.demo import DemoConfig
     from workflows.round import StageConfigs
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for mode, resolved in (("auto", "off"), ("on", "on"), ("off", "off")):
-        configs = StageConfigs(replace(DemoConfig(), compile=mode))
-        out = Path("runs/x")
-        assert configs.compile == resolved
-        assert {configs.generate("ds", "sd", 0, 1).sampling.compile, configs.dpok(out, out, 0, out).sampling.compile,
-                configs.evaluation([], out, out, out).sampling.compile} == {resolved}
+    configs = StageConfigs(replace(DemoConfig(), dpok_args=("sampling.compile=on",)))
+    out = Path("runs/x")
+    assert configs.dpok(out, out, 0, out).sampling.compile == "on"
+    assert {configs.generate("ds", "sd", 0, 1).sampling.compile, configs.evaluation([], out, out, out).sampling.compile} == {"auto"}
 
 
 @pytest.mark.slow

@@ -99,7 +99,7 @@ def test_one_sampling_config_for_every_stage():
     from core.sampling import SamplingConfig
     from evaluation.config import EvalConfig
     from finetune.config import FinetuneConfig
-    from labeling_app.generate import GenerateConfig
+    from collect.generate import GenerateConfig
     from tools.probe import ProbeConfig
 
     for cls in (GenerateConfig, EvalConfig, FinetuneConfig, ProbeConfig):

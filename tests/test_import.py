@@ -15,7 +15,7 @@ from PIL import Image
 from core.errors import UserError
 from data import Store
 from data.generations import load_image
-from data.imports import UNKNOWN_SEED, ImportConfig, import_images
+from collect.imports import UNKNOWN_SEED, ImportConfig, import_images
 from shapes.world import Prompt, prompt_spec
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {
     "finetune.config.FinetuneConfig": "docs/finetune.md",
     "reward.config.RewardConfig": "docs/reward.md",
-    "labeling_app.generate.GenerateConfig": "docs/labeling.md",
+    "collect.generate.GenerateConfig": "docs/labeling.md",
     "labeling_app.config.LabelConfig": "docs/labeling.md",
     "evaluation.config.EvalConfig": "docs/evaluation.md",
     "workflows.demo.DemoConfig": "docs/demo.md",

@@ -15,7 +15,7 @@ from data.schemas import SELECTIONS
 from data.store import Store
 from labeling_app.assignment import Assigner
 from labeling_app.config import GoldConfig, LabelConfig
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from labeling_app.simulate import SimulateConfig, simulate, simulate_round
 from labeling_app.stats import ROUND_COLUMNS, round_counts
 from shapes.raters import RaterProfile

@@ -533,7 +533,7 @@ def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
     from data.labels import current
     from labeling_app.config import LabelConfig
     from core.config import load_config
-    from labeling_app.generate import GenerateConfig, generate
+    from collect.generate import GenerateConfig, generate
     from labeling_app.simulate import SimulateConfig, simulate
 
     rounds = []

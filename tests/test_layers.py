@@ -32,7 +32,8 @@ def test_the_repository_keeps_its_layers():
 def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     """A copy of the project's package names, each one empty module plus the given imports."""
     tree = tmp_path / "tree"
-    for pkg in ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "tools", "pipelines"):
+    for pkg in ("core", "data", "shapes", "collect", "labeling_app", "reward", "finetune", "evaluation", "workflows",
+                "tools", "pipelines"):
         (tree / pkg).mkdir(parents=True)
         (tree / pkg / "__init__.py").write_text("")
         (tree / pkg / "mod.py").write_text("")
@@ -67,6 +68,10 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("evaluation.compare", "import shapes.mod"),
     ("reward.model", "import shapes.mod"),
     ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
+    ("collect.mod", "import labeling_app.mod"),      # a round's images importing the app that serves them
+    ("shapes.mod", "import collect.mod"),            # the shapes world importing the collect layer
+    ("workflows.mod", "import pipelines.mod"),       # a workflow importing an entry point
+    ("finetune.mod", "import workflows.mod"),        # a stage importing the workflow that chains it
 ])
 def test_a_reverse_import_fails_the_check(tmp_path, module, line):
     tree = _tree(tmp_path, {module: line})
@@ -81,7 +86,9 @@ def test_the_same_tree_passes_with_allowed_imports(tmp_path):
                             "finetune.dpok": "import finetune.mod",  # which may use the shapes world
                             "finetune.mod": "import reward.mod\nimport shapes.mod",
                             "evaluation.mod": "import reward.mod\nimport shapes.mod\nimport core.mod",
-                            "labeling_app.mod": "import shapes.mod\nimport data.mod",
+                            "labeling_app.mod": "import shapes.mod\nimport data.mod\nimport collect.mod",
+                            "collect.mod": "import shapes.mod\nimport data.mod",
+                            "workflows.mod": "import collect.mod\nimport finetune.mod\nimport evaluation.mod",
                             "shapes.mod": "import data.mod", "data.mod": "import core.mod"})
     res = _lint(tree, tmp_path / "contracts.toml")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -99,7 +99,7 @@ def test_a_copy_of_a_model_elsewhere_names_its_images_the_same_way(tiny_sd, tmp_
     from data import Store
     from core.loading import model_fingerprint
     from core.config import load_config
-    from labeling_app.generate import GenerateConfig, generate
+    from collect.generate import GenerateConfig, generate
 
     copy = shutil.copytree(tiny_sd, tmp_path / "elsewhere" / "sd")
     assert model_fingerprint(copy) == model_fingerprint(tiny_sd)

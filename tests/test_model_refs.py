@@ -16,7 +16,7 @@ from core.sampling import SamplingConfig
 from core.loading import LORA_WEIGHTS, load_model, model_fingerprint, resolve_model
 from data.generations import content_id
 from data.store import Store
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from pipelines.cli import run
 from tiny_models import make_tiny_lora_run, make_tiny_sd
 

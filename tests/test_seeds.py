@@ -10,7 +10,8 @@ from core import seeds
 from core.seeds import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ("core", "data", "shapes", "labeling_app", "reward", "finetune", "evaluation", "pipelines")
+LIBRARY = ("core", "data", "shapes", "collect", "labeling_app", "reward", "finetune", "evaluation", "workflows", "tools",
+           "pipelines")
 
 
 def test_every_stage_has_its_own_stream():

@@ -41,7 +41,7 @@ from core import seeds
 from core.config import save_config
 from core.errors import UserError
 from data.schemas import BINARY_LABELS, RANKINGS
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from labeling_app.items import ranking_item_id
 from labeling_app.raters import RatersFile
 from labeling_app.views import shown_token

@@ -35,7 +35,9 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
+from core.compile import resolve_compile
 from core.config import NonNegativeInt, save_config
+from core.loading import default_device
 from evaluation import report
 from evaluation.compare import evaluate
 from finetune.dpok import train_dpok
@@ -94,7 +96,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = r["label"]
     results["target"] = cfg.target
-    results["compile"] = configs.compile  # the stages' sampling.compile, auto resolved (timings depend on it)
+    # the evaluation's sampling.compile, auto resolved (timings depend on it)
+    results["compile"] = "on" if resolve_compile(eval_cfg.sampling.compile, default_device()) else "off"
     results["targets_chosen"] = r["targets"]["targets"] if split is None else []
     results["eval_samples"] = {"per_target_prompt": cfg.eval_samples_per_prompt,
                                "per_side_prompt": cfg.eval_side_samples_per_prompt}

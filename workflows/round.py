@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from core.compile import CompileMode, resolve_compile
 from core.config import (NonNegativeInt, PositiveInt, Share, load_config, replace_keys, save_config, to_dict,
                          with_overrides)
 from core.errors import UserError
 from core.files import write_text_atomic
 from core.jsonable import json_safe
-from core.loading import check_folder, default_device
+from core.loading import check_folder
 from data.staging import staged
 from data.store import Store
 from data.targets import TargetRule, pick_targets, prompt_pass_rates
@@ -37,7 +36,7 @@ from evaluation.config import EvalConfig
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
 from labeling_app.config import LabelConfig
-from labeling_app.generate import GenerateConfig, generate
+from collect.generate import GenerateConfig, generate
 from labeling_app.simulate import SimulateConfig, simulate
 from reward.config import RewardConfig
 from reward.train import train_reward
@@ -71,10 +70,6 @@ class RoundConfig:
     # standard error of ~2 points per figure (4 seeds gave ~4, and ~6 on a gain).
     eval_samples_per_prompt: PositiveInt = 16
     eval_side_samples_per_prompt: PositiveInt = 4  # per control and generalisation (held-out) prompt
-    # every stage's sampling.compile (generate, fine-tuning's sampling, the evaluation), resolved
-    # once (core.compile.resolve_compile: auto is on with CUDA, off on the CPU): one compiled UNet
-    # serves every stage of the process
-    compile: CompileMode = "auto"
     generate_args: tuple[str, ...] = ()  # dotted overrides of a stage's config, e.g. [max_prompts=24]
     reward_args: tuple[str, ...] = ()
     dpok_args: tuple[str, ...] = ()
@@ -143,18 +138,17 @@ class StageConfigs:
         check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
         check_folder(Path(cfg.clip), "config.json", "CLIP model")
         self.cfg = cfg
-        self.compile: CompileMode = "on" if resolve_compile(cfg.compile, default_device()) else "off"
         # DPOK rounds a round's DPOK stage runs (dpok.yaml's or the user's): a bad dpok_args fails here
         self.dpok_rounds = with_overrides(load_config(FinetuneConfig, CONFIGS / "dpok.yaml"), cfg.dpok_args).dpok.rounds
 
-    def _sampling(self, c, values: dict, args: tuple[str, ...]):
-        return with_overrides(replace_keys(c, {"sampling.compile": self.compile, **values}), args)
+    def _configured(self, c, values: dict, args: tuple[str, ...]):
+        return with_overrides(replace_keys(c, values), args)
 
     def generate(self, root: str, pipeline: str, k: int, per_prompt: int, prompts_file: Path | None = None) -> GenerateConfig:
         """Round ``k``'s images of every shapes-world prompt, or of ``prompts_file``'s; seeds by
         round; ``fill``: a rerun after a kill adds only the images the round still lacks."""
         where = {"prompts": "all"} if prompts_file is None else {"prompts_file": str(prompts_file)}
-        return self._sampling(GenerateConfig(), dict(root=root, pipeline=pipeline, per_prompt=per_prompt, round=k,
+        return self._configured(GenerateConfig(), dict(root=root, pipeline=pipeline, per_prompt=per_prompt, round=k,
                                                      seed=self.cfg.seed + 1000 * k, fill=True, **where),
                               self.cfg.generate_args)
 
@@ -169,7 +163,7 @@ class StageConfigs:
         """A run on ``prompts_file`` (or the shapes-world ``split``) against the reward at
         ``reward``, from the base or from the run ``init``; ``extra``: more keys."""
         where = {"prompts.prompts_file": str(prompts_file)} if prompts_file is not None else {"prompts.split": split}
-        return self._sampling(load_config(FinetuneConfig, CONFIGS / f"{method}.yaml"), {
+        return self._configured(load_config(FinetuneConfig, CONFIGS / f"{method}.yaml"), {
             "model.pipeline": self.cfg.pipeline, "reward.path": str(reward), "seed": seed, "output_dir": str(out),
             "init": None if init is None else str(init), **where, **extra}, args)
 
@@ -188,7 +182,7 @@ class StageConfigs:
         as generalisation) or the shapes-world ``split``, judged by the reward at ``reward``."""
         where = dict(prompts_file=str(prompts_file), generalization_split="heldout") if prompts_file is not None \
             else dict(split=split)
-        return self._sampling(EvalConfig(), {
+        return self._configured(EvalConfig(), {
             "base": self.cfg.pipeline, "clip": self.cfg.clip, "reward.path": str(reward), "models": tuple(models),
             "samples_per_prompt": self.cfg.eval_samples_per_prompt, "output_dir": str(out),
             "side_samples_per_prompt": self.cfg.eval_side_samples_per_prompt, **where}, self.cfg.eval_args)
