@@ -3,18 +3,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 # The torch build to install first.  The default is the CPU wheel this platform has on disk;
-# elsewhere pick a CUDA build, e.g.
-#   make install TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+# elsewhere pick a CUDA build (>= 2.6, pyproject's floor), e.g.
+#   make install TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124"
+# A TORCH_SPEC given on the command line or in the environment that differs from the one .venv was
+# built with re-installs torch (the spec is kept in $(TORCH_STAMP)); the default never replaces one.
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH_STAMP := $(VENV)/.torch-spec
 # pip prints a warning per unreachable local index folder of this platform's pip.conf; -qq keeps
 # real errors only.
 PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo loop help install test oracle-check finetune eval bench clean base results-page probe-steps
+.PHONY: demo loop help install test oracle-check finetune finetune-multi eval bench clean clean-datasets base results-page probe-steps FORCE
 
 demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-25 min on 2 CPU cores, by the machine)
 	$(PY) -m pipelines.demo $(ARGS)
@@ -27,12 +30,23 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install the project with its test tools
 
-$(STAMP): pyproject.toml
-	@echo "creating $(VENV) and installing $(TORCH_SPEC), then the project (about a minute)"
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install $(TORCH_SPEC)
+# Rewritten (so newer than $(STAMP)) only when torch is (re)installed: a new .venv, or a TORCH_SPEC
+# given explicitly that differs from the stamped one.  A .venv made before the stamp existed gets
+# one that matches no spec, so only an explicit TORCH_SPEC re-installs there.
+$(TORCH_STAMP): FORCE
+	@if [ ! -x $(PY) ]; then echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
+	@if [ ! -f $@ ] && [ -f $(STAMP) ]; then echo "(installed before the torch spec was stamped)" > $@; touch -r $(STAMP) $@; fi
+	@if [ ! -f $@ ] || { [ "$(origin TORCH_SPEC)" != file ] && [ "$$(cat $@)" != '$(TORCH_SPEC)' ]; }; then \
+	  echo "installing $(TORCH_SPEC)"; \
+	  $(PIP) install $$([ -f $@ ] && echo --force-reinstall) $(TORCH_SPEC) && echo '$(TORCH_SPEC)' > $@; \
+	fi
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
+	@echo "installing the project into $(VENV) (about a minute)"
 	$(PIP) install -e ".[dev]"
 	@touch $(STAMP)
+
+FORCE:
 
 test: install  ## check the package layers (lint-imports), then run the test suite (CPU; GPU tests skip without CUDA)
 	$(VENV)/bin/lint-imports
@@ -52,7 +66,7 @@ base: install  ## train + evaluate the shapes-world CLIP and SD models into runs
 # Extra settings go in ARGS as key=value, e.g. make label ARGS="server.port=8080 overlap=2".
 ARGS ?=
 RATERS_FILE ?= datasets/raters.json
-.PHONY: migrate generate import label simulate-raters loadtest-label rater-add rater-disable rater-enable raters label-export targets
+.PHONY: migrate generate import label simulate-raters loadtest-label rater-add rater-passwd rater-disable rater-enable raters label-export targets
 
 generate: install  ## sample images per prompt into a round (ARGS="pipeline=DIR|RUN round=0 per_prompt=4"; source=renderer: no model)
 	$(PY) -m pipelines.generate $(ARGS)
@@ -81,6 +95,10 @@ rater-enable: install  ## let a disabled rater sign in again: make rater-enable 
 	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
 	$(PY) -m pipelines.raters --file $(RATERS_FILE) enable $(RATER)
 
+rater-passwd: install  ## set a rater's new password: make rater-passwd RATER=alice [PASSWORD_FILE=f] (else asks, or reads stdin)
+	@test -n "$(RATER)" || { echo "error: set RATER=<id>"; exit 2; }
+	$(PY) -m pipelines.raters --file $(RATERS_FILE) passwd $(RATER) $(if $(PASSWORD_FILE),--password-file "$(PASSWORD_FILE)",)
+
 raters: install  ## list the raters (admin / disabled flags)
 	$(PY) -m pipelines.raters --file $(RATERS_FILE) list
 
@@ -97,8 +115,12 @@ targets: install  ## prompts to fine-tune on, from the round's labels -> <root>/
 # METHOD=dpok|rwl; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."
 METHOD ?= dpok
 CONFIG ?=
+LAUNCH_ARGS ?=
 finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
+
+finetune-multi: install  ## the same on several GPUs: accelerate launch [LAUNCH_ARGS="--num_processes 4"] with METHOD, CONFIG, ARGS
+	$(VENV)/bin/accelerate launch $(LAUNCH_ARGS) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
 
 probe-steps: install  ## which denoising steps decide the reward (DPOK's window and tail) -> reports/probe/
 	$(PY) -m pipelines.probe_steps $(ARGS)
@@ -128,5 +150,14 @@ score-rewards: install  ## write reward scores of a generations table (runs/rewa
 reward-bench: install  ## reward targets on a simulated round (renders + raters at 10 % noise)
 	$(PY) -m pipelines.reward_bench $(ARGS)
 
-clean:  ## remove generated outputs (datasets/, runs/, reports/), keep .venv
-	rm -rf datasets runs reports .pytest_cache
+clean:  ## remove runs/ and reports/ (what the stages can make again); keeps datasets/ (people's labels, rater accounts) and .venv
+	rm -rf runs reports .pytest_cache
+
+# datasets/ holds what people made: labels, rankings, rater accounts (raters.json).  Deleting it is
+# its own target and asks first; CONFIRM=datasets answers for a script.
+clean-datasets:  ## delete datasets/ (every label and the rater accounts): asks first, or CONFIRM=datasets
+	@if [ "$(CONFIRM)" != datasets ]; then \
+	  read -r -p "delete datasets/ with every label, ranking and rater account? type 'datasets' to confirm: " answer; \
+	  [ "$$answer" = datasets ] || { echo "kept datasets/"; exit 1; }; \
+	fi
+	rm -rf datasets

@@ -106,10 +106,31 @@ def _split_list(raw: str) -> list[str] | None:
     return None if depth else [item for item in items if item]
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
-    tree: dict = {}
+def _rejoin_lists(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Words a shell split inside one ``[...]`` or ``{...}`` value joined back with a space:
+    ``make eval ARGS="models=[a=x, b=y]"`` reaches argv as ``models=[a=x,`` and ``b=y]``."""
+    out: list[str] = []
+    depth = 0
     for item in overrides:
+        if depth > 0:
+            out[-1] += " " + item
+        else:
+            out.append(item)
+        if depth == 0:
+            value = item.split("=", 1)[1] if "=" in item else ""
+            if not value.startswith(("[", "{")):
+                continue  # only a list or mapping value opens a join (a path may hold a bracket)
+        else:
+            value = item
+        depth = max(depth + sum(value.count(c) for c in "[{") - sum(value.count(c) for c in "]}"), 0)
+    return out
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars; a
+    list value split by the shell at its spaces is joined back first)."""
+    tree: dict = {}
+    for item in _rejoin_lists(overrides):
         if "=" not in item:
             raise UserError(f"override '{item}' has no '='.", "write key=value, e.g. train.lr=1e-4.")
         key, raw = item.split("=", 1)

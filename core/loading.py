@@ -54,10 +54,16 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
     try:
         unet = json.loads((path / "unet" / "config.json").read_text())
         vae = json.loads((path / "vae" / "config.json").read_text())
-        return unet["sample_size"], 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        geometry = unet["sample_size"], 2 ** (len(vae["block_out_channels"]) - 1)
+        latents = int(vae.get("latent_channels", 4)), int(unet.get("in_channels", 4))
+    except (OSError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"could not read the UNet and VAE configs of {path}: {e}",
                         "check that the folder is complete (unet/config.json, vae/config.json).") from None
+    if latents[0] != latents[1]:  # e.g. a VAE of another model family put in the folder
+        raise UserError(f"the VAE in {path / 'vae'} makes {latents[0]}-channel latents and the UNet in "
+                        f"{path / 'unet'} takes {latents[1]}: they are not one model's parts.",
+                        "use the VAE the UNet was trained with (the same Stable Diffusion family).")
+    return geometry
 
 
 def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False, pipeline_only: bool = False) -> str:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from core.errors import DataError
 from data.conform import conform, from_rows
-from data.schemas import GENERATIONS, SCHEMA_VERSION, TABLES, TableSpec, get_spec
+from data.schemas import SCHEMA_VERSION, TABLES, TableSpec, get_spec
 
 PART_GLOB = "part-*.parquet"
 TMP_PREFIX = ".tmp-"
@@ -336,26 +336,6 @@ class Store:
     def exists(self, table: str | TableSpec) -> bool:
         directory = self.table_dir(table)
         return directory.is_dir() and any(directory.glob(PART_GLOB))
-
-
-def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = None) -> pd.DataFrame:
-    """The analysts' entry point: one table of a dataset root as a pandas DataFrame.
-
-    >>> from data import read_table
-    >>> labels = read_table("datasets/shapes", "binary_labels")
-    >>> newest = read_table("datasets/loop", "binary_labels", rounds="last:1")
-
-    Rows are validated against :mod:`data.schemas` and de-duplicated by the table's key.
-    ``rounds`` keeps the rows of some rounds of the closed loop (:mod:`data.rounds`: ``all``,
-    ``last:N`` or a list such as ``0,2``; a round with no images is an error).
-    """
-    store = Store(root)
-    frame = store.to_pandas(table)
-    if rounds is None:
-        return frame
-    from data.rounds import filter_rounds, resolve_rounds, rounds_in  # data.rounds builds on this module
-    gens = frame if table == GENERATIONS.name else store.to_pandas(GENERATIONS)
-    return filter_rounds(store, table, frame, resolve_rounds(rounds, rounds_in(store, gens)), gens)
 
 
 def migrate(root: str | os.PathLike) -> dict[str, int]:

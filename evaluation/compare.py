@@ -35,6 +35,7 @@ from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model
 from core.sampling import generate_images, image_size, sampling_dtype
+from evaluation.settings import describe
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
@@ -147,7 +148,7 @@ def evaluated_prompts(cfg: EvalConfig) -> list[str]:
     return read_prompts_file(cfg.prompts_file)
 
 
-def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
+def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -> list[ModelEval]:
     """Sample the base and every named run on the same prompts and seeds, score and compare them,
     and write ``cfg.output_dir`` (see the module docstring).  Every input is checked before any
     sampling: a run, reward, CLIP or reference folder that is not there is one clear error."""
@@ -213,7 +214,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> list[ModelEval]:
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
                    out / f"samples-{name}.png")
         del pipe
-    write_report(results, cfg, out, oracle=prompts is not None)
+    write_report(results, cfg, out, oracle=prompts is not None, sampling_note=sampling_note)
     return results
 
 
@@ -260,7 +261,11 @@ def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:
     return [f"{k.fixed:.3f} of {k.n_base_wrong}", f"{k.broken:.3f} of {k.n_base_right}", f"{k.moved_base_right:.3f}"]
 
 
-def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True) -> None:
+def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True,
+                 sampling_note: str | None = None) -> None:
+    """``sampling_note``: the setting every model sampled at and where it came from
+    (:func:`evaluation.settings.eval_setting`); None: ``cfg.sampling``, as configured."""
+    note = sampling_note or describe(cfg.sampling, "as configured")
     table = markdown_table(results)
     side = (f"; {cfg.side_samples_per_prompt} per control and generalisation prompt"
             if oracle and cfg.side_samples_per_prompt is not None else "")
@@ -274,10 +279,10 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
-        f"(seed {cfg.seed}){side}\n\n{about}"
+        f"(seed {cfg.seed}){side}\n\nSampling, the same for every model: {note}.\n\n{about}"
         f"Reward win-rate: the share of (prompt, seed) pairs whose image the reward scores above the base's "
         f"(ties count half). Fidelity: CLIP-space Frechet distance to {fidelity_reference(cfg, oracle)}.\n\n"
         f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else ""))
     write_text_atomic(out / "metrics.json", json.dumps(json_safe(
-        {"config": to_dict(cfg), "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
+        {"config": to_dict(cfg), "sampling": note, "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
          "models": {r.name: asdict(r) for r in results}}), indent=2))

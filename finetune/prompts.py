@@ -6,13 +6,19 @@ shapes world's prompts and renderer, so the methods themselves do not."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from PIL import Image
 
 from core import seeds
+from core.errors import UserError
+from data.schemas import GENERATIONS
+from data.store import Store
 from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
 from shapes.render import render
+from shapes.tokenizer import is_shapes_tokenizer
 from shapes.world import prompt_set
 
 
@@ -26,6 +32,38 @@ def prompt_group_ids(prompts: list[str]) -> torch.Tensor:
     """Integer ids (B,) grouping identical prompts, for per-prompt statistics."""
     index: dict[str, int] = {}
     return torch.tensor([index.setdefault(p, len(index)) for p in prompts])
+
+
+def check_pretrain_source(cfg: FinetuneConfig, height: int, width: int) -> None:
+    """RWL's D_pre (``rwl.pretrain_source``) must fit the model, checked before anything is
+    written: shapes-world renders only for a model that reads shapes-world prompts (its tokenizer
+    is the shapes world's) at a square size; a dataset root's images all at the run's size."""
+    source = cfg.rwl.pretrain_source
+    if source == "shapes":
+        if not is_shapes_tokenizer(Path(cfg.model.pipeline) / "tokenizer"):
+            raise UserError(f"rwl.pretrain_source=shapes pre-trains on shapes-world renders, and "
+                            f"model.pipeline={cfg.model.pipeline} is not a shapes-world model.",
+                            "import image-caption pairs like your model's training data (make import "
+                            "ARGS=\"src=<folder> root=datasets/captions\") and set rwl.pretrain_source=datasets/captions.")
+        if height != width:
+            raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
+                            "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
+                            "of images at that size.")
+        return
+    root = Path(source)
+    gens = Store(root).to_pandas(GENERATIONS) if root.is_dir() else None
+    if gens is None or gens.empty:
+        raise UserError(f"no usable images in the dataset root {root} (rwl.pretrain_source).",
+                        "import image-caption pairs there first (make import ARGS=\"src=<folder> root=<root>\").")
+    sizes = gens.groupby(["width", "height"]).size()
+    off = gens[(gens["width"] != width) | (gens["height"] != height)]
+    if not off.empty:
+        first = off.iloc[0]
+        listed = ", ".join(f"{w}x{h}: {n}" for (w, h), n in sizes.items())
+        raise UserError(f"image {first['image_id']} in {root} is {first['width']}x{first['height']} (width x height), "
+                        f"the model is fine-tuned at {width}x{height}; rwl.pretrain_source needs every image at "
+                        f"that size ({len(off)} of {len(gens)} are not; sizes {listed}).",
+                        "resize them to that size before `make import`, or set sampling.height / sampling.width to theirs.")
 
 
 def shapes_pretrain_pairs(per_prompt: int, seed: int, size: int) -> tuple[list[Image.Image], list[str]]:

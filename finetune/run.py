@@ -21,7 +21,7 @@ from finetune.components import Components, load_components, make_accelerator, w
 from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.policy import DiffusionPolicy
-from finetune.prompts import training_prompts
+from finetune.prompts import check_pretrain_source, training_prompts
 from finetune.scheduler import DDIMSchedule
 from reward.reward_fn import RewardFn, check_reward_folder, load_reward
 
@@ -121,10 +121,8 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
         raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "
                         f"this run samples {width}x{height}.",
                         "set sampling.height equal to sampling.width, or use a learned reward and curve_every=0.")
-    if height != width and cfg.method == "rwl" and cfg.rwl.pretrain_source == "shapes":
-        raise UserError(f"rwl.pretrain_source=shapes renders square images; this run samples {width}x{height}.",
-                        "set sampling.height equal to sampling.width, or rwl.pretrain_source to a dataset root "
-                        "of images at that size.")
+    if cfg.method == "rwl":
+        check_pretrain_source(cfg, height, width)
     if reward_fn is None:
         check_reward_folder(cfg.reward)
     check_init(cfg)

@@ -36,9 +36,10 @@ class GoldConfig:
     share: float = 0.1
     """Chance that a rater's next binary item is a gold item (while unseen gold items remain);
     the gold pool is this share of the round's images."""
-    source: Literal["oracle", "file", "none"] = "oracle"
-    """oracle: the shapes-world oracle's verdict; file: ``file`` (CSV or Parquet with columns
-    image_id, answer); none: no gold items."""
+    source: Literal["auto", "oracle", "file", "none"] = "auto"
+    """auto: follows the data (``file`` when one is given; else the oracle on a round of
+    shapes-world prompts, and no gold items on any other round); oracle: the shapes-world oracle's
+    verdict; file: ``file`` (CSV or Parquet with columns image_id, answer); none: no gold items."""
     file: Optional[str] = None
 
 
@@ -67,7 +68,8 @@ class LabelConfig:
     raters_file: str = "datasets/raters.json"
     """Salted password hashes of the raters (pipelines.raters adds and disables them)."""
     guidelines: Optional[str] = None
-    """Markdown file shown to raters; None: the packaged labeling_app/guidelines.md."""
+    """Markdown file shown to raters; None: the packaged labeling_app/guidelines.md, which describes
+    the shapes world, so a round of other prompts needs its own file (one error says so)."""
     tasks: tuple[Task, ...] = TASKS
     overlap: int = 3
     """K: each item goes to up to K distinct raters (skips do not count toward K)."""
@@ -99,6 +101,9 @@ class LabelConfig:
         if not 0.0 <= self.gold.share < 1.0:
             raise UserError(f"gold.share={self.gold.share} is outside [0, 1).",
                             "set gold.share to e.g. 0.1 (or 0 for no gold items).")
+        if self.gold.file and self.gold.source in ("oracle", "none"):
+            raise UserError(f"gold.file={self.gold.file} is given with gold.source={self.gold.source}, "
+                            "which does not read it.", "set gold.source=file (or auto), or drop gold.file.")
         if self.gold.source == "file" and not self.gold.file:
             raise UserError("gold.source=file needs gold.file.",
                             "set gold.file=<CSV or Parquet with columns image_id, answer>.")
@@ -119,10 +124,6 @@ class LabelConfig:
                 raise UserError(f"server.trusted_proxies: {proxy!r} is not an IP address or network.",
                                 "name your reverse proxy's address, e.g. server.trusted_proxies=[127.0.0.1] "
                                 "(or [] when no proxy sits in front of the app).") from None
-
-    @property
-    def guidelines_path(self) -> Path:
-        return Path(self.guidelines) if self.guidelines else DEFAULT_GUIDELINES
 
     @property
     def uses_gold(self) -> bool:

@@ -8,7 +8,9 @@ round of the closed loop adds its own):
 - ``source=oracle`` (shapes world): a ``share`` of the images, half of them ones the oracle judges
   aligned ("good") and half misaligned ("bad") where the round has both, so a rater who always
   answers "good" scores about 50 %, not the round's base rate;
-- ``source=file``: a CSV or Parquet file with columns ``image_id`` and ``answer`` (good|bad).
+- ``source=file``: a CSV or Parquet file with columns ``image_id`` and ``answer`` (good|bad);
+- ``source=auto`` (the default) follows the data: the file when ``gold.file`` is given, else the
+  oracle on a round of shapes-world prompts and no gold items on any other round.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from data.generations import load_image
 from data.schemas import GENERATIONS, GOLD
 from data.store import Store
 from labeling_app.config import GoldConfig
+from labeling_app.rounds import shapes_prompts
 from shapes.oracle import judge
 from shapes.world import Prompt
 
@@ -34,10 +37,21 @@ def read_gold(store: Store) -> dict[str, str]:
     return dict(zip(t["image_id"].to_pylist(), t["answer"].to_pylist()))
 
 
+def gold_source(gold: GoldConfig, generations: pd.DataFrame) -> str:
+    """The gold source a round uses: ``gold.source``, with ``auto`` resolved on the round's images
+    (``generations``: the rows it serves)."""
+    if gold.source != "auto":
+        return gold.source
+    if gold.file:
+        return "file"
+    return "oracle" if shapes_prompts(generations) else "none"
+
+
 def ensure_gold(store: Store, gold: GoldConfig, generations: pd.DataFrame, seed: int = 0) -> dict[str, str]:
     """The gold pool of the images ``generations`` (the rows a round serves), creating it on first
     use; empty when gold is switched off.  Gold of other images (another round's) is left out."""
-    if gold.source == "none" or gold.share <= 0 or generations.empty:
+    source = gold_source(gold, generations)
+    if source == "none" or gold.share <= 0 or generations.empty:
         return {}
     served = set(generations["image_id"])
 
@@ -46,7 +60,7 @@ def ensure_gold(store: Store, gold: GoldConfig, generations: pd.DataFrame, seed:
 
     if existing := pool():
         return existing
-    if gold.source == "oracle":
+    if source == "oracle":
         rows = _oracle_gold(store, generations, gold.share, seed)
     else:  # the file may name any image of the root; the served ones are this round's gold
         known = read_gold(store)

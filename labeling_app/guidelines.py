@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from labeling_app.config import DEFAULT_GUIDELINES
 
 _FRONT = re.compile(r"\A---\s*\n(?P<head>.*?)\n---\s*\n", re.S)
 
@@ -22,6 +23,19 @@ class Guidelines:
     text: str      # markdown, front matter removed
     version: str
     path: Path
+
+
+def guidelines_file(chosen: str | None, shapes_round: bool) -> Path:
+    """The guidelines file raters see: ``chosen`` (``guidelines=``) when set; else the packaged
+    one, on a round of shapes-world prompts only (``shapes_round``), since it judges nothing else."""
+    if chosen:
+        return Path(chosen)
+    if not shapes_round:
+        raise UserError("the packaged rater guidelines describe shapes-world prompts (count, shape, colour), "
+                        "and this round's prompts are not shapes-world prompts.",
+                        "write your raters' guidelines as a markdown file (docs/labeling.md#your-own-"
+                        "guidelines-and-gold-items) and pass guidelines=<file>.")
+    return DEFAULT_GUIDELINES  # the packaged file: it describes the shapes world
 
 
 def load_guidelines(path: str | Path) -> Guidelines:

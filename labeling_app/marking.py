@@ -139,7 +139,7 @@ MARKS_CSS = """
 .mark-layer { position: absolute; inset: 0; z-index: 5; }
 .mark-dot { position: absolute; width: 16px; height: 16px; margin: -8px 0 0 -8px; border-radius: 50%;
             background: #dc2626; border: 2px solid #fff; box-shadow: 0 0 0 1px #000; box-sizing: border-box; }
-.mark-words { display: flex; flex-wrap: wrap; gap: 0.3rem; padding: 0.2rem 0; }
+.mark-words { display: flex; flex-wrap: wrap; gap: 0.3rem; padding: 0.2rem 0; max-height: 6rem; overflow-y: auto; }
 .word-chip { border: 1px solid #9ca3af; border-radius: 999px; padding: 0.1rem 0.6rem; cursor: pointer;
              user-select: none; background: #f9fafb; }
 .word-chip.marked { background: #fee2e2; border-color: #dc2626; color: #991b1b; text-decoration: line-through; }

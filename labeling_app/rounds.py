@@ -17,6 +17,7 @@ from core.errors import UserError
 from data.rounds import rounds_in
 from data.schemas import GENERATIONS, SELECTIONS
 from data.store import Store
+from shapes.world import Prompt
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,14 @@ def round_signature(store: Store) -> tuple:
         names = sorted(p.name for p in d.glob("part-*.parquet")) if d.is_dir() else []
         out += [len(names), names[-1] if names else ""]
     return tuple(out)
+
+
+def shapes_prompts(images: pd.DataFrame) -> bool:
+    """Whether every prompt of ``images`` (generations rows) is a shapes-world prompt, the ones
+    the oracle and the packaged guidelines describe (no images: True, nothing to judge)."""
+    for text in images["prompt"].unique():
+        try:
+            Prompt.parse(str(text))
+        except UserError:
+            return False
+    return True

@@ -31,7 +31,7 @@ from data.store import Store
 from labeling_app.assignment import Assigner
 from labeling_app.config import GoldConfig, LabelConfig
 from labeling_app.gold import ensure_gold, read_gold
-from labeling_app.guidelines import load_guidelines
+from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.rounds import served_round
 from labeling_app.stats import round_report
 from shapes.oracle import Verdict, judge
@@ -147,7 +147,7 @@ def simulate_round(
     if gens.empty:
         raise UserError(f"no generations in {store.root}.", "generate or render a round first.")
     served = served_round(store, round, gens)
-    gold = ensure_gold(store, GoldConfig(share=gold_share), served.images, seed=seed) if gold_share > 0 else {}
+    gold = ensure_gold(store, GoldConfig(share=gold_share, source="oracle"), served.images, seed=seed) if gold_share > 0 else {}
     assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
                         guideline_version=guideline_version, seed=seed, round=served.round)
     return run_simulated_round(assigner, panel, seed=seed)
@@ -164,7 +164,7 @@ class SimulateConfig:
 
 
 def simulate(cfg: SimulateConfig) -> dict:
-    guidelines = load_guidelines(cfg.label.guidelines_path)
+    guidelines = load_guidelines(guidelines_file(cfg.label.guidelines, True))  # simulated raters judge shapes prompts
     panel = default_panel(cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)
     assigner = Assigner.open(cfg.label, guidelines.version)  # writes the gold pool on first use
     with tqdm(desc="simulate-raters", unit="label", file=sys.stderr) as bar:

@@ -28,8 +28,9 @@ from labeling_app.assignment import Assigner
 from labeling_app.compactor import Compactor, merge_leftovers
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
-from labeling_app.guidelines import load_guidelines
+from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.marking import BINARY_ANSWER_JS, MARKS_CSS, MARKS_HEAD
+from labeling_app.rounds import served_round, shapes_prompts
 from labeling_app.page import CSS, HEAD, LOADING_NOTE, SEEN_RANKING_JS
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.web import APP_KWARGS, LoginGuard, NoUploads, export_route, trusting_proxies
@@ -172,11 +173,12 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
     if not any(not a.disabled for a in raters.accounts()):
         raise UserError(f"no enabled rater in {cfg.raters_file}, so nobody could sign in.",
                         "add one: `make rater-add RATER=alice ADMIN=1` (ADMIN=1 for the lead).")
-    guidelines = load_guidelines(cfg.guidelines_path)
+    store = Store(cfg.root, compact_every=0)
+    served = served_round(store, cfg.round)  # read only: the guidelines follow the round's prompts
+    guidelines = load_guidelines(guidelines_file(cfg.guidelines, shapes_prompts(served.images)))
     # Merging small part files happens here, before the round is read, and then in a background
     # thread (launch), never inside a rater's request.  The tables the merge leaves alone are read
     # first, so a bad part there is refused before any label table is rewritten.
-    store = Store(cfg.root, compact_every=0)
     for spec in (GENERATIONS, SELECTIONS, GOLD):
         store.read(spec)
     merge_leftovers(store)

@@ -4,7 +4,7 @@
     python -m pipelines.finetune --config my.yaml dpok.kl_weight=0.1 output_dir=runs/x
 
 Without --config, the shipped config of the method (finetune/configs/<method>.yaml) is used.
-Multi-GPU / multi-node: ``accelerate launch -m pipelines.finetune method=dpok``.
+Multi-GPU / multi-node: ``make finetune-multi`` (``.venv/bin/accelerate launch -m pipelines.finetune --config F method=dpok``).
 """
 
 from __future__ import annotations

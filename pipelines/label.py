@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     p = app.assigner.progress("")
     print(f"round {cfg.root}: " + ", ".join(f"{n} {t} items" for t, n in p.items.items())
-          + f", overlap {cfg.overlap}, gold share {cfg.gold.share if cfg.uses_gold else 0}, "
+          + f", overlap {cfg.overlap}, gold items {len(app.assigner.gold_answer)}, "
           f"guidelines {app.guidelines.version}", flush=True)
     print(f"labeling app on http://{cfg.server.host}:{cfg.server.port}  (Ctrl-C stops it)", flush=True)
     try:

@@ -2,7 +2,7 @@
 
     python -m pipelines.probe_steps reward.kind=oracle prompts_file=runs/demo/targets.txt   # shapes world
     python -m pipelines.probe_steps pipeline=/models/sd-v1-5 prompts_file=prompts.txt reward.path=runs/reward \
-        sampling.num_inference_steps=50 sampling.guidance_scale=7.5 after_steps=[0,5,10,15,20,25] tail_from=20
+        finetune_config=finetune/configs/sd15.yaml after_steps=[0,5,10,15,20,25] tail_from=20   # its 50 steps, 7.5
 
 Writes reports/probe/: probe.md (the tables), probe.json and config.yaml (tools.probe).
 """
@@ -10,17 +10,25 @@ Writes reports/probe/: probe.md (the tables), probe.json and config.yaml (tools.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from core.config import save_config
+from core.config import load_config, save_config
+from evaluation.settings import apply_setting, config_setting, describe, given_keys
 from tools.probe import ProbeConfig, markdown, probe_steps, write_probe
-from pipelines.cli import config_parser, parse_config, run
+from pipelines.cli import config_parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(ProbeConfig, config_parser(__doc__.splitlines()[0]), argv)
+    args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(ProbeConfig, args.config, args.overrides)
+    if cfg.finetune_config:  # the fine-tuning config's setting for every sampling key not given
+        source = Path(cfg.finetune_config)
+        setting = config_setting(source / "config.yaml" if source.is_dir() else source)
+        cfg = replace(cfg, sampling=apply_setting(cfg.sampling, setting, given_keys(args.config, args.overrides)))
+    print(f"probing at {describe(cfg.sampling, cfg.finetune_config or 'as configured')}", file=sys.stderr, flush=True)
     with tqdm(desc="probe: chains", unit="sample", file=sys.stderr) as bar:
         result = probe_steps(cfg, progress=bar)
     out = write_probe(result, cfg)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from core.errors import UserError
 from data.generations import load_image
-from data.store import read_table
+from data.read import read_table
 from reward.data import VIEWS, RewardData, Split
 from reward.embeddings import Embeddings
 from reward.metrics import evaluate, oracle_pair_accuracy, oracle_pairs

@@ -34,13 +34,11 @@ import torch.nn.functional as F
 
 from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
-from reward.config import ModelConfig
+from reward.folder import CONFIG_FILE, HEAD_FILE, load_head_state, reward_clip_folder
 from reward.preprocess import ClipPreprocess, to_pixel_batches
 from reward.region import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "reward_config.json"
-HEAD_FILE = "head.safetensors"
 METRICS_FILE = "metrics.json"
 TRAIN_CONFIG_FILE = "config.yaml"
 CLIP_SUBDIR = "clip"
@@ -334,9 +332,7 @@ class RewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None,
                         *, clip_path: str | os.PathLike | None = None) -> "RewardModel":
-        """Load a saved reward model.  The CLIP is found at ``clip_path`` if given, else in the
-        folder's ``clip/`` (trained backbone), else at the path recorded at save time (relative
-        to the folder first, then absolute)."""
+        """Load a saved reward model, its CLIP from :func:`reward_clip_folder`."""
         directory = Path(directory)
         cfg_file = directory / CONFIG_FILE
         head_state = load_head_state(directory)  # before the CLIP loads: a bad head fails at once
@@ -347,32 +343,13 @@ class RewardModel(nn.Module):
         if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
             raise UserError(f"{directory} was written by a newer version (format "
                             f"{cfg['format_version']}).", "upgrade the toolkit.")
-        if clip_path is not None:
-            path = Path(clip_path)
-        elif cfg.get("clip_subdir"):
-            path = directory / cfg["clip_subdir"]
-        else:
-            candidates = [directory / cfg["clip_path_relative"], Path(cfg["clip_path"])]
-            path = next((c for c in candidates if (c / "config.json").is_file()), None)
-            default_clip = Path(ModelConfig().clip)  # the configured default: the shipped CLIP
-            if path is None and cfg.get("clip_fingerprint") == model_fingerprint(default_clip, config_only=True):
-                # The shipped CLIP moved (data/models/ -> shapes/models/); a folder saved before
-                # records the old place: the same weights, found by their fingerprint.
-                path = default_clip
-            if path is None:
-                raise UserError(f"the CLIP folder this reward model was built on is gone: "
-                                f"{cfg['clip_path']}.",
-                                "restore it, or pass clip_path= (the same CLIP weights).")
+        path = reward_clip_folder(directory, cfg, clip_path, check=True)  # before the weights load
         clip = load_clip(path, device=device or default_device())
         if cfg.get("clip_fingerprint") and not cfg.get("clip_subdir") \
                 and model_fingerprint(path, config_only=True) != cfg["clip_fingerprint"]:
             warnings.warn(f"the CLIP in {path} differs from the one {directory} was trained on; "
                           "rewards may be meaningless.", stacklevel=2)
         spec = HeadSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["head"].items()})
-        dim = int(clip.model.config.projection_dim)
-        if spec.embed_dim != dim:
-            raise UserError(f"the reward head expects {spec.embed_dim}-dim CLIP embeddings, the CLIP "
-                            f"in {path} gives {dim}.", "load it with the CLIP it was trained on.")
         head = RewardHead(spec)
         try:
             head.load_state_dict(head_state)
@@ -383,29 +360,6 @@ class RewardModel(nn.Module):
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model
-
-
-def load_head_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The head weights of the reward model folder ``directory``.  A folder that is not one, an
-    unreadable head file, or weights that are not finite (a training that diverged, a damaged copy:
-    every reward would be NaN) is one error naming the folder."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file():
-        raise UserError(f"{directory} is not a reward model folder: it has no {CONFIG_FILE}.",
-                        "pass a folder written by `make reward` (default runs/reward).")
-    try:
-        state = load_file(directory / HEAD_FILE)
-    except (OSError, SafetensorError) as e:
-        raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
-    if bad:
-        raise UserError(f"the reward model in {directory} has weights that are NaN or infinite ({', '.join(bad[:3])}"
-                        f"{', ...' if len(bad) > 3 else ''}), so every reward it gives is meaningless.",
-                        "retrain it with `make reward` (a lower train.lr if its loss diverged), or restore the folder.")
-    return state
 
 
 def _num_images(images) -> int:

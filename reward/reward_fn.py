@@ -19,7 +19,8 @@ import torch
 from core.config import PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
-from reward.model import RewardModel, load_head_state, load_reward_fn
+from reward.folder import load_head_state, reward_clip_folder
+from reward.model import RewardModel, load_reward_fn
 from shapes.oracle import judge
 from shapes.regions import problem_regions
 from shapes.world import Prompt
@@ -81,6 +82,8 @@ def check_reward_folder(cfg: RewardSource) -> None:
         raise UserError(f"reward model folder {cfg.path} does not exist.",
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
     load_head_state(cfg.path)
+    reward_clip_folder(Path(cfg.path), check=True)  # its CLIP gives the head's embedding size
+
 
 
 def load_reward(cfg: RewardSource, device) -> RewardFn:

@@ -12,6 +12,9 @@ falls back to legacy argmax pooling, which with our ids would pick ``[BOS]``.  U
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -26,6 +29,17 @@ def vocabulary() -> list[str]:
     words += [s for shape in SHAPES for s in (shape, shape + "s")]
     words += ["on", "a", "background"]
     return list(SPECIAL) + words
+
+
+def is_shapes_tokenizer(folder: str | Path) -> bool:
+    """Whether the tokenizer saved in ``folder`` (a pipeline's ``tokenizer/``) is this one, the
+    shapes world's word-level vocabulary: a model that reads shapes-world prompts and nothing else
+    (read from ``tokenizer.json`` alone; a CLIP BPE tokenizer is not)."""
+    try:
+        model = json.loads((Path(folder) / "tokenizer.json").read_text()).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model.get("type") == "WordLevel" and set(model.get("vocab", {})) == set(vocabulary())
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

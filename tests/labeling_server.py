@@ -9,7 +9,7 @@ from pathlib import Path
 
 from data import Store
 from data.generations import save_images
-from labeling_app.config import GoldConfig, LabelConfig, ServerConfig
+from labeling_app.config import DEFAULT_GUIDELINES, GoldConfig, LabelConfig, ServerConfig
 from labeling_app.raters import RatersFile
 from shapes.render import RENDERER
 from shapes.render import render, render_round
@@ -45,7 +45,8 @@ def make_raters(path: Path, names: list[str], admins: tuple[str, ...] = ()) -> R
 
 
 def label_config(root: Path, raters: RatersFile, **kw) -> LabelConfig:
-    cfg = LabelConfig(root=str(root), raters_file=str(raters.path), overlap=1,
+    # the packaged guidelines named: a round with the hostile prompt is no shapes-only round
+    cfg = LabelConfig(root=str(root), raters_file=str(raters.path), overlap=1, guidelines=str(DEFAULT_GUIDELINES),
                       gold=GoldConfig(share=0.0), server=ServerConfig(host="127.0.0.1", port=free_port()))
     return replace(cfg, **kw)
 

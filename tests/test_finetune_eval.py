@@ -206,3 +206,35 @@ def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_p
             evaluate(load_config(EvalConfig, None, eval_args(
                 setup, tmp_path / "bad", f"prompts_file={tmp_path}/targets.txt", bad, "reward.kind=oracle")))
         assert not (tmp_path / "bad").exists()
+
+
+def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, capsys):
+    """#56.5: `make eval` without sampling keys samples base and runs at the runs' own setting (the
+    tiny run trained at 2 steps) and says so in the report; a given key wins; runs trained at
+    different settings are one error, before any sampling."""
+    import shutil
+
+    import yaml
+
+    from evaluation.settings import eval_setting, given_keys
+    from pipelines.evaluate import main
+
+    out = tmp_path / "report"
+    args = [a for a in eval_args(setup, out) if not a.startswith("sampling.")]
+    assert run(main, args) == 0
+    text = (out / "results.md").read_text()
+    assert "2 DDIM steps, guidance 5, eta 1 (the runs' own" in text
+    assert yaml.safe_load((out / "config.yaml").read_text())["sampling"]["num_inference_steps"] == 2
+    cfg = load_config(EvalConfig, None, args + ["sampling.guidance_scale=3"])
+    cfg, note = eval_setting(cfg, given_keys(None, args + ["sampling.guidance_scale=3"]))
+    assert cfg.sampling.num_inference_steps == 2 and cfg.sampling.guidance_scale == 3 and "guidance_scale as configured" in note
+    other = tmp_path / "other-run"
+    shutil.copytree(setup["dpok"], other)
+    run_cfg = yaml.safe_load((other / "config.yaml").read_text())
+    run_cfg["sampling"]["num_inference_steps"] = 7
+    (other / "config.yaml").write_text(yaml.safe_dump(run_cfg))
+    two = [a for a in args if not a.startswith("models=")] + [f"models=[a={setup['dpok']}, b={other}]"]
+    capsys.readouterr()
+    assert run(main, two) == 2
+    err = capsys.readouterr().err
+    assert "different sampling settings" in err and "num_inference_steps 7" in err

@@ -82,7 +82,8 @@ def test_simulated_raters_label_only_the_selected_images_and_gold_comes_from_the
     rankings = store.to_pandas("rankings")
     assert {i for ids in rankings["image_ids"] for i in ids} <= picked
     # labels carry no round: a label's round is its image's
-    assert len(read_table(root, "binary_labels", rounds="1")) == len(labels)
+    assert len(read_table(root, "binary_labels", rounds="1", gold=True)) == len(labels)
+    assert len(read_table(root, "binary_labels", rounds="1")) == int((~labels["is_gold"]).sum())  # gold out by default
     assert read_table(root, "binary_labels", rounds="0").empty
     # the same driver without the app's config serves the same images; a round named explicitly
     # is served whole when it has no selections

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from core.errors import UserError
 from data import Store
 from data.labels import current
+from labeling_app.config import GoldConfig
 from labeling_app.views import shown_token
 from tests.labeling_server import (HOSTILE_PROMPT, PASSWORD, free_port, label_config, make_raters, make_round,
                                    serve)
@@ -447,3 +449,25 @@ def test_api_schema_and_startup_events_need_a_session(server):
     assert httpx.get(url + "gradio_api/startup-events").status_code == 401
     h = signed_in(url, "dave", source="127.0.0.8")
     assert h.get(url + "gradio_api/startup-events").status_code == 200
+
+
+def test_a_round_of_other_prompts_needs_its_own_guidelines_and_gets_no_oracle_gold(tmp_path):
+    """#56.3: a round of the user's own prompts never falls back to the shapes world: the packaged
+    guidelines are refused with the key to set, and gold follows the data (no oracle gold)."""
+    from labeling_app.ui import build_app
+
+    root = tmp_path / "round"
+    store = make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    gens = store.to_pandas("generations")
+    store.append("generations", gens.assign(prompt="a watercolour fox in the snow",
+                                            image_id=[f"x{i}" for i in range(len(gens))]))
+    store = Store(root)
+    raters = make_raters(root / "raters.json", ["ann"])
+    cfg = label_config(root, raters, guidelines=None, gold=GoldConfig(share=0.5))
+    with pytest.raises(UserError, match="not shapes-world prompts") as e:
+        build_app(cfg)
+    assert "guidelines=" in e.value.fix and not (root / "gold").exists()
+    own = tmp_path / "ours.md"
+    own.write_text("---\nversion: fox-1\n---\nGood: the image shows what the prompt says.\n")
+    app = build_app(replace(cfg, guidelines=str(own)))
+    assert app.guidelines.version.startswith("fox-1+") and app.assigner.gold_answer == {}

@@ -20,10 +20,10 @@ from data import Store
 from data.labels import current
 from labeling_app.answers import InvalidAnswer, StaleItem
 from labeling_app.assignment import Assigner
-from labeling_app.config import GoldConfig, LabelConfig, LoginConfig
+from labeling_app.config import DEFAULT_GUIDELINES, GoldConfig, LabelConfig, LoginConfig
 from labeling_app.export import export_file, export_round
-from labeling_app.gold import ensure_gold, read_gold
-from labeling_app.guidelines import load_guidelines
+from labeling_app.gold import ensure_gold, gold_source, read_gold
+from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.raters import LoginThrottle, RatersFile, make_auth
 from labeling_app.simulate import run_simulated_round
 from labeling_app.stats import gold_accuracy, krippendorff_alpha_nominal, labels_over_time, round_report
@@ -111,8 +111,19 @@ def test_login_throttle_grows_per_client_and_per_client_and_name(tmp_path):
     assert asyncio.run(auth("alice", "password-1")) and not asyncio.run(auth("alice", "nope"))
 
 
+def test_guidelines_follow_the_round(tmp_path):
+    assert guidelines_file(None, shapes_round=True) == DEFAULT_GUIDELINES
+    with pytest.raises(UserError, match="not shapes-world prompts") as e:
+        guidelines_file(None, shapes_round=False)
+    assert "guidelines=<file>" in e.value.fix
+    own = tmp_path / "ours.md"
+    assert guidelines_file(str(own), shapes_round=False) == own
+    with pytest.raises(UserError, match="gold.source=file .or auto"):
+        LabelConfig(gold=GoldConfig(source="oracle", file="g.csv"))
+
+
 def test_guidelines_version_follows_the_text(tmp_path):
-    packaged = load_guidelines(LabelConfig().guidelines_path)
+    packaged = load_guidelines(DEFAULT_GUIDELINES)
     assert packaged.version.startswith("2+") and "Good" in packaged.text and "version:" not in packaged.text
     p = tmp_path / "g.md"
     p.write_text("---\nversion: 7\n---\nBe careful.\n")
@@ -347,8 +358,11 @@ def test_gold_from_a_file_and_for_non_shapes_prompts(tmp_path, round_store):
     assert gold == dict(zip(gens["image_id"][:2], ["good", "bad"]))
     other = Store(tmp_path / "other")
     hostile = gens.assign(prompt="<b>a photo of a cat</b>")
-    with pytest.raises(UserError, match="gold.source=file"):
-        ensure_gold(other, GoldConfig(share=0.1), hostile)
+    with pytest.raises(UserError, match="gold.source=file"):  # the oracle named explicitly
+        ensure_gold(other, GoldConfig(share=0.1, source="oracle"), hostile)
+    assert ensure_gold(other, GoldConfig(share=0.1), hostile) == {}  # auto: no shapes prompts, no gold
+    assert not (tmp_path / "other" / "gold").exists()
+    assert gold_source(GoldConfig(), gens) == "oracle" and gold_source(GoldConfig(file=str(f)), hostile) == "file"
     pd.DataFrame({"image_id": ["nope"], "answer": ["good"]}).to_csv(f, index=False)
     with pytest.raises(UserError, match="not in this round"):
         ensure_gold(other, GoldConfig(share=0.1, source="file", file=str(f)), gens)

@@ -77,3 +77,20 @@ def test_bad_probe_settings_are_clear_errors(tiny_sd, tmp_path, capsys):
     assert run(main, [f"pipeline={tiny_sd}", f"reward.path={tmp_path}/none", "tail_from=99"]) == 2
     assert "tail_from=99 is not in 0..19" in capsys.readouterr().err
     assert not (tmp_path / "probe.json").exists()
+
+
+def test_probe_takes_a_finetune_configs_setting_for_keys_not_given(tiny_sd, tmp_path, capsys):
+    """#56.5: finetune_config=<file> probes at that config's steps (here 3), so after_steps 5 is
+    out of range; a sampling key given on the command line wins over the file."""
+    from pipelines.cli import run
+    from pipelines.probe_steps import main
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("sampling:\n  num_inference_steps: 3\n  guidance_scale: 7.5\n")
+    args = [f"pipeline={tiny_sd}", "reward.kind=oracle", f"finetune_config={cfg}", "after_steps=[5]",
+            f"output_dir={tmp_path}/probe"]
+    assert run(main, args) == 2
+    assert "sampling.num_inference_steps=3" in capsys.readouterr().err
+    assert run(main, args + ["sampling.num_inference_steps=4", "tail_from=null"]) == 2  # 5 is out of 0..3 too
+    err = capsys.readouterr().err
+    assert "probing at 4 DDIM steps, guidance 7.5" in err and "sampling.num_inference_steps=4" in err

@@ -49,6 +49,10 @@ class ProbeConfig:
     samples_per_prompt: int = 8
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # a fine-tuning config file (e.g. finetune/configs/sd15.yaml) or run folder whose sampling
+    # setting (steps, guidance, eta) is probed, for each sampling key not given (make probe-steps,
+    # evaluation.settings): the window found is then that config's.  None: sampling as given
+    finetune_config: str | None = None
     reward: RewardSource = field(default_factory=RewardSource)
     after_steps: tuple[int, ...] = ()  # k to probe (0 .. num_inference_steps - 1); (): every one
     tail_from: int | None = 8  # the tail check starts after this many steps; None: no tail check

@@ -1,0 +1,99 @@
+"""Which sampling setting a comparison runs at: a fine-tuned run's own, unless the user sets it.
+
+A run samples at the setting it was trained at (its ``config.yaml``'s ``sampling``: 50 steps and
+guidance 7.5 for ``finetune/configs/sd15.yaml``, 20 and 5 for the shapes world's configs).  ``make
+eval`` compares the base and the runs at one setting, so it takes the runs' setting for every key
+the user did not give (``sampling.num_inference_steps=`` etc. on the command line or in
+``--config``); runs trained at different settings are one error.  ``make probe-steps`` takes a
+fine-tuning config's setting (``finetune_config=``) the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import yaml
+
+from core.errors import UserError
+
+# The keys of a setting that decide what a model samples; the rest (batch size, compile, size)
+# only decide how fast.
+SETTING_KEYS = ("num_inference_steps", "guidance_scale", "eta")
+RUN_CONFIG = "config.yaml"
+
+
+def given_keys(config_file: str | None, overrides: list[str]) -> set[str]:
+    """The ``sampling`` keys a user set, on the command line (``sampling.<key>=``) or in a config file."""
+    out = {o.split("=", 1)[0].strip()[len("sampling."):] for o in overrides if o.strip().startswith("sampling.")}
+    if config_file:
+        data = yaml.safe_load(Path(config_file).read_text()) or {}
+        out |= set((data.get("sampling") or {}).keys()) if isinstance(data, dict) else set()
+    return out
+
+
+def config_setting(path: str | Path) -> dict:
+    """``sampling``'s setting keys of a fine-tuning config file (a run's config.yaml, or e.g.
+    finetune/configs/sd15.yaml); {} when it names none."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"could not read the config {path} ({e}).", "pass a fine-tuning config YAML file.") from None
+    sampling = data.get("sampling") if isinstance(data, dict) else None
+    return {k: sampling[k] for k in SETTING_KEYS if isinstance(sampling, dict) and k in sampling}
+
+
+def runs_setting(runs: dict[str, Path]) -> dict:
+    """The one setting the named runs (name -> run folder) were trained at; {} when none has a
+    config.yaml; an error when they differ."""
+    settings = {name: config_setting(folder / RUN_CONFIG) for name, folder in runs.items()
+                if (folder / RUN_CONFIG).is_file()}
+    settings = {n: s for n, s in settings.items() if s}
+    distinct = {tuple(sorted(s.items())) for s in settings.values()}
+    if len(distinct) > 1:
+        listed = "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in s.items()) for n, s in settings.items())
+        raise UserError(f"the runs were trained at different sampling settings ({listed}), and a comparison "
+                        "samples every model at one.",
+                        "evaluate them in separate calls, or set sampling.num_inference_steps, "
+                        "sampling.guidance_scale and sampling.eta for all of them.")
+    return dict(distinct.pop()) if distinct else {}
+
+
+def apply_setting(sampling, setting: dict, given: set[str]):
+    """``sampling`` (a sampling config dataclass) with ``setting``'s values for the keys not ``given``."""
+    names = {f.name for f in fields(sampling)}
+    take = {k: v for k, v in setting.items() if k in names and k not in given}
+    return replace(sampling, **take) if take else sampling
+
+
+def describe(sampling, source: str) -> str:
+    """One line for a report: the setting every model was sampled at, and where it came from."""
+    return (f"{sampling.num_inference_steps} DDIM steps, guidance {sampling.guidance_scale:g}, "
+            f"eta {sampling.eta:g} ({source})")
+
+
+def eval_setting(cfg, given: set[str]):
+    """``make eval``'s config with the fine-tuned runs' setting (base and named runs that are runs)
+    for the sampling keys not ``given``, and the report's line on it."""
+    from core.loading import resolve_model
+
+    runs: dict[str, Path] = {}
+    base = resolve_model(cfg.base)
+    if base.run is not None:
+        runs["base"] = base.run
+    for item in cfg.models:
+        name, _, path = item.partition("=")
+        if path and Path(path).exists():  # one that is not there: evaluate's own error
+            ref = resolve_model(path, base=base.base)
+            if ref.run is not None:
+                runs[name.strip()] = ref.run
+    setting = runs_setting(runs)
+    sampling = apply_setting(cfg.sampling, setting, given)
+    taken = sorted(set(setting) - given)
+    if not taken:
+        source = "as configured" if not runs or not setting else "as configured, overriding the runs' own"
+    else:
+        source = f"the runs' own ({', '.join(taken)} from their config.yaml)"
+        if given & set(SETTING_KEYS):
+            source += f"; {', '.join(sorted(given & set(SETTING_KEYS)))} as configured"
+    return replace(cfg, sampling=sampling), describe(sampling, source)
