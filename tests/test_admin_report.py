@@ -33,8 +33,10 @@ def dollar_app(tmp_path):
                 seeds=list(range(2 * n)), model_id="test", settings=RENDERER)
     raters = RatersFile(tmp_path / "raters.json")
     raters.add("lead", "lead-password", admin=True)
+    own = tmp_path / "guidelines.md"  # the prompts are not shapes-world ones: the lead's own guidelines
+    own.write_text("---\nversion: dollar-1\n---\nGood: the image shows what the prompt says.\n")
     app = build_app(LabelConfig(root=str(store.root), raters_file=str(raters.path), overlap=1,
-                                gold=GoldConfig(share=0.0), tasks=("binary",)))
+                                gold=GoldConfig(share=0.0), tasks=("binary",), guidelines=str(own)))
     for i in range(2 * n):
         a = app.assigner.current("lead", "binary")
         app.assigner.submit_binary("lead", a.token, "good" if i % 2 else "bad")

@@ -24,6 +24,7 @@ from data.marks import (MARKS, check_marks, current_marks, disk_map, heatmap, he
 from data.schemas import BINARY_LABELS
 from data.store import PART_GLOB, migrate
 from labeling_app.answers import InvalidAnswer
+from labeling_app.config import DEFAULT_GUIDELINES
 from labeling_app.assignment import Assigner
 from labeling_app.guidelines import load_guidelines
 from labeling_app.handlers import LabelingHandlers
@@ -165,7 +166,7 @@ def test_marks_with_overlap_gold_and_rounds(store):
     assert set(gold_label["label_id"]) <= set(current_marks(store)["label_id"].to_pylist())
     # marks belong to their image's round (data.rounds filters on image_id)
     from data import read_table
-    assert len(read_table(store.root, "marks", rounds="all")) == current_marks(store).num_rows
+    assert len(read_table(store.root, "marks", rounds="all", gold=True)) == current_marks(store).num_rows
 
 
 # -- the handlers: refusals on the page ------------------------------------------------------
@@ -175,7 +176,7 @@ def handlers(store, tmp_path, **kw):
     raters = make_raters(tmp_path / "raters.json", ["rita"])
     cfg = label_config(store.root, raters, **kw)
     asg = Assigner(store, overlap=1, tasks=("binary",), marks=cfg.marks)
-    return LabelingHandlers(cfg, asg, raters, load_guidelines(cfg.guidelines_path)), asg
+    return LabelingHandlers(cfg, asg, raters, load_guidelines(DEFAULT_GUIDELINES)), asg
 
 
 def test_handlers_refuse_bad_marks_in_the_status_line_and_keep_the_item(store, tmp_path):
