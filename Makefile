@@ -17,7 +17,7 @@ PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: demo loop help install test oracle-check finetune finetune-multi eval bench clean clean-datasets base results-page probe-steps FORCE
+.PHONY: demo loop help install test test-fast oracle-check finetune finetune-multi eval bench clean clean-datasets base results-page probe-steps FORCE
 
 demo: install  ## the whole loop on the shapes world -> reports/demo/ (10-25 min on 2 CPU cores, by the machine)
 	$(PY) -m pipelines.demo $(ARGS)
@@ -52,6 +52,10 @@ test: install  ## check the package layers (lint-imports), then run the test sui
 	$(VENV)/bin/lint-imports
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-fast: install  ## the layers and every test not marked slow (a few minutes; `make test` runs them all)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 oracle-check: install  ## measure the shapes-world oracle: renders, hue sweep, VAE round trips, agreement (last line: JSON)
 	$(PY) -m pipelines.oracle_check $(ARGS)

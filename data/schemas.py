@@ -101,13 +101,17 @@ def _check_generations(table: pa.Table) -> None:
             raise DataError(f"column '{c}' holds NaN or infinity.", f"{c} must be a finite number.")
 
 
+def _check_values(table: pa.Table, column: str, allowed: tuple[str, ...], what: str, fix: str) -> None:
+    """Every value of ``column`` is one of ``allowed``; else one DataError naming the others."""
+    bad = pc.invert(pc.is_in(table[column], value_set=pa.array(allowed)))
+    if table.num_rows and pc.any(bad).as_py():
+        raise DataError(f"{what} {sorted(set(pc.filter(table[column], bad).to_pylist()))} are not one of "
+                        f"{list(allowed)}.", fix)
+
+
 def _check_binary_labels(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("label_id", "image_id", "rater_id"))
-    bad = pc.invert(pc.is_in(table["label"], value_set=pa.array(LABELS)))
-    if table.num_rows and pc.any(bad).as_py():
-        values = sorted(set(pc.filter(table["label"], bad).to_pylist()))
-        raise DataError(f"label values {values} are not one of {list(LABELS)}.",
-                        "store 'good', 'bad' or 'skip'.")
+    _check_values(table, "label", LABELS, "label values", "store 'good', 'bad' or 'skip'.")
     if table.num_rows and pc.min(table["duration_ms"]).as_py() < 0:
         raise DataError("column 'duration_ms' holds a negative value.", "durations are >= 0 ms.")
 
@@ -212,10 +216,8 @@ PAIRS = TableSpec(
 
 def _check_retractions(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("retraction_id", "target_id", "rater_id"))
-    bad = pc.invert(pc.is_in(table["target_table"], value_set=pa.array(RETRACTABLE)))
-    if table.num_rows and pc.any(bad).as_py():
-        raise DataError(f"retractions name tables {sorted(set(pc.filter(table['target_table'], bad).to_pylist()))}.",
-                        f"only rows of {list(RETRACTABLE)} can be retracted.")
+    _check_values(table, "target_table", RETRACTABLE, "retractions name tables",
+                  f"only rows of {list(RETRACTABLE)} can be retracted.")
 
 
 RETRACTABLE: tuple[str, ...] = ("binary_labels", "rankings")
@@ -271,10 +273,7 @@ SELECTION_METHODS: tuple[str, ...] = ("all", "random", "uncertain", "mix")
 
 def _check_selections(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("image_id",))
-    bad = pc.invert(pc.is_in(table["method"], value_set=pa.array(SELECTION_METHODS)))
-    if table.num_rows and pc.any(bad).as_py():
-        raise DataError(f"selection methods {sorted(set(pc.filter(table['method'], bad).to_pylist()))} "
-                        f"are not one of {list(SELECTION_METHODS)}.", f"use one of {list(SELECTION_METHODS)}.")
+    _check_values(table, "method", SELECTION_METHODS, "selection methods", f"use one of {list(SELECTION_METHODS)}.")
 
 
 SELECTIONS = TableSpec(
@@ -321,10 +320,7 @@ def register(spec: TableSpec) -> TableSpec:
 
 def _check_gold(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("image_id", "prompt_id", "answer", "source"))
-    bad = pc.invert(pc.is_in(table["answer"], value_set=pa.array(("good", "bad"))))
-    if table.num_rows and pc.any(bad).as_py():
-        raise DataError(f"gold answers {sorted(set(pc.filter(table['answer'], bad).to_pylist()))} "
-                        "are not 'good' or 'bad'.", "a gold item's answer is 'good' or 'bad'.")
+    _check_values(table, "answer", ("good", "bad"), "gold answers", "a gold item's answer is 'good' or 'bad'.")
 
 
 GOLD = register(TableSpec(
@@ -358,54 +354,3 @@ IMPORTS = register(TableSpec(
     key=("image_id",),
     check=lambda t: _check_not_empty_strings(t, ("image_id", "source", "file_name")),
 ))
-
-
-# ---------------------------------------------------------------------------------------------
-# make label-export format=hf (labeling_app/hf_export.py): tables for the Hugging Face ecosystem,
-# written for other tools to read, never read back by the store (so plain schemas, no TableSpec).
-
-HF_IMAGE = pa.struct({"bytes": pa.binary(), "path": pa.string()})
-"""The Arrow storage of the ``datasets`` Image feature."""
-
-HF_BINARY_LABELS = pa.schema([
-    ("image", HF_IMAGE),
-    ("prompt", pa.string()),
-    ("label", pa.string()),                 # good | bad | skip
-    ("image_id", pa.string()),
-    ("prompt_id", pa.string()),
-    ("model_id", pa.string()),
-    ("seed", pa.int64()),
-    ("rater_id", pa.string()),
-    ("label_id", pa.string()),
-    ("skip_reason", pa.string()),
-    ("is_gold", pa.bool_()),
-    ("duration_ms", pa.int64()),
-    ("guideline_version", pa.string()),
-    ("created_at", TIMESTAMP),
-    # RichHF-18K's columns, per image: averaged heatmap (0-255 grey PNG), "1 0 1" per prompt word
-    # (0: misaligned); then this answer's own marks (data.marks)
-    ("misalignment_map", HF_IMAGE),
-    ("prompt_misalignment_label", pa.string()),
-    ("mark_points", pa.list_(pa.struct([("x", pa.float32()), ("y", pa.float32())]))),
-    ("mark_words", pa.list_(pa.int32())),
-])
-
-HF_PAIRS = pa.schema([
-    ("caption", pa.string()),
-    ("jpg_0", pa.binary()),
-    ("jpg_1", pa.binary()),
-    ("label_0", pa.float64()),
-    ("label_1", pa.float64()),
-    ("are_different", pa.bool_()),
-    ("has_label", pa.bool_()),
-    ("best_image_uid", pa.string()),        # "" for a tie, as in Pick-a-Pic
-    ("image_0_uid", pa.string()),
-    ("image_1_uid", pa.string()),
-    ("model_0", pa.string()),
-    ("model_1", pa.string()),
-    ("ranking_id", pa.string()),
-    ("user_id", pa.string()),               # the rater
-    ("num_example_per_prompt", pa.int64()),  # pairs in this export with the same caption
-    ("prompt_id", pa.string()),
-    ("created_at", TIMESTAMP),
-])

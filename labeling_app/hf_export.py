@@ -49,7 +49,8 @@ from data.generations import image_bytes
 from data.labels import current
 from data.marks import current_marks, heatmap_u8, image_marks, prompt_words
 from data.pairs import rankings_to_pairs
-from data.schemas import BINARY_LABELS, GENERATIONS, HF_BINARY_LABELS, HF_PAIRS, RANKINGS
+from data.hf_schemas import HF_BINARY_LABELS, HF_PAIRS
+from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
 from data.store import Store
 
 SHARD = "train-00000-of-00001.parquet"
