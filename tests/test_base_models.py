@@ -124,6 +124,7 @@ def test_evaluate_model_on_tiny_pipeline(tmp_path):
     assert json.dumps(again.to_dict()["sets"]) == json.dumps(ev.to_dict()["sets"])  # NaN-safe
 
 
+@pytest.mark.slow
 def test_base_card_heldout_figure_is_make_evals_base_figure(tmp_path):
     """One seed scheme: the card evaluates each split as its own list seeded like `make eval`, so
     its held-out figures are make eval's base figures on split=heldout with the same samples per

@@ -1,12 +1,15 @@
 """The benchmark runs end to end on a tiny pipeline (its numbers are not checked here: speed is
 measured by `make bench`, never by timed unit tests)."""
 
+import pytest
+
 import json
 
 from pipelines.bench import main
 from pipelines.cli import run
 
 
+@pytest.mark.slow
 def test_bench_writes_both_methods(tmp_path, tiny_sd):
     """On a fresh clone (no runs/reward): the bench builds the reward model it times."""
     sd = tiny_sd
@@ -20,6 +23,7 @@ def test_bench_writes_both_methods(tmp_path, tiny_sd):
     assert "overhead ratio" in (tmp_path / "bench" / "bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
     """``cpu_levers=true``: the bare sampling forward and update forward+backward eager and
     torch.compiled, with the compile's seconds (the figures behind the loop staying eager on the

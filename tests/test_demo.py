@@ -1,6 +1,8 @@
 """Tier 2: `make demo`'s whole loop on tiny models (speed and targets are measured by `make demo`
 itself on the real shapes-world models)."""
 
+import pytest
+
 import json
 
 from pipelines.cli import run
@@ -8,6 +10,7 @@ from pipelines.demo import main
 from tiny_models import make_tiny_clip
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     clip = make_tiny_clip(tmp_path / "clip", image_size=32)
     args = [f"pipeline={tiny_sd}", f"clip={clip}", f"root={tmp_path}/ds", f"runs={tmp_path}/runs",

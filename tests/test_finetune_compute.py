@@ -38,6 +38,7 @@ def without_timings(history):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, setting", [
     ("dpok", "compute.micro_batch=4"), ("rwl", "compute.micro_batch=2"), ("dpok", "compute.gradient_checkpointing=true")])
+@pytest.mark.slow
 def test_compute_settings_train_the_same_model(tiny_sd, tmp_path, method, setting):
     """Minibatch 6 in passes of 4 UNet rows (DPOK: 2 guided transitions each; RWL, 2 rows: 1 guided
     D_model example, or 2 + 1 of the 3 D_pre examples), or with recomputed activations, trains the

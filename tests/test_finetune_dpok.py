@@ -114,6 +114,7 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
     """The whole collect -> reward -> fine-tune path on tiny models: the learned RewardModel folder
     written by the reward stage is what fine-tuning consumes."""
@@ -146,6 +147,7 @@ def test_dpok_and_rwl_with_a_trained_reward_model_folder(tiny_sd, tmp_path):
     assert rwl.metrics["d_model"]["images"] == len(prompt_set("heldout"))
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_launch_do_not_hang_at_checkpoints(tiny_sd, tmp_path):
     """The multi-GPU path (DDP over the LoRA UNet, gathered rewards, checkpoints from the main
     process with barriers) on two CPU processes (gloo), with a trained window of steps and a

@@ -208,6 +208,7 @@ def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_p
         assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, capsys):
     """#56.5: `make eval` without sampling keys samples base and runs at the runs' own setting (the
     tiny run trained at 2 steps) and says so in the report; a given key wins; runs trained at

@@ -126,6 +126,7 @@ def test_x0_clipping_scheduler_is_a_clear_error():
 
 
 @pytest.mark.parametrize("kind", OTHER_KINDS, ids=lambda k: k.__name__)
+@pytest.mark.slow
 def test_dpok_fine_tunes_a_folder_with_any_scheduler_config(kind, tiny_sd, tmp_path):
     """The whole path: a Stable Diffusion folder whose scheduler config is not DDIM fine-tunes."""
     from finetune.config import FinetuneConfig

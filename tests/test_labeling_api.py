@@ -287,6 +287,7 @@ def test_a_disabled_rater_is_refused_at_the_next_request(server):
         raters.set_disabled("frank", False)
 
 
+@pytest.mark.slow
 def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     root = tmp_path / "round"
     make_round(root, n_prompts=4, hostile=False)
@@ -352,6 +353,7 @@ def test_each_start_merges_the_parts_earlier_runs_left(tmp_path):
     assert len(Store(root).read("binary_labels")) == 210
 
 
+@pytest.mark.slow
 def test_forwarded_for_is_taken_only_from_the_configured_proxies(tmp_path):
     """#44.2: by default no address may name another with X-Forwarded-For, not even 127.0.0.1 (a
     local process, an SSH tunnel): the throttle cannot be dodged by naming a new address per try,

@@ -88,6 +88,7 @@ def no_error_badges(page) -> bool:
     return page.locator(".error, [data-testid=error]").filter(visible=True).count() == 0
 
 
+@pytest.mark.slow
 def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
     store, url = app
     page = sign_in(browser, url, "rita")
@@ -181,6 +182,7 @@ def test_label_with_the_keyboard_and_rank_in_chromium(app, browser):
     assert page.evaluate("window.__xss") is None and not dialogs
 
 
+@pytest.mark.slow
 def test_refused_undo_leaves_the_item_and_keys_label_only_what_is_shown(app, browser):
     """A new rater presses U first (nothing to undo): the reason shows, the image stays visible,
     and G then labels exactly that image.  While the image is hidden, G does nothing and a
@@ -221,6 +223,7 @@ def test_refused_undo_leaves_the_item_and_keys_label_only_what_is_shown(app, bro
     assert labels["image_id"].tolist() == [first, second] and labels["label"].tolist() == ["good", "bad"]
 
 
+@pytest.mark.slow
 def test_admin_tab_and_exports_reach_the_admin_only(app, browser):
     store, url = app
     lead = sign_in(browser, url, "lead")
@@ -285,6 +288,7 @@ def test_the_login_page_says_how_long_to_wait(app, browser):
     page.wait_for_function("() => document.querySelector('#login-error').innerText.includes('too many attempts')")
 
 
+@pytest.mark.slow
 def test_images_of_any_size_fit_their_frames(tmp_path, browser):
     """#17: a 48x32, a 1024x768 (white) and a 64x64 image of one prompt, in the binary and the
     ranking views: each fits its box, keeps its aspect, and has a visible frame."""
@@ -338,6 +342,7 @@ def test_images_of_any_size_fit_their_frames(tmp_path, browser):
     assert sizes[(48, 32)]["upscaled"] and not sizes[(1024, 768)]["upscaled"]
 
 
+@pytest.mark.slow
 def test_a_replaced_image_file_is_withdrawn_and_the_rater_goes_on(tmp_path, browser, caplog, capfd):
     """#44.1: the file of the rater's next image is replaced after its row was written.  The
     answer is saved and the rater gets the image after it (no error state: the page goes on);
@@ -396,6 +401,7 @@ def test_a_replaced_image_file_is_withdrawn_and_the_rater_goes_on(tmp_path, brow
     assert "Traceback" not in "".join(capfd.readouterr())
 
 
+@pytest.mark.slow
 def test_while_the_next_image_loads_the_page_says_so(tmp_path, browser):
     """#44.4: after an answer the new prompt shows at once, with the round's figures already
     counting the answer; while its image loads, the last image is hidden (never beside the new

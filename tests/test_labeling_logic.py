@@ -541,6 +541,7 @@ def test_make_rater_add_works_without_a_terminal(tmp_path):
     assert rf.is_admin("lead") and rf.verify("lead", "secret password") and rf.verify("amy", "piped password")
 
 
+@pytest.mark.slow
 def test_the_same_round_is_labelled_the_same_way_twice(tmp_path):
     """A rerun of the same round with the same seed gets the same labels (the demo's rerun
     target)."""

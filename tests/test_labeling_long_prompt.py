@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests import test_labeling_browser as chromium  # skips this module too without Chromium
 from tests.labeling_server import label_config, make_raters, serve
 from tests.test_labeling_browser import VIEWPORT, sign_in, wait_shown
@@ -11,6 +13,7 @@ browser = chromium.browser  # the fixture: one Chromium for the module
 LONG_PROMPT = ("one red circle on a white background, " * 60)[:2000]
 
 
+@pytest.mark.slow
 def test_a_long_prompt_keeps_the_buttons_in_view(tmp_path, browser):
     from data import Store
     from data.generations import save_images

@@ -73,6 +73,7 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("workflows.mod", "import pipelines.mod"),       # a workflow importing an entry point
     ("finetune.mod", "import workflows.mod"),        # a stage importing the workflow that chains it
 ])
+@pytest.mark.slow
 def test_a_reverse_import_fails_the_check(tmp_path, module, line):
     tree = _tree(tmp_path, {module: line})
     res = _lint(tree, tmp_path / "contracts.toml")

@@ -3,6 +3,8 @@ in the next round, raters on the selected images only, resuming after a kill (Ct
 SIGKILL in a label stage), the same seed twice, and bad input refused before anything is written.
 (The full loop's figures are `make loop`'s own.)"""
 
+import pytest
+
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ def _without_timings(path):
     return res
 
 
+@pytest.mark.slow
 def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, monkeypatch):
     clip = make_tiny_clip(tmp_path / "clip", image_size=32)
     args = _args(tiny_sd, clip, tmp_path)

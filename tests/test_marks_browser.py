@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 
 from data.labels import current
 from data.marks import current_marks
@@ -32,6 +34,7 @@ def marked_words(page) -> list[int]:
                          ".map(c => parseInt(c.dataset.word))")
 
 
+@pytest.mark.slow
 def test_mark_points_and_words_with_mouse_and_keys(tmp_path, browser):  # noqa: F811
     root = tmp_path / "round"
     store = make_round(root, n_prompts=3, per_prompt=2, hostile=False)

@@ -117,6 +117,7 @@ def test_hacking_alarm_flags_a_rise_in_off_palette_objects():
     assert off_palette_alarms([_ev("base", float("nan")), _ev("dpok", 0.5)]) == []
 
 
+@pytest.mark.slow
 def test_oracle_check_meets_the_colour_targets(capsys):
     """make oracle-check, smaller: correct colours (clean, blurred, VAE round trip) >= 99 %
     accepted, hue steps a person names differently <= 2 %, agreement with the previous oracle on

@@ -80,6 +80,7 @@ def _cfg(root, clip, out, *more):
         "model.hidden=[16]", "region.epochs=3", "region.hidden=16", *more])
 
 
+@pytest.mark.slow
 def test_region_head_trains_saves_loads_and_predicts(marked_root, tiny_clip, tmp_path):
     from data.generations import load_image
     from reward.train import train_reward

@@ -551,6 +551,7 @@ def test_relabel_with_oracle_keeps_the_examples_and_replaces_the_labels(labelled
     assert ideal.val_images is data.val_images and ideal.val_prompts is data.val_prompts  # untouched
 
 
+@pytest.mark.slow
 def test_oracle_labels_train_the_same_head_on_noise_free_labels(labelled_root, tiny_clip, tmp_path):
     from reward.train import train_reward
 

@@ -62,6 +62,7 @@ def _cfg(root, clip, out, *more):
         "train.baselines=false", "model.hidden=[16]", *more])
 
 
+@pytest.mark.slow
 def test_rounds_spec_filters_the_labels_it_trains_on(two_rounds):
     cfg = load_config(RewardConfig, None, [f"data.root={two_rounds}"])
     everything = load_reward_data(Store(two_rounds), cfg.data, cfg.loss)

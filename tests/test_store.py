@@ -96,6 +96,7 @@ def test_a_merge_cut_short_keeps_the_groups_it_finished(tmp_path, monkeypatch):
     assert len(list(folder.glob(PART_GLOB))) == 1 and store.read("binary_labels").num_rows == 40
 
 
+@pytest.mark.slow
 def test_eight_threads_append_one_thousand_rows_each(tmp_path):
     store = Store(tmp_path)
     errors = []
@@ -118,6 +119,7 @@ def test_eight_threads_append_one_thousand_rows_each(tmp_path):
     assert len(set(table["label_id"].to_pylist())) == 8000
 
 
+@pytest.mark.slow
 def test_concurrent_processes_and_a_reader(tmp_path):
     code = textwrap.dedent(f"""
         import sys
