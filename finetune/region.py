@@ -9,6 +9,12 @@ thresholded and dilated, is the problem mask M (:func:`problem_masks`).  Focus-N
 
 rewards the fix and charges every change outside the problem region.  DPOK takes it as its reward
 (:func:`outside_change`, the norm divided by √(3HW) so that β does not depend on the image size).
+
+What is charged is the *keep* region, 1 - M, with one exception (:func:`keep_masks`): a base image
+the reward judges wrong whose problem mask is empty has a fault with no place to mark (an object
+missing: its fix is drawn somewhere in the unmarked background), so nothing of it is protected —
+forbidding change everywhere unmarked would forbid the fix.  A base image judged right keeps all
+of itself, which is what stops fine-tuning from breaking what the base drew right.
 RWL, which trains on the base model's own samples, takes the same penalty in its likelihood form:
 outside M the fine-tuned model's noise prediction is held to the base model's
 (:func:`keep_loss`, a masked distillation term beside eq. 2's terms).
@@ -43,12 +49,21 @@ def problem_masks(heatmaps: torch.Tensor, threshold: float, dilate: float) -> to
     return m > 0.5
 
 
-def outside_change(images: torch.Tensor, base: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(B,) ‖(1 - M) ⊙ (Î₀ - Î)‖₂ / √(3HW): the change of ``images`` from the base's ``base`` (both
-    (B, 3, H, W) in [0, 1]) outside the problem masks ``masks`` (B, H, W) bool, in RMS units: 0 when
-    nothing outside moved, 1 when every channel of every pixel flipped from 0 to 1."""
-    keep = (~masks).to(images.dtype)[:, None]  # (B, 1, H, W)
-    return ((images - base) * keep).pow(2).mean(dim=(1, 2, 3)).sqrt()
+def keep_masks(problem: torch.Tensor, base_right: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: what the penalty protects, 1 - M of the problem masks ``problem`` (B, H, W)
+    bool, except for a base image judged wrong (``base_right`` (B,) bool False) with an empty mask:
+    a fault with no region (a missing object), where nothing is protected (module docstring)."""
+    unlocalised = ~base_right.to(problem.device) & ~problem.flatten(1).any(dim=1)
+    return ~problem & ~unlocalised[:, None, None]
+
+
+def outside_change(images: torch.Tensor, base: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B,) ‖K ⊙ (Î₀ - Î)‖₂ / √(3HW): the change of ``images`` from the base's ``base`` (both
+    (B, 3, H, W) in [0, 1]) on the keep masks ``keep`` (B, H, W) bool (:func:`keep_masks`, K = 1 - M
+    of eq. 3), in RMS units over the whole image: 0 when nothing kept moved, 1 when every channel of
+    every pixel flipped from 0 to 1."""
+    k = keep.to(images.dtype)[:, None]  # (B, 1, H, W)
+    return ((images - base) * k).pow(2).mean(dim=(1, 2, 3)).sqrt()
 
 
 def latent_masks(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:

@@ -98,17 +98,27 @@ class RegionFn(Protocol):
         """images (B, 3, H, W) in [0, 1] -> where each is wrong: heatmaps (B, H, W) in [0, 1]."""
 
 
-def load_region(cfg: RewardSource, device) -> RegionFn:
+def judged_right(cfg: RewardSource, rewards: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the images whose ``rewards`` (B,) say they match their prompt: a learned reward's
+    P(rater says good) ≥ 1/2; the oracle's aligned verdict (``graded``: an aligned image scores 3,
+    any other below 1; ``aligned``: 1 or 0)."""
+    return rewards >= (0.5 if cfg.kind == "learned" or cfg.oracle == "aligned" else 2.0)
+
+
+def load_region(cfg: RewardSource, device, reward: RewardFn | None = None) -> RegionFn:
     """The region model of a reward source: a learned reward's region head (:meth:`RewardModel.heatmap`),
     or with ``kind=oracle`` the oracle's exact problem masks (an upper-bound ablation, shapes world).
-    A learned reward without a region head is one clear error."""
+    ``reward``, the source's reward already loaded (:meth:`RewardModel.score`), lends its model, so
+    that one CLIP sits in memory.  A learned reward without a region head is one clear error."""
     if cfg.kind == "oracle":
         def oracle_masks(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
             masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
             return torch.as_tensor(np.stack(masks), dtype=torch.float32, device=images.device)
         return oracle_masks
-    check_reward_folder(cfg)
-    model = RewardModel.from_pretrained(cfg.path, device)
+    model = getattr(reward, "__self__", None)
+    if not isinstance(model, RewardModel):
+        check_reward_folder(cfg)
+        model = RewardModel.from_pretrained(cfg.path, device)
     if model.region_head is None:
         raise UserError(f"the reward model {cfg.path} has no region head, which region.weight > 0 needs.",
                         "train the reward on rater marks (`make reward` on a round with marks; region.head=on), "

@@ -4,7 +4,7 @@ model's image from the same noise as the policy's."""
 import pytest
 import torch
 
-from finetune.region import keep_loss, latent_masks, outside_change, problem_masks
+from finetune.region import keep_loss, keep_masks, latent_masks, outside_change, problem_masks
 
 
 def test_problem_masks_threshold_and_dilate():
@@ -24,9 +24,19 @@ def test_outside_change_charges_only_change_outside_the_mask():
     mask[:, :4] = True  # the top half is the problem region
     img[0, :, :4] = 1.0  # image 0 changed inside only
     img[1, :, 4:] = 1.0  # image 1 changed outside only, all of it
-    pen = outside_change(img, base, mask)
+    keep = keep_masks(mask, base_right=torch.tensor([False, False]))
+    pen = outside_change(img, base, keep)
     assert pen[0] == 0 and pen[1] == pytest.approx(0.5 ** 0.5)  # half the pixels flipped 0 -> 1
-    assert outside_change(img, base, torch.ones(2, 8, 8, dtype=torch.bool)).abs().max() == 0
+    assert outside_change(img, base, torch.zeros(2, 8, 8, dtype=torch.bool)).abs().max() == 0
+
+
+def test_keep_masks_protect_nothing_of_an_unlocalised_fault_and_all_of_a_right_image():
+    problem = torch.zeros(3, 4, 4, dtype=torch.bool)
+    problem[0, 0, 0] = True  # image 0: a marked fault
+    keep = keep_masks(problem, base_right=torch.tensor([False, False, True]))
+    assert keep[0].sum() == 15 and not keep[0, 0, 0]  # all but the marked pixel
+    assert not keep[1].any()  # judged wrong, nothing marked (a missing object): the fix may go anywhere
+    assert keep[2].all()  # judged right: keep all of it
 
 
 def test_keep_loss_holds_the_prediction_outside_the_latent_mask():
