@@ -16,8 +16,9 @@ missing: its fix is drawn somewhere in the unmarked background), so nothing of i
 forbidding change everywhere unmarked would forbid the fix.  A base image judged right keeps all
 of itself, which is what stops fine-tuning from breaking what the base drew right.
 RWL, which trains on the base model's own samples, takes the same penalty in its likelihood form:
-outside M the fine-tuned model's noise prediction is held to the base model's
-(:func:`keep_loss`, a masked distillation term beside eq. 2's terms).
+on each sample's keep region the fine-tuned model's prediction at the sample's noised latents is
+held to the base model's (:func:`keep_loss`, a masked distillation term beside eq. 2's terms, over
+every sample of D_model, whatever its reward weight).
 """
 
 from __future__ import annotations
@@ -66,15 +67,15 @@ def outside_change(images: torch.Tensor, base: torch.Tensor, keep: torch.Tensor)
     return ((images - base) * k).pow(2).mean(dim=(1, 2, 3)).sqrt()
 
 
-def latent_masks(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) bool: a latent cell is in the problem region when any pixel it covers is."""
-    return F.adaptive_max_pool2d(masks.float()[:, None], latent_hw) > 0.5
+def latent_keep(keep: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) bool: a latent cell is kept when every pixel it covers is (``keep`` (B, H, W)
+    bool, :func:`keep_masks`): a cell touching the problem region may change."""
+    return -F.adaptive_max_pool2d(-keep.float()[:, None], latent_hw) > 0.5
 
 
-def keep_loss(pred: torch.Tensor, base_pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def keep_loss(pred: torch.Tensor, base_pred: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """(B,) mean squared difference of the fine-tuned and the base model's outputs (B, C, h, w) over
-    the latent cells outside the problem region (``masks`` (B, 1, h, w) bool, :func:`latent_masks`);
-    0 where the whole image is a problem."""
-    keep = (~masks).to(pred.dtype)
-    sq = (pred - base_pred.detach()).pow(2) * keep
-    return sq.sum(dim=(1, 2, 3)) / (keep.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp(min=1)
+    the kept latent cells (``keep`` (B, 1, h, w) bool, :func:`latent_keep`); 0 where nothing is kept."""
+    k = keep.to(pred.dtype)
+    sq = (pred - base_pred.detach()).pow(2) * k
+    return sq.sum(dim=(1, 2, 3)) / (k.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp(min=1)
