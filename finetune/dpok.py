@@ -45,8 +45,7 @@ from finetune.region import keep_masks, outside_change, problem_masks
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import (OracleReward, RegionFn, RewardFn, RewardSource, judged_right, load_region, load_reward,
-                              score_in_batches)
+from reward.reward_fn import OracleReward, RegionFn, RewardFn, RewardSource, load_region, load_reward, score_in_batches
 
 # The learning curve's judge, through the reward source interface: 1 for an image the shapes
 # oracle judges aligned with its prompt, else 0.
@@ -94,7 +93,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                         "raise dpok.rounds to continue training, or pass resume=false.")
 
     # a reward without a region head: one error; the loaded reward lends its model (one CLIP in memory)
-    region = load_region(cfg.reward, device, run.reward) if cfg.region.weight > 0 else None
+    region = load_region(cfg.reward, device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     run.init_trackers("dpok", start)
     eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
     curve = state.get("curve", []) if state is not None else []
@@ -183,9 +182,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, prompts: list[str],
                     images: torch.Tensor) -> torch.Tensor:
     """(B,) each image's change, from the base model's image of the same noise (the generator state
-    ``noise`` the round's sampling started from), on what that base image should keep: outside the
-    problem region ``region`` marks on it, nothing where the reward judges it wrong and nothing is
-    marked (finetune.region.keep_masks)."""
+    ``noise`` the round's sampling started from), outside the problem region ``region`` marks on that
+    base image (finetune.region)."""
     cfg = run.cfg
     gen = torch.Generator(run.device)
     gen.set_state(noise)
@@ -193,9 +191,8 @@ def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, pr
         traj = sample_trajectories(base, cond, uncond, run.latent_shape, gen, prompts, cfg.dpok_window[1],
                                    cfg.dpok.tail_steps)
     base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
-    problem = problem_masks(region(base_images, prompts), cfg.region.threshold, cfg.region.dilate)
-    right = judged_right(cfg.reward, score_in_batches(run.reward, base_images, prompts, cfg.reward.batch_size))
-    return outside_change(images, base_images, keep_masks(problem, right).to(images.device))
+    problem = problem_masks(region(base_images, prompts), cfg.region.dilate)
+    return outside_change(images, base_images, keep_masks(problem).to(images.device))
 
 
 def _check_curve_prompts(prompts: list[str]) -> None:

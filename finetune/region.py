@@ -10,11 +10,10 @@ thresholded and dilated, is the problem mask M (:func:`problem_masks`).  Focus-N
 rewards the fix and charges every change outside the problem region.  DPOK takes it as its reward
 (:func:`outside_change`, the norm divided by √(3HW) so that β does not depend on the image size).
 
-What is charged is the *keep* region, 1 - M, with one exception (:func:`keep_masks`): a base image
-the reward judges wrong whose problem mask is empty has a fault with no place to mark (an object
-missing: its fix is drawn somewhere in the unmarked background), so nothing of it is protected —
-forbidding change everywhere unmarked would forbid the fix.  A base image judged right keeps all
-of itself, which is what stops fine-tuning from breaking what the base drew right.
+What is charged is the *keep* region, 1 - M (:func:`keep_masks`).  An image with no marked region
+is kept whole: that is what stops fine-tuning from breaking what the base drew right, and it also
+charges the fix of a fault no rater can point to (a missing object, drawn somewhere unmarked).
+
 RWL, which trains on the base model's own samples, takes the same penalty in its likelihood form:
 on each sample's keep region the fine-tuned model's prediction at the sample's noised latents is
 held to the base model's (:func:`keep_loss`, a masked distillation term beside eq. 2's terms, over
@@ -36,26 +35,25 @@ class RegionConfig:
     # β of Focus-N-Fix: the weight of the change outside the problem region (0: off, plain DPOK / RWL).
     # Needs a reward model with a region head (`make reward` trained on marks).
     weight: NonNegativeFloat = 0.0
-    threshold: Share = 0.5  # the region head's heatmap value above which a pixel is a problem
+    # the heatmap value above which a pixel is a problem; null: the region head's own, chosen when
+    # the reward trained to best match the raters' marks (reward.region_fit.calibrate_threshold)
+    threshold: Share | None = None
     dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
 
 
-def problem_masks(heatmaps: torch.Tensor, threshold: float, dilate: float) -> torch.Tensor:
-    """(B, H, W) bool: the pixels of ``heatmaps`` (B, H, W) in [0, 1] above ``threshold``, grown by
+def problem_masks(masks: torch.Tensor, dilate: float) -> torch.Tensor:
+    """(B, H, W) bool: the region model's problem masks ``masks`` (B, H, W) bool grown by
     ``dilate`` x the shorter side in every direction (a max-pool, square neighbourhood)."""
-    m = (heatmaps > threshold).float()
-    r = int(round(dilate * min(heatmaps.shape[-2:])))
+    m = masks.float()
+    r = int(round(dilate * min(masks.shape[-2:])))
     if r > 0:
         m = F.max_pool2d(m[:, None], kernel_size=2 * r + 1, stride=1, padding=r)[:, 0]
     return m > 0.5
 
 
-def keep_masks(problem: torch.Tensor, base_right: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) bool: what the penalty protects, 1 - M of the problem masks ``problem`` (B, H, W)
-    bool, except for a base image judged wrong (``base_right`` (B,) bool False) with an empty mask:
-    a fault with no region (a missing object), where nothing is protected (module docstring)."""
-    unlocalised = ~base_right.to(problem.device) & ~problem.flatten(1).any(dim=1)
-    return ~problem & ~unlocalised[:, None, None]
+def keep_masks(problem: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: what the penalty protects, K = 1 - M of the problem masks ``problem``."""
+    return ~problem
 
 
 def outside_change(images: torch.Tensor, base: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from finetune.region import keep_loss, keep_masks, latent_keep, problem_masks
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import RewardFn, judged_right, load_region, score_in_batches
+from reward.reward_fn import RewardFn, load_region, score_in_batches
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def build_model_set(run: Run) -> LatentSet:
     prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
     gen = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["rwl_model_set"])
     latents, rewards, keep = [], [], []
-    region = load_region(cfg.reward, run.device, run.reward) if cfg.region.weight > 0 else None
+    region = load_region(cfg.reward, run.device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     sampler = run.sampling_policy()
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
@@ -100,8 +100,7 @@ def build_model_set(run: Run) -> LatentSet:
         rewards.append(score_in_batches(run.reward, images, chunk, cfg.reward.batch_size).float().cpu())
         latents.append(traj.final_latents.cpu())
         if region is not None:  # what each sample keeps (finetune.region.keep_masks), per latent cell
-            problem = problem_masks(region(images, chunk), cfg.region.threshold, cfg.region.dilate)
-            kept = keep_masks(problem, judged_right(cfg.reward, rewards[-1]))
+            kept = keep_masks(problem_masks(region(images, chunk), cfg.region.dilate))
             keep.append(latent_keep(kept, tuple(run.latent_shape[-2:])).cpu())
     rewards_t = torch.cat(rewards)
     if not torch.isfinite(rewards_t).all():

@@ -115,8 +115,11 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
     with torch.no_grad():
         probs = torch.cat([head(tokens[i:i + 256], text[i:i + 256]).clamp(0.0, 1.0)
                            for i in range(0, len(rd.image), 256)]).cpu() if len(rd.image) else target.cpu()
+    fit_on = select if len(select) else train  # the threshold is chosen on images the head did not fit
+    head.threshold = calibrate_threshold(probs[fit_on], rd.grid[fit_on])
     oracle = _oracle_masks(cfg, store, data, rd)
-    out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, images=len(rd.image), marks=rd.marks,
+    out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, threshold=round(head.threshold, 4),
+                     images=len(rd.image), marks=rd.marks,
                      train_images=len(train), best_epoch=best[1] if best else rc.epochs,
                      epoch_losses=[round(x, 6) for x in history])
     for view in VIEWS:
@@ -124,6 +127,21 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
         if len(rows):
             out[view] = view_metrics(rd, rows, probs, model.preprocess, rc.eval_size, oracle)
     return out
+
+
+def calibrate_threshold(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """The heatmap value above which a patch is a problem: of 0.01, 0.02, ..., 0.99, the one whose
+    patches ``probs`` (N, rows, cols) above it best match the patches any rater's disk touched
+    (``target`` > 0, the averaged rater heatmaps per patch), by F1; 0.5 when no patch is marked."""
+    marked = (target > 0).flatten().cpu().numpy()
+    p = probs.flatten().float().cpu().numpy()
+    if not marked.any():
+        return 0.5
+    cands = np.round(np.arange(1, 100) / 100, 2)
+    hits = p[None, :] > cands[:, None]  # (99, cells)
+    tp = (hits & marked).sum(1)
+    f1 = 2 * tp / np.maximum(hits.sum(1) + marked.sum(), 1)
+    return float(cands[int(np.argmax(f1))])
 
 
 def _oracle_masks(cfg: RewardConfig, store: Store, data: RewardData, rd: RegionData) -> dict | None:

@@ -18,7 +18,6 @@ from core.sampling import SamplingConfig, generate_images
 from data.targets import read_prompts_file
 from finetune.region import RegionConfig, keep_masks, outside_change, problem_masks
 from reward.model import RewardModel
-from reward.reward_fn import RewardSource, judged_right
 from shapes.oracle import judge
 from shapes.world import Prompt
 
@@ -33,9 +32,9 @@ tuned = pil_to_tensor(generate_images(dpok_pipe, prompts, seeds, SamplingConfig(
 rm = RewardModel.from_pretrained(reward_dir, "cpu")
 rc = RegionConfig()
 with torch.no_grad():
-    right = judged_right(RewardSource(), rm.score(base, prompts))
-    problem = problem_masks(rm.heatmap(base, prompts), rc.threshold, rc.dilate)
-keep = keep_masks(problem, right)
+    right = rm.score(base, prompts) >= 0.5  # P(rater says good)
+    problem = problem_masks(rm.heatmap(base, prompts) > rm.region_head.threshold, rc.dilate)
+keep = keep_masks(problem)
 change = outside_change(tuned, base, keep).numpy()
 u8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 truth_base = np.array([judge(a, Prompt.parse(p)).aligned for a, p in zip(u8(base), prompts)])
