@@ -21,7 +21,6 @@ from reward.evaluation import round_accuracy, round_pair_metrics
 from shapes.raters import default_panel
 from shapes.render import RENDERER, render, render_round
 from shapes.world import perturb, prompt_set
-from test_reward import tiny_clip  # noqa: F401  (the module-scoped tiny CLIP fixture)
 
 torch.set_num_threads(2)
 
