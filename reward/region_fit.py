@@ -31,7 +31,7 @@ from data.generations import load_image
 from data.store import Store
 from reward.config import RewardConfig
 from reward.data import VIEWS, RewardData
-from reward.fit import _cpu_threads
+from reward.fit import BestState, _cpu_threads, optimizer_step
 from reward.metrics import NAN
 from reward.model import RewardModel
 from reward.preprocess import to_pixel_batches
@@ -89,7 +89,13 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
     total = rc.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    best = (mse(select), 0, [t.detach().clone() for t in head.state_dict().values()]) if len(select) else None
+    best = BestState(head.state_dict().values())
+
+    def checkpoint(epoch: int) -> None:
+        if len(select):
+            best.offer(mse(select), epoch)
+
+    checkpoint(0)
     history = []
     with _cpu_threads(1, model.device.type == "cpu"):
         for epoch in tqdm(range(rc.epochs), desc="region head", unit="epoch", disable=not progress, file=sys.stderr):
@@ -98,17 +104,10 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
             total_loss = 0.0
             for s in range(steps):
                 r = torch.as_tensor(perm[s * rc.batch_size:(s + 1) * rc.batch_size], device=model.device)
-                loss = F.mse_loss(head(tokens[r], text[r]), target[r])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total_loss += float(loss.detach())
+                total_loss += optimizer_step(opt, sched, F.mse_loss(head(tokens[r], text[r]), target[r]))
             history.append(total_loss / steps)
-            if best is not None and (m := mse(select)) < best[0]:
-                best = (m, epoch + 1, [t.detach().clone() for t in head.state_dict().values()])
-    if best is not None:
-        head.load_state_dict(dict(zip(head.state_dict().keys(), best[2])))
+            checkpoint(epoch + 1)
+    best.restore()
     head.eval().requires_grad_(False)
     model.region_head = head
 
@@ -120,7 +119,7 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
     oracle = _oracle_masks(cfg, store, data, rd)
     out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, threshold=round(head.threshold, 4),
                      images=len(rd.image), marks=rd.marks,
-                     train_images=len(train), best_epoch=best[1] if best else rc.epochs,
+                     train_images=len(train), best_epoch=best.epoch if len(select) else rc.epochs,
                      epoch_losses=[round(x, 6) for x in history])
     for view in VIEWS:
         rows = on(getattr(data, view))

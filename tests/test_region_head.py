@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.errors import UserError
 from data import Store
 from data.marks import MARKS
 from labeling_app.simulate import simulate_round
-from reward.config import RewardConfig
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess
 from reward.region import crop_box, to_grid, to_image_size
@@ -22,7 +20,7 @@ from shapes.marking import simulate_marks
 from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set
-from tiny_models import make_tiny_clip
+from tiny_models import tiny_reward_config
 
 SQUARE = ClipPreprocess(64, None, (64, 64), (0.5,) * 3, (0.5,) * 3)
 
@@ -68,16 +66,9 @@ def marked_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32)
-
-
 def _cfg(root, clip, out, *more):
-    return load_config(RewardConfig, None, [
-        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
-        "data.min_val_prompts=3", "train.epochs=2", "train.baselines=false", "train.ablate_aux=false",
-        "model.hidden=[16]", "region.epochs=3", "region.hidden=16", *more])
+    return tiny_reward_config(root, clip, out, "train.epochs=2", "train.baselines=false", "train.ablate_aux=false",
+                              "region.epochs=3", "region.hidden=16", *more)
 
 
 @pytest.mark.slow

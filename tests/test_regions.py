@@ -96,6 +96,8 @@ def test_click_marks_lands_in_the_regions():
                                                                     MarkProfile(position_noise=0.5))[0])
     with pytest.raises(UserError, match="miss_rate"):
         MarkProfile(miss_rate=2.0)
+    with pytest.raises(UserError, match="marks: max_clicks=0 must be >= 1"):
+        MarkProfile(max_clicks=0)
 
 
 def test_simulated_marks_of_a_round(tmp_path):
