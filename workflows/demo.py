@@ -61,7 +61,7 @@ class DemoConfig(RoundConfig):
     oracle_upper_bound: bool = False  # also DPOK with the oracle as reward (same budget)
     target: Literal["rule", "heldout", "train", "all"] = "rule"  # prompts fine-tuned on and evaluated
     rwl_args: tuple[str, ...] = ()
-    region_weight: PositiveFloat = 10.0  # regions=true: region-aware DPOK's region.weight (Focus-N-Fix's beta)
+    region_weight: PositiveFloat = 3.0  # regions=true: region-aware DPOK's region.weight (Focus-N-Fix's beta)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
