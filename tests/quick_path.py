@@ -125,8 +125,8 @@ class Clone:
         return text
 
     def serve(self, command: str, label, timeout: float = 120) -> str:
-        """Start a ``make label`` doc line, let ``label(url)`` answer through the app, stop it as
-        Ctrl-C does; the server's output."""
+        """Start a ``make label`` doc line, let ``label(url)`` answer through the app, stop it with
+        Ctrl-C; the server's output."""
         port = free_port()
         line = self.line(with_args(command, f"server.port={port}"))
         log = self.logs / f"{len(self.steps):02d}-label.log"
@@ -139,13 +139,19 @@ class Clone:
             wait_for(url, proc, log, timeout)
             label(url)
         finally:
+            # Ctrl-C to the group we started (make and its python).  Gradio then waits ~5 s for
+            # the raters' open connections; a second Ctrl-C, as an impatient lead types it, ends
+            # that wait (every answer was saved when its "Saved" came back).
+            for wait in (1, 20):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    try:
+                        proc.wait(timeout=wait)
+                    except subprocess.TimeoutExpired:
+                        pass
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)  # the group we started: make and its python
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         self.steps.append((command, time.monotonic() - t0))
         return log.read_text()
 

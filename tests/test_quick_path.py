@@ -102,18 +102,18 @@ class People:
 
 
 def run_block(clone: Clone, commands: list[str], people: dict[int, People]) -> None:
-    rnd = 0
     for command in commands:
         line = with_args(command, SIZES.get(size_key(command), ""))
         t = target(command)
         if t == "finetune-multi":
             continue  # 4 GPUs
         if t == "label":
-            rnd = 1 if "round=1" in command else 0
-            clone.serve(line, people[rnd])
+            clone.serve(line, people[1 if "round=1" in command else 0])
         else:
             out = clone.run(line)
             assert "error:" not in out, f"{line}\n{out[-2000:]}"
+    for command, seconds in clone.steps:  # shown with -s, or -rA
+        print(f"{seconds:6.1f} s  {command[:110]}")
 
 
 # ---------------------------------------------------------------------------------------------
