@@ -16,6 +16,7 @@ What the test changes in the lines, and only this (SUBS and SIZES below):
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ import yaml
 
 from quick_path import ROOT, Clone, label_through_app, marked_blocks, target, with_args
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None, reason="needs make")]
 
 PROMPTS = ["a red cat on a sofa", "a photo of an astronaut riding a horse", "two dogs playing in the snow",
            "a bowl of fruit on a wooden table", "a lighthouse at sunset", "a bicycle leaning against a brick wall"]
