@@ -25,7 +25,7 @@ import yaml
 
 from quick_path import ROOT, Clone, label_through_app, marked_blocks, target, with_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None, reason="needs make")]
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 PROMPTS = ["a red cat on a sofa", "a photo of an astronaut riding a horse", "two dogs playing in the snow",
            "a bowl of fruit on a wooden table", "a lighthouse at sunset", "a bicycle leaning against a brick wall"]
@@ -141,7 +141,7 @@ def check_no_shapes_default(clone: Clone, user: dict) -> None:
         g = pd.read_parquet(gens)
         base = g[g["model_fingerprint"].notna() & g["run"].isna()]  # imports have no fingerprint
         assert set(base["model_id"]) <= {user["/models/sd-v1-5"]}, f"{gens}: {set(base['model_id'])}"
-    for d in (clone.dir / "datasets").iterdir():
+    for d in (clone.dir / "datasets").glob("*"):
         gold = d / "gold"
         assert not gold.exists() or pd.read_parquet(gold).empty, f"{d.name} has oracle gold items"
 
@@ -161,6 +161,8 @@ def finetuned_from(run: Path, sd: str, reward: str, init: str | None = None) -> 
 
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
+@needs_make
 def test_readme_own_models_line_by_line(tmp_path, user):
     clone = new_clone(tmp_path, user)
     own = marked_blocks(ROOT / "README.md", "own-model")[0]
@@ -176,6 +178,8 @@ def test_readme_own_models_line_by_line(tmp_path, user):
     check_no_shapes_default(clone, user)
 
 
+@pytest.mark.slow
+@needs_make
 def test_loop_md_two_rounds_line_by_line(tmp_path, user):
     clone = new_clone(tmp_path, user)
     loop = marked_blocks(ROOT / "docs" / "loop.md", "loop")[0]
@@ -202,3 +206,22 @@ def test_loop_md_two_rounds_line_by_line(tmp_path, user):
     assert "r0" in json.dumps(lineage)
     assert (clone.dir / "reports/eval-rounds").is_dir()
     check_no_shapes_default(clone, user)
+
+
+def test_the_check_catches_a_stage_that_fell_back_to_the_shapes_world(tmp_path):
+    from types import SimpleNamespace
+
+    from shapes import SHAPES_CLIP
+
+    clone = SimpleNamespace(dir=tmp_path)
+    user = {"/models/sd-v1-5": "/u/sd"}
+    run = tmp_path / "runs" / "reward"
+    run.mkdir(parents=True)
+    (run / "reward_config.json").write_text(json.dumps({"clip_path": "/u/clip"}))
+    check_no_shapes_default(clone, user)
+    for text, what in ((json.dumps({"clip_path": str(SHAPES_CLIP)}), "shipped shapes model"),
+                       ("reward:\n  kind: oracle\n", "oracle"),
+                       ("prompts:\n  eval_prompts:\n  - one red circle\n", "shapes prompt")):
+        (run / "config.yaml").write_text(text)
+        with pytest.raises(AssertionError, match=what):
+            check_no_shapes_default(clone, user)
