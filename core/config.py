@@ -76,6 +76,26 @@ NonNegativeFloat = Annotated[float, Bounds(low=0)]  # weights and decays where 0
 Share = Annotated[float, Bounds(low=0, high=1)]  # a probability or a fraction
 
 
+def check_bounds(cfg: Any, context: str = "") -> None:
+    """Check a dataclass's fields against the :class:`Bounds` their types declare, for one built in
+    code rather than by :func:`load_config` (which checks them as it builds): call it from
+    ``__post_init__``.  A value out of range is the loader's :class:`UserError`, its problem led by
+    ``context`` (e.g. ``"rater r1: "``)."""
+    hints = get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        if get_origin(hints[f.name]) is not Annotated or (value := getattr(cfg, f.name)) is None:
+            continue
+        inner, *extras = get_args(hints[f.name])
+        if inner is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # as the loader reads it: the message then says "a number"
+        for bounds in extras:
+            if isinstance(bounds, Bounds):
+                try:
+                    bounds.check(value, f.name)
+                except UserError as e:
+                    raise UserError(f"{context}{e.problem}", e.fix) from None
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree

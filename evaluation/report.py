@@ -77,13 +77,19 @@ def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[s
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
-    dpok, rwl = histories.get("dpok") or [], histories.get("rwl") or []
-    if dpok:
-        r = [h["round"] for h in dpok]
-        axes[0].plot(r, [h["reward_mean"] for h in dpok], marker="o")
+    rwl = histories.get("rwl") or []
+    dpok = {name: histories.get(name) or [] for name in ("dpok", "dpok_region")}  # plain and region-aware
+    for name, hist in dpok.items():
+        if hist:
+            r = [h["round"] for h in hist]
+            axes[0].plot(r, [h["reward_mean"] for h in hist], marker="o", label=name)
+            axes[1].plot(r, [h["kl"] for h in hist], marker="o", label=name)
+    if any(dpok.values()):
         axes[0].set(title="DPOK: mean reward of the round's samples", xlabel="round", ylabel="reward")
-        axes[1].plot(r, [h["kl"] for h in dpok], marker="o", color="tab:red")
         axes[1].set(title="DPOK: KL to the base model (per step)", xlabel="round", ylabel="KL (nats)")
+        if dpok["dpok_region"]:
+            axes[0].legend()
+            axes[1].legend()
     if rwl:
         s = [h["step"] for h in rwl]
         axes[2].plot(s, _smooth([h["loss_model"] for h in rwl]), label="reward-weighted (D_model)")
@@ -179,6 +185,11 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
         lines.append(f"| {e.name} | " + " | ".join(_fmt(e.alignment[c]) for c in cols)
                      + f" | {_fmt(e.generalization.get('overall', float('nan')))} | {_fmt(e.controls['overall'])}"
                      f" | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
+    if results.get("region_weight") is not None:
+        lines += ["", "dpok_region: DPOK as dpok (same seed and settings) with Focus-N-Fix's penalty, each sample's "
+                  f"reward minus {results['region_weight']:g} × its change, from the base model's image of the same "
+                  "noise, outside the problem region the reward's region head marks on that image (the region "
+                  "head learnt from the raters' marks)."]
     gains = [f"{e.name} {100 * e.gain:+.1f} ± " + ("n/a" if math.isnan(e.gain_se) else f"{100 * e.gain_se:.1f}")
              for e in evals if e.gain is not None]
     if gains:

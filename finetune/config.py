@@ -192,8 +192,9 @@ class FinetuneConfig:
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
     rwl: RWLConfig = field(default_factory=RWLConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
-    # region-aware DPOK (Focus-N-Fix): region.weight > 0 charges each sample's change, from the base
-    # model's image of the same noise, outside the problem region the reward's region head marks
+    # region-aware fine-tuning (Focus-N-Fix, finetune.region): region.weight > 0 charges DPOK's samples
+    # their change from the base model's image of the same noise outside the problem region the
+    # reward's region head marks; RWL holds its predictions to the base model's there
     region: RegionConfig = field(default_factory=RegionConfig)
 
     @property
@@ -226,9 +227,6 @@ class FinetuneConfig:
         return self.output_dir or f"runs/finetune-{self.method}"
 
     def __post_init__(self):  # what the field types cannot say; fails when the config loads
-        if self.method == "rwl" and self.region.weight > 0:
-            raise UserError("region.weight > 0 (region-aware fine-tuning) is built for DPOK only so far.",
-                            "use METHOD=dpok, or set region.weight=0 for RWL.")
         if self.method != "dpok":
             return
         if self.sampling.eta <= 0:

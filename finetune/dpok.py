@@ -41,7 +41,7 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import grid_prompts, prompt_group_ids
-from finetune.region import outside_change, problem_masks
+from finetune.region import keep_masks, outside_change, problem_masks
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
@@ -92,7 +92,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
                         "raise dpok.rounds to continue training, or pass resume=false.")
 
-    region = load_region(cfg.reward, device) if cfg.region.weight > 0 else None  # a reward without a head: error
+    # a reward without a region head: one error; the loaded reward lends its model (one CLIP in memory)
+    region = load_region(cfg.reward, device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     run.init_trackers("dpok", start)
     eval_cond, eval_uncond = encode_prompts(pipe, grid_prompts(cfg), device)
     curve = state.get("curve", []) if state is not None else []
@@ -180,9 +181,9 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 @torch.no_grad()
 def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, prompts: list[str],
                     images: torch.Tensor) -> torch.Tensor:
-    """(B,) each image's change outside the problem region of the base model's image of the same
-    noise (the generator state ``noise`` the round's sampling started from), the region marked by
-    ``region`` on that base image (finetune.region)."""
+    """(B,) each image's change, from the base model's image of the same noise (the generator state
+    ``noise`` the round's sampling started from), outside the problem region ``region`` marks on that
+    base image (finetune.region)."""
     cfg = run.cfg
     gen = torch.Generator(run.device)
     gen.set_state(noise)
@@ -190,8 +191,8 @@ def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, pr
         traj = sample_trajectories(base, cond, uncond, run.latent_shape, gen, prompts, cfg.dpok_window[1],
                                    cfg.dpok.tail_steps)
     base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
-    masks = problem_masks(region(base_images, prompts), cfg.region.threshold, cfg.region.dilate)
-    return outside_change(images, base_images, masks.to(images.device))
+    problem = problem_masks(region(base_images, prompts), cfg.region.dilate)
+    return outside_change(images, base_images, keep_masks(problem).to(images.device))
 
 
 def _check_curve_prompts(prompts: list[str]) -> None:

@@ -35,11 +35,13 @@ from data.store import Store
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
+from finetune.policy import base_policy
 from finetune.prompts import grid_prompts, shapes_pretrain_pairs
+from finetune.region import keep_loss, keep_masks, latent_keep, problem_masks
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import RewardFn, score_in_batches
+from reward.reward_fn import RewardFn, load_region, score_in_batches
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,19 @@ class StepStats:
     mean_weight: float
     grad_norm: float
     lr: float
+    loss_keep: float | None = None  # region.weight > 0: region-aware RWL's keep term on D_model
 
 
 @dataclass
 class LatentSet:
-    """Encoded images with their prompts: latents (N, C, h, w), weights (N,)."""
+    """Encoded images with their prompts: latents (N, C, h, w), weights (N,); with region.weight > 0
+    the latent cells region-aware RWL holds to the base model, keep (N, 1, h, w) bool."""
 
     latents: torch.Tensor
     prompts: list[str]
     weights: torch.Tensor
     rewards: torch.Tensor
+    keep: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -83,7 +88,8 @@ def build_model_set(run: Run) -> LatentSet:
     cfg, r = run.cfg, run.cfg.rwl
     prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
     gen = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["rwl_model_set"])
-    latents, rewards = [], []
+    latents, rewards, keep = [], [], []
+    region = load_region(cfg.reward, run.device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     sampler = run.sampling_policy()
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
@@ -93,20 +99,24 @@ def build_model_set(run: Run) -> LatentSet:
         images = decode_latents(run.comps.pipe.vae, traj.final_latents)
         rewards.append(score_in_batches(run.reward, images, chunk, cfg.reward.batch_size).float().cpu())
         latents.append(traj.final_latents.cpu())
+        if region is not None:  # what each sample keeps (finetune.region.keep_masks), per latent cell
+            kept = keep_masks(problem_masks(region(images, chunk), cfg.region.dilate))
+            keep.append(latent_keep(kept, tuple(run.latent_shape[-2:])).cpu())
     rewards_t = torch.cat(rewards)
     if not torch.isfinite(rewards_t).all():
         raise UserError("the reward model returned NaN or infinite rewards.",
                         "check the reward model folder (retrain it with `make reward`).")
     weights = reward_weights(rewards_t, r.weighting, r.temperature, r.threshold)
-    model_set = LatentSet(torch.cat(latents), prompts, weights, rewards_t)
+    model_set = LatentSet(torch.cat(latents), prompts, weights, rewards_t, torch.cat(keep) if keep else None)
     if r.include_labeled_good:
         model_set = _concat(model_set, _labeled_good(run))
     return model_set
 
 
 def _concat(a: LatentSet, b: LatentSet) -> LatentSet:
+    keep = None if a.keep is None else torch.cat([a.keep, torch.ones(len(b), *a.keep.shape[1:], dtype=torch.bool)])
     return LatentSet(torch.cat([a.latents, b.latents]), a.prompts + b.prompts,
-                     torch.cat([a.weights, b.weights]), torch.cat([a.rewards, b.rewards]))
+                     torch.cat([a.weights, b.weights]), torch.cat([a.rewards, b.rewards]), keep)
 
 
 def _load_generations(root: Path, keep: Callable | None, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
@@ -187,11 +197,14 @@ def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torc
 
 
 def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-                   noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
+                   noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
     at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
     -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B, L, D): the prompts'
-    and the empty prompt's text embeddings (``uncond`` only for guidance).
+    and the empty prompt's text embeddings (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
+    bool, also region-aware RWL's term (B,): the output held to the base model's on the kept cells
+    (:func:`finetune.region.keep_loss`); else None.
 
     ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
     u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
@@ -202,15 +215,23 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch
     x_t = noise_scheduler.add_noise(x0, noise, t)
     ptype = noise_scheduler.config.prediction_type
     target = {"epsilon": noise, "v_prediction": noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[ptype]
-    unet = run.comps.unet
-    dtype = next(unet.parameters()).dtype
-    if guidance_scale > 1:
-        both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
-        u, c = both.chunk(2)
-        pred = u + guidance_scale * (c - u)
-    else:
-        pred = unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
-    return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+
+    def output(unet) -> torch.Tensor:  # (B, C, h, w) fp32, guided when guidance_scale > 1
+        dtype = next(unet.parameters()).dtype
+        if guidance_scale > 1:
+            both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
+                        encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+            u, c = both.chunk(2)
+            return u + guidance_scale * (c - u)
+        return unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
+
+    pred = output(run.comps.unet)
+    loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+    if keep is None:
+        return loss, None
+    with torch.no_grad(), base_policy(run.policy) as base:
+        base_pred = output(base.unet)
+    return loss, keep_loss(pred, base_pred, keep.to(run.device))
 
 
 def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
@@ -234,7 +255,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
                disable=not (progress and acc.is_main_process))
     half = max(1, r.batch_size // 2)
-    p_model = (model_set.weights > 0).float()  # draw only images that carry weight
+    # Draw only images that carry weight; region-aware RWL draws every image, since its keep term
+    # holds all of D_model (an image of weight 0 too) to the base model.
+    p_model = (model_set.weights > 0).float() if model_set.keep is None else torch.ones(len(model_set))
     p_model = p_model / p_model.sum()
     t_start = time.perf_counter()
     run.comps.unet.train()
@@ -257,33 +280,40 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
                 pre_text = encode_prompts(run.comps.pipe, pre_prompts, run.device)
             jobs = ([("model", p) for p in micro_batches(half, cfg.items_per_pass(guidance > 1))]
                     + [("pre", p) for p in micro_batches(half, cfg.items_per_pass(False))])
-            sums = {"model": 0.0, "pre": 0.0}
+            sums = {"model": 0.0, "pre": 0.0, "keep": 0.0}
             for (kind, part), sync in zip(jobs, backward_contexts(acc, run.comps.unet, len(jobs))):
                 share = (part.stop - part.start) / half
                 with sync:
                     with acc.autocast():
                         if kind == "model":
-                            lm = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
-                                                model_text[1][part], model_noise[0][part], model_noise[1][part], guidance)
+                            keep = None if model_set.keep is None else model_set.keep[mi[part]]
+                            lm, lk = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
+                                                    model_text[1][part], model_noise[0][part], model_noise[1][part],
+                                                    guidance, keep)
                         else:
-                            lm = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part], None,
-                                                pre_noise[0][part], pre_noise[1][part])
+                            lm, lk = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part],
+                                                    None, pre_noise[0][part], pre_noise[1][part])
                     # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
                     # estimator of E_model[w l] unbiased up to the constant P(w > 0).
                     part_loss = (w[part] * lm).mean() if kind == "model" else lm.mean()
-                    acc.backward(part_loss * share * (1.0 if kind == "model" else r.pretrain_weight))
+                    keep_part = lk.mean() if lk is not None else torch.zeros((), device=run.device)
+                    acc.backward((part_loss + cfg.region.weight * keep_part) * share
+                                 * (1.0 if kind == "model" else r.pretrain_weight))
                 sums[kind] = sums[kind] + part_loss.detach() * share
+                sums["keep"] = sums["keep"] + keep_part.detach() * share
             loss_model, loss_pre = sums["model"], sums["pre"]
-            loss = loss_model + r.pretrain_weight * loss_pre
+            loss = loss_model + r.pretrain_weight * loss_pre + cfg.region.weight * sums["keep"]
             grad_norm = (acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm) if acc.sync_gradients
                          else torch.zeros((), device=run.device))
             run.optimizer_step()
         # the step's one wait for the device
-        values = torch.stack([loss, loss_model, loss_pre, w.mean(), grad_norm.float()]).tolist()
-        row = StepStats(step + 1, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]))
+        values = torch.stack([loss, loss_model, loss_pre, w.mean(), grad_norm.float(),
+                              torch.as_tensor(sums["keep"], device=run.device)]).tolist()
+        row = StepStats(step + 1, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]),
+                        values[5] if model_set.keep is not None else None)
         history.append(vars(row))
         if (step + 1) % cfg.log_every == 0:
-            acc.log({k: v for k, v in vars(row).items() if k != "step"}, step=step + 1)
+            acc.log({k: v for k, v in vars(row).items() if k != "step" and v is not None}, step=step + 1)
         bar.set_postfix(loss=f"{row.loss:.4f}", pre=f"{row.loss_pre:.4f}")
         if r.checkpoint_every_steps and (step + 1) % r.checkpoint_every_steps == 0 and step + 1 < r.steps:
             save_checkpoint(acc, run.out, step + 1, run.checkpoint_state(step=step + 1, history=history))

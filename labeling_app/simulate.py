@@ -7,6 +7,14 @@ round's images, or its selected ones), judges the image(s) with
 the tests and the reward stage get rounds with the same overlap, gold items, leases and rows as a
 round labeled by people.
 
+**Marks.**  Given a :class:`~shapes.raters.MarkProfile`, a rater gives every bad answer the marks
+it would click where the image is wrong (:func:`shapes.marking.rater_marks` on the oracle's problem
+regions) through the app's own path for them (:meth:`Assigner.answer_bad`), as a person does on
+the page.  The marks come from their own seeded stream per rater and image, so the answers
+themselves are the same with marks or without.  ``make simulate-raters`` marks whenever the round
+offers marking (``label.marks``, optional by default); with ``label.marks=required`` an answer
+with nothing to click or mark says so in its reason, as the app asks.
+
 - :func:`run_simulated_round`: the driver, given an :class:`Assigner`;
 - :func:`simulate_round`: a round in a store, labeled by a panel (tests, ``make reward-bench``);
 - :func:`simulate` + :class:`SimulateConfig`: ``make simulate-raters`` (:mod:`pipelines.simulate_raters`),
@@ -34,8 +42,10 @@ from labeling_app.gold import ensure_gold, read_gold
 from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.rounds import served_round
 from labeling_app.stats import round_report
+from shapes.marking import rater_marks, truth_regions
 from shapes.oracle import Verdict, judge
-from shapes.raters import RaterProfile, SimulatedRater, default_panel
+from shapes.raters import MarkProfile, RaterProfile, SimulatedRater, default_panel
+from shapes.regions import ProblemRegions
 from shapes.world import Prompt
 
 
@@ -45,20 +55,33 @@ class RoundSummary:
     rankings: int
     labels_by_rater: dict[str, int]
     gold_labels: int = 0  # binary labels on gold items (included in binary_labels)
+    marks: int = 0  # bad answers given with marks (a marks row each)
+
+
+# The reason a simulated rater gives in a round that requires marks when it clicks and marks nothing
+# (a good image it answered bad by its noise, or every region and word missed).
+NOTHING_MARKED = "cannot point to what is wrong"
 
 
 def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: int = 0,
-                        max_labels_per_rater: int | None = None, progress=None) -> RoundSummary:
+                        max_labels_per_rater: int | None = None, progress=None,
+                        marks: MarkProfile | None = None) -> RoundSummary:
     """Let ``panel`` label until no rater gets another item (or each gave
     ``max_labels_per_rater``).  Raters take turns in a new random order each sweep, so which raters
-    share an item varies (agreement is then measured across every pair of raters)."""
+    share an item varies (agreement is then measured across every pair of raters).  ``marks``:
+    how the raters mark their bad answers (None: they do not)."""
     if not panel:
         raise UserError("the simulated panel is empty.", "give at least one rater profile.")
+    mode = assigner.answers.marks
+    if marks is not None and mode == "off":
+        raise UserError("the simulated raters were asked to mark, but the round has marking off (marks=off).",
+                        "set label.marks=optional (or required), or simulate without marks.")
     raters = [SimulatedRater(p, seed) for p in panel]
     rng = seeds.rng(seed, seeds.Stream.SIMULATED_PANEL)
     images: dict[str, Image.Image] = {}
     prompts: dict[str, Prompt] = {}
     verdicts: dict[tuple[str, Prompt], Verdict] = {}  # each image is judged once, not once per rater
+    truths: dict[str, ProblemRegions | None] = {}  # and its problem regions found once
 
     def image(image_id: str) -> Image.Image:
         if image_id not in images:
@@ -81,8 +104,19 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
             verdicts[key] = judge(image(image_id), p)
         return verdicts[key]
 
+    def answer_bad(rid: str, a, duration_ms: int) -> bool:
+        """Answer bad with the rater's marks; whether a marks row was written."""
+        image_id = a.item.image_ids[0]
+        if image_id not in truths:
+            truths[image_id] = truth_regions(image(image_id), a.item.prompt)
+        truth = truths[image_id]
+        points, words = ([], []) if truth is None else rater_marks(truth, rid, image_id, seed, marks)
+        note = NOTHING_MARKED if mode == "required" and not (points or words) else None
+        assigner.answer_bad(rid, a.token, points, words, note, duration_ms=duration_ms)
+        return bool(points or words or note)
+
     counts: Counter[str] = Counter()
-    n_binary = n_rankings = n_gold = 0
+    n_binary = n_rankings = n_gold = n_marks = 0
     active = list(range(len(raters)))
     while active:
         still = []
@@ -99,7 +133,10 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
                 p = prompt(a.item.prompt)
                 if task == "binary":
                     ans = rater.binary(image(a.item.image_ids[0]), p, verdict(a.item.image_ids[0], p))
-                    assigner.submit_binary(rid, a.token, ans.label, ans.skip_reason, duration_ms=ans.duration_ms)
+                    if ans.label == "bad" and marks is not None:
+                        n_marks += answer_bad(rid, a, ans.duration_ms)
+                    else:
+                        assigner.submit_binary(rid, a.token, ans.label, ans.skip_reason, duration_ms=ans.duration_ms)
                     n_binary += 1
                     n_gold += a.item.is_gold
                 else:
@@ -113,7 +150,7 @@ def run_simulated_round(assigner: Assigner, panel: list[RaterProfile], *, seed: 
             if progressed:
                 still.append(int(i))
         active = still
-    return RoundSummary(n_binary, n_rankings, dict(sorted(counts.items())), gold_labels=n_gold)
+    return RoundSummary(n_binary, n_rankings, dict(sorted(counts.items())), gold_labels=n_gold, marks=n_marks)
 
 
 def simulate_round(
@@ -127,13 +164,15 @@ def simulate_round(
     seed: int = 0,
     gold_share: float = 0.0,
     round: int | None = None,
+    marks: MarkProfile | None = None,
 ) -> RoundSummary:
     """Label the round in ``store`` with ``panel`` through the labeling app's assignment code.
 
     Every image (binary) and every prompt's image set (ranking) goes to ``overlap`` distinct
     raters who answer it; a skip sends the item to one more rater.  With ``gold_share`` > 0 the
     raters also meet oracle-judged gold items.  ``round``: the round served (None: the newest; only
-    its selected images when it has selections, :mod:`labeling_app.rounds`).  The driver is
+    its selected images when it has selections, :mod:`labeling_app.rounds`).  ``marks``: how the
+raters mark their bad answers (None: they do not).  The driver is
     :func:`run_simulated_round`; ``make simulate-raters`` runs it with the
     app's config.
     """
@@ -150,7 +189,7 @@ def simulate_round(
     gold = ensure_gold(store, GoldConfig(share=gold_share, source="oracle"), served.images, seed=seed) if gold_share > 0 else {}
     assigner = Assigner(store, overlap=overlap, tasks=tasks, gold=gold, gold_share=gold_share,
                         guideline_version=guideline_version, seed=seed, round=served.round)
-    return run_simulated_round(assigner, panel, seed=seed)
+    return run_simulated_round(assigner, panel, seed=seed, marks=marks)
 
 
 @dataclass(frozen=True)
@@ -161,6 +200,9 @@ class SimulateConfig:
     flip_rate: Share = 0.1
     seed: int = 0
     max_labels_per_rater: Optional[PositiveInt] = None
+    mark_profile: MarkProfile = field(default_factory=MarkProfile)
+    """How the raters mark where a bad image is wrong; they mark whenever the round offers marking
+    (``label.marks`` not ``off``)."""
 
 
 def simulate(cfg: SimulateConfig) -> dict:
@@ -168,10 +210,10 @@ def simulate(cfg: SimulateConfig) -> dict:
     panel = default_panel(cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed)
     assigner = Assigner.open(cfg.label, guidelines.version)  # writes the gold pool on first use
     with tqdm(desc="simulate-raters", unit="label", file=sys.stderr) as bar:
-        summary = run_simulated_round(assigner, panel, seed=cfg.seed,
-                                      max_labels_per_rater=cfg.max_labels_per_rater, progress=bar)
+        summary = run_simulated_round(assigner, panel, seed=cfg.seed, max_labels_per_rater=cfg.max_labels_per_rater,
+                                      progress=bar, marks=None if cfg.label.marks == "off" else cfg.mark_profile)
     report = round_report(assigner.store, read_gold(assigner.store)).summary()
     return {"round": assigner.round, "added_binary": summary.binary_labels, "added_rankings": summary.rankings,
-            "added_gold": summary.gold_labels,
+            "added_gold": summary.gold_labels, "added_marks": summary.marks,
             "round_completion": {t: round(c, 4) for t, c in assigner.progress("").round_completion.items()},
             **report}

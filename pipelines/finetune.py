@@ -21,11 +21,12 @@ from pipelines.cli import config_parser, run
 
 def main(argv: list[str] | None = None) -> int:
     args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
-    method = parse_overrides(args.overrides).get("method", "dpok")
-    if method not in METHODS:
+    method = parse_overrides(args.overrides).get("method")
+    if method is not None and method not in METHODS:
         raise UserError(f"unknown fine-tuning method '{method}'.", f"use METHOD= one of {', '.join(METHODS)}.")
-    config = args.config or CONFIGS / f"{method}.yaml"
-    cfg = load_config(FinetuneConfig, config, [*args.overrides, f"method={method}"])
+    # --config F: F's method unless the command line names one; without: the method's shipped config
+    config = args.config or CONFIGS / f"{method or 'dpok'}.yaml"
+    cfg = load_config(FinetuneConfig, config, list(args.overrides))
     train = train_dpok if cfg.method == "dpok" else train_rwl
     result = train(cfg)
     final = result.metrics["final"]

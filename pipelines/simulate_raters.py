@@ -3,8 +3,10 @@
     python -m pipelines.simulate_raters [--config F] label.root=datasets/shapes raters=5 flip_rate=0.1
 
 Same assignment (overlap K, gold items, leases) and same store writes as the app, without a
-browser: the shapes-world stand-in for people, for the demo and the tests.  The last line is a
-JSON summary with the round's agreement and the raters' gold accuracy.
+browser: the shapes-world stand-in for people, for the demo and the tests.  The raters mark where
+each bad image is wrong, as the app lets people, unless the round has marking off
+(``label.marks=off``).  The last line is a JSON summary with the round's agreement, the raters' gold
+accuracy and the marks added.
 """
 
 from __future__ import annotations

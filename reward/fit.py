@@ -70,6 +70,34 @@ def _pick_perturbed(pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.T
     return pool.gather(1, pick)
 
 
+class BestState:
+    """Early stopping's keeper: the lowest loss offered so far (strictly lower replaces), its epoch
+    and a copy of ``tensors`` as they were then; :meth:`restore` copies that state back."""
+
+    def __init__(self, tensors) -> None:
+        self.tensors = list(tensors)
+        self.loss, self.epoch, self.state = float("inf"), -1, None
+
+    def offer(self, loss: float, epoch: int) -> None:
+        if loss < self.loss:
+            self.loss, self.epoch, self.state = loss, epoch, [t.detach().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.state is not None:
+            for t, v in zip(self.tensors, self.state):
+                t.copy_(v)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
+    """One step of a fit loop: gradients of ``loss``, the optimizer and its schedule; the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 @contextmanager
 def _cpu_threads(n: int, active: bool):
     """Temporarily use ``n`` torch CPU threads.  A head on cached embeddings is a few small
@@ -121,16 +149,11 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
     # Early stopping: the state with the lowest feedback loss on the selection images, checked
     # before training and after every epoch.
     select = _tensors(data.select, data, lc.per_prompt_weighting, device) if data.select is not None else None
-    tracked = [p for p in model.head.parameters()] + list(backbone_params or [])
-    tracked += [b for b in model.head.buffers()]
-    best = {"loss": float("inf"), "epoch": -1, "state": None}
+    best = BestState([*model.head.parameters(), *(backbone_params or []), *model.head.buffers()])
 
     def checkpoint(epoch: int) -> None:
-        if select is None:
-            return
-        loss = _feedback_loss(model, emb, select, lc)
-        if loss < best["loss"]:
-            best.update(loss=loss, epoch=epoch, state=[t.detach().clone() for t in tracked])
+        if select is not None:
+            best.offer(_feedback_loss(model, emb, select, lc), epoch)
 
     history: list[float] = []
     # Dropout draws from the global RNG: fork and seed it so a run is reproducible whatever ran
@@ -161,23 +184,16 @@ def fit(model: RewardModel, emb: Embeddings, data: RewardData, cfg: RewardConfig
                 if cand is not None:
                     loss = loss + aux_weight * prompt_classification_loss(
                         logits("a"), cand >= 0, lc.aux_temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                epoch_loss += float(loss.detach())
+                epoch_loss += optimizer_step(opt, sched, loss)
             history.append(epoch_loss / steps)
             checkpoint(_epoch + 1)
             model.train()
             if emb.cached:
                 model.clip.eval()
-            bar.set_postfix(loss=f"{history[-1]:.4f}", best_epoch=best["epoch"])
-        if best["state"] is not None:
-            with torch.no_grad():
-                for t, v in zip(tracked, best["state"]):
-                    t.copy_(v)
+            bar.set_postfix(loss=f"{history[-1]:.4f}", best_epoch=best.epoch)
+        best.restore()
     model.eval()
-    return FitResult(history, best["epoch"] if select is not None else tc.epochs)
+    return FitResult(history, best.epoch if select is not None else tc.epochs)
 
 
 @torch.no_grad()

@@ -47,9 +47,13 @@ class RegionHead(nn.Module):
     """(B, N, token_dim) patch tokens + (B, text_dim) text embeddings -> (B, rows, cols) heatmap
     values (unclamped: :func:`region_grid` clamps them to [0, 1])."""
 
-    def __init__(self, spec: RegionSpec):
+    def __init__(self, spec: RegionSpec, threshold: float = 0.5):
         super().__init__()
         self.spec = spec
+        # The heatmap value above which a pixel is a problem, chosen when the head trained
+        # (reward.region_fit.calibrate_threshold): an MSE fit to averaged rater disks predicts
+        # small values, so a fixed 1/2 would mark nothing.
+        self.threshold = threshold
         d = spec.hidden
         self.tok = nn.Sequential(nn.LayerNorm(spec.token_dim), nn.Linear(spec.token_dim, d))
         # Each patch in CLIP's joint space (initialised from the visual projection by
@@ -147,7 +151,8 @@ def save_region_head(head: RegionHead, directory: Path) -> dict:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, directory / REGION_FILE)
-    return dict(file=REGION_FILE, spec=asdict(head.spec), output="the averaged rater heatmap per patch, clamped to [0, 1]")
+    return dict(file=REGION_FILE, spec=asdict(head.spec), threshold=head.threshold,
+                output="the averaged rater heatmap per patch, clamped to [0, 1]")
 
 
 def load_region_head(directory: str | os.PathLike, entry: dict | None, device) -> RegionHead | None:
@@ -160,7 +165,7 @@ def load_region_head(directory: str | os.PathLike, entry: dict | None, device) -
 
     path = Path(directory) / entry.get("file", REGION_FILE)
     spec = RegionSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry["spec"].items()})
-    head = RegionHead(spec)
+    head = RegionHead(spec, float(entry.get("threshold", 0.5)))
     try:
         head.load_state_dict(load_file(path))
     except (OSError, SafetensorError, RuntimeError) as e:

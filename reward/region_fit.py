@@ -31,7 +31,7 @@ from data.generations import load_image
 from data.store import Store
 from reward.config import RewardConfig
 from reward.data import VIEWS, RewardData
-from reward.fit import _cpu_threads
+from reward.fit import BestState, _cpu_threads, optimizer_step
 from reward.metrics import NAN
 from reward.model import RewardModel
 from reward.preprocess import to_pixel_batches
@@ -89,7 +89,13 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
     total = rc.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    best = (mse(select), 0, [t.detach().clone() for t in head.state_dict().values()]) if len(select) else None
+    best = BestState(head.state_dict().values())
+
+    def checkpoint(epoch: int) -> None:
+        if len(select):
+            best.offer(mse(select), epoch)
+
+    checkpoint(0)
     history = []
     with _cpu_threads(1, model.device.type == "cpu"):
         for epoch in tqdm(range(rc.epochs), desc="region head", unit="epoch", disable=not progress, file=sys.stderr):
@@ -98,32 +104,43 @@ def train_region(cfg: RewardConfig, model: RewardModel, data: RewardData, store:
             total_loss = 0.0
             for s in range(steps):
                 r = torch.as_tensor(perm[s * rc.batch_size:(s + 1) * rc.batch_size], device=model.device)
-                loss = F.mse_loss(head(tokens[r], text[r]), target[r])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total_loss += float(loss.detach())
+                total_loss += optimizer_step(opt, sched, F.mse_loss(head(tokens[r], text[r]), target[r]))
             history.append(total_loss / steps)
-            if best is not None and (m := mse(select)) < best[0]:
-                best = (m, epoch + 1, [t.detach().clone() for t in head.state_dict().values()])
-    if best is not None:
-        head.load_state_dict(dict(zip(head.state_dict().keys(), best[2])))
+            checkpoint(epoch + 1)
+    best.restore()
     head.eval().requires_grad_(False)
     model.region_head = head
 
     with torch.no_grad():
         probs = torch.cat([head(tokens[i:i + 256], text[i:i + 256]).clamp(0.0, 1.0)
                            for i in range(0, len(rd.image), 256)]).cpu() if len(rd.image) else target.cpu()
+    fit_on = select if len(select) else train  # the threshold is chosen on images the head did not fit
+    head.threshold = calibrate_threshold(probs[fit_on], rd.grid[fit_on])
     oracle = _oracle_masks(cfg, store, data, rd)
-    out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, images=len(rd.image), marks=rd.marks,
-                     train_images=len(train), best_epoch=best[1] if best else rc.epochs,
+    out: dict = dict(grid=list(head.spec.grid), hidden=rc.hidden, threshold=round(head.threshold, 4),
+                     images=len(rd.image), marks=rd.marks,
+                     train_images=len(train), best_epoch=best.epoch if len(select) else rc.epochs,
                      epoch_losses=[round(x, 6) for x in history])
     for view in VIEWS:
         rows = on(getattr(data, view))
         if len(rows):
             out[view] = view_metrics(rd, rows, probs, model.preprocess, rc.eval_size, oracle)
     return out
+
+
+def calibrate_threshold(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """The heatmap value above which a patch is a problem: of 0.01, 0.02, ..., 0.99, the one whose
+    patches ``probs`` (N, rows, cols) above it best match the patches any rater's disk touched
+    (``target`` > 0, the averaged rater heatmaps per patch), by F1; 0.5 when no patch is marked."""
+    marked = (target > 0).flatten().cpu().numpy()
+    p = probs.flatten().float().cpu().numpy()
+    if not marked.any():
+        return 0.5
+    cands = np.round(np.arange(1, 100) / 100, 2)
+    hits = p[None, :] > cands[:, None]  # (99, cells)
+    tp = (hits & marked).sum(1)
+    f1 = 2 * tp / np.maximum(hits.sum(1) + marked.sum(), 1)
+    return float(cands[int(np.argmax(f1))])
 
 
 def _oracle_masks(cfg: RewardConfig, store: Store, data: RewardData, rd: RegionData) -> dict | None:

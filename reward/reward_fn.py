@@ -95,25 +95,30 @@ def load_reward(cfg: RewardSource, device) -> RewardFn:
 
 class RegionFn(Protocol):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] -> where each is wrong: heatmaps (B, H, W) in [0, 1]."""
+        """images (B, 3, H, W) in [0, 1] -> where each is wrong: problem masks (B, H, W) bool."""
 
 
-def load_region(cfg: RewardSource, device) -> RegionFn:
-    """The region model of a reward source: a learned reward's region head (:meth:`RewardModel.heatmap`),
-    or with ``kind=oracle`` the oracle's exact problem masks (an upper-bound ablation, shapes world).
-    A learned reward without a region head is one clear error."""
+def load_region(cfg: RewardSource, device, reward: RewardFn | None = None, threshold: float | None = None) -> RegionFn:
+    """The region model of a reward source: a learned reward's region head (:meth:`RewardModel.heatmap`
+    above ``threshold``, None: the head's own, chosen when it trained), or with ``kind=oracle`` the
+    oracle's exact problem masks (an upper-bound ablation, shapes world).  ``reward``, the source's
+    reward already loaded (:meth:`RewardModel.score`), lends its model, so that one CLIP sits in
+    memory.  A learned reward without a region head is one clear error."""
     if cfg.kind == "oracle":
         def oracle_masks(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
             masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
-            return torch.as_tensor(np.stack(masks), dtype=torch.float32, device=images.device)
+            return torch.as_tensor(np.stack(masks), device=images.device)
         return oracle_masks
-    check_reward_folder(cfg)
-    model = RewardModel.from_pretrained(cfg.path, device)
+    model = getattr(reward, "__self__", None)
+    if not isinstance(model, RewardModel):
+        check_reward_folder(cfg)
+        model = RewardModel.from_pretrained(cfg.path, device)
     if model.region_head is None:
         raise UserError(f"the reward model {cfg.path} has no region head, which region.weight > 0 needs.",
                         "train the reward on rater marks (`make reward` on a round with marks; region.head=on), "
                         "or set region.weight=0.")
-    return lambda images, prompts: model.heatmap(images, prompts).to(images.device)
+    cut = model.region_head.threshold if threshold is None else threshold
+    return lambda images, prompts: model.heatmap(images, prompts).to(images.device) > cut
 
 
 def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""Simulated region marks for a labelled shapes-world round: every current *bad* answer gets the
-marks its rater would click (:func:`shapes.raters.click_marks` on the oracle's problem regions,
-:func:`shapes.regions.problem_regions`), as ``marks`` rows (:data:`data.marks.MARKS`).
+"""Simulated region marks: what a simulated rater clicks on a shapes-world image it answers *bad*
+(:func:`shapes.raters.click_marks` on the oracle's problem regions,
+:func:`shapes.regions.problem_regions`).
 
-The rows go straight to the table (``Store.append``), not through the labeling app; each answer's
-clicks come from its own seeded stream (keyed by the label id), so the same labels give the same
-marks whatever order they are read in.
+:func:`rater_marks` is the one source of a simulated rater's marks.  The simulated raters give them
+with each bad answer through the labeling app's write path (:mod:`labeling_app.simulate`);
+:func:`simulate_marks` adds them afterwards to a round labelled without marks, as ``marks`` rows
+(:data:`data.marks.MARKS`) straight to the table.  Both key each answer's clicks by its rater and
+image (a rater answers an image once), from their own seeded stream, so the same labels give the
+same marks whether marked while labelling or after, in whatever order they are read; an answer with
+nothing marked gets no row, as in the app.
 """
 
 from __future__ import annotations
@@ -25,6 +29,26 @@ from shapes.regions import ProblemRegions, problem_regions
 from shapes.world import Prompt
 
 
+def truth_regions(image, prompt: str) -> ProblemRegions | None:
+    """The oracle's problem regions of ``image`` for ``prompt``; None for a prompt outside the
+    shapes world (it has no oracle, so nothing to mark)."""
+    try:
+        parsed = Prompt.parse(prompt)
+    except UserError:
+        return None
+    return problem_regions(image, parsed)
+
+
+def rater_marks(truth: ProblemRegions, rater_id: str, image_id: str, seed: int = 0,
+                profile: MarkProfile = MarkProfile()) -> tuple[list[tuple[float, float]], list[int]]:
+    """The points and words rater ``rater_id`` marks on image ``image_id`` whose problem regions are
+    ``truth``: drawn from their own stream keyed by rater and image, so they take nothing from the
+    rater's answer noise (:class:`shapes.raters.SimulatedRater`) and do not depend on when they are
+    drawn."""
+    rng = seeds.rng(seed, seeds.Stream.SIMULATED_MARKS, seeds.text_key(rater_id), seeds.text_key(image_id))
+    return click_marks(truth.mask, truth.words, rng, profile)
+
+
 def simulated_mark_rows(store: Store, profile: MarkProfile = MarkProfile(), seed: int = 0,
                         skip_marked: bool = True) -> list[dict]:
     """``marks`` rows for the current bad answers of ``store`` (those already marked are left out
@@ -42,20 +66,15 @@ def simulated_mark_rows(store: Store, profile: MarkProfile = MarkProfile(), seed
     for r in bad.sort_values("label_id").itertuples():
         if r.image_id not in regions:
             g = gens.loc[r.image_id]
-            try:
-                prompt = Prompt.parse(g["prompt"])
-            except UserError:  # a prompt of another world has no oracle
-                regions[r.image_id] = None
-            else:
-                regions[r.image_id] = problem_regions(load_image(store.root, g), prompt)
+            regions[r.image_id] = truth_regions(load_image(store.root, g), g["prompt"])
         truth = regions[r.image_id]
         if truth is None:
             continue
-        rng = seeds.rng(seed, seeds.Stream.SIMULATED_MARKS, seeds.text_key(r.label_id))
-        points, words = click_marks(truth.mask, truth.words, rng, profile)
-        rows.append(dict(label_id=r.label_id, image_id=r.image_id, prompt_id=r.prompt_id,
-                         rater_id=r.rater_id, points=[{"x": x, "y": y} for x, y in points],
-                         words=[int(w) for w in words], created_at=now))
+        points, words = rater_marks(truth, r.rater_id, r.image_id, seed, profile)
+        if points or words:
+            rows.append(dict(label_id=r.label_id, image_id=r.image_id, prompt_id=r.prompt_id,
+                             rater_id=r.rater_id, points=[{"x": x, "y": y} for x, y in points],
+                             words=[int(w) for w in words], created_at=now))
     return rows
 
 
@@ -74,9 +93,7 @@ def oracle_masks(store: Store, image_ids) -> dict[str, np.ndarray]:
     out = {}
     for iid in image_ids:
         g = gens.loc[iid]
-        try:
-            prompt = Prompt.parse(g["prompt"])
-        except UserError:
-            continue
-        out[iid] = problem_regions(load_image(store.root, g), prompt).mask
+        truth = truth_regions(load_image(store.root, g), g["prompt"])
+        if truth is not None:
+            out[iid] = truth.mask
     return out

@@ -22,11 +22,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Annotated
 
 import numpy as np
 
 from core import seeds
-from core.errors import UserError
+from core.config import Bounds, NonNegativeFloat, PositiveInt, Share, check_bounds
 from data.schemas import validate_ranks
 from shapes.oracle import Verdict, judge
 from shapes.world import Prompt
@@ -37,25 +38,15 @@ SKIP_REASONS = ("image does not load", "cannot tell", "prompt unclear")
 @dataclass(frozen=True)
 class RaterProfile:
     rater_id: str
-    flip_rate: float = 0.1
-    bias: float = 0.0
-    skip_rate: float = 0.02
-    rank_noise: float = 0.3
-    tie_width: float = 0.25
+    flip_rate: Share = 0.1
+    bias: Annotated[float, Bounds(low=-1, high=1)] = 0.0  # -1: always harsh, 1: always lenient
+    skip_rate: Share = 0.02
+    rank_noise: NonNegativeFloat = 0.3
+    tie_width: NonNegativeFloat = 0.25
     mean_duration_ms: float = 2500.0
 
-    def __post_init__(self):
-        for name in ("flip_rate", "skip_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise UserError(f"rater {self.rater_id}: {name}={v} is not a probability.",
-                                f"set {name} between 0 and 1.")
-        if not -1.0 <= self.bias <= 1.0:
-            raise UserError(f"rater {self.rater_id}: bias={self.bias} is outside [-1, 1].",
-                            "set bias between -1 (harsh) and 1 (lenient).")
-        if self.rank_noise < 0 or self.tie_width < 0:
-            raise UserError(f"rater {self.rater_id}: rank_noise and tie_width must be >= 0.",
-                            "set them to 0 or more.")
+    def __post_init__(self):  # built in code, not by load_config: the field types' bounds checked here
+        check_bounds(self, f"rater {self.rater_id}: ")
 
 
 @dataclass(frozen=True)
@@ -124,20 +115,14 @@ class MarkProfile:
     moved by Gaussian noise of std ``position_noise`` (a fraction of the image side) and clipped to
     the image.  Each wrong word is left unmarked with probability ``word_miss_rate``."""
 
-    miss_rate: float = 0.1
-    position_noise: float = 0.02
-    clicks_per_object: float = 1.5
-    max_clicks: int = 6
-    word_miss_rate: float = 0.1
+    miss_rate: Share = 0.1
+    position_noise: NonNegativeFloat = 0.02
+    clicks_per_object: Annotated[float, Bounds(low=1)] = 1.5
+    max_clicks: PositiveInt = 6
+    word_miss_rate: Share = 0.1
 
-    def __post_init__(self):
-        for name in ("miss_rate", "word_miss_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise UserError(f"marks: {name}={v} is not a probability.", f"set {name} between 0 and 1.")
-        if self.position_noise < 0 or self.clicks_per_object < 1 or self.max_clicks < 1:
-            raise UserError("marks: position_noise must be >= 0, clicks_per_object and max_clicks >= 1.",
-                            "fix the mark profile.")
+    def __post_init__(self):  # as RaterProfile's
+        check_bounds(self, "marks: ")
 
 
 OBJECT_AREA = 0.0625  # an object's area as a fraction of the image: a 25 %-of-the-side square

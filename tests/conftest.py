@@ -28,3 +28,12 @@ def tiny_sd(tmp_path_factory):
     from tiny_models import make_tiny_sd
 
     return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP folder (32x32 images), built once per test session.  Tests must not write
+    into it."""
+    from tiny_models import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip", image_size=32)

@@ -5,6 +5,8 @@ import pytest
 
 import json
 
+from core.config import load_config
+from finetune.config import FinetuneConfig
 from pipelines.cli import run
 from pipelines.demo import main
 from tiny_models import make_tiny_clip
@@ -24,12 +26,14 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             "dpok.window=[1, 2], dpok.steps_per_sample=1, dpok.tail_steps=1, dpok.minibatch_size=4]",
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
             # a random tiny model is rarely right: noisy raters and a wide rule still give targets
-            "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true"]
+            "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true",
+            # the raters mark, the reward learns a region head, region-aware DPOK runs beside plain DPOK
+            "regions=true", "region_weight=0.5"]
     assert run(main, args) == 0
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     chosen = results["targets_chosen"]
     assert chosen and (tmp_path / "runs" / "targets.txt").read_text().splitlines() == chosen
-    for model in ("base", "rwl", "dpok", "dpok_oracle"):
+    for model in ("base", "rwl", "dpok", "dpok_oracle", "dpok_region"):
         assert set(results[model]["targets"]) == {"color", "count", "background", "combination", "overall"}
         assert "overall" in results[model]["controls"] and "overall" in results[model]["generalization"]
         assert set(results[model]["per_prompt"]) == set(chosen)  # evaluated on the targets
@@ -37,10 +41,20 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     for view in ("val_images", "val_prompts"):
         assert {"pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy_vs_oracle"} <= set(results["reward_model"][view])
     assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
-                                       "finetune-dpok", "finetune-dpok-oracle", "evaluate", "total"}
-    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle"}
-    # the oracle's learning curve of both DPOK runs: before training and at the last round
-    assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {"dpok": [0, 2], "dpok_oracle": [0, 2]}
+                                       "finetune-dpok", "finetune-dpok-oracle", "finetune-dpok-region", "evaluate",
+                                       "total"}
+    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "dpok_region"}
+    # the oracle's learning curve of every DPOK run: before training and at the last round
+    assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {
+        "dpok": [0, 2], "dpok_oracle": [0, 2], "dpok_region": [0, 2]}
+    # regions: the marks came with the labels, the reward's region head was measured, the report says so
+    assert results["labels"]["added_marks"] > 0 and results["region_weight"] == 0.5
+    assert "heatmap_auc" in results["reward_model"]["region_val_images"]
+    weights = {run: load_config(FinetuneConfig, tmp_path / "runs" / run / "config.yaml").region.weight
+               for run in ("finetune-dpok", "finetune-dpok-region")}
+    assert weights == {"finetune-dpok": 0.0, "finetune-dpok-region": 0.5}
+    report_md = (tmp_path / "report" / "report.md").read_text()
+    assert "| dpok_region |" in report_md and "Focus-N-Fix" in report_md
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out

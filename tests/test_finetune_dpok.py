@@ -112,6 +112,13 @@ def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     assert run(main, args) == 0
     assert "dpok: wrote" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").exists()
+    # a run's saved config runs again as that run's method, with no method= on the command line
+    saved = tmp_path / "rwl.yaml"
+    saved.write_text("method: rwl\nrwl: {samples_per_prompt: 1, pretrain_per_prompt: 1, steps: 1, batch_size: 2, "
+                     "weighting: exp}\nprompts: {eval_prompts: [one circle]}\n")
+    again = [a for a in args if not a.startswith(("method=", "dpok.", "output_dir="))]
+    assert run(main, ["--config", str(saved), f"output_dir={tmp_path}/again", *again]) == 0
+    assert "rwl: wrote" in capsys.readouterr().out
 
 
 @pytest.mark.slow

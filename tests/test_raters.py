@@ -51,8 +51,10 @@ def test_bias_makes_a_lenient_rater():
 def test_bad_profiles_are_refused():
     with pytest.raises(UserError, match="flip_rate"):
         RaterProfile("r", flip_rate=1.5)
-    with pytest.raises(UserError, match="bias"):
+    with pytest.raises(UserError, match=r"rater r: bias=-2.0 must be in \[-1, 1\]"):
         RaterProfile("r", bias=-2)
+    with pytest.raises(UserError, match="rank_noise=-0.1 must be >= 0"):
+        RaterProfile("r", rank_noise=-0.1)
 
 
 def test_dense_ranks_with_ties():

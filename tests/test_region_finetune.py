@@ -4,45 +4,48 @@ model's image from the same noise as the policy's."""
 import pytest
 import torch
 
-from finetune.region import keep_loss, latent_masks, outside_change, problem_masks
+from finetune.region import keep_loss, keep_masks, latent_keep, outside_change, problem_masks
 
 
-def test_problem_masks_threshold_and_dilate():
+def test_problem_masks_dilate():
     h = torch.zeros(1, 20, 20)
     h[0, 10, 10] = 0.9
     h[0, 2, 2] = 0.4  # below the threshold
-    m = problem_masks(h, threshold=0.5, dilate=0.1)  # 2 px at 20 px
+    m = problem_masks(h > 0.5, dilate=0.1)  # 2 px at 20 px
     assert m.shape == (1, 20, 20) and m.dtype == torch.bool
     assert m[0, 8:13, 8:13].all() and m.sum() == 25 and not m[0, 2, 2]
-    assert problem_masks(h, 0.5, 0.0).sum() == 1
+    assert problem_masks(h > 0.5, 0.0).sum() == 1
 
 
-def test_outside_change_charges_only_change_outside_the_mask():
+def test_outside_change_charges_only_change_on_the_keep_region():
     base = torch.zeros(2, 3, 8, 8)
     img = base.clone()
     mask = torch.zeros(2, 8, 8, dtype=torch.bool)
     mask[:, :4] = True  # the top half is the problem region
     img[0, :, :4] = 1.0  # image 0 changed inside only
     img[1, :, 4:] = 1.0  # image 1 changed outside only, all of it
-    pen = outside_change(img, base, mask)
+    pen = outside_change(img, base, keep_masks(mask))
     assert pen[0] == 0 and pen[1] == pytest.approx(0.5 ** 0.5)  # half the pixels flipped 0 -> 1
-    assert outside_change(img, base, torch.ones(2, 8, 8, dtype=torch.bool)).abs().max() == 0
+    assert outside_change(img, base, torch.zeros(2, 8, 8, dtype=torch.bool)).abs().max() == 0
+    unmarked = keep_masks(torch.zeros(1, 8, 8, dtype=torch.bool))
+    assert unmarked.all()  # an image with nothing marked is kept whole
 
 
-def test_keep_loss_holds_the_prediction_outside_the_latent_mask():
-    masks = torch.zeros(1, 16, 16, dtype=torch.bool)
-    masks[0, :3, :3] = True
-    lm = latent_masks(masks, (4, 4))
-    assert lm.shape == (1, 1, 4, 4) and lm.sum() == 1 and lm[0, 0, 0, 0]  # any covered pixel marks the cell
+def test_keep_loss_holds_the_prediction_on_the_kept_latent_cells():
+    keep = torch.ones(1, 16, 16, dtype=torch.bool)
+    keep[0, :3, :3] = False  # a problem region in the corner
+    lk = latent_keep(keep, (4, 4))
+    assert lk.shape == (1, 1, 4, 4) and lk.sum() == 15 and not lk[0, 0, 0, 0]  # a cell touching it may change
     pred, base = torch.zeros(1, 4, 4, 4, requires_grad=True), torch.zeros(1, 4, 4, 4)
     inside = pred.detach().clone()
     inside[0, :, 0, 0] = 5.0  # a change inside the problem cell costs nothing
-    assert keep_loss(inside, base, lm).item() == 0
+    assert keep_loss(inside, base, lk).item() == 0
     outside = pred.detach().clone()
     outside[0, :, 3, 3] = 1.0
-    assert keep_loss(outside, base, lm).item() == pytest.approx(1 / 15)  # 1 of the 15 kept cells, all channels
-    keep_loss(pred + 1, base, lm).sum().backward()
+    assert keep_loss(outside, base, lk).item() == pytest.approx(1 / 15)  # 1 of the 15 kept cells, all channels
+    keep_loss(pred + 1, base, lk).sum().backward()
     assert pred.grad[0, :, 0, 0].abs().sum() == 0 and pred.grad[0, :, 3, 3].abs().sum() > 0
+    assert keep_loss(outside, base, torch.zeros_like(lk)).item() == 0  # nothing kept: no term
 
 
 def test_the_base_policy_draws_the_base_models_image_from_the_same_noise(tiny_sd, tmp_path):
@@ -80,7 +83,7 @@ def test_the_base_policy_draws_the_base_models_image_from_the_same_noise(tiny_sd
 def test_region_aware_dpok_runs_and_charges_change_outside_the_problem_regions(tiny_sd, tmp_path):
     """DPOK with region.weight > 0 on the oracle's masks (reward.kind=oracle) records the change
     outside the problem regions each round; with another divergence it trains too; a learned reward
-    without a region head, or region-aware RWL, is one clear error."""
+    without a region head is one clear error."""
     from core.config import load_config
     from core.errors import UserError
     from finetune.config import FinetuneConfig
@@ -99,5 +102,33 @@ def test_region_aware_dpok_runs_and_charges_change_outside_the_problem_regions(t
     assert len(changes) == 2 and all(c is not None and 0 <= c <= 1 for c in changes)
     plain = train_dpok(cfg(tmp_path / "plain"), progress=False)
     assert all(row["outside_change"] is None for row in plain.history)
-    with pytest.raises(UserError, match="DPOK only"):
-        cfg(tmp_path / "rwl", "method=rwl", "region.weight=1.0")
+    from tiny_models import make_tiny_clip
+    from tools.random_models import build_reward_model
+
+    headless_reward = build_reward_model(make_tiny_clip(tmp_path / "clip"), tmp_path / "reward")  # no region head
+    with pytest.raises(UserError, match="region.weight=0"):
+        train_dpok(cfg(tmp_path / "headless", "reward.kind=learned", f"reward.path={headless_reward}",
+                       "region.weight=1.0"), progress=False)
+
+
+def test_region_aware_rwl_holds_d_model_to_the_base_on_its_keep_region(tiny_sd, tmp_path):
+    """RWL with region.weight > 0 keeps a latent keep mask per D_model image and logs its keep term,
+    which starts at 0 (the adapter starts as the base) and grows as the model moves."""
+    from core.config import load_config
+    from finetune.config import FinetuneConfig
+    from finetune.rwl import train_rwl
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one red circle\ntwo blue squares on a white background\n")
+    cfg = load_config(FinetuneConfig, None, [
+        "method=rwl", f"output_dir={tmp_path / 'run'}", f"model.pipeline={tiny_sd}", "reward.kind=oracle",
+        f"prompts.prompts_file={prompts}", "sampling.num_inference_steps=3", "prompts.eval_prompts=[one circle]",
+        "rwl.samples_per_prompt=2", "rwl.pretrain_per_prompt=2", "rwl.steps=3", "rwl.batch_size=4", "optim.lr=1e-2",
+        "sample_grid_every=0", "rwl.checkpoint_every_steps=0", "rwl.weighting=exp", "region.weight=1.0"])
+    m = train_rwl(cfg, progress=False).metrics
+    keep = [h["loss_keep"] for h in m["history"]]
+    assert len(keep) == 3 and keep[0] == pytest.approx(0, abs=1e-8) and all(k is not None and k >= 0 for k in keep)
+    assert keep[-1] > 0
+    import torch as t
+    saved = t.load(tmp_path / "run" / "rwl_data.pt", weights_only=False)["model"]
+    assert saved["keep"].dtype == t.bool and saved["keep"].shape[0] == len(saved["prompts"])

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.errors import UserError
 from data import Store
 from data.marks import MARKS
 from labeling_app.simulate import simulate_round
-from reward.config import RewardConfig
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess
 from reward.region import crop_box, to_grid, to_image_size
@@ -22,7 +20,7 @@ from shapes.marking import simulate_marks
 from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set
-from tiny_models import make_tiny_clip
+from tiny_models import tiny_reward_config
 
 SQUARE = ClipPreprocess(64, None, (64, 64), (0.5,) * 3, (0.5,) * 3)
 
@@ -68,16 +66,9 @@ def marked_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32)
-
-
 def _cfg(root, clip, out, *more):
-    return load_config(RewardConfig, None, [
-        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
-        "data.min_val_prompts=3", "train.epochs=2", "train.baselines=false", "train.ablate_aux=false",
-        "model.hidden=[16]", "region.epochs=3", "region.hidden=16", *more])
+    return tiny_reward_config(root, clip, out, "train.epochs=2", "train.baselines=false", "train.ablate_aux=false",
+                              "region.epochs=3", "region.hidden=16", *more)
 
 
 @pytest.mark.slow
@@ -107,6 +98,7 @@ def test_region_head_trains_saves_loads_and_predicts(marked_root, tiny_clip, tmp
     assert hm.shape == (3, 64, 64) and hm.dtype == torch.float32 and ((hm >= 0) & (hm <= 1)).all()
     assert torch.allclose(hm, result.model.heatmap(pil, gens["prompt"].tolist()), atol=1e-6)
     assert rm.model_id == result.model.model_id
+    assert rm.region_head.threshold == result.model.region_head.threshold == m["threshold"]  # saved with the head
 
     # region.head=off: no head in the folder; it loads, scores, and heatmap() is one clear error
     plain = tmp_path / "plain"
@@ -188,3 +180,15 @@ def test_region_data_joins_marks_to_current_bad_answers(tmp_path):
     assert sorted(rd.points[by_id[b]]) == [[(0.5, 0.5)]]  # r2's answer (and mark) taken back
     assert rd.marks == 2 and rd.grid.shape == (2, 8, 8)
     assert rd.heatmaps(by_id[a]).max() == pytest.approx(1 / 3) and rd.heatmaps(by_id[b]).max() == 1.0
+
+
+def test_calibrate_threshold_matches_the_raters_marks_by_f1():
+    from reward.region_fit import calibrate_threshold
+
+    target = torch.zeros(2, 4, 4)
+    target[0, 0, :2] = 0.33  # one rater of three touched two patches
+    probs = torch.full((2, 4, 4), 0.05)
+    probs[0, 0, :2] = 0.2  # a head fit by MSE predicts small values where the marks were
+    t = calibrate_threshold(probs, target)
+    assert 0.05 <= t < 0.2 and torch.equal(probs > t, target > 0)  # exactly the marked patches
+    assert calibrate_threshold(probs, torch.zeros(2, 4, 4)) == 0.5  # nothing marked: the default

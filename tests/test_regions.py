@@ -96,6 +96,8 @@ def test_click_marks_lands_in_the_regions():
                                                                     MarkProfile(position_noise=0.5))[0])
     with pytest.raises(UserError, match="miss_rate"):
         MarkProfile(miss_rate=2.0)
+    with pytest.raises(UserError, match="marks: max_clicks=0 must be >= 1"):
+        MarkProfile(max_clicks=0)
 
 
 def test_simulated_marks_of_a_round(tmp_path):
@@ -106,7 +108,8 @@ def test_simulated_marks_of_a_round(tmp_path):
     labels = store.to_pandas("binary_labels")
     bad = labels[labels["label"] == "bad"]
     marks = store.to_pandas(MARKS)
-    assert n == len(bad) == len(marks) > 0 and set(marks["label_id"]) == set(bad["label_id"])
+    # every bad answer is marked but those whose rater missed every region and word (no row, as in the app)
+    assert n == len(marks) > 0.8 * len(bad) and set(marks["label_id"]) <= set(bad["label_id"])
     assert simulate_marks(store, seed=0) == 0  # already marked
     truth = oracle_masks(store, list(marks["image_id"]))
     # clicks sit in (or, by their noise, next to) the oracle's masks

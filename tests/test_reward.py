@@ -12,13 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import load_config
 from core.errors import DataError, UserError
 from data import Store
 from data.labels import aggregate_binary
 from data.schemas import BINARY_LABELS, REWARDS
 from labeling_app.simulate import simulate_round
-from reward.config import DataConfig, LossConfig, RewardConfig
+from reward.config import DataConfig, LossConfig
 from reward.data import (image_sides, load_reward_data, shapes_perturbations, split_prompts,
                          word_swap_perturbations)
 from reward.losses import binary_loss, bradley_terry_loss, per_group_weights, prompt_classification_loss
@@ -28,7 +27,7 @@ from reward.preprocess import ClipPreprocess, to_pixel_batches
 from shapes.raters import default_panel
 from shapes.render import render, render_round
 from shapes.world import Prompt, prompt_set
-from tiny_models import make_tiny_clip
+from tiny_models import tiny_reward_config
 
 torch.set_num_threads(2)
 ln = math.log
@@ -255,16 +254,8 @@ def labelled_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32)
-
-
 def _cfg(root, clip, out, *more):
-    return load_config(RewardConfig, None, [
-        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
-        "data.min_val_prompts=3", "train.epochs=3", "train.batch_size=64", "train.ablation_seeds=1",
-        "model.hidden=[16]", *more])
+    return tiny_reward_config(root, clip, out, "train.epochs=3", "train.batch_size=64", "train.ablation_seeds=1", *more)
 
 
 def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):

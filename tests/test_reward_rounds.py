@@ -21,7 +21,7 @@ from reward.evaluation import round_accuracy, round_pair_metrics
 from shapes.raters import default_panel
 from shapes.render import RENDERER, render, render_round
 from shapes.world import perturb, prompt_set
-from test_reward import tiny_clip  # noqa: F401  (the module-scoped tiny CLIP fixture)
+from tiny_models import tiny_reward_config
 
 torch.set_num_threads(2)
 
@@ -56,10 +56,8 @@ def two_rounds(tmp_path_factory):
 
 
 def _cfg(root, clip, out, *more):
-    return load_config(RewardConfig, None, [
-        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
-        "data.min_val_prompts=3", "train.epochs=2", "train.batch_size=64", "train.ablate_aux=false",
-        "train.baselines=false", "model.hidden=[16]", *more])
+    return tiny_reward_config(root, clip, out, "train.epochs=2", "train.batch_size=64", "train.ablate_aux=false",
+                              "train.baselines=false", *more)
 
 
 @pytest.mark.slow

@@ -62,6 +62,17 @@ def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pat
     return Path(path)
 
 
+def tiny_reward_config(root, clip, out, *more: str):
+    """A RewardConfig for a reward trained on ``root`` over a tiny CLIP (:func:`make_tiny_clip`) on
+    the CPU, a small head; ``more`` are further overrides (a test's epochs, its options)."""
+    from core.config import load_config
+    from reward.config import RewardConfig
+
+    return load_config(RewardConfig, None, [
+        f"data.root={root}", f"model.clip={clip}", f"out_dir={out}", "device=cpu", "progress=false",
+        "data.min_val_prompts=3", "model.hidden=[16]", *more])
+
+
 def make_tiny_lora_run(base: str | Path, path: str | Path, seed: int = 0, config: bool = True) -> Path:
     """A LoRA fine-tuning run folder as ``make finetune`` writes it: ``pytorch_lora_weights.safetensors``
     (peft LoRA on the UNet's attention projections, saved in diffusers' format) and ``config.yaml``

@@ -14,7 +14,10 @@ prompts, never fine-tuned on and whose labels the reward never trained on (its v
 (c) control prompts (train prompts with one or two objects, not targets): collateral damage.
 ``target=heldout|train|all`` fine-tunes on a whole shapes-world prompt set instead (the earlier
 design).  ``oracle_upper_bound=true`` adds DPOK with the oracle as reward, same budget: the most a
-learned reward could buy.
+learned reward could buy.  ``regions=true`` has the raters mark where each bad image is wrong, so
+the reward also learns a region head, and adds region-aware DPOK (``finetune-dpok-region``: DPOK with
+``region.weight=region_weight``, Focus-N-Fix's penalty on change outside the problem region; the
+same seed as plain DPOK) beside plain DPOK in every table of the report.
 
 The demo is round 0 of :mod:`workflows.round` (the round the closed loop, :mod:`workflows.loop`,
 runs first and continues from), plus RWL on the same reward and targets, and its report.  Each
@@ -36,7 +39,8 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from core.compile import resolve_compile
-from core.config import NonNegativeInt, save_config
+from core.config import NonNegativeInt, PositiveFloat, replace_keys, save_config
+from core.errors import UserError
 from core.loading import default_device
 from evaluation import report
 from evaluation.compare import evaluate
@@ -57,6 +61,7 @@ class DemoConfig(RoundConfig):
     oracle_upper_bound: bool = False  # also DPOK with the oracle as reward (same budget)
     target: Literal["rule", "heldout", "train", "all"] = "rule"  # prompts fine-tuned on and evaluated
     rwl_args: tuple[str, ...] = ()
+    region_weight: PositiveFloat = 10.0  # regions=true: region-aware DPOK's region.weight (Focus-N-Fix's beta)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -67,14 +72,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={out.dpok}"]
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
+    if cfg.regions:
+        models.append(f"dpok_region={runs / 'finetune-dpok-region'}")
     # Every stage's config is built before anything runs or any folder is recreated (DPOK's by
     # StageConfigs itself), so a bad <stage>_args override fails at once, not after minutes of
     # generating and labelling.
     configs = StageConfigs(cfg)
     gen_cfg = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt)
-    configs.reward(out.reward, cfg.root)
+    reward_cfg = configs.reward(out.reward, cfg.root)
+    if cfg.regions and reward_cfg.region.head == "off":
+        raise UserError("regions=true needs the reward's region head, and reward_args turn it off (region.head=off).",
+                        "drop region.head=off from reward_args, or set regions=false.")
     rwl_cfg = configs.finetune("rwl", cfg.rwl_args, runs / "finetune-rwl", out.reward, cfg.seed, prompts_file, split)
     oracle_cfg = configs.dpok(runs / "finetune-dpok-oracle", out.reward, cfg.seed, prompts_file, split, oracle=True)
+    # plain DPOK's run (same seed, same dpok_args) but for the penalty, so the two pair up
+    region_cfg = replace_keys(configs.dpok(runs / "finetune-dpok-region", out.reward, cfg.seed, prompts_file, split),
+                              {"region.weight": cfg.region_weight})
     eval_cfg = configs.evaluation(models, out.reward, report_dir / "eval", prompts_file, cfg.target)
     claim_folders(cfg, "demo", fresh=True)
     stages, t0 = Stages("demo"), time.perf_counter()
@@ -88,14 +101,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.oracle_upper_bound:
         oracle = stages.run("finetune-dpok-oracle", lambda: train_dpok(oracle_cfg))
         histories["dpok_oracle"], curves["dpok_oracle"] = oracle.history, oracle.metrics["curve"]
+    if cfg.regions:
+        region = stages.run("finetune-dpok-region", lambda: train_dpok(region_cfg))
+        histories["dpok_region"], curves["dpok_region"] = region.history, region.metrics["curve"]
     with tqdm(desc="eval: sampling", unit="img", file=sys.stderr) as bar:
         evals = stages.run("evaluate", lambda: evaluate(eval_cfg, progress=bar))
     seconds = {**stages.seconds, "total": time.perf_counter() - t0}
 
     reward_metrics = {view: r["reward"][view] for view in VIEWS if r["reward"].get(view)}
+    reward_metrics |= {f"region_{view}": m for view, m in r["reward"].get("region", {}).items()}
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = r["label"]
     results["target"] = cfg.target
+    results["region_weight"] = cfg.region_weight if cfg.regions else None  # dpok_region's beta; None: no such run
     # the evaluation's sampling.compile, auto resolved (timings depend on it)
     results["compile"] = "on" if resolve_compile(eval_cfg.sampling.compile, default_device()) else "off"
     results["targets_chosen"] = r["targets"]["targets"] if split is None else []

@@ -66,6 +66,9 @@ class RoundConfig:
     raters: PositiveInt = 5
     flip_rate: Share = 0.1  # simulated label noise
     overlap: PositiveInt = 2  # raters per item
+    # The simulated raters mark where each bad image is wrong (the app's marks), so the reward also
+    # trains its region head (reward region.head=auto); the demo then adds region-aware DPOK.
+    regions: bool = False
     # Fresh seeds per target prompt in the evaluation: 16 x 32 targets = 512 images per model, a
     # standard error of ~2 points per figure (4 seeds gave ~4, and ~6 on a gain).
     eval_samples_per_prompt: PositiveInt = 16
@@ -222,10 +225,12 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
 
 
 def label(cfg: RoundConfig, root: str, k: int) -> dict:
-    """Simulated raters label what round ``k`` serves (its selection, if it has one), in a staging
-    copy of the root moved in when done (:func:`data.staging.staged`); the simulation's summary."""
+    """Simulated raters label what round ``k`` serves (its selection, if it has one), marking their
+    bad answers with ``regions``, in a staging copy of the root moved in when done
+    (:func:`data.staging.staged`); the simulation's summary."""
     return staged(root, lambda at: simulate(SimulateConfig(
-        label=LabelConfig(root=at, overlap=cfg.overlap, seed=cfg.seed + k, round=k),
+        label=LabelConfig(root=at, overlap=cfg.overlap, seed=cfg.seed + k, round=k,
+                          marks="optional" if cfg.regions else "off"),  # the raters mark when the round offers it
         raters=cfg.raters, flip_rate=cfg.flip_rate, seed=cfg.seed + k)))
 
 
@@ -263,10 +268,14 @@ def generate_summary(gcfg: GenerateConfig) -> dict:
 
 
 def reward_summary(rcfg: RewardConfig) -> dict:
-    """The reward's numeric validation metrics by view, its accuracy by round, its id."""
+    """The reward's numeric validation metrics by view, its accuracy by round, its id; with a region
+    head, that head's numeric metrics by view (``region``)."""
     res = train_reward(rcfg)
-    keep = {view: {m: v for m, v in res.metrics.get(view, {}).items() if isinstance(v, (int, float))}
-            for view in ("val_images", "val_prompts")}
+    numeric = lambda d: {m: v for m, v in d.items() if isinstance(v, (int, float))}  # noqa: E731
+    views = ("val_images", "val_prompts")
+    keep = {view: numeric(res.metrics.get(view, {})) for view in views}
+    if "region" in res.metrics:
+        keep["region"] = {view: numeric(res.metrics["region"][view]) for view in views if view in res.metrics["region"]}
     return {**keep, "by_round": res.metrics.get("by_round", {}), "model_id": res.model.model_id}
 
 
