@@ -91,6 +91,16 @@ def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule(),
     return rates.assign(picked=rates["prompt_id"].isin(chosen))
 
 
+def unjudged(table: pd.DataFrame, previous: Collection[str], rule: TargetRule = TargetRule()) -> list[str]:
+    """The previous round's targets that ``table`` (:func:`pick_targets`) cannot judge: fewer than
+    ``rule.min_images`` labelled images, and not picked again.  They stay targets, since a round
+    labelled on a budget gives most prompts only a few labels: dropping them would drop prompts
+    nobody has seen fixed."""
+    judged = set(table.loc[table["labelled_images"] >= rule.min_images, "prompt"])
+    picked = set(table.loc[table["picked"], "prompt"])
+    return [t for t in dict.fromkeys(previous) if t not in judged and t not in picked]
+
+
 def read_prompts_file(path: str | os.PathLike) -> list[str]:
     """The prompts of a prompts file (what :func:`write_targets` writes and ``prompts_file=`` takes
     everywhere): one per line, stripped, blank lines skipped; a missing or empty file is one error."""
@@ -105,10 +115,12 @@ def read_prompts_file(path: str | os.PathLike) -> list[str]:
 
 def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None, rule: TargetRule = TargetRule(),
                   *, among: Collection[str] | None = None, overwrite: bool = False,
-                  rounds: list[int] | None = None) -> tuple[pd.DataFrame, Path]:
+                  rounds: list[int] | None = None, previous: Collection[str] = ()) -> tuple[pd.DataFrame, Path]:
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
-    ``<root>/targets.txt``), with the whole table (:func:`pick_targets`) beside it as CSV;
-    ``rounds``: from the labels of those rounds of the closed loop only (None: every label).
+    ``<root>/targets.txt``), with the whole table (:func:`pick_targets`, plus ``kept``) beside it
+    as CSV; ``rounds``: from the labels of those rounds of the closed loop only (None: every label);
+    ``previous``: the last round's targets, of which those this round cannot judge stay
+    (:func:`unjudged`), after the picks, within ``rule.max_targets``.
     Refuses, before reading anything, to replace an existing prompts file or table unless
     ``overwrite``, and a prompts file named like its table; returns (table, prompts file)."""
     out = Path(out) if out else Path(root) / "targets.txt"
@@ -125,8 +137,11 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
         raise UserError(f"{root} holds no labeling round (no generations table).",
                         "pass root=<the dataset root of a labelled round>.")
     table = pick_targets(prompt_pass_rates(store, rounds), rule, among)
-    picked = table[table["picked"]]
-    if picked.empty:
+    picked = list(table.loc[table["picked"], "prompt"])
+    kept = unjudged(table, previous, rule)[:max(0, rule.max_targets - len(picked))]
+    table = table.assign(kept=table["prompt"].isin(kept))
+    chosen = picked + kept
+    if not chosen:
         enough = int((table["labelled_images"] >= rule.min_images).sum())
         raise UserError(f"no prompt of {root} passes the target rule: good-rate in ({rule.min_good_rate}, "
                         f"{rule.max_good_rate}] with at least {rule.min_images} labelled images ({enough} of "
@@ -134,7 +149,7 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
                         "label more images, or widen the rule (rule.min_good_rate, rule.max_good_rate, "
                         "rule.min_images).")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, "".join(f"{p}\n" for p in picked["prompt"])),
+    for path, text in ((out, "".join(f"{p}\n" for p in chosen)),
                        (table_path, table.to_csv(index=False))):
         write_text_atomic(path, text)
     return table, out

@@ -45,10 +45,9 @@ class ModelConfig:
 class PromptConfig:
     split: Literal["train", "heldout", "all"] = "train"  # shapes-world prompt set
     prompts_file: str | None = None  # one prompt per line; replaces the shapes-world set
-    eval_prompts: tuple[str, ...] = (
-        "one red circle", "two blue squares on a white background", "three yellow circles",
-        "four green squares on a gray background",
-    )
+    # prompts of the sample grids; None: the first four of prompts_file (a run on your prompts draws
+    # yours, not the shapes world's), without one four shapes-world prompts (finetune.prompts.grid_prompts)
+    eval_prompts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from finetune.components import Components
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy, base_policy
-from finetune.prompts import prompt_group_ids
+from finetune.prompts import grid_prompts, prompt_group_ids
 from finetune.region import keep_masks, outside_change, problem_masks
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
@@ -95,7 +95,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     # a reward without a region head: one error; the loaded reward lends its model (one CLIP in memory)
     region = load_region(cfg.reward, device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     run.init_trackers("dpok", start)
-    eval_cond, eval_uncond = encode_prompts(pipe, list(cfg.prompts.eval_prompts), device)
+    eval_cond, eval_uncond = encode_prompts(pipe, grid_prompts(cfg), device)
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:
         _check_curve_prompts(run.prompts)
@@ -314,6 +314,6 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
 def _sample_grid(accelerator, policy, pipe, cond, uncond, latent_shape, cfg, out: Path, r: int) -> None:
     """Fixed eval prompts with fixed noise: the same seeds every time, so grids compare across rounds."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["grid"],
-                                list(cfg.prompts.eval_prompts))
+                                grid_prompts(cfg))
     log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
-               ncols=len(cfg.prompts.eval_prompts))
+               ncols=len(grid_prompts(cfg)))

@@ -28,6 +28,21 @@ def training_prompts(cfg: FinetuneConfig) -> list[str]:
     return [p.text for p in prompt_set(cfg.prompts.split)]
 
 
+# The sample grids' prompts on the shapes world (no prompts file): one of each kind of target.
+SHAPES_GRID = ("one red circle", "two blue squares on a white background", "three yellow circles",
+               "four green squares on a gray background")
+
+
+def grid_prompts(cfg: FinetuneConfig) -> list[str]:
+    """The prompts of the sample grids: ``prompts.eval_prompts``; else the first four distinct
+    prompts of ``prompts.prompts_file`` (a run on your prompts draws yours); else SHAPES_GRID."""
+    if cfg.prompts.eval_prompts:
+        return list(cfg.prompts.eval_prompts)
+    if cfg.prompts.prompts_file:
+        return list(dict.fromkeys(training_prompts(cfg)))[:4]
+    return list(SHAPES_GRID)
+
+
 def prompt_group_ids(prompts: list[str]) -> torch.Tensor:
     """Integer ids (B,) grouping identical prompts, for per-prompt statistics."""
     index: dict[str, int] = {}

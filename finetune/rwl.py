@@ -36,7 +36,7 @@ from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import base_policy
-from finetune.prompts import shapes_pretrain_pairs
+from finetune.prompts import grid_prompts, shapes_pretrain_pairs
 from finetune.region import keep_loss, keep_masks, latent_keep, problem_masks
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
@@ -251,7 +251,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
                         "raise rwl.steps to continue training, or pass resume=false.")
     run.init_trackers("rwl", start)
-    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, list(cfg.prompts.eval_prompts), run.device)
+    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, grid_prompts(cfg), run.device)
     bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
                disable=not (progress and acc.is_main_process))
     half = max(1, r.batch_size // 2)
@@ -323,9 +323,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
         traj = sample_trajectories(run.sampling_policy(), eval_cond, eval_uncond, run.latent_shape, g,
-                                   list(cfg.prompts.eval_prompts))
+                                   grid_prompts(cfg))
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
-                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(cfg.prompts.eval_prompts))
+                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(grid_prompts(cfg)))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},

@@ -64,8 +64,10 @@ def metrics_table(metrics: dict) -> str:
         text += format_table({"with_aux": ab["with_aux"], "without_aux": ab["without_aux"],
                               "delta": ab["delta"]})
         d = ab["paired_delta"]
+        # None: NaN in metrics.json, e.g. a validation view with one class on a small round
+        mean = "n/a" if d["mean"] is None else f"{d['mean']:+.3f}"
         sem = "n/a" if d["sem"] is None else f"{d['sem']:.3f}"
-        text += f"\npaired gain in {d['metric']}: {d['mean']:+.3f} (standard error {sem})"
+        text += f"\npaired gain in {d['metric']}: {mean} (standard error {sem})"
     region = metrics.get("region")
     if region:
         text += f"\n\nregion head ({region['marks']} marks, {region['images']} answered images):"

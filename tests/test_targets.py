@@ -80,6 +80,23 @@ def test_make_targets_writes_the_prompts_file_and_never_overwrites(round_root, t
     assert out.read_text() == "prompt p_some\n"
 
 
+def test_previous_targets_too_little_labelled_to_judge_stay(round_root, tmp_path, capsys):
+    # the lead path's round 1 (docs/loop.md): a budget labels few images of each prompt
+    previous = tmp_path / "r0.txt"
+    previous.write_text("prompt p_few\nprompt p_most\nprompt p_some\nnot sampled this round\n")
+    out = tmp_path / "r1.txt"
+    assert run(main, [f"root={round_root}", f"out={out}", f"previous={previous}"]) == 0
+    # picked first; then p_few (2 labelled images: unjudged) and the unsampled one stay;
+    # p_most (judged, above the band) drops out; p_some is picked again, not kept twice
+    assert out.read_text().splitlines() == ["prompt p_some", "prompt p_half", "prompt p_few", "not sampled this round"]
+    assert "4 target prompts (2 picked, 2 kept from" in capsys.readouterr().out
+    table = out.with_suffix(".csv").read_text()
+    assert "kept" in table.splitlines()[0]
+    assert run(main, [f"root={round_root}", f"out={out}", f"previous={previous}", "overwrite=true",
+                      "rule.max_targets=3"]) == 0
+    assert out.read_text().splitlines() == ["prompt p_some", "prompt p_half", "prompt p_few"]  # the cap holds
+
+
 def test_no_target_and_no_round_are_clear_errors(round_root, tmp_path):
     with pytest.raises(UserError, match="passes the target rule"):
         write_targets(round_root, tmp_path / "x.txt", TargetRule(min_images=10))

@@ -68,3 +68,76 @@ def build_reward_model(clip: str | Path, path: Path) -> Path:
     """A reward model folder: an untrained (seeded) head on the CLIP folder ``clip``."""
     RewardModel.build(load_clip(clip, device="cpu")).save_pretrained(path, name="bench")
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny folders shaped like a user's own: the same classes, files and settings as SD v1.5's and
+# CLIP ViT-L/14's downloads (a byte-level BPE CLIPTokenizer, SD's PNDM scheduler and epsilon
+# prediction, 8x VAE, a safety checker and feature extractor in model_index.json), a few thousand
+# parameters each.  The quick-path test (tests/test_quick_path.py) follows the docs on them: the
+# tokenizer is deliberately not the shapes world's, so no stage can take them for shapes models.
+
+# CLIP's text configs name the legacy ids (eos 2), so pooling takes the argmax id, which is
+# <|endoftext|>, the largest id here as in CLIP's own vocabulary.
+CLIP_LEGACY_IDS = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=77, projection_dim=32, **CLIP_LEGACY_IDS)
+
+
+def clip_bpe_tokenizer():
+    """CLIP's tokenizer class with CLIP's byte-level alphabet (each byte alone and at a word's end)
+    and no merges: any text tokenizes, one token per character, padded to 77 like CLIP's."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=77)
+
+
+def build_tiny_sd15(path: Path, image_size: int = 64, seed: int = 0) -> Path:
+    """A StableDiffusionPipeline folder laid out as SD v1.5's download (random weights): 4-block
+    VAE (8x), 4-block UNet, CLIP text encoder and BPE tokenizer, PNDM scheduler, safety checker."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = clip_bpe_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), **TINY_TEXT))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        block_out_channels=(8, 8, 16, 16), norm_num_groups=4, sample_size=image_size,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 16, 32, 32), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=TINY_TEXT, projection_dim=32, vision_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+        patch_size=8)))
+    features = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=scheduler,
+                            safety_checker=checker, feature_extractor=features).save_pretrained(path)
+    return Path(path)
+
+
+def build_tiny_clip(path: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A CLIPModel folder laid out as CLIP ViT-L/14's download (random weights): the BPE tokenizer
+    and a CLIPImageProcessor, at ``image_size`` pixels instead of 224."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tok = clip_bpe_tokenizer()
+    config = CLIPConfig(text_config={**TINY_TEXT, "vocab_size": len(tok)}, projection_dim=32,
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=image_size, patch_size=8))
+    CLIPModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return Path(path)

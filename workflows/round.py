@@ -31,7 +31,7 @@ from core.jsonable import json_safe
 from core.loading import check_folder
 from data.staging import staged
 from data.store import Store
-from data.targets import TargetRule, pick_targets, prompt_pass_rates
+from data.targets import TargetRule, pick_targets, prompt_pass_rates, unjudged
 from evaluation.config import EvalConfig
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
@@ -243,8 +243,7 @@ def pick_round_targets(cfg: RoundConfig, root: str, k: int, path: Path, previous
     rates = prompt_pass_rates(Store(root), [k])
     table = pick_targets(rates, cfg.rule, among={p.text for p in prompt_set("train")})
     picked = list(table.loc[table["picked"], "prompt"])
-    judged = set(table.loc[table["labelled_images"] >= cfg.rule.min_images, "prompt"])
-    kept = [t for t in previous if t not in judged and t not in picked]
+    kept = unjudged(table, previous, cfg.rule)
     chosen = (picked + kept)[: cfg.rule.max_targets]
     categories = {Prompt.parse(t).category for t in chosen}
     if k == 0 and (len(chosen) < cfg.min_targets or len(categories) < 2):
