@@ -40,7 +40,7 @@ from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
-from evaluation.grids import sample_grid
+from evaluation.grids import keep_grid, sample_grid
 from evaluation.keep import KeepWhatIsRight, keep_what_is_right
 from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, oracle_regions, pass_rates,
                                reference_renders, shapes_prompts, split_prompts)
@@ -182,6 +182,8 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, base_rewards, base_aligned, base_images, base_regions = [], None, None, None, None
+    shown: list[int] = []  # the keep grid's rows: indexes into the targets' images
+    cells: list[list] = []  # per shown row: (image, aligned) of the base, then of each model
     for name, ref in names:
         pipe = load_model(ref)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
@@ -205,7 +207,11 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
             gain, gain_se = image_paired_gain(aligned, base_aligned, texts[:n_main])
             if base_regions is None:  # the oracle's regions of the base images, once
                 base_regions = oracle_regions(base_images, texts[:n_main])
+                shown = keep_rows(base_aligned, [m for m, _ in base_regions], cfg.grid_prompts)
+                cells = [[(base_images[i], base_aligned[i])] for i in shown]
             keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main], base_regions)
+            for row, i in zip(cells, shown):
+                row.append((images[i], aligned[i]))
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
                                  off, aligned, gain, gain_se, keep))
@@ -214,8 +220,22 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
                    out / f"samples-{name}.png")
         del pipe
+    if cells:  # base | each model, one seed a row, the base's problem region tinted
+        keep_grid([[im for im, _ in row] for row in cells], [texts[i] for i in shown],
+                  [[ok for _, ok in row] for row in cells], [base_regions[i][0] for i in shown]).save(out / "keep.png")
+        (out / "keep.txt").write_text("base | " + " | ".join(n for n, _ in names[1:]) + "\n"
+                                      + "\n".join(texts[i] for i in shown) + "\n")
     write_report(results, cfg, out, oracle=prompts is not None, sampling_note=sampling_note)
     return results
+
+
+def keep_rows(base_aligned: list[bool], masks: list, n: int) -> list[int]:
+    """Up to ``n`` target images for the keep grid: the first base-right ones and the first
+    base-wrong ones with a region to tint, half each where there are enough."""
+    right = [i for i, ok in enumerate(base_aligned) if ok]
+    wrong = [i for i, (ok, m) in enumerate(zip(base_aligned, masks)) if not ok and m.any()]
+    half = min(len(right), max(n // 2, n - len(wrong)))
+    return sorted(right[:half] + wrong[:n - half])
 
 
 def _save_grid(images, texts, verdicts, cfg: EvalConfig, path: Path) -> None:

@@ -1,10 +1,12 @@
 """The one sample grid of every evaluation (the base card's grids, ``make eval``'s
 samples-<model>.png, so the demo's before/after figure): a row per prompt, its text on the left and
 its samples across, each framed green (the oracle says aligned) or red (not) when the oracle judged
-them, on white otherwise."""
+them, on white otherwise; and the keep-what-is-right grid (:func:`keep_grid`): the base's images
+with their problem regions tinted, beside every model's image of the same seed."""
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ALIGNED, NOT_ALIGNED, UNJUDGED = (40, 170, 60), (220, 40, 40), (255, 255, 255)
@@ -38,3 +40,18 @@ def sample_grid(rows: list[list[Image.Image]], labels: list[str],
             image = image.convert("RGB")
             grid.paste(image if image.size == (w, h) else image.resize((w, h)), (x0 + pad, y0 + pad))
     return grid
+
+
+def tint(image: Image.Image, mask: np.ndarray, colour=(255, 0, 0), alpha: float = 0.5) -> Image.Image:
+    """``image`` with the pixels of ``mask`` (H, W bool, the image's size) blended with ``colour``."""
+    arr = np.asarray(image.convert("RGB")).astype(np.float32)
+    arr[mask] = (1 - alpha) * arr[mask] + alpha * np.asarray(colour, np.float32)
+    return Image.fromarray(arr.round().astype(np.uint8))
+
+
+def keep_grid(rows: list[list[Image.Image]], labels: list[str], aligned: list[list[bool]],
+              masks: list[np.ndarray]) -> Image.Image:
+    """A row per base image: ``rows[r]`` = [base, model 1, ...] from one seed, framed by the oracle's
+    verdicts ``aligned[r]``; the base's problem region ``masks[r]`` (H, W bool) tinted red on it."""
+    tinted = [[tint(row[0], m), *row[1:]] for row, m in zip(rows, masks)]
+    return sample_grid(tinted, labels, aligned)

@@ -97,6 +97,10 @@ def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
     assert metrics["models"]["dpok"]["keep"]["n_base_right"] == keep.n_base_right
     assert metrics["fidelity_reference"] == "renders of the same prompts"
     assert (report / "samples-base.png").exists() and (report / "samples-dpok.png").exists()
+    # the keep grid: drawn when there is a base-right image (or a base-wrong one with a region) to show
+    assert (report / "keep.png").exists() or keep.n_base_right == 0
+    if (report / "keep.png").exists():
+        assert (report / "keep.txt").read_text().startswith("base | dpok\n")
     empty = tmp_path / "empty-run"  # a run that stopped before saving: its config, no weights
     empty.mkdir()
     (empty / "config.yaml").write_bytes((setup["dpok"] / "config.yaml").read_bytes())

@@ -37,3 +37,20 @@ def test_fixed_broken_and_moved_inside_and_outside_the_problem_region():
     assert k.moved_inside == 1.0 and k.moved_outside == pytest.approx(4 / 12)
     none = keep_what_is_right([True], [True], [_img(0)], [_img(0)])
     assert math.isnan(none.fixed) and none.broken == 0.0 and none.moved_inside is None
+
+
+def test_keep_grid_rows_and_tint():
+    from PIL import Image
+
+    from evaluation.compare import keep_rows
+    from evaluation.grids import keep_grid, tint
+
+    masks = [np.zeros((4, 4), bool) for _ in range(6)]
+    masks[1][0, 0] = masks[4][1, 1] = True
+    # right: 0, 2, 5; wrong with a region: 1, 4 (3 is wrong with nothing to tint)
+    assert keep_rows([True, False, True, False, False, True], masks, 4) == [0, 1, 2, 4]
+    assert keep_rows([True, True, True, False], masks[:4], 4) == [0, 1, 2]  # image 3 has no region: left out
+    red = np.asarray(tint(Image.new("RGB", (4, 4)), masks[1]))
+    assert tuple(red[0, 0]) == (128, 0, 0) and tuple(red[1, 1]) == (0, 0, 0)
+    grid = keep_grid([[Image.new("RGB", (4, 4))] * 3], ["one circle"], [[False, True, False]], [masks[1]])
+    assert grid.size[1] == 4 + 2 * 3  # one row, padded
