@@ -207,7 +207,7 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
             gain, gain_se = image_paired_gain(aligned, base_aligned, texts[:n_main])
             if base_regions is None:  # the oracle's regions of the base images, once
                 base_regions = oracle_regions(base_images, texts[:n_main])
-                shown = keep_rows(base_aligned, [m for m, _ in base_regions], cfg.grid_prompts)
+                shown = keep_rows(base_aligned, [m for m, _ in base_regions], texts[:n_main], cfg.grid_prompts)
                 cells = [[(base_images[i], base_aligned[i])] for i in shown]
             keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main], base_regions)
             for row, i in zip(cells, shown):
@@ -229,11 +229,15 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
     return results
 
 
-def keep_rows(base_aligned: list[bool], masks: list, n: int) -> list[int]:
-    """Up to ``n`` target images for the keep grid: the first base-right ones and the first
-    base-wrong ones with a region to tint, half each where there are enough."""
-    right = [i for i, ok in enumerate(base_aligned) if ok]
-    wrong = [i for i, (ok, m) in enumerate(zip(base_aligned, masks)) if not ok and m.any()]
+def keep_rows(base_aligned: list[bool], masks: list, texts: list[str], n: int) -> list[int]:
+    """Up to ``n`` target images for the keep grid: base-right ones and base-wrong ones with a region
+    to tint, half each where there are enough, each prompt's first before any prompt's second."""
+    def spread(idx: list[int]) -> list[int]:  # one image a prompt first, in order, then the rest
+        firsts = list({texts[i]: i for i in reversed(idx)}.values())[::-1]
+        return firsts + [i for i in idx if i not in set(firsts)]
+
+    right = spread([i for i, ok in enumerate(base_aligned) if ok])
+    wrong = spread([i for i, (ok, m) in enumerate(zip(base_aligned, masks)) if not ok and m.any()])
     half = min(len(right), max(n // 2, n - len(wrong)))
     return sorted(right[:half] + wrong[:n - half])
 

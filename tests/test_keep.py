@@ -48,8 +48,10 @@ def test_keep_grid_rows_and_tint():
     masks = [np.zeros((4, 4), bool) for _ in range(6)]
     masks[1][0, 0] = masks[4][1, 1] = True
     # right: 0, 2, 5; wrong with a region: 1, 4 (3 is wrong with nothing to tint)
-    assert keep_rows([True, False, True, False, False, True], masks, 4) == [0, 1, 2, 4]
-    assert keep_rows([True, True, True, False], masks[:4], 4) == [0, 1, 2]  # image 3 has no region: left out
+    assert keep_rows([True, False, True, False, False, True], masks, ["a"] * 6, 4) == [0, 1, 2, 4]
+    assert keep_rows([True, True, True, False], masks[:4], ["a"] * 4, 4) == [0, 1, 2]  # image 3: no region
+    # each prompt's first image before any prompt's second
+    assert keep_rows([True, True, True, True], masks[:4], ["a", "a", "b", "b"], 2) == [0, 2]
     red = np.asarray(tint(Image.new("RGB", (4, 4)), masks[1]))
     assert tuple(red[0, 0]) == (128, 0, 0) and tuple(red[1, 1]) == (0, 0, 0)
     grid = keep_grid([[Image.new("RGB", (4, 4))] * 3], ["one circle"], [[False, True, False]], [masks[1]])
