@@ -35,7 +35,6 @@ from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model
 from core.sampling import generate_images, image_size, sampling_dtype
-from evaluation.settings import describe
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
@@ -44,6 +43,7 @@ from evaluation.grids import keep_grid, sample_grid
 from evaluation.keep import KeepWhatIsRight, keep_what_is_right
 from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, oracle_regions, pass_rates,
                                reference_renders, shapes_prompts, split_prompts)
+from evaluation.settings import describe
 from reward.reward_fn import load_reward, score_in_batches
 
 

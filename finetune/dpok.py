@@ -95,7 +95,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
     # a reward without a region head: one error; the loaded reward lends its model (one CLIP in memory)
     region = load_region(cfg.reward, device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     run.init_trackers("dpok", start)
-    eval_cond, eval_uncond = encode_prompts(pipe, grid_prompts(cfg), device)
+    grid = grid_prompts(cfg)  # the sample grids' prompts, read once
+    eval_cond, eval_uncond = encode_prompts(pipe, grid, device)
     curve = state.get("curve", []) if state is not None else []
     if cfg.curve_every:
         _check_curve_prompts(run.prompts)
@@ -163,8 +164,8 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
             accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            _sample_grid(accelerator, run.sampling_policy(), pipe, eval_cond, eval_uncond, run.latent_shape, cfg, out,
-                         r + 1)
+            _sample_grid(accelerator, run.sampling_policy(), pipe, grid, eval_cond, eval_uncond, run.latent_shape, cfg,
+                         out, r + 1)
         if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
             save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
                 round=r + 1, history=history, curve=curve))
@@ -311,9 +312,11 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
 
 
 @torch.no_grad()
-def _sample_grid(accelerator, policy, pipe, cond, uncond, latent_shape, cfg, out: Path, r: int) -> None:
-    """Fixed eval prompts with fixed noise: the same seeds every time, so grids compare across rounds."""
+def _sample_grid(accelerator, policy, pipe, prompts: list[str], cond, uncond, latent_shape, cfg, out: Path,
+                 r: int) -> None:
+    """The grid ``prompts`` (``cond`` / ``uncond`` their embeddings) with fixed noise: the same seeds
+    every time, so grids compare across rounds."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["grid"],
-                                grid_prompts(cfg))
+                                prompts)
     log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
-               ncols=len(grid_prompts(cfg)))
+               ncols=len(prompts))

@@ -251,7 +251,8 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
                         "raise rwl.steps to continue training, or pass resume=false.")
     run.init_trackers("rwl", start)
-    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, grid_prompts(cfg), run.device)
+    grid = grid_prompts(cfg)  # the sample grid's prompts, read once
+    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, grid, run.device)
     bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
                disable=not (progress and acc.is_main_process))
     half = max(1, r.batch_size // 2)
@@ -322,10 +323,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: 
     if cfg.sample_grid_every:
         run.comps.unet.eval()
         g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        traj = sample_trajectories(run.sampling_policy(), eval_cond, eval_uncond, run.latent_shape, g,
-                                   grid_prompts(cfg))
+        traj = sample_trajectories(run.sampling_policy(), eval_cond, eval_uncond, run.latent_shape, g, grid)
         log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
-                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(grid_prompts(cfg)))
+                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(grid))
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},

@@ -85,7 +85,6 @@ def check_reward_folder(cfg: RewardSource) -> None:
     reward_clip_folder(Path(cfg.path), check=True)  # its CLIP gives the head's embedding size
 
 
-
 def load_reward(cfg: RewardSource, device) -> RewardFn:
     if cfg.kind == "oracle":
         return OracleReward(cfg.oracle)
