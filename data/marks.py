@@ -25,10 +25,9 @@ import pyarrow.compute as pc
 
 from core.errors import DataError
 from data.labels import current
-from data.schemas import BINARY_LABELS, GENERATIONS, TIMESTAMP, TableSpec, _check_not_empty_strings, _f, _schema, register
+from data.schemas import (BINARY_LABELS, GENERATIONS, POINTS, TIMESTAMP, WORDS, TableSpec, _check_mark_columns,
+                          _check_not_empty_strings, _f, _schema, register)
 from data.store import Store
-
-POINT = pa.struct([pa.field("x", pa.float32(), nullable=False), pa.field("y", pa.float32(), nullable=False)])
 
 # RichHF's disks: radius 20 px on its 512 px images, as a fraction of the image side.
 DISK_RADIUS = 20 / 512
@@ -41,15 +40,7 @@ def prompt_words(prompt: str) -> list[str]:
 
 def _check_marks(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("label_id", "image_id", "prompt_id", "rater_id"))
-    for row, points in enumerate(table.column("points").to_pylist()):
-        for p in points:
-            if not (0.0 <= p["x"] <= 1.0 and 0.0 <= p["y"] <= 1.0):
-                raise DataError(f"marks row {row} has the point ({p['x']}, {p['y']}) outside the image.",
-                                "points are fractions of the image: x and y in [0, 1].")
-    for row, words in enumerate(table.column("words").to_pylist()):
-        if any(w < 0 for w in words):
-            raise DataError(f"marks row {row} has a negative word index {min(words)}.",
-                            "word indices count the prompt's words from 0.")
+    _check_mark_columns(table, "marks")
 
 
 MARKS = register(TableSpec(
@@ -59,8 +50,8 @@ MARKS = register(TableSpec(
         _f("image_id", pa.string()),
         _f("prompt_id", pa.string()),
         _f("rater_id", pa.string()),
-        _f("points", pa.list_(pa.field("item", POINT, nullable=False))),  # where it is wrong, (x, y) in [0, 1]
-        _f("words", pa.list_(pa.field("item", pa.int32(), nullable=False))),  # wrong words: prompt_words() indices
+        _f("points", POINTS),  # where it is wrong, (x, y) in [0, 1]
+        _f("words", WORDS),    # wrong words: prompt_words() indices
         # why nothing could be marked (marks=required: e.g. a missing object); null when not given
         _f("note", pa.string(), nullable=True),
         _f("created_at", TIMESTAMP),

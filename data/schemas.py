@@ -24,10 +24,15 @@ from core.errors import DataError
 # 2: generations gained round, model_fingerprint and run (the closed loop's rounds); a version-1
 # part reads with round 0 and no fingerprint or run (TableSpec.defaults), and `make migrate`
 # rewrites a root's parts in the current version.  3: the marks table (data.marks); a root
-# without it reads it as empty, and `make migrate` gives it an empty part.
-SCHEMA_VERSION = 3
+# without it reads it as empty, and `make migrate` gives it an empty part.  4: gold items gained
+# reference marks (``points``, ``words``); a version-3 gold part reads with none (null).
+SCHEMA_VERSION = 4
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# A point of a region mark: fractions of the image, x to the right, y down, both in [0, 1].
+POINT = pa.struct([pa.field("x", pa.float32(), nullable=False), pa.field("y", pa.float32(), nullable=False)])
+POINTS = pa.list_(pa.field("item", POINT, nullable=False))
+WORDS = pa.list_(pa.field("item", pa.int32(), nullable=False))  # word indices: data.marks.prompt_words()
 
 Label = Literal["good", "bad", "skip"]
 LABELS: tuple[str, ...] = ("good", "bad", "skip")
@@ -318,9 +323,23 @@ def register(spec: TableSpec) -> TableSpec:
 # Labeling app: gold answers (hidden items with a known answer, mixed into raters' streams)
 
 
+def _check_mark_columns(table: pa.Table, name: str) -> None:
+    """Region marks (``points``, ``words``; a null row has none) lie on the image and the prompt."""
+    for row, points in enumerate(table.column("points").to_pylist()):
+        for p in points or ():
+            if not (0.0 <= p["x"] <= 1.0 and 0.0 <= p["y"] <= 1.0):
+                raise DataError(f"{name} row {row} has the point ({p['x']}, {p['y']}) outside the image.",
+                                "points are fractions of the image: x and y in [0, 1].")
+    for row, words in enumerate(table.column("words").to_pylist()):
+        if words and min(words) < 0:
+            raise DataError(f"{name} row {row} has a negative word index {min(words)}.",
+                            "word indices count the prompt's words from 0.")
+
+
 def _check_gold(table: pa.Table) -> None:
     _check_not_empty_strings(table, ("image_id", "prompt_id", "answer", "source"))
     _check_values(table, "answer", ("good", "bad"), "gold answers", "a gold item's answer is 'good' or 'bad'.")
+    _check_mark_columns(table, "gold")
 
 
 GOLD = register(TableSpec(
@@ -331,9 +350,13 @@ GOLD = register(TableSpec(
         _f("answer", pa.string()),            # good | bad: the binary label a careful rater gives
         _f("source", pa.string()),            # oracle (shapes world) | file (a lead's gold file)
         _f("created_at", TIMESTAMP),
+        # -- schema version 4: reference marks of a 'bad' gold item (labeling_app.gold); null: none given
+        _f("points", POINTS, nullable=True),  # where it is wrong, (x, y) in [0, 1]
+        _f("words", WORDS, nullable=True),    # the wrong words
     ]),
     key=("image_id",),
     check=_check_gold,
+    defaults={"points": None, "words": None},
 ))
 
 

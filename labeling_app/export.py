@@ -31,7 +31,6 @@ from data.marks import current_marks
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, GOLD, RANKINGS
 from data.store import Store, write_parquet
-from labeling_app.gold import read_gold
 from labeling_app.hf_export import write_hf_dataset
 from labeling_app.stats import round_report
 
@@ -88,7 +87,7 @@ def export_round(store: Store, out_dir: str | os.PathLike | None = None,
         "gold": store.read(GOLD),
         "marks": current_marks(store),  # where bad answers say their image is wrong (data.marks)
     }
-    summary = round_report(store, read_gold(store)).summary()
+    summary = round_report(store).summary()
     summary["exported_at"] = stamp
     directory = final.with_name(f".{final.name}.tmp")
     directory.mkdir(mode=DIR_MODE)

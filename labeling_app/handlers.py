@@ -31,7 +31,6 @@ from labeling_app.assignment import Assigner, Served
 from labeling_app.charts import pass_rate_chart, timeline_chart
 from labeling_app.config import LabelConfig
 from labeling_app.export import export_round
-from labeling_app.gold import read_gold
 from labeling_app.guidelines import Guidelines
 from labeling_app.marking import parse_marks
 from labeling_app.marks_admin import heatmap_html, picker_choices
@@ -198,7 +197,7 @@ class LabelingHandlers:
         and the others still show (an event that raises would mark every output "Error")."""
         self.admin(request)
         store = self.assigner.store
-        rep = attempt(lambda: round_report(store, read_gold(store)))
+        rep = attempt(lambda: round_report(store))
         # The same per-prompt figures and default rule as `make targets` (data.targets), worst first.
         prompts = attempt(lambda: pick_targets(prompt_pass_rates(store)))
         parts = [

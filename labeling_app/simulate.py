@@ -38,7 +38,7 @@ from data.schemas import GENERATIONS
 from data.store import Store
 from labeling_app.assignment import Assigner
 from labeling_app.config import GoldConfig, LabelConfig
-from labeling_app.gold import ensure_gold, read_gold
+from labeling_app.gold import ensure_gold
 from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.rounds import served_round
 from labeling_app.stats import round_report
@@ -212,7 +212,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     with tqdm(desc="simulate-raters", unit="label", file=sys.stderr) as bar:
         summary = run_simulated_round(assigner, panel, seed=cfg.seed, max_labels_per_rater=cfg.max_labels_per_rater,
                                       progress=bar, marks=None if cfg.label.marks == "off" else cfg.mark_profile)
-    report = round_report(assigner.store, read_gold(assigner.store)).summary()
+    report = round_report(assigner.store).summary()
     return {"round": assigner.round, "added_binary": summary.binary_labels, "added_rankings": summary.rankings,
             "added_gold": summary.gold_labels, "added_marks": summary.marks,
             "round_completion": {t: round(c, 4) for t, c in assigner.progress("").round_completion.items()},

@@ -17,14 +17,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from core.jsonable import json_safe
 from data.labels import current
+from data.marks import current_marks
 from data.pairs import rankings_to_pairs
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS, SELECTIONS
 from data.store import Store
+from labeling_app.gold import read_gold, read_gold_marks
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,43 @@ def gold_accuracy(binary: pd.DataFrame, gold: dict[str, str]) -> pd.DataFrame:
     return out.reset_index()[cols]
 
 
+GOLD_HIT_RADIUS = 0.1  # a click within this fraction of the image side of a reference point is on target
+
+
+def gold_marks(binary: pd.DataFrame, marks: pd.DataFrame,
+               reference: dict[str, tuple[list[tuple[float, float]], list[int]]]) -> pd.DataFrame:
+    """Per rater, their marks on the gold items with reference marks (``reference``: image_id ->
+    (points, words), :func:`labeling_app.gold.read_gold_marks`) that they answered bad:
+    ``gold_marked`` such answers, ``gold_point_precision`` the share of their clicks within
+    :data:`GOLD_HIT_RADIUS` of a reference point (NaN: no clicks), ``gold_word_agreement`` the mean
+    Jaccard agreement of their wrong words with the reference's (both empty: 1); a reference without
+    points leaves that answer's clicks out.  ``marks``: the
+    current marks rows (:func:`data.marks.current_marks`); a bad answer without a row marked nothing."""
+    cols = ["rater_id", "gold_marked", "gold_point_precision", "gold_word_agreement"]
+    b = binary[binary["is_gold"] & (binary["label"] == "bad") & binary["image_id"].isin(reference.keys())]
+    if b.empty:
+        return pd.DataFrame(columns=cols)
+    by_label = {r.label_id: r for r in marks.itertuples()} if not marks.empty else {}
+    rows = []
+    for a in b.itertuples():
+        ref_points, ref_words = reference[a.image_id]
+        m = by_label.get(a.label_id)
+        points = np.array([(p["x"], p["y"]) for p in m.points], dtype=float).reshape(-1, 2) if m else np.zeros((0, 2))
+        words = set(m.words) if m else set()
+        ref = np.array(ref_points, dtype=float).reshape(-1, 2)
+        if not len(ref):  # a reference of words only says nothing of where the clicks belong
+            points = points[:0]
+        dist = np.sqrt(((points[:, None] - ref[None]) ** 2).sum(-1)).min(1) if len(points) else np.zeros(0)
+        union = words | set(ref_words)
+        rows.append(dict(rater_id=a.rater_id, clicks=len(points), hits=int((dist <= GOLD_HIT_RADIUS).sum()),
+                         agree=len(words & set(ref_words)) / len(union) if union else 1.0))
+    per = pd.DataFrame(rows).groupby("rater_id").agg(gold_marked=("agree", "size"), clicks=("clicks", "sum"),
+                                                    hits=("hits", "sum"), gold_word_agreement=("agree", "mean"))
+    per["gold_point_precision"] = (per["hits"] / per["clicks"].where(per["clicks"] > 0)).round(3)
+    per["gold_word_agreement"] = per["gold_word_agreement"].round(3)
+    return per.reset_index()[cols]
+
+
 def timeline_freq(span: pd.Timedelta) -> str:
     """A bucket width that gives a readable number of rows for a round that ran ``span``."""
     if span <= pd.Timedelta(hours=3):
@@ -167,18 +207,23 @@ class RoundReport:
             "ranking_units": self.ranking_agreement.units,
             "median_ms": dict(self.median_ms),
             "gold_accuracy": {r: float(a) for r, a in zip(self.gold["rater_id"], self.gold["gold_accuracy"])},
+            "gold_marks": {r.rater_id: {"marked": int(r.gold_marked), "point_precision": r.gold_point_precision,
+                                        "word_agreement": r.gold_word_agreement}
+                           for r in self.gold.dropna(subset=["gold_marked"]).itertuples()},
         }, digits=4)
 
 
-def round_report(store: Store, gold: dict[str, str]) -> RoundReport:
-    """Everything the admin tab shows, from the current (not undone) labels of a round."""
+def round_report(store: Store) -> RoundReport:
+    """Everything the admin tab shows, from the current (not undone) labels of a round (gold: its
+    gold pool, with the raters' agreement with the reference marks where gold items carry them)."""
     binary_all = store.read(BINARY_LABELS).num_rows
     rankings_all = store.read(RANKINGS).num_rows
     binary = current(store, BINARY_LABELS.name).to_pandas()
     rankings = current(store, RANKINGS.name).to_pandas()
     return RoundReport(
         counts=counts_by_rater(binary, rankings),
-        gold=gold_accuracy(binary, gold),
+        gold=gold_accuracy(binary, read_gold(store)).merge(
+            gold_marks(binary, current_marks(store).to_pandas(), read_gold_marks(store)), on="rater_id", how="left"),
         binary_agreement=binary_agreement(binary),
         ranking_agreement=ranking_agreement(rankings),
         median_ms=median_ms(binary, rankings),

@@ -109,3 +109,26 @@ def problem_regions(image, prompt: Prompt | str) -> ProblemRegions:
         words.add(word_index(prompt, "background"))
     return ProblemRegions(mask, keep, tuple(sorted(words)), missing)
 
+
+
+REFERENCE_STEP = 0.05  # lattice spacing of a gold item's reference points, as a fraction of the image side
+
+
+def reference_marks(truth: ProblemRegions) -> tuple[list[tuple[float, float]], list[int]]:
+    """The marks of a careful rater who clicks everywhere ``truth`` is wrong: points (x, y) in
+    [0, 1] on a lattice every :data:`REFERENCE_STEP` of the side inside the problem mask, plus each
+    connected region's deepest pixel (so that a region smaller than the lattice has one), and the
+    wrong words.  A gold item's reference marks (:mod:`labeling_app.gold`), to which raters' clicks
+    are compared."""
+    mask = truth.mask
+    h, w = mask.shape
+    step = max(1, round(REFERENCE_STEP * min(h, w)))
+    on_lattice = np.zeros_like(mask)
+    on_lattice[step // 2::step, step // 2::step] = True
+    rows, cols = np.nonzero(mask & on_lattice)
+    points = {(int(r), int(c)) for r, c in zip(rows, cols)}
+    labelled, n = ndimage.label(mask)
+    if n:
+        depth = ndimage.distance_transform_edt(mask)
+        points |= {(int(r), int(c)) for r, c in ndimage.maximum_position(depth, labelled, range(1, n + 1))}
+    return [((c + 0.5) / w, (r + 0.5) / h) for r, c in sorted(points)], list(truth.words)

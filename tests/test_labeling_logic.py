@@ -376,7 +376,7 @@ def test_simulated_round_report_and_export(round_store, tmp_path):
                    gold=ensure_gold(round_store, GoldConfig(share=0.2), round_store.to_pandas("generations")),
                    gold_share=0.2)
     summary = run_simulated_round(asg, default_panel(4, flip_rate=0.05), seed=0)
-    rep = round_report(round_store, read_gold(round_store))
+    rep = round_report(round_store)
     assert rep.binary_labels == summary.binary_labels and rep.rankings == summary.rankings == 24
     assert rep.binary_agreement.alpha > 0.5 and rep.binary_agreement.units >= 20
     assert not math.isnan(rep.ranking_agreement.alpha) and rep.median_ms["binary"] > 0

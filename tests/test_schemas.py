@@ -60,7 +60,8 @@ ROWS = {"generations": generation_row, "binary_labels": label_row, "rankings": r
 
 
 def gold_row(**kw):  # labeling app: hidden items with a known answer
-    row = dict(image_id="i1", prompt_id="p1", answer="bad", source="oracle", created_at=NOW)
+    row = dict(image_id="i1", prompt_id="p1", answer="bad", source="oracle", created_at=NOW,
+               points=[{"x": 0.5, "y": 0.25}], words=[1])
     row.update(kw)
     return row
 
