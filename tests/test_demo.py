@@ -50,9 +50,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     # regions: the marks came with the labels, the reward's region head was measured, the report says so
     assert results["labels"]["added_marks"] > 0 and results["region_weight"] == 0.5
     assert "heatmap_auc" in results["reward_model"]["region_val_images"]
-    weights = {run: load_config(FinetuneConfig, tmp_path / "runs" / run / "config.yaml").region.weight
-               for run in ("finetune-dpok", "finetune-dpok-region")}
-    assert weights == {"finetune-dpok": 0.0, "finetune-dpok-region": 0.5}
+    saved = {run: load_config(FinetuneConfig, tmp_path / "runs" / run / "config.yaml")
+             for run in ("finetune-dpok", "finetune-dpok-region")}
+    assert {run: (c.region.weight, tuple(c.dpok.window)) for run, c in saved.items()} == {
+        "finetune-dpok": (0.0, (1, 2)), "finetune-dpok-region": (0.5, (0, 2))}  # its window from step 0
     report_md = (tmp_path / "report" / "report.md").read_text()
     assert "| dpok_region |" in report_md and "Focus-N-Fix" in report_md
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
