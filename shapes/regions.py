@@ -110,7 +110,6 @@ def problem_regions(image, prompt: Prompt | str) -> ProblemRegions:
     return ProblemRegions(mask, keep, tuple(sorted(words)), missing)
 
 
-
 REFERENCE_STEP = 0.05  # lattice spacing of a gold item's reference points, as a fraction of the image side
 
 

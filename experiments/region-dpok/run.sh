@@ -5,7 +5,7 @@
 #   2. the demo's labels copied, and every bad answer marked by its simulated rater (default MarkProfile);
 #   3. the demo's reward recipe retrained on labels + marks: the same scalar head, plus a region head;
 #   4. the demo's DPOK and RWL runs again with region.weight=BETA_DPOK / BETA_RWL;
-#   5. `make eval` of base and the two region-aware runs at the demo's evaluation seeds (plain DPOK
+#   5. `make eval` of base and the two region-aware runs (evaluate.sh) at the demo's evaluation seeds (plain DPOK
 #      and RWL were evaluated at those seeds by the demo: reports/demo-sSEED/eval).
 # TAG names this version's outputs (runs/region-dpok-sSEED/*-TAG).
 set -euo pipefail
@@ -27,8 +27,4 @@ for MB in dpok:$BD rwl:$BR; do
     $PY -m pipelines.finetune --config $DEMO/finetune-$M/config.yaml output_dir=$OUT/$M-region-$TAG \
       reward.path=$OUT/reward-$TAG region.weight=$B
 done
-$PY -m pipelines.evaluate base=shapes/models/shapes-sd clip=shapes/models/shapes-clip reward.path=$DEMO/reward \
-  "models=[dpok-region=$OUT/dpok-region-$TAG,rwl-region=$OUT/rwl-region-$TAG]" \
-  prompts_file=$DEMO/targets.txt generalization_split=heldout samples_per_prompt=16 side_samples_per_prompt=4 \
-  output_dir=reports/region-dpok-s$S-$TAG
-cp reports/region-dpok-s$S-$TAG/metrics.json experiments/region-dpok/region-dpok-seed$S-$TAG.json
+bash experiments/region-dpok/evaluate.sh $S $TAG "dpok-region=$OUT/dpok-region-$TAG,rwl-region=$OUT/rwl-region-$TAG" $PY

@@ -10,8 +10,4 @@ DEMO=runs/demo-s$S; OUT=runs/region-dpok-s$S
 [ -f $OUT/dpok-region-$TAG/metrics.json ] || \
   $PY experiments/region-dpok/oracle_masks.py --config $DEMO/finetune-dpok/config.yaml \
     output_dir=$OUT/dpok-region-$TAG reward.path=$OUT/reward-fnf3 region.weight=$B
-$PY -m pipelines.evaluate base=shapes/models/shapes-sd clip=shapes/models/shapes-clip reward.path=$DEMO/reward \
-  "models=[dpok-region=$OUT/dpok-region-$TAG]" \
-  prompts_file=$DEMO/targets.txt generalization_split=heldout samples_per_prompt=16 side_samples_per_prompt=4 \
-  output_dir=reports/region-dpok-s$S-$TAG
-cp reports/region-dpok-s$S-$TAG/metrics.json experiments/region-dpok/region-dpok-seed$S-$TAG.json
+bash experiments/region-dpok/evaluate.sh $S $TAG "dpok-region=$OUT/dpok-region-$TAG" $PY

@@ -14,8 +14,4 @@ for V in plain:0 region:$B; do
     $PY -m pipelines.finetune --config $DEMO/finetune-dpok/config.yaml output_dir=$OUT/dpok-$N-$TAG \
       reward.path=$OUT/reward-fnf3 region.weight=$W "dpok.window=[0, $END]"
 done
-$PY -m pipelines.evaluate base=shapes/models/shapes-sd clip=shapes/models/shapes-clip reward.path=$DEMO/reward \
-  "models=[dpok-$TAG=$OUT/dpok-plain-$TAG,dpok-region-$TAG=$OUT/dpok-region-$TAG]" \
-  prompts_file=$DEMO/targets.txt generalization_split=heldout samples_per_prompt=16 side_samples_per_prompt=4 \
-  output_dir=reports/region-dpok-s$S-$TAG
-cp reports/region-dpok-s$S-$TAG/metrics.json experiments/region-dpok/region-dpok-seed$S-$TAG.json
+bash experiments/region-dpok/evaluate.sh $S $TAG "dpok-$TAG=$OUT/dpok-plain-$TAG,dpok-region-$TAG=$OUT/dpok-region-$TAG" $PY
