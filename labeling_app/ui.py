@@ -125,8 +125,9 @@ class LabelingApp(LabelingHandlers):
                     timeline_df = gr.Dataframe(interactive=False, max_height=300, elem_id="admin-timeline")
                     gr.Markdown("**Answers per rater**")
                     counts = gr.Dataframe(interactive=False, elem_id="admin-counts")
-                    gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced)")
-                    gold = gr.Dataframe(interactive=False)
+                    gr.Markdown("**Gold accuracy per rater** (gold items are mixed in unannounced; with "
+                                "reference marks, the share of a rater's clicks near them and their words' overlap)")
+                    gold = gr.Dataframe(interactive=False, elem_id="admin-gold")
                     gr.Markdown("**Images withdrawn from serving**: their file no longer matches its "
                                 "generations row (replaced, edited or removed), so their items are no longer "
                                 "handed out.  Restore the file (or bring the new one in with `make import`) and "

@@ -244,6 +244,8 @@ def test_admin_tab_and_exports_reach_the_admin_only(app, browser):
     assert len(rows) == 5 and numbers and numbers == sorted(numbers), rows
     timeline = [h.strip() for h in lead.locator("#admin-timeline thead th").all_inner_texts()]
     assert any(h.startswith("rita") for h in timeline) and any(h.startswith("total") for h in timeline)
+    gold = [h.strip() for h in lead.locator("#admin-gold thead th").all_inner_texts()]
+    assert any(h.startswith("gold_accuracy") for h in gold) and any(h.startswith("gold_point_precision") for h in gold)
 
     lead.locator("#btn-export").click()
     link = lead.locator("#export-link")
