@@ -234,7 +234,8 @@ def keep_rows(base_aligned: list[bool], masks: list, texts: list[str], n: int) -
     to tint, half each where there are enough, each prompt's first before any prompt's second."""
     def spread(idx: list[int]) -> list[int]:  # one image a prompt first, in order, then the rest
         firsts = list({texts[i]: i for i in reversed(idx)}.values())[::-1]
-        return firsts + [i for i in idx if i not in set(firsts)]
+        first = set(firsts)
+        return firsts + [i for i in idx if i not in first]
 
     right = spread([i for i, ok in enumerate(base_aligned) if ok])
     wrong = spread([i for i, (ok, m) in enumerate(zip(base_aligned, masks)) if not ok and m.any()])

@@ -114,8 +114,8 @@ def _oracle_gold(store: Store, gens: pd.DataFrame, share: float, seed: int) -> l
         row = eligible.iloc[int(i)]
         truth = problem_regions(load_image(store.root, row), prompts[row["prompt"]])
         answer = "good" if truth.aligned else "bad"
-        points, words = reference_marks(truth) if answer == "bad" else (None, None)
         if len(picked[answer]) < n:
+            points, words = reference_marks(truth) if answer == "bad" else (None, None)
             picked[answer].append(dict(image_id=row["image_id"], prompt_id=row["prompt_id"],
                                        answer=answer, source="oracle", words=words,
                                        points=None if points is None else [{"x": x, "y": y} for x, y in points]))
