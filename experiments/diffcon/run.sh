@@ -33,4 +33,4 @@ $PY -m pipelines.evaluate base=shapes/models/shapes-sd clip=shapes/models/shapes
   prompts_file=$DEMO/targets.txt generalization_split=heldout samples_per_prompt=16 side_samples_per_prompt=4 \
   output_dir=reports/diffcon-s$S
 cp reports/diffcon-s$S/metrics.json experiments/diffcon/diffcon-seed$S.json
-cp reports/demo-s$S/eval/metrics.json experiments/diffcon/demo-seed$S.json
+cp reports/demo-s$S/eval/metrics.json experiments/diffcon/baseline-seed$S.json
