@@ -20,9 +20,9 @@ from typing import Literal, Optional
 from tqdm import tqdm
 
 from core import seeds
-from core.config import NonNegativeInt, PositiveInt, Share
+from core.config import NonNegativeInt, PositiveFloat, PositiveInt, Share
 from core.errors import UserError
-from core.loading import ModelRef, default_device, load_model, resolve_model
+from core.loading import ModelRef, default_device, load_model, resolve_model, with_side_strength
 from core.sampling import MixedPrecision, SamplingConfig, generate_images, sampling_dtype
 from data.generations import PromptSpec, prompt_spec, save_images
 from data.schemas import GENERATIONS
@@ -42,6 +42,8 @@ class GenerateConfig:
     adapter: Optional[str] = None
     """A folder with LoRA weights (pytorch_lora_weights.safetensors) fused into ``pipeline``, a
     base pipeline folder; None: ``pipeline`` as it is."""
+    side_strength: Optional[PositiveFloat] = None
+    """A side-network run's strength lambda (core.side); None: the one it was trained with."""
     round: NonNegativeInt = 0
     """The labeling round the images are made for (data.rounds; 0: the first, the base model's)."""
     prompts: Literal["train", "heldout", "all"] = "train"
@@ -97,7 +99,8 @@ def _resolve(cfg: GenerateConfig) -> ModelRef:
             f"the shapes-world model {SHAPES_SD} is not there (it is trained by `make base`).",
             "pass another Stable Diffusion pipeline folder with pipeline=<folder>, train the shapes model "
             "first (make base), or draw a stand-in round with source=renderer.")
-    return resolve_model(path, cfg.adapter)
+    ref = resolve_model(path, cfg.adapter)
+    return ref if cfg.side_strength is None else with_side_strength(ref, cfg.side_strength)
 
 
 def _new_seeds(used: set[int], base: int, n: int) -> list[int]:

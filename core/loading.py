@@ -7,7 +7,8 @@ a clear error, never a download.
 
 A fine-tuned run folder (what ``make finetune`` writes) is a model wherever a pipeline folder is
 taken: :func:`resolve_model` names what to load (:class:`ModelRef`) and :func:`load_model` loads it,
-a LoRA run as its base pipeline with the adapter fused in.
+a LoRA run as its base pipeline with the adapter fused in, a side-network run with its side
+network beside the base's UNet (:mod:`core.side`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ import torch
 import yaml
 
 from core.errors import UserError
+from core.side import SIDE_DIR, SIDE_FILE, SIDE_WEIGHTS, load_side
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -169,8 +171,10 @@ class ModelRef:
     adapter: Path | None  # a folder holding LORA_WEIGHTS, fused into `base` at load; None: none
     run: Path | None  # the fine-tuned run (or adapter) folder as given; None: a base model
     # core.loading.model_fingerprint(base) for a base model; "<base fp>+<16 hex of the adapter
-    # weights' sha256>" for a LoRA run; the run's own pipeline fingerprint for a full run
+    # weights' sha256>" for a LoRA run or a side network; the run's own pipeline fingerprint for a full run
     fingerprint: str
+    side: Path | None = None  # a side-network run's side/ folder (core.side), put beside `base`'s UNet at load
+    side_strength: float | None = None  # its lambda at load; None: the one it was trained with
 
     @property
     def finetuned(self) -> bool:
@@ -193,8 +197,8 @@ def _run_base(folder: Path) -> str | None:
     return str(pipeline) if pipeline else None
 
 
-def _adapter_fingerprint(base_fp: str, adapter: Path) -> str:
-    digest = hashlib.sha256((adapter / LORA_WEIGHTS).read_bytes()).hexdigest()  # LoRA files are small
+def _adapter_fingerprint(base_fp: str, adapter: Path, weights: str = LORA_WEIGHTS) -> str:
+    digest = hashlib.sha256((adapter / weights).read_bytes()).hexdigest()  # adapter files are small
     return f"{base_fp}+{digest[:ADAPTER_HASH_HEX]}"
 
 
@@ -211,10 +215,19 @@ def _check_same_base(run: Path, recorded: str, base: Path) -> None:
                         f"pass base={recorded} (or a copy of it), or the run trained from {base}.")
 
 
+def with_side_strength(ref: ModelRef, strength: float) -> ModelRef:
+    """A side-network run's :class:`ModelRef` at strength lambda ``strength`` (another model: its
+    fingerprint ends in ``@<lambda>``); for any other model an error."""
+    if ref.side is None:
+        raise UserError(f"side_strength={strength} was given for {ref.run or ref.base}, which is no side-network run.",
+                        "leave side_strength out, or pass a run of make finetune with model.parameterisation=side.")
+    return replace(ref, side_strength=strength, fingerprint=f"{ref.fingerprint}@{strength:g}")
+
+
 def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None, *,
-                  base: str | os.PathLike | None = None) -> ModelRef:
+               base: str | os.PathLike | None = None) -> ModelRef:
     """The model at ``path``: a StableDiffusionPipeline folder, or a fine-tuned run folder
-    (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS or a full pipeline).
+    (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS, a side network or a full pipeline).
 
     ``adapter``: a folder with LORA_WEIGHTS applied to the base pipeline ``path`` (a run folder or
     a bare adapter).  ``base``: the base pipeline the caller applies runs to (``make eval``'s
@@ -227,7 +240,8 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
         raise UserError(f"model folder {path} does not exist.",
                         "pass a Stable Diffusion pipeline folder or a fine-tuned run folder (make finetune).")
     recorded = _run_base(path)
-    has_lora = (path / LORA_WEIGHTS).is_file()
+    has_side = (path / SIDE_DIR / SIDE_FILE).is_file()
+    has_lora = (path / LORA_WEIGHTS).is_file() or has_side  # an adapter's weights, of either kind
     has_pipeline = (path / PIPELINE_INDEX).is_file()
     if adapter is not None:
         if recorded is not None or has_lora:
@@ -258,12 +272,12 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
         raise UserError(f"{path} holds no fine-tuned model (no LoRA weights, no pipeline).",
                         "run `make finetune` first (a run that stopped early saves nothing), or pass the "
                         "folder it wrote.")
-    if recorded is None:  # LoRA weights without the config that names their base
+    if recorded is None:  # adapter weights without the config that names their base
         if base is None:
-            raise UserError(f"{path} has LoRA weights but no {RUN_CONFIG} naming the base they were "
-                            "trained from.", f"pass the base pipeline with adapter={path}, or restore "
+            raise UserError(f"{path} has adapter weights but no {RUN_CONFIG} naming the base they were "
+                            "trained from.", f"pass the base pipeline with base= (make eval), or restore "
                             f"the run's {RUN_CONFIG}.")
-        return ModelRef(Path(base), path, path, _adapter_fingerprint(model_fingerprint(base), path))
+        return _adapter_ref(Path(base), path, has_side)
     if base is not None:
         _check_same_base(path, recorded, Path(base))
     if has_pipeline:  # a full-pipeline run: the folder is the model
@@ -273,16 +287,28 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
         raise UserError(f"the run {path} was trained from {recorded}, which is not a Stable Diffusion "
                         "pipeline folder on this machine.", f"pass the base with base= (make eval) or "
                         f"as pipeline=<base> adapter={path}.")
-    return ModelRef(base_dir, path, path, _adapter_fingerprint(model_fingerprint(base_dir), path))
+    return _adapter_ref(base_dir, path, has_side)
+
+
+def _adapter_ref(base: Path, run: Path, side: bool) -> ModelRef:
+    """A LoRA run's or a side-network run's :class:`ModelRef` on the pipeline ``base``."""
+    if side:
+        fp = _adapter_fingerprint(model_fingerprint(base), run / SIDE_DIR, SIDE_WEIGHTS)
+        return ModelRef(base, None, run, fp, side=run / SIDE_DIR)
+    return ModelRef(base, run, run, _adapter_fingerprint(model_fingerprint(base), run))
 
 
 def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-    """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused.
+    """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused, or
+    its side network beside the UNet (``pipe.unet`` a :class:`core.side.SideUNet` of strength
+    ``ref.side_strength``, None: the strength it was trained with).
 
     Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
     the same model up to fp32 rounding, and faster to sample (LoRA layers add two small matmuls per
     projection)."""
     pipe = load_sd_pipeline(ref.base, device=device, dtype=dtype)
+    if ref.side is not None:
+        pipe.unet = load_side(ref.side, pipe.unet, ref.side_strength)
     if ref.adapter is not None:
         try:
             pipe.load_lora_weights(ref.adapter)

@@ -182,6 +182,8 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     (:func:`sampling_dtype`), None for fp32."""
     import torch  # imported on first use: config parsing stays fast
 
+    from core.side import is_side
+
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     height, width = pipeline_image_size(pipe, cfg.height, cfg.width)
@@ -189,7 +191,8 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     guided = cfg.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     rows = cfg.batch_size * (2 if guided else 1)  # every UNet call padded to a full batch's: one graph
-    compiled = resolve_compile(cfg.compile, pipe.device)
+    # a side network (core.side) samples eagerly: the process's compiled UNet is its backbone's architecture
+    compiled = resolve_compile(cfg.compile, pipe.device) and not is_side(pipe.unet)
     scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
     unet = pipe.unet
     if compiled:

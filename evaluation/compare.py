@@ -33,7 +33,8 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
-from core.loading import ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model
+from core.loading import (ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model,
+                          with_side_strength)
 from core.sampling import generate_images, image_size, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
@@ -137,7 +138,13 @@ def _models(cfg: EvalConfig, base: ModelRef) -> list[tuple[str, ModelRef]]:
         if not Path(path).exists():
             raise UserError(f"model {name}: the run folder {path} does not exist.",
                             "fix the path, or leave that run out of models=[...].")
-        out.append((name, resolve_model(path, base=base.base)))
+        ref = resolve_model(path, base=base.base)
+        if cfg.side_strength is not None and ref.side is not None:
+            ref = with_side_strength(ref, cfg.side_strength)
+        out.append((name, ref))
+    if cfg.side_strength is not None and not any(ref.side for _, ref in out):
+        raise UserError(f"side_strength={cfg.side_strength} was given, and none of the models is a side-network run.",
+                        "leave side_strength out, or add a run of make finetune with model.parameterisation=side.")
     return out
 
 

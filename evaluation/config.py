@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import PositiveInt
+from core.config import PositiveFloat, PositiveInt
 from core.sampling import MixedPrecision, SamplingConfig
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_CLIP, SHAPES_SD
@@ -18,6 +18,8 @@ class EvalConfig:
     # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); one that is not there
     # is an error
     models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
+    # the strength lambda of every side-network run among the models (core.side); None: each one's own
+    side_strength: PositiveFloat | None = None
     split: str = "heldout"  # shapes-world prompt set evaluated (the fine-tuning targets)
     prompts_file: str | None = None  # any prompts, one per line: evaluated instead of `split`
     # shapes-world prompts never fine-tuned on, reported as generalisation (minus any evaluated

@@ -19,10 +19,11 @@ import yaml
 from core.config import load_config, save_config, to_dict
 from core.errors import UserError
 from core.files import write_text_atomic
+from core.side import SIDE_DIR, save_side
 from finetune.components import Components
 from finetune.config import FinetuneConfig, Method
 
-RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json")
+RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json", SIDE_DIR)
 RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
 
 
@@ -39,7 +40,10 @@ def prepare_output_dir(cfg: FinetuneConfig) -> Path:
             (out / name).unlink(missing_ok=True)
     if cfg.overwrite:
         for f in RESULT_FILES:
-            (out / f).unlink(missing_ok=True)
+            if (out / f).is_dir():
+                shutil.rmtree(out / f)
+            else:
+                (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     return out
@@ -177,13 +181,15 @@ def latest_checkpoint(out: Path) -> dict | None:
 
 
 def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, metrics: dict) -> None:
-    """LoRA weights loadable by ``pipeline.load_lora_weights(out)`` (or a full pipeline folder),
-    then metrics.json last, so its presence marks a finished run."""
+    """LoRA weights loadable by ``pipeline.load_lora_weights(out)`` (a full pipeline folder; a side
+    network, ``core.side.save_side``), then metrics.json last, so its presence marks a finished run."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     unet = accelerator.unwrap_model(comps.unet)
-    if cfg.model.parameterisation == "lora":
+    if cfg.model.parameterisation == "side":
+        save_side(unet, out)
+    elif cfg.model.parameterisation == "lora":
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict

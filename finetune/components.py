@@ -1,5 +1,5 @@
 """The accelerator and the model of a fine-tuning run: :func:`make_accelerator`, the pipeline with
-its trainable part (LoRA adapter or the whole UNet) and frozen reference (:class:`Components`,
+its trainable part (LoRA adapter, the whole UNet or a side network) and frozen reference (:class:`Components`,
 :func:`load_components`) and the weight dtype of the mixed precision."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from core.compile import compile_unet, resolve_compile
 from core.errors import UserError
 from core.loading import default_device, load_sd_pipeline
+from core.side import SideUNet, build_side
 from core.sampling import precision_dtype, resolve_precision
 from finetune.config import FinetuneConfig
 
@@ -34,8 +35,8 @@ def make_accelerator(cfg: FinetuneConfig, out: Path):
 @dataclass
 class Components:
     pipe: object  # StableDiffusionPipeline
-    unet: torch.nn.Module  # the trained UNet (with LoRA adapter, or all of it)
-    reference_unet: torch.nn.Module | None  # None: LoRA with the adapter disabled is the reference
+    unet: torch.nn.Module  # the trained UNet (with LoRA adapter, all of it, or a core.side.SideUNet)
+    reference_unet: torch.nn.Module | None  # None: the adapter disabled (LoRA) or the backbone (side) is the reference
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -54,13 +55,18 @@ class Components:
 
 def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> Components:
     pipe = load_sd_pipeline(cfg.model.pipeline, device=device)
-    frozen = [pipe.vae, pipe.text_encoder] + ([pipe.unet] if cfg.model.parameterisation == "lora" else [])
+    kind = cfg.model.parameterisation
+    frozen = [pipe.vae, pipe.text_encoder] + ([pipe.unet] if kind in ("lora", "side") else [])
     for module in frozen:
         module.requires_grad_(False)
         if weight_dtype != torch.float32:  # frozen weights in the autocast dtype halve their memory
             module.to(dtype=weight_dtype)
     unet = pipe.unet
-    if cfg.model.parameterisation == "lora":
+    if kind == "side":  # the backbone frozen, the side network trained in fp32; the reference is the backbone
+        side = build_side(unet.config, cfg.model.side_width).to(device)
+        unet = pipe.unet = SideUNet(unet, side, cfg.model.side_strength)
+        reference = None
+    elif kind == "lora":
         from peft import LoraConfig
 
         unet.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
@@ -77,7 +83,7 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
             reference.to(dtype=weight_dtype)
         unet.requires_grad_(True).float()
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    if not trainable:
+    if not trainable and kind == "lora":
         raise UserError("no trainable parameters: the LoRA target modules matched nothing in the UNet.",
                         f"set model.lora_targets to attention projections of this UNet "
                         f"(got {list(cfg.model.lora_targets)}).")
@@ -85,7 +91,7 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
         unet.enable_gradient_checkpointing()
     # After the adapter is in place, so that the compiled graph includes it.  The full-UNet
     # reference copy is only ever run without gradient and stays eager.
-    compile_unet(unet, resolve_compile(cfg.compute.compile, device))
+    compile_unet(unet.side if kind == "side" else unet, resolve_compile(cfg.compute.compile, device))
     return Components(pipe, unet, reference, trainable)
 
 

@@ -28,7 +28,7 @@ ISSUE_46 = "experiments/issue-46-value-eps-mse/README.md"
 
 Method = Literal["dpok", "rwl"]
 METHODS: tuple[str, ...] = get_args(Method)
-Parameterisation = Literal["lora", "full"]
+Parameterisation = Literal["lora", "full", "side"]
 Baseline = Literal["per_prompt", "batch"]
 
 
@@ -39,6 +39,10 @@ class ModelConfig:
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # parameterisation side (DiffCon's side network, core.side): eps = eps_pre + side_strength * g_phi,
+    # g_phi a latent UNet side_width times as wide as the backbone, which stays frozen
+    side_width: PositiveFloat = 0.25
+    side_strength: PositiveFloat = 1.0
 
 
 @dataclass(frozen=True)

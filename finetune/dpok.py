@@ -300,9 +300,11 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     si = torch.as_tensor(steps, device=traj.latents.device)
     x_t, x_prev = traj.latents[bi, si], traj.latents[bi, si + 1]
     cond, uncond = traj.prompt_embeds[bi], traj.negative_embeds[bi]
+    # a side network: the backbone's outputs recorded while sampling, rows [uncond; cond] (K n, C, H, W)
+    pre = None if traj.eps_pre is None else traj.eps_pre[bi, si].transpose(0, 1).flatten(0, 1)
     with accelerator.autocast():
-        step = policy.step(x_t, si, cond, uncond)
-        ref = policy.reference_step(x_t, si, cond, uncond)
+        step = policy.step(x_t, si, cond, uncond, pre)
+        ref = policy.reference_step(x_t, si, cond, uncond, pre)
     g = step.gaussian
     log_prob = gaussian_log_prob(x_prev, g.mean, g.std)
     pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)

@@ -5,7 +5,8 @@ a run starts from (:func:`check_init`, :func:`load_init_weights`) and the lineag
 The KL term stays anchored to the ORIGINAL base model, not to ``init``: with LoRA the reference is
 the UNet with its adapter disabled (the base weights; the init run's adapter is loaded into the
 trainable adapter only), with ``parameterisation=full`` it is the copy of the base pipeline's UNet
-that :func:`finetune.components.load_components` makes before the init weights are loaded.  So a
+that :func:`finetune.components.load_components` makes before the init weights are loaded, with a
+side network it is the frozen backbone (the init run's side network is loaded into the new one).  So a
 chain of rounds is penalised for its total drift from the base (DPOK eq. 8's KL to p_pre), not
 for each round's step.
 """
@@ -22,6 +23,7 @@ import yaml
 from core.errors import UserError
 from core.files import write_text_atomic
 from core.loading import LORA_WEIGHTS as LORA_FILE, model_fingerprint
+from core.side import SIDE_DIR, SIDE_FILE, load_side
 from finetune.config import FinetuneConfig
 
 LINEAGE_FILE = "lineage.json"
@@ -46,6 +48,8 @@ def _init_config(init: Path) -> dict:
 def _weights_present(init: Path, parameterisation: str) -> bool:
     if parameterisation == "lora":
         return (init / LORA_FILE).is_file()
+    if parameterisation == "side":
+        return (init / SIDE_DIR / SIDE_FILE).is_file()
     return (init / "model_index.json").is_file() and (init / "unet").is_dir()
 
 
@@ -72,14 +76,17 @@ def check_init(cfg: FinetuneConfig) -> None:
     saved = _init_config(init)
     m = saved["model"]
     if not _weights_present(init, str(m.get("parameterisation", "lora"))):
-        raise UserError(f"init={init} has no trained weights ({LORA_FILE} for LoRA, unet/ for full): "
+        raise UserError(f"init={init} has no trained weights ({LORA_FILE} for LoRA, unet/ for full, "
+                        f"{SIDE_DIR}/ for a side network): "
                         "the run did not finish.", "finish that run (make finetune resumes it), or pass a finished one.")
     ours = cfg.model
     theirs = {"parameterisation": m.get("parameterisation"), "lora_rank": m.get("lora_rank"),
-              "lora_alpha": m.get("lora_alpha"), "lora_targets": tuple(m.get("lora_targets") or ())}
+              "lora_alpha": m.get("lora_alpha"), "lora_targets": tuple(m.get("lora_targets") or ()),
+              "side_width": m.get("side_width")}
     want = {"parameterisation": ours.parameterisation, "lora_rank": ours.lora_rank,
-            "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets)}
-    keys = ["parameterisation"] if ours.parameterisation == "full" else list(want)
+            "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets), "side_width": ours.side_width}
+    keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width"]}.get(
+        ours.parameterisation, list(want)[:-1])
     differ = [k for k in keys if theirs[k] != want[k]]
     if differ:
         raise UserError(f"init={init} was trained with " + ", ".join(f"model.{k}={theirs[k]}" for k in differ)
@@ -97,7 +104,9 @@ def load_init_weights(unet, cfg: FinetuneConfig) -> None:
     accelerate wraps it): its LoRA adapter into the adapter (the base weights, the KL reference,
     untouched), or its whole UNet.  Checked by :func:`check_init` first."""
     init = Path(cfg.init)
-    if cfg.model.parameterisation == "lora":
+    if cfg.model.parameterisation == "side":  # the init run's side network into this one's
+        unet.side.load_state_dict(load_side(init / SIDE_DIR, unet.base).side.state_dict())
+    elif cfg.model.parameterisation == "lora":
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file

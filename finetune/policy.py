@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from core.compile import CompileMode, resolve_compile, sampling_unet
+from core.side import is_side
 from finetune.rl_math import StepGaussian
 from finetune.scheduler import DDIMSchedule
 
@@ -20,14 +21,17 @@ from finetune.scheduler import DDIMSchedule
 @dataclass(frozen=True)
 class PolicyStep:
     gaussian: StepGaussian  # p(x_{t-1} | x_t), mean (B, C, H, W) fp32
+    # a side-network policy (core.side): the frozen backbone's outputs at this step, (R, C, H, W) with
+    # R = 2B rows [uncond; cond] under guidance, else B; None for any other policy
+    eps_pre: torch.Tensor | None = None
 
 
 class DiffusionPolicy:
     """A UNet with classifier-free guidance over a DDIM schedule.
 
     ``reference_unet``: the frozen base model for the KL term.  None means the UNet carries a PEFT
-    (LoRA) adapter and the reference is the same UNet with the adapter disabled: no second copy
-    in memory.
+    (LoRA) adapter and the reference is the same UNet with the adapter disabled, or is a
+    :class:`core.side.SideUNet` whose frozen backbone is the reference: no second copy in memory.
     """
 
     def __init__(self, unet, schedule: DDIMSchedule, guidance_scale: float, reference_unet=None):
@@ -43,21 +47,34 @@ class DiffusionPolicy:
         x_t (B, C, H, W); cond / uncond (B, L, D) text embeddings.  With guidance 1 the
         unconditional pass is skipped.
         """
+        return self._outputs(unet, x_t, index, cond, uncond)[0]
+
+    def _outputs(self, unet, x_t, index, cond, uncond, eps_pre=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(guided output (B, C, H, W) fp32, a side network's backbone outputs (PolicyStep.eps_pre)
+        or None).  ``eps_pre``: those outputs already known, for a side network, which then runs alone."""
         t = self.schedule.timesteps.to(x_t.device)[index]
         dtype = next(unet.parameters()).dtype
+        guided = self.guidance_scale != 1.0
+        x, t, emb = (torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])) if guided else (x_t, t, cond)
+        extra = {} if eps_pre is None else {"eps_pre": eps_pre}
+        res = unet(x.to(dtype), t, encoder_hidden_states=emb, **extra)
+        return self.guide(res.sample.float()), getattr(res, "eps_pre", None)
+
+    def guide(self, out: torch.Tensor) -> torch.Tensor:
+        """Rows [uncond; cond] (2B, ...) -> u + g (c - u) (B, ...); without guidance ``out`` itself."""
         if self.guidance_scale == 1.0:
-            return unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
-        out = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                   encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+            return out
         u, c = out.chunk(2)
         return u + self.guidance_scale * (c - u)
 
-    def _step(self, unet, x_t, index, cond, uncond) -> PolicyStep:
-        out = self.model_output(unet, x_t, index, cond, uncond)
-        return PolicyStep(self.schedule.step(out, x_t, index))
+    def _step(self, unet, x_t, index, cond, uncond, eps_pre=None) -> PolicyStep:
+        out, pre = self._outputs(unet, x_t, index, cond, uncond, eps_pre)
+        return PolicyStep(self.schedule.step(out, x_t, index), pre)
 
-    def step(self, x_t, index, cond, uncond) -> PolicyStep:
-        return self._step(self.unet, x_t, index, cond, uncond)
+    def step(self, x_t, index, cond, uncond, eps_pre: torch.Tensor | None = None) -> PolicyStep:
+        """The policy's step; ``eps_pre``: a side network's backbone outputs at these rows (recorded
+        while sampling), so that only the side network runs."""
+        return self._step(self.unet, x_t, index, cond, uncond, eps_pre)
 
     def for_sampling(self, compile: CompileMode, rows: int) -> DiffusionPolicy:
         """The policy to sample with: itself, or where ``compile`` says so
@@ -68,15 +85,20 @@ class DiffusionPolicy:
         so the PPO ratio of a fresh update starts at 1 within about 1e-5.  Call it again after
         every update: it copies the weights of the moment."""
         bare = _peft_model(self.unet)
-        if not resolve_compile(compile, next(bare.parameters()).device):
-            return self
+        if is_side(bare) or not resolve_compile(compile, next(bare.parameters()).device):
+            return self  # a side network samples eagerly (its compiled side network, core.side)
         return DiffusionPolicy(sampling_unet(bare, rows, fused_state(self.unet)), self.schedule, self.guidance_scale)
 
     @torch.no_grad()
-    def reference_step(self, x_t, index, cond, uncond) -> PolicyStep:
-        """The same step under the frozen base model (no gradient)."""
+    def reference_step(self, x_t, index, cond, uncond, eps_pre: torch.Tensor | None = None) -> PolicyStep:
+        """The same step under the frozen base model (no gradient).  ``eps_pre``: a side network's
+        backbone outputs at these rows, which are the base model's: no UNet runs."""
+        if eps_pre is not None:
+            return PolicyStep(self.schedule.step(self.guide(eps_pre.float()), x_t, index))
         if self.reference_unet is not None:
             return self._step(self.reference_unet, x_t, index, cond, uncond)
+        if is_side(self.unet):
+            return self._step(_peft_model(self.unet).base, x_t, index, cond, uncond)
         with adapters_disabled(self.unet):
             # the bare module, not a DDP wrapper: this pass needs no gradient synchronisation
             return self._step(_peft_model(self.unet), x_t, index, cond, uncond)
@@ -127,9 +149,10 @@ def fused_state(unet) -> dict[str, torch.Tensor]:
 def base_policy(policy: DiffusionPolicy):
     """The frozen base model as a policy to sample with (e.g. the same noise as the trained policy's
     samples): the trained UNet with its adapter disabled, or the frozen reference copy when the
-    whole UNet is trained."""
-    if policy.reference_unet is not None:
-        yield DiffusionPolicy(policy.reference_unet, policy.schedule, policy.guidance_scale)
+    whole UNet is trained, or a side network's backbone."""
+    if policy.reference_unet is not None or is_side(policy.unet):
+        base = policy.reference_unet if policy.reference_unet is not None else _peft_model(policy.unet).base
+        yield DiffusionPolicy(base, policy.schedule, policy.guidance_scale)
         return
     with adapters_disabled(policy.unet):
         yield DiffusionPolicy(_peft_model(policy.unet), policy.schedule, policy.guidance_scale)

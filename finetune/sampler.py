@@ -26,6 +26,10 @@ class Trajectory:
     negative_embeds: torch.Tensor  # (B, L, D): the empty prompt, for guidance
     prompts: list[str]
     tail_latents: torch.Tensor | None = None  # (B, C, H, W): x_0 of a deterministic tail, else None
+    # a side-network policy (core.side): the frozen backbone's outputs at each recorded step,
+    # (B, T, K, C, H, W), K = 2 ([uncond, cond]) under guidance, else 1; None for any other policy.
+    # DPOK's update reuses them: its side network runs alone, and they are its KL reference.
+    eps_pre: torch.Tensor | None = None
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -63,21 +67,28 @@ def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: tor
     schedule, b = policy.schedule, cond.shape[0]
     recorded = schedule.num_steps if not tail_steps else stochastic_steps
     x = torch.randn((b, *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
-    latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator)
+    eps_pre: list[torch.Tensor] = []
+    latents, log_probs = continue_chain(policy, x, 0, recorded, cond, uncond, generator, eps_pre)
     tail = deterministic_tail(policy, latents[:, -1], recorded, tail_steps, cond, uncond) if tail_steps else None
-    return Trajectory(latents, log_probs, cond, uncond, list(prompts), tail)
+    pre = torch.stack([e.unflatten(0, (-1, b)).transpose(0, 1) for e in eps_pre], 1) if eps_pre else None
+    return Trajectory(latents, log_probs, cond, uncond, list(prompts), tail, pre)
 
 
 @torch.no_grad()
 def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: torch.Tensor,
-                   uncond: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                   uncond: torch.Tensor, generator: torch.Generator, eps_pre: list | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps ``start`` .. ``stop`` - 1 of the stochastic chain from the latents ``x`` (B, C, H, W)
     before step ``start``: latents (B, stop - start + 1, C, H, W), ``x`` first, and the fp32
-    log-prob of each step (B, stop - start)."""
+    log-prob of each step (B, stop - start).  ``eps_pre``: a list that collects a side network's
+    backbone outputs of each step (:attr:`finetune.policy.PolicyStep.eps_pre`)."""
     latents, log_probs = [x], []
     for i in range(start, stop):
         index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        g = policy.step(x, index, cond, uncond).gaussian
+        step = policy.step(x, index, cond, uncond)
+        g = step.gaussian
+        if eps_pre is not None and step.eps_pre is not None:
+            eps_pre.append(step.eps_pre.float())
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         x = g.mean + g.std * noise
         log_probs.append(gaussian_log_prob(x, g.mean, g.std))
