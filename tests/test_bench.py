@@ -20,7 +20,11 @@ def test_bench_writes_both_methods(tmp_path, tiny_sd):
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert [r["method"] for r in rows] == ["dpok", "rwl"]
     assert all(r["overhead_ratio"] > 0 and r["bare_s"] > 0 for r in rows)
-    assert "overhead ratio" in (tmp_path / "bench" / "bench.md").read_text()
+    # the DPOK update timed with LoRA and with DiffCon's side network, in the same process
+    assert set(rows[0]["adapter_s"]) == {"lora", "side"}
+    assert all(t["update"] > 0 and t["sample"] > 0 for t in rows[0]["adapter_s"].values())
+    md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "overhead ratio" in md and "cheaper than lora" in md
 
 
 @pytest.mark.slow

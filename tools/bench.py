@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from core.config import load_config
-from finetune.config import CONFIGS, FinetuneConfig, Method
+from finetune.config import CONFIGS, FinetuneConfig, Method, Parameterisation
 from finetune.dpok import train_dpok
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
@@ -82,6 +82,9 @@ class BenchConfig:
     cpu_levers: bool = False
     # Also time `make demo` stage by stage, eager and with the compiled sampling path (a fresh compile
     # cache, then warm), each demo in a process of its own (tools.demo_bench): about 3 demos long
+    # Also time DPOK's loop with each of these trainable parts (model.parameterisation) in the same
+    # process: seconds per round of its update and its sampling (DiffCon's side network against LoRA)
+    adapters: tuple[Parameterisation, ...] = ("lora", "side")
     demo: bool = False
     demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
     demo_runs: tuple[str, ...] = ("eager", "compiled-cold", "compiled-warm")  # which of them (tools.demo_bench.RUNS)
@@ -147,6 +150,8 @@ class BenchResult:
     levers: dict | None = None  # lever_timings: seconds eager ("off") and compiled ("on")
     compute: dict | None = None  # the run's compute settings (compile, micro_batch, gradient_checkpointing)
     pass_peak_mb: dict | None = None  # peak CUDA memory of each bare pass, the models included
+    # BenchConfig.adapters: {parameterisation: {"update": s, "sample": s}} per DPOK round (median, warm)
+    adapter_s: dict | None = None
     date: str | None = None  # UTC day of the run
 
 
@@ -229,7 +234,25 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
         if levers:
             results[0].levers = lever_timings(run, dpok_cfg, cfg.repeats)
             on_result(results)
+        if cfg.adapters:
+            results[0].adapter_s = adapter_timings(make_cfg(f"{tmp}/adapters", "dpok"), cfg.adapters)
+            on_result(results)
     return results
+
+
+def adapter_timings(dpok_cfg: FinetuneConfig, adapters: tuple[Parameterisation, ...]) -> dict:
+    """Seconds per DPOK round of the update and of the sampling (medians past the first round) with
+    each trainable part in ``adapters``, the rest of ``dpok_cfg`` alike, one after the other here."""
+    out = {}
+    for kind in adapters:
+        rows: list = []
+        cfg = replace(dpok_cfg, output_dir=f"{dpok_cfg.output_dir}-{kind}",
+                      model=replace(dpok_cfg.model, parameterisation=kind))
+        train_dpok(cfg, progress=False, on_round=rows.append)
+        warm = rows[1:] or rows
+        out[kind] = {"update": statistics.median(r.seconds_update for r in warm),
+                     "sample": statistics.median(r.seconds_sample for r in warm)}
+    return out
 
 
 def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> None:
@@ -253,6 +276,12 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
         if r.pass_peak_mb:
             lines.append(f"- {r.name}/{r.method} peak MB of each bare pass: "
                          f"{json.dumps({k: round(v) for k, v in r.pass_peak_mb.items()})}")
+        if r.adapter_s:
+            lora = r.adapter_s.get("lora", {}).get("update")
+            lines.append(f"- {r.name}/{r.method} seconds per round by trainable part (update, sampling): " + "; ".join(
+                f"{k} {t['update']:.3f}, {t['sample']:.3f}" + (f" (update {lora / t['update']:.1f}x cheaper than lora)"
+                                                             if lora and k != "lora" else "")
+                for k, t in r.adapter_s.items()))
         if r.levers:
             lines.append(f"- {r.name}/{r.method} bare passes, seconds eager and compiled: "
                          f"{json.dumps({k: {p: round(v, 4) for p, v in t.items()} for k, t in r.levers.items()})}")
