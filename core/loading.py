@@ -308,8 +308,7 @@ def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype
     projection)."""
     pipe = load_sd_pipeline(ref.base, device=device, dtype=dtype)
     if ref.side is not None:
-        schedule = pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type
-        pipe.unet = load_side(ref.side, pipe.unet, schedule, ref.side_strength)
+        pipe.unet = load_side(ref.side, pipe.unet, ref.side_strength)
     if ref.adapter is not None:
         try:
             pipe.load_lora_weights(ref.adapter)

@@ -25,13 +25,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from core.errors import UserError
 from core.files import write_text_atomic
-from core.noise import PredictionType, x0_and_eps
 
 SIDE_DIR = "side"  # in a run folder: the side network
 SIDE_FILE = "side_adapter.json"  # in SIDE_DIR: lambda and what the network is fed
@@ -39,15 +37,9 @@ SIDE_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in SIDE_DIR: g_phi (diff
 SIDE_GROUPS = 8  # group-norm groups of the side network; its widths are multiples of this
 
 
-# what g_phi reads beside x_t: the backbone's output ("eps_pre", whatever its prediction type), or
-# that and the clean latent x0_pre it predicts
-SideInputs = Literal["eps", "eps_x0"]
-X0_CLAMP = 10.0  # |x0_pre| cap: at the noisiest steps an epsilon UNet's x0 is ~15x the latents' scale (SD-1.5)
-
-
-def side_config(base: dict, width: float, inputs: SideInputs = "eps") -> dict:
+def side_config(base: dict, width: float) -> dict:
     """The side network's UNet2DConditionModel config from its backbone's ``base`` config: the same
-    block types and text width, 2C or 3C input channels (x_t, eps_pre[, x0_pre]), C output channels, every block
+    block types and text width, 2C input channels (x_t, eps_pre), C output channels, every block
     ``width`` times as wide (rounded to SIDE_GROUPS, at least that) with one layer per block.
     At width 0.15 on SD-1.5 that is about 1 % of the backbone's parameters (DiffCon: ~12 M)."""
     widths = [max(SIDE_GROUPS, SIDE_GROUPS * round(c * width / SIDE_GROUPS)) for c in base["block_out_channels"]]
@@ -55,21 +47,16 @@ def side_config(base: dict, width: float, inputs: SideInputs = "eps") -> dict:
     heads = math.gcd(heads if isinstance(heads, int) else heads[0], *widths)
     keys = ("down_block_types", "up_block_types", "mid_block_type", "cross_attention_dim", "sample_size",
             "act_fn", "flip_sin_to_cos", "freq_shift")
-    return {**{k: base[k] for k in keys if k in base}, "in_channels": _channels(inputs) * base["in_channels"],
+    return {**{k: base[k] for k in keys if k in base}, "in_channels": 2 * base["in_channels"],
             "out_channels": base["out_channels"], "block_out_channels": widths, "layers_per_block": 1,
             "norm_num_groups": SIDE_GROUPS, "attention_head_dim": heads}
 
 
-def _channels(inputs: SideInputs) -> int:
-    """Latent-sized inputs of g_phi: x_t, then each of ``inputs``."""
-    return 1 + len(inputs.split("_"))
-
-
-def build_side(base_config: dict, width: float, inputs: SideInputs = "eps") -> torch.nn.Module:
+def build_side(base_config: dict, width: float) -> torch.nn.Module:
     """A fresh side network for a backbone of ``base_config``, its output layer zero (g_phi = 0)."""
     from diffusers import UNet2DConditionModel
 
-    side = UNet2DConditionModel(**side_config(dict(base_config), width, inputs))
+    side = UNet2DConditionModel(**side_config(dict(base_config), width))
     torch.nn.init.zeros_(side.conv_out.weight)
     torch.nn.init.zeros_(side.conv_out.bias)
     return side
@@ -85,16 +72,10 @@ class SideUNet(torch.nn.Module):
     """A frozen UNet ``base`` plus ``strength`` times the side network ``side`` (module doc), with
     the UNet's call signature and config, so it stands in for ``pipe.unet`` anywhere."""
 
-    def __init__(self, base: torch.nn.Module, side: torch.nn.Module, strength: float,
-                 schedule: tuple[torch.Tensor, PredictionType] | None = None):
-        """``schedule`` (the training schedule's abar_t (1000,), the UNet's prediction type): given,
-        g_phi also reads x0_pre, the backbone's predicted clean latent (DDIM eq. 12's x0 term,
-        :func:`core.noise.x0_and_eps`)."""
+    def __init__(self, base: torch.nn.Module, side: torch.nn.Module, strength: float):
         super().__init__()
         self.base, self.side, self.strength = base, side, float(strength)
         self.base.requires_grad_(False)
-        self.prediction_type = None if schedule is None else schedule[1]
-        self.register_buffer("abar", None if schedule is None else schedule[0].float(), persistent=False)
 
     @property
     def config(self):
@@ -119,12 +100,8 @@ class SideUNet(torch.nn.Module):
             with torch.no_grad():
                 eps_pre = self.base(sample, timestep, encoder_hidden_states, *args, return_dict=False, **kwargs)[0]
         dtype = self.side.conv_in.weight.dtype
-        inputs = [sample.float(), eps_pre.float()]
-        if self.abar is not None:
-            t = torch.as_tensor(timestep, device=sample.device).long().expand(sample.shape[0])
-            x0 = x0_and_eps(inputs[1], inputs[0], self.abar.to(sample.device)[t], self.prediction_type)[0]
-            inputs.append(x0.clamp(-X0_CLAMP, X0_CLAMP))
-        g = self.side(torch.cat(inputs, 1).to(dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(dtype)).sample
+        g = self.side(torch.cat([sample, eps_pre.to(sample.dtype)], 1).to(dtype), timestep,
+                      encoder_hidden_states=encoder_hidden_states.to(dtype)).sample
         out = (eps_pre.float() + self.strength * g.float()).to(sample.dtype)
         return SideOutput(out, eps_pre) if return_dict else (out,)
 
@@ -140,16 +117,13 @@ def save_side(unet: SideUNet, out: Path) -> None:
     """``out/side/``: the side network in diffusers format and its :data:`SIDE_FILE`."""
     folder = out / SIDE_DIR
     unet.side.save_pretrained(folder, safe_serialization=True)
-    inputs: SideInputs = "eps" if unet.abar is None else "eps_x0"
     write_text_atomic(folder / SIDE_FILE, json.dumps({
-        "strength": unet.strength, "inputs": inputs,
-        "formula": "eps = eps_pre + strength * side(cat(x_t, eps_pre[, x0_pre]), t, text)"}, indent=2))
+        "strength": unet.strength, "formula": "eps = eps_pre + strength * side(cat(x_t, eps_pre), t, text)"}, indent=2))
 
 
-def load_side(folder: Path, base: torch.nn.Module, schedule: tuple[torch.Tensor, PredictionType],
-              strength: float | None = None) -> SideUNet:
-    """The side network saved in ``folder`` (:func:`save_side`) beside the UNet ``base`` (``schedule``:
-    its training schedule's abar_t and its prediction type), at its saved strength or ``strength``."""
+def load_side(folder: Path, base: torch.nn.Module, strength: float | None = None) -> SideUNet:
+    """The side network saved in ``folder`` (:func:`save_side`) beside the UNet ``base``, at its
+    saved strength or ``strength``."""
     from diffusers import UNet2DConditionModel
 
     try:
@@ -159,12 +133,9 @@ def load_side(folder: Path, base: torch.nn.Module, schedule: tuple[torch.Tensor,
         raise UserError(f"the side network in {folder} cannot be read: {e}",
                         "pass the folder of a finished side-network run (make finetune with "
                         "model.parameterisation=side).") from None
-    inputs = saved.get("inputs", "eps")
-    c = base.config
-    if side.config.in_channels != _channels(inputs) * c.in_channels or side.config.cross_attention_dim != c.cross_attention_dim:
+    if side.config.in_channels != 2 * base.config.in_channels or side.config.cross_attention_dim != base.config.cross_attention_dim:
         raise UserError(f"the side network in {folder} was built for another UNet than this pipeline's "
                         f"(inputs {side.config.in_channels}, text width {side.config.cross_attention_dim}).",
                         "apply it to the base pipeline it was trained from.")
     side.to(device=base.device).eval()
-    return SideUNet(base, side, saved["strength"] if strength is None else strength,
-                    schedule if inputs == "eps_x0" else None)
+    return SideUNet(base, side, saved["strength"] if strength is None else strength)

@@ -63,10 +63,8 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
             module.to(dtype=weight_dtype)
     unet = pipe.unet
     if kind == "side":  # the backbone frozen, the side network trained in fp32; the reference is the backbone
-        m = cfg.model
-        side = build_side(unet.config, m.side_width, m.side_inputs).to(device)
-        schedule = pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type
-        unet = pipe.unet = SideUNet(unet, side, m.side_strength, schedule if m.side_inputs == "eps_x0" else None)
+        side = build_side(unet.config, cfg.model.side_width).to(device)
+        unet = pipe.unet = SideUNet(unet, side, cfg.model.side_strength)
         reference = None
     elif kind == "lora":
         from peft import LoraConfig

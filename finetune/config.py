@@ -17,7 +17,6 @@ from core.compile import CompileMode
 from core.config import Bounds, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Removed
 from core.errors import UserError
 from core.sampling import MixedPrecision, SamplingConfig
-from core.side import SideInputs
 from finetune.region import RegionConfig
 from finetune.rl_math import AdvantageScale, Divergence, RewardWeighting
 from reward.reward_fn import RewardSource
@@ -44,7 +43,6 @@ class ModelConfig:
     # g_phi a latent UNet side_width times as wide as the backbone, which stays frozen
     side_width: PositiveFloat = 0.25
     side_strength: PositiveFloat = 1.0
-    side_inputs: SideInputs = "eps"  # beside x_t: the backbone's eps_pre, or eps_pre and its x0 (core.side)
 
 
 @dataclass(frozen=True)

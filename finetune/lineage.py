@@ -82,12 +82,11 @@ def check_init(cfg: FinetuneConfig) -> None:
     ours = cfg.model
     theirs = {"parameterisation": m.get("parameterisation"), "lora_rank": m.get("lora_rank"),
               "lora_alpha": m.get("lora_alpha"), "lora_targets": tuple(m.get("lora_targets") or ()),
-              "side_width": m.get("side_width"), "side_inputs": m.get("side_inputs", "eps")}
+              "side_width": m.get("side_width")}
     want = {"parameterisation": ours.parameterisation, "lora_rank": ours.lora_rank,
-            "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets), "side_width": ours.side_width,
-            "side_inputs": ours.side_inputs}
-    keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width", "side_inputs"]}.get(
-        ours.parameterisation, list(want)[:4])
+            "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets), "side_width": ours.side_width}
+    keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width"]}.get(
+        ours.parameterisation, list(want)[:-1])
     differ = [k for k in keys if theirs[k] != want[k]]
     if differ:
         raise UserError(f"init={init} was trained with " + ", ".join(f"model.{k}={theirs[k]}" for k in differ)
@@ -106,7 +105,7 @@ def load_init_weights(unet, cfg: FinetuneConfig) -> None:
     untouched), or its whole UNet.  Checked by :func:`check_init` first."""
     init = Path(cfg.init)
     if cfg.model.parameterisation == "side":  # the init run's side network into this one's
-        saved = load_side(init / SIDE_DIR, unet.base, (unet.abar, unet.prediction_type))
+        saved = load_side(init / SIDE_DIR, unet.base)
         unet.side.load_state_dict(saved.side.state_dict())
     elif cfg.model.parameterisation == "lora":
         from diffusers.utils import convert_unet_state_dict_to_peft

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from core.noise import PredictionType, bcast, x0_and_eps
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,30 @@ class StepGaussian:
 
     mean: torch.Tensor
     std: torch.Tensor
+
+
+def _bcast(a, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) tensor shaped to broadcast against (B, C, H, W)."""
+    a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() == 1 else a
+
+
+def x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, abar_t,
+               prediction_type: PredictionType) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted clean sample x0_hat and noise eps_hat from a model output.
+
+    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, and the v-target is v = sqrt(abar) eps - sqrt(1 - abar) x0
+    (Salimans & Ho 2022), so x0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(abar) v + sqrt(1 - abar) x_t.
+    """
+    a = _bcast(abar_t, x_t)
+    sa, sb = a.sqrt(), (1 - a).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - sb * model_output) / sa, model_output
+    if prediction_type == "v_prediction":
+        return sa * x_t - sb * model_output, sa * model_output + sb * x_t
+    if prediction_type == "sample":
+        return model_output, (x_t - sa * model_output) / sb
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
 def ddim_sigma(abar_t, abar_prev, eta: float) -> torch.Tensor:
@@ -48,8 +72,8 @@ def ddim_step(model_output: torch.Tensor, x_t: torch.Tensor, abar_t, abar_prev, 
               prediction_type: PredictionType) -> StepGaussian:
     """Mean and std of the DDIM step p(x_{t-1} | x_t) (DDIM eq. 12 with sigma_t(eta) of eq. 16)."""
     x0, eps = x0_and_eps(model_output, x_t, abar_t, prediction_type)
-    std = bcast(ddim_sigma(abar_t, abar_prev, eta), x_t).to(x_t.dtype)
-    ap = bcast(abar_prev, x_t)
+    std = _bcast(ddim_sigma(abar_t, abar_prev, eta), x_t).to(x_t.dtype)
+    ap = _bcast(abar_prev, x_t)
     direction = (1 - ap - std**2).clamp_min(0).sqrt() * eps
     return StepGaussian(mean=ap.sqrt() * x0 + direction, std=std)
 
