@@ -28,6 +28,8 @@ def pct(v) -> str:
 def main(path: str) -> None:
     seeds: dict[int, dict[str, dict]] = {}
     for file, rec in read_records(Path(path)):
+        if "models" not in rec:  # a fine-tuning run's metrics (its learning curve), not an evaluation
+            continue
         seed = int(file.removesuffix(".json").rsplit("seed", 1)[1])
         seeds.setdefault(seed, {}).update({n: row(m) for n, m in rec["models"].items()})
     print("| seed | model | " + " | ".join(COLS) + " |\n|---|---|" + "---|" * len(COLS))
