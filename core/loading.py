@@ -225,7 +225,7 @@ def with_side_strength(ref: ModelRef, strength: float) -> ModelRef:
 
 
 def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None, *,
-               base: str | os.PathLike | None = None) -> ModelRef:
+                  base: str | os.PathLike | None = None) -> ModelRef:
     """The model at ``path``: a StableDiffusionPipeline folder, or a fine-tuned run folder
     (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS, a side network or a full pipeline).
 

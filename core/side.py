@@ -133,9 +133,10 @@ def load_side(folder: Path, base: torch.nn.Module, strength: float | None = None
         raise UserError(f"the side network in {folder} cannot be read: {e}",
                         "pass the folder of a finished side-network run (make finetune with "
                         "model.parameterisation=side).") from None
-    if side.config.in_channels != 2 * base.config.in_channels or side.config.cross_attention_dim != base.config.cross_attention_dim:
+    theirs, ours = side.config, base.config
+    if theirs.in_channels != 2 * ours.in_channels or theirs.cross_attention_dim != ours.cross_attention_dim:
         raise UserError(f"the side network in {folder} was built for another UNet than this pipeline's "
-                        f"(inputs {side.config.in_channels}, text width {side.config.cross_attention_dim}).",
+                        f"(inputs {theirs.in_channels}, text width {theirs.cross_attention_dim}).",
                         "apply it to the base pipeline it was trained from.")
     side.to(device=base.device).eval()
     return SideUNet(base, side, saved["strength"] if strength is None else strength)
