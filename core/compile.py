@@ -64,6 +64,14 @@ def use_compile_cache() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
 
 
+def unwrap(module):
+    """The module inside its DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers: the
+    one that owns the adapters, the side network's parts and the weights."""
+    while hasattr(module, "module") or hasattr(module, "_orig_mod"):
+        module = getattr(module, "module", None) or getattr(module, "_orig_mod")
+    return module
+
+
 def compile_unet(unet, on: bool) -> None:
     """Compile ``unet`` in place when ``on``."""
     if not on:

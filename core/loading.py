@@ -241,10 +241,10 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
                         "pass a Stable Diffusion pipeline folder or a fine-tuned run folder (make finetune).")
     recorded = _run_base(path)
     has_side = (path / SIDE_DIR / SIDE_FILE).is_file()
-    has_lora = (path / LORA_WEIGHTS).is_file() or has_side  # an adapter's weights, of either kind
+    has_adapter = (path / LORA_WEIGHTS).is_file() or has_side  # LoRA or side-network weights
     has_pipeline = (path / PIPELINE_INDEX).is_file()
     if adapter is not None:
-        if recorded is not None or has_lora:
+        if recorded is not None or has_adapter:
             raise UserError(f"adapter={adapter} was given with the fine-tuned run {path}, which is a model "
                             "of its own.", "pass the run alone, or a base pipeline folder with adapter=.")
         check_folder(path, PIPELINE_INDEX, "Stable Diffusion pipeline")
@@ -259,7 +259,7 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
         if trained_from is not None:
             _check_same_base(adapter, trained_from, path)
         return ModelRef(path, adapter, adapter, _adapter_fingerprint(model_fingerprint(path), adapter))
-    if recorded is None and not has_lora:  # a base pipeline folder
+    if recorded is None and not has_adapter:  # a base pipeline folder
         if not has_pipeline:
             raise UserError(f"{path} holds no fine-tuned model (no LoRA weights, no pipeline) and is no "
                             f"pipeline folder (no {PIPELINE_INDEX}).",
@@ -268,7 +268,7 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
             raise UserError(f"the model {path} is another model than the base {base}.",
                             "pass fine-tuned runs of the base, or that model as the base.")
         return ModelRef(path, None, None, model_fingerprint(path))
-    if not has_lora and not has_pipeline:
+    if not has_adapter and not has_pipeline:
         raise UserError(f"{path} holds no fine-tuned model (no LoRA weights, no pipeline).",
                         "run `make finetune` first (a run that stopped early saves nothing), or pass the "
                         "folder it wrote.")

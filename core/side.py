@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from core.compile import unwrap
 from core.errors import UserError
 from core.files import write_text_atomic
 
@@ -108,9 +109,7 @@ class SideUNet(torch.nn.Module):
 
 def is_side(unet) -> bool:
     """Whether ``unet`` (possibly DDP- or compile-wrapped) is a :class:`SideUNet`."""
-    while hasattr(unet, "module") or hasattr(unet, "_orig_mod"):
-        unet = getattr(unet, "module", None) or getattr(unet, "_orig_mod")
-    return isinstance(unet, SideUNet)
+    return isinstance(unwrap(unet), SideUNet)
 
 
 def save_side(unet: SideUNet, out: Path) -> None:

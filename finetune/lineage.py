@@ -85,8 +85,8 @@ def check_init(cfg: FinetuneConfig) -> None:
               "side_width": m.get("side_width")}
     want = {"parameterisation": ours.parameterisation, "lora_rank": ours.lora_rank,
             "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets), "side_width": ours.side_width}
-    keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width"]}.get(
-        ours.parameterisation, list(want)[:-1])
+    keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width"],
+            "lora": ["parameterisation", "lora_rank", "lora_alpha", "lora_targets"]}[ours.parameterisation]
     differ = [k for k in keys if theirs[k] != want[k]]
     if differ:
         raise UserError(f"init={init} was trained with " + ", ".join(f"model.{k}={theirs[k]}" for k in differ)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.compile import CompileMode, resolve_compile, sampling_unet
+from core.compile import CompileMode, resolve_compile, sampling_unet, unwrap
 from core.side import is_side
 from finetune.rl_math import StepGaussian
 from finetune.scheduler import DDIMSchedule
@@ -84,7 +84,7 @@ class DiffusionPolicy:
         UNet call of ``rows`` rows.  Its log-probs agree with this policy's up to float rounding,
         so the PPO ratio of a fresh update starts at 1 within about 1e-5.  Call it again after
         every update: it copies the weights of the moment."""
-        bare = _peft_model(self.unet)
+        bare = unwrap(self.unet)
         if is_side(bare) or not resolve_compile(compile, next(bare.parameters()).device):
             return self  # a side network samples eagerly (its compiled side network, core.side)
         return DiffusionPolicy(sampling_unet(bare, rows, fused_state(self.unet)), self.schedule, self.guidance_scale)
@@ -98,22 +98,15 @@ class DiffusionPolicy:
         if self.reference_unet is not None:
             return self._step(self.reference_unet, x_t, index, cond, uncond)
         if is_side(self.unet):
-            return self._step(_peft_model(self.unet).base, x_t, index, cond, uncond)
+            return self._step(unwrap(self.unet).base, x_t, index, cond, uncond)
         with adapters_disabled(self.unet):
             # the bare module, not a DDP wrapper: this pass needs no gradient synchronisation
-            return self._step(_peft_model(self.unet), x_t, index, cond, uncond)
-
-
-def _peft_model(unet):
-    """The module that owns the adapters (unwraps DDP / torch.compile wrappers)."""
-    while hasattr(unet, "module") or hasattr(unet, "_orig_mod"):
-        unet = getattr(unet, "module", None) or getattr(unet, "_orig_mod")
-    return unet
+            return self._step(unwrap(self.unet), x_t, index, cond, uncond)
 
 
 @contextmanager
 def adapters_disabled(unet):
-    model = _peft_model(unet)
+    model = unwrap(unet)
     model.disable_adapters()
     try:
         yield
@@ -129,7 +122,7 @@ def fused_state(unet) -> dict[str, torch.Tensor]:
     round trip.  A UNet without adapters (full fine-tuning): its own state."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    model = _peft_model(unet)
+    model = unwrap(unet)
     deltas = {}
     with torch.no_grad():
         for name, m in model.named_modules():
@@ -151,8 +144,8 @@ def base_policy(policy: DiffusionPolicy):
     samples): the trained UNet with its adapter disabled, or the frozen reference copy when the
     whole UNet is trained, or a side network's backbone."""
     if policy.reference_unet is not None or is_side(policy.unet):
-        base = policy.reference_unet if policy.reference_unet is not None else _peft_model(policy.unet).base
+        base = policy.reference_unet if policy.reference_unet is not None else unwrap(policy.unet).base
         yield DiffusionPolicy(base, policy.schedule, policy.guidance_scale)
         return
     with adapters_disabled(policy.unet):
-        yield DiffusionPolicy(_peft_model(policy.unet), policy.schedule, policy.guidance_scale)
+        yield DiffusionPolicy(unwrap(policy.unet), policy.schedule, policy.guidance_scale)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.compile import unwrap
 from core.errors import UserError
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
@@ -139,7 +140,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
     if cfg.init is not None:
         # Into the trainable part only (the KL reference stays the base, finetune.lineage); a
         # checkpoint restored below overwrites it, so init counts at step 0 only.
-        load_init_weights(getattr(comps.unet, "_orig_mod", comps.unet), cfg)
+        load_init_weights(unwrap(comps.unet), cfg)
     schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
                                            cfg.sampling.eta).to(accelerator.device)
     reward = reward_fn or load_reward(cfg.reward, accelerator.device)
