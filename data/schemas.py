@@ -272,8 +272,8 @@ REWARDS = TableSpec(
 # The closed loop: which of a round's images go to raters (reward.selection writes it; the labeling
 # app and the simulated raters serve only these when a round has any).
 
-SelectionMethod = Literal["all", "random", "uncertain", "mix"]
-SELECTION_METHODS: tuple[str, ...] = ("all", "random", "uncertain", "mix")
+SelectionMethod = Literal["all", "random", "uncertain", "mix", "prompts"]
+SELECTION_METHODS: tuple[str, ...] = ("all", "random", "uncertain", "mix", "prompts")
 
 
 def _check_selections(table: pa.Table) -> None:

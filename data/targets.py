@@ -16,6 +16,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -41,11 +42,18 @@ class TargetRule:
     max_good_rate: float = 0.5  # inclusive
     min_images: int = 4
     max_targets: int = 32
+    # A previous target leaves only when its round's labels say it is fixed with this confidence:
+    # the one-sided Wilson lower bound of its good-rate is above max_good_rate (:func:`staying`).
+    # At 0.95 that takes 3 of 3, 6 of 7 or 6 of 8 decided images judged good.
+    fixed_confidence: float = 0.95
 
     def __post_init__(self):  # a bad band fails when the config loads
         if not 0 <= self.min_good_rate < self.max_good_rate <= 1:
             raise UserError(f"the good-rate band ({self.min_good_rate}, {self.max_good_rate}] is empty or "
                             "outside [0, 1].", "set 0 <= min_good_rate < max_good_rate <= 1.")
+        if not 0.5 <= self.fixed_confidence < 1:
+            raise UserError(f"rule.fixed_confidence={self.fixed_confidence} is outside [0.5, 1).",
+                            "set it to e.g. 0.95 (a one-sided confidence).")
         if self.min_images < 1 or self.max_targets < 1:
             raise UserError("min_images and max_targets must be at least 1.", "set them to 1 or more.")
 
@@ -91,14 +99,42 @@ def pick_targets(rates: pd.DataFrame, rule: TargetRule = TargetRule(),
     return rates.assign(picked=rates["prompt_id"].isin(chosen))
 
 
-def unjudged(table: pd.DataFrame, previous: Collection[str], rule: TargetRule = TargetRule()) -> list[str]:
-    """The previous round's targets that ``table`` (:func:`pick_targets`) cannot judge: fewer than
-    ``rule.min_images`` labelled images, and not picked again.  They stay targets, since a round
-    labelled on a budget gives most prompts only a few labels: dropping them would drop prompts
-    nobody has seen fixed."""
-    judged = set(table.loc[table["labelled_images"] >= rule.min_images, "prompt"])
-    picked = set(table.loc[table["picked"], "prompt"])
-    return [t for t in dict.fromkeys(previous) if t not in judged and t not in picked]
+def wilson_lower(good: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Wilson score lower bound of a binomial rate (Wilson 1927): the rate ``good / n``
+    is at least this with ``confidence``; 0 where ``n`` is 0 (nothing seen, nothing known)."""
+    z = NormalDist().inv_cdf(confidence)
+    n = np.asarray(n, dtype=np.float64)
+    safe = np.maximum(n, 1.0)
+    p = np.asarray(good, dtype=np.float64) / safe
+    centre = p + z * z / (2 * safe)
+    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe))
+    return np.where(n > 0, (centre - half) / (1 + z * z / safe), 0.0)
+
+
+def fixed_targets(table: pd.DataFrame, previous: Collection[str], rule: TargetRule = TargetRule()) -> list[str]:
+    """The previous targets that ``table`` (:func:`prompt_pass_rates`) judges fixed with
+    ``rule.fixed_confidence``: the Wilson lower bound of their good-rate above ``rule.max_good_rate``."""
+    lower = wilson_lower(table["good_images"].to_numpy(), table["labelled_images"].to_numpy(), rule.fixed_confidence)
+    fixed = set(table.loc[lower > rule.max_good_rate, "prompt"])
+    return [t for t in dict.fromkeys(previous) if t in fixed]
+
+
+def staying(table: pd.DataFrame, previous: Collection[str], rule: TargetRule = TargetRule()) -> list[str]:
+    """The previous targets that stay targets: every one but those :func:`fixed_targets`.  A round
+    labelled on a budget gives most prompts a few labels, and a prompt right on 2 of 2 images is
+    not known to be fixed: dropping it would let DPOK forget it (the closed-loop study's round 2
+    regressed that way).  A prompt not sampled or not labelled this round stays."""
+    gone = set(fixed_targets(table, previous, rule))
+    return [t for t in dict.fromkeys(previous) if t not in gone]
+
+
+def choose_targets(table: pd.DataFrame, previous: Collection[str], rule: TargetRule = TargetRule()) -> list[str]:
+    """A round's targets: the previous ones that stay (:func:`staying`) first, then the rule's new
+    picks (``table``'s ``picked``: a fixed target that regressed into the band returns this way),
+    at most ``rule.max_targets``."""
+    stay = staying(table, previous, rule)
+    picked = [t for t in table.loc[table["picked"], "prompt"] if t not in set(stay)]
+    return (stay + picked)[:rule.max_targets]
 
 
 def read_prompts_file(path: str | os.PathLike) -> list[str]:
@@ -119,8 +155,8 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
     """Pick the targets of the round at ``root`` and write them one per line to ``out`` (default
     ``<root>/targets.txt``), with the whole table (:func:`pick_targets`, plus ``kept``) beside it
     as CSV; ``rounds``: from the labels of those rounds of the closed loop only (None: every label);
-    ``previous``: the last round's targets, of which those this round cannot judge stay
-    (:func:`unjudged`), after the picks, within ``rule.max_targets``.
+    ``previous``: the last round's targets, which stay unless this round judges them fixed
+    (:func:`staying`), ahead of the new picks, within ``rule.max_targets``.
     Refuses, before reading anything, to replace an existing prompts file or table unless
     ``overwrite``, and a prompts file named like its table; returns (table, prompts file)."""
     out = Path(out) if out else Path(root) / "targets.txt"
@@ -137,10 +173,8 @@ def write_targets(root: str | os.PathLike, out: str | os.PathLike | None = None,
         raise UserError(f"{root} holds no labeling round (no generations table).",
                         "pass root=<the dataset root of a labelled round>.")
     table = pick_targets(prompt_pass_rates(store, rounds), rule, among)
-    picked = list(table.loc[table["picked"], "prompt"])
-    kept = unjudged(table, previous, rule)[:max(0, rule.max_targets - len(picked))]
-    table = table.assign(kept=table["prompt"].isin(kept))
-    chosen = picked + kept
+    chosen = choose_targets(table, previous, rule)
+    table = table.assign(kept=table["prompt"].isin(set(chosen) & set(previous)))
     if not chosen:
         enough = int((table["labelled_images"] >= rule.min_images).sum())
         raise UserError(f"no prompt of {root} passes the target rule: good-rate in ({rule.min_good_rate}, "

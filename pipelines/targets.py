@@ -7,8 +7,8 @@ prompts one per line to ``out`` (default ``<root>/targets.txt``; what
 ``make finetune ARGS="prompts.prompts_file=..."`` takes) and the whole table beside it as CSV.
 The rule (``data.targets.TargetRule``): good-rate in (min_good_rate, max_good_rate], at least
 min_images labelled images, at most max_targets prompts, lowest good-rate first.  ``previous``
-(the last round's targets file): those of its prompts this round's labels cannot judge (fewer than
-min_images labelled images) stay targets, as ``make loop`` keeps them.
+(the last round's targets file): its prompts stay targets, ahead of the new picks, unless this
+round's labels judge them fixed with ``rule.fixed_confidence``, as ``make loop`` keeps them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class TargetsConfig:
     # the closed loop's rounds whose labels count (data.rounds: all, last:N or a list like 0,2);
     # None: every label of the root
     rounds: str | None = None
-    # the last round's targets file: its prompts too little labelled this round to judge stay
+    # the last round's targets file: its prompts stay targets unless this round's labels judge them
+    # fixed (rule.fixed_confidence)
     previous: str | None = None
 
 
@@ -44,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     shown = table.assign(good_rate=table["good_rate"].round(3), picked=table["picked"].map(yes),
                          kept=table["kept"].map(yes))
     print(shown.to_string(index=False, max_rows=60))
-    chosen, picked = len(read_prompts_file(out)), int(table["picked"].sum())
-    kept = f", {chosen - picked} kept from {cfg.previous}" if cfg.previous else ""
-    print(f"\n{chosen} target prompts ({picked} picked{kept}) -> {out} (table: {out.with_suffix('.csv')})\n"
+    written = read_prompts_file(out)
+    chosen, kept = len(written), sum(t in set(previous) for t in written)  # a kept one may be unsampled: not in the table
+    from_before = f", {kept} kept from {cfg.previous}" if cfg.previous else ""
+    print(f"\n{chosen} target prompts ({chosen - kept} picked{from_before}) -> {out} (table: {out.with_suffix('.csv')})\n"
           f"fine-tune on them: make finetune ARGS=\"prompts.prompts_file={out}\"")
     return 0
 

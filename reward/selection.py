@@ -6,18 +6,22 @@
 
 - ``all``: every image of the round (the budget is not used);
 - ``random``: ``budget`` images drawn uniformly, seeded;
-- ``uncertain``: the ``budget`` images the reward model is least sure of (active learning by
-  uncertainty sampling, Lewis & Gale 1994): uncertainty = 1 - 2 |p - 0.5| with p the reward's
-  calibrated P(a rater says good) (:meth:`reward.model.RewardModel.score`, Platt-scaled, so 0.5 is
-  the decision boundary): 1 on the boundary, 0 at p = 0 or 1;
+- ``prompts``: whole prompts drawn at random, every image of each, until ``budget`` images (a
+  label-scarce first round: the target rule needs several labelled images of a prompt to judge it);
+- ``uncertain``: the ``budget`` images the reward model knows least about (active learning by
+  uncertainty sampling, Lewis & Gale 1994).  With a reward that carries an epistemic spread
+  (:mod:`reward.epistemic`: s, in calibrated-logit units) the uncertainty is the spread of
+  P(good) it implies, p(1 - p) s (the delta method): what a label can still teach the reward, and
+  not the noise no label removes.  A reward without one falls back to the margin,
+  1 - 2 |p - 0.5| (1 on the decision boundary, 0 at p = 0 or 1), p the calibrated P(good);
 - ``mix``: round(mix_share x budget) by uncertainty, the rest drawn at random from the others
   (uncertainty alone keeps asking about one region; the random share keeps the labels an
   unbiased sample for the reward's validation and calibration).
 
-Why the distance to the boundary and not the disagreement of an ensemble of heads: a reward folder
-holds one head, and an ensemble would mean training several per round in ``make reward``; the
-margin needs only the model the loop already has, one scoring pass, and on a Platt-calibrated
-probability it is the standard, well-behaved choice.
+The uncertainty picks are kept diverse (BAL-PM, Melo et al. 2024: a batch ranked by uncertainty
+alone is near-duplicates): a prompt gets at most ``prompt_cap`` times its even share of them
+(the budget over the round's prompts, rounded up), the most uncertain first; if the caps leave
+picks unmade, the most uncertain of the rest fill them.
 
 Deterministic given the seed: ties in uncertainty and the random picks follow one seeded
 permutation of the round's images (ordered by image id first), so a re-run picks the same images.
@@ -37,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core import seeds
-from core.config import NonNegativeInt, PositiveInt, Share
+from core.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Share
 from core.errors import UserError
 from data.generations import check_image, load_image
 from data.rounds import resolve_rounds, rounds_in
@@ -59,6 +63,9 @@ class SelectConfig:
     only reports the uncertainty of the picks; null: none."""
     mix_share: Share = 0.5
     """mix: the share of the budget picked by uncertainty (the rest at random)."""
+    prompt_cap: NonNegativeFloat = 2.0
+    """uncertain and mix: a prompt gets at most this many times its even share of the uncertainty
+    picks (their number over the round's prompts, rounded up); 0: no cap."""
     seed: int = 0
     batch_size: PositiveInt = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -75,6 +82,7 @@ class SelectResult:
     by_uncertainty: int  # picks made by uncertainty (uncertain: all; mix: the share; else 0)
     at_random: int  # picks drawn at random
     reward_model: str | None  # RewardModel.model_id that judged the images, None without one
+    uncertainty_kind: Literal["epistemic", "margin"] | None  # which uncertainty (module docstring); None without a reward
     mean_uncertainty_selected: float | None  # None without a reward model
     mean_uncertainty_all: float | None
     image_ids: list[str]  # the picks, in the order chosen
@@ -85,18 +93,54 @@ def uncertainty(p: np.ndarray) -> np.ndarray:
     return 1.0 - 2.0 * np.abs(np.asarray(p, dtype=np.float64) - 0.5)
 
 
+def epistemic_uncertainty(p: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """p (1 - p) s: the spread of P(good) = sigmoid(z) from a spread s of its logit z (delta method)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p * (1.0 - p) * np.asarray(spread, dtype=np.float64)
+
+
+def capped(ranked: np.ndarray, groups: np.ndarray, k: int, cap: float) -> np.ndarray:
+    """The first ``k`` of ``ranked`` (indices, best first) taking at most ceil(cap x k / the number
+    of groups) from any one group (``groups``: (n,) a group id per index); picks the caps leave
+    unmade are filled by the best of the rest.  ``cap`` 0: no cap."""
+    if cap <= 0 or k == 0:
+        return ranked[:k]
+    most = int(np.ceil(cap * k / len(np.unique(groups))))
+    taken: dict = {}
+    first = []
+    for i in ranked:
+        g = groups[i]
+        if taken.get(g, 0) < most:
+            taken[g] = taken.get(g, 0) + 1
+            first.append(i)
+            if len(first) == k:
+                break
+    rest = ranked[~np.isin(ranked, first)]
+    return np.concatenate([np.asarray(first, np.int64), rest[:k - len(first)]]).astype(np.int64)
+
+
+def whole_prompts(groups: np.ndarray, budget: int, order: np.ndarray) -> np.ndarray:
+    """Every image of whole prompts, the prompts in the order their first image takes in ``order``
+    (a seeded permutation), until ``budget`` images (the last prompt cut to fit)."""
+    seen = list(dict.fromkeys(groups[order]))
+    by_group = {g: np.flatnonzero(groups == g) for g in seen}
+    return np.concatenate([by_group[g] for g in seen]).astype(np.int64)[:budget]
+
+
 def choose(u: np.ndarray | None, budget: int, method: SelectionMethod, mix_share: float,
-           order: np.ndarray) -> tuple[np.ndarray, int]:
+           order: np.ndarray, groups: np.ndarray | None = None, prompt_cap: float = 0.0) -> tuple[np.ndarray, int]:
     """Indices of the picks and how many were picked by uncertainty.  ``u``: (n,) uncertainties
     (None: no reward); ``order``: a seeded permutation of range(n), which breaks ties in ``u`` and
-    orders the random draws."""
+    orders the random draws; ``groups``: (n,) each image's prompt (for ``prompts`` and the cap)."""
     n = len(order)
     if method == "all":
         return np.arange(n), 0
+    if method == "prompts":
+        return whole_prompts(groups, budget, order), 0
     k_u = {"random": 0, "uncertain": budget, "mix": int(np.floor(mix_share * budget + 0.5))}[method]
     # most uncertain first; equal uncertainty in the seeded order (stable sort of the permutation)
     by_u = order[np.argsort(-u[order], kind="stable")] if k_u else np.zeros(0, np.int64)
-    first = by_u[:k_u]
+    first = capped(by_u, groups, k_u, prompt_cap) if groups is not None else by_u[:k_u]
     rest = order[~np.isin(order, first)]
     return np.concatenate([first, rest[:budget - k_u]]).astype(np.int64), k_u
 
@@ -123,11 +167,13 @@ def select(cfg: SelectConfig) -> SelectResult:
     for _, row in gens.iterrows():  # every file against its row before any scoring or writing
         check_image(store.root, row)
     model = None
-    if cfg.reward is not None and cfg.method != "all":
+    if cfg.reward is not None and cfg.method not in ("all", "prompts"):
         model = RewardModel.from_pretrained(cfg.reward, device=None if cfg.device == "auto" else cfg.device)
-    u = None if model is None else uncertainty(_probabilities(model, store.root, gens, cfg))
+    kind = None if model is None else ("epistemic" if model.epistemic is not None else "margin")
+    u = None if model is None else _uncertainties(model, store.root, gens, cfg)
     order = seeds.rng(cfg.seed, seeds.Stream.SELECTION, cfg.round).permutation(n)
-    picks, k_u = choose(u, cfg.budget, cfg.method, cfg.mix_share, order)
+    groups = gens["prompt_id"].to_numpy()
+    picks, k_u = choose(u, cfg.budget, cfg.method, cfg.mix_share, order, groups, cfg.prompt_cap)
 
     now = datetime.now(timezone.utc)
     ids = gens["image_id"].to_numpy()
@@ -138,7 +184,7 @@ def select(cfg: SelectConfig) -> SelectResult:
     return SelectResult(
         root=str(cfg.root), round=cfg.round, method=cfg.method, images=n, selected=len(picks),
         by_uncertainty=k_u, at_random=len(picks) - k_u if cfg.method != "all" else 0,
-        reward_model=None if model is None else model.model_id,
+        reward_model=None if model is None else model.model_id, uncertainty_kind=kind,
         mean_uncertainty_selected=None if u is None else round(float(u[picks].mean()), 4),
         mean_uncertainty_all=None if u is None else round(float(u.mean()), 4),
         image_ids=[str(ids[i]) for i in picks])
@@ -154,12 +200,17 @@ def _round_images(store: Store, cfg: SelectConfig):
     return gens[gens["round"] == cfg.round].sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def _probabilities(model: RewardModel, root: Path, gens, cfg: SelectConfig) -> np.ndarray:
-    """(n,) the reward's calibrated P(good) of each image with its own prompt."""
-    out = np.empty(len(gens))
+def _uncertainties(model: RewardModel, root: Path, gens, cfg: SelectConfig) -> np.ndarray:
+    """(n,) each image's uncertainty with its own prompt (the module docstring): epistemic when
+    the reward has a spread, else the margin of its calibrated P(good)."""
+    p, s = np.empty(len(gens)), np.empty(len(gens))
     for start in tqdm(range(0, len(gens), cfg.batch_size), desc="uncertainty", unit="batch",
                       disable=not cfg.progress, file=sys.stderr):
         chunk = gens.iloc[start:start + cfg.batch_size]
         images = [load_image(root, r) for _, r in chunk.iterrows()]
-        out[start:start + len(chunk)] = model.score(images, chunk["prompt"].tolist()).cpu().numpy()
-    return out
+        prompts = chunk["prompt"].tolist()
+        at = slice(start, start + len(chunk))
+        p[at] = model.score(images, prompts).cpu().numpy()
+        if model.epistemic is not None:
+            s[at] = model.spread(images, prompts).cpu().numpy()
+    return epistemic_uncertainty(p, s) if model.epistemic is not None else uncertainty(p)

@@ -18,6 +18,7 @@ ROUND = {
     "p_some": ["gg", "bb", "bb", "gb", "b"],      # 1 of 4 decided good (a tie is not decided): 0.25
     "p_half": ["g", "g", "b", "b"],               # 0.5
     "p_most": ["g", "g", "g", "b"],               # 0.75
+    "p_all": ["g", "g", "g", "g"],                # 1.0 on 4 images: fixed with 95 % confidence
     "p_few": ["g", "b", "ss"],                    # 2 decided images only
     "p_unlabelled": ["", ""],
 }
@@ -45,7 +46,7 @@ def test_pass_rates_count_majority_images_worst_first(round_root):
     assert rates.loc["p_few", "labelled_images"] == 2 and rates.loc["p_few", "labels"] == 2  # skips excluded
     assert rates.loc["p_unlabelled", "labelled_images"] == 0
     order = list(prompt_pass_rates(Store(round_root))["prompt_id"])
-    assert order == ["p_never", "p_some", "p_few", "p_half", "p_most", "p_unlabelled"]
+    assert order == ["p_never", "p_some", "p_few", "p_half", "p_most", "p_all", "p_unlabelled"]
 
 
 def test_rule_band_minimum_and_cap(round_root):
@@ -80,21 +81,42 @@ def test_make_targets_writes_the_prompts_file_and_never_overwrites(round_root, t
     assert out.read_text() == "prompt p_some\n"
 
 
-def test_previous_targets_too_little_labelled_to_judge_stay(round_root, tmp_path, capsys):
+def test_previous_targets_stay_until_the_labels_say_fixed(round_root, tmp_path, capsys):
     # the lead path's round 1 (docs/loop.md): a budget labels few images of each prompt
     previous = tmp_path / "r0.txt"
-    previous.write_text("prompt p_few\nprompt p_most\nprompt p_some\nnot sampled this round\n")
+    previous.write_text("prompt p_few\nprompt p_most\nprompt p_all\nprompt p_some\nnot sampled this round\n")
     out = tmp_path / "r1.txt"
     assert run(main, [f"root={round_root}", f"out={out}", f"previous={previous}"]) == 0
-    # picked first; then p_few (2 labelled images: unjudged) and the unsampled one stay;
-    # p_most (judged, above the band) drops out; p_some is picked again, not kept twice
-    assert out.read_text().splitlines() == ["prompt p_some", "prompt p_half", "prompt p_few", "not sampled this round"]
-    assert "4 target prompts (2 picked, 2 kept from" in capsys.readouterr().out
+    # the previous targets first, less p_all (4 of 4 good: Wilson lower bound 0.60 > 0.5); p_most
+    # (3 of 4: 0.36), p_few (1 of 2) and the unsampled one are not known fixed and stay; then the new
+    # pick p_half; p_some is picked again but listed once
+    assert out.read_text().splitlines() == ["prompt p_few", "prompt p_most", "prompt p_some",
+                                            "not sampled this round", "prompt p_half"]
+    assert "5 target prompts (1 picked, 4 kept from" in capsys.readouterr().out
     table = out.with_suffix(".csv").read_text()
     assert "kept" in table.splitlines()[0]
     assert run(main, [f"root={round_root}", f"out={out}", f"previous={previous}", "overwrite=true",
                       "rule.max_targets=3"]) == 0
-    assert out.read_text().splitlines() == ["prompt p_some", "prompt p_half", "prompt p_few"]  # the cap holds
+    assert out.read_text().splitlines() == ["prompt p_few", "prompt p_most", "prompt p_some"]  # the cap holds
+    assert run(main, [f"root={round_root}", f"out={out}", f"previous={previous}", "overwrite=true",
+                      "rule.fixed_confidence=0.5"]) == 0  # at 50 % confidence the good-rate itself decides
+    assert "prompt p_most" not in out.read_text().splitlines()
+
+
+def test_wilson_lower_bound_matches_the_formula_and_grows_with_evidence():
+    import numpy as np
+    from statistics import NormalDist
+
+    from data.targets import wilson_lower
+    z = NormalDist().inv_cdf(0.95)
+    g, n = 6, 8
+    p = g / n
+    expect = (p + z * z / (2 * n) - z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    assert np.isclose(wilson_lower(np.array([g]), np.array([n]), 0.95)[0], expect)
+    lower = wilson_lower(np.array([0, 2, 4, 8]), np.array([0, 2, 4, 8]), 0.95)
+    assert lower[0] == 0 and np.all(np.diff(lower) > 0)  # nothing seen: 0; all good on more images: higher
+    with pytest.raises(UserError, match="fixed_confidence"):
+        TargetRule(fixed_confidence=1.0)
 
 
 def test_no_target_and_no_round_are_clear_errors(round_root, tmp_path):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from core.config import NonNegativeInt, PositiveInt, Share, save_config
+from core.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Share, save_config
 from core.errors import UserError
 from core.files import write_text_atomic
 from data.labels import current
@@ -42,6 +42,7 @@ from data.targets import read_prompts_file
 from evaluation import loop_report
 from evaluation.compare import evaluate
 from evaluation.oracle import control_prompts
+from shapes.world import prompt_set
 from reward.evaluation import round_accuracy
 from reward.selection import SelectConfig, select
 from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
@@ -58,8 +59,16 @@ class LoopConfig(RoundConfig):
     rounds: PositiveInt = 3  # labeling rounds, round 0 (the demo's round) included
     round_per_prompt: PositiveInt = 8  # round k >= 1: images per current target and control prompt
     budget: PositiveInt = 256  # round k >= 1: images sent to the raters, of those just generated
+    # round 0: images sent to the raters, as whole prompts drawn at random (selection method
+    # "prompts"), so that a label-scarce loop splits its labels over rounds; 0: every image
+    round0_budget: NonNegativeInt = 0
     selection: SelectionMethod = "uncertain"  # which images the budget buys (reward.selection)
     mix_share: Share = 0.5  # selection=mix: the share of the budget picked by uncertainty
+    prompt_cap: NonNegativeFloat = 2.0  # selection: a prompt's most uncertainty picks, x its even share (0: no cap)
+    # round k >= 1's DPOK maximises sigmoid(logit + optimism x the reward's epistemic spread), a UCB
+    # on the reward (SEIKO, Uehara et al. 2024): the policy explores where the reward is unsure and
+    # the next round's labels check it there; 0: the reward's mean (round 0 always uses the mean)
+    optimism: NonNegativeFloat = 0.0
     reward_rounds: str = "all"  # the rounds whose labels the reward trains on (data.rounds grammar)
     one_shot: bool = True  # also the one-shot control (same labels on base images, one DPOK run)
     fresh: bool = False  # empty the loop's folders and start over (else a rerun resumes)
@@ -73,8 +82,14 @@ def _check(cfg: LoopConfig) -> None:
         raise UserError(f"budget={cfg.budget} images is more than a round can hold (at most {most}: "
                         f"round_per_prompt={cfg.round_per_prompt} x at most {cfg.rule.max_targets} targets and "
                         f"{len(control_prompts())} controls).", "lower budget, or raise round_per_prompt.")
-    if cfg.selection == "all" and (cfg.rounds > 1 or cfg.one_shot):
-        raise UserError("selection=all spends no budget: every image of a round goes to the raters.",
+    first = cfg.per_prompt * len(prompt_set("all"))
+    if cfg.round0_budget > first:
+        raise UserError(f"round0_budget={cfg.round0_budget} images is more than round 0 holds ({first}: per_prompt="
+                        f"{cfg.per_prompt} x {len(prompt_set('all'))} prompts).",
+                        "lower round0_budget, or 0 to label every image of round 0.")
+    if cfg.selection in ("all", "prompts") and (cfg.rounds > 1 or cfg.one_shot):
+        raise UserError(f"selection={cfg.selection} does not rank a later round's images (all: every image; "
+                        "prompts: whole prompts at random, what round0_budget uses).",
                         "pick random, uncertain or mix (the budget then says how many).")
     # every reward stage must find the rounds it names: round k's has rounds 0..k, the one-shot's 0 and 1
     for have in [list(range(k + 1)) for k in range(cfg.rounds)] + ([[0, 1]] if cfg.one_shot else []):
@@ -98,14 +113,16 @@ def _label(cfg: LoopConfig, root: str, k: int, sim: dict) -> dict:
             **counts, "labels": sum(counts.values())}
 
 
-def _select(cfg: LoopConfig, root: str, k: int, budget: int, reward: Path) -> dict:
-    """The round's selection; one already written (a kill after it was appended) is kept."""
+def _select(cfg: LoopConfig, root: str, k: int, budget: int, reward: Path | None, method: str | None = None) -> dict:
+    """The round's selection (``method``: the loop's ``selection`` unless given); one already
+    written (a kill after it was appended) is kept."""
     store = Store(root)
     have = filter_rounds(store, "selections", store.to_pandas("selections"), [k])
     if len(have):
         return {"selected": len(have), "method": str(have["method"].iloc[0]), "kept_from_before": True}
-    res = select(SelectConfig(root=root, round=k, budget=budget, method=cfg.selection, reward=str(reward),
-                              mix_share=cfg.mix_share, seed=cfg.seed + k, progress=False))
+    res = select(SelectConfig(root=root, round=k, budget=budget, method=method or cfg.selection,
+                              reward=None if reward is None else str(reward), mix_share=cfg.mix_share,
+                              prompt_cap=cfg.prompt_cap, seed=cfg.seed + k, progress=False))
     return {k2: v for k2, v in asdict(res).items() if k2 != "image_ids"}
 
 
@@ -117,7 +134,8 @@ def _measure_and_select(cfg: LoopConfig, stages: Stages, k: int, reward: Path) -
 
 
 def _round_prompts(targets: list[str], path: Path) -> Path:
-    """A round k >= 1 samples its current targets and the control prompts (train prompts with one or
+    """A round k >= 1 samples ``targets`` (the current ones and those judged fixed before, so a
+    regression is seen and the target returns) and the control prompts (train prompts with one or
     two objects that are not targets): new failures among the controls can enter."""
     texts = list(targets) + [p.text for p in control_prompts(set(targets))]
     write_text_atomic(path, "".join(f"{t}\n" for t in texts))
@@ -136,23 +154,28 @@ def run_loop(cfg: LoopConfig) -> dict:
     t_all = time.perf_counter()
     rounds: list[dict] = []
     targets: list[str] = []
+    ever: list[str] = []  # every round's targets so far: a round samples them all
     prev: RoundOut | None = None
     for k in range(cfg.rounds):
         rdir = runs / f"round-{k}"
         rdir.mkdir(parents=True, exist_ok=True)
         out = RoundOut(targets=rdir / "targets.txt", reward=rdir / "reward", dpok=rdir / "dpok")
         if k == 0:
-            gen, before_label = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt), None
+            gen = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt)
+            before_label = None if not cfg.round0_budget else lambda: {"select": stages.run(
+                "round-0/select", lambda: _select(cfg, cfg.root, 0, cfg.round0_budget, None, "prompts"))}
         else:
             gen = configs.generate(cfg.root, str(prev.dpok), k, cfg.round_per_prompt,
-                                   _round_prompts(targets, rdir / "prompts.txt"))
+                                   _round_prompts(ever, rdir / "prompts.txt"))
             before_label = partial(_measure_and_select, cfg, stages, k, prev.reward)
         r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}",
                       label_summary=lambda sim, k=k: _label(cfg, cfg.root, k, sim), before_label=before_label,
-                      previous=targets, init=prev.dpok if prev else None, reward_rounds=cfg.reward_rounds)
+                      previous=targets, init=prev.dpok if prev else None, reward_rounds=cfg.reward_rounds,
+                      optimism=cfg.optimism if k else 0.0)
         if k == 0:  # the one-shot control starts from round 0 as labelled (the stages after do not write there)
             stages.run("round-0/snapshot", lambda: _snapshot(cfg.root, _round0_copy(cfg)))
         targets = list(r["targets"]["targets"])
+        ever = list(dict.fromkeys(targets + ever))
         prev = out
         rounds.append(r)
 

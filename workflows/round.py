@@ -31,7 +31,7 @@ from core.jsonable import json_safe
 from core.loading import check_folder
 from data.staging import staged
 from data.store import Store
-from data.targets import TargetRule, pick_targets, prompt_pass_rates, unjudged
+from data.targets import TargetRule, choose_targets, fixed_targets, pick_targets, prompt_pass_rates
 from evaluation.config import EvalConfig
 from finetune.config import CONFIGS, FinetuneConfig
 from finetune.dpok import train_dpok
@@ -203,11 +203,13 @@ class RoundOut:
 def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig, out: RoundOut, *,
               name: Callable[[str], str], label_summary: Callable[[dict], dict],
               before_label: Callable[[], dict] | None = None, previous: Sequence[str] = (),
-              split: str | None = None, init: Path | None = None, reward_rounds: str = "all") -> dict:
+              split: str | None = None, init: Path | None = None, reward_rounds: str = "all",
+              optimism: float = 0.0) -> dict:
     """Round ``k``: ``gen``'s images -> (``before_label``'s stages) -> simulated raters label what
     the round serves -> targets from the round's labels (``previous``: the last round's; ``split``:
     fine-tune on that shapes-world prompt set instead, no targets) -> the reward on the labels of
-    ``reward_rounds`` -> DPOK (from ``init``).  ``name``: a stage's name in ``stages``;
+    ``reward_rounds`` -> DPOK (from ``init``; ``optimism``: its reward's UCB weight, reward.optimism).
+    ``name``: a stage's name in ``stages``;
     ``label_summary``: the simulation's summary as the workflow keeps it.  Each stage's summary."""
     cfg, root = configs.cfg, gen.root
     r: dict = {"round": k}
@@ -218,9 +220,11 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
     if split is None:
         r["targets"] = stages.run(name("targets"), lambda: pick_round_targets(cfg, root, k, out.targets, list(previous)))
     r["reward"] = stages.run(name("reward"), lambda: reward_summary(configs.reward(out.reward, root, reward_rounds)))
-    r["dpok"] = stages.run(name("dpok"), lambda: dpok_summary(configs.dpok(
-        out.dpok, out.reward, cfg.seed + k, prompts_file=out.targets if split is None else None, split=split,
-        init=init)))
+    dcfg = configs.dpok(out.dpok, out.reward, cfg.seed + k, prompts_file=out.targets if split is None else None,
+                        split=split, init=init)
+    if optimism:  # only when set, so a run without it keeps its saved config (and resumes) as before
+        dcfg = replace_keys(dcfg, {"reward.optimism": optimism})
+    r["dpok"] = stages.run(name("dpok"), lambda: dpok_summary(dcfg))
     return r
 
 
@@ -235,30 +239,30 @@ def label(cfg: RoundConfig, root: str, k: int) -> dict:
 
 
 def pick_round_targets(cfg: RoundConfig, root: str, k: int, path: Path, previous: list[str]) -> dict:
-    """Round k's targets from round k's labels: the rule's picks among the train prompts the round
-    sampled (the held-out prompts stay unseen for the generalisation figure), plus the previous
-    targets too little labelled this round to judge (fewer than rule.min_images labelled images);
-    the table beside them as CSV.  Round 0's, to measure a gain on: at least ``min_targets`` in at
-    least two categories, or one clear error."""
+    """Round k's targets from round k's labels: the previous targets that stay (all but those the
+    round's labels judge fixed with ``rule.fixed_confidence``), then the rule's new picks among
+    the train prompts the round sampled (the held-out prompts stay unseen for the generalisation
+    figure; a fixed target that regressed is picked again), at most ``rule.max_targets``
+    (:func:`data.targets.choose_targets`); the table beside them as CSV.  Round 0's, to measure a
+    gain on: at least ``min_targets`` in at least two categories, or one clear error."""
     rates = prompt_pass_rates(Store(root), [k])
     table = pick_targets(rates, cfg.rule, among={p.text for p in prompt_set("train")})
-    picked = list(table.loc[table["picked"], "prompt"])
-    kept = unjudged(table, previous, cfg.rule)
-    chosen = (picked + kept)[: cfg.rule.max_targets]
+    chosen = choose_targets(table, previous, cfg.rule)
     categories = {Prompt.parse(t).category for t in chosen}
     if k == 0 and (len(chosen) < cfg.min_targets or len(categories) < 2):
         raise UserError(f"the target rule picked {len(chosen)} prompts in {len(categories)} categories "
                         f"(round 0 needs at least {cfg.min_targets} in 2).",
                         "widen the rule (rule.max_good_rate, rule.min_images), raise per_prompt, or lower min_targets.")
     if not chosen:
-        raise UserError(f"round {k} has no target left: every prompt the rule could pick is fixed or unjudged.",
+        raise UserError(f"round {k} has no target left: every prompt the rule could pick is fixed.",
                         "stop the loop at this round (rounds=), or widen the rule.")
     print(f"targets: {len(chosen)} prompts in {sorted(categories)}", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path.with_suffix(".csv"), table.to_csv(index=False))
     write_text_atomic(path, "".join(f"{t}\n" for t in chosen))
-    return {"targets": chosen, "picked": picked, "kept": kept,
-            "dropped": [t for t in previous if t not in chosen]}
+    kept = [t for t in chosen if t in set(previous)]
+    return {"targets": chosen, "picked": [t for t in chosen if t not in set(previous)], "kept": kept,
+            "fixed": fixed_targets(table, previous, cfg.rule), "dropped": [t for t in previous if t not in chosen]}
 
 
 def generate_summary(gcfg: GenerateConfig) -> dict:
