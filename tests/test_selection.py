@@ -20,7 +20,8 @@ from pipelines.cli import run
 from pipelines.select import main as select_main
 from reward.config import RewardConfig
 from reward.model import RewardModel
-from reward.selection import SelectConfig, choose, select, uncertainty
+from reward.selection import (SelectConfig, capped, choose, epistemic_uncertainty, select, uncertainty,
+                              whole_prompts)
 from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set
@@ -62,16 +63,22 @@ def _cfg(root, reward, *more):
                                             "progress=false", *more])
 
 
-def test_uncertain_picks_the_images_nearest_the_boundary(loop, tmp_path):
-    root, reward = _fresh(loop, tmp_path)
-    res = select(_cfg(root, reward, "method=uncertain", "budget=5"))
+def _round1_uncertainty(root, reward) -> tuple[RewardModel, dict]:
+    """Round 1's uncertainties by hand: the reward's epistemic spread of P(good), p (1 - p) s."""
     gens = read_table(root, "generations", rounds="1")
     rm = RewardModel.from_pretrained(reward, device="cpu")
-    p = rm.score([load_image(root, r) for _, r in gens.iterrows()], gens["prompt"].tolist()).numpy()
-    u = dict(zip(gens["image_id"], 1 - 2 * np.abs(p - 0.5)))
+    images, prompts = [load_image(root, r) for _, r in gens.iterrows()], gens["prompt"].tolist()
+    p, spread = rm.score(images, prompts).numpy(), rm.spread(images, prompts).numpy()
+    return rm, dict(zip(gens["image_id"], p * (1 - p) * spread))
+
+
+def test_uncertain_picks_the_images_the_reward_knows_least(loop, tmp_path):
+    root, reward = _fresh(loop, tmp_path)
+    res = select(_cfg(root, reward, "method=uncertain", "budget=5", "prompt_cap=0"))
+    rm, u = _round1_uncertainty(root, reward)
     ranked = sorted(u, key=u.get, reverse=True)
     assert set(res.image_ids) == set(ranked[:5]) and res.selected == 5 == res.by_uncertainty
-    assert res.images == 24 and res.reward_model == rm.model_id
+    assert res.images == 24 and res.reward_model == rm.model_id and res.uncertainty_kind == "epistemic"
     assert res.mean_uncertainty_selected >= res.mean_uncertainty_all
     rows = read_table(root, "selections")
     assert sorted(rows["image_id"]) == sorted(res.image_ids) and set(rows["method"]) == {"uncertain"}
@@ -102,6 +109,27 @@ def test_mix_and_all(loop, tmp_path):
     assert every.selected == every.images == 24 and every.mean_uncertainty_all is None
 
 
+def test_the_prompt_cap_spreads_the_uncertainty_picks(loop, tmp_path):
+    root, reward = _fresh(loop, tmp_path)
+    res = select(_cfg(root, reward, "method=uncertain", "budget=6", "prompt_cap=1"))  # at most 1 of each of 6 prompts
+    gens = read_table(root, "generations", rounds="1").set_index("image_id")
+    assert gens.loc[res.image_ids, "prompt_id"].nunique() == 6
+    _, u = _round1_uncertainty(root, reward)
+    best = {}
+    for i, v in u.items():  # each prompt's most uncertain image
+        pid = gens.loc[i, "prompt_id"]
+        best[pid] = max(best.get(pid, (-1.0, "")), (v, i))
+    assert set(res.image_ids) == {i for _, i in best.values()}
+
+
+def test_whole_prompts_for_a_label_scarce_round(loop, tmp_path):
+    root, _ = _fresh(loop, tmp_path)
+    res = select(_cfg(root, "null", "method=prompts", "budget=10"))  # 2 prompts of 4, then 2 of a third
+    per_prompt = read_table(root, "generations", rounds="1").set_index("image_id").loc[res.image_ids, "prompt_id"]
+    assert res.selected == 10 and sorted(per_prompt.value_counts().tolist()) == [2, 4, 4]
+    assert per_prompt.iloc[:8].nunique() == 2  # whole prompts first
+
+
 def test_choose_by_hand():
     u = np.array([0.1, 0.9, 0.5, 0.9, 0.0])
     order = np.array([3, 0, 4, 1, 2])
@@ -110,6 +138,12 @@ def test_choose_by_hand():
     assert k == 1 and picks.tolist() == [3, 0, 4]
     assert choose(None, 2, "random", 0.5, order)[0].tolist() == [3, 0]
     assert uncertainty(np.array([0.5, 0.0, 1.0, 0.75])).tolist() == [1.0, 0.0, 0.0, 0.5]
+    groups = np.array(["a", "a", "b", "a", "b"])  # by u: 3 (a), 1 (a), 2 (b), 0 (a), 4 (b)
+    assert choose(u, 3, "uncertain", 0.5, order, groups, prompt_cap=0.5)[0].tolist() == [3, 2, 1]  # 1 per prompt, then the best left
+    assert choose(u, 3, "uncertain", 0.5, order, groups, prompt_cap=0.0)[0].tolist() == [3, 1, 2]
+    assert capped(np.array([3, 1, 0, 2, 4]), groups, 4, 1.0).tolist() == [3, 1, 2, 4]  # 2 per prompt
+    assert whole_prompts(groups, 4, order).tolist() == [0, 1, 3, 2]  # a (first in order), then b cut to fit
+    assert np.allclose(epistemic_uncertainty(np.array([0.5, 0.9]), np.array([2.0, 2.0])), [0.5, 0.18])
 
 
 @pytest.mark.parametrize("args, message", [
