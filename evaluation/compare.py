@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +176,9 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
     k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
     names = [("base", base)] + _models(cfg, base)
     dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_model)
-    reward = load_reward(cfg.reward, device=None)  # a reward folder that is not there is an error
+    # A reward folder that is not there is an error.  The evaluation reports the reward itself:
+    # reward.optimism (a fine-tuning bonus for what the reward is unsure of) never counts here.
+    reward = load_reward(replace(cfg.reward, optimism=0.0), device=None)
     clip = load_clip(cfg.clip)
     n_main = len(main_texts) * k
     if n_main < 2:

@@ -144,7 +144,8 @@ def _reward_record(cfg: FinetuneConfig, custom: bool) -> dict:
         model_id = json.loads((path / "reward_config.json").read_text()).get("model_id")
     except (OSError, ValueError):
         model_id = None
-    return {"kind": "learned", "path": str(path.resolve()), "model_id": model_id}
+    # optimism: the run maximised the reward's upper bound (reward.epistemic), not the reward itself
+    return {"kind": "learned", "path": str(path.resolve()), "model_id": model_id, "optimism": cfg.reward.optimism}
 
 
 def lineage(cfg: FinetuneConfig, prompts: list[str], custom_reward: bool = False) -> dict:

@@ -78,6 +78,15 @@ class ModelConfig:
     train_last_layers: NonNegativeInt = 0
     """0 = frozen backbone (embeddings cached once).  N > 0 also trains the last N transformer
     layers of the vision and text towers, their final layer norms and projections."""
+    epistemic: Literal["linear-ucb", "off"] = "linear-ucb"
+    """linear-ucb: after training and calibration, the Laplace posterior of the head's last layer
+    on its training rows (reward.epistemic), saved with the model: its ``spread`` is the reward's
+    epistemic uncertainty, which fine-tuning with reward.optimism > 0 adds (SEIKO); off: none."""
+    epistemic_lambda: PositiveFloat = 1.0
+    """λ, the prior precision of each last-layer weight: 1 is a standard-normal prior on weights
+    that multiply O(1) features (GELUs of standardised inputs).  It bounds the spread of a
+    direction no training row spans (|a| |φ| / sqrt(λ)) and is soon outweighed elsewhere: the data
+    term grows as the rows times p (1 - p), up to 0.25 each."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Evaluating a head on the validation views: per-image predictions from cached embeddings
-(:func:`predict`) and the metrics of :mod:`reward.metrics` on each view (:func:`evaluate_views`); the
-oracle pair accuracy per round of the closed loop, on the validation sides (:func:`by_round`) or on
-every image of one round, trained on or not (:func:`round_accuracy`)."""
+(:func:`predict`) and the metrics of :mod:`reward.metrics` on each view (:func:`evaluate_views`;
+the spread's calibration, :func:`epistemic_calibration`); the oracle pair accuracy per round of
+the closed loop, on the validation sides (:func:`by_round`) or on every image of one round,
+trained on or not (:func:`round_accuracy`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from data.generations import load_image
 from data.read import read_table
 from reward.data import VIEWS, RewardData, Split
 from reward.embeddings import Embeddings
-from reward.metrics import evaluate, oracle_pair_accuracy, oracle_pairs
+from reward.epistemic import spread
+from reward.metrics import evaluate, oracle_pair_accuracy, oracle_pairs, spread_calibration
 from reward.model import RewardModel
-from shapes.oracle import judge
+from shapes.oracle import ALIGNED_MIN_SCORE, judge
 from shapes.world import Prompt
 
 
@@ -62,6 +64,34 @@ def evaluate_views(head_fn, probs_fn, emb: Embeddings, data: RewardData, oracle)
         out[view] = evaluate(split, pred["logits"], probs_fn(pred["logits"]),
                              prompt_of=data.images["prompt_id"].to_numpy(), oracle=oracle,
                              aux_true=pred["aux_true"], aux_perturbed=pred["aux_perturbed"], partners=partners)
+    return out
+
+
+@torch.no_grad()
+def epistemic_calibration(head, covariance: torch.Tensor, emb: Embeddings, data: RewardData, oracle) -> dict:
+    """``{view: {"truth", **spread_calibration}}`` on each validation view (:mod:`reward.epistemic`,
+    :func:`reward.metrics.spread_calibration`): the spread of each image with its prompt against
+    |p - y|, p the calibrated probability and y the oracle's aligned verdict where the oracle
+    judged the view's images (``truth`` oracle), else the raters' aggregated binary label rounded
+    (``truth`` labels; ties left out)."""
+    out = {}
+    for view in VIEWS:
+        split = getattr(data, view)
+        if oracle is not None and np.isfinite(oracle[split.images]).any():
+            truth, images = "oracle", split.images[np.isfinite(oracle[split.images])]
+            y = (oracle[images] >= ALIGNED_MIN_SCORE).astype(float)
+        else:
+            b = split.binary
+            truth, images = "labels", b.image[b.target != 0.5]
+            y = (b.target[b.target != 0.5] > 0.5).astype(float)
+        if not len(images):
+            continue
+        idx = torch.as_tensor(images, device=emb.image_cache.device)
+        logits, phi = head.logit_and_hidden(emb.image_cache[idx], emb.text_cache[
+            torch.as_tensor(data.image_prompt[images], device=idx.device)])
+        p = head.probability(logits).double().cpu().numpy()
+        s = spread(phi, covariance, head.calib_scale).cpu().numpy()
+        out[view] = {"truth": truth, **spread_calibration(s, p, y)}
     return out
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from shapes.oracle import ALIGNED_MIN_SCORE
@@ -150,6 +150,36 @@ def evaluate(split, logits: np.ndarray, probs: np.ndarray | None, *, prompt_of: 
     out["val_binary_images"] = int(len(img))
     out["val_label_pairs"] = int(strict.sum())
     return out
+
+
+def spread_calibration(spread: np.ndarray, p: np.ndarray, y: np.ndarray) -> dict:
+    """Does an uncertainty point at the errors?  ``spread``, ``p`` (the predicted probability) and
+    ``y`` (the truth, 0 or 1), (n,) each, of the same images; the error is |p - y|, wrong is p on
+    the other side of 1/2 from y.  Spearman correlations (NaN under 4 images):
+    ``spearman_spread_vs_abs_error``; ``spearman_p_uncertainty_vs_abs_error``, the same of
+    p (1 - p), what the probability itself knows of its errors; ``partial_spearman_spread_vs_abs_error``,
+    the spread's once the ranks of p (1 - p) are regressed out of both ranks: what the spread adds.
+    By spread quartile, lowest first (images sorted by spread, four near-equal parts):
+    ``error_rate_by_spread_quartile`` (share wrong), ``abs_error_by_spread_quartile``,
+    ``spread_by_spread_quartile`` (means)."""
+    err, u, n = np.abs(p - y), p * (1 - p), len(spread)
+    ranks = [rankdata(v) for v in (spread, err, u)]
+    z = np.stack([np.ones(n), ranks[2]], 1)
+    res = [r - z @ np.linalg.lstsq(z, r, rcond=None)[0] for r in ranks[:2]]
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a, b)[0, 1]) if n > 3 and a.std() > 1e-9 and b.std() > 1e-9 else NAN
+
+    quarters = np.array_split(np.argsort(spread, kind="stable"), 4)
+
+    def means(x: np.ndarray) -> list[float]:
+        return [float(x[q].mean()) if len(q) else NAN for q in quarters]
+
+    return {"n": int(n), "spearman_spread_vs_abs_error": corr(ranks[0], ranks[1]),
+            "spearman_p_uncertainty_vs_abs_error": corr(ranks[2], ranks[1]),
+            "partial_spearman_spread_vs_abs_error": corr(*res),
+            "error_rate_by_spread_quartile": means(((p >= 0.5) != (y > 0.5)).astype(float)),
+            "abs_error_by_spread_quartile": means(err), "spread_by_spread_quartile": means(spread)}
 
 
 TABLE_ROWS = ("pairwise_accuracy_vs_oracle", "pairwise_accuracy_vs_oracle_aligned_pairs",

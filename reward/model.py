@@ -5,7 +5,9 @@ one CLIP pass per batch, text embeddings cached per prompt string.  The reward i
 ``sigmoid(head logit)``: trained with binary labels it estimates the probability that a rater
 says the image matches its prompt, so it lies in [0, 1] and can weight a likelihood directly
 (Lee et al.'s reward-weighted loss).  ``score(..., logits=True)`` gives the unbounded logit, the
-Bradley-Terry scale on which differences of rewards are log-odds of preference.
+Bradley-Terry scale on which differences of rewards are log-odds of preference.  ``spread`` is the
+reward's epistemic uncertainty and ``score(..., optimism=c)`` its upper confidence bound
+(:mod:`reward.epistemic`).
 
 A saved model is a folder::
 
@@ -13,6 +15,7 @@ A saved model is a folder::
     head.safetensors     head weights and the feature standardisation buffers
     region_head.safetensors  only with a region head (reward.region): its weights, its spec
                          under "region" in reward_config.json
+    epistemic.safetensors    only with an epistemic part (reward.epistemic), "epistemic" there
     clip/                only when backbone layers were trained: the fine-tuned CLIP folder
     config.yaml          the resolved training config (written by the trainer)
     metrics.json         validation metrics (written by the trainer)
@@ -26,6 +29,7 @@ import os
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,8 +38,10 @@ import torch.nn.functional as F
 
 from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
+from reward.epistemic import (Epistemic, batch_spread, check_optimism, hidden_width, load_epistemic,
+                              optimistic_batch, save_epistemic)
 from reward.folder import CONFIG_FILE, HEAD_FILE, load_head_state, reward_clip_folder
-from reward.preprocess import ClipPreprocess, to_pixel_batches
+from reward.preprocess import ClipPreprocess, prompt_list, to_pixel_batches
 from reward.region import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
@@ -121,13 +127,17 @@ class RewardHead(nn.Module):
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.calib_scale * logits + self.calib_bias)
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        x = (self.featurize(img, txt) - self.feat_mean) / self.feat_std
-        out = self.mlp(x).squeeze(-1)
+    def logit_and_hidden(self, img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit (B,) and φ (B, H), the last hidden layer the logit is linear in (reward.epistemic)."""
+        phi = self.mlp[:-1]((self.featurize(img, txt) - self.feat_mean) / self.feat_std)
+        out = self.mlp[-1](phi).squeeze(-1)
         if self.spec.cosine_skip:
             cos = (img * txt).sum(-1)
             out = out + self.cos_scale * (cos - self.cos_mean) / self.cos_std
-        return out
+        return out, phi
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return self.logit_and_hidden(img, txt)[0]
 
 
 def _tensor(out) -> torch.Tensor:
@@ -154,6 +164,7 @@ class RewardModel(nn.Module):
         self.max_text_length = int(min(max_len, self.clip.config.text_config.max_position_embeddings))
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.region_head: nn.Module | None = None  # reward.region.RegionHead, when trained with marks
+        self.epistemic: Epistemic | None = None  # the last layer's posterior (reward.epistemic), or none
         self.clip.requires_grad_(False)
         self.to(next(self.clip.parameters()).device)
         self.eval()
@@ -243,41 +254,54 @@ class RewardModel(nn.Module):
 
     # -- rewards -----------------------------------------------------------------------------
 
+    def embed_pairs(self, images, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm embeddings (B, D) of the images and of their prompts (as :meth:`forward` takes
+        them), keeping the image graph; the text from the cache unless its tower is being trained."""
+        prompts = prompt_list(images, prompts)
+        if not prompts:
+            empty = torch.zeros(0, self.head.spec.embed_dim, device=self.device)
+            return empty, empty
+        # The cache holds embeddings of a frozen text tower; a tower being trained needs the graph.
+        fresh = self._text_trainable and torch.is_grad_enabled()
+        txt = self.embed_texts(prompts) if fresh else self.cached_text_embeddings(prompts)
+        return self.embed_images(images), txt
+
     def forward(self, images, prompts: list[str] | str, *, logits: bool = False) -> torch.Tensor:
         """Rewards (B,) for images and their prompts, differentiable with respect to image tensors.
 
         ``images``: list of PIL images, uint8 array (B, H, W, 3), or float tensor (B, 3, H, W) in
         [0, 1] on any device.  ``prompts``: one string per image, or one string for all.
         """
-        n = _num_images(images)
-        prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
-        if len(prompts) != n:
-            raise UserError(f"got {n} images and {len(prompts)} prompts.", "pass one prompt per image.")
-        if n == 0:
-            return torch.zeros(0, device=self.device)
-        # The cache holds embeddings of a frozen text tower; a tower being trained needs the graph.
-        fresh = self._text_trainable and torch.is_grad_enabled()
-        txt = self.embed_texts(prompts) if fresh else self.cached_text_embeddings(prompts)
-        img = self.embed_images(images)
-        out = self.head(img, txt)
+        out = self.head(*self.embed_pairs(images, prompts))
         return out if logits else self.head.probability(out)
 
     @torch.no_grad()
-    def score(self, images, prompts: list[str] | str, *, logits: bool = False) -> torch.Tensor:
+    def score(self, images, prompts: list[str] | str, *, logits: bool = False,
+              optimism: float = 0.0) -> torch.Tensor:
         """Rewards (B,) float32 on the model's device, no grad: sigmoid(logit) in [0, 1], or the
-        logit with ``logits=True``.  One CLIP pass per ``score_batch_size`` images."""
+        logit with ``logits=True``.  One CLIP pass per ``score_batch_size`` images.  ``optimism``
+        c > 0 (needs :attr:`epistemic`): the upper bound sigmoid(calibrated logit + c * spread), or
+        with ``logits=True`` logit + c * spread / |calib_scale|; c = 0: the reward itself."""
+        if optimism == 0:
+            return self._batched(partial(self.forward, logits=logits), images, prompts)
+        c = check_optimism(self, optimism)
+        return self._batched(partial(optimistic_batch, self, logits=logits, optimism=c), images, prompts)
+
+    @torch.no_grad()
+    def spread(self, images, prompts: list[str] | str) -> torch.Tensor:
+        """The reward's epistemic standard deviation (B,) float32, in calibrated-logit units, no
+        grad (:mod:`reward.epistemic`); inputs as :meth:`score`.  Needs :attr:`epistemic`."""
+        return self._batched(partial(batch_spread, self), images, prompts)
+
+    def _batched(self, fn, images, prompts: list[str] | str) -> torch.Tensor:
+        """``fn(images, prompts) -> (b,)`` over slices of ``score_batch_size``, in eval mode, fp32."""
         was_training = self.training
         if was_training:
             self.eval()
         try:
-            n = _num_images(images)
-            prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
-            if len(prompts) != n:
-                raise UserError(f"got {n} images and {len(prompts)} prompts.",
-                                "pass one prompt per image.")
+            prompts = prompt_list(images, prompts)
             step = self.score_batch_size
-            parts = [self.forward(images[i:i + step], prompts[i:i + step], logits=logits)
-                     for i in range(0, n, step)]
+            parts = [fn(images[i:i + step], prompts[i:i + step]) for i in range(0, len(prompts), step)]
             return (torch.cat(parts) if parts else torch.zeros(0, device=self.device)).float()
         finally:
             if was_training:
@@ -287,7 +311,7 @@ class RewardModel(nn.Module):
     def heatmap(self, images, prompts: list[str] | str) -> torch.Tensor:
         """Where each image is wrong: the region head's heatmap at image size, float32 (B, H, W) in
         [0, 1] (images of one size; zero outside CLIP's centre crop).  Needs a region head."""
-        return predict_heatmap(self, images, [prompts] * _num_images(images) if isinstance(prompts, str) else list(prompts))
+        return predict_heatmap(self, images, prompt_list(images, prompts))
 
     # -- saving and loading ------------------------------------------------------------------
 
@@ -302,8 +326,10 @@ class RewardModel(nn.Module):
         save_file(state, directory / HEAD_FILE)
         h = hashlib.sha256((directory / HEAD_FILE).read_bytes())
         region = save_region_head(self.region_head, directory) if self.region_head is not None else None
-        if region:
-            h.update((directory / region["file"]).read_bytes())
+        epistemic = save_epistemic(self.epistemic, directory) if self.epistemic is not None else None
+        for part in (region, epistemic):
+            if part:
+                h.update((directory / part["file"]).read_bytes())
         clip_ref: dict = {}
         if self.backbone_trained:
             clip_dir = directory / CLIP_SUBDIR
@@ -323,7 +349,8 @@ class RewardModel(nn.Module):
         self.model_id = f"{name or directory.name}-{h.hexdigest()[:10]}"
         config = dict(format_version=FORMAT_VERSION, model_id=self.model_id,
                       head=asdict(self.head.spec), output="sigmoid(logit)", **clip_ref,
-                      **({"region": region} if region else {}))
+                      **({"region": region} if region else {}),
+                      **({"epistemic": epistemic} if epistemic else {}))
         tmp = directory / f".{CONFIG_FILE}.tmp"
         tmp.write_text(json.dumps(config, indent=2))
         tmp.replace(directory / CONFIG_FILE)
@@ -357,18 +384,14 @@ class RewardModel(nn.Module):
             raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
         model = cls(clip, head, model_id=cfg.get("model_id"))
         model.region_head = load_region_head(directory, cfg.get("region"), model.device)
+        model.epistemic = load_epistemic(directory, cfg.get("epistemic"), hidden_width(head), model.device)
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model
 
 
-def _num_images(images) -> int:
-    if hasattr(images, "shape"):  # tensor or numpy array
-        return int(images.shape[0])
-    return len(images)
-
-
-def load_reward_fn(directory: str | os.PathLike, device: torch.device | str | None = None):
+def load_reward_fn(directory: str | os.PathLike, device: torch.device | str | None = None, optimism: float = 0.0):
     """The reward callable the fine-tuning stage consumes: ``fn(images, prompts) -> (B,) float32``
-    (no grad).  Same as ``RewardModel.from_pretrained(directory, device).score``."""
-    return RewardModel.from_pretrained(directory, device).score
+    (no grad).  ``RewardModel.from_pretrained(directory, device).score`` with ``optimism``."""
+    model = RewardModel.from_pretrained(directory, device)
+    return model.score if optimism == 0 else partial(model.score, optimism=check_optimism(model, optimism))

@@ -141,3 +141,19 @@ def to_pixel_batches(images, device: torch.device, dtype: torch.dtype = torch.fl
 def _stack(arrays: list[np.ndarray], device, dtype) -> torch.Tensor:
     x = torch.from_numpy(np.stack(arrays)).to(device)
     return x.permute(0, 3, 1, 2).to(dtype) / 255.0
+
+
+def num_images(images) -> int:
+    """How many images an input of :func:`to_pixel_batches` holds."""
+    if hasattr(images, "shape"):  # tensor or numpy array
+        return int(images.shape[0])
+    return len(images)
+
+
+def prompt_list(images, prompts: list[str] | str) -> list[str]:
+    """One prompt per image: ``prompts`` repeated when it is one string, else checked."""
+    n = num_images(images)
+    prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != n:
+        raise UserError(f"got {n} images and {len(prompts)} prompts.", "pass one prompt per image.")
+    return prompts

@@ -9,6 +9,7 @@ config; :class:`reward.config.RewardConfig` is another thing: it configures *tra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -16,10 +17,10 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from core.config import PositiveInt
+from core.config import NonNegativeFloat, PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
-from reward.folder import load_head_state, reward_clip_folder
+from reward.folder import CONFIG_FILE, load_head_state, reward_clip_folder
 from reward.model import RewardModel, load_reward_fn
 from shapes.oracle import judge
 from shapes.regions import problem_regions
@@ -38,6 +39,16 @@ class RewardSource:
     path: str = "runs/reward"  # a RewardModel folder (reward package)
     oracle: OracleScore = "graded"  # kind=oracle: which oracle score
     batch_size: PositiveInt = 64
+    # c: fine-tune on the reward's upper confidence bound sigmoid(calibrated logit + c * spread)
+    # (SEIKO, Uehara et al. 2024; reward.epistemic); needs a learned reward with an epistemic part.
+    # 0: the reward itself.  Evaluation always scores the reward itself (evaluation.compare).
+    optimism: NonNegativeFloat = 0.0
+
+    def __post_init__(self):  # before anything runs
+        if self.optimism > 0 and self.kind == "oracle":
+            raise UserError(f"reward.optimism={self.optimism} with reward.kind=oracle: the oracle is exact, it "
+                            "has no epistemic spread to be optimistic about.",
+                            "set reward.optimism=0, or use a learned reward (reward.kind=learned).")
 
 
 class RewardFn(Protocol):
@@ -74,8 +85,8 @@ class OracleReward:
 
 
 def check_reward_folder(cfg: RewardSource) -> None:
-    """A learned reward's folder must be there and hold finite weights (one clear error, before
-    anything runs)."""
+    """A learned reward's folder must be there and hold finite weights, and an epistemic part when
+    ``optimism`` > 0 (one clear error, before anything runs)."""
     if cfg.kind != "learned":
         return
     if not Path(cfg.path).is_dir():
@@ -83,13 +94,18 @@ def check_reward_folder(cfg: RewardSource) -> None:
                         "train one with `make reward` (or set reward.path to a RewardModel folder).")
     load_head_state(cfg.path)
     reward_clip_folder(Path(cfg.path), check=True)  # its CLIP gives the head's embedding size
+    if cfg.optimism > 0 and "epistemic" not in json.loads((Path(cfg.path) / CONFIG_FILE).read_text()):
+        raise UserError(f"reward.optimism={cfg.optimism} but the reward model in {cfg.path} has no epistemic part "
+                        "(trained before it existed, or with model.epistemic=off).",
+                        "retrain it with `make reward` (model.epistemic=linear-ucb, the default), or set reward.optimism=0.")
 
 
 def load_reward(cfg: RewardSource, device) -> RewardFn:
     if cfg.kind == "oracle":
         return OracleReward(cfg.oracle)
     check_reward_folder(cfg)
-    return load_reward_fn(Path(cfg.path), device=device)  # the reward stage's model: calibrated P(rater says good)
+    # the reward stage's model: calibrated P(rater says good), its upper bound with optimism > 0
+    return load_reward_fn(Path(cfg.path), device=device, optimism=cfg.optimism)
 
 
 class RegionFn(Protocol):
@@ -108,7 +124,7 @@ def load_region(cfg: RewardSource, device, reward: RewardFn | None = None, thres
             masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
             return torch.as_tensor(np.stack(masks), device=images.device)
         return oracle_masks
-    model = getattr(reward, "__self__", None)
+    model = getattr(getattr(reward, "func", reward), "__self__", None)  # score, or partial(score, optimism=c)
     if not isinstance(model, RewardModel):
         check_reward_folder(cfg)
         model = RewardModel.from_pretrained(cfg.path, device)

@@ -68,6 +68,15 @@ def metrics_table(metrics: dict) -> str:
         mean = "n/a" if d["mean"] is None else f"{d['mean']:+.3f}"
         sem = "n/a" if d["sem"] is None else f"{d['sem']:.3f}"
         text += f"\npaired gain in {d['metric']}: {mean} (standard error {sem})"
+    ep = metrics.get("epistemic")
+    if ep:
+        text += f"\n\nepistemic spread ({ep['kind']}, lambda={ep['lambda']}, {ep['rows']} training rows):"
+        for view in VIEWS:
+            if view in ep:
+                e, fmt = ep[view], lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+                text += (f"\n  {view}: Spearman vs |p - y| ({e['truth']}) {fmt(e['spearman_spread_vs_abs_error'])} "
+                         f"(given p: {fmt(e['partial_spearman_spread_vs_abs_error'])}), error rate by spread "
+                         "quartile " + " / ".join(map(fmt, e["error_rate_by_spread_quartile"])))
     region = metrics.get("region")
     if region:
         text += f"\n\nregion head ({region['marks']} marks, {region['images']} answered images):"

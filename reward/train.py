@@ -14,12 +14,15 @@
 5. the model itself: with a frozen backbone, the with-auxiliary head of the first seed; with
    ``model.train_last_layers > 0``, CLIP's last layers are trained too (images re-embedded every
    step);
-6. in the shapes world, the oracle pair accuracy on each round's validation images
+6. with ``model.epistemic`` (default), the last layer's posterior on the training rows
+   (:mod:`reward.epistemic`) and its spread's calibration on the validation views
+   (``metrics["epistemic"]``);
+7. in the shapes world, the oracle pair accuracy on each round's validation images
    (``metrics["by_round"]``, :func:`reward.evaluation.by_round`; ``data.rounds`` picks the rounds
    whose labels train);
-7. with marks in the root (``region.head``), the region head on the final CLIP's patch tokens
+8. with marks in the root (``region.head``), the region head on the final CLIP's patch tokens
    (:mod:`reward.region_fit`, ``metrics["region"]``);
-8. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
+9. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
 
 This module holds that orchestration; the parts live in :mod:`reward.embeddings`, :mod:`reward.fit`,
 :mod:`reward.calibrate`, :mod:`reward.evaluation`, :mod:`reward.oracle`, :mod:`reward.baselines`,
@@ -45,7 +48,8 @@ from reward.calibrate import calibrate, calibrated_probs
 from reward.config import RewardConfig
 from reward.data import VIEWS, load_reward_data
 from reward.embeddings import Embeddings
-from reward.evaluation import by_round, evaluate_views, same_prompt_images
+from reward.epistemic import fit_epistemic
+from reward.evaluation import by_round, epistemic_calibration, evaluate_views, same_prompt_images
 from reward.fit import fit
 from reward.model import RewardModel
 from reward.oracle import oracle_scores, relabel_with_oracle
@@ -96,8 +100,8 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
 
     # Feature standardisation from the training images with their own prompts.
     tr = np.unique(np.concatenate([data.train.binary.image, data.train.pairs.image_0, data.train.pairs.image_1]))
-    tr_t = torch.as_tensor(tr, device=device)
-    stats = (emb.image_cache[tr_t], emb.text_cache[torch.as_tensor(data.image_prompt[tr], device=device)])
+    tr_t, tr_prompt = torch.as_tensor(tr, device=device), torch.as_tensor(data.image_prompt[tr], device=device)
+    stats = (emb.image_cache[tr_t], emb.text_cache[tr_prompt])
 
     def fresh(seed: int) -> RewardModel:
         m = build(seed)
@@ -150,12 +154,18 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
             fit(model, emb, data, cfg, aux_weight=aux, seed=cfg.train.seed, progress=progress)
     if main_frozen is None:
         calibrate(model, emb, data)
+    if mc.epistemic == "linear-ucb":  # the last layer's posterior on the rows it trained on
+        model.epistemic = fit_epistemic(model.head, emb.image_cache[tr_t], emb.text_cache[tr_prompt], mc.epistemic_lambda)
     results["reward_model"] = evaluate_views(model.head, partial(calibrated_probs, model.head), emb, data, oracle)
 
     metrics = assemble_metrics(results, ablation, data, cfg, model, oracle is not None, primary,
                                time.perf_counter() - t0)
     # Pairwise accuracy vs the oracle on each round's validation images (data.rounds: the loop).
     metrics["by_round"] = json_safe(by_round(model.head, emb, data, oracle), digits=4)
+    if model.epistemic is not None:  # does the spread point at the errors? (docs/reward.md)
+        ep = model.epistemic
+        metrics["epistemic"] = json_safe({"kind": ep.kind, "lambda": ep.lam, "rows": ep.rows, **epistemic_calibration(
+            model.head, ep.covariance, emb, data, oracle)}, digits=4)
     # The region head (reward.region_fit), on the final CLIP's patch tokens, when there are marks.
     if region_wanted(cfg, store):
         metrics["region"] = json_safe(train_region(cfg, model, data, store, progress), digits=4)

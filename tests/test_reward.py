@@ -263,8 +263,8 @@ def test_train_save_load_score_on_tiny_clip(labelled_root, tiny_clip, tmp_path):
 
     out = tmp_path / "reward"
     result = train_reward(_cfg(labelled_root, tiny_clip, out))
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "head.safetensors", "metrics.json",
-                                                    "reward_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "epistemic.safetensors", "head.safetensors",
+                                                    "metrics.json", "reward_config.json"]
     m = json.loads((out / "metrics.json").read_text())
     for view in ("val_images", "val_prompts"):
         for key in ("pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy", "binary_auc", "ece",
