@@ -96,6 +96,29 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
     assert _without_timings(tmp_path / "report" / "results.json") == results
 
 
+@pytest.mark.slow
+def test_a_label_scarce_optimistic_loop_keeps_its_targets(tiny_sd, tmp_path):
+    # issue 59: round 0 labels whole prompts on a budget, round 1's DPOK maximises the reward's UCB,
+    # and a target stays until the labels say it is fixed (never, with the band reaching 1.0)
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    assert run(main, _args(tiny_sd, clip, tmp_path, "round0_budget=16", "optimism=0.5", "one_shot=false")) == 0
+    picked0 = read_table(tmp_path / "ds", "selections", rounds="0")
+    assert len(picked0) == 16 and set(picked0["method"]) == {"prompts"}
+    gens0 = read_table(tmp_path / "ds", "generations", rounds="0").set_index("image_id")
+    assert gens0.loc[picked0["image_id"], "prompt_id"].value_counts().tolist() == [2] * 8  # whole prompts of 2
+    assert set(read_table(tmp_path / "ds", "binary_labels", rounds="0")["image_id"]) <= set(picked0["image_id"])
+    from finetune.config import FinetuneConfig
+    from core.config import load_config
+    optimism = [load_config(FinetuneConfig, tmp_path / "runs" / f"round-{k}" / "dpok" / "config.yaml").reward.optimism
+                for k in (0, 1)]
+    assert optimism == [0.0, 0.5]  # round 0 trains on the mean
+    res = json.loads((tmp_path / "report" / "results.json").read_text())
+    first, second = (r["targets"] for r in res["rounds"])
+    assert set(first) <= set(second) and res["rounds"][1]["dropped"] == []
+    assert res["rounds"][1]["kl"] >= 0 and "no_round_falls_back" in res["checks"]
+    assert (tmp_path / "report" / "alignment_vs_kl.png").exists()
+
+
 def _kill_in_round_0_labels(args, tmp_path, labels=5, timeout=300):
     """Run `make loop` in a process of its own and SIGKILL it once round 0's label stage has
     written ``labels`` label files (in its staging copy, or in the root itself)."""
@@ -121,6 +144,10 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
     clip = make_tiny_clip(tmp_path / "clip", image_size=32)
     assert run(main, _args(tiny_sd, clip, tmp_path, "budget=100000")) == 2
     assert "more than a round can hold" in capsys.readouterr().err
+    assert run(main, _args(tiny_sd, clip, tmp_path, "round0_budget=100000")) == 2
+    assert "more than round 0 holds" in capsys.readouterr().err
+    assert run(main, _args(tiny_sd, clip, tmp_path, "selection=prompts")) == 2
+    assert "selection=prompts does not rank" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists() and not (tmp_path / "runs").exists()
     assert run(main, _args(tiny_sd, clip, tmp_path, "dpok_args=[dpok.no_such_key=1]")) == 2
     assert "no_such_key" in capsys.readouterr().err and not (tmp_path / "ds").exists()
