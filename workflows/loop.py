@@ -42,9 +42,9 @@ from data.targets import read_prompts_file
 from evaluation import loop_report
 from evaluation.compare import evaluate
 from evaluation.oracle import control_prompts
-from shapes.world import prompt_set
 from reward.evaluation import round_accuracy
 from reward.selection import SelectConfig, select
+from shapes.world import prompt_set
 from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
                              generate_summary, label, reward_summary, run_round)
 

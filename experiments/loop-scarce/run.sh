@@ -2,7 +2,7 @@
 # Issue 59's label-scarce study: one loop arm, one seed, one budget.
 #   experiments/loop-scarce/run.sh <arm> <seed> <budget>
 # arm:    optimistic (epistemic selection, optimism C, with the one-shot control)
-#         greedy     (epistemic selection, optimism 0)
+#         greedy     (epistemic selection, optimism 0; ONE_SHOT=true: with the one-shot control)
 #         random     (random selection, optimism C)
 # budget: 25 or 50 (% of the issue-43 loop's ~4,600 answers: round 0 labels whole prompts,
 #         rounds 1 and 2 a budget each; 384+96+96 or 768+192+192 images at 2 raters an image)
@@ -19,7 +19,7 @@ case $budget in
 esac
 case $arm in
   optimistic) arm_args="selection=uncertain optimism=$C one_shot=true" ;;
-  greedy) arm_args="selection=uncertain optimism=0 one_shot=false" ;;
+  greedy) arm_args="selection=uncertain optimism=0 one_shot=${ONE_SHOT:-false}" ;;
   random) arm_args="selection=random optimism=$C one_shot=false" ;;
   *) echo "arm must be optimistic, greedy or random" >&2; exit 2 ;;
 esac
