@@ -1,11 +1,14 @@
-"""Issue 59's label-scarce study: the loops' results.json -> records.jsonl and the conclusion tables.
+"""Issue 59's label-scarce study: the loops' results.json -> records.jsonl, the conclusion tables
+and the study's two plots.
 
     python experiments/loop-scarce/summarize.py [reports folder, default reports]
 
-Reads every ``<reports>/scarce-<arm>-b<budget>-s<seed>/results.json`` (experiments/loop-scarce/run.sh),
-appends the ones not yet recorded to records.jsonl (keyed by name), and prints per budget: each
-seed's round-0-target gain after each round for every arm, and the paired differences across
-seeds (mean ± standard error between seeds) the issue's targets name.
+Reads every ``<reports>/scarce-<arm>-b<budget>[-kl<w>]-s<seed>/results.json``
+(experiments/loop-scarce/run.sh), appends the ones not yet recorded to records.jsonl (keyed by
+name), and prints per regime (budget, KL weight): each seed's round-0-target gain after each round
+for every arm, then the paired differences across seeds (mean ± standard error between seeds) the
+issue's targets name.  Writes ``gain_vs_labels.png`` and ``gain_vs_kl.png`` beside this file:
+each arm's rounds (mean over seeds), the one-shot control and the oracle upper bound.
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)-s(\d+)$")
+NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?-s(\d+)$")
+ARMS = ("optimistic", "greedy", "random")
+ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experiments/closed-loop, 2 seeds)
+
+
+def cpu() -> str:
+    """This machine's CPU in the words the records use (the loops ran where summarize runs)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = "AVX512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+    return f"{name}, {isa}{', AMX' if 'amx_tile' in flags else ', no AMX'}, {len([l for l in info.splitlines() if l.startswith('processor')])} cores"
 
 
 def load(reports: Path) -> dict[str, dict]:
@@ -31,7 +45,7 @@ def load(reports: Path) -> dict[str, dict]:
     for f in sorted(reports.glob("scarce-*/results.json")):
         name = f.parent.name
         if NAME.match(name) and name not in records:
-            records[name] = {"name": name, "results": json.loads(f.read_text())}
+            records[name] = {"name": name, "cpu": cpu(), "results": json.loads(f.read_text())}
             new.append(records[name])
     with path.open("a") as out:
         for r in new:
@@ -39,61 +53,133 @@ def load(reports: Path) -> dict[str, dict]:
     return records
 
 
-def mean_se(xs: list[float]) -> str:
+def mean_se(xs: list[float]) -> tuple[float, float, int]:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if not xs:
-        return "-"
+        return math.nan, math.nan, 0
     m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return f"{100 * m:+.1f} (one seed)"
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-    return f"{100 * m:+.1f} ± {100 * se:.1f} (n={len(xs)}: {', '.join(f'{100 * x:+.1f}' for x in xs)})"
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else math.nan
+    return m, se, len(xs)
+
+
+def fmt(xs: list[float]) -> str:
+    m, se, n = mean_se(xs)
+    if not n:
+        return "-"
+    each = ", ".join(f"{100 * x:+.1f}" for x in xs)
+    return f"{100 * m:+.1f} ± {100 * se:.1f} (n={n}: {each})" if n > 1 else f"{100 * m:+.1f} (one seed)"
+
+
+def regimes(records: dict) -> dict[tuple[int, str], dict[tuple[str, int], dict]]:
+    out: dict = {}
+    for name, r in records.items():
+        arm, budget, kl, seed = NAME.match(name).groups()
+        out.setdefault((int(budget), kl or "0.01"), {})[(arm, int(seed))] = r["results"]
+    return out
+
+
+def table(runs: dict, budget: int, kl: str) -> None:
+    print(f"\n## {budget} % budget, KL weight {kl}\n")
+    print("| seed | arm | labels after rounds 0 / 1 / 2 | round-0-target gain after rounds 0 / 1 / 2 (± se) "
+          "| KL from base | one-shot (labels, gain, KL) | oracle (gain, KL) |")
+    print("|---|---|---|---|---|---|---|")
+    for seed in sorted({s for _, s in runs}):
+        for arm in ARMS:
+            res = runs.get((arm, seed))
+            if res is None:
+                continue
+            rows = res["rounds"]
+            labels = " / ".join(str(r["labels_spent"]) for r in rows)
+            gains = " / ".join(f"{100 * r['round0_gain']:+.1f} ± {100 * r['round0_gain_se']:.1f}" for r in rows)
+            kls = " / ".join(f"{r.get('kl', math.nan):.2f}" for r in rows)
+            o, u = res.get("one_shot"), res.get("oracle")
+            shot = f"{o['labels_spent']}, {100 * o['round0_gain']:+.1f} ± {100 * o['round0_gain_se']:.1f}, " \
+                   f"{o.get('kl', math.nan):.2f}" if o else ""
+            orc = f"{100 * u['round0_gain']:+.1f} ± {100 * u['round0_gain_se']:.1f}, {u.get('kl', math.nan):.2f}" if u else ""
+            print(f"| {seed} | {arm} | {labels} | {gains} | {kls} | {shot} | {orc} |")
+
+
+def conclusions(runs: dict) -> None:
+    seeds = sorted({s for _, s in runs})
+
+    def last(arm):
+        return lambda s: None if (arm, s) not in runs else runs[(arm, s)]["rounds"][-1]["round0_gain"]
+
+    def shot(s):
+        for arm in ARMS:
+            res = runs.get((arm, s))
+            if res is not None and "one_shot" in res:
+                return res["one_shot"]["round0_gain"]
+        return None
+
+    def diff(a, b):
+        return [a(s) - b(s) for s in seeds if a(s) is not None and b(s) is not None]
+
+    print("\nPaired across seeds (round-0-target gain after round 2, points; mean ± se between seeds):")
+    for what, a, b in (("optimistic - one-shot", last("optimistic"), shot), ("greedy - one-shot", last("greedy"), shot),
+                       ("optimistic - greedy", last("optimistic"), last("greedy")),
+                       ("optimistic - random", last("optimistic"), last("random"))):
+        print(f"- {what}: {fmt(diff(a, b))}")
+    for arm in ARMS:
+        print(f"- {arm} gain: {fmt([last(arm)(s) for s in seeds if last(arm)(s) is not None])}")
+    print(f"- one-shot gain: {fmt([shot(s) for s in seeds if shot(s) is not None])}")
+    falls = {f"{arm}-s{s}": runs[(arm, s)]["checks"].get("no_round_falls_back", {}).get("holds")
+             for arm in ARMS for s in seeds if (arm, s) in runs}
+    print(f"- no round falls back by more than its se: {falls}")
+    reach = {f"{arm}-s{s}": [r["labels_spent"] for r in runs[(arm, s)]["rounds"] if r["round0_gain"] >= ISSUE43_ONE_SHOT]
+             for arm in ARMS for s in seeds if (arm, s) in runs}
+    print(f"- labels at which each loop first reaches issue 43's 100 %-budget one-shot gain "
+          f"(+{100 * ISSUE43_ONE_SHOT:.1f}): { {k: (v[0] if v else None) for k, v in reach.items()} }")
+
+
+def plots(by_regime: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for x, fname, label in (("labels_spent", "gain_vs_labels.png", "rater answers spent"),
+                            ("kl", "gain_vs_kl.png", "KL from the base (nats per step, last 5 DPOK rounds)")):
+        keys = sorted(by_regime)
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False, sharey=True)
+        for ax, key in zip(axes[0], keys):
+            runs = by_regime[key]
+            for arm, style in zip(ARMS, ("o-", "s--", "^:")):
+                seeds = [s for a, s in runs if a == arm]
+                if not seeds:
+                    continue
+                n_rounds = min(len(runs[(arm, s)]["rounds"]) for s in seeds)
+                xs = [mean_se([runs[(arm, s)]["rounds"][k].get(x, math.nan) for s in seeds])[0] for k in range(n_rounds)]
+                ys = [100 * mean_se([runs[(arm, s)]["rounds"][k]["round0_gain"] for s in seeds])[0] for k in range(n_rounds)]
+                ax.plot(xs, ys, style, label=f"{arm} loop (n={len(seeds)})")
+            for extra, marker in (("one_shot", "D"), ("oracle", "*")):
+                pts = [runs[k][extra] for k in runs if extra in runs[k]]
+                if not pts:
+                    continue
+                ys = 100 * mean_se([p["round0_gain"] for p in pts])[0]
+                xs = mean_se([p.get(x, math.nan) for p in pts])[0]
+                if math.isnan(xs):
+                    ax.axhline(ys, color="gray", ls="-.", label=f"{extra.replace('_', '-')} (n={len(pts)})")
+                else:
+                    ax.plot([xs], [ys], marker, ms=9, label=f"{extra.replace('_', '-')} (n={len(pts)})")
+            if x == "labels_spent":
+                ax.axhline(100 * ISSUE43_ONE_SHOT, color="k", ls=":", lw=1, label="one-shot at 100 % (issue 43)")
+            ax.set_title(f"budget {key[0]} %, KL weight {key[1]}")
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("oracle gain on the round-0 targets (points)")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(HERE / fname, dpi=110)
+        plt.close(fig)
 
 
 def main(reports: Path) -> None:
-    records = load(reports)
-    runs: dict[tuple[str, int, int], dict] = {}
-    for name, r in records.items():
-        arm, budget, seed = NAME.match(name).groups()
-        runs[(arm, int(budget), int(seed))] = r["results"]
-    for budget in sorted({b for _, b, _ in runs}):
-        print(f"\n## {budget} % budget\n")
-        print("| seed | arm | labels after rounds 0 / 1 / 2 | round-0-target gain after rounds 0 / 1 / 2 (± se) | KL from base | one-shot (labels, gain) |")
-        print("|---|---|---|---|---|---|")
-        seeds = sorted({s for a, b, s in runs if b == budget})
-        for seed in seeds:
-            for arm in ("optimistic", "greedy", "random"):
-                res = runs.get((arm, budget, seed))
-                if res is None:
-                    continue
-                rows = res["rounds"]
-                labels = " / ".join(str(r["labels_spent"]) for r in rows)
-                gains = " / ".join(f"{100 * r['round0_gain']:+.1f} ± {100 * r['round0_gain_se']:.1f}" for r in rows)
-                kl = " / ".join(f"{r.get('kl', math.nan):.3g}" for r in rows)
-                o = res.get("one_shot")
-                shot = f"{o['labels_spent']}, {100 * o['round0_gain']:+.1f} ± {100 * o['round0_gain_se']:.1f}" if o else ""
-                print(f"| {seed} | {arm} | {labels} | {gains} | {kl} | {shot} |")
-
-        def last(arm, seed):
-            res = runs.get((arm, budget, seed))
-            return None if res is None else res["rounds"][-1]["round0_gain"]
-
-        def shot(seed):
-            res = runs.get(("optimistic", budget, seed))
-            return None if res is None or "one_shot" not in res else res["one_shot"]["round0_gain"]
-
-        def diff(a, b):
-            return [a(s) - b(s) for s in seeds if a(s) is not None and b(s) is not None]
-
-        def falls(seed):
-            res = runs.get(("optimistic", budget, seed))
-            return None if res is None else res["checks"].get("no_round_falls_back", {}).get("holds")
-
-        print(f"\nPaired across seeds (after round 2, points):")
-        print(f"- optimistic - one-shot: {mean_se(diff(lambda s: last('optimistic', s), shot))}")
-        print(f"- optimistic - greedy:   {mean_se(diff(lambda s: last('optimistic', s), lambda s: last('greedy', s)))}")
-        print(f"- optimistic - random:   {mean_se(diff(lambda s: last('optimistic', s), lambda s: last('random', s)))}")
-        print(f"- no round falls back (optimistic): {[falls(s) for s in seeds]}")
+    by_regime = regimes(load(reports))
+    for (budget, kl), runs in sorted(by_regime.items()):
+        table(runs, budget, kl)
+        conclusions(runs)
+    plots(by_regime)
 
 
 if __name__ == "__main__":
