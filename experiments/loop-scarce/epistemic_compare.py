@@ -13,7 +13,10 @@ ensemble's spread is the standard deviation of its heads' calibrated logits, its
 their mean.  Both are judged against the oracle on **every image round k generated** (the policy's
 new images, which no reward trained on: what optimism acts on) and on round k-1's ``val_images``:
 Spearman of the spread with |p - y|, the partial one given p(1 - p) (what the spread adds to the
-probability), and the AUC of the spread for the images p gets wrong.  One JSON line per round.
+probability), and the AUC of the spread for the images p gets wrong; and for selection, the
+reward's error rate among the top quarter of the images by the margin p(1 - p) and by each
+epistemic score p(1 - p) s (what ``make select method=uncertain`` ranks by).  One JSON line per
+round.
 """
 
 from __future__ import annotations
@@ -71,8 +74,16 @@ def judged(s: dict, y: np.ndarray) -> dict:
         return {"spearman": round(cal["spearman_spread_vs_abs_error"], 3),
                 "partial": round(cal["partial_spearman_spread_vs_abs_error"], 3),
                 "auc_wrong": round(auc, 3), "error_rate": round(float(wrong.mean()), 3)}
+    def picks(u, p):  # what a selection ranks by: how many of its top quarter the reward gets wrong
+        top = np.argsort(-u, kind="stable")[: max(1, len(u) // 4)]
+        return round(float(((p[top] >= 0.5) != (y[top] > 0.5)).mean()), 3)
+
+    pu = s["p"] * (1 - s["p"])
     return {"n": int(len(y)), "linear_ucb": one(s["ucb"], s["p"]), "ensemble": one(s["ens"], s["p_ens"]),
-            "p_uncertainty_spearman": round(spread_calibration(s["ucb"], s["p"], y)["spearman_p_uncertainty_vs_abs_error"], 3)}
+            "p_uncertainty_spearman": round(spread_calibration(s["ucb"], s["p"], y)["spearman_p_uncertainty_vs_abs_error"], 3),
+            # error rate among the top quarter by each selection score (the margin, and p(1 - p) s)
+            "top_quarter_error": {"margin": picks(pu, s["p"]), "linear_ucb": picks(pu * s["ucb"], s["p"]),
+                                  "ensemble": picks(s["p_ens"] * (1 - s["p_ens"]) * s["ens"], s["p_ens"])}}
 
 
 def main(name: str, k_heads: int = 5) -> None:

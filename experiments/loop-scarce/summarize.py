@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -26,30 +27,34 @@ ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experim
 
 
 def cpu() -> str:
-    """This machine's CPU in the words the records use (the loops ran where summarize runs)."""
+    """This machine's CPU (the loops ran where summarize runs)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     isa = "AVX512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
-    return f"{name}, {isa}{', AMX' if 'amx_tile' in flags else ', no AMX'}, {len([l for l in info.splitlines() if l.startswith('processor')])} cores"
+    return f"{name}, {isa}{', AMX' if 'amx_tile' in flags else ', no AMX'}"
 
 
 def load(reports: Path) -> dict[str, dict]:
+    """Every recorded loop by name (``scarce-...-s<seed>``), its results.json as the record, after
+    filing the new ones in records.jsonl as tools.records keeps records (``loop-<date>-<name>.json``,
+    with the machine as ``device``: the results page lists them)."""
     records = {}
     path = HERE / "records.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
-            r = json.loads(line)
-            records[r["name"]] = r
+            row = json.loads(line)
+            records[row["file"].split("-", 4)[-1].removesuffix(".json")] = row["record"]
     new = []
     for f in sorted(reports.glob("scarce-*/results.json")):
         name = f.parent.name
         if NAME.match(name) and name not in records:
-            records[name] = {"name": name, "cpu": cpu(), "results": json.loads(f.read_text())}
-            new.append(records[name])
+            records[name] = {**json.loads(f.read_text()), "device": f"2 CPU cores ({cpu()})"}
+            date = datetime.fromtimestamp(f.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
+            new.append({"file": f"loop-{date}-{name}.json", "record": records[name]})
     with path.open("a") as out:
-        for r in new:
-            out.write(json.dumps(r) + "\n")
+        for row in new:
+            out.write(json.dumps(row) + "\n")
     return records
 
 
@@ -74,7 +79,7 @@ def regimes(records: dict) -> dict[tuple[int, str], dict[tuple[str, int], dict]]
     out: dict = {}
     for name, r in records.items():
         arm, budget, kl, seed = NAME.match(name).groups()
-        out.setdefault((int(budget), kl or "0.01"), {})[(arm, int(seed))] = r["results"]
+        out.setdefault((int(budget), kl or "0.01"), {})[(arm, int(seed))] = r
     return out
 
 
