@@ -318,6 +318,8 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
         val_prompts_images=len(val_prompts.images), val_prompts_binary=len(val_prompts.binary.image),
         val_prompts_pairs=len(val_prompts.pairs.image_0), split=split_kind,
         aggregation=data_cfg.binary_aggregation,
+        # the rounds whose images it learns from (make reward-check refuses to judge it on them)
+        labelled_rounds=sorted({int(r) for r in images["round"]}),
     )
     if rounds is not None:  # only when a spec narrowed the rounds: a default summary stays as it was
         summary["rounds"] = rounds

@@ -177,10 +177,12 @@ def select(cfg: SelectConfig) -> SelectResult:
 
     now = datetime.now(timezone.utc)
     ids = gens["image_id"].to_numpy()
+    # the uncertainty of the picks made by it (the first k_u); null for the random ones, as the
+    # schema says, so a mix's random share stays tellable (make reward-check judges on it)
     store.append(SELECTIONS, [dict(image_id=str(ids[i]), round=cfg.round, method=cfg.method,
-                                   uncertainty=None if u is None else float(u[i]),
+                                   uncertainty=None if u is None or j >= k_u else float(u[i]),
                                    reward_model=None if model is None else model.model_id, created_at=now)
-                              for i in picks])
+                              for j, i in enumerate(picks)])
     return SelectResult(
         root=str(cfg.root), round=cfg.round, method=cfg.method, images=n, selected=len(picks),
         by_uncertainty=k_u, at_random=len(picks) - k_u if cfg.method != "all" else 0,

@@ -104,6 +104,8 @@ def test_mix_and_all(loop, tmp_path):
     unc = select(_cfg(root2, reward, "method=uncertain", "budget=2"))
     assert mix.by_uncertainty == 2 and mix.at_random == 6 and len(set(mix.image_ids)) == 8
     assert mix.image_ids[:2] == unc.image_ids  # the uncertain share first, the same images
+    rows = read_table(root, "selections").set_index("image_id").loc[mix.image_ids]
+    assert rows["uncertainty"].iloc[:2].notna().all() and rows["uncertainty"].iloc[2:].isna().all()  # random: null
     root3, _ = _fresh(loop, tmp_path / "c")
     every = select(_cfg(root3, "null", "method=all"))
     assert every.selected == every.images == 24 and every.mean_uncertainty_all is None
