@@ -19,15 +19,13 @@ from data.generations import load_image
 from labeling_app.simulate import simulate_round
 from pipelines.cli import run
 from pipelines.reward_check import main as check_main
-from reward.config import RewardConfig
 from reward.keeps_up import KeepsUpConfig, auc_standard_error, check_keeps_up
 from reward.model import RewardModel
 from reward.selection import SelectConfig, select
 from shapes.raters import default_panel
-from shapes.render import render_round
 from shapes.world import prompt_set
 from test_reward_rounds import render_into_round
-from tiny_models import make_tiny_clip
+from test_selection import labelled_round_and_reward
 
 torch.set_num_threads(2)
 
@@ -51,24 +49,13 @@ def test_auc_standard_error_matches_a_simulation():
 def rounds(tmp_path_factory):
     """A labelled round 0 and a reward trained on it; round 1 (other prompts) with a mixed
     selection of 24 of its 40 images, labelled."""
-    from reward.train import train_reward
-
-    base = tmp_path_factory.mktemp("keeps")
-    root = base / "root"
+    root, reward = labelled_round_and_reward(tmp_path_factory.mktemp("keeps"))
     store = Store(root)
-    render_round(store, prompt_set("train")[::9][:10] + prompt_set("heldout")[::8][:4], per_prompt=4, seed=1,
-                 mismatch_rate=0.5)
-    simulate_round(store, default_panel(4, flip_rate=0.1), overlap=2)
-    clip = make_tiny_clip(base / "clip", image_size=32)
-    train_reward(load_config(RewardConfig, None, [
-        f"data.root={root}", f"model.clip={clip}", f"out_dir={base / 'reward'}", "device=cpu", "progress=false",
-        "data.min_val_prompts=3", "train.epochs=2", "train.ablate_aux=false", "train.baselines=false",
-        "model.hidden=[16]"]))
     render_into_round(store, prompt_set("train")[5::9][:10], per_prompt=4, round=1, seed=3)
-    select(load_config(SelectConfig, None, [f"root={root}", f"reward={base / 'reward'}", "round=1", "budget=24",
+    select(load_config(SelectConfig, None, [f"root={root}", f"reward={reward}", "round=1", "budget=24",
                                             "method=mix", "device=cpu", "progress=false"]))
     simulate_round(store, default_panel(4, flip_rate=0.1), overlap=2, round=1)
-    return root, base / "reward"
+    return root, reward
 
 
 def _cfg(root, reward, *more):

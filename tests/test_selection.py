@@ -31,24 +31,30 @@ from tiny_models import make_tiny_clip
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    """A labelled round 0, a reward trained on it, and an unlabelled round 1 of 6 prompts x 4."""
+def labelled_round_and_reward(base):
+    """A round 0 of 14 prompts x 4 renders labelled by simulated raters at ``base / "root"``, and a
+    tiny reward trained on it at ``base / "reward"``."""
     from reward.train import train_reward
 
-    base = tmp_path_factory.mktemp("sel")
     root = base / "root"
     store = Store(root)
     render_round(store, prompt_set("train")[::9][:10] + prompt_set("heldout")[::8][:4], per_prompt=4, seed=1,
                  mismatch_rate=0.5)
     simulate_round(store, default_panel(4, flip_rate=0.1), overlap=2)
-    render_into_round(store, prompt_set("train")[5::9][:6], per_prompt=4, round=1, seed=3)
     clip = make_tiny_clip(base / "clip", image_size=32)
     train_reward(load_config(RewardConfig, None, [
         f"data.root={root}", f"model.clip={clip}", f"out_dir={base / 'reward'}", "device=cpu", "progress=false",
         "data.min_val_prompts=3", "train.epochs=2", "train.ablate_aux=false", "train.baselines=false",
         "model.hidden=[16]"]))
     return root, base / "reward"
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """A labelled round 0, a reward trained on it, and an unlabelled round 1 of 6 prompts x 4."""
+    root, reward = labelled_round_and_reward(tmp_path_factory.mktemp("sel"))
+    render_into_round(Store(root), prompt_set("train")[5::9][:6], per_prompt=4, round=1, seed=3)
+    return root, reward
 
 
 def _fresh(loop, tmp_path):
