@@ -137,6 +137,30 @@ def conclusions(runs: dict) -> None:
           f"(+{100 * ISSUE43_ONE_SHOT:.1f}): { {k: (v[0] if v else None) for k, v in reach.items()} }")
 
 
+def epistemic() -> None:
+    """epistemic.jsonl (epistemic_compare.py, one line per loop round) as one table: mean ± se
+    over the loop rounds of each spread's AUC for the reward's wrong images, its partial Spearman
+    given p(1 - p), and the reward's error rate among the top quarter by each selection score
+    (p(1 - p) for the margin, p(1 - p)·s for each spread; lines from before it was measured lack it)."""
+    path = HERE / "epistemic.jsonl"
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    print(f"\n## Does the spread point at the reward's errors? ({len(rows)} loop rounds)\n")
+    print("| images | spread | AUC for wrong images | partial Spearman given p(1 - p) | top-quarter error "
+          "| error of its p, all images |")
+    print("|---|---|---|---|---|---|")
+    for where in ("new_images", "val_images"):
+        def cell(get):
+            m, se, _ = mean_se([get(r[where]) for r in rows])
+            return f"{m:.2f} ± {se:.2f}"
+        for kind in ("linear_ucb", "ensemble"):
+            print(f"| {where.replace('_', ' ')} | {kind} | {cell(lambda r: r[kind]['auc_wrong'])} "
+                  f"| {cell(lambda r: r[kind]['partial'])} | {cell(lambda r: r.get('top_quarter_error', {}).get(kind, math.nan))} "
+                  f"| {cell(lambda r: r[kind]['error_rate'])} |")
+        print(f"| {where.replace('_', ' ')} | margin p(1 - p) | | | {cell(lambda r: r.get('top_quarter_error', {}).get('margin', math.nan))} | |")
+
+
 def plots(by_regime: dict) -> None:
     import matplotlib
 
@@ -184,6 +208,7 @@ def main(reports: Path) -> None:
     for (budget, kl), runs in sorted(by_regime.items()):
         table(runs, budget, kl)
         conclusions(runs)
+    epistemic()
     plots(by_regime)
 
 
