@@ -173,31 +173,31 @@ def plots(by_regime: dict) -> None:
         fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False, sharey=True)
         for ax, key in zip(axes[0], keys):
             runs = by_regime[key]
-            for arm, style in zip(ARMS, ("o-", "s--", "^:")):
+            for arm, style, colour in zip(ARMS, ("o-", "s--", "^:"), ("C0", "C1", "C2")):
                 seeds = [s for a, s in runs if a == arm]
                 if not seeds:
                     continue
                 n_rounds = min(len(runs[(arm, s)]["rounds"]) for s in seeds)
                 xs = [mean_se([runs[(arm, s)]["rounds"][k].get(x, math.nan) for s in seeds])[0] for k in range(n_rounds)]
                 ys = [100 * mean_se([runs[(arm, s)]["rounds"][k]["round0_gain"] for s in seeds])[0] for k in range(n_rounds)]
-                ax.plot(xs, ys, style, label=f"{arm} loop (n={len(seeds)})")
-            for extra, marker in (("one_shot", "D"), ("oracle", "*")):
+                ax.plot(xs, ys, style, color=colour, label=f"{arm} loop (n={len(seeds)})")
+            for extra, marker, colour in (("one_shot", "D", "C3"), ("oracle", "*", "gray")):
                 pts = [runs[k][extra] for k in runs if extra in runs[k]]
                 if not pts:
                     continue
                 ys = 100 * mean_se([p["round0_gain"] for p in pts])[0]
                 xs = mean_se([p.get(x, math.nan) for p in pts])[0]
                 if math.isnan(xs):
-                    ax.axhline(ys, color="gray", ls="-.", label=f"{extra.replace('_', '-')} (n={len(pts)})")
+                    ax.axhline(ys, color=colour, ls="-.", label=f"{extra.replace('_', '-')} (n={len(pts)})")
                 else:
-                    ax.plot([xs], [ys], marker, ms=9, label=f"{extra.replace('_', '-')} (n={len(pts)})")
+                    ax.plot([xs], [ys], marker, color=colour, ms=9, label=f"{extra.replace('_', '-')} (n={len(pts)})")
             if x == "labels_spent":
                 ax.axhline(100 * ISSUE43_ONE_SHOT, color="k", ls=":", lw=1, label="one-shot at 100 % (issue 43)")
             ax.set_title(f"budget {key[0]} %, KL weight {key[1]}")
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
         axes[0][0].set_ylabel("oracle gain on the round-0 targets (points)")
-        axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(HERE / fname, dpi=110)
         plt.close(fig)
