@@ -150,15 +150,18 @@ def epistemic() -> None:
     print("| images | spread | AUC for wrong images | partial Spearman given p(1 - p) | top-quarter error "
           "| error of its p, all images |")
     print("|---|---|---|---|---|---|")
+    def top(r: dict, score: str) -> float:
+        return r.get("top_quarter_error", {}).get(score, math.nan)
+
     for where in ("new_images", "val_images"):
         def cell(get):
             m, se, _ = mean_se([get(r[where]) for r in rows])
             return f"{m:.2f} ± {se:.2f}"
+        images = where.replace("_", " ")
         for kind in ("linear_ucb", "ensemble"):
-            print(f"| {where.replace('_', ' ')} | {kind} | {cell(lambda r: r[kind]['auc_wrong'])} "
-                  f"| {cell(lambda r: r[kind]['partial'])} | {cell(lambda r: r.get('top_quarter_error', {}).get(kind, math.nan))} "
-                  f"| {cell(lambda r: r[kind]['error_rate'])} |")
-        print(f"| {where.replace('_', ' ')} | margin p(1 - p) | | | {cell(lambda r: r.get('top_quarter_error', {}).get('margin', math.nan))} | |")
+            print(f"| {images} | {kind} | {cell(lambda r: r[kind]['auc_wrong'])} | {cell(lambda r: r[kind]['partial'])} "
+                  f"| {cell(lambda r: top(r, kind))} | {cell(lambda r: r[kind]['error_rate'])} |")
+        print(f"| {images} | margin p(1 - p) | | | {cell(lambda r: top(r, 'margin'))} | |")
 
 
 def plots(by_regime: dict) -> None:
