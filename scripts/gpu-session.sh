@@ -4,7 +4,9 @@
 # configuration, and leave the logs and bench.json under $OUT.  Prepare the wheels here first:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata
-# Extra bench settings go in BENCH_ARGS, e.g. BENCH_ARGS="gpu_levers=false".
+# Extra bench settings go in BENCH_ARGS, e.g. BENCH_ARGS="gpu_levers=false" or "region_weight=0.5" (the
+# region-aware objective's memory).  AUTOTUNE=1: inductor's max-autotune (TORCHINDUCTOR_MAX_AUTOTUNE=1,
+# its GEMM and kernel autotuning, no CUDA graphs) for every compile; the records' notes say so.
 set -uo pipefail
 OUT=${OUT:-reports/gpu-session}
 mkdir -p "$OUT"
@@ -15,6 +17,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+if [ "${AUTOTUNE:-0}" = 1 ]; then export TORCHINDUCTOR_MAX_AUTOTUNE=1; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers, transformers, peft, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/gpu.txt"
 rc=0

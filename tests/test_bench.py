@@ -28,6 +28,20 @@ def test_bench_writes_both_methods(tmp_path, tiny_sd):
 
 
 @pytest.mark.slow
+def test_bench_times_the_region_objective_when_asked(tmp_path, tiny_sd):
+    """``region_weight``: both loops run region-aware fine-tuning on the bench's reward, given an
+    untrained region head; the records say so, DPOK's with the change it measured outside the masks."""
+    rc = run(main, [f"cpu_pipeline={tiny_sd}", f"output_dir={tmp_path}/bench", "rounds=1",
+                    "prompts_per_round=1", "samples_per_prompt=2", "num_inference_steps=2", "steps_per_sample=1",
+                    "minibatch_size=2", "rwl_steps=1", "rwl_batch_size=2", "repeats=1", "gpu=false",
+                    "adapters=[]", "region_weight=0.5"])
+    assert rc == 0
+    dpok, rwl = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert "region.weight 0.5 (mean outside change" in dpok["notes"]
+    assert "region.weight 0.5" in rwl["notes"]
+
+
+@pytest.mark.slow
 def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
     """``cpu_levers=true``: the bare sampling forward and update forward+backward eager and
     torch.compiled, with the compile's seconds (the figures behind the loop staying eager on the

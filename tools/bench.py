@@ -85,6 +85,11 @@ class BenchConfig:
     # Also time DPOK's loop with each of these trainable parts (model.parameterisation) in the same
     # process: seconds per round of its update and its sampling (DiffCon's side network against LoRA)
     adapters: tuple[Parameterisation, ...] = ("lora", "side")
+    # > 0: both loops run region-aware fine-tuning (region.weight, finetune.region) at this weight,
+    # the bench's reward given an untrained region head: what Focus-N-Fix's penalty adds in memory
+    # and time (the masks' content does not change either); the bare passes stay plain DPOK's and
+    # RWL's, so the overhead ratio counts the penalty's base-model passes as overhead
+    region_weight: float = 0.0
     demo: bool = False
     demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
     demo_runs: tuple[str, ...] = ("eager", "compiled-cold", "compiled-warm")  # which of them (tools.demo_bench.RUNS)
@@ -98,6 +103,7 @@ def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> 
     return replace(
         d, method=method, output_dir=out, mixed_precision="no", sample_grid_every=0,
         model=replace(d.model, pipeline=pipeline), reward=cfg.reward,
+        region=replace(d.region, weight=cfg.region_weight),
         sampling=replace(d.sampling, num_inference_steps=cfg.num_inference_steps),
         prompts=replace(d.prompts, eval_prompts=("one red circle",)), optim=replace(d.optim, lr=3e-4),
         dpok=replace(d.dpok, rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round,
@@ -116,6 +122,7 @@ def gpu_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, prompt
     return replace(
         f, method=method, output_dir=out, sample_grid_every=0, curve_every=0, seed=0,
         model=replace(f.model, pipeline=pipeline), reward=cfg.reward,
+        region=replace(f.region, weight=cfg.region_weight),
         prompts=replace(f.prompts, prompts_file=prompts_file, eval_prompts=("one red circle",)),
         dpok=replace(f.dpok, rounds=cfg.rounds, checkpoint_every_rounds=0),
         rwl=replace(f.rwl, steps=cfg.rwl_steps, samples_per_prompt=1, pretrain_per_prompt=1, checkpoint_every_steps=0))
@@ -160,6 +167,15 @@ def _reset_peak_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _settings(cfg: FinetuneConfig) -> str:
+    """What a record's notes add when set: the region-aware objective, and inductor's max-autotune
+    (``TORCHINDUCTOR_MAX_AUTOTUNE=1``, scripts/gpu-session.sh's ``AUTOTUNE=1``)."""
+    import torch._inductor.config as inductor
+
+    return ((f", region.weight {cfg.region.weight:g}" if cfg.region.weight > 0 else "")
+            + (", inductor max-autotune" if inductor.max_autotune else ""))
+
+
 def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method], FinetuneConfig],
                    levers: bool = False, on_result: Callable[[list], None] = lambda results: None
                    ) -> list[BenchResult]:
@@ -197,6 +213,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
         flops_mb = bare.get("update_flops_per_minibatch")
         compute = asdict(dpok_cfg.compute)
         first = rows[0]  # the warm-up round: compiling happens there
+        outside = [r.outside_change for r in rows if r.outside_change is not None]
         results.append(BenchResult(
             name=name, method="dpok", device=device, overhead_ratio=measured / bare_total, measured_s=measured,
             bare_s=bare_total, split_s={"sample": sample, "reward": reward_t, "update": update,
@@ -209,7 +226,8 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
             flop_convention=FLOP_CONVENTION if mfu is not None else None,
             pass_peak_mb=bare.get("peak_mb"), date=day,
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
-                  f"sample, minibatch {d.minibatch_size}, CFG"))
+                  f"sample, minibatch {d.minibatch_size}, CFG" + _settings(dpok_cfg)
+                  + (f" (mean outside change {statistics.mean(outside):.3g})" if outside else "")))
         on_result(results)
         steps = []
         rwl_cfg = make_cfg(f"{tmp}/rwl", "rwl")
@@ -229,7 +247,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
             measured_s=per_step, bare_s=bare["rwl_step_s"], split_s={"setup_and_first_step": rwl_first},
             images_per_s=float("nan"), transitions_per_s=rwl_cfg.rwl.batch_size / per_step,
             peak_memory_mb=peak_memory_mb(device), gpu=gpu, compute=compute, date=day,
-            notes=f"batch {rwl_cfg.rwl.batch_size} (half D_model, half D_pre)"))
+            notes=f"batch {rwl_cfg.rwl.batch_size} (half D_model, half D_pre)" + _settings(rwl_cfg)))
         on_result(results)
         if levers:
             results[0].levers = lever_timings(run, dpok_cfg, cfg.repeats)
@@ -293,7 +311,7 @@ def _with_reward(cfg: BenchConfig, clip, tmp: Path) -> BenchConfig:
     """``cfg`` with a reward model to time: the one named, or an untrained head on ``clip()``."""
     if cfg.reward.kind == "oracle" or cfg.reward.path:
         return cfg
-    path = build_reward_model(clip(), tmp / "reward")
+    path = build_reward_model(clip(), tmp / "reward", region=cfg.region_weight > 0)
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, path=str(path)))
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.loading import load_clip
+from reward.config import RegionConfig
 from reward.model import RewardModel
+from reward.region import build_region_head
 from shapes.tokenizer import build_tokenizer, text_config_ids
 
 
@@ -64,9 +66,13 @@ def build_random_clip_vitl14(path: Path) -> Path:
     return Path(path)
 
 
-def build_reward_model(clip: str | Path, path: Path) -> Path:
-    """A reward model folder: an untrained (seeded) head on the CLIP folder ``clip``."""
-    RewardModel.build(load_clip(clip, device="cpu")).save_pretrained(path, name="bench")
+def build_reward_model(clip: str | Path, path: Path, region: bool = False) -> Path:
+    """A reward model folder: an untrained (seeded) head on the CLIP folder ``clip``; ``region``:
+    with an untrained region head too (what region-aware fine-tuning needs to run)."""
+    model = RewardModel.build(load_clip(clip, device="cpu"))
+    if region:
+        model.region_head = build_region_head(model, RegionConfig().hidden, seed=0)
+    model.save_pretrained(path, name="bench")
     return Path(path)
 
 
