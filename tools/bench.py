@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from core.config import load_config
+from core.config import NonNegativeFloat, load_config
 from finetune.config import CONFIGS, FinetuneConfig, Method, Parameterisation
 from finetune.dpok import train_dpok
 from finetune.run import setup_run
@@ -89,7 +89,7 @@ class BenchConfig:
     # the bench's reward given an untrained region head: what Focus-N-Fix's penalty adds in memory
     # and time (the masks' content does not change either); the bare passes stay plain DPOK's and
     # RWL's, so the overhead ratio counts the penalty's base-model passes as overhead
-    region_weight: float = 0.0
+    region_weight: NonNegativeFloat = 0.0
     demo: bool = False
     demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
     demo_runs: tuple[str, ...] = ("eager", "compiled-cold", "compiled-warm")  # which of them (tools.demo_bench.RUNS)
