@@ -137,6 +137,23 @@ def conclusions(runs: dict) -> None:
           f"(+{100 * ISSUE43_ONE_SHOT:.1f}): { {k: (v[0] if v else None) for k, v in reach.items()} }")
 
 
+def keeps_up(by_regime: dict) -> None:
+    """Every loop against its seed's one-shot control (same budget and KL weight, same round 0),
+    split by whether its reward_keeps_up check held: does the check tell when the rounds paid?"""
+    split: dict[bool | None, list[tuple[str, float]]] = {}
+    for (budget, kl), runs in sorted(by_regime.items()):
+        controls = {s: r["one_shot"]["round0_gain"] for (_, s), r in runs.items() if "one_shot" in r}
+        for (arm, s), r in sorted(runs.items()):
+            if s in controls:
+                holds = r["checks"].get("reward_keeps_up", {}).get("holds")
+                split.setdefault(holds, []).append((f"{budget}%-kl{kl}-{arm}-s{s}", r["rounds"][-1]["round0_gain"] - controls[s]))
+    print("\n## Loop minus its one-shot control, by the reward-keeps-up check\n")
+    for holds, rows in sorted(split.items(), key=lambda kv: str(kv[0])):
+        beat = sum(d > 0 for _, d in rows)
+        print(f"- keeps_up {holds}: {beat} of {len(rows)} beat the control; {fmt([d for _, d in rows])}; "
+              + ", ".join(f"{n} {100 * d:+.1f}" for n, d in rows))
+
+
 def epistemic() -> None:
     """epistemic.jsonl (epistemic_compare.py, one line per loop round) as one table: mean ± se
     over the loop rounds of each spread's AUC for the reward's wrong images, its partial Spearman
@@ -211,6 +228,7 @@ def main(reports: Path) -> None:
     for (budget, kl), runs in sorted(by_regime.items()):
         table(runs, budget, kl)
         conclusions(runs)
+    keeps_up(by_regime)
     epistemic()
     plots(by_regime)
 
