@@ -104,6 +104,15 @@ def table(runs: dict, budget: int, kl: str) -> None:
             print(f"| {seed} | {arm} | {labels} | {gains} | {kls} | {shot} | {orc} |")
 
 
+def one_shot_gain(runs: dict, seed: int) -> float | None:
+    """The round-0-target gain of the seed's one-shot control (run beside one arm), if any."""
+    for arm in ARMS:
+        res = runs.get((arm, seed))
+        if res is not None and "one_shot" in res:
+            return res["one_shot"]["round0_gain"]
+    return None
+
+
 def conclusions(runs: dict) -> None:
     seeds = sorted({s for _, s in runs})
 
@@ -111,11 +120,7 @@ def conclusions(runs: dict) -> None:
         return lambda s: None if (arm, s) not in runs else runs[(arm, s)]["rounds"][-1]["round0_gain"]
 
     def shot(s):
-        for arm in ARMS:
-            res = runs.get((arm, s))
-            if res is not None and "one_shot" in res:
-                return res["one_shot"]["round0_gain"]
-        return None
+        return one_shot_gain(runs, s)
 
     def diff(a, b):
         return [a(s) - b(s) for s in seeds if a(s) is not None and b(s) is not None]
@@ -142,11 +147,11 @@ def keeps_up(by_regime: dict) -> None:
     split by whether its reward_keeps_up check held: does the check tell when the rounds paid?"""
     split: dict[bool | None, list[tuple[str, float]]] = {}
     for (budget, kl), runs in sorted(by_regime.items()):
-        controls = {s: r["one_shot"]["round0_gain"] for (_, s), r in runs.items() if "one_shot" in r}
         for (arm, s), r in sorted(runs.items()):
-            if s in controls:
+            control = one_shot_gain(runs, s)
+            if control is not None:
                 holds = r["checks"].get("reward_keeps_up", {}).get("holds")
-                split.setdefault(holds, []).append((f"{budget}%-kl{kl}-{arm}-s{s}", r["rounds"][-1]["round0_gain"] - controls[s]))
+                split.setdefault(holds, []).append((f"{budget}%-kl{kl}-{arm}-s{s}", r["rounds"][-1]["round0_gain"] - control))
     print("\n## Loop minus its one-shot control, by the reward-keeps-up check\n")
     for holds, rows in sorted(split.items(), key=lambda kv: str(kv[0])):
         beat = sum(d > 0 for _, d in rows)
