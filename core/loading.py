@@ -68,6 +68,20 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
     return geometry
 
 
+def load_scheduler(path: str | os.PathLike):
+    """The scheduler of a StableDiffusionPipeline folder, from its scheduler config alone (no
+    weights): what a report names before any model is loaded."""
+    import diffusers
+
+    folder = Path(path) / "scheduler"
+    try:
+        name = json.loads((folder / "scheduler_config.json").read_text())["_class_name"]
+        return getattr(diffusers, name).from_pretrained(folder, local_files_only=True)
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"could not read the scheduler config of {path}: {e}",
+                        "check that the folder is complete (scheduler/scheduler_config.json).") from None
+
+
 def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False, pipeline_only: bool = False) -> str:
     """A location-independent identity of a model folder (16 hex digits), the one fingerprint every
     stage uses.
