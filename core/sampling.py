@@ -158,15 +158,15 @@ class SamplingConfig:
 
     def sampler(self, scheduler):
         """The scheduler plain sampling runs for a pipeline whose scheduler is ``scheduler``:
-        :func:`ddim_scheduler`'s DDIM (kept finite, :func:`finite_ddim`), or ``scheduler`` itself
-        under ``scheduler=pipeline``."""
-        return scheduler if self.scheduler == "pipeline" else finite_ddim(ddim_scheduler(scheduler)[0])
+        :func:`ddim_scheduler`'s DDIM, or ``scheduler`` itself under ``scheduler=pipeline``; a DDIM
+        kept finite (:func:`finite_ddim`)."""
+        return finite_ddim(scheduler if self.scheduler == "pipeline" else ddim_scheduler(scheduler)[0])
 
     def settings(self, scheduler) -> SamplerSettings:
         """What sampling a pipeline whose scheduler is ``scheduler`` with this config records: the
         sampler actually run (:meth:`sampler`), and eta where that sampler takes one (else 0)."""
-        used = self.sampler(scheduler)
-        name = "DDIMScheduler" if self.scheduler == "ddim" else type(used).__name__
+        used = self.sampler(scheduler)  # a DDIM's finite copy is named as DDIM
+        name = "DDIMScheduler" if self.scheduler == "ddim" else type(scheduler).__name__
         return SamplerSettings(sampler=name, num_inference_steps=self.num_inference_steps,
                                guidance_scale=self.guidance_scale, eta=self.eta if takes_eta(used) else 0.0)
 

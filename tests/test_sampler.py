@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from core.config import load_config
 from core.errors import UserError
 from core.loading import load_sd_pipeline
 from core.sampling import SamplingConfig, generate_images
+from finetune.scheduler import DDIMSchedule
 from tiny_models import make_tiny_clip, make_tiny_sd
 
 PROMPTS = "a photo of a cat on a sofa\nan oil painting of a lighthouse at dusk\n"
@@ -48,6 +50,11 @@ def test_sampling_is_ddim_with_eta_by_default_and_the_folders_own_when_asked(eul
     assert np.abs(own - images(eta=0.0)).max() > 1
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"  # the caller's pipeline is left as it was
     cfg = SamplingConfig(num_inference_steps=3)
+    # the DDIM run is the fine-tuning chain's: the same timesteps and alpha-bars
+    chain, used = DDIMSchedule.from_scheduler(pipe.scheduler, 3, 1.0), cfg.sampler(pipe.scheduler)
+    used.set_timesteps(3)
+    assert torch.equal(used.timesteps.long(), chain.timesteps)
+    assert torch.allclose(used.alphas_cumprod[chain.timesteps], chain.abar)
     assert cfg.settings(pipe.scheduler).sampler == "DDIMScheduler" and cfg.settings(pipe.scheduler).eta == 1.0
     own_cfg = SamplingConfig(num_inference_steps=3, scheduler="pipeline")
     assert own_cfg.settings(pipe.scheduler).sampler == "EulerDiscreteScheduler"
