@@ -73,6 +73,7 @@ class GenerateResult:
     prompts: int
     images_added: int
     images_in_round: int
+    sampling: str  # the sampler and setting the images were drawn with (SamplingConfig.describe)
 
 
 def _prompts(cfg: GenerateConfig) -> list[PromptSpec]:
@@ -137,7 +138,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         jobs = [(p, s) for p in prompts for s in first if s not in used.get(p.prompt_id, set())]
     else:
         jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
-    settings = cfg.sampling.settings(pipe)
+    settings = cfg.sampling.settings(pipe.scheduler)  # the sampler actually run, as each row records it
+    sampling = cfg.sampling.describe(pipe.scheduler)
+    print(f"generate: sampling at {sampling}", file=sys.stderr, flush=True)
     added = 0
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(jobs), cfg.sampling.batch_size):
@@ -151,7 +154,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             added += len(batch)
             bar.update(len(batch))
     return GenerateResult(str(store.root), model_id, ref.fingerprint, run, cfg.round, len(prompts), added,
-                          store.read(GENERATIONS).num_rows)
+                          store.read(GENERATIONS).num_rows, sampling)
 
 
 def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> GenerateResult:
@@ -183,4 +186,4 @@ def _render(cfg: GenerateConfig, store: Store, prompts: list[PromptSpec]) -> Gen
                     settings=RENDERER, round=cfg.round)
         added += n
     return GenerateResult(str(store.root), "shapes-renderer", None, None, cfg.round, len(prompts), added,
-                          store.read(GENERATIONS).num_rows)
+                          store.read(GENERATIONS).num_rows, "the shapes-world renderer")

@@ -68,6 +68,20 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
     return geometry
 
 
+def load_scheduler(path: str | os.PathLike):
+    """The scheduler of a StableDiffusionPipeline folder, from its scheduler config alone (no
+    weights): what a report names before any model is loaded."""
+    import diffusers
+
+    folder = Path(path) / "scheduler"
+    try:
+        name = json.loads((folder / "scheduler_config.json").read_text())["_class_name"]
+        return getattr(diffusers, name).from_pretrained(folder, local_files_only=True)
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"could not read the scheduler config of {path}: {e}",
+                        "check that the folder is complete (scheduler/scheduler_config.json).") from None
+
+
 def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False, pipeline_only: bool = False) -> str:
     """A location-independent identity of a model folder (16 hex digits), the one fingerprint every
     stage uses.
@@ -298,6 +312,23 @@ def _adapter_ref(base: Path, run: Path, side: bool) -> ModelRef:
     return ModelRef(base, run, run, _adapter_fingerprint(model_fingerprint(base), run))
 
 
+def _adapter_scale(adapter: Path) -> float:
+    """The scale to fuse ``adapter``'s LoRA weights at, beyond what diffusers applies: 1 for a file
+    that carries its adapter config (diffusers' lora_adapter_metadata: lora_alpha / r is applied
+    from it), else lora_alpha / lora_rank of the run's config.yaml, where diffusers took alpha =
+    rank (runs saved before the metadata was written); 1 without either."""
+    from safetensors import safe_open
+
+    with safe_open(adapter / LORA_WEIGHTS, "pt") as f:
+        if "lora_adapter_metadata" in (f.metadata() or {}):
+            return 1.0
+    try:
+        model = (yaml.safe_load((adapter / RUN_CONFIG).read_text()) or {}).get("model") or {}
+        return float(model["lora_alpha"]) / float(model["lora_rank"])
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+
+
 def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
     """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused, or
     its side network beside the UNet (``pipe.unet`` a :class:`core.side.SideUNet` of strength
@@ -315,6 +346,6 @@ def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"the LoRA weights in {ref.adapter} do not fit the pipeline {ref.base}: {e}",
                             "apply the adapter to the base pipeline it was trained from.") from None
-        pipe.fuse_lora()
+        pipe.fuse_lora(lora_scale=_adapter_scale(ref.adapter))
         pipe.unload_lora_weights()  # drops the adapter layers; the fused weights stay
     return pipe

@@ -1,6 +1,11 @@
 """Plain, seeded, batched sampling from any StableDiffusionPipeline (no log-probs; the RL sampler
 with log-probs lives in finetune/).  Used by ``make generate``, evaluation and the demo.
 
+By default it samples the chain fine-tuning trains: DDIM with ``sampling.eta`` on the folder's own
+noise schedule (:func:`ddim_scheduler`), whatever kind of scheduler the folder ships (PNDM for
+Stable Diffusion v1.5, Euler, ...); ``sampling.scheduler=pipeline`` samples with that scheduler
+instead.  :meth:`SamplingConfig.settings` names the one used, for the generations rows and reports.
+
 torch and diffusers are imported on first use, so that the config and settings types here (which
 :mod:`data.generations` records) cost nothing to import."""
 
@@ -16,6 +21,55 @@ from PIL import Image
 from core.compile import CompileMode, resolve_compile, sampling_unet
 from core.config import Bounds, PositiveInt, Share
 from core.errors import UserError
+
+
+# Which sampler plain sampling uses: "ddim", the fine-tuning chain (DDIM with sampling.eta on the
+# folder's noise schedule, core.sampling.ddim_scheduler); "pipeline", the folder's own scheduler as
+# it is (its eta only where its step takes one).
+SamplerChoice = Literal["ddim", "pipeline"]
+
+# Stable Diffusion v1's DDIM settings (its own scheduler configs): what DDIM samples with when the
+# pipeline's scheduler is another kind, whose spacing keys describe that other sampler.
+SD_DDIM_SETTINGS = dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                        clip_sample=False, thresholding=False)
+
+
+def ddim_scheduler(scheduler):
+    """The ``DDIMScheduler`` that samples the fine-tuning chain on the noise schedule of a
+    pipeline's ``scheduler``, and a sentence saying how it was built (None when ``scheduler`` is
+    DDIM, taken as it is).
+
+    Another kind's config (PNDM, Euler, Euler-ancestral, DDPM, LMS, DPM-Solver++) gives the model's
+    noise schedule: num_train_timesteps, the betas, prediction_type, rescale_betas_zero_snr.  Its
+    step-spacing keys belong to that sampler: it lacks set_alpha_to_one (DDIMScheduler's default,
+    true, makes the last step deterministic), and Euler, LMS and DPM-Solver write
+    timestep_spacing="linspace", DDPM "leading" with steps_offset=0, with either of which DDIM's last
+    step goes from t=0 to alpha-bar(0) again: sigma = 0, no log-probability.  So DDIM takes Stable
+    Diffusion's settings (SD_DDIM_SETTINGS), except "trailing" spacing for a config that asks for
+    it or rescales to zero terminal SNR: such a model starts from pure noise at t=T-1 (Lin et al.
+    2024), which leading spacing never visits.
+    """
+    from diffusers import DDIMScheduler
+
+    cfg = scheduler.config
+    if isinstance(scheduler, DDIMScheduler):
+        return DDIMScheduler.from_config(cfg), None
+    settings = dict(SD_DDIM_SETTINGS)
+    if cfg.get("timestep_spacing") == "trailing" or cfg.get("rescale_betas_zero_snr", False):
+        settings["timestep_spacing"] = "trailing"
+    ddim = DDIMScheduler.from_config(cfg, **settings)
+    note = (f"the pipeline's scheduler is {type(scheduler).__name__}; DDIM samples on its "
+            f"noise schedule ({ddim.config.beta_schedule} betas, {ddim.config.prediction_type}"
+            f"{', zero terminal SNR' if ddim.config.rescale_betas_zero_snr else ''}) with Stable Diffusion's "
+            f"DDIM settings: set_alpha_to_one=false, steps_offset=1, timestep_spacing={settings['timestep_spacing']}.")
+    return ddim, note
+
+
+def takes_eta(scheduler) -> bool:
+    """Whether ``scheduler``'s step takes DDIM's eta (diffusers' pipeline passes it only then)."""
+    import inspect
+
+    return "eta" in inspect.signature(scheduler.step).parameters
 
 
 # The same names as accelerate's (and the fine-tuning config's) mixed_precision: "no" is fp32.
@@ -60,10 +114,10 @@ def sampling_dtype(mixed_precision: MixedPrecision, device) -> "torch.dtype | No
 class SamplerSettings:
     """How an image was sampled, as the generations table records it."""
 
-    sampler: str
+    sampler: str  # the scheduler class that sampled it, e.g. DDIMScheduler
     num_inference_steps: int
     guidance_scale: float
-    eta: float
+    eta: float  # 0 where the sampler takes no eta (sampling.scheduler=pipeline with e.g. Euler)
 
 
 # Classifier-free guidance weight w: u + w (c - u) of the unconditional and conditional
@@ -78,6 +132,10 @@ class SamplingConfig:
     probe-steps): one config, so the same keys mean the same everywhere."""
 
     num_inference_steps: PositiveInt = 20  # DDIM steps of the chain
+    # ddim: the chain fine-tuning trains (DDIM with eta on the folder's noise schedule), for every
+    # stage; pipeline: make generate and make eval sample with the folder's own scheduler (PNDM,
+    # Euler, ...), which fine-tuning cannot (its log-probs are DDIM's)
+    scheduler: SamplerChoice = "ddim"
     # Guidance 5 with stochastic DDIM (eta 1) samples the shapes-world base model best
     # (experiments/sampling-defaults): eta 1 commits to one background for prompts that leave it
     # free, where eta 0 draws a washed-out average.  (eta 1 on a zero-terminal-SNR schedule needs
@@ -98,10 +156,32 @@ class SamplingConfig:
     # for bit.
     compile: CompileMode = "auto"
 
-    def settings(self, pipe) -> SamplerSettings:
-        return SamplerSettings(sampler=type(pipe.scheduler).__name__,
-                               num_inference_steps=self.num_inference_steps,
-                               guidance_scale=self.guidance_scale, eta=self.eta)
+    def sampler(self, scheduler):
+        """The scheduler plain sampling runs for a pipeline whose scheduler is ``scheduler``:
+        :func:`ddim_scheduler`'s DDIM, or ``scheduler`` itself under ``scheduler=pipeline``; a DDIM
+        kept finite (:func:`finite_ddim`)."""
+        return finite_ddim(scheduler if self.scheduler == "pipeline" else ddim_scheduler(scheduler)[0])
+
+    def settings(self, scheduler) -> SamplerSettings:
+        """What sampling a pipeline whose scheduler is ``scheduler`` with this config records: the
+        sampler actually run (:meth:`sampler`), and eta where that sampler takes one (else 0)."""
+        used = self.sampler(scheduler)  # a DDIM's finite copy is named as DDIM
+        name = "DDIMScheduler" if self.scheduler == "ddim" else type(scheduler).__name__
+        return SamplerSettings(sampler=name, num_inference_steps=self.num_inference_steps,
+                               guidance_scale=self.guidance_scale, eta=self.eta if takes_eta(used) else 0.0)
+
+    def describe(self, scheduler=None) -> str:
+        """The setting in words, naming the sampler run for a pipeline whose scheduler is
+        ``scheduler``: e.g. "20 DDIM steps, guidance 5, eta 1", or under ``scheduler=pipeline`` "20
+        EulerDiscreteScheduler steps (the pipeline's own scheduler), guidance 5, no eta" (with
+        ``scheduler`` None, that scheduler is not named)."""
+        n, g = self.num_inference_steps, f"guidance {self.guidance_scale:g}"
+        if self.scheduler == "ddim":
+            return f"{n} DDIM steps, {g}, eta {self.eta:g}"
+        if scheduler is None:
+            return f"{n} steps of the pipeline's own scheduler, {g}, eta {self.eta:g} where it takes one"
+        eta = f"eta {self.eta:g}" if takes_eta(scheduler) else "no eta"
+        return f"{n} {type(scheduler).__name__} steps (the pipeline's own scheduler), {g}, {eta}"
 
 
 def image_size(height: int | None, width: int | None, sample_size, vae_scale_factor: int) -> tuple[int, int]:
@@ -193,7 +273,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     rows = cfg.batch_size * (2 if guided else 1)  # every UNet call padded to a full batch's: one graph
     # a side network (core.side) samples eagerly: the process's compiled UNet is its backbone's architecture
     compiled = resolve_compile(cfg.compile, pipe.device) and not is_side(pipe.unet)
-    scheduler, pipe.scheduler = pipe.scheduler, finite_ddim(pipe.scheduler)
+    scheduler, pipe.scheduler = pipe.scheduler, cfg.sampler(pipe.scheduler)
     unet = pipe.unet
     if compiled:
         pipe.unet = sampling_unet(unet, rows)

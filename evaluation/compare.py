@@ -33,8 +33,8 @@ from core.errors import UserError
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
-from core.loading import (ModelRef, default_device, load_clip, load_model, pipeline_geometry, resolve_model,
-                          with_side_strength)
+from core.loading import (ModelRef, default_device, load_clip, load_model, load_scheduler, pipeline_geometry,
+                          resolve_model, with_side_strength)
 from core.sampling import generate_images, image_size, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
@@ -73,6 +73,8 @@ class ModelEval:
     # against the base at the same seeds, on the targets: base-wrong images fixed, base-right images
     # broken, pixels moved (evaluation.keep); None for the base and without the oracle
     keep: KeepWhatIsRight | None = None
+    # the scheduler class that sampled this model's images (core.sampling.SamplingConfig.settings)
+    sampler: str = ""
 
 
 PROMPT_SETS = {"targets": "target", "controls": "control", "generalization": "held-out"}  # ModelEval.off_palette keys
@@ -223,7 +225,7 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
                 row.append((images[i], aligned[i]))
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
-                                 off, aligned, gain, gain_se, keep))
+                                 off, aligned, gain, gain_se, keep, cfg.sampling.settings(pipe.scheduler).sampler))
         if base_rewards is None:
             base_rewards, base_aligned, base_images = rewards, aligned, images[:n_main]
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
@@ -299,7 +301,10 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
                  sampling_note: str | None = None) -> None:
     """``sampling_note``: the setting every model sampled at and where it came from
     (:func:`evaluation.settings.eval_setting`); None: ``cfg.sampling``, as configured."""
-    note = sampling_note or describe(cfg.sampling, "as configured")
+    note = sampling_note or describe(cfg.sampling, "as configured", load_scheduler(resolve_model(cfg.base).base))
+    samplers = {r.sampler for r in results}
+    if len(samplers) > 1:  # under sampling.scheduler=pipeline, a full-pipeline run may ship another scheduler
+        note += "; samplers by model: " + ", ".join(f"{r.name} {r.sampler}" for r in results)
     table = markdown_table(results)
     side = (f"; {cfg.side_samples_per_prompt} per control and generalisation prompt"
             if oracle and cfg.side_samples_per_prompt is not None else "")

@@ -19,7 +19,7 @@ from core.errors import UserError
 
 # The keys of a setting that decide what a model samples; the rest (batch size, compile, size)
 # only decide how fast.
-SETTING_KEYS = ("num_inference_steps", "guidance_scale", "eta")
+SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "eta")
 RUN_CONFIG = "config.yaml"
 
 
@@ -66,16 +66,16 @@ def apply_setting(sampling, setting: dict, given: set[str]):
     return replace(sampling, **take) if take else sampling
 
 
-def describe(sampling, source: str) -> str:
-    """One line for a report: the setting every model was sampled at, and where it came from."""
-    return (f"{sampling.num_inference_steps} DDIM steps, guidance {sampling.guidance_scale:g}, "
-            f"eta {sampling.eta:g} ({source})")
+def describe(sampling, source: str, scheduler=None) -> str:
+    """One line for a report: the sampler and setting every model was sampled at (for a pipeline
+    whose scheduler is ``scheduler``, core.sampling.SamplingConfig.describe), and where it came from."""
+    return f"{sampling.describe(scheduler)} ({source})"
 
 
 def eval_setting(cfg, given: set[str]):
     """``make eval``'s config with the fine-tuned runs' setting (base and named runs that are runs)
     for the sampling keys not ``given``, and the report's line on it."""
-    from core.loading import resolve_model
+    from core.loading import load_scheduler, resolve_model
 
     runs: dict[str, Path] = {}
     base = resolve_model(cfg.base)
@@ -96,4 +96,4 @@ def eval_setting(cfg, given: set[str]):
         source = f"the runs' own ({', '.join(taken)} from their config.yaml)"
         if given & set(SETTING_KEYS):
             source += f"; {', '.join(sorted(given & set(SETTING_KEYS)))} as configured"
-    return replace(cfg, sampling=sampling), describe(sampling, source)
+    return replace(cfg, sampling=sampling), describe(sampling, source, load_scheduler(base.base))

@@ -196,8 +196,12 @@ def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, 
 
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
+        # The adapter's config (rank, lora_alpha, targets) goes into the file's metadata, so that
+        # load_lora_weights (diffusers' and core.loading's) scales B A by lora_alpha / rank as
+        # trained; without it diffusers takes alpha = rank, scale 1.
         StableDiffusionPipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers,
-                                                  safe_serialization=True)
+                                                  safe_serialization=True,
+                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     else:
         comps.pipe.unet = unet
         comps.pipe.save_pretrained(out)

@@ -233,6 +233,12 @@ class FinetuneConfig:
         return self.output_dir or f"runs/finetune-{self.method}"
 
     def __post_init__(self):  # what the field types cannot say; fails when the config loads
+        if self.sampling.scheduler != "ddim":
+            raise UserError(
+                f"sampling.scheduler={self.sampling.scheduler}: fine-tuning samples the DDIM chain (its "
+                "log-probabilities and updates are DDIM's), whatever the folder's own scheduler.",
+                "leave sampling.scheduler out (ddim); the pipeline's own scheduler is for make generate "
+                "and make eval.")
         if self.method != "dpok":
             return
         if self.sampling.eta <= 0:

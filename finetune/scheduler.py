@@ -2,7 +2,8 @@
 
 The policy samples with DDIM (eta > 0 makes every step a Gaussian with a log-prob).  Any scheduler
 config of a Stable Diffusion folder (DDIM, PNDM, Euler, DPM-Solver, ...) carries the model's noise
-schedule, so the adapter rebuilds it as a ``DDIMScheduler`` (:func:`ddim_scheduler`) and reads off,
+schedule, so the adapter rebuilds it as a ``DDIMScheduler`` (:func:`ddim_scheduler`, the one plain
+sampling uses too: :func:`core.sampling.ddim_scheduler`) and reads off,
 for each inference step, the timestep and the alpha-bars either side of it, with exactly the
 indexing of ``DDIMScheduler.step``.
 """
@@ -15,50 +16,24 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import UserError
+from core.sampling import ddim_scheduler as sampling_ddim
 from finetune.rl_math import PredictionType, StepGaussian, ddim_sigma, ddim_step
 
 log = logging.getLogger(__name__)
 
-# Stable Diffusion v1's DDIM settings (its own scheduler configs): what DDIM samples with when the
-# pipeline's scheduler is another kind, whose spacing keys describe that other sampler.
-SD_DDIM_SETTINGS = dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
-                        clip_sample=False, thresholding=False)
 _said: set[str] = set()  # notes already logged by this process
 
 
 def ddim_scheduler(scheduler):
-    """The ``DDIMScheduler`` the policy samples with, and a sentence saying how it was built from
-    the pipeline's ``scheduler`` (None when that is DDIM, taken as it is).
-
-    Another kind's config (PNDM, Euler, Euler-ancestral, DDPM, LMS, DPM-Solver++) gives the model's
-    noise schedule: num_train_timesteps, the betas, prediction_type, rescale_betas_zero_snr.  Its
-    step-spacing keys belong to that sampler: it lacks set_alpha_to_one (DDIMScheduler's default,
-    true, makes the last step deterministic), and Euler, LMS and DPM-Solver write
-    timestep_spacing="linspace", DDPM "leading" with steps_offset=0, with either of which DDIM's last
-    step goes from t=0 to alpha-bar(0) again: sigma = 0, no log-probability.  So DDIM takes Stable
-    Diffusion's settings (SD_DDIM_SETTINGS), except "trailing" spacing for a config that asks for
-    it or rescales to zero terminal SNR: such a model starts from pure noise at t=T-1 (Lin et al.
-    2024), which leading spacing never visits.
-    """
-    from diffusers import DDIMScheduler
-
-    cfg = scheduler.config
-    if isinstance(scheduler, DDIMScheduler):
-        if cfg.get("thresholding", False) or cfg.get("clip_sample", False):
-            raise UserError(
-                "the pipeline's scheduler clips or thresholds the predicted x0, which makes the DDIM "
-                "step non-Gaussian.",
-                "set clip_sample=false and thresholding=false in scheduler/scheduler_config.json "
-                "(Stable Diffusion's own config has both false).")
-        return DDIMScheduler.from_config(cfg), None
-    settings = dict(SD_DDIM_SETTINGS)
-    if cfg.get("timestep_spacing") == "trailing" or cfg.get("rescale_betas_zero_snr", False):
-        settings["timestep_spacing"] = "trailing"
-    ddim = DDIMScheduler.from_config(cfg, **settings)
-    note = (f"the pipeline's scheduler is {type(scheduler).__name__}; fine-tuning samples with DDIM on its "
-            f"noise schedule ({ddim.config.beta_schedule} betas, {ddim.config.prediction_type}"
-            f"{', zero terminal SNR' if ddim.config.rescale_betas_zero_snr else ''}) with Stable Diffusion's "
-            f"DDIM settings: set_alpha_to_one=false, steps_offset=1, timestep_spacing={settings['timestep_spacing']}.")
+    """:func:`core.sampling.ddim_scheduler` (the DDIM every stage samples with by default), refused
+    where its step is not a Gaussian: a DDIM config that clips or thresholds the predicted x0."""
+    ddim, note = sampling_ddim(scheduler)
+    if ddim.config.get("thresholding", False) or ddim.config.get("clip_sample", False):
+        raise UserError(
+            "the pipeline's scheduler clips or thresholds the predicted x0, which makes the DDIM "
+            "step non-Gaussian.",
+            "set clip_sample=false and thresholding=false in scheduler/scheduler_config.json "
+            "(Stable Diffusion's own config has both false).")
     return ddim, note
 
 

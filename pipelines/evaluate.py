@@ -9,7 +9,9 @@ Any pipeline and prompts: the learned reward (mean, win-rate against the base), 
 (CLIP-FD to reference_images, else to shapes-world renders or the base model's samples) and, when
 every prompt is a shapes-world prompt, the oracle's alignment.  A named run that is not there is
 an error.  The fine-tuned runs' own sampling setting (steps, guidance, eta in their config.yaml)
-is every model's, for each key not given (evaluation.settings); results.md says which.  Writes
+is every model's, for each key not given (evaluation.settings); results.md says which.  Every
+model samples the fine-tuning chain (DDIM with sampling.eta on the folder's noise schedule) unless
+sampling.scheduler=pipeline (the folder's own scheduler); the reports name the sampler.  Writes
 reports/eval/: results.md (the table), metrics.json, samples-<model>.png grids.
 """
 

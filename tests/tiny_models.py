@@ -13,9 +13,12 @@ import torch
 from shapes.tokenizer import build_tokenizer, text_config_ids
 
 
-def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """A StableDiffusionPipeline folder: VAE with 2 blocks (8x8... latents 16x16x4 at 32 px)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0, scheduler: str = "ddim") -> Path:
+    """A StableDiffusionPipeline folder: VAE with 2 blocks (8x8... latents 16x16x4 at 32 px).
+    ``scheduler``: "ddim", the shapes model's (v-prediction, zero terminal SNR), or "euler", an
+    EulerDiscreteScheduler as a user's Stable Diffusion folder may ship (epsilon, linspace)."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -32,12 +35,17 @@ def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
         block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
         attention_head_dim=8, norm_num_groups=8)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+    if scheduler == "euler":
+        noise = EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                       beta_end=0.012, prediction_type="epsilon", timestep_spacing="linspace",
+                                       steps_offset=1)
+    else:
+        noise = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                               beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
                               timestep_spacing="trailing", rescale_betas_zero_snr=True,
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   scheduler=noise, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(path)
     return Path(path)

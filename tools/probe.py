@@ -96,6 +96,9 @@ def _prompts(cfg: ProbeConfig) -> list[str]:
 
 
 def _check(cfg: ProbeConfig) -> list[int]:
+    if cfg.sampling.scheduler != "ddim":
+        raise UserError(f"sampling.scheduler={cfg.sampling.scheduler}: the probe samples DPOK's DDIM chain.",
+                        "leave sampling.scheduler out (ddim).")
     n = cfg.sampling.num_inference_steps
     after = list(cfg.after_steps) or list(range(n))
     bad = [k for k in after if not 0 <= k < n]
