@@ -31,7 +31,9 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _clip(text: str, n: int = 48) -> str:
+def clip(text: str, n: int = 48) -> str:
+    """``text`` cut to ``n`` characters (the last an ellipsis) where it is longer: a prompt as a
+    chart label or a picker entry, whose full text the page shows elsewhere."""
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -54,7 +56,7 @@ def pass_rate_chart(rates: pd.DataFrame, max_prompts: int = MAX_PROMPTS) -> byte
         ax.barh(y, labelled["good_rate"].to_numpy(float), color=np.where(picked, "#ea580c", "#2563eb"))
         for yi, (rate, k) in enumerate(zip(labelled["good_rate"], labelled["labelled_images"])):
             ax.text(min(rate, 1.0) + 0.01, yi, f"{100 * rate:.0f} % of {k}", va="center", fontsize=8)
-        ax.set_yticks(y, [_clip(str(p)) for p in labelled["prompt"]], fontsize=8, parse_math=False)
+        ax.set_yticks(y, [clip(str(p)) for p in labelled["prompt"]], fontsize=8, parse_math=False)
         ax.invert_yaxis()  # worst first, at the top
         ax.set_xlim(0, 1.15)
         ax.set_xlabel("good-rate (images judged good by the raters' majority)")
@@ -82,7 +84,7 @@ def timeline_chart(timeline: pd.DataFrame, max_ticks: int = 12) -> bytes:
         x = np.arange(len(wide))
         bottom = np.zeros(len(wide))
         for rater in wide.columns:
-            ax.bar(x, wide[rater].to_numpy(), bottom=bottom, width=0.85, label=_clip(str(rater), 20))
+            ax.bar(x, wide[rater].to_numpy(), bottom=bottom, width=0.85, label=clip(str(rater), 20))
             bottom += wide[rater].to_numpy()
         step = max(1, -(-len(wide) // max_ticks))
         ax.set_xticks(x[::step], [t.strftime("%m-%d %H:%M") for t in wide.index[::step]], fontsize=8,

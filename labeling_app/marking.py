@@ -5,7 +5,9 @@ The prompt output of a binary item (:func:`labeling_app.views.prompt_html`) carr
 The page's script (:data:`MARKS_HEAD`) keeps the marks of the item on screen: a click on the image
 adds a point (a dot; a click on a dot removes it), a click on a chip or the number key 1-9 toggles
 that word.  Marks belong to the item's token: a new item (or the same one given back by an undo)
-starts with none, a refused answer keeps them.  Every answer button sends them
+starts with none, a refused answer keeps them.  They live only in the page until an answer sends
+them: the count under the prompt says they are not saved yet, and leaving or reloading the page
+with marks on screen asks first (the browser's own "leave site?" prompt).  Every answer button sends them
 (:data:`BINARY_ANSWER_JS`) as JSON ``{"points": [[x, y], ...], "words": [i, ...]}``, x and y
 fractions of the image (0 at its left and top edge), so the server refuses marks on a good or skip
 answer instead of dropping them silently.
@@ -52,6 +54,7 @@ MARKS_HEAD = """
     if (token !== state.token) state = {token: token, points: [], words: []};
     return state;
   }
+  function unsaved() { var st = current(); return mode() !== 'off' && (st.points.length + st.words.length) > 0; }
   function draw() {
     var st = current(), box = document.getElementById('binary-image');
     if (!box) return;
@@ -73,7 +76,8 @@ MARKS_HEAD = """
       c.setAttribute('aria-pressed', on ? 'true' : 'false');
     });
     var count = document.querySelector('#binary-prompt .mark-count');
-    var text = st.points.length + ' point(s), ' + st.words.length + ' word(s) marked';
+    var text = st.points.length + ' point(s), ' + st.words.length + ' word(s) marked' +
+               (unsaved() ? ' (not saved until you answer bad; a reload loses them)' : '');
     if (count && count.textContent !== text) count.textContent = text;
   }
   function toggleWord(i) {
@@ -125,6 +129,12 @@ MARKS_HEAD = """
     }
   }).observe(document.documentElement, {subtree: true, childList: true, attributes: true,
                                         attributeFilter: ['src', 'data-token', 'class']});
+  // A reload, a closed tab or a link away would drop marks not yet sent with an answer.
+  window.addEventListener('beforeunload', function (e) {
+    if (!unsaved()) return;
+    e.preventDefault();
+    e.returnValue = '';  // older browsers show the prompt only with a return value
+  });
   document.addEventListener('load', later, true);
   window.addEventListener('resize', later);
   window.addEventListener('scroll', later, true);

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from data.marks import ImageMarks, heatmap, prompt_words
-from labeling_app.charts import data_uri
+from labeling_app.charts import clip, data_uri
 from labeling_app.views import esc
 
 MIN_SIDE = 320  # px: small renders (64 px) are scaled up, pixel edges kept, to be seen
@@ -23,11 +23,13 @@ ALPHA = 0.65  # the heatmap's opacity where every rater marked
 
 
 def picker_choices(marks: dict[str, ImageMarks]) -> list[tuple[str, str]]:
-    """(label, image_id) of every image with at least one mark, most-marked first."""
+    """(label, image_id) of every image with at least one mark, most-marked first; a long prompt
+    is clipped, as in the charts (the heatmap below the picker shows all its words)."""
     marked = [m for m in marks.values() if m.marked]
     marked.sort(key=lambda m: (-sum(bool(p) or bool(w) for p, w in zip(m.points, m.words)), m.image_id))
-    return [(f"{m.prompt} · {m.image_id[:8]} · marked by {sum(bool(p) or bool(w) for p, w in zip(m.points, m.words))}"
-             f" of {len(m.raters)}", m.image_id) for m in marked]
+    return [(f"{clip(m.prompt)} · {m.image_id[:8]} · marked by "
+             f"{sum(bool(p) or bool(w) for p, w in zip(m.points, m.words))} of {len(m.raters)}", m.image_id)
+            for m in marked]
 
 
 def overlay_png(path: Path, m: ImageMarks) -> bytes:

@@ -214,4 +214,7 @@ def launch(app: LabelingApp, *, prevent_thread_lock: bool = False, quiet: bool =
             max_file_size=0,
             footer_links=[], ssr_mode=False, head=HEAD + MARKS_HEAD, css=CSS + MARKS_CSS, theme=gr.themes.Soft(),
             enable_monitoring=False, mcp_server=False, app_kwargs=app_kwargs,
+            # Gradio's run history (/gradio_api/runs, a page listing every named endpoint, and a
+            # copy of each answer in the browser's storage): raters never need it.
+            run_history=False,
         )

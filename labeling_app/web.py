@@ -10,10 +10,18 @@
   the server's chunks before anything else happens: a larger one (by its ``Content-Length``, or
   once that many bytes arrived) is answered 413 and the connection closed, so nobody makes the
   server hold or parse a large body before they have signed in.
+- **Request bodies.**  Gradio's routes (``/gradio_api/queue/join``, ``call``, ``run`` ...) check the
+  login only after FastAPI has read and JSON-decoded the body, and some (``cancel``) not at all.
+  So any request that may carry a body (every method but GET, HEAD and OPTIONS), other than
+  ``POST /login``, is answered 401 without a session before a byte of its body is read, and a
+  signed-in one may hold at most :data:`MAX_BODY` bytes, read in chunks as with the login (413
+  and the connection closed past it); Gradio then gets the buffered body.
 - **Signed-in only.**  FastAPI's own ``/openapi.json`` is switched off (:data:`APP_KWARGS`;
   Gradio's ``/gradio_api/openapi.json`` checks the login itself), and
   ``/gradio_api/startup-events`` answers 401 without a session once the app has started (the one
-  call before that is Gradio's own ``launch``).
+  call before that is Gradio's own ``launch``).  Gradio's run-history page ``/gradio_api/runs``
+  (which embeds every named endpoint as ``window.gradio_api_info``) is switched off at launch
+  (``run_history=False``) and answers 401 without a session besides.
 - **Exports** are downloaded through :func:`export_route`, which checks that the session's rater
   is an admin (401 without a session, 403 for a rater who is not an admin, 404 for anything that
   is not a finished export of this round).
@@ -50,9 +58,18 @@ log = logging.getLogger("labeling_app")
 EXPORT_ROUTE = "/admin/export"
 MAX_LOGIN_BODY = 64 * 1024
 """Bytes a ``POST /login`` body may hold (a name and a password form: well under 1 KiB)."""
+MAX_BODY = 256 * 1024
+"""Bytes any other request body of a signed-in client may hold.  The page sends answers (a token,
+a skip reason, the marks JSON: a few KiB even with many points) and Gradio's small queue and
+cancel messages; uploads are refused anyway (:class:`NoUploads`).  Far above what a page sends, so
+nothing a rater does is refused, and low enough that nobody makes the server hold and JSON-decode
+megabytes."""
+BODILESS = ("GET", "HEAD", "OPTIONS")
+"""Methods whose requests Gradio never reads a body of: every other one is guarded."""
 APP_KWARGS = {"openapi_url": None}
 """FastAPI settings for Gradio's app: no unauthenticated ``/openapi.json`` (docs are off already)."""
 STARTUP_EVENTS = "/gradio_api/startup-events"
+RUN_HISTORY = "/gradio_api/runs"
 
 
 def session_user(request: Request) -> str | None:
@@ -65,6 +82,54 @@ def session_user(request: Request) -> str | None:
         return None
     token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(f"access-token-unsecure-{cookie_id}")
     return tokens.get(token) if token else None
+
+
+class BodyTooLarge(Exception):
+    """A request body over its cap (by its ``Content-Length``, or once that many bytes arrived)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete."""
+
+
+async def read_body(scope, receive, cap: int) -> bytes:
+    """The whole body of an HTTP request, at most ``cap`` bytes, read in the chunks uvicorn hands
+    over as they arrive: :class:`BodyTooLarge` before a byte is read when ``Content-Length`` says
+    more (or is not a number), or as soon as a chunked body (no ``Content-Length``) passes it."""
+    length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+    if not length.isdigit() or int(length) > cap:
+        raise BodyTooLarge
+    chunks, size, more = [], 0, True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        if size > cap:
+            raise BodyTooLarge
+        more = msg.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive):
+    """A ``receive`` that hands the app ``body`` (already read) first, then the real channel (a
+    disconnect)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def not_signed_in() -> JSONResponse:
+    # The connection is closed: an unread body (of any announced size) is never read or drained.
+    return JSONResponse({"detail": "Not authenticated"}, status_code=401, headers={"Connection": "close"})
 
 
 def too_many(wait_s: float) -> str:
@@ -120,47 +185,47 @@ class LoginGuard:
             path = scope["path"].rstrip("/") or "/"
             if scope["method"] == "POST" and path == "/login":
                 return await self.login(scope, receive, send)
+            if scope["method"] not in BODILESS:
+                return await self.with_body(scope, receive, send)
             if scope["method"] in ("GET", "HEAD") and path == "/" and session_user(Request(scope)) is None:
                 return await HTMLResponse(self.page, headers={"Cache-Control": "no-store"})(scope, receive, send)
             if (path == STARTUP_EVENTS and getattr(scope.get("app"), "startup_events_triggered", True)
-                    and session_user(Request(scope)) is None):
+                    or path == RUN_HISTORY) and session_user(Request(scope)) is None:
                 return await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
         return await self.app(scope, receive, send)
 
     @staticmethod
-    async def too_large(scope, receive, send):
+    async def too_large(scope, receive, send, cap: int, what: str, detail: str):
         client = (scope.get("client") or ("unknown", 0))[0]
-        log.warning("login refused: a body over %d bytes from %s", MAX_LOGIN_BODY, client)
-        return await JSONResponse({"detail": "This sign-in request is too large."}, status_code=413,
+        log.warning("%s refused: a body over %d bytes from %s", what, cap, client)
+        return await JSONResponse({"detail": detail}, status_code=413,
                                   headers={"Connection": "close"})(scope, receive, send)
 
+    async def with_body(self, scope, receive, send):
+        """A request that may carry a body: 401 without a session before any of it is read, else
+        the body (at most :data:`MAX_BODY` bytes) read here and handed on."""
+        if session_user(Request(scope)) is None:
+            return await not_signed_in()(scope, receive, send)
+        try:
+            body = await read_body(scope, receive, MAX_BODY)
+        except BodyTooLarge:
+            return await self.too_large(scope, receive, send, MAX_BODY, f"{scope['method']} {scope['path']!r}",
+                                        "This request is too large.")
+        except ClientGone:
+            return
+        return await self.app(scope, replaying(body, receive), send)
+
     async def login(self, scope, receive, send):
-        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_LOGIN_BODY:
-            return await self.too_large(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:  # uvicorn hands the body over in chunks as they arrive
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > MAX_LOGIN_BODY:  # a chunked body (no Content-Length) that grew too large
-                return await self.too_large(scope, receive, send)
-            more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():  # the buffered body for Gradio's route, then the real channel
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        form = await Request(scope, replay).form()
+        try:
+            body = await read_body(scope, receive, MAX_LOGIN_BODY)
+        except BodyTooLarge:
+            return await self.too_large(scope, receive, send, MAX_LOGIN_BODY, "login",
+                                        "This sign-in request is too large.")
+        except ClientGone:
+            return
+        form = await Request(scope, replaying(body, receive)).form()
         name = str(form.get("username") or "").strip()  # Gradio strips it too
-        replayed = False
+        replay = replaying(body, receive)  # a fresh one for Gradio's route
         client = (scope.get("client") or ("unknown", 0))[0]
         self._users[client] += 1
         lock = self._locks.setdefault(client, asyncio.Lock())

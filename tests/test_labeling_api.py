@@ -408,21 +408,32 @@ def test_the_app_takes_no_uploads(server):
     assert h.get(url).status_code == 200
 
 
-def raw_post_login(url: str, head: str, chunks=(), source: str = "127.0.0.7") -> tuple[int, float]:
-    """Send ``POST /login`` with the header lines ``head`` and the byte ``chunks`` on a raw socket,
-    then read the answer; returns (status, seconds until it came)."""
+def raw_post(url: str, head: str, chunks=(), source: str = "127.0.0.7", route: str = "login",
+             content_type: str = "application/x-www-form-urlencoded", timeout: float = 30) -> tuple[int | None, float]:
+    """Send ``POST /<route>`` with the header lines ``head`` and the byte ``chunks`` on a raw
+    socket, then read the answer; returns (status, seconds until it came), status None when none
+    came within ``timeout`` s (the server still waiting for the body)."""
     import socket
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
-    with socket.create_connection((u.hostname, u.port), timeout=30, source_address=(source, 0)) as s:
+    with socket.create_connection((u.hostname, u.port), timeout=timeout, source_address=(source, 0)) as s:
         t0 = time.perf_counter()
-        s.sendall((f"POST /login HTTP/1.1\r\nHost: {u.hostname}\r\n"
-                   f"Content-Type: application/x-www-form-urlencoded\r\n{head}\r\n").encode())
+        s.sendall((f"POST /{route} HTTP/1.1\r\nHost: {u.hostname}\r\n"
+                   f"Content-Type: {content_type}\r\n{head}\r\n").encode())
         for c in chunks:
             s.sendall(c)
-        status_line = s.makefile("rb").readline().decode()
+        try:
+            status_line = s.makefile("rb").readline().decode()
+        except TimeoutError:
+            return None, time.perf_counter() - t0
         return int(status_line.split()[1]), time.perf_counter() - t0
+
+
+def chunked(piece: bytes, total: int) -> list[bytes]:
+    """Chunks of ``piece`` (HTTP chunked encoding) adding up to more than ``total`` bytes, never
+    the last chunk: the body goes on."""
+    return [b"%x\r\n%s\r\n" % (len(piece), piece)] * (total // len(piece) + 1)
 
 
 def test_an_oversized_login_body_is_refused_before_it_is_read(server):
@@ -431,16 +442,75 @@ def test_an_oversized_login_body_is_refused_before_it_is_read(server):
     from labeling_app.web import MAX_LOGIN_BODY
 
     _, _, _, url = server
-    status, took = raw_post_login(url, f"Content-Length: {200 << 20}\r\n")  # 200 MiB announced, none sent
+    status, took = raw_post(url, f"Content-Length: {200 << 20}\r\n")  # 200 MiB announced, none sent
     assert status == 413 and took < 5
-    piece = b"username=" + b"a" * (16 << 10)
-    body = [b"%x\r\n%s\r\n" % (len(piece), piece)] * (MAX_LOGIN_BODY // len(piece) + 1)  # never the last chunk
-    status, _ = raw_post_login(url, "Transfer-Encoding: chunked\r\n", body)
+    status, _ = raw_post(url, "Transfer-Encoding: chunked\r\n", chunked(b"username=" + b"a" * (16 << 10),
+                                                                           MAX_LOGIN_BODY))
     assert status == 413
     h = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=30)
     r = h.post(url + "login", data={"username": "carol", "password": "x" * (MAX_LOGIN_BODY + 1)})
     assert r.status_code == 413 and "too large" in r.json()["detail"]
     assert h.post(url + "login", data={"username": "carol", "password": PASSWORD}).status_code == 200
+
+
+# Gradio's routes that take a JSON body, with and without its login check (cancel has none).
+BODY_ROUTES = ("gradio_api/queue/join", "gradio_api/call/next_binary", "gradio_api/run/next_binary",
+               "gradio_api/call/v2/next_binary", "gradio_api/api/next_binary", "gradio_api/cancel",
+               "gradio_api/component_server", "gradio_api/no-such-route", "gradio_api/queue/join/")
+
+
+def test_gradio_routes_refuse_bodies_without_a_session_before_reading_them(server):
+    """#74.1: a POST to Gradio's routes without a session is answered 401 as soon as its headers
+    arrive: 300 MiB announced and a few bytes sent, the answer comes at once (before, the server
+    waited for the whole body to JSON-decode it); a chunked body too."""
+    _, _, _, url = server
+    for route in BODY_ROUTES:
+        status, took = raw_post(url, f"Content-Length: {300 << 20}\r\n", [b'{"data": ['], route=route,
+                                content_type="application/json", timeout=10)
+        assert status == 401 and took < 5, (route, status, took)
+    status, took = raw_post(url, "Transfer-Encoding: chunked\r\n", chunked(b"x" * (64 << 10), 64 << 10),
+                            route="gradio_api/queue/join", content_type="application/json", timeout=10)
+    assert status == 401 and took < 5, (status, took)
+    r = httpx.put(url + "gradio_api/queue/join", content=b"{}")  # any method that may carry a body
+    assert r.status_code == 401
+
+
+def test_signed_in_bodies_are_capped(server):
+    """#74.1: a signed-in body over MAX_BODY is answered 413 and the connection closed: by its
+    Content-Length before a byte is read, a chunked one once it passes the cap; one below the cap
+    reaches Gradio, and the app works on over the same session."""
+    from labeling_app.web import MAX_BODY
+
+    _, _, _, url = server
+    h = signed_in(url, "frank", source="127.0.0.9")
+    cookie = "Cookie: " + "; ".join(f"{k}={v}" for k, v in h.cookies.items()) + "\r\n"
+    for route in ("gradio_api/queue/join", "gradio_api/call/next_binary"):
+        status, took = raw_post(url, f"{cookie}Content-Length: {MAX_BODY + 1}\r\n", [b'{"data": ['], route=route,
+                                content_type="application/json", timeout=10, source="127.0.0.9")
+        assert status == 413 and took < 5, (route, status, took)
+    status, took = raw_post(url, f"{cookie}Transfer-Encoding: chunked\r\n", chunked(b" " * (64 << 10), MAX_BODY),
+                            route="gradio_api/queue/join", content_type="application/json", timeout=10,
+                            source="127.0.0.9")
+    assert status == 413 and took < 5, (status, took)
+    # just under the cap: Gradio reads it (and refuses the made-up session for its own reason)
+    r = h.post(url + "gradio_api/queue/join", content=b'{"data": [], "fn_index": 0, "session_hash": "x"}'
+               + b" " * (MAX_BODY - 100), headers={"Content-Type": "application/json"})
+    assert r.status_code not in (401, 413), (r.status_code, r.text[:200])
+    c = Client(url, auth=("frank", PASSWORD), verbose=False, download_files=False, ssl_verify=False)
+    assert "frank" in c.predict(api_name="/next_binary")[3]
+
+
+def test_run_history_page_is_closed(server):
+    """#74.2: Gradio's run-history page embeds every named endpoint (window.gradio_api_info), as
+    /gradio_api/info and /openapi.json would: 401 without a session, and off for raters too."""
+    _, _, _, url = server
+    for path in ("gradio_api/runs", "gradio_api/runs/"):
+        r = httpx.get(url + path)
+        assert r.status_code == 401 and "gradio_api_info" not in r.text, (path, r.status_code)
+    h = signed_in(url, "erin", source="127.0.0.10")
+    r = h.get(url + "gradio_api/runs")
+    assert r.status_code == 404 and "gradio_api_info" not in r.text
+    assert h.get(url).status_code == 200  # the app's own page still opens
 
 
 def test_api_schema_and_startup_events_need_a_session(server):

@@ -264,6 +264,22 @@ def test_admin_heatmap_and_picker(store, tmp_path):
     assert "Pick a marked image" in h.marks_heatmap(None, req)
 
 
+def test_admin_picker_clips_long_prompts():
+    """#74.7: the marks picker clips a long prompt (as the charts do), so a 2,000-character prompt
+    does not make an entry of 2,000 characters; the image id and counts stay whole."""
+    from data.marks import ImageMarks
+    from labeling_app.marks_admin import picker_choices
+
+    long = ("one red circle on a white background, " * 60)[:2000]
+    marks = {i: ImageMarks(i, p, raters=["r1", "r2"], points=[[(0.5, 0.5)], []], words=[[0], []])
+             for i, p in (("a" * 16, long), ("b" * 16, "x" * 2000), ("c" * 16, "two red circles"))}
+    choices = dict((v, label) for label, v in picker_choices(marks))
+    assert choices["c" * 16] == "two red circles · cccccccc · marked by 1 of 2"
+    for i, p in (("a" * 16, long), ("b" * 16, "x" * 2000)):
+        assert choices[i].endswith(f"… · {i[:8]} · marked by 1 of 2") and len(choices[i]) < 100, choices[i]
+        assert choices[i].startswith(p[:40])
+
+
 def test_hf_export_has_richhf_columns(store, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

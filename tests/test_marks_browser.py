@@ -109,3 +109,36 @@ def test_mark_points_and_words_with_mouse_and_keys(tmp_path, browser):  # noqa: 
         assert len(current(store, "rankings")) == 1
         assert page.locator("#ranking-prompt .word-chip, [id^=rank-image] .mark-dot").count() == 0
         assert current_marks(store).num_rows == 0 and no_error_badges(page)
+
+
+@pytest.mark.slow
+def test_unsaved_marks_ask_before_the_page_is_left(tmp_path, browser):  # noqa: F811
+    """#74.7: marks not yet sent with an answer are said to be unsaved, and leaving or reloading
+    the page with them on screen asks first (beforeunload); once saved, the page leaves freely."""
+    root = tmp_path / "round"
+    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
+    raters = make_raters(root / "raters.json", ["rose"])
+    with serve(label_config(root, raters)) as (_, url):
+        page = sign_in(browser, url, "rose")
+        wait_shown(page)
+        asked = []
+        page.on("dialog", lambda d: (asked.append(d.type), d.dismiss()))  # dismissed: stay on the page
+
+        def leave():
+            page.close(run_before_unload=True)
+            page.wait_for_timeout(1000)  # a beforeunload prompt comes within this, or the page closes
+
+        focus_page(page)
+        pic = page.evaluate(PICTURE_JS)
+        page.mouse.click(pic["x"] + 0.5 * pic["w"], pic["y"] + 0.5 * pic["h"])
+        page.wait_for_function("() => document.querySelectorAll('#binary-image .mark-dot').length === 1")
+        assert "not saved" in page.inner_text("#binary-prompt .mark-count")
+        leave()
+        assert asked == ["beforeunload"] and not page.is_closed() and dots(page) == 1
+        page.keyboard.press("b")  # saved with the answer: the next image has none, nothing to ask
+        page.wait_for_function("() => document.querySelector('#progress').innerText.includes('1 images')")
+        wait_shown(page)
+        assert dots(page) == 0 and "not saved" not in page.inner_text("#binary-prompt .mark-count")
+        with page.expect_event("close"):
+            page.close(run_before_unload=True)
+        assert asked == ["beforeunload"]
