@@ -41,6 +41,13 @@ class RegionConfig:
     dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
 
 
+def keep_regions(reward, images: torch.Tensor, prompts: list[str], cfg: RegionConfig) -> torch.Tensor:
+    """(B, H, W) bool: what the penalty protects on ``images`` (B, 3, H, W) in [0, 1], K = 1 - M of
+    the problem masks the reward's region model (:meth:`reward.reward_fn.Reward.masks`) marks at
+    ``cfg.threshold``, grown by ``cfg.dilate``."""
+    return keep_masks(problem_masks(reward.masks(images, prompts, cfg.threshold), cfg.dilate))
+
+
 def problem_masks(masks: torch.Tensor, dilate: float) -> torch.Tensor:
     """(B, H, W) bool: the region model's problem masks ``masks`` (B, H, W) bool grown by
     ``dilate`` x the shorter side in every direction (a max-pool, square neighbourhood)."""

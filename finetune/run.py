@@ -1,6 +1,7 @@
 """One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs,
-prepares the output folder, loads the model, reward, prompts and optimizer through accelerate and
-restores the newest checkpoint; :class:`Run` holds the result."""
+prepares the output folder, loads the model, reward (its region model too, when the run asks for
+one), prompts and optimizer through accelerate and restores the newest checkpoint; :class:`Run`
+holds the result."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import check_pretrain_source, training_prompts
+from finetune.region import keep_regions
 from finetune.scheduler import DDIMSchedule
-from reward.reward_fn import RewardFn, check_reward_folder, load_reward
+from reward.reward_fn import Reward, RewardFn, check_reward_folder, load_reward
 
 
 def micro_batches(n: int, size: int | None) -> list[slice]:
@@ -71,7 +73,7 @@ class Run:
     comps: Components
     schedule: DDIMSchedule
     policy: DiffusionPolicy
-    reward: RewardFn
+    reward: Reward
     prompts: list[str]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -82,6 +84,11 @@ class Run:
     @property
     def device(self):
         return self.accelerator.device
+
+    def keep_regions(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
+        """Region-aware fine-tuning (``region.weight`` > 0): what each image keeps, (B, H, W) bool
+        (:func:`finetune.region.keep_regions`); None when the run is not region-aware."""
+        return keep_regions(self.reward, images, prompts, self.cfg.region) if self.cfg.region.weight > 0 else None
 
     def sampling_policy(self) -> DiffusionPolicy:
         """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of
@@ -114,7 +121,7 @@ class Run:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
 
-def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
+def _check_inputs(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> None:
     """Fail on missing inputs before anything is written."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
@@ -129,9 +136,10 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
     check_init(cfg)
 
 
-def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
-    """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
-    returns the run and the newest checkpoint's state (None when starting fresh)."""
+def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple[Run, dict | None]:
+    """Validate, prepare the output folder, load models, the reward (``reward_fn``, or ``cfg.reward``)
+    and optimizer through accelerate; returns the run and the newest checkpoint's state (None when
+    starting fresh)."""
     _check_inputs(cfg, reward_fn)
     out = prepare_output_dir(cfg)
     accelerator = make_accelerator(cfg, out)
@@ -143,7 +151,14 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
         load_init_weights(unwrap(comps.unet), cfg)
     schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
                                            cfg.sampling.eta).to(accelerator.device)
-    reward = reward_fn or load_reward(cfg.reward, accelerator.device)
+    # Loaded once, here: a reward without the region head region.weight > 0 needs is one error.
+    region = cfg.region.weight > 0
+    if reward_fn is None:
+        reward = load_reward(cfg.reward, accelerator.device, region=region)
+    else:
+        reward = reward_fn if isinstance(reward_fn, Reward) else Reward(reward_fn, cfg.reward.batch_size)
+        if region:
+            reward.require_region()
     prompts = training_prompts(cfg)
     record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
     if accelerator.is_main_process:

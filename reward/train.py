@@ -48,7 +48,6 @@ from reward.calibrate import calibrate, calibrated_probs
 from reward.config import RewardConfig
 from reward.data import VIEWS, load_reward_data
 from reward.embeddings import Embeddings
-from reward.epistemic import fit_epistemic
 from reward.evaluation import by_round, epistemic_calibration, evaluate_views, same_prompt_images
 from reward.fit import fit
 from reward.model import RewardModel
@@ -155,7 +154,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
     if main_frozen is None:
         calibrate(model, emb, data)
     if mc.epistemic == "linear-ucb":  # the last layer's posterior on the rows it trained on
-        model.epistemic = fit_epistemic(model.head, emb.image_cache[tr_t], emb.text_cache[tr_prompt], mc.epistemic_lambda)
+        model.fit_epistemic(emb.image_cache[tr_t], emb.text_cache[tr_prompt], mc.epistemic_lambda)
     results["reward_model"] = evaluate_views(model.head, partial(calibrated_probs, model.head), emb, data, oracle)
 
     metrics = assemble_metrics(results, ablation, data, cfg, model, oracle is not None, primary,

@@ -201,12 +201,12 @@ def test_oracle_reward_graded_or_aligned():
     # renders of "two red squares": right; "three red squares" and "two blue squares": one attribute off
     images = pil_to_tensor([render(t, 0) for t in ("two red squares", "three red squares", "two blue squares")])
     prompts = ["two red squares"] * 3
-    graded = OracleReward("graded")(images, prompts)
+    graded = OracleReward("graded").score(images, prompts)
     assert graded[0] == 3.0 and (graded[1:] < 1).all()
     assert graded[1] < graded[2]  # a wrong count also loses a quarter per extra object
-    assert OracleReward("aligned")(images, prompts).tolist() == [1.0, 0.0, 0.0]
+    assert OracleReward("aligned").score(images, prompts).tolist() == [1.0, 0.0, 0.0]
     loaded = load_reward(RewardSource(kind="oracle", oracle="aligned"), device=None)
-    assert isinstance(loaded, OracleReward) and loaded(images, prompts).tolist() == [1.0, 0.0, 0.0]  # config reaches it
+    assert isinstance(loaded, OracleReward) and loaded.score(images, prompts).tolist() == [1.0, 0.0, 0.0]  # config reaches it
 
 
 # ---------------------------------------------------------------------------------------------
