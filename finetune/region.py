@@ -36,7 +36,7 @@ class RegionConfig:
     # Needs a reward model with a region head (`make reward` trained on marks).
     weight: NonNegativeFloat = 0.0
     # the heatmap value above which a pixel is a problem; null: the region head's own, chosen when
-    # the reward trained to best match the raters' marks (reward.region_fit.calibrate_threshold)
+    # the reward trained to best match the raters' marks (reward.region.fit.calibrate_threshold)
     threshold: Share | None = None
     dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
 

@@ -13,7 +13,7 @@ A saved model is a folder::
 
     reward_config.json   head architecture, output, the CLIP folder it was built on, model_id
     head.safetensors     head weights and the feature standardisation buffers
-    region_head.safetensors  only with a region head (reward.region): its weights, its spec
+    region_head.safetensors  only with a region head (reward.region.head): its weights, its spec
                          under "region" in reward_config.json
     epistemic.safetensors    only with an epistemic part (reward.epistemic), "epistemic" there
     clip/                only when backbone layers were trained: the fine-tuned CLIP folder
@@ -41,7 +41,7 @@ from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprin
 from reward.epistemic import Epistemic, fit_epistemic, load_epistemic, optimistic, save_epistemic, spread
 from reward.folder import CONFIG_FILE, HEAD_FILE, load_head_state, reward_clip_folder
 from reward.preprocess import ClipPreprocess, prompt_list, to_pixel_batches
-from reward.region import load_region_head, predict_heatmap, save_region_head
+from reward.region.head import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -162,7 +162,7 @@ class RewardModel(nn.Module):
         max_len = getattr(self.tokenizer, "model_max_length", None) or 77
         self.max_text_length = int(min(max_len, self.clip.config.text_config.max_position_embeddings))
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.region_head: nn.Module | None = None  # reward.region.RegionHead, when trained with marks
+        self.region_head: nn.Module | None = None  # reward.region.head.RegionHead, when trained with marks
         self.epistemic: Epistemic | None = None  # the last layer's posterior (reward.epistemic), or none
         self.clip.requires_grad_(False)
         self.to(next(self.clip.parameters()).device)

@@ -112,12 +112,14 @@ class LearnedReward(Reward):
 
     def __init__(self, model: RewardModel, optimism: float = 0.0, batch_size: int = 64, name: str | None = None):
         super().__init__(None, batch_size, f"the reward model {name or model.model_id}")
-        self.model, self.optimism = model, model.check_optimism(optimism) if optimism else 0.0
+        self.model, self.model_id = model, model.model_id
+        self.optimism = model.check_optimism(optimism) if optimism else 0.0
         self.has_region, self.has_spread = model.region_head is not None, model.epistemic is not None
 
-    @property
-    def model_id(self) -> str | None:
-        return self.model.model_id
+    @classmethod
+    def load(cls, path, device=None, *, optimism: float = 0.0, batch_size: int = 64) -> LearnedReward:
+        """The reward model folder ``path`` (:meth:`RewardModel.from_pretrained`) as a reward."""
+        return cls(RewardModel.from_pretrained(path, device), optimism, batch_size, str(path))
 
     def _score(self, images, prompts: list[str]) -> torch.Tensor:
         return self.model.score(images, prompts, optimism=self.optimism)
@@ -199,7 +201,7 @@ def load_reward(cfg: RewardSource, device, *, region: bool = False) -> Reward:
         return OracleReward(cfg.oracle, cfg.batch_size)
     check_reward_folder(cfg)
     # the reward stage's model: calibrated P(rater says good), its upper bound with optimism > 0
-    reward = LearnedReward(RewardModel.from_pretrained(cfg.path, device), cfg.optimism, cfg.batch_size, cfg.path)
+    reward = LearnedReward.load(cfg.path, device, optimism=cfg.optimism, batch_size=cfg.batch_size)
     if region:
         reward.require_region()
     return reward

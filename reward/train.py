@@ -21,7 +21,7 @@
    (``metrics["by_round"]``, :func:`reward.evaluation.by_round`; ``data.rounds`` picks the rounds
    whose labels train);
 8. with marks in the root (``region.head``), the region head on the final CLIP's patch tokens
-   (:mod:`reward.region_fit`, ``metrics["region"]``);
+   (:mod:`reward.region.fit`, ``metrics["region"]``);
 9. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
 
 This module holds that orchestration; the parts live in :mod:`reward.embeddings`, :mod:`reward.fit`,
@@ -53,7 +53,7 @@ from reward.fit import fit
 from reward.model import RewardModel
 from reward.oracle import oracle_scores, relabel_with_oracle
 from reward.output import check_out_dir, write_model_folder
-from reward.region_fit import region_wanted, train_region
+from reward.region.fit import region_wanted, train_region
 from reward.summary import assemble_metrics
 from shapes import SHAPES_CLIP
 
@@ -165,7 +165,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
         ep = model.epistemic
         metrics["epistemic"] = json_safe({"kind": ep.kind, "lambda": ep.lam, "rows": ep.rows, **epistemic_calibration(
             model.head, ep.covariance, emb, data, oracle)}, digits=4)
-    # The region head (reward.region_fit), on the final CLIP's patch tokens, when there are marks.
+    # The region head (reward.region.fit), on the final CLIP's patch tokens, when there are marks.
     if region_wanted(cfg, store):
         metrics["region"] = json_safe(train_region(cfg, model, data, store, progress), digits=4)
     out_dir = write_model_folder(model, cfg, metrics, out)
