@@ -39,7 +39,7 @@ class Stream(IntEnum):
     RWL_STEP = 43  # finetune.rwl: a step's minibatch and noise (keyed by step, process)
     ORACLE_CHECK = 47  # pipelines.oracle_check: degradations
     LOADTEST_RATER = 53  # pipelines.loadtest_label: a virtual rater's choices (keyed by its number)
-    SELECTION = 67  # reward.selection: which of a round's images go to raters (keyed by round)
+    SELECTION = 67  # collect.selection: which of a round's images go to raters (keyed by round)
     SIMULATED_MARKS = 73  # shapes.marking: a simulated rater's clicks (keyed by the rater id and the image id)
     BINARY_ORDER = 101  # labeling_app.items: the binary task's serving order
     RANKING_ORDER = 102  # labeling_app.items: the ranking task's serving order

@@ -269,7 +269,7 @@ REWARDS = TableSpec(
 )
 
 # ---------------------------------------------------------------------------------------------
-# The closed loop: which of a round's images go to raters (reward.selection writes it; the labeling
+# The closed loop: which of a round's images go to raters (collect.selection writes it; the labeling
 # app and the simulated raters serve only these when a round has any).
 
 SelectionMethod = Literal["all", "random", "uncertain", "mix", "prompts"]

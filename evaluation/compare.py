@@ -45,7 +45,7 @@ from evaluation.keep import KeepWhatIsRight, keep_what_is_right
 from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, oracle_regions, pass_rates,
                                reference_renders, shapes_prompts, split_prompts)
 from evaluation.settings import describe
-from reward.reward_fn import load_reward, score_in_batches
+from reward.reward_fn import load_reward
 
 
 @dataclass
@@ -199,7 +199,7 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
         pipe = load_model(ref)
         images = generate_images(pipe, texts, seeds, cfg.sampling, progress=progress, dtype=dtype)
         tensor = pil_to_tensor(images[:n_main])
-        scores = score_in_batches(reward, tensor, texts[:n_main], cfg.reward.batch_size)
+        scores = reward.score(tensor, texts[:n_main])
         rewards = scores.float().cpu().numpy()
         embeddings = clip_image_embeddings(clip, tensor)
         if reference is None:  # renders of the same prompts (shapes world), else the base's samples

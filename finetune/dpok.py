@@ -41,11 +41,11 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import grid_prompts, prompt_group_ids
-from finetune.region import keep_masks, outside_change, problem_masks
+from finetune.region import outside_change
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import OracleReward, RegionFn, RewardFn, RewardSource, load_region, load_reward, score_in_batches
+from reward.reward_fn import OracleReward, Reward, RewardFn, RewardSource, load_reward
 
 # The learning curve's judge, through the reward source interface: 1 for an image the shapes
 # oracle judges aligned with its prompt, else 0.
@@ -76,7 +76,7 @@ def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple
     return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
 
 
-def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
+def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, progress: bool = True,
                on_round: Callable[[RoundStats], None] | None = None) -> FinetuneResult:
     """Run DPOK as configured; ``reward_fn`` overrides ``cfg.reward``; ``on_round`` is called after
     every round (and checkpoint), e.g. to plot learning curves or stop early."""
@@ -92,8 +92,6 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
         raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
                         "raise dpok.rounds to continue training, or pass resume=false.")
 
-    # a reward without a region head: one error; the loaded reward lends its model (one CLIP in memory)
-    region = load_region(cfg.reward, device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     run.init_trackers("dpok", start)
     grid = grid_prompts(cfg)  # the sample grids' prompts, read once
     eval_cond, eval_uncond = encode_prompts(pipe, grid, device)
@@ -134,13 +132,13 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
                                    cfg.dpok_window[1], d.tail_steps)
         images = decode_latents(pipe.vae, traj.final_latents)
         t1 = time.perf_counter()
-        rewards = score_in_batches(run.reward, images, round_prompts, cfg.reward.batch_size).to(device)
+        rewards = run.reward.score(images, round_prompts).to(device)
         if not torch.isfinite(rewards).all():
             raise UserError("the reward model returned NaN or infinite rewards.",
                             "check the reward model folder (retrain it with `make reward`).")
         outside = None
-        if region is not None:  # Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||
-            outside = _outside_change(run, region, noise, cond, uncond, round_prompts, images)
+        if cfg.region.weight > 0:  # Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||
+            outside = _outside_change(run, noise, cond, uncond, round_prompts, images)
             rewards = rewards - cfg.region.weight * outside
         t2 = time.perf_counter()
         # -- advantages (B, T) --------------------------------------------------------------
@@ -180,11 +178,10 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress:
 
 
 @torch.no_grad()
-def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, prompts: list[str],
-                    images: torch.Tensor) -> torch.Tensor:
+def _outside_change(run, noise: torch.Tensor, cond, uncond, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
     """(B,) each image's change, from the base model's image of the same noise (the generator state
-    ``noise`` the round's sampling started from), outside the problem region ``region`` marks on that
-    base image (finetune.region)."""
+    ``noise`` the round's sampling started from), outside the problem region the reward's region
+    model marks on that base image (:meth:`finetune.run.Run.keep_regions`)."""
     cfg = run.cfg
     gen = torch.Generator(run.device)
     gen.set_state(noise)
@@ -192,8 +189,7 @@ def _outside_change(run, region: RegionFn, noise: torch.Tensor, cond, uncond, pr
         traj = sample_trajectories(base, cond, uncond, run.latent_shape, gen, prompts, cfg.dpok_window[1],
                                    cfg.dpok.tail_steps)
     base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
-    problem = problem_masks(region(base_images, prompts), cfg.region.dilate)
-    return outside_change(images, base_images, keep_masks(problem).to(images.device))
+    return outside_change(images, base_images, run.keep_regions(base_images, prompts).to(images.device))
 
 
 def _check_curve_prompts(prompts: list[str]) -> None:
@@ -217,13 +213,13 @@ def fixed_noise_images(policy: DiffusionPolicy, pipe, cond, uncond, latent_shape
     return decode_latents(pipe.vae, traj.final_latents)
 
 
-def curve_alignment(policy: DiffusionPolicy, pipe, judge: RewardFn, texts: list[str], cond, uncond, latent_shape,
+def curve_alignment(policy: DiffusionPolicy, pipe, judge: Reward, texts: list[str], cond, uncond, latent_shape,
                     cfg: FinetuneConfig) -> float:
     """Share of the current policy's samples of ``texts`` (each training prompt x
     ``cfg.curve_samples``, embedded once as ``cond`` / ``uncond``) that ``judge`` (1: aligned, 0:
     not; :data:`CURVE_JUDGE`) passes, from a generator seeded apart from the rounds'."""
     images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["curve"], texts)
-    return float(np.mean(judge(images, texts).cpu().numpy() == 1))
+    return float(np.mean(judge.score(images, texts).cpu().numpy() == 1))
 
 
 def _advantages(traj: Trajectory, rewards: torch.Tensor, d) -> torch.Tensor:

@@ -36,9 +36,16 @@ class RegionConfig:
     # Needs a reward model with a region head (`make reward` trained on marks).
     weight: NonNegativeFloat = 0.0
     # the heatmap value above which a pixel is a problem; null: the region head's own, chosen when
-    # the reward trained to best match the raters' marks (reward.region_fit.calibrate_threshold)
+    # the reward trained to best match the raters' marks (reward.region.fit.calibrate_threshold)
     threshold: Share | None = None
     dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
+
+
+def keep_regions(reward, images: torch.Tensor, prompts: list[str], cfg: RegionConfig) -> torch.Tensor:
+    """(B, H, W) bool: what the penalty protects on ``images`` (B, 3, H, W) in [0, 1], K = 1 - M of
+    the problem masks the reward's region model (:meth:`reward.reward_fn.Reward.masks`) marks at
+    ``cfg.threshold``, grown by ``cfg.dilate``."""
+    return keep_masks(problem_masks(reward.masks(images, prompts, cfg.threshold), cfg.dilate))
 
 
 def problem_masks(masks: torch.Tensor, dilate: float) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs,
-prepares the output folder, loads the model, reward, prompts and optimizer through accelerate and
-restores the newest checkpoint; :class:`Run` holds the result."""
+"""One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs and
+loads the reward (its region model too, when the run asks for one), then prepares the output
+folder, loads the model, prompts and optimizer through accelerate and restores the newest
+checkpoint; :class:`Run` holds the result."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import check_pretrain_source, training_prompts
+from finetune.region import keep_regions
 from finetune.scheduler import DDIMSchedule
-from reward.reward_fn import RewardFn, check_reward_folder, load_reward
+from reward.reward_fn import Reward, RewardFn, load_reward
 
 
 def micro_batches(n: int, size: int | None) -> list[slice]:
@@ -71,7 +73,7 @@ class Run:
     comps: Components
     schedule: DDIMSchedule
     policy: DiffusionPolicy
-    reward: RewardFn
+    reward: Reward
     prompts: list[str]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -82,6 +84,11 @@ class Run:
     @property
     def device(self):
         return self.accelerator.device
+
+    def keep_regions(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
+        """Region-aware fine-tuning (``region.weight`` > 0): what each image keeps, (B, H, W) bool
+        (:func:`finetune.region.keep_regions`); None when the run is not region-aware."""
+        return keep_regions(self.reward, images, prompts, self.cfg.region) if self.cfg.region.weight > 0 else None
 
     def sampling_policy(self) -> DiffusionPolicy:
         """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of
@@ -114,7 +121,7 @@ class Run:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
 
-def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
+def _check_inputs(cfg: FinetuneConfig) -> None:
     """Fail on missing inputs before anything is written."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
@@ -124,17 +131,26 @@ def _check_inputs(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> None:
                         "set sampling.height equal to sampling.width, or use a learned reward and curve_every=0.")
     if cfg.method == "rwl":
         check_pretrain_source(cfg, height, width)
-    if reward_fn is None:
-        check_reward_folder(cfg.reward)
     check_init(cfg)
 
 
-def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dict | None]:
-    """Validate, prepare the output folder, load models, reward and optimizer through accelerate;
-    returns the run and the newest checkpoint's state (None when starting fresh)."""
-    _check_inputs(cfg, reward_fn)
-    out = prepare_output_dir(cfg)
+def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple[Run, dict | None]:
+    """Validate, load the reward (``reward_fn``, or ``cfg.reward``), prepare the output folder, load
+    models and optimizer through accelerate; returns the run and the newest checkpoint's state (None
+    when starting fresh)."""
+    _check_inputs(cfg)
+    out = Path(cfg.out)
     accelerator = make_accelerator(cfg, out)
+    # Loaded once, here, before the output folder is written: a reward that is not there, or one
+    # without the region head region.weight > 0 needs, is refused with nothing written.
+    region = cfg.region.weight > 0
+    if reward_fn is None:
+        reward = load_reward(cfg.reward, accelerator.device, region=region)
+    else:
+        reward = reward_fn if isinstance(reward_fn, Reward) else Reward(reward_fn, cfg.reward.batch_size)
+        if region:
+            reward.require_region()
+    prepare_output_dir(cfg)
     seed_everything(cfg.seed)
     comps = load_components(cfg, accelerator.device, weight_dtype_for(accelerator))
     if cfg.init is not None:
@@ -143,7 +159,6 @@ def setup_run(cfg: FinetuneConfig, reward_fn: RewardFn | None) -> tuple[Run, dic
         load_init_weights(unwrap(comps.unet), cfg)
     schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
                                            cfg.sampling.eta).to(accelerator.device)
-    reward = reward_fn or load_reward(cfg.reward, accelerator.device)
     prompts = training_prompts(cfg)
     record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
     if accelerator.is_main_process:

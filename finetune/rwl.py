@@ -37,11 +37,11 @@ from finetune.config import FinetuneConfig
 from finetune.image_log import log_images
 from finetune.policy import base_policy
 from finetune.prompts import grid_prompts, shapes_pretrain_pairs
-from finetune.region import keep_loss, keep_masks, latent_keep, problem_masks
+from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
-from reward.reward_fn import RewardFn, load_region, score_in_batches
+from reward.reward_fn import Reward, RewardFn
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,6 @@ def build_model_set(run: Run) -> LatentSet:
     prompts = [p for p in run.prompts for _ in range(r.samples_per_prompt)]
     gen = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["rwl_model_set"])
     latents, rewards, keep = [], [], []
-    region = load_region(cfg.reward, run.device, run.reward, cfg.region.threshold) if cfg.region.weight > 0 else None
     sampler = run.sampling_policy()
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
@@ -97,10 +96,10 @@ def build_model_set(run: Run) -> LatentSet:
         cond, uncond = encode_prompts(run.comps.pipe, chunk, run.device)
         traj = sample_trajectories(sampler, cond, uncond, run.latent_shape, gen, chunk)
         images = decode_latents(run.comps.pipe.vae, traj.final_latents)
-        rewards.append(score_in_batches(run.reward, images, chunk, cfg.reward.batch_size).float().cpu())
+        rewards.append(run.reward.score(images, chunk).float().cpu())
         latents.append(traj.final_latents.cpu())
-        if region is not None:  # what each sample keeps (finetune.region.keep_masks), per latent cell
-            kept = keep_masks(problem_masks(region(images, chunk), cfg.region.dilate))
+        kept = run.keep_regions(images, chunk)
+        if kept is not None:  # what each sample keeps, per latent cell
             keep.append(latent_keep(kept, tuple(run.latent_shape[-2:])).cpu())
     rewards_t = torch.cat(rewards)
     if not torch.isfinite(rewards_t).all():
@@ -234,7 +233,7 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch
     return loss, keep_loss(pred, base_pred, keep.to(run.device))
 
 
-def train_rwl(cfg: FinetuneConfig, reward_fn: RewardFn | None = None, progress: bool = True,
+def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, progress: bool = True,
               on_step: Callable[[StepStats], None] | None = None) -> FinetuneResult:
     """Run reward-weighted likelihood fine-tuning as configured (see the module docstring)."""
     from diffusers import DDPMScheduler

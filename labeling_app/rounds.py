@@ -3,7 +3,7 @@
 A dataset root holds the images of every round (``generations.round``, :mod:`data.rounds`).  The
 app, the simulated raters and the gold pool serve one round (``LabelConfig.round``; None: the
 newest round with images), and within it, when the ``selections`` table has rows for that round
-(:mod:`reward.selection` picks the images worth a rater's time), only the selected images: a
+(:mod:`collect.selection` picks the images worth a rater's time), only the selected images: a
 binary item per selected image, a ranking item per prompt from its selected images (2 or more).
 """
 

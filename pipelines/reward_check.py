@@ -1,4 +1,4 @@
-"""``make reward-check``: does a trained reward keep up with a newer round's labels? (reward.keeps_up)
+"""``make reward-check``: does a trained reward keep up with a newer round's labels? (evaluation.keeps_up)
 
     python -m pipelines.reward_check reward=runs/r0/reward root=datasets/mine round=1
 
@@ -15,8 +15,8 @@ import sys
 from dataclasses import asdict
 
 from core.jsonable import json_safe
+from evaluation.keeps_up import KeepsUpConfig, check_keeps_up
 from pipelines.cli import config_parser, parse_config, run
-from reward.keeps_up import KeepsUpConfig, check_keeps_up
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ from typing import Literal
 
 from core.config import PositiveInt
 from data.store import Store
+from evaluation.scoring import score_generations
 from pipelines.cli import config_parser, parse_config, run
-from reward.model import RewardModel
-from reward.scoring import score_generations
+from reward.reward_fn import LearnedReward
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,8 @@ class ScoreRewardsConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ScoreRewardsConfig, config_parser(__doc__.splitlines()[0]), argv)
     device = None if cfg.device == "auto" else cfg.device
-    model = RewardModel.from_pretrained(cfg.model, device=device)
-    summary = score_generations(Store(cfg.root), model, batch_size=cfg.batch_size,
-                                model_path=cfg.model, progress=cfg.progress)
+    model = LearnedReward.load(cfg.model, device, batch_size=cfg.batch_size)
+    summary = score_generations(Store(cfg.root), model, model_path=cfg.model, progress=cfg.progress)
     print(json.dumps(asdict(summary)))
     return 0
 

@@ -1,4 +1,4 @@
-"""``make select``: which of a round's images go to the raters next (reward.selection).
+"""``make select``: which of a round's images go to the raters next (collect.selection).
 
     python -m pipelines.select root=datasets/loop round=1 budget=64 method=uncertain reward=runs/reward
 
@@ -12,8 +12,8 @@ import json
 import sys
 from dataclasses import asdict
 
+from collect.selection import SelectConfig, select
 from pipelines.cli import config_parser, parse_config, run
-from reward.selection import SelectConfig, select
 
 
 def main(argv: list[str] | None = None) -> int:

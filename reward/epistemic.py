@@ -34,14 +34,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from core.errors import UserError
-
-if TYPE_CHECKING:
-    from reward.model import RewardHead, RewardModel
 
 EPISTEMIC_FILE = "epistemic.safetensors"
 KIND = "linear-ucb"
@@ -80,56 +76,23 @@ def spread(phi: torch.Tensor, covariance: torch.Tensor, calib_scale: torch.Tenso
     return abs(float(calib_scale)) * logit_std(phi, covariance)
 
 
-# ---------------------------------------------------------------------------------------------
-# A trained head's epistemic part
-
-
-@torch.no_grad()
-def fit_epistemic(head: RewardHead, img: torch.Tensor, txt: torch.Tensor, lam: float) -> Epistemic:
-    """The posterior of ``head``'s last layer from its training rows: ``img``, ``txt`` (N, D) the
-    unit-norm embeddings of each trained image and its prompt."""
-    was = head.training
-    head.eval()  # φ without dropout, as scoring sees it
-    logits, phi = head.logit_and_hidden(img, txt)
-    head.train(was)
+def fit_epistemic(logits: torch.Tensor, phi: torch.Tensor, lam: float) -> Epistemic:
+    """The posterior of a head's last layer from its training rows: ``logits`` (N,) and ``phi``
+    (N, H), the head's raw logit and last hidden layer on each trained (image, prompt) row, without
+    dropout (:meth:`reward.model.RewardHead.logit_and_hidden` in eval mode)."""
     a = precision(phi, torch.sigmoid(logits), lam)
     return Epistemic(torch.linalg.inv(a), float(lam), int(len(phi)))
 
 
-def require(model: RewardModel) -> Epistemic:
-    if model.epistemic is None:
-        name = f" {model.model_id}" if model.model_id else ""
-        raise UserError(f"the reward model{name} has no epistemic part (it was trained before the spread "
-                        "existed, or with model.epistemic=off), so it has no spread.",
-                        "retrain it with `make reward` (model.epistemic=linear-ucb, the default).")
-    return model.epistemic
-
-
-def batch_spread(model: RewardModel, images, prompts: list[str]) -> torch.Tensor:
-    """:meth:`reward.model.RewardModel.spread` of one batch."""
-    cov = require(model).covariance
-    _, phi = model.head.logit_and_hidden(*model.embed_pairs(images, prompts))
-    return spread(phi, cov, model.head.calib_scale)
-
-
-def optimistic_batch(model: RewardModel, images, prompts: list[str], *, logits: bool, optimism: float) -> torch.Tensor:
-    """:meth:`reward.model.RewardModel.score` of one batch with ``optimism`` c > 0: σ(a r + b + c s),
-    or with ``logits`` r + c sqrt(φᵀ A⁻¹ φ) (the raw logit moved up by c of its own deviations,
-    s / |a|)."""
-    cov = require(model).covariance
-    head = model.head
-    r, phi = head.logit_and_hidden(*model.embed_pairs(images, prompts))
-    std = logit_std(phi, cov).to(r.dtype)
-    if logits:
-        return r + optimism * std
-    return torch.sigmoid(head.calib_scale * r + head.calib_bias + optimism * head.calib_scale.abs() * std)
-
-
-def check_optimism(model: RewardModel, optimism: float) -> float:
-    if not optimism >= 0:  # NaN too
-        raise UserError(f"optimism={optimism}: the bonus is c times the spread, c >= 0.", "pass optimism >= 0.")
-    require(model)
-    return float(optimism)
+def optimistic(logits: torch.Tensor, phi: torch.Tensor, ep: Epistemic, calib_scale, calib_bias, *,
+               raw: bool, optimism: float) -> torch.Tensor:
+    """The upper bound of rewards with raw logits ``logits`` (B,) and last hidden layer ``phi``
+    (B, H): σ(a r + b + c s), or with ``raw`` r + c sqrt(φᵀ A⁻¹ φ) (the raw logit moved up by c of
+    its own deviations, s / |a|); c = ``optimism``."""
+    std = logit_std(phi, ep.covariance).to(logits.dtype)
+    if raw:
+        return logits + optimism * std
+    return torch.sigmoid(calib_scale * logits + calib_bias + optimism * calib_scale.abs() * std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +128,3 @@ def load_epistemic(directory: str | os.PathLike, entry: dict | None, hidden: int
                         f"(shape {tuple(cov.shape)}).", "retrain or restore the folder.")
     return Epistemic(cov.to(device), lam, int(entry.get("rows", 0)), entry.get("kind", KIND))
 
-
-def hidden_width(head: RewardHead) -> int:
-    """H, the width of φ: the last layer's input size."""
-    return int(head.mlp[-1].in_features)

@@ -13,7 +13,7 @@ A saved model is a folder::
 
     reward_config.json   head architecture, output, the CLIP folder it was built on, model_id
     head.safetensors     head weights and the feature standardisation buffers
-    region_head.safetensors  only with a region head (reward.region): its weights, its spec
+    region_head.safetensors  only with a region head (reward.region.head): its weights, its spec
                          under "region" in reward_config.json
     epistemic.safetensors    only with an epistemic part (reward.epistemic), "epistemic" there
     clip/                only when backbone layers were trained: the fine-tuned CLIP folder
@@ -38,11 +38,10 @@ import torch.nn.functional as F
 
 from core.errors import UserError
 from core.loading import LoadedCLIP, default_device, load_clip, model_fingerprint
-from reward.epistemic import (Epistemic, batch_spread, check_optimism, hidden_width, load_epistemic,
-                              optimistic_batch, save_epistemic)
+from reward.epistemic import Epistemic, fit_epistemic, load_epistemic, optimistic, save_epistemic, spread
 from reward.folder import CONFIG_FILE, HEAD_FILE, load_head_state, reward_clip_folder
 from reward.preprocess import ClipPreprocess, prompt_list, to_pixel_batches
-from reward.region import load_region_head, predict_heatmap, save_region_head
+from reward.region.head import load_region_head, predict_heatmap, save_region_head
 
 FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -163,7 +162,7 @@ class RewardModel(nn.Module):
         max_len = getattr(self.tokenizer, "model_max_length", None) or 77
         self.max_text_length = int(min(max_len, self.clip.config.text_config.max_position_embeddings))
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.region_head: nn.Module | None = None  # reward.region.RegionHead, when trained with marks
+        self.region_head: nn.Module | None = None  # reward.region.head.RegionHead, when trained with marks
         self.epistemic: Epistemic | None = None  # the last layer's posterior (reward.epistemic), or none
         self.clip.requires_grad_(False)
         self.to(next(self.clip.parameters()).device)
@@ -284,14 +283,42 @@ class RewardModel(nn.Module):
         with ``logits=True`` logit + c * spread / |calib_scale|; c = 0: the reward itself."""
         if optimism == 0:
             return self._batched(partial(self.forward, logits=logits), images, prompts)
-        c = check_optimism(self, optimism)
-        return self._batched(partial(optimistic_batch, self, logits=logits, optimism=c), images, prompts)
+        ep, c, head = self.require_epistemic(), self.check_optimism(optimism), self.head
+        return self._batched(lambda im, pr: optimistic(*head.logit_and_hidden(*self.embed_pairs(im, pr)), ep,
+                                                       head.calib_scale, head.calib_bias, raw=logits, optimism=c),
+                             images, prompts)
 
     @torch.no_grad()
     def spread(self, images, prompts: list[str] | str) -> torch.Tensor:
         """The reward's epistemic standard deviation (B,) float32, in calibrated-logit units, no
         grad (:mod:`reward.epistemic`); inputs as :meth:`score`.  Needs :attr:`epistemic`."""
-        return self._batched(partial(batch_spread, self), images, prompts)
+        cov = self.require_epistemic().covariance
+        return self._batched(lambda im, pr: spread(self.head.logit_and_hidden(*self.embed_pairs(im, pr))[1], cov,
+                                                   self.head.calib_scale), images, prompts)
+
+    def require_epistemic(self) -> Epistemic:
+        if self.epistemic is None:
+            name = f" {self.model_id}" if self.model_id else ""
+            raise UserError(f"the reward model{name} has no epistemic part (it was trained before the spread "
+                            "existed, or with model.epistemic=off), so it has no spread.",
+                            "retrain it with `make reward` (model.epistemic=linear-ucb, the default).")
+        return self.epistemic
+
+    def check_optimism(self, optimism: float) -> float:
+        """``optimism`` c as the bonus takes it: c >= 0, with an epistemic part to be optimistic about."""
+        if not optimism >= 0:  # NaN too
+            raise UserError(f"optimism={optimism}: the bonus is c times the spread, c >= 0.", "pass optimism >= 0.")
+        self.require_epistemic()
+        return float(optimism)
+
+    @torch.no_grad()
+    def fit_epistemic(self, img: torch.Tensor, txt: torch.Tensor, lam: float) -> None:
+        """Attach the head's last-layer posterior (:mod:`reward.epistemic`) from its training rows:
+        ``img``, ``txt`` (N, D) the unit-norm embeddings of each trained image and its prompt."""
+        was = self.head.training
+        self.head.eval()  # φ without dropout, as scoring sees it
+        self.epistemic = fit_epistemic(*self.head.logit_and_hidden(img, txt), lam)
+        self.head.train(was)
 
     def _batched(self, fn, images, prompts: list[str] | str) -> torch.Tensor:
         """``fn(images, prompts) -> (b,)`` over slices of ``score_batch_size``, in eval mode, fp32."""
@@ -384,14 +411,8 @@ class RewardModel(nn.Module):
             raise UserError(f"could not load {directory / HEAD_FILE}: {e}", "retrain or restore it.") from None
         model = cls(clip, head, model_id=cfg.get("model_id"))
         model.region_head = load_region_head(directory, cfg.get("region"), model.device)
-        model.epistemic = load_epistemic(directory, cfg.get("epistemic"), hidden_width(head), model.device)
+        model.epistemic = load_epistemic(directory, cfg.get("epistemic"), int(head.mlp[-1].in_features), model.device)
         model.backbone_trained = bool(cfg.get("clip_subdir"))
         model.clip.requires_grad_(False)
         return model
 
-
-def load_reward_fn(directory: str | os.PathLike, device: torch.device | str | None = None, optimism: float = 0.0):
-    """The reward callable the fine-tuning stage consumes: ``fn(images, prompts) -> (B,) float32``
-    (no grad).  ``RewardModel.from_pretrained(directory, device).score`` with ``optimism``."""
-    model = RewardModel.from_pretrained(directory, device)
-    return model.score if optimism == 0 else partial(model.score, optimism=check_optimism(model, optimism))

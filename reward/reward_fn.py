@@ -1,8 +1,10 @@
-"""A reward as the stages that use one see it (fine-tuning maximises it, ``make eval`` reports it):
-which reward (:class:`RewardSource`: a learned reward model's folder, or the shapes oracle), the
-:class:`RewardFn` protocol, loading it (:func:`load_reward`; the oracle as :class:`OracleReward`,
-for ablations) and scoring in batches; and the source's region model (:func:`load_region`), for
-region-aware fine-tuning.
+"""A reward as the stages that use one see it (fine-tuning maximises it, ``make eval`` reports it,
+``make select`` ranks by its uncertainty): which reward (:class:`RewardSource`: a learned reward
+model's folder, or the shapes oracle) and loading it (:func:`load_reward`) as one :class:`Reward`.
+A reward scores images in batches; where it has them, it also marks where an image is wrong (its
+region model: a learned reward's region head, or the oracle's exact problem masks), embeds, and
+gives its epistemic spread.  Asking a reward for what it lacks is one clear error, and
+:func:`load_reward` checks what the run will ask for (``region=True``) before anything runs.
 
 :class:`RewardSource` is the ``reward:`` section of a fine-tuning run's and of ``make eval``'s
 config; :class:`reward.config.RewardConfig` is another thing: it configures *training* a reward."""
@@ -21,7 +23,7 @@ from core.config import NonNegativeFloat, PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
 from reward.folder import CONFIG_FILE, load_head_state, reward_clip_folder
-from reward.model import RewardModel, load_reward_fn
+from reward.model import RewardModel
 from shapes.oracle import judge
 from shapes.regions import problem_regions
 from shapes.world import Prompt
@@ -56,14 +58,99 @@ class RewardFn(Protocol):
         """images (B, 3, H, W) in [0, 1] on any device -> rewards (B,) fp32."""
 
 
-class OracleReward:
+class Reward:
+    """A loaded reward.  This base class wraps a plain ``fn`` (:class:`RewardFn`; a custom reward
+    in tests and probes), which only scores; :class:`LearnedReward` and :class:`OracleReward` add
+    what they have.  Images: (B, 3, H, W) in [0, 1] on any device (a learned reward also takes PIL
+    lists and uint8 arrays, :meth:`reward.model.RewardModel.score`); prompts: one per image."""
+
+    has_region = False  # marks where an image is wrong (masks, heatmap)
+    has_spread = False  # gives an epistemic spread
+
+    def __init__(self, fn: RewardFn | None = None, batch_size: int = 64, name: str = "a custom reward"):
+        self.fn, self.batch_size, self.name = fn, batch_size, name
+
+    def score(self, images, prompts: list[str]) -> torch.Tensor:
+        """Rewards (B,) float32, ``batch_size`` images a call."""
+        return torch.cat([self._score(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
+                          for i in range(0, len(prompts), self.batch_size)])
+
+    def _score(self, images, prompts: list[str]) -> torch.Tensor:
+        return self.fn(images, prompts)
+
+    def masks(self, images: torch.Tensor, prompts: list[str], threshold: float | None = None) -> torch.Tensor:
+        """Where each image is wrong: problem masks (B, H, W) bool on the images' device, the
+        :meth:`heatmap` above ``threshold`` (None: the region model's own)."""
+        return self.heatmap(images, prompts).to(images.device) > (0.5 if threshold is None else threshold)
+
+    def heatmap(self, images, prompts: list[str]) -> torch.Tensor:
+        """Where each image is wrong: (B, H, W) float32 in [0, 1].  Needs a region model."""
+        self.require_region()
+        raise NotImplementedError
+
+    def spread(self, images, prompts: list[str]) -> torch.Tensor:
+        """The reward's epistemic standard deviation (B,) float32, calibrated-logit units."""
+        raise UserError(f"{self.name} has no epistemic spread.", "use a learned reward trained with "
+                        "model.epistemic=linear-ucb (the default of `make reward`).")
+
+    def embed(self, images, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm embeddings (B, D) of the images and of their prompts, no grad."""
+        raise UserError(f"{self.name} has no embeddings: it is not a learned reward.",
+                        "use a learned reward (reward.kind=learned, reward.path=<make reward folder>).")
+
+    def require_region(self) -> None:
+        """A reward without a region model is one clear error (region-aware fine-tuning asks)."""
+        if not self.has_region:
+            raise UserError(f"{self.name} has no region head, which region.weight > 0 needs.",
+                            "train the reward on rater marks (`make reward` on a round with marks; region.head=on), "
+                            "or set region.weight=0.")
+
+
+class LearnedReward(Reward):
+    """A reward model (:class:`reward.model.RewardModel`): its calibrated P(rater says good), or
+    with ``optimism`` c > 0 its upper bound (:meth:`RewardModel.score`)."""
+
+    def __init__(self, model: RewardModel, optimism: float = 0.0, batch_size: int = 64, name: str | None = None):
+        super().__init__(None, batch_size, f"the reward model {name or model.model_id}")
+        self.model, self.model_id = model, model.model_id
+        self.optimism = model.check_optimism(optimism) if optimism else 0.0
+        self.has_region, self.has_spread = model.region_head is not None, model.epistemic is not None
+
+    @classmethod
+    def load(cls, path, device=None, *, optimism: float = 0.0, batch_size: int = 64) -> LearnedReward:
+        """The reward model folder ``path`` (:meth:`RewardModel.from_pretrained`) as a reward."""
+        return cls(RewardModel.from_pretrained(path, device), optimism, batch_size, str(path))
+
+    def _score(self, images, prompts: list[str]) -> torch.Tensor:
+        return self.model.score(images, prompts, optimism=self.optimism)
+
+    def masks(self, images: torch.Tensor, prompts: list[str], threshold: float | None = None) -> torch.Tensor:
+        self.require_region()  # the threshold chosen when the head trained, unless the run sets one
+        return super().masks(images, prompts, self.model.region_head.threshold if threshold is None else threshold)
+
+    def heatmap(self, images, prompts: list[str]) -> torch.Tensor:
+        self.require_region()
+        return self.model.heatmap(images, prompts)
+
+    def spread(self, images, prompts: list[str]) -> torch.Tensor:
+        return self.model.spread(images, prompts)
+
+    @torch.no_grad()
+    def embed(self, images, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.embed_pairs(images, prompts)
+
+
+class OracleReward(Reward):
     """The shapes-world oracle as a reward: ``graded``, Verdict.score, at most 3 (2 for aligned,
     plus the share of attributes right, minus 1/4 per missing or extra object); ``aligned``, 1 for
-    an aligned image, else 0.  For ablations only: the oracle is also the evaluator, so a model
-    trained on it is graded by its own teacher."""
+    an aligned image, else 0.  Its region model is the oracle's exact problem masks.  For ablations
+    only: the oracle is also the evaluator, so a model trained on it is graded by its own teacher."""
 
-    def __init__(self, score: OracleScore = "graded"):
-        self.score = score
+    has_region = True
+
+    def __init__(self, score: OracleScore = "graded", batch_size: int = 64):
+        super().__init__(None, batch_size, "the shapes oracle (reward.kind=oracle)")
+        self.kind = score
 
     @staticmethod
     def unjudgeable(prompts: list[str]) -> str | None:
@@ -75,13 +162,20 @@ class OracleReward:
                 return p
         return None
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         arr = to_uint8(images)
         parsed = [Prompt.parse(p) for p in prompts]
         verdicts = [judge(a, p) for a, p in zip(arr, parsed)]
-        scores = ([v.score(p) for v, p in zip(verdicts, parsed)] if self.score == "graded"
+        scores = ([v.score(p) for v, p in zip(verdicts, parsed)] if self.kind == "graded"
                   else [float(v.aligned) for v in verdicts])
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+    def masks(self, images: torch.Tensor, prompts: list[str], threshold: float | None = None) -> torch.Tensor:
+        masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
+        return torch.as_tensor(np.stack(masks), device=images.device)
+
+    def heatmap(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.masks(images, prompts).float()
 
 
 def check_reward_folder(cfg: RewardSource) -> None:
@@ -100,42 +194,14 @@ def check_reward_folder(cfg: RewardSource) -> None:
                         "retrain it with `make reward` (model.epistemic=linear-ucb, the default), or set reward.optimism=0.")
 
 
-def load_reward(cfg: RewardSource, device) -> RewardFn:
+def load_reward(cfg: RewardSource, device, *, region: bool = False) -> Reward:
+    """The reward ``cfg`` names, on ``device``; ``region``: the run will ask for its region model,
+    so a reward without one is refused here, before anything runs."""
     if cfg.kind == "oracle":
-        return OracleReward(cfg.oracle)
+        return OracleReward(cfg.oracle, cfg.batch_size)
     check_reward_folder(cfg)
     # the reward stage's model: calibrated P(rater says good), its upper bound with optimism > 0
-    return load_reward_fn(Path(cfg.path), device=device, optimism=cfg.optimism)
-
-
-class RegionFn(Protocol):
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] -> where each is wrong: problem masks (B, H, W) bool."""
-
-
-def load_region(cfg: RewardSource, device, reward: RewardFn | None = None, threshold: float | None = None) -> RegionFn:
-    """The region model of a reward source: a learned reward's region head (:meth:`RewardModel.heatmap`
-    above ``threshold``, None: the head's own, chosen when it trained), or with ``kind=oracle`` the
-    oracle's exact problem masks (an upper-bound ablation, shapes world).  ``reward``, the source's
-    reward already loaded (:meth:`RewardModel.score`), lends its model, so that one CLIP sits in
-    memory.  A learned reward without a region head is one clear error."""
-    if cfg.kind == "oracle":
-        def oracle_masks(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-            masks = [problem_regions(a, p).mask for a, p in zip(to_uint8(images), prompts)]
-            return torch.as_tensor(np.stack(masks), device=images.device)
-        return oracle_masks
-    model = getattr(getattr(reward, "func", reward), "__self__", None)  # score, or partial(score, optimism=c)
-    if not isinstance(model, RewardModel):
-        check_reward_folder(cfg)
-        model = RewardModel.from_pretrained(cfg.path, device)
-    if model.region_head is None:
-        raise UserError(f"the reward model {cfg.path} has no region head, which region.weight > 0 needs.",
-                        "train the reward on rater marks (`make reward` on a round with marks; region.head=on), "
-                        "or set region.weight=0.")
-    cut = model.region_head.threshold if threshold is None else threshold
-    return lambda images, prompts: model.heatmap(images, prompts).to(images.device) > cut
-
-
-def score_in_batches(reward: RewardFn, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
-    return torch.cat([reward(images[i:i + batch_size], prompts[i:i + batch_size])
-                      for i in range(0, len(prompts), batch_size)])
+    reward = LearnedReward.load(cfg.path, device, optimism=cfg.optimism, batch_size=cfg.batch_size)
+    if region:
+        reward.require_region()
+    return reward

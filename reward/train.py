@@ -21,7 +21,7 @@
    (``metrics["by_round"]``, :func:`reward.evaluation.by_round`; ``data.rounds`` picks the rounds
    whose labels train);
 8. with marks in the root (``region.head``), the region head on the final CLIP's patch tokens
-   (:mod:`reward.region_fit`, ``metrics["region"]``);
+   (:mod:`reward.region.fit`, ``metrics["region"]``);
 9. writes the folder (model, ``config.yaml``, ``metrics.json``) and returns the metrics.
 
 This module holds that orchestration; the parts live in :mod:`reward.embeddings`, :mod:`reward.fit`,
@@ -48,13 +48,12 @@ from reward.calibrate import calibrate, calibrated_probs
 from reward.config import RewardConfig
 from reward.data import VIEWS, load_reward_data
 from reward.embeddings import Embeddings
-from reward.epistemic import fit_epistemic
 from reward.evaluation import by_round, epistemic_calibration, evaluate_views, same_prompt_images
 from reward.fit import fit
 from reward.model import RewardModel
 from reward.oracle import oracle_scores, relabel_with_oracle
 from reward.output import check_out_dir, write_model_folder
-from reward.region_fit import region_wanted, train_region
+from reward.region.fit import region_wanted, train_region
 from reward.summary import assemble_metrics
 from shapes import SHAPES_CLIP
 
@@ -155,7 +154,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
     if main_frozen is None:
         calibrate(model, emb, data)
     if mc.epistemic == "linear-ucb":  # the last layer's posterior on the rows it trained on
-        model.epistemic = fit_epistemic(model.head, emb.image_cache[tr_t], emb.text_cache[tr_prompt], mc.epistemic_lambda)
+        model.fit_epistemic(emb.image_cache[tr_t], emb.text_cache[tr_prompt], mc.epistemic_lambda)
     results["reward_model"] = evaluate_views(model.head, partial(calibrated_probs, model.head), emb, data, oracle)
 
     metrics = assemble_metrics(results, ablation, data, cfg, model, oracle is not None, primary,
@@ -166,7 +165,7 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
         ep = model.epistemic
         metrics["epistemic"] = json_safe({"kind": ep.kind, "lambda": ep.lam, "rows": ep.rows, **epistemic_calibration(
             model.head, ep.covariance, emb, data, oracle)}, digits=4)
-    # The region head (reward.region_fit), on the final CLIP's patch tokens, when there are marks.
+    # The region head (reward.region.fit), on the final CLIP's patch tokens, when there are marks.
     if region_wanted(cfg, store):
         metrics["region"] = json_safe(train_region(cfg, model, data, store, progress), digits=4)
     out_dir = write_model_folder(model, cfg, metrics, out)

@@ -194,21 +194,20 @@ def _finetune_cfg(tiny_sd, out, *more):
         "dpok.tail_steps=0", "dpok.steps_per_sample=1", "sample_grid_every=0", *more])
 
 
-def test_optimism_builds_an_optimistic_reward_fn_and_refuses_what_has_no_spread(trained, tmp_path, monkeypatch):
+def test_optimism_builds_an_optimistic_reward_and_refuses_what_has_no_spread(trained, tmp_path):
     from reward.model import RewardModel
-    from reward.reward_fn import RewardSource, check_reward_folder, load_region, load_reward
+    from reward.reward_fn import RewardSource, check_reward_folder, load_reward
 
     out, _, root = trained
     images, prompts = _images(root, 4)
     x = torch.stack([torch.as_tensor(np.array(im)).permute(2, 0, 1).float() / 255 for im in images])
     fn = load_reward(RewardSource(path=str(out), optimism=0.5), "cpu")
     plain = load_reward(RewardSource(path=str(out)), "cpu")
-    assert torch.equal(fn(x, prompts), plain.__self__.score(x, prompts, optimism=0.5))
-    assert (fn(x, prompts) >= plain(x, prompts)).all()
-    with monkeypatch.context() as m:  # the region model borrows the optimistic fn's model: no second load
-        m.setattr(RewardModel, "from_pretrained", lambda *a, **k: pytest.fail("loaded the reward again"))
-        with pytest.raises(UserError, match="no region head"):
-            load_region(RewardSource(path=str(out), optimism=0.5), "cpu", fn)
+    assert torch.equal(fn.score(x, prompts), plain.model.score(x, prompts, optimism=0.5))
+    assert (fn.score(x, prompts) >= plain.score(x, prompts)).all()
+    assert fn.has_spread and torch.equal(fn.spread(x, prompts), plain.model.spread(x, prompts))
+    with pytest.raises(UserError, match="no region head"):  # asked for at load: one error there
+        load_reward(RewardSource(path=str(out), optimism=0.5), "cpu", region=True)
 
     with pytest.raises(UserError, match="reward.kind=oracle.*no epistemic spread"):
         _finetune_cfg("sd", tmp_path / "o", "reward.kind=oracle", "reward.optimism=0.5")

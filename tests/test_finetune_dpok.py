@@ -277,7 +277,7 @@ def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
 
     def reward(images, prompts):
         seen.append(sorted(prompts))
-        return OracleReward()(images, prompts)
+        return OracleReward().score(images, prompts)
 
     (tmp_path / "p.txt").write_text("one circle\ntwo squares\nthree circles\n")
     cfg = tiny_cfg(tiny_sd, tmp_path / "run", "dpok.rounds=2", "dpok.prompts_per_round=3",

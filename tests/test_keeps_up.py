@@ -1,4 +1,4 @@
-"""Does a reward keep up with a newer round (reward.keeps_up, make reward-check): the AUC's standard
+"""Does a reward keep up with a newer round (evaluation.keeps_up, make reward-check): the AUC's standard
 error against a simulation, the figures against a hand computation on a real (tiny) reward and
 simulated raters, which of the round's images are judged, and every refusal."""
 
@@ -12,16 +12,16 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from collect.selection import SelectConfig, select
 from core.config import load_config
 from core.errors import UserError
 from data import Store, read_table
 from data.generations import load_image
+from evaluation.keeps_up import KeepsUpConfig, auc_standard_error, check_keeps_up
 from labeling_app.simulate import simulate_round
 from pipelines.cli import run
 from pipelines.reward_check import main as check_main
-from reward.keeps_up import KeepsUpConfig, auc_standard_error, check_keeps_up
 from reward.model import RewardModel
-from reward.selection import SelectConfig, select
 from shapes.raters import default_panel
 from shapes.world import prompt_set
 from test_reward_rounds import render_into_round

@@ -70,6 +70,9 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
     ("collect.mod", "import labeling_app.mod"),      # a round's images importing the app that serves them
     ("shapes.mod", "import collect.mod"),            # the shapes world importing the collect layer
+    ("reward.mod", "import collect.mod"),            # the reward importing the round that asks it (selection)
+    ("labeling_app.mod", "import collect.mod"),      # the app importing what picks its images
+    ("collect.mod", "import finetune.mod"),          # a round's collection and fine-tuning are siblings
     ("workflows.mod", "import pipelines.mod"),       # a workflow importing an entry point
     ("finetune.mod", "import workflows.mod"),        # a stage importing the workflow that chains it
 ])
@@ -87,8 +90,8 @@ def test_the_same_tree_passes_with_allowed_imports(tmp_path):
                             "finetune.dpok": "import finetune.mod",  # which may use the shapes world
                             "finetune.mod": "import reward.mod\nimport shapes.mod",
                             "evaluation.mod": "import reward.mod\nimport shapes.mod\nimport core.mod",
-                            "labeling_app.mod": "import shapes.mod\nimport data.mod\nimport collect.mod",
-                            "collect.mod": "import shapes.mod\nimport data.mod",
+                            "labeling_app.mod": "import shapes.mod\nimport data.mod",
+                            "collect.mod": "import reward.mod\nimport shapes.mod\nimport data.mod",
                             "workflows.mod": "import collect.mod\nimport finetune.mod\nimport evaluation.mod",
                             "shapes.mod": "import data.mod", "data.mod": "import core.mod"})
     res = _lint(tree, tmp_path / "contracts.toml")

@@ -132,3 +132,46 @@ def test_region_aware_rwl_holds_d_model_to_the_base_on_its_keep_region(tiny_sd, 
     import torch as t
     saved = t.load(tmp_path / "run" / "rwl_data.pt", weights_only=False)["model"]
     assert saved["keep"].dtype == t.bool and saved["keep"].shape[0] == len(saved["prompts"])
+
+
+@pytest.mark.parametrize("method", ["dpok", "rwl"])
+def test_a_refused_region_run_writes_nothing_and_the_corrected_command_runs(tiny_sd, tmp_path, method):
+    """A reward without a region head, or with a corrupt one, is refused before the run writes
+    config.yaml or lineage.json into output_dir, so the corrected command into the same folder runs
+    (it used to be refused as "a different config")."""
+    from core.config import load_config
+    from core.errors import UserError
+    from finetune.config import FinetuneConfig
+    from finetune.dpok import train_dpok
+    from finetune.rwl import train_rwl
+    from tiny_models import make_tiny_clip
+    from tools.random_models import build_reward_model
+
+    clip = make_tiny_clip(tmp_path / "clip")
+    headless = build_reward_model(clip, tmp_path / "headless")
+    corrupt = build_reward_model(clip, tmp_path / "corrupt", region=True)
+    (corrupt / "region_head.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one red circle\ntwo blue squares\n")
+    train = {"dpok": train_dpok, "rwl": train_rwl}[method]
+    every = {"dpok": ["sampling.num_inference_steps=2", "dpok.window=[0, null]", "dpok.tail_steps=0", "dpok.rounds=1",
+                      "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
+                      "dpok.minibatch_size=2", "dpok.checkpoint_every_rounds=0"],
+             "rwl": ["sampling.num_inference_steps=2", "rwl.samples_per_prompt=1", "rwl.pretrain_per_prompt=1",
+                     "rwl.steps=1", "rwl.batch_size=2", "rwl.checkpoint_every_steps=0", "rwl.weighting=exp"]}[method]
+
+    def cfg(reward, *extra):
+        return load_config(FinetuneConfig, None, [
+            f"method={method}", f"output_dir={out}", f"model.pipeline={tiny_sd}", f"reward.path={reward}",
+            f"prompts.prompts_file={prompts}", "prompts.eval_prompts=[one circle]", "sample_grid_every=0",
+            *every, *extra])
+
+    with pytest.raises(UserError, match="no region head.*region.weight=0"):
+        train(cfg(headless, "region.weight=1.0"), progress=False)
+    assert not out.exists()
+    with pytest.raises(UserError, match="could not load the region head"):
+        train(cfg(corrupt, "region.weight=1.0"), progress=False)
+    assert not out.exists()
+    result = train(cfg(headless), progress=False)  # the corrected command, into the same folder
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and result.output_dir == out

@@ -1,4 +1,4 @@
-"""The region head (reward.region*): pure helpers, then the whole path on a tiny CLIP on CPU
+"""The region head (reward.region): pure helpers, then the whole path on a tiny CLIP on CPU
 (simulated marks -> train -> save -> load -> heatmap; a folder without a head still loads)."""
 
 import json
@@ -13,9 +13,9 @@ from data.marks import MARKS
 from labeling_app.simulate import simulate_round
 from reward.model import RewardModel
 from reward.preprocess import ClipPreprocess
-from reward.region import crop_box, to_grid, to_image_size
-from reward.region_data import RegionData
-from reward.region_fit import view_metrics
+from reward.region.data import RegionData
+from reward.region.fit import view_metrics
+from reward.region.head import crop_box, to_grid, to_image_size
 from shapes.marking import simulate_marks
 from shapes.raters import default_panel
 from shapes.render import render_round
@@ -128,7 +128,7 @@ def test_heatmap_on_a_vitl_layout_clip_and_a_wide_image(tmp_path):
     """Any CLIP folder: ViT-L/14's layout (patch 14) gives its own grid; a wide image's heatmap
     covers CLIP's centre crop and is zero outside it."""
     from core.loading import load_clip
-    from reward.region import build_region_head
+    from reward.region.head import build_region_head
     from test_reward import make_vitl_layout_clip
 
     rm = RewardModel.build(load_clip(make_vitl_layout_clip(tmp_path / "vitl"), device="cpu"))
@@ -148,7 +148,7 @@ def test_region_data_joins_marks_to_current_bad_answers(tmp_path):
 
     from data.labels import retract
     from reward.data import load_reward_data
-    from reward.region_data import load_region_data
+    from reward.region.data import load_region_data
 
     store = Store(tmp_path)
     rows = render_round(store, prompt_set("train")[:2], per_prompt=1, seed=0)
@@ -183,7 +183,7 @@ def test_region_data_joins_marks_to_current_bad_answers(tmp_path):
 
 
 def test_calibrate_threshold_matches_the_raters_marks_by_f1():
-    from reward.region_fit import calibrate_threshold
+    from reward.region.fit import calibrate_threshold
 
     target = torch.zeros(2, 4, 4)
     target[0, 0, :2] = 0.33  # one rater of three touched two patches

@@ -194,6 +194,46 @@ def test_oracle_pair_accuracy_splits_aligned_from_failure_pairs():
     assert np.isnan(oracle_pair_accuracy(scores, hi[:0], lo[:0], oracle)["pairwise_accuracy_vs_oracle"])
 
 
+def test_one_reward_object_scores_marks_embeds_and_refuses_what_it_lacks(tiny_clip, tmp_path):
+    """load_reward gives one object: it scores in batches, marks where an image is wrong (its region
+    head's heatmap above the head's threshold, or a run's), embeds; a reward without a region head
+    is refused at load when the run asks for one, and a custom reward refuses all but scoring."""
+    from reward.reward_fn import OracleReward, Reward, RewardSource, load_reward
+    from tools.random_models import build_reward_model
+
+    with_head = build_reward_model(tiny_clip, tmp_path / "with-head", region=True)
+    headless = build_reward_model(tiny_clip, tmp_path / "headless")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = ["one red circle", "two blue squares", "one red circle"]
+    r = load_reward(RewardSource(path=str(with_head), batch_size=2), "cpu", region=True)
+    assert r.has_region and not r.has_spread and r.model_id == r.model.model_id
+    torch.testing.assert_close(r.score(images, prompts), r.model.score(images, prompts))  # 2 + 1 images a call
+    heat = r.heatmap(images, prompts)
+    assert heat.shape == (3, 32, 32) and 0 <= heat.min() and heat.max() <= 1
+    assert torch.equal(r.masks(images, prompts), heat > r.model.region_head.threshold)
+    assert torch.equal(r.masks(images, prompts, threshold=0.0), heat > 0)
+    img, txt = r.embed(images, prompts)
+    assert img.shape == txt.shape == (3, r.model.head.spec.embed_dim) and not img.requires_grad
+    with pytest.raises(UserError, match="no epistemic part"):
+        r.spread(images, prompts)
+
+    with pytest.raises(UserError, match=f"{headless} has no region head.*region.weight=0"):
+        load_reward(RewardSource(path=str(headless)), "cpu", region=True)
+    plain = load_reward(RewardSource(path=str(headless)), "cpu")
+    assert not plain.has_region
+    with pytest.raises(UserError, match="no region head"):
+        plain.masks(images, prompts)
+
+    oracle = load_reward(RewardSource(kind="oracle"), "cpu", region=True)
+    assert isinstance(oracle, OracleReward) and oracle.masks(images, prompts).dtype == torch.bool
+    custom = Reward(lambda im, pr: im.mean(dim=(1, 2, 3)), batch_size=2)
+    torch.testing.assert_close(custom.score(images, prompts), images.mean(dim=(1, 2, 3)))
+    for ask, message in ((custom.masks, "no region head"), (custom.spread, "no epistemic spread"),
+                         (custom.embed, "not a learned reward"), (oracle.spread, "no epistemic spread")):
+        with pytest.raises(UserError, match=message):
+            ask(images, prompts)
+
+
 def test_oracle_reward_graded_or_aligned():
     from core.images import pil_to_tensor
     from reward.reward_fn import OracleReward, RewardSource, load_reward
@@ -201,12 +241,12 @@ def test_oracle_reward_graded_or_aligned():
     # renders of "two red squares": right; "three red squares" and "two blue squares": one attribute off
     images = pil_to_tensor([render(t, 0) for t in ("two red squares", "three red squares", "two blue squares")])
     prompts = ["two red squares"] * 3
-    graded = OracleReward("graded")(images, prompts)
+    graded = OracleReward("graded").score(images, prompts)
     assert graded[0] == 3.0 and (graded[1:] < 1).all()
     assert graded[1] < graded[2]  # a wrong count also loses a quarter per extra object
-    assert OracleReward("aligned")(images, prompts).tolist() == [1.0, 0.0, 0.0]
+    assert OracleReward("aligned").score(images, prompts).tolist() == [1.0, 0.0, 0.0]
     loaded = load_reward(RewardSource(kind="oracle", oracle="aligned"), device=None)
-    assert isinstance(loaded, OracleReward) and loaded(images, prompts).tolist() == [1.0, 0.0, 0.0]  # config reaches it
+    assert isinstance(loaded, OracleReward) and loaded.score(images, prompts).tolist() == [1.0, 0.0, 0.0]  # config reaches it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What to label next (reward.selection, make select): budget, determinism, uncertainty sampling
+"""What to label next (collect.selection, make select): budget, determinism, uncertainty sampling
 picks the images nearest p = 0.5 of a real (tiny) reward model, mix, and every refusal before
 anything is written."""
 
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from collect.selection import (SelectConfig, capped, choose, epistemic_uncertainty, select, uncertainty,
+                              whole_prompts)
 from core.config import load_config
 from core.errors import UserError
 from data import Store, read_table
@@ -20,8 +22,6 @@ from pipelines.cli import run
 from pipelines.select import main as select_main
 from reward.config import RewardConfig
 from reward.model import RewardModel
-from reward.selection import (SelectConfig, capped, choose, epistemic_uncertainty, select, uncertainty,
-                              whole_prompts)
 from shapes.raters import default_panel
 from shapes.render import render_round
 from shapes.world import prompt_set

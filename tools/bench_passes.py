@@ -137,7 +137,7 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
         "text_encoder_B": lambda: encode_prompts(pipe, prompts, dev),
         "unet_fwd_2B": lambda: passes.sample_fwd(*x2b),
         "vae_decode_B": lambda: decode_latents(pipe.vae, latents),
-        "reward_B": lambda: (reward or run.reward)(images, prompts),
+        "reward_B": lambda: (reward or run.reward.score)(images, prompts),
         "unet_fwd_bwd_2u": lambda: passes.fwd_bwd(*xu),
         "unet_ref_fwd_2u": lambda: passes.reference_fwd(*xu),
         "optimizer_step": opt_step,

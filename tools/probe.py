@@ -36,7 +36,7 @@ from finetune.policy import DiffusionPolicy
 from finetune.prompts import prompt_group_ids
 from finetune.sampler import continue_chain, decode_latents, deterministic_tail, encode_prompts, sample_trajectories
 from finetune.scheduler import DDIMSchedule
-from reward.reward_fn import RewardFn, RewardSource, load_reward, score_in_batches
+from reward.reward_fn import Reward, RewardFn, RewardSource, load_reward
 from shapes import SHAPES_SD
 from shapes.world import prompt_set
 
@@ -124,7 +124,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     after = _check(cfg)
     device = default_device()
     pipe = load_model(resolve_model(cfg.pipeline), device=device)  # a pipeline folder or a fine-tuned run
-    reward = reward_fn or load_reward(cfg.reward, device)
+    reward = Reward(reward_fn, cfg.reward.batch_size) if reward_fn else load_reward(cfg.reward, device)
     s = cfg.sampling
     schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps, s.eta).to(device)
     policy = DiffusionPolicy(pipe.unet, schedule, s.guidance_scale)
@@ -133,7 +133,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     gen = torch.Generator(device).manual_seed(cfg.seed)
 
     def score(latents, chunk):
-        return score_in_batches(reward, decode_latents(pipe.vae, latents), chunk, cfg.reward.batch_size).float().cpu()
+        return reward.score(decode_latents(pipe.vae, latents), chunk).float().cpu()
 
     chain, again, stochastic_tail, tails = [], {k: [] for k in after}, [], {t: [] for t in cfg.tail_steps}
     for start in range(0, len(texts), cfg.batch_size):

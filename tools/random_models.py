@@ -9,7 +9,7 @@ from pathlib import Path
 from core.loading import load_clip
 from reward.config import RegionConfig
 from reward.model import RewardModel
-from reward.region import build_region_head
+from reward.region.head import build_region_head
 from shapes.tokenizer import build_tokenizer, text_config_ids
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+from collect.selection import SelectConfig, select
 from core.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Share, save_config
 from core.errors import UserError
 from core.files import write_text_atomic
@@ -43,7 +44,6 @@ from evaluation import loop_report
 from evaluation.compare import evaluate
 from evaluation.oracle import control_prompts
 from reward.evaluation import round_accuracy
-from reward.selection import SelectConfig, select
 from shapes.world import prompt_set
 from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
                              generate_summary, label, reward_summary, run_round)
@@ -62,7 +62,7 @@ class LoopConfig(RoundConfig):
     # round 0: images sent to the raters, as whole prompts drawn at random (selection method
     # "prompts"), so that a label-scarce loop splits its labels over rounds; 0: every image
     round0_budget: NonNegativeInt = 0
-    selection: SelectionMethod = "uncertain"  # which images the budget buys (reward.selection)
+    selection: SelectionMethod = "uncertain"  # which images the budget buys (collect.selection)
     mix_share: Share = 0.5  # selection=mix: the share of the budget picked by uncertainty
     prompt_cap: NonNegativeFloat = 2.0  # selection: a prompt's most uncertainty picks, x its even share (0: no cap)
     # round k >= 1's DPOK maximises sigmoid(logit + optimism x the reward's epistemic spread), a UCB

@@ -16,31 +16,25 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-import finetune.dpok
-import finetune.rwl
 from pipelines import finetune as entry
 from pipelines.cli import run
 from core.images import to_uint8
-from reward.reward_fn import load_region
+from reward.reward_fn import LearnedReward, OracleReward
 from shapes.regions import problem_regions
 
 
-def _oracle_region(cfg, device, reward=None, threshold=None):
+def _oracle_masks(self, images: torch.Tensor, prompts: list[str], threshold=None) -> torch.Tensor:
     if os.environ.get("ORACLE_KEEP", "mask") == "mask":
-        return load_region(replace(cfg, kind="oracle"), device)
-
-    def not_right(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:  # "problem" = not kept
-        keep = [problem_regions(a, p).keep for a, p in zip(to_uint8(images), prompts)]
-        return torch.as_tensor(~np.stack(keep), device=images.device)
-    return not_right
+        return OracleReward().masks(images, prompts)
+    keep = [problem_regions(a, p).keep for a, p in zip(to_uint8(images), prompts)]  # "problem" = not kept
+    return torch.as_tensor(~np.stack(keep), device=images.device)
 
 
 if __name__ == "__main__":
-    finetune.dpok.load_region = _oracle_region
-    finetune.rwl.load_region = _oracle_region
+    LearnedReward.masks = _oracle_masks  # the learned reward scores; the oracle marks
+    LearnedReward.require_region = lambda self: None  # its own region head is not used
     sys.exit(run(entry.main))

@@ -51,7 +51,7 @@ class RegionHead(nn.Module):
         super().__init__()
         self.spec = spec
         # The heatmap value above which a pixel is a problem, chosen when the head trained
-        # (reward.region_fit.calibrate_threshold): an MSE fit to averaged rater disks predicts
+        # (reward.region.fit.calibrate_threshold): an MSE fit to averaged rater disks predicts
         # small values, so a fixed 1/2 would mark nothing.
         self.threshold = threshold
         d = spec.hidden

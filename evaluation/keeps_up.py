@@ -42,7 +42,7 @@ from data.read import read_table
 from data.rounds import resolve_rounds, rounds_in
 from data.store import Store
 from reward.metrics import pair_accuracy
-from reward.model import RewardModel
+from reward.reward_fn import LearnedReward
 
 REFERENCE_KEYS = ("binary_auc", "binary_accuracy", "pairwise_accuracy_vs_labels", "val_binary_images")
 
@@ -107,8 +107,8 @@ def _reference(reward: Path, root: Path, k: int) -> dict:
     return {key: val.get(key, math.nan) for key in REFERENCE_KEYS}
 
 
-def check_keeps_up(cfg: KeepsUpConfig, model: RewardModel | None = None) -> KeepsUpResult:
-    """The reward of ``cfg.reward`` (or ``model``, loaded from there) on round ``cfg.round``'s labels."""
+def check_keeps_up(cfg: KeepsUpConfig) -> KeepsUpResult:
+    """The reward of ``cfg.reward`` on round ``cfg.round``'s labels."""
     root, reward = Path(cfg.root), Path(cfg.reward)
     store = Store(root)
     gens = read_table(root, "generations")
@@ -131,10 +131,8 @@ def check_keeps_up(cfg: KeepsUpConfig, model: RewardModel | None = None) -> Keep
         pairs = pairs[pairs["image_0"].isin(random_ids) & pairs["image_1"].isin(random_ids)]
     pairs = pairs[pairs["label_0"] != 0.5]
 
-    if model is None:
-        model = RewardModel.from_pretrained(reward, device=None if cfg.device == "auto" else cfg.device)
-    scores = _score(model, root, gens, sorted(set(agg["image_id"]) | set(pairs["image_0"]) | set(pairs["image_1"])),
-                    cfg.batch_size)
+    model = LearnedReward.load(reward, None if cfg.device == "auto" else cfg.device, batch_size=cfg.batch_size)
+    scores = _score(model, root, gens, sorted(set(agg["image_id"]) | set(pairs["image_0"]) | set(pairs["image_1"])))
     y = agg["target"].to_numpy() > 0.5
     s = np.array([scores[i] for i in agg["image_id"]])
     auc = _auc(y, s)
@@ -158,12 +156,12 @@ def _pairs(rankings: pd.DataFrame) -> pd.DataFrame:
     return rankings_to_pairs(pa.Table.from_pandas(rankings, preserve_index=False)).to_pandas()
 
 
-def _score(model: RewardModel, root: Path, gens: pd.DataFrame, image_ids: list[str], batch_size: int) -> dict:
+def _score(model: LearnedReward, root: Path, gens: pd.DataFrame, image_ids: list[str]) -> dict:
     """image_id -> the reward's calibrated P(good) with the image's own prompt."""
     rows = gens.set_index("image_id", drop=False).loc[image_ids]
     out: dict[str, float] = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows.iloc[start:start + batch_size]
+    for start in range(0, len(rows), model.batch_size):
+        chunk = rows.iloc[start:start + model.batch_size]
         images = [load_image(root, r) for _, r in chunk.iterrows()]
         out.update(zip(chunk["image_id"], model.score(images, chunk["prompt"].tolist()).cpu().numpy().tolist()))
     return out

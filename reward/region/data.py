@@ -20,7 +20,7 @@ from data.marks import MARKS, heatmap
 from data.schemas import BINARY_LABELS
 from data.store import Store
 from reward.data import RewardData
-from reward.region import crop_box, to_grid
+from reward.region.head import crop_box, to_grid
 
 
 @dataclass

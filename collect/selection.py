@@ -47,7 +47,7 @@ from data.generations import check_image, load_image
 from data.rounds import resolve_rounds, rounds_in
 from data.schemas import GENERATIONS, SELECTIONS, SelectionMethod
 from data.store import Store
-from reward.model import RewardModel
+from reward.reward_fn import LearnedReward
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,11 @@ def select(cfg: SelectConfig) -> SelectResult:
                         "picks; re-select the earlier rounds too), then run make select again.")
     for _, row in gens.iterrows():  # every file against its row before any scoring or writing
         check_image(store.root, row)
-    model = None
+    reward = None
     if cfg.reward is not None and cfg.method not in ("all", "prompts"):
-        model = RewardModel.from_pretrained(cfg.reward, device=None if cfg.device == "auto" else cfg.device)
-    kind = None if model is None else ("epistemic" if model.epistemic is not None else "margin")
-    u = None if model is None else _uncertainties(model, store.root, gens, cfg)
+        reward = LearnedReward.load(cfg.reward, None if cfg.device == "auto" else cfg.device, batch_size=cfg.batch_size)
+    kind = None if reward is None else ("epistemic" if reward.has_spread else "margin")
+    u = None if reward is None else _uncertainties(reward, store.root, gens, cfg)
     order = seeds.rng(cfg.seed, seeds.Stream.SELECTION, cfg.round).permutation(n)
     groups = gens["prompt_id"].to_numpy()
     picks, k_u = choose(u, cfg.budget, cfg.method, cfg.mix_share, order, groups, cfg.prompt_cap)
@@ -181,12 +181,12 @@ def select(cfg: SelectConfig) -> SelectResult:
     # schema says, so a mix's random share stays tellable (make reward-check judges on it)
     store.append(SELECTIONS, [dict(image_id=str(ids[i]), round=cfg.round, method=cfg.method,
                                    uncertainty=None if u is None or j >= k_u else float(u[i]),
-                                   reward_model=None if model is None else model.model_id, created_at=now)
+                                   reward_model=None if reward is None else reward.model_id, created_at=now)
                               for j, i in enumerate(picks)])
     return SelectResult(
         root=str(cfg.root), round=cfg.round, method=cfg.method, images=n, selected=len(picks),
         by_uncertainty=k_u, at_random=len(picks) - k_u if cfg.method != "all" else 0,
-        reward_model=None if model is None else model.model_id, uncertainty_kind=kind,
+        reward_model=None if reward is None else reward.model_id, uncertainty_kind=kind,
         mean_uncertainty_selected=None if u is None else round(float(u[picks].mean()), 4),
         mean_uncertainty_all=None if u is None else round(float(u.mean()), 4),
         image_ids=[str(ids[i]) for i in picks])
@@ -202,7 +202,7 @@ def _round_images(store: Store, cfg: SelectConfig):
     return gens[gens["round"] == cfg.round].sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def _uncertainties(model: RewardModel, root: Path, gens, cfg: SelectConfig) -> np.ndarray:
+def _uncertainties(reward: LearnedReward, root: Path, gens, cfg: SelectConfig) -> np.ndarray:
     """(n,) each image's uncertainty with its own prompt (the module docstring): epistemic when
     the reward has a spread, else the margin of its calibrated P(good)."""
     p, s = np.empty(len(gens)), np.empty(len(gens))
@@ -212,7 +212,7 @@ def _uncertainties(model: RewardModel, root: Path, gens, cfg: SelectConfig) -> n
         images = [load_image(root, r) for _, r in chunk.iterrows()]
         prompts = chunk["prompt"].tolist()
         at = slice(start, start + len(chunk))
-        p[at] = model.score(images, prompts).cpu().numpy()
-        if model.epistemic is not None:
-            s[at] = model.spread(images, prompts).cpu().numpy()
-    return epistemic_uncertainty(p, s) if model.epistemic is not None else uncertainty(p)
+        p[at] = reward.score(images, prompts).cpu().numpy()
+        if reward.has_spread:
+            s[at] = reward.spread(images, prompts).cpu().numpy()
+    return epistemic_uncertainty(p, s) if reward.has_spread else uncertainty(p)

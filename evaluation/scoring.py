@@ -1,4 +1,6 @@
-"""Scoring a generations table: one ``rewards`` row per image (see data/schemas.py REWARDS).
+"""Scoring a generations table with a reward (``make score-rewards``): one ``rewards`` row per
+image (see data/schemas.py REWARDS), the reward applied to a dataset's images as the evaluation
+applies it to a pipeline's.
 
 Images already scored by the same reward model (same ``model_id``, which hashes the weights) are
 skipped, so an interrupted run resumes where it stopped and a second run writes nothing.  Rows are
@@ -18,7 +20,7 @@ from core.errors import UserError
 from data.generations import check_image, load_image
 from data.schemas import GENERATIONS, REWARDS
 from data.store import Store
-from reward.model import RewardModel
+from reward.reward_fn import LearnedReward
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ class ScoreSummary:
     mean_reward: float | None
 
 
-def score_generations(store: Store, model: RewardModel, *, batch_size: int = 64,
-                      model_path: str = "", progress: bool = False) -> ScoreSummary:
+def score_generations(store: Store, model: LearnedReward, *, model_path: str = "",
+                      progress: bool = False) -> ScoreSummary:
+    """Score the images ``model`` has not scored yet, ``model.batch_size`` a batch."""
     gens = store.to_pandas(GENERATIONS)
     if gens.empty:
         raise UserError(f"no generated images in {store.root} (the generations table is empty).",
@@ -45,8 +48,8 @@ def score_generations(store: Store, model: RewardModel, *, batch_size: int = 64,
         check_image(store.root, r)
     total, n = 0.0, 0
     bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo.iloc[start:start + batch_size]
+    for start in range(0, len(todo), model.batch_size):
+        chunk = todo.iloc[start:start + model.batch_size]
         images = [load_image(store.root, r) for _, r in chunk.iterrows()]
         rewards = model.score(images, chunk["prompt"].tolist()).cpu().tolist()
         now = datetime.now(timezone.utc)

@@ -1,4 +1,4 @@
-"""Training and evaluating the region head (:mod:`reward.region`) beside the scalar head.
+"""Training and evaluating the region head (:mod:`reward.region.head`) beside the scalar head.
 
 ``train_region`` embeds every answered image's patch tokens once with the (frozen, final) CLIP,
 fits the head on the training images' averaged rater heatmaps (MSE of its output against the
@@ -35,8 +35,8 @@ from reward.fit import BestState, _cpu_threads, optimizer_step
 from reward.metrics import NAN
 from reward.model import RewardModel
 from reward.preprocess import to_pixel_batches
-from reward.region import build_region_head, crop_box, patch_tokens, to_image_size
-from reward.region_data import RegionData, has_marks, load_region_data
+from reward.region.data import RegionData, has_marks, load_region_data
+from reward.region.head import build_region_head, crop_box, patch_tokens, to_image_size
 
 
 def region_wanted(cfg: RewardConfig, store: Store) -> bool:
