@@ -8,6 +8,7 @@ handlers' refusals on the page, overlap K / gold / rounds, the readers (pandas, 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -167,6 +168,51 @@ def test_marks_with_overlap_gold_and_rounds(store):
     # marks belong to their image's round (data.rounds filters on image_id)
     from data import read_table
     assert len(read_table(store.root, "marks", rounds="all", gold=True)) == current_marks(store).num_rows
+
+
+# -- merging the marks table's parts ---------------------------------------------------------
+
+
+def answer_all_bad(asg: Assigner, raters) -> set[str]:
+    """Every rater answers every item bad with marks, as the page's B does; the label ids."""
+    ids = set()
+    for rater in raters:
+        while (a := asg.current(rater, "binary")) is not None:
+            ids.add(asg.answer_bad(rater, a.token, [(0.5, 0.5)], [0]).row_id)
+    return ids
+
+
+def marks_parts(store: Store) -> int:
+    return sum(1 for _ in store.table_dir(MARKS).glob(PART_GLOB))
+
+
+def test_the_app_merges_the_marks_table_at_start_up_and_in_the_background(store):
+    """Issue 74: the app opens its store with compact_every=0 and left `marks` out of the tables it
+    merges, so every bad answer's marks part stayed (2,487 after one busy round)."""
+    from labeling_app.compactor import Compactor, merge_leftovers
+
+    app_store = Store(store.root, compact_every=0)  # as labeling_app.ui.build_app opens it
+    asg = Assigner(app_store, overlap=3, tasks=("binary",))
+    ids = answer_all_bad(asg, ["a", "b", "c"])
+    assert marks_parts(app_store) == len(ids) > 2
+    merge_leftovers(app_store)  # start-up
+    assert marks_parts(app_store) == 1
+    assert set(current_marks(app_store)["label_id"].to_pylist()) == ids
+
+    compactor = Compactor(app_store, every_s=0.01, min_parts=2)
+    compactor.start()
+    try:  # answers land while the thread merges: none may be lost
+        asg = Assigner(app_store, overlap=6, tasks=("binary",))
+        ids |= answer_all_bad(asg, ["d", "e", "f"])
+        deadline = time.monotonic() + 20
+        while marks_parts(app_store) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        compactor.stop.set()
+        compactor.join()
+    assert marks_parts(app_store) == 1
+    assert sorted(app_store.read(MARKS)["label_id"].to_pylist()) == sorted(ids)
+    assert set(current_marks(app_store)["label_id"].to_pylist()) == ids
 
 
 # -- the handlers: refusals on the page ------------------------------------------------------
