@@ -17,6 +17,7 @@ label row (:mod:`labeling_app.answers`), so a crash between the two leaves marks
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,12 @@ MARKS = register(TableSpec(
 ))
 
 
+def _is_number(v) -> bool:
+    """A JSON number (or numpy's): not a string such as "01", which would read as two digits, and
+    not a boolean, which Python counts as 0 or 1."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]], list[int]]:
     """One answer's marks as the table stores them (points as (x, y) floats, words sorted and
     unique), or a DataError naming the first bad one: a point that is not two numbers in [0, 1], a
@@ -70,9 +77,11 @@ def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]],
     out_points = []
     for p in points or ():
         try:
+            if not (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 2 and all(map(_is_number, p))):
+                raise TypeError
             x, y = (float(v) for v in p)
-        except (TypeError, ValueError):
-            raise DataError(f"the point {p!r} is not two numbers (x, y).",
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"the point {reprlib.repr(p)} is not two numbers (x, y).",
                             "a point is (x, y), fractions of the image in [0, 1].") from None
         if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
             raise DataError(f"the point ({x:g}, {y:g}) is outside the image.",
@@ -81,10 +90,10 @@ def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]],
     out_words = set()
     for w in words or ():
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)):
-            raise DataError(f"the word index {w!r} is not a whole number.", "words are counted from 0.")
+            raise DataError(f"the word index {reprlib.repr(w)} is not a whole number.", "words are counted from 0.")
         if not 0 <= w < n_words:
-            raise DataError(f"the word index {w} is past the prompt's {n_words} words.",
-                            f"mark words 0..{n_words - 1} of the prompt.")
+            raise DataError(f"the word index {reprlib.repr(w)} is past the prompt's {n_words} words.",
+                            f"mark words 0..{n_words - 1} of the prompt." if n_words else "mark no words: the prompt has none.")
         out_words.add(int(w))
     return out_points, sorted(out_words)
 

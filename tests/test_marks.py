@@ -8,6 +8,7 @@ handlers' refusals on the page, overlap K / gold / rounds, the readers (pandas, 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -24,12 +25,12 @@ from data.marks import (MARKS, check_marks, current_marks, disk_map, heatmap, he
                         prompt_words)
 from data.schemas import BINARY_LABELS
 from data.store import PART_GLOB, migrate
-from labeling_app.answers import InvalidAnswer
+from labeling_app.answers import MAX_MARK_POINTS, InvalidAnswer
 from labeling_app.config import DEFAULT_GUIDELINES
 from labeling_app.assignment import Assigner
 from labeling_app.guidelines import load_guidelines
 from labeling_app.handlers import LabelingHandlers
-from labeling_app.marking import parse_marks, word_chips_html
+from labeling_app.marking import MAX_MARKS_CHARS, parse_marks, word_chips_html
 from shapes.render import render_round
 from shapes.world import prompt_set
 from tests.labeling_server import label_config, make_raters
@@ -54,7 +55,11 @@ def test_check_marks_keeps_good_marks_and_names_the_first_bad_one():
     for points, words, message in (([(1.5, 0.5)], [], "outside the image"), ([(0.5, -0.1)], [], "outside"),
                                    ([(0.5,)], [], "not two numbers"), ([("a", 0)], [], "not two numbers"),
                                    ([], [3], "past the prompt's 3 words"), ([], [-1], "past"),
-                                   ([], [1.5], "not a whole number"), ([], [True], "not a whole number")):
+                                   ([], [1.5], "not a whole number"), ([], [True], "not a whole number"),
+                                   # issue 74: a string or booleans were read as digits or 0/1
+                                   (["01"], [], "not two numbers"), ([[True, False]], [], "not two numbers"),
+                                   ([["0.5", "0.5"]], [], "not two numbers"), ([[0.5, 0.5, 0.5]], [], "not two"),
+                                   ([[10 ** 400, 0]], [], "not two numbers"), ([], [10 ** 400], "past")):
         with pytest.raises(DataError, match=message):
             check_marks(points, words, 3)
 
@@ -243,6 +248,32 @@ def test_handlers_refuse_bad_marks_in_the_status_line_and_keep_the_item(store, t
     _, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, '{"points": [[0.5, 0.5]], "words": [0]}')
     assert "Saved: bad with 1 point(s) and 1 word(s) marked." in status and a.token not in prompt
     assert written(store) == (1, 1)
+
+
+def test_the_page_refuses_oversized_deep_or_mistyped_marks_and_stays_usable(store, tmp_path):
+    """Issue 74: 10,000 points were saved, a point "01" became (0, 1) and [true, false] (1, 0), and
+    JSON nested deeper than the parser goes raised RecursionError instead of the refusal."""
+    h, asg = handlers(store, tmp_path)
+    req = SimpleNamespace(username="rita")
+    h.next_binary(req)
+    a = asg.current("rita", "binary")
+    point = [0.1234, 0.5678]
+    for marks, message in (
+            (json.dumps({"points": [point] * 10_000, "words": []}), "characters long"),
+            (json.dumps({"points": [point] * (MAX_MARK_POINTS + 1), "words": []}),
+             f"at most {MAX_MARK_POINTS}"),
+            ('{"points": ["01"], "words": []}', "not two numbers"),
+            ('{"points": [[true, false]], "words": []}', "not two numbers"),
+            ('{"points": [[0.5, 0.5]], "words": ["0"]}', "not a whole number"),
+            ('{"points": ' + "[" * 5000 + "]" * 5000 + "}", "not readable")):
+        assert len(marks) <= MAX_MARKS_CHARS or message == "characters long"
+        image, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, marks)
+        assert message in status and 'class="warn"' in status, status
+        assert a.token in prompt and image is not None  # the same item, still answerable
+    assert written(store) == (0, 0)
+    at_cap = json.dumps({"points": [point] * MAX_MARK_POINTS, "words": [0]})
+    _, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, at_cap)
+    assert f"Saved: bad with {MAX_MARK_POINTS} point(s)" in status and written(store) == (1, 1)
 
 
 def test_word_chips_escape_the_prompt_and_follow_the_mode():
