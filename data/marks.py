@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from core.errors import DataError
 from data.labels import current
 from data.schemas import (BINARY_LABELS, GENERATIONS, POINTS, TIMESTAMP, WORDS, TableSpec, _check_mark_columns,
                           _check_not_empty_strings, _f, _schema, register)
-from data.store import Store
+from data.store import PART_GLOB, Store
 
 # RichHF's disks: radius 20 px on its 512 px images, as a fraction of the image side.
 DISK_RADIUS = 20 / 512
@@ -98,10 +99,46 @@ def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]],
     return out_points, sorted(out_words)
 
 
+def read_marks(store: Store) -> pa.Table:
+    """Every ``marks`` row as stored (:meth:`Store.read`), each row's word indices checked against
+    its image's prompt: an index past the prompt's :func:`prompt_words` is a DataError naming the
+    part file and row.  The schema's own check (:func:`data.schemas._check_mark_columns`) sees one
+    part at a time, without the prompts, so it refuses only negative indices; every reader of the
+    table comes through here, so an export or a reward never carries, or silently drops, a word
+    the prompt does not have.  Rows of an image the generations table lacks are left unchecked."""
+    marks = store.read(MARKS)
+    if not marks.num_rows:
+        return marks
+    gens = store.read(GENERATIONS).select(["image_id", "prompt"]).to_pydict()
+    n_words = {i: len(prompt_words(p)) for i, p in zip(gens["image_id"], gens["prompt"])}
+    for label_id, image_id, words in zip(*(marks[c].to_pylist() for c in ("label_id", "image_id", "words"))):
+        n = n_words.get(image_id)
+        if n is not None and words and max(words) >= n:
+            prompt = gens["prompt"][gens["image_id"].index(image_id)]
+            raise DataError(f"{_where(store, label_id)}: the word index {max(words)} is past the {n} "
+                            f"word(s) of its image's prompt {prompt!r}.",
+                            "word indices count the prompt's words (data.marks.prompt_words: split at "
+                            "whitespace) from 0, and the labeling app never writes another; correct "
+                            "that row's words (or remove the row) in the part file.")
+    return marks
+
+
+def _where(store: Store, label_id: str) -> str:
+    """The part file and row (from 0) of the marks row of ``label_id``, for an error message."""
+    for part in sorted(store.table_dir(MARKS).glob(PART_GLOB)):
+        try:
+            ids = pq.read_table(part, columns=["label_id"]).column("label_id").to_pylist()
+        except (FileNotFoundError, pa.ArrowException, OSError):
+            continue  # merged away meanwhile
+        if label_id in ids:
+            return f"{part}, row {ids.index(label_id)} (label_id {label_id})"
+    return f"{store.table_dir(MARKS)}, the row of label_id {label_id}"
+
+
 def current_marks(store: Store) -> pa.Table:
     """The marks rows whose answer stands: its ``binary_labels`` row exists, is not retracted
-    (an undo takes the marks back) and says bad."""
-    marks = store.read(MARKS)
+    (an undo takes the marks back) and says bad (:func:`read_marks`: checked against the prompts)."""
+    marks = read_marks(store)
     if not marks.num_rows:
         return marks
     labels = current(store, BINARY_LABELS.name)

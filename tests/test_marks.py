@@ -312,6 +312,38 @@ def test_readers_agree_on_the_marks_table(store, tmp_path, monkeypatch):
         [(r.label_id, [(p["x"], p["y"]) for p in r.points]) for r in ours.itertuples()]
 
 
+def test_a_word_index_past_its_prompt_is_refused_by_every_reader_before_anything_is_written(store, tmp_path):
+    """Issue 74: only negative word indices were refused, so a marks part with word 999 passed the
+    exports and `make reward`; the HF export carried it while prompt_misalignment_label dropped it."""
+    from data import read_table
+    from labeling_app.export import export_round
+    from reward.region_data import has_marks
+
+    asg = Assigner(store, overlap=1, tasks=("binary",))
+    a = asg.current("rita", "binary")
+    asg.answer_bad("rita", a.token, [(0.5, 0.5)], [0])  # a good row before the bad one
+    b = asg.current("rita", "binary")
+    n = len(prompt_words(b.item.prompt))
+    label_id = asg.submit_binary("rita", b.token, "bad").row_id
+    store.append(MARKS, [dict(label_id=label_id, image_id=b.item.item_id, prompt_id=b.item.prompt_id,
+                              rater_id="rita", points=[], words=[1, 999], created_at=pd.Timestamp.now(tz="UTC"))])
+    part = max(store.table_dir(MARKS).glob(PART_GLOB))
+    readers = (lambda: current_marks(store), lambda: image_marks(store), lambda: has_marks(store),
+               lambda: read_table(store.root, "marks"), lambda: export_round(store),
+               lambda: export_round(store, format="hf"))
+    for read in readers:
+        with pytest.raises(DataError) as e:
+            read()
+        message = str(e.value)
+        assert f"{part}, row 0 (label_id {label_id})" in message and f"word index 999 is past the {n}" in message
+        assert "Fix:" in message
+    exports = store.root / "exports"
+    assert not exports.exists() or not any(exports.iterdir())  # nothing written
+    store.compact(MARKS)  # merged, the row is named in the merged part
+    with pytest.raises(DataError, match=r"part-.*\.parquet, row 1 \(label_id"):
+        current_marks(store)
+
+
 def test_migrate_gives_a_version_2_root_an_empty_marks_table(store):
     for part in store.table_dir("generations").glob(PART_GLOB):  # as version 2 wrote it
         t = pq.read_table(part)
