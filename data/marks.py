@@ -35,8 +35,14 @@ from data.store import PART_GLOB, Store
 DISK_RADIUS = 20 / 512
 
 
+PROMPT_WORDS_RULE = "split at each run of whitespace (spaces, tabs, line breaks: Python's `str.split()`)"
+"""How :func:`prompt_words` splits a prompt, in words: the HF export's dataset card states it."""
+
+
 def prompt_words(prompt: str) -> list[str]:
-    """The prompt as the app shows it for marking: its whitespace-separated words, in order."""
+    """The prompt's words, in order: the prompt :data:`PROMPT_WORDS_RULE`, so ``"two  red\tcircles"``
+    has three.  The one rule for prompt words: the app's word chips, the ``words`` of the marks and
+    gold tables and the HF export's ``prompt_misalignment_label`` all count these."""
     return prompt.split()
 
 
