@@ -17,24 +17,32 @@ label row (:mod:`labeling_app.answers`), so a crash between the two leaves marks
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from core.errors import DataError
 from data.labels import current
 from data.schemas import (BINARY_LABELS, GENERATIONS, POINTS, TIMESTAMP, WORDS, TableSpec, _check_mark_columns,
                           _check_not_empty_strings, _f, _schema, register)
-from data.store import Store
+from data.store import PART_GLOB, Store
 
 # RichHF's disks: radius 20 px on its 512 px images, as a fraction of the image side.
 DISK_RADIUS = 20 / 512
 
 
+PROMPT_WORDS_RULE = "split at each run of whitespace (spaces, tabs, line breaks: Python's `str.split()`)"
+"""How :func:`prompt_words` splits a prompt, in words: the HF export's dataset card states it."""
+
+
 def prompt_words(prompt: str) -> list[str]:
-    """The prompt as the app shows it for marking: its whitespace-separated words, in order."""
+    """The prompt's words, in order: the prompt :data:`PROMPT_WORDS_RULE`, so ``"two  red\tcircles"``
+    has three.  The one rule for prompt words: the app's word chips, the ``words`` of the marks and
+    gold tables and the HF export's ``prompt_misalignment_label`` all count these."""
     return prompt.split()
 
 
@@ -63,6 +71,12 @@ MARKS = register(TableSpec(
 ))
 
 
+def _is_number(v) -> bool:
+    """A JSON number (or numpy's): not a string such as "01", which would read as two digits, and
+    not a boolean, which Python counts as 0 or 1."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]], list[int]]:
     """One answer's marks as the table stores them (points as (x, y) floats, words sorted and
     unique), or a DataError naming the first bad one: a point that is not two numbers in [0, 1], a
@@ -70,9 +84,11 @@ def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]],
     out_points = []
     for p in points or ():
         try:
+            if not (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 2 and all(map(_is_number, p))):
+                raise TypeError
             x, y = (float(v) for v in p)
-        except (TypeError, ValueError):
-            raise DataError(f"the point {p!r} is not two numbers (x, y).",
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"the point {reprlib.repr(p)} is not two numbers (x, y).",
                             "a point is (x, y), fractions of the image in [0, 1].") from None
         if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
             raise DataError(f"the point ({x:g}, {y:g}) is outside the image.",
@@ -81,18 +97,54 @@ def check_marks(points, words, n_words: int) -> tuple[list[tuple[float, float]],
     out_words = set()
     for w in words or ():
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)):
-            raise DataError(f"the word index {w!r} is not a whole number.", "words are counted from 0.")
+            raise DataError(f"the word index {reprlib.repr(w)} is not a whole number.", "words are counted from 0.")
         if not 0 <= w < n_words:
-            raise DataError(f"the word index {w} is past the prompt's {n_words} words.",
-                            f"mark words 0..{n_words - 1} of the prompt.")
+            raise DataError(f"the word index {reprlib.repr(w)} is past the prompt's {n_words} words.",
+                            f"mark words 0..{n_words - 1} of the prompt." if n_words else "mark no words: the prompt has none.")
         out_words.add(int(w))
     return out_points, sorted(out_words)
 
 
+def read_marks(store: Store) -> pa.Table:
+    """Every ``marks`` row as stored (:meth:`Store.read`), each row's word indices checked against
+    its image's prompt: an index past the prompt's :func:`prompt_words` is a DataError naming the
+    part file and row.  The schema's own check (:func:`data.schemas._check_mark_columns`) sees one
+    part at a time, without the prompts, so it refuses only negative indices; every reader of the
+    table comes through here, so an export or a reward never carries, or silently drops, a word
+    the prompt does not have.  Rows of an image the generations table lacks are left unchecked."""
+    marks = store.read(MARKS)
+    if not marks.num_rows:
+        return marks
+    gens = store.read(GENERATIONS).select(["image_id", "prompt"]).to_pydict()
+    n_words = {i: len(prompt_words(p)) for i, p in zip(gens["image_id"], gens["prompt"])}
+    for label_id, image_id, words in zip(*(marks[c].to_pylist() for c in ("label_id", "image_id", "words"))):
+        n = n_words.get(image_id)
+        if n is not None and words and max(words) >= n:
+            prompt = gens["prompt"][gens["image_id"].index(image_id)]
+            raise DataError(f"{_where(store, label_id)}: the word index {max(words)} is past the {n} "
+                            f"word(s) of its image's prompt {prompt!r}.",
+                            "word indices count the prompt's words (data.marks.prompt_words: split at "
+                            "whitespace) from 0, and the labeling app never writes another; correct "
+                            "that row's words (or remove the row) in the part file.")
+    return marks
+
+
+def _where(store: Store, label_id: str) -> str:
+    """The part file and row (from 0) of the marks row of ``label_id``, for an error message."""
+    for part in sorted(store.table_dir(MARKS).glob(PART_GLOB)):
+        try:
+            ids = pq.read_table(part, columns=["label_id"]).column("label_id").to_pylist()
+        except (FileNotFoundError, pa.ArrowException, OSError):
+            continue  # merged away meanwhile
+        if label_id in ids:
+            return f"{part}, row {ids.index(label_id)} (label_id {label_id})"
+    return f"{store.table_dir(MARKS)}, the row of label_id {label_id}"
+
+
 def current_marks(store: Store) -> pa.Table:
     """The marks rows whose answer stands: its ``binary_labels`` row exists, is not retracted
-    (an undo takes the marks back) and says bad."""
-    marks = store.read(MARKS)
+    (an undo takes the marks back) and says bad (:func:`read_marks`: checked against the prompts)."""
+    marks = read_marks(store)
     if not marks.num_rows:
         return marks
     labels = current(store, BINARY_LABELS.name)

@@ -11,7 +11,7 @@ import os
 import pandas as pd
 
 from data.labels import current as current_rows, retracted_ids
-from data.marks import MARKS
+from data.marks import MARKS, read_marks
 from data.rounds import filter_rounds, resolve_rounds, rounds_in
 from data.schemas import BINARY_LABELS, GENERATIONS, RETRACTABLE, get_spec
 from data.store import Store
@@ -42,6 +42,8 @@ def read_table(root: str | os.PathLike, table: str, rounds: str | int | None = N
     spec = get_spec(table)
     if current and spec.name in RETRACTABLE:
         frame = current_rows(store, spec.name).to_pandas()
+    elif spec.name == MARKS.name:
+        frame = read_marks(store).to_pandas()  # word indices checked against the prompts
     else:
         frame = store.to_pandas(spec)
     if spec.name == BINARY_LABELS.name and not gold:

@@ -13,10 +13,11 @@ rest serves items); nothing else writes labels.  Its rules:
   A refused answer raises a :class:`Refused` error and writes nothing.
 - **Marks** (:mod:`data.marks`): a bad answer may carry points on the image and prompt word
   indices (``marks`` off | optional | required, :attr:`LabelConfig.marks`).  They are checked
-  with the answer (points in [0, 1], words of the item's prompt, marks only on a bad answer, and
-  in required mode a mark or a reason), and their ``marks`` row is appended durably just before
-  the label row, in the same claim: a refused answer writes neither, and marks whose label never
-  landed are dropped by :func:`data.marks.current_marks`, as are those of an undone answer.
+  with the answer (points in [0, 1], at most ``MAX_MARK_POINTS`` of them, words of the item's
+  prompt, marks only on a bad answer, and in required mode a mark or a reason), and their
+  ``marks`` row is appended durably just before the label row, in the same claim: a refused
+  answer writes neither, and marks whose label never landed are dropped by
+  :func:`data.marks.current_marks`, as are those of an undone answer.
 - **Undo** appends a retraction (:func:`data.labels.retract`) for the rater's last label of a
   task and gives them that item again (its marks go with it).
 """
@@ -41,6 +42,11 @@ from labeling_app.items import Assignment, Item
 
 TABLE_OF_TASK = {"binary": BINARY_LABELS.name, "ranking": RANKINGS.name}
 MAX_REASON_CHARS = 500
+# Points one answer may mark.  A rater marks each wrong thing with a click or a few (RichHF; the
+# simulated raters click a region at most MarkProfile.max_clicks times), so a hundred covers every
+# wrong thing of an image several times over.  Each point is a disk drawn into the image's heatmap
+# for every Admin view, export and `make reward`, so without a cap one answer could make those slow.
+MAX_MARK_POINTS = 100
 
 
 class Refused(UserError):
@@ -201,6 +207,11 @@ class AnswerPath:
         if (points or words) and self.marks == "off":
             raise InvalidAnswer("marking is off in this round (marks=off), so nothing was saved.",
                                 "answer without marks.")
+        if len(points) > MAX_MARK_POINTS:
+            raise InvalidAnswer(f"you marked {len(points)} points; an answer keeps at most {MAX_MARK_POINTS}, "
+                                "so nothing was saved.",
+                                "remove some points (click a dot to remove it): a click or a few on each "
+                                "wrong thing is enough.")
         try:
             points, words = check_marks(points, words, len(prompt_words(prompt)))
         except DataError as e:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
-from data.schemas import BINARY_LABELS, RANKINGS
+from data.marks import MARKS
+from data.schemas import BINARY_LABELS, RANKINGS, RETRACTIONS
 from data.store import Store
 
-LABEL_TABLES = (BINARY_LABELS.name, RANKINGS.name, "retractions")
-"""The tables the app appends to while it serves a round."""
+LABEL_TABLES = (BINARY_LABELS.name, RANKINGS.name, RETRACTIONS.name, MARKS.name)
+"""The tables the app appends to while it serves a round: one part file per answer (a bad answer
+with marks adds a ``marks`` part before its label's), so each is merged here."""
 
 
 def merge_leftovers(store: Store, tables: tuple[str, ...] = LABEL_TABLES) -> None:

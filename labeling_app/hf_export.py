@@ -14,8 +14,8 @@ all is an error.
 ``bytes`` and ``path``) and declared as such in the Parquet schema metadata, so
 ``datasets.load_dataset("parquet", data_files=...)`` gives PIL images.  It also has RichHF-18K's
 region columns (:mod:`data.marks`), per image: ``misalignment_map`` (the raters' averaged disk
-heatmap at image size, a 0-255 grey Image) and ``prompt_misalignment_label`` (one 0/1 per prompt
-word, space-separated, 0 = misaligned), and each answer's own ``mark_points`` / ``mark_words``.  ``pairs`` follows
+heatmap at image size, a 0-255 grey Image) and ``prompt_misalignment_label`` (one 0/1 per word
+of :func:`data.marks.prompt_words`, space-separated, 0 = misaligned), and each answer's own ``mark_points`` / ``mark_words``.  ``pairs`` follows
 Pick-a-Pic v2: ``caption``, ``jpg_0`` / ``jpg_1`` (the encoded image bytes, plain binary as there,
 so code written for Pick-a-Pic, e.g. PickScore's or Diffusion-DPO's loaders, reads them unchanged;
 our images are PNG whatever the column is called), ``label_0`` / ``label_1`` (1/0, 0.5/0.5 for a
@@ -47,7 +47,7 @@ from PIL import Image
 from core.errors import DataError, UserError
 from data.generations import image_bytes
 from data.labels import current
-from data.marks import current_marks, heatmap_u8, image_marks, prompt_words
+from data.marks import PROMPT_WORDS_RULE, current_marks, heatmap_u8, image_marks, prompt_words
 from data.pairs import rankings_to_pairs
 from data.hf_schemas import HF_BINARY_LABELS, HF_PAIRS
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
@@ -229,7 +229,7 @@ One row per answer to "does this image show what the prompt asks for?".
 | `rater_id`, `label_id`, `is_gold` | who answered; the answer's id; whether the image was a hidden gold item |
 | `duration_ms`, `guideline_version`, `created_at` | time to answer; guidelines shown; when (UTC) |
 | `misalignment_map` | where the image's raters marked it wrong (RichHF-18K): their clicks as disks, averaged over every rater who answered it good or bad, at image size, 0-255 grey; the same on each row of the image |
-| `prompt_misalignment_label` | one `0`/`1` per prompt word (split on spaces), `0` when at least half of those raters marked the word wrong (RichHF-18K's layout) |
+| `prompt_misalignment_label` | one `0`/`1` per prompt word, written separated by single spaces (RichHF-18K's layout), `0` when at least half of those raters marked the word wrong; the prompt's words are the prompt {PROMPT_WORDS_RULE}, so `"two  red\\tcircles"` has three (the words the raters saw, and what `mark_words` indexes) |
 | `mark_points`, `mark_words` | this answer's own marks: points `{{x, y}}` as fractions of the image, word indices from 0 |
 
 ## pairs

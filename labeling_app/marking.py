@@ -173,17 +173,32 @@ def word_chips_html(prompt: str, mode: str) -> str:
             '<span class="mark-count"></span></div>')
 
 
+# The longest marks JSON read.  The page sends each point with 4 decimals, about 16 characters, so
+# MAX_MARK_POINTS (labeling_app.answers) points and every word of a long prompt fit several times
+# over; a longer string is refused before it is parsed, so its size never costs the server.
+MAX_MARKS_CHARS = 16 * 1024
+
+
 def parse_marks(text: str | None) -> tuple[list, list]:
     """The page's marks JSON (:data:`BINARY_ANSWER_JS`) as (points, words); '' or none: no marks.
-    Values are checked by the answer path (:func:`data.marks.check_marks`); only the shape here."""
+    Values are checked by the answer path (:func:`data.marks.check_marks`); only the shape here.
+    Anything else, a string over ``MAX_MARKS_CHARS`` or JSON nested too deep to parse included,
+    is one refusal (a :class:`UserError`), so the page stays usable."""
     if not text:
         return [], []
+    unreadable = UserError("the marks sent with the answer are not readable; nothing was saved.",
+                           'send marks as {"points": [[x, y], ...], "words": [i, ...]}, or reload the page.')
+    if not isinstance(text, str):
+        raise unreadable
+    if len(text) > MAX_MARKS_CHARS:
+        raise UserError(f"the marks sent with the answer are {len(text):,} characters long, over the "
+                        f"{MAX_MARKS_CHARS:,} an answer may carry; nothing was saved.",
+                        "remove some points (click a dot to remove it), or reload the page.")
     try:
         data = json.loads(text)
-    except ValueError:
-        data = None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        raise unreadable from None
     if not isinstance(data, dict) or not isinstance(data.get("points", []), list) \
             or not isinstance(data.get("words", []), list):
-        raise UserError("the marks sent with the answer are not readable; nothing was saved.",
-                        'send marks as {"points": [[x, y], ...], "words": [i, ...]}, or reload the page.')
+        raise unreadable
     return data.get("points", []), data.get("words", [])

@@ -126,3 +126,43 @@ def test_a_table_without_rows_is_left_out_and_no_labels_is_an_error(tmp_path):
         "README.md", "binary_labels"]
     assert "config_name: pairs" not in (out.directory / "README.md").read_text()
     assert len(_load((out.directory / "binary_labels").glob("*.parquet"), tmp_path)) == 4
+
+
+def test_one_word_rule_for_chips_marks_export_card_and_docs(tmp_path):
+    """Issue 74: prompt_misalignment_label split the prompt at any whitespace (as the app's word
+    chips do) while the card and docs/labeling.md said "spaces", which misaligns an analyst's labels
+    on a prompt with a tab or a double space."""
+    import pyarrow.parquet as pq
+
+    from collect.imports import ImportConfig, import_images
+    from data.marks import PROMPT_WORDS_RULE, prompt_words
+    from labeling_app.assignment import Assigner
+    from labeling_app.hf_export import write_hf_dataset
+    from labeling_app.marking import word_chips_html
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(src / "a.png")
+    prompt = "a red\tfox  in the\nsnow"
+    (src / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "prompt": prompt}) + "\n")
+    root = tmp_path / "round"
+    import_images(ImportConfig(src=str(src), root=str(root)))
+    store = Store(root)
+    assert store.to_pandas("generations")["prompt"].tolist() == [prompt]
+    words = prompt_words(prompt)
+    assert words == ["a", "red", "fox", "in", "the", "snow"]  # prompt.split(" ") gives 5 pieces
+    assert word_chips_html(prompt, "optional").count('class="word-chip"') == len(words)
+
+    asg = Assigner(store, overlap=1, tasks=("binary",))
+    a = asg.current("rita", "binary")
+    asg.answer_bad("rita", a.token, [(0.5, 0.5)], [words.index("snow")])
+    write_hf_dataset(store, tmp_path / "hf")
+    row, = pq.read_table(tmp_path / "hf" / "binary_labels").to_pylist()
+    assert row["prompt_misalignment_label"] == "1 1 1 1 1 0" and row["mark_words"] == [5]
+
+    card = (tmp_path / "hf" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("| `prompt_misalignment_label`"))
+    assert PROMPT_WORDS_RULE in line and "split on spaces" not in line
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "labeling.md").read_text()
+    assert "split at each run of whitespace" in docs and "split at spaces" not in docs
+    assert "split at each run of whitespace" in PROMPT_WORDS_RULE

@@ -8,6 +8,8 @@ handlers' refusals on the page, overlap K / gold / rounds, the readers (pandas, 
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -23,12 +25,12 @@ from data.marks import (MARKS, check_marks, current_marks, disk_map, heatmap, he
                         prompt_words)
 from data.schemas import BINARY_LABELS
 from data.store import PART_GLOB, migrate
-from labeling_app.answers import InvalidAnswer
+from labeling_app.answers import MAX_MARK_POINTS, InvalidAnswer
 from labeling_app.config import DEFAULT_GUIDELINES
 from labeling_app.assignment import Assigner
 from labeling_app.guidelines import load_guidelines
 from labeling_app.handlers import LabelingHandlers
-from labeling_app.marking import parse_marks, word_chips_html
+from labeling_app.marking import MAX_MARKS_CHARS, parse_marks, word_chips_html
 from shapes.render import render_round
 from shapes.world import prompt_set
 from tests.labeling_server import label_config, make_raters
@@ -53,7 +55,11 @@ def test_check_marks_keeps_good_marks_and_names_the_first_bad_one():
     for points, words, message in (([(1.5, 0.5)], [], "outside the image"), ([(0.5, -0.1)], [], "outside"),
                                    ([(0.5,)], [], "not two numbers"), ([("a", 0)], [], "not two numbers"),
                                    ([], [3], "past the prompt's 3 words"), ([], [-1], "past"),
-                                   ([], [1.5], "not a whole number"), ([], [True], "not a whole number")):
+                                   ([], [1.5], "not a whole number"), ([], [True], "not a whole number"),
+                                   # issue 74: a string or booleans were read as digits or 0/1
+                                   (["01"], [], "not two numbers"), ([[True, False]], [], "not two numbers"),
+                                   ([["0.5", "0.5"]], [], "not two numbers"), ([[0.5, 0.5, 0.5]], [], "not two"),
+                                   ([[10 ** 400, 0]], [], "not two numbers"), ([], [10 ** 400], "past")):
         with pytest.raises(DataError, match=message):
             check_marks(points, words, 3)
 
@@ -169,6 +175,51 @@ def test_marks_with_overlap_gold_and_rounds(store):
     assert len(read_table(store.root, "marks", rounds="all", gold=True)) == current_marks(store).num_rows
 
 
+# -- merging the marks table's parts ---------------------------------------------------------
+
+
+def answer_all_bad(asg: Assigner, raters) -> set[str]:
+    """Every rater answers every item bad with marks, as the page's B does; the label ids."""
+    ids = set()
+    for rater in raters:
+        while (a := asg.current(rater, "binary")) is not None:
+            ids.add(asg.answer_bad(rater, a.token, [(0.5, 0.5)], [0]).row_id)
+    return ids
+
+
+def marks_parts(store: Store) -> int:
+    return sum(1 for _ in store.table_dir(MARKS).glob(PART_GLOB))
+
+
+def test_the_app_merges_the_marks_table_at_start_up_and_in_the_background(store):
+    """Issue 74: the app opens its store with compact_every=0 and left `marks` out of the tables it
+    merges, so every bad answer's marks part stayed (2,487 after one busy round)."""
+    from labeling_app.compactor import Compactor, merge_leftovers
+
+    app_store = Store(store.root, compact_every=0)  # as labeling_app.ui.build_app opens it
+    asg = Assigner(app_store, overlap=3, tasks=("binary",))
+    ids = answer_all_bad(asg, ["a", "b", "c"])
+    assert marks_parts(app_store) == len(ids) > 2
+    merge_leftovers(app_store)  # start-up
+    assert marks_parts(app_store) == 1
+    assert set(current_marks(app_store)["label_id"].to_pylist()) == ids
+
+    compactor = Compactor(app_store, every_s=0.01, min_parts=2)
+    compactor.start()
+    try:  # answers land while the thread merges: none may be lost
+        asg = Assigner(app_store, overlap=6, tasks=("binary",))
+        ids |= answer_all_bad(asg, ["d", "e", "f"])
+        deadline = time.monotonic() + 20
+        while marks_parts(app_store) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        compactor.stop.set()
+        compactor.join()
+    assert marks_parts(app_store) == 1
+    assert sorted(app_store.read(MARKS)["label_id"].to_pylist()) == sorted(ids)
+    assert set(current_marks(app_store)["label_id"].to_pylist()) == ids
+
+
 # -- the handlers: refusals on the page ------------------------------------------------------
 
 
@@ -197,6 +248,32 @@ def test_handlers_refuse_bad_marks_in_the_status_line_and_keep_the_item(store, t
     _, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, '{"points": [[0.5, 0.5]], "words": [0]}')
     assert "Saved: bad with 1 point(s) and 1 word(s) marked." in status and a.token not in prompt
     assert written(store) == (1, 1)
+
+
+def test_the_page_refuses_oversized_deep_or_mistyped_marks_and_stays_usable(store, tmp_path):
+    """Issue 74: 10,000 points were saved, a point "01" became (0, 1) and [true, false] (1, 0), and
+    JSON nested deeper than the parser goes raised RecursionError instead of the refusal."""
+    h, asg = handlers(store, tmp_path)
+    req = SimpleNamespace(username="rita")
+    h.next_binary(req)
+    a = asg.current("rita", "binary")
+    point = [0.1234, 0.5678]
+    for marks, message in (
+            (json.dumps({"points": [point] * 10_000, "words": []}), "characters long"),
+            (json.dumps({"points": [point] * (MAX_MARK_POINTS + 1), "words": []}),
+             f"at most {MAX_MARK_POINTS}"),
+            ('{"points": ["01"], "words": []}', "not two numbers"),
+            ('{"points": [[true, false]], "words": []}', "not two numbers"),
+            ('{"points": [[0.5, 0.5]], "words": ["0"]}', "not a whole number"),
+            ('{"points": ' + "[" * 5000 + "]" * 5000 + "}", "not readable")):
+        assert len(marks) <= MAX_MARKS_CHARS or message == "characters long"
+        image, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, marks)
+        assert message in status and 'class="warn"' in status, status
+        assert a.token in prompt and image is not None  # the same item, still answerable
+    assert written(store) == (0, 0)
+    at_cap = json.dumps({"points": [point] * MAX_MARK_POINTS, "words": [0]})
+    _, prompt, status, _, _ = h.answer_binary("bad", "", a.token, req, at_cap)
+    assert f"Saved: bad with {MAX_MARK_POINTS} point(s)" in status and written(store) == (1, 1)
 
 
 def test_word_chips_escape_the_prompt_and_follow_the_mode():
@@ -233,6 +310,38 @@ def test_readers_agree_on_the_marks_table(store, tmp_path, monkeypatch):
                                                         for r in ours.itertuples()]
     assert [(r["label_id"], [(p["x"], p["y"]) for p in r["points"]]) for r in ds] == \
         [(r.label_id, [(p["x"], p["y"]) for p in r.points]) for r in ours.itertuples()]
+
+
+def test_a_word_index_past_its_prompt_is_refused_by_every_reader_before_anything_is_written(store, tmp_path):
+    """Issue 74: only negative word indices were refused, so a marks part with word 999 passed the
+    exports and `make reward`; the HF export carried it while prompt_misalignment_label dropped it."""
+    from data import read_table
+    from labeling_app.export import export_round
+    from reward.region_data import has_marks
+
+    asg = Assigner(store, overlap=1, tasks=("binary",))
+    a = asg.current("rita", "binary")
+    asg.answer_bad("rita", a.token, [(0.5, 0.5)], [0])  # a good row before the bad one
+    b = asg.current("rita", "binary")
+    n = len(prompt_words(b.item.prompt))
+    label_id = asg.submit_binary("rita", b.token, "bad").row_id
+    store.append(MARKS, [dict(label_id=label_id, image_id=b.item.item_id, prompt_id=b.item.prompt_id,
+                              rater_id="rita", points=[], words=[1, 999], created_at=pd.Timestamp.now(tz="UTC"))])
+    part = max(store.table_dir(MARKS).glob(PART_GLOB))
+    readers = (lambda: current_marks(store), lambda: image_marks(store), lambda: has_marks(store),
+               lambda: read_table(store.root, "marks"), lambda: export_round(store),
+               lambda: export_round(store, format="hf"))
+    for read in readers:
+        with pytest.raises(DataError) as e:
+            read()
+        message = str(e.value)
+        assert f"{part}, row 0 (label_id {label_id})" in message and f"word index 999 is past the {n}" in message
+        assert "Fix:" in message
+    exports = store.root / "exports"
+    assert not exports.exists() or not any(exports.iterdir())  # nothing written
+    store.compact(MARKS)  # merged, the row is named in the merged part
+    with pytest.raises(DataError, match=r"part-.*\.parquet, row 1 \(label_id"):
+        current_marks(store)
 
 
 def test_migrate_gives_a_version_2_root_an_empty_marks_table(store):

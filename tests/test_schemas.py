@@ -210,3 +210,21 @@ def test_json_safe_writes_strict_json():
     assert json_safe(x) == {"a": None, "b": [float(np.float32(0.123456)), 3], "c": [1.0, "s", None]}
     assert json_safe(x, digits=2)["b"] == [0.12, 3]
     json.loads(json.dumps(json_safe({"m": math.nan}), allow_nan=False))
+
+
+def test_docs_data_lists_every_table_once():
+    """Issue 74: docs/data.md listed `marks` twice (with different columns)."""
+    from pathlib import Path
+
+    import data  # noqa: F401 - registers every table (marks, gold, imports)
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    lines = page.split("## The tables", 1)[1].strip().splitlines()
+    assert lines[0].startswith("| table |")
+    listed = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        listed.append(line.split("|")[1].strip().strip("`"))
+    assert sorted(listed) == sorted(set(listed)), f"listed more than once: {listed}"
+    assert set(listed) == set(TABLES)

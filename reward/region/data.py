@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from data.labels import current
-from data.marks import MARKS, heatmap
+from data.marks import MARKS, heatmap, read_marks
 from data.schemas import BINARY_LABELS
 from data.store import Store
 from reward.data import RewardData
@@ -37,14 +37,14 @@ class RegionData:
 
 
 def has_marks(store: Store) -> bool:
-    return store.exists(MARKS) and store.read(MARKS).num_rows > 0
+    return store.exists(MARKS) and read_marks(store).num_rows > 0
 
 
 def load_region_data(store: Store, data: RewardData, preprocess, grid: tuple[int, int]) -> RegionData:
     """The answered images of ``data`` with their raters' clicks and target heatmaps on ``grid``."""
     labels = current(store, BINARY_LABELS.name).to_pandas()
     labels = labels[labels["label"] != "skip"]
-    marks = store.read(MARKS).to_pandas() if store.exists(MARKS) else None
+    marks = read_marks(store).to_pandas() if store.exists(MARKS) else None
     by_label: dict[str, list[tuple[float, float]]] = {}
     if marks is not None and len(marks):
         bad = set(labels.loc[labels["label"] == "bad", "label_id"])
