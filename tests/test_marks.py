@@ -317,7 +317,7 @@ def test_a_word_index_past_its_prompt_is_refused_by_every_reader_before_anything
     exports and `make reward`; the HF export carried it while prompt_misalignment_label dropped it."""
     from data import read_table
     from labeling_app.export import export_round
-    from reward.region_data import has_marks
+    from reward.region.data import has_marks
 
     asg = Assigner(store, overlap=1, tasks=("binary",))
     a = asg.current("rita", "binary")
