@@ -205,7 +205,8 @@ def _flow_grpo_sde_step(v, x, sigmas, i, noise_level, prev_sample):
     sigma, sigma_prev, sigma_max = sigmas[i].view(-1, 1, 1, 1), sigmas[i + 1].view(-1, 1, 1, 1), sigmas[1].item()
     dt = sigma_prev - sigma
     std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * noise_level
-    prev_sample_mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    prev_sample_mean = (x * (1 + std_dev_t**2 / (2 * sigma) * dt)
+                        + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt)
     log_prob = (-((prev_sample.detach() - prev_sample_mean) ** 2) / (2 * ((std_dev_t * torch.sqrt(-1 * dt)) ** 2))
                 - torch.log(std_dev_t * torch.sqrt(-1 * dt)) - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi))))
     return prev_sample_mean, std_dev_t, log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
