@@ -5,7 +5,7 @@ import pytest
 
 import json
 
-from core.config import load_config
+from core.config import load_config, replace_keys, to_dict
 from core.errors import UserError
 from finetune.config import CONFIGS, FinetuneConfig
 from pipelines.bench import main
@@ -31,8 +31,6 @@ def test_bench_times_the_shipped_configs_with_only_its_overrides(method):
     """`make bench` with no arguments times what `make demo` (finetune/configs/<method>.yaml) and
     sd15.yaml ship: every fine-tuning key is the shipped one but for the overrides the bench states
     (how long it times, what it does not time); the user's ``*_args`` go on top."""
-    from core.config import replace_keys, to_dict
-
     def shipped(path, **more):
         return to_dict(replace_keys(load_config(FinetuneConfig, path), _bench_keys("out", "sd", method, **more)))
 
