@@ -12,6 +12,7 @@ from pipelines.bench import main
 from pipelines.cli import run
 from reward.reward_fn import RewardSource
 from tools.bench import BenchConfig, gpu_config, shapes_config
+from tools.bench_passes import sampling_calls
 
 # The tiny sizes of the end-to-end runs below: fine-tuning overrides on the shipped config
 TINY = ("shapes_args=[dpok.prompts_per_round=1, dpok.samples_per_prompt=2, sampling.num_inference_steps=2, "
@@ -44,6 +45,14 @@ def test_bench_times_the_shipped_configs_with_only_its_overrides(method):
         CONFIGS / f"{method}.yaml", **{"region.weight": 0.5, "dpok.minibatch_size": 4})
     assert to_dict(gpu_config(cfg, "sd", "out", method, "p.txt")) == shipped(
         CONFIGS / "sd15.yaml", **{"region.weight": 0.5, "compute.micro_batch": 16, "prompts.prompts_file": "p.txt"})
+
+
+def test_the_bare_sampling_counts_the_chain_the_loop_samples():
+    """The bare sampling pass is timed for the UNet calls DPOK's sampler makes: the shipped shapes
+    config stops the stochastic chain at its window's end (step 8) and finishes with a 4-call
+    deterministic tail, 12 calls, not 20; sd15.yaml has no tail, all 50 steps."""
+    assert sampling_calls(shapes_config(BenchConfig(), "sd", "out", "dpok")) == 8 + 4
+    assert sampling_calls(gpu_config(BenchConfig(), "sd", "out", "dpok", "p.txt")) == 50
 
 
 def test_bench_refuses_a_bad_override_before_timing(tmp_path):

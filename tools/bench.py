@@ -188,6 +188,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
         rows = []
         dpok_cfg = make_cfg(f"{tmp}/dpok", "dpok")
         d = dpok_cfg.dpok
+        w0, w1 = dpok_cfg.dpok_window
         loop_device = "cuda" if torch.cuda.is_available() else "cpu"  # the accelerator's default
         _reset_peak_memory(loop_device)
         train_dpok(dpok_cfg, progress=False, on_round=lambda r: rows.append(r))
@@ -226,7 +227,8 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
             flop_convention=FLOP_CONVENTION if mfu is not None else None,
             pass_peak_mb=bare.get("peak_mb"), date=day,
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
-                  f"sample, minibatch {d.minibatch_size}, CFG" + _settings(dpok_cfg)
+                  f"sample from steps [{w0}, {w1})" + (f" then a {d.tail_steps}-call tail" if d.tail_steps else "")
+                  + f", minibatch {d.minibatch_size}, CFG" + _settings(dpok_cfg)
                   + (f" (mean outside change {statistics.mean(outside):.3g})" if outside else "")))
         on_result(results)
         steps = []
