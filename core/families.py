@@ -63,6 +63,31 @@ class Family:
     finetune: bool  # make finetune can train it (its sampler has log-probs)
     # components a folder of the family may lack (loaded as None): SD3's T5 encoder and tokenizer
     optional: tuple[str, ...] = ()
+    lineage: str = "Stable Diffusion"  # the model line, in messages ("the same ... family")
+    # text encoders (each with its tokenizer): SD one CLIP; SD3 two CLIPs with pooled projections
+    # (+ T5, optional); FLUX CLIP (pooled) + T5
+    encoders: int = 1
+    # components never loaded (None): an SD folder's safety checker and its feature extractor
+    # (research use; saves memory)
+    skipped: tuple[str, ...] = ()
+
+    def load_kwargs(self, index: dict) -> dict:
+        """from_pretrained's keyword arguments for a folder whose model_index.json is ``index``:
+        the skipped components as None, and the optional ones the folder lacks."""
+        out: dict = {k: None for k in self.skipped}
+        if "safety_checker" in self.skipped:
+            out["requires_safety_checker"] = False
+        out |= {k: None for k in self.optional if index.get(k) in (None, [None, None])}
+        return out
+
+    def folder_parts(self) -> str:
+        """The sub-folders a complete folder has, for messages."""
+        text = [f"text_encoder{s}/, tokenizer{s}/" for s in ([""] + [f"_{i}" for i in range(2, self.encoders + 1)])]
+        return f"{self.denoiser}/, vae/, {', '.join(text)}, scheduler/, model_index.json"
+
+    @property
+    def denoiser_title(self) -> str:
+        return "UNet" if self.denoiser == "unet" else "transformer"
 
     @property
     def flow(self) -> bool:
@@ -87,12 +112,13 @@ class Family:
 
 
 SD = Family("sd", "Stable Diffusion 1.x/2.x", "StableDiffusionPipeline", "unet", "ddim", "cfg", "none",
-            ("to_q", "to_k", "to_v", "to_out.0"), True)
+            ("to_q", "to_k", "to_v", "to_out.0"), True, skipped=("safety_checker", "feature_extractor"))
 SD3 = Family("sd3", "Stable Diffusion 3", "StableDiffusion3Pipeline", "transformer", "flow-ode", "cfg", "patch",
              ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), False,
-             ("text_encoder_3", "tokenizer_3"))
+             ("text_encoder_3", "tokenizer_3"), "Stable Diffusion 3", encoders=2)
 FLUX = Family("flux", "FLUX.1", "FluxPipeline", "transformer", "flow-ode", "distilled", "pack2",
-              ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), False)
+              ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), False,
+              lineage="FLUX", encoders=2)
 FAMILIES: dict[str, Family] = {f.pipeline_class: f for f in (SD, SD3, FLUX)}
 
 

@@ -58,19 +58,19 @@ def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
     (its patches or packed tokens)."""
     path = Path(path)
     family = folder_family(path)
-    den = family.denoiser
+    den, title = family.denoiser, family.denoiser_title
     try:
         denoiser = json.loads((path / den / "config.json").read_text())
         vae = json.loads((path / "vae" / "config.json").read_text())
         geometry = family.geometry(denoiser, 2 ** (len(vae["block_out_channels"]) - 1))
         latents = int(vae.get("latent_channels", 4)), family.latent_channels(denoiser)
     except (OSError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"could not read the {den} and VAE configs of {path}: {e}",
+        raise UserError(f"could not read the {title} and VAE configs of {path}: {e}",
                         f"check that the folder is complete ({den}/config.json, vae/config.json).") from None
     if latents[0] != latents[1]:  # e.g. a VAE of another model family put in the folder
-        raise UserError(f"the VAE in {path / 'vae'} makes {latents[0]}-channel latents and the {den} in "
+        raise UserError(f"the VAE in {path / 'vae'} makes {latents[0]}-channel latents and the {title} in "
                         f"{path / den} takes {latents[1]}: they are not one model's parts.",
-                        f"use the VAE the {den} was trained with (the same {family.title} family).")
+                        f"use the VAE the {title} was trained with (the same {family.lineage} family).")
     return geometry
 
 
@@ -142,18 +142,13 @@ def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | No
     path = Path(path)
     check_folder(path, "model_index.json", "Stable Diffusion pipeline")
     family = folder_family(path)
-    if family.name == "sd":
-        extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    else:  # components a folder may leave out (SD3's T5), passed as None where its index has none
-        index = json.loads((path / PIPELINE_INDEX).read_text())
-        extra = {k: None for k in family.optional if index.get(k) in (None, [None, None])}
     try:
         pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
-            path, local_files_only=True, dtype=dtype or torch.float32, **extra)
+            path, local_files_only=True, dtype=dtype or torch.float32,
+            **family.load_kwargs(json.loads((path / PIPELINE_INDEX).read_text())))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise UserError(f"could not load the {family.title} pipeline in {path}: {e}",
-                        f"check that the folder is complete ({family.denoiser}/, vae/, text encoders, tokenizers, "
-                        "scheduler/, model_index.json).") from None
+        raise UserError(f"could not load the {family.lineage} pipeline in {path}: {e}",
+                        f"check that the folder is complete ({family.folder_parts()}).") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or default_device())
 

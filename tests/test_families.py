@@ -4,10 +4,17 @@ folders are refused; the Stable Diffusion path is unchanged."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from core.errors import UserError
+from core.families import FAMILIES, folder_family, require_finetunable
+from core.loading import pipeline_geometry, resolve_model
+from pipelines.cli import run
+from test_bad_input_cli import one_error_line, tree
 from tools.random_models import clip_bpe_tokenizer
 
 
@@ -75,16 +82,6 @@ def make_tiny_flux(path: str | Path, image_size: int = 32, seed: int = 0, guidan
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
-
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-
-from core.errors import UserError  # noqa: E402
-from core.families import FAMILIES, folder_family, require_finetunable  # noqa: E402
-from core.loading import pipeline_geometry, resolve_model  # noqa: E402
-from pipelines.cli import run  # noqa: E402
-from test_bad_input_cli import one_error_line, tree  # noqa: E402
 
 SHAPES_PROMPTS = "one circle\none circle on a black background\n"
 
@@ -243,3 +240,18 @@ def test_the_sd_family_samples_and_records_as_before(tiny_sd, tmp_path, capsys):
     assert "generate: sampling at 2 DDIM steps, guidance 5, eta 1" in capsys.readouterr().err
     df = rows(root)
     assert list(df["sampler"]) == ["DDIMScheduler"] and list(df["eta"]) == [1.0]
+
+
+def test_a_flow_folder_whose_vae_does_not_fit_its_transformer_is_refused(flow_folders, tmp_path):
+    """FLUX's transformer takes 2x2 packed latents (in_channels = 4 x the VAE's channels): a VAE of
+    another model is named before anything loads."""
+    import shutil
+
+    for name in ("sd3", "flux"):
+        folder = tmp_path / name
+        shutil.copytree(flow_folders[name], folder)
+        cfg = json.loads((folder / "vae" / "config.json").read_text())
+        (folder / "vae" / "config.json").write_text(json.dumps(cfg | {"latent_channels": 16}))
+        lineage = "Stable Diffusion 3" if name == "sd3" else "FLUX"
+        with pytest.raises(UserError, match=f"16-channel latents and the transformer .* takes 4.*same {lineage} family"):
+            pipeline_geometry(folder)
