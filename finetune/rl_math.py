@@ -11,6 +11,16 @@ Notation (DDIM, Song et al. 2021, eq. 12 and 16; DPOK, Fan et al. 2023):
   p(x_{t-1}|x_t) = N(mu_t, sigma_t^2 I), mu_t = sqrt(abar_prev) x0_hat
                                              + sqrt(1 - abar_prev - sigma_t^2) eps_hat
 
+Notation (flow matching, rectified flow; SD3 and FLUX, Esser et al. 2024):
+  x_sigma        latents at noise level sigma in [0, 1]: x_sigma = (1 - sigma) x0 + sigma eps
+  v              the model's velocity, trained towards eps - x0; the ODE runs sigma from 1 to 0
+  sigma, sigma'  the current and the next noise level of a step, dt = sigma' - sigma < 0
+  a              the Flow-SDE's noise level (Flow-GRPO's ``noise_level``; 0 is the ODE)
+  p(x'|x)        = N(mu, (s_sigma sqrt(-dt))^2 I), s_sigma = a sqrt(sigma / (1 - sigma)),
+                   mu = x + v dt + (s_sigma^2 / (2 sigma)) (x + (1 - sigma) v) dt
+                   (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470, and their
+                   ``sd3_sde_with_logprob.py``)
+
 Reductions are stated per function: log-probs and KLs are *sums* over the latent dimensions (C, H,
 W), i.e. the exact log-density / KL of one denoising step, so that a trajectory's log-likelihood is
 the sum over steps and the KL term of DPOK's objective (Fan et al. eq. 7) has its proper scale.
@@ -31,7 +41,8 @@ PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 @dataclass(frozen=True)
 class StepGaussian:
-    """The Gaussian p(x_{t-1} | x_t): mean (B, C, H, W) and std (scalar or broadcastable)."""
+    """The Gaussian p(x_{t-1} | x_t) (or a flow step's p(x' | x)): mean (B, C, H, W) and std (scalar
+    or broadcastable)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -209,3 +220,84 @@ def reward_weights(rewards: torch.Tensor, mode: RewardWeighting = "reward", temp
     if mode == "threshold":
         return (rewards > threshold).to(rewards.dtype)
     raise ValueError(f"unknown reward weighting {mode!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow matching (SD3, FLUX): the forward interpolation, the velocity target, the ODE's Euler step
+# and Flow-GRPO's SDE, whose step Gaussian feeds gaussian_log_prob / gaussian_kl / step_divergence.
+
+
+def flow_noised(x0: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
+    """x_sigma = (1 - sigma) x0 + sigma eps, the rectified-flow interpolation (what diffusers'
+    ``FlowMatchEulerDiscreteScheduler.scale_noise`` computes); ``sigma`` a scalar or (B,)."""
+    s = _bcast(sigma, x0)
+    return (1 - s) * x0 + s * eps
+
+
+def flow_velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The flow-matching regression target v* = d x_sigma / d sigma = eps - x0.
+
+    RWL on a flow model is Lee et al.'s eq. 2 with this loss: a reward-weighted
+    ||v_theta(x_sigma, sigma) - (eps - x0)||^2 at a sigma drawn by the family's timestep sampling.
+    With the weight an advantage this is AWM, advantage-weighted matching (Xue et al. 2025,
+    arXiv 2509.25050): they show DDPO / Flow-GRPO's per-step likelihood is flow matching with
+    noisy targets, and that weighting the pretraining loss on x0 by the advantage is a
+    lower-variance policy gradient.
+    """
+    return eps - x0
+
+
+def flow_x0_and_eps(velocity: torch.Tensor, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted clean sample x0_hat = x - sigma v and noise eps_hat = x + (1 - sigma) v, which
+    invert :func:`flow_noised` when v = eps - x0 (the flow analogue of :func:`x0_and_eps`)."""
+    s = _bcast(sigma, x)
+    return x - s * velocity, x + (1 - s) * velocity
+
+
+def flow_ode_step(velocity: torch.Tensor, x: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """The ODE's Euler step x' = x + v dt, dt = sigma' - sigma (diffusers'
+    ``FlowMatchEulerDiscreteScheduler.step`` without stochastic sampling)."""
+    return x + (_bcast(sigma_next, x) - _bcast(sigma, x)) * velocity
+
+
+def flow_sde_std(sigma, sigma_next, noise_level: float) -> torch.Tensor:
+    """Flow-GRPO's diffusion coefficient s_sigma = a sqrt(sigma / (1 - sigma)) (not yet times
+    sqrt(-dt)); ``sigma``, ``sigma_next`` scalars or (B,) tensors.
+
+    At sigma = 1 (a schedule's first level: SD3's and FLUX's shifted schedules both start there)
+    1 - sigma is 0; Flow-GRPO then divides by 1 - sigmas[1] instead, the schedule's second level,
+    which is the step's own next level sigma' -- so this uses 1 - sigma' there and needs no schedule.
+    """
+    sigma = torch.as_tensor(sigma)
+    sigma_next = torch.as_tensor(sigma_next, dtype=sigma.dtype, device=sigma.device)
+    return noise_level * (sigma / (1 - torch.where(sigma == 1, sigma_next, sigma))).sqrt()
+
+
+def flow_sde_step(velocity: torch.Tensor, x: torch.Tensor, sigma, sigma_next,
+                  noise_level: float) -> StepGaussian:
+    """Mean and std of Flow-GRPO's SDE step p(x' | x) from sigma to sigma' < sigma:
+
+        mu  = x + v dt + (s_sigma^2 / (2 sigma)) (x + (1 - sigma) v) dt,  s_sigma = flow_sde_std(...)
+        std = s_sigma sqrt(-dt),                                             x' = mu + std eps.
+
+    x + (1 - sigma) v is eps_hat (:func:`flow_x0_and_eps`), and -eps_hat / sigma the score of
+    x_sigma, so mu = x + (v - (s_sigma^2 / 2) score) dt: the reverse SDE whose marginals are the
+    ODE's.  The policy's and the base model's steps from the same x share ``std`` and differ in the
+    mean only, so :func:`gaussian_log_prob` gives the step log-prob and :func:`gaussian_kl` /
+    :func:`step_divergence` the per-step divergence.  These *sum* over latent dimensions (this
+    module's convention); Flow-GRPO's code averages its log-prob over dimensions and divides its
+    KL by s_sigma^2 rather than std^2, i.e. its KL is this one times -dt / numel.
+
+    ``noise_level`` a = 0 is the ODE: ``mean`` is exactly :func:`flow_ode_step` (the same
+    operations; the SDE's correction term is not added) and ``std`` is 0, where the step's log-prob
+    and KL are undefined (a point mass: the Gaussian formulas divide by zero and return inf/nan),
+    so a sampler steps the ODE there (the deterministic tail) and scores only a > 0 steps.
+    ``velocity`` and ``x`` should be float32: Flow-GRPO casts bf16 up because mu overflows.
+    """
+    s = _bcast(sigma, x)
+    dt = _bcast(sigma_next, x) - s
+    std_sde = _bcast(flow_sde_std(sigma, sigma_next, noise_level), x).to(x.dtype)
+    mean = x + dt * velocity
+    if noise_level != 0:
+        mean = mean + std_sde**2 / (2 * s) * (x + (1 - s) * velocity) * dt
+    return StepGaussian(mean=mean, std=std_sde * (-dt).sqrt())
