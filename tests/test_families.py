@@ -8,77 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.errors import UserError
 from core.families import FAMILIES, folder_family, require_finetunable
 from core.loading import pipeline_geometry, resolve_model
 from pipelines.cli import run
 from test_bad_input_cli import one_error_line, tree
-from tools.random_models import clip_bpe_tokenizer
-
-
-def _clip_pair(tok, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1))
-
-
-def _vae(latent_channels: int, image_size: int, **extra):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
-                         block_out_channels=(8, 16), norm_num_groups=4, sample_size=image_size,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         **extra)
-
-
-def make_tiny_sd3(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """A StableDiffusion3Pipeline folder (random weights): two CLIP encoders with projections, no
-    T5 (SD3's optional third encoder), a one-layer SD3 transformer (patch 2), a 2x VAE with SD3's
-    shift factor, FlowMatchEulerDiscreteScheduler at shift 3."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    torch.manual_seed(seed)
-    tok = clip_bpe_tokenizer()
-    transformer = SD3Transformer2DModel(sample_size=image_size // 2, patch_size=2, in_channels=4, out_channels=4,
-                                        num_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                        joint_attention_dim=64, caption_projection_dim=16,
-                                        pooled_projection_dim=64, pos_embed_max_size=32)
-    vae = _vae(4, image_size, shift_factor=0.0609, scaling_factor=1.5305)
-    StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=_clip_pair(tok, seed), tokenizer=tok, text_encoder_2=_clip_pair(tok, seed + 1),
-        tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None).save_pretrained(path)
-    return Path(path)
-
-
-def make_tiny_flux(path: str | Path, image_size: int = 32, seed: int = 0, guidance_embeds: bool = True) -> Path:
-    """A FluxPipeline folder (random weights): CLIP (pooled) + a one-layer T5 encoder, a FLUX
-    transformer of one double and one single block, a 2x VAE with a shift factor, the dynamic-shift
-    flow scheduler; ``guidance_embeds`` false: a schnell-like model without guidance."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    tok = clip_bpe_tokenizer()
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                                        bos_token_id=0, eos_token_id=2, pad_token_id=1))
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2))
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
-                                         axes_dims_rope=(2, 2, 4))
-    vae = _vae(4, image_size, shift_factor=0.1159, scaling_factor=0.3611)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok,
-                 text_encoder_2=t5, tokenizer_2=tok).save_pretrained(path)
-    return Path(path)
+from tools.random_models import build_tiny_flux, build_tiny_sd3
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
@@ -88,9 +24,21 @@ SHAPES_PROMPTS = "one circle\none circle on a black background\n"
 
 @pytest.fixture(scope="module")
 def flow_folders(tmp_path_factory):
+    """tools.random_models' tiny SD3 and FLUX folders at 32 px (a schnell-like FLUX without guidance
+    embedding), and the SD3 one without its T5 (model_index.json names it null; SD3's third encoder
+    is optional)."""
+    import shutil
+
     d = tmp_path_factory.mktemp("flow")
-    return dict(sd3=make_tiny_sd3(d / "sd3"), flux=make_tiny_flux(d / "flux"),
-                schnell=make_tiny_flux(d / "schnell", guidance_embeds=False))
+    out = dict(sd3=build_tiny_sd3(d / "sd3", image_size=32), flux=build_tiny_flux(d / "flux", image_size=32),
+               schnell=build_tiny_flux(d / "schnell", image_size=32, guidance_embeds=False))
+    no_t5 = shutil.copytree(out["sd3"], d / "sd3-no-t5")
+    for part in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(no_t5 / part)
+    index = json.loads((no_t5 / "model_index.json").read_text())
+    (no_t5 / "model_index.json").write_text(json.dumps(index | {"text_encoder_3": [None, None],
+                                                                "tokenizer_3": [None, None]}))
+    return out | {"sd3-no-t5": no_t5}
 
 
 def fake_folder(path: Path, class_name: str | None, transformer: dict | None = None) -> Path:
@@ -152,16 +100,19 @@ def test_make_generate_refuses_a_video_folder_before_anything_is_written(tmp_pat
 
 @pytest.mark.parametrize("name, words, guidance", [
     ("sd3", "FlowMatchEulerDiscreteScheduler ODE, 3 steps, shift 3.0, guidance 5", 5.0),
+    ("sd3-no-t5", "FlowMatchEulerDiscreteScheduler ODE, 3 steps, shift 3.0, guidance 5", 5.0),
     ("flux", "FlowMatchEulerDiscreteScheduler ODE, 3 steps, dynamic shift", 5.0),
     ("schnell", "no guidance (the model has no guidance embedding)", 1.0)])
 def test_make_generate_samples_a_flow_folder_with_its_ode(flow_folders, tmp_path, capsys, name, words, guidance):
-    """`make generate ARGS="pipeline=<flow folder>"`: images at the folder's native size (32 px
-    here), each row naming the flow sampler, the guidance applied and no eta."""
+    """`make generate ARGS="pipeline=<flow folder>"`: each row names the flow sampler, the guidance
+    applied and no eta; SD3 at the folder's native size (its transformer's), FLUX at 32 px given
+    (FluxPipeline's native size is 128 latent pixels whatever the folder, 1024 px here)."""
     from pipelines.generate import main
 
     root = tmp_path / "round"
+    size = [] if name.startswith("sd3") else ["sampling.height=32", "sampling.width=32"]
     assert run(main, [f"root={root}", f"pipeline={flow_folders[name]}", "max_prompts=2", "per_prompt=2",
-                      "sampling.num_inference_steps=3", "sampling.batch_size=3"]) == 0
+                      "sampling.num_inference_steps=3", "sampling.batch_size=3", *size]) == 0
     out = capsys.readouterr()
     assert words in out.err and words in json.loads(out.out.strip().splitlines()[-1])["sampling"]
     if name == "flux":
@@ -169,8 +120,9 @@ def test_make_generate_samples_a_flow_folder_with_its_ode(flow_folders, tmp_path
     df = rows(root)
     assert len(df) == 4 and set(df["sampler"]) == {"FlowMatchEulerDiscreteScheduler"}
     assert set(df["guidance_scale"]) == {guidance} and set(df["eta"]) == {0.0}
-    positions, pixels = pipeline_geometry(flow_folders[name])  # FLUX: FluxPipeline's 128 latent pixels
-    assert set(df["height"]) == set(df["width"]) == {positions * pixels} == {32 if name == "sd3" else 256}
+    positions, pixels = pipeline_geometry(flow_folders[name])  # tokens, and pixels a token covers (2 x 8)
+    assert (positions * pixels, pixels) == ((32, 16) if name.startswith("sd3") else (1024, 16))
+    assert set(df["height"]) == set(df["width"]) == {32}
     from PIL import Image
 
     with Image.open(root / df["image_path"].iloc[0]) as im:
@@ -243,7 +195,7 @@ def test_the_sd_family_samples_and_records_as_before(tiny_sd, tmp_path, capsys):
 
 
 def test_a_flow_folder_whose_vae_does_not_fit_its_transformer_is_refused(flow_folders, tmp_path):
-    """FLUX's transformer takes 2x2 packed latents (in_channels = 4 x the VAE's channels): a VAE of
+    """FLUX's transformer takes 2x2 packed latents (in_channels = 4 x the VAE's 16 channels): a VAE of
     another model is named before anything loads."""
     import shutil
 
@@ -251,7 +203,7 @@ def test_a_flow_folder_whose_vae_does_not_fit_its_transformer_is_refused(flow_fo
         folder = tmp_path / name
         shutil.copytree(flow_folders[name], folder)
         cfg = json.loads((folder / "vae" / "config.json").read_text())
-        (folder / "vae" / "config.json").write_text(json.dumps(cfg | {"latent_channels": 16}))
+        (folder / "vae" / "config.json").write_text(json.dumps(cfg | {"latent_channels": 8}))
         lineage = "Stable Diffusion 3" if name == "sd3" else "FLUX"
-        with pytest.raises(UserError, match=f"16-channel latents and the transformer .* takes 4.*same {lineage} family"):
+        with pytest.raises(UserError, match=f"8-channel latents and the transformer .* takes 16.*same {lineage} family"):
             pipeline_geometry(folder)
