@@ -1,6 +1,7 @@
 """Evaluate the base model and fine-tuned models on the same prompts with the same seeds.
 
-Any Stable Diffusion pipeline and any prompts.  Per model: the learned reward (mean, and the
+Any pipeline of a supported family (core.families: Stable Diffusion 1.x/2.x, SD3, FLUX; each
+samples with its own sampler) and any prompts.  Per model: the learned reward (mean, and the
 win-rate against the base: the share of (prompt, seed) pairs whose image the reward scores above
 the base's image of the same pair, ties counting half), and a fidelity proxy: the Frechet distance
 between CLIP image embeddings of the model's samples and of a reference set (FID's formula in CLIP
@@ -30,12 +31,13 @@ import numpy as np
 
 from core.config import to_dict
 from core.errors import UserError
+from core.families import folder_family
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import (ModelRef, default_device, load_clip, load_model, load_scheduler, pipeline_geometry,
                           resolve_model, with_side_strength)
-from core.sampling import generate_images, image_size, sampling_dtype
+from core.sampling import generate_images, image_size, sampler_settings, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
@@ -225,7 +227,8 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
                 row.append((images[i], aligned[i]))
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
-                                 off, aligned, gain, gain_se, keep, cfg.sampling.settings(pipe.scheduler).sampler))
+                                 off, aligned, gain, gain_se, keep,
+                                 sampler_settings(cfg.sampling, pipe.scheduler, ref.family).sampler))
         if base_rewards is None:
             base_rewards, base_aligned, base_images = rewards, aligned, images[:n_main]
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
@@ -301,7 +304,8 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
                  sampling_note: str | None = None) -> None:
     """``sampling_note``: the setting every model sampled at and where it came from
     (:func:`evaluation.settings.eval_setting`); None: ``cfg.sampling``, as configured."""
-    note = sampling_note or describe(cfg.sampling, "as configured", load_scheduler(resolve_model(cfg.base).base))
+    base = resolve_model(cfg.base).base
+    note = sampling_note or describe(cfg.sampling, "as configured", load_scheduler(base), folder_family(base))
     samplers = {r.sampler for r in results}
     if len(samplers) > 1:  # under sampling.scheduler=pipeline, a full-pipeline run may ship another scheduler
         note += "; samplers by model: " + ", ".join(f"{r.name} {r.sampler}" for r in results)

@@ -66,10 +66,15 @@ def apply_setting(sampling, setting: dict, given: set[str]):
     return replace(sampling, **take) if take else sampling
 
 
-def describe(sampling, source: str, scheduler=None) -> str:
-    """One line for a report: the sampler and setting every model was sampled at (for a pipeline
-    whose scheduler is ``scheduler``, core.sampling.SamplingConfig.describe), and where it came from."""
-    return f"{sampling.describe(scheduler)} ({source})"
+def describe(sampling, source: str, scheduler=None, family=None) -> str:
+    """One line for a report: the sampler and setting every model was sampled at (for a ``family``
+    pipeline whose scheduler is ``scheduler``, core.sampling.describe_sampling; no family:
+    SamplingConfig.describe, the SD family's), and where it came from."""
+    if family is None:
+        return f"{sampling.describe(scheduler)} ({source})"
+    from core.sampling import describe_sampling
+
+    return f"{describe_sampling(sampling, scheduler, family)} ({source})"
 
 
 def eval_setting(cfg, given: set[str]):
@@ -96,4 +101,4 @@ def eval_setting(cfg, given: set[str]):
         source = f"the runs' own ({', '.join(taken)} from their config.yaml)"
         if given & set(SETTING_KEYS):
             source += f"; {', '.join(sorted(given & set(SETTING_KEYS)))} as configured"
-    return replace(cfg, sampling=sampling), describe(sampling, source, load_scheduler(base.base))
+    return replace(cfg, sampling=sampling), describe(sampling, source, load_scheduler(base.base), base.family)

@@ -15,6 +15,7 @@ import torch
 
 from core.compile import unwrap
 from core.errors import UserError
+from core.families import require_finetunable
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
@@ -124,6 +125,7 @@ class Run:
 def _check_inputs(cfg: FinetuneConfig) -> None:
     """Fail on missing inputs before anything is written."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
+    require_finetunable(cfg.model.pipeline)  # a flow-matching folder: not built yet (core.families)
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
     if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
         raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "
