@@ -177,6 +177,18 @@ def test_make_finetune_refuses_a_flow_folder_before_anything_is_written(flow_fol
         require_finetunable(flow_folders[name])
 
 
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_make_probe_steps_refuses_a_flow_folder(flow_folders, tmp_path, capsys, name):
+    """The probe samples DPOK's DDIM chain through ``pipe.unet``: a flow folder is one error, not a
+    traceback, and no report is written."""
+    from pipelines.probe_steps import main
+
+    out = tmp_path / "probe"
+    assert run(main, [f"output_dir={out}", f"pipeline={flow_folders[name]}", "reward.kind=oracle"]) == 2
+    one_error_line(capsys, "flow-matching fine-tuning is not built yet", "Fix:")
+    assert not out.exists()
+
+
 # -- Stable Diffusion as before -----------------------------------------------------------------------
 
 def test_the_sd_family_samples_and_records_as_before(tiny_sd, tmp_path, capsys):
