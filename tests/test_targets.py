@@ -139,3 +139,40 @@ def test_read_prompts_file_strips_skips_blank_lines_and_refuses_missing_or_empty
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(UserError, match="holds no prompt"):
         read_prompts_file(tmp_path / "empty.txt")
+
+
+def _one_model_round(root, model_id, run_folder=None):
+    """``round_root``'s labels on images a model made (its model_id, run and fingerprint recorded as
+    ``make generate`` records them), in round 1 of the root."""
+    store = Store(root)
+    rows = [generation_row(**{**r, "image_id": f"{r['image_id']}-r1", "round": 1, "model_id": model_id,
+                              "run": run_folder, "model_fingerprint": "fp"})
+            for r in store.read(GENERATIONS).to_pylist()]
+    labels = store.read(BINARY_LABELS).to_pylist()
+    store.append(GENERATIONS, rows)
+    store.append(BINARY_LABELS, [{**r, "label_id": f"{r['label_id']}-r1", "image_id": f"{r['image_id']}-r1"}
+                                 for r in labels])
+
+
+def _hint(capsys) -> list[str]:
+    return [line.strip() for line in capsys.readouterr().out.splitlines() if "make finetune" in line]
+
+
+def test_the_hint_fine_tunes_the_model_that_made_the_round(round_root, tmp_path, capsys):
+    """Issue 74 item 10: the printed make finetune line carries the round's own model; without it,
+    run as shown, it fine-tuned the shipped shapes model on the user's prompts."""
+    _one_model_round(round_root, "/models/sd-v1-5")
+    out = tmp_path / "t.txt"
+    assert run(main, [f"root={round_root}", f"out={out}", "rounds=1"]) == 0
+    assert _hint(capsys) == [f'make finetune ARGS="model.pipeline=/models/sd-v1-5 prompts.prompts_file={out}"']
+
+
+def test_the_hint_continues_a_fine_tuned_run_on_its_base(round_root, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r0" / "dpok"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("method: dpok\nmodel:\n  pipeline: /models/sd-v1-5\n")
+    _one_model_round(round_root, str(run_dir), str(run_dir))
+    out = tmp_path / "t.txt"
+    assert run(main, [f"root={round_root}", f"out={out}"]) == 0  # the newest round's model
+    assert _hint(capsys) == [f'make finetune ARGS="model.pipeline=/models/sd-v1-5 init={run_dir} '
+                             f'prompts.prompts_file={out}"']
