@@ -176,3 +176,25 @@ def test_the_hint_continues_a_fine_tuned_run_on_its_base(round_root, tmp_path, c
     assert run(main, [f"root={round_root}", f"out={out}"]) == 0  # the newest round's model
     assert _hint(capsys) == [f'make finetune ARGS="model.pipeline=/models/sd-v1-5 init={run_dir} '
                              f'prompts.prompts_file={out}"']
+
+
+def test_finetune_refuses_the_shapes_model_on_other_prompts(tiny_sd, tmp_path, capsys):
+    """Issue 74 item 10: a shapes-world model (tiny_sd has the shapes tokenizer) fine-tuned on
+    prompts it cannot read is one error, before the run folder is made; its own prompts still run."""
+    from pipelines.finetune import main as finetune
+    from test_bad_input_cli import one_error_line
+    from tiny_models import make_tiny_clip
+    from tools.random_models import build_reward_model
+
+    reward = build_reward_model(make_tiny_clip(tmp_path / "clip"), tmp_path / "reward")  # the user's own reward
+    prompts = tmp_path / "targets.txt"
+    prompts.write_text("one red circle\na photo of a cat on a sofa\n")
+    out = tmp_path / "run"
+    args = [f"output_dir={out}", f"model.pipeline={tiny_sd}", f"prompts.prompts_file={prompts}",
+            "reward.kind=learned", f"reward.path={reward}", "sampling.num_inference_steps=2", "dpok.rounds=1",
+            "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
+            "dpok.window=[0,null]", "dpok.tail_steps=0", "sample_grid_every=0", "curve_every=0"]
+    assert run(finetune, args) == 2  # main: exit 0, a shapes model trained on [UNK] tokens
+    one_error_line(capsys, f"model.pipeline={tiny_sd} is a shapes-world model", "'a photo of a cat on a sofa'",
+                   "model.pipeline=<its folder>")
+    assert not out.exists()
