@@ -285,8 +285,15 @@ def markdown_table(results: list[ModelEval]) -> str:
                     f"{r.off_palette.get('targets', float('nan')):.3f}"] + _keep_cells(r.keep)
                  if oracle else [])
         win = "-" if r.reward_win_rate is None else f"{r.reward_win_rate:.3f}"
-        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, f"{r.fidelity:.4f}"]) + " |")
+        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, _fixed(r.fidelity, 4)]) + " |")
     return "\n".join(rows)
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, a value that rounds to zero as 0.000… (not -0.000…: the base's
+    fidelity to its own samples comes out a hair below zero)."""
+    text = f"{x:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
 def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:

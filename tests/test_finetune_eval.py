@@ -243,3 +243,12 @@ def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, caps
     assert run(main, two) == 2
     err = capsys.readouterr().err
     assert "different sampling settings" in err and "num_inference_steps 7" in err
+
+
+def test_the_table_prints_a_fidelity_that_rounds_to_zero_as_0_0000():
+    """Issue 74 item 11: the base's fidelity to its own samples is a hair below zero; it printed -0.0000."""
+    from evaluation.compare import ModelEval, markdown_table
+
+    rows = [ModelEval("base", {}, {}, 0.5, -0.0, 4), ModelEval("run", {}, {}, 0.5, -2e-7, 4, reward_win_rate=0.5)]
+    table = markdown_table(rows)
+    assert "-0.0000" not in table and table.count("| 0.0000 |") == 2
