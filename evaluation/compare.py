@@ -271,6 +271,11 @@ def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
             else "renders of the same prompts" if oracle else "the base model's samples")
 
 
+# Said in results.md and metrics.json of an evaluation on prompts that are not all shapes-world ones.
+SHAPES_ONLY = ("alignment, controls, generalization, per_prompt, off_palette, aligned and keep are the "
+               "shapes-world oracle's figures: empty on these prompts (the reward and fidelity columns are the figures).")
+
+
 def markdown_table(results: list[ModelEval]) -> str:
     """One row per model; the oracle's alignment columns only when the results have them."""
     oracle = bool(results and results[0].alignment)
@@ -316,7 +321,7 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
              "wrong that the model draws right (fixed), of those it drew right that the model draws wrong "
              "(broken), and the mean share of pixels moved on the base-right images (a channel changed by "
              "more than 40 of 255).\n\n" if oracle
-             else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
+             else f"No oracle columns: not every prompt is a shapes-world prompt. {SHAPES_ONLY}\n\n")
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
@@ -326,4 +331,4 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
         f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else ""))
     write_text_atomic(out / "metrics.json", json.dumps(json_safe(
         {"config": to_dict(cfg), "sampling": note, "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
-         "models": {r.name: asdict(r) for r in results}}), indent=2))
+         **({} if oracle else {"note": SHAPES_ONLY}), "models": {r.name: asdict(r) for r in results}}), indent=2))

@@ -123,6 +123,7 @@ def test_eval_any_prompts_with_the_learned_reward(setup, tmp_path, capsys, promp
     assert metrics["oracle"] is False and metrics["fidelity_reference"] == "the base model's samples"
     base, dpok = metrics["models"]["base"], metrics["models"]["dpok"]
     assert base["alignment"] == {} and base["controls"] == {} and base["per_prompt"] == {}
+    assert "per_prompt" in metrics["note"] and "shapes-world oracle" in metrics["note"]  # issue 74 item 11
     n = len(prompts.splitlines()) * 2
     assert base["n_images"] == dpok["n_images"] == n
     assert 0 < base["reward"] < 1 and 0 < dpok["reward"] < 1 and 0 <= dpok["reward_win_rate"] <= 1
