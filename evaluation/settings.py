@@ -17,9 +17,10 @@ import yaml
 
 from core.errors import UserError
 
-# The keys of a setting that decide what a model samples; the rest (batch size, compile, size)
-# only decide how fast.
-SETTING_KEYS = ("num_inference_steps", "guidance_scale", "eta")
+# The keys of a setting that decide what a model samples, the image size (pixels; null: the
+# model's native size) among them: a run trained at 128x64 is evaluated at 128x64; the rest
+# (batch size, compile) only decide how fast.
+SETTING_KEYS = ("num_inference_steps", "guidance_scale", "eta", "height", "width")
 RUN_CONFIG = "config.yaml"
 
 
@@ -68,8 +69,10 @@ def apply_setting(sampling, setting: dict, given: set[str]):
 
 def describe(sampling, source: str) -> str:
     """One line for a report: the setting every model was sampled at, and where it came from."""
+    size = ("the model's native size" if sampling.height is None and sampling.width is None
+            else f"{sampling.width or 'native'}x{sampling.height or 'native'} (width x height)")
     return (f"{sampling.num_inference_steps} DDIM steps, guidance {sampling.guidance_scale:g}, "
-            f"eta {sampling.eta:g} ({source})")
+            f"eta {sampling.eta:g}, at {size} ({source})")
 
 
 def eval_setting(cfg, given: set[str]):
