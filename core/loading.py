@@ -224,6 +224,12 @@ def _run_base(folder: Path) -> str | None:
     return str(pipeline) if pipeline else None
 
 
+def run_base(folder: str | os.PathLike) -> str | None:
+    """The base pipeline a fine-tuned run folder was trained from (its config.yaml's
+    ``model.pipeline``); None when the folder holds no run config."""
+    return _run_base(Path(folder))
+
+
 def _adapter_fingerprint(base_fp: str, adapter: Path, weights: str = LORA_WEIGHTS) -> str:
     digest = hashlib.sha256((adapter / weights).read_bytes()).hexdigest()  # adapter files are small
     return f"{base_fp}+{digest[:ADAPTER_HASH_HEX]}"

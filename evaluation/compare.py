@@ -276,6 +276,11 @@ def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
             else "renders of the same prompts" if oracle else "the base model's samples")
 
 
+# Said in results.md and metrics.json of an evaluation on prompts that are not all shapes-world ones.
+SHAPES_ONLY = ("alignment, controls, generalization, per_prompt, off_palette, aligned and keep are the "
+               "shapes-world oracle's figures: empty on these prompts (the reward and fidelity columns are the figures).")
+
+
 def markdown_table(results: list[ModelEval]) -> str:
     """One row per model; the oracle's alignment columns only when the results have them."""
     oracle = bool(results and results[0].alignment)
@@ -290,8 +295,15 @@ def markdown_table(results: list[ModelEval]) -> str:
                     f"{r.off_palette.get('targets', float('nan')):.3f}"] + _keep_cells(r.keep)
                  if oracle else [])
         win = "-" if r.reward_win_rate is None else f"{r.reward_win_rate:.3f}"
-        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, f"{r.fidelity:.4f}"]) + " |")
+        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, _fixed(r.fidelity, 4)]) + " |")
     return "\n".join(rows)
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, a value that rounds to zero as 0.000… (not -0.000…: the base's
+    fidelity to its own samples comes out a hair below zero)."""
+    text = f"{x:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
 def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:
@@ -318,7 +330,7 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
              "wrong that the model draws right (fixed), of those it drew right that the model draws wrong "
              "(broken), and the mean share of pixels moved on the base-right images (a channel changed by "
              "more than 40 of 255).\n\n" if oracle
-             else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
+             else f"No oracle columns: not every prompt is a shapes-world prompt. {SHAPES_ONLY}\n\n")
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
@@ -328,4 +340,4 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
         f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else ""))
     write_text_atomic(out / "metrics.json", json.dumps(json_safe(
         {"config": to_dict(cfg), "sampling": note, "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
-         "models": {r.name: asdict(r) for r in results}}), indent=2))
+         **({} if oracle else {"note": SHAPES_ONLY}), "models": {r.name: asdict(r) for r in results}}), indent=2))
