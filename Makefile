@@ -140,7 +140,7 @@ results-page: install  ## regenerate experiments/results.md (and README's demo b
 
 # ---- reward stage (reward/) ------------------------------------------------------------------
 # Extra settings as key=value, e.g. make reward ARGS="data.root=datasets/mine overwrite=true"
-.PHONY: reward reward-check score-rewards reward-bench select
+.PHONY: reward reward-check round-check score-rewards reward-bench select
 
 reward: install  ## train the reward model on the current labels (datasets/shapes -> runs/reward/)
 	$(PY) -m pipelines.train_reward $(ARGS)
@@ -150,6 +150,9 @@ select: install  ## which of a round's images go to raters next (ARGS="root=... 
 
 reward-check: install  ## does a reward keep up with a newer round? its AUC on that round's labels vs its own validation (ARGS="reward=runs/r0/reward root=... round=1"; last line: JSON)
 	$(PY) -m pipelines.reward_check $(ARGS)
+
+round-check: install  ## did round N pay? its raters' good-rate on its random share vs the round before's on the same prompts, each ± se; fell back: fine-tune from the best model (ARGS="root=... round=2"; last line: JSON)
+	$(PY) -m pipelines.round_check $(ARGS)
 
 score-rewards: install  ## write reward scores of a generations table (runs/reward) to its rewards table
 	$(PY) -m pipelines.score_rewards $(ARGS)

@@ -89,6 +89,9 @@ def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targe
             "off_palette": m["off_palette"], "kl": kl_from_base(r["dpok"]["output_dir"]),
             "seconds": {name: s["seconds"] for name, s in r.items() if isinstance(s, dict) and "seconds" in s},
         }
+        if "continued_from" in r:  # round k >= 1: its label-based check and the model its DPOK started from
+            row["round_check"] = r["round_check"]
+            row["continued_from"] = r["continued_from"]
         out["rounds"].append(row)
     out["base"] = {"round0_targets": _share(base["per_prompt"], first_targets), "controls": base["controls"]["overall"],
                    "generalization": base["generalization"].get("overall", math.nan), "fidelity": base["fidelity"]}
@@ -186,6 +189,14 @@ def markdown(res: dict) -> str:
         fig = c["figure"]
         shown = ", ".join(_pct(x) for x in fig) if isinstance(fig, list) else _pct(fig, True)
         lines.append(f"| {name} | {shown} | {c['holds']} |")
+    checked = [r for r in res["rounds"] if "continued_from" in r]
+    if checked:
+        lines += ["", "## Round checks: which model each round continued from", "",
+                  "Round k's images were made by round k-1's model; the raters' good-rate on them (the round's "
+                  "random share) against the kept model's round on the same prompts (make round-check). A model "
+                  "that fell back by more than one SE is not continued from.", ""]
+        lines += [f"- round {r['round']}'s DPOK started from {r['continued_from']['model'] or 'the base model'}: "
+                  f"{r['continued_from']['why']}" for r in checked]
     if res["hacking"]:
         lines += ["", "## Hacking alarm", ""] + [f"- {a}" for a in res["hacking"]]
     lines += ["", f"KL from base: {KL_ROUNDS}-round mean of the DPOK run's per-step KL to the base (nats), on its own "

@@ -117,6 +117,11 @@ def test_a_label_scarce_optimistic_loop_keeps_its_targets(tiny_sd, tmp_path):
     assert set(first) <= set(second) and res["rounds"][1]["dropped"] == []
     assert res["rounds"][1]["kl"] >= 0 and "no_round_falls_back" in res["checks"]
     assert (tmp_path / "report" / "alignment_vs_kl.png").exists()
+    # round 1's check (uncertainty picks alone: biased, not acted on) and the model it continued from
+    cont = res["rounds"][1]["continued_from"]
+    assert cont["model"] == str(tmp_path / "runs" / "round-0" / "dpok") and cont["round"] == 1
+    assert res["rounds"][1]["round_check"]["biased_sample"] and "biased" in cont["why"]
+    assert "round 1's DPOK started from" in (tmp_path / "report" / "report.md").read_text()
 
 
 def _kill_in_round_0_labels(args, tmp_path, labels=5, timeout=300):
@@ -175,3 +180,31 @@ def test_paired_gain_is_the_mean_per_prompt_difference_with_its_standard_error()
     sd = math.sqrt(sum((d - gain) ** 2 for d in diffs) / 2)
     assert math.isclose(se, sd / math.sqrt(3))
     assert math.isnan(paired_gain(model, base, ["a"])[1])  # one prompt: no standard error
+
+
+def _check(verdict: str, biased: bool = False, against: int = 0) -> dict:
+    return {"verdict": verdict, "biased_sample": biased, "against": against, "good_rate": 0.4, "good_rate_se": 0.05,
+            "previous_good_rate": 0.6, "previous_good_rate_se": 0.05, "difference": -0.2, "difference_se": 0.07,
+            "prompts": 6, "sample": "random share"}
+
+
+def test_a_round_that_fell_back_is_not_continued_from():
+    from workflows.loop import Kept, continue_from
+
+    base = Kept(None, 0, "the base model made round 0's images")
+    # round 1's images (round 0's model) fell back: round 1's DPOK starts from the base model, and
+    # round 2 is checked against round 0 (the kept model's round)
+    kept = continue_from(base, "runs/round-0/dpok", 1, _check("fell back"), keep_best=True)
+    assert (kept.model, kept.round) == (None, 0) and "rolled back to the base model" in kept.why
+    assert "-20.0 ± 7.0" in kept.why
+    kept = continue_from(kept, "runs/round-1/dpok", 2, _check("fell back"), keep_best=True)
+    assert (kept.model, kept.round) == (None, 0)
+    paid = continue_from(kept, "runs/round-1/dpok", 2, _check("paid"), keep_best=True)
+    assert (paid.model, paid.round) == ("runs/round-1/dpok", 2)
+    two = Kept("runs/round-0/dpok", 1, "")
+    assert continue_from(two, "runs/round-1/dpok", 2, _check("fell back", against=1), True).model == "runs/round-0/dpok"
+    # what the loop did before round checks: within noise, a biased sample, keep_best=false, no check
+    for check, flag in ((_check("within noise"), True), (_check("fell back", biased=True), True),
+                        (_check("fell back"), False), ({"refused": "no labelled prompt in common"}, True)):
+        res = continue_from(base, "runs/round-0/dpok", 1, check, keep_best=flag)
+        assert (res.model, res.round) == ("runs/round-0/dpok", 1) and "rolled back" not in res.why

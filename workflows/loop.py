@@ -9,7 +9,10 @@
              -> targets re-picked from the round's labels (fixed prompts drop out, new failures
                 enter; a target too little labelled to judge stays) -> the reward retrained on the
                 labels of every round -> DPOK continues from round k-1's weights (its KL term still
-                anchored to the base model)
+                anchored to the base model); but when the round's labels say its images' model fell
+                back (:mod:`evaluation.round_check`: the good-rate on the round's random share against
+                the kept model's round, on the same prompts, more than one SE lower), DPOK continues
+                from the best model so far instead (``keep_best``)
     then:    the one-shot control (the same total labels, all on base-model images, one reward,
              one DPOK run of the loop's total rounds), the upper bound (the oracle as reward, the
              loop's total DPOK rounds), and one evaluation of every round's model, the control and
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 from collect.selection import SelectConfig, select
 from core.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Share, save_config
 from core.errors import UserError
+from data.read import read_table
 from core.files import write_text_atomic
 from data.labels import current
 from data.rounds import filter_rounds, resolve_rounds, rounds_in
@@ -43,6 +47,7 @@ from data.targets import read_prompts_file
 from evaluation import loop_report
 from evaluation.compare import evaluate
 from evaluation.oracle import control_prompts
+from evaluation.round_check import round_check
 from reward.evaluation import round_accuracy
 from shapes.world import prompt_set
 from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
@@ -71,6 +76,9 @@ class LoopConfig(RoundConfig):
     optimism: NonNegativeFloat = 0.0
     reward_rounds: str = "all"  # the rounds whose labels the reward trains on (data.rounds grammar)
     one_shot: bool = True  # also the one-shot control (same labels on base images, one DPOK run)
+    # round k >= 1: a round whose labels say its images' model fell back (evaluation.round_check, on
+    # an unbiased sample) is not continued from: its DPOK starts from the best model so far
+    keep_best: bool = True
     fresh: bool = False  # empty the loop's folders and start over (else a rerun resumes)
 
 
@@ -133,6 +141,59 @@ def _measure_and_select(cfg: LoopConfig, stages: Stages, k: int, reward: Path) -
             "select": stages.run(f"round-{k}/select", lambda: _select(cfg, cfg.root, k, cfg.budget, reward))}
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The model the loop continues from: ``model`` the DPOK folder (None: the base model), ``round``
+    the round whose images it made (what the next round check compares with), ``why`` the reason."""
+
+    model: str | None
+    round: int
+    why: str
+
+
+def continue_from(kept: Kept, newest: str, k: int, check: dict, keep_best: bool) -> Kept:
+    """The model round ``k``'s DPOK starts from, given round ``k``'s check (``check``: a RoundCheck
+    as a dict, or ``{"refused": ...}``) of ``newest`` (the model that made round k's images)
+    against ``kept``: ``kept`` again when it fell back on an unbiased sample and ``keep_best``,
+    else ``newest`` (what the loop did before round checks)."""
+    if "verdict" not in check:
+        return Kept(newest, k, f"round {k} not checked ({check.get('refused', 'no check')}): continued")
+    figures = (f"good-rate {100 * check['good_rate']:.1f} ± {100 * check['good_rate_se']:.1f} % on round {k} "
+               f"against {100 * check['previous_good_rate']:.1f} ± {100 * check['previous_good_rate_se']:.1f} % "
+               f"on round {check['against']} ({check['prompts']} shared prompts, {check['sample']}): "
+               f"{100 * check['difference']:+.1f} ± {100 * check['difference_se']:.1f}, {check['verdict']}"
+               + (" (uncertainty picks alone: biased)" if check["biased_sample"] else ""))
+    if check["verdict"] != "fell back":
+        return Kept(newest, k, figures)
+    if check["biased_sample"]:
+        return Kept(newest, k, f"{figures}: not acted on, continued")
+    if not keep_best:
+        return Kept(newest, k, f"{figures}; keep_best=false: continued")
+    return replace(kept, why=f"{figures}: rolled back to {kept.model or 'the base model'}")
+
+
+def _round_check(root: str, k: int, against: int) -> dict:
+    """Round ``k``'s check against round ``against`` as a stage summary; a refusal (no labels on a
+    shared prompt) is kept as its problem, and the loop continues as before."""
+    try:
+        return asdict(round_check(read_table(root, "generations"), read_table(root, "binary_labels"),
+                                  read_table(root, "selections"), k, against))
+    except UserError as e:
+        return {"refused": e.problem}
+
+
+def _check_round(cfg: LoopConfig, stages: Stages, k: int, kept: Kept, newest: str) -> dict:
+    """Round k >= 1 after its labels: its check against the kept model's round, and the model its
+    DPOK continues from (:func:`continue_from`)."""
+    check = stages.run(f"round-{k}/round-check", lambda: _round_check(cfg.root, k, kept.round))
+    check = {key: v for key, v in check.items() if key != "seconds"}
+    return {"round_check": check, "continued_from": asdict(continue_from(kept, newest, k, check, cfg.keep_best))}
+
+
+def _model(path: str | None) -> Path | None:
+    return None if path is None else Path(path)
+
+
 def _round_prompts(targets: list[str], path: Path) -> Path:
     """A round k >= 1 samples ``targets`` (the current ones and those judged fixed before, so a
     regression is seen and the target returns) and the control prompts (train prompts with one or
@@ -156,6 +217,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     targets: list[str] = []
     ever: list[str] = []  # every round's targets so far: a round samples them all
     prev: RoundOut | None = None
+    kept = Kept(None, 0, "the base model made round 0's images")
     for k in range(cfg.rounds):
         rdir = runs / f"round-{k}"
         rdir.mkdir(parents=True, exist_ok=True)
@@ -168,10 +230,17 @@ def run_loop(cfg: LoopConfig) -> dict:
             gen = configs.generate(cfg.root, str(prev.dpok), k, cfg.round_per_prompt,
                                    _round_prompts(ever, rdir / "prompts.txt"))
             before_label = partial(_measure_and_select, cfg, stages, k, prev.reward)
+        # round k >= 1: its check after its labels decides the model its DPOK starts from
+        checked: dict = {}
+        after_label = None if k == 0 else lambda k=k, kept=kept, newest=str(prev.dpok): \
+            checked.setdefault("r", _check_round(cfg, stages, k, kept, newest))
+        init = None if k == 0 else lambda: _model(checked["r"]["continued_from"]["model"])
         r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}",
                       label_summary=lambda sim, k=k: _label(cfg, cfg.root, k, sim), before_label=before_label,
-                      previous=targets, init=prev.dpok if prev else None, reward_rounds=cfg.reward_rounds,
-                      optimism=cfg.optimism if k else 0.0)
+                      previous=targets, init=init, reward_rounds=cfg.reward_rounds,
+                      optimism=cfg.optimism if k else 0.0, after_label=after_label)
+        if k:
+            kept = Kept(**r["continued_from"])
         if k == 0:  # the one-shot control starts from round 0 as labelled (the stages after do not write there)
             stages.run("round-0/snapshot", lambda: _snapshot(cfg.root, _round0_copy(cfg)))
         targets = list(r["targets"]["targets"])

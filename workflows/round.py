@@ -203,12 +203,14 @@ class RoundOut:
 def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig, out: RoundOut, *,
               name: Callable[[str], str], label_summary: Callable[[dict], dict],
               before_label: Callable[[], dict] | None = None, previous: Sequence[str] = (),
-              split: str | None = None, init: Path | None = None, reward_rounds: str = "all",
-              optimism: float = 0.0) -> dict:
+              split: str | None = None, init: Path | None | Callable[[], Path | None] = None,
+              reward_rounds: str = "all", optimism: float = 0.0,
+              after_label: Callable[[], dict] | None = None) -> dict:
     """Round ``k``: ``gen``'s images -> (``before_label``'s stages) -> simulated raters label what
     the round serves -> targets from the round's labels (``previous``: the last round's; ``split``:
     fine-tune on that shapes-world prompt set instead, no targets) -> the reward on the labels of
-    ``reward_rounds`` -> DPOK (from ``init``; ``optimism``: its reward's UCB weight, reward.optimism).
+    ``reward_rounds`` -> DPOK (from ``init``, or what it returns when called after ``after_label``'s
+    stages: the loop's round check; ``optimism``: its reward's UCB weight, reward.optimism).
     ``name``: a stage's name in ``stages``;
     ``label_summary``: the simulation's summary as the workflow keeps it.  Each stage's summary."""
     cfg, root = configs.cfg, gen.root
@@ -217,11 +219,13 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
     if before_label is not None:
         r.update(before_label())
     r["label"] = stages.run(name("label"), lambda: label_summary(label(cfg, root, k)))
+    if after_label is not None:
+        r.update(after_label())
     if split is None:
         r["targets"] = stages.run(name("targets"), lambda: pick_round_targets(cfg, root, k, out.targets, list(previous)))
     r["reward"] = stages.run(name("reward"), lambda: reward_summary(configs.reward(out.reward, root, reward_rounds)))
     dcfg = configs.dpok(out.dpok, out.reward, cfg.seed + k, prompts_file=out.targets if split is None else None,
-                        split=split, init=init)
+                        split=split, init=init() if callable(init) else init)
     if optimism:  # only when set, so a run without it keeps its saved config (and resumes) as before
         dcfg = replace_keys(dcfg, {"reward.optimism": optimism})
     r["dpok"] = stages.run(name("dpok"), lambda: dpok_summary(dcfg))
