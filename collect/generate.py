@@ -1,5 +1,6 @@
-"""A labeling round's images: sample ``per_prompt`` images of each prompt from a Stable Diffusion
-pipeline folder (default: the shapes-world model) or a fine-tuned run of one, with recorded seeds,
+"""A labeling round's images: sample ``per_prompt`` images of each prompt from a pipeline folder of
+a supported family (core.families: Stable Diffusion 1.x/2.x, default the shapes-world model; SD3;
+FLUX) or a fine-tuned run of one, with recorded seeds,
 into the dataset root at ``root`` as round ``round`` (``make generate``, :mod:`pipelines.generate`).
 
 Every row records the model that made it (``model_fingerprint``, and ``run``: the fine-tuned run
@@ -23,7 +24,8 @@ from core import seeds
 from core.config import NonNegativeInt, PositiveFloat, PositiveInt, Share
 from core.errors import UserError
 from core.loading import ModelRef, default_device, load_model, resolve_model, with_side_strength
-from core.sampling import MixedPrecision, SamplingConfig, generate_images, sampling_dtype
+from core.sampling import (MixedPrecision, SamplingConfig, describe_sampling, generate_images, sampler_settings,
+                           sampling_dtype)
 from data.generations import PromptSpec, prompt_spec, save_images
 from data.schemas import GENERATIONS
 from data.store import Store
@@ -37,7 +39,8 @@ from shapes.world import Prompt, perturb, prompt_set
 class GenerateConfig:
     root: str = "datasets/shapes"
     source: Literal["pipeline", "renderer"] = "pipeline"
-    # a StableDiffusionPipeline folder or a fine-tuned run folder (make finetune's output_dir)
+    # a pipeline folder (StableDiffusionPipeline, StableDiffusion3Pipeline, FluxPipeline) or a
+    # fine-tuned run folder (make finetune's output_dir)
     pipeline: str = str(SHAPES_SD)
     adapter: Optional[str] = None
     """A folder with LoRA weights (pytorch_lora_weights.safetensors) fused into ``pipeline``, a
@@ -138,8 +141,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         jobs = [(p, s) for p in prompts for s in first if s not in used.get(p.prompt_id, set())]
     else:
         jobs = [(p, s) for p in prompts for s in _new_seeds(used.get(p.prompt_id, set()), cfg.seed, cfg.per_prompt)]
-    settings = cfg.sampling.settings(pipe.scheduler)  # the sampler actually run, as each row records it
-    sampling = cfg.sampling.describe(pipe.scheduler)
+    # the sampler actually run, as each row records it (the family's: core.families)
+    settings = sampler_settings(cfg.sampling, pipe.scheduler, ref.family)
+    sampling = describe_sampling(cfg.sampling, pipe.scheduler, ref.family)
     print(f"generate: sampling at {sampling}", file=sys.stderr, flush=True)
     added = 0
     with tqdm(total=len(jobs), desc="generate", unit="img", file=sys.stderr) as bar:

@@ -1,7 +1,8 @@
 """Load models from local folders in the standard formats, and nothing else.
 
-One way in for every stage: a diffusers ``StableDiffusionPipeline`` folder (the shapes-world model
-or a user's Stable Diffusion v1.5) and a transformers ``CLIPModel`` folder (the shapes-world CLIP or
+One way in for every stage: a diffusers pipeline folder of a supported family (:mod:`core.families`:
+a ``StableDiffusionPipeline`` such as the shapes-world model or a user's Stable Diffusion v1.5, and
+for sampling an SD3 or FLUX folder) and a transformers ``CLIPModel`` folder (the shapes-world CLIP or
 a user's CLIP ViT-L/14).  ``local_files_only=True`` everywhere: a path that is not a model folder is
 a clear error, never a download.
 
@@ -24,6 +25,7 @@ import torch
 import yaml
 
 from core.errors import UserError
+from core.families import Family, folder_family
 from core.side import SIDE_DIR, SIDE_FILE, SIDE_WEIGHTS, load_side
 
 if TYPE_CHECKING:
@@ -49,22 +51,26 @@ def check_folder(path: Path, marker: str, what: str) -> None:
 
 
 def pipeline_geometry(path: str | os.PathLike) -> tuple[int | list[int], int]:
-    """(UNet sample_size in latent pixels, VAE scale factor) of a StableDiffusionPipeline folder,
-    read from its config files without loading weights (to check a requested image size before
-    anything runs; ``core.sampling.image_size``)."""
+    """(native size in denoiser positions, pixels per position) of a pipeline folder, read from its
+    config files without loading weights (to check a requested image size before anything runs;
+    ``core.sampling.image_size``).  For a StableDiffusionPipeline: the UNet's sample_size in latent
+    pixels and the VAE scale factor; for a transformer family :meth:`core.families.Family.geometry`
+    (its patches or packed tokens)."""
     path = Path(path)
+    family = folder_family(path)
+    den, title = family.denoiser, family.denoiser_title
     try:
-        unet = json.loads((path / "unet" / "config.json").read_text())
+        denoiser = json.loads((path / den / "config.json").read_text())
         vae = json.loads((path / "vae" / "config.json").read_text())
-        geometry = unet["sample_size"], 2 ** (len(vae["block_out_channels"]) - 1)
-        latents = int(vae.get("latent_channels", 4)), int(unet.get("in_channels", 4))
+        geometry = family.geometry(denoiser, 2 ** (len(vae["block_out_channels"]) - 1))
+        latents = int(vae.get("latent_channels", 4)), family.latent_channels(denoiser)
     except (OSError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"could not read the UNet and VAE configs of {path}: {e}",
-                        "check that the folder is complete (unet/config.json, vae/config.json).") from None
+        raise UserError(f"could not read the {title} and VAE configs of {path}: {e}",
+                        f"check that the folder is complete ({den}/config.json, vae/config.json).") from None
     if latents[0] != latents[1]:  # e.g. a VAE of another model family put in the folder
-        raise UserError(f"the VAE in {path / 'vae'} makes {latents[0]}-channel latents and the UNet in "
-                        f"{path / 'unet'} takes {latents[1]}: they are not one model's parts.",
-                        "use the VAE the UNet was trained with (the same Stable Diffusion family).")
+        raise UserError(f"the VAE in {path / 'vae'} makes {latents[0]}-channel latents and the {title} in "
+                        f"{path / den} takes {latents[1]}: they are not one model's parts.",
+                        f"use the VAE the {title} was trained with (the same {family.lineage} family).")
     return geometry
 
 
@@ -127,20 +133,22 @@ def model_fingerprint(path: str | os.PathLike, *, config_only: bool = False, pip
 
 def load_sd_pipeline(path: str | os.PathLike, *, device: torch.device | str | None = None,
                      dtype: torch.dtype | None = None):
-    """A ``StableDiffusionPipeline`` from a local folder, moved to ``device`` (default: CUDA if
-    available).  The safety checker is not loaded (research use; saves memory)."""
-    from diffusers import StableDiffusionPipeline
+    """The pipeline of a local folder, with its family's diffusers class (:mod:`core.families`: a
+    ``StableDiffusionPipeline``, ``StableDiffusion3Pipeline`` or ``FluxPipeline``), moved to
+    ``device`` (default: CUDA if available).  An SD safety checker is not loaded (research use;
+    saves memory)."""
+    import diffusers
 
     path = Path(path)
     check_folder(path, "model_index.json", "Stable Diffusion pipeline")
+    family = folder_family(path)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, local_files_only=True, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, dtype=dtype or torch.float32)
+        pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch.float32,
+            **family.load_kwargs(json.loads((path / PIPELINE_INDEX).read_text())))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise UserError(f"could not load the Stable Diffusion pipeline in {path}: {e}",
-                        "check that the folder is complete (unet/, vae/, text_encoder/, tokenizer/, "
-                        "scheduler/, model_index.json).") from None
+        raise UserError(f"could not load the {family.lineage} pipeline in {path}: {e}",
+                        f"check that the folder is complete ({family.folder_parts()}).") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or default_device())
 
@@ -194,6 +202,11 @@ class ModelRef:
     def finetuned(self) -> bool:
         return self.run is not None
 
+    @property
+    def family(self) -> Family:
+        """The model family of the base folder (core.families; checked by resolve_model)."""
+        return folder_family(self.base)
+
 
 def _run_base(folder: Path) -> str | None:
     """``model.pipeline`` of a run folder's config.yaml, or None when the folder has no run config
@@ -209,6 +222,12 @@ def _run_base(folder: Path) -> str | None:
     model = tree.get("model") if isinstance(tree, dict) else None
     pipeline = model.get("pipeline") if isinstance(model, dict) else None
     return str(pipeline) if pipeline else None
+
+
+def run_base(folder: str | os.PathLike) -> str | None:
+    """The base pipeline a fine-tuned run folder was trained from (its config.yaml's
+    ``model.pipeline``); None when the folder holds no run config."""
+    return _run_base(Path(folder))
 
 
 def _adapter_fingerprint(base_fp: str, adapter: Path, weights: str = LORA_WEIGHTS) -> str:
@@ -240,16 +259,27 @@ def with_side_strength(ref: ModelRef, strength: float) -> ModelRef:
 
 def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None, *,
                   base: str | os.PathLike | None = None) -> ModelRef:
-    """The model at ``path``: a StableDiffusionPipeline folder, or a fine-tuned run folder
-    (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS, a side network or a full pipeline).
+    """The model at ``path``: a pipeline folder of a supported family (core.families), or a
+    fine-tuned run folder (config.yaml naming ``model.pipeline``, plus LORA_WEIGHTS, a side network
+    or a full pipeline).
 
     ``adapter``: a folder with LORA_WEIGHTS applied to the base pipeline ``path`` (a run folder or
     a bare adapter).  ``base``: the base pipeline the caller applies runs to (``make eval``'s
     ``base=``): a LoRA run is fused into it, and any run must have been trained from the same model.
     Every problem is a :class:`UserError` raised here, before anything is loaded or written: a
     folder that is not there or is no model, a run without weights or without its config, a run
-    whose base is another model than the one given, an adapter given with a run folder."""
-    path = Path(path)
+    whose base is another model than the one given, an adapter given with a run folder, a folder
+    of an unsupported family (core.families.folder_family)."""
+    ref = _resolve_model(Path(path), adapter, base)
+    family = folder_family(ref.base)  # an unsupported family is refused here, before anything is written
+    if ref.side is not None and family.flow:
+        raise UserError(f"the side-network run {ref.run} sits on {ref.base}, a {family.title} folder; side "
+                        "networks are UNet modules.", "use side networks with Stable Diffusion 1.x/2.x bases.")
+    return ref
+
+
+def _resolve_model(path: Path, adapter, base) -> ModelRef:
+    """:func:`resolve_model`'s checks of the folders (the family aside)."""
     if not path.is_dir():
         raise UserError(f"model folder {path} does not exist.",
                         "pass a Stable Diffusion pipeline folder or a fine-tuned run folder (make finetune).")

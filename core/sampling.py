@@ -21,6 +21,7 @@ from PIL import Image
 from core.compile import CompileMode, resolve_compile, sampling_unet
 from core.config import Bounds, PositiveInt, Share
 from core.errors import UserError
+from core.families import Family, describe_flow, guidance_applied, pipeline_family
 
 
 # Which sampler plain sampling uses: "ddim", the fine-tuning chain (DDIM with sampling.eta on the
@@ -184,6 +185,24 @@ class SamplingConfig:
         return f"{n} {type(scheduler).__name__} steps (the pipeline's own scheduler), {g}, {eta}"
 
 
+def sampler_settings(cfg: SamplingConfig, scheduler, family: Family) -> SamplerSettings:
+    """What sampling a ``family`` pipeline whose scheduler is ``scheduler`` records: the SD
+    family's :meth:`SamplingConfig.settings`; a flow family's ODE (no eta) and the guidance it
+    applies (1 for a model without guidance)."""
+    if not family.flow:
+        return cfg.settings(scheduler)
+    return SamplerSettings(sampler=type(scheduler).__name__, num_inference_steps=cfg.num_inference_steps,
+                           guidance_scale=guidance_applied(family, cfg.guidance_scale), eta=0.0)
+
+
+def describe_sampling(cfg: SamplingConfig, scheduler, family: Family) -> str:
+    """The setting in words for a ``family`` pipeline (the SD family: :meth:`SamplingConfig.describe`;
+    a flow family: :func:`core.families.describe_flow`, which needs ``scheduler``)."""
+    if not family.flow:
+        return cfg.describe(scheduler)
+    return describe_flow(family, scheduler, cfg.num_inference_steps, cfg.guidance_scale)
+
+
 def image_size(height: int | None, width: int | None, sample_size, vae_scale_factor: int) -> tuple[int, int]:
     """(height, width) in pixels to sample or train at: the given ones, or the UNet's native size
     ``sample_size`` (latent pixels, an int or (h, w)) times ``vae_scale_factor``.
@@ -206,8 +225,10 @@ def image_size(height: int | None, width: int | None, sample_size, vae_scale_fac
 
 
 def pipeline_image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-    """:func:`image_size` for a loaded StableDiffusionPipeline."""
-    return image_size(height, width, pipe.unet.config.sample_size, pipe.vae_scale_factor)
+    """:func:`image_size` for a loaded pipeline of any family (its denoiser's native size)."""
+    family = pipeline_family(pipe)
+    denoiser = dict(getattr(pipe, family.denoiser).config)
+    return image_size(height, width, *family.geometry(denoiser, pipe.vae_scale_factor))
 
 
 def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int]:
@@ -267,6 +288,9 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     height, width = pipeline_image_size(pipe, cfg.height, cfg.width)
+    family = pipeline_family(pipe)
+    if family.flow:
+        return _generate_flow(pipe, family, prompts, seeds, cfg, height, width, progress, dtype)
     out: list[Image.Image] = []
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     guided = cfg.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
@@ -289,4 +313,28 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
                     progress.update(len(p))
     finally:
         pipe.scheduler, pipe.unet = scheduler, unet  # the caller's pipeline is left as it was
+    return out
+
+
+def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], cfg: SamplingConfig,
+                   height: int, width: int, progress, dtype) -> list[Image.Image]:
+    """:func:`generate_images` for a flow family: the pipeline's own call, i.e. its
+    FlowMatchEulerDiscreteScheduler ODE at its own shift, guidance as the family takes it (SD3:
+    classifier-free; FLUX.1-dev: the distilled guidance embedding; schnell-like: none).  One
+    generator per image, as for SD.  sampling.compile and eta do not apply (the compiled module is a
+    UNet's; an ODE step has no noise)."""
+    import torch
+
+    out: list[Image.Image] = []
+    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    guidance = guidance_applied(family, cfg.guidance_scale)
+    with torch.no_grad(), torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
+        for start in range(0, len(prompts), cfg.batch_size):
+            p = prompts[start:start + cfg.batch_size]
+            g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
+            result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=guidance,
+                          generator=g, height=height, width=width, output_type="pil")
+            out.extend(result.images)
+            if progress is not None:
+                progress.update(len(p))
     return out

@@ -1,6 +1,7 @@
 """Evaluate the base model and fine-tuned models on the same prompts with the same seeds.
 
-Any Stable Diffusion pipeline and any prompts.  Per model: the learned reward (mean, and the
+Any pipeline of a supported family (core.families: Stable Diffusion 1.x/2.x, SD3, FLUX; each
+samples with its own sampler) and any prompts.  Per model: the learned reward (mean, and the
 win-rate against the base: the share of (prompt, seed) pairs whose image the reward scores above
 the base's image of the same pair, ties counting half), and a fidelity proxy: the Frechet distance
 between CLIP image embeddings of the model's samples and of a reference set (FID's formula in CLIP
@@ -30,12 +31,13 @@ import numpy as np
 
 from core.config import to_dict
 from core.errors import UserError
+from core.families import folder_family
 from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import (ModelRef, default_device, load_clip, load_model, load_scheduler, pipeline_geometry,
                           resolve_model, with_side_strength)
-from core.sampling import generate_images, image_size, sampling_dtype
+from core.sampling import generate_images, image_size, sampler_settings, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
@@ -225,7 +227,8 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
                 row.append((images[i], aligned[i]))
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
-                                 off, aligned, gain, gain_se, keep, cfg.sampling.settings(pipe.scheduler).sampler))
+                                 off, aligned, gain, gain_se, keep,
+                                 sampler_settings(cfg.sampling, pipe.scheduler, ref.family).sampler))
         if base_rewards is None:
             base_rewards, base_aligned, base_images = rewards, aligned, images[:n_main]
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
@@ -273,6 +276,11 @@ def fidelity_reference(cfg: EvalConfig, oracle: bool) -> str:
             else "renders of the same prompts" if oracle else "the base model's samples")
 
 
+# Said in results.md and metrics.json of an evaluation on prompts that are not all shapes-world ones.
+SHAPES_ONLY = ("alignment, controls, generalization, per_prompt, off_palette, aligned and keep are the "
+               "shapes-world oracle's figures: empty on these prompts (the reward and fidelity columns are the figures).")
+
+
 def markdown_table(results: list[ModelEval]) -> str:
     """One row per model; the oracle's alignment columns only when the results have them."""
     oracle = bool(results and results[0].alignment)
@@ -287,8 +295,15 @@ def markdown_table(results: list[ModelEval]) -> str:
                     f"{r.off_palette.get('targets', float('nan')):.3f}"] + _keep_cells(r.keep)
                  if oracle else [])
         win = "-" if r.reward_win_rate is None else f"{r.reward_win_rate:.3f}"
-        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, f"{r.fidelity:.4f}"]) + " |")
+        rows.append(f"| {r.name} | " + " | ".join(cells + [f"{r.reward:.3f}", win, _fixed(r.fidelity, 4)]) + " |")
     return "\n".join(rows)
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, a value that rounds to zero as 0.000… (not -0.000…: the base's
+    fidelity to its own samples comes out a hair below zero)."""
+    text = f"{x:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
 def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:
@@ -301,7 +316,8 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
                  sampling_note: str | None = None) -> None:
     """``sampling_note``: the setting every model sampled at and where it came from
     (:func:`evaluation.settings.eval_setting`); None: ``cfg.sampling``, as configured."""
-    note = sampling_note or describe(cfg.sampling, "as configured", load_scheduler(resolve_model(cfg.base).base))
+    base = resolve_model(cfg.base).base
+    note = sampling_note or describe(cfg.sampling, "as configured", load_scheduler(base), folder_family(base))
     samplers = {r.sampler for r in results}
     if len(samplers) > 1:  # under sampling.scheduler=pipeline, a full-pipeline run may ship another scheduler
         note += "; samplers by model: " + ", ".join(f"{r.name} {r.sampler}" for r in results)
@@ -314,7 +330,7 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
              "wrong that the model draws right (fixed), of those it drew right that the model draws wrong "
              "(broken), and the mean share of pixels moved on the base-right images (a channel changed by "
              "more than 40 of 255).\n\n" if oracle
-             else "No oracle columns: not every prompt is a shapes-world prompt.\n\n")
+             else f"No oracle columns: not every prompt is a shapes-world prompt. {SHAPES_ONLY}\n\n")
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
@@ -324,4 +340,4 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
         f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else ""))
     write_text_atomic(out / "metrics.json", json.dumps(json_safe(
         {"config": to_dict(cfg), "sampling": note, "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
-         "models": {r.name: asdict(r) for r in results}}), indent=2))
+         **({} if oracle else {"note": SHAPES_ONLY}), "models": {r.name: asdict(r) for r in results}}), indent=2))

@@ -17,9 +17,10 @@ import yaml
 
 from core.errors import UserError
 
-# The keys of a setting that decide what a model samples; the rest (batch size, compile, size)
-# only decide how fast.
-SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "eta")
+# The keys of a setting that decide what a model samples, the image size (pixels; null: the
+# model's native size) among them: a run trained at 128x64 is evaluated at 128x64; the rest
+# (batch size, compile) only decide how fast.
+SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "eta", "height", "width")
 RUN_CONFIG = "config.yaml"
 
 
@@ -66,10 +67,19 @@ def apply_setting(sampling, setting: dict, given: set[str]):
     return replace(sampling, **take) if take else sampling
 
 
-def describe(sampling, source: str, scheduler=None) -> str:
-    """One line for a report: the sampler and setting every model was sampled at (for a pipeline
-    whose scheduler is ``scheduler``, core.sampling.SamplingConfig.describe), and where it came from."""
-    return f"{sampling.describe(scheduler)} ({source})"
+def describe(sampling, source: str, scheduler=None, family=None) -> str:
+    """One line for a report: the sampler and setting every model was sampled at (for a ``family``
+    pipeline whose scheduler is ``scheduler``, core.sampling.describe_sampling; no family:
+    SamplingConfig.describe, the SD family's), the image size, and where it came from."""
+    if family is None:
+        said = sampling.describe(scheduler)
+    else:
+        from core.sampling import describe_sampling
+
+        said = describe_sampling(sampling, scheduler, family)
+    size = ("the model's native size" if sampling.height is None and sampling.width is None
+            else f"{sampling.width or 'native'}x{sampling.height or 'native'} (width x height)")
+    return f"{said}, at {size} ({source})"
 
 
 def eval_setting(cfg, given: set[str]):
@@ -96,4 +106,4 @@ def eval_setting(cfg, given: set[str]):
         source = f"the runs' own ({', '.join(taken)} from their config.yaml)"
         if given & set(SETTING_KEYS):
             source += f"; {', '.join(sorted(given & set(SETTING_KEYS)))} as configured"
-    return replace(cfg, sampling=sampling), describe(sampling, source, load_scheduler(base.base))
+    return replace(cfg, sampling=sampling), describe(sampling, source, load_scheduler(base.base), base.family)

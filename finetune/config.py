@@ -24,7 +24,7 @@ from shapes import SHAPES_SD
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
 TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
-ISSUE_46 = "experiments/issue-46-value-eps-mse/README.md"
+VALUE_EPS_MSE_STUDY = "experiments/dpok-value-baseline-eps-mse/README.md"
 
 Method = Literal["dpok", "rwl"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -111,11 +111,11 @@ class DPOKConfig:
         "shared_prefix_steps": Removed(0, f"branching after a shared prefix gained no more; {TUNING_LOG}"),
         "epochs_per_round": Removed(1, f"two epochs a round gained no more in more time; {TUNING_LOG}"),
         "baseline_history": Removed(0, f"a baseline over past rounds ended lower; {TUNING_LOG}"),
-        "baseline=value": Removed(None, f"DPOK's learned value baseline ended lower; {ISSUE_46}"),
-        "value_lr": Removed(1e-3, f"a setting of the removed value baseline; {ISSUE_46}"),
-        "value_hidden": Removed(256, f"a setting of the removed value baseline; {ISSUE_46}"),
-        "value_steps": Removed(20, f"a setting of the removed value baseline; {ISSUE_46}"),
-        "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {ISSUE_46}"),
+        "baseline=value": Removed(None, f"DPOK's learned value baseline ended lower; {VALUE_EPS_MSE_STUDY}"),
+        "value_lr": Removed(1e-3, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
+        "value_hidden": Removed(256, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
+        "value_steps": Removed(20, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
+        "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {VALUE_EPS_MSE_STUDY}"),
     }
 
     def prompts_per_process(self, processes: int) -> int:

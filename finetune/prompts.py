@@ -19,13 +19,28 @@ from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
 from shapes.render import render
 from shapes.tokenizer import is_shapes_tokenizer
-from shapes.world import prompt_set
+from shapes.world import prompt_set, prompt_spec
 
 
 def training_prompts(cfg: FinetuneConfig) -> list[str]:
     if cfg.prompts.prompts_file:
         return read_prompts_file(cfg.prompts.prompts_file)
     return [p.text for p in prompt_set(cfg.prompts.split)]
+
+
+def check_prompts_fit_model(cfg: FinetuneConfig) -> None:
+    """A shapes-world model (its tokenizer the shapes world's word-level one) reads shapes-world
+    prompts only: every other word is ``[UNK]`` to it, so a prompts file of other prompts would
+    fine-tune it on text it cannot read.  Refused before anything is written; the usual cause is a
+    run on one's own prompts that left ``model.pipeline`` at its default, the shipped shapes model."""
+    if not is_shapes_tokenizer(Path(cfg.model.pipeline) / "tokenizer"):
+        return
+    other = next((t for t in training_prompts(cfg) if prompt_spec(t) is None), None)
+    if other is not None:
+        raise UserError(f"model.pipeline={cfg.model.pipeline} is a shapes-world model, which reads shapes-world "
+                        f"prompts only, and '{other}' (prompts.prompts_file={cfg.prompts.prompts_file}) is not one.",
+                        "fine-tune the model that made your round's images: model.pipeline=<its folder> "
+                        "(make targets prints the line), with CONFIG= its settings (e.g. finetune/configs/sd15.yaml).")
 
 
 # The sample grids' prompts on the shapes world (no prompts file): one of each kind of target.

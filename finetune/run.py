@@ -17,6 +17,7 @@ import torch
 
 from core.compile import unwrap
 from core.errors import UserError
+from core.families import require_finetunable
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
@@ -25,7 +26,7 @@ from finetune.components import Components, load_components, make_accelerator, w
 from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.policy import DiffusionPolicy
-from finetune.prompts import check_pretrain_source, training_prompts
+from finetune.prompts import check_pretrain_source, check_prompts_fit_model, training_prompts
 from finetune.region import keep_regions
 from finetune.scheduler import DDIMSchedule
 from reward.reward_fn import Reward, RewardFn, load_reward
@@ -147,6 +148,8 @@ class Run:
 def _check_inputs(cfg: FinetuneConfig) -> None:
     """Fail on missing inputs before anything is written."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
+    require_finetunable(cfg.model.pipeline)  # a flow-matching folder: not built yet (core.families)
+    check_prompts_fit_model(cfg)
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
     if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
         raise UserError(f"the shapes-world oracle (reward.kind=oracle, curve_every) judges square images; "

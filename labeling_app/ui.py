@@ -26,6 +26,7 @@ from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
 from labeling_app.compactor import Compactor, merge_leftovers
+from labeling_app.gold import ensure_gold
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
 from labeling_app.guidelines import guidelines_file, load_guidelines
@@ -179,9 +180,12 @@ def build_app(cfg: LabelConfig) -> LabelingApp:
     guidelines = load_guidelines(guidelines_file(cfg.guidelines, shapes_prompts(served.images)))
     # Merging small part files happens here, before the round is read, and then in a background
     # thread (launch), never inside a rater's request.  The tables the merge leaves alone are read
-    # first, so a bad part there is refused before any label table is rewritten.
+    # first, and the gold pool is checked (a gold file, oracle gold on other prompts) and made on
+    # first use, so a bad part or a bad gold file is refused before any label table is rewritten.
     for spec in (GENERATIONS, SELECTIONS, GOLD):
         store.read(spec)
+    if cfg.uses_gold:
+        ensure_gold(store, cfg.gold, served.images, seed=cfg.seed)  # Assigner.open reads it back
     merge_leftovers(store)
     assigner = Assigner.open(cfg, guidelines.version, store=store)
     return LabelingApp(cfg, assigner, raters, guidelines)

@@ -19,6 +19,10 @@ from finetune.rwl import train_rwl
 from pipelines.cli import config_parser, run
 
 
+# What a run folder holds besides config.yaml and metrics.json, by model.parameterisation.
+SAVED = {"lora": "LoRA weights", "full": "the whole pipeline", "side": "the side network in side/"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config_parser(__doc__.splitlines()[0]).parse_args(argv)
     method = parse_overrides(args.overrides).get("method")
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     train = train_dpok if cfg.method == "dpok" else train_rwl
     result = train(cfg)
     final = result.metrics["final"]
-    weights = "LoRA weights" if cfg.model.parameterisation == "lora" else "the whole pipeline"
+    weights = SAVED[cfg.model.parameterisation]
     print(f"{cfg.method}: wrote {result.output_dir} ({weights}, config.yaml, metrics.json); "
           + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float) and not k.startswith("seconds")))
     return 0

@@ -161,6 +161,9 @@ def train_reward(cfg: RewardConfig) -> TrainResult:
                                time.perf_counter() - t0)
     # Pairwise accuracy vs the oracle on each round's validation images (data.rounds: the loop).
     metrics["by_round"] = json_safe(by_round(model.head, emb, data, oracle), digits=4)
+    if oracle is None:
+        metrics["by_round_note"] = ("by_round is the shapes-world oracle's pair accuracy per round: empty on "
+                                    "prompts that are not all shapes-world prompts.")
     if model.epistemic is not None:  # does the spread point at the errors? (docs/reward.md)
         ep = model.epistemic
         metrics["epistemic"] = json_safe({"kind": ep.kind, "lambda": ep.lam, "rows": ep.rows, **epistemic_calibration(

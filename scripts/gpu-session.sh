@@ -5,7 +5,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata
 # Extra bench settings go in BENCH_ARGS, e.g. BENCH_ARGS="gpu_levers=false" or "region_weight=0.5" (the
-# region-aware objective's memory).  AUTOTUNE=1: inductor's max-autotune (TORCHINDUCTOR_MAX_AUTOTUNE=1,
+# region-aware objective's memory); fine-tuning keys on top of sd15.yaml as "gpu_args=[compute.micro_batch=16]".  AUTOTUNE=1: inductor's max-autotune (TORCHINDUCTOR_MAX_AUTOTUNE=1,
 # its GEMM and kernel autotuning, no CUDA graphs) for every compile; the records' notes say so.
 set -uo pipefail
 OUT=${OUT:-reports/gpu-session}

@@ -304,7 +304,8 @@ def test_oracle_learning_curve_on_fixed_seeds(tiny_sd, tmp_path):
     assert all(0.0 <= p["oracle_aligned"] <= 1.0 for p in curve)
     assert all(p["images"] == 2 for p in curve)  # 2 prompts x curve_samples=1: the SE of evaluation.curves
     assert result.history[0]["oracle_aligned"] is None and result.history[1]["oracle_aligned"] == curve[1]["oracle_aligned"]
-    with pytest.raises(UserError, match="curve_every"):
+    # a shapes model on other prompts: refused as such (issue 74 item 10) before the curve's own check
+    with pytest.raises(UserError, match="shapes-world"):
         train_dpok(tiny_cfg(tiny_sd, tmp_path / "other", "curve_every=1",
                             "prompts.prompts_file=" + str(_prompts(tmp_path, ["a photo of a cat"]))), progress=False)
 

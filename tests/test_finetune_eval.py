@@ -123,6 +123,7 @@ def test_eval_any_prompts_with_the_learned_reward(setup, tmp_path, capsys, promp
     assert metrics["oracle"] is False and metrics["fidelity_reference"] == "the base model's samples"
     base, dpok = metrics["models"]["base"], metrics["models"]["dpok"]
     assert base["alignment"] == {} and base["controls"] == {} and base["per_prompt"] == {}
+    assert "per_prompt" in metrics["note"] and "shapes-world oracle" in metrics["note"]  # issue 74 item 11
     n = len(prompts.splitlines()) * 2
     assert base["n_images"] == dpok["n_images"] == n
     assert 0 < base["reward"] < 1 and 0 < dpok["reward"] < 1 and 0 <= dpok["reward_win_rate"] <= 1
@@ -228,7 +229,7 @@ def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, caps
     args = [a for a in eval_args(setup, out) if not a.startswith("sampling.")]
     assert run(main, args) == 0
     text = (out / "results.md").read_text()
-    assert "2 DDIM steps, guidance 5, eta 1 (the runs' own" in text
+    assert "2 DDIM steps, guidance 5, eta 1, at the model's native size (the runs' own" in text
     assert yaml.safe_load((out / "config.yaml").read_text())["sampling"]["num_inference_steps"] == 2
     cfg = load_config(EvalConfig, None, args + ["sampling.guidance_scale=3"])
     cfg, note = eval_setting(cfg, given_keys(None, args + ["sampling.guidance_scale=3"]))
@@ -243,3 +244,37 @@ def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, caps
     assert run(main, two) == 2
     err = capsys.readouterr().err
     assert "different sampling settings" in err and "num_inference_steps 7" in err
+
+
+def test_the_table_prints_a_fidelity_that_rounds_to_zero_as_0_0000():
+    """Issue 74 item 11: the base's fidelity to its own samples is a hair below zero; it printed -0.0000."""
+    from evaluation.compare import ModelEval, markdown_table
+
+    rows = [ModelEval("base", {}, {}, 0.5, -0.0, 4), ModelEval("run", {}, {}, 0.5, -2e-7, 4, reward_win_rate=0.5)]
+    table = markdown_table(rows)
+    assert "-0.0000" not in table and table.count("| 0.0000 |") == 2
+
+
+def test_eval_takes_the_runs_trained_size_unless_given(tiny_sd, tmp_path):
+    """Issue 74 item 11: a run trained at 64x32 (width x height) was evaluated at the model's native
+    size without a word; now at the run's size, and the report's line names the size used."""
+    from core.loading import LORA_WEIGHTS
+    from evaluation.settings import eval_setting
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(
+        f"model:\n  pipeline: {tiny_sd}\nsampling:\n  num_inference_steps: 2\n  guidance_scale: 5.0\n"
+        "  eta: 1.0\n  height: 32\n  width: 64\n")
+    (run_dir / LORA_WEIGHTS).write_bytes(b"weights")  # resolve_model only hashes them
+    cfg = load_config(EvalConfig, None, [f"base={tiny_sd}", f"models=[r={run_dir}]"])
+    taken, note = eval_setting(cfg, set())
+    assert (taken.sampling.height, taken.sampling.width) == (32, 64) and "at 64x32 (width x height)" in note
+    given, note = eval_setting(replace_sampling(cfg, height=48, width=48), {"height", "width"})
+    assert (given.sampling.height, given.sampling.width) == (48, 48) and "at 48x48" in note
+
+
+def replace_sampling(cfg, **changes):
+    from dataclasses import replace
+
+    return replace(cfg, sampling=replace(cfg.sampling, **changes))

@@ -99,7 +99,7 @@ def eval_report(euler, out, *keys) -> tuple[str, dict]:
 def test_make_eval_samples_and_reports_the_sampler_used(euler, tmp_path, capsys):
     md, metrics = eval_report(euler, tmp_path / "eta1")
     err = capsys.readouterr().err
-    said = "3 DDIM steps, guidance 5, eta 1 (as configured)"
+    said = "3 DDIM steps, guidance 5, eta 1, at the model's native size (as configured)"
     assert said in md and metrics["sampling"] == said and said in err
     assert metrics["models"]["base"]["sampler"] == "DDIMScheduler"
     _, eta0 = eval_report(euler, tmp_path / "eta0", "sampling.eta=0")
@@ -107,7 +107,7 @@ def test_make_eval_samples_and_reports_the_sampler_used(euler, tmp_path, capsys)
     assert eta0["models"]["base"]["reward"] != metrics["models"]["base"]["reward"]
     md, own = eval_report(euler, tmp_path / "own", "sampling.scheduler=pipeline")
     err = capsys.readouterr().err
-    said = "3 EulerDiscreteScheduler steps (the pipeline's own scheduler), guidance 5, no eta (as configured)"
+    said = "3 EulerDiscreteScheduler steps (the pipeline's own scheduler), guidance 5, no eta, at the model's native size (as configured)"
     assert said in md and own["sampling"] == said and said in err
     assert own["models"]["base"]["sampler"] == "EulerDiscreteScheduler"
     assert own["config"]["sampling"]["scheduler"] == "pipeline"

@@ -145,3 +145,13 @@ def test_a_side_run_continues_with_init_and_rwl_trains_it(tiny_sd, tmp_path):
     assert np.isfinite(result.history[-1]["loss"]) and (result.output_dir / SIDE_DIR / SIDE_FILE).is_file()
     with pytest.raises(UserError, match="side_width"):
         train_dpok(side_cfg(tiny_sd, tmp_path / "wider", f"init={first}", "model.side_width=0.5"), progress=False)
+
+
+def test_a_side_run_says_it_saved_the_side_network():
+    """Issue 74 item 11: make finetune's last line named "the whole pipeline" for a side-network run."""
+    from typing import get_args
+
+    from finetune.config import Parameterisation
+    from pipelines.finetune import SAVED
+
+    assert SAVED["side"] == "the side network in side/" and set(SAVED) == set(get_args(Parameterisation))

@@ -139,3 +139,62 @@ def test_read_prompts_file_strips_skips_blank_lines_and_refuses_missing_or_empty
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(UserError, match="holds no prompt"):
         read_prompts_file(tmp_path / "empty.txt")
+
+
+def _one_model_round(root, model_id, run_folder=None):
+    """``round_root``'s labels on images a model made (its model_id, run and fingerprint recorded as
+    ``make generate`` records them), in round 1 of the root."""
+    store = Store(root)
+    rows = [generation_row(**{**r, "image_id": f"{r['image_id']}-r1", "round": 1, "model_id": model_id,
+                              "run": run_folder, "model_fingerprint": "fp"})
+            for r in store.read(GENERATIONS).to_pylist()]
+    labels = store.read(BINARY_LABELS).to_pylist()
+    store.append(GENERATIONS, rows)
+    store.append(BINARY_LABELS, [{**r, "label_id": f"{r['label_id']}-r1", "image_id": f"{r['image_id']}-r1"}
+                                 for r in labels])
+
+
+def _hint(capsys) -> list[str]:
+    return [line.strip() for line in capsys.readouterr().out.splitlines() if "make finetune" in line]
+
+
+def test_the_hint_fine_tunes_the_model_that_made_the_round(round_root, tmp_path, capsys):
+    """Issue 74 item 10: the printed make finetune line carries the round's own model; without it,
+    run as shown, it fine-tuned the shipped shapes model on the user's prompts."""
+    _one_model_round(round_root, "/models/sd-v1-5")
+    out = tmp_path / "t.txt"
+    assert run(main, [f"root={round_root}", f"out={out}", "rounds=1"]) == 0
+    assert _hint(capsys) == [f'make finetune ARGS="model.pipeline=/models/sd-v1-5 prompts.prompts_file={out}"']
+
+
+def test_the_hint_continues_a_fine_tuned_run_on_its_base(round_root, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r0" / "dpok"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("method: dpok\nmodel:\n  pipeline: /models/sd-v1-5\n")
+    _one_model_round(round_root, str(run_dir), str(run_dir))
+    out = tmp_path / "t.txt"
+    assert run(main, [f"root={round_root}", f"out={out}"]) == 0  # the newest round's model
+    assert _hint(capsys) == [f'make finetune ARGS="model.pipeline=/models/sd-v1-5 init={run_dir} '
+                             f'prompts.prompts_file={out}"']
+
+
+def test_finetune_refuses_the_shapes_model_on_other_prompts(tiny_sd, tmp_path, capsys):
+    """Issue 74 item 10: a shapes-world model (tiny_sd has the shapes tokenizer) fine-tuned on
+    prompts it cannot read is one error, before the run folder is made; its own prompts still run."""
+    from pipelines.finetune import main as finetune
+    from test_bad_input_cli import one_error_line
+    from tiny_models import make_tiny_clip
+    from tools.random_models import build_reward_model
+
+    reward = build_reward_model(make_tiny_clip(tmp_path / "clip"), tmp_path / "reward")  # the user's own reward
+    prompts = tmp_path / "targets.txt"
+    prompts.write_text("one red circle\na photo of a cat on a sofa\n")
+    out = tmp_path / "run"
+    args = [f"output_dir={out}", f"model.pipeline={tiny_sd}", f"prompts.prompts_file={prompts}",
+            "reward.kind=learned", f"reward.path={reward}", "sampling.num_inference_steps=2", "dpok.rounds=1",
+            "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=1",
+            "dpok.window=[0,null]", "dpok.tail_steps=0", "sample_grid_every=0", "curve_every=0"]
+    assert run(finetune, args) == 2  # main: exit 0, a shapes model trained on [UNK] tokens
+    one_error_line(capsys, f"model.pipeline={tiny_sd} is a shapes-world model", "'a photo of a cat on a sofa'",
+                   "model.pipeline=<its folder>")
+    assert not out.exists()

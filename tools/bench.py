@@ -11,9 +11,11 @@ they run eagerly -- so with LoRA the backward counts only the input gradients an
 gradients it really computes, not 2x the forward -- times the minibatches of a round, over the
 measured update time, against the device's dense bf16 peak.
 
-Configurations: the shapes world (the committed model, the fine-tuning defaults at the bench's
-sizes), and on CUDA SD v1.5's architecture with random weights under ``gpu_config`` (the shipped
-``finetune/configs/sd15.yaml``).  The bench sets up everything it times: unless ``reward.path``
+Configurations: the shapes world (the committed model under the fine-tuning configs ``make demo``
+ships, finetune/configs/<method>.yaml), and on CUDA SD v1.5's architecture with random weights
+under ``gpu_config`` (the shipped ``finetune/configs/sd15.yaml``).  Each is the shipped config with
+only the bench's own overrides on top (:func:`bench_overrides`: how long it times, no checkpoints or
+grids), then the user's ``shapes_args`` / ``gpu_args``.  The bench sets up everything it times: unless ``reward.path``
 names a reward model folder, it builds an untrained reward head on the shapes CLIP (shapes
 configuration) or on a CLIP ViT-L/14-shaped random CLIP (CUDA configuration); reward *quality*
 does not change its speed.
@@ -33,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from core.config import NonNegativeFloat, load_config
+from core.config import NonNegativeFloat, PositiveInt, load_config, replace_keys, with_overrides
 from finetune.config import CONFIGS, FinetuneConfig, Method, Parameterisation
 from finetune.dpok import train_dpok
 from finetune.run import setup_run
@@ -57,31 +59,30 @@ FLOP_CONVENTION = ("torch.utils.flop_counter on the eager bare passes of one upd
 @dataclass(frozen=True)
 class BenchConfig:
     output_dir: str = "reports/bench"
-    # The shapes-world configuration: the committed model, the fine-tuning defaults with the sizes below
+    # The shapes-world configuration: the committed model under the demo's fine-tuning configs
+    # (finetune/configs/<method>.yaml, as `make demo` loads them) with the bench's overrides
     shapes: bool = True
     cpu_pipeline: str = str(SHAPES_SD)
     # reward.path "" (default): the bench builds an untrained reward head to time (see module doc)
     reward: RewardSource = field(default_factory=lambda: RewardSource(path=""))
-    rounds: int = 3  # DPOK rounds timed (the first one is a warm-up and not counted)
-    prompts_per_round: int = 8
-    samples_per_prompt: int = 4
-    num_inference_steps: int = 20
-    steps_per_sample: int = 10
-    minibatch_size: int = 32
-    rwl_steps: int = 12
-    rwl_batch_size: int = 32
+    # How long each loop is timed (dpok.rounds and rwl.steps of both configurations): DPOK rounds,
+    # the first one a warm-up and not counted; RWL steps, the first two not counted
+    rounds: PositiveInt = 3
+    rwl_steps: PositiveInt = 12
     repeats: int = 3  # bare-pass timings: median of this many
     gpu: bool = True  # run the CUDA configuration when a GPU is present
     # The CUDA configuration: SD v1.5's architecture (random weights) under this fine-tuning config,
-    # its sizes, sampling and compute settings as a user runs them; rounds and rwl_steps from above.
+    # its sizes, sampling and compute settings as a user runs them (`make finetune CONFIG=...`)
     gpu_config: str = str(CONFIGS / "sd15.yaml")
+    # Dotted fine-tuning overrides on top of each configuration's shipped config and the bench's own
+    # keys (bench_overrides), e.g. [compute.micro_batch=16] or, for a quick run, [dpok.minibatch_size=4]
+    shapes_args: tuple[str, ...] = ()
+    gpu_args: tuple[str, ...] = ()
     # Also time the sampling forward and the update forward+backward of a fresh UNet eager and
     # compiled, with the compile's seconds (lever_timings): on CUDA by default;
     # on the CPU configuration when asked (why the loop stays eager there: experiments/bench)
     gpu_levers: bool = True
     cpu_levers: bool = False
-    # Also time `make demo` stage by stage, eager and with the compiled sampling path (a fresh compile
-    # cache, then warm), each demo in a process of its own (tools.demo_bench): about 3 demos long
     # Also time DPOK's loop with each of these trainable parts (model.parameterisation) in the same
     # process: seconds per round of its update and its sampling (DiffCon's side network against LoRA)
     adapters: tuple[Parameterisation, ...] = ("lora", "side")
@@ -90,47 +91,46 @@ class BenchConfig:
     # and time (the masks' content does not change either); the bare passes stay plain DPOK's and
     # RWL's, so the overhead ratio counts the penalty's base-model passes as overhead
     region_weight: NonNegativeFloat = 0.0
+    # Also time `make demo` stage by stage, eager and with the compiled sampling path (a fresh compile
+    # cache, then warm), each demo in a process of its own (tools.demo_bench): about 3 demos long
     demo: bool = False
     demo_args: tuple[str, ...] = ()  # added to each of those demos, e.g. [seed=1]
     demo_runs: tuple[str, ...] = ("eager", "compiled-cold", "compiled-warm")  # which of them (tools.demo_bench.RUNS)
 
 
+def bench_overrides(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> dict:
+    """What the bench sets on a shipped fine-tuning config, by dotted key: the model and reward it
+    times, how long it times (``rounds``, ``rwl_steps``), ``region_weight`` when set, and nothing it
+    does not time -- no checkpoints, grids or learning curve, one sample grid prompt, and one image
+    per prompt for RWL's one-off D_model and D_pre (sampled before the steps it times)."""
+    return {"method": method, "output_dir": out, "model.pipeline": pipeline, "reward": cfg.reward,
+            "sample_grid_every": 0, "curve_every": 0, "prompts.eval_prompts": ("one red circle",),
+            "dpok.rounds": cfg.rounds, "dpok.checkpoint_every_rounds": 0,
+            "rwl.steps": cfg.rwl_steps, "rwl.samples_per_prompt": 1, "rwl.pretrain_per_prompt": 1,
+            "rwl.checkpoint_every_steps": 0,
+            **({"region.weight": cfg.region_weight} if cfg.region_weight > 0 else {})}
+
+
 def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> FinetuneConfig:
-    """The shapes-world configuration the bench runs: the fine-tuning defaults (fp32) with the
-    bench's sizes, DPOK's window every step and no tail (the bench's sizes predate the shipped
-    window; RWL's learning rate), no checkpoints or grids (they are not what it times)."""
-    d = FinetuneConfig()
-    return replace(
-        d, method=method, output_dir=out, mixed_precision="no", sample_grid_every=0,
-        model=replace(d.model, pipeline=pipeline), reward=cfg.reward,
-        region=replace(d.region, weight=cfg.region_weight),
-        sampling=replace(d.sampling, num_inference_steps=cfg.num_inference_steps),
-        prompts=replace(d.prompts, eval_prompts=("one red circle",)), optim=replace(d.optim, lr=3e-4),
-        dpok=replace(d.dpok, rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round,
-                     samples_per_prompt=cfg.samples_per_prompt, steps_per_sample=cfg.steps_per_sample,
-                     window=(0, None), tail_steps=0, minibatch_size=cfg.minibatch_size, checkpoint_every_rounds=0),
-        rwl=replace(d.rwl, steps=cfg.rwl_steps, batch_size=cfg.rwl_batch_size, samples_per_prompt=1,
-                    pretrain_per_prompt=1, checkpoint_every_steps=0))
+    """The shapes-world configuration: ``method``'s shipped config as ``make demo`` loads it
+    (finetune/configs/<method>.yaml), the bench's overrides on it, then ``cfg.shapes_args``."""
+    shipped = load_config(FinetuneConfig, CONFIGS / f"{method}.yaml")
+    return with_overrides(replace_keys(shipped, bench_overrides(cfg, pipeline, out, method)), cfg.shapes_args)
 
 
 def gpu_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, prompts_file: str) -> FinetuneConfig:
-    """The CUDA configuration: ``cfg.gpu_config`` as a user runs it, with the bench's rounds and
-    RWL steps, no checkpoints or grids.  ``prompts_file`` (:func:`write_bench_prompts`) holds one
-    DPOK round's worth of prompts, so that RWL's D_model, one sample each, is sampled at the same
-    batch shape as a DPOK round (its one-off sampling is not what the bench times)."""
-    f = load_config(FinetuneConfig, Path(cfg.gpu_config), [])
-    return replace(
-        f, method=method, output_dir=out, sample_grid_every=0, curve_every=0, seed=0,
-        model=replace(f.model, pipeline=pipeline), reward=cfg.reward,
-        region=replace(f.region, weight=cfg.region_weight),
-        prompts=replace(f.prompts, prompts_file=prompts_file, eval_prompts=("one red circle",)),
-        dpok=replace(f.dpok, rounds=cfg.rounds, checkpoint_every_rounds=0),
-        rwl=replace(f.rwl, steps=cfg.rwl_steps, samples_per_prompt=1, pretrain_per_prompt=1, checkpoint_every_steps=0))
+    """The CUDA configuration: ``cfg.gpu_config`` as a user runs it, the bench's overrides on it,
+    then ``cfg.gpu_args``.  ``prompts_file`` (:func:`write_bench_prompts`) holds one DPOK round's
+    worth of prompts, so that RWL's D_model, one sample each, is sampled at the same batch shape as
+    a DPOK round (its one-off sampling is not what the bench times)."""
+    shipped = load_config(FinetuneConfig, Path(cfg.gpu_config))
+    values = {**bench_overrides(cfg, pipeline, out, method), "prompts.prompts_file": prompts_file}
+    return with_overrides(replace_keys(shipped, values), cfg.gpu_args)
 
 
 def write_bench_prompts(cfg: BenchConfig, path: Path) -> str:
-    """One DPOK round's worth of shapes-world train prompts of ``cfg.gpu_config``, one per line."""
-    d = load_config(FinetuneConfig, Path(cfg.gpu_config), []).dpok
+    """One DPOK round's worth of shapes-world train prompts of the CUDA configuration, one per line."""
+    d = gpu_config(cfg, "", "", "dpok", str(path)).dpok
     n = d.prompts_per_round * d.samples_per_prompt
     path.write_text("\n".join(([p.text for p in prompt_set("train")] * n)[:n]) + "\n")
     return str(path)
@@ -188,6 +188,7 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
         rows = []
         dpok_cfg = make_cfg(f"{tmp}/dpok", "dpok")
         d = dpok_cfg.dpok
+        w0, w1 = dpok_cfg.dpok_window
         loop_device = "cuda" if torch.cuda.is_available() else "cpu"  # the accelerator's default
         _reset_peak_memory(loop_device)
         train_dpok(dpok_cfg, progress=False, on_round=lambda r: rows.append(r))
@@ -226,7 +227,8 @@ def bench_pipeline(cfg: BenchConfig, name: str, make_cfg: Callable[[str, Method]
             flop_convention=FLOP_CONVENTION if mfu is not None else None,
             pass_peak_mb=bare.get("peak_mb"), date=day,
             notes=f"B={b} samples, T={dpok_cfg.sampling.num_inference_steps} steps, {d.steps_per_sample} trained per "
-                  f"sample, minibatch {d.minibatch_size}, CFG" + _settings(dpok_cfg)
+                  f"sample from steps [{w0}, {w1})" + (f" then a {d.tail_steps}-call tail" if d.tail_steps else "")
+                  + f", minibatch {d.minibatch_size}, CFG" + _settings(dpok_cfg)
                   + (f" (mean outside change {statistics.mean(outside):.3g})" if outside else "")))
         on_result(results)
         steps = []
@@ -319,6 +321,12 @@ def run_bench(cfg: BenchConfig) -> int:
     """``make bench`` with ``cfg``: every configuration, bench.json and bench.md after each result."""
     if cfg.demo:
         check_runs(cfg.demo_runs)  # before minutes of other benchmarks
+    # a bad shapes_args, gpu_config or gpu_args is refused before minutes of timing, too
+    for method in ("dpok", "rwl"):
+        if cfg.shapes:
+            shapes_config(cfg, cfg.cpu_pipeline, "", method)
+        if cfg.gpu:
+            gpu_config(cfg, "", "", method, "")
     skipped, results = [], []
     out = Path(cfg.output_dir)
 

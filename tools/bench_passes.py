@@ -95,13 +95,20 @@ def update_pass(cfg: FinetuneConfig) -> tuple[int, int, int, int]:
     return d.prompts_per_round * d.samples_per_prompt, m, min(cfg.items_per_pass(rows == 2) or m, m), rows
 
 
+def sampling_calls(cfg: FinetuneConfig) -> int:
+    """UNet calls of one DPOK sampling chain: the stochastic steps up to the window's end, then a
+    deterministic tail of ``dpok.tail_steps`` calls (finetune.sampler.sample_trajectories), or all
+    ``sampling.num_inference_steps`` steps without a tail."""
+    return cfg.dpok_window[1] + cfg.dpok.tail_steps if cfg.dpok.tail_steps else cfg.sampling.num_inference_steps
+
+
 def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     """Seconds of the unavoidable passes of one DPOK round and one RWL step on ``run``'s models, at
     the loops' row counts (``compute.micro_batch`` rows per update pass when set), and on CUDA the
     FLOPs of one update minibatch and each pass's peak memory.
 
-    DPOK round (B samples, T steps, k trained steps per sample, minibatch m in parts of u
-    transitions, u = micro_batch / 2; guidance doubles rows):
+    DPOK round (B samples, T UNet calls a chain (:func:`sampling_calls`), k trained steps per
+    sample, minibatch m in parts of u transitions, u = micro_batch / 2; guidance doubles rows):
       sample  T x UNet forward at 2B (no grad) + text encoder at B
       reward  VAE decode at B + reward model at B
       update  ceil(Bk/m) x [ceil(m/u) x (UNet forward+backward at 2u + UNet forward at 2u, the KL
@@ -147,7 +154,7 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     }
     out = {k: timeit(fn, repeats, sync) for k, fn in timed.items()}
     n_mb, n_micro = math.ceil(b * d.steps_per_sample / m), math.ceil(m / u)
-    out["sample_s"] = run.schedule.num_steps * out["unet_fwd_2B"] + out["text_encoder_B"]
+    out["sample_s"] = sampling_calls(cfg) * out["unet_fwd_2B"] + out["text_encoder_B"]
     out["reward_s"] = out["vae_decode_B"] + out["reward_B"]
     out["update_s"] = n_mb * (n_micro * (out["unet_fwd_bwd_2u"] + out["unet_ref_fwd_2u"]) + out["optimizer_step"])
     out["rwl_step_s"] = (2 * out["rwl_text_encoder"] + math.ceil(half / um) * out["rwl_fwd_bwd_model"]

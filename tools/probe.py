@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.families import require_finetunable
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import default_device, load_model, resolve_model
@@ -123,7 +124,9 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     ``progress``: a tqdm-like bar advanced by samples."""
     after = _check(cfg)
     device = default_device()
-    pipe = load_model(resolve_model(cfg.pipeline), device=device)  # a pipeline folder or a fine-tuned run
+    ref = resolve_model(cfg.pipeline)  # a pipeline folder or a fine-tuned run
+    require_finetunable(ref.base)  # the probe samples DPOK's DDIM chain: a flow folder is refused
+    pipe = load_model(ref, device=device)
     reward = Reward(reward_fn, cfg.reward.batch_size) if reward_fn else load_reward(cfg.reward, device)
     s = cfg.sampling
     schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps, s.eta).to(device)

@@ -17,7 +17,7 @@ DEMO=runs/demo-s$S; ROOT=datasets/demo-s$S; OUT=runs/region-dpok-s$S; MARKED=dat
   $PY -m pipelines.demo seed=$S root=$ROOT runs=$DEMO report=reports/demo-s$S
 if [ ! -d $MARKED ]; then
   cp -a $ROOT $MARKED
-  $PY experiments/region-head/mark_round.py $MARKED $S
+  $PY -c "import sys; from data import Store; from shapes.marking import simulate_marks; print(simulate_marks(Store(sys.argv[1]), seed=int(sys.argv[2])))" $MARKED $S  # marks written
 fi
 [ -f $OUT/reward-$TAG/metrics.json ] || \
   $PY -m pipelines.train_reward --config $DEMO/reward/config.yaml data.root=$MARKED out_dir=$OUT/reward-$TAG progress=false

@@ -9,7 +9,7 @@ ROOT=datasets/region-s$S
 export PYTHONPATH=$PWD
 $PY -m pipelines.generate root=$ROOT prompts=all per_prompt=8 seed=$S
 $PY -m pipelines.simulate_raters label.root=$ROOT label.overlap=3 raters=5 flip_rate=0.1 seed=$S
-$PY experiments/region-head/mark_round.py $ROOT $S
+$PY -c "import sys; from data import Store; from shapes.marking import simulate_marks; print(simulate_marks(Store(sys.argv[1]), seed=int(sys.argv[2])))" $ROOT $S  # marks written
 $PY -m pipelines.train_reward data.root=$ROOT out_dir=runs/region-s$S train.seed=$S \
     train.baselines=false train.ablate_aux=false overwrite=true progress=false
 cp runs/region-s$S/metrics.json experiments/region-head/region-head-seed$S.json

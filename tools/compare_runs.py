@@ -1,12 +1,16 @@
-"""Compare every file of two loop outputs (tiny_loop.py's out folders) field by field.
+"""Compare every file of two run outputs (a workflow's folders, e.g. the same tiny loop or demo run
+at two commits) field by field: does a change keep behaviour?
 
-    python experiments/closed-loop/compare_runs.py <old out> <new out>
+    python -m tools.compare_runs <old out> <new out>     # exit status 0: every file the same
 
 JSON: every leaf that differs; YAML, Markdown, text: a diff; Parquet tables: the columns whose
 values differ (all parts of a table together, each column sorted); weights, images and other
 files: byte equality.  Each folder's own path is replaced by <ROOT> first; part files and
-TensorBoard files are matched by folder, not by their time-stamped names.
+TensorBoard files are matched by folder, not by their time-stamped names.  Times and seconds
+differ from run to run: read them off the printed list.
 """
+
+from __future__ import annotations
 
 import difflib
 import json
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-TEXT = ("yaml", "txt", "md", "csv", "made-by-make-loop")
+TEXT = ("yaml", "txt", "md", "csv", "made-by-make-loop", "made-by-make-demo")  # compared as text
 
 
 def files(root: Path) -> dict[str, list[Path]]:
@@ -82,14 +86,17 @@ def compare(rel: str, a: list[Path], b: list[Path], old: Path, new: Path) -> boo
     return same
 
 
-def main(old: Path, new: Path) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Print what differs between the two folders in ``argv``; 0 when every file is the same."""
+    old, new = (Path(a).resolve() for a in (argv if argv is not None else sys.argv[1:]))
     fo, fn = files(old), files(new)
     print("only old:", sorted(set(fo) - set(fn)), "only new:", sorted(set(fn) - set(fo)))
     counts: dict[str, list[int]] = {}
     for rel in sorted(set(fo) & set(fn)):
         counts.setdefault(rel.rsplit(".", 1)[-1], [0, 0])[not compare(rel, fo[rel], fn[rel], old, new)] += 1
     print("files per kind [same, different]:", counts)
+    return 0 if set(fo) == set(fn) and not any(d for _, d in counts.values()) else 1
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve())
+    sys.exit(main())
