@@ -20,13 +20,17 @@ by the batch's reward std (``per_prompt`` with ``advantage_scale=group``: by eac
 DDPO) so that alpha and the clip range mean the same for any reward scale.
 Every round draws its prompts, noise and step subsets from generators seeded by (seed, round,
 process), so a run resumed from a checkpoint continues exactly as if never interrupted.
+
+A round is four phases, each one function (as TRL's ``step``; the loss of one minibatch of
+transitions, :func:`_policy_loss`, is its ``calculate_loss``): :func:`_sample` the round's
+trajectories -> :func:`_score` their images -> :func:`_update` the policy on them ->
+:func:`_after_round` (the learning curve, the round's row, logs, the sample grid, a checkpoint).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,14 +40,13 @@ from tqdm.auto import tqdm
 from core import seeds
 from core.errors import UserError
 from finetune.checkpoints import save_checkpoint, save_result
-from finetune.components import Components
 from finetune.config import FinetuneConfig
-from finetune.image_log import log_images
+from finetune.image_log import SampleGrid, fixed_noise_images
 from finetune.policy import DiffusionPolicy, base_policy
-from finetune.prompts import grid_prompts, prompt_group_ids
+from finetune.prompts import prompt_group_ids
 from finetune.region import outside_change
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
-from finetune.run import FinetuneResult, backward_contexts, micro_batches, setup_run
+from finetune.run import FinetuneResult, Run, micro_batches, setup_run
 from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import OracleReward, Reward, RewardFn, RewardSource, load_reward
 
@@ -71,6 +74,46 @@ class RoundStats:
     outside_change: float | None = None  # region.weight > 0: mean change outside the problem regions (RMS)
 
 
+@dataclass
+class RoundSamples:
+    """What a round samples (:func:`_sample`): B = prompts_per_process x samples_per_prompt images."""
+
+    prompts: list[str]  # (B,): each drawn prompt samples_per_prompt times in a row
+    cond: torch.Tensor  # (B, L, D) their text embeddings
+    uncond: torch.Tensor  # (B, L, D) the empty prompt's, for guidance
+    noise: torch.Tensor  # the generator state sampling started from: region-aware, the base model draws it too
+    traj: Trajectory
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1]
+
+
+class LearningCurve:
+    """``curve_every`` > 0: the share of the policy's samples of the training prompts (each
+    ``curve_samples`` times, embedded once) that the shapes oracle judges aligned, measured
+    before the first round and after every ``curve_every`` rounds and the last; ``points`` is
+    metrics.json's ``curve``.  ``curve_every`` = 0: no points, nothing loaded."""
+
+    def __init__(self, run: Run, points: list[dict]):
+        self.run, self.points = run, points
+        if run.cfg.curve_every:
+            _check_curve_prompts(run.prompts)
+            self.judge = load_reward(CURVE_JUDGE, run.device)
+            self.texts = [p for p in run.prompts for _ in range(run.cfg.curve_samples)]
+            self.cond, self.uncond = encode_prompts(run.comps.pipe, self.texts, run.device)
+
+    def due(self, rounds_done: int) -> bool:
+        every = self.run.cfg.curve_every
+        return bool(every) and (rounds_done % every == 0 or rounds_done == self.run.cfg.dpok.rounds)
+
+    def measure(self, rounds_done: int) -> float:
+        """Add the curve's point after ``rounds_done`` rounds (its image count too, for the
+        standard error of evaluation.curves) and return the aligned share."""
+        run = self.run
+        aligned = curve_alignment(run.sampling_policy(), run.comps.pipe, self.judge, self.texts, self.cond,
+                                  self.uncond, run.latent_shape, run.cfg)
+        self.points.append({"round": rounds_done, "oracle_aligned": aligned, "images": len(self.texts)})
+        return aligned
+
+
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
     seed = seeds.derived_seed(cfg.seed, seeds.Stream.DPOK_ROUND, r, process)
     return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
@@ -81,115 +124,154 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
     """Run DPOK as configured; ``reward_fn`` overrides ``cfg.reward``; ``on_round`` is called after
     every round (and checkpoint), e.g. to plot learning curves or stop early."""
     run, state = setup_run(cfg, reward_fn)
-    cfg, out, accelerator, device = run.cfg, run.out, run.accelerator, run.device
-    d, comps, pipe, policy = cfg.dpok, run.comps, run.comps.pipe, run.policy
-    unet, lr_sched = comps.unet, run.lr_scheduler
-    start, history = 0, []
+    cfg, d, accelerator = run.cfg, run.cfg.dpok, run.accelerator
+    start, history = (state["round"], state["history"]) if state is not None else (0, [])
     if state is not None:
-        start, history = state["round"], state["history"]
-        accelerator.print(f"resuming {out} at round {start}")
+        accelerator.print(f"resuming {run.out} at round {start}")
     if start >= d.rounds:
-        raise UserError(f"{out} already finished {start} of dpok.rounds={d.rounds}.",
+        raise UserError(f"{run.out} already finished {start} of dpok.rounds={d.rounds}.",
                         "raise dpok.rounds to continue training, or pass resume=false.")
-
     run.init_trackers("dpok", start)
-    grid = grid_prompts(cfg)  # the sample grids' prompts, read once
-    eval_cond, eval_uncond = encode_prompts(pipe, grid, device)
-    curve = state.get("curve", []) if state is not None else []
-    if cfg.curve_every:
-        _check_curve_prompts(run.prompts)
-        curve_judge = load_reward(CURVE_JUDGE, device)
-        curve_texts = [p for p in run.prompts for _ in range(cfg.curve_samples)]
-        curve_cond, curve_uncond = encode_prompts(pipe, curve_texts, device)
-
-        def measure_curve(after_round: int) -> float:
-            """Add the curve's point after ``after_round`` rounds (its image count too, for the
-            standard error of evaluation.curves) and return the aligned share."""
-            aligned = curve_alignment(run.sampling_policy(), pipe, curve_judge, curve_texts, curve_cond,
-                                      curve_uncond, run.latent_shape, cfg)
-            curve.append({"round": after_round, "oracle_aligned": aligned, "images": len(curve_texts)})
-            return aligned
-
-        if start == 0:
-            measure_curve(0)
-    n_proc, rank = accelerator.num_processes, accelerator.process_index
-    per_process = d.prompts_per_process(n_proc)
+    grid = SampleGrid(run)
+    curve = LearningCurve(run, state.get("curve", []) if state is not None else [])
+    if cfg.curve_every and start == 0:
+        curve.measure(0)
     bar = tqdm(range(start, d.rounds), initial=start, total=d.rounds, desc="dpok", unit="round",
                disable=not (progress and accelerator.is_main_process))
     t_start = time.perf_counter()
     for r in bar:
-        gen, rng = _round_generator(cfg, r, rank, device)
-        # -- sample -----------------------------------------------------------------------
+        gen, rng = _round_generator(cfg, r, accelerator.process_index, run.device)
         t0 = time.perf_counter()
-        # Distinct prompts per round where there are enough: a repeated prompt would merge into
-        # one per-prompt baseline group and cut the round's prompt diversity.
-        drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
-        round_prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
-        cond, uncond = encode_prompts(pipe, round_prompts, device)
-        unet.eval()
-        noise = gen.get_state()  # region-aware: the base model's image draws this same noise
-        traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, round_prompts,
-                                   cfg.dpok_window[1], d.tail_steps)
-        images = decode_latents(pipe.vae, traj.final_latents)
+        batch = _sample(run, gen, rng)
         t1 = time.perf_counter()
-        rewards = run.reward.score(images, round_prompts).to(device)
-        if not torch.isfinite(rewards).all():
-            raise UserError("the reward model returned NaN or infinite rewards.",
-                            "check the reward model folder (retrain it with `make reward`).")
-        outside = None
-        if cfg.region.weight > 0:  # Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||
-            outside = _outside_change(run, noise, cond, uncond, round_prompts, images)
-            rewards = rewards - cfg.region.weight * outside
+        rewards, outside = _score(run, batch)
         t2 = time.perf_counter()
-        # -- advantages (B, T) --------------------------------------------------------------
-        adv = _advantages(traj, rewards, d)
-        adv = adv.clamp(-d.advantage_clip, d.advantage_clip)
-        # -- update -------------------------------------------------------------------------
-        unet.train()
-        stats = _update(accelerator, policy, comps, run.optimizer_step, traj, adv, cfg, rng)
+        stats = _update(run, batch.traj, rewards, rng)
         t3 = time.perf_counter()
-        aligned = None
-        if cfg.curve_every and ((r + 1) % cfg.curve_every == 0 or r + 1 == d.rounds):
-            aligned = measure_curve(r + 1)
-        all_rewards = accelerator.gather(rewards)
-        row = RoundStats(
-            round=r + 1, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
-            lr=float(lr_sched.get_last_lr()[0]),
-            seconds_sample=t1 - t0, seconds_reward=t2 - t1, seconds_update=t3 - t2, oracle_aligned=aligned,
-            outside_change=None if outside is None else float(accelerator.gather(outside).mean()), **stats)
-        history.append(asdict(row))
-        if (r + 1) % cfg.log_every == 0:
-            accelerator.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=r + 1)
+        row = _after_round(run, r + 1, rewards, outside, stats, (t1 - t0, t2 - t1, t3 - t2), history, curve, grid)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
-        if cfg.sample_grid_every and ((r + 1) % cfg.sample_grid_every == 0 or r + 1 == d.rounds):
-            _sample_grid(accelerator, run.sampling_policy(), pipe, grid, eval_cond, eval_uncond, run.latent_shape, cfg,
-                         out, r + 1)
-        if d.checkpoint_every_rounds and (r + 1) % d.checkpoint_every_rounds == 0 and r + 1 < d.rounds:
-            save_checkpoint(accelerator, out, r + 1, run.checkpoint_state(
-                round=r + 1, history=history, curve=curve))
         if on_round is not None:
             on_round(row)
     metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
-               "curve": curve, "seconds": time.perf_counter() - t_start,
+               "curve": curve.points, "seconds": time.perf_counter() - t_start,
                "lineage": run.lineage}
-    save_result(accelerator, comps, cfg, out, metrics)
+    save_result(accelerator, run.comps, cfg, run.out, metrics)
     accelerator.end_training()
-    return FinetuneResult(out, history, metrics)
+    return FinetuneResult(run.out, history, metrics)
+
+
+def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSamples:
+    """Phase 1: the round's prompts (distinct where there are enough: a repeated prompt would merge
+    into one per-prompt baseline group and cut the round's prompt diversity), each sampled
+    ``samples_per_prompt`` times by the current policy (DDIM, eta > 0) through the trained window
+    and the deterministic tail, and decoded."""
+    cfg, d = run.cfg, run.cfg.dpok
+    per_process = d.prompts_per_process(run.accelerator.num_processes)
+    drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
+    prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
+    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device)
+    run.comps.unet.eval()
+    noise = gen.get_state()
+    traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, prompts,
+                               cfg.dpok_window[1], d.tail_steps)
+    return RoundSamples(prompts, cond, uncond, noise, traj, decode_latents(run.comps.pipe.vae, traj.final_latents))
+
+
+def _score(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Phase 2: the rewards (B,) of the round's images and, region-aware (``region.weight`` > 0),
+    each image's change outside its problem region (B,), which the reward is charged for
+    (Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||); else None."""
+    rewards = run.reward.score(batch.images, batch.prompts).to(run.device)
+    if not torch.isfinite(rewards).all():
+        raise UserError("the reward model returned NaN or infinite rewards.",
+                        "check the reward model folder (retrain it with `make reward`).")
+    if run.cfg.region.weight <= 0:
+        return rewards, None
+    outside = _outside_change(run, batch)
+    return rewards - run.cfg.region.weight * outside, outside
 
 
 @torch.no_grad()
-def _outside_change(run, noise: torch.Tensor, cond, uncond, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+def _outside_change(run: Run, batch: RoundSamples) -> torch.Tensor:
     """(B,) each image's change, from the base model's image of the same noise (the generator state
-    ``noise`` the round's sampling started from), outside the problem region the reward's region
-    model marks on that base image (:meth:`finetune.run.Run.keep_regions`)."""
+    the round's sampling started from), outside the problem region the reward's region model
+    marks on that base image (:meth:`finetune.run.Run.keep_regions`)."""
     cfg = run.cfg
     gen = torch.Generator(run.device)
-    gen.set_state(noise)
+    gen.set_state(batch.noise)
     with base_policy(run.policy) as base:
-        traj = sample_trajectories(base, cond, uncond, run.latent_shape, gen, prompts, cfg.dpok_window[1],
-                                   cfg.dpok.tail_steps)
+        traj = sample_trajectories(base, batch.cond, batch.uncond, run.latent_shape, gen, batch.prompts,
+                                   cfg.dpok_window[1], cfg.dpok.tail_steps)
     base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
-    return outside_change(images, base_images, run.keep_regions(base_images, prompts).to(images.device))
+    keep = run.keep_regions(base_images, batch.prompts).to(batch.images.device)
+    return outside_change(batch.images, base_images, keep)
+
+
+def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Generator) -> dict:
+    """Phase 3: the advantages (B, T), then the round's clipped policy-gradient updates on a random
+    draw of its transitions (:func:`draw_transitions`), ``minibatch_size`` transitions an
+    optimizer step (:meth:`finetune.run.Run.gradient_step`, in micro-batches of
+    ``compute.micro_batch`` UNet rows).  Returns the round's mean of each minibatch's statistics
+    and the mean gradient norm.  The statistics stay on the device (float64 sums) until the round
+    ends, so the loop never waits for the GPU."""
+    cfg, d = run.cfg, run.cfg.dpok
+    adv = _advantages(traj, rewards, d).clamp(-d.advantage_clip, d.advantage_clip)
+    run.comps.unet.train()
+    start, end = cfg.dpok_window
+    samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
+    names = ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss")
+    device = traj.latents.device
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+    n_mb = n_opt = 0
+    order = rng.permutation(len(steps))
+    for first in range(0, len(order), d.minibatch_size):
+        sel = order[first:first + d.minibatch_size]
+
+        def loss(part: slice, sel=sel) -> tuple[torch.Tensor, torch.Tensor]:
+            # each micro-batch's terms scaled by its share of the minibatch: they add up to the minibatch's
+            share = (part.stop - part.start) / len(sel)
+            terms = _policy_loss(run.accelerator, run.policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
+            return terms[-1] * share, torch.stack([t.detach().double() for t in terms]) * share
+
+        parts = micro_batches(len(sel), cfg.items_per_pass(run.policy.guidance_scale != 1.0))
+        reports, norm = run.gradient_step(parts, loss)
+        stats = torch.zeros(len(names), dtype=torch.float64, device=device)
+        for report in reports:
+            stats += report
+        if norm is not None:
+            grad_norm += norm.double()
+            n_opt += 1
+        sums += stats
+        n_mb += 1
+    means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
+    out = dict(zip(names, means))
+    out["grad_norm"] = float(grad_norm) / max(1, n_opt)
+    return out
+
+
+def _after_round(run: Run, done: int, rewards: torch.Tensor, outside: torch.Tensor | None, stats: dict,
+                 seconds: tuple[float, float, float], history: list[dict], curve: LearningCurve,
+                 grid: SampleGrid) -> RoundStats:
+    """Phase 4, after ``done`` rounds: the learning curve's point where due, the round's row
+    (rewards over every process; ``seconds`` of sampling, scoring and updating) into ``history``
+    and the trackers, the sample grid, a checkpoint where due."""
+    cfg, d, acc = run.cfg, run.cfg.dpok, run.accelerator
+    aligned = curve.measure(done) if curve.due(done) else None
+    all_rewards = acc.gather(rewards)
+    row = RoundStats(
+        round=done, reward_mean=float(all_rewards.mean()), reward_std=float(all_rewards.std(unbiased=False)),
+        lr=float(run.lr_scheduler.get_last_lr()[0]),
+        seconds_sample=seconds[0], seconds_reward=seconds[1], seconds_update=seconds[2], oracle_aligned=aligned,
+        outside_change=None if outside is None else float(acc.gather(outside).mean()), **stats)
+    history.append(asdict(row))
+    if done % cfg.log_every == 0:
+        acc.log({k: v for k, v in asdict(row).items() if k != "round" and v is not None}, step=done)
+    if cfg.sample_grid_every and (done % cfg.sample_grid_every == 0 or done == d.rounds):
+        grid.log(done, f"round-{done:04d}")
+    if d.checkpoint_every_rounds and done % d.checkpoint_every_rounds == 0 and done < d.rounds:
+        save_checkpoint(acc, run.out, done, run.checkpoint_state(round=done, history=history, curve=curve.points))
+    return row
 
 
 def _check_curve_prompts(prompts: list[str]) -> None:
@@ -197,20 +279,6 @@ def _check_curve_prompts(prompts: list[str]) -> None:
     if bad is not None:
         raise UserError(f"curve_every needs shapes-world prompts (the oracle judges the curve); '{bad}' is not one.",
                         "set curve_every=0 for these prompts.")
-
-
-@torch.no_grad()
-def fixed_noise_images(policy: DiffusionPolicy, pipe, cond, uncond, latent_shape, seed: int,
-                       prompts: list[str]) -> torch.Tensor:
-    """The current policy's images (B, 3, H, W) in [0, 1] of ``prompts`` (their embeddings ``cond`` /
-    ``uncond``) from the noise of a generator seeded with ``seed``: the same noise every call, so
-    the results compare across rounds.  The UNet's train/eval mode is left as it was."""
-    was_training = policy.unet.training
-    policy.unet.eval()
-    traj = sample_trajectories(policy, cond, uncond, latent_shape, torch.Generator(cond.device).manual_seed(seed),
-                               prompts)
-    policy.unet.train(was_training)
-    return decode_latents(pipe.vae, traj.final_latents)
 
 
 def curve_alignment(policy: DiffusionPolicy, pipe, judge: Reward, texts: list[str], cond, uncond, latent_shape,
@@ -248,46 +316,6 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
     return np.repeat(np.arange(batch), per_sample), steps.reshape(-1)
 
 
-def _update(accelerator, policy: DiffusionPolicy, comps: Components, optimizer_step: Callable[[], None],
-            traj: Trajectory, adv: torch.Tensor, cfg: FinetuneConfig, rng) -> dict:
-    """One round's clipped policy-gradient updates; ``optimizer_step``: :meth:`finetune.run.Run.optimizer_step`.
-
-    Each minibatch runs in micro-batches of ``compute.micro_batch`` UNet rows whose losses,
-    scaled by their share of the minibatch, are back-propagated in turn: the gradients add up to
-    the minibatch's.  The statistics stay on the device (float64 sums) until the round ends, so
-    the loop never waits for the GPU."""
-    d = cfg.dpok
-    start, end = cfg.dpok_window
-    samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
-    names = ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss")
-    device = traj.latents.device
-    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
-    grad_norm = torch.zeros((), dtype=torch.float64, device=device)
-    n_mb = n_opt = 0
-    order = rng.permutation(len(steps))
-    for start in range(0, len(order), d.minibatch_size):
-        sel = order[start:start + d.minibatch_size]
-        with accelerator.accumulate(policy.unet):
-            stats = torch.zeros(len(names), dtype=torch.float64, device=device)
-            parts = micro_batches(len(sel), cfg.items_per_pass(policy.guidance_scale != 1.0))
-            for part, sync in zip(parts, backward_contexts(accelerator, policy.unet, len(parts))):
-                share = (part.stop - part.start) / len(sel)
-                with sync:
-                    terms = _policy_loss(accelerator, policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
-                    accelerator.backward(terms[-1] * share)
-                stats += torch.stack([t.detach().double() for t in terms]) * share
-            if accelerator.sync_gradients:
-                grad_norm += accelerator.clip_grad_norm_(comps.trainable, cfg.optim.max_grad_norm).double()
-                n_opt += 1
-            optimizer_step()
-        sums += stats
-        n_mb += 1
-    means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
-    out = dict(zip(names, means))
-    out["grad_norm"] = float(grad_norm) / max(1, n_opt)
-    return out
-
-
 def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: torch.Tensor, samples: np.ndarray,
                  steps: np.ndarray, d) -> tuple[torch.Tensor, ...]:
     """DPOK eq. 7-8 on the transitions (samples[i], steps[i]): the mean KL term, clip fraction,
@@ -307,14 +335,3 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     kl = step_divergence(g.mean, ref.gaussian.mean, g.std, d.divergence)
     loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
     return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
-
-
-@torch.no_grad()
-def _sample_grid(accelerator, policy, pipe, prompts: list[str], cond, uncond, latent_shape, cfg, out: Path,
-                 r: int) -> None:
-    """The grid ``prompts`` (``cond`` / ``uncond`` their embeddings) with fixed noise: the same seeds
-    every time, so grids compare across rounds."""
-    images = fixed_noise_images(policy, pipe, cond, uncond, latent_shape, cfg.seed + seeds.FIXED_NOISE["grid"],
-                                prompts)
-    log_images(accelerator, "samples/eval_prompts", images, r, out / "samples" / f"round-{r:04d}.png",
-               ncols=len(prompts))

@@ -1,7 +1,8 @@
 """One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs and
 loads the reward (its region model too, when the run asks for one), then prepares the output
 folder, loads the model, prompts and optimizer through accelerate and restores the newest
-checkpoint; :class:`Run` holds the result."""
+checkpoint; :class:`Run` holds the result, and takes both methods' optimizer steps
+(:meth:`Run.gradient_step`, a batch back-propagated in micro-batches, :func:`backward_micro_batches`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,11 +38,21 @@ def micro_batches(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def backward_contexts(accelerator, model, n: int) -> list:
-    """The contexts of ``n`` backward passes whose gradients add up to one optimizer step: every
-    one but the last skips the gradient all-reduce of a multi-process run
+def backward_micro_batches(accelerator, model, parts: list, loss: Callable[[object], tuple[torch.Tensor, object]]
+                           ) -> list:
+    """Back-propagate one optimizer step's loss in parts (micro-batches): ``loss(part)`` returns the
+    part's loss, already scaled by its share of the step's, and a report (detached values) of it;
+    the gradients add up to the step's.  Returns the reports, in order.
+
+    Every backward but the last skips the gradient all-reduce of a multi-process run
     (``accelerator.no_sync``), which then happens once, on the summed gradients."""
-    return [accelerator.no_sync(model) if j < n - 1 else nullcontext() for j in range(n)]
+    reports = []
+    for j, part in enumerate(parts):
+        with accelerator.no_sync(model) if j < len(parts) - 1 else nullcontext():
+            scaled, report = loss(part)
+            accelerator.backward(scaled)
+        reports.append(report)
+    return reports
 
 
 def seed_everything(seed: int) -> None:
@@ -99,12 +111,23 @@ class Run:
         rows = cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1)
         return self.policy.for_sampling(cfg.sampling.compile, rows)
 
-    def optimizer_step(self) -> None:
-        """One optimizer and learning-rate step, gradients cleared.  Under ``accelerator.accumulate()``
-        the prepared optimizer and scheduler skip the steps that do not synchronise gradients."""
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def gradient_step(self, parts: list, loss: Callable[[object], tuple[torch.Tensor, object]]
+                      ) -> tuple[list, torch.Tensor | None]:
+        """One optimizer step on a batch cut into ``parts``: each part's loss back-propagated in turn
+        (:func:`backward_micro_batches`, ``loss`` as there), the gradients clipped to
+        ``optim.max_grad_norm``, then the optimizer and learning-rate steps, gradients cleared.
+        Returns the parts' reports and the gradient norm before clipping (None on a step that
+        only accumulates: under ``optim.grad_accum`` the prepared optimizer and scheduler skip
+        the steps that do not synchronise gradients)."""
+        acc, unet = self.accelerator, self.comps.unet
+        with acc.accumulate(unet):
+            reports = backward_micro_batches(acc, unet, parts, loss)
+            grad_norm = (acc.clip_grad_norm_(self.comps.trainable, self.cfg.optim.max_grad_norm)
+                         if acc.sync_gradients else None)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return reports, grad_norm
 
     def init_trackers(self, name: str, start: int) -> None:
         """TensorBoard for the steps after ``start`` (the checkpoint resumed from; 0 for a fresh

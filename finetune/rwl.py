@@ -12,6 +12,11 @@ D_model: images the base model generates for the training prompts, scored once b
 model (and optionally images raters labelled good, weight 1).  D_pre: image-caption pairs, in the
 shapes world renders with their true prompts, in general a dataset root's generations table.
 Both are encoded to latents once and cached in the output folder.
+
+The phases (as DPOK's, :mod:`finetune.dpok`): sample and score once, offline, as Lee et al. do
+(:func:`build_model_set`), then every step :func:`_update` (one optimizer step of eq. 2 on a fresh
+batch; the per-example loss, :func:`denoising_loss`, is TRL's ``calculate_loss``) ->
+:func:`_after_step` (the step's row, logs, a checkpoint); after the last step, the sample grid.
 """
 
 from __future__ import annotations
@@ -34,12 +39,12 @@ from data.labels import current
 from data.store import Store
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
-from finetune.image_log import log_images
+from finetune.image_log import SampleGrid
 from finetune.policy import base_policy
-from finetune.prompts import grid_prompts, shapes_pretrain_pairs
+from finetune.prompts import shapes_pretrain_pairs
 from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
-from finetune.run import FinetuneResult, Run, backward_contexts, micro_batches, setup_run
+from finetune.run import FinetuneResult, Run, micro_batches, setup_run
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -250,11 +255,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
                         "raise rwl.steps to continue training, or pass resume=false.")
     run.init_trackers("rwl", start)
-    grid = grid_prompts(cfg)  # the sample grid's prompts, read once
-    eval_cond, eval_uncond = encode_prompts(run.comps.pipe, grid, run.device)
+    grid = SampleGrid(run)
     bar = tqdm(range(start, r.steps), initial=start, total=r.steps, desc="rwl", unit="step",
                disable=not (progress and acc.is_main_process))
-    half = max(1, r.batch_size // 2)
     # Draw only images that carry weight; region-aware RWL draws every image, since its keep term
     # holds all of D_model (an image of weight 0 too) to the base model.
     p_model = (model_set.weights > 0).float() if model_set.keep is None else torch.ones(len(model_set))
@@ -262,69 +265,13 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     t_start = time.perf_counter()
     run.comps.unet.train()
     for step in bar:
-        seed = seeds.derived_seed(cfg.seed, seeds.Stream.RWL_STEP, step, acc.process_index)
-        rng, gen = np.random.default_rng(seed), torch.Generator(run.device).manual_seed(seed)
-        mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
-        pi = rng.choice(len(pre_set), size=half)
-        with acc.accumulate(run.comps.unet):
-            # Lee et al. eq. 2 on this batch, in micro-batches of compute.micro_batch UNet rows: each
-            # part's mean loss times its share of the half batch, back-propagated in turn, adds up
-            # to the gradient of loss_model + beta * loss_pre.
-            model_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
-            pre_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
-            pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
-            w = model_set.weights[mi].to(run.device)
-            guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
-            with acc.autocast():  # the batch's text embeddings at once; each part takes its rows
-                model_text = encode_prompts(run.comps.pipe, [model_set.prompts[i] for i in mi], run.device)
-                pre_text = encode_prompts(run.comps.pipe, pre_prompts, run.device)
-            jobs = ([("model", p) for p in micro_batches(half, cfg.items_per_pass(guidance > 1))]
-                    + [("pre", p) for p in micro_batches(half, cfg.items_per_pass(False))])
-            sums = {"model": 0.0, "pre": 0.0, "keep": 0.0}
-            for (kind, part), sync in zip(jobs, backward_contexts(acc, run.comps.unet, len(jobs))):
-                share = (part.stop - part.start) / half
-                with sync:
-                    with acc.autocast():
-                        if kind == "model":
-                            keep = None if model_set.keep is None else model_set.keep[mi[part]]
-                            lm, lk = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
-                                                    model_text[1][part], model_noise[0][part], model_noise[1][part],
-                                                    guidance, keep)
-                        else:
-                            lm, lk = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part],
-                                                    None, pre_noise[0][part], pre_noise[1][part])
-                    # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
-                    # estimator of E_model[w l] unbiased up to the constant P(w > 0).
-                    part_loss = (w[part] * lm).mean() if kind == "model" else lm.mean()
-                    keep_part = lk.mean() if lk is not None else torch.zeros((), device=run.device)
-                    acc.backward((part_loss + cfg.region.weight * keep_part) * share
-                                 * (1.0 if kind == "model" else r.pretrain_weight))
-                sums[kind] = sums[kind] + part_loss.detach() * share
-                sums["keep"] = sums["keep"] + keep_part.detach() * share
-            loss_model, loss_pre = sums["model"], sums["pre"]
-            loss = loss_model + r.pretrain_weight * loss_pre + cfg.region.weight * sums["keep"]
-            grad_norm = (acc.clip_grad_norm_(run.comps.trainable, cfg.optim.max_grad_norm) if acc.sync_gradients
-                         else torch.zeros((), device=run.device))
-            run.optimizer_step()
-        # the step's one wait for the device
-        values = torch.stack([loss, loss_model, loss_pre, w.mean(), grad_norm.float(),
-                              torch.as_tensor(sums["keep"], device=run.device)]).tolist()
-        row = StepStats(step + 1, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]),
-                        values[5] if model_set.keep is not None else None)
-        history.append(vars(row))
-        if (step + 1) % cfg.log_every == 0:
-            acc.log({k: v for k, v in vars(row).items() if k != "step" and v is not None}, step=step + 1)
+        values = _update(run, step, noise_scheduler, model_set, pre_set, p_model)
+        row = _after_step(run, step + 1, values, history, region=model_set.keep is not None)
         bar.set_postfix(loss=f"{row.loss:.4f}", pre=f"{row.loss_pre:.4f}")
-        if r.checkpoint_every_steps and (step + 1) % r.checkpoint_every_steps == 0 and step + 1 < r.steps:
-            save_checkpoint(acc, run.out, step + 1, run.checkpoint_state(step=step + 1, history=history))
         if on_step is not None:
             on_step(row)
     if cfg.sample_grid_every:
-        run.comps.unet.eval()
-        g = torch.Generator(run.device).manual_seed(cfg.seed + seeds.FIXED_NOISE["grid"])
-        traj = sample_trajectories(run.sampling_policy(), eval_cond, eval_uncond, run.latent_shape, g, grid)
-        log_images(acc, "samples/eval_prompts", decode_latents(run.comps.pipe.vae, traj.final_latents), r.steps,
-                   run.out / "samples" / f"step-{r.steps:06d}.png", ncols=len(grid))
+        grid.log(r.steps, f"step-{r.steps:06d}")
     metrics = {"method": "rwl", "steps": r.steps, "final": history[-1], "history": history,
                "d_model": {"images": len(model_set), "reward_mean": float(model_set.rewards.mean()),
                            "mean_weight": float(model_set.weights.mean())},
@@ -333,3 +280,78 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     save_result(acc, run.comps, cfg, run.out, metrics)
     acc.end_training()
     return FinetuneResult(run.out, history, metrics)
+
+
+def _update(run: Run, step: int, noise_scheduler, model_set: LatentSet, pre_set: LatentSet,
+            p_model: torch.Tensor) -> torch.Tensor:
+    """One optimizer step of Lee et al. eq. 2 on a fresh batch: half of rwl.batch_size drawn from
+    D_model (image i with probability ``p_model[i]``, weighted by its w), half from D_pre (its
+    prompt dropped with probability rwl.pretrain_uncond), each half in micro-batches of
+    ``compute.micro_batch`` UNet rows (:meth:`finetune.run.Run.gradient_step`).  Its examples,
+    noise and timesteps come from generators seeded by (seed, step, process), so a resumed run
+    draws what an uninterrupted one would.  Returns (6,) on the device: loss, loss_model,
+    loss_pre, the mean weight, the gradient norm (0 on a step that only accumulates), loss_keep."""
+    cfg, r, acc = run.cfg, run.cfg.rwl, run.accelerator
+    seed = seeds.derived_seed(cfg.seed, seeds.Stream.RWL_STEP, step, acc.process_index)
+    rng, gen = np.random.default_rng(seed), torch.Generator(run.device).manual_seed(seed)
+    half = max(1, r.batch_size // 2)
+    mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
+    pi = rng.choice(len(pre_set), size=half)
+    model_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
+    pre_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
+    pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
+    w = model_set.weights[mi].to(run.device)
+    guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
+    with acc.autocast():  # the batch's text embeddings at once; each part takes its rows
+        model_text = encode_prompts(run.comps.pipe, [model_set.prompts[i] for i in mi], run.device)
+        pre_text = encode_prompts(run.comps.pipe, pre_prompts, run.device)
+
+    def loss(job: tuple[str, slice]) -> tuple[torch.Tensor, tuple]:
+        # each part's mean loss times its share of the half batch (D_pre's times beta): the parts'
+        # gradients add up to the gradient of loss_model + beta * loss_pre (+ the keep term)
+        kind, part = job
+        share = (part.stop - part.start) / half
+        with acc.autocast():
+            if kind == "model":
+                keep = None if model_set.keep is None else model_set.keep[mi[part]]
+                lm, lk = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
+                                        model_text[1][part], model_noise[0][part], model_noise[1][part],
+                                        guidance, keep)
+            else:
+                lm, lk = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part],
+                                        None, pre_noise[0][part], pre_noise[1][part])
+        # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
+        # estimator of E_model[w l] unbiased up to the constant P(w > 0).
+        part_loss = (w[part] * lm).mean() if kind == "model" else lm.mean()
+        keep_part = lk.mean() if lk is not None else torch.zeros((), device=run.device)
+        scaled = (part_loss + cfg.region.weight * keep_part) * share * (1.0 if kind == "model" else r.pretrain_weight)
+        return scaled, (kind, part_loss.detach() * share, keep_part.detach() * share)
+
+    jobs = ([("model", p) for p in micro_batches(half, cfg.items_per_pass(guidance > 1))]
+            + [("pre", p) for p in micro_batches(half, cfg.items_per_pass(False))])
+    reports, grad_norm = run.gradient_step(jobs, loss)
+    sums = {"model": 0.0, "pre": 0.0, "keep": 0.0}
+    for kind, part_loss, keep_part in reports:
+        sums[kind] = sums[kind] + part_loss
+        sums["keep"] = sums["keep"] + keep_part
+    loss_model, loss_pre = sums["model"], sums["pre"]
+    total = loss_model + r.pretrain_weight * loss_pre + cfg.region.weight * sums["keep"]
+    if grad_norm is None:
+        grad_norm = torch.zeros((), device=run.device)
+    return torch.stack([total, loss_model, loss_pre, w.mean(), grad_norm.float(),
+                        torch.as_tensor(sums["keep"], device=run.device)])
+
+
+def _after_step(run: Run, done: int, values: torch.Tensor, history: list[dict], region: bool) -> StepStats:
+    """After ``done`` steps: the step's row (``values`` from :func:`_update`; loss_keep only when
+    ``region``, region-aware RWL) into ``history`` and the trackers, a checkpoint where due."""
+    cfg, r, acc = run.cfg, run.cfg.rwl, run.accelerator
+    values = values.tolist()  # the step's one wait for the device
+    row = StepStats(done, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]),
+                    values[5] if region else None)
+    history.append(vars(row))
+    if done % cfg.log_every == 0:
+        acc.log({k: v for k, v in vars(row).items() if k != "step" and v is not None}, step=done)
+    if r.checkpoint_every_steps and done % r.checkpoint_every_steps == 0 and done < r.steps:
+        save_checkpoint(acc, run.out, done, run.checkpoint_state(step=done, history=history))
+    return row
