@@ -18,12 +18,13 @@ import yaml
 
 from core.config import load_config, save_config, to_dict
 from core.errors import UserError
-from core.files import write_text_atomic
+from core.files import sort_safetensors_metadata, write_text_atomic
+from core.loading import LORA_WEIGHTS
 from core.side import SIDE_DIR, save_side
 from finetune.components import Components
 from finetune.config import FinetuneConfig, Method
 
-RESULT_FILES = ("metrics.json", "pytorch_lora_weights.safetensors", "model_index.json", SIDE_DIR)
+RESULT_FILES = ("metrics.json", LORA_WEIGHTS, "model_index.json", SIDE_DIR)
 RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
 
 
@@ -198,10 +199,14 @@ def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, 
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
         # The adapter's config (rank, lora_alpha, targets) goes into the file's metadata, so that
         # load_lora_weights (diffusers' and core.loading's) scales B A by lora_alpha / rank as
-        # trained; without it diffusers takes alpha = rank, scale 1.
+        # trained; without it diffusers takes alpha = rank, scale 1.  Its sets (peft's
+        # target_modules) are sorted and the header's keys put in order, so the same weights are
+        # the same bytes in every process (a run's fingerprint, and so its seeds, hash them).
+        adapter = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
+                   for k, v in unet.peft_config["default"].to_dict().items()}
         StableDiffusionPipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers,
-                                                  safe_serialization=True,
-                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+                                                  safe_serialization=True, unet_lora_adapter_metadata=adapter)
+        sort_safetensors_metadata(out / LORA_WEIGHTS)
     else:
         comps.pipe.unet = unet
         comps.pipe.save_pretrained(out)

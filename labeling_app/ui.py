@@ -26,9 +26,9 @@ from data.store import Store
 from data.targets import TargetRule
 from labeling_app.assignment import Assigner
 from labeling_app.compactor import Compactor, merge_leftovers
-from labeling_app.gold import ensure_gold
 from labeling_app.config import LabelConfig
 from labeling_app.export import EXPORTS_DIR
+from labeling_app.gold import ensure_gold
 from labeling_app.guidelines import guidelines_file, load_guidelines
 from labeling_app.marking import BINARY_ANSWER_JS, MARKS_CSS, MARKS_HEAD
 from labeling_app.rounds import served_round, shapes_prompts

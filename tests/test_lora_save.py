@@ -84,3 +84,60 @@ def test_a_run_saved_without_the_adapter_metadata_loads_at_its_configs_scale(tra
     assert yaml.safe_load((old / "config.yaml").read_text())["model"]["lora_alpha"] == ALPHA
     fused = load_model(resolve_model(old), device="cpu")
     assert (unet_output(fused.unet) - trained["output"]).abs().max() <= 1e-5
+
+
+def _header(path):
+    import json
+
+    raw = path.read_bytes()
+    return json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+
+
+def test_the_saved_lora_is_the_same_bytes_in_every_process(trained):
+    """safetensors writes its metadata map in a per-process order and peft's target_modules is a set:
+    the saved file's header must come out in one order, or a run's fingerprint (a hash of the file,
+    from which its generation seeds derive) changes from one process to the next."""
+    import json
+
+    from core.loading import LORA_WEIGHTS
+
+    header = _header(trained["run"] / LORA_WEIGHTS)
+    meta = header["__metadata__"]
+    assert list(meta) == sorted(meta)
+    targets = json.loads(meta["lora_adapter_metadata"])["target_modules"]
+    assert targets == sorted(targets)
+
+
+def test_sorting_the_metadata_makes_two_orders_one_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from core.files import sort_safetensors_metadata
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5, dtype=torch.float16)}
+    metas = [{"format": "pt", "lora_adapter_metadata": '{"r": 4}', "zz": "é"},
+             {"zz": "é", "lora_adapter_metadata": '{"r": 4}', "format": "pt"}]
+    files = []
+    for i, meta in enumerate(metas):
+        # write the header by hand in the given order (the writer's own order is not ours to pick)
+        import json
+
+        save_file(tensors, tmp_path / "plain.safetensors")
+        raw = (tmp_path / "plain.safetensors").read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        header.pop("__metadata__", None)
+        text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        f = tmp_path / f"{i}.safetensors"
+        f.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+        files.append(f)
+    assert files[0].read_bytes() != files[1].read_bytes()
+    for f in files:
+        sort_safetensors_metadata(f)
+    assert files[0].read_bytes() == files[1].read_bytes()
+    loaded = load_file(files[0])
+    assert set(loaded) == {"a", "b"} and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    from safetensors import safe_open
+
+    with safe_open(files[0], "pt") as f:
+        assert f.metadata() == metas[0]

@@ -36,9 +36,9 @@ from pathlib import Path
 from collect.selection import SelectConfig, select
 from core.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Share, save_config
 from core.errors import UserError
-from data.read import read_table
 from core.files import write_text_atomic
 from data.labels import current
+from data.read import read_table
 from data.rounds import filter_rounds, resolve_rounds, rounds_in
 from data.schemas import GENERATIONS, SelectionMethod
 from data.staging import STAGING
