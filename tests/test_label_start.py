@@ -11,15 +11,20 @@ from tests.test_bad_input_cli import one_error_line, tree
 from tests.test_schemas import label_row
 
 
-def test_label_refuses_a_truncated_generations_part_before_merging_the_labels(tmp_path, capsys):
-    from pipelines.label import main
-
+def round_with_label_parts(tmp_path):
+    """A round with three binary-label parts (what a start would merge) and a lead rater."""
     root = tmp_path / "round"
     make_round(root, n_prompts=2, per_prompt=2, hostile=False)
     store = Store(root)
-    for i in range(3):  # three parts: what a start would merge
+    for i in range(3):
         store.append(BINARY_LABELS, [label_row(label_id=f"l{i}", image_id=f"i{i}")])
-    raters = make_raters(root / "raters.json", ["lead"], admins=("lead",))
+    return root, store, make_raters(root / "raters.json", ["lead"], admins=("lead",))
+
+
+def test_label_refuses_a_truncated_generations_part_before_merging_the_labels(tmp_path, capsys):
+    from pipelines.label import main
+
+    root, store, raters = round_with_label_parts(tmp_path)
     part = sorted((root / "generations").glob("part-*.parquet"))[-1]
     part.write_bytes(part.read_bytes()[:200])
     before = tree(root)
@@ -37,12 +42,7 @@ def test_label_refuses_a_bad_gold_file_before_merging_the_labels(tmp_path, capsy
     """Issue 74 item 6: the gold file is checked before the start-up merge rewrites the label tables."""
     from pipelines.label import main
 
-    root = tmp_path / "round"
-    make_round(root, n_prompts=2, per_prompt=2, hostile=False)
-    store = Store(root)
-    for i in range(3):  # three parts: what a start would merge
-        store.append(BINARY_LABELS, [label_row(label_id=f"l{i}", image_id=f"i{i}")])
-    raters = make_raters(root / "raters.json", ["lead"], admins=("lead",))
+    root, store, raters = round_with_label_parts(tmp_path)
     image_id = store.to_pandas(GENERATIONS)["image_id"].iloc[0]
     gold = tmp_path / "gold.csv"
     gold.write_text(f"image_id,answer\n{image_id},maybe\n")
