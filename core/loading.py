@@ -208,10 +208,11 @@ class ModelRef:
         return folder_family(self.base)
 
 
-def _run_base(folder: Path) -> str | None:
-    """``model.pipeline`` of a run folder's config.yaml, or None when the folder has no run config
-    (a base pipeline folder may hold a config.yaml of its own training, without model.pipeline)."""
-    cfg = folder / RUN_CONFIG
+def run_base(folder: str | os.PathLike) -> str | None:
+    """The base pipeline a fine-tuned run folder was trained from: ``model.pipeline`` of its
+    config.yaml, or None when the folder has no run config (a base pipeline folder may hold a
+    config.yaml of its own training, without model.pipeline)."""
+    cfg = Path(folder) / RUN_CONFIG
     if not cfg.is_file():
         return None
     try:
@@ -222,12 +223,6 @@ def _run_base(folder: Path) -> str | None:
     model = tree.get("model") if isinstance(tree, dict) else None
     pipeline = model.get("pipeline") if isinstance(model, dict) else None
     return str(pipeline) if pipeline else None
-
-
-def run_base(folder: str | os.PathLike) -> str | None:
-    """The base pipeline a fine-tuned run folder was trained from (its config.yaml's
-    ``model.pipeline``); None when the folder holds no run config."""
-    return _run_base(Path(folder))
 
 
 def _adapter_fingerprint(base_fp: str, adapter: Path, weights: str = LORA_WEIGHTS) -> str:
@@ -283,7 +278,7 @@ def _resolve_model(path: Path, adapter, base) -> ModelRef:
     if not path.is_dir():
         raise UserError(f"model folder {path} does not exist.",
                         "pass a Stable Diffusion pipeline folder or a fine-tuned run folder (make finetune).")
-    recorded = _run_base(path)
+    recorded = run_base(path)
     has_side = (path / SIDE_DIR / SIDE_FILE).is_file()
     has_adapter = (path / LORA_WEIGHTS).is_file() or has_side  # LoRA or side-network weights
     has_pipeline = (path / PIPELINE_INDEX).is_file()
@@ -299,7 +294,7 @@ def _resolve_model(path: Path, adapter, base) -> ModelRef:
         if not (adapter / LORA_WEIGHTS).is_file():
             raise UserError(f"adapter folder {adapter} holds no {LORA_WEIGHTS}.",
                             "pass the folder of a LoRA run (make finetune with model.parameterisation=lora).")
-        trained_from = _run_base(adapter)
+        trained_from = run_base(adapter)
         if trained_from is not None:
             _check_same_base(adapter, trained_from, path)
         return ModelRef(path, adapter, adapter, _adapter_fingerprint(model_fingerprint(path), adapter))
