@@ -145,6 +145,20 @@ def test_a_draft_run_saves_a_lora_diffusers_loads_and_resumes(tiny_sd, reward, t
     pipe.load_lora_weights(out)
     after = pipe(["two squares"], generator=torch.Generator().manual_seed(0), **kw).images
     assert np.abs(before - after).mean() > 1e-3  # the trained adapter changes the model
+    from core.loading import load_model, resolve_model
+
+    fused = load_model(resolve_model(out), device="cpu")  # make generate / make eval's loader: the run is a model
+    ours = fused(["two squares"], generator=torch.Generator().manual_seed(0), **kw).images
+    np.testing.assert_allclose(ours, after, atol=1e-4)
+    from finetune.dpok import train_dpok  # init=: DPOK continues from the DRaFT run
+
+    cont = train_dpok(load_config(FinetuneConfig, None, [
+        "method=dpok", f"output_dir={tmp_path / 'dpok'}", f"model.pipeline={tiny_sd}", f"reward.path={reward}",
+        f"init={out}", "sampling.num_inference_steps=4", "dpok.rounds=1", "dpok.prompts_per_round=1",
+        "dpok.samples_per_prompt=2", "dpok.window=[0,null]", "dpok.tail_steps=0", "dpok.steps_per_sample=1",
+        "dpok.minibatch_size=2", "dpok.checkpoint_every_rounds=0", "sample_grid_every=0",
+        "prompts.eval_prompts=[one circle]"]), progress=False)
+    assert cont.metrics["lineage"]["init"]["lineage"]["method"] == "draft"
 
     def interrupt_at_step_2(row):
         if row.step == 2:
