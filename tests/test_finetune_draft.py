@@ -201,9 +201,11 @@ def test_refused_draft_runs_write_nothing(tiny_sd, tiny_clip, reward, tmp_path, 
     from tools.random_models import build_reward_model
 
     out = tmp_path / "run"
-    if case == "oracle":
+    if case == "oracle":  # through make finetune's entry point, with the shipped draft.yaml
+        from pipelines.finetune import main
+
         with pytest.raises(UserError, match="oracle.*no gradient"):
-            draft_cfg(tiny_sd, reward, out, "reward.kind=oracle")
+            main(["method=draft", "reward.kind=oracle", f"output_dir={out}", f"model.pipeline={tiny_sd}"])
     elif case == "k":
         with pytest.raises(UserError, match="draft.backprop_steps=5"):
             draft_cfg(tiny_sd, reward, out, "draft.backprop_steps=5")
@@ -218,3 +220,13 @@ def test_refused_draft_runs_write_nothing(tiny_sd, tiny_clip, reward, tmp_path, 
         with pytest.raises(UserError, match="no region head"):
             train_draft(draft_cfg(tiny_sd, headless, out, "region.weight=1.0"), progress=False)
     assert not out.exists()
+
+
+def test_the_shipped_draft_config_is_the_defaults_at_eta_0():
+    from core.config import to_dict
+    from finetune.config import CONFIGS
+
+    shipped = load_config(FinetuneConfig, CONFIGS / "draft.yaml")
+    assert shipped.method == "draft" and shipped.sampling.eta == 0 and shipped.draft.backprop_steps == 1
+    defaults = to_dict(load_config(FinetuneConfig, None, ["method=draft", "sampling.eta=0"]))
+    assert to_dict(shipped) == defaults
