@@ -37,6 +37,7 @@ class Stream(IntEnum):
     RATER_PANEL = 37  # shapes.raters.default_panel: the panel's biases
     DPOK_ROUND = 41  # finetune.dpok: a round's noise and transitions (keyed by round, process)
     RWL_STEP = 43  # finetune.rwl: a step's minibatch and noise (keyed by step, process)
+    DRAFT_STEP = 79  # finetune.draft: a step's prompts and noise (keyed by step, process)
     ORACLE_CHECK = 47  # pipelines.oracle_check: degradations
     LOADTEST_RATER = 53  # pipelines.loadtest_label: a virtual rater's choices (keyed by its number)
     SELECTION = 67  # collect.selection: which of a round's images go to raters (keyed by round)

@@ -78,9 +78,8 @@ def check_output_dir(out: Path, cfg: FinetuneConfig) -> None:
     if cfg.resume:
         check_resumable(out, cfg)
         done = _checkpoint_step(out)
-        length = cfg.rwl.steps if cfg.method == "rwl" else cfg.dpok.rounds
+        name, length = cfg.length
         if done is not None and done >= length:
-            name = "rwl.steps" if cfg.method == "rwl" else "dpok.rounds"
             raise UserError(f"{out} holds a checkpoint at {done}, at or past {name}={length}.",
                             f"raise {name} above {done} to continue training, or pass resume=false to start over.")
 
@@ -140,6 +139,7 @@ def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
     for tree in (old, new):
         tree.get("dpok", {}).pop("rounds", None)
         tree.get("rwl", {}).pop("steps", None)
+        tree.get("draft", {}).pop("steps", None)
     if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise UserError(f"{out} holds a run with a different config (sections {changed}).",

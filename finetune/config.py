@@ -26,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of e
 TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
 VALUE_EPS_MSE_STUDY = "experiments/dpok-value-baseline-eps-mse/README.md"
 
-Method = Literal["dpok", "rwl"]
+Method = Literal["dpok", "rwl", "draft"]
 METHODS: tuple[str, ...] = get_args(Method)
 Parameterisation = Literal["lora", "full", "side"]
 Baseline = Literal["per_prompt", "batch"]
@@ -150,6 +150,22 @@ class RWLConfig:
 
 
 @dataclass(frozen=True)
+class DRaFTConfig:
+    """DRaFT-K (Clark et al. 2024; finetune.draft): the reward's gradient back-propagated through the
+    VAE decoder and the last K denoising steps of the sampling chain."""
+
+    # Optimizer steps (before optim.grad_accum).  Also DRaFT's early-stopping rule: the reward keeps
+    # rising while the images drift into what only the reward likes (the paper's reward hacking),
+    # so a run stops at a fixed step budget rather than at a reward it reaches (docs/finetune.md).
+    steps: PositiveInt = 100
+    batch_size: PositiveInt = 8  # images an optimizer step, one prompt drawn at random each (per process)
+    # K of DRaFT-K: the last K of the sampling.num_inference_steps denoising steps carry the gradient;
+    # the steps before them run without one (1: DRaFT-1, the paper's best at its cost)
+    backprop_steps: PositiveInt = 1
+    checkpoint_every_steps: NonNegativeInt = 25  # optimizer steps between resumable checkpoints; 0: none
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     """How the passes run, not what they compute: a run may resume with other values here."""
 
@@ -197,10 +213,12 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
     rwl: RWLConfig = field(default_factory=RWLConfig)
+    draft: DRaFTConfig = field(default_factory=DRaFTConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     # region-aware fine-tuning (Focus-N-Fix, finetune.region): region.weight > 0 charges DPOK's samples
     # their change from the base model's image of the same noise outside the problem region the
-    # reward's region head marks; RWL holds its predictions to the base model's there
+    # reward's region head marks; RWL holds its predictions to the base model's there; DRaFT
+    # back-propagates that change's gradient onto the pixels it protects
     region: RegionConfig = field(default_factory=RegionConfig)
 
     @property
@@ -212,15 +230,24 @@ class FinetuneConfig:
     @property
     def optimizer_steps(self) -> int:
         """Optimizer steps of the whole run in one process: DPOK's rounds x minibatches of
-        prompts_per_round x samples_per_prompt x steps_per_sample transitions, or RWL's steps, each
-        divided by optim.grad_accum."""
+        prompts_per_round x samples_per_prompt x steps_per_sample transitions, or RWL's or DRaFT's
+        steps, each divided by optim.grad_accum."""
         if self.method == "rwl":
             micro = self.rwl.steps
+        elif self.method == "draft":
+            micro = self.draft.steps
         else:
             d = self.dpok
             transitions = d.prompts_per_round * d.samples_per_prompt * d.steps_per_sample
             micro = d.rounds * math.ceil(transitions / d.minibatch_size)
         return max(1, micro // self.optim.grad_accum)
+
+    @property
+    def length(self) -> tuple[str, int]:
+        """The key that says how long the run is, and its value: dpok.rounds, rwl.steps or
+        draft.steps (what a resumed run may raise, and where a checkpoint's count is compared)."""
+        key = {"dpok": "rounds", "rwl": "steps", "draft": "steps"}[self.method]
+        return f"{self.method}.{key}", getattr(getattr(self, self.method), key)
 
     def items_per_pass(self, guided: bool) -> int | None:
         """Transitions or examples per UNet pass under ``compute.micro_batch`` rows (a guided one
@@ -239,6 +266,8 @@ class FinetuneConfig:
                 "log-probabilities and updates are DDIM's), whatever the folder's own scheduler.",
                 "leave sampling.scheduler out (ddim); the pipeline's own scheduler is for make generate "
                 "and make eval.")
+        if self.method == "draft":
+            self._check_draft()
         if self.method != "dpok":
             return
         if self.sampling.eta <= 0:
@@ -259,3 +288,15 @@ class FinetuneConfig:
             raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is more than the {n - end} denoising steps "
                             f"after dpok.window=[{start}, {end}).",
                             f"set dpok.tail_steps to at most {n - end}, or 0 for the whole stochastic chain.")
+
+    def _check_draft(self) -> None:
+        if self.reward.kind == "oracle":
+            raise UserError("method=draft back-propagates the reward's gradient into the model, but the shapes "
+                            "oracle (reward.kind=oracle) judges rendered pixels by rules: it has no gradient.",
+                            "use a learned reward (reward.kind=learned, reward.path=<make reward folder>), or "
+                            "METHOD=dpok for the oracle.")
+        k, n = self.draft.backprop_steps, self.sampling.num_inference_steps
+        if k > n:
+            raise UserError(f"draft.backprop_steps={k} is more than the {n} denoising steps of the chain "
+                            f"(sampling.num_inference_steps={n}).",
+                            f"set draft.backprop_steps to at most {n} (1 is DRaFT-1).")

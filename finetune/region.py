@@ -8,7 +8,9 @@ thresholded and dilated, is the problem mask M (:func:`problem_masks`).  Focus-N
     r(Î) - β · ‖(1 - M) ⊙ (Î₀ - Î)‖₂                                    (Focus-N-Fix, eq. 3)
 
 rewards the fix and charges every change outside the problem region.  DPOK takes it as its reward
-(:func:`outside_change`, the norm divided by √(3HW) so that β does not depend on the image size).
+(:func:`outside_change`, the norm divided by √(3HW) so that β does not depend on the image size);
+DRaFT (:mod:`finetune.draft`), as the paper, maximises it by its gradient, which lands on the kept
+pixels themselves.
 
 What is charged is the *keep* region, 1 - M (:func:`keep_masks`).  An image with no marked region
 is kept whole: that is what stops fine-tuning from breaking what the base drew right, and it also
@@ -69,7 +71,11 @@ def outside_change(images: torch.Tensor, base: torch.Tensor, keep: torch.Tensor)
     of eq. 3), in RMS units over the whole image: 0 when nothing kept moved, 1 when every channel of
     every pixel flipped from 0 to 1."""
     k = keep.to(images.dtype)[:, None]  # (B, 1, H, W)
-    return ((images - base) * k).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    ms = ((images - base) * k).pow(2).mean(dim=(1, 2, 3))
+    # sqrt's gradient is infinite at 0 (an image equal to its base, as at a DRaFT run's first step,
+    # finetune.draft): there the norm's gradient is taken as 0 (a subgradient), never NaN
+    moved = ms > 0
+    return torch.where(moved, torch.where(moved, ms, torch.ones_like(ms)).sqrt(), torch.zeros_like(ms))
 
 
 def latent_keep(keep: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:

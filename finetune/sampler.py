@@ -130,6 +130,27 @@ def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tai
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """VAE-decode latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], fp32."""
+    return decode_differentiable(vae, latents)
+
+
+def decode_differentiable(vae, latents: torch.Tensor) -> torch.Tensor:
+    """:func:`decode_latents` keeping the graph from the images back to ``latents`` where gradients
+    are on (reward backpropagation, :mod:`finetune.draft`); the frozen VAE collects none itself."""
     dtype = next(vae.parameters()).dtype
     images = vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
     return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def denoise(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: torch.Tensor,
+            uncond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Steps ``start`` .. ``stop`` - 1 of the chain from the latents ``x`` (B, C, H, W) before step
+    ``start``: the latents after them, fp32.  Each step lands on its Gaussian's mean plus its std
+    times ``noise[i]`` ((T, B, C, H, W), the whole chain's per-step noise, drawn once so that the
+    base model and a second pass can take the same); ``noise`` None: the means alone, the chain at
+    eta = 0.  No decorator: under gradients the graph runs through every step (the
+    reparameterised chain DRaFT differentiates, :mod:`finetune.draft`)."""
+    for i in range(start, stop):
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        g = policy.step(x, index, cond, uncond).gaussian
+        x = g.mean if noise is None else g.mean + g.std * noise[i]
+    return x

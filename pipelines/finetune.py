@@ -1,4 +1,4 @@
-"""``make finetune METHOD=dpok|rwl``: fine-tune a Stable Diffusion pipeline against a reward model.
+"""``make finetune METHOD=dpok|rwl|draft``: fine-tune a Stable Diffusion pipeline against a reward model.
 
     python -m pipelines.finetune method=dpok                      # finetune/configs/dpok.yaml
     python -m pipelines.finetune --config my.yaml dpok.kl_weight=0.1 output_dir=runs/x
@@ -15,12 +15,14 @@ from core.config import load_config, parse_overrides
 from core.errors import UserError
 from finetune.config import CONFIGS, METHODS, FinetuneConfig
 from finetune.dpok import train_dpok
+from finetune.draft import train_draft
 from finetune.rwl import train_rwl
 from pipelines.cli import config_parser, run
 
 
 # What a run folder holds besides config.yaml and metrics.json, by model.parameterisation.
 SAVED = {"lora": "LoRA weights", "full": "the whole pipeline", "side": "the side network in side/"}
+TRAIN = {"dpok": train_dpok, "rwl": train_rwl, "draft": train_draft}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     # --config F: F's method unless the command line names one; without: the method's shipped config
     config = args.config or CONFIGS / f"{method or 'dpok'}.yaml"
     cfg = load_config(FinetuneConfig, config, list(args.overrides))
-    train = train_dpok if cfg.method == "dpok" else train_rwl
-    result = train(cfg)
+    result = TRAIN[cfg.method](cfg)
     final = result.metrics["final"]
     weights = SAVED[cfg.model.parameterisation]
     print(f"{cfg.method}: wrote {result.output_dir} ({weights}, config.yaml, metrics.json); "

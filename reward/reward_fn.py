@@ -22,6 +22,7 @@ import torch
 from core.config import NonNegativeFloat, PositiveInt
 from core.errors import UserError
 from core.images import to_uint8
+from reward.epistemic import optimistic
 from reward.folder import CONFIG_FILE, load_head_state, reward_clip_folder
 from reward.model import RewardModel
 from shapes.oracle import judge
@@ -66,6 +67,9 @@ class Reward:
 
     has_region = False  # marks where an image is wrong (masks, heatmap)
     has_spread = False  # gives an epistemic spread
+    # its rewards carry a gradient to the image pixels (reward backpropagation, finetune.draft);
+    # a plain fn is taken at its word, its first result checked (:meth:`differentiable_score`)
+    differentiable = True
 
     def __init__(self, fn: RewardFn | None = None, batch_size: int = 64, name: str = "a custom reward"):
         self.fn, self.batch_size, self.name = fn, batch_size, name
@@ -77,6 +81,27 @@ class Reward:
 
     def _score(self, images, prompts: list[str]) -> torch.Tensor:
         return self.fn(images, prompts)
+
+    def differentiable_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Rewards (B,) float32 of ``images`` (B, 3, H, W) in [0, 1] with the graph back to them:
+        what reward backpropagation (:mod:`finetune.draft`) maximises.  A reward whose scores carry
+        no gradient is one clear error."""
+        self.require_differentiable()
+        out = torch.cat([self._differentiable(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
+                         for i in range(0, len(prompts), self.batch_size)])
+        if images.requires_grad and not out.requires_grad:
+            self.differentiable = False
+            self.require_differentiable()
+        return out.float()
+
+    def _differentiable(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.fn(images, prompts)
+
+    def require_differentiable(self) -> None:
+        if not self.differentiable:
+            raise UserError(f"{self.name} gives no gradient with respect to the image, which method=draft "
+                            "back-propagates.",
+                            "use a learned reward (reward.kind=learned), or METHOD=dpok, which needs only scores.")
 
     def masks(self, images: torch.Tensor, prompts: list[str], threshold: float | None = None) -> torch.Tensor:
         """Where each image is wrong: problem masks (B, H, W) bool on the images' device, the
@@ -124,6 +149,21 @@ class LearnedReward(Reward):
     def _score(self, images, prompts: list[str]) -> torch.Tensor:
         return self.model.score(images, prompts, optimism=self.optimism)
 
+    def _differentiable(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """:meth:`_score` with the graph: CLIP's preprocessing is torch ops
+        (:class:`reward.preprocess.ClipPreprocess`), and the frozen CLIP and head pass the gradient
+        on to the pixels without collecting one themselves (the text side comes from the cache)."""
+        m = self.model
+        if m.training:  # dropout off, as scoring has it
+            m.eval()
+        if any(p.requires_grad for p in m.parameters()):  # a reward being maximised is not being trained
+            m.requires_grad_(False)
+        if not self.optimism:
+            return m(images, prompts)
+        logits, phi = m.head.logit_and_hidden(*m.embed_pairs(images, prompts))
+        return optimistic(logits, phi, m.require_epistemic(), m.head.calib_scale, m.head.calib_bias, raw=False,
+                          optimism=self.optimism)
+
     def masks(self, images: torch.Tensor, prompts: list[str], threshold: float | None = None) -> torch.Tensor:
         self.require_region()  # the threshold chosen when the head trained, unless the run sets one
         return super().masks(images, prompts, self.model.region_head.threshold if threshold is None else threshold)
@@ -147,6 +187,7 @@ class OracleReward(Reward):
     only: the oracle is also the evaluator, so a model trained on it is graded by its own teacher."""
 
     has_region = True
+    differentiable = False  # judged from uint8 pixels by rules
 
     def __init__(self, score: OracleScore = "graded", batch_size: int = 64):
         super().__init__(None, batch_size, "the shapes oracle (reward.kind=oracle)")
