@@ -45,6 +45,7 @@ from finetune.prompts import shapes_pretrain_pairs
 from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
+from finetune.denoiser import TextCond, encode_images
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -74,17 +75,6 @@ class LatentSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
-
-
-@torch.no_grad()
-def _encode_images(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] -> scaled latents (posterior mean, as SD fine-tuning does)."""
-    dtype = next(vae.parameters()).dtype
-    out = []
-    for i in range(0, len(images), 32):
-        x = images[i:i + 32].to(vae.device, dtype) * 2 - 1
-        out.append(vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor)
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -153,7 +143,7 @@ def _labeled_good(run: Run) -> LatentSet:
         return share[share > 0.5].index
 
     images, prompts = _load_generations(Path(run.cfg.rwl.dataset_root), good_ids, run.image_size)
-    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    latents = encode_images(run.comps.pipe.vae, images).cpu()
     ones = torch.ones(len(prompts))
     return LatentSet(latents, prompts, ones, ones)
 
@@ -172,7 +162,7 @@ def build_pretrain_set(run: Run) -> LatentSet:
         images = pil_to_tensor(renders)
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
-    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    latents = encode_images(run.comps.pipe.vae, images).cpu()
     ones = torch.ones(len(prompts))
     return LatentSet(latents, prompts, ones, ones)
 
@@ -200,13 +190,13 @@ def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torc
     return noise, t
 
 
-def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None,
                    noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0,
                    keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
     at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
-    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B, L, D): the prompts'
-    and the empty prompt's text embeddings (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
+    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B rows): the prompts'
+    and the empty prompt's text conditioning (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
     bool, also region-aware RWL's term (B,): the output held to the base model's on the kept cells
     (:func:`finetune.region.keep_loss`); else None.
 
@@ -224,10 +214,10 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch
         dtype = next(unet.parameters()).dtype
         if guidance_scale > 1:
             both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                        encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+                        encoder_hidden_states=TextCond.cat([uncond, cond]).embeds).sample.float()
             u, c = both.chunk(2)
             return u + guidance_scale * (c - u)
-        return unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
+        return unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds).sample.float()
 
     pred = output(run.comps.unet)
     loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
