@@ -182,8 +182,8 @@ def text_encoders(pipe) -> list[torch.nn.Module]:
 
 def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
     """Refuse, before anything is written, what fine-tuning does not do on a flow family: a side
-    network (a UNet module, core.side), full fine-tuning, RWL and region-aware fine-tuning (not
-    built for the flow families yet)."""
+    network (a UNet module, core.side), full fine-tuning and region-aware fine-tuning (not built
+    for the flow families yet)."""
     if family is SD or not family.flow:
         return
     where = f"model.pipeline={cfg.model.pipeline} is a {family.title} folder"
@@ -192,9 +192,6 @@ def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
                else "full fine-tuning of a flow transformer is not built")
         raise UserError(f"{where}, and model.parameterisation={cfg.model.parameterisation} is not built for it: {why}.",
                         "use model.parameterisation=lora (a LoRA on the transformer's attention projections).")
-    if cfg.method != "dpok":
-        raise UserError(f"{where}, and METHOD={cfg.method} is built for Stable Diffusion 1.x/2.x only: its "
-                        "flow-matching loss is not built yet.", "fine-tune a flow model with METHOD=dpok.")
     if cfg.region.weight > 0:
         raise UserError(f"{where}, and region-aware fine-tuning (region.weight={cfg.region.weight:g}) is built for "
                         "Stable Diffusion 1.x/2.x only.", "set region.weight=0 for a flow model.")

@@ -4,7 +4,8 @@ Feedback", eq. 2):
     L(theta) = E_{(x,z) ~ D_model}[ -w(r(x, z)) log p_theta(x | z) ] + beta E_{(x,z) ~ D_pre}[ -log p_theta(x | z) ]
 
 with -log p_theta replaced by the denoising loss l(x, z) = E_{t, eps} || f_theta(x_t, t, z) - target ||^2
-(target = eps or v, the pipeline's prediction type).  Minimising w * l raises the likelihood of
+(target = eps or v, the pipeline's prediction type; a flow-matching family's velocity target
+eps - x0 at a noise level drawn as its training draws it, :mod:`finetune.flow_rwl`, AWM's loss).  Minimising w * l raises the likelihood of
 well-rewarded images in proportion to their reward; the beta term on pre-training data keeps the
 model close to its original distribution (Lee et al.'s guard against losing fidelity).
 
@@ -46,6 +47,7 @@ from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
 from finetune.denoiser import TextCond, encode_images
+from finetune.flow_rwl import draw_flow_noise, flow_matching_loss, is_flow_scheduler
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -184,7 +186,10 @@ def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
 def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' denoising losses,
-    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws."""
+    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws
+    (a flow family: noise levels sigma, :func:`finetune.flow_rwl.draw_flow_noise`)."""
+    if is_flow_scheduler(noise_scheduler):
+        return draw_flow_noise(noise_scheduler, n, latent_shape, gen, device)
     noise = torch.randn((n, *latent_shape), generator=gen, device=device)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
     return noise, t
@@ -204,7 +209,13 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: TextC
     u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
     Fitting the conditional output alone to images the *guided* sampler drew teaches c to overshoot,
     and sampling with guidance then overshoots again: colours drift off the palette within a few
-    hundred steps (measured in the shapes world)."""
+    hundred steps (measured in the shapes world).
+
+    A flow family (``noise_scheduler`` a FlowMatchEulerDiscreteScheduler, ``t`` noise levels
+    sigma): the flow-matching loss (:func:`finetune.flow_rwl.flow_matching_loss`); no keep term
+    (region-aware fine-tuning refuses flow families)."""
+    if is_flow_scheduler(noise_scheduler):
+        return flow_matching_loss(run, latents, cond, uncond, noise, t, guidance_scale), None
     x0 = latents.to(run.device)
     x_t = noise_scheduler.add_noise(x0, noise, t)
     ptype = noise_scheduler.config.prediction_type
@@ -239,7 +250,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     if float(model_set.weights.sum()) <= 0:
         raise UserError("every generated image has reward weight 0, so there is nothing to learn from.",
                         "lower rwl.threshold, use rwl.weighting=exp, or check the reward model.")
-    noise_scheduler = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    scheduler = run.comps.pipe.scheduler  # a flow family trains at its own scheduler's noise levels
+    noise_scheduler = (type(scheduler).from_config(scheduler.config) if is_flow_scheduler(scheduler)
+                       else DDPMScheduler.from_config(scheduler.config))
     start, history = (state["step"], state["history"]) if state else (0, [])
     if start >= r.steps:
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
