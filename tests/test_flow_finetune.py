@@ -182,6 +182,32 @@ def test_flow_rwl_trains_on_the_flow_matching_loss(flow_bases, tmp_path, name):
     assert (float(sigma.median()) > 0.7) == (name == "sd3")
 
 
+def test_a_resumed_flow_run_ends_like_an_uninterrupted_one(flow_bases, tmp_path):
+    """FLUX DPOK interrupted after round 1 and resumed from its checkpoint: the same rounds and the
+    same LoRA as a run straight through (the adapter, optimizer and rng state are the SD ones)."""
+    from safetensors.torch import load_file
+
+    from finetune.dpok import train_dpok
+
+    def cfg(out):
+        return load_config(FinetuneConfig, None, [f"output_dir={out}", f"model.pipeline={flow_bases['flux']}",
+                                                  *TINY_DPOK, "sample_grid_every=0"])
+
+    def stop_after_round_1(row):
+        if row.round == 1:
+            raise KeyboardInterrupt
+
+    straight = train_dpok(cfg(tmp_path / "a"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpok(cfg(tmp_path / "b"), progress=False, on_round=stop_after_round_1)
+    resumed = train_dpok(cfg(tmp_path / "b"), progress=False)
+    drop = ("seconds_sample", "seconds_reward", "seconds_update")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in straight.history]
+    a, b = (load_file(r.output_dir / "pytorch_lora_weights.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
