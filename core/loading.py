@@ -228,11 +228,15 @@ def run_base(folder: str | os.PathLike) -> str | None:
 def lora_denoiser(folder: str | os.PathLike) -> str | None:
     """Which denoiser the LoRA weights in ``folder`` adapt, from their names' prefix (diffusers
     saves ``unet.*`` for a UNet, ``transformer.*`` for SD3's / FLUX's transformer); None for
-    another naming.  Reads the file's header only."""
-    from safetensors import safe_open
+    another naming or a file whose header does not read (loading it reports that: :func:`load_model`).
+    Reads the file's header only."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(Path(folder) / LORA_WEIGHTS, "pt") as f:
-        prefixes = {k.split(".", 1)[0] for k in f.keys()}
+    try:
+        with safe_open(Path(folder) / LORA_WEIGHTS, "pt") as f:
+            prefixes = {k.split(".", 1)[0] for k in f.keys()}
+    except (OSError, SafetensorError):
+        return None
     return next(iter(prefixes)) if len(prefixes) == 1 and prefixes <= {"unet", "transformer"} else None
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from core.errors import UserError
-from core.families import SD, Family, pipeline_family
+from core.families import Family, pipeline_family
 from finetune.config import FinetuneConfig, ModelConfig
 from finetune.scheduler import DDIMSchedule, FlowSchedule
 
@@ -184,7 +184,7 @@ def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
     """Refuse, before anything is written, what fine-tuning does not do on a flow family: a side
     network (a UNet module, core.side), full fine-tuning and region-aware fine-tuning (not built
     for the flow families yet)."""
-    if family is SD or not family.flow:
+    if not family.flow:
         return
     where = f"model.pipeline={cfg.model.pipeline} is a {family.title} folder"
     if cfg.model.parameterisation != "lora":

@@ -13,7 +13,7 @@ from core.errors import UserError
 from core.families import FAMILIES, folder_family, require_finetunable
 from core.loading import pipeline_geometry, resolve_model
 from pipelines.cli import run
-from test_bad_input_cli import one_error_line, tree
+from test_bad_input_cli import one_error_line
 from tools.random_models import build_tiny_flux, build_tiny_sd3
 
 
