@@ -104,7 +104,8 @@ class SD3Denoiser(Denoiser):
 
     def __call__(self, model, x, t, text, guidance_scale, eps_pre=None):
         dtype = next(model.parameters()).dtype
-        out = model(hidden_states=x.to(dtype), timestep=t.to(dtype), encoder_hidden_states=text.embeds.to(dtype),
+        # the timestep stays fp32, as the pipeline passes its scheduler's (bf16 would round 987.5 to 988)
+        out = model(hidden_states=x.to(dtype), timestep=t.float(), encoder_hidden_states=text.embeds.to(dtype),
                     pooled_projections=text.pooled.to(dtype), return_dict=False)[0]
         return out.float(), None
 
