@@ -17,8 +17,9 @@ Families (recognised by ``model_index.json``'s ``_class_name``):
   (no ``guidance_embeds``) takes no guidance at all.
 
 The pipelines decode latents themselves (SD3's and FLUX's VAEs have a shift factor; the pipelines
-apply it).  Fine-tuning samples with log-probs, which is built for DDIM only: a flow folder given to
-``make finetune`` is refused (:func:`require_finetunable`).
+apply it).  Fine-tuning's per-family parts (text conditioning, the denoiser call, the DDIM or
+flow-SDE schedule, latents) are :mod:`finetune.denoiser`'s; every family here fine-tunes
+(:func:`require_finetunable` refuses one that does not).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Family:
     sampler: SamplerKind
     guidance: GuidanceKind
     tiling: Tiling
-    # the modules a LoRA adapts (peft target_modules); for the flow families recorded for the
-    # fine-tuning still to come: the transformer's attention projections, add_* for joint attention
+    # the modules a LoRA adapts (peft target_modules): the UNet's or the transformer's attention
+    # projections, add_* for the flow transformers' joint attention (the text stream)
     lora_targets: tuple[str, ...]
-    finetune: bool  # make finetune can train it (its sampler has log-probs)
+    finetune: bool  # make finetune can train it (its sampler has log-probs: DDIM, or the flow SDE)
     # components a folder of the family may lack (loaded as None): SD3's T5 encoder and tokenizer
     optional: tuple[str, ...] = ()
     lineage: str = "Stable Diffusion"  # the model line, in messages ("the same ... family")
@@ -114,10 +115,10 @@ class Family:
 SD = Family("sd", "Stable Diffusion 1.x/2.x", "StableDiffusionPipeline", "unet", "ddim", "cfg", "none",
             ("to_q", "to_k", "to_v", "to_out.0"), True, skipped=("safety_checker", "feature_extractor"))
 SD3 = Family("sd3", "Stable Diffusion 3", "StableDiffusion3Pipeline", "transformer", "flow-ode", "cfg", "patch",
-             ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), False,
+             ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), True,
              ("text_encoder_3", "tokenizer_3"), "Stable Diffusion 3", encoders=2)
 FLUX = Family("flux", "FLUX.1", "FluxPipeline", "transformer", "flow-ode", "distilled", "pack2",
-              ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), False,
+              ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), True,
               lineage="FLUX", encoders=2)
 FAMILIES: dict[str, Family] = {f.pipeline_class: f for f in (SD, SD3, FLUX)}
 
@@ -173,13 +174,12 @@ def pipeline_family(pipe) -> Family:
 
 
 def require_finetunable(path: str | os.PathLike) -> Family:
-    """The family of the base folder ``make finetune`` trains; a flow-matching one is refused."""
+    """The family of the base folder ``make finetune`` trains; one without fine-tuning is refused."""
     family = folder_family(path)
     if not family.finetune:
-        raise UserError(f"{path} is a {family.title} folder ({family.pipeline_class}), a flow-matching model: "
-                        "flow-matching fine-tuning is not built yet (its sampler has no DDIM log-probs).",
-                        "fine-tune a Stable Diffusion 1.x/2.x folder (StableDiffusionPipeline); a flow folder "
-                        "runs through make generate and make eval already.")
+        raise UserError(f"{path} is a {family.title} folder ({family.pipeline_class}), which make finetune "
+                        "cannot train yet.", "fine-tune a folder of a fine-tunable family; this one runs through "
+                        "make generate and make eval.")
     return family
 
 

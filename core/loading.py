@@ -225,6 +225,32 @@ def run_base(folder: str | os.PathLike) -> str | None:
     return str(pipeline) if pipeline else None
 
 
+def lora_denoiser(folder: str | os.PathLike) -> str | None:
+    """Which denoiser the LoRA weights in ``folder`` adapt, from their names' prefix (diffusers
+    saves ``unet.*`` for a UNet, ``transformer.*`` for SD3's / FLUX's transformer); None for
+    another naming or a file whose header does not read (loading it reports that: :func:`load_model`).
+    Reads the file's header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(Path(folder) / LORA_WEIGHTS, "pt") as f:
+            prefixes = {k.split(".", 1)[0] for k in f.keys()}
+    except (OSError, SafetensorError):
+        return None
+    return next(iter(prefixes)) if len(prefixes) == 1 and prefixes <= {"unet", "transformer"} else None
+
+
+def check_lora_family(adapter: str | os.PathLike, family: Family, base: str | os.PathLike) -> None:
+    """The LoRA weights in ``adapter`` must adapt ``family``'s denoiser (a UNet's on an SD base, a
+    transformer's on an SD3 / FLUX one): another family's LoRA is a :class:`UserError`."""
+    kind = lora_denoiser(adapter)
+    if kind is not None and kind != family.denoiser:
+        other = "a UNet (Stable Diffusion 1.x/2.x)" if kind == "unet" else "a flow-matching transformer (SD3 / FLUX)"
+        raise UserError(f"the LoRA in {adapter} adapts {other}, and {base} is a {family.title} folder, whose "
+                        f"denoiser is a {family.denoiser_title}: a LoRA of another model family.",
+                        "apply the LoRA to the base model it was trained on (its run's config.yaml names it).")
+
+
 def _adapter_fingerprint(base_fp: str, adapter: Path, weights: str = LORA_WEIGHTS) -> str:
     digest = hashlib.sha256((adapter / weights).read_bytes()).hexdigest()  # adapter files are small
     return f"{base_fp}+{digest[:ADAPTER_HASH_HEX]}"
@@ -267,6 +293,8 @@ def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = N
     of an unsupported family (core.families.folder_family)."""
     ref = _resolve_model(Path(path), adapter, base)
     family = folder_family(ref.base)  # an unsupported family is refused here, before anything is written
+    if ref.adapter is not None:
+        check_lora_family(ref.adapter, family, ref.base)
     if ref.side is not None and family.flow:
         raise UserError(f"the side-network run {ref.run} sits on {ref.base}, a {family.title} folder; side "
                         "networks are UNet modules.", "use side networks with Stable Diffusion 1.x/2.x bases.")

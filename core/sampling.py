@@ -232,10 +232,11 @@ def pipeline_image_size(pipe, height: int | None = None, width: int | None = Non
 
 
 def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int]:
-    """(C, h, w) of a loaded StableDiffusionPipeline's UNet latents for images of (height, width)
-    pixels (:func:`pipeline_image_size`)."""
+    """(C, h, w) of a loaded pipeline's VAE latents, the denoiser's input unpacked (FLUX packs 2x2 of
+    them into a token), for images of (height, width) pixels (:func:`pipeline_image_size`)."""
+    family = pipeline_family(pipe)
     factor = pipe.vae_scale_factor
-    return pipe.unet.config.in_channels, height // factor, width // factor
+    return family.latent_channels(dict(getattr(pipe, family.denoiser).config)), height // factor, width // factor
 
 
 def finite_ddim(scheduler):

@@ -18,6 +18,7 @@ import yaml
 
 from core.config import load_config, save_config, to_dict
 from core.errors import UserError
+from core.families import pipeline_family
 from core.files import sort_safetensors_metadata, write_text_atomic
 from core.loading import LORA_WEIGHTS
 from core.side import SIDE_DIR, save_side
@@ -188,14 +189,17 @@ def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, 
     if not accelerator.is_main_process:
         return
     unet = accelerator.unwrap_model(comps.unet)
+    family = pipeline_family(comps.pipe)
     if cfg.model.parameterisation == "side":
         save_side(unet, out)
     elif cfg.model.parameterisation == "lora":
-        from diffusers import StableDiffusionPipeline
+        import diffusers
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        layers = get_peft_model_state_dict(unet)
+        if not family.flow:  # a UNet's peft names in diffusers' (the transformers' are the same in both)
+            layers = convert_state_dict_to_diffusers(layers)
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
         # The adapter's config (rank, lora_alpha, targets) goes into the file's metadata, so that
         # load_lora_weights (diffusers' and core.loading's) scales B A by lora_alpha / rank as
@@ -204,10 +208,13 @@ def save_result(accelerator, comps: Components, cfg: FinetuneConfig, out: Path, 
         # the same bytes in every process (a run's fingerprint, and so its seeds, hash them).
         adapter = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
                    for k, v in unet.peft_config["default"].to_dict().items()}
-        StableDiffusionPipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers,
-                                                  safe_serialization=True, unet_lora_adapter_metadata=adapter)
+        # the family's pipeline class saves it as its own load_lora_weights reads it (unet.* or transformer.*)
+        kind = family.denoiser
+        getattr(diffusers, family.pipeline_class).save_lora_weights(
+            save_directory=str(out), safe_serialization=True,
+            **{f"{kind}_lora_layers": layers, f"{kind}_lora_adapter_metadata": adapter})
         sort_safetensors_metadata(out / LORA_WEIGHTS)
     else:
-        comps.pipe.unet = unet
+        setattr(comps.pipe, family.denoiser, unet)
         comps.pipe.save_pretrained(out)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -12,10 +12,12 @@ import torch
 
 from core.compile import compile_unet, resolve_compile
 from core.errors import UserError
+from core.families import pipeline_family
 from core.loading import default_device, load_sd_pipeline
 from core.side import SideUNet, build_side
 from core.sampling import precision_dtype, resolve_precision
 from finetune.config import FinetuneConfig
+from finetune.denoiser import lora_targets, text_encoders
 
 
 def make_accelerator(cfg: FinetuneConfig, out: Path):
@@ -34,8 +36,10 @@ def make_accelerator(cfg: FinetuneConfig, out: Path):
 
 @dataclass
 class Components:
-    pipe: object  # StableDiffusionPipeline
-    unet: torch.nn.Module  # the trained UNet (with LoRA adapter, all of it, or a core.side.SideUNet)
+    pipe: object  # a pipeline of a fine-tunable family (core.families)
+    # the trained denoiser: a UNet (with LoRA adapter, all of it, or a core.side.SideUNet), or a flow
+    # family's transformer with a LoRA adapter
+    unet: torch.nn.Module
     reference_unet: torch.nn.Module | None  # None: the adapter disabled (LoRA) or the backbone (side) is the reference
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
 
@@ -55,13 +59,14 @@ class Components:
 
 def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> Components:
     pipe = load_sd_pipeline(cfg.model.pipeline, device=device)
+    family = pipeline_family(pipe)
     kind = cfg.model.parameterisation
-    frozen = [pipe.vae, pipe.text_encoder] + ([pipe.unet] if kind in ("lora", "side") else [])
+    unet = getattr(pipe, family.denoiser)  # the UNet, or a flow family's transformer
+    frozen = [pipe.vae, *text_encoders(pipe)] + ([unet] if kind in ("lora", "side") else [])
     for module in frozen:
         module.requires_grad_(False)
         if weight_dtype != torch.float32:  # frozen weights in the autocast dtype halve their memory
             module.to(dtype=weight_dtype)
-    unet = pipe.unet
     if kind == "side":  # the backbone frozen, the side network trained in fp32; the reference is the backbone
         side = build_side(unet.config, cfg.model.side_width).to(device)
         unet = pipe.unet = SideUNet(unet, side, cfg.model.side_strength)
@@ -71,7 +76,7 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
 
         unet.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
                                     init_lora_weights="gaussian",
-                                    target_modules=list(cfg.model.lora_targets)))
+                                    target_modules=lora_targets(cfg.model, family)))
         # Trainable LoRA weights stay fp32 under bf16/fp16 autocast (stable optimizer updates).
         for p in unet.parameters():
             if p.requires_grad:
@@ -84,14 +89,15 @@ def load_components(cfg: FinetuneConfig, device, weight_dtype: torch.dtype) -> C
         unet.requires_grad_(True).float()
     trainable = [p for p in unet.parameters() if p.requires_grad]
     if not trainable and kind == "lora":
-        raise UserError("no trainable parameters: the LoRA target modules matched nothing in the UNet.",
-                        f"set model.lora_targets to attention projections of this UNet "
+        raise UserError(f"no trainable parameters: the LoRA target modules matched nothing in the {family.denoiser_title}.",
+                        f"set model.lora_targets to attention projections of this {family.denoiser_title} "
                         f"(got {list(cfg.model.lora_targets)}).")
     if cfg.compute.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     # After the adapter is in place, so that the compiled graph includes it.  The full-UNet
     # reference copy is only ever run without gradient and stays eager.
-    compile_unet(unet.side if kind == "side" else unet, resolve_compile(cfg.compute.compile, device))
+    if not family.flow:  # core.compile's graph is a UNet's
+        compile_unet(unet.side if kind == "side" else unet, resolve_compile(cfg.compute.compile, device))
     return Components(pipe, unet, reference, trainable)
 
 

@@ -34,10 +34,12 @@ Baseline = Literal["per_prompt", "batch"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pipeline: str = str(SHAPES_SD)  # a StableDiffusionPipeline folder
+    pipeline: str = str(SHAPES_SD)  # a pipeline folder of a fine-tunable family (core.families)
     parameterisation: Parameterisation = "lora"
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
+    # the modules the LoRA adapts; left at this default on an SD3 / FLUX transformer, the family's own
+    # (these and the joint attention's add_* projections; finetune.denoiser.lora_targets)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     # parameterisation side (DiffCon's side network, core.side): eps = eps_pre + side_strength * g_phi,
     # g_phi a latent UNet side_width times as wide as the backbone, which stays frozen
@@ -104,6 +106,10 @@ class DPOKConfig:
     # success (experiments/dpok-tuning).
     advantage_scale: AdvantageScale = "batch"
     advantage_clip: PositiveFloat = 5.0
+    # Flow-matching families (SD3, FLUX): the noise level a of Flow-GRPO's SDE, whose step std is
+    # a sqrt(sigma / (1 - sigma)) sqrt(-dt) (Liu et al. 2025 eq. 9; finetune.rl_math.flow_sde_std);
+    # 0.7 is Flow-GRPO's.  The SD family's DDIM chain takes sampling.eta instead.
+    noise_level: PositiveFloat = 0.7
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
     REMOVED: ClassVar[dict[str, Removed]] = {

@@ -41,6 +41,7 @@ from core import seeds
 from core.errors import UserError
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
+from finetune.denoiser import TextCond
 from finetune.image_log import SampleGrid, fixed_noise_images
 from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import prompt_group_ids
@@ -79,8 +80,8 @@ class RoundSamples:
     """What a round samples (:func:`_sample`): B = prompts_per_process x samples_per_prompt images."""
 
     prompts: list[str]  # (B,): each drawn prompt samples_per_prompt times in a row
-    cond: torch.Tensor  # (B, L, D) their text embeddings
-    uncond: torch.Tensor  # (B, L, D) the empty prompt's, for guidance
+    cond: TextCond  # B rows: their text conditioning
+    uncond: TextCond  # B rows: the empty prompt's, for guidance
     noise: torch.Tensor  # the generator state sampling started from: region-aware, the base model draws it too
     traj: Trajectory
     images: torch.Tensor  # (B, 3, H, W) in [0, 1]
@@ -163,7 +164,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
 def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSamples:
     """Phase 1: the round's prompts (distinct where there are enough: a repeated prompt would merge
     into one per-prompt baseline group and cut the round's prompt diversity), each sampled
-    ``samples_per_prompt`` times by the current policy (DDIM, eta > 0) through the trained window
+    ``samples_per_prompt`` times by the current policy (DDIM with eta > 0, or the flow SDE) through the trained window
     and the deterministic tail, and decoded."""
     cfg, d = run.cfg, run.cfg.dpok
     per_process = d.prompts_per_process(run.accelerator.num_processes)
@@ -234,7 +235,7 @@ def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Ge
             terms = _policy_loss(run.accelerator, run.policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
             return terms[-1] * share, torch.stack([t.detach().double() for t in terms]) * share
 
-        parts = micro_batches(len(sel), cfg.items_per_pass(run.policy.guidance_scale != 1.0))
+        parts = micro_batches(len(sel), cfg.items_per_pass(run.policy.guided))
         reports, norm = run.gradient_step(parts, loss)
         stats = torch.zeros(len(names), dtype=torch.float64, device=device)
         for report in reports:

@@ -48,6 +48,7 @@ from core.errors import UserError
 from core.families import folder_family
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
+from finetune.denoiser import TextCond
 from finetune.image_log import SampleGrid
 from finetune.policy import base_policy
 from finetune.region import outside_change
@@ -74,8 +75,8 @@ class StepSamples:
     """What a step samples without gradient (:func:`_sample`), B = draft.batch_size images."""
 
     prompts: list[str]  # (B,)
-    cond: torch.Tensor  # (B, L, D) their text embeddings
-    uncond: torch.Tensor  # (B, L, D) the empty prompt's, for guidance
+    cond: TextCond  # their text embeddings (B rows)
+    uncond: TextCond  # the empty prompt's, for guidance
     x: torch.Tensor  # (B, C, h, w) fp32 latents before step T - K, no graph: where the gradient stops
     noise: torch.Tensor | None  # (T, B, C, h, w) the per-step noise (sampling.eta > 0), None at eta 0
     base: torch.Tensor | None = None  # region-aware: (B, 3, H, W) the base model's images of the same noise

@@ -22,7 +22,8 @@ import yaml
 
 from core.errors import UserError
 from core.files import write_text_atomic
-from core.loading import LORA_WEIGHTS as LORA_FILE, model_fingerprint
+from core.families import folder_family
+from core.loading import LORA_WEIGHTS as LORA_FILE, check_lora_family, model_fingerprint
 from core.side import SIDE_DIR, SIDE_FILE, load_side
 from finetune.config import FinetuneConfig
 
@@ -87,6 +88,8 @@ def check_init(cfg: FinetuneConfig) -> None:
             "lora_alpha": ours.lora_alpha, "lora_targets": tuple(ours.lora_targets), "side_width": ours.side_width}
     keys = {"full": ["parameterisation"], "side": ["parameterisation", "side_width"],
             "lora": ["parameterisation", "lora_rank", "lora_alpha", "lora_targets"]}[ours.parameterisation]
+    if ours.parameterisation == "lora":  # an SD run as init of a flow base, or the other way round
+        check_lora_family(init, folder_family(cfg.model.pipeline), cfg.model.pipeline)
     differ = [k for k in keys if theirs[k] != want[k]]
     if differ:
         raise UserError(f"init={init} was trained with " + ", ".join(f"model.{k}={theirs[k]}" for k in differ)
@@ -112,11 +115,14 @@ def load_init_weights(unet, cfg: FinetuneConfig) -> None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        state = {k.removeprefix("unet."): v for k, v in load_file(init / LORA_FILE).items()}
-        result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+        kind = folder_family(cfg.model.pipeline).denoiser  # unet, or a flow family's transformer
+        state = {k.removeprefix(f"{kind}."): v for k, v in load_file(init / LORA_FILE).items()}
+        if kind == "unet":  # diffusers' UNet names to peft's (a transformer's are peft's already)
+            state = convert_unet_state_dict_to_peft(state)
+        result = set_peft_model_state_dict(unet, state, adapter_name="default")
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
-            raise UserError(f"init={init}'s LoRA weights {unexpected[:3]} match nothing in this UNet.",
+            raise UserError(f"init={init}'s LoRA weights {unexpected[:3]} match nothing in this {kind}.",
                             "continue with the init run's model settings, or leave init unset.")
     else:
         from diffusers import UNet2DConditionModel

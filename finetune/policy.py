@@ -1,4 +1,4 @@
-"""The diffusion model as a policy: one UNet call -> the Gaussian of one denoising step.
+"""The diffusion model as a policy: one denoiser call -> the Gaussian of one denoising step.
 
 Sampling (with log-probs), the policy-gradient update, the KL reference and reward-weighted
 likelihood all go through :meth:`DiffusionPolicy.step` / :meth:`DiffusionPolicy.model_output`,
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from core.compile import CompileMode, resolve_compile, sampling_unet, unwrap
+from core.families import SD
 from core.side import is_side
+from finetune.denoiser import Denoiser, TextCond, denoiser_for
 from finetune.rl_math import StepGaussian
-from finetune.scheduler import DDIMSchedule
+from finetune.scheduler import DDIMSchedule, FlowSchedule
 
 
 @dataclass(frozen=True)
@@ -27,42 +29,53 @@ class PolicyStep:
 
 
 class DiffusionPolicy:
-    """A UNet with classifier-free guidance over a DDIM schedule.
+    """A denoiser (SD's UNet, SD3's or FLUX's transformer: :mod:`finetune.denoiser`) with its family's
+    guidance over a schedule (:class:`finetune.scheduler.DDIMSchedule`, or ``FlowSchedule``'s SDE).
 
-    ``reference_unet``: the frozen base model for the KL term.  None means the UNet carries a PEFT
-    (LoRA) adapter and the reference is the same UNet with the adapter disabled, or is a
+    ``reference_unet``: the frozen base model for the KL term.  None means the denoiser carries a
+    PEFT (LoRA) adapter and the reference is the same model with the adapter disabled, or is a
     :class:`core.side.SideUNet` whose frozen backbone is the reference: no second copy in memory.
+    ``denoiser``: the family's call (default: SD's UNet call).
     """
 
-    def __init__(self, unet, schedule: DDIMSchedule, guidance_scale: float, reference_unet=None):
+    def __init__(self, unet, schedule: DDIMSchedule | FlowSchedule, guidance_scale: float, reference_unet=None,
+                 denoiser: Denoiser | None = None):
         self.unet = unet
         self.schedule = schedule
         self.guidance_scale = guidance_scale
         self.reference_unet = reference_unet
+        self.denoiser = denoiser or denoiser_for(SD)
 
-    def model_output(self, unet, x_t: torch.Tensor, index: torch.Tensor, cond: torch.Tensor,
-                     uncond: torch.Tensor) -> torch.Tensor:
-        """Guided UNet output at step indices ``index`` (B,): u + g (c - u), in fp32.
+    @property
+    def guided(self) -> bool:
+        """Whether a step runs an unconditional and a conditional pass (classifier-free guidance)."""
+        return self.denoiser.guided(self.guidance_scale)
 
-        x_t (B, C, H, W); cond / uncond (B, L, D) text embeddings.  With guidance 1 the
-        unconditional pass is skipped.
-        """
+    def _like(self, unet) -> DiffusionPolicy:
+        """This policy's schedule, guidance and family on another denoiser, without a reference."""
+        return DiffusionPolicy(unet, self.schedule, self.guidance_scale, denoiser=self.denoiser)
+
+    def model_output(self, unet, x_t: torch.Tensor, index: torch.Tensor, cond: TextCond,
+                     uncond: TextCond) -> torch.Tensor:
+        """Guided denoiser output at step indices ``index`` (B,): u + g (c - u) (or the family's
+        one distilled pass), in fp32.
+
+        x_t (B, C, H, W); cond / uncond the prompts' and the empty prompt's text conditioning.
+        Without classifier-free guidance the unconditional pass is skipped."""
         return self._outputs(unet, x_t, index, cond, uncond)[0]
 
     def _outputs(self, unet, x_t, index, cond, uncond, eps_pre=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(guided output (B, C, H, W) fp32, a side network's backbone outputs (PolicyStep.eps_pre)
         or None).  ``eps_pre``: those outputs already known, for a side network, which then runs alone."""
         t = self.schedule.timesteps.to(x_t.device)[index]
-        dtype = next(unet.parameters()).dtype
-        guided = self.guidance_scale != 1.0
-        x, t, emb = (torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])) if guided else (x_t, t, cond)
-        extra = {} if eps_pre is None else {"eps_pre": eps_pre}
-        res = unet(x.to(dtype), t, encoder_hidden_states=emb, **extra)
-        return self.guide(res.sample.float()), getattr(res, "eps_pre", None)
+        guided = self.guided
+        x, t, text = (torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([uncond, cond])) if guided else (x_t, t, cond)
+        out, pre = self.denoiser(unet, x, t, text, self.guidance_scale, eps_pre)
+        return self.guide(out), pre
 
     def guide(self, out: torch.Tensor) -> torch.Tensor:
         """Rows [uncond; cond] (2B, ...) -> u + g (c - u) (B, ...); without guidance ``out`` itself."""
-        if self.guidance_scale == 1.0:
+        if not self.guided:
             return out
         u, c = out.chunk(2)
         return u + self.guidance_scale * (c - u)
@@ -85,9 +98,9 @@ class DiffusionPolicy:
         so the PPO ratio of a fresh update starts at 1 within about 1e-5.  Call it again after
         every update: it copies the weights of the moment."""
         bare = unwrap(self.unet)
-        if is_side(bare) or not resolve_compile(compile, next(bare.parameters()).device):
-            return self  # a side network samples eagerly (its compiled side network, core.side)
-        return DiffusionPolicy(sampling_unet(bare, rows, fused_state(self.unet)), self.schedule, self.guidance_scale)
+        if is_side(bare) or self.denoiser.family.flow or not resolve_compile(compile, next(bare.parameters()).device):
+            return self  # a side network samples eagerly (its compiled side network, core.side); the compiled module is a UNet's
+        return self._like(sampling_unet(bare, rows, fused_state(self.unet)))
 
     @torch.no_grad()
     def reference_step(self, x_t, index, cond, uncond, eps_pre: torch.Tensor | None = None) -> PolicyStep:
@@ -145,7 +158,7 @@ def base_policy(policy: DiffusionPolicy):
     whole UNet is trained, or a side network's backbone."""
     if policy.reference_unet is not None or is_side(policy.unet):
         base = policy.reference_unet if policy.reference_unet is not None else unwrap(policy.unet).base
-        yield DiffusionPolicy(base, policy.schedule, policy.guidance_scale)
+        yield policy._like(base)
         return
     with adapters_disabled(policy.unet):
-        yield DiffusionPolicy(unwrap(policy.unet), policy.schedule, policy.guidance_scale)
+        yield policy._like(unwrap(policy.unet))

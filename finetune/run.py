@@ -17,7 +17,7 @@ import torch
 
 from core.compile import unwrap
 from core.errors import UserError
-from core.families import require_finetunable
+from core.families import pipeline_family, require_finetunable
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
@@ -25,10 +25,11 @@ from finetune.checkpoints import latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
 from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
+from finetune.denoiser import check_finetune_options, denoiser_for, make_schedule
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import check_pretrain_source, check_prompts_fit_model, training_prompts
 from finetune.region import keep_regions
-from finetune.scheduler import DDIMSchedule
+from finetune.scheduler import DDIMSchedule, FlowSchedule
 from reward.reward_fn import Reward, RewardFn, load_reward
 
 
@@ -84,13 +85,13 @@ class Run:
     out: Path
     accelerator: object
     comps: Components
-    schedule: DDIMSchedule
+    schedule: DDIMSchedule | FlowSchedule
     policy: DiffusionPolicy
     reward: Reward
     prompts: list[str]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    latent_shape: tuple[int, int, int]  # (C, h, w) of the UNet's latents
+    latent_shape: tuple[int, int, int]  # (C, h, w) of the VAE's latents (FLUX's unpacked)
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
 
@@ -108,7 +109,7 @@ class Run:
         this moment in the process's compiled sampling UNet (:meth:`DiffusionPolicy.for_sampling`),
         ``sampling.batch_size`` images a call.  Call it again after every update."""
         cfg = self.cfg
-        rows = cfg.sampling.batch_size * (2 if cfg.sampling.guidance_scale != 1.0 else 1)
+        rows = cfg.sampling.batch_size * (2 if self.policy.guided else 1)
         return self.policy.for_sampling(cfg.sampling.compile, rows)
 
     def gradient_step(self, parts: list, loss: Callable[[object], tuple[torch.Tensor, object]]
@@ -148,7 +149,7 @@ class Run:
 def _check_inputs(cfg: FinetuneConfig) -> None:
     """Fail on missing inputs before anything is written."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
-    require_finetunable(cfg.model.pipeline)  # a flow-matching folder: not built yet (core.families)
+    check_finetune_options(cfg, require_finetunable(cfg.model.pipeline))  # what a flow family refuses
     check_prompts_fit_model(cfg)
     height, width = image_size(cfg.sampling.height, cfg.sampling.width, *pipeline_geometry(cfg.model.pipeline))
     if height != width and (cfg.reward.kind == "oracle" or cfg.curve_every):
@@ -183,8 +184,9 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
         # Into the trainable part only (the KL reference stays the base, finetune.lineage); a
         # checkpoint restored below overwrites it, so init counts at step 0 only.
         load_init_weights(unwrap(comps.unet), cfg)
-    schedule = DDIMSchedule.from_scheduler(comps.pipe.scheduler, cfg.sampling.num_inference_steps,
-                                           cfg.sampling.eta).to(accelerator.device)
+    height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
+    shape = latent_shape(comps.pipe, height, width)
+    schedule = make_schedule(comps.pipe, cfg, shape).to(accelerator.device)
     prompts = training_prompts(cfg)
     record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
     if accelerator.is_main_process:
@@ -193,10 +195,10 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
     lr_sched = lr_scheduler(optimizer, cfg, accelerator.num_processes)
     unet, optimizer, lr_sched = accelerator.prepare(comps.unet, optimizer, lr_sched)
     comps.unet = unet
-    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet)
-    height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
+    policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet,
+                             denoiser_for(pipeline_family(comps.pipe)))
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              latent_shape(comps.pipe, height, width), (height, width), record)
+              shape, (height, width), record)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

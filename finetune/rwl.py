@@ -4,7 +4,8 @@ Feedback", eq. 2):
     L(theta) = E_{(x,z) ~ D_model}[ -w(r(x, z)) log p_theta(x | z) ] + beta E_{(x,z) ~ D_pre}[ -log p_theta(x | z) ]
 
 with -log p_theta replaced by the denoising loss l(x, z) = E_{t, eps} || f_theta(x_t, t, z) - target ||^2
-(target = eps or v, the pipeline's prediction type).  Minimising w * l raises the likelihood of
+(target = eps or v, the pipeline's prediction type; a flow-matching family's velocity target
+eps - x0 at a noise level drawn as its training draws it, :mod:`finetune.flow_rwl`, AWM's loss).  Minimising w * l raises the likelihood of
 well-rewarded images in proportion to their reward; the beta term on pre-training data keeps the
 model close to its original distribution (Lee et al.'s guard against losing fidelity).
 
@@ -45,6 +46,8 @@ from finetune.prompts import shapes_pretrain_pairs
 from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
+from finetune.denoiser import TextCond, encode_images
+from finetune.flow_rwl import draw_flow_noise, flow_matching_loss, is_flow_scheduler
 from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -74,17 +77,6 @@ class LatentSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
-
-
-@torch.no_grad()
-def _encode_images(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] -> scaled latents (posterior mean, as SD fine-tuning does)."""
-    dtype = next(vae.parameters()).dtype
-    out = []
-    for i in range(0, len(images), 32):
-        x = images[i:i + 32].to(vae.device, dtype) * 2 - 1
-        out.append(vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor)
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -153,7 +145,7 @@ def _labeled_good(run: Run) -> LatentSet:
         return share[share > 0.5].index
 
     images, prompts = _load_generations(Path(run.cfg.rwl.dataset_root), good_ids, run.image_size)
-    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    latents = encode_images(run.comps.pipe.vae, images).cpu()
     ones = torch.ones(len(prompts))
     return LatentSet(latents, prompts, ones, ones)
 
@@ -172,7 +164,7 @@ def build_pretrain_set(run: Run) -> LatentSet:
         images = pil_to_tensor(renders)
     else:
         images, prompts = _load_generations(Path(r.pretrain_source), None, size)
-    latents = _encode_images(run.comps.pipe.vae, images).cpu()
+    latents = encode_images(run.comps.pipe.vae, images).cpu()
     ones = torch.ones(len(prompts))
     return LatentSet(latents, prompts, ones, ones)
 
@@ -194,19 +186,22 @@ def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
 def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' denoising losses,
-    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws."""
+    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws
+    (a flow family: noise levels sigma, :func:`finetune.flow_rwl.draw_flow_noise`)."""
+    if is_flow_scheduler(noise_scheduler):
+        return draw_flow_noise(noise_scheduler, n, latent_shape, gen, device)
     noise = torch.randn((n, *latent_shape), generator=gen, device=device)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
     return noise, t
 
 
-def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None,
                    noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0,
                    keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
     at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
-    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B, L, D): the prompts'
-    and the empty prompt's text embeddings (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
+    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B rows): the prompts'
+    and the empty prompt's text conditioning (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
     bool, also region-aware RWL's term (B,): the output held to the base model's on the kept cells
     (:func:`finetune.region.keep_loss`); else None.
 
@@ -214,7 +209,13 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch
     u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
     Fitting the conditional output alone to images the *guided* sampler drew teaches c to overshoot,
     and sampling with guidance then overshoots again: colours drift off the palette within a few
-    hundred steps (measured in the shapes world)."""
+    hundred steps (measured in the shapes world).
+
+    A flow family (``noise_scheduler`` a FlowMatchEulerDiscreteScheduler, ``t`` noise levels
+    sigma): the flow-matching loss (:func:`finetune.flow_rwl.flow_matching_loss`); no keep term
+    (region-aware fine-tuning refuses flow families)."""
+    if is_flow_scheduler(noise_scheduler):
+        return flow_matching_loss(run, latents, cond, uncond, noise, t, guidance_scale), None
     x0 = latents.to(run.device)
     x_t = noise_scheduler.add_noise(x0, noise, t)
     ptype = noise_scheduler.config.prediction_type
@@ -224,10 +225,10 @@ def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: torch
         dtype = next(unet.parameters()).dtype
         if guidance_scale > 1:
             both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                        encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+                        encoder_hidden_states=TextCond.cat([uncond, cond]).embeds).sample.float()
             u, c = both.chunk(2)
             return u + guidance_scale * (c - u)
-        return unet(x_t.to(dtype), t, encoder_hidden_states=cond).sample.float()
+        return unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds).sample.float()
 
     pred = output(run.comps.unet)
     loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
@@ -249,7 +250,9 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     if float(model_set.weights.sum()) <= 0:
         raise UserError("every generated image has reward weight 0, so there is nothing to learn from.",
                         "lower rwl.threshold, use rwl.weighting=exp, or check the reward model.")
-    noise_scheduler = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    scheduler = run.comps.pipe.scheduler  # a flow family trains at its own scheduler's noise levels
+    noise_scheduler = (type(scheduler).from_config(scheduler.config) if is_flow_scheduler(scheduler)
+                       else DDPMScheduler.from_config(scheduler.config))
     start, history = (state["step"], state["history"]) if state else (0, [])
     if start >= r.steps:
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",

@@ -1,4 +1,6 @@
-"""Sampling trajectories with per-step log-probs from any Stable Diffusion pipeline."""
+"""Sampling trajectories with per-step log-probs from a pipeline of any fine-tunable family (the
+family's parts: :mod:`finetune.denoiser`; its text encoding and latent decoding are re-exported
+here for the callers that sample)."""
 
 from __future__ import annotations
 
@@ -7,23 +9,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from finetune.denoiser import TextCond, decode_differentiable, decode_latents, encode_prompts
 from finetune.policy import DiffusionPolicy
-from finetune.rl_math import ddim_step, gaussian_log_prob
+from finetune.rl_math import gaussian_log_prob
+
+__all__ = ["Trajectory", "continue_chain", "decode_differentiable", "decode_latents", "denoise", "deterministic_tail",
+           "encode_prompts", "sample_trajectories", "tail_indices"]
 
 
 @dataclass
 class Trajectory:
     """A batch of denoising trajectories (one per prompt) under the policy.
 
-    Shapes: B samples, T recorded (stochastic) steps, latents (C, H, W); L tokens, D text width.
+    Shapes: B samples, T recorded (stochastic) steps, latents (C, H, W) (FLUX's unpacked, C = 16).
     T is every step of the schedule, or its first ``stochastic_steps`` when the rest of the chain
     was a deterministic tail (:func:`sample_trajectories`).
     """
 
     latents: torch.Tensor  # (B, T + 1, C, H, W) fp32: x_T, ... (the state before each recorded step, and after the last)
     log_probs: torch.Tensor  # (B, T) fp32: log p(x_{t-1} | x_t) under the sampling policy
-    prompt_embeds: torch.Tensor  # (B, L, D)
-    negative_embeds: torch.Tensor  # (B, L, D): the empty prompt, for guidance
+    prompt_embeds: TextCond  # B rows
+    negative_embeds: TextCond  # B rows: the empty prompt, for guidance
     prompts: list[str]
     tail_latents: torch.Tensor | None = None  # (B, C, H, W): x_0 of a deterministic tail, else None
     # a side-network policy (core.side): the frozen backbone's outputs at each recorded step,
@@ -46,25 +52,18 @@ class Trajectory:
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond, uncond) text embeddings, each (B, L, D), with the pipeline's own encoder."""
-    cond, uncond = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                      do_classifier_free_guidance=True, negative_prompt=[""] * len(prompts))
-    return cond, uncond
-
-
-@torch.no_grad()
-def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: torch.Tensor,
+def sample_trajectories(policy: DiffusionPolicy, cond: TextCond, uncond: TextCond,
                         latent_shape: tuple[int, int, int], generator: torch.Generator,
                         prompts: list[str], stochastic_steps: int | None = None, tail_steps: int = 0) -> Trajectory:
-    """Run the DDIM chain from x_T ~ N(0, I), recording latents and fp32 log-probs of each step.
+    """Run the stochastic chain (DDIM, or the flow SDE) from x_T ~ N(0, I), recording latents and fp32
+    log-probs of each step.
 
     With ``tail_steps`` > 0 only the first ``stochastic_steps`` steps are sampled and recorded;
     the rest of the chain is finished by a deterministic DDIM tail of ``tail_steps`` UNet calls
     (:func:`deterministic_tail`), whose x_0 only feeds the reward.
     ``generator`` lives on the latents' device and makes the whole batch reproducible.
     """
-    schedule, b = policy.schedule, cond.shape[0]
+    schedule, b = policy.schedule, len(cond)
     recorded = schedule.num_steps if not tail_steps else stochastic_steps
     x = torch.randn((b, *latent_shape), generator=generator, device=cond.device) * schedule.init_noise_sigma
     eps_pre: list[torch.Tensor] = []
@@ -75,8 +74,8 @@ def sample_trajectories(policy: DiffusionPolicy, cond: torch.Tensor, uncond: tor
 
 
 @torch.no_grad()
-def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: torch.Tensor,
-                   uncond: torch.Tensor, generator: torch.Generator, eps_pre: list | None = None
+def continue_chain(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: TextCond,
+                   uncond: TextCond, generator: torch.Generator, eps_pre: list | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps ``start`` .. ``stop`` - 1 of the stochastic chain from the latents ``x`` (B, C, H, W)
     before step ``start``: latents (B, stop - start + 1, C, H, W), ``x`` first, and the fp32
@@ -105,8 +104,9 @@ def tail_indices(start: int, num_steps: int, tail_steps: int) -> list[int]:
 
 @torch.no_grad()
 def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tail_steps: int,
-                       cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-    """x_0 (B, C, H, W) from the latents ``x`` before step ``start``: DDIM with eta = 0 (DDIM eq. 12,
+                       cond: TextCond, uncond: TextCond) -> torch.Tensor:
+    """x_0 (B, C, H, W) from the latents ``x`` before step ``start``: the schedule's deterministic step
+    (:meth:`ode_step`; a flow family: the ODE's Euler step), for SD DDIM with eta = 0 (DDIM eq. 12,
     sigma = 0) over :func:`tail_indices`, each call jumping to the alpha-bar of the timestep the next
     call evaluates (the last to the chain's final one).  With every step of the chain as a call it
     is the chain at eta = 0 (exactly so when the step count divides the training timesteps, as 20
@@ -122,27 +122,12 @@ def deterministic_tail(policy: DiffusionPolicy, x: torch.Tensor, start: int, tai
     for j, i in enumerate(steps):
         index = torch.full((b,), i, device=x.device, dtype=torch.long)
         out = policy.model_output(policy.unet, x, index, cond, uncond)
-        abar_to = s.abar[steps[j + 1]] if j + 1 < len(steps) else s.abar_prev[-1]
-        x = ddim_step(out.float(), x.float(), s.abar[i].to(x.device), abar_to.to(x.device), 0.0, s.prediction_type).mean
+        x = s.ode_step(out, x, i, steps[j + 1] if j + 1 < len(steps) else None)
     return x
 
 
-@torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], fp32."""
-    return decode_differentiable(vae, latents)
-
-
-def decode_differentiable(vae, latents: torch.Tensor) -> torch.Tensor:
-    """:func:`decode_latents` keeping the graph from the images back to ``latents`` where gradients
-    are on (reward backpropagation, :mod:`finetune.draft`); the frozen VAE collects none itself."""
-    dtype = next(vae.parameters()).dtype
-    images = vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
-    return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
-def denoise(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: torch.Tensor,
-            uncond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+def denoise(policy: DiffusionPolicy, x: torch.Tensor, start: int, stop: int, cond: TextCond,
+            uncond: TextCond, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Steps ``start`` .. ``stop`` - 1 of the chain from the latents ``x`` (B, C, H, W) before step
     ``start``: the latents after them, fp32.  Each step lands on its Gaussian's mean plus its std
     times ``noise[i]`` ((T, B, C, H, W), the whole chain's per-step noise, drawn once so that the

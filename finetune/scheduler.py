@@ -1,6 +1,10 @@
-"""The one adapter from a diffusers scheduler to the pure functions of :mod:`finetune.rl_math`.
+"""The adapters from a diffusers scheduler to the pure functions of :mod:`finetune.rl_math`: one
+schedule per sampler kind (:class:`DDIMSchedule` for the SD family, :class:`FlowSchedule` for the
+flow-matching families), each with ``timesteps`` (the denoiser's time input per step),
+``step(output, x, index)`` (the stochastic step's Gaussian) and ``ode_step`` (the deterministic
+step a tail takes).
 
-The policy samples with DDIM (eta > 0 makes every step a Gaussian with a log-prob).  Any scheduler
+The SD policy samples with DDIM (eta > 0 makes every step a Gaussian with a log-prob).  Any scheduler
 config of a Stable Diffusion folder (DDIM, PNDM, Euler, DPM-Solver, ...) carries the model's noise
 schedule, so the adapter rebuilds it as a ``DDIMScheduler`` (:func:`ddim_scheduler`, the one plain
 sampling uses too: :func:`core.sampling.ddim_scheduler`) and reads off,
@@ -17,7 +21,7 @@ import torch
 
 from core.errors import UserError
 from core.sampling import ddim_scheduler as sampling_ddim
-from finetune.rl_math import PredictionType, StepGaussian, ddim_sigma, ddim_step
+from finetune.rl_math import PredictionType, StepGaussian, ddim_sigma, ddim_step, flow_ode_step, flow_sde_step
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,14 @@ class DDIMSchedule:
         return ddim_step(model_output.float(), x_t.float(), self.abar[index].to(x_t.device),
                          self.abar_prev[index].to(x_t.device), self.eta, self.prediction_type)
 
+    def ode_step(self, model_output: torch.Tensor, x: torch.Tensor, index: int, to: int | None) -> torch.Tensor:
+        """x after a deterministic DDIM step (eta = 0, DDIM eq. 12) from step ``index`` to the
+        alpha-bar of step ``to``'s timestep (None: the chain's final one); a deterministic tail's
+        step (:func:`finetune.sampler.deterministic_tail`)."""
+        abar_to = self.abar[to] if to is not None else self.abar_prev[-1]
+        return ddim_step(model_output.float(), x.float(), self.abar[index].to(x.device), abar_to.to(x.device), 0.0,
+                         self.prediction_type).mean
+
     def to(self, device) -> "DDIMSchedule":
         return DDIMSchedule(self.timesteps.to(device), self.abar.to(device), self.abar_prev.to(device),
                             self.eta, self.prediction_type, self.init_noise_sigma)
@@ -91,3 +103,60 @@ class DDIMSchedule:
                 "end the schedule above t=0: set timestep_spacing=\"trailing\", or \"leading\" with "
                 "steps_offset=1 (Stable Diffusion's), in the scheduler config.")
         return schedule
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The noise levels of a flow-matching folder's sampling (SD3, FLUX) and Flow-GRPO's SDE step
+    on them (Liu et al. 2025, arXiv 2505.05470, eq. 9-10; :func:`finetune.rl_math.flow_sde_step`).
+
+    ``sigmas`` are exactly the levels the folder's ``FlowMatchEulerDiscreteScheduler`` steps through
+    in the family's pipeline for this step count and image size: its shift (SD3), or FLUX's
+    dynamic shift ``mu`` from the image's token count and FluxPipeline's linspace sigmas
+    (:meth:`from_scheduler`).  Step i goes from sigmas[i] to sigmas[i + 1] (dt < 0)."""
+
+    timesteps: torch.Tensor  # (T,) float: sigma * 1000 per step, the scheduler's timesteps (SD3's time input)
+    sigmas: torch.Tensor  # (T + 1,) float: 1 (pure noise) ... 0 (the image)
+    noise_level: float  # Flow-GRPO's a (dpok.noise_level); 0 is the ODE
+    init_noise_sigma: float = 1.0  # x_1 ~ N(0, I): sigma = 1 is pure noise
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def step(self, velocity: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> StepGaussian:
+        """Flow-GRPO's SDE step p(x' | x) at step indices ``index`` (B,), velocity and x (B, C, h, w)."""
+        index = index.to(self.sigmas.device)
+        sigma, sigma_next = self.sigmas[index].to(x.device), self.sigmas[index + 1].to(x.device)
+        return flow_sde_step(velocity.float(), x.float(), sigma, sigma_next, self.noise_level)
+
+    def ode_step(self, velocity: torch.Tensor, x: torch.Tensor, index: int, to: int | None) -> torch.Tensor:
+        """The ODE's Euler step from step ``index``'s level to step ``to``'s (None: to sigma = 0)."""
+        sigma_to = self.sigmas[to] if to is not None else self.sigmas[-1]
+        return flow_ode_step(velocity.float(), x.float(), self.sigmas[index].to(x.device), sigma_to.to(x.device))
+
+    def to(self, device) -> "FlowSchedule":
+        return FlowSchedule(self.timesteps.to(device), self.sigmas.to(device), self.noise_level, self.init_noise_sigma)
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_inference_steps: int, noise_level: float, image_tokens: int,
+                       linspace_sigmas: bool) -> "FlowSchedule":
+        """The schedule a pipeline sets for ``num_inference_steps`` on a copy of ``scheduler``:
+        ``image_tokens`` (the denoiser's tokens per image) gives a dynamic-shift config its ``mu``
+        (diffusers' ``calculate_shift``, as both pipelines compute it); ``linspace_sigmas``: pass
+        FluxPipeline's sigmas ``linspace(1, 1 / n, n)`` (SD3's pipeline passes none)."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        flow = type(scheduler).from_config(scheduler.config)
+        cfg, kwargs = flow.config, {}
+        if cfg.get("use_dynamic_shifting", False):
+            kwargs["mu"] = calculate_shift(image_tokens, cfg.get("base_image_seq_len", 256),
+                                           cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                           cfg.get("max_shift", 1.15))
+        if linspace_sigmas and not cfg.get("use_flow_sigmas", False):
+            kwargs["sigmas"] = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        else:
+            kwargs["num_inference_steps"] = num_inference_steps
+        flow.set_timesteps(**kwargs)
+        return cls(flow.timesteps.float().cpu(), flow.sigmas.float().cpu(), float(noise_level))

@@ -1,5 +1,5 @@
 """Model families (core.families): SD3- and FLUX-format folders are recognised, sampled by make
-generate and make eval with their own flow ODE, refused by make finetune; unknown and video
+generate and make eval with their own flow ODE (fine-tuning them: tests/test_flow_finetune.py); unknown and video
 folders are refused; the Stable Diffusion path is unchanged."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from core.errors import UserError
 from core.families import FAMILIES, folder_family, require_finetunable
 from core.loading import pipeline_geometry, resolve_model
 from pipelines.cli import run
-from test_bad_input_cli import one_error_line, tree
+from test_bad_input_cli import one_error_line
 from tools.random_models import build_tiny_flux, build_tiny_sd3
 
 
@@ -67,7 +67,7 @@ def rows(root: Path):
 def test_a_folder_is_recognised_by_its_class_name(tmp_path, class_name, family, guidance):
     got = folder_family(fake_folder(tmp_path / "m", class_name, {"guidance_embeds": True}))
     assert (got.name, got.guidance, got.pipeline_class) == (family, guidance, class_name)
-    assert got.flow == (family != "sd") and got.finetune == (family == "sd")
+    assert got.flow == (family != "sd") and got.finetune  # every family fine-tunes (tests/test_flow_finetune.py)
     assert FAMILIES[class_name].denoiser == ("unet" if family == "sd" else "transformer")
 
 
@@ -165,19 +165,6 @@ def test_make_eval_takes_a_flow_base_with_the_shapes_oracle(flow_folders, tiny_c
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
-def test_make_finetune_refuses_a_flow_folder_before_anything_is_written(flow_folders, tmp_path, capsys, name):
-    from pipelines.finetune import main
-
-    out = tmp_path / "run"
-    before = tree(flow_folders[name])
-    assert run(main, [f"output_dir={out}", f"model.pipeline={flow_folders[name]}", "reward.kind=oracle"]) == 2
-    one_error_line(capsys, "flow-matching fine-tuning is not built yet", "Fix:")
-    assert not out.exists() and tree(flow_folders[name]) == before
-    with pytest.raises(UserError, match="not built yet"):
-        require_finetunable(flow_folders[name])
-
-
-@pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_make_probe_steps_refuses_a_flow_folder(flow_folders, tmp_path, capsys, name):
     """The probe samples DPOK's DDIM chain through ``pipe.unet``: a flow folder is one error, not a
     traceback, and no report is written."""
@@ -185,7 +172,7 @@ def test_make_probe_steps_refuses_a_flow_folder(flow_folders, tmp_path, capsys, 
 
     out = tmp_path / "probe"
     assert run(main, [f"output_dir={out}", f"pipeline={flow_folders[name]}", "reward.kind=oracle"]) == 2
-    one_error_line(capsys, "flow-matching fine-tuning is not built yet", "Fix:")
+    one_error_line(capsys, "probes the DDIM chain of Stable Diffusion 1.x/2.x only", "Fix:")
     assert not out.exists()
 
 

@@ -104,8 +104,8 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
         target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
         cond, uncond = encode_prompts(pipe, prompts, "cpu")
         with torch.no_grad():
-            c = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
-            u = pipe.unet(x_t, t, encoder_hidden_states=uncond).sample
+            c = pipe.unet(x_t, t, encoder_hidden_states=cond.embeds).sample
+            u = pipe.unet(x_t, t, encoder_hidden_states=uncond.embeds).sample
         pred = u + w * (c - u)
         return ((pred - target) ** 2).flatten(1).mean(1)
 

@@ -123,7 +123,7 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     b, m, u, cfg_rows = update_pass(cfg)
     c, h, w = run.latent_shape
     prompts = (run.prompts * b)[:b]
-    cond, _ = encode_prompts(pipe, prompts, dev)
+    cond = encode_prompts(pipe, prompts, dev)[0].embeds  # (B, L, D): the UNet passes are SD's
     dtype = next(run.comps.unet.parameters()).dtype
 
     def rows(n):  # n rows of latents and text embeddings
@@ -188,7 +188,7 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
     dev = run.device
     b, _, u, cfg_rows = update_pass(cfg)
     c, h, w = run.latent_shape
-    cond, _ = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)
+    cond = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)[0].embeds
     sync, out = sync_fn(dev), {}
     for mode in ("off", "on"):
         comps = load_components(replace(cfg, compute=replace(cfg.compute, compile="off")), dev,

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.families import require_finetunable
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import default_device, load_model, resolve_model
@@ -125,7 +124,11 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     after = _check(cfg)
     device = default_device()
     ref = resolve_model(cfg.pipeline)  # a pipeline folder or a fine-tuned run
-    require_finetunable(ref.base)  # the probe samples DPOK's DDIM chain: a flow folder is refused
+    if ref.family.flow:  # the probe samples DPOK's DDIM chain
+        raise UserError(f"{ref.base} is a {ref.family.title} folder, a flow-matching model: make probe-steps "
+                        "probes the DDIM chain of Stable Diffusion 1.x/2.x only (its flow-SDE probe is not built).",
+                        "probe a Stable Diffusion 1.x/2.x folder; fine-tune the flow model with make finetune "
+                        "METHOD=dpok and choose dpok.window by hand.")
     pipe = load_model(ref, device=device)
     reward = Reward(reward_fn, cfg.reward.batch_size) if reward_fn else load_reward(cfg.reward, device)
     s = cfg.sampling
