@@ -408,11 +408,11 @@ def _fixed(x: float, digits: int) -> str:
     return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
-def _pct(x: float, se: float | None = None) -> str:
-    """A share as percent with one decimal, "± SE" after it when given; n/a for NaN."""
+def _pct(x: float, se: float | None = None, sign: bool = False) -> str:
+    """A share as percent with one decimal (``sign``: signed), "± SE" after it when given; n/a for NaN."""
     if x is None or not math.isfinite(x):
         return "n/a"
-    return f"{100 * x:.1f}" + ("" if se is None else " ± " + ("n/a" if not math.isfinite(se) else f"{100 * se:.1f}"))
+    return (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}") + ("" if se is None else " ± " + ("n/a" if not math.isfinite(se) else f"{100 * se:.1f}"))
 
 
 MEASURE_TITLES = {"broken": "every verdict flip counts",
@@ -446,9 +446,9 @@ def frontier_table(results: list[ModelEval], main_sampler: str = "the evaluation
             between = "" if f.between is None else f" ({f.between[0]:g}–{f.between[1]:g})"
             test = ("frontier point" if r.frontier_point else "n/a (gain beyond the frontier)" if f.passes is None
                     else "pass" if f.passes else "fail")
-            out.append(f"| {label} | {r.name} | {r.scale:g} | {_pct(gain, gain_se)} | {_pct(f.rate, f.rate_se)} of "
+            out.append(f"| {label} | {r.name} | {r.scale:g} | {_pct(gain, gain_se, sign=True)} | {_pct(f.rate, f.rate_se)} of "
                        f"{k.n_base_right} | {_pct(f.frontier, f.frontier_se)}{between} | {_pct(f.floor, f.floor_se)} | "
-                       f"{_pct(f.margin, f.margin_se)} | {test} | {_pct(f.gain_share)} % | {_pct(k.unchanged)} |")
+                       f"{_pct(f.margin, f.margin_se, sign=True)} | {test} | {_pct(f.gain_share)} % | {_pct(k.unchanged)} |")
     return out
 
 

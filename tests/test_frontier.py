@@ -168,3 +168,40 @@ def test_eval_reads_every_model_against_the_frontier_at_two_samplers(tiny_sd, ti
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frontier"] == ["dpok", "half", "dpok@0.25"]
     assert metrics["models"]["other"]["samplers"][0]["frontier"]["broken"]["floor_scale"] == 0.25
+
+
+def test_demo_report_reads_the_keep_table_against_the_frontier():
+    """The demo's report (evaluation.report.markdown) shows the frontier tables when the evaluation
+    has a frontier, for both samplers; results.json carries the readings."""
+    from dataclasses import replace
+
+    from evaluation.compare import ModelEval, SamplerKeep, read_frontiers
+    from evaluation.keep import KeepWhatIsRight
+    from evaluation.report import markdown, results_json
+
+    a = {k: 0.5 for k in ("color", "count", "background", "combination", "overall")}
+
+    def keep(broken, changed):
+        return KeepWhatIsRight(0.5, broken, 100, 100, 0.1, broken_changed=changed, unchanged=0.5)
+
+    def model(name, scale, gain, broken, eta0_broken):
+        return replace(ModelEval(name, a, a, 0.5, 0.01, 200), scale=scale, gain=gain, gain_se=0.02,
+                       keep=keep(broken, broken / 2),
+                       samplers=[SamplerKeep(0.0, gain, 0.02, keep(eta0_broken, eta0_broken / 2))])
+
+    evals = [ModelEval("base", a, a, 0.5, 0.01, 200), model("dpok", 1.0, 0.30, 0.20, 0.18),
+             model("dpok@0.1", 0.1, 0.04, 0.10, 0.08), model("dpok@0.5", 0.5, 0.20, 0.14, 0.12),
+             model("region", 1.0, 0.25, 0.13, 0.20)]
+    read_frontiers(evals, ["dpok", "dpok@0.1", "dpok@0.5"])
+    region = evals[-1]
+    assert region.frontier["broken"].passes is True and region.frontier["broken"].margin == pytest.approx(0.005)
+    assert region.samplers[0].frontier["broken"].passes is False  # at eta 0: 20 % against 0.5 (0.15 + 0.08)
+    assert region.frontier["broken_changed"].floor == 0.05 and not region.frontier_point and evals[1].frontier_point
+    results = results_json(evals, {}, {})
+    assert results["region"]["frontier"]["broken"]["floor_scale"] == 0.1
+    assert results["region"]["samplers"][0]["frontier"]["broken"]["passes"] is False
+    md = markdown(results | {"hacking": {}}, evals, [], "")
+    assert "| the evaluation's η | region | 1 | +25.0 ± 2.0 | 13.0 ± 3.4 of 100 | 17.0 ± 3.7 (0.5–1) | 10.0 ± 3.0 | " \
+           "+0.5 ± 4.1 | pass | 83.3 % | 50.0 |" in md
+    assert "| η = 0 | region | 1 |" in md and "| η = 0 | dpok@0.1 | 0.1 |" in md and "frontier point" in md
+    assert md.count("| sampler | model | scale |") == 2  # every flip, and changed images only
