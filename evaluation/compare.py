@@ -430,8 +430,10 @@ def frontier_table(results: list[ModelEval], main_sampler: str = "the evaluation
     order = list(dict.fromkeys(label for label, *_ in rows))
     rows.sort(key=lambda row: order.index(row[0]))  # sampler by sampler, models in evaluation order
     floor = rows[0][5]["broken"]
-    out = [f"Frontier and floor: each model's broken share read against the frontier run scaled down to the same "
-           f"gain (linear between its two scaled points around that gain; ± SE, binomial, the interpolated "
+    points = ", ".join(f"{r.name} (scale {r.scale:g})" for r in sorted((r for r in results if r.frontier_point),
+                                                                        key=lambda r: r.scale))
+    out = [f"Frontier and floor: each model's broken share read against the frontier run, {points}, scaled to the "
+           f"same gain (linear between its two scaled points around that gain; ± SE, binomial, the interpolated "
            f"frontier's the weighted sum of its points' SEs) and against the floor, what the frontier run at scale "
            f"{floor.floor_scale:g} breaks. Target test: (broken − floor) ≤ ½ (frontier − floor), i.e. margin "
            f"½ (frontier + floor) − broken ≥ 0; gain share: the gain over the frontier run's at scale 1. Base-right "
@@ -443,9 +445,10 @@ def frontier_table(results: list[ModelEval], main_sampler: str = "the evaluation
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, r, gain, gain_se, k, readings in rows:
             f = readings[measure]
-            between = "" if f.between is None else f" ({f.between[0]:g}–{f.between[1]:g})"
-            test = ("frontier point" if r.frontier_point else "n/a (gain beyond the frontier)" if f.passes is None
-                    else "pass" if f.passes else "fail")
+            between = ("" if f.between is None else " (floor)" if f.between[0] == f.between[1]
+                       else f" ({f.between[0]:g}–{f.between[1]:g})")
+            test = ("frontier point" if r.frontier_point else "n/a (gain beyond the frontier)" if f.between is None
+                    else "n/a" if f.passes is None else "pass" if f.passes else "fail")
             out.append(f"| {label} | {r.name} | {r.scale:g} | {_pct(gain, gain_se, sign=True)} | {_pct(f.rate, f.rate_se)} of "
                        f"{k.n_base_right} | {_pct(f.frontier, f.frontier_se)}{between} | {_pct(f.floor, f.floor_se)} | "
                        f"{_pct(f.margin, f.margin_se, sign=True)} | {test} | {_pct(f.gain_share)} % | {_pct(k.unchanged)} |")

@@ -204,4 +204,6 @@ def test_demo_report_reads_the_keep_table_against_the_frontier():
     assert "| the evaluation's η | region | 1 | +25.0 ± 2.0 | 13.0 ± 3.4 of 100 | 17.0 ± 3.7 (0.5–1) | 10.0 ± 3.0 | " \
            "+0.5 ± 4.1 | pass | 83.3 % | 50.0 |" in md
     assert "| η = 0 | region | 1 |" in md and "| η = 0 | dpok@0.1 | 0.1 |" in md and "frontier point" in md
+    assert "| η = 0 | dpok@0.1 | 0.1 | +4.0 ± 2.0 | 8.0 ± 2.7 of 100 | 8.0 ± 2.7 (floor) |" in md
     assert md.count("| sampler | model | scale |") == 2  # every flip, and changed images only
+    assert "the frontier run, dpok@0.1 (scale 0.1), dpok@0.5 (scale 0.5), dpok (scale 1), scaled" in md  # named
