@@ -22,8 +22,8 @@ import numpy as np
 # VAE's round-trip noise, below any change of an object's colour or outline.
 MOVED_THRESHOLD = 40
 # An image "changed" when at least this share of its pixels moved: below it a model's image is the
-# base's up to a few pixels, and a verdict that flips there sits on the oracle's edge (issue 78: a
-# tenth-strength LoRA leaves 9 images in 10 under it and still flips 9 % of the right ones).
+# base's up to a few pixels, and a verdict that flips there sits on the oracle's edge (issue 78's
+# threshold).
 CHANGED_SHARE = 0.02
 
 
