@@ -197,6 +197,9 @@ class ModelRef:
     fingerprint: str
     side: Path | None = None  # a side-network run's side/ folder (core.side), put beside `base`'s UNet at load
     side_strength: float | None = None  # its lambda at load; None: the one it was trained with
+    # the multiplier on what fine-tuning learned, at load (with_scale): a LoRA fused at scale x
+    # alpha / r, a side network at scale x its lambda; 1: as trained.  0 would be the base itself
+    scale: float = 1.0
 
     @property
     def finetuned(self) -> bool:
@@ -276,6 +279,30 @@ def with_side_strength(ref: ModelRef, strength: float) -> ModelRef:
         raise UserError(f"side_strength={strength} was given for {ref.run or ref.base}, which is no side-network run.",
                         "leave side_strength out, or pass a run of make finetune with model.parameterisation=side.")
     return replace(ref, side_strength=strength, fingerprint=f"{ref.fingerprint}@{strength:g}")
+
+
+def with_scale(ref: ModelRef, scale: float) -> ModelRef:
+    """A LoRA or side-network run's :class:`ModelRef` with what fine-tuning learned scaled by
+    ``scale`` at load (diffusers' ``fuse_lora(lora_scale=)``: W + scale (alpha / r) B A; a side
+    network's lambda times ``scale``): another model, its fingerprint ending in ``*<scale>``, so
+    its generation seeds and image ids are its own.  Scale 1 is the run as trained (the same
+    fingerprint).  A scale that is no positive number, or a model with no adapter to scale (a base
+    pipeline, a full-pipeline run), is an error."""
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    where = ref.run or ref.base
+    if not (scale > 0 and scale != float("inf")):
+        raise UserError(f"the scale {scale!r} given for {where} is no positive number.",
+                        "give a scale above 0, e.g. @0.25 (1: the run as trained).")
+    if ref.adapter is None and ref.side is None:
+        raise UserError(f"a scale ({scale:g}) was given for {where}, which has no LoRA or side network to scale "
+                        "(a base pipeline or a full-pipeline run).",
+                        "drop the @scale, or pass a LoRA or side-network run of make finetune.")
+    if scale == 1:
+        return ref
+    return replace(ref, scale=ref.scale * scale, fingerprint=f"{ref.fingerprint}*{scale:g}")
 
 
 def resolve_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None, *,
@@ -385,7 +412,7 @@ def _adapter_scale(adapter: Path) -> float:
 def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
     """The pipeline of a :class:`ModelRef`: its base pipeline, with the adapter (if any) fused, or
     its side network beside the UNet (``pipe.unet`` a :class:`core.side.SideUNet` of strength
-    ``ref.side_strength``, None: the strength it was trained with).
+    ``ref.side_strength``, None: the strength it was trained with), either scaled by ``ref.scale``.
 
     Fused: W + (alpha / r) B A is folded into each adapted layer and the adapter layers are removed,
     the same model up to fp32 rounding, and faster to sample (LoRA layers add two small matmuls per
@@ -393,12 +420,13 @@ def load_model(ref: ModelRef, *, device: torch.device | str | None = None, dtype
     pipe = load_sd_pipeline(ref.base, device=device, dtype=dtype)
     if ref.side is not None:
         pipe.unet = load_side(ref.side, pipe.unet, ref.side_strength)
+        pipe.unet.strength *= ref.scale  # lambda x scale (with_scale)
     if ref.adapter is not None:
         try:
             pipe.load_lora_weights(ref.adapter)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"the LoRA weights in {ref.adapter} do not fit the pipeline {ref.base}: {e}",
                             "apply the adapter to the base pipeline it was trained from.") from None
-        pipe.fuse_lora(lora_scale=_adapter_scale(ref.adapter))
+        pipe.fuse_lora(lora_scale=_adapter_scale(ref.adapter) * ref.scale)  # ref.scale: with_scale
         pipe.unload_lora_weights()  # drops the adapter layers; the fused weights stay
     return pipe

@@ -36,18 +36,32 @@ from core.files import write_text_atomic
 from core.images import pil_to_tensor
 from core.jsonable import json_safe
 from core.loading import (ModelRef, default_device, load_clip, load_model, load_scheduler, pipeline_geometry,
-                          resolve_model, with_side_strength)
+                          resolve_model, with_scale, with_side_strength)
 from core.sampling import generate_images, image_size, sampler_settings, sampling_dtype
 from core.seeds import eval_seeds
 from data.targets import read_prompts_file
 from evaluation.config import EvalConfig
 from evaluation.embeddings import clip_image_embeddings, frechet_distance, reference_embeddings
 from evaluation.grids import keep_grid, sample_grid
+from evaluation.frontier import (MEASURES, RIGHT_IMAGES_WANTED, FrontierPoint, FrontierReading, read_frontier,
+                                 seeds_for_right_images, split_scale)
 from evaluation.keep import KeepWhatIsRight, keep_what_is_right
 from evaluation.oracle import (ALIGNMENT_KEYS, control_prompts, judged_figures, oracle_regions, pass_rates,
                                reference_renders, shapes_prompts, split_prompts)
 from evaluation.settings import describe
 from reward.reward_fn import load_reward
+
+
+@dataclass
+class SamplerKeep:
+    """A fine-tuned model against the base on the target prompts at another DDIM eta than the
+    evaluation's (EvalConfig.keep_etas), same seeds: the figures of the keep table."""
+
+    eta: float
+    gain: float  # alignment gain over the base (share) and its paired SE (image_paired_gain)
+    gain_se: float
+    keep: KeepWhatIsRight
+    frontier: dict[str, FrontierReading] = field(default_factory=dict)  # by measure; {}: no frontier
 
 
 @dataclass
@@ -77,6 +91,13 @@ class ModelEval:
     keep: KeepWhatIsRight | None = None
     # the scheduler class that sampled this model's images (core.sampling.SamplingConfig.settings)
     sampler: str = ""
+    scale: float = 1.0  # what fine-tuning learned, scaled at load (core.loading.with_scale); 1: as trained
+    frontier_point: bool = False  # one of the frontier's points (the frontier run at one of its scales)
+    # the keep figures read against the frontier and the floor (evaluation.frontier), by measure
+    # (MEASURES); {} for the base, without the oracle or without a frontier
+    frontier: dict[str, FrontierReading] = field(default_factory=dict)
+    # the keep table at each further eta (EvalConfig.keep_etas), same seeds; [] for the base
+    samplers: list[SamplerKeep] = field(default_factory=list)
 
 
 PROMPT_SETS = {"targets": "target", "controls": "control", "generalization": "held-out"}  # ModelEval.off_palette keys
@@ -127,10 +148,14 @@ def win_rate(rewards: np.ndarray, base_rewards: np.ndarray) -> float:
     return float(np.mean((rewards > base_rewards) + 0.5 * (rewards == base_rewards)))
 
 
-def _models(cfg: EvalConfig, base: ModelRef) -> list[tuple[str, ModelRef]]:
+def _models(cfg: EvalConfig, base: ModelRef) -> tuple[list[tuple[str, ModelRef]], list[str]]:
     """The named runs, each checked to be there, to hold a fine-tuned model and to have been
-    trained from the base's pipeline (core.loading.resolve_model)."""
+    trained from the base's pipeline (core.loading.resolve_model), at the scale a ``@scale``
+    suffix gives; then the frontier model at each of ``frontier_scales`` not named already.  And
+    the names of the frontier's points (the frontier run at each of its scales; [] without a
+    frontier: fewer than two scales of it)."""
     out: list[tuple[str, ModelRef]] = []
+    unscaled: dict[str, ModelRef] = {}
     for item in cfg.models:
         name, _, path = item.partition("=")
         name = name.strip()
@@ -139,17 +164,45 @@ def _models(cfg: EvalConfig, base: ModelRef) -> list[tuple[str, ModelRef]]:
         if name == "base" or name in dict(out):
             raise UserError(f"model name '{name}' is used twice (the base model is 'base').",
                             "give each run its own name, e.g. models=[a=runs/x, b=runs/y].")
+        path, scale = split_scale(path, name)
         if not Path(path).exists():
             raise UserError(f"model {name}: the run folder {path} does not exist.",
                             "fix the path, or leave that run out of models=[...].")
         ref = resolve_model(path, base=base.base)
         if cfg.side_strength is not None and ref.side is not None:
             ref = with_side_strength(ref, cfg.side_strength)
-        out.append((name, ref))
+        unscaled[name] = ref
+        out.append((name, ref if scale is None else with_scale(ref, scale)))
     if cfg.side_strength is not None and not any(ref.side for _, ref in out):
         raise UserError(f"side_strength={cfg.side_strength} was given, and none of the models is a side-network run.",
                         "leave side_strength out, or add a run of make finetune with model.parameterisation=side.")
-    return out
+    front = cfg.frontier if cfg.frontier is not None else ("dpok" if "dpok" in unscaled else None)
+    if front is None and cfg.frontier_scales:
+        raise UserError(f"frontier_scales={list(cfg.frontier_scales)} was given, and no model is the frontier "
+                        "(none is named dpok).", "name the plain run the frontier: frontier=<one of the models' names>.")
+    if front is None:
+        return out, []
+    if front not in unscaled:
+        raise UserError(f"frontier={front} names no model (models: {', '.join(unscaled) or 'none'}).",
+                        "set frontier to one of the models' names.")
+    plain = unscaled[front]
+    same = [n for n, r in out if r.run is not None and plain.run is not None and r.run.resolve() == plain.run.resolve()
+            and r.side_strength == plain.side_strength]
+    have = {r.scale for n, r in out if n in same}
+    for s in sorted(set(cfg.frontier_scales) - have):
+        name = f"{front}@{s:g}"
+        if name in dict(out):
+            raise UserError(f"model name '{name}' is used twice (frontier_scales adds it).",
+                            "name your own models otherwise, or leave that scale out of frontier_scales.")
+        out.append((name, with_scale(plain, s)))
+        same.append(name)
+    scales = {r.scale for n, r in out if n in same}
+    if len(scales) < 2:
+        if cfg.frontier is not None or cfg.frontier_scales:
+            raise UserError(f"the frontier model {front} is evaluated at {len(scales)} scale, and a frontier needs two "
+                            "at least.", "add frontier_scales=[0.1,0.25,0.5] (the smallest is the floor).")
+        return out, []
+    return out, same
 
 
 def evaluated_prompts(cfg: EvalConfig) -> list[str]:
@@ -178,7 +231,14 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
     controls = control_prompts(chosen) if cfg.control_split and prompts is not None else []
     k = cfg.samples_per_prompt
     k_side = k if cfg.side_samples_per_prompt is None else cfg.side_samples_per_prompt
-    names = [("base", base)] + _models(cfg, base)
+    models, frontier = _models(cfg, base)
+    names = [("base", base)] + models
+    etas = [e for e in dict.fromkeys(cfg.keep_etas) if e != cfg.sampling.eta]  # the keep table's further samplers
+    if etas and (prompts is None or base.family.flow):
+        raise UserError(f"keep_etas={list(cfg.keep_etas)} was given, and "
+                        + ("the keep table needs shapes-world prompts (the oracle judges them)." if prompts is None
+                           else f"{base.family.title} samples its flow ODE (deterministic already), no DDIM eta."),
+                        "leave keep_etas out.")
     dtype = sampling_dtype(cfg.mixed_precision, default_device())  # the pipelines' device (load_model)
     # A reward folder that is not there is an error.  The evaluation reports the reward itself:
     # reward.optimism (a fine-tuning bonus for what the reward is unsure of) never counts here.
@@ -195,6 +255,7 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, base_rewards, base_aligned, base_images, base_regions = [], None, None, None, None
+    base_at: dict[float, tuple[list[bool], list, list]] = {}  # eta -> the base's verdicts, images, regions
     shown: list[int] = []  # the keep grid's rows: indexes into the targets' images
     cells: list[list] = []  # per shown row: (image, aligned) of the base, then of each model
     for name, ref in names:
@@ -225,10 +286,22 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
             keep = keep_what_is_right(base_aligned, aligned, base_images, images[:n_main], base_regions)
             for row, i in zip(cells, shown):
                 row.append((images[i], aligned[i]))
+        samplers = []
+        for eta in etas:  # the targets again at each further eta, same seeds (the keep table only)
+            at = generate_images(pipe, texts[:n_main], seeds[:n_main], replace(cfg.sampling, eta=eta),
+                                 progress=progress, dtype=dtype)
+            ok = [bool(v.aligned) for v in judged_figures(at, texts[:n_main], {})[2]]
+            if eta not in base_at:
+                base_at[eta] = (ok, at, oracle_regions(at, texts[:n_main]))
+                continue
+            b_ok, b_images, b_regions = base_at[eta]
+            samplers.append(SamplerKeep(eta, *image_paired_gain(ok, b_ok, texts[:n_main]),
+                                        keep_what_is_right(b_ok, ok, b_images, at, b_regions)))
         results.append(ModelEval(name, align, ctrl, float(scores.mean()), frechet_distance(embeddings, reference),
                                  n_main, gen, per_prompt, None if base_rewards is None else win_rate(rewards, base_rewards),
                                  off, aligned, gain, gain_se, keep,
-                                 sampler_settings(cfg.sampling, pipe.scheduler, ref.family).sampler))
+                                 sampler_settings(cfg.sampling, pipe.scheduler, ref.family).sampler, ref.scale,
+                                 samplers=samplers))
         if base_rewards is None:
             base_rewards, base_aligned, base_images = rewards, aligned, images[:n_main]
         _save_grid(images[:n_main], texts[:n_main], None if verdicts is None else verdicts[:n_main], cfg,
@@ -239,8 +312,36 @@ def evaluate(cfg: EvalConfig, progress=None, sampling_note: str | None = None) -
                   [[ok for _, ok in row] for row in cells], [base_regions[i][0] for i in shown]).save(out / "keep.png")
         (out / "keep.txt").write_text("base | " + " | ".join(n for n, _ in names[1:]) + "\n"
                                       + "\n".join(texts[i] for i in shown) + "\n")
-    write_report(results, cfg, out, oracle=prompts is not None, sampling_note=sampling_note)
+    read_frontiers(results, frontier)
+    write_report(results, cfg, out, oracle=prompts is not None, sampling_note=sampling_note, frontier=frontier)
     return results
+
+
+def read_frontiers(results: list[ModelEval], frontier: list[str]) -> None:
+    """Each fine-tuned model's keep figures read against the frontier (the models named
+    ``frontier``: one run at several scales) and its floor, at the evaluation's sampler and at
+    each further one (evaluation.frontier); sets ``frontier`` of every ModelEval and SamplerKeep."""
+    points = [r for r in results if r.name in frontier and r.keep is not None]
+    if len(points) < 2:
+        return
+    for r in points:
+        r.frontier_point = True
+
+    def figures(r: ModelEval, j: int | None) -> tuple[float, KeepWhatIsRight] | None:
+        if j is None:
+            return (r.gain, r.keep) if r.keep is not None else None
+        return (r.samplers[j].gain, r.samplers[j].keep) if j < len(r.samplers) else None
+
+    for j in [None, *range(len(points[0].samplers))]:
+        for measure in MEASURES:
+            line = [FrontierPoint(p.scale, g, getattr(k, measure), k.n_base_right)
+                    for p in points if (fig := figures(p, j)) is not None for g, k in [fig]]
+            for r in results:
+                if (fig := figures(r, j)) is None:
+                    continue
+                gain, k = fig
+                reading = read_frontier(line, gain, getattr(k, measure), k.n_base_right, measure)
+                (r.frontier if j is None else r.samplers[j].frontier)[measure] = reading
 
 
 def keep_rows(base_aligned: list[bool], masks: list, texts: list[str], n: int) -> list[int]:
@@ -285,7 +386,8 @@ def markdown_table(results: list[ModelEval]) -> str:
     """One row per model; the oracle's alignment columns only when the results have them."""
     oracle = bool(results and results[0].alignment)
     cols = [*ALIGNMENT_KEYS, "generalization overall", "controls overall", "off-palette objects (targets)",
-            "base-wrong fixed", "base-right broken", "pixels moved (base-right)"] if oracle else []
+            "base-wrong fixed", "base-right broken", "base-right broken (changed)", "base-right unchanged",
+            "pixels moved (base-right)"] if oracle else []
     head = "| model | " + " | ".join(cols + ["mean reward", "reward win-rate vs base",
                                              "fidelity (CLIP-FD, lower is better)"]) + " |"
     rows = [head, "|" + "---|" * (len(cols) + 4)]
@@ -306,14 +408,76 @@ def _fixed(x: float, digits: int) -> str:
     return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
+def _pct(x: float, se: float | None = None, sign: bool = False) -> str:
+    """A share as percent with one decimal (``sign``: signed), "± SE" after it when given; n/a for NaN."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}") + ("" if se is None else " ± " + ("n/a" if not math.isfinite(se) else f"{100 * se:.1f}"))
+
+
+MEASURE_TITLES = {"broken": "every verdict flip counts",
+                  "broken_changed": "broken only where at least 2 % of the image's pixels moved"}
+
+
+def frontier_table(results: list[ModelEval], main_sampler: str = "the evaluation's") -> list[str]:
+    """Markdown lines: per measure (evaluation.frontier.MEASURES) a table of every fine-tuned model at
+    every sampler against the frontier at its gain and the floor; [] without a frontier."""
+    rows = [(main_sampler, r, r.gain, r.gain_se, r.keep, r.frontier) for r in results if r.frontier]
+    rows += [(f"η = {sk.eta:g}", r, sk.gain, sk.gain_se, sk.keep, sk.frontier)
+             for r in results for sk in r.samplers if sk.frontier]
+    if not rows:
+        return []
+    order = list(dict.fromkeys(label for label, *_ in rows))
+    rows.sort(key=lambda row: order.index(row[0]))  # sampler by sampler, models in evaluation order
+    floor = rows[0][5]["broken"]
+    points = ", ".join(f"{r.name} (scale {r.scale:g})" for r in sorted((r for r in results if r.frontier_point),
+                                                                        key=lambda r: r.scale))
+    out = [f"Frontier and floor: each model's broken share read against the frontier run, {points}, scaled to the "
+           f"same gain (linear between its two scaled points around that gain; ± SE, binomial, the interpolated "
+           f"frontier's the weighted sum of its points' SEs) and against the floor, what the frontier run at scale "
+           f"{floor.floor_scale:g} breaks. Target test: (broken − floor) ≤ ½ (frontier − floor), i.e. margin "
+           f"½ (frontier + floor) − broken ≥ 0; gain share: the gain over the frontier run's at scale 1. Base-right "
+           f"images unchanged: fewer than 2 % of their pixels moved."]
+    for measure in MEASURES:
+        out += ["", f"*{measure}*: {MEASURE_TITLES[measure]}.", "",
+                "| sampler | model | scale | gain (points) | broken % (of base-right) | frontier at equal gain % "
+                "(between scales) | floor % | margin (points) | test | gain share | base-right unchanged % |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, r, gain, gain_se, k, readings in rows:
+            f = readings[measure]
+            between = ("" if f.between is None else " (floor)" if f.between[0] == f.between[1]
+                       else f" ({f.between[0]:g}–{f.between[1]:g})")
+            test = ("frontier point" if r.frontier_point else "n/a (gain beyond the frontier)" if f.between is None
+                    else "n/a" if f.passes is None else "pass" if f.passes else "fail")
+            out.append(f"| {label} | {r.name} | {r.scale:g} | {_pct(gain, gain_se, sign=True)} | {_pct(f.rate, f.rate_se)} of "
+                       f"{k.n_base_right} | {_pct(f.frontier, f.frontier_se)}{between} | {_pct(f.floor, f.floor_se)} | "
+                       f"{_pct(f.margin, f.margin_se, sign=True)} | {test} | {_pct(f.gain_share)} % | {_pct(k.unchanged)} |")
+    return out
+
+
+def right_images_note(results: list[ModelEval], samples_per_prompt: int) -> str:
+    """A sentence on how many right target images the base drew, and the seeds per target prompt
+    that would give RIGHT_IMAGES_WANTED when it drew fewer; "" without keep figures."""
+    k = next((r.keep for r in results if r.keep is not None), None)
+    if k is None:
+        return ""
+    said = f"The base drew {k.n_base_right} right target images"
+    if k.n_base_right >= RIGHT_IMAGES_WANTED:
+        return said + f" (at least {RIGHT_IMAGES_WANTED}: the broken shares' SEs are about 3 points or less)."
+    want = seeds_for_right_images(k.n_base_right, samples_per_prompt)
+    return said + (f", fewer than {RIGHT_IMAGES_WANTED}: the broken shares' SEs are wide; samples_per_prompt={want} "
+                   f"would give about {RIGHT_IMAGES_WANTED}." if want else ": no broken share can be measured.")
+
+
 def _keep_cells(k: KeepWhatIsRight | None) -> list[str]:
     if k is None:
-        return ["-", "-", "-"]
-    return [f"{k.fixed:.3f} of {k.n_base_wrong}", f"{k.broken:.3f} of {k.n_base_right}", f"{k.moved_base_right:.3f}"]
+        return ["-"] * 5
+    return [f"{k.fixed:.3f} of {k.n_base_wrong}", f"{k.broken:.3f} of {k.n_base_right}", f"{k.broken_changed:.3f}",
+            f"{k.unchanged:.3f}", f"{k.moved_base_right:.3f}"]
 
 
 def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: bool = True,
-                 sampling_note: str | None = None) -> None:
+                 sampling_note: str | None = None, frontier: list[str] = ()) -> None:
     """``sampling_note``: the setting every model sampled at and where it came from
     (:func:`evaluation.settings.eval_setting`); None: ``cfg.sampling``, as configured."""
     base = resolve_model(cfg.base).base
@@ -328,16 +492,23 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
              "Off-palette objects: the share of the objects found whose colour no palette name fits. "
              "Against the base at the same seeds (target prompts): the share of the images the base drew "
              "wrong that the model draws right (fixed), of those it drew right that the model draws wrong "
-             "(broken), and the mean share of pixels moved on the base-right images (a channel changed by "
+             "(broken; *changed*: only those with at least 2 % of their pixels moved, the rest *unchanged*), "
+             "and the mean share of pixels moved on the base-right images (a pixel moved: a channel changed by "
              "more than 40 of 255).\n\n" if oracle
              else f"No oracle columns: not every prompt is a shapes-world prompt. {SHAPES_ONLY}\n\n")
     alarms = "".join(f"\n- **{a}**" for a in off_palette_alarms(results))
+    eta = "the flow ODE" if folder_family(base).flow else f"η = {cfg.sampling.eta:g}"
+    front = frontier_table(results, eta)
+    enough = right_images_note(results, cfg.samples_per_prompt)
+    keep_md = ("\n## Keep what is right: the frontier and the floor\n\n" + "\n".join(front) + "\n"
+               + (f"\n{enough}\n" if enough else "")) if front else (f"\n{enough}\n" if enough else "")
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
         f"(seed {cfg.seed}){side}\n\nSampling, the same for every model: {note}.\n\n{about}"
         f"Reward win-rate: the share of (prompt, seed) pairs whose image the reward scores above the base's "
         f"(ties count half). Fidelity: CLIP-space Frechet distance to {fidelity_reference(cfg, oracle)}.\n\n"
-        f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else ""))
+        f"{table}\n" + (f"\nHacking alarm:{alarms}\n" if alarms else "") + keep_md)
     write_text_atomic(out / "metrics.json", json.dumps(json_safe(
         {"config": to_dict(cfg), "sampling": note, "oracle": oracle, "fidelity_reference": fidelity_reference(cfg, oracle),
-         **({} if oracle else {"note": SHAPES_ONLY}), "models": {r.name: asdict(r) for r in results}}), indent=2))
+         **({} if oracle else {"note": SHAPES_ONLY}), "frontier": list(frontier),
+         "models": {r.name: asdict(r) for r in results}}), indent=2))

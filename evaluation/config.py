@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import PositiveFloat, PositiveInt
+from core.config import PositiveFloat, PositiveInt, Share
 from core.sampling import MixedPrecision, SamplingConfig
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_CLIP, SHAPES_SD
@@ -16,8 +16,18 @@ from shapes import SHAPES_CLIP, SHAPES_SD
 class EvalConfig:
     base: str = str(SHAPES_SD)  # a pipeline folder or a fine-tuned run (core.loading.resolve_model)
     # name=path of a fine-tuned run (LoRA weights or a full pipeline folder); one that is not there
-    # is an error
+    # is an error.  name=path@s: a LoRA or side-network run with what it learned scaled by s at load
+    # (core.loading.with_scale; e.g. dpok25=runs/finetune-dpok@0.25)
     models: tuple[str, ...] = ("dpok=runs/finetune-dpok", "rwl=runs/finetune-rwl")
+    # the model (a name among models) whose scaled points are the frontier every model's broken
+    # share is read against (evaluation.frontier); None: "dpok" when it is among models
+    frontier: str | None = None
+    # the scales the frontier model is also evaluated at, each one more model named <frontier>@<s>;
+    # the smallest is the floor.  (): no frontier (unless models name the run at several scales)
+    frontier_scales: tuple[PositiveFloat, ...] = ()
+    # further DDIM etas the target prompts are sampled at for the keep table, on the same seeds
+    # (e.g. [0.0]: the deterministic sampler); (): sampling.eta alone
+    keep_etas: tuple[Share, ...] = ()
     # the strength lambda of every side-network run among the models (core.side); None: each one's own
     side_strength: PositiveFloat | None = None
     split: str = "heldout"  # shapes-world prompt set evaluated (the fine-tuning targets)

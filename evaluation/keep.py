@@ -21,6 +21,10 @@ import numpy as np
 # A pixel "moved" when one of its RGB channels changed by more than this (0-255 units): above the
 # VAE's round-trip noise, below any change of an object's colour or outline.
 MOVED_THRESHOLD = 40
+# An image "changed" when at least this share of its pixels moved: below it a model's image is the
+# base's up to a few pixels, and a verdict that flips there sits on the oracle's edge (issue 78's
+# threshold).
+CHANGED_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class KeepWhatIsRight:
     moved_base_right: float  # mean share of pixels moved, over the base-right images
     moved_inside: float | None = None  # share of the problem regions' pixels moved (base-wrong images with regions)
     moved_outside: float | None = None  # share of the pixels to leave alone that moved (same images)
+    # of the base-right images, the share the model draws wrong with at least CHANGED_SHARE of their
+    # pixels moved (broken for real, not a verdict flipped by a few pixels), and the share with fewer
+    # moved (unchanged); NaN: the base drew none right
+    broken_changed: float = math.nan
+    unchanged: float = math.nan
 
 
 def moved_pixels(base: np.ndarray, model: np.ndarray, threshold: int = MOVED_THRESHOLD) -> np.ndarray:
@@ -56,6 +65,7 @@ def keep_what_is_right(base_ok: list[bool], model_ok: list[bool], base_images: l
         raise ValueError("base_ok, model_ok and the two image lists must pair up one to one")
     moved = [moved_pixels(np.asarray(x), np.asarray(y)) for x, y in zip(base_images, model_images)]
     right = [mv.mean() for mv, ok in zip(moved, b) if ok]
+    changed = np.array([share >= CHANGED_SHARE for share in right], dtype=bool)
     inside, outside = [], []
     for mv, ok, reg in zip(moved, b, regions or [None] * len(moved)):
         if ok or reg is None:
@@ -69,4 +79,6 @@ def keep_what_is_right(base_ok: list[bool], model_ok: list[bool], base_images: l
         broken=float((~m[b]).mean()) if b.any() else math.nan,
         n_base_wrong=int((~b).sum()), n_base_right=int(b.sum()),
         moved_base_right=float(np.mean(right)) if right else math.nan,
-        moved_inside=pooled(inside), moved_outside=pooled(outside))
+        moved_inside=pooled(inside), moved_outside=pooled(outside),
+        broken_changed=float((~m[b] & changed).mean()) if b.any() else math.nan,
+        unchanged=float((~changed).mean()) if b.any() else math.nan)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluation.curves import check_curve
 from core.jsonable import json_safe
-from evaluation.compare import ModelEval, off_palette_alarms
+from evaluation.compare import ModelEval, frontier_table, off_palette_alarms
 from shapes.oracle import ALIGNMENT_KEYS
 
 HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes
@@ -34,6 +34,10 @@ def results_json(evals: list[ModelEval], reward_metrics: dict, seconds: dict[str
             out[e.name]["gain"], out[e.name]["gain_se"] = e.gain, e.gain_se
         if e.keep is not None:  # against the base at the same seeds (evaluation.keep)
             out[e.name]["keep"] = asdict(e.keep)
+        if e.frontier or e.samplers:  # read against the frontier and floor; further samplers (evaluation.frontier)
+            out[e.name]["scale"] = e.scale
+            out[e.name]["frontier"] = {m: asdict(f) for m, f in e.frontier.items()}
+            out[e.name]["samplers"] = [asdict(sk) for sk in e.samplers]
     out["reward_model"] = reward_metrics
     out["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     out["hacking"] = hacking_check(evals)
@@ -202,12 +206,18 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
                   "model draws wrong (broken); the mean share of pixels moved on the base-right images (a channel "
                   "changed by more than 40 of 255); on the base-wrong images, the share of the oracle's problem "
                   "region that moved and of the region a fix should leave alone (the right objects and "
-                  "background) that moved.", "",
-                  "| model | fixed | broken | pixels moved (base-right) | moved: problem region / leave alone |",
-                  "|---|---|---|---|---|"]
+                  "background) that moved. Broken (changed): only base-right images with at least 2 % of their "
+                  "pixels moved; unchanged: those with fewer.", "",
+                  "| model | fixed | broken | broken (changed) | base-right unchanged | pixels moved (base-right) | "
+                  "moved: problem region / leave alone |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {e.name} | {_fmt(e.keep.fixed)} % of {e.keep.n_base_wrong} | {_fmt(e.keep.broken)} % of "
-                  f"{e.keep.n_base_right} | {_fmt(e.keep.moved_base_right)} % | {_fmt(e.keep.moved_inside)} % / "
+                  f"{e.keep.n_base_right} | {_fmt(e.keep.broken_changed)} % | {_fmt(e.keep.unchanged)} % | "
+                  f"{_fmt(e.keep.moved_base_right)} % | {_fmt(e.keep.moved_inside)} % / "
                   f"{_fmt(e.keep.moved_outside)} % |" for e in keeps]
+        front = frontier_table(evals, "the evaluation's η")
+        if front:
+            lines += [""] + front
     if results.get("targets_chosen"):
         lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
                   "", "![per-prompt pass rates](per_prompt.png)"]

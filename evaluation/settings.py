@@ -86,6 +86,7 @@ def eval_setting(cfg, given: set[str]):
     """``make eval``'s config with the fine-tuned runs' setting (base and named runs that are runs)
     for the sampling keys not ``given``, and the report's line on it."""
     from core.loading import load_scheduler, resolve_model
+    from evaluation.frontier import split_scale
 
     runs: dict[str, Path] = {}
     base = resolve_model(cfg.base)
@@ -93,6 +94,7 @@ def eval_setting(cfg, given: set[str]):
         runs["base"] = base.run
     for item in cfg.models:
         name, _, path = item.partition("=")
+        path = split_scale(path, name.strip())[0] if path else path  # runs/x@0.25: the run runs/x
         if path and Path(path).exists():  # one that is not there: evaluate's own error
             ref = resolve_model(path, base=base.base)
             if ref.run is not None:

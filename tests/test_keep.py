@@ -56,3 +56,15 @@ def test_keep_grid_rows_and_tint():
     assert tuple(red[0, 0]) == (128, 0, 0) and tuple(red[1, 1]) == (0, 0, 0)
     grid = keep_grid([[Image.new("RGB", (4, 4))] * 3], ["one circle"], [[False, True, False]], [masks[1]])
     assert grid.size[1] == 4 + 2 * 3  # one row, padded
+
+
+def test_broken_counts_as_changed_only_with_two_percent_of_the_pixels_moved():
+    """8x8 images: 1 pixel of 64 (1.6 %) moved leaves an image unchanged, 2 (3.1 %) change it."""
+    base = [_img(0, 8) for _ in range(4)]
+    model = [_img(0, 8) for _ in range(4)]
+    model[0][0, 0] = 255  # broken, 1 pixel moved: a verdict on the oracle's edge
+    model[1][0, :2] = 255  # broken, 2 pixels moved: broken for real
+    model[2][0, :2] = 255  # still right, 2 pixels moved
+    k = keep_what_is_right([True] * 4, [False, False, True, True], base, model)
+    assert k.broken == 0.5 and k.broken_changed == 0.25 and k.unchanged == 0.5  # images 0 and 3 unchanged
+    assert math.isnan(keep_what_is_right([False], [True], [_img(0)], [_img(0)]).broken_changed)
