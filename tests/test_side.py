@@ -155,3 +155,59 @@ def test_a_side_run_says_it_saved_the_side_network():
     from pipelines.finetune import SAVED
 
     assert SAVED["side"] == "the side network in side/" and set(SAVED) == set(get_args(Parameterisation))
+
+
+def test_the_side_output_reaches_the_dpok_and_rwl_losses(sd15, tmp_path):
+    """Issue 76: a finite difference along a direction added to g_phi's output moves DPOK's loss
+    (recorded eps_pre, guidance rows [uncond; cond]) and RWL's guided denoising loss as autograd says."""
+    from diffusers import DDPMScheduler
+
+    from finetune.dpok import _policy_loss
+    from finetune.run import setup_run
+    from finetune.rwl import denoising_loss
+    from finetune.sampler import encode_prompts, sample_trajectories
+
+    run, _ = setup_run(side_cfg(sd15, tmp_path / "run"), None)
+    policy, side = run.policy, run.comps.unet.side
+    assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == {id(p) for p in side.parameters()}
+    torch.nn.init.normal_(side.conv_out.weight, std=0.1)
+    prompts = ["one circle", "one circle", "two squares", "two squares"]
+    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device)
+    traj = sample_trajectories(policy, cond, uncond, run.latent_shape, torch.Generator().manual_seed(0), prompts)
+    adv = torch.randn(4, traj.num_steps, generator=torch.Generator().manual_seed(1))
+    ns = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    noise = torch.randn(4, *run.latent_shape, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([50, 300, 600, 900])
+    latents = traj.final_latents
+    losses = {
+        # the noisier steps: at the last one sigma_t is so small that the loss is far from linear at any h
+        "dpok": lambda: _policy_loss(run.accelerator, policy, traj, adv, np.arange(4), np.array([0, 1, 0, 1]),
+                                     run.cfg.dpok)[-1],
+        "rwl": lambda: denoising_loss(run, ns, latents, cond, uncond, noise, t, 5.0)[0].mean()}
+    state = {"h": 0.0, "out": None}
+    v = None
+
+    def nudge(module, args, output):
+        nonlocal v
+        if v is None:
+            v = torch.randn(output.sample.shape, generator=torch.Generator().manual_seed(3))
+        sample = output.sample + state["h"] * v
+        if sample.requires_grad:
+            sample.retain_grad()
+        state["out"] = sample
+        return type(output)(sample=sample)
+
+    hook = side.register_forward_hook(nudge)
+    for name, loss in losses.items():
+        v, state["h"] = None, 0.0
+        side.zero_grad(set_to_none=True)
+        loss().backward()
+        autograd = float((state["out"].grad * v).sum())
+        with torch.no_grad():
+            state["h"] = 1e-4
+            up = float(loss())
+            state["h"] = -1e-4
+            down = float(loss())
+        assert abs(autograd) > 0, name
+        assert (up - down) / 2e-4 == pytest.approx(autograd, rel=1e-2), name
+    hook.remove()
