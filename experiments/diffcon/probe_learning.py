@@ -14,7 +14,7 @@ step generalises), the held-out KL from the base, and the training rounds' mean 
 
 Usage (repository root): python experiments/diffcon/probe_learning.py TAG KIND [key=value ...]
 (KIND lora or side; the overrides go to the run, e.g. model.side_strength=0.1 optim.lr=3e-4).
-Appends one JSON line to experiments/diffcon/probe-learning.jsonl and prints it.
+Writes one record, experiments/diffcon/diag-<date>-side-learning-TAG-KIND.json (tools/records.py packs it into records.jsonl), and prints it.
 """
 
 from __future__ import annotations
@@ -119,8 +119,7 @@ def main() -> None:
     rec = {"tag": tag, "grad_cosine_between_rounds": float(np.mean(cos)), "kind": kind, "overrides": overrides, "held_reward": float(np.mean([h[2] for h in held])),
            "held_s": held_s, "rows": rows, "kl_by_step": profile, "window": [start, end],
            "command": f"PYTHONPATH=. python experiments/diffcon/probe_learning.py {' '.join(sys.argv[1:])}"}
-    with open(ROOT / "probe-learning.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    (ROOT / f"diag-{time.strftime('%Y-%m-%d')}-side-learning-{tag}-{kind}.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps({k: v for k, v in rec.items() if k != "rows"}))
     print("kl by step:", " ".join(f"{v:.3g}" for v in profile))
 

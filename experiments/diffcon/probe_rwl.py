@@ -7,7 +7,7 @@ the oracle-aligned share of the trained model's images of every training prompt 
 training loss of the last 50 steps.
 
 Usage (repository root): python experiments/diffcon/probe_rwl.py TAG KIND [key=value ...]
-(KIND lora or side).  Appends one JSON line to experiments/diffcon/probe-rwl.jsonl and prints it.
+(KIND lora or side).  Writes one record, experiments/diffcon/diag-<date>-side-rwl-TAG-KIND.json (tools/records.py packs it into records.jsonl), and prints it.
 """
 
 from __future__ import annotations
@@ -99,8 +99,7 @@ def main() -> None:
            "tuned_aligned": tuned, "gain": tuned - base, "loss_model_first50": float(np.mean(losses[:50])),
            "loss_model_last50": float(np.mean(losses[-50:])), "train_s": train_s,
            "command": f"PYTHONPATH=. python experiments/diffcon/probe_rwl.py {' '.join(sys.argv[1:])}"}
-    with open(ROOT / "probe-rwl.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    (ROOT / f"diag-{time.strftime('%Y-%m-%d')}-side-rwl-{tag}-{kind}.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec))
 
 

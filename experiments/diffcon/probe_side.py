@@ -14,7 +14,7 @@ steps (rwl.yaml), with ``model.parameterisation=side`` built by the real run set
 * the side output's size against eps_pre's (RMS of lambda * g and of eps_pre) after each step;
 * the same first steps with LoRA, for the gradient norm and the output change it makes.
 
-Writes one JSON to ``experiments/diffcon/probe-<tag>.json`` and prints a summary.
+Writes one record, ``experiments/diffcon/diag-<date>-side-<tag>.json`` (packed into records.jsonl) and prints a summary.
 Usage (repository root): python experiments/diffcon/probe_side.py [TAG] [methods=dpok,rwl]
 [kinds=side,lora] [key=value ...] (the overrides go to every run, e.g. model.side_strength=0.1).
 """
@@ -236,7 +236,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 result[f"{method}_{kind}"] = fn(kind, overrides, Path(tmp) / f"{method}-{kind}")
                 print(f"{method} {kind}: {time.perf_counter() - t0:.0f} s", flush=True)
-    (ROOT / f"probe-{tag}.json").write_text(json.dumps(result, indent=1))
+    (ROOT / f"diag-{time.strftime('%Y-%m-%d')}-side-{tag}.json").write_text(json.dumps(result, indent=1))
     for key, rec in result.items():
         if not isinstance(rec, dict):
             continue
