@@ -255,6 +255,30 @@ def test_what_flow_fine_tuning_refuses_is_one_error_and_nothing_written(flow_bas
     assert not out.exists() and tree(flow_bases["sd3"]) == before
 
 
+def test_a_guidance_scale_for_a_flux_folder_without_guidance_is_one_error_and_nothing_written(tmp_path, capsys):
+    """A schnell-like FLUX folder (no guidance embedding) takes no guidance at all: a guidance scale
+    set for it (here CFG-style, 3.5 as FLUX.1-dev's or SD3.5's 4.5 from sd35.yaml) would silently
+    do nothing, so make finetune refuses it with the fix; 1 and the untouched default pass."""
+    from core.families import folder_family
+    from finetune.config import CONFIGS
+    from finetune.denoiser import check_finetune_options
+    from pipelines.finetune import main
+
+    schnell = build_tiny_flux(tmp_path / "schnell", image_size=32, guidance_embeds=False)
+    before = tree(schnell)
+    out = tmp_path / "run"
+    assert run(main, [f"output_dir={out}", f"model.pipeline={schnell}", *TINY_DPOK]) == 2
+    one_error_line(capsys, "without a guidance embedding", "sampling.guidance_scale=3.5 would change nothing",
+                   "Fix: set sampling.guidance_scale=1")
+    assert run(main, ["--config", str(CONFIGS / "sd35.yaml"), f"output_dir={out}", f"model.pipeline={schnell}",
+                      "reward.kind=oracle", *SIZE]) == 2
+    one_error_line(capsys, "sampling.guidance_scale=4.5 would change nothing")
+    assert not out.exists() and tree(schnell) == before
+    family = folder_family(schnell)
+    for given in ([], ["sampling.guidance_scale=1"]):
+        check_finetune_options(load_config(FinetuneConfig, None, [f"model.pipeline={schnell}", *given]), family)
+
+
 def test_a_lora_of_another_family_is_refused(flow_bases, flow_runs, tiny_sd, tmp_path, capsys):
     """A flow run as init= of an SD base, and an SD run's LoRA applied to a flow base: one error,
     nothing written."""
