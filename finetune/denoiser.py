@@ -19,6 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.families import Family, pipeline_family
+from core.sampling import SamplingConfig
 from finetune.config import FinetuneConfig, ModelConfig
 from finetune.scheduler import DDIMSchedule, FlowSchedule
 
@@ -184,10 +185,20 @@ def text_encoders(pipe) -> list[torch.nn.Module]:
 def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
     """Refuse, before anything is written, what fine-tuning does not do on a flow family: a side
     network (a UNet module, core.side), full fine-tuning and region-aware fine-tuning (not built
-    for the flow families yet)."""
+    for the flow families yet), and a guidance scale given to a FLUX folder that takes none."""
     if not family.flow:
         return
     where = f"model.pipeline={cfg.model.pipeline} is a {family.title} folder"
+    g = cfg.sampling.guidance_scale
+    # A schnell-like FLUX (no guidance embedding) has neither classifier-free guidance (FLUX.1 runs no
+    # unconditional pass) nor distilled guidance: a scale set for it would silently do nothing.  The
+    # shapes-world default is not a request (it is the SD family's CFG weight) and is passed over.
+    if family.guidance == "none" and g not in (1.0, SamplingConfig.guidance_scale):
+        raise UserError(f"{where} without a guidance embedding (transformer/config.json: guidance_embeds false, "
+                        f"schnell-like): it takes no guidance, neither classifier-free (FLUX.1 runs no "
+                        f"unconditional pass) nor distilled, so sampling.guidance_scale={g:g} would change nothing.",
+                        "set sampling.guidance_scale=1, or fine-tune a guidance-distilled folder "
+                        "(FLUX.1-dev: guidance_embeds true) to train at a guidance value.")
     if cfg.model.parameterisation != "lora":
         why = ("a side network is a UNet module (core.side)" if cfg.model.parameterisation == "side"
                else "full fine-tuning of a flow transformer is not built")

@@ -208,6 +208,36 @@ def test_a_resumed_flow_run_ends_like_an_uninterrupted_one(flow_bases, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# -- SD3.5 medium's shipped config --------------------------------------------------------------------
+
+def test_the_shipped_sd35_yaml_loads_for_both_methods_and_trains_an_sd3_folder(flow_bases, tmp_path):
+    """finetune/configs/sd35.yaml loads as it is for DPOK and RWL with an SD3 folder, passes the flow
+    family's checks, sets what docs/finetune.md computes its memory for (512 px, 10 steps of the
+    Flow-SDE every one trained, guidance 4.5, LoRA r32 on the family's targets, gradient
+    checkpointing, micro-batches of 8 rows), and a round of it (at the tiny model's size) trains."""
+    from core.families import SD3, folder_family
+    from finetune.config import CONFIGS
+    from finetune.denoiser import check_finetune_options, lora_targets
+    from pipelines.finetune import main
+
+    base = flow_bases["sd3"]
+    for method in ("dpok", "rwl"):
+        cfg = load_config(FinetuneConfig, CONFIGS / "sd35.yaml", [f"method={method}", f"model.pipeline={base}"])
+        check_finetune_options(cfg, folder_family(base))
+        assert (cfg.sampling.height, cfg.sampling.width, cfg.sampling.num_inference_steps) == (512, 512, 10)
+        assert cfg.dpok_window == (0, 10) and cfg.dpok.steps_per_sample == 10 and cfg.dpok.noise_level == 0.7
+        assert cfg.sampling.guidance_scale == 4.5 and cfg.model.lora_rank == 32
+        assert lora_targets(cfg.model, SD3) == list(SD3.lora_targets)
+        assert cfg.compute.gradient_checkpointing and cfg.compute.micro_batch == 8
+    out = tmp_path / "run"
+    assert run(main, ["--config", str(CONFIGS / "sd35.yaml"), f"output_dir={out}", f"model.pipeline={base}",
+                      "reward.kind=oracle", *SIZE, "sampling.num_inference_steps=2", "dpok.rounds=1",
+                      "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
+                      "sample_grid_every=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["grad_norm"] > 0
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
@@ -223,6 +253,30 @@ def test_what_flow_fine_tuning_refuses_is_one_error_and_nothing_written(flow_bas
     assert run(main, [f"output_dir={out}", f"model.pipeline={flow_bases['sd3']}", *TINY_DPOK, *args]) == 2
     one_error_line(capsys, words, "Fix:")
     assert not out.exists() and tree(flow_bases["sd3"]) == before
+
+
+def test_a_guidance_scale_for_a_flux_folder_without_guidance_is_one_error_and_nothing_written(tmp_path, capsys):
+    """A schnell-like FLUX folder (no guidance embedding) takes no guidance at all: a guidance scale
+    set for it (here CFG-style, 3.5 as FLUX.1-dev's or SD3.5's 4.5 from sd35.yaml) would silently
+    do nothing, so make finetune refuses it with the fix; 1 and the untouched default pass."""
+    from core.families import folder_family
+    from finetune.config import CONFIGS
+    from finetune.denoiser import check_finetune_options
+    from pipelines.finetune import main
+
+    schnell = build_tiny_flux(tmp_path / "schnell", image_size=32, guidance_embeds=False)
+    before = tree(schnell)
+    out = tmp_path / "run"
+    assert run(main, [f"output_dir={out}", f"model.pipeline={schnell}", *TINY_DPOK]) == 2
+    one_error_line(capsys, "without a guidance embedding", "sampling.guidance_scale=3.5 would change nothing",
+                   "Fix: set sampling.guidance_scale=1")
+    assert run(main, ["--config", str(CONFIGS / "sd35.yaml"), f"output_dir={out}", f"model.pipeline={schnell}",
+                      "reward.kind=oracle", *SIZE]) == 2
+    one_error_line(capsys, "sampling.guidance_scale=4.5 would change nothing")
+    assert not out.exists() and tree(schnell) == before
+    family = folder_family(schnell)
+    for given in ([], ["sampling.guidance_scale=1"]):
+        check_finetune_options(load_config(FinetuneConfig, None, [f"model.pipeline={schnell}", *given]), family)
 
 
 def test_a_lora_of_another_family_is_refused(flow_bases, flow_runs, tiny_sd, tmp_path, capsys):

@@ -126,7 +126,7 @@ def configs(where: Path) -> dict[str, str]:
     return {str(p.relative_to(where)): p.read_text() for p in files if p.is_file()}
 
 
-def check_no_shapes_default(clone: Clone, user: dict) -> None:
+def check_no_shapes_default(clone: Clone, user: dict, base: str = "/models/sd-v1-5") -> None:
     from shapes import MODELS_DIR
     from shapes.world import prompt_set
 
@@ -139,8 +139,8 @@ def check_no_shapes_default(clone: Clone, user: dict) -> None:
         assert not any(f"- {p}\n" in text or f'"{p}"' in text for p in shapes_prompts), f"{name} names a shapes prompt"
     for gens in (clone.dir / "datasets").glob("*/generations"):
         g = pd.read_parquet(gens)
-        base = g[g["model_fingerprint"].notna() & g["run"].isna()]  # imports have no fingerprint
-        assert set(base["model_id"]) <= {user["/models/sd-v1-5"]}, f"{gens}: {set(base['model_id'])}"
+        base_rows = g[g["model_fingerprint"].notna() & g["run"].isna()]  # imports have no fingerprint
+        assert set(base_rows["model_id"]) <= {user[base]}, f"{gens}: {set(base_rows['model_id'])}"
     for d in (clone.dir / "datasets").glob("*"):
         gold = d / "gold"
         assert not gold.exists() or pd.read_parquet(gold).empty, f"{d.name} has oracle gold items"
@@ -206,6 +206,50 @@ def test_loop_md_two_rounds_line_by_line(tmp_path, user):
     assert "r0" in json.dumps(lineage)
     assert (clone.dir / "reports/eval-rounds").is_dir()
     check_no_shapes_default(clone, user)
+
+
+# The flow block (docs/finetune.md) on a tiny SD3-format folder laid out as SD3.5-medium's download:
+# its native 64 px (the captions' size), and the fine-tuning and evaluation at that size, not
+# sd35.yaml's 512 (sizes only, as SIZES).
+FLOW_SIZE = "sampling.height=64 sampling.width=64"
+FLOW_SIZES = {**SIZES, "finetune dpok": f"{DPOK} {FLOW_SIZE}", "finetune rwl": f"{SIZES['finetune rwl']} {FLOW_SIZE}",
+              "eval": f"{SIZES['eval']} {FLOW_SIZE}"}
+
+
+@pytest.mark.slow
+@needs_make
+def test_finetune_md_own_flow_model_line_by_line(tmp_path, user, monkeypatch):
+    """docs/finetune.md's own-model block for an SD3.5 folder, as written, with sd35.yaml: every
+    stage on the user's SD3 folder, nothing of the shapes world, and a LoRA that a stock
+    StableDiffusion3Pipeline loads."""
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+    from test_flow_finetune import transformer_output
+
+    from tools.random_models import build_tiny_sd3
+
+    sd3 = str(build_tiny_sd3(tmp_path / "sd3.5-medium", image_size=64))
+    user = {**user, "/models/sd3.5-medium": sd3}
+    clone = new_clone(tmp_path, user)
+    block = marked_blocks(ROOT / "docs" / "finetune.md", "own-model-flow")[0]
+    assert all(target(c) != "probe-steps" for c in block) and all("sd35.yaml" in c for c in block
+                                                                   if target(c) == "finetune")
+    monkeypatch.setitem(SIZES, "finetune dpok", FLOW_SIZES["finetune dpok"])
+    monkeypatch.setitem(SIZES, "finetune rwl", FLOW_SIZES["finetune rwl"])
+    monkeypatch.setitem(SIZES, "eval", FLOW_SIZES["eval"])
+    run_block(clone, block, {0: People(clone, "datasets/mine", {0: set(PROMPTS[:2])})})
+
+    clip = user["/models/clip-vit-large-patch14"]
+    reward_on(clone.dir / "runs/reward", clip, "datasets/mine")
+    for method in ("dpok", "rwl"):
+        finetuned_from(clone.dir / f"runs/finetune-{method}", sd3, "runs/reward")
+    assert (clone.dir / "reports/eval").is_dir()
+    check_no_shapes_default(clone, user, base="/models/sd3.5-medium")
+    for method in ("dpok", "rwl"):  # the result loads in stock diffusers, as the docs say, and changes the model
+        pipe = StableDiffusion3Pipeline.from_pretrained(sd3)
+        before = transformer_output(pipe.transformer, "sd3")
+        pipe.load_lora_weights(clone.dir / f"runs/finetune-{method}")
+        assert not torch.equal(transformer_output(pipe.transformer, "sd3"), before), method
 
 
 def test_the_check_catches_a_stage_that_fell_back_to_the_shapes_world(tmp_path):
