@@ -44,11 +44,12 @@ def config_setting(path: str | Path) -> dict:
     return {k: sampling[k] for k in SETTING_KEYS if isinstance(sampling, dict) and k in sampling}
 
 
-def runs_setting(runs: dict[str, Path]) -> dict:
-    """The one setting the named runs (name -> run folder) were trained at; {} when none has a
-    config.yaml; an error when they differ."""
-    settings = {name: config_setting(folder / RUN_CONFIG) for name, folder in runs.items()
-                if (folder / RUN_CONFIG).is_file()}
+def runs_setting(runs: dict[str, Path], given: set[str] = frozenset()) -> dict:
+    """The one setting the named runs (name -> run folder) were trained at, for the keys not
+    ``given`` (those the user set for every model); {} when none has a config.yaml; an error when
+    they differ."""
+    settings = {name: {k: v for k, v in config_setting(folder / RUN_CONFIG).items() if k not in given}
+                for name, folder in runs.items() if (folder / RUN_CONFIG).is_file()}
     settings = {n: s for n, s in settings.items() if s}
     distinct = {tuple(sorted(s.items())) for s in settings.values()}
     if len(distinct) > 1:
@@ -99,7 +100,7 @@ def eval_setting(cfg, given: set[str]):
             ref = resolve_model(path, base=base.base)
             if ref.run is not None:
                 runs[name.strip()] = ref.run
-    setting = runs_setting(runs)
+    setting = runs_setting(runs, given)
     sampling = apply_setting(cfg.sampling, setting, given)
     taken = sorted(set(setting) - given)
     if not taken:

@@ -244,6 +244,10 @@ def test_eval_samples_at_the_runs_own_setting_unless_given(setup, tmp_path, caps
     assert run(main, two) == 2
     err = capsys.readouterr().err
     assert "different sampling settings" in err and "num_inference_steps 7" in err
+    # the fix the error names works: the key the runs differ in, set for every model
+    cfg = load_config(EvalConfig, None, two + ["sampling.num_inference_steps=3"])
+    cfg, note = eval_setting(cfg, given_keys(None, two + ["sampling.num_inference_steps=3"]))
+    assert cfg.sampling.num_inference_steps == 3 and "num_inference_steps as configured" in note
 
 
 def test_the_table_prints_a_fidelity_that_rounds_to_zero_as_0_0000():
