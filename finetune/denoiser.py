@@ -185,10 +185,15 @@ def text_encoders(pipe) -> list[torch.nn.Module]:
 def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
     """Refuse, before anything is written, what fine-tuning does not do on a flow family: a side
     network (a UNet module, core.side), full fine-tuning and region-aware fine-tuning (not built
-    for the flow families yet), and a guidance scale given to a FLUX folder that takes none."""
+    for the flow families yet), DRaFT (finetune.draft: a DDIM chain), and a guidance scale given to a
+    FLUX folder that takes none."""
     if not family.flow:
         return
     where = f"model.pipeline={cfg.model.pipeline} is a {family.title} folder"
+    if cfg.method == "draft":
+        raise UserError(f"{cfg.model.pipeline} is a {family.title} folder: method=draft differentiates a "
+                        "Stable Diffusion UNet's DDIM chain, and a flow-matching chain is not built for it.",
+                        "fine-tune a Stable Diffusion 1.x/2.x folder (StableDiffusionPipeline).")
     g = cfg.sampling.guidance_scale
     # A schnell-like FLUX (no guidance embedding) has neither classifier-free guidance (FLUX.1 runs no
     # unconditional pass) nor distilled guidance: a scale set for it would silently do nothing.  The

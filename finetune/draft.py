@@ -45,7 +45,6 @@ from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
-from core.families import folder_family
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.denoiser import TextCond
@@ -86,14 +85,10 @@ class StepSamples:
 def check_draft_inputs(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> None:
     """What DRaFT cannot train, refused before anything is written: a reward object without a
     gradient (a learned reward and a plain fn have one; ``reward.kind=oracle`` is refused when the
-    config loads) and a base whose chain is not a UNet's DDIM."""
+    config loads); a flow-matching base is refused with the family's other refusals
+    (finetune.denoiser.check_finetune_options)."""
     if isinstance(reward_fn, Reward):
         reward_fn.require_differentiable()
-    family = folder_family(cfg.model.pipeline)
-    if family.sampler != "ddim":
-        raise UserError(f"{cfg.model.pipeline} is a {family.title} folder: method=draft differentiates a "
-                        "Stable Diffusion UNet's DDIM chain, and a flow-matching chain is not built for it.",
-                        "fine-tune a Stable Diffusion 1.x/2.x folder (StableDiffusionPipeline).")
 
 
 def _step_generator(cfg: FinetuneConfig, s: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
