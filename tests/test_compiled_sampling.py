@@ -80,6 +80,7 @@ def test_a_lora_policy_samples_through_its_fused_weights(tiny_sd):
     output as the adapter-carrying policy, and a short call padded to the fixed rows."""
     from peft import LoraConfig
 
+    from finetune.denoiser import TextCond
     from finetune.policy import DiffusionPolicy, fused_state
     from finetune.scheduler import DDIMSchedule
 
@@ -96,7 +97,7 @@ def test_a_lora_policy_samples_through_its_fused_weights(tiny_sd):
     sampler = policy.for_sampling("on", rows=8)
     assert sampler is not policy and sampler.unet.rows == 8
     x, index = torch.randn(3, 4, 16, 16), torch.tensor([0, 1, 2])
-    cond, uncond = torch.randn(3, 8, 32), torch.randn(3, 8, 32)
+    cond, uncond = TextCond(torch.randn(3, 8, 32)), TextCond(torch.randn(3, 8, 32))
     with torch.no_grad():
         want = policy.model_output(unet, x, index, cond, uncond)
         got = sampler.model_output(sampler.unet, x, index, cond, uncond)  # 6 rows padded to 8
