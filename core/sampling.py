@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from PIL import Image
 
 from core.compile import CompileMode, resolve_compile, sampling_unet
-from core.config import Bounds, PositiveInt, Share
+from core.config import Bounds, NonNegativeInt, PositiveInt, Share
 from core.errors import UserError
 from core.families import Family, describe_flow, guidance_applied, pipeline_family
 
@@ -156,6 +156,11 @@ class SamplingConfig:
     # resolve_compile); off: eager.  The images agree with eager's up to float rounding, not bit
     # for bit.
     compile: CompileMode = "auto"
+    # SD3 and FLUX: the T5 tokens the pipeline feeds (its max_sequence_length); None: the pipeline's
+    # own default (SD3 256, FLUX 512).  An SD3 folder without its T5 gets that many zero tokens in its
+    # place: shapes-flow is trained with 0 (its 2 x 12 CLIP tokens only, not 256 more), so its
+    # stages set 0.  The SD family has no T5 and ignores it.
+    max_sequence_length: NonNegativeInt | None = None
 
     def sampler(self, scheduler):
         """The scheduler plain sampling runs for a pipeline whose scheduler is ``scheduler``:
@@ -317,6 +322,11 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     return out
 
 
+def text_length(cfg: SamplingConfig) -> dict:
+    """A flow pipeline's keyword for ``cfg.max_sequence_length`` (none: the pipeline's default)."""
+    return {} if cfg.max_sequence_length is None else {"max_sequence_length": cfg.max_sequence_length}
+
+
 def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], cfg: SamplingConfig,
                    height: int, width: int, progress, dtype) -> list[Image.Image]:
     """:func:`generate_images` for a flow family: the pipeline's own call, i.e. its
@@ -334,7 +344,7 @@ def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], c
             p = prompts[start:start + cfg.batch_size]
             g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
             result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=guidance,
-                          generator=g, height=height, width=width, output_type="pil")
+                          generator=g, height=height, width=width, output_type="pil", **text_length(cfg))
             out.extend(result.images)
             if progress is not None:
                 progress.update(len(p))

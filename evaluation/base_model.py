@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import yaml
 
 from core.config import load_config, save_config, to_dict
 from core.jsonable import json_safe
+from core.families import pipeline_family
 from core.loading import load_clip, load_sd_pipeline
 from evaluation.embeddings import clip_image_embeddings, clip_text_embeddings
 from evaluation.grids import sample_grid
@@ -32,7 +33,7 @@ from evaluation.oracle import Alignment, alignment, sample_and_judge, subsets
 from shapes.render import degrade, render
 from shapes.training.base import (TRAINING_STAGES, BaseConfig, BaseEvalConfig, BaseResult, RetrievalConfig,
                                   need_stage_output)
-from shapes.training.cards import card_notes, write_clip_card, write_sd_card
+from shapes.training.cards import card_notes, write_clip_card, write_flow_card, write_sd_card
 from shapes.training.vae import reconstruction_accuracy
 from shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
 
@@ -143,45 +144,64 @@ def clip_retrieval(clip, cfg: RetrievalConfig = RetrievalConfig()) -> RetrievalR
 # make base's eval stage
 
 def evaluate_base(cfg: BaseConfig, trained: BaseResult) -> tuple[dict, dict]:
-    """Evaluate the CLIP and the text-to-image model in ``trained``'s folders and write, in each,
-    metrics.json, config.yaml and README.md (and the SD model's grids/); returns both metrics."""
-    from diffusers import AutoencoderKL
-
-    clip_dir, sd_dir = trained.clip_dir, trained.sd_dir
-    need_stage_output(clip_dir / "config.json", "clip")
-    need_stage_output(sd_dir / "model_index.json", "unet")
+    """Evaluate the models this run trained (clip: the CLIP; vae, unet: shapes-sd; flow: shapes-flow)
+    or, in an eval-only run, every model in ``out_dir`` (shapes-flow where there is one), and write
+    in each folder metrics.json, config.yaml and README.md (and the text-to-image models' grids/);
+    returns the CLIP's and shapes-sd's metrics (None for a model not evaluated)."""
+    ran = {s for s in cfg.stages if s in TRAINING_STAGES}
+    clip_dir, sd_dir, flow_dir = trained.clip_dir, trained.sd_dir, trained.flow_dir
+    todo = {"clip": "clip" in ran or not ran, "sd": bool(ran & {"vae", "unet"}) or not ran,
+            "flow": "flow" in ran or (not ran and flow_dir.exists())}
+    for name, path, stage in (("clip", clip_dir / "config.json", "clip"), ("sd", sd_dir / "model_index.json", "unet"),
+                              ("flow", flow_dir / "model_index.json", "flow")):
+        if todo[name]:
+            need_stage_output(path, stage)
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = load_clip(clip_dir, device=device)
-    retrieval = clip_retrieval(clip, cfg.retrieval)
-    clip_metrics = {"retrieval": asdict(retrieval), "retrieval_config": to_dict(cfg.retrieval),
-                    "n_params": sum(p.numel() for p in clip.model.parameters()),
-                    "targets": {"retrieval_accuracy>=0.90": retrieval.accuracy >= 0.90}}
-    print(f"clip retrieval accuracy {retrieval.accuracy:.3f} (clean {retrieval.clean_accuracy:.3f}, "
-          f"degraded {retrieval.degraded_accuracy:.3f})", flush=True)
-
-    pipe = load_sd_pipeline(sd_dir, device=device)
-    ev = evaluate_model(pipe, cfg.eval, out_dir=sd_dir, progress=cfg.progress)
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae", local_files_only=True).to(device)
-    sets = ev.to_dict()["sets"]
-    common, rare, held = sets["common"]["overall"], sets["rare_counts"]["overall"], sets["heldout"]["overall"]
-    sd_metrics = {
-        **ev.to_dict(),
-        "grids": {k: str(Path(v).relative_to(sd_dir)) for k, v in ev.grids.items()},
-        "vae_reconstruction": reconstruction_accuracy(vae),
-        "n_params": {"unet": sum(p.numel() for p in pipe.unet.parameters()),
-                     "text_encoder": sum(p.numel() for p in pipe.text_encoder.parameters()),
-                     "vae": sum(p.numel() for p in pipe.vae.parameters())},
-        "targets": {"common_overall>=0.60": common >= 0.60, "rare_counts_overall<=0.40": rare <= 0.40,
-                    "heldout_overall<=0.40": held <= 0.40},
-    }
-    print(f"sd overall alignment: common {common:.3f}, rare counts {rare:.3f}, held-out {held:.3f}",
-          flush=True)
+    written = []  # (folder, metrics, card writer)
+    clip_metrics = sd_metrics = None
+    if todo["clip"]:
+        clip = load_clip(clip_dir, device=device)
+        retrieval = clip_retrieval(clip, cfg.retrieval)
+        clip_metrics = {"retrieval": asdict(retrieval), "retrieval_config": to_dict(cfg.retrieval),
+                        "n_params": sum(p.numel() for p in clip.model.parameters()),
+                        "targets": {"retrieval_accuracy>=0.90": retrieval.accuracy >= 0.90}}
+        print(f"clip retrieval accuracy {retrieval.accuracy:.3f} (clean {retrieval.clean_accuracy:.3f}, "
+              f"degraded {retrieval.degraded_accuracy:.3f})", flush=True)
+        written.append((clip_dir, clip_metrics, write_clip_card))
+    if todo["sd"]:
+        sd_metrics = _text_to_image_metrics(sd_dir, cfg.eval, device, cfg.progress)
+        sets = sd_metrics["sets"]
+        common, rare, held = sets["common"]["overall"], sets["rare_counts"]["overall"], sets["heldout"]["overall"]
+        sd_metrics["targets"] = {"common_overall>=0.60": common >= 0.60, "rare_counts_overall<=0.40": rare <= 0.40,
+                                 "heldout_overall<=0.40": held <= 0.40}
+        print(f"sd overall alignment: common {common:.3f}, rare counts {rare:.3f}, held-out {held:.3f}",
+              flush=True)
+        written.append((sd_dir, sd_metrics, write_sd_card))
+    if todo["flow"]:
+        # shapes-flow samples with no T5 tokens, as it was trained (shapes.training.flow)
+        flow_eval = replace(cfg.eval, sampling=replace(cfg.eval.sampling, max_sequence_length=0))
+        flow_metrics = _text_to_image_metrics(flow_dir, flow_eval, device, cfg.progress)
+        sets = flow_metrics["sets"]
+        sd_file = sd_dir / "metrics.json"
+        sd_train = (sd_metrics or json.loads(sd_file.read_text()))["sets"]["train"]["overall"] if (
+            sd_metrics or sd_file.is_file()) else None
+        flow_metrics["shapes_sd_train_overall"] = sd_train
+        flow_metrics["targets"] = {
+            "train_overall_within_0.10_of_shapes_sd": None if sd_train is None else
+            sets["train"]["overall"] >= sd_train - 0.10,
+            "rare_counts_overall<=0.40": sets["rare_counts"]["overall"] <= 0.40,
+            "heldout_overall<=0.40": sets["heldout"]["overall"] <= 0.40}
+        print(f"flow overall alignment: train {sets['train']['overall']:.3f} (shapes-sd {sd_train}), "
+              f"rare counts {sets['rare_counts']['overall']:.3f}, held-out {sets['heldout']['overall']:.3f}",
+              flush=True)
+        written.append((flow_dir, flow_metrics, write_flow_card))
     eval_s = time.perf_counter() - t0
     seconds = {**trained.seconds_by_stage, "eval": eval_s, "total_this_run": trained.seconds_this_run + eval_s}
-    reevaluate = not any(s in cfg.stages for s in TRAINING_STAGES)  # the weights are an earlier run's
-    for d, m, write_card in ((clip_dir, clip_metrics, write_clip_card), (sd_dir, sd_metrics, write_sd_card)):
+    for d, m, write_card in written:
+        # a model this run did not train keeps its training record (its weights are an earlier run's)
+        reevaluate = not ran or (d == clip_dir and "clip" not in ran) or (d == sd_dir and not ran & {"vae", "unet"})
         record, tree = _training_record(d, cfg, seconds, reevaluate)
         notes = card_notes(d) if reevaluate else None  # hand-written notes describe those weights
         m.update(record)
@@ -190,6 +210,26 @@ def evaluate_base(cfg: BaseConfig, trained: BaseResult) -> tuple[dict, dict]:
         save_config(tree, d / "config.yaml")
         write_card(d, m, load_config(BaseConfig, d / "config.yaml"), notes)
     return clip_metrics, sd_metrics
+
+
+def _text_to_image_metrics(model_dir: Path, cfg: BaseEvalConfig, device, progress: bool) -> dict:
+    """A text-to-image folder's card figures: :func:`evaluate_model` (grids in the folder), the
+    VAE's reconstruction accuracy and the parameter counts."""
+    from diffusers import AutoencoderKL
+
+    pipe = load_sd_pipeline(model_dir, device=device)
+    ev = evaluate_model(pipe, cfg, out_dir=model_dir, progress=progress)
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True).to(device)
+    family = pipeline_family(pipe)
+    denoiser = getattr(pipe, family.denoiser)
+    return {**ev.to_dict(),
+            "grids": {k: str(Path(v).relative_to(model_dir)) for k, v in ev.grids.items()},
+            "vae_reconstruction": reconstruction_accuracy(vae),
+            "n_params": {family.denoiser: sum(p.numel() for p in denoiser.parameters()),
+                         **{name: sum(p.numel() for p in m.parameters()) for name, m in
+                            (("text_encoder", pipe.text_encoder), ("text_encoder_2", getattr(pipe, "text_encoder_2", None)))
+                            if m is not None},
+                         "vae": sum(p.numel() for p in pipe.vae.parameters())}}
 
 
 def _training_record(model_dir: Path, cfg: BaseConfig, seconds: dict[str, float], keep: bool) -> tuple[dict, dict]:

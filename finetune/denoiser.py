@@ -52,13 +52,16 @@ class TextCond:
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], device) -> tuple[TextCond, TextCond]:
+def encode_prompts(pipe, prompts: list[str], device, max_sequence_length: int | None = None
+                   ) -> tuple[TextCond, TextCond]:
     """(cond, uncond) text conditioning of ``prompts`` and of the empty prompt, each of len(prompts)
     rows, with the pipeline's own encoders: SD one CLIP; SD3 two CLIPs (pooled) and the T5 (zeros
     when the folder has none); FLUX CLIP pooled + T5.  FLUX.1 has no unconditional pass (distilled
     guidance, or none), so its uncond is cond itself, never run."""
     family = pipeline_family(pipe)
     n = len(prompts)
+    # the T5 tokens (core.sampling.SamplingConfig.max_sequence_length; None: the pipeline's default)
+    t5 = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
     if family.name == "sd":
         cond, uncond = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                           do_classifier_free_guidance=True, negative_prompt=[""] * n)
@@ -66,9 +69,9 @@ def encode_prompts(pipe, prompts: list[str], device) -> tuple[TextCond, TextCond
     if family.name == "sd3":
         cond, uncond, pooled, pooled_u = pipe.encode_prompt(
             prompts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
-            do_classifier_free_guidance=True, negative_prompt=[""] * n)
+            do_classifier_free_guidance=True, negative_prompt=[""] * n, **t5)
         return TextCond(cond, pooled), TextCond(uncond, pooled_u)
-    embeds, pooled, txt_ids = pipe.encode_prompt(prompts, prompt_2=None, device=device, num_images_per_prompt=1)
+    embeds, pooled, txt_ids = pipe.encode_prompt(prompts, prompt_2=None, device=device, num_images_per_prompt=1, **t5)
     cond = TextCond(embeds, pooled, txt_ids)
     return cond, cond
 

@@ -99,7 +99,8 @@ class LearningCurve:
             _check_curve_prompts(run.prompts)
             self.judge = load_reward(CURVE_JUDGE, run.device)
             self.texts = [p for p in run.prompts for _ in range(run.cfg.curve_samples)]
-            self.cond, self.uncond = encode_prompts(run.comps.pipe, self.texts, run.device)
+            self.cond, self.uncond = encode_prompts(run.comps.pipe, self.texts, run.device,
+                                                    run.cfg.sampling.max_sequence_length)
 
     def due(self, rounds_done: int) -> bool:
         every = self.run.cfg.curve_every
@@ -170,7 +171,7 @@ def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSa
     per_process = d.prompts_per_process(run.accelerator.num_processes)
     drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
     prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
-    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device)
+    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device, run.cfg.sampling.max_sequence_length)
     run.comps.unet.eval()
     noise = gen.get_state()
     traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, prompts,

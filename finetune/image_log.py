@@ -48,7 +48,8 @@ class SampleGrid:
     def __init__(self, run):
         self.run = run
         self.prompts = grid_prompts(run.cfg)
-        self.cond, self.uncond = encode_prompts(run.comps.pipe, self.prompts, run.device)
+        self.cond, self.uncond = encode_prompts(run.comps.pipe, self.prompts, run.device,
+                                                run.cfg.sampling.max_sequence_length)
 
     def log(self, step: int, name: str) -> None:
         """The current policy's grid to TensorBoard at ``step`` and to ``samples/<name>.png``."""

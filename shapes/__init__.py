@@ -7,3 +7,5 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SHAPES_SD = MODELS_DIR / "shapes-sd"
 SHAPES_CLIP = MODELS_DIR / "shapes-clip"
+# The SD3-format flow-matching model (make base's flow stage; sample it with sampling.max_sequence_length=0)
+SHAPES_FLOW = MODELS_DIR / "shapes-flow"

@@ -1,6 +1,7 @@
 """The shapes-world base models: committed folders, evaluation, and ``make base`` on tiny sizes."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from shapes.training.clip import CLIPArch, CLIPTrainConfig, multi_positive_nce
 from shapes.training.common import (SkewConfig, match_matrix, render_pool, scene_is_heldout,
                                     scene_matches, skewed_prompt_weights)
 from shapes.training.diffusion import DiffusionConfig, TextArch, UNetArch
+from shapes.training.flow import FlowConfig, TransformerArch
 from shapes.training.vae import VAEConfig
 from shapes.world import Prompt, all_prompts, prompt_set
 from tiny_models import make_tiny_clip, make_tiny_sd
@@ -168,6 +170,8 @@ def tiny_base_config(out_dir) -> BaseConfig:
                                                 attention_head_dim=4),
                                   text=TextArch(hidden=32, layers=1, heads=2), text_init="clip",
                                   steps=3, batch_size=4, pool_size=64, log_every=0),
+        flow=FlowConfig(transformer=TransformerArch(num_layers=1, num_attention_heads=2, attention_head_dim=8),
+                        text=TextArch(hidden=16, layers=2, heads=2), steps=3, batch_size=4, pool_size=64, log_every=0),
         eval=BaseEvalConfig(samples_per_prompt=1, sampling=FAST, grid_prompts=2),
         retrieval=RetrievalConfig(per_prompt=1, split="heldout"))
 
@@ -214,6 +218,26 @@ def test_make_base_on_tiny_sizes(tmp_path):
     assert again["threads"] == 1 and again["training_minutes"] == m["training_minutes"]
     assert {k: v for k, v in again["seconds_by_stage"].items() if k in ("clip", "vae", "unet")} == \
         {k: v for k, v in m["seconds_by_stage"].items() if k in ("clip", "vae", "unet")}
+
+    # The flow stage: shapes-flow on shapes-sd's VAE, then evaluated alone: the other cards stay.
+    from diffusers import StableDiffusion3Pipeline
+
+    cards = {d: (d / "README.md").read_text() for d in (res.sd_dir, res.clip_dir)}
+    flow_cfg = replace(cfg, stages=("flow", "eval"))
+    flow = train_base(flow_cfg)
+    evaluate_base(flow_cfg, flow)
+    assert {d: (d / "README.md").read_text() for d in (res.sd_dir, res.clip_dir)} == cards
+    # a stock load as a user drops SD3's T5; the VAE carries SD3's shift factor
+    pipe = StableDiffusion3Pipeline.from_pretrained(flow.flow_dir, text_encoder_3=None, tokenizer_3=None)
+    assert pipe.vae.config.shift_factor is not None and pipe.text_encoder_3 is None
+    fm = json.loads((flow.flow_dir / "metrics.json").read_text())
+    assert {"train", "heldout", "common", "rare_counts"} <= set(fm["sets"]) and "flow" in fm["seconds_by_stage"]
+    assert fm["shapes_sd_train_overall"] == again["sets"]["train"]["overall"]
+    assert fm["targets"]["train_overall_within_0.10_of_shapes_sd"] is not None
+    card = (flow.flow_dir / "README.md").read_text()
+    assert "max_sequence_length=0" in card and (flow.flow_dir / fm["grids"]["train/count"]).is_file()
+    with pytest.raises(UserError, match="already holds a model"):
+        train_base(flow_cfg)
 
 
 def test_the_old_seed_offset_key_is_refused():

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from data import read_table
 from pipelines.cli import run
 from pipelines.loop import main
@@ -94,6 +96,25 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
     # The same seed from scratch gives the same results.
     assert run(main, args + ["fresh=true"]) == 0
     assert _without_timings(tmp_path / "report" / "results.json") == results
+
+
+@pytest.mark.slow
+def test_loop_runs_two_rounds_on_a_flow_model(tmp_path):
+    """A shapes-flow-shaped SD3 folder (no T5, sampled with max_sequence_length=0) through every
+    stage of two rounds: generate, label, reward, DPOK on the flow SDE, continued from round 0's
+    run, and the evaluation on the ODE."""
+    from tiny_models import make_tiny_flow
+
+    flow = make_tiny_flow(tmp_path / "flow")
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    assert run(main, _args(flow, clip, tmp_path, "max_sequence_length=0", "oracle_upper_bound=false")) == 0
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [0, 1]
+    gens = read_table(tmp_path / "ds", "generations")
+    assert set(gens.loc[gens["round"] == 1, "run"]) == {str(tmp_path / "runs" / "round-0" / "dpok")}
+    # every stage sampled without T5 tokens, as the model was made
+    cfg = yaml.safe_load((tmp_path / "runs" / "round-1" / "dpok" / "config.yaml").read_text())
+    assert cfg["sampling"]["max_sequence_length"] == 0
 
 
 @pytest.mark.slow

@@ -51,6 +51,28 @@ def make_tiny_sd(path: str | Path, image_size: int = 32, seed: int = 0, schedule
     return Path(path)
 
 
+def make_tiny_flow(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A StableDiffusion3Pipeline folder shaped as shapes-flow (shapes.training.flow: two CLIP text
+    encoders with the shapes tokenizer, no T5, a VAE with SD3's shift factor), tiny and random:
+    sample it with max_sequence_length=0, as shapes-flow."""
+    from diffusers import AutoencoderKL
+
+    from shapes.training.diffusion import TextArch
+    from shapes.training.flow import TransformerArch, build_text_encoder, build_transformer, make_pipeline
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    arch = TextArch(hidden=16, layers=2, heads=2)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                        norm_num_groups=8, sample_size=image_size, shift_factor=0.1, scaling_factor=1.0)
+    transformer = build_transformer(TransformerArch(num_layers=1, num_attention_heads=2, attention_head_dim=8),
+                                    image_size // 2, 4, 2 * arch.hidden)
+    make_pipeline(vae, build_text_encoder(arch, tok), build_text_encoder(arch, tok), tok, transformer,
+                  shift=1.0).save_pretrained(path)
+    return Path(path)
+
+
 def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
     """A CLIPModel folder with the shapes tokenizer and a CLIPImageProcessor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel

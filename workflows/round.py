@@ -59,6 +59,9 @@ class RoundConfig:
     oracle_upper_bound: bool  # also DPOK with the oracle as reward (the same budget)
     pipeline: str = str(SHAPES_SD)  # the base model (every DPOK run's KL term stays anchored to it)
     clip: str = str(SHAPES_CLIP)  # the reward's CLIP and the fidelity proxy's
+    # every stage's sampling.max_sequence_length (the T5 tokens an SD3 / FLUX folder is fed;
+    # core.sampling.SamplingConfig): shapes-flow needs 0; None leaves each stage's own
+    max_sequence_length: NonNegativeInt | None = None
     seed: int = 0  # every stage's seed derives from it
     per_prompt: PositiveInt = 8  # round 0: images per prompt, every shapes-world prompt (more labels, better reward)
     rule: TargetRule = field(default_factory=TargetRule)  # which prompts are targets (data.targets)
@@ -145,6 +148,8 @@ class StageConfigs:
         self.dpok_rounds = with_overrides(load_config(FinetuneConfig, CONFIGS / "dpok.yaml"), cfg.dpok_args).dpok.rounds
 
     def _configured(self, c, values: dict, args: tuple[str, ...]):
+        if self.cfg.max_sequence_length is not None and hasattr(c, "sampling"):
+            values = {"sampling.max_sequence_length": self.cfg.max_sequence_length, **values}
         return with_overrides(replace_keys(c, values), args)
 
     def generate(self, root: str, pipeline: str, k: int, per_prompt: int, prompts_file: Path | None = None) -> GenerateConfig:

@@ -5,10 +5,12 @@ Writes under ``out_dir`` (default ``runs/base/``):
 
 - ``shapes-clip/``: a ``CLIPModel`` folder (+ tokenizer, image processor);
 - ``shapes-sd/``: a ``StableDiffusionPipeline`` folder;
+- ``shapes-flow/``: a ``StableDiffusion3Pipeline`` folder (the ``flow`` stage, :mod:`shapes.training.flow`:
+  a flow-matching transformer on shapes-sd's VAE; not in the default stages);
 - ``timings.json``: seconds per training stage, read back by later runs into the same folder.
 
-Stages run in order (``stages=[clip,vae,unet,eval]``); a stage left out reuses what an earlier run
-left in ``out_dir``.  An existing output folder is never replaced unless ``overwrite=true``; the
+Stages run in order (``stages=[clip,vae,unet,flow,eval]``; the default leaves out ``flow``); a stage
+left out reuses what an earlier run left in ``out_dir``.  An existing output folder is never replaced unless ``overwrite=true``; the
 committed checkpoints are rebuilt with ``out_dir=shapes/models overwrite=true``.  The ``eval``
 stage (metrics.json, config.yaml, grids and the README.md model cards) is
 :func:`evaluation.base_model.evaluate_base`, which :mod:`pipelines.base` calls after
@@ -31,10 +33,11 @@ from core.errors import UserError
 from core.sampling import SamplingConfig
 from shapes.training.clip import CLIPTrainConfig, train_clip
 from shapes.training.diffusion import DiffusionConfig, train_diffusion
+from shapes.training.flow import FlowConfig, train_flow
 from shapes.training.vae import VAEConfig, train_vae
 
-Stage = Literal["clip", "vae", "unet", "eval"]
-TRAINING_STAGES: tuple[Stage, ...] = ("clip", "vae", "unet")
+Stage = Literal["clip", "vae", "unet", "flow", "eval"]
+TRAINING_STAGES: tuple[Stage, ...] = ("clip", "vae", "unet", "flow")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class BaseConfig:
     clip: CLIPTrainConfig = field(default_factory=CLIPTrainConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     eval: BaseEvalConfig = field(default_factory=BaseEvalConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
@@ -81,6 +85,7 @@ class BaseConfig:
 class BaseResult:
     clip_dir: Path
     sd_dir: Path
+    flow_dir: Path
     seconds_by_stage: dict[str, float]  # every training stage timed in out_dir, this run's and earlier ones'
     seconds_this_run: float
 
@@ -104,10 +109,10 @@ def need_stage_output(path: Path, stage: str) -> None:
 def train_base(cfg: BaseConfig) -> BaseResult:
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
-    clip_dir, sd_dir = out / "shapes-clip", out / "shapes-sd"
+    clip_dir, sd_dir, flow_dir = out / "shapes-clip", out / "shapes-sd", out / "shapes-flow"
     vae_dir = sd_dir / "vae"
     # Check every precondition before any stage writes anything.
-    for stage, path in (("clip", clip_dir), ("vae", sd_dir), ("unet", sd_dir / "unet")):
+    for stage, path in (("clip", clip_dir), ("vae", sd_dir), ("unet", sd_dir / "unet"), ("flow", flow_dir)):
         if stage in cfg.stages and path.exists() and any(path.iterdir()) and not cfg.overwrite:
             if not (stage == "unet" and "vae" in cfg.stages):
                 raise UserError(f"{path} already holds a model; this run would replace it.",
@@ -141,6 +146,14 @@ def train_base(cfg: BaseConfig) -> BaseResult:
         print(f"unet: {res.n_params_unet / 1e6:.2f} M params (+ text {res.n_params_text / 1e3:.0f} k), "
               f"{res.steps} steps, loss {res.final_loss:.4f}", flush=True)
         seconds["unet"] = time.perf_counter() - t0
+    if "flow" in cfg.stages:
+        t0 = time.perf_counter()
+        need_stage_output(vae_dir, "vae")
+        _fresh(flow_dir, cfg.overwrite)
+        res = train_flow(cfg.flow, vae_dir, flow_dir, progress=cfg.progress)
+        print(f"flow: {res.n_params_transformer / 1e6:.2f} M params (+ text {res.n_params_text / 1e3:.0f} k), "
+              f"{res.steps} steps, loss {res.final_loss:.4f}", flush=True)
+        seconds["flow"] = time.perf_counter() - t0
     if any(s in cfg.stages for s in TRAINING_STAGES):  # an eval-only run leaves out_dir as it was
         meta_path.write_text(json.dumps(seconds))
-    return BaseResult(clip_dir, sd_dir, seconds, time.perf_counter() - t_all)
+    return BaseResult(clip_dir, sd_dir, flow_dir, seconds, time.perf_counter() - t_all)

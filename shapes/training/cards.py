@@ -8,6 +8,8 @@ from shapes.oracle import ALIGNMENT_KEYS
 from shapes.world import CATEGORIES
 
 REPRODUCE = "make base  # or: python -m pipelines.base out_dir=shapes/models overwrite=true"
+REPRODUCE_FLOW = ('make base ARGS="stages=[flow,eval]"  # after make base; into the committed folder: '
+                  'ARGS="out_dir=shapes/models stages=[flow,eval] overwrite=true"')
 # A card may end with hand-written notes under this heading (how a checkpoint was really trained,
 # when that was not one plain `make base`); re-evaluating the same weights keeps them.
 NOTES = "## How this checkpoint was produced"
@@ -70,10 +72,7 @@ def write_sd_card(sd_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
     names = ["train", "common", "rare_counts", "heldout"]
     cw = d.skew.count_weights
     t = m["targets"]
-    grids = "\n".join(f"**{k}**\n\n![{k}]({v})\n" for k, v in sorted(m["grids"].items()))
     n = m["n_params"]
-    timing = (f'see "{NOTES.removeprefix("## ")}" below.' if notes else
-              f"{m['training_minutes']} min on {m['threads']} CPU threads\n(stages in seconds: {m['seconds_by_stage']}).")
     text = _yaml_front(["text-to-image", "stable-diffusion", "shapes-world"], "diffusers") + f"""\
 # shapes-sd: a tiny Stable-Diffusion-format text-to-image model of the shapes world
 
@@ -132,11 +131,11 @@ Overall alignment by the prompt's count:
 Targets: common overall >= 0.60: **{t['common_overall>=0.60']}**; rare counts overall <= 0.40:
 **{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40: **{t['heldout_overall<=0.40']}**.
 
-Training time: {timing}
+Training time: {_timing(m, notes)}
 
 ## Samples (green frame: the oracle says aligned; red: not)
 
-{grids}
+{_grids(m)}
 ## Reproduce
 
 ```bash
@@ -146,6 +145,103 @@ Training time: {timing}
 The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
 """
     return _write(sd_dir / "README.md", text, notes)
+
+
+def _timing(m: dict, notes: str | None) -> str:
+    if notes:
+        return f'see "{NOTES.removeprefix("## ")}" below.'
+    return (f"{m['training_minutes']} min on {m['threads']} CPU threads\n(stages in seconds: "
+            f"{m['seconds_by_stage']}).")
+
+
+def _grids(m: dict) -> str:
+    return "\n".join(f"**{k}**\n\n![{k}]({v})\n" for k, v in sorted(m["grids"].items()))
+
+
+def write_flow_card(flow_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
+    f, a = cfg.flow, cfg.flow.transformer
+    sets = m["sets"]
+    names = ["train", "common", "rare_counts", "heldout"]
+    cw = f.skew.count_weights
+    t = m["targets"]
+    n = m["n_params"]
+    sd = m.get("shapes_sd_train_overall")
+    ev = cfg.eval
+    text = _yaml_front(["text-to-image", "stable-diffusion-3", "flow-matching", "shapes-world"], "diffusers") + f"""\
+# shapes-flow: a tiny Stable-Diffusion-3-format flow-matching model of the shapes world
+
+A rectified-flow transformer trained from scratch on the procedural renders shapes-sd learns from,
+saved as a stock diffusers `StableDiffusion3Pipeline` folder without its T5 (SD3's optional third
+text encoder). It is the project's stand-in for SD3.5 / FLUX: the model the flow-matching path of
+every stage (DPOK on the flow SDE, flow RWL, evaluation on the ODE) is shown to align.
+
+Load it as a user drops SD3's T5, and sample it with **no T5 tokens**, as it was trained:
+
+```python
+pipe = StableDiffusion3Pipeline.from_pretrained(dir, text_encoder_3=None, tokenizer_3=None)
+image = pipe("three red circles on a white background", max_sequence_length=0).images[0]
+```
+
+In this project: `core.loading.load_sd_pipeline(dir)`, and `sampling.max_sequence_length=0` in every
+stage (without it the pipeline feeds 256 zero tokens the model never saw).
+
+## Architecture
+
+| component | class | size |
+|---|---|---|
+| tokenizer, tokenizer_2 | `PreTrainedTokenizerFast` (WordLevel, shapes vocabulary, max length 12) | – |
+| text encoders | 2 x `CLIPTextModelWithProjection`, {f.text.layers} layers, width {f.text.hidden}, from scratch, trained jointly | {(n['text_encoder'] + n['text_encoder_2']) / 1e3:.0f} k |
+| VAE | shapes-sd's `AutoencoderKL` (16x16x4 latents), frozen; SD3's shift factor = the latent mean | {n['vae'] / 1e6:.2f} M |
+| transformer | `SD3Transformer2DModel`, {a.num_layers} joint blocks, {a.num_attention_heads} heads x {a.attention_head_dim}, {a.patch_size}x{a.patch_size} patches (64 image tokens) | {n['transformer'] / 1e6:.2f} M |
+| scheduler | `FlowMatchEulerDiscreteScheduler`, shift {f.shift} | – |
+
+Training: rectified flow, the velocity eps - x0 at x = (1 - sigma) x0 + sigma eps, sigma
+logit-normal (0, 1) as SD3's; classifier-free-guidance dropout {f.cfg_dropout} (empty prompt),
+AdamW lr {f.lr}, batch {f.batch_size}, {f.steps} steps, EMA {f.ema_decay}
+(`shapes/training/flow.py`). VAE reconstructions of fresh renders are judged aligned by the oracle
+{m['vae_reconstruction']['oracle_aligned']:.3f} of the time.
+
+## Training data and its deliberate skew
+
+As shapes-sd's: {f.pool_size:,} renders (64x64) of the **train** prompt split only, weighted by count:
+one {cw[0]:.0%}, two {cw[1]:.0%}, **three {cw[2]:.0%}, four {cw[3]:.0%}** (rare); the **held-out**
+colour/background and count/colour pairs appear in no training prompt and no render.
+
+## Evaluation (oracle alignment)
+
+{ev.samples_per_prompt} samples per prompt, the flow ODE (Euler) in {ev.sampling.num_inference_steps} steps,
+guidance {ev.sampling.guidance_scale}; seeds as shapes-sd's card (`core.seeds.eval_seeds`, seed {ev.seed}), so
+the rows compare image for image with its card. "common" = train prompts with one or two objects,
+"rare_counts" = train prompts with three or four.
+
+{alignment_table(sets, names)}
+
+Overall alignment by the prompt's category:
+
+{by_category_table(sets, names)}
+
+Overall alignment by the prompt's count:
+
+{by_count_table(sets, names)}
+
+Targets: train overall within 0.10 of shapes-sd's ({_f(sd)}): **{t['train_overall_within_0.10_of_shapes_sd']}**;
+rare counts overall <= 0.40: **{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40:
+**{t['heldout_overall<=0.40']}**.
+
+Training time: {_timing(m, notes)}
+
+## Samples (green frame: the oracle says aligned; red: not)
+
+{_grids(m)}
+## Reproduce
+
+```bash
+{REPRODUCE_FLOW}
+```
+
+The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
+"""
+    return _write(flow_dir / "README.md", text, notes)
 
 
 def write_clip_card(clip_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from core.sampling import generate_images
+from core.sampling import SamplingConfig, generate_images
 from core.schedules import learning_rate
 from shapes.oracle import alignment_by_category, judge
 from shapes.tokenizer import MAX_LENGTH, build_tokenizer, text_config_ids
@@ -153,7 +153,7 @@ def encode_pool(vae, images: np.ndarray, batch: int = 256) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1.0 - decay)
 
@@ -219,12 +219,12 @@ def train_diffusion(cfg: DiffusionConfig, vae_dir: str | Path, out_dir: str | Pa
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up
-        _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text, decay)
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text, decay)
         loss_v = float(loss.detach())
         bar.step(step, loss=loss_v)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            _quick_eval(make_pipeline(vae, ema_text, tok, ema_unet), step + 1)
+            quick_eval(make_pipeline(vae, ema_text, tok, ema_unet), step + 1, "unet")
     seconds = bar.close()
     out_dir = Path(out_dir)
     pipe = make_pipeline(vae.cpu(), ema_text.cpu(), tok, ema_unet.cpu())
@@ -234,17 +234,17 @@ def train_diffusion(cfg: DiffusionConfig, vae_dir: str | Path, out_dir: str | Pa
                                 sum(p.numel() for p in text.parameters()))
 
 
-def _quick_eval(pipe, step: int) -> None:
+def quick_eval(pipe, step: int, name: str, sampling: SamplingConfig = SamplingConfig()) -> None:
     """One sample per prompt on 1-2 object and 3-4 object train prompts; prints the oracle's
     alignment.  A training curve: seed 0 for every prompt at every step, not the evaluation's seeds."""
     prompts = train_prompts()
-    a = _seed0_alignment(pipe, [p for p in prompts if p.count <= 2])
-    r = _seed0_alignment(pipe, [p for p in prompts if p.count >= 3])
-    print(f"[unet eval] step {step} common overall {a['overall']:.2f} (count {a['count']:.2f} shape "
+    a = _seed0_alignment(pipe, [p for p in prompts if p.count <= 2], sampling)
+    r = _seed0_alignment(pipe, [p for p in prompts if p.count >= 3], sampling)
+    print(f"[{name} eval] step {step} common overall {a['overall']:.2f} (count {a['count']:.2f} shape "
           f"{a['shape']:.2f} color {a['color']:.2f} bg {a['background']:.2f}) | rare overall {r['overall']:.2f}",
           file=sys.stdout, flush=True)
 
 
-def _seed0_alignment(pipe, prompts) -> dict[str, float]:
-    images = generate_images(pipe, [p.text for p in prompts], [0] * len(prompts))
+def _seed0_alignment(pipe, prompts, sampling: SamplingConfig) -> dict[str, float]:
+    images = generate_images(pipe, [p.text for p in prompts], [0] * len(prompts), sampling)
     return alignment_by_category(prompts, [judge(im, p) for im, p in zip(images, prompts)])
