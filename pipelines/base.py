@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BaseConfig, config_parser(__doc__.splitlines()[0]), argv)
     res = train_base(cfg)
     summary = {"clip_dir": str(res.clip_dir), "sd_dir": str(res.sd_dir),
+               **({"flow_dir": str(res.flow_dir)} if "flow" in cfg.stages else {}),
                "seconds_by_stage": {k: round(v, 1) for k, v in res.seconds_by_stage.items()}}
     if "eval" in cfg.stages:
         clip_metrics, sd_metrics = evaluate_base(cfg, res)

@@ -66,18 +66,23 @@ def test_bench_refuses_a_bad_override_before_timing(tmp_path):
 @pytest.mark.slow
 def test_bench_writes_both_methods(tmp_path, tiny_sd):
     """On a fresh clone (no runs/reward): the bench builds the reward model it times."""
-    sd = tiny_sd
-    rc = run(main, [f"cpu_pipeline={sd}", f"output_dir={tmp_path}/bench", "rounds=2", "rwl_steps=3",
-                    TINY, "repeats=1", "gpu=false"])
+    from tiny_models import make_tiny_flow
+
+    sd, flow = tiny_sd, make_tiny_flow(tmp_path / "flow")
+    rc = run(main, [f"cpu_pipeline={sd}", f"flow_pipeline={flow}", f"output_dir={tmp_path}/bench", "rounds=2",
+                    "rwl_steps=3", TINY, "repeats=1", "gpu=false"])
     assert rc == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert [r["method"] for r in rows] == ["dpok", "rwl"]
+    # the SD configuration, then the flow one on the same configs (its bare passes the transformer's)
+    assert [(r["name"], r["method"]) for r in rows] == [("shapes", "dpok"), ("shapes", "rwl"),
+                                                        ("shapes-flow", "dpok"), ("shapes-flow", "rwl")]
+    assert rows[2]["adapter_s"] is None and rows[2]["images_per_s"] > 0
     assert all(r["overhead_ratio"] > 0 and r["bare_s"] > 0 for r in rows)
     # the DPOK update timed with LoRA and with DiffCon's side network, in the same process
     assert set(rows[0]["adapter_s"]) == {"lora", "side"}
     assert all(t["update"] > 0 and t["sample"] > 0 for t in rows[0]["adapter_s"].values())
     md = (tmp_path / "bench" / "bench.md").read_text()
-    assert "overhead ratio" in md and "cheaper than lora" in md
+    assert "overhead ratio" in md and "cheaper than lora" in md and "shapes-flow against shapes" in md
 
 
 @pytest.mark.slow
@@ -86,7 +91,7 @@ def test_bench_times_the_region_objective_when_asked(tmp_path, tiny_sd):
     untrained region head; the records say so, DPOK's with the change it measured outside the masks."""
     rc = run(main, [f"cpu_pipeline={tiny_sd}", f"output_dir={tmp_path}/bench", "rounds=1", "rwl_steps=1",
                     TINY, "repeats=1", "gpu=false",
-                    "adapters=[]", "region_weight=0.5"])
+                    "adapters=[]", "region_weight=0.5"])  # no flow row: refused for a flow model
     assert rc == 0
     dpok, rwl = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert "region.weight 0.5 (mean outside change" in dpok["notes"]
@@ -99,7 +104,7 @@ def test_bench_times_the_levers_on_the_cpu_when_asked(tmp_path, tiny_sd):
     torch.compiled, with the compile's seconds (the figures behind the loop staying eager on the
     CPU), in bench.json and bench.md."""
     rc = run(main, [f"cpu_pipeline={tiny_sd}", f"output_dir={tmp_path}/bench", "rounds=1", "rwl_steps=1",
-                    TINY, "repeats=1", "gpu=false", "cpu_levers=true"])
+                    TINY, "repeats=1", "gpu=false", "cpu_levers=true", "flow=false"])
     assert rc == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())
     levers = rows[0]["levers"]

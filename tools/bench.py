@@ -41,7 +41,7 @@ from finetune.dpok import train_dpok
 from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from reward.reward_fn import RewardSource
-from shapes import SHAPES_CLIP, SHAPES_SD
+from shapes import SHAPES_CLIP, SHAPES_FLOW, SHAPES_SD
 from tools.demo_bench import bench_demo, check_runs
 from tools.random_models import build_random_clip_vitl14, build_random_sd15, build_reward_model
 from tools.bench_passes import bare_passes, lever_timings, peak_memory_mb
@@ -63,6 +63,11 @@ class BenchConfig:
     # (finetune/configs/<method>.yaml, as `make demo` loads them) with the bench's overrides
     shapes: bool = True
     cpu_pipeline: str = str(SHAPES_SD)
+    # Also the flow-matching configuration: the same shipped configs on shapes-flow (SD3 format,
+    # sampled with no T5 tokens, as its card says): a flow DPOK sample's cost against an SD one's.
+    # Not with region_weight (refused for a flow model); LoRA only (the side network is a UNet's).
+    flow: bool = True
+    flow_pipeline: str = str(SHAPES_FLOW)
     # reward.path "" (default): the bench builds an untrained reward head to time (see module doc)
     reward: RewardSource = field(default_factory=lambda: RewardSource(path=""))
     # How long each loop is timed (dpok.rounds and rwl.steps of both configurations): DPOK rounds,
@@ -111,11 +116,13 @@ def bench_overrides(cfg: BenchConfig, pipeline: str, out: str, method: Method) -
             **({"region.weight": cfg.region_weight} if cfg.region_weight > 0 else {})}
 
 
-def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method) -> FinetuneConfig:
+def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, flow: bool = False) -> FinetuneConfig:
     """The shapes-world configuration: ``method``'s shipped config as ``make demo`` loads it
-    (finetune/configs/<method>.yaml), the bench's overrides on it, then ``cfg.shapes_args``."""
+    (finetune/configs/<method>.yaml), the bench's overrides on it, then ``cfg.shapes_args``;
+    ``flow``: on shapes-flow, which samples with no T5 tokens (as workflows/configs/demo-flow.yaml)."""
     shipped = load_config(FinetuneConfig, CONFIGS / f"{method}.yaml")
-    return with_overrides(replace_keys(shipped, bench_overrides(cfg, pipeline, out, method)), cfg.shapes_args)
+    values = {**bench_overrides(cfg, pipeline, out, method), **({"sampling.max_sequence_length": 0} if flow else {})}
+    return with_overrides(replace_keys(shipped, values), cfg.shapes_args)
 
 
 def gpu_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, prompts_file: str) -> FinetuneConfig:
@@ -305,6 +312,12 @@ def write_report(results: list[BenchResult], out: Path, skipped: list[str]) -> N
         if r.levers:
             lines.append(f"- {r.name}/{r.method} bare passes, seconds eager and compiled: "
                          f"{json.dumps({k: {p: round(v, 4) for p, v in t.items()} for k, t in r.levers.items()})}")
+    by = {(r.name, r.method): r for r in results}
+    sd, flow = by.get(("shapes", "dpok")), by.get(("shapes-flow", "dpok"))
+    if sd and flow:
+        lines.append(f"- shapes-flow against shapes (DPOK, same configs, this run): sampling "
+                     f"{sd.images_per_s / flow.images_per_s:.2f}x the seconds per image, a round "
+                     f"{flow.measured_s / sd.measured_s:.2f}x the seconds")
     lines += [f"- skipped: {s}" for s in skipped]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
 
@@ -322,9 +335,12 @@ def run_bench(cfg: BenchConfig) -> int:
     if cfg.demo:
         check_runs(cfg.demo_runs)  # before minutes of other benchmarks
     # a bad shapes_args, gpu_config or gpu_args is refused before minutes of timing, too
+    flow = cfg.flow and cfg.region_weight == 0
     for method in ("dpok", "rwl"):
         if cfg.shapes:
             shapes_config(cfg, cfg.cpu_pipeline, "", method)
+        if flow:
+            shapes_config(cfg, cfg.flow_pipeline, "", method, flow=True)
         if cfg.gpu:
             gpu_config(cfg, "", "", method, "")
     skipped, results = [], []
@@ -340,6 +356,15 @@ def run_bench(cfg: BenchConfig) -> int:
             results += bench_pipeline(shapes_cfg, "shapes",
                                       lambda o, m: shapes_config(shapes_cfg, cfg.cpu_pipeline, o, m),
                                       levers=cfg.cpu_levers, on_result=save)
+    if flow:
+        print("bench: shapes world, the flow-matching model (shapes-flow)", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            flow_cfg = _with_reward(dataclasses.replace(cfg, adapters=()), lambda: SHAPES_CLIP, Path(tmp))
+            results += bench_pipeline(flow_cfg, "shapes-flow",
+                                      lambda o, m: shapes_config(flow_cfg, cfg.flow_pipeline, o, m, flow=True),
+                                      on_result=save)
+    elif cfg.flow:
+        skipped.append("shapes-flow (region_weight: region-aware fine-tuning is not built for a flow model)")
     if cfg.gpu and torch.cuda.is_available():
         print(f"bench: SD v1.5 architecture, 512x512, {cfg.gpu_config} on CUDA", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:

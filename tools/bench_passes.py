@@ -15,7 +15,9 @@ from typing import Callable
 import torch
 
 from core.compile import compile_unet
+from core.families import pipeline_family
 from finetune.components import load_components, weight_dtype_for
+from finetune.denoiser import TextCond, denoiser_for
 from finetune.config import FinetuneConfig
 from finetune.policy import adapters_disabled
 from finetune.sampler import decode_latents, encode_prompts
@@ -55,8 +57,9 @@ def pass_peak_mb(fn: Callable[[], object], device) -> float | None:
 
 
 class Passes:
-    """The bare passes of a run's models with the loops' inputs (contiguous, one timestep per
-    row), modes and autocast, so that a compiled UNet runs the loops' graphs: the sampling forward
+    """The bare passes of a run's denoiser (a UNet, or a flow family's transformer, called as its
+    family calls it: finetune.denoiser) with the loops' inputs (contiguous, one timestep per row,
+    the text as :class:`TextCond`), modes and autocast, so that a compiled UNet runs the loops' graphs: the sampling forward
     (eval mode, no gradient, no autocast: the sampler's weights are already in their dtype), the
     update's forward + backward and the KL reference forward (train mode, autocast; the reference
     without gradient and with the adapter off)."""
@@ -64,9 +67,10 @@ class Passes:
     def __init__(self, run, unet=None):
         self.run, self.unet = run, unet or run.comps.unet
         self.t = run.schedule.timesteps.to(run.device)[:1]
+        self.denoise = denoiser_for(pipeline_family(run.comps.pipe))
 
     def _call(self, x, cnd):
-        return self.unet(x, self.t.repeat(len(x)), encoder_hidden_states=cnd).sample
+        return self.denoise(self.unet, x, self.t.repeat(len(x)), cnd, 1.0)[0]
 
     def sample_fwd(self, x, cnd):
         self.unet.eval()
@@ -123,11 +127,12 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     b, m, u, cfg_rows = update_pass(cfg)
     c, h, w = run.latent_shape
     prompts = (run.prompts * b)[:b]
-    cond = encode_prompts(pipe, prompts, dev)[0].embeds  # (B, L, D): the UNet passes are SD's
+    t5 = cfg.sampling.max_sequence_length
+    cond = encode_prompts(pipe, prompts, dev, t5)[0]
     dtype = next(run.comps.unet.parameters()).dtype
 
-    def rows(n):  # n rows of latents and text embeddings
-        return (torch.randn(n, c, h, w, device=dev, dtype=dtype), cond.repeat(math.ceil(n / b), 1, 1)[:n].to(dtype))
+    def rows(n):  # n rows of latents and text conditioning
+        return torch.randn(n, c, h, w, device=dev, dtype=dtype), cond[torch.arange(n) % b]
 
     def opt_step():
         run.optimizer.step()
@@ -141,14 +146,14 @@ def bare_passes(run, cfg: FinetuneConfig, repeats: int, reward=None) -> dict:
     um, up = (min(cfg.items_per_pass(g) or half, half) for g in (guided, False))
     xr_model, xr_pre = rows(2 * um if guided else um), rows(up)
     timed = {
-        "text_encoder_B": lambda: encode_prompts(pipe, prompts, dev),
+        "text_encoder_B": lambda: encode_prompts(pipe, prompts, dev, t5),
         "unet_fwd_2B": lambda: passes.sample_fwd(*x2b),
         "vae_decode_B": lambda: decode_latents(pipe.vae, latents),
         "reward_B": lambda: (reward or run.reward.score)(images, prompts),
         "unet_fwd_bwd_2u": lambda: passes.fwd_bwd(*xu),
         "unet_ref_fwd_2u": lambda: passes.reference_fwd(*xu),
         "optimizer_step": opt_step,
-        "rwl_text_encoder": lambda: encode_prompts(pipe, prompts[:half], dev),
+        "rwl_text_encoder": lambda: encode_prompts(pipe, prompts[:half], dev, t5),
         "rwl_fwd_bwd_model": lambda: passes.fwd_bwd(*xr_model),
         "rwl_fwd_bwd_pre": lambda: passes.fwd_bwd(*xr_pre),
     }
@@ -188,7 +193,7 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
     dev = run.device
     b, _, u, cfg_rows = update_pass(cfg)
     c, h, w = run.latent_shape
-    cond = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)[0].embeds
+    cond = encode_prompts(run.comps.pipe, (run.prompts * b)[:b], dev)[0]  # the levers are a UNet's (SD)
     sync, out = sync_fn(dev), {}
     for mode in ("off", "on"):
         comps = load_components(replace(cfg, compute=replace(cfg.compute, compile="off")), dev,
@@ -196,7 +201,7 @@ def lever_timings(run, cfg: FinetuneConfig, repeats: int) -> dict[str, dict[str,
         compile_unet(comps.unet, mode == "on")
         passes = Passes(run, comps.unet)
         dtype = next(comps.unet.parameters()).dtype
-        x2b, c2b = torch.randn(2 * b, c, h, w, device=dev, dtype=dtype), torch.cat([cond, cond]).to(dtype)
+        x2b, c2b = torch.randn(2 * b, c, h, w, device=dev, dtype=dtype), TextCond.cat([cond, cond])
         x2u, c2u = x2b[:cfg_rows * u], c2b[:cfg_rows * u]
         t0 = time.perf_counter()
         passes.sample_fwd(x2b, c2b)
