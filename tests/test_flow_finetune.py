@@ -344,3 +344,34 @@ def test_flow_schedule_is_the_pipelines_own(flow_bases, name):
         step = ode.step(v, x, torch.full((2,), i))
         assert torch.equal(step.mean, euler) and bool((step.std == 0).all())
         assert torch.equal(ode.ode_step(v, x, i, i + 1 if i < 4 else None), euler)
+
+
+# -- on-policy: the importance ratio is exactly 1 ---------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sd", "sd3", "flux"])
+def test_the_importance_ratio_is_one_before_any_update(flow_bases, tiny_sd, tmp_path, name):
+    """Flow-GRPO's debug rule: fully on-policy, DPOK's log-prob of each recorded transition,
+    recomputed by the training pass, equals the one the sampler recorded, so no ratio is clipped
+    and the approximate KL is 0 (a mismatch between the sampling and training paths -- text
+    conditioning, dtype, the SDE's mean or std -- would show here, on every family)."""
+    from finetune.dpok import _policy_loss, _round_generator, _sample, draw_transitions
+    from finetune.run import setup_run
+
+    base = tiny_sd if name == "sd" else flow_bases[name]
+    extra = [] if name == "sd" else SIZE
+    cfg = load_config(FinetuneConfig, None, [f"output_dir={tmp_path / 'run'}", f"model.pipeline={base}",
+                                             *[a for a in TINY_DPOK if a not in SIZE], *extra])
+    run_, _ = setup_run(cfg, None)
+    gen, rng = _round_generator(cfg, 0, 0, run_.device)
+    batch = _sample(run_, gen, rng)
+    samples, steps = draw_transitions(rng, batch.traj.batch_size, cfg.dpok_window[1], cfg.dpok.steps_per_sample,
+                                      cfg.dpok_window[0])
+    adv = torch.ones(batch.traj.batch_size, batch.traj.num_steps)
+    run_.comps.unet.train()
+    with torch.no_grad():
+        kl, clip_fraction, approx_kl, *_ = _policy_loss(run_.accelerator, run_.policy, batch.traj, adv, samples, steps,
+                                                        cfg.dpok)
+    assert float(clip_fraction) == 0.0
+    assert abs(float(approx_kl)) < 1e-6
+    assert float(kl) < 1e-6  # the LoRA starts at zero: the policy is the base model
