@@ -158,7 +158,7 @@ class SamplingConfig:
     compile: CompileMode = "auto"
     # SD3 and FLUX: the T5 tokens the pipeline feeds (its max_sequence_length); None: the pipeline's
     # own default (SD3 256, FLUX 512).  An SD3 folder without its T5 gets that many zero tokens in its
-    # place: shapes-flow is trained with 0 (its 2 x 12 CLIP tokens only, not 256 more), so its
+    # place: shapes-flow is trained with 0 (its 12 CLIP tokens only, not 256 more), so its
     # stages set 0.  The SD family has no T5 and ignores it.
     max_sequence_length: NonNegativeInt | None = None
 

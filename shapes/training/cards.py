@@ -118,7 +118,18 @@ eval`: the held-out row is `make eval`'s base figure on `split=heldout` with
 `evaluation/base_model.py`). "common" = train prompts with one or two objects, "rare_counts" = train
 prompts with three or four.
 
-{alignment_table(sets, names)}
+{_tables(sets, names)}
+
+Targets: common overall >= 0.60: **{t['common_overall>=0.60']}**; rare counts overall <= 0.40:
+**{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40: **{t['heldout_overall<=0.40']}**.
+
+{_closing(m, notes, REPRODUCE)}"""
+    return _write(sd_dir / "README.md", text, notes)
+
+
+def _tables(sets: dict, names: list[str]) -> str:
+    """A text-to-image card's three alignment tables: by figure, by category, by count."""
+    return f"""{alignment_table(sets, names)}
 
 Overall alignment by the prompt's category:
 
@@ -126,36 +137,30 @@ Overall alignment by the prompt's category:
 
 Overall alignment by the prompt's count:
 
-{by_count_table(sets, names)}
+{by_count_table(sets, names)}"""
 
-Targets: common overall >= 0.60: **{t['common_overall>=0.60']}**; rare counts overall <= 0.40:
-**{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40: **{t['heldout_overall<=0.40']}**.
 
-Training time: {_timing(m, notes)}
+def _closing(m: dict, notes: str | None, reproduce: str) -> str:
+    """A text-to-image card's end: training time, sample grids, how to reproduce it."""
+    if notes:
+        timing = f'see "{NOTES.removeprefix("## ")}" below.'
+    else:
+        timing = (f"{m['training_minutes']} min on {m['threads']} CPU threads\n(stages in seconds: "
+                  f"{m['seconds_by_stage']}).")
+    grids = "\n".join(f"**{k}**\n\n![{k}]({v})\n" for k, v in sorted(m["grids"].items()))
+    return f"""Training time: {timing}
 
 ## Samples (green frame: the oracle says aligned; red: not)
 
-{_grids(m)}
+{grids}
 ## Reproduce
 
 ```bash
-{REPRODUCE}
+{reproduce}
 ```
 
 The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
 """
-    return _write(sd_dir / "README.md", text, notes)
-
-
-def _timing(m: dict, notes: str | None) -> str:
-    if notes:
-        return f'see "{NOTES.removeprefix("## ")}" below.'
-    return (f"{m['training_minutes']} min on {m['threads']} CPU threads\n(stages in seconds: "
-            f"{m['seconds_by_stage']}).")
-
-
-def _grids(m: dict) -> str:
-    return "\n".join(f"**{k}**\n\n![{k}]({v})\n" for k, v in sorted(m["grids"].items()))
 
 
 def write_flow_card(flow_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
@@ -214,33 +219,13 @@ guidance {ev.sampling.guidance_scale}; seeds as shapes-sd's card (`core.seeds.ev
 the rows compare image for image with its card. "common" = train prompts with one or two objects,
 "rare_counts" = train prompts with three or four.
 
-{alignment_table(sets, names)}
-
-Overall alignment by the prompt's category:
-
-{by_category_table(sets, names)}
-
-Overall alignment by the prompt's count:
-
-{by_count_table(sets, names)}
+{_tables(sets, names)}
 
 Targets: train overall within 0.10 of shapes-sd's ({_f(sd)}): **{t['train_overall_within_0.10_of_shapes_sd']}**;
 rare counts overall <= 0.40: **{t['rare_counts_overall<=0.40']}**; held-out overall <= 0.40:
 **{t['heldout_overall<=0.40']}**.
 
-Training time: {_timing(m, notes)}
-
-## Samples (green frame: the oracle says aligned; red: not)
-
-{_grids(m)}
-## Reproduce
-
-```bash
-{REPRODUCE_FLOW}
-```
-
-The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
-"""
+{_closing(m, notes, REPRODUCE_FLOW)}"""
     return _write(flow_dir / "README.md", text, notes)
 
 

@@ -63,14 +63,10 @@ class TextArch:
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
-    unet: UNetArch = field(default_factory=UNetArch)
-    text: TextArch = field(default_factory=TextArch)
-    text_init: Literal["clip", "scratch"] = "scratch"
-    skew: SkewConfig = field(default_factory=SkewConfig)
-    # 7000 steps at lr 1e-3 (cosine to 5 %): one-sample common-prompt alignment 0.22 / 0.47 / 0.69 / 0.72
-    # at 1k / 2k / 3k / 4k steps; lr 5e-4 was at 0.21 / 0.34 after 1k / 2k (and 0.40 after a 3k-step run).
-    steps: int = 7000
+class DenoiserTraining:
+    """The training loop's settings both shapes-world text-to-image models share (this module's
+    UNet and :mod:`shapes.training.flow`'s transformer)."""
+
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
@@ -80,8 +76,19 @@ class DiffusionConfig:
     pool_size: int = 30000  # renders, encoded to latents once
     seed: int = 2
     log_every: int = 200
-    eval_every: int = 0  # >0: sample the 1-2 object train prompts every N steps and print alignment
+    eval_every: int = 0  # >0: sample the train prompts every N steps and print their alignment
     device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(DenoiserTraining):
+    unet: UNetArch = field(default_factory=UNetArch)
+    text: TextArch = field(default_factory=TextArch)
+    text_init: Literal["clip", "scratch"] = "scratch"
+    skew: SkewConfig = field(default_factory=SkewConfig)
+    # 7000 steps at lr 1e-3 (cosine to 5 %): one-sample common-prompt alignment 0.22 / 0.47 / 0.69 / 0.72
+    # at 1k / 2k / 3k / 4k steps; lr 5e-4 was at 0.21 / 0.34 after 1k / 2k (and 0.40 after a 3k-step run).
+    steps: int = 7000
 
 
 @dataclass(frozen=True)

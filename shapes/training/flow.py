@@ -10,7 +10,7 @@ Components (all stock classes, saved as one ``StableDiffusion3Pipeline`` folder)
   as a user drops it with ``from_pretrained(dir, text_encoder_3=None, tokenizer_3=None)``).  The
   pipeline puts ``max_sequence_length`` zero tokens in its place; the model is trained with 0 of them
   (CLIP tokens only), so every stage samples it with ``sampling.max_sequence_length=0``
-  (core.sampling.SamplingConfig): 256 zero tokens would multiply the text stream's compute ~20x;
+  (core.sampling.SamplingConfig): 256 zero tokens would make the text stream 268 tokens instead of 12;
 - VAE: shapes-sd's (:mod:`shapes.training.vae`, frozen), its config given SD3's ``shift_factor``
   (the latent mean) and a ``scaling_factor`` of 1 / the std about it, as SD3's VAE has both;
 - transformer: ``SD3Transformer2DModel`` on the 16x16x4 latents in 2x2 patches (64 image tokens);
@@ -39,7 +39,7 @@ from core.schedules import learning_rate
 from shapes.tokenizer import build_tokenizer, text_config_ids
 from shapes.training.common import (Progress, SkewConfig, pick_device, render_pool, seed_everything,
                                     skewed_prompt_weights, train_prompts)
-from shapes.training.diffusion import TextArch, ema_update, encode_pool, quick_eval
+from shapes.training.diffusion import DenoiserTraining, TextArch, ema_update, encode_pool, quick_eval
 
 # How shapes-flow is sampled: no T5 tokens (see the module docstring); the rest as shapes-sd.
 FLOW_SAMPLING = SamplingConfig(max_sequence_length=0)
@@ -56,24 +56,13 @@ class TransformerArch:
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(DenoiserTraining):
     transformer: TransformerArch = field(default_factory=TransformerArch)
     # three layers: SD3 takes the last-but-one hidden state, so two of them shape the tokens
     text: TextArch = field(default_factory=lambda: TextArch(layers=3))
     skew: SkewConfig = field(default_factory=SkewConfig)
     shift: float = 1.0  # the scheduler's (training and sampling) shift of the noise levels
-    steps: int = 6000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    cfg_dropout: float = 0.1  # share of prompts replaced by "" (classifier-free guidance)
-    pool_size: int = 30000  # renders, encoded to latents once
-    seed: int = 2
-    log_every: int = 200
-    eval_every: int = 0  # >0: sample the train prompts every N steps and print their alignment
-    device: str = "auto"
+    steps: int = 6000  # shapes-flow's card: its alignment was still rising at 6000
 
 
 @dataclass(frozen=True)
