@@ -105,7 +105,8 @@ def test_one_sampling_config_for_every_stage():
     for cls in (GenerateConfig, EvalConfig, FinetuneConfig, ProbeConfig):
         assert typing.get_type_hints(cls)["sampling"] is SamplingConfig, cls
     assert {f.name for f in dataclasses.fields(SamplingConfig)} == {
-        "num_inference_steps", "scheduler", "guidance_scale", "eta", "batch_size", "height", "width", "compile"}
+        "num_inference_steps", "scheduler", "guidance_scale", "eta", "batch_size", "height", "width", "compile",
+        "max_sequence_length"}
     for old in ("sampling.num_steps=20", "checkpoint_every=5"):
         with pytest.raises(UserError):
             load_config(FinetuneConfig, None, [old])

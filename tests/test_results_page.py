@@ -201,3 +201,14 @@ def test_records_are_filed_into_one_file_per_study_and_read_back_the_same(tmp_pa
     (study / "demo-2026-01-01-seed0.json").write_text(json.dumps(_demo(0.3, 0.4, 0.5)))
     with pytest.raises(UserError, match="twice"):
         load_runs(tmp_path)
+
+
+def test_another_base_models_demo_gains_are_kept_apart():
+    """A demo on another base model (its results.json's base_model, e.g. shapes-flow) gets its own
+    gain sentence: its gains are not averaged into shapes-sd's runs."""
+    from tools.results_page import demo_section
+
+    flow = {**_demo(0.30, 0.32, 0.28), "base_model": "shapes-flow"}
+    text = "\n".join(demo_section([("sd-seed0", _demo(0.30, 0.40, 0.50)), ("flow-seed0", flow)]))
+    assert "other runs, mean (each): dpok +10.0 (+10.0), dpok_oracle +20.0 (+20.0)" in text
+    assert "runs on shapes-flow, mean (each): dpok +2.0 (+2.0), dpok_oracle -2.0 (-2.0)" in text

@@ -59,9 +59,16 @@ def _device(run: dict) -> str:
     return run.get("device", "2 CPU cores")
 
 
+def _base_model(run: dict) -> str:
+    """The base model a demo results file fine-tuned: its ``base_model`` key, else shapes-sd (every
+    demo before shapes-flow, issue 73)."""
+    return run.get("base_model", "shapes-sd")
+
+
 def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[str]:
     """One table row per model and run; the gains over base of the ``current`` runs (the shipped
-    config, README's quote) apart from every other run's."""
+    config, README's quote) apart from every other shapes-sd run's, and each other base model's
+    runs apart (a flow model's gains are not the SD model's)."""
     lines = ["## `make demo`", "",
              "Oracle alignment (%) of fresh-seed samples (how many per prompt: the last table); targets = the prompts the rule picked "
              "from the raters' labels (both methods fine-tune on them); generalisation = held-out prompts never "
@@ -81,9 +88,12 @@ def demo_section(runs: list[tuple[str, dict]], current: list[str] = ()) -> list[
                          f"{_pct(r[m]['controls']['overall'])} | {_num(r[m]['fidelity'])} | "
                          f"{_pct(r[m].get('off_palette', {}).get('targets'))} |")
     now = [(label, r) for label, r in runs if label in current]
-    other = [(label, r) for label, r in runs if label not in current]
+    other = [(label, r) for label, r in runs if label not in current and _base_model(r) == "shapes-sd"]
+    elsewhere = sorted({_base_model(r) for _, r in runs} - {"shapes-sd"})
     summary = " ".join(([gain_summary(now, "the current config's runs (" + ", ".join(current) + "), mean (each)")] if now else [])
-                       + ([gain_summary(other, "other runs, mean (each)")] if other else []))
+                       + ([gain_summary(other, "other runs, mean (each)")] if other else [])
+                       + [gain_summary([(label, r) for label, r in runs if _base_model(r) == b],
+                                       f"runs on {b}, mean (each)") for b in elsewhere])
     lines += ["", summary]
     if now:
         lines += ["", *gain_by_group(now)]

@@ -115,6 +115,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     reward_metrics |= {f"region_{view}": m for view, m in r["reward"].get("region", {}).items()}
     results = report.results_json(evals, reward_metrics, seconds)
     results["labels"] = r["label"]
+    results["base_model"] = Path(cfg.pipeline).name  # the results page keeps each base model's gains apart
     results["target"] = cfg.target
     results["region_weight"] = cfg.region_weight if cfg.regions else None  # dpok_region's beta; None: no such run
     # the evaluation's sampling.compile, auto resolved (timings depend on it)

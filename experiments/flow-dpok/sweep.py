@@ -28,6 +28,7 @@ def sweep(label: str, overrides: list[str]) -> Path:
         raise SystemExit(f"{label}: make finetune failed")
     metrics = json.loads(Path(f"runs/flow-sweep/{label}/metrics.json").read_text())
     record = {k: v for k, v in metrics.items() if k not in ("history", "lineage")}
+    record["device"] = "2 CPU cores (AMD EPYC, AVX2, no AVX512)"  # this study's machine; edit for another
     record["command"] = ('make demo ARGS="--config workflows/configs/demo-flow.yaml"; make finetune ARGS="'
                          + " ".join(a for a in args if not a.startswith("output_dir=")) + '"')
     out = HERE / f"finetune-{time.strftime('%Y-%m-%d', time.gmtime())}-{label}-seed{seed}.json"
