@@ -34,6 +34,7 @@ from shapes.render import degrade, render
 from shapes.training.base import (TRAINING_STAGES, BaseConfig, BaseEvalConfig, BaseResult, RetrievalConfig,
                                   need_stage_output)
 from shapes.training.cards import card_notes, write_clip_card, write_flow_card, write_sd_card
+from shapes.training.flow import FLOW_SAMPLING
 from shapes.training.vae import reconstruction_accuracy
 from shapes.world import CATEGORIES, Prompt, one_attribute_swaps, prompt_set
 
@@ -180,13 +181,14 @@ def evaluate_base(cfg: BaseConfig, trained: BaseResult) -> tuple[dict, dict]:
               flush=True)
         written.append((sd_dir, sd_metrics, write_sd_card))
     if todo["flow"]:
-        # shapes-flow samples with no T5 tokens, as it was trained (shapes.training.flow)
-        flow_eval = replace(cfg.eval, sampling=replace(cfg.eval.sampling, max_sequence_length=0))
+        # shapes-flow samples with no T5 tokens, as it was trained
+        flow_eval = replace(cfg.eval, sampling=replace(cfg.eval.sampling,
+                                                       max_sequence_length=FLOW_SAMPLING.max_sequence_length))
         flow_metrics = _text_to_image_metrics(flow_dir, flow_eval, device, cfg.progress)
         sets = flow_metrics["sets"]
         sd_file = sd_dir / "metrics.json"
-        sd_train = (sd_metrics or json.loads(sd_file.read_text()))["sets"]["train"]["overall"] if (
-            sd_metrics or sd_file.is_file()) else None
+        sd_record = sd_metrics or (json.loads(sd_file.read_text()) if sd_file.is_file() else None)
+        sd_train = None if sd_record is None else sd_record["sets"]["train"]["overall"]
         flow_metrics["shapes_sd_train_overall"] = sd_train
         flow_metrics["targets"] = {
             "train_overall_within_0.10_of_shapes_sd": None if sd_train is None else
