@@ -322,9 +322,10 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
     return out
 
 
-def text_length(cfg: SamplingConfig) -> dict:
-    """A flow pipeline's keyword for ``cfg.max_sequence_length`` (none: the pipeline's default)."""
-    return {} if cfg.max_sequence_length is None else {"max_sequence_length": cfg.max_sequence_length}
+def text_length(max_sequence_length: int | None) -> dict:
+    """A flow pipeline's keyword for :attr:`SamplingConfig.max_sequence_length` (None: none, the
+    pipeline's default), for its call and its ``encode_prompt``."""
+    return {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
 
 
 def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], cfg: SamplingConfig,
@@ -344,7 +345,8 @@ def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], c
             p = prompts[start:start + cfg.batch_size]
             g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
             result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=guidance,
-                          generator=g, height=height, width=width, output_type="pil", **text_length(cfg))
+                          generator=g, height=height, width=width, output_type="pil",
+                          **text_length(cfg.max_sequence_length))
             out.extend(result.images)
             if progress is not None:
                 progress.update(len(p))

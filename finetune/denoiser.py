@@ -19,7 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.families import Family, pipeline_family
-from core.sampling import SamplingConfig
+from core.sampling import SamplingConfig, text_length
 from finetune.config import FinetuneConfig, ModelConfig
 from finetune.scheduler import DDIMSchedule, FlowSchedule
 
@@ -60,8 +60,7 @@ def encode_prompts(pipe, prompts: list[str], device, max_sequence_length: int | 
     guidance, or none), so its uncond is cond itself, never run."""
     family = pipeline_family(pipe)
     n = len(prompts)
-    # the T5 tokens (core.sampling.SamplingConfig.max_sequence_length; None: the pipeline's default)
-    t5 = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    t5 = text_length(max_sequence_length)  # the T5 tokens (None: the pipeline's default)
     if family.name == "sd":
         cond, uncond = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                           do_classifier_free_guidance=True, negative_prompt=[""] * n)

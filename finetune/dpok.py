@@ -48,7 +48,7 @@ from finetune.prompts import prompt_group_ids
 from finetune.region import outside_change
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
-from finetune.sampler import Trajectory, decode_latents, encode_prompts, sample_trajectories
+from finetune.sampler import Trajectory, decode_latents, sample_trajectories
 from reward.reward_fn import OracleReward, Reward, RewardFn, RewardSource, load_reward
 
 # The learning curve's judge, through the reward source interface: 1 for an image the shapes
@@ -99,8 +99,7 @@ class LearningCurve:
             _check_curve_prompts(run.prompts)
             self.judge = load_reward(CURVE_JUDGE, run.device)
             self.texts = [p for p in run.prompts for _ in range(run.cfg.curve_samples)]
-            self.cond, self.uncond = encode_prompts(run.comps.pipe, self.texts, run.device,
-                                                    run.cfg.sampling.max_sequence_length)
+            self.cond, self.uncond = run.encode_prompts(self.texts)
 
     def due(self, rounds_done: int) -> bool:
         every = self.run.cfg.curve_every
@@ -171,7 +170,7 @@ def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSa
     per_process = d.prompts_per_process(run.accelerator.num_processes)
     drawn = rng.choice(run.prompts, size=per_process, replace=per_process > len(run.prompts))
     prompts = [str(p) for p in drawn for _ in range(d.samples_per_prompt)]
-    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device, run.cfg.sampling.max_sequence_length)
+    cond, uncond = run.encode_prompts(prompts)
     run.comps.unet.eval()
     noise = gen.get_state()
     traj = sample_trajectories(run.sampling_policy(), cond, uncond, run.latent_shape, gen, prompts,

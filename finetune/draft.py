@@ -52,7 +52,7 @@ from finetune.image_log import SampleGrid
 from finetune.policy import base_policy
 from finetune.region import outside_change
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
-from finetune.sampler import decode_differentiable, decode_latents, denoise, encode_prompts
+from finetune.sampler import decode_differentiable, decode_latents, denoise
 from reward.reward_fn import Reward, RewardFn
 
 
@@ -139,7 +139,7 @@ def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> StepSam
     cfg, d = run.cfg, run.cfg.draft
     drawn = rng.choice(run.prompts, size=d.batch_size, replace=d.batch_size > len(run.prompts))
     prompts = [str(p) for p in drawn]
-    cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device, run.cfg.sampling.max_sequence_length)
+    cond, uncond = run.encode_prompts(prompts)
     schedule, n = run.schedule, run.schedule.num_steps
     x = torch.randn((len(prompts), *run.latent_shape), generator=gen, device=run.device) * schedule.init_noise_sigma
     noise = (torch.randn((n, *x.shape), generator=gen, device=run.device) if schedule.eta > 0 else None)

@@ -12,7 +12,7 @@ from core import seeds
 from core.images import image_grid
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import grid_prompts
-from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+from finetune.sampler import decode_latents, sample_trajectories
 
 
 def log_images(accelerator, tag: str, images: torch.Tensor, step: int, path: Path | None = None,
@@ -48,8 +48,7 @@ class SampleGrid:
     def __init__(self, run):
         self.run = run
         self.prompts = grid_prompts(run.cfg)
-        self.cond, self.uncond = encode_prompts(run.comps.pipe, self.prompts, run.device,
-                                                run.cfg.sampling.max_sequence_length)
+        self.cond, self.uncond = run.encode_prompts(self.prompts)
 
     def log(self, step: int, name: str) -> None:
         """The current policy's grid to TensorBoard at ``step`` and to ``samples/<name>.png``."""

@@ -25,7 +25,7 @@ from finetune.checkpoints import latest_checkpoint, prepare_output_dir
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
 from finetune.config import FinetuneConfig
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
-from finetune.denoiser import check_finetune_options, denoiser_for, make_schedule
+from finetune.denoiser import TextCond, check_finetune_options, denoiser_for, encode_prompts, make_schedule
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import check_pretrain_source, check_prompts_fit_model, training_prompts
 from finetune.region import keep_regions
@@ -103,6 +103,11 @@ class Run:
         """Region-aware fine-tuning (``region.weight`` > 0): what each image keeps, (B, H, W) bool
         (:func:`finetune.region.keep_regions`); None when the run is not region-aware."""
         return keep_regions(self.reward, images, prompts, self.cfg.region) if self.cfg.region.weight > 0 else None
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[TextCond, TextCond]:
+        """(cond, uncond) of ``prompts`` (:func:`finetune.denoiser.encode_prompts`) with the run's
+        pipeline, on its device, fed the T5 tokens ``sampling.max_sequence_length`` says."""
+        return encode_prompts(self.comps.pipe, prompts, self.device, self.cfg.sampling.max_sequence_length)
 
     def sampling_policy(self) -> DiffusionPolicy:
         """The policy to sample with now: the trained one, or under ``sampling.compile`` its weights of

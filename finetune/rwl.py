@@ -48,7 +48,7 @@ from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
 from finetune.denoiser import TextCond, encode_images
 from finetune.flow_rwl import draw_flow_noise, flow_matching_loss, is_flow_scheduler
-from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+from finetune.sampler import decode_latents, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
 
@@ -90,7 +90,7 @@ def build_model_set(run: Run) -> LatentSet:
     for i in tqdm(range(0, len(prompts), cfg.reward.batch_size), desc="rwl: sample D_model", unit="batch",
                   disable=not run.accelerator.is_main_process):
         chunk = prompts[i:i + cfg.reward.batch_size]
-        cond, uncond = encode_prompts(run.comps.pipe, chunk, run.device, run.cfg.sampling.max_sequence_length)
+        cond, uncond = run.encode_prompts(chunk)
         traj = sample_trajectories(sampler, cond, uncond, run.latent_shape, gen, chunk)
         images = decode_latents(run.comps.pipe.vae, traj.final_latents)
         rewards.append(run.reward.score(images, chunk).float().cpu())
@@ -306,9 +306,8 @@ def _update(run: Run, step: int, noise_scheduler, model_set: LatentSet, pre_set:
     w = model_set.weights[mi].to(run.device)
     guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
     with acc.autocast():  # the batch's text embeddings at once; each part takes its rows
-        t5 = run.cfg.sampling.max_sequence_length
-        model_text = encode_prompts(run.comps.pipe, [model_set.prompts[i] for i in mi], run.device, t5)
-        pre_text = encode_prompts(run.comps.pipe, pre_prompts, run.device, t5)
+        model_text = run.encode_prompts([model_set.prompts[i] for i in mi])
+        pre_text = run.encode_prompts(pre_prompts)
 
     def loss(job: tuple[str, slice]) -> tuple[torch.Tensor, tuple]:
         # each part's mean loss times its share of the half batch (D_pre's times beta): the parts'

@@ -42,6 +42,7 @@ from finetune.run import setup_run
 from finetune.rwl import train_rwl
 from reward.reward_fn import RewardSource
 from shapes import SHAPES_CLIP, SHAPES_FLOW, SHAPES_SD
+from shapes.training.flow import FLOW_SAMPLING
 from tools.demo_bench import bench_demo, check_runs
 from tools.random_models import build_random_clip_vitl14, build_random_sd15, build_reward_model
 from tools.bench_passes import bare_passes, lever_timings, peak_memory_mb
@@ -121,7 +122,8 @@ def shapes_config(cfg: BenchConfig, pipeline: str, out: str, method: Method, flo
     (finetune/configs/<method>.yaml), the bench's overrides on it, then ``cfg.shapes_args``;
     ``flow``: on shapes-flow, which samples with no T5 tokens (as workflows/configs/demo-flow.yaml)."""
     shipped = load_config(FinetuneConfig, CONFIGS / f"{method}.yaml")
-    values = {**bench_overrides(cfg, pipeline, out, method), **({"sampling.max_sequence_length": 0} if flow else {})}
+    t5 = {"sampling.max_sequence_length": FLOW_SAMPLING.max_sequence_length} if flow else {}
+    values = {**bench_overrides(cfg, pipeline, out, method), **t5}
     return with_overrides(replace_keys(shipped, values), cfg.shapes_args)
 
 

@@ -190,7 +190,7 @@ def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
     n = 16
     mi = torch.nonzero(model_set.weights > 0).flatten()[:n]
     noise, t = rwl.draw_noise(ns, len(mi), run.latent_shape, gen, run.device)
-    texts = rwl.encode_prompts(run.comps.pipe, [model_set.prompts[i] for i in mi], run.device)
+    texts = run.encode_prompts([model_set.prompts[i] for i in mi])
 
     def model_loss():
         return rwl.denoising_loss(run, ns, model_set.latents[mi], texts[0], texts[1], noise, t, guidance)[0].mean()
