@@ -201,7 +201,8 @@ stage (without it the pipeline feeds 256 zero tokens the model never saw).
 | scheduler | `FlowMatchEulerDiscreteScheduler`, shift {f.shift} | – |
 
 Training: rectified flow, the velocity eps - x0 at x = (1 - sigma) x0 + sigma eps, sigma
-logit-normal (0, 1) as SD3's; classifier-free-guidance dropout {f.cfg_dropout} (empty prompt),
+logit-normal (0, 1) as SD3's; the transformer starts from DiT's adaLN-Zero initialisation (every
+block the identity); classifier-free-guidance dropout {f.cfg_dropout} (empty prompt),
 AdamW lr {f.lr}, batch {f.batch_size}, {f.steps} steps, EMA {f.ema_decay}
 (`shapes/training/flow.py`). VAE reconstructions of fresh renders are judged aligned by the oracle
 {m['vae_reconstruction']['oracle_aligned']:.3f} of the time.
