@@ -108,6 +108,27 @@ def test_committed_sd_samples_64px_images():
 
 # ---------------------------------------------------------------- evaluation on tiny models
 
+def test_adaln_zero_starts_every_block_as_the_identity_and_still_learns():
+    """DiT's adaLN-Zero on SD3's transformer: the first prediction is exactly 0, and one gradient
+    step moves it (the zeroed modulations are not a dead end)."""
+    from shapes.training.flow import adaln_zero_, build_transformer
+
+    torch.manual_seed(0)
+    model = build_transformer(TransformerArch(num_layers=2, num_attention_heads=2, attention_head_dim=8), 8, 4, 16)
+    adaln_zero_(model)
+    x, text, pooled = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16), torch.randn(2, 16)
+
+    def predict():
+        return model(hidden_states=x, timestep=torch.tensor([100.0, 900.0]), encoder_hidden_states=text,
+                     pooled_projections=pooled, return_dict=False)[0]
+
+    assert predict().abs().max() == 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    (predict() - x).square().mean().backward()
+    opt.step()
+    assert predict().abs().max() > 0
+
+
 def test_evaluate_model_on_tiny_pipeline(tmp_path):
     make_tiny_sd(tmp_path / "sd", image_size=64)
     pipe = load_sd_pipeline(tmp_path / "sd", device="cpu")
