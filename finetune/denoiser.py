@@ -60,7 +60,7 @@ def encode_prompts(pipe, prompts: list[str], device, max_sequence_length: int | 
     guidance, or none), so its uncond is cond itself, never run."""
     family = pipeline_family(pipe)
     n = len(prompts)
-    t5 = text_length(max_sequence_length)  # the T5 tokens (None: the pipeline's default)
+    t5 = text_length(family, max_sequence_length)  # the T5 tokens (None: the pipeline's default)
     if family.name == "sd":
         cond, uncond = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                           do_classifier_free_guidance=True, negative_prompt=[""] * n)

@@ -129,6 +129,18 @@ def test_make_generate_samples_a_flow_folder_with_its_ode(flow_folders, tmp_path
         assert im.size == (int(df["width"].iloc[0]), int(df["height"].iloc[0]))
 
 
+def test_make_generate_refuses_no_t5_tokens_for_flux(flow_folders, tmp_path, capsys):
+    """max_sequence_length=0 is shapes-flow's (SD3 without T5); FLUX reads its prompt from T5 alone,
+    so 0 is refused with one line, before any image is written."""
+    from pipelines.generate import main
+
+    root = tmp_path / "round"
+    assert run(main, [f"root={root}", f"pipeline={flow_folders['flux']}", "max_prompts=1", "per_prompt=1",
+                      "sampling.height=32", "sampling.width=32", "sampling.max_sequence_length=0"]) == 2
+    one_error_line(capsys, "max_sequence_length=0", "FLUX", "T5")
+    assert not list(root.rglob("*.png"))
+
+
 def test_flow_images_do_not_depend_on_their_batch(flow_folders):
     """One generator per image, as for SD: the same (prompt, seed) draws the same image alone."""
     import numpy as np
