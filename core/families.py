@@ -68,6 +68,9 @@ class Family:
     # text encoders (each with its tokenizer): SD one CLIP; SD3 two CLIPs with pooled projections
     # (+ T5, optional); FLUX CLIP (pooled) + T5
     encoders: int = 1
+    # the prompt's tokens reach the denoiser from T5 alone (its CLIP gives only a pooled vector), so
+    # a T5 length of 0 leaves it no prompt: FLUX
+    t5_only: bool = False
     # components never loaded (None): an SD folder's safety checker and its feature extractor
     # (research use; saves memory)
     skipped: tuple[str, ...] = ()
@@ -119,7 +122,7 @@ SD3 = Family("sd3", "Stable Diffusion 3", "StableDiffusion3Pipeline", "transform
              ("text_encoder_3", "tokenizer_3"), "Stable Diffusion 3", encoders=2)
 FLUX = Family("flux", "FLUX.1", "FluxPipeline", "transformer", "flow-ode", "distilled", "pack2",
               ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), True,
-              lineage="FLUX", encoders=2)
+              lineage="FLUX", encoders=2, t5_only=True)
 FAMILIES: dict[str, Family] = {f.pipeline_class: f for f in (SD, SD3, FLUX)}
 
 

@@ -324,11 +324,11 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: SamplingCon
 
 def text_length(family: Family, max_sequence_length: int | None) -> dict:
     """A flow pipeline's keyword for :attr:`SamplingConfig.max_sequence_length` (None: none, the
-    pipeline's default), for its call and its ``encode_prompt``.  FLUX reads the prompt's tokens
-    from T5 alone (CLIP gives it only a pooled vector), so 0 T5 tokens would leave it no prompt."""
-    if max_sequence_length == 0 and family.name == "flux":
-        raise UserError("sampling.max_sequence_length=0 was given for a FLUX pipeline, whose transformer reads the "
-                        "prompt's tokens from T5 alone: 0 tokens would leave it no prompt.",
+    pipeline's default), for its call and its ``encode_prompt``; 0 is refused for a family that reads
+    the prompt's tokens from T5 alone (:attr:`core.families.Family.t5_only`)."""
+    if max_sequence_length == 0 and family.t5_only:
+        raise UserError(f"sampling.max_sequence_length=0 was given for a {family.title} pipeline, whose transformer "
+                        "reads the prompt's tokens from T5 alone: 0 tokens would leave it no prompt.",
                         "leave max_sequence_length unset (FLUX's own 512) or give the length the model was "
                         "trained with; 0 is for an SD3 folder trained without T5, such as shapes-flow.")
     return {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
@@ -346,13 +346,13 @@ def _generate_flow(pipe, family: Family, prompts: list[str], seeds: list[int], c
     out: list[Image.Image] = []
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     guidance = guidance_applied(family, cfg.guidance_scale)
+    t5 = text_length(family, cfg.max_sequence_length)
     with torch.no_grad(), torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(prompts), cfg.batch_size):
             p = prompts[start:start + cfg.batch_size]
             g = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:start + cfg.batch_size]]
             result = pipe(p, num_inference_steps=cfg.num_inference_steps, guidance_scale=guidance,
-                          generator=g, height=height, width=width, output_type="pil",
-                          **text_length(family, cfg.max_sequence_length))
+                          generator=g, height=height, width=width, output_type="pil", **t5)
             out.extend(result.images)
             if progress is not None:
                 progress.update(len(p))
