@@ -1,7 +1,7 @@
 """Does flow DPOK's gain live on its training sampler only?  The base shapes-flow and a flow-DPOK
-LoRA on the same target prompts and seeds, sampled two ways: the Flow-SDE DPOK trains and draws
-its learning curve on (20 steps, noise level a, every step stochastic) and the ODE the evaluation
-samples (20 Euler steps); the shapes oracle judges each image aligned or not.
+LoRA on the same target prompts and seeds, sampled two ways, both at the run's own settings (its
+config.yaml): the Flow-SDE DPOK trains and draws its learning curve on (``dpok.noise_level``, every
+step stochastic) and the ODE the evaluation samples; the shapes oracle judges each image aligned or not.
 
     .venv/bin/python experiments/flow-dpok/sampler_gap.py RUN_DIR [SAMPLES_PER_PROMPT]
     # e.g. runs/demo-flow/finetune-dpok after make demo ARGS="--config workflows/configs/demo-flow.yaml"
@@ -18,34 +18,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.config import load_config
 from core.families import pipeline_family
+from core.images import pil_to_tensor
 from core.loading import load_sd_pipeline
-from core.sampling import SamplingConfig, generate_images
-from finetune.denoiser import decode_latents, denoiser_for, encode_prompts
+from core.sampling import generate_images
+from finetune.config import FinetuneConfig
+from finetune.denoiser import decode_latents, denoiser_for, encode_prompts, make_schedule
 from finetune.policy import DiffusionPolicy
 from finetune.sampler import sample_trajectories
-from finetune.scheduler import FlowSchedule
 from reward.reward_fn import RewardSource, load_reward
 
-BASE, NOISE_LEVEL, STEPS, GUIDANCE = "shapes/models/shapes-flow", 0.7, 20, 5.0
+LATENT_SHAPE = (4, 16, 16)  # shapes-flow's: 64 px through shapes-sd's 4x VAE
 
 
-def aligned(pipe, texts: list[str], seeds: list[int], sampler: str, judge) -> np.ndarray:
+def aligned(pipe, cfg: FinetuneConfig, texts: list[str], seeds: list[int], sampler: str, judge) -> np.ndarray:
     """(N,) 1 where the oracle passes the image of texts[i] drawn from seeds[i]."""
     if sampler == "ode":
-        images = generate_images(pipe, texts, seeds, SamplingConfig(max_sequence_length=0,
-                                                                    num_inference_steps=STEPS, guidance_scale=GUIDANCE))
-        batch = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2) / 255.0
+        batch = pil_to_tensor(generate_images(pipe, texts, seeds, cfg.sampling))
     else:
-        family = pipeline_family(pipe)
-        schedule = FlowSchedule.from_scheduler(pipe.scheduler, STEPS, NOISE_LEVEL, image_tokens=64, linspace_sigmas=False)
-        policy = DiffusionPolicy(pipe.transformer, schedule, GUIDANCE, denoiser=denoiser_for(family))
+        schedule = make_schedule(pipe, cfg, LATENT_SHAPE)
+        policy = DiffusionPolicy(pipe.transformer, schedule, cfg.sampling.guidance_scale,
+                                 denoiser=denoiser_for(pipeline_family(pipe)))
         parts = []
         for i in range(0, len(texts), 32):
-            cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu", max_sequence_length=0)
+            cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu", cfg.sampling.max_sequence_length)
             gen = torch.Generator().manual_seed(seeds[i])
             with torch.no_grad():
-                traj = sample_trajectories(policy, cond, uncond, (4, 16, 16), gen, texts[i:i + 32])
+                traj = sample_trajectories(policy, cond, uncond, LATENT_SHAPE, gen, texts[i:i + 32])
                 parts.append(decode_latents(pipe.vae, traj.final_latents))
         batch = torch.cat(parts)
     return (judge.score(batch, texts).numpy() == 1).astype(float)
@@ -57,13 +57,14 @@ def main(run_dir: str, per_prompt: int = 8) -> dict:
     prompts = [p for p in prompts if p.strip()]
     texts = [p for p in prompts for _ in range(per_prompt)]
     seeds = [10**9 + i for i in range(len(texts))]
+    cfg = load_config(FinetuneConfig, Path(run_dir) / "config.yaml")
     judge = load_reward(RewardSource(kind="oracle", oracle="aligned"), "cpu")
-    base = load_sd_pipeline(BASE, device="cpu")
-    tuned = load_sd_pipeline(BASE, device="cpu")
+    base = load_sd_pipeline(cfg.model.pipeline, device="cpu")
+    tuned = load_sd_pipeline(cfg.model.pipeline, device="cpu")
     tuned.load_lora_weights(run_dir)
-    out: dict = {"run": run_dir, "images": len(texts), "noise_level": NOISE_LEVEL}
+    out: dict = {"run": run_dir, "images": len(texts), "noise_level": cfg.dpok.noise_level}
     for sampler in ("sde", "ode"):
-        a, b = aligned(base, texts, seeds, sampler, judge), aligned(tuned, texts, seeds, sampler, judge)
+        a, b = aligned(base, cfg, texts, seeds, sampler, judge), aligned(tuned, cfg, texts, seeds, sampler, judge)
         d = b - a
         out[sampler] = {"base": 100 * a.mean(), "dpok": 100 * b.mean(), "gain": 100 * d.mean(),
                         "gain_se": 100 * d.std(ddof=1) / np.sqrt(len(d))}
