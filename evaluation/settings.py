@@ -68,11 +68,14 @@ def apply_setting(sampling, setting: dict, given: set[str]):
     return replace(sampling, **take) if take else sampling
 
 
-def describe(sampling, source: str, scheduler=None, family=None) -> str:
-    """One line for a report: the sampler and setting every model was sampled at (for a ``family``
-    pipeline whose scheduler is ``scheduler``, core.sampling.describe_sampling; no family:
-    SamplingConfig.describe, the SD family's), the image size, and where it came from."""
-    if family is None:
+def describe(sampling, source: str, scheduler=None, family=None, sampler: str | None = None) -> str:
+    """One line for a report: the sampler and setting every model was sampled at (``sampler``, those
+    words; else for a ``family`` pipeline whose scheduler is ``scheduler``,
+    core.sampling.describe_sampling; no family: SamplingConfig.describe, the SD family's), the image
+    size, and where it came from."""
+    if sampler is not None:
+        said = sampler
+    elif family is None:
         said = sampling.describe(scheduler)
     else:
         from core.sampling import describe_sampling

@@ -157,16 +157,18 @@ def denoiser_for(family: Family) -> Denoiser:
     return {"sd": UNetDenoiser, "sd3": SD3Denoiser, "flux": FluxDenoiser}[family.name](family)
 
 
-def make_schedule(pipe, cfg: FinetuneConfig, latent_shape: tuple[int, int, int]) -> DDIMSchedule | FlowSchedule:
-    """The schedule a run samples: SD's DDIM with ``sampling.eta`` on the folder's noise schedule;
-    a flow family's SDE at noise level ``dpok.noise_level`` on the levels its pipeline steps
-    through at this image size (FLUX's dynamic shift counts the packed tokens, SD3's its patches)."""
-    family, steps = pipeline_family(pipe), cfg.sampling.num_inference_steps
+def make_schedule(pipe, sampling: SamplingConfig, noise_level: float, latent_shape: tuple[int, int, int]
+                  ) -> DDIMSchedule | FlowSchedule:
+    """The stochastic schedule a run (or the step probe, :mod:`tools.probe`) samples: SD's DDIM with
+    ``sampling.eta`` on the folder's noise schedule; a flow family's SDE at ``noise_level``
+    (``dpok.noise_level``) on the levels its pipeline steps through at this image size (FLUX's
+    dynamic shift counts the packed tokens, SD3's its patches)."""
+    family, steps = pipeline_family(pipe), sampling.num_inference_steps
     if not family.flow:
-        return DDIMSchedule.from_scheduler(pipe.scheduler, steps, cfg.sampling.eta)
+        return DDIMSchedule.from_scheduler(pipe.scheduler, steps, sampling.eta)
     _, h, w = latent_shape
     patch = 2 if family.tiling == "pack2" else int(pipe.transformer.config.patch_size)
-    return FlowSchedule.from_scheduler(pipe.scheduler, steps, cfg.dpok.noise_level, (h // patch) * (w // patch),
+    return FlowSchedule.from_scheduler(pipe.scheduler, steps, noise_level, (h // patch) * (w // patch),
                                        linspace_sigmas=family.name == "flux")
 
 

@@ -191,7 +191,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
         load_init_weights(unwrap(comps.unet), cfg)
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
     shape = latent_shape(comps.pipe, height, width)
-    schedule = make_schedule(comps.pipe, cfg, shape).to(accelerator.device)
+    schedule = make_schedule(comps.pipe, cfg.sampling, cfg.dpok.noise_level, shape).to(accelerator.device)
     prompts = training_prompts(cfg)
     record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
     if accelerator.is_main_process:

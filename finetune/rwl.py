@@ -16,7 +16,8 @@ Both are encoded to latents once and cached in the output folder.
 
 The phases (as DPOK's, :mod:`finetune.dpok`): sample and score once, offline, as Lee et al. do
 (:func:`build_model_set`), then every step :func:`_update` (one optimizer step of eq. 2 on a fresh
-batch; the per-example loss, :func:`denoising_loss`, is TRL's ``calculate_loss``) ->
+batch; the per-example loss, :meth:`DenoisingObjective.loss` or the flow family's, is TRL's
+``calculate_loss``) ->
 :func:`_after_step` (the step's row, logs, a checkpoint); after the last step, the sample grid.
 """
 
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
+from core.families import pipeline_family
 from core.images import pil_to_tensor
 from data.generations import load_image
 from data.labels import current
@@ -47,7 +49,7 @@ from finetune.region import keep_loss, latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
 from finetune.denoiser import TextCond, encode_images
-from finetune.flow_rwl import draw_flow_noise, flow_matching_loss, is_flow_scheduler
+from finetune.flow_rwl import FlowMatchingObjective
 from finetune.sampler import decode_latents, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -183,76 +185,80 @@ def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
     return model_set, pre_set
 
 
-def draw_noise(noise_scheduler, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' denoising losses,
-    drawn for a whole batch before it is cut into micro-batches, so that any cut sees the same draws
-    (a flow family: noise levels sigma, :func:`finetune.flow_rwl.draw_flow_noise`)."""
-    if is_flow_scheduler(noise_scheduler):
-        return draw_flow_noise(noise_scheduler, n, latent_shape, gen, device)
-    noise = torch.randn((n, *latent_shape), generator=gen, device=device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
-    return noise, t
+class DenoisingObjective:
+    """SD's per-example loss, -log p_theta(x | z) up to constants: the denoising loss (DDPM eq. 14)
+    at DDPM training timesteps of the folder's noise schedule (:meth:`draw`, :meth:`loss`).  A flow
+    family's is :class:`finetune.flow_rwl.FlowMatchingObjective`, with the same two methods;
+    :func:`training_objective` picks the family's."""
+
+    def __init__(self, scheduler):
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(scheduler.config)
+
+    def draw(self, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' losses, drawn for a
+        whole batch before it is cut into micro-batches, so that any cut sees the same draws."""
+        noise = torch.randn((n, *latent_shape), generator=gen, device=device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+        return noise, t
+
+    def loss(self, run: Run, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None, noise: torch.Tensor,
+             t: torch.Tensor, guidance_scale: float = 1.0, keep: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
+        at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:meth:`draw`);
+        ``cond`` / ``uncond`` (B rows): the prompts' and the empty prompt's text conditioning
+        (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w) bool, also region-aware RWL's
+        term (B,): the output held to the base model's on the kept cells
+        (:func:`finetune.region.keep_loss`); else None.
+
+        ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
+        u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
+        Fitting the conditional output alone to images the *guided* sampler drew teaches c to overshoot,
+        and sampling with guidance then overshoots again: colours drift off the palette within a few
+        hundred steps (measured in the shapes world)."""
+        sched = self.scheduler
+        x0 = latents.to(run.device)
+        x_t = sched.add_noise(x0, noise, t)
+        ptype = sched.config.prediction_type
+        target = {"epsilon": noise, "v_prediction": sched.get_velocity(x0, noise, t), "sample": x0}[ptype]
+
+        def output(unet) -> torch.Tensor:  # (B, C, h, w) fp32, guided when guidance_scale > 1
+            dtype = next(unet.parameters()).dtype
+            if guidance_scale > 1:
+                both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
+                            encoder_hidden_states=TextCond.cat([uncond, cond]).embeds).sample.float()
+                u, c = both.chunk(2)
+                return u + guidance_scale * (c - u)
+            return unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds).sample.float()
+
+        pred = output(run.comps.unet)
+        loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+        if keep is None:
+            return loss, None
+        with torch.no_grad(), base_policy(run.policy) as base:
+            base_pred = output(base.unet)
+        return loss, keep_loss(pred, base_pred, keep.to(run.device))
 
 
-def denoising_loss(run: Run, noise_scheduler, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None,
-                   noise: torch.Tensor, t: torch.Tensor, guidance_scale: float = 1.0,
-                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
-    at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:func:`draw_noise`), i.e.
-    -log p_theta(x | z) up to constants (DDPM eq. 14); ``cond`` / ``uncond`` (B rows): the prompts'
-    and the empty prompt's text conditioning (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w)
-    bool, also region-aware RWL's term (B,): the output held to the base model's on the kept cells
-    (:func:`finetune.region.keep_loss`); else None.
-
-    ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
-    u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
-    Fitting the conditional output alone to images the *guided* sampler drew teaches c to overshoot,
-    and sampling with guidance then overshoots again: colours drift off the palette within a few
-    hundred steps (measured in the shapes world).
-
-    A flow family (``noise_scheduler`` a FlowMatchEulerDiscreteScheduler, ``t`` noise levels
-    sigma): the flow-matching loss (:func:`finetune.flow_rwl.flow_matching_loss`); no keep term
-    (region-aware fine-tuning refuses flow families)."""
-    if is_flow_scheduler(noise_scheduler):
-        return flow_matching_loss(run, latents, cond, uncond, noise, t, guidance_scale), None
-    x0 = latents.to(run.device)
-    x_t = noise_scheduler.add_noise(x0, noise, t)
-    ptype = noise_scheduler.config.prediction_type
-    target = {"epsilon": noise, "v_prediction": noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[ptype]
-
-    def output(unet) -> torch.Tensor:  # (B, C, h, w) fp32, guided when guidance_scale > 1
-        dtype = next(unet.parameters()).dtype
-        if guidance_scale > 1:
-            both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                        encoder_hidden_states=TextCond.cat([uncond, cond]).embeds).sample.float()
-            u, c = both.chunk(2)
-            return u + guidance_scale * (c - u)
-        return unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds).sample.float()
-
-    pred = output(run.comps.unet)
-    loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
-    if keep is None:
-        return loss, None
-    with torch.no_grad(), base_policy(run.policy) as base:
-        base_pred = output(base.unet)
-    return loss, keep_loss(pred, base_pred, keep.to(run.device))
+def training_objective(pipe) -> DenoisingObjective | FlowMatchingObjective:
+    """The likelihood surrogate RWL weights for ``pipe``'s family: SD's denoising loss, or a flow
+    family's flow-matching loss at its own scheduler's noise levels."""
+    return FlowMatchingObjective(pipe.scheduler) if pipeline_family(pipe).flow else DenoisingObjective(pipe.scheduler)
 
 
 def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, progress: bool = True,
               on_step: Callable[[StepStats], None] | None = None) -> FinetuneResult:
     """Run reward-weighted likelihood fine-tuning as configured (see the module docstring)."""
-    from diffusers import DDPMScheduler
-
     run, state = setup_run(cfg, reward_fn)
     cfg, r, acc = run.cfg, run.cfg.rwl, run.accelerator
     model_set, pre_set = _load_or_build(run)
     if float(model_set.weights.sum()) <= 0:
         raise UserError("every generated image has reward weight 0, so there is nothing to learn from.",
                         "lower rwl.threshold, use rwl.weighting=exp, or check the reward model.")
-    scheduler = run.comps.pipe.scheduler  # a flow family trains at its own scheduler's noise levels
-    noise_scheduler = (type(scheduler).from_config(scheduler.config) if is_flow_scheduler(scheduler)
-                       else DDPMScheduler.from_config(scheduler.config))
+    objective = training_objective(run.comps.pipe)
     start, history = (state["step"], state["history"]) if state else (0, [])
     if start >= r.steps:
         raise UserError(f"{run.out} already finished {start} of rwl.steps={r.steps}.",
@@ -268,7 +274,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     t_start = time.perf_counter()
     run.comps.unet.train()
     for step in bar:
-        values = _update(run, step, noise_scheduler, model_set, pre_set, p_model)
+        values = _update(run, step, objective, model_set, pre_set, p_model)
         row = _after_step(run, step + 1, values, history, region=model_set.keep is not None)
         bar.set_postfix(loss=f"{row.loss:.4f}", pre=f"{row.loss_pre:.4f}")
         if on_step is not None:
@@ -285,7 +291,7 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     return FinetuneResult(run.out, history, metrics)
 
 
-def _update(run: Run, step: int, noise_scheduler, model_set: LatentSet, pre_set: LatentSet,
+def _update(run: Run, step: int, objective: DenoisingObjective | FlowMatchingObjective, model_set: LatentSet, pre_set: LatentSet,
             p_model: torch.Tensor) -> torch.Tensor:
     """One optimizer step of Lee et al. eq. 2 on a fresh batch: half of rwl.batch_size drawn from
     D_model (image i with probability ``p_model[i]``, weighted by its w), half from D_pre (its
@@ -300,8 +306,8 @@ def _update(run: Run, step: int, noise_scheduler, model_set: LatentSet, pre_set:
     half = max(1, r.batch_size // 2)
     mi = rng.choice(len(model_set), size=half, p=p_model.numpy())
     pi = rng.choice(len(pre_set), size=half)
-    model_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
-    pre_noise = draw_noise(noise_scheduler, half, run.latent_shape, gen, run.device)
+    model_noise = objective.draw(half, run.latent_shape, gen, run.device)
+    pre_noise = objective.draw(half, run.latent_shape, gen, run.device)
     pre_prompts = ["" if rng.random() < r.pretrain_uncond else pre_set.prompts[i] for i in pi]
     w = model_set.weights[mi].to(run.device)
     guidance = cfg.sampling.guidance_scale if r.guided_loss else 1.0
@@ -317,12 +323,11 @@ def _update(run: Run, step: int, noise_scheduler, model_set: LatentSet, pre_set:
         with acc.autocast():
             if kind == "model":
                 keep = None if model_set.keep is None else model_set.keep[mi[part]]
-                lm, lk = denoising_loss(run, noise_scheduler, model_set.latents[mi[part]], model_text[0][part],
-                                        model_text[1][part], model_noise[0][part], model_noise[1][part],
-                                        guidance, keep)
+                lm, lk = objective.loss(run, model_set.latents[mi[part]], model_text[0][part], model_text[1][part],
+                                        model_noise[0][part], model_noise[1][part], guidance, keep)
             else:
-                lm, lk = denoising_loss(run, noise_scheduler, pre_set.latents[pi[part]], pre_text[0][part],
-                                        None, pre_noise[0][part], pre_noise[1][part])
+                lm, lk = objective.loss(run, pre_set.latents[pi[part]], pre_text[0][part], None,
+                                        pre_noise[0][part], pre_noise[1][part])
         # Sampling images in proportion to 1[w > 0] and weighting by w keeps the
         # estimator of E_model[w l] unbiased up to the constant P(w > 0).
         part_loss = (w[part] * lm).mean() if kind == "model" else lm.mean()

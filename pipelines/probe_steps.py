@@ -16,8 +16,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from core.config import load_config, save_config
+from core.loading import resolve_model
 from evaluation.settings import apply_setting, config_setting, describe, given_keys
-from tools.probe import ProbeConfig, markdown, probe_steps, write_probe
+from tools.probe import ProbeConfig, chain_words, config_noise_level, markdown, probe_steps, write_probe
 from pipelines.cli import config_parser, run
 
 
@@ -28,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         source = Path(cfg.finetune_config)
         setting = config_setting(source / "config.yaml" if source.is_dir() else source)
         cfg = replace(cfg, sampling=apply_setting(cfg.sampling, setting, given_keys(args.config, args.overrides)))
-    print(f"probing at {describe(cfg.sampling, cfg.finetune_config or 'as configured')}", file=sys.stderr, flush=True)
+        level = config_noise_level(source)  # a flow config's SDE noise level, unless given here
+        if level is not None and not any(o.strip().startswith("noise_level=") for o in args.overrides):
+            cfg = replace(cfg, noise_level=level)
+    chain = chain_words(cfg, resolve_model(cfg.pipeline).family)
+    print(f"probing at {describe(cfg.sampling, cfg.finetune_config or 'as configured', sampler=chain)}",
+          file=sys.stderr, flush=True)
     with tqdm(desc="probe: chains", unit="sample", file=sys.stderr) as bar:
         result = probe_steps(cfg, progress=bar)
     out = write_probe(result, cfg)

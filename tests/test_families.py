@@ -176,16 +176,34 @@ def test_make_eval_takes_a_flow_base_with_the_shapes_oracle(flow_folders, tiny_c
     assert len(metrics["models"]["base"]["aligned"]) == 4 and (out / "samples-base.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd3", "flux"])
-def test_make_probe_steps_refuses_a_flow_folder(flow_folders, tmp_path, capsys, name):
-    """The probe samples DPOK's DDIM chain through ``pipe.unet``: a flow folder is one error, not a
-    traceback, and no report is written."""
+def test_make_probe_steps_probes_a_flow_folders_sde(flow_folders, tmp_path, capsys, name):
+    """make probe-steps samples a flow folder's Flow-SDE (DPOK's chain) and its ODE tail: with the
+    noise level near 0 the chain is the ODE, so every state settles the whole reward; at Flow-GRPO's
+    0.7 the first state leaves it open.  A noise level of 0 is one error line, nothing written."""
     from pipelines.probe_steps import main
 
-    out = tmp_path / "probe"
-    assert run(main, [f"output_dir={out}", f"pipeline={flow_folders[name]}", "reward.kind=oracle"]) == 2
-    one_error_line(capsys, "probes the DDIM chain of Stable Diffusion 1.x/2.x only", "Fix:")
-    assert not out.exists()
+    (tmp_path / "p.txt").write_text("one circle\ntwo squares\n")
+    common = [f"pipeline={flow_folders[name]}", f"prompts_file={tmp_path / 'p.txt'}", "samples_per_prompt=4",
+              "sampling.num_inference_steps=4", "sampling.height=32", "sampling.width=32", "tail_from=2",
+              "tail_steps=[1,2]", "batch_size=8", "reward.kind=oracle", "reward.oracle=graded"]
+    assert run(main, [*common, f"output_dir={tmp_path / 'bad'}", "noise_level=0"]) == 2
+    one_error_line(capsys, "noise_level=0", "Fix:")
+    assert not (tmp_path / "bad").exists()
+
+    from core.config import load_config
+    from tools.probe import ProbeConfig, probe_steps
+
+    def brightness(images, prompts):
+        return images.float().mean(dim=(1, 2, 3))
+
+    near_ode = probe_steps(load_config(ProbeConfig, None, [*common, "noise_level=1e-4"]), reward_fn=brightness)
+    assert min(near_ode.settled.values()) > 0.99 and near_ode.tails[-1].corr > 0.99
+    sde = probe_steps(load_config(ProbeConfig, None, [*common, "after_steps=[0]"]), reward_fn=brightness)
+    assert sde.settled[0] < 0.9
+    assert run(main, [*common, f"output_dir={tmp_path / 'probe'}"]) == 0
+    assert "flow ODE" in (tmp_path / "probe" / "probe.md").read_text()
 
 
 # -- Stable Diffusion as before -----------------------------------------------------------------------

@@ -87,12 +87,13 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
     from types import SimpleNamespace
 
     from core.loading import load_sd_pipeline
-    from finetune.rwl import denoising_loss, draw_noise
+    from finetune.rwl import DenoisingObjective
     from finetune.sampler import encode_prompts
 
     pipe = load_sd_pipeline(tiny_sd, device="cpu")
     run = SimpleNamespace(device=torch.device("cpu"), comps=SimpleNamespace(pipe=pipe, unet=pipe.unet))
-    sched = pipe.scheduler
+    objective = DenoisingObjective(pipe.scheduler)
+    sched = objective.scheduler
     x0 = torch.randn(2, 4, 4, 4)
     prompts = ["one red circle", "two squares"]
 
@@ -110,16 +111,16 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
         return ((pred - target) ** 2).flatten(1).mean(1)
 
     def noise(seed):
-        return draw_noise(sched, 2, x0.shape[1:], torch.Generator().manual_seed(seed), "cpu")
+        return objective.draw(2, x0.shape[1:], torch.Generator().manual_seed(seed), "cpu")
 
     text = encode_prompts(pipe, prompts, "cpu")
     with torch.no_grad():
         for w in (1.0, 5.0):
-            got, no_keep = denoising_loss(run, sched, x0, *text, *noise(3), guidance_scale=w)
+            got, no_keep = objective.loss(run, x0, *text, *noise(3), guidance_scale=w)
             assert no_keep is None
             torch.testing.assert_close(got, by_hand(3, w), rtol=1e-4, atol=1e-5)
-        plain = denoising_loss(run, sched, x0, text[0], None, *noise(3))[0]
-        guided = denoising_loss(run, sched, x0, *text, *noise(3), guidance_scale=5.0)[0]
+        plain = objective.loss(run, x0, text[0], None, *noise(3))[0]
+        guided = objective.loss(run, x0, *text, *noise(3), guidance_scale=5.0)[0]
     assert not torch.allclose(plain, guided)
 
 

@@ -154,7 +154,7 @@ def test_flow_rwl_trains_on_the_flow_matching_loss(flow_bases, tmp_path, name):
     the saved LoRA loads in stock diffusers and changes the transformer."""
     import diffusers
 
-    from finetune.flow_rwl import draw_flow_noise
+    from finetune.flow_rwl import FlowMatchingObjective
     from pipelines.finetune import main
     from pipelines.generate import main as generate
 
@@ -176,8 +176,7 @@ def test_flow_rwl_trains_on_the_flow_matching_loss(flow_bases, tmp_path, name):
     stock.load_lora_weights(out)
     assert not torch.allclose(before, transformer_output(stock.transformer, name), atol=1e-4)
     # the noise levels: SD3's training levels are shifted by its shift 3 (most draws above 1/2)
-    sigma = draw_flow_noise(type(stock.scheduler).from_config(stock.scheduler.config), 4000, (1, 1, 1),
-                            torch.Generator().manual_seed(0), "cpu")[1]
+    sigma = FlowMatchingObjective(stock.scheduler).draw(4000, (1, 1, 1), torch.Generator().manual_seed(0), "cpu")[1]
     assert 0 < float(sigma.min()) and float(sigma.max()) <= 1
     assert (float(sigma.median()) > 0.7) == (name == "sd3")
 
@@ -326,14 +325,15 @@ def test_flow_schedule_is_the_pipelines_own(flow_bases, name):
     pipe = load_sd_pipeline(flow_bases[name], device="cpu")
     pipe("one circle", num_inference_steps=5, height=32, width=32, output_type="latent",
          generator=torch.Generator().manual_seed(0))
-    schedule = make_schedule(pipe, _cfg(flow_bases[name], 5), latent_shape(pipe, 32, 32))
+    cfg = _cfg(flow_bases[name], 5)
+    schedule = make_schedule(pipe, cfg.sampling, cfg.dpok.noise_level, latent_shape(pipe, 32, 32))
     assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas.float())
     assert torch.equal(schedule.timesteps, pipe.scheduler.timesteps.float())
     assert schedule.sigmas[0] == 1 and schedule.sigmas[-1] == 0
     if name == "flux":  # the dynamic shift moved the levels off FluxPipeline's plain linspace
         assert not torch.allclose(schedule.sigmas[:-1], torch.linspace(1, 0.2, 5).float())
 
-    ode = make_schedule(pipe, _cfg(flow_bases[name], 5, "dpok.noise_level=1e-9"), latent_shape(pipe, 32, 32))
+    ode = make_schedule(pipe, cfg.sampling, 1e-9, latent_shape(pipe, 32, 32))
     ode = type(ode)(ode.timesteps, ode.sigmas, 0.0)
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)

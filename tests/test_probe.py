@@ -94,3 +94,17 @@ def test_probe_takes_a_finetune_configs_setting_for_keys_not_given(tiny_sd, tmp_
     assert run(main, args + ["sampling.num_inference_steps=4", "tail_from=null"]) == 2  # 5 is out of 0..3 too
     err = capsys.readouterr().err
     assert "probing at 4 DDIM steps, guidance 7.5" in err and "sampling.num_inference_steps=4" in err
+
+
+def test_a_finetune_configs_noise_level_is_the_probes(tmp_path):
+    """finetune_config= gives a flow chain its dpok.noise_level (tools.probe.config_noise_level):
+    from a config file or a run folder's config.yaml; None where it sets none."""
+    from tools.probe import config_noise_level
+
+    (tmp_path / "flow.yaml").write_text("dpok:\n  noise_level: 0.5\nsampling:\n  num_inference_steps: 10\n")
+    (tmp_path / "sd.yaml").write_text("sampling:\n  eta: 1.0\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("dpok:\n  noise_level: 0.9\n")
+    assert config_noise_level(tmp_path / "flow.yaml") == 0.5
+    assert config_noise_level(tmp_path / "sd.yaml") is None
+    assert config_noise_level(tmp_path / "run") == 0.9

@@ -43,7 +43,7 @@ def test_results_page_from_files(tmp_path):
          "val_prompts": {"pairwise_accuracy_vs_oracle": 0.74, "zero_shot_clip_pairwise_accuracy_vs_oracle": 0.75}}))
     (folder / "probe").mkdir()  # records sit in the folder of their study
     (folder / "probe" / "probe-2026-01-04-oracle.json").write_text(json.dumps(
-        {"command": "make probe-steps", "samples": 256, "mean_reward": 0.3, "settled": {"0": 0.04, "8": 0.53},
+        {"command": "make probe-steps", "chain": "20 DDIM steps, guidance 5, eta 1", "samples": 256, "mean_reward": 0.3, "settled": {"0": 0.04, "8": 0.53},
          "tail_from": 8, "stochastic_tail_corr": 0.44, "tails": [{"tail_steps": 4, "corr": 0.46, "mean_reward": 0.29}]}))
     (folder / "bench-cpu-2026-01-05-levers.json").write_text(json.dumps(
         [{"name": "shapes-cpu", "method": "dpok", "device": "cpu", "overhead_ratio": 1.1, "images_per_s": 20.0,
@@ -60,7 +60,7 @@ def test_results_page_from_files(tmp_path):
     out = tmp_path / "results.md"
     assert run(main, [f"folder={folder}", f"out={out}"]) == 0
     page = out.read_text()
-    assert "| 2026-01-04-oracle | `make probe-steps` | 256 (0.300) | 0: 0.04, 8: 0.53 | 8: 0.44; 4: 0.46 (0.290) |" in page
+    assert "| 2026-01-04-oracle | `make probe-steps` | 20 DDIM steps, guidance 5, eta 1 | 256 (0.300) | 0: 0.04, 8: 0.53 | 8: 0.44; 4: 0.46 (0.290) |" in page
     assert "| 2026-01-01-seed0 | dpok | 40.0 |" in page and "| 2026-01-01-seed1 | base | 30.0 |" in page
     assert "dpok +7.3 (+6.0, +10.0, +6.0)" in page
     assert "recovers 42 %" in page  # (6 + 10 + 6) / (16 + 20 + 16)

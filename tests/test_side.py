@@ -160,11 +160,9 @@ def test_a_side_run_says_it_saved_the_side_network():
 def test_the_side_output_reaches_the_dpok_and_rwl_losses(sd15, tmp_path):
     """Issue 76: a finite difference along a direction added to g_phi's output moves DPOK's loss
     (recorded eps_pre, guidance rows [uncond; cond]) and RWL's guided denoising loss as autograd says."""
-    from diffusers import DDPMScheduler
-
     from finetune.dpok import _policy_loss
     from finetune.run import setup_run
-    from finetune.rwl import denoising_loss
+    from finetune.rwl import DenoisingObjective
     from finetune.sampler import encode_prompts, sample_trajectories
 
     run, _ = setup_run(side_cfg(sd15, tmp_path / "run"), None)
@@ -175,7 +173,7 @@ def test_the_side_output_reaches_the_dpok_and_rwl_losses(sd15, tmp_path):
     cond, uncond = encode_prompts(run.comps.pipe, prompts, run.device)
     traj = sample_trajectories(policy, cond, uncond, run.latent_shape, torch.Generator().manual_seed(0), prompts)
     adv = torch.randn(4, traj.num_steps, generator=torch.Generator().manual_seed(1))
-    ns = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    objective = DenoisingObjective(run.comps.pipe.scheduler)
     noise = torch.randn(4, *run.latent_shape, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([50, 300, 600, 900])
     latents = traj.final_latents
@@ -183,7 +181,7 @@ def test_the_side_output_reaches_the_dpok_and_rwl_losses(sd15, tmp_path):
         # the noisier steps: at the last one sigma_t is so small that the loss is far from linear at any h
         "dpok": lambda: _policy_loss(run.accelerator, policy, traj, adv, np.arange(4), np.array([0, 1, 0, 1]),
                                      run.cfg.dpok)[-1],
-        "rwl": lambda: denoising_loss(run, ns, latents, cond, uncond, noise, t, 5.0)[0].mean()}
+        "rwl": lambda: objective.loss(run, latents, cond, uncond, noise, t, 5.0)[0].mean()}
     state = {"h": 0.0, "out": None}
     v = None
 

@@ -2,7 +2,8 @@
 trained window (``dpok.window`` = [start, end)) and its deterministic tail
 (``dpok.tail_steps``) for any pipeline, prompts and reward.
 
-For N samples of the pipeline's own stochastic chain (DDIM, the fine-tuning sampler), and each
+For N samples of the pipeline's own stochastic chain (the fine-tuning sampler: DDIM with eta > 0 for
+Stable Diffusion, Flow-GRPO's SDE at ``noise_level`` for a flow-matching family), and each
 probed k, the chain is run again from its state after k steps with fresh noise.  Two independent
 continuations r, r' from the same state x_k have Cov(r, r') = Var(E[r | x_k]), so their
 correlation is the share of the reward's variance already settled by x_k (0 at k = 0 when the
@@ -11,7 +12,8 @@ share rises are the steps whose noise decides the reward: a policy gradient lear
 steps' terms, and every other step's term is nearly pure noise.  Correlations are taken within
 prompts (each prompt's mean removed), as DPOK's per-prompt baseline sees the reward.
 
-The tail check: from the state after ``tail_from`` steps, a deterministic DDIM tail of n UNet calls
+The tail check: from the state after ``tail_from`` steps, a deterministic tail (DDIM at eta = 0, or
+the flow ODE) of n denoiser calls
 (:func:`finetune.sampler.deterministic_tail`) against the stochastic continuation, each correlated
 with the original chain's reward: a tail whose correlation is as high stands in for the chain's
 remaining steps in DPOK's rewards.
@@ -25,17 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from core.errors import UserError
+from core.families import Family
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from core.loading import default_device, load_model, resolve_model
 from core.sampling import SamplingConfig, latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
+from finetune.config import DPOKConfig
+from finetune.denoiser import denoiser_for, make_schedule
 from finetune.policy import DiffusionPolicy
 from finetune.prompts import prompt_group_ids
 from finetune.sampler import continue_chain, decode_latents, deterministic_tail, encode_prompts, sample_trajectories
-from finetune.scheduler import DDIMSchedule
 from reward.reward_fn import Reward, RewardFn, RewardSource, load_reward
 from shapes import SHAPES_SD
 from shapes.world import prompt_set
@@ -53,6 +58,9 @@ class ProbeConfig:
     # setting (steps, guidance, eta) is probed, for each sampling key not given (make probe-steps,
     # evaluation.settings): the window found is then that config's.  None: sampling as given
     finetune_config: str | None = None
+    # a flow-matching family: the SDE's noise level a, as dpok.noise_level (the probe then measures
+    # the chain DPOK trains on); a Stable Diffusion folder takes sampling.eta instead
+    noise_level: float = DPOKConfig.noise_level
     reward: RewardSource = field(default_factory=RewardSource)
     after_steps: tuple[int, ...] = ()  # k to probe (0 .. num_inference_steps - 1); (): every one
     tail_from: int | None = 8  # the tail check starts after this many steps; None: no tail check
@@ -70,6 +78,7 @@ class TailProbe:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    chain: str  # the chain probed, in words (chain_words)
     samples: int
     mean_reward: float  # of the chain's own samples
     settled: dict[int, float]  # k -> share of the reward's variance settled by the state after k steps
@@ -91,14 +100,35 @@ def within_prompt_corr(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> floa
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
+def config_noise_level(path: str | Path) -> float | None:
+    """``dpok.noise_level`` of a fine-tuning config file or run folder (its config.yaml), the flow
+    SDE's a the probe then samples; None when it sets none (DPOK's default holds)."""
+    path = Path(path)
+    data = yaml.safe_load((path / "config.yaml" if path.is_dir() else path).read_text()) or {}
+    dpok = data.get("dpok") if isinstance(data, dict) else None
+    return float(dpok["noise_level"]) if isinstance(dpok, dict) and "noise_level" in dpok else None
+
+
+def chain_words(cfg: ProbeConfig, family: Family) -> str:
+    """The chain the probe samples for a ``family`` folder, e.g. "20 DDIM steps, guidance 5, eta 1"
+    or "20 Flow-SDE steps (noise level 0.7), guidance 5"."""
+    s = cfg.sampling
+    if not family.flow:
+        return s.describe()
+    return f"{s.num_inference_steps} Flow-SDE steps (noise level {cfg.noise_level:g}), guidance {s.guidance_scale:g}"
+
+
 def _prompts(cfg: ProbeConfig) -> list[str]:
     return read_prompts_file(cfg.prompts_file) if cfg.prompts_file else [p.text for p in prompt_set(cfg.split)]
 
 
 def _check(cfg: ProbeConfig) -> list[int]:
     if cfg.sampling.scheduler != "ddim":
-        raise UserError(f"sampling.scheduler={cfg.sampling.scheduler}: the probe samples DPOK's DDIM chain.",
-                        "leave sampling.scheduler out (ddim).")
+        raise UserError(f"sampling.scheduler={cfg.sampling.scheduler}: the probe samples DPOK's chain (DDIM, or "
+                        "a flow family's SDE).", "leave sampling.scheduler out (ddim).")
+    if cfg.noise_level <= 0:
+        raise UserError(f"noise_level={cfg.noise_level}: at 0 the flow SDE is the ODE, which leaves nothing open to probe.",
+                        f"set noise_level > 0 (DPOK's default is {DPOKConfig.noise_level}).")
     n = cfg.sampling.num_inference_steps
     after = list(cfg.after_steps) or list(range(n))
     bad = [k for k in after if not 0 <= k < n]
@@ -124,17 +154,13 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     after = _check(cfg)
     device = default_device()
     ref = resolve_model(cfg.pipeline)  # a pipeline folder or a fine-tuned run
-    if ref.family.flow:  # the probe samples DPOK's DDIM chain
-        raise UserError(f"{ref.base} is a {ref.family.title} folder, a flow-matching model: make probe-steps "
-                        "probes the DDIM chain of Stable Diffusion 1.x/2.x only (its flow-SDE probe is not built).",
-                        "probe a Stable Diffusion 1.x/2.x folder; fine-tune the flow model with make finetune "
-                        "METHOD=dpok and choose dpok.window by hand.")
     pipe = load_model(ref, device=device)
     reward = Reward(reward_fn, cfg.reward.batch_size) if reward_fn else load_reward(cfg.reward, device)
     s = cfg.sampling
-    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps, s.eta).to(device)
-    policy = DiffusionPolicy(pipe.unet, schedule, s.guidance_scale)
     shape = latent_shape(pipe, *pipeline_image_size(pipe, s.height, s.width))
+    schedule = make_schedule(pipe, s, cfg.noise_level, shape).to(device)
+    policy = DiffusionPolicy(getattr(pipe, ref.family.denoiser), schedule, s.guidance_scale,
+                             denoiser=denoiser_for(ref.family))
     texts = [p for p in _prompts(cfg) for _ in range(cfg.samples_per_prompt)]
     gen = torch.Generator(device).manual_seed(cfg.seed)
 
@@ -144,7 +170,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
     chain, again, stochastic_tail, tails = [], {k: [] for k in after}, [], {t: [] for t in cfg.tail_steps}
     for start in range(0, len(texts), cfg.batch_size):
         chunk = texts[start:start + cfg.batch_size]
-        cond, uncond = encode_prompts(pipe, chunk, device)
+        cond, uncond = encode_prompts(pipe, chunk, device, s.max_sequence_length)
         traj = sample_trajectories(policy, cond, uncond, shape, gen, chunk)
         chain.append(score(traj.final_latents, chunk))
         for k in after:
@@ -165,7 +191,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
         return within_prompt_corr(torch.cat(parts).numpy(), r, groups)
 
     return ProbeResult(
-        samples=len(texts), mean_reward=float(r.mean()), settled={k: corr(again[k]) for k in after},
+        chain=chain_words(cfg, ref.family), samples=len(texts), mean_reward=float(r.mean()), settled={k: corr(again[k]) for k in after},
         tail_from=cfg.tail_from, stochastic_tail_corr=corr(stochastic_tail) if cfg.tail_from is not None else None,
         tails=[TailProbe(t, corr(tails[t]), float(torch.cat(tails[t]).mean())) for t in cfg.tail_steps]
         if cfg.tail_from is not None else [])
@@ -174,7 +200,7 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
 def markdown(result: ProbeResult, cfg: ProbeConfig) -> str:
     n = cfg.sampling.num_inference_steps
     lines = [f"# Which of the {n} denoising steps decide the reward ({result.samples} samples, "
-             f"mean reward {result.mean_reward:.3f})", "",
+             f"mean reward {result.mean_reward:.3f})", "", f"Chain: {result.chain}.", "",
              "Share of the reward's variance (within prompts) settled by the state after k steps: the "
              "correlation of the rewards of two independent continuations from it. Where it rises, "
              "those steps' noise decides the reward.", "",
@@ -183,7 +209,8 @@ def markdown(result: ProbeResult, cfg: ProbeConfig) -> str:
     if result.tail_from is not None:
         lines += ["", f"From the state after {result.tail_from} steps: correlation with the chain's reward "
                   f"(within prompts) of the {n - result.tail_from} stochastic steps continued afresh: "
-                  f"{result.stochastic_tail_corr:.2f}; of a deterministic DDIM tail of n UNet calls "
+                  f"{result.stochastic_tail_corr:.2f}; of a deterministic tail (DDIM at eta 0, or the flow ODE) "
+                  "of n denoiser calls "
                   "(dpok.tail_steps=n):", "", "| n | correlation | mean reward |", "|---|---|---|"]
         lines += [f"| {t.tail_steps} | {t.corr:.2f} | {t.mean_reward:.3f} |" for t in result.tails]
     return "\n".join(lines) + "\n"

@@ -269,15 +269,16 @@ def probe_section(runs: list[tuple[str, dict]]) -> list[str]:
              "Settled share after k steps: the within-prompt correlation of the rewards of two independent "
              "continuations of the chain from its state after k steps (0: the starting noise says nothing, 1: the "
              "reward is fixed). Tails: from the state after `tail_from` steps, the within-prompt correlation with "
-             "the chain's reward of the rest of the chain sampled afresh, and of deterministic DDIM tails of n UNet "
-             "calls (mean reward in brackets).", "",
-             "| run | command | samples (mean reward) | settled share (k: share) | tails from k: stochastic; n: deterministic |",
-             "|---|---|---|---|---|"]
+             "the chain's reward of the rest of the chain sampled afresh, and of deterministic tails (DDIM at eta 0, or "
+             "the flow ODE) of n denoiser calls (mean reward in brackets).", "",
+             "| run | command | chain | samples (mean reward) | settled share (k: share) | tails from k: stochastic; n: deterministic |",
+             "|---|---|---|---|---|---|"]
     for label, m in runs:
         settled = ", ".join(f"{k}: {_num(v, 2)}" for k, v in m["settled"].items())
         tails = ("-" if m.get("tail_from") is None else f"{m['tail_from']}: {_num(m['stochastic_tail_corr'], 2)}; "
                  + ", ".join(f"{t['tail_steps']}: {_num(t['corr'], 2)} ({_num(t['mean_reward'])})" for t in m["tails"]))
-        lines.append(f"| {label} | `{m.get('command', '')}` | {m['samples']} ({_num(m['mean_reward'])}) | {settled} | {tails} |")
+        lines.append(f"| {label} | `{m.get('command', '')}` | {m.get('chain', '-')} | {m['samples']} ({_num(m['mean_reward'])}) "
+                     f"| {settled} | {tails} |")
     return lines
 
 

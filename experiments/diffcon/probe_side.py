@@ -166,8 +166,6 @@ def probe_dpok(kind: str, overrides: list[str], out_dir: Path) -> dict:
 
 
 def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
-    from diffusers import DDPMScheduler
-
     from finetune import rwl
     from finetune.run import setup_run
 
@@ -182,21 +180,21 @@ def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
     model_set, pre_set = rwl._load_or_build(run)
     rec: dict = {"kind": kind, "build_s": time.perf_counter() - t0}
     shutil.copy(run.out / "rwl_data.pt", cache)
-    ns = DDPMScheduler.from_config(run.comps.pipe.scheduler.config)
+    objective = rwl.DenoisingObjective(run.comps.pipe.scheduler)
     unet = run.comps.unet
     unet.train()
     guidance = cfg.sampling.guidance_scale
     gen = torch.Generator().manual_seed(1)
     n = 16
     mi = torch.nonzero(model_set.weights > 0).flatten()[:n]
-    noise, t = rwl.draw_noise(ns, len(mi), run.latent_shape, gen, run.device)
+    noise, t = objective.draw(len(mi), run.latent_shape, gen, run.device)
     texts = run.encode_prompts([model_set.prompts[i] for i in mi])
 
     def model_loss():
-        return rwl.denoising_loss(run, ns, model_set.latents[mi], texts[0], texts[1], noise, t, guidance)[0].mean()
+        return objective.loss(run, model_set.latents[mi], texts[0], texts[1], noise, t, guidance)[0].mean()
 
     def pre_loss():
-        return rwl.denoising_loss(run, ns, pre_set.latents[:len(mi)], texts[0], None, noise, t)[0].mean()
+        return objective.loss(run, pre_set.latents[:len(mi)], texts[0], None, noise, t)[0].mean()
 
     if kind == "side":
         rec["fd_model_loss_guided"] = fd_check(unet.side, model_loss)

@@ -4,7 +4,8 @@ config.yaml): the Flow-SDE DPOK trains and draws its learning curve on (``dpok.n
 step stochastic) and the ODE the evaluation samples; the shapes oracle judges each image aligned or not.
 
     .venv/bin/python experiments/flow-dpok/sampler_gap.py RUN_DIR [SAMPLES_PER_PROMPT]
-    # e.g. runs/demo-flow/finetune-dpok after make demo ARGS="--config workflows/configs/demo-flow.yaml"
+    # e.g. runs/demo-flow/finetune-dpok after make demo ARGS="--config workflows/configs/demo-flow.yaml";
+    # the prompts: the run's own (prompts.prompts_file)
 
 Prints one JSON line: aligned share per (model, sampler), the gains with their paired standard
 errors (same prompt, same seed)."""
@@ -23,6 +24,7 @@ from core.families import pipeline_family
 from core.images import pil_to_tensor
 from core.loading import load_sd_pipeline
 from core.sampling import generate_images
+from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
 from finetune.denoiser import decode_latents, denoiser_for, encode_prompts, make_schedule
 from finetune.policy import DiffusionPolicy
@@ -37,7 +39,7 @@ def aligned(pipe, cfg: FinetuneConfig, texts: list[str], seeds: list[int], sampl
     if sampler == "ode":
         batch = pil_to_tensor(generate_images(pipe, texts, seeds, cfg.sampling))
     else:
-        schedule = make_schedule(pipe, cfg, LATENT_SHAPE)
+        schedule = make_schedule(pipe, cfg.sampling, cfg.dpok.noise_level, LATENT_SHAPE)
         policy = DiffusionPolicy(pipe.transformer, schedule, cfg.sampling.guidance_scale,
                                  denoiser=denoiser_for(pipeline_family(pipe)))
         parts = []
@@ -53,11 +55,10 @@ def aligned(pipe, cfg: FinetuneConfig, texts: list[str], seeds: list[int], sampl
 
 def main(run_dir: str, per_prompt: int = 8) -> dict:
     torch.set_num_threads(2)
-    prompts = Path(run_dir).parent.joinpath("targets.txt").read_text().split("\n")
-    prompts = [p for p in prompts if p.strip()]
+    cfg = load_config(FinetuneConfig, Path(run_dir) / "config.yaml")
+    prompts = read_prompts_file(cfg.prompts.prompts_file)  # the prompts the run trained on (its targets)
     texts = [p for p in prompts for _ in range(per_prompt)]
     seeds = [10**9 + i for i in range(len(texts))]
-    cfg = load_config(FinetuneConfig, Path(run_dir) / "config.yaml")
     judge = load_reward(RewardSource(kind="oracle", oracle="aligned"), "cpu")
     base = load_sd_pipeline(cfg.model.pipeline, device="cpu")
     tuned = load_sd_pipeline(cfg.model.pipeline, device="cpu")

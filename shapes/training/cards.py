@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from shapes.oracle import ALIGNMENT_KEYS
@@ -165,6 +166,8 @@ The resolved configuration is `config.yaml`; all figures are in `metrics.json`.
 
 def write_flow_card(flow_dir: Path, m: dict, cfg, notes: str | None = None) -> Path:
     f, a = cfg.flow, cfg.flow.transformer
+    tc = json.loads((flow_dir / "transformer" / "config.json").read_text())  # the saved model's own geometry
+    tokens = (tc["sample_size"] // tc["patch_size"]) ** 2
     sets = m["sets"]
     names = ["train", "common", "rare_counts", "heldout"]
     cw = f.skew.count_weights
@@ -197,7 +200,7 @@ stage (without it the pipeline feeds 256 zero tokens the model never saw).
 | tokenizer, tokenizer_2 | `PreTrainedTokenizerFast` (WordLevel, shapes vocabulary, max length 12) | – |
 | text encoders | 2 x `CLIPTextModelWithProjection`, {f.text.layers} layers, width {f.text.hidden}, from scratch, trained jointly | {(n['text_encoder'] + n['text_encoder_2']) / 1e3:.0f} k |
 | VAE | shapes-sd's `AutoencoderKL` (16x16x4 latents), frozen; SD3's shift factor = the latent mean | {n['vae'] / 1e6:.2f} M |
-| transformer | `SD3Transformer2DModel`, {a.num_layers} joint blocks, {a.num_attention_heads} heads x {a.attention_head_dim}, {a.patch_size}x{a.patch_size} patches (64 image tokens) | {n['transformer'] / 1e6:.2f} M |
+| transformer | `SD3Transformer2DModel`, {a.num_layers} joint blocks, {a.num_attention_heads} heads x {a.attention_head_dim}, {a.patch_size}x{a.patch_size} patches ({tokens} image tokens) | {n['transformer'] / 1e6:.2f} M |
 | scheduler | `FlowMatchEulerDiscreteScheduler`, shift {f.shift} | – |
 
 Training: rectified flow, the velocity eps - x0 at x = (1 - sigma) x0 + sigma eps, sigma
