@@ -30,6 +30,7 @@ Method = Literal["dpok", "rwl", "draft"]
 METHODS: tuple[str, ...] = get_args(Method)
 Parameterisation = Literal["lora", "full", "side"]
 Baseline = Literal["per_prompt", "batch"]
+DPOKUpdate = Literal["policy_gradient", "awm"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ class DPOKConfig:
     # a sqrt(sigma / (1 - sigma)) sqrt(-dt) (Liu et al. 2025 eq. 9; finetune.rl_math.flow_sde_std);
     # 0.7 is Flow-GRPO's.  The SD family's DDIM chain takes sampling.eta instead.
     noise_level: PositiveFloat = 0.7
+    # The update phase: DPOK's clipped policy gradient on the window's steps (policy_gradient), or
+    # Advantage Weighted Matching (awm; Xue et al. 2025; finetune.awm): the family's pre-training
+    # loss at awm_draws fresh noise levels of each round image, weighted by its advantage, plus
+    # awm_anchor x the squared change of the prediction from the base model's.  The round (sampling,
+    # rewards, advantages) is the same; Flow-Factory ships both.
+    update: DPOKUpdate = "policy_gradient"
+    awm_draws: PositiveInt = 4
+    awm_anchor: NonNegativeFloat = 1.0
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
     REMOVED: ClassVar[dict[str, Removed]] = {

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
+from finetune.awm import awm_update
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.denoiser import TextCond
@@ -47,7 +48,7 @@ from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import prompt_group_ids
 from finetune.region import outside_change
 from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
-from finetune.run import FinetuneResult, Run, micro_batches, setup_run
+from finetune.run import FinetuneResult, Run, setup_run
 from finetune.sampler import Trajectory, decode_latents, sample_trajectories
 from reward.reward_fn import OracleReward, Reward, RewardFn, RewardSource, load_reward
 
@@ -73,6 +74,10 @@ class RoundStats:
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
     outside_change: float | None = None  # region.weight > 0: mean change outside the problem regions (RMS)
+    # dpok.update=awm (finetune.awm): the mean matching loss l and the mean squared change of the
+    # prediction from the base model's (kl, clip_fraction and approx_kl are then 0: no step log-probs)
+    matching: float | None = None
+    drift: float | None = None
 
 
 @dataclass
@@ -209,46 +214,21 @@ def _outside_change(run: Run, batch: RoundSamples) -> torch.Tensor:
 
 
 def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Generator) -> dict:
-    """Phase 3: the advantages (B, T), then the round's clipped policy-gradient updates on a random
-    draw of its transitions (:func:`draw_transitions`), ``minibatch_size`` transitions an
-    optimizer step (:meth:`finetune.run.Run.gradient_step`, in micro-batches of
-    ``compute.micro_batch`` UNet rows).  Returns the round's mean of each minibatch's statistics
-    and the mean gradient norm.  The statistics stay on the device (float64 sums) until the round
-    ends, so the loop never waits for the GPU."""
+    """Phase 3: the advantages (B, T), then (``dpok.update=awm``: :func:`finetune.awm.awm_update`
+    instead) the round's clipped policy-gradient updates on a random draw of its transitions
+    (:func:`draw_transitions`), ``minibatch_size`` transitions an optimizer step
+    (:meth:`finetune.run.Run.minibatch_pass`).  Returns the round's mean of each minibatch's
+    statistics and the mean gradient norm."""
     cfg, d = run.cfg, run.cfg.dpok
     adv = _advantages(traj, rewards, d).clamp(-d.advantage_clip, d.advantage_clip)
+    if d.update == "awm":  # AWM's update on whole images: each sample's advantage, the same at every step
+        return awm_update(run, traj, adv[:, 0], rng)
     run.comps.unet.train()
     start, end = cfg.dpok_window
     samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
-    names = ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss")
-    device = traj.latents.device
-    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
-    grad_norm = torch.zeros((), dtype=torch.float64, device=device)
-    n_mb = n_opt = 0
-    order = rng.permutation(len(steps))
-    for first in range(0, len(order), d.minibatch_size):
-        sel = order[first:first + d.minibatch_size]
-
-        def loss(part: slice, sel=sel) -> tuple[torch.Tensor, torch.Tensor]:
-            # each micro-batch's terms scaled by its share of the minibatch: they add up to the minibatch's
-            share = (part.stop - part.start) / len(sel)
-            terms = _policy_loss(run.accelerator, run.policy, traj, adv, samples[sel[part]], steps[sel[part]], d)
-            return terms[-1] * share, torch.stack([t.detach().double() for t in terms]) * share
-
-        parts = micro_batches(len(sel), cfg.items_per_pass(run.policy.guided))
-        reports, norm = run.gradient_step(parts, loss)
-        stats = torch.zeros(len(names), dtype=torch.float64, device=device)
-        for report in reports:
-            stats += report
-        if norm is not None:
-            grad_norm += norm.double()
-            n_opt += 1
-        sums += stats
-        n_mb += 1
-    means = (sums / max(1, n_mb)).tolist()  # the round's one wait for the device
-    out = dict(zip(names, means))
-    out["grad_norm"] = float(grad_norm) / max(1, n_opt)
-    return out
+    return run.minibatch_pass(len(steps), rng, ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss"),
+                              lambda items: _policy_loss(run.accelerator, run.policy, traj, adv, samples[items],
+                                                         steps[items], d))
 
 
 def _after_round(run: Run, done: int, rewards: torch.Tensor, outside: torch.Tensor | None, stats: dict,

@@ -23,7 +23,8 @@ from finetune.rl_math import flow_noised, flow_velocity_target
 
 class FlowMatchingObjective:
     """RWL's per-example loss on a flow family (the module docstring), with the methods of
-    :class:`finetune.rwl.DenoisingObjective`: :meth:`draw` the noise and noise levels, :meth:`loss`.
+    :class:`finetune.objective.DenoisingObjective`: :meth:`draw` the noise and noise levels,
+    :meth:`predict`, :meth:`loss`.
     ``scheduler``: the folder's FlowMatchEulerDiscreteScheduler, copied (training sets no timesteps
     on the pipeline's own)."""
 
@@ -44,16 +45,15 @@ class FlowMatchingObjective:
         index = (u * self.scheduler.config.num_train_timesteps).long().clamp_max(len(self.scheduler.sigmas) - 1)
         return noise, self.scheduler.sigmas.to(device)[index].float()
 
-    def loss(self, run, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None, noise: torch.Tensor,
-             sigma: torch.Tensor, guidance_scale: float = 1.0, keep: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, None]:
-        """(per-example flow-matching loss (B,), None): the MSE over (C, h, w) between the trained
-        transformer's velocity at x_sigma and the target eps - x0; no keep term (region-aware
-        fine-tuning refuses flow families, so ``keep`` is always None).  ``guidance_scale``: SD3
-        puts the loss on the classifier-free-guided velocity u + w (c - u) (the prediction its
-        sampler uses, as the SD family's ``rwl.guided_loss``; ``uncond`` needed then); FLUX.1-dev's
-        guidance embedding is fed ``sampling.guidance_scale``, the value it samples at, on D_model
-        and D_pre alike (as diffusers' FLUX DreamBooth trains at one guidance value)."""
+    def predict(self, run, model, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None,
+                noise: torch.Tensor, sigma: torch.Tensor, guidance_scale: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``model``'s velocity, its target eps - x0), each (B, C, h, w) fp32, at x_sigma = (1 -
+        sigma) x0 + sigma eps.  ``guidance_scale``: SD3 predicts the classifier-free-guided velocity
+        u + w (c - u) (the prediction its sampler uses, as the SD family's ``rwl.guided_loss``;
+        ``uncond`` needed then); FLUX.1-dev's guidance embedding is fed ``sampling.guidance_scale``,
+        the value it samples at, on D_model and D_pre alike (as diffusers' FLUX DreamBooth trains at
+        one guidance value)."""
         family = pipeline_family(run.comps.pipe)
         if family.guidance == "distilled":
             guidance_scale = run.cfg.sampling.guidance_scale
@@ -61,7 +61,6 @@ class FlowMatchingObjective:
         x0 = latents.to(run.device)
         x_t = flow_noised(x0, noise, sigma)
         t = sigma * 1000  # the schedule's timesteps: SD3's time input, FLUX's divides by 1000
-        model = run.comps.unet
         if uncond is not None and denoiser.guided(guidance_scale):
             both = denoiser(model, torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([uncond, cond]),
                             guidance_scale)[0]
@@ -69,4 +68,13 @@ class FlowMatchingObjective:
             pred = u + guidance_scale * (c - u)
         else:
             pred = denoiser(model, x_t, t, cond, guidance_scale)[0]
-        return F.mse_loss(pred, flow_velocity_target(x0, noise), reduction="none").flatten(1).mean(1), None
+        return pred, flow_velocity_target(x0, noise)
+
+    def loss(self, run, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None, noise: torch.Tensor,
+             sigma: torch.Tensor, guidance_scale: float = 1.0, keep: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, None]:
+        """(per-example flow-matching loss (B,), None): the MSE over (C, h, w) between the trained
+        transformer's velocity (:meth:`predict`) and the target; no keep term (region-aware
+        fine-tuning refuses flow families, so ``keep`` is always None)."""
+        pred, target = self.predict(run, run.comps.unet, latents, cond, uncond, noise, sigma, guidance_scale)
+        return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1), None

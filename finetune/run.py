@@ -135,6 +135,41 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
         return reports, grad_norm
 
+    def minibatch_pass(self, n: int, rng: np.random.Generator, names: tuple[str, ...],
+                       terms: Callable[[np.ndarray], tuple[torch.Tensor, ...]]) -> dict:
+        """One pass over ``n`` items (a DPOK round's transitions, AWM's noised images) in a random
+        order, ``dpok.minibatch_size`` items an optimizer step (:meth:`gradient_step`, in
+        micro-batches of ``compute.micro_batch`` denoiser rows): ``terms(items)`` gives those items'
+        scalar terms, named ``names``, the loss last; each micro-batch's terms are scaled by its
+        share of the minibatch, so they add up to the minibatch's.  Returns each term's mean over
+        the minibatches and the mean gradient norm (``grad_norm``).  The sums stay on the device
+        (float64) until the pass ends, so the loop never waits for the GPU."""
+        cfg = self.cfg
+        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
+        grad_norm = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_mb = n_opt = 0
+        order = rng.permutation(n)
+        for first in range(0, n, cfg.dpok.minibatch_size):
+            sel = order[first:first + cfg.dpok.minibatch_size]
+
+            def loss(part: slice, sel=sel) -> tuple[torch.Tensor, torch.Tensor]:
+                share = (part.stop - part.start) / len(sel)
+                out = terms(sel[part])
+                return out[-1] * share, torch.stack([t.detach().double() for t in out]) * share
+
+            reports, norm = self.gradient_step(micro_batches(len(sel), cfg.items_per_pass(self.policy.guided)), loss)
+            stats = torch.zeros(len(names), dtype=torch.float64, device=self.device)
+            for report in reports:
+                stats += report
+            if norm is not None:
+                grad_norm += norm.double()
+                n_opt += 1
+            sums += stats
+            n_mb += 1
+        out = dict(zip(names, (sums / max(1, n_mb)).tolist()))  # the pass's one wait for the device
+        out["grad_norm"] = float(grad_norm) / max(1, n_opt)
+        return out
+
     def init_trackers(self, name: str, start: int) -> None:
         """TensorBoard for the steps after ``start`` (the checkpoint resumed from; 0 for a fresh
         run).  Points an earlier process wrote past it, a run killed between checkpoints or the

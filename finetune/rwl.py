@@ -16,9 +16,8 @@ Both are encoded to latents once and cached in the output folder.
 
 The phases (as DPOK's, :mod:`finetune.dpok`): sample and score once, offline, as Lee et al. do
 (:func:`build_model_set`), then every step :func:`_update` (one optimizer step of eq. 2 on a fresh
-batch; the per-example loss, :meth:`DenoisingObjective.loss` or the flow family's, is TRL's
-``calculate_loss``) ->
-:func:`_after_step` (the step's row, logs, a checkpoint); after the last step, the sample grid.
+batch; the per-example loss, the family's :mod:`finetune.objective`, is TRL's ``calculate_loss``)
+-> :func:`_after_step` (the step's row, logs, a checkpoint); after the last step, the sample grid.
 """
 
 from __future__ import annotations
@@ -30,12 +29,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core import seeds
 from core.errors import UserError
-from core.families import pipeline_family
 from core.images import pil_to_tensor
 from data.generations import load_image
 from data.labels import current
@@ -43,13 +40,13 @@ from data.store import Store
 from finetune.checkpoints import save_checkpoint, save_result
 from finetune.config import FinetuneConfig
 from finetune.image_log import SampleGrid
-from finetune.policy import base_policy
 from finetune.prompts import shapes_pretrain_pairs
-from finetune.region import keep_loss, latent_keep
+from finetune.region import latent_keep
 from finetune.rl_math import reward_weights
 from finetune.run import FinetuneResult, Run, micro_batches, setup_run
-from finetune.denoiser import TextCond, encode_images
+from finetune.denoiser import encode_images
 from finetune.flow_rwl import FlowMatchingObjective
+from finetune.objective import DenoisingObjective, training_objective
 from finetune.sampler import decode_latents, sample_trajectories
 from reward.reward_fn import Reward, RewardFn
 
@@ -185,70 +182,6 @@ def _load_or_build(run: Run) -> tuple[LatentSet, LatentSet]:
     return model_set, pre_set
 
 
-class DenoisingObjective:
-    """SD's per-example loss, -log p_theta(x | z) up to constants: the denoising loss (DDPM eq. 14)
-    at DDPM training timesteps of the folder's noise schedule (:meth:`draw`, :meth:`loss`).  A flow
-    family's is :class:`finetune.flow_rwl.FlowMatchingObjective`, with the same two methods;
-    :func:`training_objective` picks the family's."""
-
-    def __init__(self, scheduler):
-        from diffusers import DDPMScheduler
-
-        self.scheduler = DDPMScheduler.from_config(scheduler.config)
-
-    def draw(self, n: int, latent_shape: tuple[int, ...], gen: torch.Generator, device
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The noise (n, C, h, w) and training timesteps (n,) of ``n`` examples' losses, drawn for a
-        whole batch before it is cut into micro-batches, so that any cut sees the same draws."""
-        noise = torch.randn((n, *latent_shape), generator=gen, device=device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
-        return noise, t
-
-    def loss(self, run: Run, latents: torch.Tensor, cond: TextCond, uncond: TextCond | None, noise: torch.Tensor,
-             t: torch.Tensor, guidance_scale: float = 1.0, keep: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-example denoising loss (B,): MSE over (C, h, w) between the UNet output and its target
-        at the training timesteps ``t`` (B,) with ``noise`` (B, C, h, w) (:meth:`draw`);
-        ``cond`` / ``uncond`` (B rows): the prompts' and the empty prompt's text conditioning
-        (``uncond`` only for guidance).  With ``keep`` (B, 1, h, w) bool, also region-aware RWL's
-        term (B,): the output held to the base model's on the kept cells
-        (:func:`finetune.region.keep_loss`); else None.
-
-        ``guidance_scale`` > 1 puts the loss on the classifier-free-guided output
-        u + w (c - u) (u, c: unconditional and conditional outputs), the prediction the sampler uses.
-        Fitting the conditional output alone to images the *guided* sampler drew teaches c to overshoot,
-        and sampling with guidance then overshoots again: colours drift off the palette within a few
-        hundred steps (measured in the shapes world)."""
-        sched = self.scheduler
-        x0 = latents.to(run.device)
-        x_t = sched.add_noise(x0, noise, t)
-        ptype = sched.config.prediction_type
-        target = {"epsilon": noise, "v_prediction": sched.get_velocity(x0, noise, t), "sample": x0}[ptype]
-
-        def output(unet) -> torch.Tensor:  # (B, C, h, w) fp32, guided when guidance_scale > 1
-            dtype = next(unet.parameters()).dtype
-            if guidance_scale > 1:
-                both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                            encoder_hidden_states=TextCond.cat([uncond, cond]).embeds).sample.float()
-                u, c = both.chunk(2)
-                return u + guidance_scale * (c - u)
-            return unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds).sample.float()
-
-        pred = output(run.comps.unet)
-        loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
-        if keep is None:
-            return loss, None
-        with torch.no_grad(), base_policy(run.policy) as base:
-            base_pred = output(base.unet)
-        return loss, keep_loss(pred, base_pred, keep.to(run.device))
-
-
-def training_objective(pipe) -> DenoisingObjective | FlowMatchingObjective:
-    """The likelihood surrogate RWL weights for ``pipe``'s family: SD's denoising loss, or a flow
-    family's flow-matching loss at its own scheduler's noise levels."""
-    return FlowMatchingObjective(pipe.scheduler) if pipeline_family(pipe).flow else DenoisingObjective(pipe.scheduler)
-
-
 def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, progress: bool = True,
               on_step: Callable[[StepStats], None] | None = None) -> FinetuneResult:
     """Run reward-weighted likelihood fine-tuning as configured (see the module docstring)."""
@@ -291,8 +224,8 @@ def train_rwl(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, p
     return FinetuneResult(run.out, history, metrics)
 
 
-def _update(run: Run, step: int, objective: DenoisingObjective | FlowMatchingObjective, model_set: LatentSet, pre_set: LatentSet,
-            p_model: torch.Tensor) -> torch.Tensor:
+def _update(run: Run, step: int, objective: DenoisingObjective | FlowMatchingObjective, model_set: LatentSet,
+            pre_set: LatentSet, p_model: torch.Tensor) -> torch.Tensor:
     """One optimizer step of Lee et al. eq. 2 on a fresh batch: half of rwl.batch_size drawn from
     D_model (image i with probability ``p_model[i]``, weighted by its w), half from D_pre (its
     prompt dropped with probability rwl.pretrain_uncond), each half in micro-batches of

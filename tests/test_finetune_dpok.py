@@ -337,3 +337,26 @@ def test_per_prompt_advantages_follow_the_configured_scale(scale):
     torch.testing.assert_close(adv, expected[:, None].expand(b, t))
     # the near-tie prompt: +-1 on its own scale, far below the success on the batch's
     assert (adv[4:, 0].abs().min() > 0.99) == (scale == "group")
+
+
+def test_awm_update_on_the_sd_family(tiny_sd, tmp_path):
+    """dpok.update=awm on a Stable Diffusion folder: the guided denoising loss of the round's images
+    weighted by their advantages (finetune.objective.DenoisingObjective), a drift from the base
+    model, no step statistics, and LoRA weights that differ from their initial zeros."""
+    from safetensors.torch import load_file
+
+    from core.config import load_config
+    from finetune.config import CONFIGS, FinetuneConfig
+    from finetune.dpok import train_dpok
+
+    out = tmp_path / "awm"
+    cfg = load_config(FinetuneConfig, CONFIGS / "dpok.yaml", [
+        f"output_dir={out}", f"model.pipeline={tiny_sd}", "sampling.num_inference_steps=3", "dpok.rounds=2",
+        "dpok.prompts_per_round=2", "dpok.samples_per_prompt=2", "dpok.window=[0,2]", "dpok.steps_per_sample=1",
+        "dpok.tail_steps=1", "dpok.minibatch_size=4", "dpok.update=awm", "dpok.awm_draws=2", "optim.lr=1e-2",
+        "sample_grid_every=0"])
+    history = train_dpok(cfg, lambda images, prompts: images.float().mean(dim=(1, 2, 3)), progress=False).history
+    assert all(h["kl"] == 0 and h["approx_kl"] == 0 and h["matching"] > 0 for h in history)
+    assert history[-1]["drift"] > 0 and history[-1]["grad_norm"] > 0
+    weights = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora.up" in k)  # B, zero at the start

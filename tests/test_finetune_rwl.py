@@ -87,7 +87,7 @@ def test_guided_denoising_loss_is_the_mse_of_the_samplers_prediction(tiny_sd):
     from types import SimpleNamespace
 
     from core.loading import load_sd_pipeline
-    from finetune.rwl import DenoisingObjective
+    from finetune.objective import DenoisingObjective
     from finetune.sampler import encode_prompts
 
     pipe = load_sd_pipeline(tiny_sd, device="cpu")

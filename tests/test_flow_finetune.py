@@ -65,6 +65,54 @@ def transformer_output(transformer, family_name: str, seed: int = 0) -> torch.Te
 # -- DPOK end to end -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_awm_updates_a_flow_lora_from_whole_images(flow_bases, tmp_path, name):
+    """dpok.update=awm (finetune.awm): the round's images, advantage-weighted flow-matching loss plus
+    the anchor; no step log-probs (kl, clip 0), a matching loss and a drift from the base that
+    grows from 0, and a LoRA that changes the transformer; the AWM loss at the base (drift 0) is
+    mean(A l) alone."""
+    import diffusers
+
+    from pipelines.finetune import main
+
+    out = tmp_path / "awm"
+    assert run(main, [f"output_dir={out}", f"model.pipeline={flow_bases[name]}", *TINY_DPOK, "dpok.update=awm",
+                      "dpok.awm_draws=2"]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert all(h["kl"] == 0 and h["clip_fraction"] == 0 and h["matching"] > 0 for h in history)
+    assert history[0]["drift"] < history[-1]["drift"] and history[-1]["grad_norm"] > 0
+    cls = getattr(diffusers, "StableDiffusion3Pipeline" if name == "sd3" else "FluxPipeline")
+    stock = cls.from_pretrained(flow_bases[name])
+    before = transformer_output(stock.transformer, name)
+    stock.load_lora_weights(out)
+    assert not torch.allclose(before, transformer_output(stock.transformer, name), atol=1e-4)
+
+
+def test_the_awm_loss_at_the_base_model_is_the_advantage_weighted_matching_loss(flow_bases, tmp_path):
+    """awm_terms at the LoRA's initial (zero) update: drift 0, loss = mean(A l), and l the flow
+    objective's own per-example loss at the same draws."""
+    from finetune.awm import awm_terms
+    from finetune.objective import training_objective
+    from finetune.run import setup_run
+
+    run_, _ = setup_run(_cfg(flow_bases["sd3"], 3, f"output_dir={tmp_path / 'r'}", "sampling.guidance_scale=3.5",
+                             "reward.kind=oracle"), None)
+    objective = training_objective(run_.comps.pipe)
+    cond, uncond = run_.encode_prompts(["one circle", "two squares"])
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, *run_.latent_shape, generator=g)
+    noise, sigma = objective.draw(2, run_.latent_shape, g, "cpu")
+    adv = torch.tensor([1.5, -0.5])
+    with torch.no_grad():
+        weighted, matching, drift, loss = awm_terms(run_, objective, x0, cond, uncond, noise, sigma, adv, 3.5, 1.0)
+        per_example = objective.loss(run_, x0, cond, uncond, noise, sigma, 3.5)[0]
+    assert float(drift) == 0.0
+    torch.testing.assert_close(weighted, (adv * per_example).mean())
+    torch.testing.assert_close(loss, weighted)
+    torch.testing.assert_close(matching, per_example.mean())
+
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_flow_dpok_runs_and_saves_a_lora_stock_diffusers_loads(flow_bases, flow_runs, name):
     """The run trains (finite statistics, a gradient), saves transformer.* LoRA weights with their
     adapter config, and a stock pipeline's load_lora_weights gives the transformer that

@@ -162,7 +162,7 @@ def test_the_side_output_reaches_the_dpok_and_rwl_losses(sd15, tmp_path):
     (recorded eps_pre, guidance rows [uncond; cond]) and RWL's guided denoising loss as autograd says."""
     from finetune.dpok import _policy_loss
     from finetune.run import setup_run
-    from finetune.rwl import DenoisingObjective
+    from finetune.objective import DenoisingObjective
     from finetune.sampler import encode_prompts, sample_trajectories
 
     run, _ = setup_run(side_cfg(sd15, tmp_path / "run"), None)

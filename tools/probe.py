@@ -115,7 +115,8 @@ def chain_words(cfg: ProbeConfig, family: Family) -> str:
     s = cfg.sampling
     if not family.flow:
         return s.describe()
-    return f"{s.num_inference_steps} Flow-SDE steps (noise level {cfg.noise_level:g}), guidance {s.guidance_scale:g}"
+    return (f"{s.num_inference_steps} Flow-SDE steps (noise level {cfg.noise_level:g}), "
+            f"guidance {s.guidance_scale:g}")
 
 
 def _prompts(cfg: ProbeConfig) -> list[str]:
@@ -127,7 +128,8 @@ def _check(cfg: ProbeConfig) -> list[int]:
         raise UserError(f"sampling.scheduler={cfg.sampling.scheduler}: the probe samples DPOK's chain (DDIM, or "
                         "a flow family's SDE).", "leave sampling.scheduler out (ddim).")
     if cfg.noise_level <= 0:
-        raise UserError(f"noise_level={cfg.noise_level}: at 0 the flow SDE is the ODE, which leaves nothing open to probe.",
+        raise UserError(f"noise_level={cfg.noise_level}: at 0 the flow SDE is the ODE, which leaves nothing open "
+                        "to probe.",
                         f"set noise_level > 0 (DPOK's default is {DPOKConfig.noise_level}).")
     n = cfg.sampling.num_inference_steps
     after = list(cfg.after_steps) or list(range(n))
@@ -191,7 +193,8 @@ def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=No
         return within_prompt_corr(torch.cat(parts).numpy(), r, groups)
 
     return ProbeResult(
-        chain=chain_words(cfg, ref.family), samples=len(texts), mean_reward=float(r.mean()), settled={k: corr(again[k]) for k in after},
+        chain=chain_words(cfg, ref.family), samples=len(texts), mean_reward=float(r.mean()),
+        settled={k: corr(again[k]) for k in after},
         tail_from=cfg.tail_from, stochastic_tail_corr=corr(stochastic_tail) if cfg.tail_from is not None else None,
         tails=[TailProbe(t, corr(tails[t]), float(torch.cat(tails[t]).mean())) for t in cfg.tail_steps]
         if cfg.tail_from is not None else [])

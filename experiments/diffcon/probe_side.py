@@ -167,6 +167,7 @@ def probe_dpok(kind: str, overrides: list[str], out_dir: Path) -> dict:
 
 def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
     from finetune import rwl
+    from finetune.objective import DenoisingObjective
     from finetune.run import setup_run
 
     cfg = load_config(FinetuneConfig, CONFIGS / "rwl.yaml", [
@@ -180,7 +181,7 @@ def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
     model_set, pre_set = rwl._load_or_build(run)
     rec: dict = {"kind": kind, "build_s": time.perf_counter() - t0}
     shutil.copy(run.out / "rwl_data.pt", cache)
-    objective = rwl.DenoisingObjective(run.comps.pipe.scheduler)
+    objective = DenoisingObjective(run.comps.pipe.scheduler)
     unet = run.comps.unet
     unet.train()
     guidance = cfg.sampling.guidance_scale
@@ -207,7 +208,7 @@ def probe_rwl(kind: str, overrides: list[str], out_dir: Path) -> dict:
         model_loss().backward()
         layers = layer_norms(unet.side) if kind == "side" else {}
         run.optimizer.zero_grad(set_to_none=True)
-        values = rwl._update(run, k, ns, model_set, pre_set, p_model)
+        values = rwl._update(run, k, objective, model_set, pre_set, p_model)
         rows.append({"step": k + 1, "loss": float(values[0]), "grad_norm": float(values[4]), "layers": layers})
     with torch.no_grad():
         rec["model_loss_after"] = float(model_loss())

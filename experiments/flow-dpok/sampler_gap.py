@@ -1,7 +1,9 @@
-"""Does flow DPOK's gain live on its training sampler only?  The base shapes-flow and a flow-DPOK
+"""Does a DPOK run's gain hold on fresh seeds, and on which sampler?  The base model and the run's
 LoRA on the same target prompts and seeds, sampled two ways, both at the run's own settings (its
-config.yaml): the Flow-SDE DPOK trains and draws its learning curve on (``dpok.noise_level``, every
-step stochastic) and the ODE the evaluation samples; the shapes oracle judges each image aligned or not.
+config.yaml): the chain DPOK trains and draws its learning curve on ("sde": a flow family's
+Flow-SDE at ``dpok.noise_level``, SD's DDIM at ``sampling.eta``; every step stochastic) and the
+deterministic one ("ode": the flow ODE the evaluation samples, SD's DDIM at eta 0); the shapes
+oracle judges each image aligned or not.
 
     .venv/bin/python experiments/flow-dpok/sampler_gap.py RUN_DIR [SAMPLES_PER_PROMPT]
     # e.g. runs/demo-flow/finetune-dpok after make demo ARGS="--config workflows/configs/demo-flow.yaml";
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from core.config import load_config
 from core.families import pipeline_family
 from core.images import pil_to_tensor
 from core.loading import load_sd_pipeline
-from core.sampling import generate_images
+from core.sampling import generate_images, latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
 from finetune.denoiser import decode_latents, denoiser_for, encode_prompts, make_schedule
@@ -31,23 +34,23 @@ from finetune.policy import DiffusionPolicy
 from finetune.sampler import sample_trajectories
 from reward.reward_fn import RewardSource, load_reward
 
-LATENT_SHAPE = (4, 16, 16)  # shapes-flow's: 64 px through shapes-sd's 4x VAE
-
 
 def aligned(pipe, cfg: FinetuneConfig, texts: list[str], seeds: list[int], sampler: str, judge) -> np.ndarray:
     """(N,) 1 where the oracle passes the image of texts[i] drawn from seeds[i]."""
-    if sampler == "ode":
-        batch = pil_to_tensor(generate_images(pipe, texts, seeds, cfg.sampling))
+    family = pipeline_family(pipe)
+    if sampler == "ode":  # a flow pipeline samples its ODE whatever eta says
+        batch = pil_to_tensor(generate_images(pipe, texts, seeds, replace(cfg.sampling, eta=0.0)))
     else:
-        schedule = make_schedule(pipe, cfg.sampling, cfg.dpok.noise_level, LATENT_SHAPE)
-        policy = DiffusionPolicy(pipe.transformer, schedule, cfg.sampling.guidance_scale,
-                                 denoiser=denoiser_for(pipeline_family(pipe)))
+        shape = latent_shape(pipe, *pipeline_image_size(pipe, cfg.sampling.height, cfg.sampling.width))
+        schedule = make_schedule(pipe, cfg.sampling, cfg.dpok.noise_level, shape)
+        policy = DiffusionPolicy(getattr(pipe, family.denoiser), schedule, cfg.sampling.guidance_scale,
+                                 denoiser=denoiser_for(family))
         parts = []
         for i in range(0, len(texts), 32):
             cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu", cfg.sampling.max_sequence_length)
             gen = torch.Generator().manual_seed(seeds[i])
             with torch.no_grad():
-                traj = sample_trajectories(policy, cond, uncond, LATENT_SHAPE, gen, texts[i:i + 32])
+                traj = sample_trajectories(policy, cond, uncond, shape, gen, texts[i:i + 32])
                 parts.append(decode_latents(pipe.vae, traj.final_latents))
         batch = torch.cat(parts)
     return (judge.score(batch, texts).numpy() == 1).astype(float)
