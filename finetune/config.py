@@ -157,7 +157,7 @@ class RWLConfig:
     # the unconditional prediction (w - 1)x under classifier-free guidance, so it must stay
     # anchored; below 1, so that the captions are anchored too.
     pretrain_uncond: Annotated[float, Bounds(low=0, high=1, open_high=True)] = 0.1
-    # Fit D_model with the guided prediction (sampling.guidance_scale), see rwl.DenoisingObjective.loss.
+    # Fit D_model with the guided prediction (sampling.guidance_scale), see finetune.objective.DenoisingObjective.loss.
     guided_loss: bool = True
     steps: PositiveInt = 300
     batch_size: PositiveInt = 32
