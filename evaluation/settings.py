@@ -24,23 +24,35 @@ SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "eta", "he
 RUN_CONFIG = "config.yaml"
 
 
-def given_keys(config_file: str | None, overrides: list[str]) -> set[str]:
-    """The ``sampling`` keys a user set, on the command line (``sampling.<key>=``) or in a config file."""
-    out = {o.split("=", 1)[0].strip()[len("sampling."):] for o in overrides if o.strip().startswith("sampling.")}
+def given_keys(config_file: str | None, overrides: list[str], section: str | None = "sampling") -> set[str]:
+    """The keys of a config's ``section`` (None: its top level) a user set, on the command line
+    (``<section>.<key>=``, or ``<key>=``) or in a config file."""
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if section is None:
+        out = {k for k in keys if "." not in k}
+    else:
+        out = {k[len(section) + 1:] for k in keys if k.startswith(f"{section}.")}
     if config_file:
         data = yaml.safe_load(Path(config_file).read_text()) or {}
-        out |= set((data.get("sampling") or {}).keys()) if isinstance(data, dict) else set()
+        part = data if section is None else data.get(section) if isinstance(data, dict) else None
+        out |= set(part.keys()) if isinstance(part, dict) else set()
     return out
 
 
-def config_setting(path: str | Path) -> dict:
-    """``sampling``'s setting keys of a fine-tuning config file (a run's config.yaml, or e.g.
-    finetune/configs/sd15.yaml); {} when it names none."""
+def read_config(path: str | Path) -> dict:
+    """A fine-tuning config file (a run's config.yaml, or e.g. finetune/configs/sd15.yaml) as a
+    mapping; {} when it is empty or not a mapping."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"could not read the config {path} ({e}).", "pass a fine-tuning config YAML file.") from None
-    sampling = data.get("sampling") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def config_setting(path: str | Path) -> dict:
+    """``sampling``'s setting keys of a fine-tuning config file (:func:`read_config`); {} when it
+    names none."""
+    sampling = read_config(path).get("sampling")
     return {k: sampling[k] for k in SETTING_KEYS if isinstance(sampling, dict) and k in sampling}
 
 

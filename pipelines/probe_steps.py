@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ProbeConfig, args.config, args.overrides)
     if cfg.finetune_config:  # the fine-tuning config's setting for every sampling key not given
         source = Path(cfg.finetune_config)
-        setting = config_setting(source / "config.yaml" if source.is_dir() else source)
-        cfg = replace(cfg, sampling=apply_setting(cfg.sampling, setting, given_keys(args.config, args.overrides)))
-        level = config_noise_level(source)  # a flow config's SDE noise level, unless given here
-        if level is not None and not any(o.strip().startswith("noise_level=") for o in args.overrides):
+        source = source / "config.yaml" if source.is_dir() else source
+        cfg = replace(cfg, sampling=apply_setting(cfg.sampling, config_setting(source),
+                                                  given_keys(args.config, args.overrides)))
+        level = config_noise_level(source)  # a flow config's SDE noise level, unless the user gave one
+        if level is not None and "noise_level" not in given_keys(args.config, args.overrides, section=None):
             cfg = replace(cfg, noise_level=level)
     chain = chain_words(cfg, resolve_model(cfg.pipeline).family)
     print(f"probing at {describe(cfg.sampling, cfg.finetune_config or 'as configured', sampler=chain)}",

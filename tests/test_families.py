@@ -176,6 +176,22 @@ def test_make_eval_takes_a_flow_base_with_the_shapes_oracle(flow_folders, tiny_c
     assert len(metrics["models"]["base"]["aligned"]) == 4 and (out / "samples-base.png").exists()
 
 
+def test_the_probes_noise_level_a_user_gave_wins_over_the_finetune_configs(flow_folders, tmp_path, capsys):
+    """make probe-steps finetune_config=<flow config>: the config's dpok.noise_level is probed unless
+    the user gave noise_level, on the command line or in the probe's own --config file (stderr names
+    the chain before the run; after_steps out of range then ends it with exit 2)."""
+    from pipelines.probe_steps import main
+
+    (tmp_path / "ft.yaml").write_text("dpok:\n  noise_level: 0.5\n")
+    (tmp_path / "probe.yaml").write_text("noise_level: 0.3\n")
+    base = [f"pipeline={flow_folders['sd3']}", f"finetune_config={tmp_path / 'ft.yaml'}", "after_steps=[99]",
+            "reward.kind=oracle", f"output_dir={tmp_path / 'out'}"]
+    for argv, level in (([], "0.5"), (["noise_level=0.2"], "0.2"), (["--config", str(tmp_path / "probe.yaml")], "0.3")):
+        assert run(main, [*argv, *base]) == 2
+        assert f"Flow-SDE steps (noise level {level})" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_make_probe_steps_probes_a_flow_folders_sde(flow_folders, tmp_path, capsys, name):

@@ -108,3 +108,16 @@ def test_a_finetune_configs_noise_level_is_the_probes(tmp_path):
     assert config_noise_level(tmp_path / "flow.yaml") == 0.5
     assert config_noise_level(tmp_path / "sd.yaml") is None
     assert config_noise_level(tmp_path / "run") == 0.9
+
+
+def test_given_keys_of_a_section_or_the_top_level(tmp_path):
+    """evaluation.settings.given_keys: a section's keys (sampling.<key>=, or under the section in
+    a config file), or with section=None the top-level ones (<key>=, or at a config file's top)."""
+    from evaluation.settings import given_keys
+
+    (tmp_path / "mine.yaml").write_text("noise_level: 0.3\nsampling:\n  eta: 0.5\n")
+    args = ["sampling.num_inference_steps=4", "seed=1", "reward.kind=oracle"]
+    assert given_keys(None, args) == {"num_inference_steps"}
+    assert given_keys(str(tmp_path / "mine.yaml"), args) == {"num_inference_steps", "eta"}
+    assert given_keys(None, args, section=None) == {"seed"}
+    assert given_keys(str(tmp_path / "mine.yaml"), args, section=None) == {"seed", "noise_level", "sampling"}

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from core.errors import UserError
 from core.families import Family
@@ -36,6 +35,7 @@ from core.jsonable import json_safe
 from core.loading import default_device, load_model, resolve_model
 from core.sampling import SamplingConfig, latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
+from evaluation.settings import read_config
 from finetune.config import DPOKConfig
 from finetune.denoiser import denoiser_for, make_schedule
 from finetune.policy import DiffusionPolicy
@@ -101,11 +101,11 @@ def within_prompt_corr(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> floa
 
 
 def config_noise_level(path: str | Path) -> float | None:
-    """``dpok.noise_level`` of a fine-tuning config file or run folder (its config.yaml), the flow
-    SDE's a the probe then samples; None when it sets none (DPOK's default holds)."""
+    """``dpok.noise_level`` of a fine-tuning config file or run folder (its config.yaml; read by
+    :func:`evaluation.settings.read_config`), the flow SDE's a the probe then samples; None when it
+    sets none (DPOK's default holds)."""
     path = Path(path)
-    data = yaml.safe_load((path / "config.yaml" if path.is_dir() else path).read_text()) or {}
-    dpok = data.get("dpok") if isinstance(data, dict) else None
+    dpok = read_config(path / "config.yaml" if path.is_dir() else path).get("dpok")
     return float(dpok["noise_level"]) if isinstance(dpok, dict) and "noise_level" in dpok else None
 
 
