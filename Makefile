@@ -15,6 +15,9 @@ TORCH_STAMP := $(VENV)/.torch-spec
 # real errors only.
 PIP := $(PY) -m pip -qq
 PYTEST_ARGS ?=
+# make test-fast's pytest-xdist workers (one a core; each test file stays on one worker, so its
+# module fixtures are built once); 0 runs in this process
+TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: demo loop help install test test-fast oracle-check finetune finetune-multi eval bench clean clean-datasets base results-page probe-steps FORCE
@@ -55,7 +58,7 @@ test: install  ## check the package layers (lint-imports), then run the test sui
 
 test-fast: install  ## the layers and every test not marked slow (a few minutes; `make test` runs them all)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 oracle-check: install  ## measure the shapes-world oracle: renders, hue sweep, VAE round trips, agreement (last line: JSON)
 	$(PY) -m pipelines.oracle_check $(ARGS)

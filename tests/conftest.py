@@ -3,7 +3,17 @@ they take more than a few seconds), and ``@pytest.mark.gpu`` (skipped without CU
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test-fast` runs one worker a core (pytest-xdist): each takes one thread, and so do the
+    # stages it runs as subprocesses, so the workers never oversubscribe the machine's cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

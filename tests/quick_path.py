@@ -42,6 +42,21 @@ def marked_blocks(path: Path, name: str) -> list[list[str]]:
     return blocks
 
 
+def marked_swaps(path: Path, name: str) -> dict[str, dict[str, str]]:
+    """The swap table marked ``quick-path: name`` in ``path`` (a first column of text as a block has it,
+    a column per variant with its replacement, each cell in backticks): {variant: {old: new}}."""
+    lines = path.read_text().splitlines()
+    i = lines.index(f"<!-- quick-path: {name} -->")
+    rows = []
+    for line in lines[i + 1:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    header, body = rows[0], [r for r in rows[2:]]
+    assert body and all(c.startswith("`") and c.endswith("`") for r in body for c in r), f"{path.name}: {name}"
+    return {variant: {r[0].strip("`"): r[j].strip("`") for r in body} for j, variant in enumerate(header) if j}
+
+
 def commands(lines: list[str]) -> list[str]:
     joined, buf = [], ""
     for line in lines:
@@ -117,8 +132,15 @@ class Clone:
         log = self.logs / f"{len(self.steps):02d}-{target(command)}.log"
         t0 = time.monotonic()
         with open(log, "w") as out:
-            proc = subprocess.run(["bash", "-c", line], cwd=self.dir, env=self.env, stdout=out,
-                                  stderr=subprocess.STDOUT, input=stdin, text=True, timeout=timeout)
+            proc = subprocess.Popen(["bash", "-c", line], cwd=self.dir, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            try:
+                proc.communicate(stdin, timeout=timeout)
+            finally:  # a timeout (ours or pytest-timeout's) must not leave make's python running
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         self.steps.append((command, time.monotonic() - t0))
         text = log.read_text()
         assert proc.returncode == 0, f"step failed (exit {proc.returncode}): {line}\n{tail(text)}"

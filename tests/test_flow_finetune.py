@@ -255,29 +255,37 @@ def test_a_resumed_flow_run_ends_like_an_uninterrupted_one(flow_bases, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# -- SD3.5 medium's shipped config --------------------------------------------------------------------
+# -- SD3.5 medium's and FLUX.1-dev's shipped configs ---------------------------------------------------
 
-def test_the_shipped_sd35_yaml_loads_for_both_methods_and_trains_an_sd3_folder(flow_bases, tmp_path):
-    """finetune/configs/sd35.yaml loads as it is for DPOK and RWL with an SD3 folder, passes the flow
-    family's checks, sets what docs/finetune.md computes its memory for (512 px, 10 steps of the
-    Flow-SDE every one trained, guidance 4.5, LoRA r32 on the family's targets, gradient
-    checkpointing, micro-batches of 8 rows), and a round of it (at the tiny model's size) trains."""
-    from core.families import SD3, folder_family
+# family: (its config, the size and steps docs/finetune.md computes its memory for, guidance)
+SHIPPED = {"sd3": ("sd35.yaml", 10, 4.5), "flux": ("flux.yaml", 6, 3.5)}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_the_shipped_flow_yaml_loads_for_both_methods_and_trains_its_family(flow_bases, tmp_path, name):
+    """finetune/configs/sd35.yaml (flux.yaml) loads as it is for DPOK and RWL with an SD3 (FLUX)
+    folder, passes the flow family's checks, sets what docs/finetune.md computes its memory for (512
+    px, 10 (6) steps of the Flow-SDE every one trained, guidance 4.5 (distilled 3.5), LoRA r32 on the
+    family's targets, gradient checkpointing, micro-batches of 8 rows), and a round of it (at the
+    tiny model's size) trains."""
+    from core.families import folder_family
     from finetune.config import CONFIGS
     from finetune.denoiser import check_finetune_options, lora_targets
     from pipelines.finetune import main
 
-    base = flow_bases["sd3"]
+    config, steps, guidance = SHIPPED[name]
+    base = flow_bases[name]
+    family = folder_family(base)
     for method in ("dpok", "rwl"):
-        cfg = load_config(FinetuneConfig, CONFIGS / "sd35.yaml", [f"method={method}", f"model.pipeline={base}"])
-        check_finetune_options(cfg, folder_family(base))
-        assert (cfg.sampling.height, cfg.sampling.width, cfg.sampling.num_inference_steps) == (512, 512, 10)
-        assert cfg.dpok_window == (0, 10) and cfg.dpok.steps_per_sample == 10 and cfg.dpok.noise_level == 0.7
-        assert cfg.sampling.guidance_scale == 4.5 and cfg.model.lora_rank == 32
-        assert lora_targets(cfg.model, SD3) == list(SD3.lora_targets)
+        cfg = load_config(FinetuneConfig, CONFIGS / config, [f"method={method}", f"model.pipeline={base}"])
+        check_finetune_options(cfg, family)
+        assert (cfg.sampling.height, cfg.sampling.width, cfg.sampling.num_inference_steps) == (512, 512, steps)
+        assert cfg.dpok_window == (0, steps) and cfg.dpok.steps_per_sample == steps and cfg.dpok.noise_level == 0.7
+        assert cfg.sampling.guidance_scale == guidance and cfg.model.lora_rank == 32
+        assert lora_targets(cfg.model, family) == list(family.lora_targets)
         assert cfg.compute.gradient_checkpointing and cfg.compute.micro_batch == 8
     out = tmp_path / "run"
-    assert run(main, ["--config", str(CONFIGS / "sd35.yaml"), f"output_dir={out}", f"model.pipeline={base}",
+    assert run(main, ["--config", str(CONFIGS / config), f"output_dir={out}", f"model.pipeline={base}",
                       "reward.kind=oracle", *SIZE, "sampling.num_inference_steps=2", "dpok.rounds=1",
                       "dpok.prompts_per_round=1", "dpok.samples_per_prompt=2", "dpok.steps_per_sample=2",
                       "sample_grid_every=0"]) == 0

@@ -93,7 +93,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize("name", ["dpok", "rwl", "sd15", "sd35"])
+@pytest.mark.parametrize("name", ["dpok", "rwl", "sd15", "sd35", "flux"])
 def test_shipped_finetune_configs_hold_only_what_differs_from_the_defaults(name):
     """The defaults are written once, in the dataclass (the shipped shapes-world DPOK run): a yaml
     key that repeats its default would be a second place to change it.  ``method`` names the file's

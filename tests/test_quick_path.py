@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from quick_path import ROOT, Clone, label_through_app, marked_blocks, target, with_args
+from quick_path import ROOT, Clone, label_through_app, marked_blocks, marked_swaps, target, with_args
 
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
@@ -208,48 +208,86 @@ def test_loop_md_two_rounds_line_by_line(tmp_path, user):
     check_no_shapes_default(clone, user)
 
 
-# The flow block (docs/finetune.md) on a tiny SD3-format folder laid out as SD3.5-medium's download:
-# its native 64 px (the captions' size), and the fine-tuning and evaluation at that size, not
-# sd35.yaml's 512 (sizes only, as SIZES).
-FLOW_SIZE = "sampling.height=64 sampling.width=64"
-FLOW_SIZES = {**SIZES, "finetune dpok": f"{DPOK} {FLOW_SIZE}", "finetune rwl": f"{SIZES['finetune rwl']} {FLOW_SIZE}",
-              "eval": f"{SIZES['eval']} {FLOW_SIZE}"}
+# The flow blocks (docs/finetune.md) on tiny SD3- and FLUX-format folders laid out as SD3.5-medium's and
+# FLUX.1-dev's downloads: their native 64 px (the captions' size), and the fine-tuning and evaluation at
+# that size, not the configs' 512; every stage feeds 32 T5 tokens, not the pipelines' 256 / 512, which
+# would make a tiny transformer's rows 10-30 times longer than its 16 image tokens (sizes only, as SIZES).
+TOKENS = "sampling.max_sequence_length=32"
+FLOW_SIZE = f"sampling.height=64 sampling.width=64 {TOKENS}"
+FLOW_SIZES = {**SIZES, "generate": FLOW_SIZE, "finetune dpok": f"{DPOK} {FLOW_SIZE}",
+              "finetune rwl": f"{SIZES['finetune rwl']} {FLOW_SIZE}", "eval": f"{SIZES['eval']} {FLOW_SIZE}"}
+# family: (its docs block, the folder the block names, the config it names, the stock pipeline class)
+FLOW_BLOCKS = {"sd3": ("own-model-flow", "/models/sd3.5-medium", "sd35.yaml", "StableDiffusion3Pipeline"),
+               "flux": ("own-model-flux", "/models/flux.1-dev", "flux.yaml", "FluxPipeline")}
 
 
 @pytest.mark.slow
 @needs_make
-def test_finetune_md_own_flow_model_line_by_line(tmp_path, user, monkeypatch):
-    """docs/finetune.md's own-model block for an SD3.5 folder, as written, with sd35.yaml: every
-    stage on the user's SD3 folder, nothing of the shapes world, and a LoRA that a stock
-    StableDiffusion3Pipeline loads."""
+@pytest.mark.parametrize("family", list(FLOW_BLOCKS))
+def test_finetune_md_own_flow_model_line_by_line(tmp_path, user, monkeypatch, family):
+    """docs/finetune.md's own-model block for an SD3.5 (a FLUX.1-dev) folder, as written, with
+    sd35.yaml (flux.yaml): every stage on the user's flow folder, nothing of the shapes world, and a
+    LoRA that a stock StableDiffusion3Pipeline (FluxPipeline) loads."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusion3Pipeline
     from test_flow_finetune import transformer_output
 
-    from tools.random_models import build_tiny_sd3
+    from tools.random_models import build_tiny_flux, build_tiny_sd3
 
-    sd3 = str(build_tiny_sd3(tmp_path / "sd3.5-medium", image_size=64))
-    user = {**user, "/models/sd3.5-medium": sd3}
+    name, folder, config, pipeline_class = FLOW_BLOCKS[family]
+    build = build_tiny_sd3 if family == "sd3" else build_tiny_flux
+    base = str(build(tmp_path / Path(folder).name, image_size=64))
+    user = {**user, folder: base}
     clone = new_clone(tmp_path, user)
-    block = marked_blocks(ROOT / "docs" / "finetune.md", "own-model-flow")[0]
-    assert all(target(c) != "probe-steps" for c in block) and all("sd35.yaml" in c for c in block
+    block = marked_blocks(ROOT / "docs" / "finetune.md", name)[0]
+    assert all(target(c) != "probe-steps" for c in block) and all(config in c for c in block
                                                                    if target(c) == "finetune")
-    monkeypatch.setitem(SIZES, "finetune dpok", FLOW_SIZES["finetune dpok"])
-    monkeypatch.setitem(SIZES, "finetune rwl", FLOW_SIZES["finetune rwl"])
-    monkeypatch.setitem(SIZES, "eval", FLOW_SIZES["eval"])
+    for key in ("generate", "finetune dpok", "finetune rwl", "eval"):
+        monkeypatch.setitem(SIZES, key, FLOW_SIZES[key])
     run_block(clone, block, {0: People(clone, "datasets/mine", {0: set(PROMPTS[:2])})})
 
     clip = user["/models/clip-vit-large-patch14"]
     reward_on(clone.dir / "runs/reward", clip, "datasets/mine")
     for method in ("dpok", "rwl"):
-        finetuned_from(clone.dir / f"runs/finetune-{method}", sd3, "runs/reward")
+        finetuned_from(clone.dir / f"runs/finetune-{method}", base, "runs/reward")
     assert (clone.dir / "reports/eval").is_dir()
-    check_no_shapes_default(clone, user, base="/models/sd3.5-medium")
+    check_no_shapes_default(clone, user, base=folder)
     for method in ("dpok", "rwl"):  # the result loads in stock diffusers, as the docs say, and changes the model
-        pipe = StableDiffusion3Pipeline.from_pretrained(sd3)
-        before = transformer_output(pipe.transformer, "sd3")
+        pipe = getattr(diffusers, pipeline_class).from_pretrained(base)
+        before = transformer_output(pipe.transformer, family)
         pipe.load_lora_weights(clone.dir / f"runs/finetune-{method}")
-        assert not torch.equal(transformer_output(pipe.transformer, "sd3"), before), method
+        assert not torch.equal(transformer_output(pipe.transformer, family), before), method
+
+
+@pytest.mark.slow
+@needs_make
+@pytest.mark.parametrize("family", list(FLOW_BLOCKS))
+def test_loop_md_two_rounds_on_a_flow_folder_line_by_line(tmp_path, user, monkeypatch, family):
+    """docs/loop.md's two rounds with its swap table's SD3.5 (FLUX.1-dev) column applied, on a tiny
+    folder of that family: round 1 continues round 0's flow LoRA, nothing of the shapes world."""
+    from tools.random_models import build_tiny_flux, build_tiny_sd3
+
+    _, folder, config, _ = FLOW_BLOCKS[family]
+    swaps = marked_swaps(ROOT / "docs" / "loop.md", "loop-flow")
+    swap = swaps["SD3.5 medium" if family == "sd3" else "FLUX.1-dev"]
+    assert swap["/models/sd-v1-5"] == folder and swap["finetune/configs/sd15.yaml"].endswith(config)
+    base = str((build_tiny_sd3 if family == "sd3" else build_tiny_flux)(tmp_path / Path(folder).name, image_size=64))
+    # the swaps first, then the user's folders (the flow one among them): Clone.line applies them in order
+    user = {**swap, **{k: v for k, v in user.items() if k not in swap}, folder: base}
+    clone = new_clone(tmp_path, user)
+    for key in ("generate", "finetune dpok", "finetune rwl", "eval"):
+        monkeypatch.setitem(SIZES, key, FLOW_SIZES[key])
+    people = People(clone, "datasets/mine", {0: set(PROMPTS[:2]), 1: {PROMPTS[1], PROMPTS[2]}})
+    run_block(clone, marked_blocks(ROOT / "docs" / "loop.md", "loop")[0], {0: people, 1: people})
+
+    gens = pd.read_parquet(clone.dir / "datasets/mine/generations")
+    assert sorted(gens["round"].unique()) == [0, 1]
+    assert set(gens.loc[gens["round"] == 1, "run"].dropna()) == {"runs/r0/dpok"}
+    finetuned_from(clone.dir / "runs/r0/dpok", base, "runs/r0/reward")
+    lineage = finetuned_from(clone.dir / "runs/r1/dpok", base, "runs/r1/reward", init="runs/r0/dpok")
+    assert "r0" in json.dumps(lineage)
+    assert (clone.dir / "reports/eval-rounds").is_dir()
+    check_no_shapes_default(clone, user, base=folder)
 
 
 def test_the_check_catches_a_stage_that_fell_back_to_the_shapes_world(tmp_path):
