@@ -33,8 +33,9 @@ def sweep(label: str, overrides: list[str]) -> Path:
     record = {k: v for k, v in metrics.items() if k not in ("history", "lineage")}
     record["fresh_seeds"] = sampler_gap(f"runs/flow-sweep/{label}", 8)
     record["device"] = "2 CPU cores (AMD EPYC, AVX2, no AVX512)"  # this study's machine; edit for another
-    record["command"] = ('make demo ARGS="--config workflows/configs/demo-flow.yaml"; make finetune ARGS="'
-                         + " ".join(a for a in args if not a.startswith("output_dir=")) + '"')
+    # what ran, as it ran (BASE's keys, then the overrides: a later key wins)
+    record["command"] = ('make demo ARGS="--config workflows/configs/demo-flow.yaml"; '
+                         + " ".join([".venv/bin/python experiments/flow-dpok/sweep.py", label, *overrides]))
     out = HERE / f"finetune-{time.strftime('%Y-%m-%d', time.gmtime())}-{label}-seed{seed}.json"
     out.write_text(json.dumps(record, indent=1))
     return out
