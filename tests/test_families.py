@@ -157,6 +157,7 @@ def test_flow_images_do_not_depend_on_their_batch(flow_folders):
         assert not np.array_equal(np.asarray(both[0]), np.asarray(both[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_make_eval_takes_a_flow_base_with_the_shapes_oracle(flow_folders, tiny_clip, tmp_path, name):
     """`make eval ARGS="base=<flow folder> ..."` on shapes-world prompts: the oracle's columns, renders

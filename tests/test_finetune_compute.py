@@ -74,6 +74,7 @@ def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile("on", "cpu") is True and resolve_compile("off", "cuda") is False
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_other_compute_settings(tiny_sd, tmp_path):
     """compute.* say how the passes run, so a checkpoint resumes under other values."""
     cfg = cfg_for("dpok", tiny_sd, tmp_path / "run", tmp_path, "dpok.checkpoint_every_rounds=1")

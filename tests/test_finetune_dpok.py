@@ -55,6 +55,7 @@ def test_one_dpok_run_writes_lora_that_diffusers_loads(tiny_sd, tmp_path):
     assert not np.allclose(before, after)  # the trained adapter changes the model
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, tmp_path):
     straight = train_dpok(tiny_cfg(tiny_sd, tmp_path / "a"), progress=False)
 
@@ -96,6 +97,7 @@ def test_bad_inputs_are_clear_errors(tiny_sd, tmp_path):
         train_dpok(done, progress=False)
 
 
+@pytest.mark.slow
 def test_finetune_entry_point(tiny_sd, tmp_path, capsys):
     from pipelines.cli import run
     from pipelines.finetune import main
@@ -287,6 +289,7 @@ def test_a_round_draws_distinct_prompts(tiny_sd, tmp_path):
     assert seen == [every, every]  # with replacement, a round would repeat some prompt
 
 
+@pytest.mark.slow
 def test_runs_with_another_mixed_precision_in_the_same_process(tiny_sd, tmp_path):
     """accelerate keeps one state per process: a second run (the demo's DPOK after RWL, the bench's
     bf16 CUDA config after its fp32 one, a notebook) with another precision used to raise."""
@@ -295,6 +298,7 @@ def test_runs_with_another_mixed_precision_in_the_same_process(tiny_sd, tmp_path
     assert np.isfinite(result.history[-1]["loss"])
 
 
+@pytest.mark.slow
 def test_oracle_learning_curve_on_fixed_seeds(tiny_sd, tmp_path):
     cfg = tiny_cfg(tiny_sd, tmp_path / "run", "curve_every=2", "curve_samples=1", "dpok.rounds=3",
                    "prompts.prompts_file=" + str(_prompts(tmp_path, ["one red circle", "two blue squares"])))

@@ -100,6 +100,7 @@ def reward(tiny_clip, tmp_path_factory):
     return build_reward_model(tiny_clip, tmp_path_factory.mktemp("draft-reward") / "reward", region=True)
 
 
+@pytest.mark.slow
 def test_each_draft_step_raises_the_objective_of_a_fixed_batch(tiny_sd, reward, tmp_path):
     """Optimizer steps on one batch (same prompts, same noise): the reward rises at every step, so
     the gradient reaches the LoRA with the right sign, through the last K steps, the decoder and the

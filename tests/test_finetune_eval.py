@@ -76,6 +76,7 @@ def eval_args(s, out, *extra):
             "samples_per_prompt=2", "sampling.num_inference_steps=2", f"output_dir={out}", "grid_prompts=2", *extra]
 
 
+@pytest.mark.slow
 def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
     cfg = load_config(EvalConfig, None, eval_args(setup, tmp_path / "report", "samples_per_prompt=1",
                                                   "reward.kind=oracle"))
@@ -175,6 +176,7 @@ def test_eval_missing_inputs_are_errors_not_skips_or_nan(setup, tmp_path):
     fails("needs at least 2", "samples_per_prompt=1", f"prompts_file={tmp_path}/one.txt")
 
 
+@pytest.mark.slow
 def test_eval_targets_and_side_prompts_take_their_own_sample_counts(setup, tmp_path):
     """samples_per_prompt seeds per evaluated prompt (the headline), side_samples_per_prompt per
     control and generalisation prompt; the grids show grid_samples seeds of grid_prompts prompts."""

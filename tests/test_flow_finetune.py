@@ -170,6 +170,7 @@ def test_the_saved_lora_reproduces_the_trained_transformer(flow_bases, tmp_path,
     torch.testing.assert_close(transformer_output(stock.transformer, name), trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_generate_eval_and_init_take_a_flow_run(flow_bases, flow_runs, tiny_clip, tmp_path):
     """make generate samples the run (base + LoRA), make eval compares it with its base, and
     init= continues it in a new run of the same base."""

@@ -85,6 +85,7 @@ def test_dpok_at_a_non_native_size(tiny_sd, reward, tmp_path):
         train_dpok(finetune_cfg(tiny_sd, reward, tmp_path / "oracle", "dpok", "reward.kind=oracle"), progress=False)
 
 
+@pytest.mark.slow
 def test_rwl_at_a_non_native_size(tiny_sd, reward, tmp_path):
     from pipelines.generate import main
     from finetune.rwl import train_rwl

@@ -30,6 +30,7 @@ from test_selection import labelled_round_and_reward
 torch.set_num_threads(2)
 
 
+@pytest.mark.slow
 def test_auc_standard_error_matches_a_simulation():
     """Hanley & McNeil's SE against the spread of AUCs over 2000 simulated samples (binormal scores,
     true AUC about 0.84): within 15 %, and it shrinks with the sample."""

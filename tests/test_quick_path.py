@@ -209,8 +209,8 @@ def test_loop_md_two_rounds_line_by_line(tmp_path, user):
 
 
 # The flow blocks (docs/finetune.md) on tiny SD3- and FLUX-format folders laid out as SD3.5-medium's and
-# FLUX.1-dev's downloads: their native 64 px (the captions' size), and the fine-tuning and evaluation at
-# that size, not the configs' 512; every stage feeds 32 T5 tokens, not the pipelines' 256 / 512, which
+# FLUX.1-dev's downloads, every stage at 64 px (the captions' size), not the configs' 512 or the
+# pipelines' 1024; every stage feeds 32 T5 tokens, not the pipelines' 256 / 512, which
 # would make a tiny transformer's rows 10-30 times longer than its 16 image tokens (sizes only, as SIZES).
 TOKENS = "sampling.max_sequence_length=32"
 FLOW_SIZE = f"sampling.height=64 sampling.width=64 {TOKENS}"
@@ -219,6 +219,16 @@ FLOW_SIZES = {**SIZES, "generate": FLOW_SIZE, "finetune dpok": f"{DPOK} {FLOW_SI
 # family: (its docs block, the folder the block names, the config it names, the stock pipeline class)
 FLOW_BLOCKS = {"sd3": ("own-model-flow", "/models/sd3.5-medium", "sd35.yaml", "StableDiffusion3Pipeline"),
                "flux": ("own-model-flux", "/models/flux.1-dev", "flux.yaml", "FluxPipeline")}
+
+
+def tiny_flow_folder(family: str, tmp_path: Path, monkeypatch) -> str:
+    """The family's tiny folder, named as its download is, with the flow sizes in SIZES."""
+    from tools.random_models import build_tiny_flux, build_tiny_sd3
+
+    for key in ("generate", "finetune dpok", "finetune rwl", "eval"):
+        monkeypatch.setitem(SIZES, key, FLOW_SIZES[key])
+    build = build_tiny_sd3 if family == "sd3" else build_tiny_flux
+    return str(build(tmp_path / Path(FLOW_BLOCKS[family][1]).name, image_size=64))
 
 
 @pytest.mark.slow
@@ -232,18 +242,13 @@ def test_finetune_md_own_flow_model_line_by_line(tmp_path, user, monkeypatch, fa
     import torch
     from test_flow_finetune import transformer_output
 
-    from tools.random_models import build_tiny_flux, build_tiny_sd3
-
     name, folder, config, pipeline_class = FLOW_BLOCKS[family]
-    build = build_tiny_sd3 if family == "sd3" else build_tiny_flux
-    base = str(build(tmp_path / Path(folder).name, image_size=64))
+    base = tiny_flow_folder(family, tmp_path, monkeypatch)
     user = {**user, folder: base}
     clone = new_clone(tmp_path, user)
     block = marked_blocks(ROOT / "docs" / "finetune.md", name)[0]
     assert all(target(c) != "probe-steps" for c in block) and all(config in c for c in block
                                                                    if target(c) == "finetune")
-    for key in ("generate", "finetune dpok", "finetune rwl", "eval"):
-        monkeypatch.setitem(SIZES, key, FLOW_SIZES[key])
     run_block(clone, block, {0: People(clone, "datasets/mine", {0: set(PROMPTS[:2])})})
 
     clip = user["/models/clip-vit-large-patch14"]
@@ -265,18 +270,14 @@ def test_finetune_md_own_flow_model_line_by_line(tmp_path, user, monkeypatch, fa
 def test_loop_md_two_rounds_on_a_flow_folder_line_by_line(tmp_path, user, monkeypatch, family):
     """docs/loop.md's two rounds with its swap table's SD3.5 (FLUX.1-dev) column applied, on a tiny
     folder of that family: round 1 continues round 0's flow LoRA, nothing of the shapes world."""
-    from tools.random_models import build_tiny_flux, build_tiny_sd3
-
     _, folder, config, _ = FLOW_BLOCKS[family]
     swaps = marked_swaps(ROOT / "docs" / "loop.md", "loop-flow")
     swap = swaps["SD3.5 medium" if family == "sd3" else "FLUX.1-dev"]
     assert swap["/models/sd-v1-5"] == folder and swap["finetune/configs/sd15.yaml"].endswith(config)
-    base = str((build_tiny_sd3 if family == "sd3" else build_tiny_flux)(tmp_path / Path(folder).name, image_size=64))
+    base = tiny_flow_folder(family, tmp_path, monkeypatch)
     # the swaps first, then the user's folders (the flow one among them): Clone.line applies them in order
     user = {**swap, **{k: v for k, v in user.items() if k not in swap}, folder: base}
     clone = new_clone(tmp_path, user)
-    for key in ("generate", "finetune dpok", "finetune rwl", "eval"):
-        monkeypatch.setitem(SIZES, key, FLOW_SIZES[key])
     people = People(clone, "datasets/mine", {0: set(PROMPTS[:2]), 1: {PROMPTS[1], PROMPTS[2]}})
     run_block(clone, marked_blocks(ROOT / "docs" / "loop.md", "loop")[0], {0: people, 1: people})
 

@@ -23,7 +23,8 @@ if __name__ == "__main__":
     for i, prompt in enumerate(read_prompts_file(targets)):
         for k in range(per_prompt):
             name = f"{i:03d}-{k:02d}.png"
-            render(prompt, 90_000 + i * per_prompt + k, 64).save(out / name)  # seeds apart from the render seeds of training
+            # render seeds apart from those of the base's training renders
+            render(prompt, 90_000 + i * per_prompt + k, 64).save(out / name)
             rows.append(json.dumps({"file_name": name, "prompt": prompt}))
     (out / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     print(out, len(rows))
