@@ -52,7 +52,7 @@ def marked_swaps(path: Path, name: str) -> dict[str, dict[str, str]]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
-    header, body = rows[0], [r for r in rows[2:]]
+    header, body = rows[0], rows[2:]
     assert body and all(c.startswith("`") and c.endswith("`") for r in body for c in r), f"{path.name}: {name}"
     return {variant: {r[0].strip("`"): r[j].strip("`") for r in body} for j, variant in enumerate(header) if j}
 

@@ -31,6 +31,7 @@ from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
 from finetune.denoiser import encode_images, encode_prompts
 from finetune.flow_rwl import FlowMatchingObjective
+from finetune.rl_math import flow_noised, flow_velocity_target
 from reward.reward_fn import RewardSource, load_reward
 from sampler_gap import aligned
 
@@ -69,10 +70,10 @@ def main(label: str, steps: int, lr: float, adapter: str = "full", renders: str 
             cond, _ = encode_prompts(tuned, texts, "cpu", cfg.sampling.max_sequence_length)
         noise, sigma = objective.draw(32, tuple(latents.shape[1:]), gen, "cpu")
         x0 = latents[idx]
-        x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+        x_t = flow_noised(x0, noise, sigma)
         pred = model(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=cond.embeds,
                      pooled_projections=cond.pooled, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        loss = torch.nn.functional.mse_loss(pred, flow_velocity_target(x0, noise))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
