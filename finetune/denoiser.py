@@ -188,8 +188,8 @@ def text_encoders(pipe) -> list[torch.nn.Module]:
 
 def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
     """Refuse, before anything is written, what fine-tuning does not do on a flow family: a side
-    network (a UNet module, core.side), full fine-tuning and region-aware fine-tuning (not built
-    for the flow families yet), DRaFT (finetune.draft: a DDIM chain), and a guidance scale given to a
+    network (a UNet module, core.side), region-aware fine-tuning (not built for the flow families
+    yet), DRaFT (finetune.draft: a DDIM chain), and a guidance scale given to a
     FLUX folder that takes none."""
     if not family.flow:
         return
@@ -208,11 +208,10 @@ def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
                         f"unconditional pass) nor distilled, so sampling.guidance_scale={g:g} would change nothing.",
                         "set sampling.guidance_scale=1, or fine-tune a guidance-distilled folder "
                         "(FLUX.1-dev: guidance_embeds true) to train at a guidance value.")
-    if cfg.model.parameterisation != "lora":
-        why = ("a side network is a UNet module (core.side)" if cfg.model.parameterisation == "side"
-               else "full fine-tuning of a flow transformer is not built")
-        raise UserError(f"{where}, and model.parameterisation={cfg.model.parameterisation} is not built for it: {why}.",
-                        "use model.parameterisation=lora (a LoRA on the transformer's attention projections).")
+    if cfg.model.parameterisation == "side":
+        raise UserError(f"{where}, and model.parameterisation=side is not built for it: a side network is a "
+                        "UNet module (core.side).", "use model.parameterisation=lora (a LoRA on the transformer's "
+                        "attention projections) or model.parameterisation=full (every transformer weight).")
     if cfg.region.weight > 0:
         raise UserError(f"{where}, and region-aware fine-tuning (region.weight={cfg.region.weight:g}) is built for "
                         "Stable Diffusion 1.x/2.x only.", "set region.weight=0 for a flow model.")

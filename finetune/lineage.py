@@ -51,7 +51,7 @@ def _weights_present(init: Path, parameterisation: str) -> bool:
         return (init / LORA_FILE).is_file()
     if parameterisation == "side":
         return (init / SIDE_DIR / SIDE_FILE).is_file()
-    return (init / "model_index.json").is_file() and (init / "unet").is_dir()
+    return (init / "model_index.json").is_file() and any((init / d).is_dir() for d in ("unet", "transformer"))
 
 
 def base_fingerprint_of(init: Path, init_cfg: dict) -> str:
@@ -77,7 +77,7 @@ def check_init(cfg: FinetuneConfig) -> None:
     saved = _init_config(init)
     m = saved["model"]
     if not _weights_present(init, str(m.get("parameterisation", "lora"))):
-        raise UserError(f"init={init} has no trained weights ({LORA_FILE} for LoRA, unet/ for full, "
+        raise UserError(f"init={init} has no trained weights ({LORA_FILE} for LoRA, unet/ or transformer/ for full, "
                         f"{SIDE_DIR}/ for a side network): "
                         "the run did not finish.", "finish that run (make finetune resumes it), or pass a finished one.")
     ours = cfg.model
@@ -124,10 +124,9 @@ def load_init_weights(unet, cfg: FinetuneConfig) -> None:
         if unexpected:
             raise UserError(f"init={init}'s LoRA weights {unexpected[:3]} match nothing in this {kind}.",
                             "continue with the init run's model settings, or leave init unset.")
-    else:
-        from diffusers import UNet2DConditionModel
-
-        theirs = UNet2DConditionModel.from_pretrained(init / "unet").state_dict()
+    else:  # the init run's whole denoiser (unet/ or transformer/), loaded as the class this one has
+        kind = folder_family(cfg.model.pipeline).denoiser
+        theirs = type(unet).from_pretrained(init / kind).state_dict()
         params = dict(unet.named_parameters())
         for name, value in theirs.items():
             if name in params:

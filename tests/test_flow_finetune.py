@@ -197,6 +197,35 @@ def test_generate_eval_and_init_take_a_flow_run(flow_bases, flow_runs, tiny_clip
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_full_flow_fine_tuning_saves_a_pipeline_stock_diffusers_loads_and_init_continues_it(flow_bases, tmp_path,
+                                                                                             name):
+    """model.parameterisation=full trains every transformer weight: the run folder is a whole
+    pipeline that the family's stock class loads, with a transformer other than the base's (the
+    text encoders and VAE the base's), and init= continues it into a second full run."""
+    import diffusers
+
+    from pipelines.finetune import main
+
+    full = ["model.parameterisation=full", "dpok.rounds=1", "sample_grid_every=0"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(main, [f"output_dir={first}", f"model.pipeline={flow_bases[name]}", *TINY_DPOK, *full]) == 0
+    assert json.loads((first / "metrics.json").read_text())["final"]["grad_norm"] > 0
+    cls = getattr(diffusers, "StableDiffusion3Pipeline" if name == "sd3" else "FluxPipeline")
+    base, trained = cls.from_pretrained(flow_bases[name]), cls.from_pretrained(first)
+    assert not torch.allclose(transformer_output(base.transformer, name), transformer_output(trained.transformer, name),
+                              atol=1e-4)
+    for a, b in zip(base.vae.parameters(), trained.vae.parameters(), strict=True):
+        assert torch.equal(a, b)
+    from finetune.lineage import load_init_weights  # what init= loads: the first run's transformer, whole
+    cfg = load_config(FinetuneConfig, None, [f"model.pipeline={flow_bases[name]}", f"init={first}", *full])
+    load_init_weights(base.transformer, cfg)
+    torch.testing.assert_close(transformer_output(base.transformer, name), transformer_output(trained.transformer, name))
+    assert run(main, [f"output_dir={second}", f"model.pipeline={flow_bases[name]}", f"init={first}",
+                      *TINY_DPOK, *full]) == 0
+    assert json.loads((second / "lineage.json").read_text())["init"]["path"] == str(first.resolve())
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_flow_rwl_trains_on_the_flow_matching_loss(flow_bases, tmp_path, name):
     """METHOD=rwl on a flow base: D_model sampled by the flow model, D_pre a dataset root (here
     make generate's round of the base at the run's size), the reward-weighted flow-matching loss;
@@ -298,7 +327,6 @@ def test_the_shipped_flow_yaml_loads_for_both_methods_and_trains_its_family(flow
 
 @pytest.mark.parametrize("args, words", [
     (["model.parameterisation=side"], "side network is a UNet module"),
-    (["model.parameterisation=full"], "full fine-tuning of a flow transformer is not built"),
     (["region.weight=0.5"], "region-aware fine-tuning"),
 ])
 def test_what_flow_fine_tuning_refuses_is_one_error_and_nothing_written(flow_bases, tmp_path, capsys, args, words):

@@ -1,5 +1,5 @@
 """Does a DPOK run's gain hold on fresh seeds, and on which sampler?  The base model and the run's
-LoRA on the same target prompts and seeds, sampled two ways, both at the run's own settings (its
+LoRA (or whole fine-tuned pipeline) on the same target prompts and seeds, sampled two ways, both at the run's own settings (its
 config.yaml): the chain DPOK trains and draws its learning curve on ("sde": a flow family's
 Flow-SDE at ``dpok.noise_level``, SD's DDIM at ``sampling.eta``; every step stochastic) and the
 deterministic one ("ode": the flow ODE the evaluation samples, SD's DDIM at eta 0); the shapes
@@ -25,7 +25,7 @@ import torch
 from core.config import load_config
 from core.families import pipeline_family
 from core.images import pil_to_tensor
-from core.loading import load_sd_pipeline
+from core.loading import load_model, load_sd_pipeline, resolve_model
 from core.sampling import generate_images, latent_shape, pipeline_image_size
 from data.targets import read_prompts_file
 from finetune.config import FinetuneConfig
@@ -64,8 +64,7 @@ def main(run_dir: str, per_prompt: int = 8) -> dict:
     seeds = [10**9 + i for i in range(len(texts))]
     judge = load_reward(RewardSource(kind="oracle", oracle="aligned"), "cpu")
     base = load_sd_pipeline(cfg.model.pipeline, device="cpu")
-    tuned = load_sd_pipeline(cfg.model.pipeline, device="cpu")
-    tuned.load_lora_weights(run_dir)
+    tuned = load_model(resolve_model(run_dir), device="cpu")  # its LoRA fused, or its whole pipeline (full)
     out: dict = {"run": run_dir, "images": len(texts), "noise_level": cfg.dpok.noise_level}
     for sampler in ("sde", "ode"):
         a, b = aligned(base, cfg, texts, seeds, sampler, judge), aligned(tuned, cfg, texts, seeds, sampler, judge)

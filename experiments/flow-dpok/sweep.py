@@ -27,9 +27,10 @@ BASE = ["method=dpok", "model.pipeline=shapes/models/shapes-flow", "sampling.max
 def sweep(label: str, overrides: list[str]) -> Path:
     args = BASE + [f"output_dir=runs/flow-sweep/{label}"] + overrides
     seed = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("seed=")), "0")
-    if main(args) != 0:
+    done = Path(f"runs/flow-sweep/{label}/metrics.json")  # a finished run (its record failed): not trained again
+    if not done.is_file() and main(args) != 0:
         raise SystemExit(f"{label}: make finetune failed")
-    metrics = json.loads(Path(f"runs/flow-sweep/{label}/metrics.json").read_text())
+    metrics = json.loads(done.read_text())
     record = {k: v for k, v in metrics.items() if k not in ("history", "lineage")}
     record["fresh_seeds"] = sampler_gap(f"runs/flow-sweep/{label}", 8)
     record["device"] = "2 CPU cores (AMD EPYC, AVX2, no AVX512)"  # this study's machine; edit for another
