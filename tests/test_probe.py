@@ -79,6 +79,18 @@ def test_bad_probe_settings_are_clear_errors(tiny_sd, tmp_path, capsys):
     assert not (tmp_path / "probe.json").exists()
 
 
+def test_noise_level_is_checked_for_a_flow_chain_only(tiny_sd, tmp_path):
+    """noise_level is the flow SDE's: 0 (the ODE, nothing left to probe) is refused for a flow
+    folder and passed over for an SD folder, whose chain is DDIM at sampling.eta."""
+    from core.families import SD, SD3
+    from tools.probe import _check
+
+    cfg = probe_cfg(tiny_sd, tmp_path, "noise_level=0")
+    assert _check(cfg, SD) == list(range(cfg.sampling.num_inference_steps))
+    with pytest.raises(UserError, match="at 0 the flow SDE is the ODE"):
+        _check(cfg, SD3)
+
+
 def test_probe_takes_a_finetune_configs_setting_for_keys_not_given(tiny_sd, tmp_path, capsys):
     """#56.5: finetune_config=<file> probes at that config's steps (here 3), so after_steps 5 is
     out of range; a sampling key given on the command line wins over the file."""

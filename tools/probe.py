@@ -123,11 +123,11 @@ def _prompts(cfg: ProbeConfig) -> list[str]:
     return read_prompts_file(cfg.prompts_file) if cfg.prompts_file else [p.text for p in prompt_set(cfg.split)]
 
 
-def _check(cfg: ProbeConfig) -> list[int]:
+def _check(cfg: ProbeConfig, family: Family) -> list[int]:
     if cfg.sampling.scheduler != "ddim":
         raise UserError(f"sampling.scheduler={cfg.sampling.scheduler}: the probe samples DPOK's chain (DDIM, or "
                         "a flow family's SDE).", "leave sampling.scheduler out (ddim).")
-    if cfg.noise_level <= 0:
+    if family.flow and cfg.noise_level <= 0:  # an SD folder's chain is DDIM at sampling.eta: no noise level
         raise UserError(f"noise_level={cfg.noise_level}: at 0 the flow SDE is the ODE, which leaves nothing open "
                         "to probe.",
                         f"set noise_level > 0 (DPOK's default is {DPOKConfig.noise_level}).")
@@ -153,9 +153,9 @@ def _check(cfg: ProbeConfig) -> list[int]:
 def probe_steps(cfg: ProbeConfig, reward_fn: RewardFn | None = None, progress=None) -> ProbeResult:
     """Measure :class:`ProbeResult` (see the module docstring); ``reward_fn`` overrides ``cfg.reward``;
     ``progress``: a tqdm-like bar advanced by samples."""
-    after = _check(cfg)
-    device = default_device()
     ref = resolve_model(cfg.pipeline)  # a pipeline folder or a fine-tuned run
+    after = _check(cfg, ref.family)
+    device = default_device()
     pipe = load_model(ref, device=device)
     reward = Reward(reward_fn, cfg.reward.batch_size) if reward_fn else load_reward(cfg.reward, device)
     s = cfg.sampling
