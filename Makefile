@@ -119,11 +119,11 @@ targets: install  ## prompts to fine-tune on, from the round's labels -> <root>/
 	$(PY) -m pipelines.targets $(ARGS)
 
 # --- fine-tuning, evaluation, benchmark ------------------------------------------------------
-# METHOD=dpok|rwl|draft; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."
+# METHOD=dpok|rwl|draft|dpo|kto; CONFIG=file.yaml replaces finetune/configs/$(METHOD).yaml; ARGS="key.sub=value ..."
 METHOD ?= dpok
 CONFIG ?=
 LAUNCH_ARGS ?=
-finetune: install  ## fine-tune against the reward model: METHOD=dpok|rwl|draft [CONFIG=f.yaml] [ARGS="k=v"]
+finetune: install  ## fine-tune against the reward (dpo, kto: the labels): METHOD=dpok|rwl|draft|dpo|kto [CONFIG=f.yaml] [ARGS="k=v"]
 	$(PY) -m pipelines.finetune $(if $(CONFIG),--config $(CONFIG)) method=$(METHOD) $(ARGS)
 
 finetune-multi: install  ## the same on several GPUs: accelerate launch [LAUNCH_ARGS="--num_processes 4"] with METHOD, CONFIG, ARGS

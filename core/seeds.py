@@ -38,6 +38,7 @@ class Stream(IntEnum):
     DPOK_ROUND = 41  # finetune.dpok: a round's noise and transitions (keyed by round, process)
     RWL_STEP = 43  # finetune.rwl: a step's minibatch and noise (keyed by step, process)
     DRAFT_STEP = 79  # finetune.draft: a step's prompts and noise (keyed by step, process)
+    LABELS_STEP = 83  # finetune.preference: a DPO / KTO step's examples and noise (keyed by step, process)
     ORACLE_CHECK = 47  # pipelines.oracle_check: degradations
     LOADTEST_RATER = 53  # pipelines.loadtest_label: a virtual rater's choices (keyed by its number)
     SELECTION = 67  # collect.selection: which of a round's images go to raters (keyed by round)

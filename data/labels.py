@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.errors import UserError
+from core.errors import DataError, UserError
 from data.schemas import RETRACTABLE, RETRACTIONS, get_spec
 from data.store import Store
 
@@ -58,3 +58,33 @@ def aggregate_binary(labels: pd.DataFrame, how: Literal["majority", "mean"] = "m
     else:
         raise UserError(f"unknown binary aggregation '{how}'.", "use majority or mean.")
     return g
+
+
+def check_label_images(root, gens: pd.DataFrame, binary: pd.DataFrame, rankings: pd.DataFrame | None) -> None:
+    """Labels must point at images of the generations table, under the same prompt: a binary label
+    naming an unknown image or another prompt than its image's, a ranking naming an unknown image
+    or images of another prompt (a pair across prompts) is one DataError.  ``gens``: the
+    generations table of ``root`` indexed by image_id; ``rankings``: None or empty when there are
+    none.  The reward stage and fine-tuning on the labels (DPO, KTO) check the same way."""
+    unknown = sorted(set(binary["image_id"]) - set(gens.index))
+    if unknown:
+        raise DataError(f"{len(unknown)} binary label(s) name images that are not in the generations "
+                        f"table of {root} (e.g. {unknown[0]}).",
+                        "label images of this dataset root only, or restore its generations table.")
+    if len(binary):
+        wrong = binary["prompt_id"].to_numpy() != gens.loc[binary["image_id"], "prompt_id"].to_numpy()
+        if wrong.any():
+            row = binary.iloc[int(np.argmax(wrong))]
+            raise DataError(f"the binary label of image {row.image_id} says prompt '{row.prompt_id}', "
+                            f"the generations table says '{gens.loc[row.image_id, 'prompt_id']}'.",
+                            "fix the labels' prompt_id, or relabel the image.")
+    for r in ([] if rankings is None else rankings.itertuples()):
+        missing = [i for i in r.image_ids if i not in gens.index]
+        if missing:
+            raise DataError(f"ranking {r.ranking_id} names images that are not in the generations "
+                            f"table of {root} (e.g. {missing[0]}).",
+                            "rank images of this dataset root only, or restore its generations table.")
+        other = set(gens.loc[list(r.image_ids), "prompt_id"]) - {r.prompt_id}
+        if other:
+            raise DataError(f"ranking {r.ranking_id} is for prompt '{r.prompt_id}' but includes "
+                            f"images of {sorted(other)}.", "rank images of one prompt together.")

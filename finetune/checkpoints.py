@@ -23,7 +23,7 @@ from core.files import sort_safetensors_metadata, write_text_atomic
 from core.loading import LORA_WEIGHTS
 from core.side import SIDE_DIR, save_side
 from finetune.components import Components
-from finetune.config import FinetuneConfig, Method
+from finetune.config import LENGTH_KEYS, FinetuneConfig, Method
 
 RESULT_FILES = ("metrics.json", LORA_WEIGHTS, "model_index.json", SIDE_DIR)
 RESUMABLE = ("checkpoints", "rwl_data.pt")  # what a run leaves to continue from
@@ -138,9 +138,8 @@ def check_resumable(out: Path, cfg: FinetuneConfig) -> None:
     old = {k: v for k, v in to_dict(saved_cfg).items() if k not in free}
     new = {k: v for k, v in to_dict(cfg).items() if k not in free}
     for tree in (old, new):
-        tree.get("dpok", {}).pop("rounds", None)
-        tree.get("rwl", {}).pop("steps", None)
-        tree.get("draft", {}).pop("steps", None)
+        for section, key in LENGTH_KEYS.items():
+            tree.get(section, {}).pop(key, None)
     if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise UserError(f"{out} holds a run with a different config (sections {changed}).",

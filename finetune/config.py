@@ -26,8 +26,12 @@ CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of e
 TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
 VALUE_EPS_MSE_STUDY = "experiments/dpok-value-baseline-eps-mse/README.md"
 
-Method = Literal["dpok", "rwl", "draft"]
+Method = Literal["dpok", "rwl", "draft", "dpo", "kto"]
 METHODS: tuple[str, ...] = get_args(Method)
+# the methods that learn from the raters' labels themselves, with no reward model (finetune.preference)
+LABEL_METHODS: tuple[str, ...] = ("dpo", "kto")
+# each method's section and the key that says how long its run is (dpok.rounds, rwl.steps, ...)
+LENGTH_KEYS = {"dpok": "rounds", "rwl": "steps", "draft": "steps", "dpo": "steps", "kto": "steps"}
 Parameterisation = Literal["lora", "full", "side"]
 Baseline = Literal["per_prompt", "batch"]
 DPOKUpdate = Literal["policy_gradient", "awm"]
@@ -181,6 +185,56 @@ class DRaFTConfig:
 
 
 @dataclass(frozen=True)
+class LabelDataConfig:
+    """The labelled round(s) DPO and KTO learn from, read as ``make reward`` reads them (its keys of the
+    same names, reward.config.DataConfig): the current answers (undone ones out), gold-check answers out."""
+
+    root: str = "datasets/shapes"  # the dataset root holding generations, binary_labels and rankings
+    # which rounds of the closed loop (data.rounds grammar): all, last:N, or a list such as 0,2
+    rounds: str = "all"
+    # how the binary answers of one image from several raters become one target (data.labels.aggregate_binary):
+    # majority (1 / 0, the image dropped on a tie) or mean (the share of raters who said good)
+    binary_aggregation: Literal["majority", "mean"] = "majority"
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Diffusion-DPO (Wallace et al. 2023; finetune.preference) on the raters' ranking pairs, the
+    reference the frozen base model."""
+
+    # beta of eq. 14 in the loss form of the authors' code and diffusers' research project,
+    # -log sigmoid(-beta / 2 * ((e_w - e_l) - (e_w_ref - e_l_ref))), e the per-pixel mean squared
+    # error (finetune.rl_math.diffusion_dpo_loss): 5000 is the paper's setting for SD1.5 (and SDXL)
+    # with exactly this loss scale and its code's default; diffusers' script defaults 2500.  A larger
+    # beta holds the model nearer the base (beta is the KL weight of the objective the loss comes from).
+    beta: PositiveFloat = 5000.0
+    # a ranking's tied images: drop (the paper's pairs have a winner) or half (each order with weight
+    # 1/2, the 0.5/0.5 target the reward's ranking loss and PickScore train on)
+    ties: Literal["drop", "half"] = "drop"
+    # also pair every image the raters judged good with every one judged bad of the same prompt
+    # (binary_labels, aggregated by data.binary_aggregation)
+    binary_pairs: bool = False
+    steps: PositiveInt = 300  # optimizer steps (before optim.grad_accum)
+    batch_size: PositiveInt = 16  # pairs per step (2 images each, one noise and timestep a pair)
+    checkpoint_every_steps: NonNegativeInt = 500  # optimizer steps between resumable checkpoints; 0: none
+
+
+@dataclass(frozen=True)
+class KTOConfig:
+    """Diffusion-KTO (Li et al. 2024; finetune.preference) on the raters' binary answers, the reference
+    the frozen base model."""
+
+    # beta of the implicit reward beta (e_ref - e) inside the sigmoid utility (finetune.rl_math.diffusion_kto_loss);
+    # 1000 is the default of the authors' training script (which uses it as the paper's runs do)
+    beta: PositiveFloat = 1000.0
+    desirable_weight: PositiveFloat = 1.0  # lambda_D: weight of an image judged good (the authors' 1)
+    undesirable_weight: PositiveFloat = 1.0  # lambda_U: weight of an image judged bad (the authors' 1)
+    steps: PositiveInt = 300  # optimizer steps (before optim.grad_accum)
+    batch_size: PositiveInt = 32  # images per step; the reference point is their batch's (eq. 8)
+    checkpoint_every_steps: NonNegativeInt = 500  # optimizer steps between resumable checkpoints; 0: none
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     """How the passes run, not what they compute: a run may resume with other values here."""
 
@@ -229,6 +283,9 @@ class FinetuneConfig:
     dpok: DPOKConfig = field(default_factory=DPOKConfig)
     rwl: RWLConfig = field(default_factory=RWLConfig)
     draft: DRaFTConfig = field(default_factory=DRaFTConfig)
+    data: LabelDataConfig = field(default_factory=LabelDataConfig)  # dpo / kto: the labels they learn from
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     # region-aware fine-tuning (Focus-N-Fix, finetune.region): region.weight > 0 charges DPOK's samples
     # their change from the base model's image of the same noise outside the problem region the
@@ -245,23 +302,21 @@ class FinetuneConfig:
     @property
     def optimizer_steps(self) -> int:
         """Optimizer steps of the whole run in one process: DPOK's rounds x minibatches of
-        prompts_per_round x samples_per_prompt x steps_per_sample transitions, or RWL's or DRaFT's
+        prompts_per_round x samples_per_prompt x steps_per_sample transitions, or the other methods'
         steps, each divided by optim.grad_accum."""
-        if self.method == "rwl":
-            micro = self.rwl.steps
-        elif self.method == "draft":
-            micro = self.draft.steps
-        else:
+        if self.method == "dpok":
             d = self.dpok
             transitions = d.prompts_per_round * d.samples_per_prompt * d.steps_per_sample
             micro = d.rounds * math.ceil(transitions / d.minibatch_size)
+        else:
+            micro = self.length[1]
         return max(1, micro // self.optim.grad_accum)
 
     @property
     def length(self) -> tuple[str, int]:
-        """The key that says how long the run is, and its value: dpok.rounds, rwl.steps or
-        draft.steps (what a resumed run may raise, and where a checkpoint's count is compared)."""
-        key = {"dpok": "rounds", "rwl": "steps", "draft": "steps"}[self.method]
+        """The key that says how long the run is, and its value: dpok.rounds or <method>.steps
+        (what a resumed run may raise, and where a checkpoint's count is compared)."""
+        key = LENGTH_KEYS[self.method]
         return f"{self.method}.{key}", getattr(getattr(self, self.method), key)
 
     def items_per_pass(self, guided: bool) -> int | None:
@@ -283,6 +338,11 @@ class FinetuneConfig:
                 "and make eval.")
         if self.method == "draft":
             self._check_draft()
+        if self.method in LABEL_METHODS and self.region.weight > 0:
+            raise UserError(f"method={self.method} learns from the raters' labels with no reward model, and "
+                            f"region-aware fine-tuning (region.weight={self.region.weight:g}) needs a reward's "
+                            "region head.",
+                            "set region.weight=0, or use METHOD=dpok / rwl / draft with a learned reward.")
         if self.method != "dpok":
             return
         if self.sampling.eta <= 0:

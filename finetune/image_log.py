@@ -47,7 +47,7 @@ class SampleGrid:
 
     def __init__(self, run):
         self.run = run
-        self.prompts = grid_prompts(run.cfg)
+        self.prompts = grid_prompts(run.cfg, None if run.labels is None else run.labels.prompts)
         self.cond, self.uncond = run.encode_prompts(self.prompts)
 
     def log(self, step: int, name: str) -> None:

@@ -25,7 +25,7 @@ from core.files import write_text_atomic
 from core.families import folder_family
 from core.loading import LORA_WEIGHTS as LORA_FILE, check_lora_family, model_fingerprint
 from core.side import SIDE_DIR, SIDE_FILE, load_side
-from finetune.config import FinetuneConfig
+from finetune.config import LABEL_METHODS, FinetuneConfig
 
 LINEAGE_FILE = "lineage.json"
 
@@ -134,12 +134,18 @@ def load_init_weights(unet, cfg: FinetuneConfig) -> None:
 
 
 def _prompt_record(cfg: FinetuneConfig, prompts: list[str]) -> dict:
-    source = {"file": str(Path(cfg.prompts.prompts_file).resolve())} if cfg.prompts.prompts_file else {
-        "split": cfg.prompts.split}
+    if cfg.method in LABEL_METHODS:  # DPO, KTO: the prompts of the labelled images
+        source = {"labels": str(Path(cfg.data.root).resolve())}
+    elif cfg.prompts.prompts_file:
+        source = {"file": str(Path(cfg.prompts.prompts_file).resolve())}
+    else:
+        source = {"split": cfg.prompts.split}
     return {**source, "count": len(prompts), "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
 
 
 def _reward_record(cfg: FinetuneConfig, custom: bool) -> dict:
+    if cfg.method in LABEL_METHODS:  # no reward model: the raters' labels themselves
+        return {"kind": "labels", "root": str(Path(cfg.data.root).resolve()), "rounds": cfg.data.rounds}
     if custom:
         return {"kind": "custom"}  # a reward function passed in by the caller, not a config
     if cfg.reward.kind == "oracle":

@@ -48,13 +48,16 @@ SHAPES_GRID = ("one red circle", "two blue squares on a white background", "thre
                "four green squares on a gray background")
 
 
-def grid_prompts(cfg: FinetuneConfig) -> list[str]:
+def grid_prompts(cfg: FinetuneConfig, label_prompts: list[str] | None = None) -> list[str]:
     """The prompts of the sample grids: ``prompts.eval_prompts``; else the first four distinct
-    prompts of ``prompts.prompts_file`` (a run on your prompts draws yours); else SHAPES_GRID."""
+    prompts of ``prompts.prompts_file`` (a run on your prompts draws yours), or of the labelled
+    images a DPO / KTO run learns from (``label_prompts``); else SHAPES_GRID."""
     if cfg.prompts.eval_prompts:
         return list(cfg.prompts.eval_prompts)
     if cfg.prompts.prompts_file:
         return list(dict.fromkeys(training_prompts(cfg)))[:4]
+    if label_prompts:
+        return list(dict.fromkeys(label_prompts))[:4]
     return list(SHAPES_GRID)
 
 

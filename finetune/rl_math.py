@@ -301,3 +301,59 @@ def flow_sde_step(velocity: torch.Tensor, x: torch.Tensor, sigma, sigma_next,
     if noise_level != 0:
         mean = mean + std_sde**2 / (2 * s) * (x + (1 - s) * velocity) * dt
     return StepGaussian(mean=mean, std=std_sde * (-dt).sqrt())
+
+
+# -- learning from preferences without a reward model (finetune.preference) ---------------------------
+# e = the per-example training error of a model, the mean over (C, H, W) of its squared error to the
+# target (DDPM's noise / v, a flow family's velocity eps - x0), at one noise draw; e_ref the same
+# under the frozen base.  Both papers stand -(e - e_ref), times a constant folded into beta, in for
+# the log-likelihood ratio log p_theta(x0 | c) / p_ref(x0 | c) of an image (its ELBO, one draw).
+
+
+def diffusion_dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
+                       beta: float, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-DPO's per-pair loss (Wallace et al. 2023, eq. 14) -> (loss (P,), logit z (P,)).
+
+        z    = -beta / 2 * ((e_w - e_l) - (e_ref_w - e_ref_l))
+        loss = -log sigmoid(z)
+
+    as the authors' code and diffusers' research project compute it (the 1/2 and the per-pixel mean
+    are theirs; eq. 14's T omega(lambda_t) is folded into beta).  ``err_*`` (P,): the two images of
+    each pair at the same noise and timestep, w the one the raters preferred.  ``target`` (P,):
+    P(w preferred), 1 when None; a tie's 0.5 makes the loss the binary cross-entropy
+    -(y log sigmoid(z) + (1 - y) log sigmoid(-z)), each order counted half.  z > 0: the trained
+    model has moved towards w relative to l more than the base (the implicit reward's margin)."""
+    z = -0.5 * beta * ((err_w - err_l) - (ref_err_w - ref_err_l))
+    if target is None:
+        return -torch.nn.functional.logsigmoid(z), z
+    return -(target * torch.nn.functional.logsigmoid(z) + (1 - target) * torch.nn.functional.logsigmoid(-z)), z
+
+
+def kto_reference_point(err: torch.Tensor, ref_err: torch.Tensor) -> torch.Tensor:
+    """Diffusion-KTO's reference point z_ref (Li et al. 2024, eq. 8; the authors' code): the batch's
+    mean implicit log-ratio mean(e_ref - e), floored at 0 and without a gradient, a scalar.  It
+    estimates KL(p_theta || p_ref), which is never negative; KTO (Ethayarajh et al. 2024) estimates
+    it the same way from its batch."""
+    return (ref_err - err).mean().clamp_min(0).detach()
+
+
+def diffusion_kto_loss(err: torch.Tensor, ref_err: torch.Tensor, target: torch.Tensor, beta: float,
+                       reference_point: torch.Tensor, desirable_weight: float = 1.0,
+                       undesirable_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-KTO's per-image loss (Li et al. 2024, eq. 7-8, the Kahneman-Tversky utility, their
+    ``halo=sigmoid``) -> (loss (B,), the implicit reward margin beta (g - z_ref) (B,)).
+
+        g    = e_ref - e                               (the implicit log-ratio, per image)
+        loss = lambda_D (1 - sigmoid(beta (g - z_ref)))    an image judged good
+             = lambda_U (1 - sigmoid(-beta (g - z_ref)))   an image judged bad
+
+    maximising the utility sigmoid(+-beta (g - z_ref)): raise the likelihood of good images above
+    the reference point, lower that of bad ones below it; the sigmoid saturates, so an image far on
+    the right side stops pulling (the risk-averse gains, risk-seeking losses of prospect theory).
+    ``target`` (B,): the share of raters who said good; 1 / 0 under majority aggregation, and a
+    share in between mixes the two terms in proportion.  ``reference_point``: z_ref, a scalar
+    (:func:`kto_reference_point`)."""
+    margin = beta * (ref_err - err - reference_point)
+    good = desirable_weight * (1 - torch.sigmoid(margin))
+    bad = undesirable_weight * (1 - torch.sigmoid(-margin))
+    return target * good + (1 - target) * bad, margin

@@ -1,5 +1,7 @@
-"""One fine-tuning run's setup, shared by DPOK and RWL: :func:`setup_run` validates the inputs and
-loads the reward (its region model too, when the run asks for one), then prepares the output
+"""One fine-tuning run's setup, shared by every method: :func:`setup_run` validates the inputs and
+loads the reward (its region model too, when the run asks for one) or, for DPO and KTO, which learn
+from the raters' labels with no reward, reads and checks those labels and their images
+(:func:`finetune.label_data.read_labels`), then prepares the output
 folder, loads the model, prompts and optimizer through accelerate and restores the newest
 checkpoint; :class:`Run` holds the result, and takes both methods' optimizer steps
 (:meth:`Run.gradient_step`, a batch back-propagated in micro-batches, :func:`backward_micro_batches`)."""
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +23,10 @@ from core.families import pipeline_family, require_finetunable
 from core.loading import check_folder, pipeline_geometry
 from core.sampling import image_size, latent_shape, pipeline_image_size
 from core.schedules import learning_rate
-from finetune.checkpoints import latest_checkpoint, prepare_output_dir
+from finetune.checkpoints import latest_checkpoint, prepare_output_dir, save_checkpoint
 from finetune.components import Components, load_components, make_accelerator, weight_dtype_for
-from finetune.config import FinetuneConfig
+from finetune.config import LABEL_METHODS, FinetuneConfig
+from finetune.label_data import LabelData, read_labels
 from finetune.lineage import check_init, lineage, load_init_weights, write_lineage
 from finetune.denoiser import TextCond, check_finetune_options, denoiser_for, encode_prompts, make_schedule
 from finetune.policy import DiffusionPolicy
@@ -87,13 +90,14 @@ class Run:
     comps: Components
     schedule: DDIMSchedule | FlowSchedule
     policy: DiffusionPolicy
-    reward: Reward
+    reward: Reward | None  # None: DPO and KTO, which learn from ``labels``
     prompts: list[str]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     latent_shape: tuple[int, int, int]  # (C, h, w) of the VAE's latents (FLUX's unpacked)
     image_size: tuple[int, int]  # (H, W) pixels of the images sampled and trained on
     lineage: dict | None = None  # where the run comes from (finetune.lineage), also in metrics.json
+    labels: LabelData | None = None  # DPO and KTO: their examples and images (finetune.label_data)
 
     @property
     def device(self):
@@ -176,6 +180,17 @@ class Run:
         run that resume=false starts over from, are purged, so no step shows twice."""
         self.accelerator.init_trackers(name, init_kwargs={"tensorboard": {"purge_step": start + 1}})
 
+    def record_step(self, done: int, row, history: list[dict], checkpoint_every: int, last: int) -> None:
+        """After ``done`` of ``last`` optimizer steps (RWL, DPO, KTO): the step's row (a dataclass with
+        a ``step`` field) into ``history`` and, every ``log_every`` steps, the trackers (its None
+        fields left out); a resumable checkpoint every ``checkpoint_every`` steps (0: none) before the last."""
+        fields = asdict(row)
+        history.append(fields)
+        if done % self.cfg.log_every == 0:
+            self.accelerator.log({k: v for k, v in fields.items() if k != "step" and v is not None}, step=done)
+        if checkpoint_every and done % checkpoint_every == 0 and done < last:
+            save_checkpoint(self.accelerator, self.out, done, self.checkpoint_state(step=done, history=history))
+
     def checkpoint_state(self, **extra) -> dict:
         return dict(trainable=self.comps.trainable_state(), optimizer=self.optimizer.state_dict(),
                     lr_scheduler=self.lr_scheduler.state_dict(), **extra)
@@ -186,8 +201,9 @@ class Run:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
 
-def _check_inputs(cfg: FinetuneConfig) -> None:
-    """Fail on missing inputs before anything is written."""
+def _check_inputs(cfg: FinetuneConfig) -> LabelData | None:
+    """Fail on missing inputs before anything is written; DPO and KTO: their labels and images, read
+    and checked (None for the other methods)."""
     check_folder(Path(cfg.model.pipeline), "model_index.json", "Stable Diffusion pipeline")
     check_finetune_options(cfg, require_finetunable(cfg.model.pipeline))  # what a flow family refuses
     check_prompts_fit_model(cfg)
@@ -199,19 +215,22 @@ def _check_inputs(cfg: FinetuneConfig) -> None:
     if cfg.method == "rwl":
         check_pretrain_source(cfg, height, width)
     check_init(cfg)
+    return read_labels(cfg, (height, width)) if cfg.method in LABEL_METHODS else None
 
 
 def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple[Run, dict | None]:
     """Validate, load the reward (``reward_fn``, or ``cfg.reward``), prepare the output folder, load
     models and optimizer through accelerate; returns the run and the newest checkpoint's state (None
-    when starting fresh)."""
-    _check_inputs(cfg)
+    when starting fresh).  DPO and KTO take no reward (``reward_fn`` must be None)."""
+    labels = _check_inputs(cfg)
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, out)
     # Loaded once, here, before the output folder is written: a reward that is not there, or one
     # without the region head region.weight > 0 needs, is refused with nothing written.
     region = cfg.region.weight > 0
-    if reward_fn is None:
+    if labels is not None:
+        reward = None
+    elif reward_fn is None:
         reward = load_reward(cfg.reward, accelerator.device, region=region)
     else:
         reward = reward_fn if isinstance(reward_fn, Reward) else Reward(reward_fn, cfg.reward.batch_size)
@@ -227,7 +246,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
     height, width = pipeline_image_size(comps.pipe, cfg.sampling.height, cfg.sampling.width)
     shape = latent_shape(comps.pipe, height, width)
     schedule = make_schedule(comps.pipe, cfg.sampling, cfg.dpok.noise_level, shape).to(accelerator.device)
-    prompts = training_prompts(cfg)
+    prompts = labels.prompts if labels is not None else training_prompts(cfg)
     record = lineage(cfg, prompts, custom_reward=reward_fn is not None)
     if accelerator.is_main_process:
         write_lineage(out, record)
@@ -238,7 +257,7 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
     policy = DiffusionPolicy(unet, schedule, cfg.sampling.guidance_scale, comps.reference_unet,
                              denoiser_for(pipeline_family(comps.pipe)))
     run = Run(cfg, out, accelerator, comps, schedule, policy, reward, prompts, optimizer, lr_sched,
-              shape, (height, width), record)
+              shape, (height, width), record, labels)
     state = latest_checkpoint(out) if cfg.resume else None
     if state is not None:
         run.restore(state)

@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from core import seeds
 from core.errors import UserError
 from core.images import pil_to_tensor
-from data.generations import load_image
 from data.labels import current
 from data.store import Store
-from finetune.checkpoints import save_checkpoint, save_result
+from finetune.checkpoints import save_result
 from finetune.config import FinetuneConfig
 from finetune.image_log import SampleGrid
+from finetune.label_data import load_images
 from finetune.prompts import shapes_pretrain_pairs
 from finetune.region import latent_keep
 from finetune.rl_math import reward_weights
@@ -124,15 +124,7 @@ def _load_generations(root: Path, keep: Callable | None, size: tuple[int, int]) 
     if gens.empty:
         raise UserError(f"no usable images in the dataset root {root}.",
                         "generate and label a round first (`make generate && make simulate-raters`).")
-    images = []
-    for _, row in gens.iterrows():
-        im = load_image(root, row)
-        if im.size != (size[1], size[0]):  # PIL: (width, height)
-            raise UserError(f"image {row['image_id']} in {root} is {im.size[0]}x{im.size[1]} (width x height), "
-                            f"the model is fine-tuned at {size[1]}x{size[0]}.",
-                            "use images of that size, or set sampling.height / sampling.width to theirs.")
-        images.append(im)
-    return pil_to_tensor(images), gens["prompt"].tolist()
+    return load_images(root, gens, size), gens["prompt"].tolist()
 
 
 def _labeled_good(run: Run) -> LatentSet:
@@ -286,13 +278,9 @@ def _update(run: Run, step: int, objective: DenoisingObjective | FlowMatchingObj
 def _after_step(run: Run, done: int, values: torch.Tensor, history: list[dict], region: bool) -> StepStats:
     """After ``done`` steps: the step's row (``values`` from :func:`_update`; loss_keep only when
     ``region``, region-aware RWL) into ``history`` and the trackers, a checkpoint where due."""
-    cfg, r, acc = run.cfg, run.cfg.rwl, run.accelerator
+    r = run.cfg.rwl
     values = values.tolist()  # the step's one wait for the device
     row = StepStats(done, *values[:4], values[4], float(run.lr_scheduler.get_last_lr()[0]),
                     values[5] if region else None)
-    history.append(vars(row))
-    if done % cfg.log_every == 0:
-        acc.log({k: v for k, v in vars(row).items() if k != "step" and v is not None}, step=done)
-    if r.checkpoint_every_steps and done % r.checkpoint_every_steps == 0 and done < r.steps:
-        save_checkpoint(acc, run.out, done, run.checkpoint_state(step=done, history=history))
+    run.record_step(done, row, history, r.checkpoint_every_steps, r.steps)
     return row

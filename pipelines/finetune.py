@@ -1,4 +1,4 @@
-"""``make finetune METHOD=dpok|rwl|draft``: fine-tune a Stable Diffusion pipeline against a reward model.
+"""``make finetune METHOD=dpok|rwl|draft|dpo|kto``: fine-tune against a reward model, or the labels (dpo, kto).
 
     python -m pipelines.finetune method=dpok                      # finetune/configs/dpok.yaml
     python -m pipelines.finetune --config my.yaml dpok.kl_weight=0.1 output_dir=runs/x
@@ -16,13 +16,14 @@ from core.errors import UserError
 from finetune.config import CONFIGS, METHODS, FinetuneConfig
 from finetune.dpok import train_dpok
 from finetune.draft import train_draft
+from finetune.preference import train_on_labels
 from finetune.rwl import train_rwl
 from pipelines.cli import config_parser, run
 
 
 # What a run folder holds besides config.yaml and metrics.json, by model.parameterisation.
 SAVED = {"lora": "LoRA weights", "full": "the whole pipeline", "side": "the side network in side/"}
-TRAIN = {"dpok": train_dpok, "rwl": train_rwl, "draft": train_draft}
+TRAIN = {"dpok": train_dpok, "rwl": train_rwl, "draft": train_draft, "dpo": train_on_labels, "kto": train_on_labels}
 
 
 def main(argv: list[str] | None = None) -> int:

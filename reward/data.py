@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataError, UserError
-from data.labels import aggregate_binary, current
+from data.labels import aggregate_binary, check_label_images, current
 from data.pairs import rankings_to_pairs
 from data.rounds import filter_rounds, resolve_rounds, rounds_in
 from data.schemas import BINARY_LABELS, GENERATIONS, RANKINGS
@@ -206,31 +206,8 @@ def load_reward_data(store: Store, data_cfg: DataConfig, loss_cfg: LossConfig) -
     gens = gens.set_index("image_id", drop=False)
 
     # -- labels must point at images of the generations table, under the same prompt
-    unknown = sorted(set(binary["image_id"]) - set(gens.index))
-    if unknown:
-        raise DataError(f"{len(unknown)} binary label(s) name images that are not in the generations "
-                        f"table of {store.root} (e.g. {unknown[0]}).",
-                        "label images of this dataset root only, or restore its generations table.")
-    if len(binary):
-        wrong = binary["prompt_id"].to_numpy() != gens.loc[binary["image_id"], "prompt_id"].to_numpy()
-        if wrong.any():
-            row = binary.iloc[int(np.argmax(wrong))]
-            raise DataError(f"the binary label of image {row.image_id} says prompt '{row.prompt_id}', "
-                            f"the generations table says '{gens.loc[row.image_id, 'prompt_id']}'.",
-                            "fix the labels' prompt_id, or relabel the image.")
+    check_label_images(store.root, gens, binary, rankings_tbl.to_pandas() if rankings_tbl.num_rows else None)
     pairs = rankings_to_pairs(rankings_tbl).to_pandas() if rankings_tbl.num_rows else None
-    if rankings_tbl.num_rows:
-        rk = rankings_tbl.to_pandas()
-        for r in rk.itertuples():
-            missing = [i for i in r.image_ids if i not in gens.index]
-            if missing:
-                raise DataError(f"ranking {r.ranking_id} names images that are not in the generations "
-                                f"table of {store.root} (e.g. {missing[0]}).",
-                                "rank images of this dataset root only, or restore its generations table.")
-            other = set(gens.loc[list(r.image_ids), "prompt_id"]) - {r.prompt_id}
-            if other:
-                raise DataError(f"ranking {r.ranking_id} is for prompt '{r.prompt_id}' but includes "
-                                f"images of {sorted(other)}.", "rank images of one prompt together.")
 
     agg = aggregate_binary(binary, data_cfg.binary_aggregation)
     use_binary = loss_cfg.binary != "none" or loss_cfg.aux_weight > 0

@@ -38,7 +38,8 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
         (tree / pkg / "__init__.py").write_text("")
         (tree / pkg / "mod.py").write_text("")
     (tree / "pipelines" / "cli.py").write_text("")
-    for algorithm in ("finetune/dpok", "finetune/rwl", "reward/model", "reward/fit", "evaluation/compare"):
+    for algorithm in ("finetune/dpok", "finetune/rwl", "finetune/preference", "finetune/label_data", "reward/model",
+                      "reward/fit", "evaluation/compare"):
         (tree / f"{algorithm}.py").write_text("")  # the modules the plug-in contract names
     for main in ("mod", "other"):  # entry points, each using the argv helpers
         (tree / "pipelines" / f"{main}.py").write_text("import pipelines.cli\n")
@@ -65,6 +66,7 @@ def _tree(tmp_path: Path, imports: dict[str, str]) -> Path:
     ("finetune.mod", "import tools.mod"),            # an algorithm importing the tooling that measures it
     ("evaluation.mod", "import tools.mod"),          # the evaluation importing the results page / bench
     ("finetune.dpok", "from shapes import mod"),     # an algorithm importing the shapes world (it plugs in)
+    ("finetune.preference", "import shapes.mod"),
     ("evaluation.compare", "import shapes.mod"),
     ("reward.model", "import shapes.mod"),
     ("pipelines.mod", "import pipelines.other"),     # one entry point importing another
