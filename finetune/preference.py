@@ -102,18 +102,20 @@ def train_on_labels(cfg: FinetuneConfig, progress: bool = True,
 
 
 def _errors(run: Run, objective: Objective, x0: torch.Tensor, cond: TextCond, noise: torch.Tensor,
-            t: torch.Tensor, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+            t: torch.Tensor, grad: bool = True, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(e_theta (B,), e_ref (B,)): the trained model's and the frozen base's training errors on the
     latents ``x0`` (B, C, h, w) at ``noise`` and timesteps / noise levels ``t`` (B,) (one draw of
-    :meth:`draw`), unguided; e_ref without gradient, e_theta with one when ``grad``."""
+    :meth:`draw`), unguided; e_ref without gradient (``ref``: already computed at these inputs, the
+    base's pass skipped), e_theta with one when ``grad``."""
     acc = run.accelerator
 
     def error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
 
     with acc.autocast():
-        with torch.no_grad(), base_policy(run.policy) as base:
-            ref = error(*objective.predict(run, base.unet, x0, cond, None, noise, t))
+        if ref is None:
+            with torch.no_grad(), base_policy(run.policy) as base:
+                ref = error(*objective.predict(run, base.unet, x0, cond, None, noise, t))
         with torch.set_grad_enabled(grad):
             err = error(*objective.predict(run, run.comps.unet, x0, cond, None, noise, t))
     return err, ref
@@ -177,18 +179,21 @@ def _kto_loss(run: Run, objective: Objective, latents: torch.Tensor, images: np.
     """The loss of a part (a slice of the batch's images) for :meth:`Run.gradient_step`, as
     :func:`_dpo_loss`'s.  The reference point z_ref is the WHOLE batch's (over every process, as the
     authors all-reduce it): with one part its own errors give it; cut into several, a first pass
-    without gradient computes it, so ``compute.micro_batch`` changes how the step runs, not what."""
+    without gradient computes it (and each part's base errors, which the gradient pass then reuses), so
+    ``compute.micro_batch`` changes how the step runs, not what."""
     k, n = run.cfg.kto, len(images)
     acc = run.accelerator
-    z_ref = None
+    z_ref, refs = None, {}
     if len(parts) > 1:
         errs = [_errors(run, objective, latents[images[p]], cond[p], noise[p], t[p], grad=False) for p in parts]
         z_ref = kto_reference_point(acc.gather(torch.cat([e for e, _ in errs])),
                                     acc.gather(torch.cat([r for _, r in errs])))
+        refs = {p.start: r for p, (_, r) in zip(parts, errs)}  # the base's errors, by part
 
     def loss(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
         share = (part.stop - part.start) / n
-        err, ref = _errors(run, objective, latents[images[part]], cond[part], noise[part], t[part])
+        err, ref = _errors(run, objective, latents[images[part]], cond[part], noise[part], t[part],
+                           ref=refs.get(part.start))
         z = z_ref if z_ref is not None else kto_reference_point(acc.gather(err.detach()), acc.gather(ref))
         y = target[part]
         per_image, margin = diffusion_kto_loss(err, ref, y, k.beta, z, k.desirable_weight, k.undesirable_weight)
