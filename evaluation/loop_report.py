@@ -86,7 +86,7 @@ def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targe
             "reward_before": r.get("reward_before", {}).get("oracle_pair_accuracy", math.nan),
             "reward_after": r["reward"].get("by_round", {}).get(str(k), {}).get("oracle_pair_accuracy", math.nan),
             "reward_val_images": r["reward"]["val_images"].get("pairwise_accuracy_vs_oracle", math.nan),
-            "off_palette": m["off_palette"], "kl": kl_from_base(r["dpok"]["output_dir"]),
+            "off_palette": m["off_palette"], "kl": kl_from_base(r["finetune"]["output_dir"]),
             "seconds": {name: s["seconds"] for name, s in r.items() if isinstance(s, dict) and "seconds" in s},
         }
         if "continued_from" in r:  # round k >= 1: its label-based check and the model its DPOK started from
@@ -101,14 +101,14 @@ def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targe
         out["one_shot"] = {"labels_spent": _labels(rounds[0]["label"]) + _labels(extra["one_shot"]["label"]),
                            "round0_targets": _share(m["per_prompt"], first_targets), "round0_gain": gain,
                            "round0_gain_se": se, "controls": m["controls"]["overall"], "fidelity": m["fidelity"],
-                           "dpok_rounds": extra["one_shot"]["dpok"]["rounds"],
-                           "kl": kl_from_base(extra["one_shot"]["dpok"]["output_dir"])}
+                           "length": extra["one_shot"]["finetune"]["length"],
+                           "kl": kl_from_base(extra["one_shot"]["finetune"]["output_dir"])}
     if "oracle" in extra:
         m = by_name["oracle"]
         gain, se = paired_gain(m["per_prompt"], base["per_prompt"], first_targets)
         out["oracle"] = {"round0_targets": _share(m["per_prompt"], first_targets), "round0_gain": gain,
                          "round0_gain_se": se, "controls": m["controls"]["overall"], "fidelity": m["fidelity"],
-                         "dpok_rounds": extra["oracle"]["rounds"], "kl": kl_from_base(extra["oracle"]["output_dir"])}
+                         "length": extra["oracle"]["length"], "kl": kl_from_base(extra["oracle"]["output_dir"])}
     out["hacking"] = off_palette_alarms([ModelEval(**base)] + [ModelEval(**e) for e in evals if e["name"] != "base"])
     out["checks"] = checks(out)
     out["seconds"] = round(seconds, 1)
@@ -195,7 +195,7 @@ def markdown(res: dict) -> str:
                   "Round k's images were made by round k-1's model; the raters' good-rate on them (the round's "
                   "random share) against the kept model's round on the same prompts (make round-check). A model "
                   "that fell back by more than one SE is not continued from.", ""]
-        lines += [f"- round {r['round']}'s DPOK started from {r['continued_from']['model'] or 'the base model'}: "
+        lines += [f"- round {r['round']}'s fine-tuning started from {r['continued_from']['model'] or 'the base model'}: "
                   f"{r['continued_from']['why']}" for r in checked]
     if res["hacking"]:
         lines += ["", "## Hacking alarm", ""] + [f"- {a}" for a in res["hacking"]]

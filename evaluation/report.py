@@ -72,15 +72,22 @@ def hacking_check(evals: list[ModelEval]) -> dict[str, dict]:
     return out
 
 
+# the methods that fine-tune on the raters' labels with no reward model (finetune.preference), as the
+# report names them
+LABEL_TEXT = {"dpo": "Diffusion-DPO on their ranking pairs", "kto": "Diffusion-KTO on their binary answers"}
+
+
 def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[str, list[dict]] | None = None) -> None:
     """DPOK: reward mean and KL per round; RWL: loss terms per step; with ``curves``, the oracle's
-    alignment of each DPOK run's samples (fixed prompts and seeds) by round."""
+    alignment of each DPOK run's samples (fixed prompts and seeds) by round; DPO / KTO (when run):
+    their loss per step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    labels = {name: histories[name] for name in LABEL_TEXT if histories.get(name)}
+    fig, axes = plt.subplots(1, 5 if labels else 4, figsize=(21 if labels else 17, 3.4))
     rwl = histories.get("rwl") or []
     dpok = {name: histories.get(name) or [] for name in ("dpok", "dpok_region")}  # plain and region-aware
     for name, hist in dpok.items():
@@ -106,6 +113,11 @@ def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[s
     if curves and any(curves.values()):
         axes[3].set(title="DPOK: oracle alignment, fixed seeds", xlabel="round", ylabel="aligned (%)")
         axes[3].legend()
+    for name, hist in labels.items():
+        axes[4].plot([h["step"] for h in hist], _smooth([h["loss"] for h in hist]), label=name)
+    if labels:
+        axes[4].set(title="DPO / KTO: loss (smoothed)", xlabel="step", ylabel="loss")
+        axes[4].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -176,6 +188,14 @@ TARGET_TEXT = {
 }
 
 
+def _counts(method: str, labels: dict) -> str:
+    """What a DPO / KTO run learnt from, in words (its metrics.json's labels summary)."""
+    if method == "dpo":
+        return (f"{labels['ranking_pairs']} ranking pairs, {labels['tied_pairs']} ties"
+                + (f", {labels['binary_pairs']} good-vs-bad pairs" if labels.get("binary_pairs") else ""))
+    return f"{labels['images']} images, {labels['good']} judged good"
+
+
 def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], prompts_txt: str) -> str:
     cols = ALIGNMENT_KEYS
     lines = ["# Shapes-world demo: collect -> reward -> fine-tune", "",
@@ -194,6 +214,10 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
                   f"reward minus {results['region_weight']:g} × its change, from the base model's image of the same "
                   "noise, outside the problem region the reward's region head marks on that image (the region "
                   "head learnt from the raters' marks)."]
+    if results.get("label_methods"):
+        lines += ["", "From the raters' labels of the targets, no reward model: " + "; ".join(
+            f"{m}: {LABEL_TEXT[m]} ({_counts(m, v)}), {v['steps']} steps" for m, v in results["label_methods"].items())
+            + "."]
     gains = [f"{e.name} {100 * e.gain:+.1f} ± " + ("n/a" if math.isnan(e.gain_se) else f"{100 * e.gain_se:.1f}")
              for e in evals if e.gain is not None]
     if gains:

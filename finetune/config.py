@@ -29,7 +29,8 @@ VALUE_EPS_MSE_STUDY = "experiments/dpok-value-baseline-eps-mse/README.md"
 Method = Literal["dpok", "rwl", "draft", "dpo", "kto"]
 METHODS: tuple[str, ...] = get_args(Method)
 # the methods that learn from the raters' labels themselves, with no reward model (finetune.preference)
-LABEL_METHODS: tuple[str, ...] = ("dpo", "kto")
+LabelMethod = Literal["dpo", "kto"]
+LABEL_METHODS: tuple[str, ...] = get_args(LabelMethod)
 # each method's section and the key that says how long its run is (dpok.rounds, rwl.steps, ...)
 LENGTH_KEYS = {"dpok": "rounds", "rwl": "steps", "draft": "steps", "dpo": "steps", "kto": "steps"}
 Parameterisation = Literal["lora", "full", "side"]

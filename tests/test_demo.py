@@ -28,12 +28,16 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             # a random tiny model is rarely right: noisy raters and a wide rule still give targets
             "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true",
             # the raters mark, the reward learns a region head, region-aware DPOK runs beside plain DPOK
-            "regions=true", "region_weight=0.5"]
+            "regions=true", "region_weight=0.5",
+            # and DPO / KTO on the targets' labels, no reward model, each a row beside RWL and DPOK
+            "label_methods=[dpo, kto]",
+            "dpo_args=[sampling.num_inference_steps=2, dpo.steps=2, dpo.batch_size=4, dpo.ties=half, dpo.binary_pairs=true]",
+            "kto_args=[sampling.num_inference_steps=2, kto.steps=2, kto.batch_size=4]"]
     assert run(main, args) == 0
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     chosen = results["targets_chosen"]
     assert chosen and (tmp_path / "runs" / "targets.txt").read_text().splitlines() == chosen
-    for model in ("base", "rwl", "dpok", "dpok_oracle", "dpok_region"):
+    for model in ("base", "rwl", "dpok", "dpok_oracle", "dpok_region", "dpo", "kto"):
         assert set(results[model]["targets"]) == {"color", "count", "background", "combination", "overall"}
         assert "overall" in results[model]["controls"] and "overall" in results[model]["generalization"]
         assert set(results[model]["per_prompt"]) == set(chosen)  # evaluated on the targets
@@ -41,9 +45,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     for view in ("val_images", "val_prompts"):
         assert {"pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy_vs_oracle"} <= set(results["reward_model"][view])
     assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
-                                       "finetune-dpok", "finetune-dpok-oracle", "finetune-dpok-region", "evaluate",
-                                       "total"}
-    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "dpok_region"}
+                                       "finetune-dpok", "finetune-dpok-oracle", "finetune-dpok-region", "finetune-dpo",
+                                       "finetune-kto", "evaluate", "total"}
+    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "dpok_region", "dpo", "kto"}
+    # DPO / KTO read the demo's own labels, of the targets only, and say what they learnt from
+    dpo, kto = results["label_methods"]["dpo"], results["label_methods"]["kto"]
+    assert dpo["steps"] == kto["steps"] == 2 and dpo["ranking_pairs"] + dpo["binary_pairs"] > 0 and kto["images"] > 0
+    assert dpo["prompts"] <= len(chosen) and kto["prompts"] <= len(chosen)
     # the oracle's learning curve of every DPOK run: before training and at the last round
     assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {
         "dpok": [0, 2], "dpok_oracle": [0, 2], "dpok_region": [0, 2]}
@@ -56,6 +64,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
         "finetune-dpok": (0.0, (1, 2)), "finetune-dpok-region": (0.5, (0, 2))}  # its window from step 0
     report_md = (tmp_path / "report" / "report.md").read_text()
     assert "| dpok_region |" in report_md and "Focus-N-Fix" in report_md
+    assert "| dpo |" in report_md and "| kto |" in report_md and "Diffusion-KTO on their binary answers" in report_md
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "make label" in capsys.readouterr().out

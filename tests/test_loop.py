@@ -118,6 +118,31 @@ def test_loop_runs_two_rounds_on_a_flow_model(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_loop_can_fine_tune_each_round_by_dpo_on_its_labels(tiny_sd, tmp_path):
+    """finetune=dpo: every round and the one-shot control train Diffusion-DPO on the labels (no DPOK),
+    round 1 continuing from round 0's run, the control as long as both rounds together."""
+    from core.config import load_config
+    from finetune.config import FinetuneConfig
+
+    clip = make_tiny_clip(tmp_path / "clip", image_size=32)
+    args = _args(tiny_sd, clip, tmp_path, "finetune=dpo", "oracle_upper_bound=false",
+                 "dpo_args=[sampling.num_inference_steps=2, dpo.steps=2, dpo.batch_size=4, dpo.ties=half, "
+                 "dpo.binary_pairs=true]")
+    assert run(main, args) == 0
+    runs = tmp_path / "runs"
+    saved = {k: load_config(FinetuneConfig, runs / f"round-{k}" / "dpo" / "config.yaml") for k in (0, 1)}
+    assert {c.method for c in saved.values()} == {"dpo"} and not (runs / "round-0" / "dpok").exists()
+    assert saved[0].init is None and saved[1].init == str(runs / "round-0" / "dpo")
+    assert saved[1].data.root == str(tmp_path / "ds") and saved[1].prompts.prompts_file == str(runs / "round-1" / "targets.txt")
+    gens = read_table(tmp_path / "ds", "generations")
+    assert set(gens.loc[gens["round"] == 1, "run"]) == {str(runs / "round-0" / "dpo")}
+    one_shot = load_config(FinetuneConfig, runs / "one-shot-2" / "dpo" / "config.yaml")
+    assert (one_shot.method, one_shot.dpo.steps, one_shot.data.root) == ("dpo", 4, str(tmp_path / "ds" / "one-shot-2"))
+    res = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [r["round"] for r in res["rounds"]] == [0, 1] and res["one_shot"]["length"] == 4
+
+
+@pytest.mark.slow
 def test_a_label_scarce_optimistic_loop_keeps_its_targets(tiny_sd, tmp_path):
     # issue 59: round 0 labels whole prompts on a budget, round 1's DPOK maximises the reward's UCB,
     # and a target stays until the labels say it is fixed (never, with the band reaching 1.0)
@@ -142,7 +167,7 @@ def test_a_label_scarce_optimistic_loop_keeps_its_targets(tiny_sd, tmp_path):
     cont = res["rounds"][1]["continued_from"]
     assert cont["model"] == str(tmp_path / "runs" / "round-0" / "dpok") and cont["round"] == 1
     assert res["rounds"][1]["round_check"]["biased_sample"] and "biased" in cont["why"]
-    assert "round 1's DPOK started from" in (tmp_path / "report" / "report.md").read_text()
+    assert "round 1's fine-tuning started from" in (tmp_path / "report" / "report.md").read_text()
 
 
 def _kill_in_round_0_labels(args, tmp_path, labels=5, timeout=300):
@@ -177,6 +202,10 @@ def test_bad_loop_input_is_refused_before_anything_is_written(tiny_sd, tmp_path,
     assert not (tmp_path / "ds").exists() and not (tmp_path / "runs").exists()
     assert run(main, _args(tiny_sd, clip, tmp_path, "dpok_args=[dpok.no_such_key=1]")) == 2
     assert "no_such_key" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    assert run(main, _args(tiny_sd, clip, tmp_path, "finetune=kto", "kto_args=[kto.no_such_key=1]")) == 2
+    assert "no_such_key" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    assert run(main, _args(tiny_sd, clip, tmp_path, "finetune=kto", "optimism=0.5")) == 2
+    assert "optimism=0.5 is DPOK's" in capsys.readouterr().err and not (tmp_path / "ds").exists()
     for bad in ("abc", "5", "0,1"):  # round 1's labels do not exist when round 0's reward trains
         assert run(main, _args(tiny_sd, clip, tmp_path, f"reward_rounds={bad}")) == 2
         assert "reward_rounds=" in capsys.readouterr().err and not (tmp_path / "ds").exists()

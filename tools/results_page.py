@@ -22,8 +22,9 @@ from tools.demo_bench import markdown as markdown_stages
 from core.errors import UserError
 from shapes.world import COUNT_WORDS, Prompt
 
-MODELS = ("base", "rwl", "dpok", "dpok_oracle")
-METHOD_NAMES = {"base": "base model", "rwl": "RWL", "dpok": "DPOK", "dpok_oracle": "DPOK, oracle reward (upper bound)"}
+MODELS = ("base", "rwl", "dpok", "dpok_oracle", "dpo", "kto")
+METHOD_NAMES = {"base": "base model", "rwl": "RWL", "dpok": "DPOK", "dpok_oracle": "DPOK, oracle reward (upper bound)",
+                "dpo": "Diffusion-DPO (the labels, no reward)", "kto": "Diffusion-KTO (the labels, no reward)"}
 
 
 def _pct(v) -> str:

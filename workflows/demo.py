@@ -18,6 +18,9 @@ learned reward could buy.  ``regions=true`` has the raters mark where each bad i
 the reward also learns a region head, and adds region-aware DPOK (``finetune-dpok-region``: DPOK with
 ``region.weight=region_weight``, Focus-N-Fix's penalty on change outside the problem region; the
 same seed as plain DPOK, its window started at step 0) beside plain DPOK in every table of the report.
+``label_methods=[dpo,kto]`` adds fine-tuning straight from the raters' labels of the targets, with
+no reward model (:mod:`finetune.preference`): Diffusion-DPO on their ranking pairs and Diffusion-KTO
+on their binary answers, each a row of every table beside RWL and DPOK (``dpo_args``, ``kto_args``).
 
 The demo is round 0 of :mod:`workflows.round` (the round the closed loop, :mod:`workflows.loop`,
 runs first and continues from), plus RWL on the same reward and targets, and its report.  Each
@@ -44,7 +47,9 @@ from core.errors import UserError
 from core.loading import default_device
 from evaluation import report
 from evaluation.compare import evaluate
+from finetune.config import LabelMethod
 from finetune.dpok import train_dpok
+from finetune.preference import train_on_labels
 from finetune.rwl import train_rwl
 from reward.data import VIEWS
 from workflows.round import RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, run_round
@@ -61,15 +66,18 @@ class DemoConfig(RoundConfig):
     oracle_upper_bound: bool = False  # also DPOK with the oracle as reward (same budget)
     target: Literal["rule", "heldout", "train", "all"] = "rule"  # prompts fine-tuned on and evaluated
     rwl_args: tuple[str, ...] = ()
+    # also fine-tune on the targets' labels with no reward model, each method a run and a row beside
+    # RWL and DPOK: dpo (their ranking pairs), kto (their binary answers); (): neither
+    label_methods: tuple[LabelMethod, ...] = ()
     region_weight: PositiveFloat = 3.0  # regions=true: region-aware DPOK's region.weight (Focus-N-Fix's beta)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     runs, report_dir = Path(cfg.runs), Path(cfg.report)
-    out = RoundOut(targets=runs / "targets.txt", reward=runs / "reward", dpok=runs / "finetune-dpok")
+    out = RoundOut(targets=runs / "targets.txt", reward=runs / "reward", tuned=runs / "finetune-dpok")
     split = None if cfg.target == "rule" else cfg.target
     prompts_file = out.targets if split is None else None
-    models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={out.dpok}"]
+    models = [f"rwl={runs / 'finetune-rwl'}", f"dpok={out.tuned}"]
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
     if cfg.regions:
@@ -91,6 +99,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     region_cfg = configs.dpok(runs / "finetune-dpok-region", out.reward, cfg.seed, prompts_file, split)
     region_cfg = replace_keys(region_cfg, {"region.weight": cfg.region_weight,
                                            "dpok.window": (0, region_cfg.dpok.window[1])})
+    label_cfgs = {m: configs.tuned(m, runs / f"finetune-{m}", out.reward, cfg.root, cfg.seed, prompts_file, split)
+                  for m in dict.fromkeys(cfg.label_methods)}
+    models += [f"{m}={c.output_dir}" for m, c in label_cfgs.items()]
     eval_cfg = configs.evaluation(models, out.reward, report_dir / "eval", prompts_file, cfg.target)
     claim_folders(cfg, "demo", fresh=True)
     stages, t0 = Stages("demo"), time.perf_counter()
@@ -99,8 +110,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                   label_summary=lambda sim: {k: v for k, v in sim.items() if isinstance(v, (int, float))},
                   split=split)
     rwl = stages.run("finetune-rwl", lambda: train_rwl(rwl_cfg))
-    histories = {"dpok": _history(out.dpok), "rwl": rwl.history}
-    curves = {"dpok": r["dpok"]["curve"]}
+    histories = {"dpok": _history(out.tuned), "rwl": rwl.history}
+    curves = {"dpok": r["finetune"]["curve"]}
+    for m, c in label_cfgs.items():
+        histories[m] = stages.run(f"finetune-{m}", lambda c=c: train_on_labels(c)).history
     if cfg.oracle_upper_bound:
         oracle = stages.run("finetune-dpok-oracle", lambda: train_dpok(oracle_cfg))
         histories["dpok_oracle"], curves["dpok_oracle"] = oracle.history, oracle.metrics["curve"]
@@ -118,6 +131,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["base_model"] = Path(cfg.pipeline).name  # the results page keeps each base model's gains apart
     results["target"] = cfg.target
     results["region_weight"] = cfg.region_weight if cfg.regions else None  # dpok_region's beta; None: no such run
+    # what DPO / KTO learnt from (pairs, answers) and how long (their steps)
+    results["label_methods"] = {m: {**_metrics(Path(c.output_dir))["labels"], "steps": c.length[1]}
+                                for m, c in label_cfgs.items()}
     # the evaluation's sampling.compile, auto resolved (timings depend on it)
     results["compile"] = "on" if resolve_compile(eval_cfg.sampling.compile, default_device()) else "off"
     results["targets_chosen"] = r["targets"]["targets"] if split is None else []
@@ -131,6 +147,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
+def _metrics(run: Path) -> dict:
+    """A finished fine-tuning run's metrics.json."""
+    return json.loads((run / "metrics.json").read_text())
+
+
 def _history(run: Path) -> list[dict]:
-    """A finished fine-tuning run's per-round history (its metrics.json)."""
-    return json.loads((run / "metrics.json").read_text())["history"]
+    """A finished fine-tuning run's per-round history."""
+    return _metrics(run)["history"]

@@ -18,6 +18,10 @@
              loop's total DPOK rounds), and one evaluation of every round's model, the control and
              the upper bound on the same prompts and fresh seeds -> reports/loop/
 
+``finetune=dpo`` or ``kto`` puts Diffusion-DPO or Diffusion-KTO in DPOK's place in every round and in
+the one-shot control: trained on the labels themselves (those of ``reward_rounds``, on the round's
+targets), continuing from the kept model like DPOK, its reference still the base model.
+
 Each round is :func:`workflows.round.run_round`, the demo's round.  Everything lives in one
 dataset root (rounds are a column: :mod:`data.rounds`), one runs folder (``round-<k>/`` per round)
 and one report folder.  Each finished stage leaves its summary in ``<runs>/stages/``: a rerun of
@@ -50,8 +54,8 @@ from evaluation.oracle import control_prompts
 from evaluation.round_check import round_check
 from reward.evaluation import round_accuracy
 from shapes.world import prompt_set
-from workflows.round import (MARKER, RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, dpok_summary,
-                             generate_summary, label, reward_summary, run_round)
+from workflows.round import (MARKER, RoundConfig, RoundMethod, RoundOut, StageConfigs, Stages, claim_folders,
+                             finetune_summary, generate_summary, label, reward_summary, run_round)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class LoopConfig(RoundConfig):
     # the next round's labels check it there; 0: the reward's mean (round 0 always uses the mean)
     optimism: NonNegativeFloat = 0.0
     reward_rounds: str = "all"  # the rounds whose labels the reward trains on (data.rounds grammar)
+    # each round's fine-tuning, and the one-shot control's: dpok (against the round's reward), or dpo /
+    # kto on the labels of reward_rounds themselves, the current targets' (finetune.preference; the
+    # reward still trains: the selection, the evaluation and the report use it)
+    finetune: RoundMethod = "dpok"
     one_shot: bool = True  # also the one-shot control (same labels on base images, one DPOK run)
     # round k >= 1: a round whose labels say its images' model fell back (evaluation.round_check, on
     # an unbiased sample) is not continued from: its DPOK starts from the best model so far
@@ -95,6 +103,9 @@ def _check(cfg: LoopConfig) -> None:
         raise UserError(f"round0_budget={cfg.round0_budget} images is more than round 0 holds ({first}: per_prompt="
                         f"{cfg.per_prompt} x {len(prompt_set('all'))} prompts).",
                         "lower round0_budget, or 0 to label every image of round 0.")
+    if cfg.optimism and cfg.finetune != "dpok":
+        raise UserError(f"optimism={cfg.optimism:g} is DPOK's reward bonus, and finetune={cfg.finetune} "
+                        "learns from the labels with no reward.", "set optimism=0, or finetune=dpok.")
     if cfg.selection in ("all", "prompts") and (cfg.rounds > 1 or cfg.one_shot):
         raise UserError(f"selection={cfg.selection} does not rank a later round's images (all: every image; "
                         "prompts: whole prompts at random, what round0_budget uses).",
@@ -221,24 +232,24 @@ def run_loop(cfg: LoopConfig) -> dict:
     for k in range(cfg.rounds):
         rdir = runs / f"round-{k}"
         rdir.mkdir(parents=True, exist_ok=True)
-        out = RoundOut(targets=rdir / "targets.txt", reward=rdir / "reward", dpok=rdir / "dpok")
+        out = RoundOut(targets=rdir / "targets.txt", reward=rdir / "reward", tuned=rdir / cfg.finetune)
         if k == 0:
             gen = configs.generate(cfg.root, cfg.pipeline, 0, cfg.per_prompt)
             before_label = None if not cfg.round0_budget else lambda: {"select": stages.run(
                 "round-0/select", lambda: _select(cfg, cfg.root, 0, cfg.round0_budget, None, "prompts"))}
         else:
-            gen = configs.generate(cfg.root, str(prev.dpok), k, cfg.round_per_prompt,
+            gen = configs.generate(cfg.root, str(prev.tuned), k, cfg.round_per_prompt,
                                    _round_prompts(ever, rdir / "prompts.txt"))
             before_label = partial(_measure_and_select, cfg, stages, k, prev.reward)
         # round k >= 1: its check after its labels decides the model its DPOK starts from
         checked: dict = {}
-        after_label = None if k == 0 else lambda k=k, kept=kept, newest=str(prev.dpok): \
+        after_label = None if k == 0 else lambda k=k, kept=kept, newest=str(prev.tuned): \
             checked.setdefault("r", _check_round(cfg, stages, k, kept, newest))
         init = None if k == 0 else lambda: _model(checked["r"]["continued_from"]["model"])
         r = run_round(stages, configs, k, gen, out, name=lambda s, k=k: f"round-{k}/{s}",
                       label_summary=lambda sim, k=k: _label(cfg, cfg.root, k, sim), before_label=before_label,
                       previous=targets, init=init, reward_rounds=cfg.reward_rounds,
-                      optimism=cfg.optimism if k else 0.0, after_label=after_label)
+                      optimism=cfg.optimism if k else 0.0, after_label=after_label, method=cfg.finetune)
         if k:
             kept = Kept(**r["continued_from"])
         if k == 0:  # the one-shot control starts from round 0 as labelled (the stages after do not write there)
@@ -253,18 +264,18 @@ def run_loop(cfg: LoopConfig) -> dict:
     if cfg.one_shot:
         extra["one_shot"] = _one_shot(cfg, stages, configs, first_targets)
     if cfg.oracle_upper_bound:
-        extra["oracle"] = stages.run(f"oracle-{cfg.rounds}/dpok", lambda: dpok_summary(configs.dpok(
+        extra["oracle"] = stages.run(f"oracle-{cfg.rounds}/dpok", lambda: finetune_summary(configs.dpok(
             _oracle_dir(cfg), runs / "round-0" / "reward", cfg.seed, first_targets,
-            dpok_rounds=configs.dpok_rounds * cfg.rounds, oracle=True)))
+            dpok_rounds=configs.lengths["dpok"] * cfg.rounds, oracle=True)))
 
     # One evaluation: every round's model, the control and the upper bound, on the round-0 targets
     # then each later round's new targets, the same fresh seeds for all (a paired comparison).
     every = list(dict.fromkeys(t for r in rounds for t in [*read_prompts_file(first_targets), *r["targets"]["targets"]]))
     eval_prompts = runs / "eval-prompts.txt"
     write_text_atomic(eval_prompts, "".join(f"{t}\n" for t in every))
-    models = [f"round{k}={runs / f'round-{k}' / 'dpok'}" for k in range(cfg.rounds)]
+    models = [f"round{k}={runs / f'round-{k}' / cfg.finetune}" for k in range(cfg.rounds)]
     if cfg.one_shot:
-        models.append(f"one_shot={_one_shot_dir(cfg) / 'dpok'}")
+        models.append(f"one_shot={_one_shot_dir(cfg) / cfg.finetune}")
     if cfg.oracle_upper_bound:
         models.append(f"oracle={_oracle_dir(cfg)}")
     # judged by the last round's reward: trained on every round's labels
@@ -305,7 +316,8 @@ def _snapshot(root: str, dest: str) -> dict:
 def _one_shot(cfg: LoopConfig, stages: Stages, configs: StageConfigs, first_targets: Path) -> dict:
     """The one-shot control: the loop's labels of rounds >= 1, spent at once on base-model images of
     the round-0 targets and controls (one extra round, drawn like the loop's, the same selection),
-    one reward on all of it, one DPOK run of the loop's total DPOK rounds from the base model."""
+    one reward on all of it, one run of the loop's method (``finetune``) as long as all its rounds
+    together, from the base model."""
     root, out, name = _one_shot_root(cfg), _one_shot_dir(cfg), _one_shot_dir(cfg).name
     out.mkdir(parents=True, exist_ok=True)
     if not Path(root).exists():  # a longer loop than the snapshot's: the same round-0 start
@@ -319,6 +331,7 @@ def _one_shot(cfg: LoopConfig, stages: Stages, configs: StageConfigs, first_targ
         cfg, root, 1, cfg.budget * later, Path(cfg.runs) / "round-0" / "reward"))
     o["label"] = stages.run(f"{name}/label", lambda: _label(cfg, root, 1, label(cfg, root, 1)))
     o["reward"] = stages.run(f"{name}/reward", lambda: reward_summary(configs.reward(out / "reward", root, cfg.reward_rounds)))
-    o["dpok"] = stages.run(f"{name}/dpok", lambda: dpok_summary(configs.dpok(
-        out / "dpok", out / "reward", cfg.seed, first_targets, dpok_rounds=configs.dpok_rounds * cfg.rounds)))
+    o["finetune"] = stages.run(f"{name}/{cfg.finetune}", lambda: finetune_summary(configs.tuned(
+        cfg.finetune, out / cfg.finetune, out / "reward", root, cfg.seed, first_targets, rounds=cfg.reward_rounds,
+        length=configs.lengths[cfg.finetune] * cfg.rounds)))
     return o

@@ -1,6 +1,6 @@
 """One round of feedback, the round ``make demo`` runs once and ``make loop`` runs round after round:
 
-    generate -> label (simulated raters) -> targets -> reward -> DPOK
+    generate -> label (simulated raters) -> targets -> reward -> DPOK (or DPO / KTO on the labels)
 
 and what both workflows share to run it: :class:`RoundConfig` (their common keys, written once),
 :class:`Stages` (the one stage runner: announces and times each stage; where it keeps summaries, a
@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 from core.config import (NonNegativeInt, PositiveInt, Share, load_config, replace_keys, save_config, to_dict,
                          with_overrides)
@@ -33,8 +33,9 @@ from data.staging import staged
 from data.store import Store
 from data.targets import TargetRule, choose_targets, fixed_targets, pick_targets, prompt_pass_rates
 from evaluation.config import EvalConfig
-from finetune.config import CONFIGS, FinetuneConfig
+from finetune.config import CONFIGS, LABEL_METHODS, FinetuneConfig
 from finetune.dpok import train_dpok
+from finetune.preference import train_on_labels
 from labeling_app.config import LabelConfig
 from collect.generate import GenerateConfig, generate
 from labeling_app.simulate import SimulateConfig, simulate
@@ -45,6 +46,9 @@ from shapes.world import Prompt, prompt_set
 
 MARKER = ".made-by-make-{}"  # in every folder a workflow made, named by the workflow (demo, loop)
 STAGES = "stages"  # <runs>/stages/<stage>.json: a finished stage's summary (what resumes)
+# a round's fine-tuning: DPOK against the round's reward, or DPO / KTO on the round's labels themselves
+# (finetune.preference: no reward model)
+RoundMethod = Literal["dpok", "dpo", "kto"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class RoundConfig:
     generate_args: tuple[str, ...] = ()  # dotted overrides of a stage's config, e.g. [max_prompts=24]
     reward_args: tuple[str, ...] = ()
     dpok_args: tuple[str, ...] = ()
+    dpo_args: tuple[str, ...] = ()
+    kto_args: tuple[str, ...] = ()
     eval_args: tuple[str, ...] = ()
 
 
@@ -144,8 +150,14 @@ class StageConfigs:
         check_folder(Path(cfg.pipeline), "model_index.json", "Stable Diffusion pipeline")
         check_folder(Path(cfg.clip), "config.json", "CLIP model")
         self.cfg = cfg
-        # DPOK rounds a round's DPOK stage runs (dpok.yaml's or the user's): a bad dpok_args fails here
-        self.dpok_rounds = with_overrides(load_config(FinetuneConfig, CONFIGS / "dpok.yaml"), cfg.dpok_args).dpok.rounds
+        # how long each method's stage of a round runs (dpok.rounds, dpo.steps, kto.steps: its yaml's or
+        # the user's <method>_args'): a bad <method>_args fails here
+        self.lengths = {m: with_overrides(load_config(FinetuneConfig, CONFIGS / f"{m}.yaml"), self.args(m)).length[1]
+                        for m in get_args(RoundMethod)}
+
+    def args(self, method: RoundMethod) -> tuple[str, ...]:
+        """The user's overrides of a round method's stages (``<method>_args``)."""
+        return getattr(self.cfg, f"{method}_args")
 
     def _configured(self, c, values: dict, args: tuple[str, ...]):
         if self.cfg.max_sequence_length is not None and hasattr(c, "sampling"):
@@ -165,20 +177,34 @@ class StageConfigs:
             "data.root": root, "data.rounds": rounds, "model.clip": self.cfg.clip, "out_dir": str(out),
             "overwrite": True}), self.cfg.reward_args)
 
-    def finetune(self, method: str, args: tuple[str, ...], out: Path, reward: Path, seed: int,
+    def finetune(self, method: str, args: tuple[str, ...], out: Path, reward: Path | None, seed: int,
                  prompts_file: Path | None = None, split: str | None = None, init: Path | None = None,
                  **extra) -> FinetuneConfig:
         """A run on ``prompts_file`` (or the shapes-world ``split``) against the reward at
-        ``reward``, from the base or from the run ``init``; ``extra``: more keys."""
+        ``reward`` (None: a method with none), from the base or from the run ``init``; ``extra``: more keys."""
         where = {"prompts.prompts_file": str(prompts_file)} if prompts_file is not None else {"prompts.split": split}
+        judge = {} if reward is None else {"reward.path": str(reward)}
         return self._configured(load_config(FinetuneConfig, CONFIGS / f"{method}.yaml"), {
-            "model.pipeline": self.cfg.pipeline, "reward.path": str(reward), "seed": seed, "output_dir": str(out),
+            "model.pipeline": self.cfg.pipeline, **judge, "seed": seed, "output_dir": str(out),
             "init": None if init is None else str(init), **where, **extra}, args)
+
+    def tuned(self, method: RoundMethod, out: Path, reward: Path, root: str, seed: int,
+              prompts_file: Path | None = None, split: str | None = None, init: Path | None = None,
+              rounds: str = "all", length: int | None = None) -> FinetuneConfig:
+        """A round's fine-tuning by ``method``: DPOK against the reward at ``reward``, or DPO / KTO on
+        the labels of ``rounds`` (data.rounds grammar) in the dataset root ``root`` -- those of
+        ``prompts_file``'s prompts; with a ``split``, every label; ``length``: its DPOK rounds or
+        steps instead of a round's (:attr:`lengths`), for a control as long as several rounds."""
+        if method == "dpok":
+            return self.dpok(out, reward, seed, prompts_file, split, init, dpok_rounds=length)
+        c = self.finetune(method, self.args(method), out, None, seed, prompts_file, split, init,
+                          **{"data.root": root, "data.rounds": rounds})
+        return c if length is None else replace_keys(c, {c.length[0]: length})
 
     def dpok(self, out: Path, reward: Path, seed: int, prompts_file: Path | None = None, split: str | None = None,
              init: Path | None = None, dpok_rounds: int | None = None, oracle: bool = False) -> FinetuneConfig:
         """DPOK for a round; ``dpok_rounds``: the DPOK rounds it runs instead of a round's
-        (:attr:`dpok_rounds`), for a control as long as several rounds; ``oracle``: the oracle as reward."""
+        (:attr:`lengths`), for a control as long as several rounds; ``oracle``: the oracle as reward."""
         c = self.finetune("dpok", self.cfg.dpok_args, out, reward, seed, prompts_file, split, init,
                           curve_every=self.cfg.curve_every)
         after = {"dpok.rounds": dpok_rounds} if dpok_rounds is not None else {}
@@ -198,11 +224,11 @@ class StageConfigs:
 
 @dataclass(frozen=True)
 class RoundOut:
-    """Where a round writes: its targets file (the table beside it as CSV), reward and DPOK run."""
+    """Where a round writes: its targets file (the table beside it as CSV), reward and fine-tuned run."""
 
     targets: Path
     reward: Path
-    dpok: Path
+    tuned: Path
 
 
 def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig, out: RoundOut, *,
@@ -210,14 +236,16 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
               before_label: Callable[[], dict] | None = None, previous: Sequence[str] = (),
               split: str | None = None, init: Path | None | Callable[[], Path | None] = None,
               reward_rounds: str = "all", optimism: float = 0.0,
-              after_label: Callable[[], dict] | None = None) -> dict:
+              after_label: Callable[[], dict] | None = None, method: RoundMethod = "dpok") -> dict:
     """Round ``k``: ``gen``'s images -> (``before_label``'s stages) -> simulated raters label what
     the round serves -> targets from the round's labels (``previous``: the last round's; ``split``:
     fine-tune on that shapes-world prompt set instead, no targets) -> the reward on the labels of
-    ``reward_rounds`` -> DPOK (from ``init``, or what it returns when called after ``after_label``'s
-    stages: the loop's round check; ``optimism``: its reward's UCB weight, reward.optimism).
-    ``name``: a stage's name in ``stages``;
-    ``label_summary``: the simulation's summary as the workflow keeps it.  Each stage's summary."""
+    ``reward_rounds`` -> fine-tuning by ``method`` (DPOK on that reward, or DPO / KTO on those
+    labels; from ``init``, or what it returns when called after ``after_label``'s stages: the
+    loop's round check; ``optimism``: DPOK's reward's UCB weight, reward.optimism).
+    ``name``: a stage's name in ``stages`` (the fine-tuning's: the method's);
+    ``label_summary``: the simulation's summary as the workflow keeps it.  Each stage's summary
+    (the fine-tuning's as ``finetune``)."""
     cfg, root = configs.cfg, gen.root
     r: dict = {"round": k}
     r["generate"] = stages.run(name("generate"), lambda: generate_summary(gen))
@@ -229,11 +257,11 @@ def run_round(stages: Stages, configs: StageConfigs, k: int, gen: GenerateConfig
     if split is None:
         r["targets"] = stages.run(name("targets"), lambda: pick_round_targets(cfg, root, k, out.targets, list(previous)))
     r["reward"] = stages.run(name("reward"), lambda: reward_summary(configs.reward(out.reward, root, reward_rounds)))
-    dcfg = configs.dpok(out.dpok, out.reward, cfg.seed + k, prompts_file=out.targets if split is None else None,
-                        split=split, init=init() if callable(init) else init)
+    fcfg = configs.tuned(method, out.tuned, out.reward, root, cfg.seed + k, out.targets if split is None else None,
+                         split, init() if callable(init) else init, rounds=reward_rounds)
     if optimism:  # only when set, so a run without it keeps its saved config (and resumes) as before
-        dcfg = replace_keys(dcfg, {"reward.optimism": optimism})
-    r["dpok"] = stages.run(name("dpok"), lambda: dpok_summary(dcfg))
+        fcfg = replace_keys(fcfg, {"reward.optimism": optimism})
+    r["finetune"] = stages.run(name(method), lambda: finetune_summary(fcfg))
     return r
 
 
@@ -292,10 +320,12 @@ def reward_summary(rcfg: RewardConfig) -> dict:
     return {**keep, "by_round": res.metrics.get("by_round", {}), "model_id": res.model.model_id}
 
 
-def dpok_summary(fcfg: FinetuneConfig) -> dict:
-    """DPOK for one stage; a run that finished before a kill cut its stage short is kept (its
-    metrics.json is written last: finetune.checkpoints.save_result)."""
+def finetune_summary(fcfg: FinetuneConfig) -> dict:
+    """A round method's run (DPOK, DPO or KTO) for one stage; a run that finished before a kill cut its
+    stage short is kept (its metrics.json is written last: finetune.checkpoints.save_result).
+    ``length``: its DPOK rounds or steps; ``curve``: DPOK's oracle learning curve ([] for the others)."""
     done = Path(fcfg.output_dir) / "metrics.json"
-    metrics = json.loads(done.read_text()) if done.is_file() else train_dpok(fcfg).metrics
-    return {"output_dir": fcfg.output_dir, "curve": metrics.get("curve", []), "rounds": fcfg.dpok.rounds,
-            "init": fcfg.init}
+    train = train_on_labels if fcfg.method in LABEL_METHODS else train_dpok
+    metrics = json.loads(done.read_text()) if done.is_file() else train(fcfg).metrics
+    return {"output_dir": fcfg.output_dir, "method": fcfg.method, "curve": metrics.get("curve", []),
+            "length": fcfg.length[1], "init": fcfg.init}
