@@ -233,6 +233,37 @@ def test_sd_run_trains_a_lora_stock_diffusers_loads(tiny_sd, labelled, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_resumed_run_ends_like_an_uninterrupted_one(tiny_sd, labelled, tmp_path, method):
+    """Interrupted after its step-2 checkpoint, a 4-step run resumes there and ends with the history
+    and weights of one never interrupted (each step's batch and noise come from (seed, step))."""
+    from finetune.config import FinetuneConfig
+    from finetune.preference import train_on_labels
+    from core.config import load_config
+
+    def cfg(out):
+        return load_config(FinetuneConfig, None, [f"method={method}", f"output_dir={out}", f"model.pipeline={tiny_sd}",
+                                                  f"data.root={labelled}", *TINY, f"{method}.steps=4",
+                                                  f"{method}.checkpoint_every_steps=2"])
+
+    def stop_at_2(row):
+        if row.step == 2:
+            raise KeyboardInterrupt
+
+    straight = train_on_labels(cfg(tmp_path / "a"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_labels(cfg(tmp_path / "b"), progress=False, on_step=stop_at_2)
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    resumed = train_on_labels(cfg(tmp_path / "b"), progress=False)
+    drop = lambda h: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in h]  # noqa: E731
+    assert drop(resumed.history) == drop(straight.history) and len(resumed.history) == 4
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_flow_run_trains_a_transformer_lora_stock_diffusers_loads(labelled, tmp_path, method):
     """Flow-DPO / Flow-KTO on a tiny SD3 folder: the velocity error in place of the noise error."""
     from diffusers import StableDiffusion3Pipeline
