@@ -205,10 +205,12 @@ class DPOConfig:
 
     # beta of eq. 14 in the loss form of the authors' code and diffusers' research project,
     # -log sigmoid(-beta / 2 * ((e_w - e_l) - (e_w_ref - e_l_ref))), e the per-pixel mean squared
-    # error (finetune.rl_math.diffusion_dpo_loss): 5000 is the paper's setting for SD1.5 (and SDXL)
-    # with exactly this loss scale and its code's default; diffusers' script defaults 2500.  A larger
-    # beta holds the model nearer the base (beta is the KL weight of the objective the loss comes from).
-    beta: PositiveFloat = 5000.0
+    # error (finetune.rl_math.diffusion_dpo_loss).  A larger beta holds the model nearer the base (it
+    # is the KL weight of the objective the loss comes from); with the gradient clipped
+    # (optim.max_grad_norm) it sets where the loss saturates, not the step size.  250: swept on the
+    # shapes demo's round (experiments/label-methods); the paper's 5000 for SD1.5 (full fine-tuning on
+    # Pick-a-Pic's 851k pairs; its code's default, diffusers' script's 2500) did not move our LoRA.
+    beta: PositiveFloat = 250.0
     # a ranking's tied images: drop (the paper's pairs have a winner) or half (each order with weight
     # 1/2, the 0.5/0.5 target the reward's ranking loss and PickScore train on)
     ties: Literal["drop", "half"] = "drop"
@@ -225,9 +227,10 @@ class KTOConfig:
     """Diffusion-KTO (Li et al. 2024; finetune.preference) on the raters' binary answers, the reference
     the frozen base model."""
 
-    # beta of the implicit reward beta (e_ref - e) inside the sigmoid utility (finetune.rl_math.diffusion_kto_loss);
-    # 1000 is the default of the authors' training script (which uses it as the paper's runs do)
-    beta: PositiveFloat = 1000.0
+    # beta of the implicit reward beta (e_ref - e) inside the sigmoid utility (finetune.rl_math.diffusion_kto_loss):
+    # 250, swept on the shapes demo's round (experiments/label-methods: it gained about twice what the
+    # authors' training-script default 1000 did, and 60 broke the model)
+    beta: PositiveFloat = 250.0
     desirable_weight: PositiveFloat = 1.0  # lambda_D: weight of an image judged good (the authors' 1)
     undesirable_weight: PositiveFloat = 1.0  # lambda_U: weight of an image judged bad (the authors' 1)
     steps: PositiveInt = 300  # optimizer steps (before optim.grad_accum)
