@@ -83,7 +83,7 @@ class LoopConfig(RoundConfig):
     # kto on the labels of reward_rounds themselves, the current targets' (finetune.preference; the
     # reward still trains: the selection, the evaluation and the report use it)
     finetune: RoundMethod = "dpok"
-    one_shot: bool = True  # also the one-shot control (same labels on base images, one DPOK run)
+    one_shot: bool = True  # also the one-shot control (same labels on base images, one run of `finetune`)
     # round k >= 1: a round whose labels say its images' model fell back (evaluation.round_check, on
     # an unbiased sample) is not continued from: its DPOK starts from the best model so far
     keep_best: bool = True
