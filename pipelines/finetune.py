@@ -14,16 +14,12 @@ import sys
 from core.config import load_config, parse_overrides
 from core.errors import UserError
 from finetune.config import CONFIGS, METHODS, FinetuneConfig
-from finetune.dpok import train_dpok
-from finetune.draft import train_draft
-from finetune.preference import train_on_labels
-from finetune.rwl import train_rwl
+from finetune.train import train
 from pipelines.cli import config_parser, run
 
 
 # What a run folder holds besides config.yaml and metrics.json, by model.parameterisation.
 SAVED = {"lora": "LoRA weights", "full": "the whole pipeline", "side": "the side network in side/"}
-TRAIN = {"dpok": train_dpok, "rwl": train_rwl, "draft": train_draft, "dpo": train_on_labels, "kto": train_on_labels}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     # --config F: F's method unless the command line names one; without: the method's shipped config
     config = args.config or CONFIGS / f"{method or 'dpok'}.yaml"
     cfg = load_config(FinetuneConfig, config, list(args.overrides))
-    result = TRAIN[cfg.method](cfg)
+    result = train(cfg)
     final = result.metrics["final"]
     weights = SAVED[cfg.model.parameterisation]
     print(f"{cfg.method}: wrote {result.output_dir} ({weights}, config.yaml, metrics.json); "

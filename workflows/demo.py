@@ -112,8 +112,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     rwl = stages.run("finetune-rwl", lambda: train_rwl(rwl_cfg))
     histories = {"dpok": _history(out.tuned), "rwl": rwl.history}
     curves = {"dpok": r["finetune"]["curve"]}
+    learnt = {}  # what DPO / KTO learnt from (pairs, answers: their metrics' labels) and their steps
     for m, c in label_cfgs.items():
-        histories[m] = stages.run(f"finetune-{m}", lambda c=c: train_on_labels(c)).history
+        res = stages.run(f"finetune-{m}", lambda c=c: train_on_labels(c))
+        histories[m], learnt[m] = res.history, {**res.metrics["labels"], "steps": c.length[1]}
     if cfg.oracle_upper_bound:
         oracle = stages.run("finetune-dpok-oracle", lambda: train_dpok(oracle_cfg))
         histories["dpok_oracle"], curves["dpok_oracle"] = oracle.history, oracle.metrics["curve"]
@@ -131,9 +133,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["base_model"] = Path(cfg.pipeline).name  # the results page keeps each base model's gains apart
     results["target"] = cfg.target
     results["region_weight"] = cfg.region_weight if cfg.regions else None  # dpok_region's beta; None: no such run
-    # what DPO / KTO learnt from (pairs, answers) and how long (their steps)
-    results["label_methods"] = {m: {**_metrics(Path(c.output_dir))["labels"], "steps": c.length[1]}
-                                for m, c in label_cfgs.items()}
+    results["label_methods"] = learnt
     # the evaluation's sampling.compile, auto resolved (timings depend on it)
     results["compile"] = "on" if resolve_compile(eval_cfg.sampling.compile, default_device()) else "off"
     results["targets_chosen"] = r["targets"]["targets"] if split is None else []
@@ -147,11 +147,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
-def _metrics(run: Path) -> dict:
-    """A finished fine-tuning run's metrics.json."""
-    return json.loads((run / "metrics.json").read_text())
-
-
 def _history(run: Path) -> list[dict]:
-    """A finished fine-tuning run's per-round history."""
-    return _metrics(run)["history"]
+    """A finished fine-tuning run's per-round history (its metrics.json)."""
+    return json.loads((run / "metrics.json").read_text())["history"]

@@ -33,9 +33,8 @@ from data.staging import staged
 from data.store import Store
 from data.targets import TargetRule, choose_targets, fixed_targets, pick_targets, prompt_pass_rates
 from evaluation.config import EvalConfig
-from finetune.config import CONFIGS, LABEL_METHODS, FinetuneConfig
-from finetune.dpok import train_dpok
-from finetune.preference import train_on_labels
+from finetune.config import CONFIGS, FinetuneConfig
+from finetune.train import train
 from labeling_app.config import LabelConfig
 from collect.generate import GenerateConfig, generate
 from labeling_app.simulate import SimulateConfig, simulate
@@ -325,7 +324,6 @@ def finetune_summary(fcfg: FinetuneConfig) -> dict:
     stage short is kept (its metrics.json is written last: finetune.checkpoints.save_result).
     ``length``: its DPOK rounds or steps; ``curve``: DPOK's oracle learning curve ([] for the others)."""
     done = Path(fcfg.output_dir) / "metrics.json"
-    train = train_on_labels if fcfg.method in LABEL_METHODS else train_dpok
     metrics = json.loads(done.read_text()) if done.is_file() else train(fcfg).metrics
     return {"output_dir": fcfg.output_dir, "method": fcfg.method, "curve": metrics.get("curve", []),
             "length": fcfg.length[1], "init": fcfg.init}
