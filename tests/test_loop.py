@@ -66,9 +66,9 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
 
     # Killed during round 1's fine-tuning (Ctrl-C), then the same command again: the finished
     # stages are skipped and the results are those of the run that was never interrupted.
-    import workflows.round as loop
+    from finetune.train import TRAIN
 
-    real, calls = loop.train_dpok, []
+    real, calls = TRAIN["dpok"], []
 
     def killed_in_round_1(fcfg):
         calls.append(fcfg.output_dir)
@@ -76,10 +76,10 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
             raise KeyboardInterrupt
         return real(fcfg)
 
-    monkeypatch.setattr(loop, "train_dpok", killed_in_round_1)
+    monkeypatch.setitem(TRAIN, "dpok", killed_in_round_1)
     assert run(main, args + ["fresh=true"]) == 130
     assert not (tmp_path / "report" / "results.json").exists()
-    monkeypatch.setattr(loop, "train_dpok", real)
+    monkeypatch.setitem(TRAIN, "dpok", real)
     capsys.readouterr()
     assert run(main, args) == 0
     err = capsys.readouterr().err
