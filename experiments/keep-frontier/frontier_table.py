@@ -29,6 +29,11 @@ def _samplers(m: dict) -> list[tuple[str, dict | None, float | None]]:
     return rows
 
 
+def _points(rec: dict) -> dict | None:
+    """The frontier points (name: model record) of one evaluation; None when it holds no frontier."""
+    return {n: m for n, m in rec["models"].items() if m.get("frontier_point")} or None
+
+
 def readings(records: list[tuple[str, dict]]) -> list[dict]:
     """One row per (seed, sampler, model) of every evaluation, read against its seed's frontier."""
     by_seed: dict[int, list[dict]] = {}
@@ -37,14 +42,16 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
             by_seed.setdefault(int(file.removesuffix(".json").rsplit("seed", 1)[1]), []).append(rec)
     rows = []
     for seed, recs in sorted(by_seed.items()):
-        front = [r for r in recs if any(m.get("frontier_point") for m in r["models"].values())]
-        if len(front) != 1:
-            sys.exit(f"seed {seed}: {len(front)} evaluations hold a frontier; one is needed")
-        points = {n: m for n, m in front[0]["models"].items() if m.get("frontier_point")}
-        base = front[0]["models"]["base"]
+        plain = [r for r in recs if "dpok" in (_points(r) or {})]
+        if len(plain) != 1:
+            sys.exit(f"seed {seed}: {len(plain)} evaluations hold plain DPOK's frontier; one is needed")
+        base = plain[0]["models"]["base"]
         for rec in recs:
             if rec["models"]["base"]["aligned"] != base["aligned"]:
                 sys.exit(f"seed {seed}: the base's verdicts differ between the evaluations (other seeds?)")
+            # a record with its own frontier (e.g. plain DRaFT scaled) is read against it, others against DPOK's
+            points = _points(rec) or _points(plain[0])
+            front_name = next(n for n, m in points.items() if m["scale"] == 1)
             for name, m in rec["models"].items():
                 if name == "base":
                     continue
@@ -59,11 +66,12 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
                     r = read_frontier(line("broken"), gain, keep["broken"], keep["n_base_right"], "broken")
                     rc = read_frontier(line("broken_changed"), gain, keep["broken_changed"], keep["n_base_right"],
                                        "broken_changed")
-                    rows.append({"seed": seed, "sampler": sampler, "model": name, "gain": gain,
+                    rows.append({"seed": seed, "sampler": sampler, "model": name, "frontier_of": front_name,
+                                 "gain": gain,
                                  "gain_se": m["gain_se"] if j == 0 else m["samplers"][j - 1]["gain_se"],
                                  "n": keep["n_base_right"], "broken": r, "changed": rc, "point": name in points,
                                  "moved": keep["moved_base_right"], "moved_frontier": frontier_at(moved, gain)[0],
-                                 "heldout": m["generalization"]["overall"]})
+                                 "heldout": (m.get("generalization") or {}).get("overall", math.nan)})
     return rows
 
 
@@ -72,14 +80,16 @@ def _p(v: float) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| seed | sampler | model | gain | broken % (of n) | frontier at its gain | floor | margin | "
+    out = ["| seed | sampler | model | frontier of | gain | broken % (of n) | frontier at its gain | floor | margin | "
            "changed: broken / frontier / floor / margin | pixels moved on base-right: model / frontier | held-out |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, c = r["broken"], r["changed"]
-        out.append(f"| {r['seed']} | {r['sampler']} | {r['model']} | {100 * r['gain']:+.1f} ± {100 * r['gain_se']:.1f} "
+        out.append(f"| {r['seed']} | {r['sampler']} | {r['model']} | {r['frontier_of']} | "
+                   f"{100 * r['gain']:+.1f} ± {100 * r['gain_se']:.1f} "
                    f"({_p(b.gain_share)} % of plain) | {_p(b.rate)} ({r['n']}) | {_p(b.frontier)} | {_p(b.floor)} | "
-                   f"{100 * b.margin:+.1f} ± {100 * b.margin_se:.1f} | {_p(c.rate)} / {_p(c.frontier)} / {_p(c.floor)} / "
+                   f"{100 * b.margin:+.1f} ± {100 * b.margin_se:.1f} | "
+                   f"{_p(c.rate)} / {_p(c.frontier)} / {_p(c.floor)} / "
                    f"{100 * c.margin:+.1f} ± {100 * c.margin_se:.1f} | {_p(r['moved'])} / {_p(r['moved_frontier'])} | "
                    f"{_p(r['heldout'])} |")
     return out
@@ -87,11 +97,11 @@ def table(rows: list[dict]) -> list[str]:
 
 def summary(rows: list[dict]) -> list[str]:
     """Each model and sampler over the seeds: the mean gain and margins, and how many seeds pass."""
-    out = ["| sampler | model | seeds | gain (mean) | gain share | margin (mean ± SE over seeds) | "
-           "margin, changed only | seeds meeting the target |", "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["sampler"], r["model"]) for r in rows if not r["point"]})
-    for sampler, model in keys:
-        rs = [r for r in rows if (r["sampler"], r["model"]) == (sampler, model)]
+    out = ["| sampler | model | frontier of | seeds | gain (mean) | gain share | margin (mean ± SE over seeds) | "
+           "margin, changed only | seeds meeting the target |", "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["sampler"], r["model"], r["frontier_of"]) for r in rows if not r["point"]})
+    for sampler, model, front in keys:
+        rs = [r for r in rows if (r["sampler"], r["model"], r["frontier_of"]) == (sampler, model, front)]
 
         def mean_se(vals):
             vals = [v for v in vals if math.isfinite(v)]
@@ -100,7 +110,8 @@ def summary(rows: list[dict]) -> list[str]:
             se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else math.nan
             return f"{100 * statistics.mean(vals):+.1f} ± {_p(se)}"
         meets = sum(bool(r["broken"].meets_target) for r in rs)
-        out.append(f"| {sampler} | {model} | {len(rs)} | {100 * statistics.mean(r['gain'] for r in rs):+.1f} | "
+        out.append(f"| {sampler} | {model} | {front} | {len(rs)} | "
+                   f"{100 * statistics.mean(r['gain'] for r in rs):+.1f} | "
                    f"{_p(statistics.mean(r['broken'].gain_share for r in rs))} % | "
                    f"{mean_se([r['broken'].margin for r in rs])} | {mean_se([r['changed'].margin for r in rs])} | "
                    f"{meets} of {len(rs)} |")
