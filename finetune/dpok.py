@@ -14,8 +14,9 @@ KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 of the two 
 Flow-GRPO; DPOK's own code uses an eps-MSE surrogate).  Region-aware (:mod:`finetune.region`),
 ``region.weight`` charges each sample's reward its change outside the problem region (Focus-N-Fix
 eq. 3), and ``region.kl_weight`` adds a second KL term on the latent cells the base model's image of
-the same noise keeps, at every trained step: the keep term where the gradient of each step can use it.  The base model is the same UNet with its
-LoRA adapter disabled (or a frozen copy when the whole UNet is trained).
+the same noise keeps, at every trained step: the keep term where the gradient of each step can use
+it.  The base model is the same UNet with its LoRA adapter disabled (or a frozen copy when the whole
+UNet is trained).
 
 Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO and GRPO) or minus the batch
 mean (``batch``); either is divided
