@@ -96,8 +96,6 @@ class RoundSamples:
     noise: torch.Tensor  # the generator state sampling started from: region-aware, the base model draws it too
     traj: Trajectory
     images: torch.Tensor  # (B, 3, H, W) in [0, 1]
-    # region.kl_weight > 0 (set by _score): (B, 1, h, w) 1. on the latent cells the base's image keeps
-    keep_cells: torch.Tensor | None = None
 
 
 class LearningCurve:
@@ -158,9 +156,9 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
         t0 = time.perf_counter()
         batch = _sample(run, gen, rng)
         t1 = time.perf_counter()
-        rewards, outside = _score(run, batch)
+        rewards, outside, keep_cells = _score(run, batch)
         t2 = time.perf_counter()
-        stats = _update(run, batch, rewards, rng)
+        stats = _update(run, batch.traj, rewards, rng, keep_cells)
         t3 = time.perf_counter()
         row = _after_round(run, r + 1, rewards, outside, stats, (t1 - t0, t2 - t1, t3 - t2), history, curve, grid)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
@@ -191,22 +189,21 @@ def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSa
     return RoundSamples(prompts, cond, uncond, noise, traj, decode_latents(run.comps.pipe.vae, traj.final_latents))
 
 
-def _score(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _score(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Phase 2: the rewards (B,) of the round's images and, region-aware, each image's change
     outside its problem region (B,), which the reward is charged for with ``region.weight``
-    (Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||); else None.  With
-    ``region.kl_weight`` > 0 it also sets ``batch.keep_cells``, the latent cells the update keeps."""
+    (Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||), else None; and with ``region.kl_weight``
+    > 0 the latent cells the update keeps, (B, 1, h, w) 1. where the base's image is kept, else None."""
     rewards = run.reward.score(batch.images, batch.prompts).to(run.device)
     if not torch.isfinite(rewards).all():
         raise UserError("the reward model returned NaN or infinite rewards.",
                         "check the reward model folder (retrain it with `make reward`).")
     region = run.cfg.region
     if not region.active:
-        return rewards, None
+        return rewards, None, None
     outside, keep = _outside_change(run, batch)
-    if region.kl_weight > 0:
-        batch.keep_cells = latent_keep(keep, tuple(batch.traj.latents.shape[-2:])).float()
-    return rewards - region.weight * outside, outside
+    cells = latent_keep(keep, tuple(batch.traj.latents.shape[-2:])).float() if region.kl_weight > 0 else None
+    return rewards - region.weight * outside, outside, cells
 
 
 @torch.no_grad()
@@ -225,20 +222,21 @@ def _outside_change(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.
     return outside_change(batch.images, base_images, keep), keep
 
 
-def _update(run: Run, batch: RoundSamples, rewards: torch.Tensor, rng: np.random.Generator) -> dict:
+def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Generator,
+            keep_cells: torch.Tensor | None = None) -> dict:
     """Phase 3: the advantages (B, T), then (``dpok.update=awm``: :func:`finetune.awm.awm_update`
     instead) the round's clipped policy-gradient updates on a random draw of its transitions
     (:func:`draw_transitions`), ``minibatch_size`` transitions an optimizer step
     (:meth:`finetune.run.Run.minibatch_pass`).  Returns the round's mean of each minibatch's
     statistics and the mean gradient norm."""
-    cfg, d, traj = run.cfg, run.cfg.dpok, batch.traj
+    cfg, d = run.cfg, run.cfg.dpok
     adv = _advantages(traj, rewards, d).clamp(-d.advantage_clip, d.advantage_clip)
     if d.update == "awm":  # AWM's update on whole images: each sample's advantage, the same at every step
         return awm_update(run, traj, adv[:, 0], rng)
     run.comps.unet.train()
     start, end = cfg.dpok_window
     samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
-    keep = None if batch.keep_cells is None else (batch.keep_cells, cfg.region.kl_weight)
+    keep = None if keep_cells is None else (keep_cells, cfg.region.kl_weight)
     names = ("kl", "clip_fraction", "approx_kl", "policy_loss") + (("keep_kl",) if keep else ()) + ("loss",)
     return run.minibatch_pass(len(steps), rng, names,
                               lambda items: _policy_loss(run.accelerator, run.policy, traj, adv, samples[items],

@@ -22,11 +22,11 @@ from tools.records import read_records
 STUDY = Path(__file__).parent
 
 
-def _samplers(m: dict) -> list[tuple[str, dict | None, float | None]]:
-    """(sampler name, keep figures, gain) of one model's record: the evaluation's η, then each keep η."""
-    rows = [("η = 1", m.get("keep"), m.get("gain"))]
-    rows += [(f"η = {s['eta']:g}", s.get("keep"), s.get("gain")) for s in m.get("samplers", [])]
-    return rows
+def _samplers(m: dict) -> list[tuple[str, dict | None, float | None, float | None]]:
+    """(sampler name, keep figures, gain, gain's SE) of one model's record: the evaluation's η, then
+    each keep η."""
+    return [("η = 1", m.get("keep"), m.get("gain"), m.get("gain_se"))] + \
+        [(f"η = {s['eta']:g}", s.get("keep"), s.get("gain"), s.get("gain_se")) for s in m.get("samplers", [])]
 
 
 def _points(rec: dict) -> dict | None:
@@ -55,10 +55,10 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
             for name, m in rec["models"].items():
                 if name == "base":
                     continue
-                for j, (sampler, keep, gain) in enumerate(_samplers(m)):
+                for j, (sampler, keep, gain, gain_se) in enumerate(_samplers(m)):
                     if keep is None:
                         continue
-                    scaled = [(p["scale"], *_samplers(p)[j][1:]) for p in points.values()]  # (scale, keep, gain)
+                    scaled = [(p["scale"], *_samplers(p)[j][1:3]) for p in points.values()]  # (scale, keep, gain)
 
                     def line(fig: str) -> list[FrontierPoint]:
                         return [FrontierPoint(s, g, k[fig], k["n_base_right"]) for s, k, g in scaled]
@@ -67,8 +67,7 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
                     rc = read_frontier(line("broken_changed"), gain, keep["broken_changed"], keep["n_base_right"],
                                        "broken_changed")
                     rows.append({"seed": seed, "sampler": sampler, "model": name, "frontier_of": front_name,
-                                 "gain": gain,
-                                 "gain_se": m["gain_se"] if j == 0 else m["samplers"][j - 1]["gain_se"],
+                                 "gain": gain, "gain_se": gain_se,
                                  "n": keep["n_base_right"], "broken": r, "changed": rc, "point": name in points,
                                  "moved": keep["moved_base_right"], "moved_frontier": frontier_at(moved, gain)[0],
                                  "heldout": (m.get("generalization") or {}).get("overall", math.nan)})
