@@ -4,7 +4,11 @@ The shipped RWL (rwl.yaml) on the shapes-world training prompts with the oracle 
 demo is needed), D_model and D_pre at ``PER_PROMPT`` images a prompt, ``rwl.steps`` steps; then
 the oracle-aligned share of the trained model's images of every training prompt from fixed noise
 (2 seeds a prompt, DPOK's learning-curve images, the base's from the same noise), and the
-training loss of the last 50 steps.
+training loss of the last 50 steps.  Then memorising against learning: the change of the weighted
+D_model loss from the base model's to the trained model's (the same noise and timesteps, 4 draws an
+image) on the D_model the run trained on and on a held-out one, the same prompts sampled by the
+base model from fresh seeds and weighted by the same rule (``train_dloss``, ``held_dloss``; < 0:
+the trained model fits those images better than the base).
 
 Usage (repository root): python experiments/diffcon/probe_rwl.py TAG KIND [key=value ...]
 (KIND lora or side).  Writes one record, experiments/diffcon/diag-<date>-side-rwl-TAG-KIND.json (tools/records.py packs it into records.jsonl), and prints it.
@@ -41,6 +45,65 @@ def aligned(pipe, cfg: FinetuneConfig, prompts: list[str]) -> float:
     policy = DiffusionPolicy(pipe.unet, schedule, cfg.sampling.guidance_scale)
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     return curve_alignment(policy, pipe, load_reward(CURVE_JUDGE, "cpu"), texts, cond, uncond, shape, cfg)
+
+
+DRAWS = 4  # noise and timestep draws an image in the held-out loss probe
+HELD_SEED = 7_000  # the held-out D_model's seed offset (DPOK's curve and RWL's D_model use others)
+
+
+@torch.no_grad()
+def held_out_model_set(pipe, cfg: FinetuneConfig, prompts: list[str]) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """D_model again from fresh seeds: the base's latents (N, C, h, w) of ``PER_PROMPT`` images a
+    prompt, their prompts and their weights (rwl.weighting of the oracle's rewards)."""
+    from finetune.dpok import CURVE_JUDGE
+    from finetune.policy import DiffusionPolicy
+    from finetune.rl_math import reward_weights
+    from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
+    from finetune.scheduler import DDIMSchedule
+    from reward.reward_fn import load_reward
+
+    texts = [p for p in prompts for _ in range(PER_PROMPT)]
+    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_inference_steps, cfg.sampling.eta)
+    policy = DiffusionPolicy(pipe.unet, schedule, cfg.sampling.guidance_scale)
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    judge, gen = load_reward(CURVE_JUDGE, "cpu"), torch.Generator("cpu").manual_seed(cfg.seed + HELD_SEED)
+    latents, rewards = [], []
+    for i in range(0, len(texts), 32):
+        chunk = texts[i:i + 32]
+        cond, uncond = encode_prompts(pipe, chunk, "cpu")
+        final = sample_trajectories(policy, cond, uncond, shape, gen, chunk).final_latents
+        latents.append(final)
+        rewards.append(judge.score(decode_latents(pipe.vae, final), chunk).float())
+    r = cfg.rwl
+    return torch.cat(latents), texts, reward_weights(torch.cat(rewards), r.weighting, r.temperature, r.threshold)
+
+
+@torch.no_grad()
+def weighted_loss_change(base, tuned, cfg: FinetuneConfig, latents: torch.Tensor, texts: list[str],
+                         weights: torch.Tensor) -> float:
+    """sum w (l_tuned - l_base) / sum w over ``DRAWS`` draws of noise and timestep an image: the
+    guided denoising loss RWL minimises (rwl.guided_loss), tuned pipeline's against the base's."""
+    from types import SimpleNamespace
+
+    from finetune.objective import DenoisingObjective
+    from finetune.sampler import encode_prompts
+
+    objective, run = DenoisingObjective(base.scheduler), SimpleNamespace(device="cpu")
+    guidance = cfg.sampling.guidance_scale if cfg.rwl.guided_loss else 1.0
+    gen = torch.Generator("cpu").manual_seed(cfg.seed + HELD_SEED + 1)
+    num, den = 0.0, 0.0
+    for _ in range(DRAWS):
+        for i in range(0, len(texts), 32):
+            x0, w = latents[i:i + 32], weights[i:i + 32]
+            noise, t = objective.draw(len(x0), tuple(x0.shape[1:]), gen, "cpu")
+            losses = []
+            for pipe in (base, tuned):
+                cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu")
+                pred, target = objective.predict(run, pipe.unet, x0, cond, uncond, noise, t, guidance)
+                losses.append(((pred - target) ** 2).flatten(1).mean(1))
+            num += float((w * (losses[1] - losses[0])).sum())
+            den += float(w.sum())
+    return num / den
 
 
 def share_guidance_correction() -> None:
@@ -92,12 +155,18 @@ def main() -> None:
         result = train_rwl(cfg, progress=False)
         train_s = time.perf_counter() - t0
         prompts = training_prompts(cfg)
-        base = aligned(load_model(resolve_model(cfg.model.pipeline), device="cpu"), cfg, prompts)
-        tuned = aligned(load_model(resolve_model(result.output_dir), device="cpu"), cfg, prompts)
+        base_pipe = load_model(resolve_model(cfg.model.pipeline), device="cpu")
+        tuned_pipe = load_model(resolve_model(result.output_dir), device="cpu")
+        base, tuned = aligned(base_pipe, cfg, prompts), aligned(tuned_pipe, cfg, prompts)
+        trained = torch.load(Path(result.output_dir) / "rwl_data.pt", weights_only=False)["model"]
+        train_dloss = weighted_loss_change(base_pipe, tuned_pipe, cfg, trained["latents"], trained["prompts"],
+                                           trained["weights"])
+        held_dloss = weighted_loss_change(base_pipe, tuned_pipe, cfg, *held_out_model_set(base_pipe, cfg, prompts))
     losses = [h["loss_model"] for h in result.history]
     rec = {"tag": tag, "kind": kind, "overrides": overrides, "prompts": len(prompts), "base_aligned": base,
            "tuned_aligned": tuned, "gain": tuned - base, "loss_model_first50": float(np.mean(losses[:50])),
-           "loss_model_last50": float(np.mean(losses[-50:])), "train_s": train_s,
+           "loss_model_last50": float(np.mean(losses[-50:])), "train_dloss": train_dloss,
+           "held_dloss": held_dloss, "train_s": train_s,
            "command": f"PYTHONPATH=. python experiments/diffcon/probe_rwl.py {' '.join(sys.argv[1:])}"}
     (ROOT / f"diag-{time.strftime('%Y-%m-%d')}-side-rwl-{tag}-{kind}.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec))

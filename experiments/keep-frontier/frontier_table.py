@@ -1,10 +1,11 @@
-"""The keep table of this study read against plain DPOK's frontier and floor, over every seed.
+"""The keep table of this study read against each plain method's frontier and floor, over every seed.
 
-Per seed S two evaluations at the same seeds and samplers: the demo's (`eval-*-frontier-*-seedS.json`:
-base, plain DPOK at scales 0.1, 0.25, 0.5 and 1, RWL, region-aware DPOK) and one more of the other
-models (`eval-*-keep-*-seedS.json`: base and the new runs).  The base's verdicts must agree image for
-image (same seeds, same sampler), so the second evaluation's models are read against the first's
-frontier with evaluation.frontier's own functions, as `make eval` reads the models it samples itself.
+Per seed S several evaluations at the same seeds and samplers: the demo's (`eval-*-frontier-*-seedS.json`:
+base, plain DPOK at scales 0.1, 0.25, 0.5 and 1, RWL, region-aware DPOK), plain DRaFT's own frontier
+(`eval-*-draft-frontier-*`) and others of the other models (`eval-*-keep-*-seedS.json` ...).  The
+base's verdicts must agree image for image (same seeds, same sampler), so every model is read against
+every frontier of its seed with evaluation.frontier's own functions, as `make eval` reads the models
+it samples itself.
 
     PYTHONPATH=. .venv/bin/python experiments/keep-frontier/frontier_table.py   # the tables of README.md
 """
@@ -35,42 +36,63 @@ def _points(rec: dict) -> dict | None:
 
 
 def readings(records: list[tuple[str, dict]]) -> list[dict]:
-    """One row per (seed, sampler, model) of every evaluation, read against its seed's frontier."""
+    """One row per (seed, sampler, model, frontier) of every evaluation: each model read against
+    every frontier its seed's evaluations hold (plain DPOK's, and e.g. plain DRaFT's), a frontier's
+    own points against that frontier only."""
     by_seed: dict[int, list[dict]] = {}
     for file, rec in records:
         if file.startswith("eval-") and "models" in rec:
             by_seed.setdefault(int(file.removesuffix(".json").rsplit("seed", 1)[1]), []).append(rec)
     rows = []
     for seed, recs in sorted(by_seed.items()):
-        plain = [r for r in recs if "dpok" in (_points(r) or {})]
-        if len(plain) != 1:
-            sys.exit(f"seed {seed}: {len(plain)} evaluations hold plain DPOK's frontier; one is needed")
-        base = plain[0]["models"]["base"]
+        fronts = {}  # the frontier model's name (its scale-1 point) -> its points
+        for r in recs:
+            points = _points(r)
+            if points:
+                fronts[next(n for n, m in points.items() if m["scale"] == 1)] = points
+        if "dpok" not in fronts:
+            sys.exit(f"seed {seed}: no evaluation holds plain DPOK's frontier")
+        base = recs[0]["models"]["base"]
         for rec in recs:
             if rec["models"]["base"]["aligned"] != base["aligned"]:
                 sys.exit(f"seed {seed}: the base's verdicts differ between the evaluations (other seeds?)")
-            # a record with its own frontier (e.g. plain DRaFT scaled) is read against it, others against DPOK's
-            points = _points(rec) or _points(plain[0])
-            front_name = next(n for n, m in points.items() if m["scale"] == 1)
+            own = _points(rec) or {}
             for name, m in rec["models"].items():
                 if name == "base":
                     continue
-                for j, (sampler, keep, gain, gain_se) in enumerate(_samplers(m)):
-                    if keep is None:
-                        continue
-                    scaled = [(p["scale"], *_samplers(p)[j][1:3]) for p in points.values()]  # (scale, keep, gain)
+                for front_name, points in fronts.items():
+                    if name in own and own is not points:
+                        continue  # a frontier's points only against their own frontier
+                    rows += _read(seed, name, m, front_name, points)
+    # a model sampled in two evaluations (the same seeds, so the same figures) is read once
+    seen, once = set(), []
+    for r in rows:
+        key = (r["seed"], r["sampler"], r["model"], r["frontier_of"])
+        if key not in seen:
+            seen.add(key)
+            once.append(r)
+    return once
 
-                    def line(fig: str) -> list[FrontierPoint]:
-                        return [FrontierPoint(s, g, k[fig], k["n_base_right"]) for s, k, g in scaled]
-                    moved = line("moved_base_right")
-                    r = read_frontier(line("broken"), gain, keep["broken"], keep["n_base_right"], "broken")
-                    rc = read_frontier(line("broken_changed"), gain, keep["broken_changed"], keep["n_base_right"],
-                                       "broken_changed")
-                    rows.append({"seed": seed, "sampler": sampler, "model": name, "frontier_of": front_name,
-                                 "gain": gain, "gain_se": gain_se,
-                                 "n": keep["n_base_right"], "broken": r, "changed": rc, "point": name in points,
-                                 "moved": keep["moved_base_right"], "moved_frontier": frontier_at(moved, gain)[0],
-                                 "heldout": (m.get("generalization") or {}).get("overall", math.nan)})
+
+def _read(seed: int, name: str, m: dict, front_name: str, points: dict) -> list[dict]:
+    """``m``'s rows (one a sampler) read against the frontier ``points`` of ``front_name``."""
+    rows = []
+    for j, (sampler, keep, gain, gain_se) in enumerate(_samplers(m)):
+        if keep is None:
+            continue
+        scaled = [(p["scale"], *_samplers(p)[j][1:3]) for p in points.values()]  # (scale, keep, gain)
+
+        def line(fig: str) -> list[FrontierPoint]:
+            return [FrontierPoint(s, g, k[fig], k["n_base_right"]) for s, k, g in scaled]
+        moved = line("moved_base_right")
+        r = read_frontier(line("broken"), gain, keep["broken"], keep["n_base_right"], "broken")
+        rc = read_frontier(line("broken_changed"), gain, keep["broken_changed"], keep["n_base_right"],
+                           "broken_changed")
+        rows.append({"seed": seed, "sampler": sampler, "model": name, "frontier_of": front_name,
+                     "gain": gain, "gain_se": gain_se,
+                     "n": keep["n_base_right"], "broken": r, "changed": rc, "point": name in points,
+                     "moved": keep["moved_base_right"], "moved_frontier": frontier_at(moved, gain)[0],
+                     "heldout": (m.get("generalization") or {}).get("overall", math.nan)})
     return rows
 
 
