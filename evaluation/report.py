@@ -80,27 +80,24 @@ LABEL_TEXT = {"dpo": "Diffusion-DPO on their ranking pairs", "kto": "Diffusion-K
 def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[str, list[dict]] | None = None) -> None:
     """DPOK: reward mean and KL per round; RWL: loss terms per step; with ``curves``, the oracle's
     alignment of each DPOK run's samples (fixed prompts and seeds) by round; DPO / KTO (when run):
-    their loss per step."""
+    their loss per step; DRaFT + Focus-N-Fix (``draft_region``, when run): its reward and
+    objective per step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = {name: histories[name] for name in LABEL_TEXT if histories.get(name)}
-    fig, axes = plt.subplots(1, 5 if labels else 4, figsize=(21 if labels else 17, 3.4))
+    draft = histories.get("draft_region") or []
+    fig, axes = plt.subplots(1, 4 + bool(labels) + bool(draft), figsize=(17 + 4 * (bool(labels) + bool(draft)), 3.4))
     rwl = histories.get("rwl") or []
-    dpok = {name: histories.get(name) or [] for name in ("dpok", "dpok_region")}  # plain and region-aware
-    for name, hist in dpok.items():
-        if hist:
-            r = [h["round"] for h in hist]
-            axes[0].plot(r, [h["reward_mean"] for h in hist], marker="o", label=name)
-            axes[1].plot(r, [h["kl"] for h in hist], marker="o", label=name)
-    if any(dpok.values()):
+    dpok = histories.get("dpok") or []
+    if dpok:
+        r = [h["round"] for h in dpok]
+        axes[0].plot(r, [h["reward_mean"] for h in dpok], marker="o")
+        axes[1].plot(r, [h["kl"] for h in dpok], marker="o")
         axes[0].set(title="DPOK: mean reward of the round's samples", xlabel="round", ylabel="reward")
         axes[1].set(title="DPOK: KL to the base model (per step)", xlabel="round", ylabel="KL (nats)")
-        if dpok["dpok_region"]:
-            axes[0].legend()
-            axes[1].legend()
     if rwl:
         s = [h["step"] for h in rwl]
         axes[2].plot(s, _smooth([h["loss_model"] for h in rwl]), label="reward-weighted (D_model)")
@@ -118,6 +115,12 @@ def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[s
     if labels:
         axes[4].set(title="DPO / KTO: loss (smoothed)", xlabel="step", ylabel="loss")
         axes[4].legend()
+    if draft:
+        s = [h["step"] for h in draft]
+        axes[-1].plot(s, _smooth([h["reward_mean"] for h in draft]), label="reward")
+        axes[-1].plot(s, _smooth([h["objective"] for h in draft]), label="objective: reward − β × change outside")
+        axes[-1].set(title="DRaFT + Focus-N-Fix (smoothed)", xlabel="step", ylabel="per image")
+        axes[-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -210,10 +213,11 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
                      + f" | {_fmt(e.generalization.get('overall', float('nan')))} | {_fmt(e.controls['overall'])}"
                      f" | {_fmt(e.reward, False)} | {_fmt(e.fidelity, False)} |")
     if results.get("region_weight") is not None:
-        lines += ["", "dpok_region: DPOK as dpok (same seed and settings) with Focus-N-Fix's penalty, each sample's "
-                  f"reward minus {results['region_weight']:g} × its change, from the base model's image of the same "
-                  "noise, outside the problem region the reward's region head marks on that image (the region "
-                  "head learnt from the raters' marks)."]
+        lines += ["", "draft_region: Focus-N-Fix as its paper runs it, on reward backpropagation (DRaFT-1, the same "
+                  f"reward and targets): each image's reward minus {results['region_weight']:g} × its change, from "
+                  "the base model's image of the same noise, outside the problem region the reward's region head "
+                  "marks on that image (the region head learnt from the raters' marks); the penalty's gradient "
+                  "lands on the pixels it protects."]
     if results.get("label_methods"):
         lines += ["", "From the raters' labels of the targets, no reward model: " + "; ".join(
             f"{m}: {LABEL_TEXT[m]} ({_counts(m, v)}), {v['steps']} steps" for m, v in results["label_methods"].items())

@@ -342,12 +342,6 @@ class FinetuneConfig:
                 "and make eval.")
         if self.method == "draft":
             self._check_draft()
-        if self.region.kl_weight > 0 and (self.method != "dpok" or self.dpok.update != "policy_gradient"):
-            raise UserError(f"region.kl_weight={self.region.kl_weight:g} is a KL between DPOK's step Gaussians, "
-                            f"and method={self.method}" + (f", dpok.update={self.dpok.update}" if self.method == "dpok"
-                                                           else "") + " takes no such step.",
-                            "set region.kl_weight=0, or use METHOD=dpok with its policy-gradient update "
-                            "(region.weight is the keep term of rwl and draft).")
         if self.method in LABEL_METHODS and self.region.weight > 0:
             raise UserError(f"method={self.method} learns from the raters' labels with no reward model, and "
                             f"region-aware fine-tuning (region.weight={self.region.weight:g}) needs a reward's "

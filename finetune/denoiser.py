@@ -212,10 +212,9 @@ def check_finetune_options(cfg: FinetuneConfig, family: Family) -> None:
         raise UserError(f"{where}, and model.parameterisation=side is not built for it: a side network is a "
                         "UNet module (core.side).", "use model.parameterisation=lora (a LoRA on the transformer's "
                         "attention projections) or model.parameterisation=full (every transformer weight).")
-    if cfg.region.active:
-        raise UserError(f"{where}, and region-aware fine-tuning (region.weight={cfg.region.weight:g}, "
-                        f"region.kl_weight={cfg.region.kl_weight:g}) is built for Stable Diffusion 1.x/2.x only.",
-                        "set region.weight=0 and region.kl_weight=0 for a flow model.")
+    if cfg.region.weight > 0:
+        raise UserError(f"{where}, and region-aware fine-tuning (region.weight={cfg.region.weight:g}) is built for "
+                        "Stable Diffusion 1.x/2.x only.", "set region.weight=0 for a flow model.")
 
 
 @torch.no_grad()

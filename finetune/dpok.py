@@ -11,12 +11,8 @@ per step (DPOK eq. 7-8):
     loss = alpha * PPO_clip(r_t(theta), A) + beta * KL_t,   r_t = p_theta(x_{t-1}|x_t) / p_old(x_{t-1}|x_t)
 
 KL_t is the exact Gaussian KL ||mu_theta - mu_base||^2 / 2 sigma_t^2 of the two step Gaussians (as
-Flow-GRPO; DPOK's own code uses an eps-MSE surrogate).  Region-aware (:mod:`finetune.region`),
-``region.weight`` charges each sample's reward its change outside the problem region (Focus-N-Fix
-eq. 3), and ``region.kl_weight`` adds a second KL term on the latent cells the base model's image of
-the same noise keeps, at every trained step: the keep term where the gradient of each step can use
-it.  The base model is the same UNet with its LoRA adapter disabled (or a frozen copy when the whole
-UNet is trained).
+Flow-GRPO; DPOK's own code uses an eps-MSE surrogate).  The base model is the same UNet with its
+LoRA adapter disabled (or a frozen copy when the whole UNet is trained).
 
 Advantages: rewards minus the prompt's mean (``per_prompt``, as DDPO and GRPO) or minus the batch
 mean (``batch``); either is divided
@@ -50,9 +46,8 @@ from finetune.denoiser import TextCond
 from finetune.image_log import SampleGrid, fixed_noise_images
 from finetune.policy import DiffusionPolicy, base_policy
 from finetune.prompts import prompt_group_ids
-from finetune.region import latent_keep, outside_change
-from finetune.rl_math import (clipped_policy_loss, gaussian_kl, gaussian_log_prob, normalize_advantages,
-                              step_divergence)
+from finetune.region import outside_change
+from finetune.rl_math import clipped_policy_loss, gaussian_log_prob, normalize_advantages, step_divergence
 from finetune.run import FinetuneResult, Run, setup_run
 from finetune.sampler import Trajectory, decode_latents, sample_trajectories
 from reward.reward_fn import OracleReward, Reward, RewardFn, RewardSource, load_reward
@@ -78,8 +73,7 @@ class RoundStats:
     seconds_reward: float
     seconds_update: float
     oracle_aligned: float | None = None  # cfg.curve_every: share judged aligned after this round
-    outside_change: float | None = None  # region-aware: mean change outside the problem regions (RMS)
-    keep_kl: float | None = None  # region.kl_weight > 0: mean KL term on the kept latent cells (nats a step)
+    outside_change: float | None = None  # region.weight > 0: mean change outside the problem regions (RMS)
     # dpok.update=awm (finetune.awm): the mean matching loss l and the mean squared change of the
     # prediction from the base model's (kl, clip_fraction and approx_kl are then 0: no step log-probs)
     matching: float | None = None
@@ -156,9 +150,9 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
         t0 = time.perf_counter()
         batch = _sample(run, gen, rng)
         t1 = time.perf_counter()
-        rewards, outside, keep_cells = _score(run, batch)
+        rewards, outside = _score(run, batch)
         t2 = time.perf_counter()
-        stats = _update(run, batch.traj, rewards, rng, keep_cells)
+        stats = _update(run, batch.traj, rewards, rng)
         t3 = time.perf_counter()
         row = _after_round(run, r + 1, rewards, outside, stats, (t1 - t0, t2 - t1, t3 - t2), history, curve, grid)
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
@@ -189,28 +183,25 @@ def _sample(run: Run, gen: torch.Generator, rng: np.random.Generator) -> RoundSa
     return RoundSamples(prompts, cond, uncond, noise, traj, decode_latents(run.comps.pipe.vae, traj.final_latents))
 
 
-def _score(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Phase 2: the rewards (B,) of the round's images and, region-aware, each image's change
-    outside its problem region (B,), which the reward is charged for with ``region.weight``
-    (Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||), else None; and with ``region.kl_weight``
-    > 0 the latent cells the update keeps, (B, 1, h, w) 1. where the base's image is kept, else None."""
+def _score(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Phase 2: the rewards (B,) of the round's images and, region-aware (``region.weight`` > 0),
+    each image's change outside its problem region (B,), which the reward is charged for
+    (Focus-N-Fix eq. 3: r(I) - beta * ||(1 - M) * (I0 - I)||); else None."""
     rewards = run.reward.score(batch.images, batch.prompts).to(run.device)
     if not torch.isfinite(rewards).all():
         raise UserError("the reward model returned NaN or infinite rewards.",
                         "check the reward model folder (retrain it with `make reward`).")
-    region = run.cfg.region
-    if not region.active:
-        return rewards, None, None
-    outside, keep = _outside_change(run, batch)
-    cells = latent_keep(keep, tuple(batch.traj.latents.shape[-2:])).float() if region.kl_weight > 0 else None
-    return rewards - region.weight * outside, outside, cells
+    if run.cfg.region.weight <= 0:
+        return rewards, None
+    outside = _outside_change(run, batch)
+    return rewards - run.cfg.region.weight * outside, outside
 
 
 @torch.no_grad()
-def _outside_change(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.Tensor]:
+def _outside_change(run: Run, batch: RoundSamples) -> torch.Tensor:
     """(B,) each image's change, from the base model's image of the same noise (the generator state
     the round's sampling started from), outside the problem region the reward's region model
-    marks on that base image (:meth:`finetune.run.Run.keep_regions`), and that keep region (B, H, W) bool."""
+    marks on that base image (:meth:`finetune.run.Run.keep_regions`)."""
     cfg = run.cfg
     gen = torch.Generator(run.device)
     gen.set_state(batch.noise)
@@ -219,11 +210,10 @@ def _outside_change(run: Run, batch: RoundSamples) -> tuple[torch.Tensor, torch.
                                    cfg.dpok_window[1], cfg.dpok.tail_steps)
     base_images = decode_latents(run.comps.pipe.vae, traj.final_latents)
     keep = run.keep_regions(base_images, batch.prompts).to(batch.images.device)
-    return outside_change(batch.images, base_images, keep), keep
+    return outside_change(batch.images, base_images, keep)
 
 
-def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Generator,
-            keep_cells: torch.Tensor | None = None) -> dict:
+def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Generator) -> dict:
     """Phase 3: the advantages (B, T), then (``dpok.update=awm``: :func:`finetune.awm.awm_update`
     instead) the round's clipped policy-gradient updates on a random draw of its transitions
     (:func:`draw_transitions`), ``minibatch_size`` transitions an optimizer step
@@ -236,11 +226,9 @@ def _update(run: Run, traj: Trajectory, rewards: torch.Tensor, rng: np.random.Ge
     run.comps.unet.train()
     start, end = cfg.dpok_window
     samples, steps = draw_transitions(rng, traj.batch_size, end, d.steps_per_sample, start)
-    keep = None if keep_cells is None else (keep_cells, cfg.region.kl_weight)
-    names = ("kl", "clip_fraction", "approx_kl", "policy_loss") + (("keep_kl",) if keep else ()) + ("loss",)
-    return run.minibatch_pass(len(steps), rng, names,
+    return run.minibatch_pass(len(steps), rng, ("kl", "clip_fraction", "approx_kl", "policy_loss", "loss"),
                               lambda items: _policy_loss(run.accelerator, run.policy, traj, adv, samples[items],
-                                                         steps[items], d, keep))
+                                                         steps[items], d))
 
 
 def _after_round(run: Run, done: int, rewards: torch.Tensor, outside: torch.Tensor | None, stats: dict,
@@ -310,11 +298,9 @@ def draw_transitions(rng: np.random.Generator, batch: int, eligible: int, per_sa
 
 
 def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: torch.Tensor, samples: np.ndarray,
-                 steps: np.ndarray, d, keep: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, ...]:
+                 steps: np.ndarray, d) -> tuple[torch.Tensor, ...]:
     """DPOK eq. 7-8 on the transitions (samples[i], steps[i]): the mean KL term, clip fraction,
-    approximate KL, policy loss and total loss alpha * PPO_clip + beta * KL, each a scalar.
-    ``keep`` = (cells (B, 1, h, w), weight), region.kl_weight > 0: the KL on each sample's kept
-    latent cells, weighted, is one more term of the loss, and its mean comes before the loss."""
+    approximate KL, policy loss and total loss alpha * PPO_clip + beta * KL, each a scalar."""
     bi = torch.as_tensor(samples, device=traj.latents.device)
     si = torch.as_tensor(steps, device=traj.latents.device)
     x_t, x_prev = traj.latents[bi, si], traj.latents[bi, si + 1]
@@ -329,8 +315,4 @@ def _policy_loss(accelerator, policy: DiffusionPolicy, traj: Trajectory, adv: to
     pl = clipped_policy_loss(log_prob, traj.log_probs[bi, si], adv[bi, si], d.clip_range)
     kl = step_divergence(g.mean, ref.gaussian.mean, g.std, d.divergence)
     loss = d.reward_weight * pl.loss + d.kl_weight * kl.mean()
-    if keep is None:
-        return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss
-    cells, weight = keep
-    kept = gaussian_kl(g.mean, ref.gaussian.mean, g.std, cells[bi]).mean()
-    return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, kept, loss + weight * kept
+    return kl.mean(), pl.clip_fraction, pl.approx_kl, pl.loss, loss

@@ -41,18 +41,6 @@ class RegionConfig:
     # the reward trained to best match the raters' marks (reward.region.fit.calibrate_threshold)
     threshold: Share | None = None
     dilate: Share = 0.06  # the problem mask grown by this fraction of the image side (the marks' disks are coarse)
-    # DPOK only: the weight of a dense KL to the base model on the kept latent cells of every trained
-    # step, sum over kept cells of ||mu_theta - mu_base||^2 / 2 sigma_t^2 (nats a step; the base's image
-    # of the same noise says what is kept), beside DPOK's KL over the whole latent (dpok.kl_weight).
-    # Where a policy gradient can use the keep term: on the cells it protects, at every step
-    # (issue 78), not as one scalar charged to the whole trajectory as region.weight is.  0: off
-    kl_weight: NonNegativeFloat = 0.0
-
-    @property
-    def active(self) -> bool:
-        """Whether the run is region-aware: it needs the reward's region head and the base model's
-        image of each sample's noise."""
-        return self.weight > 0 or self.kl_weight > 0
 
 
 def keep_regions(reward, images: torch.Tensor, prompts: list[str], cfg: RegionConfig) -> torch.Tensor:

@@ -103,18 +103,14 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return _sum_dims(-0.5 * z**2 - std.log() - 0.5 * math.log(2 * math.pi))
 
 
-def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,
-                cells: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(mean_p, std^2 I) || N(mean_q, std^2 I)) = ||mean_p - mean_q||^2 / (2 std^2) -> (B,).
 
     The exact KL between the policy's and the base model's step Gaussians, which share sigma_t
-    (DPOK eq. 7 bounds the trajectory KL by the sum of these over steps).  ``cells`` (broadcastable
-    to the means, e.g. (B, 1, h, w) in {0, 1}): the KL of the step's marginal on those latent cells
-    only (the Gaussians factorise over elements, so it is the sum of their per-element terms).
+    (DPOK eq. 7 bounds the trajectory KL by the sum of these over steps).
     """
     std = torch.as_tensor(std, dtype=mean_p.dtype, device=mean_p.device)
-    per_element = (mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2)
-    return _sum_dims(per_element if cells is None else per_element * cells.to(per_element.dtype))
+    return _sum_dims((mean_p - mean_q) ** 2 / (2 * std.expand_as(mean_p) ** 2))
 
 
 Divergence = Literal["kl", "chi2", "hellinger"]

@@ -104,9 +104,9 @@ class Run:
         return self.accelerator.device
 
     def keep_regions(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
-        """Region-aware fine-tuning (``region.weight`` or ``region.kl_weight`` > 0): what each image
-        keeps, (B, H, W) bool (:func:`finetune.region.keep_regions`); None when the run is not region-aware."""
-        return keep_regions(self.reward, images, prompts, self.cfg.region) if self.cfg.region.active else None
+        """Region-aware fine-tuning (``region.weight`` > 0): what each image keeps, (B, H, W) bool
+        (:func:`finetune.region.keep_regions`); None when the run is not region-aware."""
+        return keep_regions(self.reward, images, prompts, self.cfg.region) if self.cfg.region.weight > 0 else None
 
     def encode_prompts(self, prompts: list[str]) -> tuple[TextCond, TextCond]:
         """(cond, uncond) of ``prompts`` (:func:`finetune.denoiser.encode_prompts`) with the run's
@@ -226,8 +226,8 @@ def setup_run(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None) -> tuple
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, out)
     # Loaded once, here, before the output folder is written: a reward that is not there, or one
-    # without the region head region-aware fine-tuning needs, is refused with nothing written.
-    region = cfg.region.active
+    # without the region head region.weight > 0 needs, is refused with nothing written.
+    region = cfg.region.weight > 0
     if labels is not None:
         reward = None
     elif reward_fn is None:

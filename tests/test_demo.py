@@ -27,8 +27,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
             "eval_args=[sampling.num_inference_steps=2, grid_prompts=2]",
             # a random tiny model is rarely right: noisy raters and a wide rule still give targets
             "flip_rate=0.4", "rule.min_images=1", "rule.max_good_rate=1.0", "min_targets=1", "oracle_upper_bound=true",
-            # the raters mark, the reward learns a region head, region-aware DPOK runs beside plain DPOK
-            "regions=true", "region_weight=0.5",
+            # the raters mark, the reward learns a region head, DRaFT + Focus-N-Fix runs beside plain DPOK
+            "regions=true", "region_weight=0.5", "region_steps=2",
+            "draft_args=[sampling.num_inference_steps=2, draft.batch_size=2]",
             # and DPO / KTO on the targets' labels, no reward model, each a row beside RWL and DPOK
             "label_methods=[dpo, kto]",
             "dpo_args=[sampling.num_inference_steps=2, dpo.steps=2, dpo.batch_size=4, dpo.ties=half, dpo.binary_pairs=true]",
@@ -37,7 +38,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     chosen = results["targets_chosen"]
     assert chosen and (tmp_path / "runs" / "targets.txt").read_text().splitlines() == chosen
-    for model in ("base", "rwl", "dpok", "dpok_oracle", "dpok_region", "dpo", "kto"):
+    for model in ("base", "rwl", "dpok", "dpok_oracle", "draft_region", "dpo", "kto"):
         assert set(results[model]["targets"]) == {"color", "count", "background", "combination", "overall"}
         assert "overall" in results[model]["controls"] and "overall" in results[model]["generalization"]
         assert set(results[model]["per_prompt"]) == set(chosen)  # evaluated on the targets
@@ -45,25 +46,28 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     for view in ("val_images", "val_prompts"):
         assert {"pairwise_accuracy_vs_oracle", "zero_shot_clip_pairwise_accuracy_vs_oracle"} <= set(results["reward_model"][view])
     assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
-                                       "finetune-dpok", "finetune-dpok-oracle", "finetune-dpok-region", "finetune-dpo",
+                                       "finetune-dpok", "finetune-dpok-oracle", "finetune-draft-region", "finetune-dpo",
                                        "finetune-kto", "evaluate", "total"}
-    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "dpok_region", "dpo", "kto"}
+    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "draft_region", "dpo", "kto"}
     # DPO / KTO read the demo's own labels, of the targets only, and say what they learnt from
     dpo, kto = results["label_methods"]["dpo"], results["label_methods"]["kto"]
     assert dpo["steps"] == kto["steps"] == 2 and dpo["ranking_pairs"] + dpo["binary_pairs"] > 0 and kto["images"] > 0
     assert dpo["prompts"] <= len(chosen) and kto["prompts"] <= len(chosen)
     # the oracle's learning curve of every DPOK run: before training and at the last round
     assert {m: [p["round"] for p in c] for m, c in results["curves"].items()} == {
-        "dpok": [0, 2], "dpok_oracle": [0, 2], "dpok_region": [0, 2]}
+        "dpok": [0, 2], "dpok_oracle": [0, 2]}
     # regions: the marks came with the labels, the reward's region head was measured, the report says so
     assert results["labels"]["added_marks"] > 0 and results["region_weight"] == 0.5
     assert "heatmap_auc" in results["reward_model"]["region_val_images"]
     saved = {run: load_config(FinetuneConfig, tmp_path / "runs" / run / "config.yaml")
-             for run in ("finetune-dpok", "finetune-dpok-region")}
-    assert {run: (c.region.weight, tuple(c.dpok.window)) for run, c in saved.items()} == {
-        "finetune-dpok": (0.0, (1, 2)), "finetune-dpok-region": (0.5, (0, 2))}  # its window from step 0
+             for run in ("finetune-dpok", "finetune-draft-region")}
+    assert {run: (c.method, c.seed, c.region.weight, c.prompts.prompts_file, c.reward.path)
+            for run, c in saved.items()} == {  # the same reward, targets and seed; beta on DRaFT only
+        run: (method, 0, weight, str(tmp_path / "runs" / "targets.txt"), str(tmp_path / "runs" / "reward"))
+        for run, method, weight in (("finetune-dpok", "dpok", 0.0), ("finetune-draft-region", "draft", 0.5))}
+    assert saved["finetune-draft-region"].draft.steps == 2 and saved["finetune-draft-region"].draft.batch_size == 2
     report_md = (tmp_path / "report" / "report.md").read_text()
-    assert "| dpok_region |" in report_md and "Focus-N-Fix" in report_md
+    assert "| draft_region |" in report_md and "Focus-N-Fix" in report_md
     assert "| dpo |" in report_md and "| kto |" in report_md and "Diffusion-KTO on their binary answers" in report_md
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f

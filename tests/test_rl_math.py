@@ -25,19 +25,6 @@ def test_kl_matches_torch_distributions():
     assert torch.all(gaussian_kl(mp, mp, std) == 0)
 
 
-def test_kl_on_some_cells_is_the_kl_of_the_marginal_on_those_cells():
-    """gaussian_kl(..., cells): the KL of the step Gaussians' marginal on the latent cells marked 1,
-    every channel of them; all cells is the whole KL, no cells 0."""
-    mp, mq, std = torch.randn(SHAPE), torch.randn(SHAPE), torch.tensor(0.7)
-    cells = torch.rand(SHAPE[0], 1, *SHAPE[2:]) > 0.5  # (B, 1, h, w)
-    for b in range(SHAPE[0]):
-        sel = cells[b].expand(SHAPE[1:])
-        marginal = kl_divergence(Normal(mp[b][sel], std), Normal(mq[b][sel], std)).sum()
-        torch.testing.assert_close(gaussian_kl(mp, mq, std, cells)[b], marginal)
-    torch.testing.assert_close(gaussian_kl(mp, mq, std, torch.ones(SHAPE[0], 1, *SHAPE[2:])), gaussian_kl(mp, mq, std))
-    assert torch.all(gaussian_kl(mp, mq, std, torch.zeros(SHAPE[0], 1, *SHAPE[2:])) == 0)
-
-
 @pytest.mark.parametrize("fn", [
     lambda x, m, s: gaussian_log_prob(x, m, s),
     lambda x, m, s: gaussian_kl(x, m, s),

@@ -15,9 +15,12 @@ prompts, never fine-tuned on and whose labels the reward never trained on (its v
 ``target=heldout|train|all`` fine-tunes on a whole shapes-world prompt set instead (the earlier
 design).  ``oracle_upper_bound=true`` adds DPOK with the oracle as reward, same budget: the most a
 learned reward could buy.  ``regions=true`` has the raters mark where each bad image is wrong, so
-the reward also learns a region head, and adds region-aware DPOK (``finetune-dpok-region``: DPOK with
-``region.weight=region_weight``, Focus-N-Fix's penalty on change outside the problem region; the
-same seed as plain DPOK, its window started at step 0) beside plain DPOK in every table of the report.
+the reward also learns a region head, and adds Focus-N-Fix as its paper runs it
+(``finetune-draft-region``: reward backpropagation, DRaFT-1, on the same reward and targets with
+``region.weight=region_weight``, the penalty on change outside the problem region whose gradient
+lands on the pixels it protects; ``region_steps`` optimizer steps, ``draft_args``) beside plain DPOK
+in every table of the report.  (Region-aware DPOK, the penalty as one more scalar of a policy
+gradient's reward, is dominated by plain DPOK turned down: experiments/keep-frontier.)
 ``label_methods=[dpo,kto]`` adds fine-tuning straight from the raters' labels of the targets, with
 no reward model (:mod:`finetune.preference`): Diffusion-DPO on their ranking pairs and Diffusion-KTO
 on their binary answers, each a row of every table beside RWL and DPOK (``dpo_args``, ``kto_args``).
@@ -42,15 +45,13 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from core.compile import resolve_compile
-from core.config import NonNegativeInt, PositiveFloat, replace_keys, save_config
+from core.config import NonNegativeInt, PositiveFloat, PositiveInt, save_config
 from core.errors import UserError
 from core.loading import default_device
 from evaluation import report
 from evaluation.compare import evaluate
 from finetune.config import LabelMethod
-from finetune.dpok import train_dpok
-from finetune.preference import train_on_labels
-from finetune.rwl import train_rwl
+from finetune.train import train
 from reward.data import VIEWS
 from workflows.round import RoundConfig, RoundOut, StageConfigs, Stages, claim_folders, run_round
 
@@ -69,7 +70,11 @@ class DemoConfig(RoundConfig):
     # also fine-tune on the targets' labels with no reward model, each method a run and a row beside
     # RWL and DPOK: dpo (their ranking pairs), kto (their binary answers); (): neither
     label_methods: tuple[LabelMethod, ...] = ()
-    region_weight: PositiveFloat = 3.0  # regions=true: region-aware DPOK's region.weight (Focus-N-Fix's beta)
+    # regions=true: Focus-N-Fix on DRaFT-1, its region.weight (the paper's beta) and optimizer steps
+    # (about the wall time of the demo's DPOK; experiments/keep-frontier measured both)
+    region_weight: PositiveFloat = 3.0
+    region_steps: PositiveInt = 250
+    draft_args: tuple[str, ...] = ()  # dotted overrides of that run's config (finetune/configs/draft.yaml)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -81,7 +86,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.oracle_upper_bound:
         models.append(f"dpok_oracle={runs / 'finetune-dpok-oracle'}")
     if cfg.regions:
-        models.append(f"dpok_region={runs / 'finetune-dpok-region'}")
+        models.append(f"draft_region={runs / 'finetune-draft-region'}")
     # Every stage's config is built before anything runs or any folder is recreated (DPOK's by
     # StageConfigs itself), so a bad <stage>_args override fails at once, not after minutes of
     # generating and labelling.
@@ -93,12 +98,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                         "drop region.head=off from reward_args, or set regions=false.")
     rwl_cfg = configs.finetune("rwl", cfg.rwl_args, runs / "finetune-rwl", out.reward, cfg.seed, prompts_file, split)
     oracle_cfg = configs.dpok(runs / "finetune-dpok-oracle", out.reward, cfg.seed, prompts_file, split, oracle=True)
-    # plain DPOK's run (same seed, same dpok_args) but for the penalty, so the two pair up, and its
-    # window: from step 0, so that the penalty reaches the early steps that set an image's layout
-    # (experiments/region-dpok: more gain and fewer broken images than from plain DPOK's start)
-    region_cfg = configs.dpok(runs / "finetune-dpok-region", out.reward, cfg.seed, prompts_file, split)
-    region_cfg = replace_keys(region_cfg, {"region.weight": cfg.region_weight,
-                                           "dpok.window": (0, region_cfg.dpok.window[1])})
+    region_cfg = configs.finetune("draft", cfg.draft_args, runs / "finetune-draft-region", out.reward, cfg.seed,
+                                  prompts_file, split, **{"draft.steps": cfg.region_steps,
+                                                          "region.weight": cfg.region_weight})
     label_cfgs = {m: configs.tuned(m, runs / f"finetune-{m}", out.reward, cfg.root, cfg.seed, prompts_file, split)
                   for m in dict.fromkeys(cfg.label_methods)}
     models += [f"{m}={c.output_dir}" for m, c in label_cfgs.items()]
@@ -109,19 +111,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     r = run_round(stages, configs, 0, gen_cfg, out, name=lambda s: NAMES.get(s, s),
                   label_summary=lambda sim: {k: v for k, v in sim.items() if isinstance(v, (int, float))},
                   split=split)
-    rwl = stages.run("finetune-rwl", lambda: train_rwl(rwl_cfg))
+    rwl = stages.run("finetune-rwl", lambda: train(rwl_cfg))
     histories = {"dpok": _history(out.tuned), "rwl": rwl.history}
     curves = {"dpok": r["finetune"]["curve"]}
     learnt = {}  # what DPO / KTO learnt from (pairs, answers: their metrics' labels) and their steps
     for m, c in label_cfgs.items():
-        res = stages.run(f"finetune-{m}", lambda c=c: train_on_labels(c))
+        res = stages.run(f"finetune-{m}", lambda c=c: train(c))
         histories[m], learnt[m] = res.history, {**res.metrics["labels"], "steps": c.length[1]}
     if cfg.oracle_upper_bound:
-        oracle = stages.run("finetune-dpok-oracle", lambda: train_dpok(oracle_cfg))
+        oracle = stages.run("finetune-dpok-oracle", lambda: train(oracle_cfg))
         histories["dpok_oracle"], curves["dpok_oracle"] = oracle.history, oracle.metrics["curve"]
     if cfg.regions:
-        region = stages.run("finetune-dpok-region", lambda: train_dpok(region_cfg))
-        histories["dpok_region"], curves["dpok_region"] = region.history, region.metrics["curve"]
+        histories["draft_region"] = stages.run("finetune-draft-region", lambda: train(region_cfg)).history
     with tqdm(desc="eval: sampling", unit="img", file=sys.stderr) as bar:
         evals = stages.run("evaluate", lambda: evaluate(eval_cfg, progress=bar))
     seconds = {**stages.seconds, "total": time.perf_counter() - t0}
@@ -132,7 +133,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["labels"] = r["label"]
     results["base_model"] = Path(cfg.pipeline).name  # the results page keeps each base model's gains apart
     results["target"] = cfg.target
-    results["region_weight"] = cfg.region_weight if cfg.regions else None  # dpok_region's beta; None: no such run
+    results["region_weight"] = cfg.region_weight if cfg.regions else None  # draft_region's beta; None: no such run
     results["label_methods"] = learnt
     # the evaluation's sampling.compile, auto resolved (timings depend on it)
     results["compile"] = "on" if resolve_compile(eval_cfg.sampling.compile, default_device()) else "off"

@@ -56,7 +56,7 @@ def main() -> None:
         for h in range(HELD):  # seeds apart from the training rounds' (their index is the round)
             gen, rng = dpok._round_generator(cfg, 10_000 + h, 0, run.device)
             batch = dpok._sample(run, gen, rng)
-            rewards, _, _ = dpok._score(run, batch)
+            rewards, _ = dpok._score(run, batch)
             adv = dpok._advantages(batch.traj, rewards, d).clamp(-d.advantage_clip, d.advantage_clip)
             held.append((batch.traj, adv, float(rewards.mean())))
 
@@ -82,7 +82,7 @@ def main() -> None:
         for r in range(ROUNDS):
             gen, rng = dpok._round_generator(cfg, r, 0, run.device)
             batch = dpok._sample(run, gen, rng)
-            rewards, _, _ = dpok._score(run, batch)
+            rewards, _ = dpok._score(run, batch)
             stats = dpok._update(run, batch.traj, rewards, rng)
             s, kl = surrogate()
             rows.append({"round": r + 1, "reward": float(rewards.mean()), "held_surrogate": s, "held_kl": kl,

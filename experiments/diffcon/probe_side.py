@@ -115,7 +115,7 @@ def probe_dpok(kind: str, overrides: list[str], out_dir: Path) -> dict:
     gen, rng = dpok._round_generator(cfg, 0, 0, run.device)
     t0 = time.perf_counter()
     batch = dpok._sample(run, gen, rng)
-    rewards, _, _ = dpok._score(run, batch)
+    rewards, _ = dpok._score(run, batch)
     rec["sample_s"] = time.perf_counter() - t0
     rec["reward_mean"] = float(rewards.mean())
     traj = batch.traj
