@@ -36,9 +36,9 @@ def _points(rec: dict) -> dict | None:
 
 
 def readings(records: list[tuple[str, dict]]) -> list[dict]:
-    """One row per (seed, sampler, model, frontier) of every evaluation: each model read against
-    every frontier its seed's evaluations hold (plain DPOK's, and e.g. plain DRaFT's), a frontier's
-    own points against that frontier only."""
+    """One row per (seed, sampler, model, frontier) of every evaluation: each model, the frontiers'
+    points among them, read against every frontier its seed's evaluations hold (plain DPOK's, and
+    e.g. plain DRaFT's)."""
     by_seed: dict[int, list[dict]] = {}
     for file, rec in records:
         if file.startswith("eval-") and "models" in rec:
@@ -56,13 +56,10 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
         for rec in recs:
             if rec["models"]["base"]["aligned"] != base["aligned"]:
                 sys.exit(f"seed {seed}: the base's verdicts differ between the evaluations (other seeds?)")
-            own = _points(rec) or {}
             for name, m in rec["models"].items():
                 if name == "base":
                     continue
-                for front_name, points in fronts.items():
-                    if name in own and own is not points:
-                        continue  # a frontier's points only against their own frontier
+                for front_name, points in fronts.items():  # plain DRaFT's points against DPOK's too
                     rows += _read(seed, name, m, front_name, points)
     # a model sampled in two evaluations (the same seeds, so the same figures) is read once
     seen, once = set(), []
