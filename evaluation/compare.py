@@ -419,6 +419,14 @@ MEASURE_TITLES = {"broken": "every verdict flip counts",
                   "broken_changed": "broken only where at least 2 % of the image's pixels moved"}
 
 
+# under a keep table that was not read against a frontier (no frontier_scales)
+NO_FRONTIER = ("Not read against a frontier: any LoRA run breaks less when turned down at load, so a broken share "
+               "alone does not say a method keeps what is right. Evaluate the plain run at smaller scales too "
+               "(make eval frontier_scales=[0.1,0.25,0.5]; make demo "
+               "ARGS=\"eval_args=[frontier_scales=[0.1,0.25,0.5]]\") to read each model against it at equal gain "
+               "and against the floor.")
+
+
 def frontier_table(results: list[ModelEval], main_sampler: str = "the evaluation's") -> list[str]:
     """Markdown lines: per measure (evaluation.frontier.MEASURES) a table of every fine-tuned model at
     every sampler against the frontier at its gain and the floor; [] without a frontier."""
@@ -500,8 +508,9 @@ def write_report(results: list[ModelEval], cfg: EvalConfig, out: Path, oracle: b
     eta = "the flow ODE" if folder_family(base).flow else f"η = {cfg.sampling.eta:g}"
     front = frontier_table(results, eta)
     enough = right_images_note(results, cfg.samples_per_prompt)
+    tuned = oracle and any(r.keep is not None for r in results)
     keep_md = ("\n## Keep what is right: the frontier and the floor\n\n" + "\n".join(front) + "\n"
-               + (f"\n{enough}\n" if enough else "")) if front else (f"\n{enough}\n" if enough else "")
+               if front else (f"\n{NO_FRONTIER}\n" if tuned else "")) + (f"\n{enough}\n" if enough else "")
     write_text_atomic(out / "results.md",
         f"# Evaluation on {cfg.prompts_file or cfg.split} prompts, {cfg.samples_per_prompt} samples per prompt "
         f"(seed {cfg.seed}){side}\n\nSampling, the same for every model: {note}.\n\n{about}"

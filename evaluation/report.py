@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluation.curves import check_curve
 from core.jsonable import json_safe
-from evaluation.compare import ModelEval, frontier_table, off_palette_alarms
+from evaluation.compare import NO_FRONTIER, ModelEval, frontier_table, off_palette_alarms
 from shapes.oracle import ALIGNMENT_KEYS
 
 HACK_TOLERANCE = 0.02  # an oracle drop smaller than 2 points is noise at these sample sizes
@@ -244,8 +244,7 @@ def markdown(results: dict, evals: list[ModelEval], grid_names: list[str], promp
                   f"{_fmt(e.keep.moved_base_right)} % | {_fmt(e.keep.moved_inside)} % / "
                   f"{_fmt(e.keep.moved_outside)} % |" for e in keeps]
         front = frontier_table(evals, "the evaluation's η")
-        if front:
-            lines += [""] + front
+        lines += [""] + (front or [NO_FRONTIER])
     if results.get("targets_chosen"):
         lines += ["", f"Target prompts ({len(results['targets_chosen'])}): " + "; ".join(results["targets_chosen"]),
                   "", "![per-prompt pass rates](per_prompt.png)"]

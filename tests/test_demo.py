@@ -48,7 +48,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     assert set(results["seconds"]) >= {"generate", "simulate-raters", "targets", "reward", "finetune-rwl",
                                        "finetune-dpok", "finetune-dpok-oracle", "finetune-draft-region", "finetune-dpo",
                                        "finetune-kto", "evaluate", "total"}
-    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "draft_region", "dpo", "kto"}
+    # regions=true reads the keep table against plain DPOK turned down (region_frontier_scales)
+    assert set(results["hacking"]) == {"rwl", "dpok", "dpok_oracle", "draft_region", "dpo", "kto",
+                                       "dpok@0.1", "dpok@0.25", "dpok@0.5"}
     # DPO / KTO read the demo's own labels, of the targets only, and say what they learnt from
     dpo, kto = results["label_methods"]["dpo"], results["label_methods"]["kto"]
     assert dpo["steps"] == kto["steps"] == 2 and dpo["ranking_pairs"] + dpo["binary_pairs"] > 0 and kto["images"] > 0
@@ -68,6 +70,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_sd, tmp_path, capsys):
     assert saved["finetune-draft-region"].draft.steps == 2 and saved["finetune-draft-region"].draft.batch_size == 2
     report_md = (tmp_path / "report" / "report.md").read_text()
     assert "| draft_region |" in report_md and "Focus-N-Fix" in report_md
+    assert "frontier" in results["draft_region"] and "Frontier and floor" in report_md
     assert "| dpo |" in report_md and "| kto |" in report_md and "Diffusion-KTO on their binary answers" in report_md
     for f in ("report.md", "report.html", "learning_curves.png", "samples_before_after.png", "per_prompt.png"):
         assert (tmp_path / "report" / f).exists(), f

@@ -92,7 +92,9 @@ def test_eval_base_and_a_finetuned_run_on_shapes_prompts(setup, tmp_path):
     assert 0 <= keep.moved_base_right <= 1 or keep.n_base_right == 0
     assert keep.n_base_wrong == 0 or 0 <= keep.moved_outside <= 1  # the oracle's regions of the base images
     report = tmp_path / "report"
-    assert "| dpok |" in (report / "results.md").read_text() and "overall" in (report / "results.md").read_text()
+    md = (report / "results.md").read_text()
+    assert "| dpok |" in md and "overall" in md
+    assert "Not read against a frontier" in md and "frontier_scales" in md  # no frontier: the way to one
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["models"]) == {"base", "dpok"} and metrics["oracle"] is True
     assert metrics["models"]["dpok"]["keep"]["n_base_right"] == keep.n_base_right

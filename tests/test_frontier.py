@@ -164,6 +164,7 @@ def test_eval_reads_every_model_against_the_frontier_at_two_samplers(tiny_sd, ti
     assert results["base"].frontier == {} and results["base"].samplers == []
     md = (out / "results.md").read_text()
     assert "## Keep what is right: the frontier and the floor" in md and "| η = 0 | other |" in md
+    assert "Not read against a frontier" not in md
     assert "| η = 1 | dpok@0.25 | 0.25 |" in md and "right target images" in md
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frontier"] == ["dpok", "half", "dpok@0.25"]

@@ -19,7 +19,8 @@ the reward also learns a region head, and adds Focus-N-Fix as its paper runs it
 (``finetune-draft-region``: reward backpropagation, DRaFT-1, on the same reward and targets with
 ``region.weight=region_weight``, the penalty on change outside the problem region whose gradient
 lands on the pixels it protects; ``region_steps`` optimizer steps, ``draft_args``) beside plain DPOK
-in every table of the report.  (Region-aware DPOK, the penalty as one more scalar of a policy
+in every table of the report, whose keep table is then read against plain DPOK turned down
+(``region_frontier_scales``).  (Region-aware DPOK, the penalty as one more scalar of a policy
 gradient's reward, is dominated by plain DPOK turned down: experiments/keep-frontier.)
 ``label_methods=[dpo,kto]`` adds fine-tuning straight from the raters' labels of the targets, with
 no reward model (:mod:`finetune.preference`): Diffusion-DPO on their ranking pairs and Diffusion-KTO
@@ -75,6 +76,9 @@ class DemoConfig(RoundConfig):
     region_weight: PositiveFloat = 3.0
     region_steps: PositiveInt = 250
     draft_args: tuple[str, ...] = ()  # dotted overrides of that run's config (finetune/configs/draft.yaml)
+    # regions=true: plain DPOK's scales the keep table is read against (the evaluation's
+    # frontier_scales: the frontier and the floor, evaluation.frontier; eval_args may set others); (): none
+    region_frontier_scales: tuple[PositiveFloat, ...] = (0.1, 0.25, 0.5)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -104,7 +108,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     label_cfgs = {m: configs.tuned(m, runs / f"finetune-{m}", out.reward, cfg.root, cfg.seed, prompts_file, split)
                   for m in dict.fromkeys(cfg.label_methods)}
     models += [f"{m}={c.output_dir}" for m, c in label_cfgs.items()]
-    eval_cfg = configs.evaluation(models, out.reward, report_dir / "eval", prompts_file, cfg.target)
+    front = {"frontier_scales": cfg.region_frontier_scales} if cfg.regions else {}
+    eval_cfg = configs.evaluation(models, out.reward, report_dir / "eval", prompts_file, cfg.target, **front)
     claim_folders(cfg, "demo", fresh=True)
     stages, t0 = Stages("demo"), time.perf_counter()
 

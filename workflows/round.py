@@ -210,15 +210,16 @@ class StageConfigs:
         return replace_keys(c, {**after, **({"reward.kind": "oracle"} if oracle else {})})
 
     def evaluation(self, models: list[str], reward: Path, out: Path, prompts_file: Path | None = None,
-                   split: str | None = None) -> EvalConfig:
+                   split: str | None = None, **extra) -> EvalConfig:
         """The base and ``models`` (``name=run folder``) on ``prompts_file`` (the held-out prompts
-        as generalisation) or the shapes-world ``split``, judged by the reward at ``reward``."""
+        as generalisation) or the shapes-world ``split``, judged by the reward at ``reward``;
+        ``extra``: more keys (``eval_args`` still win)."""
         where = dict(prompts_file=str(prompts_file), generalization_split="heldout") if prompts_file is not None \
             else dict(split=split)
         return self._configured(EvalConfig(), {
             "base": self.cfg.pipeline, "clip": self.cfg.clip, "reward.path": str(reward), "models": tuple(models),
             "samples_per_prompt": self.cfg.eval_samples_per_prompt, "output_dir": str(out),
-            "side_samples_per_prompt": self.cfg.eval_side_samples_per_prompt, **where}, self.cfg.eval_args)
+            "side_samples_per_prompt": self.cfg.eval_side_samples_per_prompt, **where, **extra}, self.cfg.eval_args)
 
 
 @dataclass(frozen=True)
