@@ -8,10 +8,12 @@ training loss of the last 50 steps.  Then memorising against learning: the chang
 D_model loss from the base model's to the trained model's (the same noise and timesteps, 4 draws an
 image) on the D_model the run trained on and on a held-out one, the same prompts sampled by the
 base model from fresh seeds and weighted by the same rule (``train_dloss``, ``held_dloss``; < 0:
-the trained model fits those images better than the base).
+the trained model fits those images better than the base), and the unweighted change on each set's
+images of weight 0 (``*_w0``: the images the reward did not ask it to fit).
 
 Usage (repository root): python experiments/diffcon/probe_rwl.py TAG KIND [key=value ...]
-(KIND lora or side).  Writes one record, experiments/diffcon/diag-<date>-side-rwl-TAG-KIND.json (tools/records.py packs it into records.jsonl), and prints it.
+(KIND lora or side).  Writes one record, experiments/diffcon/diag-<date>-side-rwl-TAG-KIND.json
+(tools/records.py packs it into records.jsonl), and prints it.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ def held_out_model_set(pipe, cfg: FinetuneConfig, prompts: list[str]) -> tuple[t
 
 @torch.no_grad()
 def weighted_loss_change(base, tuned, cfg: FinetuneConfig, latents: torch.Tensor, texts: list[str],
-                         weights: torch.Tensor) -> float:
+                         weights: torch.Tensor) -> tuple[float, float]:
     """sum w (l_tuned - l_base) / sum w over ``DRAWS`` draws of noise and timestep an image: the
-    guided denoising loss RWL minimises (rwl.guided_loss), tuned pipeline's against the base's."""
+    guided denoising loss RWL minimises (rwl.guided_loss), tuned pipeline's against the base's; and
+    the unweighted mean change on the images of weight 0 (those RWL is not told to fit: a change
+    there as large as on the weighted ones is a fit of the base's samples, not of the reward)."""
     from types import SimpleNamespace
 
     from finetune.objective import DenoisingObjective
@@ -91,7 +95,7 @@ def weighted_loss_change(base, tuned, cfg: FinetuneConfig, latents: torch.Tensor
     objective, run = DenoisingObjective(base.scheduler), SimpleNamespace(device="cpu")
     guidance = cfg.sampling.guidance_scale if cfg.rwl.guided_loss else 1.0
     gen = torch.Generator("cpu").manual_seed(cfg.seed + HELD_SEED + 1)
-    num, den = 0.0, 0.0
+    num, den, zero, n_zero = 0.0, 0.0, 0.0, 0
     for _ in range(DRAWS):
         for i in range(0, len(texts), 32):
             x0, w = latents[i:i + 32], weights[i:i + 32]
@@ -101,9 +105,12 @@ def weighted_loss_change(base, tuned, cfg: FinetuneConfig, latents: torch.Tensor
                 cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu")
                 pred, target = objective.predict(run, pipe.unet, x0, cond, uncond, noise, t, guidance)
                 losses.append(((pred - target) ** 2).flatten(1).mean(1))
-            num += float((w * (losses[1] - losses[0])).sum())
+            change = losses[1] - losses[0]
+            num += float((w * change).sum())
             den += float(w.sum())
-    return num / den
+            zero += float(change[w == 0].sum())
+            n_zero += int((w == 0).sum())
+    return num / den, (zero / n_zero if n_zero else float("nan"))
 
 
 def share_guidance_correction() -> None:
@@ -159,14 +166,15 @@ def main() -> None:
         tuned_pipe = load_model(resolve_model(result.output_dir), device="cpu")
         base, tuned = aligned(base_pipe, cfg, prompts), aligned(tuned_pipe, cfg, prompts)
         trained = torch.load(Path(result.output_dir) / "rwl_data.pt", weights_only=False)["model"]
-        train_dloss = weighted_loss_change(base_pipe, tuned_pipe, cfg, trained["latents"], trained["prompts"],
-                                           trained["weights"])
-        held_dloss = weighted_loss_change(base_pipe, tuned_pipe, cfg, *held_out_model_set(base_pipe, cfg, prompts))
+        train_dloss, train_dloss0 = weighted_loss_change(base_pipe, tuned_pipe, cfg, trained["latents"],
+                                                         trained["prompts"], trained["weights"])
+        held_dloss, held_dloss0 = weighted_loss_change(base_pipe, tuned_pipe, cfg,
+                                                       *held_out_model_set(base_pipe, cfg, prompts))
     losses = [h["loss_model"] for h in result.history]
     rec = {"tag": tag, "kind": kind, "overrides": overrides, "prompts": len(prompts), "base_aligned": base,
            "tuned_aligned": tuned, "gain": tuned - base, "loss_model_first50": float(np.mean(losses[:50])),
            "loss_model_last50": float(np.mean(losses[-50:])), "train_dloss": train_dloss,
-           "held_dloss": held_dloss, "train_s": train_s,
+           "held_dloss": held_dloss, "train_dloss_w0": train_dloss0, "held_dloss_w0": held_dloss0, "train_s": train_s,
            "command": f"PYTHONPATH=. python experiments/diffcon/probe_rwl.py {' '.join(sys.argv[1:])}"}
     (ROOT / f"diag-{time.strftime('%Y-%m-%d')}-side-rwl-{tag}-{kind}.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec))
