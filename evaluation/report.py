@@ -89,7 +89,8 @@ def learning_curves(histories: dict[str, list[dict]], path: Path, curves: dict[s
 
     labels = {name: histories[name] for name in LABEL_TEXT if histories.get(name)}
     draft = histories.get("draft_region") or []
-    fig, axes = plt.subplots(1, 4 + bool(labels) + bool(draft), figsize=(17 + 4 * (bool(labels) + bool(draft)), 3.4))
+    extra = bool(labels) + bool(draft)  # panels beyond the four every demo has
+    fig, axes = plt.subplots(1, 4 + extra, figsize=(17 + 4 * extra, 3.4))
     rwl = histories.get("rwl") or []
     dpok = histories.get("dpok") or []
     if dpok:

@@ -72,7 +72,8 @@ class DemoConfig(RoundConfig):
     # RWL and DPOK: dpo (their ranking pairs), kto (their binary answers); (): neither
     label_methods: tuple[LabelMethod, ...] = ()
     # regions=true: Focus-N-Fix on DRaFT-1, its region.weight (the paper's beta) and optimizer steps
-    # (about the wall time of the demo's DPOK; experiments/keep-frontier measured both)
+    # (250: plain DRaFT's steps in about the demo's DPOK time, twice that with the penalty;
+    # experiments/keep-frontier measured both)
     region_weight: PositiveFloat = 3.0
     region_steps: PositiveInt = 250
     draft_args: tuple[str, ...] = ()  # dotted overrides of that run's config (finetune/configs/draft.yaml)

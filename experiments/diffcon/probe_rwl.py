@@ -34,18 +34,24 @@ ROOT = Path(__file__).resolve().parent
 PER_PROMPT = 2
 
 
-def aligned(pipe, cfg: FinetuneConfig, prompts: list[str]) -> float:
-    from finetune.dpok import CURVE_JUDGE, curve_alignment
+def chain(pipe, cfg: FinetuneConfig):
+    """The run's sampling chain on ``pipe`` (DDIM at cfg.sampling) and its latent shape (C, h, w)."""
     from finetune.policy import DiffusionPolicy
     from finetune.scheduler import DDIMSchedule
+
+    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_inference_steps, cfg.sampling.eta)
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    return DiffusionPolicy(pipe.unet, schedule, cfg.sampling.guidance_scale), shape
+
+
+def aligned(pipe, cfg: FinetuneConfig, prompts: list[str]) -> float:
+    from finetune.dpok import CURVE_JUDGE, curve_alignment
     from finetune.sampler import encode_prompts
     from reward.reward_fn import load_reward
 
     texts = [p for p in prompts for _ in range(cfg.curve_samples)]
     cond, uncond = encode_prompts(pipe, texts, "cpu")
-    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_inference_steps, cfg.sampling.eta)
-    policy = DiffusionPolicy(pipe.unet, schedule, cfg.sampling.guidance_scale)
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    policy, shape = chain(pipe, cfg)
     return curve_alignment(policy, pipe, load_reward(CURVE_JUDGE, "cpu"), texts, cond, uncond, shape, cfg)
 
 
@@ -58,16 +64,12 @@ def held_out_model_set(pipe, cfg: FinetuneConfig, prompts: list[str]) -> tuple[t
     """D_model again from fresh seeds: the base's latents (N, C, h, w) of ``PER_PROMPT`` images a
     prompt, their prompts and their weights (rwl.weighting of the oracle's rewards)."""
     from finetune.dpok import CURVE_JUDGE
-    from finetune.policy import DiffusionPolicy
     from finetune.rl_math import reward_weights
     from finetune.sampler import decode_latents, encode_prompts, sample_trajectories
-    from finetune.scheduler import DDIMSchedule
     from reward.reward_fn import load_reward
 
     texts = [p for p in prompts for _ in range(PER_PROMPT)]
-    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, cfg.sampling.num_inference_steps, cfg.sampling.eta)
-    policy = DiffusionPolicy(pipe.unet, schedule, cfg.sampling.guidance_scale)
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    policy, shape = chain(pipe, cfg)
     judge, gen = load_reward(CURVE_JUDGE, "cpu"), torch.Generator("cpu").manual_seed(cfg.seed + HELD_SEED)
     latents, rewards = [], []
     for i in range(0, len(texts), 32):
@@ -95,14 +97,15 @@ def weighted_loss_change(base, tuned, cfg: FinetuneConfig, latents: torch.Tensor
     objective, run = DenoisingObjective(base.scheduler), SimpleNamespace(device="cpu")
     guidance = cfg.sampling.guidance_scale if cfg.rwl.guided_loss else 1.0
     gen = torch.Generator("cpu").manual_seed(cfg.seed + HELD_SEED + 1)
+    starts = range(0, len(texts), 32)
+    text = {i: [encode_prompts(pipe, texts[i:i + 32], "cpu") for pipe in (base, tuned)] for i in starts}
     num, den, zero, n_zero = 0.0, 0.0, 0.0, 0
     for _ in range(DRAWS):
-        for i in range(0, len(texts), 32):
+        for i in starts:
             x0, w = latents[i:i + 32], weights[i:i + 32]
             noise, t = objective.draw(len(x0), tuple(x0.shape[1:]), gen, "cpu")
             losses = []
-            for pipe in (base, tuned):
-                cond, uncond = encode_prompts(pipe, texts[i:i + 32], "cpu")
+            for pipe, (cond, uncond) in zip((base, tuned), text[i]):
                 pred, target = objective.predict(run, pipe.unet, x0, cond, uncond, noise, t, guidance)
                 losses.append(((pred - target) ** 2).flatten(1).mean(1))
             change = losses[1] - losses[0]

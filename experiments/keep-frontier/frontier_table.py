@@ -53,22 +53,17 @@ def readings(records: list[tuple[str, dict]]) -> list[dict]:
         if "dpok" not in fronts:
             sys.exit(f"seed {seed}: no evaluation holds plain DPOK's frontier")
         base = recs[0]["models"]["base"]
+        read = {"base"}  # a model sampled in two evaluations (the same seeds, so the same figures) is read once
         for rec in recs:
             if rec["models"]["base"]["aligned"] != base["aligned"]:
                 sys.exit(f"seed {seed}: the base's verdicts differ between the evaluations (other seeds?)")
             for name, m in rec["models"].items():
-                if name == "base":
+                if name in read:
                     continue
+                read.add(name)
                 for front_name, points in fronts.items():  # plain DRaFT's points against DPOK's too
                     rows += _read(seed, name, m, front_name, points)
-    # a model sampled in two evaluations (the same seeds, so the same figures) is read once
-    seen, once = set(), []
-    for r in rows:
-        key = (r["seed"], r["sampler"], r["model"], r["frontier_of"])
-        if key not in seen:
-            seen.add(key)
-            once.append(r)
-    return once
+    return rows
 
 
 def _read(seed: int, name: str, m: dict, front_name: str, points: dict) -> list[dict]:
