@@ -9,6 +9,8 @@
 #         binary labels and rankings, ~2.6 an image at 2 raters an image).  Round 0 labels whole
 #         prompts, rounds 1 and 2 a budget each: 384+96+96 or 608+144+144 images.
 # KL=<w>: the second regime, DPOK's KL weight w instead of the shipped 0.01 (named -kl<w>).
+# SELECT=mix: rounds 1 and 2 buy half their images by the arm's ranking and half at random, the share
+#         the round check (keep_best, issue 79) judges a round on (named -mix); default: the arm's.
 # Round 0 samples the 110 train prompts only (held-out prompts can never be targets, so labels
 # there buy no target); DPOK runs 30 rounds a round (the one-shot control 90) so one loop with its
 # control fits 30 min on 2 cores.  Every torch job on this machine runs behind /work/torch.lock.
@@ -26,7 +28,13 @@ case $arm in
   random) arm_args="selection=random optimism=$C one_shot=false oracle_upper_bound=false" ;;
   *) echo "arm must be optimistic, greedy or random" >&2; exit 2 ;;
 esac
-name=scarce-$arm-b$budget${KL:+-kl$KL}-s$seed
+case ${SELECT:-} in
+  '') ;;
+  mix) [ "$arm" != random ] || { echo "SELECT=mix: the random arm is random already" >&2; exit 2; }
+       arm_args="${arm_args/selection=uncertain/selection=mix}" ;;
+  *) echo "SELECT must be mix or unset" >&2; exit 2 ;;
+esac
+name=scarce-$arm-b$budget${KL:+-kl$KL}${SELECT:+-$SELECT}-s$seed
 cd "$(dirname "$0")/../.."
 exec flock /work/torch.lock .venv/bin/python -m pipelines.loop seed=$seed rounds=3 \
   round0_budget=$b0 budget=$bk $arm_args min_targets=8 \
