@@ -19,21 +19,18 @@ import numpy as np
 from core.files import write_text_atomic
 from core.jsonable import json_safe
 from evaluation.compare import ModelEval, off_palette_alarms
+from evaluation.round_check import verdict
 
 FIDELITY_TOLERANCE = 0.10  # a model's CLIP-FD may exceed the base's by this share
 ACCURACY_TOLERANCE = 0.03  # the reward's accuracy on the newest images vs its round-0 figure
-KL_ROUNDS = 5  # a run's KL from the base: the mean over its last this many DPOK rounds (one is noisy)
-
-
 def kl_from_base(run_dir: str | Path) -> float:
-    """A DPOK run's KL from the base model: the per-step KL of its policy to the base (DPOK eq. 7's
-    term, nats per denoising step, on its own training prompts) over its last KL_ROUNDS rounds, read
-    from its metrics.json; NaN without one."""
+    """A fine-tuning run's KL from the base model, as its metrics.json gives it (DPOK's
+    ``kl_from_base``: the per-step KL term of its last rounds, nats); NaN for a method without one."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         return math.nan
-    kls = [row["kl"] for row in json.loads(path.read_text()).get("history", []) if row.get("kl") is not None]
-    return float(np.mean(kls[-KL_ROUNDS:])) if kls else math.nan
+    kl = json.loads(path.read_text()).get("kl_from_base")
+    return math.nan if kl is None else float(kl)
 
 
 def paired_gain(model: dict[str, float], base: dict[str, float], prompts: list[str]) -> tuple[float, float]:
@@ -92,6 +89,12 @@ def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targe
         if "continued_from" in r:  # round k >= 1: its label-based check and the model its DPOK started from
             row["round_check"] = r["round_check"]
             row["continued_from"] = r["continued_from"]
+        start = started_from(r)
+        d, d_se = paired_gain(m["per_prompt"], by_name[f"round{start}" if start is not None else "base"]["per_prompt"],
+                              first_targets)
+        # the oracle's verdict on this round's model against the one its fine-tuning started from: what
+        # the next round's label-based check (its round_check) tries to tell without the oracle
+        row["vs_start"] = {"from": start, "gain": d, "gain_se": d_se, "verdict": verdict(d, d_se)}
         out["rounds"].append(row)
     out["base"] = {"round0_targets": _share(base["per_prompt"], first_targets), "controls": base["controls"]["overall"],
                    "generalization": base["generalization"].get("overall", math.nan), "fidelity": base["fidelity"]}
@@ -115,22 +118,55 @@ def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targe
     return out
 
 
+def started_from(r: dict) -> int | None:
+    """The round whose model round ``r``'s fine-tuning started from (None: the base model): round 0
+    from the base, round k >= 1 from its ``continued_from`` (workflows.loop.Kept: ``round`` is the round
+    whose images the model made, so the model is that round's predecessor's); a round without one (a
+    loop from before round checks) from round k - 1."""
+    k = r["round"]
+    if k == 0:
+        return None
+    if "continued_from" not in r:
+        return k - 1
+    made = r["continued_from"]["round"]
+    return made - 1 if made > 0 else None
+
+
+def check_catches(rounds: list[dict]) -> dict:
+    """Round k's label-based check (on round k's images) against the oracle's verdict on the model
+    that made them, round k-1's against the model it started from (its ``vs_start``): the rounds
+    the oracle says fell back, how many the check said fell back too, and its false alarms among
+    the rest.  Checks on a biased sample (uncertainty picks alone) or refused are not counted."""
+    pairs = [(rounds[k - 1]["vs_start"]["verdict"], r["round_check"]["verdict"]) for k, r in enumerate(rounds)
+             if k and "verdict" in r.get("round_check", {}) and not r["round_check"]["biased_sample"]]
+    fell = [label for oracle, label in pairs if oracle == "fell back"]
+    rest = [label for oracle, label in pairs if oracle != "fell back"]
+    return {"checked": len(pairs), "fell_back": len(fell), "caught": sum(v == "fell back" for v in fell),
+            "held": len(rest), "false_alarms": sum(v == "fell back" for v in rest)}
+
+
 def checks(out: dict) -> dict[str, dict]:
     """The issue's targets, each with its figure and whether it holds (None: not measured here)."""
     last, first = out["rounds"][-1], out["rounds"][0]
     res = {
         "round0_targets_gain>=40": {"figure": last["round0_gain"], "holds": last["round0_gain"] >= 0.40},
         "controls_not_below_base": {"figure": last["controls_gain"], "holds": last["controls_gain"] >= -0.02},
-        # issue 59: no round falls below the one before on the round-0 targets by more than its standard error
+        # issue 79: no round's model ends more than one (paired) standard error below the model its
+        # fine-tuning started from, on the round-0 targets (the oracle's verdict)
         "no_round_falls_back": {
-            "figure": [b["round0_gain"] - a["round0_gain"] for a, b in zip(out["rounds"], out["rounds"][1:])],
-            "holds": all(b["round0_gain"] >= a["round0_gain"] - a["round0_gain_se"]
-                         for a, b in zip(out["rounds"], out["rounds"][1:])) if len(out["rounds"]) > 1 else None},
+            "figure": [r["vs_start"]["gain"] for r in out["rounds"]],
+            "holds": all(r["vs_start"]["verdict"] != "fell back" for r in out["rounds"])},
         "fidelity_within_10%": {"figure": last["fidelity_vs_base"], "holds": last["fidelity_vs_base"] <= FIDELITY_TOLERANCE},
         "reward_keeps_up": {
             "figure": [r["reward_before"] for r in out["rounds"][1:]], "round0": first["reward_val_images"],
             "holds": _keeps_up([r["reward_before"] for r in out["rounds"][1:]], first["reward_val_images"])},
     }
+    c = check_catches(out["rounds"])
+    # issue 79: the label-based check catches >= 80 % of the rounds the oracle says fell back, with
+    # <= 20 % false alarms among the rest (None: no unbiased check, or no round fell back)
+    res["round_check_catches"] = {
+        "figure": c, "holds": None if not c["fell_back"] else
+        c["caught"] >= 0.8 * c["fell_back"] and c["false_alarms"] <= 0.2 * max(c["held"], 1)}
     if "one_shot" in out:
         margin = last["round0_gain"] - out["one_shot"]["round0_gain"]
         res["beats_one_shot_by>=5"] = {"figure": margin, "holds": margin >= 0.05}
@@ -155,6 +191,10 @@ def _pct(v: float, signed: bool = False) -> str:
 def _kl(row: dict) -> str:
     kl = row.get("kl")
     return "-" if kl is None or math.isnan(kl) else f"{kl:.3g}"
+
+
+def _start(k: int | None) -> str:
+    return "the base model" if k is None else f"round {k}'s model"
 
 
 def markdown(res: dict) -> str:
@@ -187,7 +227,11 @@ def markdown(res: dict) -> str:
     lines += ["", "## Targets", "", "| check | figure | holds |", "|---|---|---|"]
     for name, c in res["checks"].items():
         fig = c["figure"]
-        shown = ", ".join(_pct(x) for x in fig) if isinstance(fig, list) else _pct(fig, True)
+        if isinstance(fig, dict):  # round_check_catches
+            shown = (f"caught {fig['caught']} of {fig['fell_back']} that fell back; {fig['false_alarms']} false "
+                     f"alarms in {fig['held']}")
+        else:
+            shown = ", ".join(_pct(x) for x in fig) if isinstance(fig, list) else _pct(fig, True)
         lines.append(f"| {name} | {shown} | {c['holds']} |")
     checked = [r for r in res["rounds"] if "continued_from" in r]
     if checked:
@@ -197,9 +241,13 @@ def markdown(res: dict) -> str:
                   "that fell back by more than one SE is not continued from.", ""]
         lines += [f"- round {r['round']}'s fine-tuning started from {r['continued_from']['model'] or 'the base model'}: "
                   f"{r['continued_from']['why']}" for r in checked]
+    lines += ["", "The oracle's verdict on each round's model against the model its fine-tuning started from "
+              "(round-0 targets, paired):", ""]
+    lines += [f"- round {r['round']} against {_start(r['vs_start']['from'])}: {_pct(r['vs_start']['gain'], True)} ± "
+              f"{_pct(r['vs_start']['gain_se'])}, {r['vs_start']['verdict']}" for r in res["rounds"]]
     if res["hacking"]:
         lines += ["", "## Hacking alarm", ""] + [f"- {a}" for a in res["hacking"]]
-    lines += ["", f"KL from base: {KL_ROUNDS}-round mean of the DPOK run's per-step KL to the base (nats), on its own "
+    lines += ["", "KL from base: the DPOK run's per-step KL to the base (nats) over its last rounds, on its own "
               "training prompts.", "",
               f"Wall time: {res['seconds']:.0f} s. Plots: alignment_vs_labels.png, alignment_vs_kl.png.", ""]
     return "\n".join(lines)

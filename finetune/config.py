@@ -124,6 +124,11 @@ class DPOKConfig:
     update: DPOKUpdate = "policy_gradient"
     awm_draws: PositiveInt = 4
     awm_anchor: NonNegativeFloat = 1.0
+    # Stop the run once its KL from the base (finetune.dpok.kl_from_base: the mean per-step KL of its
+    # last rounds, nats) exceeds this; 0: no budget.  The KL term's reference is always the base
+    # model, so in make loop, whose rounds continue from each other, one budget caps the whole loop's
+    # drift, not each round's (issue 79).
+    kl_budget: NonNegativeFloat = 0.0
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
     REMOVED: ClassVar[dict[str, Removed]] = {
@@ -363,6 +368,10 @@ class FinetuneConfig:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is more than the {end - start} "
                             f"steps of dpok.window=[{start}, {end}).",
                             "train at most every step of the window once per sample, or widen dpok.window.")
+        if self.dpok.kl_budget and self.dpok.update == "awm":
+            raise UserError(f"dpok.kl_budget={self.dpok.kl_budget:g} stops a run by its per-step KL from the base, "
+                            "which dpok.update=awm does not measure (it has no step log-probabilities).",
+                            "set dpok.kl_budget=0 with awm, or use dpok.update=policy_gradient.")
         if self.dpok.tail_steps > n - end:
             raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is more than the {n - end} denoising steps "
                             f"after dpok.window=[{start}, {end}).",

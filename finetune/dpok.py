@@ -120,6 +120,17 @@ class LearningCurve:
         return aligned
 
 
+KL_ROUNDS = 5  # a run's KL from the base: the mean over its last this many rounds (one round is noisy)
+
+
+def kl_from_base(history: list[dict]) -> float:
+    """A run's KL from the base model: the per-step KL term to the base (DPOK eq. 7, nats per
+    denoising step, on its own training prompts) averaged over its last KL_ROUNDS rounds; NaN
+    before any round."""
+    kls = [row["kl"] for row in history[-KL_ROUNDS:]]
+    return float(np.mean(kls)) if kls else float("nan")
+
+
 def _round_generator(cfg: FinetuneConfig, r: int, process: int, device) -> tuple[torch.Generator, np.random.Generator]:
     seed = seeds.derived_seed(cfg.seed, seeds.Stream.DPOK_ROUND, r, process)
     return torch.Generator(device).manual_seed(seed), np.random.default_rng(seed)
@@ -158,9 +169,13 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if on_round is not None:
             on_round(row)
-    metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
+        if d.kl_budget and kl_from_base(history) > d.kl_budget:
+            accelerator.print(f"dpok: KL from the base {kl_from_base(history):.3f} > dpok.kl_budget={d.kl_budget:g} "
+                              f"after round {r + 1}: stopped")
+            break
+    metrics = {"method": "dpok", "rounds": len(history), "final": history[-1], "history": history,
                "curve": curve.points, "seconds": time.perf_counter() - t_start,
-               "lineage": run.lineage}
+               "kl_from_base": kl_from_base(history), "lineage": run.lineage}
     save_result(accelerator, run.comps, cfg, run.out, metrics)
     accelerator.end_training()
     return FinetuneResult(run.out, history, metrics)

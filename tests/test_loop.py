@@ -262,3 +262,43 @@ def test_a_round_that_fell_back_is_not_continued_from():
                         (_check("fell back"), False), ({"refused": "no labelled prompt in common"}, True)):
         res = continue_from(base, "runs/round-0/dpok", 1, check, keep_best=flag)
         assert (res.model, res.round) == ("runs/round-0/dpok", 1) and "rolled back" not in res.why
+
+
+def _row(k: int, verdict: str, check: str | None = None, made: int | None = None, biased: bool = False) -> dict:
+    """A results.json round: the oracle's verdict on its model against its start (``vs_start``), and
+    round k >= 1's label check (``check``) and the round whose images its start model made (``made``)."""
+    row = {"round": k, "vs_start": {"verdict": verdict, "gain": 0.0, "gain_se": 0.01}}
+    if k:
+        row["round_check"] = _check(check or "within noise", biased=biased)
+        model = None if made == 0 else f"runs/round-{made - 1}/dpok"
+        row["continued_from"] = {"model": model, "round": made, "why": ""}
+    return row
+
+
+def _results(rounds: list[dict]) -> dict:
+    """results.json's rounds with the figures checks() reads besides the verdicts."""
+    return {"rounds": [{**r, "round0_gain": 0.1, "round0_gain_se": 0.02, "controls_gain": 0.0, "fidelity_vs_base": 0.0,
+                        "reward_before": 0.7, "reward_val_images": 0.7} for r in rounds]}
+
+
+def test_each_round_is_judged_against_the_model_it_started_from_and_the_label_check_against_the_oracle():
+    from evaluation.loop_report import check_catches, checks, started_from
+
+    # round 1 continued from round 0's model; round 2 was rolled back to the base model; a round from a
+    # loop before round checks (no continued_from) started from the round before it
+    assert started_from({"round": 0}) is None
+    assert started_from(_row(1, "paid", made=1)) == 0
+    assert started_from(_row(2, "paid", made=0)) is None
+    assert started_from({"round": 2}) == 1
+    # round 0's model paid, round 1's fell back (oracle); round 1's label check (on round 0's model) said
+    # fell back: a false alarm; round 2's (on round 1's model) caught the fall
+    rounds = [_row(0, "paid"), _row(1, "fell back", "fell back", made=1), _row(2, "within noise", "fell back", made=0)]
+    assert check_catches(rounds) == {"checked": 2, "fell_back": 1, "caught": 1, "held": 1, "false_alarms": 1}
+    res = checks(_results(rounds))
+    assert res["no_round_falls_back"]["holds"] is False  # round 1's model fell back
+    assert res["round_check_catches"]["holds"] is False  # one false alarm in one round that held
+    # a biased check (uncertainty picks alone) is not counted; with no fall the target is not measured
+    rounds = [_row(0, "paid"), _row(1, "paid", "fell back", made=1, biased=True), _row(2, "paid", "paid", made=2)]
+    assert check_catches(rounds)["checked"] == 1
+    res = checks(_results(rounds))
+    assert res["no_round_falls_back"]["holds"] and res["round_check_catches"]["holds"] is None

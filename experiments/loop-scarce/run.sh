@@ -2,13 +2,15 @@
 # Issue 59's label-scarce study: one loop arm, one seed, one budget.
 #   experiments/loop-scarce/run.sh <arm> <seed> <budget>
 # arm:    optimistic (epistemic selection, optimism C, with the one-shot control and the oracle
-#         upper bound; ORACLE=false: without it)
+#         upper bound; ORACLE=false: without it, ONE_SHOT=false: without the control)
 #         greedy     (epistemic selection, optimism 0; ONE_SHOT=true: with the one-shot control)
 #         random     (random selection, optimism C)
 # budget: 32 or 50 (% of the issue-43 loop's 4,609 rater answers, counted as the loop counts them:
 #         binary labels and rankings, ~2.6 an image at 2 raters an image).  Round 0 labels whole
 #         prompts, rounds 1 and 2 a budget each: 384+96+96 or 608+144+144 images.
 # KL=<w>: the second regime, DPOK's KL weight w instead of the shipped 0.01 (named -kl<w>).
+# KLB=<nats>: DPOK's KL budget (dpok.kl_budget: every round, and the one-shot control, stop once their
+#         KL from the base exceeds it; named -klb<nats>), issue 79's drift cap for the whole loop.
 # SELECT=mix: rounds 1 and 2 buy half their images by the arm's ranking and half at random, the share
 #         the round check (keep_best, issue 79) judges a round on (named -mix); default: the arm's.
 # Round 0 samples the 110 train prompts only (held-out prompts can never be targets, so labels
@@ -23,7 +25,7 @@ case $budget in
   *) echo "budget must be 32 or 50" >&2; exit 2 ;;
 esac
 case $arm in
-  optimistic) arm_args="selection=uncertain optimism=$C one_shot=true oracle_upper_bound=${ORACLE:-true}" ;;
+  optimistic) arm_args="selection=uncertain optimism=$C one_shot=${ONE_SHOT:-true} oracle_upper_bound=${ORACLE:-true}" ;;
   greedy) arm_args="selection=uncertain optimism=0 one_shot=${ONE_SHOT:-false} oracle_upper_bound=false" ;;
   random) arm_args="selection=random optimism=$C one_shot=false oracle_upper_bound=false" ;;
   *) echo "arm must be optimistic, greedy or random" >&2; exit 2 ;;
@@ -34,9 +36,9 @@ case ${SELECT:-} in
        arm_args="${arm_args/selection=uncertain/selection=mix}" ;;
   *) echo "SELECT must be mix or unset" >&2; exit 2 ;;
 esac
-name=scarce-$arm-b$budget${KL:+-kl$KL}${SELECT:+-$SELECT}-s$seed
+name=scarce-$arm-b$budget${KL:+-kl$KL}${KLB:+-klb$KLB}${SELECT:+-$SELECT}-s$seed
 cd "$(dirname "$0")/../.."
 exec flock /work/torch.lock .venv/bin/python -m pipelines.loop seed=$seed rounds=3 \
   round0_budget=$b0 budget=$bk $arm_args min_targets=8 \
-  "generate_args=[prompts=train]" "dpok_args=[dpok.rounds=30${KL:+,dpok.kl_weight=$KL}]" \
+  "generate_args=[prompts=train]" "dpok_args=[dpok.rounds=30${KL:+,dpok.kl_weight=$KL}${KLB:+,dpok.kl_budget=$KLB}]" \
   root=datasets/$name runs=runs/$name report=reports/$name

@@ -3,11 +3,12 @@ and the study's two plots.
 
     python experiments/loop-scarce/summarize.py [reports folder, default reports]
 
-Reads every ``<reports>/scarce-<arm>-b<budget>[-kl<w>]-s<seed>/results.json``
+Reads every ``<reports>/scarce-<arm>-b<budget>[-kl<w>][-mix]-s<seed>/results.json``
 (experiments/loop-scarce/run.sh), appends the ones not yet recorded to records.jsonl (keyed by
-name), and prints per regime (budget, KL weight): each seed's round-0-target gain after each round
+name), and prints per regime (budget, KL weight, selection): each seed's round-0-target gain after each round
 for every arm, then the paired differences across seeds (mean ± standard error between seeds) the
-issue's targets name.  Writes ``gain_vs_labels.png`` and ``gain_vs_kl.png`` beside this file:
+issue's targets name; for the mix regime (issue 79) each round's model against its start, with the
+label-based check on it.  Writes ``gain_vs_labels.png`` and ``gain_vs_kl.png`` beside this file:
 each arm's rounds (mean over seeds), the one-shot control and the oracle upper bound.
 """
 
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?-s(\d+)$")
+NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(mix))?-s(\d+)$")
 ARMS = ("optimistic", "greedy", "random")
 ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experiments/closed-loop, 2 seeds)
 
@@ -75,16 +76,19 @@ def fmt(xs: list[float]) -> str:
     return f"{100 * m:+.1f} ± {100 * se:.1f} (n={n}: {each})" if n > 1 else f"{100 * m:+.1f} (one seed)"
 
 
-def regimes(records: dict) -> dict[tuple[int, str], dict[tuple[str, int], dict]]:
+def regimes(records: dict) -> dict[tuple[int, str, str], dict[tuple[str, int], dict]]:
+    """(budget, KL weight, selection) -> (arm, seed) -> record; selection "mix" for run.sh's SELECT=mix
+    (issue 79's re-run, its rounds judged by the round check), else "arm" (the arm's own)."""
     out: dict = {}
     for name, r in records.items():
-        arm, budget, kl, seed = NAME.match(name).groups()
-        out.setdefault((int(budget), kl or "0.01"), {})[(arm, int(seed))] = r
+        arm, budget, kl, klb, mix, seed = NAME.match(name).groups()
+        out.setdefault((int(budget), kl or "0.01", (mix or "arm") + (f", KL budget {klb}" if klb else "")),
+                       {})[(arm, int(seed))] = r
     return out
 
 
-def table(runs: dict, budget: int, kl: str) -> None:
-    print(f"\n## {budget} % budget, KL weight {kl}\n")
+def table(runs: dict, budget: int, kl: str, selection: str) -> None:
+    print(f"\n## {budget} % budget, KL weight {kl}{', selection ' + selection if selection != 'arm' else ''}\n")
     print("| seed | arm | labels after rounds 0 / 1 / 2 | round-0-target gain after rounds 0 / 1 / 2 (± se) "
           "| KL from base | one-shot (labels, gain, KL) | oracle (gain, KL) |")
     print("|---|---|---|---|---|---|---|")
@@ -142,16 +146,45 @@ def conclusions(runs: dict) -> None:
           f"(+{100 * ISSUE43_ONE_SHOT:.1f}): { {k: (v[0] if v else None) for k, v in reach.items()} }")
 
 
+def round_checks(runs: dict) -> None:
+    """Issue 79: each round's model against the model its fine-tuning started from (the oracle, paired
+    on the round-0 targets: evaluation.loop_report's ``vs_start``), round k's label-based check on
+    round k-1's model beside it, and which model round k continued from."""
+    print("\n| seed | arm | round | started from | oracle: gain over its start (verdict) "
+          "| next round's label check on it | next round continued from |")
+    print("|---|---|---|---|---|---|---|")
+    totals = {"checked": 0, "fell_back": 0, "caught": 0, "held": 0, "false_alarms": 0}
+    for (arm, seed), res in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        rows = res["rounds"]
+        for k, r in enumerate(rows):
+            v = r["vs_start"]
+            start = "base" if v["from"] is None else f"round {v['from']}"
+            nxt = rows[k + 1] if k + 1 < len(rows) else None
+            label = "-" if nxt is None else nxt["round_check"].get("verdict", "refused") + \
+                (" (biased)" if nxt["round_check"].get("biased_sample") else "")
+            cont = "-" if nxt is None else (nxt["continued_from"]["model"] or "base")
+            print(f"| {seed} | {arm} | {k} | {start} | {100 * v['gain']:+.1f} ± {100 * v['gain_se']:.1f} "
+                  f"({v['verdict']}) | {label} | {cont} |")
+        for key, n in res["checks"]["round_check_catches"]["figure"].items():
+            totals[key] += n
+    falls = {f"{a}-s{s}": r["checks"]["no_round_falls_back"]["holds"] for (a, s), r in sorted(runs.items())}
+    print(f"\n- no round's model more than one se below its start (oracle): {falls}")
+    print(f"- the label check over these loops: caught {totals['caught']} of the {totals['fell_back']} rounds the "
+          f"oracle says fell back; {totals['false_alarms']} false alarms in the {totals['held']} that did not "
+          f"({totals['checked']} checks on a random share)")
+
+
 def keeps_up(by_regime: dict) -> None:
     """Every loop against its seed's one-shot control (same budget and KL weight, same round 0),
     split by whether its reward_keeps_up check held: does the check tell when the rounds paid?"""
     split: dict[bool | None, list[tuple[str, float]]] = {}
-    for (budget, kl), runs in sorted(by_regime.items()):
+    for (budget, kl, selection), runs in sorted(by_regime.items()):
         for (arm, s), r in sorted(runs.items()):
             control = one_shot_gain(runs, s)
             if control is not None:
                 holds = r["checks"].get("reward_keeps_up", {}).get("holds")
-                split.setdefault(holds, []).append((f"{budget}%-kl{kl}-{arm}-s{s}", r["rounds"][-1]["round0_gain"] - control))
+                split.setdefault(holds, []).append((f"{budget}%-kl{kl}-{selection}-{arm}-s{s}",
+                                                    r["rounds"][-1]["round0_gain"] - control))
     print("\n## Loop minus its one-shot control, by the reward-keeps-up check\n")
     for holds, rows in sorted(split.items(), key=lambda kv: str(kv[0])):
         beat = sum(d > 0 for _, d in rows)
@@ -218,7 +251,7 @@ def plots(by_regime: dict) -> None:
                     ax.plot([xs], [ys], marker, color=colour, ms=9, label=f"{extra.replace('_', '-')} (n={len(pts)})")
             if x == "labels_spent":
                 ax.axhline(100 * ISSUE43_ONE_SHOT, color="k", ls=":", lw=1, label="one-shot at 100 % (issue 43)")
-            ax.set_title(f"budget {key[0]} %, KL weight {key[1]}")
+            ax.set_title(f"budget {key[0]} %, KL weight {key[1]}" + (f", {key[2]}" if key[2] != "arm" else ""))
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -230,9 +263,11 @@ def plots(by_regime: dict) -> None:
 
 def main(reports: Path) -> None:
     by_regime = regimes(load(reports))
-    for (budget, kl), runs in sorted(by_regime.items()):
-        table(runs, budget, kl)
+    for (budget, kl, selection), runs in sorted(by_regime.items()):
+        table(runs, budget, kl, selection)
         conclusions(runs)
+        if selection.startswith("mix"):
+            round_checks(runs)
     keeps_up(by_regime)
     epistemic()
     plots(by_regime)
