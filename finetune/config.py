@@ -25,6 +25,7 @@ from shapes import SHAPES_SD
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped config of each method: <method>.yaml
 TUNING_LOG = "experiments/dpok-tuning/README.md"  # where each removed option's measurement is written up
 VALUE_EPS_MSE_STUDY = "experiments/dpok-value-baseline-eps-mse/README.md"
+LOOP_STUDY = "experiments/loop-scarce/README.md (issue 79)"
 
 Method = Literal["dpok", "rwl", "draft", "dpo", "kto"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -124,11 +125,6 @@ class DPOKConfig:
     update: DPOKUpdate = "policy_gradient"
     awm_draws: PositiveInt = 4
     awm_anchor: NonNegativeFloat = 1.0
-    # Stop the run once its KL from the base (finetune.dpok.kl_from_base: the mean per-step KL of its
-    # last rounds, nats) exceeds this; 0: no budget.  The KL term's reference is always the base
-    # model, so in make loop, whose rounds continue from each other, one budget caps the whole loop's
-    # drift, not each round's (issue 79).
-    kl_budget: NonNegativeFloat = 0.0
     checkpoint_every_rounds: NonNegativeInt = 5  # rounds between resumable checkpoints; 0: none
 
     REMOVED: ClassVar[dict[str, Removed]] = {
@@ -138,6 +134,8 @@ class DPOKConfig:
         "baseline_history": Removed(0, f"a baseline over past rounds ended lower; {TUNING_LOG}"),
         "baseline=value": Removed(None, f"DPOK's learned value baseline ended lower; {VALUE_EPS_MSE_STUDY}"),
         "value_lr": Removed(1e-3, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
+        "kl_budget": Removed(0.0, "stopping make loop's DPOK runs at a KL budget from the base ended lower and did "
+                                  f"not stop rounds falling back; {LOOP_STUDY}"),
         "value_hidden": Removed(256, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
         "value_steps": Removed(20, f"a setting of the removed value baseline; {VALUE_EPS_MSE_STUDY}"),
         "kl_form": Removed("gaussian", f"DPOK's eps-MSE KL surrogate ended lower than the exact Gaussian KL; {VALUE_EPS_MSE_STUDY}"),
@@ -368,10 +366,6 @@ class FinetuneConfig:
             raise UserError(f"dpok.steps_per_sample={self.dpok.steps_per_sample} is more than the {end - start} "
                             f"steps of dpok.window=[{start}, {end}).",
                             "train at most every step of the window once per sample, or widen dpok.window.")
-        if self.dpok.kl_budget and self.dpok.update == "awm":
-            raise UserError(f"dpok.kl_budget={self.dpok.kl_budget:g} stops a run by its per-step KL from the base, "
-                            "which dpok.update=awm does not measure (it has no step log-probabilities).",
-                            "set dpok.kl_budget=0 with awm, or use dpok.update=policy_gradient.")
         if self.dpok.tail_steps > n - end:
             raise UserError(f"dpok.tail_steps={self.dpok.tail_steps} is more than the {n - end} denoising steps "
                             f"after dpok.window=[{start}, {end}).",

@@ -169,11 +169,7 @@ def train_dpok(cfg: FinetuneConfig, reward_fn: Reward | RewardFn | None = None, 
         bar.set_postfix(reward=f"{row.reward_mean:.3f}", kl=f"{row.kl:.4f}", clip=f"{row.clip_fraction:.2f}")
         if on_round is not None:
             on_round(row)
-        if d.kl_budget and kl_from_base(history) > d.kl_budget:
-            accelerator.print(f"dpok: KL from the base {kl_from_base(history):.3f} > dpok.kl_budget={d.kl_budget:g} "
-                              f"after round {r + 1}: stopped")
-            break
-    metrics = {"method": "dpok", "rounds": len(history), "final": history[-1], "history": history,
+    metrics = {"method": "dpok", "rounds": d.rounds, "final": history[-1], "history": history,
                "curve": curve.points, "seconds": time.perf_counter() - t_start,
                "kl_from_base": kl_from_base(history), "lineage": run.lineage}
     save_result(accelerator, run.comps, cfg, run.out, metrics)
