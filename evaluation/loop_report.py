@@ -23,6 +23,8 @@ from evaluation.round_check import verdict
 
 FIDELITY_TOLERANCE = 0.10  # a model's CLIP-FD may exceed the base's by this share
 ACCURACY_TOLERANCE = 0.03  # the reward's accuracy on the newest images vs its round-0 figure
+
+
 def kl_from_base(run_dir: str | Path) -> float:
     """A fine-tuning run's KL from the base model, as its metrics.json gives it (DPOK's
     ``kl_from_base``: the per-step KL term of its last rounds, nats); NaN for a method without one."""
