@@ -12,6 +12,7 @@
 # KLB=<nats>: DPOK's KL budget (dpok.kl_budget: every round, and the one-shot control, stop once their
 #         KL from the base exceeds it; named -klb<nats>), issue 79's drift cap for the whole loop;
 #         measured not to help and removed: these runs need main at 518b4b4.
+# KEEP_BEST=false: the loop continues from every round's model whatever its round check says (named -nokeep).
 # SELECT=mix: rounds 1 and 2 buy half their images by the arm's ranking and half at random, the share
 #         the round check (keep_best, issue 79) judges a round on (named -mix); default: the arm's.
 # Round 0 samples the 110 train prompts only (held-out prompts can never be targets, so labels
@@ -38,7 +39,9 @@ case ${SELECT:-} in
        arm_args="${arm_args/selection=uncertain/selection=mix}" ;;
   *) echo "SELECT must be mix or unset" >&2; exit 2 ;;
 esac
-name=scarce-$arm-b$budget${KL:+-kl$KL}${KLB:+-klb$KLB}${SELECT:+-$SELECT}-s$seed
+nokeep=
+[ "${KEEP_BEST:-true}" = true ] || { arm_args+=" keep_best=false"; nokeep=-nokeep; }
+name=scarce-$arm-b$budget${KL:+-kl$KL}${KLB:+-klb$KLB}$nokeep${SELECT:+-$SELECT}-s$seed
 cd "$(dirname "$0")/../.."
 exec flock /work/torch.lock .venv/bin/python -m pipelines.loop seed=$seed rounds=3 \
   round0_budget=$b0 budget=$bk $arm_args min_targets=8 \

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(mix))?-s(\d+)$")
+NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(nokeep))?(?:-(mix))?-s(\d+)$")
 ARMS = ("optimistic", "greedy", "random")
 ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experiments/closed-loop, 2 seeds)
 
@@ -81,9 +81,9 @@ def regimes(records: dict) -> dict[tuple[int, str, str], dict[tuple[str, int], d
     (issue 79's re-run, its rounds judged by the round check), else "arm" (the arm's own)."""
     out: dict = {}
     for name, r in records.items():
-        arm, budget, kl, klb, mix, seed = NAME.match(name).groups()
-        out.setdefault((int(budget), kl or "0.01", (mix or "arm") + (f", KL budget {klb}" if klb else "")),
-                       {})[(arm, int(seed))] = r
+        arm, budget, kl, klb, nokeep, mix, seed = NAME.match(name).groups()
+        selection = (mix or "arm") + (f", KL budget {klb}" if klb else "") + (", keep_best false" if nokeep else "")
+        out.setdefault((int(budget), kl or "0.01", selection), {})[(arm, int(seed))] = r
     return out
 
 
