@@ -9,10 +9,10 @@
 #         binary labels and rankings, ~2.6 an image at 2 raters an image).  Round 0 labels whole
 #         prompts, rounds 1 and 2 a budget each: 384+96+96 or 608+144+144 images.
 # KL=<w>: the second regime, DPOK's KL weight w instead of the shipped 0.01 (named -kl<w>).
-# KLB=<nats>: DPOK's KL budget (dpok.kl_budget: every round, and the one-shot control, stop once their
-#         KL from the base exceeds it; named -klb<nats>), issue 79's drift cap for the whole loop;
-#         measured not to help and removed: these runs need main at 518b4b4.
-# KEEP_BEST=false: the loop continues from every round's model whatever its round check says (named -nokeep).
+# (KLB=<nats>, DPOK's loop-wide KL budget, named -klb<nats>: measured not to help and removed with
+#         dpok.kl_budget; its runs need this script and main at 518b4b4.)
+# KEEP_BEST=false: the loop continues from every round's model whatever its round check says
+#         (named -nokeep).
 # SELECT=mix: rounds 1 and 2 buy half their images by the arm's ranking and half at random, the share
 #         the round check (keep_best, issue 79) judges a round on (named -mix); default: the arm's.
 # Round 0 samples the 110 train prompts only (held-out prompts can never be targets, so labels
@@ -41,9 +41,9 @@ case ${SELECT:-} in
 esac
 nokeep=
 [ "${KEEP_BEST:-true}" = true ] || { arm_args+=" keep_best=false"; nokeep=-nokeep; }
-name=scarce-$arm-b$budget${KL:+-kl$KL}${KLB:+-klb$KLB}$nokeep${SELECT:+-$SELECT}-s$seed
+name=scarce-$arm-b$budget${KL:+-kl$KL}$nokeep${SELECT:+-$SELECT}-s$seed
 cd "$(dirname "$0")/../.."
 exec flock /work/torch.lock .venv/bin/python -m pipelines.loop seed=$seed rounds=3 \
   round0_budget=$b0 budget=$bk $arm_args min_targets=8 \
-  "generate_args=[prompts=train]" "dpok_args=[dpok.rounds=30${KL:+,dpok.kl_weight=$KL}${KLB:+,dpok.kl_budget=$KLB}]" \
+  "generate_args=[prompts=train]" "dpok_args=[dpok.rounds=30${KL:+,dpok.kl_weight=$KL}]" \
   root=datasets/$name runs=runs/$name report=reports/$name

@@ -3,7 +3,7 @@ and the study's two plots.
 
     python experiments/loop-scarce/summarize.py [reports folder, default reports]
 
-Reads every ``<reports>/scarce-<arm>-b<budget>[-kl<w>][-mix]-s<seed>/results.json``
+Reads every ``<reports>/scarce-<arm>-b<budget>[-kl<w>][-klb<nats>][-nokeep][-mix]-s<seed>/results.json``
 (experiments/loop-scarce/run.sh), appends the ones not yet recorded to records.jsonl (keyed by
 name), and prints per regime (budget, KL weight, selection): each seed's round-0-target gain after each round
 for every arm, then the paired differences across seeds (mean ± standard error between seeds) the
@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(nokeep))?(?:-(mix))?-s(\d+)$")
+NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(nokeep))?"
+                  r"(?:-(mix))?-s(\d+)$")
 ARMS = ("optimistic", "greedy", "random")
 ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experiments/closed-loop, 2 seeds)
 
@@ -78,11 +79,13 @@ def fmt(xs: list[float]) -> str:
 
 def regimes(records: dict) -> dict[tuple[int, str, str], dict[tuple[str, int], dict]]:
     """(budget, KL weight, selection) -> (arm, seed) -> record; selection "mix" for run.sh's SELECT=mix
-    (issue 79's re-run, its rounds judged by the round check), else "arm" (the arm's own)."""
+    (issue 79's re-run, its rounds judged by the round check), else "arm" (the arm's own), with the
+    KL budget (-klb, removed since) or keep_best=false (-nokeep) where a run had them."""
     out: dict = {}
     for name, r in records.items():
         arm, budget, kl, klb, nokeep, mix, seed = NAME.match(name).groups()
-        selection = (mix or "arm") + (f", KL budget {klb}" if klb else "") + (", keep_best false" if nokeep else "")
+        selection = ((mix or "arm") + (f", KL budget {klb}" if klb else "")
+                     + (", keep_best false" if nokeep else ""))
         out.setdefault((int(budget), kl or "0.01", selection), {})[(arm, int(seed))] = r
     return out
 
