@@ -1,6 +1,6 @@
 """The closed loop's report (``reports/loop/``): per round, the round-0 targets and the round's own
 targets, controls, held-out prompts, fidelity, the reward's accuracy on the newest images, the
-hacking check, labels spent, KL from the base and wall time; plots of alignment against labels
+hacking check, labels spent, KL from the base and stage time; plots of alignment against labels
 spent and against KL from the base, with the base, the one-shot control and the oracle-reward upper
 bound beside it; and the issue's target checks, each with its figure.
 
@@ -58,7 +58,8 @@ def _labels(stage: dict) -> int:
 def results(cfg, rounds: list[dict], extra: dict, evals: list[dict], first_targets: list[str],
             seconds: float) -> dict:
     """results.json of the loop (``cfg``: its LoopConfig; ``rounds``: every round's stage summaries;
-    ``extra``: the one-shot and oracle stages; ``evals``: the final evaluation's ModelEval dicts)."""
+    ``extra``: the one-shot and oracle stages; ``evals``: the final evaluation's ModelEval dicts;
+    ``seconds``: every stage's time, summed, the runs a resumed loop skipped included)."""
     by_name = {e["name"]: e for e in evals}
     base = by_name["base"]
     out: dict = {"seed": cfg.seed, "selection": cfg.selection, "budget": cfg.budget, "rounds": [],
@@ -251,7 +252,8 @@ def markdown(res: dict) -> str:
         lines += ["", "## Hacking alarm", ""] + [f"- {a}" for a in res["hacking"]]
     lines += ["", "KL from base: the DPOK run's per-step KL to the base (nats) over its last rounds, on its own "
               "training prompts.", "",
-              f"Wall time: {res['seconds']:.0f} s. Plots: alignment_vs_labels.png, alignment_vs_kl.png.", ""]
+              f"Stage time: {res['seconds']:.0f} s (each stage as long as it took when it ran, a resumed "
+              "loop's included). Plots: alignment_vs_labels.png, alignment_vs_kl.png.", ""]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from data import read_table
 from pipelines.cli import run
 from pipelines.loop import main
 from tiny_models import make_tiny_clip
+from workflows.round import Stages
 
 
 def _args(tiny_sd, clip, tmp_path, *extra):
@@ -96,6 +97,18 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
     # The same seed from scratch gives the same results.
     assert run(main, args + ["fresh=true"]) == 0
     assert _without_timings(tmp_path / "report" / "results.json") == results
+
+
+def test_a_resumed_stage_counts_the_time_it_took_when_it_ran(tmp_path):
+    """A rerun returns a finished stage's summary without running it, and still counts its time,
+    so a resumed loop's stage time is what its stages cost (not 0)."""
+    Stages("loop", tmp_path).run("round-0/dpok", lambda: {"x": 1})
+    path = tmp_path / "stages" / "round-0" / "dpok.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seconds": 151.1}))  # as a real DPOK stage took
+    again = Stages("loop", tmp_path)
+    assert again.run("round-0/dpok", lambda: pytest.fail("a finished stage ran again")) == {"x": 1, "seconds": 151.1}
+    again.run("round-1/dpok", lambda: {"x": 2})
+    assert again.seconds["round-0/dpok"] == 151.1 and set(again.seconds) == {"round-0/dpok", "round-1/dpok"}
 
 
 @pytest.mark.slow

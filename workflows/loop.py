@@ -32,7 +32,6 @@ stage from the labels before it: :mod:`data.staging`), and ``fresh=true`` starts
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -223,7 +222,6 @@ def run_loop(cfg: LoopConfig) -> dict:
     configs.evaluation([], runs / "round-0" / "reward", report_dir / "eval", runs / "eval-prompts.txt")
     claim_folders(cfg, "loop", fresh=cfg.fresh, may_change=("fresh", "rounds"))
     stages = Stages("loop", runs)
-    t_all = time.perf_counter()
     rounds: list[dict] = []
     targets: list[str] = []
     ever: list[str] = []  # every round's targets so far: a round samples them all
@@ -282,7 +280,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     ecfg = configs.evaluation(models, runs / f"round-{cfg.rounds - 1}" / "reward", report_dir / "eval", eval_prompts)
     evals = stages.run(f"evaluate-{cfg.rounds}", lambda: {"models": [asdict(e) for e in evaluate(ecfg)]})
     results = loop_report.results(cfg, rounds, extra, evals["models"], read_prompts_file(first_targets),
-                                  seconds=time.perf_counter() - t_all)
+                                  seconds=sum(stages.seconds.values()))
     loop_report.write(report_dir, results)
     save_config(cfg, report_dir / "config.yaml")
     return results

@@ -91,7 +91,8 @@ class Stages:
     """A workflow's stages, run in order: each is announced on stderr and timed (``seconds``).
     With ``keep`` (a runs folder) each finished stage's summary, a JSON dict, is written to
     ``<keep>/stages/<name>.json`` and a rerun returns it instead of running the stage again, so a
-    killed workflow resumes after its last finished stage."""
+    killed workflow resumes after its last finished stage; ``seconds`` then holds the time the
+    stage took when it ran, so a resumed workflow still counts what its stages cost."""
 
     def __init__(self, who: str, keep: Path | None = None):
         self.who, self.dir = who, (keep / STAGES if keep is not None else None)
@@ -101,7 +102,9 @@ class Stages:
         path = self.dir / f"{name}.json" if self.dir is not None else None
         if path is not None and path.is_file():
             print(f"== {self.who}: {name} (done before)", file=sys.stderr, flush=True)
-            return json.loads(path.read_text())
+            out = json.loads(path.read_text())
+            self.seconds[name] = float(out.get("seconds", 0.0))
+            return out
         print(f"\n== {self.who}: {name}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         out = fn()
