@@ -248,6 +248,10 @@ def markdown(res: dict) -> str:
               "(round-0 targets, paired):", ""]
     lines += [f"- round {r['round']} against {_start(r['vs_start']['from'])}: {_pct(r['vs_start']['gain'], True)} ± "
               f"{_pct(r['vs_start']['gain_se'])}, {r['vs_start']['verdict']}" for r in res["rounds"]]
+    last = res["rounds"][-1]  # the loop's output: no later round labelled its images
+    lines += ["", f"Round {last['round']}'s model, the one this loop ends with, made no labelled images, so no "
+              "label check judged it: before you ship it, label a random share of its images and run `make "
+              f"round-check` (docs/loop.md); if it fell back, ship {_start(last['vs_start']['from'])} instead."]
     if res["hacking"]:
         lines += ["", "## Hacking alarm", ""] + [f"- {a}" for a in res["hacking"]]
     lines += ["", "KL from base: the DPOK run's per-step KL to the base (nats) over its last rounds, on its own "

@@ -53,6 +53,9 @@ def test_loop_runs_its_rounds_resumes_and_repeats(tiny_sd, tmp_path, capsys, mon
     assert results["rounds"][1]["labels_spent"] > results["rounds"][0]["labels_spent"]
     assert {"one_shot", "oracle", "checks", "hacking"} <= set(results)
     assert (tmp_path / "report" / "alignment_vs_labels.png").exists()
+    # the lead is told that the model the loop ends with is unjudged, and what to ship if it fell back
+    assert "Round 1's model, the one this loop ends with, made no labelled images" in \
+        (tmp_path / "report" / "report.md").read_text()
     # round 1 was sampled from round 0's fine-tuned model, and the raters saw only its selection
     gens = read_table(tmp_path / "ds", "generations")
     later = gens[gens["round"] == 1]
