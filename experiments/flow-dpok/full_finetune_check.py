@@ -33,7 +33,7 @@ from finetune.denoiser import encode_images, encode_prompts
 from finetune.flow_rwl import FlowMatchingObjective
 from finetune.rl_math import flow_noised, flow_velocity_target
 from reward.reward_fn import RewardSource, load_reward
-from sampler_gap import aligned
+from sampler_gap import aligned, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,7 +92,7 @@ def main(label: str, steps: int, lr: float, adapter: str = "full", renders: str 
     record = {"method": f"{adapter} fine-tune on true renders (study)", "steps": steps, "lr": lr,
               "seconds": time.time() - t0,
               "loss": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, steps, 50)],
-              "fresh_seeds": fresh, "device": "2 CPU cores (AMD EPYC, AVX2, no AVX512)",
+              "fresh_seeds": fresh, "device": machine(),
               "command": " ".join([".venv/bin/python experiments/flow-dpok/full_finetune_check.py", label, str(steps),
                                    str(lr), adapter, renders, pipeline, targets])}
     out = HERE / f"finetune-{time.strftime('%Y-%m-%d', time.gmtime())}-{label}-seed0.json"

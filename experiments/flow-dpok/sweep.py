@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from pipelines.finetune import main
+from sampler_gap import machine
 from sampler_gap import main as sampler_gap
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ def sweep(label: str, overrides: list[str]) -> Path:
     metrics = json.loads(done.read_text())
     record = {k: v for k, v in metrics.items() if k not in ("history", "lineage")}
     record["fresh_seeds"] = sampler_gap(f"runs/flow-sweep/{label}", 8)
-    record["device"] = "2 CPU cores (AMD EPYC, AVX2, no AVX512)"  # this study's machine; edit for another
+    record["device"] = machine()
     # what ran, as it ran (BASE's keys, then the overrides: a later key wins)
     record["command"] = ('make demo ARGS="--config workflows/configs/demo-flow.yaml"; '
                          + " ".join([".venv/bin/python experiments/flow-dpok/sweep.py", label, *overrides]))
