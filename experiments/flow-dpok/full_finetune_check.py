@@ -7,9 +7,9 @@ tuned models on the targets.
 
     make demo ARGS="--config workflows/configs/demo-flow.yaml"        # the targets
     .venv/bin/python experiments/flow-dpok/target_renders.py runs/flow-sweep/target-renders 16
-    .venv/bin/python experiments/flow-dpok/full_finetune_check.py LABEL STEPS LR ADAPTER [RENDERS] [PIPELINE] [TARGETS]
+    .venv/bin/python experiments/flow-dpok/full_finetune_check.py LABEL STEPS LR ADAPTER [RENDERS] [PIPELINE] [TARGETS] [SEED]
 
-Record: finetune-<UTC day>-<LABEL>-seed0.json beside this file."""
+Record: finetune-<UTC day>-<LABEL>-seed<SEED>.json beside this file."""
 
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(label: str, steps: int, lr: float, adapter: str = "full", renders: str = "runs/flow-sweep/target-renders",
-         pipeline: str = "shapes/models/shapes-flow", targets: str = "runs/demo-flow/targets.txt") -> Path:
+         pipeline: str = "shapes/models/shapes-flow", targets: str = "runs/demo-flow/targets.txt", seed: int = 0
+         ) -> Path:
     torch.set_num_threads(2)
-    overrides = [f"model.pipeline={pipeline}", f"prompts.prompts_file={targets}", "seed=0"]
+    overrides = [f"model.pipeline={pipeline}", f"prompts.prompts_file={targets}", f"seed={seed}"]
     if "flow" in pipeline:
         overrides.append("sampling.max_sequence_length=0")
     cfg = load_config(FinetuneConfig, None, overrides)
@@ -61,7 +62,7 @@ def main(label: str, steps: int, lr: float, adapter: str = "full", renders: str 
                                      target_modules=list(pipeline_family(tuned).lora_targets)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)  # batches, empty prompts, noise and levels
     t0, losses = time.time(), []
     for step in range(steps):
         idx = torch.randint(len(prompts), (32,), generator=gen)
@@ -94,12 +95,12 @@ def main(label: str, steps: int, lr: float, adapter: str = "full", renders: str 
               "loss": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, steps, 50)],
               "fresh_seeds": fresh, "device": machine(),
               "command": " ".join([".venv/bin/python experiments/flow-dpok/full_finetune_check.py", label, str(steps),
-                                   str(lr), adapter, renders, pipeline, targets])}
-    out = HERE / f"finetune-{time.strftime('%Y-%m-%d', time.gmtime())}-{label}-seed0.json"
+                                   str(lr), adapter, renders, pipeline, targets, str(seed)])}
+    out = HERE / f"finetune-{time.strftime('%Y-%m-%d', time.gmtime())}-{label}-seed{seed}.json"
     out.write_text(json.dumps(record, indent=1))
     return out
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    print(main(a[0], int(a[1]), float(a[2]), *a[3:]))
+    print(main(a[0], int(a[1]), float(a[2]), *a[3:7], *map(int, a[7:8])))
