@@ -1,6 +1,7 @@
 """The results page is generated from results files: rows per run and model, gains, recovery."""
 
 import json
+import re
 
 from pipelines.cli import run
 from pipelines.results_page import main
@@ -212,3 +213,9 @@ def test_another_base_models_demo_gains_are_kept_apart():
     text = "\n".join(demo_section([("sd-seed0", _demo(0.30, 0.40, 0.50)), ("flow-seed0", flow)]))
     assert "other runs, mean (each): dpok +10.0 (+10.0), dpok_oracle +20.0 (+20.0)" in text
     assert "runs on shapes-flow, mean (each): dpok +2.0 (+2.0), dpok_oracle -2.0 (-2.0)" in text
+
+
+def test_a_record_names_the_machine_by_its_cpu_and_vector_extensions():
+    from tools.records import machine
+
+    assert re.fullmatch(r"2 CPU cores \(.+, (AVX512|AVX2 only|no AVX2), (no )?AMX\)", machine())

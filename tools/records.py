@@ -22,6 +22,16 @@ KINDS = ("demo", "bench", "finetune", "reward", "probe", "loop", "stages")
 NOT_RECORDS = ("readme.json",)  # experiments/readme.json: which demo runs the README quotes
 
 
+def machine() -> str:
+    """The machine a record's run ran on, as its ``device`` key: this one, read from /proc/cpuinfo
+    (its model name, and AVX-512 / AVX2 / AMX, which set CPU timings); every study runs on 2 cores."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = "AVX512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+    return f"2 CPU cores ({name}, {isa}{', AMX' if 'amx_tile' in flags else ', no AMX'})"
+
+
 def _loose(study: Path) -> list[Path]:
     return sorted(f for f in study.glob("*.json") if f.name not in NOT_RECORDS)
 

@@ -33,7 +33,8 @@ from finetune.denoiser import encode_images, encode_prompts
 from finetune.flow_rwl import FlowMatchingObjective
 from finetune.rl_math import flow_noised, flow_velocity_target
 from reward.reward_fn import RewardSource, load_reward
-from sampler_gap import aligned, machine
+from sampler_gap import aligned
+from tools.records import machine
 
 HERE = Path(__file__).resolve().parent
 

@@ -35,11 +35,6 @@ from finetune.sampler import sample_trajectories
 from reward.reward_fn import RewardSource, load_reward
 
 
-def machine() -> str:
-    """The machine a record's timings come from (every study here runs on 2 CPU cores)."""
-    return f"2 CPU cores ({torch.backends.cpu.get_cpu_capability()})"
-
-
 def aligned(pipe, cfg: FinetuneConfig, texts: list[str], seeds: list[int], sampler: str, judge) -> np.ndarray:
     """(N,) 1 where the oracle passes the image of texts[i] drawn from seeds[i]."""
     family = pipeline_family(pipe)

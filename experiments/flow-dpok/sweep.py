@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from pipelines.finetune import main
-from sampler_gap import machine
 from sampler_gap import main as sampler_gap
+from tools.records import machine
 
 HERE = Path(__file__).resolve().parent
 BASE = ["method=dpok", "model.pipeline=shapes/models/shapes-flow", "sampling.max_sequence_length=0",

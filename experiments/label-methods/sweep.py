@@ -26,6 +26,7 @@ from core.sampling import SamplingConfig, generate_images
 from data.targets import read_prompts_file
 from pipelines.finetune import main as finetune
 from reward.reward_fn import RewardSource, load_reward
+from tools.records import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT, TARGETS, BASE_MODEL = "datasets/demo", "runs/demo/targets.txt", "shapes/models/shapes-sd"
@@ -69,7 +70,7 @@ def sweep(label: str, method: str, overrides: list[str]) -> Path:
     record = {k: v for k, v in metrics.items() if k not in ("history", "lineage", "curve")}
     record["label"], record["run"] = label, run
     record["fresh_seeds"] = fresh_seed_gain(run)
-    record["device"] = "2 CPU cores (AMD EPYC, AVX2, no AVX512)"  # this study's machine; edit for another
+    record["device"] = machine()
     record["command"] = " ".join(["make demo;", ".venv/bin/python experiments/label-methods/sweep.py", label, method,
                                   *overrides])
     seed = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("seed=")), "0")

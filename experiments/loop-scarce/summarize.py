@@ -21,20 +21,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tools.records import machine
+
 HERE = Path(__file__).parent
 NAME = re.compile(r"scarce-(optimistic|greedy|random)-b(\d+)(?:-kl([0-9.]+))?(?:-klb([0-9.]+))?(?:-(nokeep))?"
                   r"(?:-(mix))?-s(\d+)$")
 ARMS = ("optimistic", "greedy", "random")
 ISSUE43_ONE_SHOT = 0.280  # the one-shot control at 100 % of the labels (experiments/closed-loop, 2 seeds)
-
-
-def cpu() -> str:
-    """This machine's CPU (the loops ran where summarize runs)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    isa = "AVX512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
-    return f"{name}, {isa}{', AMX' if 'amx_tile' in flags else ', no AMX'}"
 
 
 def load(reports: Path) -> dict[str, dict]:
@@ -51,7 +44,7 @@ def load(reports: Path) -> dict[str, dict]:
     for f in sorted(reports.glob("scarce-*/results.json")):
         name = f.parent.name
         if NAME.match(name) and name not in records:
-            records[name] = {**json.loads(f.read_text()), "device": f"2 CPU cores ({cpu()})"}
+            records[name] = {**json.loads(f.read_text()), "device": machine()}
             date = datetime.fromtimestamp(f.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
             new.append({"file": f"loop-{date}-{name}.json", "record": records[name]})
     with path.open("a") as out:
